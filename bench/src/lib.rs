@@ -1,0 +1,2 @@
+//! Shared inputs for the criterion benches (deterministic generators), so each
+//! bench names and builds its input the same way.

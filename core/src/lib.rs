@@ -1,0 +1,6 @@
+//! shardmq-core: everything the broker knows about MQTT 3.1.1 and 5.0, with no
+//! sockets, threads or clock reads. The `io` crate drives these types from
+//! sockets; tests drive them on a fake clock.
+
+pub mod codec;
+pub mod topic;

@@ -1,0 +1,1 @@
+//! shardmq-io: the only crate that knows glommio, sockets, CPUs and files.
