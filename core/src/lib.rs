@@ -3,4 +3,5 @@
 //! sockets; tests drive them on a fake clock.
 
 pub mod codec;
+pub mod limits;
 pub mod topic;

@@ -1,0 +1,93 @@
+//! Broker-wide client limits: AIO's `advanced.clients` after validation. The
+//! session state machine applies them; the config layer only builds them.
+//! Every limit names where it comes from (TIGER_STYLE: a limit on everything).
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Duration;
+
+/// What happens when a subscriber's queue is full (`subscriberQueueLimit.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueFullStrategy {
+    /// AIO `None`: the new message is not queued for this subscriber (it is
+    /// counted, and a QoS>0 publisher sees Quota Exceeded where v5 allows it).
+    #[default]
+    None,
+    /// AIO `DropOldest`: the oldest queued message is dropped and counted.
+    DropOldest,
+}
+
+/// `advanced.clients.subscriberQueueLimit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimit {
+    /// Messages a session may hold queued (not yet in flight); `None` means
+    /// bounded only by the memory budget.
+    pub length_max: Option<NonZeroU32>,
+    pub strategy: QueueFullStrategy,
+}
+
+impl Default for QueueLimit {
+    fn default() -> QueueLimit {
+        QueueLimit {
+            length_max: None,
+            strategy: QueueFullStrategy::None,
+        }
+    }
+}
+
+/// `advanced.clients` plus the protocol limits the broker announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `maxSessionExpirySeconds`: a client's Session Expiry Interval is
+    /// lowered to this and the lowered value returned in CONNACK (v5 §3.2.2.3.2).
+    pub session_expiry_max: Duration,
+    /// `maxMessageExpirySeconds`: a message's expiry is capped at this;
+    /// `None` lets messages without expiry live forever.
+    pub message_expiry_max: Option<Duration>,
+    /// `maxPacketSizeBytes`: largest packet the broker accepts (announced as
+    /// Maximum Packet Size in CONNACK). MQTT's own ceiling is 268,435,460.
+    pub packet_size_max: NonZeroU32,
+    /// `maxReceiveMaximum`: how many QoS 1/2 publishes the broker lets a
+    /// client have in flight towards it (Receive Maximum in CONNACK), and the
+    /// cap on the client's Receive Maximum towards the client.
+    pub receive_maximum_max: NonZeroU16,
+    /// `maxKeepAliveSeconds`: a larger client keep-alive (or 0) is replaced by
+    /// this via Server Keep Alive (v5); v3.1.1 clients are held to their own.
+    pub keep_alive_max: NonZeroU16,
+    /// Topic aliases the broker accepts from a client (Topic Alias Maximum in
+    /// CONNACK). 0 disables client-to-broker aliases.
+    pub topic_alias_max: u16,
+    /// `subscriberQueueLimit`.
+    pub queue: QueueLimit,
+    /// Subscriptions one session may hold; bounds the trie per client.
+    pub subscriptions_per_session_max: NonZeroU32,
+}
+
+impl Default for ClientLimits {
+    /// AIO's documented defaults where it has them.
+    fn default() -> ClientLimits {
+        ClientLimits {
+            session_expiry_max: Duration::from_secs(u32::MAX as u64),
+            message_expiry_max: None,
+            packet_size_max: nz32(268_435_460),
+            receive_maximum_max: nz16(65_535),
+            keep_alive_max: nz16(65_535),
+            topic_alias_max: 65_535,
+            queue: QueueLimit::default(),
+            subscriptions_per_session_max: nz32(10_000),
+        }
+    }
+}
+
+const fn nz32(v: u32) -> NonZeroU32 {
+    match NonZeroU32::new(v) {
+        Some(v) => v,
+        None => panic!("limit must be non-zero"),
+    }
+}
+
+const fn nz16(v: u16) -> NonZeroU16 {
+    match NonZeroU16::new(v) {
+        Some(v) => v,
+        None => panic!("limit must be non-zero"),
+    }
+}
