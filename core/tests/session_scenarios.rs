@@ -1,0 +1,905 @@
+//! Scenario tests for the session state machine, on a fake clock: each test
+//! drives the production `Connection` with packets and reads what it sends
+//! and the events it raises. Spec rules are named where they apply.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use shardmq_core::codec::{
+    Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+};
+use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
+use shardmq_core::session::{
+    AllowAll, CloseReason, Connection, Delivery, Enqueued, Event, Message, Permissions, SessionState, SharedMessage,
+};
+use shardmq_core::topic::{Filter, TopicName};
+
+fn id(v: u16) -> PacketId {
+    PacketId::new(v).unwrap()
+}
+
+fn connect(version: ProtocolVersion, client_id: &str, clean_start: bool) -> Connect {
+    Connect {
+        protocol_version: version,
+        clean_start,
+        keep_alive: 60,
+        properties: Properties::default(),
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn publish(topic: &str, qos: QoS, pid: Option<u16>, payload: &'static [u8]) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: pid.map(id),
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> SharedMessage {
+    Arc::new(Message {
+        topic: TopicName::try_from(topic).unwrap(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: ByteString::from_static("publisher"),
+    })
+}
+
+fn granted(qos: QoS) -> Delivery {
+    Delivery {
+        granted_qos: qos,
+        ..Delivery::default()
+    }
+}
+
+/// One connection on a fake clock.
+struct Harness {
+    now: Instant,
+    conn: Connection,
+}
+
+impl Harness {
+    fn new(limits: ClientLimits) -> Harness {
+        let now = Instant::now();
+        let limits = Arc::new(limits);
+        Harness {
+            now,
+            conn: Connection::new(now, limits),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.conn.handle_timeout(self.now);
+        }
+    }
+
+    fn recv(&mut self, p: Packet) {
+        self.conn.handle_packet(self.now, p);
+    }
+
+    fn sent(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Some(p) = self.conn.poll_packet(self.now) {
+            out.push(p);
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = self.conn.poll_event() {
+            out.push(e);
+        }
+        out
+    }
+
+    /// CONNECT, then accept with `existing` as the broker would.
+    fn connect_with(&mut self, c: Connect, existing: Option<SessionState>) -> Packet {
+        self.recv(Packet::Connect(Box::new(c)));
+        let events = self.events();
+        assert!(matches!(events.as_slice(), [Event::Connect(_)]), "{events:?}");
+        self.conn
+            .accept(self.now, existing, Some("assigned-1".into()), Box::new(AllowAll));
+        let sent = self.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        sent.into_iter().next().unwrap()
+    }
+
+    fn connect_v5(&mut self, client_id: &str) -> Packet {
+        self.connect_with(connect(ProtocolVersion::V5, client_id, true), None)
+    }
+
+    fn closed_event(&mut self) -> (CloseReason, Option<SessionState>, Option<shardmq_core::session::PendingWill>) {
+        let events = self.events();
+        for e in events {
+            if let Event::Closed { reason, session, will } = e {
+                return (reason, session, will);
+            }
+        }
+        panic!("no Closed event")
+    }
+}
+
+fn connack(p: &Packet) -> &shardmq_core::codec::ConnAck {
+    match p {
+        Packet::ConnAck(c) => c,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn disconnect_reason(packets: &[Packet]) -> Option<ReasonCode> {
+    packets.iter().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn v5_connack_announces_broker_limits_and_features() {
+    let mut limits = ClientLimits::default();
+    limits.receive_maximum_max = NonZeroU16::new(100).unwrap();
+    limits.packet_size_max = NonZeroU32::new(4096).unwrap();
+    limits.topic_alias_max = 10;
+    let mut h = Harness::new(limits);
+    let ack = h.connect_v5("c1");
+    let ack = connack(&ack);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    assert_eq!(ack.properties.receive_maximum, Some(100));
+    assert_eq!(ack.properties.maximum_packet_size, Some(4096));
+    assert_eq!(ack.properties.topic_alias_maximum, Some(10));
+    assert_eq!(ack.properties.shared_subscription_available, Some(1));
+    assert_eq!(ack.properties.assigned_client_identifier, None);
+    assert!(h.conn.is_connected());
+}
+
+#[test]
+fn v5_empty_client_id_gets_assigned_identifier() {
+    let mut h = Harness::new(ClientLimits::default());
+    let ack = h.connect_v5("");
+    assert_eq!(connack(&ack).properties.assigned_client_identifier.as_deref(), Some("assigned-1"));
+    assert_eq!(h.conn.client_id().map(|c| &**c), Some("assigned-1"));
+}
+
+#[test]
+fn v311_empty_client_id_without_clean_session_is_rejected() {
+    // [MQTT-3.1.3-8]: CONNACK 0x02 (identifier rejected), then close.
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V311, "", false))));
+    let sent = h.sent();
+    assert_eq!(connack(&sent[0]).reason, ReasonCode::ClientIdentifierNotValid);
+    assert!(h.conn.is_closed());
+}
+
+#[test]
+fn first_packet_other_than_connect_closes_the_connection() {
+    // [MQTT-3.1.0-1]
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::PingReq);
+    assert!(h.conn.is_closed());
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn connection_without_connect_times_out() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.advance(Duration::from_secs(11));
+    assert!(h.conn.is_closed());
+}
+
+#[test]
+fn second_connect_is_a_protocol_error() {
+    // [MQTT-3.1.0-2]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V5, "c1", true))));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+    assert!(h.conn.is_closed());
+}
+
+#[test]
+fn keep_alive_closes_after_one_and_a_half_intervals_of_silence() {
+    // [MQTT-3.1.2-24]: keep-alive 60 s allows 90 s of silence.
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.advance(Duration::from_secs(80));
+    assert!(h.conn.is_connected());
+    h.recv(Packet::PingReq);
+    assert_eq!(h.sent(), vec![Packet::PingResp]);
+    h.advance(Duration::from_secs(80));
+    assert!(h.conn.is_connected(), "PINGREQ restarted the keep-alive timer");
+    h.advance(Duration::from_secs(11));
+    assert!(h.conn.is_closed());
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::KeepAliveTimeout));
+}
+
+#[test]
+fn v5_keep_alive_above_maximum_is_lowered_with_server_keep_alive() {
+    let mut limits = ClientLimits::default();
+    limits.keep_alive_max = NonZeroU16::new(30).unwrap();
+    let mut h = Harness::new(limits);
+    let ack = h.connect_v5("c1");
+    assert_eq!(connack(&ack).properties.server_keep_alive, Some(30));
+    h.advance(Duration::from_secs(46));
+    assert!(h.conn.is_closed(), "1.5 x the server keep-alive applies");
+}
+
+#[test]
+fn session_expiry_is_capped_and_the_cap_is_returned_in_connack() {
+    let mut limits = ClientLimits::default();
+    limits.session_expiry_max = Duration::from_secs(100);
+    let mut h = Harness::new(limits);
+    let mut c = connect(ProtocolVersion::V5, "c1", true);
+    c.properties.session_expiry_interval = Some(1000);
+    let ack = h.connect_with(c, None);
+    assert_eq!(connack(&ack).properties.session_expiry_interval, Some(100));
+    assert_eq!(h.conn.session().unwrap().expiry_interval, Duration::from_secs(100));
+}
+
+#[test]
+fn qos1_publish_is_acknowledged_after_the_broker_routes_it() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(7), b"x")));
+    assert!(h.sent().is_empty(), "no PUBACK before routing");
+    let ack = match h.events().pop() {
+        Some(Event::Publish { message, ack }) => {
+            assert_eq!(message.topic.as_str(), "a/b");
+            assert_eq!(&message.origin[..], "c1");
+            ack.unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    h.conn.publish_done(ack, ReasonCode::NoMatchingSubscribers);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubAck(PubResponse::new(id(7), ReasonCode::NoMatchingSubscribers))]
+    );
+}
+
+#[test]
+fn qos2_duplicate_publish_is_not_routed_twice() {
+    // [MQTT-4.3.3-10]: until PUBREL, a PUBLISH with the same id is the same message.
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(3), b"x")));
+    let ack = match h.events().pop() {
+        Some(Event::Publish { ack: Some(ack), .. }) => ack,
+        other => panic!("{other:?}"),
+    };
+    h.conn.publish_done(ack, ReasonCode::Success);
+    assert_eq!(h.sent(), vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]);
+
+    let mut dup = publish("a", QoS::ExactlyOnce, Some(3), b"x");
+    dup.dup = true;
+    h.recv(Packet::Publish(dup));
+    assert!(h.events().is_empty(), "duplicate must not be routed again");
+    assert_eq!(h.sent(), vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]);
+
+    h.recv(Packet::PubRel(PubResponse::new(id(3), ReasonCode::Success)));
+    assert_eq!(h.sent(), vec![Packet::PubComp(PubResponse::new(id(3), ReasonCode::Success))]);
+
+    // [MQTT-4.3.3-11] after PUBCOMP the id is a new message.
+    h.recv(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(3), b"y")));
+    assert!(matches!(h.events().as_slice(), [Event::Publish { .. }]));
+}
+
+#[test]
+fn pubrel_for_unknown_id_gets_packet_identifier_not_found_in_v5() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::PubRel(PubResponse::new(id(9), ReasonCode::Success)));
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubComp(PubResponse::new(id(9), ReasonCode::PacketIdentifierNotFound))]
+    );
+}
+
+#[test]
+fn exceeding_the_announced_receive_maximum_disconnects() {
+    // [MQTT-3.3.4-9] / v5 §4.9: 0x93 Receive Maximum exceeded.
+    let mut limits = ClientLimits::default();
+    limits.receive_maximum_max = NonZeroU16::new(2).unwrap();
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    for pid in 1..=2 {
+        h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(pid), b"x")));
+    }
+    assert!(h.conn.is_connected());
+    h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(3), b"x")));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ReceiveMaximumExceeded));
+}
+
+#[test]
+fn outgoing_qos1_respects_the_clients_receive_maximum() {
+    // [MQTT-3.3.4-7]
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.receive_maximum = Some(2);
+    h.connect_with(c, None);
+    for _ in 0..3 {
+        assert_eq!(
+            h.conn.deliver(h.now, &message("t", QoS::AtLeastOnce, b"m"), &granted(QoS::AtLeastOnce)),
+            Enqueued::Queued
+        );
+    }
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2, "window of 2");
+    let first_id = match &sent[0] {
+        Packet::Publish(p) => p.packet_id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!h.conn.wants_transmit());
+    h.recv(Packet::PubAck(PubResponse::new(first_id, ReasonCode::Success)));
+    assert!(h.conn.wants_transmit());
+    assert_eq!(h.sent().len(), 1);
+}
+
+#[test]
+fn outgoing_qos2_runs_the_four_packet_exchange() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("sub");
+    h.conn
+        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"m"), &granted(QoS::ExactlyOnce));
+    let pid = match h.sent().as_slice() {
+        [Packet::Publish(p)] => {
+            assert_eq!(p.qos, QoS::ExactlyOnce);
+            p.packet_id.unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    h.recv(Packet::PubRec(PubResponse::new(pid, ReasonCode::Success)));
+    assert_eq!(h.sent(), vec![Packet::PubRel(PubResponse::new(pid, ReasonCode::Success))]);
+    assert_eq!(h.conn.session().unwrap().inflight_len(), 1);
+    h.recv(Packet::PubComp(PubResponse::new(pid, ReasonCode::Success)));
+    assert_eq!(h.conn.session().unwrap().inflight_len(), 0);
+}
+
+#[test]
+fn delivery_qos_is_the_minimum_of_message_and_subscription() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("sub");
+    h.conn
+        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"m"), &granted(QoS::AtLeastOnce));
+    match h.sent().as_slice() {
+        [Packet::Publish(p)] => assert_eq!(p.qos, QoS::AtLeastOnce),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
+    // [MQTT-4.4.0-1]: unacknowledged PUBLISH resent with DUP, PUBREL resent.
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", false);
+    c.properties.session_expiry_interval = Some(300);
+    h.connect_with(c.clone(), None);
+    h.conn
+        .deliver(h.now, &message("t", QoS::AtLeastOnce, b"one"), &granted(QoS::AtLeastOnce));
+    h.conn
+        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"two"), &granted(QoS::ExactlyOnce));
+    let sent = h.sent();
+    let ids: Vec<PacketId> = sent
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    h.recv(Packet::PubRec(PubResponse::new(ids[1], ReasonCode::Success)));
+    h.sent();
+    h.conn.handle_connection_lost();
+    let (reason, session, will) = h.closed_event();
+    assert_eq!(reason, CloseReason::ConnectionLost);
+    assert!(will.is_none());
+    let session = session.expect("session expiry 300 keeps the session");
+
+    let mut h2 = Harness::new(ClientLimits::default());
+    let ack = h2.connect_with(c, Some(session));
+    assert!(connack(&ack).session_present);
+    let resent = h2.sent();
+    match resent.as_slice() {
+        [Packet::Publish(p), Packet::PubRel(r)] => {
+            assert!(p.dup);
+            assert_eq!(p.packet_id, Some(ids[0]));
+            assert_eq!(&p.payload[..], b"one");
+            assert_eq!(r.packet_id, ids[1]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn clean_start_discards_the_existing_session() {
+    let mut h = Harness::new(ClientLimits::default());
+    let mut old = SessionState::new("c1".into(), Duration::from_secs(60));
+    old.enqueue(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"old"),
+        &granted(QoS::AtLeastOnce),
+        false,
+        &QueueLimit::default(),
+    );
+    let ack = h.connect_with(connect(ProtocolVersion::V5, "c1", true), Some(old));
+    assert!(!connack(&ack).session_present);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn offline_session_queues_qos1_and_drops_qos0() {
+    let now = Instant::now();
+    let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let limit = QueueLimit::default();
+    assert_eq!(
+        s.enqueue(now, &message("t", QoS::AtMostOnce, b"0"), &granted(QoS::AtMostOnce), false, &limit),
+        Enqueued::Discarded
+    );
+    assert_eq!(
+        s.enqueue(now, &message("t", QoS::AtLeastOnce, b"1"), &granted(QoS::AtLeastOnce), false, &limit),
+        Enqueued::Queued
+    );
+    assert_eq!(s.queued_len(), 1);
+}
+
+#[test]
+fn queue_limit_drop_oldest_keeps_the_newest_messages() {
+    let now = Instant::now();
+    let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let limit = QueueLimit {
+        length_max: NonZeroU32::new(2),
+        strategy: QueueFullStrategy::DropOldest,
+    };
+    for p in [b"1", b"2", b"3"] {
+        s.enqueue(now, &message("t", QoS::AtLeastOnce, p), &granted(QoS::AtLeastOnce), false, &limit);
+    }
+    assert_eq!(s.queued_len(), 2);
+    assert_eq!(s.stats.dropped_queue_full, 1);
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "c1", false);
+    c.properties.session_expiry_interval = Some(60);
+    h.connect_with(c, Some(s));
+    let payloads: Vec<Bytes> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.payload,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, vec![Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
+}
+
+#[test]
+fn queue_limit_none_rejects_new_messages() {
+    let now = Instant::now();
+    let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let limit = QueueLimit {
+        length_max: NonZeroU32::new(1),
+        strategy: QueueFullStrategy::None,
+    };
+    let m = message("t", QoS::AtLeastOnce, b"m");
+    assert_eq!(s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit), Enqueued::Queued);
+    assert_eq!(
+        s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit),
+        Enqueued::RejectedQueueFull
+    );
+}
+
+#[test]
+fn subscribe_returns_granted_qos_and_raises_index_events() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut props = Properties::default();
+    props.subscription_identifiers = vec![42];
+    let opts = |qos| SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    };
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: props,
+        filters: vec![
+            ("a/+".into(), opts(QoS::AtLeastOnce)),
+            ("a/#/b".into(), opts(QoS::AtMostOnce)),
+            ("$share/g/x".into(), opts(QoS::ExactlyOnce)),
+        ],
+    }));
+    match h.sent().as_slice() {
+        [Packet::SubAck(s)] => assert_eq!(
+            s.reasons,
+            vec![ReasonCode::GrantedQoS1, ReasonCode::TopicFilterInvalid, ReasonCode::GrantedQoS2]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let events = h.events();
+    assert_eq!(events.len(), 2);
+    match &events[0] {
+        Event::Subscribed {
+            subscription,
+            send_retained,
+            ..
+        } => {
+            assert_eq!(subscription.id, Some(42));
+            assert!(*send_retained);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &events[1] {
+        Event::Subscribed {
+            subscription,
+            send_retained,
+            ..
+        } => {
+            assert!(matches!(subscription.filter, Filter::Shared { .. }));
+            assert!(!*send_retained, "shared subscriptions get no retained messages");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn retain_handling_one_sends_retained_only_for_new_subscriptions() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let opts = SubscriptionOptions {
+        retain_handling: RetainHandling::SendAtSubscribeIfNew,
+        ..SubscriptionOptions::default()
+    };
+    for expect in [true, false] {
+        h.recv(Packet::Subscribe(Subscribe {
+            packet_id: id(1),
+            properties: Properties::default(),
+            filters: vec![("a".into(), opts)],
+        }));
+        h.sent();
+        match h.events().as_slice() {
+            [Event::Subscribed { send_retained, .. }] => assert_eq!(*send_retained, expect),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    // [MQTT-3.8.3-4]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: Properties::default(),
+        filters: vec![(
+            "$share/g/a".into(),
+            SubscriptionOptions {
+                no_local: true,
+                ..SubscriptionOptions::default()
+            },
+        )],
+    }));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+}
+
+#[test]
+fn unsubscribe_reports_missing_subscriptions() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: Properties::default(),
+        filters: vec![("a".into(), SubscriptionOptions::default())],
+    }));
+    h.sent();
+    h.events();
+    h.recv(Packet::Unsubscribe(Unsubscribe {
+        packet_id: id(2),
+        properties: Properties::default(),
+        filters: vec!["a".into(), "b".into()],
+    }));
+    match h.sent().as_slice() {
+        [Packet::UnsubAck(u)] => {
+            assert_eq!(u.reasons, vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(h.events().as_slice(), [Event::Unsubscribed { .. }]));
+}
+
+#[test]
+fn inbound_topic_alias_is_recorded_and_resolved() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut first = publish("long/topic/name", QoS::AtMostOnce, None, b"1");
+    first.properties.topic_alias = Some(1);
+    h.recv(Packet::Publish(first));
+    let mut second = publish("", QoS::AtMostOnce, None, b"2");
+    second.properties.topic_alias = Some(1);
+    h.recv(Packet::Publish(second));
+    let topics: Vec<String> = h
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Publish { message, .. } => message.topic.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, vec!["long/topic/name", "long/topic/name"]);
+}
+
+#[test]
+fn unknown_topic_alias_with_empty_topic_is_a_protocol_error() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut p = publish("", QoS::AtMostOnce, None, b"1");
+    p.properties.topic_alias = Some(5);
+    h.recv(Packet::Publish(p));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+}
+
+#[test]
+fn topic_alias_above_broker_maximum_is_invalid() {
+    // [MQTT-3.3.2-10]: 0x94 Topic Alias invalid.
+    let mut limits = ClientLimits::default();
+    limits.topic_alias_max = 2;
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    let mut p = publish("a", QoS::AtMostOnce, None, b"1");
+    p.properties.topic_alias = Some(3);
+    h.recv(Packet::Publish(p));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::TopicAliasInvalid));
+}
+
+#[test]
+fn outbound_topic_aliases_stay_within_the_clients_maximum() {
+    // [MQTT-3.3.2-9]
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.topic_alias_maximum = Some(1);
+    h.connect_with(c, None);
+    for t in ["a", "a", "b"] {
+        h.conn
+            .deliver(h.now, &message(t, QoS::AtMostOnce, b"m"), &granted(QoS::AtMostOnce));
+    }
+    let sent: Vec<(String, Option<u16>)> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![("a".into(), Some(1)), ("".into(), Some(1)), ("b".into(), None)]
+    );
+}
+
+#[test]
+fn expired_messages_are_not_delivered_and_remaining_expiry_is_sent() {
+    // [MQTT-3.3.2-5], [MQTT-3.3.2-6]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("sub");
+    let mk = |secs| {
+        let mut m = (*message("t", QoS::AtLeastOnce, b"m")).clone();
+        m.expires_at = Some(h.now + Duration::from_secs(secs));
+        Arc::new(m)
+    };
+    let short = mk(5);
+    let long = mk(100);
+    h.conn.deliver(h.now, &short, &granted(QoS::AtLeastOnce));
+    h.conn.deliver(h.now, &long, &granted(QoS::AtLeastOnce));
+    h.now += Duration::from_secs(10);
+    match h.sent().as_slice() {
+        [Packet::Publish(p)] => assert_eq!(p.properties.message_expiry_interval, Some(90)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.conn.session().unwrap().stats.dropped_expired, 1);
+}
+
+#[test]
+fn will_is_published_after_abnormal_close_with_its_delay() {
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "c1", true);
+    let mut wp = Properties::default();
+    wp.will_delay_interval = Some(5);
+    c.will = Some(Will {
+        topic: "status/c1".into(),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: wp,
+    });
+    h.connect_with(c, None);
+    h.conn.handle_connection_lost();
+    let (_, session, will) = h.closed_event();
+    assert!(session.is_none(), "session expiry 0 ends the session");
+    let will = will.expect("abnormal close publishes the will");
+    assert_eq!(will.delay, Duration::from_secs(5));
+    assert_eq!(will.message.topic.as_str(), "status/c1");
+    assert!(will.message.retain);
+}
+
+#[test]
+fn normal_disconnect_discards_the_will_and_0x04_keeps_it() {
+    // [MQTT-3.14.4-3]
+    for (reason, expect_will) in [
+        (ReasonCode::NORMAL_DISCONNECTION, false),
+        (ReasonCode::DisconnectWithWillMessage, true),
+    ] {
+        let mut h = Harness::new(ClientLimits::default());
+        let mut c = connect(ProtocolVersion::V5, "c1", true);
+        c.will = Some(Will {
+            topic: "w".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        h.connect_with(c, None);
+        h.recv(Packet::Disconnect(Disconnect::new(reason)));
+        let (close, _, will) = h.closed_event();
+        assert_eq!(close, CloseReason::ClientDisconnect(reason));
+        assert_eq!(will.is_some(), expect_will);
+    }
+}
+
+#[test]
+fn disconnect_cannot_raise_session_expiry_from_zero() {
+    // [MQTT-3.14.2-2]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut d = Disconnect::new(ReasonCode::Success);
+    d.properties.session_expiry_interval = Some(10);
+    h.recv(Packet::Disconnect(d));
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+}
+
+#[test]
+fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
+    // [MQTT-3.1.4-3]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.conn.take_over();
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::SessionTakenOver));
+    let (_, session, _) = h.closed_event();
+    assert!(session.is_some(), "the new connection decides on clean start");
+}
+
+#[test]
+fn shutdown_sends_server_shutting_down() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.conn.shut_down();
+    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ServerShuttingDown));
+}
+
+#[derive(Debug)]
+struct OnlyOwnTopic;
+impl Permissions for OnlyOwnTopic {
+    fn can_publish(&self, topic: &TopicName) -> bool {
+        topic.as_str().starts_with("own/")
+    }
+    fn can_subscribe(&self, _: &Filter) -> bool {
+        false
+    }
+}
+
+#[test]
+fn unauthorized_publish_is_refused_with_0x87_in_v5() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V5, "c1", true))));
+    h.events();
+    h.conn.accept(h.now, None, None, Box::new(OnlyOwnTopic));
+    h.sent();
+    h.recv(Packet::Publish(publish("other/x", QoS::AtLeastOnce, Some(1), b"x")));
+    assert!(h.events().is_empty());
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::NotAuthorized))]
+    );
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(2),
+        properties: Properties::default(),
+        filters: vec![("x".into(), SubscriptionOptions::default())],
+    }));
+    match h.sent().as_slice() {
+        [Packet::SubAck(s)] => assert_eq!(s.reasons, vec![ReasonCode::NotAuthorized]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn publish_larger_than_clients_maximum_packet_size_is_dropped_and_counted() {
+    // [MQTT-3.1.2-25]
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.maximum_packet_size = Some(64);
+    h.connect_with(c, None);
+    static BIG: [u8; 200] = [0u8; 200];
+    h.conn
+        .deliver(h.now, &message("t", QoS::AtLeastOnce, &BIG), &granted(QoS::AtLeastOnce));
+    h.conn
+        .deliver(h.now, &message("t", QoS::AtLeastOnce, b"small"), &granted(QoS::AtLeastOnce));
+    let mut buf = BytesMut::new();
+    let n = h.conn.poll_transmit(h.now, &mut buf, 1 << 16);
+    assert_eq!(n, 1);
+    let s = h.conn.session().unwrap();
+    assert_eq!(s.stats.dropped_too_large, 1);
+    assert_eq!(s.inflight_len(), 1, "the dropped message left the window");
+}
+
+#[test]
+fn retained_delivery_sets_retain_and_normal_forwarding_clears_it() {
+    // [MQTT-3.3.1-8], [MQTT-3.3.1-9]
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("sub");
+    let mut m = (*message("t", QoS::AtMostOnce, b"m")).clone();
+    m.retain = true;
+    let m = Arc::new(m);
+    h.conn.deliver(h.now, &m, &granted(QoS::AtMostOnce));
+    h.conn.deliver(
+        h.now,
+        &m,
+        &Delivery {
+            from_retained: true,
+            ..Delivery::default()
+        },
+    );
+    h.conn.deliver(
+        h.now,
+        &m,
+        &Delivery {
+            retain_as_published: true,
+            ..Delivery::default()
+        },
+    );
+    let flags: Vec<bool> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.retain,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(flags, vec![false, true, true]);
+}
+
+#[test]
+fn v311_session_is_kept_only_without_clean_session() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_with(connect(ProtocolVersion::V311, "c1", false), None);
+    h.conn.handle_connection_lost();
+    assert!(h.closed_event().1.is_some());
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_with(connect(ProtocolVersion::V311, "c1", true), None);
+    h.conn.handle_connection_lost();
+    assert!(h.closed_event().1.is_none());
+}
+
+#[test]
+fn v311_acknowledgements_carry_no_reason() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_with(connect(ProtocolVersion::V311, "c1", true), None);
+    h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(1), b"x")));
+    let ack = match h.events().pop() {
+        Some(Event::Publish { ack: Some(a), .. }) => a,
+        other => panic!("{other:?}"),
+    };
+    h.conn.publish_done(ack, ReasonCode::NoMatchingSubscribers);
+    assert_eq!(h.sent(), vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::Success))]);
+}
