@@ -4,4 +4,5 @@
 
 pub mod codec;
 pub mod limits;
+pub mod retained;
 pub mod topic;
