@@ -1,0 +1,257 @@
+//! One client connection on its shard: a reader task (bytes -> frames ->
+//! `Connection::handle_packet` -> broker events), a writer task (coalesces
+//! everything `poll_transmit` has into one write per wake-up) and a timer task
+//! (keep-alive and CONNECT deadlines). An error closes this connection only.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::FutureExt;
+use shardmq_core::codec::Decoder;
+use shardmq_core::session::{AllowAll, Connection, Event};
+use tracing::{debug, trace};
+
+use crate::mesh::SessionId;
+use crate::shard::{ConnCell, Shard};
+
+/// Bytes read per socket read; frames larger than this are assembled over
+/// several reads, bounded by the decoder's maximum packet size.
+const READ_CHUNK: usize = 16 * 1024;
+/// Soft bound of one coalesced write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// How long the writer keeps flushing after the connection closed.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let limits = shard.config.limits.clone();
+    let packet_size_max = limits.packet_size_max.get();
+    let cell = Rc::new(ConnCell::new(Connection::new(Instant::now(), limits)));
+    shard.conns.borrow_mut().push(Rc::downgrade(&cell));
+    shard.stats.connections.set(shard.stats.connections.get() + 1);
+    let (mut reader, writer) = futures_lite::io::split(stream);
+
+    let writer_task = glommio::spawn_local(write_loop(cell.clone(), writer));
+    let timer_task = glommio::spawn_local(timer_loop(shard.clone(), cell.clone()));
+
+    let mut decoder = Decoder::new(packet_size_max);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut session: Option<SessionId> = None;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    'read: loop {
+        if cell.closed.get() {
+            break;
+        }
+        let read = async { Some(reader.read(&mut chunk).await) }
+            .or(async {
+                let _ = cell.closed_rx.recv().await;
+                None
+            })
+            .await;
+        let n = match read {
+            Some(Ok(0)) | Some(Err(_)) | None => break,
+            Some(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(packet)) => {
+                    trace!(%peer, packet = ?packet.packet_type(), "received");
+                    cell.conn.borrow_mut().handle_packet(Instant::now(), packet);
+                    process_events(&shard, &cell, &mut session).await;
+                    cell.wake();
+                    if cell.conn.borrow().is_closed() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(%peer, error = %e, "protocol violation");
+                    let version = decoder.version();
+                    cell.conn.borrow_mut().handle_decode_error(&e, version);
+                    process_events(&shard, &cell, &mut session).await;
+                    cell.wake();
+                    break 'read;
+                }
+            }
+        }
+    }
+    if !cell.conn.borrow().is_closed() {
+        cell.conn.borrow_mut().handle_connection_lost();
+    }
+    // The timer or a shutdown may have closed it while we were reading.
+    process_events(&shard, &cell, &mut session).await;
+    cell.closed.set(true);
+    cell.wake();
+    timer_task.cancel().await;
+    writer_task.await;
+    debug!(%peer, reason = ?cell.conn.borrow().close_reason(), "connection closed");
+}
+
+/// Acts on everything the state machine asked of the broker.
+async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Option<SessionId>) {
+    loop {
+        let Some(event) = cell.conn.borrow_mut().poll_event() else { break };
+        let now = Instant::now();
+        match event {
+            Event::Connect(request) => {
+                let client_id = if request.client_id.is_empty() {
+                    assigned_client_id(shard)
+                } else {
+                    request.client_id.clone()
+                };
+                let (id, existing) = shard.claim_session(&client_id, now).await;
+                let assigned = request.client_id.is_empty().then(|| client_id.clone());
+                cell.conn
+                    .borrow_mut()
+                    .accept(Instant::now(), existing, assigned, Box::new(AllowAll));
+                *session = Some(id);
+                shard.attach(id, cell.clone());
+            }
+            Event::Publish { message, ack } => {
+                let reason = shard.route(&message, now).await;
+                if let Some(ack) = ack {
+                    cell.conn.borrow_mut().publish_done(ack, reason);
+                }
+            }
+            Event::Subscribed {
+                key,
+                subscription,
+                send_retained,
+            } => {
+                let Some(id) = *session else { continue };
+                let client_id = cell.conn.borrow().client_id().cloned().unwrap_or_default();
+                shard.index_add(
+                    id,
+                    &client_id,
+                    &key,
+                    &subscription.filter,
+                    subscription.options,
+                    subscription.id,
+                );
+                if send_retained {
+                    shard.send_retained(
+                        cell,
+                        subscription.filter.topic_filter(),
+                        subscription.options,
+                        subscription.id,
+                        now,
+                    );
+                }
+            }
+            Event::Unsubscribed { key, filter } => {
+                if let Some(id) = *session {
+                    shard.unsubscribe(id, &key, &filter);
+                }
+            }
+            Event::Closed {
+                reason,
+                session: state,
+                will,
+            } => {
+                debug!(shard = shard.id, ?reason, "session closed");
+                cell.closed.set(true);
+                let _ = cell.closed_tx.try_send(());
+                if let Some(id) = *session {
+                    let client_id = state
+                        .as_ref()
+                        .map(|s| s.client_id.clone())
+                        .or_else(|| cell.conn.borrow().client_id().cloned())
+                        .unwrap_or_default();
+                    shard.detach(id, &client_id, state, will, now);
+                }
+            }
+        }
+    }
+}
+
+fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
+    // Unique broker-wide: the shard id and a per-shard counter, plus the
+    // process start time so ids differ across restarts.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("shardmq-{}-{}-{n}", shard.id, std::process::id()).into()
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    loop {
+        loop {
+            buf.clear();
+            let n = cell
+                .conn
+                .borrow_mut()
+                .poll_transmit(Instant::now(), &mut buf, WRITE_BATCH_BYTES);
+            if n == 0 && buf.is_empty() {
+                break;
+            }
+            let write = async { Some(writer.write_all(&buf).await) }
+                .or(async {
+                    // A peer that stops reading cannot hold a closed
+                    // connection open forever.
+                    if cell.closed.get() {
+                        glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
+                        None
+                    } else {
+                        std::future::pending().await
+                    }
+                })
+                .await;
+            match write {
+                Some(Ok(())) => {}
+                _ => {
+                    cell.closed.set(true);
+                    let _ = cell.closed_tx.try_send(());
+                    return;
+                }
+            }
+        }
+        let _ = writer.flush().await;
+        if cell.closed.get() {
+            let _ = writer.close().await;
+            return;
+        }
+        if cell.wake_rx.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+async fn timer_loop(shard: Rc<Shard>, cell: Rc<ConnCell>) {
+    loop {
+        if cell.closed.get() {
+            return;
+        }
+        let deadline = cell.conn.borrow().poll_timeout();
+        let wait = match deadline {
+            Some(at) => at.saturating_duration_since(Instant::now()),
+            // Nothing scheduled (e.g. waiting for the broker): look again soon.
+            None => Duration::from_secs(1),
+        };
+        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        let now = Instant::now();
+        if cell.conn.borrow().poll_timeout().is_some_and(|at| at <= now) {
+            cell.conn.borrow_mut().handle_timeout(now);
+            if cell.conn.borrow().is_closed() {
+                debug!(shard = shard.id, "deadline passed, closing");
+                cell.closed.set(true);
+                let _ = cell.closed_tx.try_send(());
+                cell.wake();
+            }
+        }
+    }
+}
+
+/// Graceful shutdown of one connection: DISCONNECT 0x8B (v5), then close.
+pub fn shut_down(cell: &ConnCell) {
+    cell.conn.borrow_mut().shut_down();
+    cell.closed.set(true);
+    let _ = cell.closed_tx.try_send(());
+    cell.wake();
+}
