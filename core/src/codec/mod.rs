@@ -3,10 +3,22 @@
 //! encode into a `BytesMut`. No I/O. Every violation is a typed
 //! [`DecodeError`] naming the spec rule and mapping to the reason code sent.
 
+mod decode;
+mod encode;
+mod error;
 mod packet;
 mod properties;
+mod property_codec;
 mod reason;
+mod wire;
 
+#[cfg(test)]
+mod decode_tests;
+
+pub use decode::{decode_packet, Decoder};
+pub use encode::{encode, encode_publish, encode_within, encoded_len};
+pub use error::{DecodeError, EncodeError};
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
 pub use reason::ReasonCode;
+pub use wire::VARINT_MAX;

@@ -81,6 +81,43 @@ pub enum PacketType {
     Auth = 15,
 }
 
+impl PacketType {
+    /// The packet type of a fixed header's high nibble; `None` for the
+    /// reserved value 0 and values above 15.
+    pub fn from_u8(v: u8) -> Option<PacketType> {
+        use PacketType::*;
+        Some(match v {
+            1 => Connect,
+            2 => ConnAck,
+            3 => Publish,
+            4 => PubAck,
+            5 => PubRec,
+            6 => PubRel,
+            7 => PubComp,
+            8 => Subscribe,
+            9 => SubAck,
+            10 => Unsubscribe,
+            11 => UnsubAck,
+            12 => PingReq,
+            13 => PingResp,
+            14 => Disconnect,
+            15 => Auth,
+            _ => return None,
+        })
+    }
+
+    /// The flags the low nibble of the fixed header must carry (§2.1.3):
+    /// 0b0010 for PUBREL, SUBSCRIBE and UNSUBSCRIBE, 0 otherwise. PUBLISH
+    /// uses its nibble for DUP/QoS/RETAIN and has no fixed value (`None`).
+    pub fn fixed_header_flags(self) -> Option<u8> {
+        match self {
+            PacketType::Publish => None,
+            PacketType::PubRel | PacketType::Subscribe | PacketType::Unsubscribe => Some(0b0010),
+            _ => Some(0),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Box<Connect>),

@@ -73,3 +73,307 @@ impl Properties {
         *self == Properties::default()
     }
 }
+
+/// Where a property set appears: a packet type, or the Will Properties of a
+/// CONNECT payload (§3.1.3.2), which have their own allowed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PropertyContext {
+    Connect,
+    ConnAck,
+    Publish,
+    Will,
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+impl PropertyContext {
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+impl std::fmt::Display for PropertyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            PropertyContext::Connect => "CONNECT",
+            PropertyContext::ConnAck => "CONNACK",
+            PropertyContext::Publish => "PUBLISH",
+            PropertyContext::Will => "Will Properties",
+            PropertyContext::PubAck => "PUBACK",
+            PropertyContext::PubRec => "PUBREC",
+            PropertyContext::PubRel => "PUBREL",
+            PropertyContext::PubComp => "PUBCOMP",
+            PropertyContext::Subscribe => "SUBSCRIBE",
+            PropertyContext::SubAck => "SUBACK",
+            PropertyContext::Unsubscribe => "UNSUBSCRIBE",
+            PropertyContext::UnsubAck => "UNSUBACK",
+            PropertyContext::Disconnect => "DISCONNECT",
+            PropertyContext::Auth => "AUTH",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Property identifiers of MQTT 5.0 §2.2.2.2. Values are the wire bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PropertyId {
+    PayloadFormatIndicator = 0x01,
+    MessageExpiryInterval = 0x02,
+    ContentType = 0x03,
+    ResponseTopic = 0x08,
+    CorrelationData = 0x09,
+    SubscriptionIdentifier = 0x0B,
+    SessionExpiryInterval = 0x11,
+    AssignedClientIdentifier = 0x12,
+    ServerKeepAlive = 0x13,
+    AuthenticationMethod = 0x15,
+    AuthenticationData = 0x16,
+    RequestProblemInformation = 0x17,
+    WillDelayInterval = 0x18,
+    RequestResponseInformation = 0x19,
+    ResponseInformation = 0x1A,
+    ServerReference = 0x1C,
+    ReasonString = 0x1F,
+    ReceiveMaximum = 0x21,
+    TopicAliasMaximum = 0x22,
+    TopicAlias = 0x23,
+    MaximumQos = 0x24,
+    RetainAvailable = 0x25,
+    UserProperty = 0x26,
+    MaximumPacketSize = 0x27,
+    WildcardSubscriptionAvailable = 0x28,
+    SubscriptionIdentifierAvailable = 0x29,
+    SharedSubscriptionAvailable = 0x2A,
+}
+
+impl PropertyId {
+    /// Every identifier, in wire order (the order the encoder writes them).
+    pub const ALL: [PropertyId; 27] = {
+        use PropertyId::*;
+        [
+            PayloadFormatIndicator,
+            MessageExpiryInterval,
+            ContentType,
+            ResponseTopic,
+            CorrelationData,
+            SubscriptionIdentifier,
+            SessionExpiryInterval,
+            AssignedClientIdentifier,
+            ServerKeepAlive,
+            AuthenticationMethod,
+            AuthenticationData,
+            RequestProblemInformation,
+            WillDelayInterval,
+            RequestResponseInformation,
+            ResponseInformation,
+            ServerReference,
+            ReasonString,
+            ReceiveMaximum,
+            TopicAliasMaximum,
+            TopicAlias,
+            MaximumQos,
+            RetainAvailable,
+            UserProperty,
+            MaximumPacketSize,
+            WildcardSubscriptionAvailable,
+            SubscriptionIdentifierAvailable,
+            SharedSubscriptionAvailable,
+        ]
+    };
+
+    pub fn from_u32(v: u32) -> Option<PropertyId> {
+        let v = u8::try_from(v).ok()?;
+        PropertyId::ALL.into_iter().find(|id| *id as u8 == v)
+    }
+
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The "Used in" column of the table in §2.2.2.2.
+    fn contexts(self) -> u16 {
+        use PropertyContext as C;
+        use PropertyId::*;
+        match self {
+            PayloadFormatIndicator
+            | MessageExpiryInterval
+            | ContentType
+            | ResponseTopic
+            | CorrelationData => C::Publish.bit() | C::Will.bit(),
+            SubscriptionIdentifier => C::Publish.bit() | C::Subscribe.bit(),
+            SessionExpiryInterval => C::Connect.bit() | C::ConnAck.bit() | C::Disconnect.bit(),
+            AssignedClientIdentifier
+            | ServerKeepAlive
+            | ResponseInformation
+            | MaximumQos
+            | RetainAvailable
+            | WildcardSubscriptionAvailable
+            | SubscriptionIdentifierAvailable
+            | SharedSubscriptionAvailable => C::ConnAck.bit(),
+            AuthenticationMethod | AuthenticationData => {
+                C::Connect.bit() | C::ConnAck.bit() | C::Auth.bit()
+            }
+            RequestProblemInformation | RequestResponseInformation => C::Connect.bit(),
+            WillDelayInterval => C::Will.bit(),
+            ServerReference => C::ConnAck.bit() | C::Disconnect.bit(),
+            ReasonString => {
+                C::ConnAck.bit()
+                    | C::PubAck.bit()
+                    | C::PubRec.bit()
+                    | C::PubRel.bit()
+                    | C::PubComp.bit()
+                    | C::SubAck.bit()
+                    | C::UnsubAck.bit()
+                    | C::Disconnect.bit()
+                    | C::Auth.bit()
+            }
+            ReceiveMaximum | TopicAliasMaximum | MaximumPacketSize => {
+                C::Connect.bit() | C::ConnAck.bit()
+            }
+            TopicAlias => C::Publish.bit(),
+            // User Property is allowed in every property set.
+            UserProperty => u16::MAX,
+        }
+    }
+
+    /// Whether this property may appear in `ctx` (§2.2.2.2). Including one
+    /// that may not is a Malformed Packet.
+    pub fn allowed_in(self, ctx: PropertyContext) -> bool {
+        self.contexts() & ctx.bit() != 0
+    }
+
+    /// Whether this property may appear more than once in `ctx`: User
+    /// Property anywhere, Subscription Identifier only in PUBLISH (§3.3.2.3.8,
+    /// §3.8.2.1.2). Any other repeat is a Protocol Error.
+    pub fn may_repeat_in(self, ctx: PropertyContext) -> bool {
+        match self {
+            PropertyId::UserProperty => true,
+            PropertyId::SubscriptionIdentifier => ctx == PropertyContext::Publish,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for PropertyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?} (0x{:02X})", self.as_u8())
+    }
+}
+
+/// Largest Subscription Identifier, the largest Variable Byte Integer (§2.2.2.2).
+pub const SUBSCRIPTION_IDENTIFIER_MAX: u32 = 268_435_455;
+
+impl Properties {
+    /// The identifiers of the properties present, in wire order (a repeated
+    /// property is listed once).
+    pub fn present(&self) -> impl Iterator<Item = PropertyId> + '_ {
+        PropertyId::ALL.into_iter().filter(|id| self.has(*id))
+    }
+
+    /// Whether property `id` is present.
+    pub fn has(&self, id: PropertyId) -> bool {
+        use PropertyId::*;
+        match id {
+            PayloadFormatIndicator => self.payload_format_indicator.is_some(),
+            MessageExpiryInterval => self.message_expiry_interval.is_some(),
+            ContentType => self.content_type.is_some(),
+            ResponseTopic => self.response_topic.is_some(),
+            CorrelationData => self.correlation_data.is_some(),
+            SubscriptionIdentifier => !self.subscription_identifiers.is_empty(),
+            SessionExpiryInterval => self.session_expiry_interval.is_some(),
+            AssignedClientIdentifier => self.assigned_client_identifier.is_some(),
+            ServerKeepAlive => self.server_keep_alive.is_some(),
+            AuthenticationMethod => self.authentication_method.is_some(),
+            AuthenticationData => self.authentication_data.is_some(),
+            RequestProblemInformation => self.request_problem_information.is_some(),
+            WillDelayInterval => self.will_delay_interval.is_some(),
+            RequestResponseInformation => self.request_response_information.is_some(),
+            ResponseInformation => self.response_information.is_some(),
+            ServerReference => self.server_reference.is_some(),
+            ReasonString => self.reason_string.is_some(),
+            ReceiveMaximum => self.receive_maximum.is_some(),
+            TopicAliasMaximum => self.topic_alias_maximum.is_some(),
+            TopicAlias => self.topic_alias.is_some(),
+            MaximumQos => self.maximum_qos.is_some(),
+            RetainAvailable => self.retain_available.is_some(),
+            UserProperty => !self.user_properties.is_empty(),
+            MaximumPacketSize => self.maximum_packet_size.is_some(),
+            WildcardSubscriptionAvailable => self.wildcard_subscription_available.is_some(),
+            SubscriptionIdentifierAvailable => self.subscription_identifier_available.is_some(),
+            SharedSubscriptionAvailable => self.shared_subscription_available.is_some(),
+        }
+    }
+
+    /// Checks the property set against §2.2.2.2 for `ctx`: every property
+    /// present must be allowed there, and only repeatable ones may repeat.
+    /// Returns the first offending property.
+    pub fn allowed_in(&self, ctx: PropertyContext) -> Result<(), PropertyId> {
+        if let Some(id) = self.present().find(|id| !id.allowed_in(ctx)) {
+            return Err(id);
+        }
+        if self.subscription_identifiers.len() > 1
+            && !PropertyId::SubscriptionIdentifier.may_repeat_in(ctx)
+        {
+            return Err(PropertyId::SubscriptionIdentifier);
+        }
+        Ok(())
+    }
+
+    /// The first value outside the range the spec allows, as `(property,
+    /// value)`: byte flags above 1, Receive Maximum / Maximum Packet Size /
+    /// Topic Alias / Subscription Identifier of 0, a Subscription Identifier
+    /// above [`SUBSCRIPTION_IDENTIFIER_MAX`] (§3.1.2.11, §3.2.2.3, §3.3.2.3).
+    pub fn invalid_value(&self) -> Option<(PropertyId, u32)> {
+        use PropertyId::*;
+        let flags = [
+            (PayloadFormatIndicator, self.payload_format_indicator),
+            (RequestProblemInformation, self.request_problem_information),
+            (
+                RequestResponseInformation,
+                self.request_response_information,
+            ),
+            (MaximumQos, self.maximum_qos),
+            (RetainAvailable, self.retain_available),
+            (
+                WildcardSubscriptionAvailable,
+                self.wildcard_subscription_available,
+            ),
+            (
+                SubscriptionIdentifierAvailable,
+                self.subscription_identifier_available,
+            ),
+            (
+                SharedSubscriptionAvailable,
+                self.shared_subscription_available,
+            ),
+        ];
+        for (id, v) in flags {
+            if let Some(v) = v.filter(|v| *v > 1) {
+                return Some((id, u32::from(v)));
+            }
+        }
+        let non_zero = [
+            (ReceiveMaximum, self.receive_maximum.map(u32::from)),
+            (TopicAlias, self.topic_alias.map(u32::from)),
+            (MaximumPacketSize, self.maximum_packet_size),
+        ];
+        for (id, v) in non_zero {
+            if v == Some(0) {
+                return Some((id, 0));
+            }
+        }
+        self.subscription_identifiers
+            .iter()
+            .find(|v| **v == 0 || **v > SUBSCRIPTION_IDENTIFIER_MAX)
+            .map(|v| (SubscriptionIdentifier, *v))
+    }
+}

@@ -2,6 +2,8 @@
 //! return codes and SUBACK return codes. Which codes a packet type may carry is
 //! checked by the codec (`ReasonCode::valid_in`).
 
+use super::packet::PacketType;
+
 /// Every reason code of MQTT 5.0 §2.4. Values are the wire bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -140,6 +142,183 @@ impl ReasonCode {
             3 => ReasonCode::ServerUnavailable,
             4 => ReasonCode::BadUserNameOrPassword,
             5 => ReasonCode::NotAuthorized,
+            _ => return None,
+        })
+    }
+
+    /// Whether an MQTT 5.0 `packet` may carry this code: the table of §2.4,
+    /// which matches each packet's own list (§3.2.2.2, §3.4.2.1, §3.5.2.1,
+    /// §3.6.2.1, §3.7.2.1, §3.9.3, §3.11.3, §3.14.2.1, §3.15.2.1). Packets
+    /// without a reason code (CONNECT, PUBLISH, SUBSCRIBE, ...) accept none.
+    pub fn valid_in(self, packet: PacketType) -> bool {
+        use ReasonCode::*;
+        match packet {
+            PacketType::ConnAck => matches!(
+                self,
+                Success
+                    | UnspecifiedError
+                    | MalformedPacket
+                    | ProtocolError
+                    | ImplementationSpecificError
+                    | UnsupportedProtocolVersion
+                    | ClientIdentifierNotValid
+                    | BadUserNameOrPassword
+                    | NotAuthorized
+                    | ServerUnavailable
+                    | ServerBusy
+                    | Banned
+                    | BadAuthenticationMethod
+                    | TopicNameInvalid
+                    | PacketTooLarge
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+                    | RetainNotSupported
+                    | QoSNotSupported
+                    | UseAnotherServer
+                    | ServerMoved
+                    | ConnectionRateExceeded
+            ),
+            PacketType::PubAck | PacketType::PubRec => matches!(
+                self,
+                Success
+                    | NoMatchingSubscribers
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicNameInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+            ),
+            PacketType::PubRel | PacketType::PubComp => {
+                matches!(self, Success | PacketIdentifierNotFound)
+            }
+            PacketType::SubAck => matches!(
+                self,
+                Success
+                    | GrantedQoS1
+                    | GrantedQoS2
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | SharedSubscriptionsNotSupported
+                    | SubscriptionIdentifiersNotSupported
+                    | WildcardSubscriptionsNotSupported
+            ),
+            PacketType::UnsubAck => matches!(
+                self,
+                Success
+                    | NoSubscriptionExisted
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+            ),
+            PacketType::Disconnect => matches!(
+                self,
+                Success
+                    | DisconnectWithWillMessage
+                    | UnspecifiedError
+                    | MalformedPacket
+                    | ProtocolError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | ServerBusy
+                    | ServerShuttingDown
+                    | BadAuthenticationMethod
+                    | KeepAliveTimeout
+                    | SessionTakenOver
+                    | TopicFilterInvalid
+                    | TopicNameInvalid
+                    | ReceiveMaximumExceeded
+                    | TopicAliasInvalid
+                    | PacketTooLarge
+                    | MessageRateTooHigh
+                    | QuotaExceeded
+                    | AdministrativeAction
+                    | PayloadFormatInvalid
+                    | RetainNotSupported
+                    | QoSNotSupported
+                    | UseAnotherServer
+                    | ServerMoved
+                    | SharedSubscriptionsNotSupported
+                    | ConnectionRateExceeded
+                    | MaximumConnectTime
+                    | SubscriptionIdentifiersNotSupported
+                    | WildcardSubscriptionsNotSupported
+            ),
+            PacketType::Auth => matches!(self, Success | ContinueAuthentication | ReAuthenticate),
+            PacketType::Connect
+            | PacketType::Publish
+            | PacketType::Subscribe
+            | PacketType::Unsubscribe
+            | PacketType::PingReq
+            | PacketType::PingResp => false,
+        }
+    }
+
+    /// Every reason code, in wire order.
+    pub const ALL: [ReasonCode; 43] = {
+        use ReasonCode::*;
+        [
+            Success,
+            GrantedQoS1,
+            GrantedQoS2,
+            DisconnectWithWillMessage,
+            NoMatchingSubscribers,
+            NoSubscriptionExisted,
+            ContinueAuthentication,
+            ReAuthenticate,
+            UnspecifiedError,
+            MalformedPacket,
+            ProtocolError,
+            ImplementationSpecificError,
+            UnsupportedProtocolVersion,
+            ClientIdentifierNotValid,
+            BadUserNameOrPassword,
+            NotAuthorized,
+            ServerUnavailable,
+            ServerBusy,
+            Banned,
+            ServerShuttingDown,
+            BadAuthenticationMethod,
+            KeepAliveTimeout,
+            SessionTakenOver,
+            TopicFilterInvalid,
+            TopicNameInvalid,
+            PacketIdentifierInUse,
+            PacketIdentifierNotFound,
+            ReceiveMaximumExceeded,
+            TopicAliasInvalid,
+            PacketTooLarge,
+            MessageRateTooHigh,
+            QuotaExceeded,
+            AdministrativeAction,
+            PayloadFormatInvalid,
+            RetainNotSupported,
+            QoSNotSupported,
+            UseAnotherServer,
+            ServerMoved,
+            SharedSubscriptionsNotSupported,
+            ConnectionRateExceeded,
+            MaximumConnectTime,
+            SubscriptionIdentifiersNotSupported,
+            WildcardSubscriptionsNotSupported,
+        ]
+    };
+
+    /// The reason for a v3.1.1 SUBACK return code (§3.9.3): 0x00, 0x01, 0x02
+    /// and 0x80; the rest are reserved [MQTT-3.9.3-2].
+    pub fn from_v311_suback(code: u8) -> Option<ReasonCode> {
+        Some(match code {
+            0x00 => ReasonCode::Success,
+            0x01 => ReasonCode::GrantedQoS1,
+            0x02 => ReasonCode::GrantedQoS2,
+            0x80 => ReasonCode::UnspecifiedError,
             _ => return None,
         })
     }
