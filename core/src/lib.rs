@@ -5,4 +5,5 @@
 pub mod codec;
 pub mod limits;
 pub mod retained;
+pub mod session;
 pub mod topic;

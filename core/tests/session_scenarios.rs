@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use shardmq_core::codec::{
-    Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
-    RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+    Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS,
+    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
-    AllowAll, CloseReason, Connection, Delivery, Enqueued, Event, Message, Permissions, SessionState, SharedMessage,
+    AllowAll, CloseReason, Connection, Delivery, Enqueued, Event, Message, Permissions,
+    SessionState, SharedMessage,
 };
 use shardmq_core::topic::{Filter, TopicName};
 
@@ -114,22 +115,39 @@ impl Harness {
     fn connect_with(&mut self, c: Connect, existing: Option<SessionState>) -> Packet {
         self.recv(Packet::Connect(Box::new(c)));
         let events = self.events();
-        assert!(matches!(events.as_slice(), [Event::Connect(_)]), "{events:?}");
-        self.conn
-            .accept(self.now, existing, Some("assigned-1".into()), Box::new(AllowAll));
-        let sent = self.sent();
-        assert_eq!(sent.len(), 1, "{sent:?}");
-        sent.into_iter().next().unwrap()
+        assert!(
+            matches!(events.as_slice(), [Event::Connect(_)]),
+            "{events:?}"
+        );
+        self.conn.accept(
+            self.now,
+            existing,
+            Some("assigned-1".into()),
+            Box::new(AllowAll),
+        );
+        // CONNACK first; a resumed session's redeliveries follow it.
+        self.conn.poll_packet(self.now).expect("CONNACK")
     }
 
     fn connect_v5(&mut self, client_id: &str) -> Packet {
         self.connect_with(connect(ProtocolVersion::V5, client_id, true), None)
     }
 
-    fn closed_event(&mut self) -> (CloseReason, Option<SessionState>, Option<shardmq_core::session::PendingWill>) {
+    fn closed_event(
+        &mut self,
+    ) -> (
+        CloseReason,
+        Option<SessionState>,
+        Option<shardmq_core::session::PendingWill>,
+    ) {
         let events = self.events();
         for e in events {
-            if let Event::Closed { reason, session, will } = e {
+            if let Event::Closed {
+                reason,
+                session,
+                will,
+            } = e
+            {
                 return (reason, session, will);
             }
         }
@@ -174,7 +192,13 @@ fn v5_connack_announces_broker_limits_and_features() {
 fn v5_empty_client_id_gets_assigned_identifier() {
     let mut h = Harness::new(ClientLimits::default());
     let ack = h.connect_v5("");
-    assert_eq!(connack(&ack).properties.assigned_client_identifier.as_deref(), Some("assigned-1"));
+    assert_eq!(
+        connack(&ack)
+            .properties
+            .assigned_client_identifier
+            .as_deref(),
+        Some("assigned-1")
+    );
     assert_eq!(h.conn.client_id().map(|c| &**c), Some("assigned-1"));
 }
 
@@ -182,9 +206,16 @@ fn v5_empty_client_id_gets_assigned_identifier() {
 fn v311_empty_client_id_without_clean_session_is_rejected() {
     // [MQTT-3.1.3-8]: CONNACK 0x02 (identifier rejected), then close.
     let mut h = Harness::new(ClientLimits::default());
-    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V311, "", false))));
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V311,
+        "",
+        false,
+    ))));
     let sent = h.sent();
-    assert_eq!(connack(&sent[0]).reason, ReasonCode::ClientIdentifierNotValid);
+    assert_eq!(
+        connack(&sent[0]).reason,
+        ReasonCode::ClientIdentifierNotValid
+    );
     assert!(h.conn.is_closed());
 }
 
@@ -209,8 +240,15 @@ fn second_connect_is_a_protocol_error() {
     // [MQTT-3.1.0-2]
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
-    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V5, "c1", true))));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V5,
+        "c1",
+        true,
+    ))));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ProtocolError)
+    );
     assert!(h.conn.is_closed());
 }
 
@@ -224,10 +262,16 @@ fn keep_alive_closes_after_one_and_a_half_intervals_of_silence() {
     h.recv(Packet::PingReq);
     assert_eq!(h.sent(), vec![Packet::PingResp]);
     h.advance(Duration::from_secs(80));
-    assert!(h.conn.is_connected(), "PINGREQ restarted the keep-alive timer");
+    assert!(
+        h.conn.is_connected(),
+        "PINGREQ restarted the keep-alive timer"
+    );
     h.advance(Duration::from_secs(11));
     assert!(h.conn.is_closed());
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::KeepAliveTimeout));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::KeepAliveTimeout)
+    );
 }
 
 #[test]
@@ -250,14 +294,22 @@ fn session_expiry_is_capped_and_the_cap_is_returned_in_connack() {
     c.properties.session_expiry_interval = Some(1000);
     let ack = h.connect_with(c, None);
     assert_eq!(connack(&ack).properties.session_expiry_interval, Some(100));
-    assert_eq!(h.conn.session().unwrap().expiry_interval, Duration::from_secs(100));
+    assert_eq!(
+        h.conn.session().unwrap().expiry_interval,
+        Duration::from_secs(100)
+    );
 }
 
 #[test]
 fn qos1_publish_is_acknowledged_after_the_broker_routes_it() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
-    h.recv(Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(7), b"x")));
+    h.recv(Packet::Publish(publish(
+        "a/b",
+        QoS::AtLeastOnce,
+        Some(7),
+        b"x",
+    )));
     assert!(h.sent().is_empty(), "no PUBACK before routing");
     let ack = match h.events().pop() {
         Some(Event::Publish { message, ack }) => {
@@ -270,7 +322,10 @@ fn qos1_publish_is_acknowledged_after_the_broker_routes_it() {
     h.conn.publish_done(ack, ReasonCode::NoMatchingSubscribers);
     assert_eq!(
         h.sent(),
-        vec![Packet::PubAck(PubResponse::new(id(7), ReasonCode::NoMatchingSubscribers))]
+        vec![Packet::PubAck(PubResponse::new(
+            id(7),
+            ReasonCode::NoMatchingSubscribers
+        ))]
     );
 }
 
@@ -279,25 +334,47 @@ fn qos2_duplicate_publish_is_not_routed_twice() {
     // [MQTT-4.3.3-10]: until PUBREL, a PUBLISH with the same id is the same message.
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
-    h.recv(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(3), b"x")));
+    h.recv(Packet::Publish(publish(
+        "a",
+        QoS::ExactlyOnce,
+        Some(3),
+        b"x",
+    )));
     let ack = match h.events().pop() {
         Some(Event::Publish { ack: Some(ack), .. }) => ack,
         other => panic!("{other:?}"),
     };
     h.conn.publish_done(ack, ReasonCode::Success);
-    assert_eq!(h.sent(), vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]
+    );
 
     let mut dup = publish("a", QoS::ExactlyOnce, Some(3), b"x");
     dup.dup = true;
     h.recv(Packet::Publish(dup));
     assert!(h.events().is_empty(), "duplicate must not be routed again");
-    assert_eq!(h.sent(), vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubRec(PubResponse::new(id(3), ReasonCode::Success))]
+    );
 
     h.recv(Packet::PubRel(PubResponse::new(id(3), ReasonCode::Success)));
-    assert_eq!(h.sent(), vec![Packet::PubComp(PubResponse::new(id(3), ReasonCode::Success))]);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubComp(PubResponse::new(
+            id(3),
+            ReasonCode::Success
+        ))]
+    );
 
     // [MQTT-4.3.3-11] after PUBCOMP the id is a new message.
-    h.recv(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(3), b"y")));
+    h.recv(Packet::Publish(publish(
+        "a",
+        QoS::ExactlyOnce,
+        Some(3),
+        b"y",
+    )));
     assert!(matches!(h.events().as_slice(), [Event::Publish { .. }]));
 }
 
@@ -308,7 +385,10 @@ fn pubrel_for_unknown_id_gets_packet_identifier_not_found_in_v5() {
     h.recv(Packet::PubRel(PubResponse::new(id(9), ReasonCode::Success)));
     assert_eq!(
         h.sent(),
-        vec![Packet::PubComp(PubResponse::new(id(9), ReasonCode::PacketIdentifierNotFound))]
+        vec![Packet::PubComp(PubResponse::new(
+            id(9),
+            ReasonCode::PacketIdentifierNotFound
+        ))]
     );
 }
 
@@ -320,11 +400,24 @@ fn exceeding_the_announced_receive_maximum_disconnects() {
     let mut h = Harness::new(limits);
     h.connect_v5("c1");
     for pid in 1..=2 {
-        h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(pid), b"x")));
+        h.recv(Packet::Publish(publish(
+            "a",
+            QoS::AtLeastOnce,
+            Some(pid),
+            b"x",
+        )));
     }
     assert!(h.conn.is_connected());
-    h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(3), b"x")));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ReceiveMaximumExceeded));
+    h.recv(Packet::Publish(publish(
+        "a",
+        QoS::AtLeastOnce,
+        Some(3),
+        b"x",
+    )));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ReceiveMaximumExceeded)
+    );
 }
 
 #[test]
@@ -336,7 +429,11 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
     h.connect_with(c, None);
     for _ in 0..3 {
         assert_eq!(
-            h.conn.deliver(h.now, &message("t", QoS::AtLeastOnce, b"m"), &granted(QoS::AtLeastOnce)),
+            h.conn.deliver(
+                h.now,
+                &message("t", QoS::AtLeastOnce, b"m"),
+                &granted(QoS::AtLeastOnce)
+            ),
             Enqueued::Queued
         );
     }
@@ -347,7 +444,10 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
         other => panic!("{other:?}"),
     };
     assert!(!h.conn.wants_transmit());
-    h.recv(Packet::PubAck(PubResponse::new(first_id, ReasonCode::Success)));
+    h.recv(Packet::PubAck(PubResponse::new(
+        first_id,
+        ReasonCode::Success,
+    )));
     assert!(h.conn.wants_transmit());
     assert_eq!(h.sent().len(), 1);
 }
@@ -356,8 +456,11 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
 fn outgoing_qos2_runs_the_four_packet_exchange() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("sub");
-    h.conn
-        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"m"), &granted(QoS::ExactlyOnce));
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::ExactlyOnce, b"m"),
+        &granted(QoS::ExactlyOnce),
+    );
     let pid = match h.sent().as_slice() {
         [Packet::Publish(p)] => {
             assert_eq!(p.qos, QoS::ExactlyOnce);
@@ -366,7 +469,10 @@ fn outgoing_qos2_runs_the_four_packet_exchange() {
         other => panic!("{other:?}"),
     };
     h.recv(Packet::PubRec(PubResponse::new(pid, ReasonCode::Success)));
-    assert_eq!(h.sent(), vec![Packet::PubRel(PubResponse::new(pid, ReasonCode::Success))]);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubRel(PubResponse::new(pid, ReasonCode::Success))]
+    );
     assert_eq!(h.conn.session().unwrap().inflight_len(), 1);
     h.recv(Packet::PubComp(PubResponse::new(pid, ReasonCode::Success)));
     assert_eq!(h.conn.session().unwrap().inflight_len(), 0);
@@ -376,8 +482,11 @@ fn outgoing_qos2_runs_the_four_packet_exchange() {
 fn delivery_qos_is_the_minimum_of_message_and_subscription() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("sub");
-    h.conn
-        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"m"), &granted(QoS::AtLeastOnce));
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::ExactlyOnce, b"m"),
+        &granted(QoS::AtLeastOnce),
+    );
     match h.sent().as_slice() {
         [Packet::Publish(p)] => assert_eq!(p.qos, QoS::AtLeastOnce),
         other => panic!("{other:?}"),
@@ -391,10 +500,16 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
     let mut c = connect(ProtocolVersion::V5, "sub", false);
     c.properties.session_expiry_interval = Some(300);
     h.connect_with(c.clone(), None);
-    h.conn
-        .deliver(h.now, &message("t", QoS::AtLeastOnce, b"one"), &granted(QoS::AtLeastOnce));
-    h.conn
-        .deliver(h.now, &message("t", QoS::ExactlyOnce, b"two"), &granted(QoS::ExactlyOnce));
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"one"),
+        &granted(QoS::AtLeastOnce),
+    );
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::ExactlyOnce, b"two"),
+        &granted(QoS::ExactlyOnce),
+    );
     let sent = h.sent();
     let ids: Vec<PacketId> = sent
         .iter()
@@ -403,7 +518,10 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
             other => panic!("{other:?}"),
         })
         .collect();
-    h.recv(Packet::PubRec(PubResponse::new(ids[1], ReasonCode::Success)));
+    h.recv(Packet::PubRec(PubResponse::new(
+        ids[1],
+        ReasonCode::Success,
+    )));
     h.sent();
     h.conn.handle_connection_lost();
     let (reason, session, will) = h.closed_event();
@@ -448,11 +566,23 @@ fn offline_session_queues_qos1_and_drops_qos0() {
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
     let limit = QueueLimit::default();
     assert_eq!(
-        s.enqueue(now, &message("t", QoS::AtMostOnce, b"0"), &granted(QoS::AtMostOnce), false, &limit),
+        s.enqueue(
+            now,
+            &message("t", QoS::AtMostOnce, b"0"),
+            &granted(QoS::AtMostOnce),
+            false,
+            &limit
+        ),
         Enqueued::Discarded
     );
     assert_eq!(
-        s.enqueue(now, &message("t", QoS::AtLeastOnce, b"1"), &granted(QoS::AtLeastOnce), false, &limit),
+        s.enqueue(
+            now,
+            &message("t", QoS::AtLeastOnce, b"1"),
+            &granted(QoS::AtLeastOnce),
+            false,
+            &limit
+        ),
         Enqueued::Queued
     );
     assert_eq!(s.queued_len(), 1);
@@ -467,7 +597,13 @@ fn queue_limit_drop_oldest_keeps_the_newest_messages() {
         strategy: QueueFullStrategy::DropOldest,
     };
     for p in [b"1", b"2", b"3"] {
-        s.enqueue(now, &message("t", QoS::AtLeastOnce, p), &granted(QoS::AtLeastOnce), false, &limit);
+        s.enqueue(
+            now,
+            &message("t", QoS::AtLeastOnce, p),
+            &granted(QoS::AtLeastOnce),
+            false,
+            &limit,
+        );
     }
     assert_eq!(s.queued_len(), 2);
     assert_eq!(s.stats.dropped_queue_full, 1);
@@ -483,7 +619,10 @@ fn queue_limit_drop_oldest_keeps_the_newest_messages() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(payloads, vec![Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"2"), Bytes::from_static(b"3")]
+    );
 }
 
 #[test]
@@ -495,7 +634,10 @@ fn queue_limit_none_rejects_new_messages() {
         strategy: QueueFullStrategy::None,
     };
     let m = message("t", QoS::AtLeastOnce, b"m");
-    assert_eq!(s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit), Enqueued::Queued);
+    assert_eq!(
+        s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit),
+        Enqueued::Queued
+    );
     assert_eq!(
         s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit),
         Enqueued::RejectedQueueFull
@@ -524,7 +666,11 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
     match h.sent().as_slice() {
         [Packet::SubAck(s)] => assert_eq!(
             s.reasons,
-            vec![ReasonCode::GrantedQoS1, ReasonCode::TopicFilterInvalid, ReasonCode::GrantedQoS2]
+            vec![
+                ReasonCode::GrantedQoS1,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::GrantedQoS2
+            ]
         ),
         other => panic!("{other:?}"),
     }
@@ -548,7 +694,10 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
             ..
         } => {
             assert!(matches!(subscription.filter, Filter::Shared { .. }));
-            assert!(!*send_retained, "shared subscriptions get no retained messages");
+            assert!(
+                !*send_retained,
+                "shared subscriptions get no retained messages"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -592,7 +741,10 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
             },
         )],
     }));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ProtocolError)
+    );
 }
 
 #[test]
@@ -613,11 +765,17 @@ fn unsubscribe_reports_missing_subscriptions() {
     }));
     match h.sent().as_slice() {
         [Packet::UnsubAck(u)] => {
-            assert_eq!(u.reasons, vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted])
+            assert_eq!(
+                u.reasons,
+                vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+            )
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(h.events().as_slice(), [Event::Unsubscribed { .. }]));
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::Unsubscribed { .. }]
+    ));
 }
 
 #[test]
@@ -648,7 +806,10 @@ fn unknown_topic_alias_with_empty_topic_is_a_protocol_error() {
     let mut p = publish("", QoS::AtMostOnce, None, b"1");
     p.properties.topic_alias = Some(5);
     h.recv(Packet::Publish(p));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ProtocolError)
+    );
 }
 
 #[test]
@@ -661,7 +822,10 @@ fn topic_alias_above_broker_maximum_is_invalid() {
     let mut p = publish("a", QoS::AtMostOnce, None, b"1");
     p.properties.topic_alias = Some(3);
     h.recv(Packet::Publish(p));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::TopicAliasInvalid));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::TopicAliasInvalid)
+    );
 }
 
 #[test]
@@ -672,8 +836,11 @@ fn outbound_topic_aliases_stay_within_the_clients_maximum() {
     c.properties.topic_alias_maximum = Some(1);
     h.connect_with(c, None);
     for t in ["a", "a", "b"] {
-        h.conn
-            .deliver(h.now, &message(t, QoS::AtMostOnce, b"m"), &granted(QoS::AtMostOnce));
+        h.conn.deliver(
+            h.now,
+            &message(t, QoS::AtMostOnce, b"m"),
+            &granted(QoS::AtMostOnce),
+        );
     }
     let sent: Vec<(String, Option<u16>)> = h
         .sent()
@@ -685,7 +852,11 @@ fn outbound_topic_aliases_stay_within_the_clients_maximum() {
         .collect();
     assert_eq!(
         sent,
-        vec![("a".into(), Some(1)), ("".into(), Some(1)), ("b".into(), None)]
+        vec![
+            ("a".into(), Some(1)),
+            ("".into(), Some(1)),
+            ("b".into(), None)
+        ]
     );
 }
 
@@ -766,7 +937,10 @@ fn disconnect_cannot_raise_session_expiry_from_zero() {
     let mut d = Disconnect::new(ReasonCode::Success);
     d.properties.session_expiry_interval = Some(10);
     h.recv(Packet::Disconnect(d));
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ProtocolError));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ProtocolError)
+    );
 }
 
 #[test]
@@ -775,9 +949,15 @@ fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
     h.conn.take_over();
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::SessionTakenOver));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::SessionTakenOver)
+    );
     let (_, session, _) = h.closed_event();
-    assert!(session.is_some(), "the new connection decides on clean start");
+    assert!(
+        session.is_some(),
+        "the new connection decides on clean start"
+    );
 }
 
 #[test]
@@ -785,7 +965,10 @@ fn shutdown_sends_server_shutting_down() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
     h.conn.shut_down();
-    assert_eq!(disconnect_reason(&h.sent()), Some(ReasonCode::ServerShuttingDown));
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::ServerShuttingDown)
+    );
 }
 
 #[derive(Debug)]
@@ -802,15 +985,27 @@ impl Permissions for OnlyOwnTopic {
 #[test]
 fn unauthorized_publish_is_refused_with_0x87_in_v5() {
     let mut h = Harness::new(ClientLimits::default());
-    h.recv(Packet::Connect(Box::new(connect(ProtocolVersion::V5, "c1", true))));
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V5,
+        "c1",
+        true,
+    ))));
     h.events();
     h.conn.accept(h.now, None, None, Box::new(OnlyOwnTopic));
     h.sent();
-    h.recv(Packet::Publish(publish("other/x", QoS::AtLeastOnce, Some(1), b"x")));
+    h.recv(Packet::Publish(publish(
+        "other/x",
+        QoS::AtLeastOnce,
+        Some(1),
+        b"x",
+    )));
     assert!(h.events().is_empty());
     assert_eq!(
         h.sent(),
-        vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::NotAuthorized))]
+        vec![Packet::PubAck(PubResponse::new(
+            id(1),
+            ReasonCode::NotAuthorized
+        ))]
     );
     h.recv(Packet::Subscribe(Subscribe {
         packet_id: id(2),
@@ -831,10 +1026,16 @@ fn publish_larger_than_clients_maximum_packet_size_is_dropped_and_counted() {
     c.properties.maximum_packet_size = Some(64);
     h.connect_with(c, None);
     static BIG: [u8; 200] = [0u8; 200];
-    h.conn
-        .deliver(h.now, &message("t", QoS::AtLeastOnce, &BIG), &granted(QoS::AtLeastOnce));
-    h.conn
-        .deliver(h.now, &message("t", QoS::AtLeastOnce, b"small"), &granted(QoS::AtLeastOnce));
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, &BIG),
+        &granted(QoS::AtLeastOnce),
+    );
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"small"),
+        &granted(QoS::AtLeastOnce),
+    );
     let mut buf = BytesMut::new();
     let n = h.conn.poll_transmit(h.now, &mut buf, 1 << 16);
     assert_eq!(n, 1);
@@ -895,11 +1096,19 @@ fn v311_session_is_kept_only_without_clean_session() {
 fn v311_acknowledgements_carry_no_reason() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_with(connect(ProtocolVersion::V311, "c1", true), None);
-    h.recv(Packet::Publish(publish("a", QoS::AtLeastOnce, Some(1), b"x")));
+    h.recv(Packet::Publish(publish(
+        "a",
+        QoS::AtLeastOnce,
+        Some(1),
+        b"x",
+    )));
     let ack = match h.events().pop() {
         Some(Event::Publish { ack: Some(a), .. }) => a,
         other => panic!("{other:?}"),
     };
     h.conn.publish_done(ack, ReasonCode::NoMatchingSubscribers);
-    assert_eq!(h.sent(), vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::Success))]);
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::Success))]
+    );
 }

@@ -19,7 +19,9 @@ use crate::limits::ClientLimits;
 use crate::topic::{Filter, TopicName};
 
 use super::message::{expiry, forwardable, Message, SharedMessage};
-use super::state::{Delivery, Enqueued, Inflight, InflightState, Queued, SessionState, Subscription};
+use super::state::{
+    Delivery, Enqueued, Inflight, InflightState, Queued, SessionState, Subscription,
+};
 use super::{AllowAll, Permissions};
 
 /// How long a new connection may take to send CONNECT before it is closed
@@ -129,7 +131,6 @@ struct ClientSide {
     receive_maximum: u16,
     packet_size_max: Option<u32>,
     topic_alias_max: u16,
-    request_problem_information: bool,
 }
 
 impl Default for ClientSide {
@@ -138,7 +139,6 @@ impl Default for ClientSide {
             receive_maximum: u16::MAX,
             packet_size_max: None,
             topic_alias_max: 0,
-            request_problem_information: true,
         }
     }
 }
@@ -287,12 +287,16 @@ impl Connection {
 
     /// Checks deadlines; call when `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deadline) = self.deadline else { return };
+        let Some(deadline) = self.deadline else {
+            return;
+        };
         if now < deadline {
             return;
         }
         match self.phase {
-            Phase::AwaitConnect => self.close_silently(CloseReason::Server(ReasonCode::MaximumConnectTime)),
+            Phase::AwaitConnect => {
+                self.close_silently(CloseReason::Server(ReasonCode::MaximumConnectTime))
+            }
             // [MQTT-3.1.2-24] no packet within 1.5 x keep-alive.
             Phase::Connected => self.close_with(ReasonCode::KeepAliveTimeout),
             Phase::AwaitAccept | Phase::Closed => {}
@@ -312,7 +316,9 @@ impl Connection {
         if self.phase != Phase::AwaitAccept {
             return;
         }
-        let Some(connect) = self.pending_connect.take() else { return };
+        let Some(connect) = self.pending_connect.take() else {
+            return;
+        };
         self.permissions = permissions;
         let expiry = self.session_expiry_of(&connect);
         let client_id = match (&assigned_client_id, connect.client_id.is_empty()) {
@@ -401,7 +407,12 @@ impl Connection {
     }
 
     /// Offers a routed message to this connection's session.
-    pub fn deliver(&mut self, now: Instant, message: &SharedMessage, delivery: &Delivery) -> Enqueued {
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+    ) -> Enqueued {
         let online = self.phase == Phase::Connected;
         let Some(session) = self.session.as_mut() else {
             return Enqueued::Discarded;
@@ -453,7 +464,11 @@ impl Connection {
         };
         Some(match out {
             Outgoing::Packet(p) => p,
-            Outgoing::Publish { queued, packet_id, dup } => Packet::Publish(self.build_publish(now, queued, packet_id, dup)),
+            Outgoing::Publish {
+                queued,
+                packet_id,
+                dup,
+            } => Packet::Publish(self.build_publish(now, queued, packet_id, dup)),
         })
     }
 
@@ -465,10 +480,12 @@ impl Connection {
         if self.phase != Phase::Connected {
             return false;
         }
-        self.session.as_ref().is_some_and(|s| match s.queue.front() {
-            Some(q) => q.qos == QoS::AtMostOnce || s.inflight.len() < self.window(),
-            None => false,
-        })
+        self.session
+            .as_ref()
+            .is_some_and(|s| match s.queue.front() {
+                Some(q) => q.qos == QoS::AtMostOnce || s.inflight.len() < self.window(),
+                None => false,
+            })
     }
 
     /// Encodes pending packets into `buf` until it holds `bytes_max` (one
@@ -478,7 +495,9 @@ impl Connection {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut, bytes_max: usize) -> usize {
         let mut written = 0;
         while buf.len() < bytes_max {
-            let Some(packet) = self.poll_packet(now) else { break };
+            let Some(packet) = self.poll_packet(now) else {
+                break;
+            };
             let start = buf.len();
             if codec::encode(&packet, self.version, buf).is_err() {
                 // INVARIANT: the state machine only builds packets valid for
@@ -513,14 +532,22 @@ impl Connection {
         let v5 = self.version == ProtocolVersion::V5;
         // [MQTT-3.1.3-8] v3.1.1: an empty client id requires clean session.
         if connect.client_id.is_empty() && !connect.clean_start && !v5 {
-            self.send_connack(false, ReasonCode::ClientIdentifierNotValid, Properties::default());
+            self.send_connack(
+                false,
+                ReasonCode::ClientIdentifierNotValid,
+                Properties::default(),
+            );
             self.close_silently(CloseReason::Server(ReasonCode::ClientIdentifierNotValid));
             return;
         }
         // Enhanced authentication (AUTH) lands with the authentication work;
         // until then an authentication method is one we do not support.
         if connect.properties.authentication_method.is_some() {
-            self.send_connack(false, ReasonCode::BadAuthenticationMethod, Properties::default());
+            self.send_connack(
+                false,
+                ReasonCode::BadAuthenticationMethod,
+                Properties::default(),
+            );
             self.close_silently(CloseReason::Server(ReasonCode::BadAuthenticationMethod));
             return;
         }
@@ -529,8 +556,10 @@ impl Connection {
             receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
             packet_size_max: p.maximum_packet_size,
             topic_alias_max: p.topic_alias_maximum.unwrap_or(0),
-            request_problem_information: p.request_problem_information != Some(0),
         };
+        // Request Problem Information 0 forbids Reason String / User
+        // Property outside PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29];
+        // the broker never sends those, so both settings are honoured.
         // Keep-alive above the broker's maximum is lowered via Server Keep
         // Alive (v5 §3.2.2.3.14); v3.1.1 has no way to tell the client, so
         // its own value is enforced.
@@ -556,7 +585,11 @@ impl Connection {
                 qos: will.qos,
                 retain: will.retain,
                 properties: forwardable(props.clone()),
-                expires_at: expiry(now, props.message_expiry_interval, self.limits.message_expiry_max),
+                expires_at: expiry(
+                    now,
+                    props.message_expiry_interval,
+                    self.limits.message_expiry_max,
+                ),
                 origin: connect.client_id.clone(),
             };
             let delay = Duration::from_secs(u64::from(props.will_delay_interval.unwrap_or(0)));
@@ -629,7 +662,9 @@ impl Connection {
             }
         }
         // v5 §3.3.2.3.2: the receiver may check a payload declared UTF-8.
-        if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
+        if publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
             return self.refuse_publish(&publish, ReasonCode::PayloadFormatInvalid);
         }
         let allowed = self.permissions.can_publish(&topic);
@@ -642,7 +677,9 @@ impl Connection {
                 }
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                let Some(session) = self.session.as_ref() else { return };
+                let Some(session) = self.session.as_ref() else {
+                    return;
+                };
                 if session.incoming_qos2.contains(&id) {
                     // [MQTT-4.3.3-10] a duplicate of a PUBLISH not yet
                     // released: acknowledge again, do not route again.
@@ -660,9 +697,19 @@ impl Connection {
             // the server acknowledge and drop [MQTT-3.3.5-2].
             return self.refuse_publish(&publish, ReasonCode::NotAuthorized);
         }
-        let origin = self.session.as_ref().map(|s| s.client_id.clone()).unwrap_or_default();
+        let origin = self
+            .session
+            .as_ref()
+            .map(|s| s.client_id.clone())
+            .unwrap_or_default();
         let qos = publish.qos;
-        let message = Arc::new(Message::from_publish(now, topic, publish, self.limits.message_expiry_max, origin));
+        let message = Arc::new(Message::from_publish(
+            now,
+            topic,
+            publish,
+            self.limits.message_expiry_max,
+            origin,
+        ));
         let ack = match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 self.incoming_qos1_pending += 1;
@@ -728,7 +775,9 @@ impl Connection {
     }
 
     fn handle_puback(&mut self, r: PubResponse) {
-        let Some(session) = self.session.as_mut() else { return };
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
         match session.inflight_position(r.packet_id) {
             Some(i) if session.inflight[i].state == InflightState::AwaitPubAck => {
                 session.inflight.remove(i);
@@ -739,7 +788,9 @@ impl Connection {
     }
 
     fn handle_pubrec(&mut self, r: PubResponse) {
-        let Some(session) = self.session.as_mut() else { return };
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
         match session.inflight_position(r.packet_id) {
             Some(i) if session.inflight[i].state == InflightState::AwaitPubRec => {
                 if r.reason.is_error() {
@@ -748,12 +799,18 @@ impl Connection {
                 } else {
                     session.inflight[i].state = InflightState::AwaitPubComp;
                     session.inflight[i].publish = None;
-                    self.send(Packet::PubRel(PubResponse::new(r.packet_id, ReasonCode::Success)));
+                    self.send(Packet::PubRel(PubResponse::new(
+                        r.packet_id,
+                        ReasonCode::Success,
+                    )));
                 }
             }
             Some(_) => {
                 // A repeated PUBREC: send the PUBREL again [MQTT-4.3.3-?].
-                self.send(Packet::PubRel(PubResponse::new(r.packet_id, ReasonCode::Success)));
+                self.send(Packet::PubRel(PubResponse::new(
+                    r.packet_id,
+                    ReasonCode::Success,
+                )));
             }
             None => {
                 let reason = self.v311_success_or(ReasonCode::PacketIdentifierNotFound);
@@ -763,7 +820,9 @@ impl Connection {
     }
 
     fn handle_pubrel(&mut self, r: PubResponse) {
-        let Some(session) = self.session.as_mut() else { return };
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
         let known = session.incoming_qos2.remove(&r.packet_id);
         // [MQTT-4.3.3-11] release the id and answer PUBCOMP; an unknown id
         // gets Packet Identifier Not Found in v5.
@@ -781,7 +840,9 @@ impl Connection {
 
     /// Ends an outgoing exchange (PUBCOMP, or discarded as too large).
     fn complete_outgoing(&mut self, id: PacketId) {
-        let Some(session) = self.session.as_mut() else { return };
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
         if let Some(i) = session.inflight_position(id) {
             session.inflight.remove(i);
         }
@@ -808,7 +869,9 @@ impl Connection {
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
-            let Some(session) = self.session.as_mut() else { return };
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
             let existed = session.subscriptions.contains_key(&raw);
             let count_max = self.limits.subscriptions_per_session_max.get() as usize;
             if !existed && session.subscriptions.len() >= count_max {
@@ -821,7 +884,9 @@ impl Connection {
                 id: sub_id,
             };
             // [MQTT-3.8.4-3] a resubscribe replaces the old subscription.
-            session.subscriptions.insert(raw.clone(), subscription.clone());
+            session
+                .subscriptions
+                .insert(raw.clone(), subscription.clone());
             // Retain Handling (v5 §3.8.3.1); shared subscriptions never get
             // retained messages [MQTT-3.8.4-?, v5 §4.8.2].
             let send_retained = !matches!(subscription.filter, Filter::Shared { .. })
@@ -851,7 +916,9 @@ impl Connection {
     }
 
     fn handle_unsubscribe(&mut self, u: Unsubscribe) {
-        let Some(session) = self.session.as_mut() else { return };
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
         let mut reasons = Vec::with_capacity(u.filters.len());
         for raw in u.filters {
             match session.subscriptions.remove(&raw) {
@@ -876,12 +943,15 @@ impl Connection {
 
     fn handle_disconnect(&mut self, d: Disconnect) {
         if let Some(asked) = d.properties.session_expiry_interval {
-            let Some(session) = self.session.as_mut() else { return };
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
             // [MQTT-3.14.2-2] from zero to non-zero is a protocol error.
             if session.expiry_interval.is_zero() && asked != 0 {
                 return self.close_with(ReasonCode::ProtocolError);
             }
-            session.expiry_interval = Duration::from_secs(u64::from(asked)).min(self.limits.session_expiry_max);
+            session.expiry_interval =
+                Duration::from_secs(u64::from(asked)).min(self.limits.session_expiry_max);
         }
         // [MQTT-3.14.4-3] a normal DISCONNECT discards the will; 0x04 keeps it.
         if d.reason != ReasonCode::DisconnectWithWillMessage {
@@ -895,7 +965,11 @@ impl Connection {
     /// Outgoing QoS 1/2 window: the client's Receive Maximum [MQTT-3.3.4-7],
     /// capped by the broker's.
     fn window(&self) -> usize {
-        usize::from(self.client.receive_maximum.min(self.limits.receive_maximum_max.get()))
+        usize::from(
+            self.client
+                .receive_maximum
+                .min(self.limits.receive_maximum_max.get()),
+        )
     }
 
     /// Takes the next queued message the window allows and, for QoS 1/2,
@@ -942,12 +1016,18 @@ impl Connection {
     /// On session resumption, resend unacknowledged PUBLISH (DUP set) and
     /// PUBREL in their original order [MQTT-4.4.0-1].
     fn resend_inflight(&mut self) {
-        let Some(session) = self.session.as_ref() else { return };
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
         for f in &session.inflight {
             match (&f.state, &f.publish) {
-                (InflightState::AwaitPubComp, _) => self
-                    .transmit
-                    .push_back(Outgoing::Packet(Packet::PubRel(PubResponse::new(f.packet_id, ReasonCode::Success)))),
+                (InflightState::AwaitPubComp, _) => {
+                    self.transmit
+                        .push_back(Outgoing::Packet(Packet::PubRel(PubResponse::new(
+                            f.packet_id,
+                            ReasonCode::Success,
+                        ))))
+                }
                 (_, Some(q)) => self.transmit.push_back(Outgoing::Publish {
                     queued: q.clone(),
                     packet_id: Some(f.packet_id),
@@ -958,7 +1038,13 @@ impl Connection {
         }
     }
 
-    fn build_publish(&mut self, now: Instant, queued: Queued, packet_id: Option<PacketId>, dup: bool) -> Publish {
+    fn build_publish(
+        &mut self,
+        now: Instant,
+        queued: Queued,
+        packet_id: Option<PacketId>,
+        dup: bool,
+    ) -> Publish {
         let m = &queued.message;
         let mut topic: ByteString = m.topic.as_str().into();
         let mut properties = Properties::default();
@@ -996,11 +1082,12 @@ impl Connection {
     }
 
     fn send_connack(&mut self, session_present: bool, reason: ReasonCode, properties: Properties) {
-        self.transmit.push_back(Outgoing::Packet(Packet::ConnAck(ConnAck {
-            session_present,
-            reason,
-            properties,
-        })));
+        self.transmit
+            .push_back(Outgoing::Packet(Packet::ConnAck(ConnAck {
+                session_present,
+                reason,
+                properties,
+            })));
     }
 
     /// Closes with a DISCONNECT carrying `reason` (v5 only: v3.1.1 has no
@@ -1013,7 +1100,10 @@ impl Connection {
             // Unsent publishes stay in the session; only control packets
             // already queued and the DISCONNECT go out.
             self.transmit.retain(|o| matches!(o, Outgoing::Packet(_)));
-            self.transmit.push_back(Outgoing::Packet(Packet::Disconnect(Disconnect::new(reason))));
+            self.transmit
+                .push_back(Outgoing::Packet(Packet::Disconnect(Disconnect::new(
+                    reason,
+                ))));
         }
         self.finish(CloseReason::Server(reason));
     }
@@ -1032,18 +1122,26 @@ impl Connection {
             self.will = None;
             return;
         }
-        let will = self.will.take().map(|(message, delay)| PendingWill { message, delay });
+        let will = self
+            .will
+            .take()
+            .map(|(message, delay)| PendingWill { message, delay });
         let session = self.session.take().and_then(|s| {
             // A taken-over session goes to the new connection whatever its
             // expiry; otherwise it outlives the connection only if it expires
             // later than now (§4.1).
-            let keep = !s.expiry_interval.is_zero() || reason == CloseReason::Server(ReasonCode::SessionTakenOver);
+            let keep = !s.expiry_interval.is_zero()
+                || reason == CloseReason::Server(ReasonCode::SessionTakenOver);
             // QoS 1/2 publishes that never left are already in the in-flight
             // list, and resumption resends them; QoS 0 ones are dropped.
             keep.then_some(s)
         });
         self.transmit.retain(|o| matches!(o, Outgoing::Packet(_)));
-        self.events.push_back(Event::Closed { reason, session, will });
+        self.events.push_back(Event::Closed {
+            reason,
+            session,
+            will,
+        });
     }
 
     fn touch(&mut self, now: Instant) {

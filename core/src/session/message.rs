@@ -81,7 +81,11 @@ impl Message {
 /// Expiry instant from a Message Expiry Interval, capped by
 /// `maxMessageExpirySeconds`. Messages without an interval do not expire
 /// (the cap applies only to intervals a client asked for).
-pub(crate) fn expiry(now: Instant, interval_secs: Option<u32>, max: Option<Duration>) -> Option<Instant> {
+pub(crate) fn expiry(
+    now: Instant,
+    interval_secs: Option<u32>,
+    max: Option<Duration>,
+) -> Option<Instant> {
     let asked = Duration::from_secs(u64::from(interval_secs?));
     let capped = match max {
         Some(max) => asked.min(max),
