@@ -1,0 +1,320 @@
+//! Server bootstrap: one glommio executor per shard, pinned to a CPU, joined
+//! into a channel mesh; every shard binds every listener it serves
+//! (SO_REUSEPORT) and accepts connections that then stay on it. Also the
+//! handle the binary and the tests use to wait for and stop the server.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use shardmq_core::limits::ClientLimits;
+use tracing::{error, info, warn};
+
+use crate::connection;
+use crate::mesh::MeshMsg;
+use crate::shard::{Shard, ShardConfig, SHARD};
+
+/// Capacity of each shard-to-shard queue; a full queue pushes back on the
+/// publishers of the sending shard.
+const MESH_QUEUE_LEN: usize = 1024;
+/// How often shards expire sessions and fire delayed wills.
+const TICK: Duration = Duration::from_millis(250);
+/// How long shutdown waits for connections to flush their DISCONNECT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// One listening port, resolved.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Listener name and port index, for logs (`default:0`).
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Shards that accept on this port; `None` means all of them.
+    pub shards: Option<Vec<usize>>,
+}
+
+/// Everything the server needs, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub shards: usize,
+    /// Pin shard k to CPU k (when there are at least as many CPUs).
+    pub pin_cpus: bool,
+    pub listeners: Vec<ListenerSpec>,
+    pub limits: ClientLimits,
+    pub retained_max: usize,
+    pub selftest_interval: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listener {name} ({addr}): cannot bind: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "shard {shard}: cannot start its executor: {message} (io_uring needs locked memory on kernels \
+         before 5.12: raise `ulimit -l`, see docs/DEPLOYMENT.md)"
+    )]
+    Executor { shard: usize, message: String },
+    #[error("shard {shard} stopped during start-up")]
+    StartUp { shard: usize },
+    #[error("listener {name}: shard {shard} does not exist (shards: {shards})")]
+    NoSuchShard { name: String, shard: usize, shards: usize },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    shutdown: Arc<AtomicBool>,
+    joins: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Bound addresses, in the order of `ServerConfig::listeners`.
+    pub addrs: Vec<(String, SocketAddr)>,
+    /// Self-test rounds in which every shard answered.
+    pub probes_ok: Arc<AtomicU64>,
+}
+
+impl ServerHandle {
+    /// The bound address of the listener named `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Asks every shard to shut down gracefully (non-blocking).
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that, once set, shuts the server down (for signal handlers).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down and waits for every shard to finish.
+    pub fn shutdown(self) {
+        self.request_shutdown();
+        self.join();
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(self) {
+        for j in self.joins {
+            if let Err(e) = j.join() {
+                error!(error = %e, "shard ended with an error");
+            }
+        }
+    }
+}
+
+/// Reserves port-0 listeners so every shard binds the same port: the
+/// reservation socket is bound (SO_REUSEPORT) but never listens, so the
+/// kernel never hands it a connection; it is dropped once shards are bound.
+fn reserve_ports(listeners: &mut [ListenerSpec]) -> Result<Vec<socket2::Socket>, ServerError> {
+    let mut held = Vec::new();
+    for l in listeners.iter_mut().filter(|l| l.addr.port() == 0) {
+        let bind_err = |source| ServerError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        };
+        let domain = socket2::Domain::for_address(l.addr);
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(bind_err)?;
+        s.set_reuse_port(true).map_err(bind_err)?;
+        s.bind(&l.addr.into()).map_err(bind_err)?;
+        let local = s.local_addr().map_err(bind_err)?;
+        if let Some(addr) = local.as_socket() {
+            l.addr = addr;
+        }
+        held.push(s);
+    }
+    Ok(held)
+}
+
+/// Starts the shards and returns once every listener is bound on every
+/// shard that serves it (or the first error).
+pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let n = config.shards.max(1);
+    for l in &config.listeners {
+        for &s in l.shards.iter().flatten() {
+            if s >= n {
+                return Err(ServerError::NoSuchShard {
+                    name: l.name.clone(),
+                    shard: s,
+                    shards: n,
+                });
+            }
+        }
+    }
+    let reservations = reserve_ports(&mut config.listeners)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let probes_ok = Arc::new(AtomicU64::new(0));
+    let shard_config = Arc::new(ShardConfig {
+        shards: n,
+        limits: Arc::new(config.limits.clone()),
+        retained_max: config.retained_max,
+        selftest_interval: config.selftest_interval,
+    });
+    let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
+    let mut joins = Vec::with_capacity(n);
+    for id in 0..n {
+        let placement = if config.pin_cpus && n <= cpus {
+            Placement::Fixed(id)
+        } else {
+            Placement::Unbound
+        };
+        let mesh = mesh.clone();
+        let listeners = config.listeners.clone();
+        let shard_config = shard_config.clone();
+        let shard_shutdown = shutdown.clone();
+        let probes_ok = probes_ok.clone();
+        let ready = ready_tx.clone();
+        let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        let spawned = builder.spawn(move || async move {
+            run_shard(id, mesh, listeners, shard_config, shard_shutdown, probes_ok, ready).await;
+        });
+        match spawned {
+            Ok(j) => joins.push(j),
+            Err(e) => {
+                shutdown.store(true, Ordering::SeqCst);
+                return Err(ServerError::Executor {
+                    shard: id,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        let result = ready_rx.recv().unwrap_or(Err(ServerError::StartUp { shard: 0 }));
+        if let Err(e) = result {
+            shutdown.store(true, Ordering::SeqCst);
+            for j in joins {
+                let _ = j.join();
+            }
+            return Err(e);
+        }
+    }
+    drop(reservations);
+    let addrs = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.addr))
+        .collect();
+    Ok(ServerHandle {
+        shutdown,
+        joins,
+        addrs,
+        probes_ok,
+    })
+}
+
+async fn run_shard(
+    id: usize,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    listeners: Vec<ListenerSpec>,
+    config: Arc<ShardConfig>,
+    shutdown: Arc<AtomicBool>,
+    probes_ok: Arc<AtomicU64>,
+    ready: mpsc::Sender<Result<usize, ServerError>>,
+) {
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        let _ = ready.send(Err(ServerError::StartUp { shard: id }));
+        return;
+    };
+    let mut shard = Shard::new(id, config.clone(), senders, shutdown.clone(), probes_ok);
+    shard.start_outboxes();
+    SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
+
+    for (_peer, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                shard.handle_mesh(msg);
+            }
+        })
+        .detach();
+    }
+
+    let mut bound = Vec::new();
+    for l in listeners.iter().filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&id))) {
+        match TcpListener::bind(l.addr) {
+            Ok(listener) => bound.push((l.name.clone(), listener)),
+            Err(e) => {
+                let _ = ready.send(Err(ServerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source: std::io::Error::other(e.to_string()),
+                }));
+                return;
+            }
+        }
+    }
+    let mut accept_tasks = Vec::new();
+    for (name, listener) in bound {
+        let shard = shard.clone();
+        accept_tasks.push(glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                        glommio::spawn_local(connection::serve(shard.clone(), stream, peer)).detach();
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: keep serving existing clients.
+                        warn!(shard = shard.id, listener = %name, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let _ = ready.send(Ok(id));
+    info!(shard = id, "shard ready");
+
+    if id == 0 {
+        if let Some(interval) = config.selftest_interval {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(interval).await;
+                    shard.probe_round().await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    let mut last_stats = Instant::now();
+    while !shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(TICK).await;
+        shard.tick(Instant::now());
+        if last_stats.elapsed() >= Duration::from_secs(60) {
+            shard.log_stats();
+            last_stats = Instant::now();
+        }
+    }
+
+    // Graceful shutdown: stop accepting, tell every client, let writers flush.
+    for t in accept_tasks {
+        t.cancel().await;
+    }
+    let conns: Vec<Rc<crate::shard::ConnCell>> = shard.conns.borrow().iter().filter_map(|w| w.upgrade()).collect();
+    for cell in &conns {
+        connection::shut_down(cell);
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < deadline && conns.iter().any(|c| Rc::strong_count(c) > 1) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shard.log_stats();
+    SHARD.with(|s| *s.borrow_mut() = None);
+    info!(shard = id, "shard stopped");
+}
