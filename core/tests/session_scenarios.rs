@@ -1112,3 +1112,21 @@ fn v311_acknowledgements_carry_no_reason() {
         vec![Packet::PubAck(PubResponse::new(id(1), ReasonCode::Success))]
     );
 }
+
+#[test]
+fn message_delivered_after_close_but_before_the_broker_detaches_is_kept() {
+    // The broker may deliver between the close and its handling of
+    // Event::Closed: a QoS 1 message then must stay in the session.
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", false);
+    c.properties.session_expiry_interval = Some(60);
+    h.connect_with(c, None);
+    h.recv(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+    assert_eq!(
+        h.conn
+            .deliver(h.now, &message("t", QoS::AtLeastOnce, b"late"), &granted(QoS::AtLeastOnce)),
+        Enqueued::Queued
+    );
+    let (_, session, _) = h.closed_event();
+    assert_eq!(session.unwrap().queued_len(), 1);
+}

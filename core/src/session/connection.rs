@@ -171,6 +171,7 @@ pub struct Connection {
     transmit: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     close_reason: Option<CloseReason>,
+    closed_event_pending: bool,
     permissions: Box<dyn Permissions>,
 }
 
@@ -194,6 +195,7 @@ impl Connection {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             close_reason: None,
+            closed_event_pending: false,
             permissions: Box::new(AllowAll),
         }
     }
@@ -442,7 +444,11 @@ impl Connection {
     // ---- outputs ------------------------------------------------------
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        match self.events.pop_front() {
+            Some(e) => Some(e),
+            None if self.closed_event_pending => Some(self.closed_event()),
+            None => None,
+        }
     }
 
     /// The next deadline to call `handle_timeout` at.
@@ -1117,31 +1123,32 @@ impl Connection {
         let was_connected = self.phase == Phase::Connected;
         self.phase = Phase::Closed;
         self.deadline = None;
-        self.close_reason = Some(reason.clone());
-        if !was_connected {
-            self.will = None;
-            return;
-        }
-        let will = self
-            .will
-            .take()
-            .map(|(message, delay)| PendingWill { message, delay });
-        let session = self.session.take().and_then(|s| {
-            // A taken-over session goes to the new connection whatever its
-            // expiry; otherwise it outlives the connection only if it expires
-            // later than now (§4.1).
-            let keep = !s.expiry_interval.is_zero()
-                || reason == CloseReason::Server(ReasonCode::SessionTakenOver);
-            // QoS 1/2 publishes that never left are already in the in-flight
-            // list, and resumption resends them; QoS 0 ones are dropped.
-            keep.then_some(s)
-        });
+        self.close_reason = Some(reason);
+        // QoS 1/2 publishes that never left are already in the in-flight
+        // list, and resumption resends them; QoS 0 ones are dropped.
         self.transmit.retain(|o| matches!(o, Outgoing::Packet(_)));
-        self.events.push_back(Event::Closed {
-            reason,
-            session,
-            will,
-        });
+        if was_connected {
+            // `Event::Closed` is built when polled, not now: messages the
+            // broker delivers until then still land in the session.
+            self.closed_event_pending = true;
+        } else {
+            self.will = None;
+        }
+    }
+
+    fn closed_event(&mut self) -> Event {
+        self.closed_event_pending = false;
+        let reason = self.close_reason.clone().unwrap_or(CloseReason::ConnectionLost);
+        let will = self.will.take().map(|(message, delay)| PendingWill { message, delay });
+        // A taken-over session goes to the new connection whatever its
+        // expiry; otherwise it outlives the connection only if its expiry
+        // is not zero (§4.1).
+        let taken_over = reason == CloseReason::Server(ReasonCode::SessionTakenOver);
+        let session = self
+            .session
+            .take()
+            .filter(|s| !s.expiry_interval.is_zero() || taken_over);
+        Event::Closed { reason, session, will }
     }
 
     fn touch(&mut self, now: Instant) {
