@@ -95,6 +95,9 @@ where
 
 /// Acts on everything the state machine asked of the broker.
 async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Option<SessionId>) {
+    // Subscriptions of this batch: made visible on every shard (barrier)
+    // before SUBACK leaves, then their retained messages are sent.
+    let mut subscribed = Vec::new();
     loop {
         let Some(event) = cell.conn.borrow_mut().poll_event() else { break };
         let now = Instant::now();
@@ -134,15 +137,10 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
                     subscription.options,
                     subscription.id,
                 );
-                if send_retained {
-                    shard.send_retained(
-                        cell,
-                        subscription.filter.topic_filter(),
-                        subscription.options,
-                        subscription.id,
-                        now,
-                    );
+                if subscribed.is_empty() {
+                    cell.hold.set(cell.hold.get() + 1);
                 }
+                subscribed.push((subscription, send_retained));
             }
             Event::Unsubscribed { key, filter } => {
                 if let Some(id) = *session {
@@ -168,6 +166,23 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
             }
         }
     }
+    if !subscribed.is_empty() {
+        shard.barrier_all().await;
+        cell.hold.set(cell.hold.get().saturating_sub(1));
+        cell.wake();
+        for (subscription, send_retained) in subscribed {
+            if send_retained {
+                shard
+                    .send_retained(
+                        cell,
+                        subscription.filter.topic_filter(),
+                        subscription.options,
+                        subscription.id,
+                    )
+                    .await;
+            }
+        }
+    }
 }
 
 fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
@@ -182,7 +197,7 @@ fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
 async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
     loop {
-        loop {
+        while cell.hold.get() == 0 || cell.closed.get() {
             buf.clear();
             let n = cell
                 .conn

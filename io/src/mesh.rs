@@ -64,10 +64,23 @@ pub enum MeshMsg {
         filter: TopicFilter,
         key: SubKey,
     },
-    /// To the retained owner of the topic: set or clear (empty payload).
+    /// To the retained owner of the topic (hash of the topic): set, or
+    /// clear with an empty payload. The owner's order is the order.
     RetainSet { message: SharedMessage },
-    /// From the owner to every shard, in the owner's order.
-    RetainApply { message: SharedMessage },
+    /// To every shard: the retained messages it owns that match `filter`.
+    RetainedQuery {
+        filter: TopicFilter,
+        reply_to: ShardId,
+        request: u64,
+    },
+    RetainedReply {
+        request: u64,
+        messages: Vec<SharedMessage>,
+    },
+    /// A barrier: the peer answers once it has handled everything this
+    /// shard sent it before (per-peer queues are FIFO).
+    Ping { reply_to: ShardId, request: u64 },
+    Pong { request: u64 },
     /// To the registry owner of `client_id`: the session now lives at
     /// (`shard`, `session`). The reply names where it lived before.
     Claim {

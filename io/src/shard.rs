@@ -37,6 +37,9 @@ pub struct ConnCell {
     pub wake_rx: LocalReceiver<()>,
     /// Raised when the connection is over, so the reader stops reading.
     pub closed: Cell<bool>,
+    /// While non-zero the writer sends nothing: a SUBACK must not leave
+    /// before every shard's index has the subscription.
+    pub hold: Cell<u32>,
     pub closed_tx: LocalSender<()>,
     pub closed_rx: LocalReceiver<()>,
 }
@@ -50,6 +53,7 @@ impl ConnCell {
             wake_tx,
             wake_rx,
             closed: Cell::new(false),
+            hold: Cell::new(0),
             closed_tx,
             closed_rx,
         }
@@ -567,9 +571,12 @@ impl Shard {
         if message.retain {
             let owner = self.retained_owner(message.topic.as_str());
             if owner == self.id {
-                self.apply_retained_as_owner(message.clone());
+                self.apply_retained(message.clone());
             } else {
                 self.post(owner, MeshMsg::RetainSet { message: message.clone() });
+                // Once the publisher is acknowledged, a new subscriber
+                // anywhere must see it: wait until the owner has stored it.
+                self.barrier(&[owner]).await;
             }
         }
         let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
@@ -712,13 +719,6 @@ impl Shard {
 
     // ---- retained -----------------------------------------------------
 
-    fn apply_retained_as_owner(&self, message: SharedMessage) {
-        self.apply_retained(message.clone());
-        self.broadcast(|| MeshMsg::RetainApply {
-            message: message.clone(),
-        });
-    }
-
     fn apply_retained(&self, message: SharedMessage) {
         let mut store = self.retained.borrow_mut();
         // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
@@ -729,12 +729,42 @@ impl Shard {
         }
     }
 
-    /// Delivers the retained messages matching a new subscription.
-    pub fn send_retained(&self, cell: &ConnCell, filter: &TopicFilter, options: shardmq_core::codec::SubscriptionOptions, id: Option<u32>, now: Instant) {
-        let mut matches = Vec::new();
+    fn retained_matches(&self, filter: &TopicFilter) -> Vec<SharedMessage> {
+        let mut out = Vec::new();
         self.retained
             .borrow()
-            .for_each_match(filter, |_, m| matches.push(m.clone()));
+            .for_each_match(filter, |_, m| out.push(m.clone()));
+        out
+    }
+
+    /// Delivers the retained messages matching a new subscription, asking
+    /// every shard for the topics it owns.
+    pub async fn send_retained(
+        &self,
+        cell: &ConnCell,
+        filter: &TopicFilter,
+        options: shardmq_core::codec::SubscriptionOptions,
+        id: Option<u32>,
+    ) {
+        let mut matches = self.retained_matches(filter);
+        let mut waits = Vec::new();
+        for peer in (0..self.config.shards).filter(|p| *p != self.id) {
+            let (request, rx) = self.new_request();
+            self.post(
+                peer,
+                MeshMsg::RetainedQuery {
+                    filter: filter.clone(),
+                    reply_to: self.id,
+                    request,
+                },
+            );
+            waits.push(rx);
+        }
+        for rx in waits {
+            if let Some(MeshMsg::RetainedReply { messages, .. }) = rx.recv().await {
+                matches.extend(messages);
+            }
+        }
         if matches.is_empty() {
             return;
         }
@@ -744,12 +774,33 @@ impl Shard {
             from_retained: true,
             subscription_ids: id.into_iter().collect(),
         };
+        let now = Instant::now();
         let mut conn = cell.conn.borrow_mut();
         for m in matches {
             conn.deliver(now, &m, &delivery);
         }
         drop(conn);
         cell.wake();
+    }
+
+    /// Returns once each peer has handled everything this shard posted to
+    /// it before the call.
+    pub async fn barrier(&self, peers: &[ShardId]) {
+        let mut waits = Vec::new();
+        for &peer in peers.iter().filter(|p| **p != self.id) {
+            let (request, rx) = self.new_request();
+            self.post(peer, MeshMsg::Ping { reply_to: self.id, request });
+            waits.push(rx);
+        }
+        for rx in waits {
+            let _ = rx.recv().await;
+        }
+    }
+
+    /// A barrier with every other shard.
+    pub async fn barrier_all(&self) {
+        let peers: Vec<ShardId> = (0..self.config.shards).collect();
+        self.barrier(&peers).await;
     }
 
     // ---- mesh ---------------------------------------------------------
@@ -765,8 +816,16 @@ impl Shard {
             MeshMsg::SubRemove { filter, key } => {
                 self.index.borrow_mut().remove(&filter, &key);
             }
-            MeshMsg::RetainSet { message } => self.apply_retained_as_owner(message),
-            MeshMsg::RetainApply { message } => self.apply_retained(message),
+            MeshMsg::RetainSet { message } => self.apply_retained(message),
+            MeshMsg::RetainedQuery {
+                filter,
+                reply_to,
+                request,
+            } => {
+                let messages = self.retained_matches(&filter);
+                self.post(reply_to, MeshMsg::RetainedReply { request, messages });
+            }
+            MeshMsg::Ping { reply_to, request } => self.post(reply_to, MeshMsg::Pong { request }),
             MeshMsg::Claim {
                 client_id,
                 shard,
@@ -776,9 +835,10 @@ impl Shard {
                 let previous = self.registry.borrow_mut().insert(client_id, (shard, session));
                 self.post(shard, MeshMsg::ClaimReply { request, previous });
             }
-            MeshMsg::ClaimReply { request, .. } | MeshMsg::Handover { request, .. } => {
-                self.complete_request(request, msg)
-            }
+            MeshMsg::ClaimReply { request, .. }
+            | MeshMsg::Handover { request, .. }
+            | MeshMsg::RetainedReply { request, .. }
+            | MeshMsg::Pong { request } => self.complete_request(request, msg),
             MeshMsg::Release {
                 client_id,
                 shard,
