@@ -3,5 +3,6 @@
 //! sockets; tests drive them on a fake clock.
 
 pub mod codec;
+pub mod config;
 pub mod limits;
 pub mod topic;
