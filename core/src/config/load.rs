@@ -154,12 +154,19 @@ fn friendly_types(message: &str) -> String {
     if message.starts_with("invalid length ") && message.contains("expected struct ") {
         return "invalid type: array, expected an object".to_owned();
     }
+    if let Some(rest) = message.strip_prefix("invalid value: integer `") {
+        if let Some((number, _)) = rest.split_once('`') {
+            return format!("integer {number} is out of range");
+        }
+    }
     let mut message = message.to_owned();
     for (rust, json) in [
         ("expected i64", "expected an integer"),
         ("expected a sequence", "expected an array"),
         ("expected a map", "expected an object"),
         ("floating point", "number"),
+        ("type: sequence", "type: array"),
+        ("type: map", "type: object"),
     ] {
         message = message.replace(rust, json);
     }
