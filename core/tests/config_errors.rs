@@ -168,9 +168,18 @@ fn unknown_enum_values_list_the_accepted_ones() {
 
 #[test]
 fn enum_values_are_case_insensitive_like_aio() {
-    for (text, encrypted) in [("Enabled", true), ("enabled", true), ("ENABLED", true), ("dIsAbLeD", false)] {
+    for (text, encrypted) in [
+        ("Enabled", true),
+        ("enabled", true),
+        ("ENABLED", true),
+        ("dIsAbLeD", false),
+    ] {
         let json = format!(r#"{{"advanced": {{"encryptInternalTraffic": "{text}"}}}}"#);
-        assert_eq!(config(&json).advanced.encrypt_internal_traffic, encrypted, "{text}");
+        assert_eq!(
+            config(&json).advanced.encrypt_internal_traffic,
+            encrypted,
+            "{text}"
+        );
     }
     let config = config(
         r#"{"memoryProfile": "tiny",
@@ -237,9 +246,7 @@ fn renew_before_defaults_to_a_third_of_a_given_duration() {
 #[test]
 fn bad_durations_report_why() {
     assert_eq!(
-        errors(
-            r#"{"advanced": {"internalCerts": {"duration": "0s", "renewBefore": "-1h"}}}"#
-        ),
+        errors(r#"{"advanced": {"internalCerts": {"duration": "0s", "renewBefore": "-1h"}}}"#),
         [
             "advanced.internalCerts.duration: must be positive, got \"0s\"",
             "advanced.internalCerts.renewBefore: negative durations are not allowed, got \"-1h\"",
@@ -291,7 +298,9 @@ fn cluster_cardinality_is_checked_then_warned_about() {
         ]
     );
     assert_eq!(
-        errors(r#"{"cardinality": {"frontend": {"replicas": 0}, "backendChain": {"partitions": -2}}}"#),
+        errors(
+            r#"{"cardinality": {"frontend": {"replicas": 0}, "backendChain": {"partitions": -2}}}"#
+        ),
         [
             "cardinality.frontend.replicas: must be between 1 and 4294967295, got 0",
             "cardinality.backendChain.partitions: must be between 1 and 4294967295, got -2",
@@ -306,9 +315,11 @@ fn disk_buffer_sizes_are_kubernetes_quantities() {
         .unwrap();
     assert_eq!(buffer.size_max_bytes.get(), 500_000_000);
     assert_eq!(buffer.data_dir, None);
-    let buffer = config(r#"{"diskBackedMessageBuffer": {"maxSize": "64Mi", "dataDir": "/var/lib/shardmq"}}"#)
-        .disk_buffer
-        .unwrap();
+    let buffer = config(
+        r#"{"diskBackedMessageBuffer": {"maxSize": "64Mi", "dataDir": "/var/lib/shardmq"}}"#,
+    )
+    .disk_buffer
+    .unwrap();
     assert_eq!(buffer.size_max_bytes.get(), 64 << 20);
     assert_eq!(buffer.data_dir.unwrap().to_str(), Some("/var/lib/shardmq"));
     let buffer = config(r#"{"diskBackedMessageBuffer": {"maxSize": 1048576}}"#)
@@ -426,8 +437,10 @@ fn every_problem_in_the_file_is_reported_at_once() {
 
 #[test]
 fn errors_display_as_path_colon_message_one_per_line() {
-    let errors = Config::from_json_str(r#"{"memoryProfile": "x", "advanced": {"encryptInternalTraffic": "y"}}"#)
-        .unwrap_err();
+    let errors = Config::from_json_str(
+        r#"{"memoryProfile": "x", "advanced": {"encryptInternalTraffic": "y"}}"#,
+    )
+    .unwrap_err();
     assert_eq!(errors.len(), 2);
     assert_eq!(
         errors.to_string(),

@@ -79,11 +79,19 @@ fn every_shared_example_loads_alone_without_errors() {
         if path.extension().is_some_and(|ext| ext == "json") {
             let text = std::fs::read_to_string(&path).unwrap();
             let loaded = load(&text);
-            assert!(loaded.warnings.is_empty(), "{path:?}: {:?}", loaded.warnings);
+            assert!(
+                loaded.warnings.is_empty(),
+                "{path:?}: {:?}",
+                loaded.warnings
+            );
             count += 1;
         }
     }
-    assert!(count >= 3, "expected the AIO fragments in {:?}", examples_dir());
+    assert!(
+        count >= 3,
+        "expected the AIO fragments in {:?}",
+        examples_dir()
+    );
 }
 
 #[test]
@@ -243,9 +251,12 @@ fn configs_in_the_reference_docs_load() {
 
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
-    let config = load(&merge(&example("aio-encryption-disabled.json"), &listeners_section()))
-        .config
-        .with_base_dir(Path::new("/etc/shardmq"));
+    let config = load(&merge(
+        &example("aio-encryption-disabled.json"),
+        &listeners_section(),
+    ))
+    .config
+    .with_base_dir(Path::new("/etc/shardmq"));
     let AuthenticationMethod::X509(x509) = &config.authentications[0].methods[0] else {
         panic!("expected X509");
     };

@@ -131,7 +131,11 @@ fn method(
             raw.service_account_token_settings.is_some(),
             Kind::ServiceAccountToken,
         ),
-        ("customSettings", raw.custom_settings.is_some(), Kind::Custom),
+        (
+            "customSettings",
+            raw.custom_settings.is_some(),
+            Kind::Custom,
+        ),
         (
             "usernamePasswordSettings",
             raw.username_password_settings.is_some(),
@@ -139,7 +143,10 @@ fn method(
         ),
     ] {
         if present && owner != kind {
-            report.warn(format!("{path}.{field}"), format!("ignored: method is {text}"));
+            report.warn(
+                format!("{path}.{field}"),
+                format!("ignored: method is {text}"),
+            );
         }
     }
     match kind {
@@ -159,9 +166,11 @@ fn method(
                 .flatten()
             {
                 let entry_path = format!("{settings_path}.authorizationAttributes.{name}");
-                let Some(subject) =
-                    required(report, format!("{entry_path}.subject"), entry.subject.as_deref())
-                else {
+                let Some(subject) = required(
+                    report,
+                    format!("{entry_path}.subject"),
+                    entry.subject.as_deref(),
+                ) else {
                     attributes_valid = false;
                     continue;
                 };
@@ -173,7 +182,8 @@ fn method(
                     },
                 );
             }
-            let trusted_client_ca_cert = path_of(report, &settings_path, "trustedClientCaCert", ca)?;
+            let trusted_client_ca_cert =
+                path_of(report, &settings_path, "trustedClientCaCert", ca)?;
             attributes_valid.then_some(AuthenticationMethod::X509(X509Settings {
                 trusted_client_ca_cert,
                 authorization_attributes,
@@ -323,7 +333,11 @@ pub(crate) fn authorizations(
         let mut rules = Vec::new();
         let mut all_valid = true;
         for (rule_index, raw_rule) in raw_rules.iter().enumerate() {
-            match rule(raw_rule, &format!("{policies_path}.rules[{rule_index}]"), report) {
+            match rule(
+                raw_rule,
+                &format!("{policies_path}.rules[{rule_index}]"),
+                report,
+            ) {
                 Some(rule) => rules.push(rule),
                 None => all_valid = false,
             }
@@ -347,16 +361,15 @@ fn rule(raw: &RawRule, path: &str, report: &mut Report) -> Option<AuthorizationR
         );
     }
     let principals_path = format!("{path}.principals");
-    let principals = match &raw.principals {
-        None => None,
-        Some(raw) => Some(Principals {
-            client_ids: raw.client_ids.clone().unwrap_or_default(),
-            usernames: raw.usernames.clone().unwrap_or_default(),
-            attributes: raw.attributes.clone().unwrap_or_default(),
-        }),
-    };
+    let principals = raw.principals.as_ref().map(|raw| Principals {
+        client_ids: raw.client_ids.clone().unwrap_or_default(),
+        usernames: raw.usernames.clone().unwrap_or_default(),
+        attributes: raw.attributes.clone().unwrap_or_default(),
+    });
     let principals = match principals {
-        Some(p) if !(p.client_ids.is_empty() && p.usernames.is_empty() && p.attributes.is_empty()) => {
+        Some(p)
+            if !(p.client_ids.is_empty() && p.usernames.is_empty() && p.attributes.is_empty()) =>
+        {
             Some(p)
         }
         _ => {
@@ -377,8 +390,7 @@ fn rule(raw: &RawRule, path: &str, report: &mut Report) -> Option<AuthorizationR
         }
         Some(raw_resources) => {
             for (index, raw_resource) in raw_resources.iter().enumerate() {
-                match broker_resource(raw_resource, &format!("{resources_path}[{index}]"), report)
-                {
+                match broker_resource(raw_resource, &format!("{resources_path}[{index}]"), report) {
                     Some(resource) => broker_resources.push(resource),
                     None => all_valid = false,
                 }

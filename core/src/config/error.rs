@@ -105,7 +105,12 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
     let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates
         .iter()
-        .map(|candidate| (edit_distance(&word.to_lowercase(), &candidate.to_lowercase()), *candidate))
+        .map(|candidate| {
+            (
+                edit_distance(&word.to_lowercase(), &candidate.to_lowercase()),
+                *candidate,
+            )
+        })
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
@@ -133,7 +138,11 @@ mod tests {
 
     #[test]
     fn typos_find_the_intended_field() {
-        let fields = ["maxSessionExpirySeconds", "maxMessageExpirySeconds", "maxKeepAliveSeconds"];
+        let fields = [
+            "maxSessionExpirySeconds",
+            "maxMessageExpirySeconds",
+            "maxKeepAliveSeconds",
+        ];
         assert_eq!(
             did_you_mean("maxSesionExpirySeconds", &fields),
             Some("maxSessionExpirySeconds")

@@ -10,8 +10,8 @@ use super::access::Validated;
 use super::error::Report;
 use super::raw::{RawCertKey, RawListener, RawPort, RawTls};
 use super::types::{
-    Authentication, Authorization, AutomaticTls, CertKeyFiles, Listener, ListenerPort,
-    ListenerTls, Protocol,
+    Authentication, Authorization, AutomaticTls, CertKeyFiles, Listener, ListenerPort, ListenerTls,
+    Protocol,
 };
 use super::validate::{cert_policy, enum_value, int_in, path, required};
 
@@ -133,16 +133,18 @@ fn port(
     };
     let ip = match raw.bind_address.as_deref() {
         None => Some(BIND_ADDRESS_DEFAULT),
-        Some(text) => match text.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                report.error(
+        Some(text) => {
+            match text.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    report.error(
                     format!("{path}.bindAddress"),
                     format!("not an IP address: \"{text}\" (e.g. \"0.0.0.0\", \"127.0.0.1\", \"::\")"),
                 );
-                None
+                    None
+                }
             }
-        },
+        }
     };
     let protocol = protocol(raw.protocol.as_deref(), path, report);
     let authentication_ref = reference(
@@ -200,10 +202,7 @@ fn reference<T>(
     if defined.complete {
         report.error(
             path,
-            format!(
-                "no {kind} named \"{name}\" (defined: {:?})",
-                defined.names
-            ),
+            format!("no {kind} named \"{name}\" (defined: {:?})", defined.names),
         );
     }
     None
@@ -354,7 +353,10 @@ pub(crate) fn cert_key_files(
     if let Some(name) = raw.secret_ref.as_deref() {
         let ref_path = format!("{path}.secretRef");
         if raw.cert_file.is_some() || raw.key_file.is_some() {
-            report.error(ref_path, "give either secretRef or certFile and keyFile, not both");
+            report.error(
+                ref_path,
+                "give either secretRef or certFile and keyFile, not both",
+            );
             return None;
         }
         if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {

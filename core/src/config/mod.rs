@@ -18,11 +18,11 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use listeners::{BIND_ADDRESS_DEFAULT, DEFAULT_LISTENER_ADDR};
 pub use types::{
-    Advanced, Authentication, AuthenticationMethod, Authorization, AuthorizationRule,
-    AutomaticTls, BrokerAction, BrokerResource, Cardinality, CertKeyFiles, CertPolicy, Config,
-    CustomSettings, Diagnostics, DiskBuffer, KeyAlgorithm, Listener, ListenerPort, ListenerTls,
-    MemoryProfile, Principals, PrivateKeyPolicy, Protocol, RotationPolicy, SelfCheck,
-    ServiceAccountTokenSettings, UsernamePasswordSettings, X509Attributes, X509Settings,
+    Advanced, Authentication, AuthenticationMethod, Authorization, AuthorizationRule, AutomaticTls,
+    BrokerAction, BrokerResource, Cardinality, CertKeyFiles, CertPolicy, Config, CustomSettings,
+    Diagnostics, DiskBuffer, KeyAlgorithm, Listener, ListenerPort, ListenerTls, MemoryProfile,
+    Principals, PrivateKeyPolicy, Protocol, RotationPolicy, SelfCheck, ServiceAccountTokenSettings,
+    UsernamePasswordSettings, X509Attributes, X509Settings,
 };
 pub use units::{parse_duration, parse_quantity, DurationError, QuantityError};
 pub use validate::SHARDS_MAX;

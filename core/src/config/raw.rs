@@ -244,10 +244,7 @@ pub(crate) struct RawTls {
     pub mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manual: Option<RawCertKey>,
-    #[serde(
-        alias = "automatic",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(alias = "automatic", skip_serializing_if = "Option::is_none")]
     pub cert_manager_certificate_spec: Option<RawCertManagerSpec>,
 }
 

@@ -160,8 +160,10 @@ impl Decimal<'_> {
         }
         let product = numerator.checked_mul(multiplier)?;
         let mut fraction = product / denominator;
-        let inexact =
-            product % denominator != 0 || self.fraction[significant.len()..].bytes().any(|d| d != b'0');
+        let inexact = product % denominator != 0
+            || self.fraction[significant.len()..]
+                .bytes()
+                .any(|d| d != b'0');
         if round_up && inexact {
             fraction += 1;
         }
@@ -200,6 +202,39 @@ fn split_decimal(text: &str) -> (Option<Decimal<'_>>, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn composed_durations_sum_their_parts(h in 0u64..1_000_000, m in 0u64..100_000, s in 0u64..100_000, ms in 0u64..100_000) {
+            let text = format!("{h}h{m}m{s}s{ms}ms");
+            let expected = Duration::from_secs(h * 3600 + m * 60 + s) + Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&text), Ok(expected));
+        }
+
+        #[test]
+        fn plain_integers_are_bytes(n in any::<u64>()) {
+            prop_assert_eq!(parse_quantity(&n.to_string()), Ok(n));
+        }
+
+        #[test]
+        fn suffixes_multiply_or_overflow(n in any::<u32>(), index in 0usize..12) {
+            let suffixes = [
+                ("k", 1_000u128), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000),
+                ("P", 1_000_000_000_000_000), ("E", 1_000_000_000_000_000_000),
+                ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50), ("Ei", 1 << 60),
+            ];
+            let (suffix, multiplier) = suffixes[index];
+            let expected = u64::try_from(u128::from(n) * multiplier).map_err(|_| QuantityError::Overflow);
+            prop_assert_eq!(parse_quantity(&format!("{n}{suffix}")), expected);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,12}") {
+            let _ = parse_duration(&text);
+            let _ = parse_quantity(&text);
+        }
+    }
 
     fn d(text: &str) -> Result<Duration, DurationError> {
         parse_duration(text)
@@ -290,7 +325,10 @@ mod tests {
             Err(QuantityError::MissingNumber("Gi".into()))
         );
         assert_eq!(parse_quantity("16Ei"), Err(QuantityError::Overflow));
-        assert_eq!(parse_quantity("18446744073709551616"), Err(QuantityError::Overflow));
+        assert_eq!(
+            parse_quantity("18446744073709551616"),
+            Err(QuantityError::Overflow)
+        );
         assert_eq!(parse_quantity("18446744073709551615"), Ok(u64::MAX));
         assert_eq!(
             parse_quantity("99999999999999999999999999999999999999999E"),

@@ -57,8 +57,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         dir: secrets_dir.clone(),
         given: raw.secrets_dir.is_some(),
     };
-    let authentications =
-        access::authentications(raw.authentications.as_deref(), &secrets, report);
+    let authentications = access::authentications(raw.authentications.as_deref(), &secrets, report);
     let authorizations = access::authorizations(raw.authorizations.as_deref(), report);
     let listeners = listeners::listeners(
         raw.listeners.as_deref(),
@@ -169,7 +168,12 @@ fn client_limits(raw: &RawClients, report: &mut Report) -> ClientLimits {
     if let Some(queue) = &raw.subscriber_queue_limit {
         let queue_path = format!("{path}.subscriberQueueLimit");
         let length_max = queue.length.and_then(|value| {
-            nonzero_u32(report, format!("{queue_path}.length"), value, u32::MAX.into())
+            nonzero_u32(
+                report,
+                format!("{queue_path}.length"),
+                value,
+                u32::MAX.into(),
+            )
         });
         let strategy = queue
             .strategy
@@ -256,7 +260,10 @@ fn disk_buffer(raw: &RawDiskBuffer, report: &mut Report) -> Option<DiskBuffer> {
     let path = "diskBackedMessageBuffer";
     for (name, value) in [
         ("ephemeralVolumeClaimSpec", &raw.ephemeral_volume_claim_spec),
-        ("persistentVolumeClaimSpec", &raw.persistent_volume_claim_spec),
+        (
+            "persistentVolumeClaimSpec",
+            &raw.persistent_volume_claim_spec,
+        ),
     ] {
         if value.is_some() {
             report.kubernetes_only(format!("{path}.{name}"));
@@ -355,7 +362,10 @@ fn diagnostics(raw: Option<&RawDiagnostics>, report: &mut Report) -> Diagnostics
         };
     }
     if raw.traces.is_some() {
-        report.warn("diagnostics.traces", "trace export is not supported yet, ignored");
+        report.warn(
+            "diagnostics.traces",
+            "trace export is not supported yet, ignored",
+        );
     }
     diagnostics
 }
@@ -438,7 +448,8 @@ fn private_key_policy(
             ("Always", RotationPolicy::Always),
             ("Never", RotationPolicy::Never),
         ];
-        if let Some(rotation) = enum_value(report, format!("{path}.rotationPolicy"), text, &variants)
+        if let Some(rotation) =
+            enum_value(report, format!("{path}.rotationPolicy"), text, &variants)
         {
             policy.rotation = rotation;
         }
