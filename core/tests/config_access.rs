@@ -85,6 +85,9 @@ fn methods_are_kept_in_order_with_their_settings() {
         Some(Path::new("custom-auth-ca.pem"))
     );
     assert_eq!(custom.headers["X-Broker"], "shardmq");
+    // Header values often carry credentials.
+    assert!(format!("{custom:?}").contains(r#""X-Broker": "***""#));
+    assert!(!format!("{custom:?}").contains("shardmq\""));
     assert_eq!(
         custom.client_cert.as_ref().unwrap().cert_file,
         Path::new("/etc/shardmq/secrets/custom-auth-client-cert.crt")

@@ -4,6 +4,7 @@
 //! server resolves and opens them, see `Config::with_base_dir`).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ pub struct Advanced {
 /// (`internalCerts`, `tls.certManagerCertificateSpec`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPolicy {
-    /// INVARIANT: `renew_before < duration`, both non-zero.
+    /// INVARIANT: `duration` non-zero, `renew_before < duration`.
     pub duration: Duration,
     pub renew_before: Duration,
     pub private_key: PrivateKeyPolicy,
@@ -258,8 +259,9 @@ pub struct ServiceAccountTokenSettings {
     pub keys: Vec<String>,
 }
 
-/// `customSettings`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `customSettings`. Debug prints header values as `***`: they often carry
+/// credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CustomSettings {
     /// An `https://` URL.
     pub endpoint: String,
@@ -268,6 +270,22 @@ pub struct CustomSettings {
     pub headers: BTreeMap<String, String>,
     /// `auth.x509`: client certificate presented to the endpoint.
     pub client_cert: Option<CertKeyFiles>,
+}
+
+impl fmt::Debug for CustomSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .keys()
+            .map(|name| (name.as_str(), "***"))
+            .collect();
+        f.debug_struct("CustomSettings")
+            .field("endpoint", &self.endpoint)
+            .field("ca_cert_file", &self.ca_cert_file)
+            .field("headers", &headers)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 /// `usernamePasswordSettings` (shardmq addition).
