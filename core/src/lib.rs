@@ -3,6 +3,7 @@
 //! sockets; tests drive them on a fake clock.
 
 pub mod codec;
+pub mod config;
 pub mod limits;
 pub mod retained;
 pub mod session;
