@@ -1,7 +1,7 @@
 //! Scenario tests for the session state machine, on a fake clock: each test
 //! drives the production `Connection` with packets and reads what it sends
 //! and the events it raises. Spec rules are named where they apply.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
@@ -1123,8 +1123,11 @@ fn message_delivered_after_close_but_before_the_broker_detaches_is_kept() {
     h.connect_with(c, None);
     h.recv(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     assert_eq!(
-        h.conn
-            .deliver(h.now, &message("t", QoS::AtLeastOnce, b"late"), &granted(QoS::AtLeastOnce)),
+        h.conn.deliver(
+            h.now,
+            &message("t", QoS::AtLeastOnce, b"late"),
+            &granted(QoS::AtLeastOnce)
+        ),
         Enqueued::Queued
     );
     let (_, session, _) = h.closed_event();

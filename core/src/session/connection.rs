@@ -115,6 +115,9 @@ enum Phase {
 
 /// What goes out, built into a packet at transmit time so a queued publish
 /// holds only a refcount on the shared message.
+// PERF: `Packet` is large because `Properties` is stored inline; boxing here
+// would allocate per acknowledgement. Shrinking `Properties` is the real fix.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Outgoing {
     Packet(Packet),
@@ -785,7 +788,7 @@ impl Connection {
             return;
         };
         match session.inflight_position(r.packet_id) {
-            Some(i) if session.inflight[i].state == InflightState::AwaitPubAck => {
+            Some(i) if session.inflight[i].state == InflightState::Qos1Sent => {
                 session.inflight.remove(i);
             }
             // v5 §4.3.2 does not ask the server to act on an unknown PUBACK.
@@ -798,12 +801,12 @@ impl Connection {
             return;
         };
         match session.inflight_position(r.packet_id) {
-            Some(i) if session.inflight[i].state == InflightState::AwaitPubRec => {
+            Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
                 if r.reason.is_error() {
                     // v5 §4.3.3: a PUBREC with an error ends the exchange.
                     session.inflight.remove(i);
                 } else {
-                    session.inflight[i].state = InflightState::AwaitPubComp;
+                    session.inflight[i].state = InflightState::Released;
                     session.inflight[i].publish = None;
                     self.send(Packet::PubRel(PubResponse::new(
                         r.packet_id,
@@ -1003,9 +1006,9 @@ impl Connection {
             return None;
         };
         let state = if queued.qos == QoS::AtLeastOnce {
-            InflightState::AwaitPubAck
+            InflightState::Qos1Sent
         } else {
-            InflightState::AwaitPubRec
+            InflightState::Qos2Sent
         };
         session.inflight.push_back(Inflight {
             packet_id: id,
@@ -1027,7 +1030,7 @@ impl Connection {
         };
         for f in &session.inflight {
             match (&f.state, &f.publish) {
-                (InflightState::AwaitPubComp, _) => {
+                (InflightState::Released, _) => {
                     self.transmit
                         .push_back(Outgoing::Packet(Packet::PubRel(PubResponse::new(
                             f.packet_id,
@@ -1138,8 +1141,14 @@ impl Connection {
 
     fn closed_event(&mut self) -> Event {
         self.closed_event_pending = false;
-        let reason = self.close_reason.clone().unwrap_or(CloseReason::ConnectionLost);
-        let will = self.will.take().map(|(message, delay)| PendingWill { message, delay });
+        let reason = self
+            .close_reason
+            .clone()
+            .unwrap_or(CloseReason::ConnectionLost);
+        let will = self
+            .will
+            .take()
+            .map(|(message, delay)| PendingWill { message, delay });
         // A taken-over session goes to the new connection whatever its
         // expiry; otherwise it outlives the connection only if its expiry
         // is not zero (§4.1).
@@ -1148,7 +1157,11 @@ impl Connection {
             .session
             .take()
             .filter(|s| !s.expiry_interval.is_zero() || taken_over);
-        Event::Closed { reason, session, will }
+        Event::Closed {
+            reason,
+            session,
+            will,
+        }
     }
 
     fn touch(&mut self, now: Instant) {

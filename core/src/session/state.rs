@@ -64,11 +64,11 @@ pub(crate) struct Queued {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
     /// PUBLISH sent (or to be sent) at QoS 1; waiting for PUBACK.
-    AwaitPubAck,
+    Qos1Sent,
     /// PUBLISH sent at QoS 2; waiting for PUBREC.
-    AwaitPubRec,
+    Qos2Sent,
     /// PUBREL sent; waiting for PUBCOMP. The message itself is released.
-    AwaitPubComp,
+    Released,
 }
 
 #[derive(Debug, Clone)]

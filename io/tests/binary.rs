@@ -1,0 +1,229 @@
+//! The `shardmq` binary as a user runs it: config files (good, bad, AIO
+//! fragments), the default config, the seed scenario with Debian's
+//! mosquitto_pub/mosquitto_sub on two listener ports, and graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardmq_core::codec::{Packet, ReasonCode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardmq-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A broker process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and waits until it logs that every listener is up.
+fn start(config: &PathBuf, listeners: usize) -> Proc {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut seen = 0;
+    let deadline = Instant::now() + common::WAIT;
+    while seen < listeners {
+        assert!(Instant::now() < deadline, "broker did not start");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening") => seen += 1,
+            Some(Ok(_)) => {}
+            _ => panic!("broker exited during start-up"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Proc(child)
+}
+
+fn has_mosquitto_clients() -> bool {
+    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !ok {
+        eprintln!("mosquitto_pub not installed: .ci/run installs Debian's mosquitto-clients");
+    }
+    ok
+}
+
+#[test]
+fn print_default_config_prints_json_that_loads() {
+    let out = Command::new(BIN)
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let loaded = shardmq_core::config::Config::from_json_str(&text).unwrap();
+    assert_eq!(loaded.config, shardmq_core::config::Config::default());
+}
+
+#[test]
+fn bad_config_exits_non_zero_with_one_line_per_problem() {
+    let path = temp_file(
+        "bad.json",
+        r#"{"advanced":{"clients":{"maxSesionExpirySeconds":5}},"memoryProfile":"Huge",
+            "listeners":[{"name":"a","ports":[{"port":1883,"authenticationRef":"nope"}]}]}"#,
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("maxSesionExpirySeconds"), "{err}");
+    assert!(err.contains("memoryProfile"), "{err}");
+    assert!(
+        err.contains("listeners[0].ports[0].authenticationRef"),
+        "{err}"
+    );
+    assert!(err.lines().count() >= 3, "{err}");
+}
+
+#[test]
+fn aio_example_fragments_start_the_broker() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples");
+    for name in [
+        "aio-advanced-clients.json",
+        "aio-advanced-encryption.json",
+        "aio-encryption-disabled.json",
+    ] {
+        let fragment: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(examples.join(name)).unwrap()).unwrap();
+        let mut config = fragment.as_object().unwrap().clone();
+        let port = free_port();
+        config.insert(
+            "listeners".into(),
+            serde_json::json!([{"name": "l", "ports": [{"port": port, "bindAddress": "127.0.0.1"}]}]),
+        );
+        let path = temp_file(name, &serde_json::Value::Object(config).to_string());
+        let _broker = start(&path, 1);
+        let (_c, ack) = common::RawClient::connect_v5(port, "probe", None);
+        assert_eq!(ack.reason, ReasonCode::Success, "{name}");
+    }
+}
+
+#[test]
+fn seed_scenario_clients_on_two_ports_exchange_messages() {
+    // The field report's setup: a LoadBalancer-style listener on one port
+    // and a NodePort-style one on another, both reaching the same topics.
+    if !has_mosquitto_clients() {
+        return;
+    }
+    let (lb, np) = (free_port(), free_port());
+    let path = temp_file(
+        "seed.json",
+        &format!(
+            r#"{{"cardinality":{{"frontend":{{"workers":2}}}},
+                "listeners":[
+                  {{"name":"loadbalancer-listener","serviceType":"LoadBalancer","ports":[{{"port":{lb},"bindAddress":"127.0.0.1"}}]}},
+                  {{"name":"nodeport-listener","serviceType":"NodePort","ports":[{{"port":{np},"bindAddress":"127.0.0.1","nodePort":31883}}]}}]}}"#
+        ),
+    );
+    let _broker = start(&path, 2);
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &np.to_string(),
+            "-t",
+            "testtopic/#",
+            "-C",
+            "2",
+            "-W",
+            "10",
+            "-v",
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // mosquitto_sub has no "subscribed" signal: retained messages make the
+    // test independent of when its SUBSCRIBE lands.
+    for (topic, msg) in [("testtopic/1", "from-lb"), ("testtopic/2", "also-from-lb")] {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &lb.to_string(),
+                "-t",
+                topic,
+                "-m",
+                msg,
+                "-q",
+                "1",
+                "-r",
+                "-V",
+                "mqttv311",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let out = sub.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("testtopic/1 from-lb"), "{text}");
+    assert!(text.contains("testtopic/2 also-from-lb"), "{text}");
+}
+
+#[test]
+fn sigterm_sends_server_shutting_down_and_exits_cleanly() {
+    let port = free_port();
+    let path = temp_file(
+        "shutdown.json",
+        &format!(
+            r#"{{"listeners":[{{"name":"l","ports":[{{"port":{port},"bindAddress":"127.0.0.1"}}]}}]}}"#
+        ),
+    );
+    let mut broker = start(&path, 1);
+    let (mut client, _) = common::RawClient::connect_v5(port, "c", None);
+    let pid = broker.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    match client.recv() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        if let Some(status) = broker.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

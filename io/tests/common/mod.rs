@@ -1,0 +1,326 @@
+//! Shared harness for the server's integration tests: a real in-process
+//! broker on 127.0.0.1 with 2 shards and one port pinned to each shard (so a
+//! test chooses which shard a client lands on), and rumqttc clients whose
+//! events arrive on a channel. Waits are bounded so a bug fails, not hangs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::Packet as P5;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use shardmq_core::limits::ClientLimits;
+use shardmq_io::{ListenerSpec, ServerConfig, ServerHandle};
+use tokio::sync::mpsc;
+
+/// Upper bound on any single wait; only reached when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Broker {
+    handle: Option<ServerHandle>,
+}
+
+impl Broker {
+    /// 2 shards; listener "s0" only on shard 0, "s1" only on shard 1, "any"
+    /// on both.
+    pub fn start() -> Broker {
+        Broker::start_with(ClientLimits::default())
+    }
+
+    pub fn start_with(limits: ClientLimits) -> Broker {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = ServerConfig {
+            shards: 2,
+            pin_cpus: false,
+            listeners: vec![
+                ListenerSpec {
+                    name: "s0".into(),
+                    addr: any,
+                    shards: Some(vec![0]),
+                },
+                ListenerSpec {
+                    name: "s1".into(),
+                    addr: any,
+                    shards: Some(vec![1]),
+                },
+                ListenerSpec {
+                    name: "any".into(),
+                    addr: any,
+                    shards: None,
+                },
+            ],
+            limits,
+            retained_max: 10_000,
+            selftest_interval: Some(Duration::from_millis(200)),
+        };
+        Broker {
+            handle: Some(shardmq_io::start(config).expect("broker starts")),
+        }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.handle.as_ref().unwrap().addr(name).unwrap().port()
+    }
+
+    pub fn probes_ok(&self) -> u64 {
+        self.handle
+            .as_ref()
+            .unwrap()
+            .probes_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Ev {
+    ConnAck {
+        session_present: bool,
+        code: String,
+    },
+    SubAck(Vec<String>),
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+    },
+    PubAck(String),
+    Disconnect(String),
+    Closed(String),
+}
+
+pub struct Client {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Ev>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects a v5 client and waits for CONNACK.
+    pub async fn connect(
+        port: u16,
+        id: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+    ) -> (Client, bool) {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        configure(&mut opts);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let ev = match eventloop.poll().await {
+                    Ok(Event::Incoming(P5::ConnAck(c))) => Ev::ConnAck {
+                        session_present: c.session_present,
+                        code: format!("{:?}", c.code),
+                    },
+                    Ok(Event::Incoming(P5::SubAck(s))) => {
+                        Ev::SubAck(s.return_codes.iter().map(|c| format!("{c:?}")).collect())
+                    }
+                    Ok(Event::Incoming(P5::Publish(p))) => Ev::Publish {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.to_vec(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                    },
+                    Ok(Event::Incoming(P5::PubAck(a))) => Ev::PubAck(format!("{:?}", a.reason)),
+                    Ok(Event::Incoming(P5::PubComp(a))) => Ev::PubAck(format!("{:?}", a.reason)),
+                    Ok(Event::Incoming(P5::Disconnect(d))) => {
+                        Ev::Disconnect(format!("{:?}", d.reason_code))
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Ev::Closed(e.to_string()));
+                        return;
+                    }
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = Client { client, rx, task };
+        let present = match c.next().await {
+            Ev::ConnAck {
+                session_present,
+                code,
+            } => {
+                assert_eq!(code, "Success");
+                session_present
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        (c, present)
+    }
+
+    pub async fn next(&mut self) -> Ev {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("event within the bound")
+            .expect("event loop alive")
+    }
+
+    /// The next event of interest, skipping others.
+    pub async fn next_matching(&mut self, mut f: impl FnMut(&Ev) -> bool) -> Ev {
+        loop {
+            let ev = self.next().await;
+            if f(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: Q5) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        match self.next_matching(|e| matches!(e, Ev::SubAck(_))).await {
+            Ev::SubAck(codes) => assert!(
+                !codes[0].contains("Failure") && !codes[0].contains("Unspecified"),
+                "{codes:?}"
+            ),
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, qos: Q5, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .unwrap();
+    }
+
+    /// Collects `n` publishes.
+    pub async fn publishes(&mut self, n: usize) -> Vec<(String, Vec<u8>, u8, bool)> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if let Ev::Publish {
+                topic,
+                payload,
+                qos,
+                retain,
+            } = self
+                .next_matching(|e| matches!(e, Ev::Publish { .. } | Ev::Closed(_)))
+                .await
+            {
+                out.push((topic, payload, qos, retain));
+            } else {
+                panic!("connection closed after {} publishes", out.len());
+            }
+        }
+        out
+    }
+
+    /// Asserts nothing more arrives within a short quiet period. Used only to
+    /// check absence after an event that proves the path is flushed.
+    pub async fn expect_no_publish(&mut self, quiet: Duration) {
+        let got = tokio::time::timeout(quiet, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(Ev::Publish { topic, .. }) => return Some(topic),
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(topic)) = got {
+            panic!("unexpected publish on {topic}");
+        }
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let mut rx = self.rx;
+        let _ = tokio::time::timeout(WAIT, async { while rx.recv().await.is_some() {} }).await;
+        self.task.abort();
+    }
+
+    /// Drops the TCP connection without DISCONNECT (an abnormal close).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+pub fn q5(q: u8) -> Q5 {
+    match q {
+        0 => Q5::AtMostOnce,
+        1 => Q5::AtLeastOnce,
+        _ => Q5::ExactlyOnce,
+    }
+}
+
+/// A blocking raw MQTT client on the core codec (itself checked against
+/// rumqttc's): for packets a client library hides, like DISCONNECT reasons.
+pub struct RawClient {
+    stream: std::net::TcpStream,
+    buf: bytes::BytesMut,
+    version: shardmq_core::codec::ProtocolVersion,
+}
+
+impl RawClient {
+    pub fn connect_v5(
+        port: u16,
+        client_id: &str,
+        session_expiry: Option<u32>,
+    ) -> (RawClient, shardmq_core::codec::ConnAck) {
+        use shardmq_core::codec::{Connect, Packet, Properties, ProtocolVersion};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+            version: ProtocolVersion::V5,
+        };
+        let properties = Properties {
+            session_expiry_interval: session_expiry,
+            ..Properties::default()
+        };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol_version: ProtocolVersion::V5,
+            clean_start: session_expiry.is_none(),
+            keep_alive: 30,
+            properties,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })));
+        match c.recv() {
+            Some(Packet::ConnAck(ack)) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, p: &shardmq_core::codec::Packet) {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        shardmq_core::codec::encode(p, self.version, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// The next packet, or `None` once the broker closed the connection.
+    pub fn recv(&mut self) -> Option<shardmq_core::codec::Packet> {
+        use std::io::Read;
+        loop {
+            if let Some(p) =
+                shardmq_core::codec::decode_packet(&mut self.buf, self.version, 1 << 20).unwrap()
+            {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+}
