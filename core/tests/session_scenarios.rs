@@ -1,7 +1,11 @@
 //! Scenario tests for the session state machine, on a fake clock: each test
 //! drives the production `Connection` with packets and reads what it sends
 //! and the events it raises. Spec rules are named where they apply.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::field_reassign_with_default
+)]
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;

@@ -316,9 +316,7 @@ impl Shard {
         };
         // A will with a delay is not sent if the session resumes in time
         // [MQTT-3.1.3-9]; the new connection cancels it wherever we are.
-        self.wills
-            .borrow_mut()
-            .retain(|w| w.client_id != client_id);
+        self.wills.borrow_mut().retain(|w| w.client_id != client_id);
         (session, state)
     }
 
@@ -454,6 +452,7 @@ impl Shard {
 
     /// Expires offline sessions and fires delayed wills; called periodically.
     pub fn tick(&self, now: Instant) {
+        self.conns.borrow_mut().retain(|w| w.strong_count() > 0);
         let expired: Vec<(SessionId, ByteString)> = self
             .sessions
             .borrow()
