@@ -880,7 +880,7 @@ fn disconnect_and_auth_short_forms_v5_3_14_2_1() {
             &Packet::Disconnect(Disconnect::new(ReasonCode::ServerShuttingDown)),
             V5
         )[..],
-        &[0xE0, 1, 0x8B]
+        &[0xE0, 2, 0x8B, 0]
     );
     // AUTH with a reason always carries a Property Length (§3.15.2).
     let auth = Packet::Auth(Auth {
