@@ -1,7 +1,8 @@
 //! Encoding: a [`Packet`] into a `BytesMut`, in the shortest form the spec
 //! allows for the given version. Every packet is first measured and
 //! validated (`plan`), then written after one `reserve`, so a failed encode
-//! writes nothing and a successful one allocates at most once.
+//! writes nothing and a successful one allocates at most once. "Shortest
+//! form" has one exception, DISCONNECT (see `plan_reason_tail`).
 //!
 //! MQTT 3.1.1 cannot carry properties or most reason codes: they are dropped
 //! (PUB* reasons, DISCONNECT reason, v5-only subscription options), or mapped
@@ -209,10 +210,12 @@ fn check_reasons(reasons: &[ReasonCode], packet: PacketType) -> Result<(), Encod
     }
 }
 
-/// v5 "[reason [properties]]" tail after `fixed` bytes, in its shortest form:
-/// nothing for Success without properties, the reason alone without
-/// properties (PUB* §3.4.2.1, DISCONNECT §3.14.2.1). AUTH always writes the
-/// Property Length after a reason: §3.15.2 has no one-byte form.
+/// v5 "[reason [properties]]" tail after `fixed` bytes: nothing for Success
+/// without properties (PUB* §3.4.2.1, DISCONNECT §3.14.2.1, AUTH §3.15.2.1),
+/// the reason alone for PUB* without properties. DISCONNECT and AUTH always
+/// follow a reason with a Property Length: AUTH has no one-byte form, and for
+/// DISCONNECT the one-byte form, though allowed (§3.14.2.2.1), is rejected by
+/// rumqttc 0.24 clients, so interop wins over one saved byte.
 fn plan_reason_tail(
     reason: ReasonCode,
     properties: &Properties,
@@ -231,7 +234,8 @@ fn plan_reason_tail(
         _ => PropertyContext::Disconnect,
     };
     let p = properties_len(properties, ctx)?;
-    let body = if p > 0 || (packet == PacketType::Auth && reason != ReasonCode::Success) {
+    let always_props = matches!(packet, PacketType::Auth | PacketType::Disconnect);
+    let body = if p > 0 || (always_props && reason != ReasonCode::Success) {
         fixed + 1 + block(p)
     } else if reason != ReasonCode::Success {
         fixed + 1

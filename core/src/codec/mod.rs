@@ -13,7 +13,7 @@ mod reason;
 mod wire;
 
 #[cfg(test)]
-mod decode_tests;
+mod tests;
 
 pub use decode::{decode_packet, Decoder};
 pub use encode::{encode, encode_publish, encode_within, encoded_len};

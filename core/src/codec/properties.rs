@@ -70,7 +70,7 @@ pub struct Properties {
 
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.present_bits() == 0
     }
 }
 
@@ -97,6 +97,20 @@ pub enum PropertyContext {
 impl PropertyContext {
     const fn bit(self) -> u16 {
         1 << self as u16
+    }
+
+    /// Bit `id` set for every property identifier allowed here (§2.2.2.2).
+    const fn allowed_mask(self) -> u64 {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < PropertyId::ALL.len() {
+            let id = PropertyId::ALL[i];
+            if id.contexts() & self.bit() != 0 {
+                mask |= 1 << id as u8;
+            }
+            i += 1;
+        }
+        mask
     }
 }
 
@@ -200,7 +214,7 @@ impl PropertyId {
     }
 
     /// The "Used in" column of the table in §2.2.2.2.
-    fn contexts(self) -> u16 {
+    const fn contexts(self) -> u16 {
         use PropertyContext as C;
         use PropertyId::*;
         match self {
@@ -276,7 +290,108 @@ impl Properties {
     /// The identifiers of the properties present, in wire order (a repeated
     /// property is listed once).
     pub fn present(&self) -> impl Iterator<Item = PropertyId> + '_ {
-        PropertyId::ALL.into_iter().filter(|id| self.has(*id))
+        let bits = self.present_bits();
+        PropertyId::ALL
+            .into_iter()
+            .filter(move |id| bits & (1 << *id as u8) != 0)
+    }
+
+    /// Bit `id` set for every property present.
+    // PERF: one pass of cheap tests; the encoder's hot path (PUBLISH) checks
+    // the allowed set with one AND instead of a walk over every property.
+    fn present_bits(&self) -> u64 {
+        use PropertyId::*;
+        let bit = |present: bool, id: PropertyId| u64::from(present) << id as u8;
+        bit(
+            self.payload_format_indicator.is_some(),
+            PayloadFormatIndicator,
+        ) | bit(
+            self.message_expiry_interval.is_some(),
+            MessageExpiryInterval,
+        ) | bit(self.content_type.is_some(), ContentType)
+            | bit(self.response_topic.is_some(), ResponseTopic)
+            | bit(self.correlation_data.is_some(), CorrelationData)
+            | bit(
+                !self.subscription_identifiers.is_empty(),
+                SubscriptionIdentifier,
+            )
+            | bit(
+                self.session_expiry_interval.is_some(),
+                SessionExpiryInterval,
+            )
+            | bit(
+                self.assigned_client_identifier.is_some(),
+                AssignedClientIdentifier,
+            )
+            | bit(self.server_keep_alive.is_some(), ServerKeepAlive)
+            | bit(self.authentication_method.is_some(), AuthenticationMethod)
+            | bit(self.authentication_data.is_some(), AuthenticationData)
+            | bit(
+                self.request_problem_information.is_some(),
+                RequestProblemInformation,
+            )
+            | bit(self.will_delay_interval.is_some(), WillDelayInterval)
+            | bit(
+                self.request_response_information.is_some(),
+                RequestResponseInformation,
+            )
+            | bit(self.response_information.is_some(), ResponseInformation)
+            | bit(self.server_reference.is_some(), ServerReference)
+            | bit(self.reason_string.is_some(), ReasonString)
+            | bit(self.receive_maximum.is_some(), ReceiveMaximum)
+            | bit(self.topic_alias_maximum.is_some(), TopicAliasMaximum)
+            | bit(self.topic_alias.is_some(), TopicAlias)
+            | bit(self.maximum_qos.is_some(), MaximumQos)
+            | bit(self.retain_available.is_some(), RetainAvailable)
+            | bit(!self.user_properties.is_empty(), UserProperty)
+            | bit(self.maximum_packet_size.is_some(), MaximumPacketSize)
+            | bit(
+                self.wildcard_subscription_available.is_some(),
+                WildcardSubscriptionAvailable,
+            )
+            | bit(
+                self.subscription_identifier_available.is_some(),
+                SubscriptionIdentifierAvailable,
+            )
+            | bit(
+                self.shared_subscription_available.is_some(),
+                SharedSubscriptionAvailable,
+            )
+    }
+
+    /// The first property present that is not allowed in `ctx` (§2.2.2.2).
+    pub fn first_not_allowed_in(&self, ctx: PropertyContext) -> Option<PropertyId> {
+        const MASKS: [u64; 14] = {
+            use PropertyContext::*;
+            let all = [
+                Connect,
+                ConnAck,
+                Publish,
+                Will,
+                PubAck,
+                PubRec,
+                PubRel,
+                PubComp,
+                Subscribe,
+                SubAck,
+                Unsubscribe,
+                UnsubAck,
+                Disconnect,
+                Auth,
+            ];
+            let mut masks = [0; 14];
+            let mut i = 0;
+            while i < all.len() {
+                masks[all[i] as usize] = all[i].allowed_mask();
+                i += 1;
+            }
+            masks
+        };
+        let bad = self.present_bits() & !MASKS[ctx as usize];
+        if bad == 0 {
+            return None;
+        }
+        PropertyId::from_u32(bad.trailing_zeros())
     }
 
     /// Whether property `id` is present.
@@ -317,7 +432,7 @@ impl Properties {
     /// present must be allowed there, and only repeatable ones may repeat.
     /// Returns the first offending property.
     pub fn allowed_in(&self, ctx: PropertyContext) -> Result<(), PropertyId> {
-        if let Some(id) = self.present().find(|id| !id.allowed_in(ctx)) {
+        if let Some(id) = self.first_not_allowed_in(ctx) {
             return Err(id);
         }
         if self.subscription_identifiers.len() > 1
@@ -334,6 +449,34 @@ impl Properties {
     /// above [`SUBSCRIPTION_IDENTIFIER_MAX`] (§3.1.2.11, §3.2.2.3, §3.3.2.3).
     pub fn invalid_value(&self) -> Option<(PropertyId, u32)> {
         use PropertyId::*;
+        const RANGED: [PropertyId; 12] = [
+            PayloadFormatIndicator,
+            RequestProblemInformation,
+            RequestResponseInformation,
+            MaximumQos,
+            RetainAvailable,
+            WildcardSubscriptionAvailable,
+            SubscriptionIdentifierAvailable,
+            SharedSubscriptionAvailable,
+            ReceiveMaximum,
+            TopicAlias,
+            MaximumPacketSize,
+            SubscriptionIdentifier,
+        ];
+        const RANGED_MASK: u64 = {
+            let mut m = 0;
+            let mut i = 0;
+            while i < RANGED.len() {
+                m |= 1 << RANGED[i] as u8;
+                i += 1;
+            }
+            m
+        };
+        // PERF: most property sets (message expiry, user properties, reason
+        // strings) have no value with a range rule.
+        if self.present_bits() & RANGED_MASK == 0 {
+            return None;
+        }
         let flags = [
             (PayloadFormatIndicator, self.payload_format_indicator),
             (RequestProblemInformation, self.request_problem_information),

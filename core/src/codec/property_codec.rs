@@ -132,7 +132,7 @@ pub(crate) fn properties_len(
     if props.is_empty() {
         return Ok(0);
     }
-    if let Some(property) = props.present().find(|id| !id.allowed_in(ctx)) {
+    if let Some(property) = props.first_not_allowed_in(ctx) {
         return Err(EncodeError::PropertyNotAllowed {
             property,
             context: ctx,

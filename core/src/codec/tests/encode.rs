@@ -1,0 +1,141 @@
+//! Encoder: shortest forms, refusals, size accounting.
+
+use super::*;
+
+// ---- encoder ----
+
+#[test]
+fn encoded_len_matches_bytes_written_for_every_packet() {
+    for v in [V311, V5] {
+        for p in sample_packets(v) {
+            assert_eq!(encoded_len(&p, v).unwrap(), enc(&p, v).len(), "{p:?}");
+        }
+    }
+}
+
+#[test]
+fn auth_cannot_be_encoded_in_v311() {
+    let p = sample_packets(V5).pop().unwrap();
+    assert_eq!(
+        encode(&p, V311, &mut BytesMut::new()),
+        Err(EncodeError::V5Only(PacketType::Auth))
+    );
+}
+
+#[test]
+fn v311_encoding_drops_properties() {
+    let p = &sample_packets(V5)[1];
+    assert_eq!(&enc(p, V311)[..], &[0x20, 2, 1, 0]);
+}
+
+#[test]
+fn encoder_refuses_property_not_allowed_in_packet() {
+    let mut p = PubResponse::new(pid(1), ReasonCode::Success);
+    p.properties.topic_alias = Some(1);
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        encode(&Packet::PubAck(p), V5, &mut buf),
+        Err(EncodeError::PropertyNotAllowed {
+            property: PropertyId::TopicAlias,
+            context: PropertyContext::PubAck
+        })
+    );
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn encoder_refuses_invalid_property_values_and_reasons() {
+    let mut c = ConnAck {
+        session_present: false,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    };
+    c.properties.receive_maximum = Some(0);
+    assert!(matches!(
+        encode(&Packet::ConnAck(c.clone()), V5, &mut BytesMut::new()),
+        Err(EncodeError::InvalidPropertyValue { .. })
+    ));
+    c.properties = Properties::default();
+    c.reason = ReasonCode::NoMatchingSubscribers;
+    assert!(matches!(
+        encode(&Packet::ConnAck(c), V5, &mut BytesMut::new()),
+        Err(EncodeError::ReasonNotAllowed { .. })
+    ));
+}
+
+#[test]
+fn encoder_refuses_malformed_publish() {
+    let Packet::Publish(good) = sample_packets(V5)[2].clone() else {
+        panic!()
+    };
+    let mut p = good.clone();
+    p.packet_id = None;
+    assert_eq!(
+        encode_publish(&p, V5, &mut BytesMut::new()),
+        Err(EncodeError::PacketIdMismatch)
+    );
+    let mut p = good.clone();
+    p.topic = s("a/#");
+    assert_eq!(
+        encode_publish(&p, V5, &mut BytesMut::new()),
+        Err(EncodeError::TopicWildcard)
+    );
+    let mut p = good.clone();
+    p.topic = s("a\0");
+    assert!(matches!(
+        encode_publish(&p, V5, &mut BytesMut::new()),
+        Err(EncodeError::NullCharacter { .. })
+    ));
+    let mut p = good;
+    p.topic = ByteString::from("x".repeat(70_000));
+    assert!(matches!(
+        encode_publish(&p, V5, &mut BytesMut::new()),
+        Err(EncodeError::StringTooLong { .. })
+    ));
+}
+
+#[test]
+fn encode_within_refuses_packets_over_the_peer_maximum_mqtt_3_1_2_24() {
+    let p = sample_packets(V5)[2].clone();
+    let len = encoded_len(&p, V5).unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        encode_within(&p, V5, len as u32 - 1, &mut buf),
+        Err(EncodeError::PacketTooLarge {
+            size: len,
+            max: len as u32 - 1
+        })
+    );
+    assert!(buf.is_empty());
+    assert_eq!(encode_within(&p, V5, len as u32, &mut buf), Ok(len));
+}
+
+#[test]
+fn encode_publish_reserves_once_and_matches_encode() {
+    let Packet::Publish(p) = sample_packets(V5)[2].clone() else {
+        panic!()
+    };
+    let mut buf = BytesMut::new();
+    encode_publish(&p, V5, &mut buf).unwrap();
+    assert_eq!(buf.capacity(), buf.len());
+    assert_eq!(buf, enc(&Packet::Publish(p), V5));
+}
+
+#[test]
+fn every_decode_error_names_a_spec_rule_and_v311_connack_only_for_connect_codes() {
+    let errors = [
+        DecodeError::VarintTooLong,
+        DecodeError::PacketTooLarge { size: 1, max: 0 },
+        DecodeError::TopicWildcard,
+        DecodeError::EmptySubscribe,
+        DecodeError::InvalidProtocolName,
+        DecodeError::UnsupportedProtocolVersion { level: 3 },
+        DecodeError::Truncated { field: "x" },
+    ];
+    for e in errors {
+        let m = e.to_string();
+        assert!(m.contains("[MQTT-") || m.contains('§'), "{m}");
+        let connack = e.v311_connack();
+        assert!(connack.is_none() || matches!(connack, Some(1 | 2)));
+    }
+}

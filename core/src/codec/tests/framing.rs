@@ -1,0 +1,251 @@
+//! Fixed header, framing, partial frames, size limits, first packet (§2, §3.1.0).
+
+use super::*;
+
+// ---- framing ----
+
+#[test]
+fn every_prefix_of_a_valid_packet_needs_more_bytes_and_leaves_buf_untouched() {
+    for v in [V311, V5] {
+        for p in sample_packets(v) {
+            let full = enc(&p, v);
+            for cut in 0..full.len() {
+                let mut buf = BytesMut::from(&full[..cut]);
+                assert_eq!(decode_packet(&mut buf, v, MAX), Ok(None), "{p:?} cut {cut}");
+                assert_eq!(&buf[..], &full[..cut]);
+            }
+            let mut buf = full.clone();
+            assert_eq!(decode_packet(&mut buf, v, MAX).unwrap(), Some(p));
+            assert!(buf.is_empty());
+        }
+    }
+}
+
+#[test]
+fn every_prefix_of_first_connect_needs_more_bytes_mqtt_3_1_0_1() {
+    for v in [V311, V5] {
+        let full = enc(&sample_packets(v)[0], v);
+        let mut d = Decoder::new(MAX);
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(d.decode(&mut buf), Ok(None));
+            assert_eq!(d.version(), None);
+        }
+        let mut buf = full;
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Packet::Connect(_)))));
+        assert_eq!(d.version(), Some(v));
+    }
+}
+
+#[test]
+fn two_frames_in_one_buffer_decode_one_at_a_time() {
+    let mut buf = enc(&Packet::PingReq, V5);
+    buf.extend_from_slice(&enc(&Packet::PingResp, V5));
+    assert_eq!(decode_packet(&mut buf, V5, MAX), Ok(Some(Packet::PingReq)));
+    assert_eq!(buf.len(), 2);
+    assert_eq!(decode_packet(&mut buf, V5, MAX), Ok(Some(Packet::PingResp)));
+}
+
+#[test]
+fn oversize_packet_is_rejected_from_the_fixed_header_alone() {
+    // PUBLISH announcing 1 MiB: only the 4 header bytes are present.
+    let mut buf = BytesMut::new();
+    buf.put_u8(0x30);
+    put_varint(&mut buf, 1 << 20);
+    for v in [V311, V5] {
+        let err = decode_packet(&mut buf.clone(), v, 4096).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::PacketTooLarge {
+                size: 4 + (1 << 20),
+                max: 4096
+            }
+        );
+        assert_eq!(err.reason_code(), ReasonCode::PacketTooLarge);
+    }
+    // Also for the first CONNECT.
+    let mut c = BytesMut::new();
+    c.put_u8(0x10);
+    put_varint(&mut c, 100_000);
+    assert!(matches!(
+        Decoder::new(4096).decode(&mut c),
+        Err(DecodeError::PacketTooLarge { .. })
+    ));
+}
+
+#[test]
+fn packet_size_limit_counts_the_fixed_header_v5_3_1_2_11_4() {
+    // PINGREQ is 2 bytes in total: a 1-byte limit rejects it, 2 accepts it.
+    let mut buf = enc(&Packet::PingReq, V5);
+    assert!(matches!(
+        decode_packet(&mut buf.clone(), V5, 1),
+        Err(DecodeError::PacketTooLarge { size: 2, max: 1 })
+    ));
+    assert_eq!(decode_packet(&mut buf, V5, 2), Ok(Some(Packet::PingReq)));
+}
+
+#[test]
+fn five_byte_remaining_length_is_rejected_mqtt_1_5_5() {
+    let bytes = [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F];
+    for v in [V311, V5] {
+        assert_eq!(dec(v, &bytes), Err(DecodeError::VarintTooLong));
+        // Rejected as soon as the 4th length byte shows a continuation bit.
+        assert_eq!(dec(v, &bytes[..5]), Err(DecodeError::VarintTooLong));
+    }
+}
+
+#[test]
+fn non_minimal_remaining_length_rejected_in_v5_accepted_in_v311_mqtt_1_5_5_1() {
+    // PINGREQ with remaining length 0 encoded in two bytes.
+    let bytes = [0xC0, 0x80, 0x00];
+    assert_eq!(dec(V5, &bytes), Err(DecodeError::VarintNotMinimal));
+    assert_eq!(dec(V311, &bytes), Ok(Some(Packet::PingReq)));
+}
+
+#[test]
+fn non_minimal_remaining_length_of_first_connect_follows_its_level() {
+    for (v, ok) in [(V311, true), (V5, false)] {
+        let good = enc(&sample_packets(v)[0], v);
+        // Pad the 1-byte remaining length to 2 bytes (same value).
+        assert!(good[1] < 0x80);
+        let mut bad = BytesMut::new();
+        bad.put_u8(good[0]);
+        bad.put_u8(good[1] | 0x80);
+        bad.put_u8(0x00);
+        bad.put_slice(&good[2..]);
+        let (d, r) = first_packet(bad);
+        assert_eq!(r.is_ok(), ok, "{v:?}: {r:?}");
+        if !ok {
+            assert_eq!(r, Err(DecodeError::VarintNotMinimal));
+        }
+        assert_eq!(d.version(), Some(v));
+    }
+}
+
+#[test]
+fn packet_type_0_is_reserved_and_15_is_reserved_in_v311_mqtt_2_1_2() {
+    assert_eq!(
+        dec(V5, &[0x00, 0x00]),
+        Err(DecodeError::ReservedPacketType(0))
+    );
+    assert_eq!(
+        dec(V311, &[0x00, 0x00]),
+        Err(DecodeError::ReservedPacketType(0))
+    );
+    assert_eq!(dec(V311, &[0xF0, 0x00]), Err(DecodeError::AuthInV311));
+    assert!(matches!(dec(V5, &[0xF0, 0x00]), Ok(Some(Packet::Auth(_)))));
+}
+
+#[test]
+fn reserved_fixed_header_flags_are_rejected_mqtt_2_1_3_1() {
+    for v in [V311, V5] {
+        for p in sample_packets(v) {
+            let t = p.packet_type();
+            let Some(expected) = t.fixed_header_flags() else {
+                continue;
+            };
+            let good = enc(&p, v);
+            assert_eq!(good[0] & 0x0F, expected);
+            for flags in (0..16u8).filter(|f| *f != expected) {
+                let mut bad = good.clone();
+                bad[0] = (bad[0] & 0xF0) | flags;
+                let r = decode_packet(&mut bad, v, MAX);
+                let want = DecodeError::InvalidFixedHeaderFlags { packet: t, flags };
+                assert_eq!(r, Err(want));
+            }
+        }
+    }
+    // PUBREL with flags 0 (the 3.1 form) is rejected too.
+    assert_eq!(
+        dec_err(V311, 0x60, &[0, 1]),
+        DecodeError::InvalidFixedHeaderFlags {
+            packet: PacketType::PubRel,
+            flags: 0
+        }
+    );
+}
+
+#[test]
+fn first_packet_must_be_connect_mqtt_3_1_0_1() {
+    let (d, r) = first_packet(frame(0x30, b"\x00\x01a"));
+    assert_eq!(
+        r,
+        Err(DecodeError::FirstPacketNotConnect(PacketType::Publish))
+    );
+    assert_eq!(d.version(), None);
+    // Decided from the first byte, before the body arrives.
+    let (_, r) = first_packet(BytesMut::from(&[0xC0u8][..]));
+    assert_eq!(
+        r,
+        Err(DecodeError::FirstPacketNotConnect(PacketType::PingReq))
+    );
+    assert_eq!(
+        DecodeError::FirstPacketNotConnect(PacketType::PingReq).reason_code(),
+        ReasonCode::ProtocolError
+    );
+}
+
+#[test]
+fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
+    let c = enc(&sample_packets(V5)[0], V5);
+    let mut d = Decoder::new(MAX);
+    let mut buf = c.clone();
+    buf.extend_from_slice(&c);
+    assert!(d.decode(&mut buf).unwrap().is_some());
+    assert_eq!(d.decode(&mut buf), Err(DecodeError::SecondConnect));
+}
+
+#[test]
+fn decoded_payload_and_strings_share_the_input_buffer() {
+    let p = &sample_packets(V5)[2];
+    let mut buf = enc(p, V5);
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+    let Some(Packet::Publish(got)) = decode_packet(&mut buf, V5, MAX).unwrap() else {
+        panic!("not a publish");
+    };
+    assert!(range.contains(&(got.payload.as_ptr() as usize)));
+    assert!(range.contains(&(got.topic.as_bytes().as_ptr() as usize)));
+}
+
+#[test]
+fn trailing_bytes_are_malformed_mqtt_2_1_4() {
+    assert_eq!(
+        dec_err(V5, 0xC0, &[0]),
+        DecodeError::TrailingBytes {
+            packet: PacketType::PingReq,
+            extra: 1
+        }
+    );
+    // v3.1.1 PUBACK is exactly 2 bytes; DISCONNECT has no body.
+    assert!(matches!(
+        dec_err(V311, 0x40, &[0, 1, 0]),
+        DecodeError::TrailingBytes { .. }
+    ));
+    assert!(matches!(
+        dec_err(V311, 0xE0, &[0]),
+        DecodeError::TrailingBytes { .. }
+    ));
+    // v3.1.1 UNSUBACK has no payload.
+    assert!(matches!(
+        dec_err(V311, 0xB0, &[0, 1, 0]),
+        DecodeError::TrailingBytes { .. }
+    ));
+}
+
+#[test]
+fn remaining_length_shorter_than_content_is_malformed() {
+    // PUBLISH QoS 1 whose topic length claims 5 bytes but 1 is there.
+    let e = dec_err(V311, 0x32, &[0, 5, b'a']);
+    assert_eq!(
+        e,
+        DecodeError::Truncated {
+            field: "topic name"
+        }
+    );
+    assert_eq!(e.reason_code(), ReasonCode::MalformedPacket);
+    // PUBACK with only one byte of packet id.
+    assert!(matches!(
+        dec_err(V5, 0x40, &[0]),
+        DecodeError::Truncated { .. }
+    ));
+}
