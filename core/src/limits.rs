@@ -16,13 +16,26 @@ pub enum QueueFullStrategy {
     DropOldest,
 }
 
+/// Queue bound of a session when `subscriberQueueLimit.length` is not set:
+/// nothing in the broker is unbounded (a subscriber that never reads must
+/// not take the shard's memory).
+pub const QUEUE_LEN_DEFAULT_MAX: u32 = 100_000;
+
 /// `advanced.clients.subscriberQueueLimit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimit {
     /// Messages a session may hold queued (not yet in flight); `None` means
-    /// bounded only by the memory budget.
+    /// [`QUEUE_LEN_DEFAULT_MAX`].
     pub length_max: Option<NonZeroU32>,
     pub strategy: QueueFullStrategy,
+}
+
+impl QueueLimit {
+    /// The bound in force.
+    pub fn len_max(&self) -> usize {
+        self.length_max
+            .map_or(QUEUE_LEN_DEFAULT_MAX, NonZeroU32::get) as usize
+    }
 }
 
 impl Default for QueueLimit {

@@ -21,6 +21,8 @@ use crate::shard::{ConnCell, Shard};
 const READ_CHUNK: usize = 16 * 1024;
 /// Soft bound of one coalesced write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Control packets queued for a client before its reader stops reading.
+const TRANSMIT_BACKLOG_MAX: usize = 4096;
 /// How long the writer keeps flushing after the connection closed.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,6 +51,20 @@ where
     'read: loop {
         if cell.closed.get() {
             break;
+        }
+        // A client that sends without reading: stop reading it until the
+        // writer has drained its acknowledgements (bounded memory).
+        while cell.conn.borrow().transmit_backlog() > TRANSMIT_BACKLOG_MAX && !cell.closed.get() {
+            cell.wake();
+            let drained = async { cell.drained_rx.recv().await.is_some() }
+                .or(async {
+                    let _ = cell.closed_rx.recv().await;
+                    false
+                })
+                .await;
+            if !drained {
+                break 'read;
+            }
         }
         let read = async { Some(reader.read(&mut chunk).await) }
             .or(async {
@@ -227,7 +243,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
                 })
                 .await;
             match write {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    let _ = cell.drained_tx.try_send(());
+                }
                 _ => {
                     cell.closed.set(true);
                     let _ = cell.closed_tx.try_send(());

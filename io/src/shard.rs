@@ -39,6 +39,10 @@ pub struct ConnCell {
     pub wake_rx: LocalReceiver<()>,
     /// Raised when the connection is over, so the reader stops reading.
     pub closed: Cell<bool>,
+    /// Signalled by the writer after each write, for a reader waiting on
+    /// the transmit backlog.
+    pub drained_tx: LocalSender<()>,
+    pub drained_rx: LocalReceiver<()>,
     /// While non-zero the writer sends nothing: a SUBACK must not leave
     /// before every shard's index has the subscription.
     pub hold: Cell<u32>,
@@ -50,11 +54,14 @@ impl ConnCell {
     pub fn new(conn: Connection) -> ConnCell {
         let (wake_tx, wake_rx) = local_channel::new_bounded(1);
         let (closed_tx, closed_rx) = local_channel::new_bounded(1);
+        let (drained_tx, drained_rx) = local_channel::new_bounded(1);
         ConnCell {
             conn: RefCell::new(conn),
             wake_tx,
             wake_rx,
             closed: Cell::new(false),
+            drained_tx,
+            drained_rx,
             hold: Cell::new(0),
             closed_tx,
             closed_rx,

@@ -314,3 +314,43 @@ async fn self_test_probes_pass_through_every_shard() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_that_never_reads_is_pushed_back_and_others_are_unaffected() {
+    use shardmq_core::codec::{Packet, PacketId, Properties, Publish, QoS};
+    let broker = Broker::start();
+    let port = broker.port("s0");
+    // Floods QoS 1 publishes and never reads its PUBACKs: the broker must
+    // stop reading it (its writes eventually block) instead of buffering.
+    let flooder = tokio::task::spawn_blocking(move || {
+        let (mut c, _) = common::RawClient::connect_v5(port, "flooder", None);
+        c.set_write_timeout(Duration::from_secs(2));
+        let mut sent = 0u32;
+        for i in 0..2_000_000u32 {
+            let p = Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "flood/x".into(),
+                packet_id: PacketId::new((i % 65535 + 1) as u16),
+                properties: Properties::default(),
+                payload: bytes::Bytes::from_static(&[0u8; 256]),
+            });
+            if !c.try_send(&p) {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let (mut sub, _) = Client::connect(broker.port("s1"), "sub", |_| {}).await;
+    sub.subscribe("ok/#", q5(1)).await;
+    let (publ, _) = Client::connect(broker.port("s0"), "pub", |_| {}).await;
+    publ.publish("ok/1", q5(1), false, b"unaffected").await;
+    assert_eq!(sub.publishes(1).await[0].1, b"unaffected");
+    let sent = flooder.await.unwrap();
+    assert!(
+        sent < 2_000_000,
+        "the broker stopped reading the flooder (sent {sent})"
+    );
+}

@@ -481,6 +481,13 @@ impl Connection {
         })
     }
 
+    /// Control packets (acknowledgements, SUBACK...) waiting to be sent. The
+    /// io layer stops reading a client whose backlog grows: a client that
+    /// sends without reading must not grow the broker's memory.
+    pub fn transmit_backlog(&self) -> usize {
+        self.transmit.len()
+    }
+
     /// Whether `poll_packet` has something to send now.
     pub fn wants_transmit(&self) -> bool {
         if !self.transmit.is_empty() {

@@ -159,18 +159,16 @@ impl SessionState {
             return Enqueued::Discarded;
         }
         let mut outcome = Enqueued::Queued;
-        if let Some(max) = limit.length_max {
-            if self.queue.len() >= max.get() as usize {
-                match limit.strategy {
-                    QueueFullStrategy::None => {
-                        self.stats.dropped_queue_full += 1;
-                        return Enqueued::RejectedQueueFull;
-                    }
-                    QueueFullStrategy::DropOldest => {
-                        self.queue.pop_front();
-                        self.stats.dropped_queue_full += 1;
-                        outcome = Enqueued::DroppedOldest;
-                    }
+        if self.queue.len() >= limit.len_max() {
+            match limit.strategy {
+                QueueFullStrategy::None => {
+                    self.stats.dropped_queue_full += 1;
+                    return Enqueued::RejectedQueueFull;
+                }
+                QueueFullStrategy::DropOldest => {
+                    self.queue.pop_front();
+                    self.stats.dropped_queue_full += 1;
+                    outcome = Enqueued::DroppedOldest;
                 }
             }
         }

@@ -306,6 +306,18 @@ impl RawClient {
         self.stream.write_all(&out).unwrap();
     }
 
+    pub fn set_write_timeout(&mut self, d: Duration) {
+        self.stream.set_write_timeout(Some(d)).unwrap();
+    }
+
+    /// Sends a packet; `false` when the write times out or fails.
+    pub fn try_send(&mut self, p: &shardmq_core::codec::Packet) -> bool {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        shardmq_core::codec::encode(p, self.version, &mut out).unwrap();
+        self.stream.write_all(&out).is_ok()
+    }
+
     /// The next packet, or `None` once the broker closed the connection.
     pub fn recv(&mut self) -> Option<shardmq_core::codec::Packet> {
         use std::io::Read;
