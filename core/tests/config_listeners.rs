@@ -84,8 +84,7 @@ fn ports_are_required_and_in_range() {
             "listeners[0].ports: required",
             "listeners[1].ports: at least one port is required",
             "listeners[2].ports[0].port: required",
-            "listeners[2].ports[1].port: must be between 1 and 65535, got 0",
-            "listeners[2].ports[2].port: must be between 1 and 65535, got 65536",
+            "listeners[2].ports[2].port: must be between 0 and 65535, got 65536",
         ]
     );
 }

@@ -43,8 +43,12 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
                     what: "authorization",
                 });
             }
+            let name = match p.addr.port() {
+                0 => format!("{}#{j}", l.name),
+                port => format!("{}:{port}", l.name),
+            };
             listeners.push(ListenerSpec {
-                name: format!("{}:{}", l.name, p.addr.port()),
+                name,
                 addr: p.addr,
                 shards: p.shards.clone(),
             });

@@ -115,18 +115,30 @@ impl ServerHandle {
     }
 }
 
-/// Reserves port-0 listeners so every shard binds the same port: the
-/// reservation socket is bound (SO_REUSEPORT) but never listens, so the
-/// kernel never hands it a connection; it is dropped once shards are bound.
+/// Reserves every listener port before the shards bind it. The shards bind
+/// with SO_REUSEPORT, which would let a second broker (or anything of the
+/// same user) silently share a port and take a share of its clients; so the
+/// port is first bound *without* SO_REUSEPORT, which fails if anyone holds
+/// it. Port 0 is resolved here so every shard binds the same port: that
+/// reservation is bound with SO_REUSEPORT but never listens, so the kernel
+/// never hands it a connection; it is dropped once the shards are bound.
 fn reserve_ports(listeners: &mut [ListenerSpec]) -> Result<Vec<socket2::Socket>, ServerError> {
     let mut held = Vec::new();
-    for l in listeners.iter_mut().filter(|l| l.addr.port() == 0) {
+    for l in listeners.iter_mut() {
         let bind_err = |source| ServerError::Bind {
             name: l.name.clone(),
             addr: l.addr,
             source,
         };
         let domain = socket2::Domain::for_address(l.addr);
+        if l.addr.port() != 0 {
+            let probe =
+                socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(bind_err)?;
+            // SO_REUSEADDR only skips TIME_WAIT leftovers of a restart.
+            probe.set_reuse_address(true).map_err(bind_err)?;
+            probe.bind(&l.addr.into()).map_err(bind_err)?;
+            continue;
+        }
         let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(bind_err)?;
         s.set_reuse_port(true).map_err(bind_err)?;
         s.bind(&l.addr.into()).map_err(bind_err)?;

@@ -14,14 +14,6 @@ use shardmq_core::codec::{Packet, ReasonCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shardmq-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -40,8 +32,10 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the binary and waits until it logs that every listener is up.
-fn start(config: &PathBuf, listeners: usize) -> Proc {
+/// Starts the binary and waits until it logs that every listener is up;
+/// returns the bound ports in log order (configs here use port 0, so tests
+/// never race each other for a "free" port).
+fn start(config: &PathBuf, listeners: usize) -> (Proc, Vec<u16>) {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -52,18 +46,27 @@ fn start(config: &PathBuf, listeners: usize) -> Proc {
         .unwrap();
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
-    let mut seen = 0;
+    let mut ports = Vec::new();
     let deadline = Instant::now() + common::WAIT;
-    while seen < listeners {
+    while ports.len() < listeners {
         assert!(Instant::now() < deadline, "broker did not start");
         match lines.next() {
-            Some(Ok(line)) if line.contains("listening") => seen += 1,
+            Some(Ok(line)) if line.contains("listening") => {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                ports.push(addr.parse::<std::net::SocketAddr>().unwrap().port());
+            }
             Some(Ok(_)) => {}
             _ => panic!("broker exited during start-up"),
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Proc(child)
+    (Proc(child), ports)
 }
 
 fn has_mosquitto_clients() -> bool {
@@ -120,13 +123,13 @@ fn aio_example_fragments_start_the_broker() {
         let fragment: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(examples.join(name)).unwrap()).unwrap();
         let mut config = fragment.as_object().unwrap().clone();
-        let port = free_port();
         config.insert(
             "listeners".into(),
-            serde_json::json!([{"name": "l", "ports": [{"port": port, "bindAddress": "127.0.0.1"}]}]),
+            serde_json::json!([{"name": "l", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]}]),
         );
         let path = temp_file(name, &serde_json::Value::Object(config).to_string());
-        let _broker = start(&path, 1);
+        let (_broker, ports) = start(&path, 1);
+        let port = ports[0];
         let (_c, ack) = common::RawClient::connect_v5(port, "probe", None);
         assert_eq!(ack.reason, ReasonCode::Success, "{name}");
     }
@@ -139,18 +142,38 @@ fn seed_scenario_clients_on_two_ports_exchange_messages() {
     if !has_mosquitto_clients() {
         return;
     }
-    let (lb, np) = (free_port(), free_port());
     let path = temp_file(
         "seed.json",
-        &format!(
-            r#"{{"cardinality":{{"frontend":{{"workers":2}}}},
+        r#"{"cardinality":{"frontend":{"workers":2}},
                 "listeners":[
-                  {{"name":"loadbalancer-listener","serviceType":"LoadBalancer","ports":[{{"port":{lb},"bindAddress":"127.0.0.1"}}]}},
-                  {{"name":"nodeport-listener","serviceType":"NodePort","ports":[{{"port":{np},"bindAddress":"127.0.0.1","nodePort":31883}}]}}]}}"#
-        ),
+                  {"name":"loadbalancer-listener","serviceType":"LoadBalancer","ports":[{"port":0,"bindAddress":"127.0.0.1"}]},
+                  {"name":"nodeport-listener","serviceType":"NodePort","ports":[{"port":0,"bindAddress":"127.0.0.1","nodePort":31883}]}]}"#,
     );
-    let _broker = start(&path, 2);
-    let sub = Command::new("mosquitto_sub")
+    let (_broker, ports) = start(&path, 2);
+    let (lb, np) = (ports[0], ports[1]);
+    let publish = |topic: &str, msg: &str, retain: bool| {
+        let mut args = vec![
+            "-p".to_string(),
+            lb.to_string(),
+            "-t".into(),
+            topic.into(),
+            "-m".into(),
+            msg.into(),
+        ];
+        args.extend(["-q", "1", "-V", "mqttv311"].map(String::from));
+        if retain {
+            args.push("-r".into());
+        }
+        assert!(Command::new("mosquitto_pub")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    // Retained first, so the subscriber's first lines prove its
+    // subscription is active; then a live message crosses the ports.
+    publish("testtopic/1", "from-lb", true);
+    let mut sub = Command::new("mosquitto_sub")
         .args([
             "-p",
             &np.to_string(),
@@ -169,43 +192,21 @@ fn seed_scenario_clients_on_two_ports_exchange_messages() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // mosquitto_sub has no "subscribed" signal: retained messages make the
-    // test independent of when its SUBSCRIBE lands.
-    for (topic, msg) in [("testtopic/1", "from-lb"), ("testtopic/2", "also-from-lb")] {
-        let st = Command::new("mosquitto_pub")
-            .args([
-                "-p",
-                &lb.to_string(),
-                "-t",
-                topic,
-                "-m",
-                msg,
-                "-q",
-                "1",
-                "-r",
-                "-V",
-                "mqttv311",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let out = sub.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("testtopic/1 from-lb"), "{text}");
-    assert!(text.contains("testtopic/2 also-from-lb"), "{text}");
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "testtopic/1 from-lb");
+    publish("testtopic/2", "live-from-lb", false);
+    assert_eq!(lines.next().unwrap().unwrap(), "testtopic/2 live-from-lb");
+    assert!(sub.wait().unwrap().success());
 }
 
 #[test]
 fn sigterm_sends_server_shutting_down_and_exits_cleanly() {
-    let port = free_port();
     let path = temp_file(
         "shutdown.json",
-        &format!(
-            r#"{{"listeners":[{{"name":"l","ports":[{{"port":{port},"bindAddress":"127.0.0.1"}}]}}]}}"#
-        ),
+        r#"{"listeners":[{"name":"l","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
     );
-    let mut broker = start(&path, 1);
+    let (mut broker, ports) = start(&path, 1);
+    let port = ports[0];
     let (mut client, _) = common::RawClient::connect_v5(port, "c", None);
     let pid = broker.0.id().to_string();
     assert!(Command::new("kill")
@@ -226,4 +227,33 @@ fn sigterm_sends_server_shutting_down_and_exits_cleanly() {
         assert!(Instant::now() < deadline, "broker did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_port_already_held_is_refused_instead_of_shared() {
+    // The shards bind with SO_REUSEPORT; a second broker on the same port
+    // must not silently take a share of the first one's clients.
+    let path = temp_file(
+        "first.json",
+        r#"{"listeners":[{"name":"l","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
+    );
+    let (_first, ports) = start(&path, 1);
+    let second = temp_file(
+        "second.json",
+        &format!(
+            r#"{{"listeners":[{{"name":"l","ports":[{{"port":{},"bindAddress":"127.0.0.1"}}]}}]}}"#,
+            ports[0]
+        ),
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("cannot bind") && err.contains("in use"),
+        "{err}"
+    );
 }

@@ -129,7 +129,8 @@ fn port(
             report.error(format!("{path}.port"), "required");
             None
         }
-        Some(value) => int_in(report, format!("{path}.port"), value, 1, u16::MAX.into())
+        // 0: any free port (the server logs the one it bound).
+        Some(value) => int_in(report, format!("{path}.port"), value, 0, u16::MAX.into())
             .and_then(|n| u16::try_from(n).ok()),
     };
     let ip = match raw.bind_address.as_deref() {
@@ -250,7 +251,8 @@ fn check_unique_addr(
     report: &mut Report,
 ) {
     let overlaps = |other: &SocketAddr| {
-        other.port() == addr.port()
+        addr.port() != 0
+            && other.port() == addr.port()
             && (other.ip() == addr.ip()
                 || wildcard_covers(other.ip(), addr.ip())
                 || wildcard_covers(addr.ip(), other.ip()))
