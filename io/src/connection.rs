@@ -21,6 +21,8 @@ use crate::shard::{ConnCell, Shard};
 const READ_CHUNK: usize = 16 * 1024;
 /// Soft bound of one coalesced write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Coalesced writes a writer may do before yielding to other tasks.
+const WRITE_BATCHES_PER_TURN: u32 = 16;
 /// Control packets queued for a client before its reader stops reading.
 const TRANSMIT_BACKLOG_MAX: usize = 4096;
 /// How long the writer keeps flushing after the connection closed.
@@ -77,6 +79,10 @@ where
             Some(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        // Fairness: a glommio read completes without yielding while the
+        // socket has data, so a busy publisher would otherwise keep the
+        // shard and starve every other task (subscribers' writers first).
+        futures_lite::future::yield_now().await;
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(packet)) => {
@@ -220,6 +226,7 @@ fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
 
 async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut batches = 0u32;
     loop {
         while cell.hold.get() == 0 || cell.closed.get() {
             buf.clear();
@@ -245,6 +252,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
             match write {
                 Some(Ok(())) => {
                     let _ = cell.drained_tx.try_send(());
+                    // Output before input: a writer keeps the shard for up to
+                    // WRITE_BATCHES_PER_TURN batches while readers get one
+                    // chunk per turn, so delivery keeps up with intake.
+                    batches += 1;
+                    if batches % WRITE_BATCHES_PER_TURN == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
                 }
                 _ => {
                     cell.closed.set(true);
