@@ -59,7 +59,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> SharedMessage {
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         origin: ByteString::from_static("publisher"),
     })

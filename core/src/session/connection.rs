@@ -1065,7 +1065,9 @@ impl Connection {
         let mut topic: ByteString = m.topic.as_str().into();
         let mut properties = Properties::default();
         if self.version == ProtocolVersion::V5 {
-            properties = m.properties.clone();
+            if let Some(p) = &m.properties {
+                properties = (**p).clone();
+            }
             properties.message_expiry_interval = m.remaining_expiry_secs(now);
             properties.subscription_identifiers = queued.subscription_ids.clone();
             if let Some(&alias) = self.aliases_out.get(&m.topic) {

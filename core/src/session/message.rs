@@ -22,8 +22,11 @@ pub struct Message {
     pub retain: bool,
     /// Only the properties forwarded to subscribers (v5 §3.3.2.3): payload
     /// format indicator, content type, response topic, correlation data and
-    /// user properties. Expiry is carried as `expires_at` instead.
-    pub properties: Properties,
+    /// user properties. Expiry is carried as `expires_at` instead. `None`
+    /// when there are none (the common telemetry case).
+    // PERF: boxed so the message is small: a routed message is moved and
+    // shared on the hot path, and `Properties` is ~480 bytes inline.
+    pub properties: Option<Box<Properties>>,
     /// When the message expires [MQTT-3.3.2-5]; `None` never expires.
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local [MQTT-3.8.3-3]. Empty for
@@ -95,13 +98,21 @@ pub(crate) fn expiry(
 }
 
 /// Keeps only what v5 §3.3.2.3 says the server forwards unaltered.
-pub(crate) fn forwardable(p: Properties) -> Properties {
-    Properties {
+pub(crate) fn forwardable(p: Properties) -> Option<Box<Properties>> {
+    let any = p.payload_format_indicator.is_some()
+        || p.content_type.is_some()
+        || p.response_topic.is_some()
+        || p.correlation_data.is_some()
+        || !p.user_properties.is_empty();
+    if !any {
+        return None;
+    }
+    Some(Box::new(Properties {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type,
         response_topic: p.response_topic,
         correlation_data: p.correlation_data,
         user_properties: p.user_properties,
         ..Properties::default()
-    }
+    }))
 }
