@@ -4,6 +4,7 @@
 //! the shell's child). Owns sampling and summarising; no decisions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,28 +104,31 @@ fn sample(root: u32, with_children: bool) -> Option<Sample> {
     })
 }
 
-/// Samples one process tree in the background until dropped.
+/// Samples one process tree in the background until dropped. A thread,
+/// not a task: busy client tasks on a one-thread runtime must not delay
+/// the samples that delimit the measured window.
 #[derive(Debug)]
 pub struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Sampler {
     pub fn start(pid: u32, with_children: bool) -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let sink = samples.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            loop {
-                tick.tick().await;
-                let s = sample(pid, with_children);
-                if let (Some(s), Ok(mut v)) = (s, sink.lock()) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, stopped) = (samples.clone(), stop.clone());
+        let spawned = std::thread::Builder::new().name("procstat".to_owned()).spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                if let (Some(s), Ok(mut v)) = (sample(pid, with_children), sink.lock()) {
                     v.push(s);
                 }
+                std::thread::sleep(SAMPLE_EVERY);
             }
         });
-        Sampler { samples, task }
+        // Without the thread, the window-edge `mark`s still give a figure.
+        drop(spawned);
+        Sampler { samples, stop }
     }
 
     /// Takes one sample now (window edges need not wait for the timer).
@@ -165,7 +169,7 @@ impl Sampler {
 
 impl Drop for Sampler {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
