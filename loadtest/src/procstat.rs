@@ -118,14 +118,16 @@ impl Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (sink, stopped) = (samples.clone(), stop.clone());
-        let spawned = std::thread::Builder::new().name("procstat".to_owned()).spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                if let (Some(s), Ok(mut v)) = (sample(pid, with_children), sink.lock()) {
-                    v.push(s);
+        let spawned = std::thread::Builder::new()
+            .name("procstat".to_owned())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    if let (Some(s), Ok(mut v)) = (sample(pid, with_children), sink.lock()) {
+                        v.push(s);
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
                 }
-                std::thread::sleep(SAMPLE_EVERY);
-            }
-        });
+            });
         // Without the thread, the window-edge `mark`s still give a figure.
         drop(spawned);
         Sampler { samples, stop }
