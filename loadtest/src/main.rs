@@ -1,6 +1,128 @@
-//! `shardmq-loadtest` (built in the load-test issue).
+//! `shardmq-loadtest`: flags in, report out. Pins the process and sizes the
+//! runtime before any thread exists (threads inherit the CPU mask), then
+//! hands over to the library. Exit 0: passed; 1: a correctness failure or
+//! nothing connected; 2: bad usage or set-up.
 
-fn main() {
-    eprintln!("shardmq-loadtest: not built yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use shardmq_loadtest::cli::{Cli, Command};
+use shardmq_loadtest::compare::{self, Launched, TargetKind, TargetSpec};
+use shardmq_loadtest::{svg, Target};
+
+fn pin_to(cpu: usize) -> Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .with_context(|| format!("--cpu {cpu}: no such CPU"))?;
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("--cpu {cpu}"))?;
+    Ok(())
+}
+
+/// Many connections need many descriptors: raise the soft limit to the hard.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn write_file(path: &std::path::Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("shardmq-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<bool> {
+    if let Some(cpu) = cli.cpu {
+        pin_to(cpu)?;
+    }
+    raise_fd_limit();
+    let rt = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the runtime")?;
+    match cli.command {
+        Command::Run {
+            scenario,
+            broker,
+            broker_pid,
+            broker_cpu,
+            json,
+        } => {
+            let mut spec = scenario.to_spec();
+            let target = TargetSpec::parse(&broker)?;
+            let mut launched = match &target.kind {
+                TargetKind::Addr(_) => None,
+                TargetKind::Cmd(c) => Some(Launched::start(&target.name, c, broker_cpu)?),
+            };
+            let addr = match (&target.kind, &launched) {
+                (_, Some(l)) => format!("127.0.0.1:{}", l.port),
+                (TargetKind::Addr(a), None) => a.clone(),
+                (TargetKind::Cmd(_), None) => unreachable_target()?,
+            };
+            spec.broker_pid = broker_pid.or(launched.as_ref().map(|l| l.pid));
+            let target = Target {
+                name: target.name,
+                addr,
+            };
+            let report = rt.block_on(shardmq_loadtest::run(&spec, &target))?;
+            if let Some(l) = launched.as_mut() {
+                l.stop();
+            }
+            print!("{}", report.to_table());
+            if let Some(path) = json {
+                write_file(&path, &serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(report.ok())
+        }
+        Command::Compare {
+            scenario,
+            targets,
+            rounds,
+            broker_cpu,
+            pause,
+            json,
+            svg: svg_path,
+        } => {
+            let spec = scenario.to_spec();
+            let targets = targets
+                .iter()
+                .map(|t| TargetSpec::parse(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let result = rt.block_on(compare::compare(&spec, &targets, rounds, broker_cpu, pause));
+            println!();
+            print!("{}", result.to_table());
+            if let Some(path) = json {
+                write_file(&path, &serde_json::to_string_pretty(&result)?)?;
+            }
+            if let Some(path) = svg_path {
+                write_file(&path, &svg::chart(&result))?;
+            }
+            Ok(result.ok())
+        }
+    }
+}
+
+fn unreachable_target() -> Result<String> {
+    anyhow::bail!("internal: a cmd: target was not started")
 }

@@ -1,0 +1,304 @@
+//! Command line: `run` (one scenario against one broker) and `compare`
+//! (the same scenario against several targets, interleaved). Parses flags
+//! into a validated [`RunSpec`] and target list; runs nothing itself.
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shardmq_core::codec::{ProtocolVersion, QoS};
+
+use crate::spec::{RunSpec, Scenario, StampMode, TlsSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardmq-loadtest",
+    version,
+    about = "Load harness for MQTT 3.1.1/5.0 brokers"
+)]
+pub struct Cli {
+    /// Tokio worker threads for the harness (1: everything on one thread).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin the harness to this CPU.
+    #[arg(long, global = true)]
+    pub cpu: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one scenario against one broker.
+    Run {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// `HOST:PORT`, or `cmd:COMMAND` with `{port}` (and optionally
+        /// `{tmp}`, a scratch directory) to start a broker for the run.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// Sample this process (and its children): CPU %, RSS.
+        #[arg(long)]
+        broker_pid: Option<u32>,
+        /// Pin a broker started with `cmd:` to this CPU (taskset).
+        #[arg(long)]
+        broker_cpu: Option<usize>,
+        /// Write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run one scenario against several targets, interleaved (A B A B ...).
+    Compare {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// `NAME=HOST:PORT` or `NAME=cmd:COMMAND {port}`; repeat, the first
+        /// is the baseline for ratios.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Rounds; each runs every target once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Pin brokers started with `cmd:` to this CPU (taskset).
+        #[arg(long)]
+        broker_cpu: Option<usize>,
+        /// Pause between runs (sockets in TIME_WAIT, broker shut down).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        pause: Duration,
+        /// Write all reports and the medians as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an SVG chart of throughput and latency percentiles.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+}
+
+/// Scenario flags shared by `run` and `compare`; unset flags take the
+/// scenario preset's value.
+#[derive(Debug, Clone, Args)]
+pub struct ScenarioArgs {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Connections (conn-storm, idle).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    #[arg(long, value_parser = parse_qos)]
+    pub qos: Option<QoS>,
+    /// Payload bytes (at least 20: timestamp, publisher id, sequence).
+    #[arg(long)]
+    pub payload: Option<usize>,
+    /// MQTT protocol: 3 (3.1.1) or 5.
+    #[arg(long, value_parser = parse_protocol)]
+    pub protocol: Option<ProtocolVersion>,
+    /// Messages per second per publisher, open loop; 0 = unlimited.
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long)]
+    pub inflight: Option<NonZeroU16>,
+    /// Measured duration (`10`, `10s`, `500ms`).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Wait for in-flight messages after publishing stops.
+    #[arg(long, value_parser = parse_duration)]
+    pub drain: Option<Duration>,
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Persistent subscriber sessions (Clean Start 0, v5 session expiry 1 h).
+    #[arg(long, conflicts_with = "clean")]
+    pub persistent: bool,
+    #[arg(long)]
+    pub clean: bool,
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Connection attempts in flight at once.
+    #[arg(long)]
+    pub connect_concurrency: Option<usize>,
+    #[arg(long)]
+    pub keep_alive: Option<u16>,
+    /// Timestamp in the payload: scheduled (open loop) or actual send time.
+    #[arg(long, value_enum)]
+    pub stamp: Option<StampMode>,
+    /// Report loss and duplicates at QoS 1/2 without failing.
+    #[arg(long)]
+    pub allow_loss: bool,
+    /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`.
+    #[arg(long, value_parser = parse_window)]
+    pub offline: Option<(f64, f64)>,
+    /// CA certificate (PEM) to verify the broker: enables TLS.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// No live progress line even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_qos(s: &str) -> Result<QoS, String> {
+    s.parse::<u8>()
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| format!("QoS is 0, 1 or 2, not {s:?}"))
+}
+
+fn parse_protocol(s: &str) -> Result<ProtocolVersion, String> {
+    match s {
+        "3" | "4" | "3.1.1" | "311" => Ok(ProtocolVersion::V311),
+        "5" | "5.0" => Ok(ProtocolVersion::V5),
+        _ => Err(format!("protocol is 3 (3.1.1) or 5, not {s:?}")),
+    }
+}
+
+/// `10`, `2.5`, `10s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("not a duration: {s:?}"))
+}
+
+fn parse_window(s: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("offline window is FROM-UNTIL fractions, e.g. 0.3-0.6, not {s:?}");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (f64, f64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if !(0.0..=1.0).contains(&a) || !(a..=1.0).contains(&b) {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+impl ScenarioArgs {
+    /// The preset with every given flag applied.
+    pub fn to_spec(&self) -> RunSpec {
+        let mut s = self.scenario.preset();
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut s.publishers, self.publishers);
+        set(&mut s.subscribers, self.subscribers);
+        set(&mut s.clients, self.clients);
+        set(&mut s.payload_bytes, self.payload);
+        set(&mut s.connect_concurrency, self.connect_concurrency);
+        if let Some(q) = self.qos {
+            s.qos = q;
+        }
+        if let Some(v) = self.protocol {
+            s.version = v;
+        }
+        if let Some(r) = self.rate {
+            s.rate_per_s = NonZeroU32::new(r);
+        }
+        if let Some(i) = self.inflight {
+            s.inflight = i;
+        }
+        for (slot, v) in [
+            (&mut s.duration, self.duration),
+            (&mut s.warmup, self.warmup),
+            (&mut s.drain, self.drain),
+            (&mut s.connect_timeout, self.connect_timeout),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(p) = &self.topic_prefix {
+            s.topic_prefix = p.clone();
+        }
+        if self.persistent {
+            s.clean = false;
+        }
+        if self.clean {
+            s.clean = true;
+        }
+        if let Some(k) = self.keep_alive {
+            s.keep_alive_s = k;
+        }
+        if let Some(m) = self.stamp {
+            s.stamp = m;
+        }
+        s.allow_loss = self.allow_loss;
+        if let Some((a, b)) = self.offline {
+            s.offline_from = a;
+            s.offline_until = b;
+        }
+        s.tls = self.tls_ca.as_ref().map(|ca| TlsSpec {
+            ca_file: ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        });
+        s.progress = !self.quiet;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_preset() {
+        let cli = Cli::parse_from([
+            "x",
+            "run",
+            "fan-out",
+            "--subscribers",
+            "3",
+            "--qos",
+            "2",
+            "--protocol",
+            "3",
+            "--rate",
+            "0",
+        ]);
+        let Command::Run { scenario, .. } = cli.command else {
+            panic!("run")
+        };
+        let s = scenario.to_spec();
+        assert_eq!(
+            (s.publishers, s.subscribers, s.qos),
+            (1, 3, QoS::ExactlyOnce)
+        );
+        assert_eq!(s.version, ProtocolVersion::V311);
+        assert_eq!(s.rate_per_s, None);
+    }
+
+    #[test]
+    fn slow_sub_preset_is_persistent_qos1() {
+        let s = Scenario::SlowSub.preset();
+        assert!(!s.clean);
+        assert_eq!(s.qos, QoS::AtLeastOnce);
+    }
+}
