@@ -115,6 +115,30 @@ impl ServerHandle {
     }
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` of
+/// /proc/self/status, e.g. "0-3,6"), in order; empty when unknown.
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("");
+    parse_cpu_list(list.trim())
+}
+
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let mut ends = part.splitn(2, '-').map(|x| x.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => cpus.push(a),
+            (Some(Ok(a)), Some(Ok(b))) if a <= b => cpus.extend(a..=b),
+            _ => return Vec::new(),
+        }
+    }
+    cpus
+}
+
 /// Reserves every listener port before the shards bind it. The shards bind
 /// with SO_REUSEPORT, which would let a second broker (or anything of the
 /// same user) silently share a port and take a share of its clients; so the
@@ -175,17 +199,16 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
     });
-    let cpus = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
+    let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let mut joins = Vec::with_capacity(n);
     for id in 0..n {
-        let placement = if config.pin_cpus && n <= cpus {
-            Placement::Fixed(id)
-        } else {
-            Placement::Unbound
+        // Shard k goes to the k-th CPU the process may use, so `taskset` and
+        // systemd's CPUAffinity= are honoured rather than overridden.
+        let placement = match cpus.get(id) {
+            Some(&cpu) if config.pin_cpus && n <= cpus.len() => Placement::Fixed(cpu),
+            _ => Placement::Unbound,
         };
         let mesh = mesh.clone();
         let listeners = config.listeners.clone();
@@ -358,4 +381,17 @@ async fn run_shard(
     shard.log_stats();
     SHARD.with(|s| *s.borrow_mut() = None);
     info!(shard = id, "shard stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,6"), vec![0, 1, 2, 3, 6]);
+        assert_eq!(parse_cpu_list("1"), vec![1]);
+        assert_eq!(parse_cpu_list(""), Vec::<usize>::new());
+        assert_eq!(parse_cpu_list("3-1"), Vec::<usize>::new());
+    }
 }
