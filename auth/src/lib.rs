@@ -1,3 +1,8 @@
-//! shardmq-auth: authentication (none, X509, service-account tokens, webhook),
-//! authorization rules and TLS configuration. Built in the TLS/auth issue; until
-//! then every listener is anonymous and every action is allowed.
+//! shardmq-auth: TLS server configs (rustls, ring), the internal CA and
+//! certificate manager, client authentication (X509, service-account tokens,
+//! Mosquitto password files, webhook) and AIO authorization rules compiled
+//! per client. Library only: the server (io/) owns sockets, timers and reloads.
+
+pub mod authz;
+
+pub use authz::{AuthorizationPolicy, AuthzError, CompiledPermissions, Principal};

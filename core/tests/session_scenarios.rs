@@ -1123,8 +1123,11 @@ fn message_delivered_after_close_but_before_the_broker_detaches_is_kept() {
     h.connect_with(c, None);
     h.recv(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     assert_eq!(
-        h.conn
-            .deliver(h.now, &message("t", QoS::AtLeastOnce, b"late"), &granted(QoS::AtLeastOnce)),
+        h.conn.deliver(
+            h.now,
+            &message("t", QoS::AtLeastOnce, b"late"),
+            &granted(QoS::AtLeastOnce)
+        ),
         Enqueued::Queued
     );
     let (_, session, _) = h.closed_event();

@@ -12,7 +12,9 @@ const RETAINED_MAX: usize = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("{path}: {what} is not supported by this build yet; remove it or run a build that has it")]
+    #[error(
+        "{path}: {what} is not supported by this build yet; remove it or run a build that has it"
+    )]
     NotYet { path: String, what: &'static str },
 }
 
@@ -48,7 +50,9 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
             });
         }
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let shards = config.cardinality.shards.map_or(cores, |n| n.get());
     let self_check = &config.diagnostics.self_check;
     Ok(ServerConfig {
@@ -73,7 +77,11 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
         ),
         format!(
             "encryptInternalTraffic: {}",
-            if config.advanced.encrypt_internal_traffic { "Enabled" } else { "Disabled" }
+            if config.advanced.encrypt_internal_traffic {
+                "Enabled"
+            } else {
+                "Disabled"
+            }
         ),
         format!(
             "limits: maxPacketSizeBytes={} maxReceiveMaximum={} maxKeepAliveSeconds={} \
@@ -91,7 +99,10 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             Some(s) => format!("{s:?}"),
             None => "all".to_owned(),
         };
-        lines.push(format!("listener {} on {} (shards: {shards}, anonymous, plain TCP)", l.name, l.addr));
+        lines.push(format!(
+            "listener {} on {} (shards: {shards}, anonymous, plain TCP)",
+            l.name, l.addr
+        ));
     }
     lines
 }

@@ -33,7 +33,10 @@ where
     let packet_size_max = limits.packet_size_max.get();
     let cell = Rc::new(ConnCell::new(Connection::new(Instant::now(), limits)));
     shard.conns.borrow_mut().push(Rc::downgrade(&cell));
-    shard.stats.connections.set(shard.stats.connections.get() + 1);
+    shard
+        .stats
+        .connections
+        .set(shard.stats.connections.get() + 1);
     let (mut reader, writer) = futures_lite::io::split(stream);
 
     let writer_task = glommio::spawn_local(write_loop(cell.clone(), writer));
@@ -99,7 +102,9 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
     // before SUBACK leaves, then their retained messages are sent.
     let mut subscribed = Vec::new();
     loop {
-        let Some(event) = cell.conn.borrow_mut().poll_event() else { break };
+        let Some(event) = cell.conn.borrow_mut().poll_event() else {
+            break;
+        };
         let now = Instant::now();
         match event {
             Event::Connect(request) => {
@@ -110,9 +115,12 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
                 };
                 let (id, existing) = shard.claim_session(&client_id, now).await;
                 let assigned = request.client_id.is_empty().then(|| client_id.clone());
-                cell.conn
-                    .borrow_mut()
-                    .accept(Instant::now(), existing, assigned, Box::new(AllowAll));
+                cell.conn.borrow_mut().accept(
+                    Instant::now(),
+                    existing,
+                    assigned,
+                    Box::new(AllowAll),
+                );
                 *session = Some(id);
                 shard.attach(id, cell.clone());
             }
@@ -199,10 +207,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
     loop {
         while cell.hold.get() == 0 || cell.closed.get() {
             buf.clear();
-            let n = cell
-                .conn
-                .borrow_mut()
-                .poll_transmit(Instant::now(), &mut buf, WRITE_BATCH_BYTES);
+            let n =
+                cell.conn
+                    .borrow_mut()
+                    .poll_transmit(Instant::now(), &mut buf, WRITE_BATCH_BYTES);
             if n == 0 && buf.is_empty() {
                 break;
             }
@@ -251,7 +259,12 @@ async fn timer_loop(shard: Rc<Shard>, cell: Rc<ConnCell>) {
         };
         glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
         let now = Instant::now();
-        if cell.conn.borrow().poll_timeout().is_some_and(|at| at <= now) {
+        if cell
+            .conn
+            .borrow()
+            .poll_timeout()
+            .is_some_and(|at| at <= now)
+        {
             cell.conn.borrow_mut().handle_timeout(now);
             if cell.conn.borrow().is_closed() {
                 debug!(shard = shard.id, "deadline passed, closing");

@@ -35,7 +35,9 @@ fn parse_args() -> Result<Command> {
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--config" | "-c") => {
-                let Some(path) = args.next() else { bail!("--config needs a file path") };
+                let Some(path) = args.next() else {
+                    bail!("--config needs a file path")
+                };
                 config = Some(PathBuf::from(path));
             }
             Some("--print-default-config") => return Ok(Command::PrintDefault),
@@ -76,7 +78,8 @@ fn run() -> Result<ExitCode> {
     let (config, warnings) = match &path {
         None => (Config::default(), Vec::new()),
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
             match Config::from_json_str(&text) {
                 Ok(loaded) => {
                     let base = path.parent().unwrap_or(std::path::Path::new("."));
@@ -105,8 +108,11 @@ fn run() -> Result<ExitCode> {
         info!(listener = %name, %addr, "listening");
     }
     let flag = handle.shutdown_flag();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             info!(signal = sig, "shutting down");
@@ -120,6 +126,10 @@ fn run() -> Result<ExitCode> {
 
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
-    let env = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(env).with_target(false).init();
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_target(false)
+        .init();
 }

@@ -66,7 +66,9 @@ pub enum MeshMsg {
     },
     /// To the retained owner of the topic (hash of the topic): set, or
     /// clear with an empty payload. The owner's order is the order.
-    RetainSet { message: SharedMessage },
+    RetainSet {
+        message: SharedMessage,
+    },
     /// To every shard: the retained messages it owns that match `filter`.
     RetainedQuery {
         filter: TopicFilter,
@@ -79,8 +81,13 @@ pub enum MeshMsg {
     },
     /// A barrier: the peer answers once it has handled everything this
     /// shard sent it before (per-peer queues are FIFO).
-    Ping { reply_to: ShardId, request: u64 },
-    Pong { request: u64 },
+    Ping {
+        reply_to: ShardId,
+        request: u64,
+    },
+    Pong {
+        request: u64,
+    },
     /// To the registry owner of `client_id`: the session now lives at
     /// (`shard`, `session`). The reply names where it lived before.
     Claim {
@@ -111,5 +118,8 @@ pub enum MeshMsg {
         state: Option<Box<SessionState>>,
     },
     /// A self-test probe reached shard `from`'s built-in probe subscriber.
-    ProbeReply { from: ShardId, seq: u64 },
+    ProbeReply {
+        from: ShardId,
+        seq: u64,
+    },
 }

@@ -65,7 +65,11 @@ pub enum ServerError {
     #[error("shard {shard} stopped during start-up")]
     StartUp { shard: usize },
     #[error("listener {name}: shard {shard} does not exist (shards: {shards})")]
-    NoSuchShard { name: String, shard: usize, shards: usize },
+    NoSuchShard {
+        name: String,
+        shard: usize,
+        shards: usize,
+    },
 }
 
 /// A running server.
@@ -159,7 +163,9 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
     });
-    let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let mut joins = Vec::with_capacity(n);
@@ -177,7 +183,16 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let ready = ready_tx.clone();
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let spawned = builder.spawn(move || async move {
-            run_shard(id, mesh, listeners, shard_config, shard_shutdown, probes_ok, ready).await;
+            run_shard(
+                id,
+                mesh,
+                listeners,
+                shard_config,
+                shard_shutdown,
+                probes_ok,
+                ready,
+            )
+            .await;
         });
         match spawned {
             Ok(j) => joins.push(j),
@@ -192,7 +207,9 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     }
     drop(ready_tx);
     for _ in 0..n {
-        let result = ready_rx.recv().unwrap_or(Err(ServerError::StartUp { shard: 0 }));
+        let result = ready_rx
+            .recv()
+            .unwrap_or(Err(ServerError::StartUp { shard: 0 }));
         if let Err(e) = result {
             shutdown.store(true, Ordering::SeqCst);
             for j in joins {
@@ -243,7 +260,10 @@ async fn run_shard(
     }
 
     let mut bound = Vec::new();
-    for l in listeners.iter().filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&id))) {
+    for l in listeners
+        .iter()
+        .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&id)))
+    {
         match TcpListener::bind(l.addr) {
             Ok(listener) => bound.push((l.name.clone(), listener)),
             Err(e) => {
@@ -264,8 +284,12 @@ async fn run_shard(
                 match listener.accept().await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                        glommio::spawn_local(connection::serve(shard.clone(), stream, peer)).detach();
+                        let peer = stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        glommio::spawn_local(connection::serve(shard.clone(), stream, peer))
+                            .detach();
                     }
                     Err(e) => {
                         // EMFILE and friends: keep serving existing clients.
@@ -306,7 +330,12 @@ async fn run_shard(
     for t in accept_tasks {
         t.cancel().await;
     }
-    let conns: Vec<Rc<crate::shard::ConnCell>> = shard.conns.borrow().iter().filter_map(|w| w.upgrade()).collect();
+    let conns: Vec<Rc<crate::shard::ConnCell>> = shard
+        .conns
+        .borrow()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
     for cell in &conns {
         connection::shut_down(cell);
     }

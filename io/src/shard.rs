@@ -17,7 +17,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use shardmq_core::codec::{QoS, ReasonCode};
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::retained::RetainedStore;
-use shardmq_core::session::{Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage};
+use shardmq_core::session::{
+    Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage,
+};
 use shardmq_core::topic::{merge_overlapping, Filter, SubscriptionTrie, TopicFilter, TopicName};
 use tracing::{debug, info, warn};
 
@@ -130,7 +132,9 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -312,7 +316,9 @@ impl Shard {
         };
         // A will with a delay is not sent if the session resumes in time
         // [MQTT-3.1.3-9]; the new connection cancels it wherever we are.
-        self.wills.borrow_mut().retain(|w| &w.client_id != client_id);
+        self.wills
+            .borrow_mut()
+            .retain(|w| &w.client_id != client_id);
         (session, state)
     }
 
@@ -327,7 +333,10 @@ impl Shard {
                 let mut state = None;
                 let mut will = None;
                 while let Some(ev) = conn.poll_event() {
-                    if let shardmq_core::session::Event::Closed { session, will: w, .. } = ev {
+                    if let shardmq_core::session::Event::Closed {
+                        session, will: w, ..
+                    } = ev
+                    {
                         state = session;
                         will = w;
                     }
@@ -355,10 +364,19 @@ impl Shard {
     pub fn attach(&self, session: SessionId, cell: Rc<ConnCell>) {
         if let Some(state) = cell.conn.borrow().session() {
             for (raw, sub) in state.subscriptions() {
-                self.index_add(session, &state.client_id, raw, &sub.filter, sub.options, sub.id);
+                self.index_add(
+                    session,
+                    &state.client_id,
+                    raw,
+                    &sub.filter,
+                    sub.options,
+                    sub.id,
+                );
             }
         }
-        self.sessions.borrow_mut().insert(session, Slot::Online(cell));
+        self.sessions
+            .borrow_mut()
+            .insert(session, Slot::Online(cell));
     }
 
     /// A connection ended: keep its session offline, or end it.
@@ -500,7 +518,9 @@ impl Shard {
             .entry(session)
             .or_default()
             .insert(raw.clone(), filter.clone());
-        self.index.borrow_mut().insert(&tf, key.clone(), val.clone());
+        self.index
+            .borrow_mut()
+            .insert(&tf, key.clone(), val.clone());
         self.broadcast(|| MeshMsg::SubAdd {
             filter: tf.clone(),
             key: key.clone(),
@@ -528,7 +548,11 @@ impl Shard {
 
     /// Removes every subscription indexed for a session of this shard.
     fn unindex_by_key(&self, session: SessionId) {
-        let filters = self.indexed.borrow_mut().remove(&session).unwrap_or_default();
+        let filters = self
+            .indexed
+            .borrow_mut()
+            .remove(&session)
+            .unwrap_or_default();
         for filter in filters.into_values() {
             self.index_remove(session, &filter);
         }
@@ -573,7 +597,12 @@ impl Shard {
             if owner == self.id {
                 self.apply_retained(message.clone());
             } else {
-                self.post(owner, MeshMsg::RetainSet { message: message.clone() });
+                self.post(
+                    owner,
+                    MeshMsg::RetainSet {
+                        message: message.clone(),
+                    },
+                );
                 // Once the publisher is acknowledged, a new subscriber
                 // anywhere must see it: wait until the owner has stored it.
                 self.barrier(&[owner]).await;
@@ -633,9 +662,18 @@ impl Shard {
 
     /// One member per share group, round-robin over the group's members on
     /// every shard (v5 §4.8.2).
-    fn pick_shared(&self, shared: &mut [(SubKey, SubVal)], per_shard: &mut [Vec<(SessionId, Delivery)>]) {
+    fn pick_shared(
+        &self,
+        shared: &mut [(SubKey, SubVal)],
+        per_shard: &mut [Vec<(SessionId, Delivery)>],
+    ) {
         shared.sort_by(|a, b| {
-            (&a.0.group, &a.1.filter, a.0.shard, a.0.session).cmp(&(&b.0.group, &b.1.filter, b.0.shard, b.0.session))
+            (&a.0.group, &a.1.filter, a.0.shard, a.0.session).cmp(&(
+                &b.0.group,
+                &b.1.filter,
+                b.0.shard,
+                b.0.session,
+            ))
         });
         let mut rr = self.share_rr.borrow_mut();
         let mut start = 0;
@@ -643,7 +681,10 @@ impl Shard {
             let group = shared[start].0.group.clone().unwrap_or_default();
             let filter = shared[start].1.filter.clone();
             let mut end = start;
-            while end < shared.len() && shared[end].0.group.as_ref() == Some(&group) && shared[end].1.filter == filter {
+            while end < shared.len()
+                && shared[end].0.group.as_ref() == Some(&group)
+                && shared[end].1.filter == filter
+            {
                 end += 1;
             }
             let counter = rr.entry((group, filter)).or_insert(0);
@@ -660,7 +701,12 @@ impl Shard {
         }
     }
 
-    fn deliver_local(&self, message: &SharedMessage, targets: &[(SessionId, Delivery)], now: Instant) {
+    fn deliver_local(
+        &self,
+        message: &SharedMessage,
+        targets: &[(SessionId, Delivery)],
+        now: Instant,
+    ) {
         let mut sessions = self.sessions.borrow_mut();
         for (session, delivery) in targets {
             if *session == PROBE_SESSION {
@@ -789,7 +835,13 @@ impl Shard {
         let mut waits = Vec::new();
         for &peer in peers.iter().filter(|p| **p != self.id) {
             let (request, rx) = self.new_request();
-            self.post(peer, MeshMsg::Ping { reply_to: self.id, request });
+            self.post(
+                peer,
+                MeshMsg::Ping {
+                    reply_to: self.id,
+                    request,
+                },
+            );
             waits.push(rx);
         }
         for rx in waits {
@@ -832,7 +884,10 @@ impl Shard {
                 session,
                 request,
             } => {
-                let previous = self.registry.borrow_mut().insert(client_id, (shard, session));
+                let previous = self
+                    .registry
+                    .borrow_mut()
+                    .insert(client_id, (shard, session));
                 self.post(shard, MeshMsg::ClaimReply { request, previous });
             }
             MeshMsg::ClaimReply { request, .. }
@@ -882,13 +937,22 @@ impl Shard {
             self.route(&message, Instant::now()).await;
         }
         glommio::timer::sleep(Duration::from_secs(2)).await;
-        let seen = self.probe_seen.borrow_mut().remove(&seq).unwrap_or_default();
+        let seen = self
+            .probe_seen
+            .borrow_mut()
+            .remove(&seq)
+            .unwrap_or_default();
         let ok = !seen.is_empty() && seen.iter().all(|s| *s);
         if ok {
             self.probes_ok.fetch_add(1, Ordering::Relaxed);
             debug!(seq, "self-test: every shard answered");
         } else {
-            let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i).collect();
+            let missing: Vec<usize> = seen
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !**s)
+                .map(|(i, _)| i)
+                .collect();
             warn!(seq, ?missing, "self-test: shards did not answer within 2 s");
         }
         ok

@@ -169,16 +169,24 @@ fn port(
     let shards = match &raw.shards {
         None => Some(None),
         Some(list) if list.is_empty() => {
-            report.error(format!("{path}.shards"), "at least one shard, or leave it out for all shards");
+            report.error(
+                format!("{path}.shards"),
+                "at least one shard, or leave it out for all shards",
+            );
             None
         }
         Some(list) => {
             let mut out: Vec<usize> = Vec::with_capacity(list.len());
             let mut ok = true;
             for (k, v) in list.iter().enumerate() {
-                match int_in(report, format!("{path}.shards[{k}]"), *v, 0, 1023).and_then(|n| usize::try_from(n).ok()) {
+                match int_in(report, format!("{path}.shards[{k}]"), *v, 0, 1023)
+                    .and_then(|n| usize::try_from(n).ok())
+                {
                     Some(n) if out.contains(&n) => {
-                        report.error(format!("{path}.shards[{k}]"), format!("shard {n} listed twice"));
+                        report.error(
+                            format!("{path}.shards[{k}]"),
+                            format!("shard {n} listed twice"),
+                        );
                         ok = false;
                     }
                     Some(n) => out.push(n),

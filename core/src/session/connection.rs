@@ -1138,8 +1138,14 @@ impl Connection {
 
     fn closed_event(&mut self) -> Event {
         self.closed_event_pending = false;
-        let reason = self.close_reason.clone().unwrap_or(CloseReason::ConnectionLost);
-        let will = self.will.take().map(|(message, delay)| PendingWill { message, delay });
+        let reason = self
+            .close_reason
+            .clone()
+            .unwrap_or(CloseReason::ConnectionLost);
+        let will = self
+            .will
+            .take()
+            .map(|(message, delay)| PendingWill { message, delay });
         // A taken-over session goes to the new connection whatever its
         // expiry; otherwise it outlives the connection only if its expiry
         // is not zero (§4.1).
@@ -1148,7 +1154,11 @@ impl Connection {
             .session
             .take()
             .filter(|s| !s.expiry_interval.is_zero() || taken_over);
-        Event::Closed { reason, session, will }
+        Event::Closed {
+            reason,
+            session,
+            will,
+        }
     }
 
     fn touch(&mut self, now: Instant) {
