@@ -200,11 +200,11 @@ impl AuthorizationPolicy {
             }
         }
         CompiledPermissions {
-            grants: Grants::Rules {
+            grants: Grants::Rules(Box::new(RuleGrants {
                 connect,
                 publish,
                 subscribe,
-            },
+            })),
         }
     }
 }
@@ -254,14 +254,16 @@ fn principal_matches(principals: &Principals, principal: &Principal) -> bool {
 
 enum Grants {
     AllowAll,
-    Rules {
-        connect: bool,
-        /// Allowed publish filters, keyed by a per-client counter.
-        publish: SubscriptionTrie<u32, TopicFilter>,
-        /// Allowed subscribe filters; the value is the filter for the
-        /// coverage check of the trie's candidates.
-        subscribe: SubscriptionTrie<u32, TopicFilter>,
-    },
+    Rules(Box<RuleGrants>),
+}
+
+struct RuleGrants {
+    connect: bool,
+    /// Allowed publish filters, keyed by a per-client counter.
+    publish: SubscriptionTrie<u32, TopicFilter>,
+    /// Allowed subscribe filters; the value is the filter for the coverage
+    /// check of the trie's candidates.
+    subscribe: SubscriptionTrie<u32, TopicFilter>,
 }
 
 /// What one client may do, compiled at CONNECT. Implements the session's
@@ -274,15 +276,11 @@ impl fmt::Debug for CompiledPermissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.grants {
             Grants::AllowAll => f.write_str("CompiledPermissions(AllowAll)"),
-            Grants::Rules {
-                connect,
-                publish,
-                subscribe,
-            } => f
+            Grants::Rules(rules) => f
                 .debug_struct("CompiledPermissions")
-                .field("connect", connect)
-                .field("publish_filters", &publish.len())
-                .field("subscribe_filters", &subscribe.len())
+                .field("connect", &rules.connect)
+                .field("publish_filters", &rules.publish.len())
+                .field("subscribe_filters", &rules.subscribe.len())
                 .finish(),
         }
     }
@@ -301,7 +299,7 @@ impl CompiledPermissions {
     pub fn can_connect(&self) -> bool {
         match &self.grants {
             Grants::AllowAll => true,
-            Grants::Rules { connect, .. } => *connect,
+            Grants::Rules(rules) => rules.connect,
         }
     }
 }
@@ -316,9 +314,9 @@ impl Permissions for CompiledPermissions {
     fn can_publish(&self, topic: &TopicName) -> bool {
         match &self.grants {
             Grants::AllowAll => true,
-            Grants::Rules { publish, .. } => {
+            Grants::Rules(rules) => {
                 let mut allowed = false;
-                publish.for_each_match(topic, |_, _| allowed = true);
+                rules.publish.for_each_match(topic, |_, _| allowed = true);
                 allowed
             }
         }
@@ -328,7 +326,7 @@ impl Permissions for CompiledPermissions {
     /// the requested filter can match; a shared subscription is checked on
     /// its inner filter (§4.8.2).
     fn can_subscribe(&self, filter: &Filter) -> bool {
-        let Grants::Rules { subscribe, .. } = &self.grants else {
+        let Grants::Rules(rules) = &self.grants else {
             return true;
         };
         let requested = filter.topic_filter();
@@ -348,7 +346,7 @@ impl Permissions for CompiledPermissions {
             return false;
         };
         let mut allowed = false;
-        subscribe.for_each_match(&walk, |_, candidate| {
+        rules.subscribe.for_each_match(&walk, |_, candidate| {
             allowed = allowed || covers(candidate, requested);
         });
         allowed
