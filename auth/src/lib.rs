@@ -4,5 +4,6 @@
 //! per client. Library only: the server (io/) owns sockets, timers and reloads.
 
 pub mod authz;
+pub mod password;
 
 pub use authz::{AuthorizationPolicy, AuthzError, CompiledPermissions, Principal};
