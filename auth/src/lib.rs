@@ -4,6 +4,14 @@
 //! per client. Library only: the server (io/) owns sockets, timers and reloads.
 
 pub mod authz;
+pub mod files;
+pub mod identity;
 pub mod password;
+pub mod x509;
+
+#[cfg(test)]
+mod test_pki;
 
 pub use authz::{AuthorizationPolicy, AuthzError, CompiledPermissions, Principal};
+pub use files::{write_private, FileError};
+pub use identity::{AuthError, Identity, MethodKind, EXPIRED_REASON};
