@@ -7,6 +7,7 @@ pub mod authz;
 pub mod files;
 pub mod identity;
 pub mod password;
+pub mod tls;
 pub mod x509;
 
 #[cfg(test)]

@@ -73,6 +73,15 @@ impl Ca {
         }
     }
 
+    /// A server leaf for an existing PKCS#8 key (from openssl); returns the bundle.
+    pub fn leaf_with_key(&self, pkcs8_pem: &str, sans: &[&str]) -> String {
+        let key = KeyPair::from_pem(pkcs8_pem).unwrap();
+        let params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        format!("{}{}", cert.pem(), self.cert_pem)
+    }
+
     /// A leaf valid from a day ago until `valid_for` from now; `server`
     /// picks the serverAuth or clientAuth EKU; `sans` are DNS names or IPs.
     pub fn leaf(&self, cn: &str, sans: &[&str], valid_for: time::Duration, server: bool) -> Issued {

@@ -423,7 +423,10 @@ mod tests {
         assert!(Dn::parse("= x").is_err());
     }
 
-    fn settings(pki: &Pki, attributes: &[(&str, &str, &[(&str, &str)])]) -> X509Settings {
+    /// `(entry name, subject, attributes)`.
+    type AttributeEntry<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn settings(pki: &Pki, attributes: &[AttributeEntry<'_>]) -> X509Settings {
         X509Settings {
             trusted_client_ca_cert: pki.write("client-ca.pem", &pki.client_root.cert_pem),
             authorization_attributes: attributes
