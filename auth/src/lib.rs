@@ -4,6 +4,7 @@
 //! per client. Library only: the server (io/) owns sockets, timers and reloads.
 
 pub mod authz;
+pub mod ca;
 pub mod files;
 pub mod identity;
 pub mod password;
