@@ -7,6 +7,7 @@ pub mod authz;
 pub mod ca;
 pub mod files;
 pub mod identity;
+pub mod jwt;
 pub mod password;
 pub mod tls;
 pub mod x509;
