@@ -3,11 +3,41 @@
 //! DISCONNECT reason code by [`AuthError::reason_code`], MQTT 5.0 §3.2.2.2).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::SystemTime;
 
+use rustls_pki_types::CertificateDer;
 use shardmq_core::codec::{PacketType, ReasonCode};
 
 use crate::authz::Principal;
+
+/// The credentials a client presented: its CONNECT fields and the
+/// certificate chain of its TLS handshake (`peer_certificates()`, leaf
+/// first; empty without TLS or without a client certificate). On MQTT v5
+/// re-authentication, `auth_method` / `auth_data` come from the AUTH packet.
+/// Debug prints the password and authentication data as `***`.
+#[derive(Clone, Copy, Default)]
+pub struct ConnectInfo<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    pub peer_certs: &'a [CertificateDer<'a>],
+    pub auth_method: Option<&'a str>,
+    pub auth_data: Option<&'a [u8]>,
+}
+
+impl fmt::Debug for ConnectInfo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectInfo")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "***"))
+            .field("peer_certs", &self.peer_certs.len())
+            .field("auth_method", &self.auth_method)
+            .field("auth_data", &self.auth_data.map(|_| "***"))
+            .finish()
+    }
+}
 
 /// The authentication method that accepted a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +173,23 @@ mod tests {
         assert_eq!(denied(0x8A).reason_code(), ReasonCode::Banned);
         assert_eq!(denied(0x00).reason_code(), ReasonCode::NotAuthorized);
         assert_eq!(denied(0x42).reason_code(), ReasonCode::NotAuthorized);
+    }
+
+    #[test]
+    fn connect_info_debug_hides_secrets() {
+        let info = ConnectInfo {
+            client_id: "c",
+            username: Some("u"),
+            password: Some(b"hunter2"),
+            auth_data: Some(b"token"),
+            ..ConnectInfo::default()
+        };
+        let debug = format!("{info:?}");
+        assert!(
+            !debug.contains("104") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        assert!(debug.contains("***"));
     }
 
     #[test]

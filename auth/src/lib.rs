@@ -10,6 +10,7 @@ pub mod identity;
 pub mod jwt;
 pub mod password;
 pub mod tls;
+pub mod webhook;
 pub mod x509;
 
 #[cfg(test)]
