@@ -243,6 +243,7 @@ mod tests {
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
     use shardmq_core::config::X509Settings;
+    use std::io::Write;
 
     /// Runs a handshake in memory; returns both ends or the first error.
     fn handshake(
@@ -486,6 +487,72 @@ mod tests {
             err.contains("the first certificate must be the server's own"),
             "{err}"
         );
+    }
+
+    /// OpenSSL clients (what mosquitto_pub/sub use) complete mutual TLS
+    /// 1.2 and 1.3 handshakes, sending leaf and intermediate, although the
+    /// server names no CAs in its CertificateRequest.
+    #[test]
+    fn openssl_clients_complete_mutual_tls() {
+        let openssl = Path::new("/usr/bin/openssl");
+        if !openssl.exists() {
+            eprintln!("note: /usr/bin/openssl not installed; test skipped");
+            return;
+        }
+        let pki = Pki::new();
+        let (server, ca) = x509_server(&pki, true);
+        let client = pki.client("clientA", days(30));
+        let leaf = pki.write("clientA.crt", &client.cert_pem);
+        let chain = pki.write("clientA-chain.crt", &pki.client_intermediate.cert_pem);
+        let key = pki.write("clientA.key", &client.key_pem);
+        let root = pki.write("server_root.crt", &pki.server_root.cert_pem);
+        for version in ["-tls1_2", "-tls1_3"] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let config = server.clone();
+            let accepted = std::thread::spawn(move || {
+                let (tcp, _) = listener.accept().unwrap();
+                tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+                let mut conn = ServerConnection::new(config).unwrap();
+                let mut tcp = tcp;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut tcp)?;
+                }
+                conn.writer().write_all(b"ok").unwrap();
+                conn.send_close_notify();
+                conn.complete_io(&mut tcp)?;
+                Ok::<_, std::io::Error>(conn.peer_certificates().map(|c| c.to_vec()))
+            });
+            let out = std::process::Command::new(openssl)
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    version,
+                ])
+                .args(["-verify_return_error", "-verify_ip", "127.0.0.1"])
+                .arg("-CAfile")
+                .arg(&root)
+                .arg("-cert")
+                .arg(&leaf)
+                .arg("-cert_chain")
+                .arg(&chain)
+                .arg("-key")
+                .arg(&key)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let peer = accepted.join().unwrap().unwrap().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(peer.len(), 2, "{version}: leaf and intermediate");
+            let identity = ca.authenticate(&peer, SystemTime::now()).unwrap();
+            assert_eq!(identity.username.as_deref(), Some("clientA"));
+        }
     }
 
     /// SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE KEY") keys, as
