@@ -151,6 +151,8 @@ fn to_system_time(unix_seconds: i64) -> SystemTime {
 /// Everything derived from the CA file; replaced whole on reload.
 struct CaState {
     verifier: Arc<dyn ClientCertVerifier>,
+    /// The ring provider's signature algorithms (a static list).
+    algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
     anchors: Vec<TrustAnchor<'static>>,
     /// Parallel to `anchors`.
     anchor_certs: Vec<ParsedCert>,
@@ -248,12 +250,9 @@ impl ClientCa {
         let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(|e| reject(&e))?;
         let unix_now =
             UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-        let algorithms = rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .all;
         let path = end_entity
             .verify_for_usage(
-                algorithms,
+                state.algorithms,
                 &state.anchors,
                 intermediates,
                 unix_now,
@@ -320,6 +319,7 @@ fn load_state(path: &std::path::Path, mandatory: bool) -> Result<CaState, X509Er
             .map_err(|e| bad(index, e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let algorithms = provider.signature_verification_algorithms.all;
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     if !mandatory {
         builder = builder.allow_unauthenticated();
@@ -329,6 +329,7 @@ fn load_state(path: &std::path::Path, mandatory: bool) -> Result<CaState, X509Er
         .map_err(|e| X509Error::Verifier(e.to_string()))?;
     Ok(CaState {
         verifier,
+        algorithms,
         anchors,
         anchor_certs,
     })
