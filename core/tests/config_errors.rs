@@ -416,7 +416,7 @@ fn every_problem_in_the_file_is_reported_at_once() {
             "memoryProfile": "Giant",
             "diskBackedMessageBuffer": {"maxSize": "lots"},
             "listeners": [
-                {"name": "a", "ports": [{"port": 0}]},
+                {"name": "a", "ports": [{"port": 70000}]},
                 {"name": "b", "ports": [{"port": 1883, "protocol": "WebSockets"}], "typo": 1}
             ],
             "diagnostics": {"metrics": {"prometheusPort": 70000}}
@@ -430,7 +430,7 @@ fn every_problem_in_the_file_is_reported_at_once() {
             "memoryProfile: unknown value \"Giant\", expected one of Tiny, Low, Medium, High",
             "diskBackedMessageBuffer.maxSize: expected a number at \"lots\" (e.g. \"500M\", \"64Mi\"), got \"lots\"",
             "diagnostics.metrics.prometheusPort: must be between 1 and 65535, got 70000",
-            "listeners[0].ports[0].port: must be between 1 and 65535, got 0",
+            "listeners[0].ports[0].port: must be between 0 and 65535, got 70000",
         ]
     );
 }

@@ -1,0 +1,149 @@
+//! Test-only PKI made with rcgen: the seed scenario's server root and
+//! intermediate, client root and intermediate, and leaves bundled with their
+//! intermediate (as `step certificate create --bundle` writes them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// A validity that ends `n` days from now (negative: already expired).
+pub fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+/// A certificate with its key, PEM, and the issuer chain above it (not the root).
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// This certificate then its intermediates, PEM: a `--bundle` file.
+    pub bundle_pem: String,
+}
+
+impl Issued {
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        crate::files::certs_from_pem(self.bundle_pem.as_bytes()).unwrap()
+    }
+}
+
+pub struct Ca {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - days(1);
+    params.not_after = now + days(365);
+    params
+}
+
+impl Ca {
+    pub fn root(cn: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params(cn);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn intermediate(&self, cn: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params(cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server leaf for an existing PKCS#8 key (from openssl); returns the bundle.
+    pub fn leaf_with_key(&self, pkcs8_pem: &str, sans: &[&str]) -> String {
+        let key = KeyPair::from_pem(pkcs8_pem).unwrap();
+        let params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        format!("{}{}", cert.pem(), self.cert_pem)
+    }
+
+    /// A leaf valid from a day ago until `valid_for` from now; `server`
+    /// picks the serverAuth or clientAuth EKU; `sans` are DNS names or IPs.
+    pub fn leaf(&self, cn: &str, sans: &[&str], valid_for: time::Duration, server: bool) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - days(2);
+        params.not_after = now + valid_for;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            bundle_pem: format!("{}{}", cert.pem(), self.cert_pem),
+        }
+    }
+}
+
+/// The seed scenario's two PKIs and a directory to write files into.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub server_root: Ca,
+    pub server_intermediate: Ca,
+    pub client_root: Ca,
+    pub client_intermediate: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let server_root = Ca::root("server-root");
+        let server_intermediate = server_root.intermediate("server-intermediate");
+        let client_root = Ca::root("client-root");
+        let client_intermediate = client_root.intermediate("client-intermediate");
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            server_root,
+            server_intermediate,
+            client_root,
+            client_intermediate,
+        }
+    }
+
+    pub fn client(&self, cn: &str, valid_for: time::Duration) -> Issued {
+        self.client_intermediate.leaf(cn, &[], valid_for, false)
+    }
+
+    pub fn server(&self, sans: &[&str]) -> Issued {
+        self.server_intermediate
+            .leaf("broker", sans, days(30), true)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
