@@ -232,6 +232,8 @@ pub struct DiskBuffer {
     segments: Vec<Segment>,
     spare: Option<SegmentFile>,
     spare_requested: bool,
+    /// `rotate_key` asked for a new segment at the next append.
+    roll_requested: bool,
     /// Ids are assigned at activation, so they increase in the order
     /// segments are written: `Sealer`'s nonce check relies on it.
     next_segment_id: u32,
@@ -298,6 +300,7 @@ impl DiskBuffer {
             segments: Vec::new(),
             spare: None,
             spare_requested: false,
+            roll_requested: false,
             next_segment_id: 1,
             next_file_no: 1,
             pending: Pending::default(),
@@ -396,7 +399,9 @@ impl DiskBuffer {
         if !self.pending.is_empty() && Some(r.segment) == active_id && r.block == self.pending.block
         {
             let body = &self.pending.buf[BLOCK_HEADER_LEN..];
-            let bytes = body.get(at..end).ok_or(RecordError::Malformed("record bounds"))?;
+            let bytes = body
+                .get(at..end)
+                .ok_or(RecordError::Malformed("record bounds"))?;
             return Ok(record::decode(bytes, owner, self.epoch)?);
         }
         let cached = self
@@ -414,14 +419,15 @@ impl DiskBuffer {
                     &c.buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + c.body_len]
                 }
                 None => {
-                    let body_len = self.scratch.len()
-                        - BLOCK_HEADER_LEN
-                        - self.sealer.trailer_len();
+                    let body_len =
+                        self.scratch.len() - BLOCK_HEADER_LEN - self.sealer.trailer_len();
                     &self.scratch[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + body_len]
                 }
             },
         };
-        let bytes = body.get(at..end).ok_or(RecordError::Malformed("record bounds"))?;
+        let bytes = body
+            .get(at..end)
+            .ok_or(RecordError::Malformed("record bounds"))?;
         Ok(record::decode(bytes, owner, self.epoch)?)
     }
 
@@ -564,10 +570,14 @@ impl DiskBuffer {
         }
     }
 
-    /// New segments are sealed under a fresh key from now on; the active
-    /// segment and older ones keep theirs until reclaimed.
+    /// Seals everything appended from now on under a fresh key: the next
+    /// append starts a new segment (unless the size bound forbids one; then
+    /// the active segment is filled under its old key first). Older
+    /// segments keep their key until they are reclaimed, then it is dropped.
     pub fn rotate_key(&mut self) -> Result<(), BufferError> {
+        self.seal_pending()?;
         self.sealer.rotate()?;
+        self.roll_requested = true;
         Ok(())
     }
 
@@ -620,7 +630,8 @@ impl DiskBuffer {
     /// Makes sure the active segment has `need` bytes free, rolling to a new
     /// segment if not.
     fn ensure_room(&mut self, need: usize) -> Result<(), BufferError> {
-        if need <= self.active_room() {
+        let fits = need <= self.active_room();
+        if fits && !self.roll_requested {
             return Ok(());
         }
         if need as u64 > self.segment_bytes - SEGMENT_HEADER_LEN as u64 {
@@ -633,6 +644,10 @@ impl DiskBuffer {
             Some(file) => file,
             None => {
                 if !self.may_allocate() {
+                    if fits {
+                        // Rotation waits for room for a new segment.
+                        return Ok(());
+                    }
                     return Err(BufferError::Full {
                         size_max_bytes: self.size_max_bytes,
                     });
@@ -646,6 +661,7 @@ impl DiskBuffer {
             .checked_add(1)
             .ok_or(BufferError::Config("segment ids exhausted"))?;
         let key = self.sealer.current_key();
+        self.roll_requested = false;
         let mut seg = Segment {
             id,
             key,

@@ -100,7 +100,8 @@ pub fn encode(
     out.push(flags);
     if let Some(at) = message.expires_at {
         // An expiry before the epoch is already past: 0 keeps it past.
-        let nanos = u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        let nanos =
+            u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
         out.extend_from_slice(&nanos.to_le_bytes());
     }
     put16(out, message.topic.as_str().as_bytes());

@@ -297,4 +297,3 @@ fn checksum(ad: &[u8], body: &[u8]) -> u32 {
     h.update(body);
     h.finalize()
 }
-
