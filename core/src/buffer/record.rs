@@ -134,9 +134,15 @@ fn put16(out: &mut Vec<u8>, b: &[u8]) {
 
 /// The `[len][owner]` header of the record at the start of `bytes`.
 pub fn header(bytes: &[u8]) -> Result<(usize, u64), RecordError> {
-    let mut r = Reader(bytes);
-    let len = r.u32()? as usize;
-    let owner = r.u64()?;
+    let h = bytes
+        .get(..RECORD_HEADER_LEN)
+        .ok_or(RecordError::Malformed("record header"))?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&h[..4]);
+    let len = u32::from_le_bytes(len) as usize;
+    let mut owner = [0u8; 8];
+    owner.copy_from_slice(&h[4..]);
+    let owner = u64::from_le_bytes(owner);
     if len < RECORD_HEADER_LEN || len > bytes.len() {
         return Err(RecordError::Malformed("record length"));
     }
@@ -144,8 +150,9 @@ pub fn header(bytes: &[u8]) -> Result<(usize, u64), RecordError> {
 }
 
 /// Decodes the record that is exactly `bytes` (header included), checking it
-/// belongs to `owner`. Every field is copied out, so the result does not keep
-/// the (possibly 16 KiB) block it came from alive.
+/// belongs to `owner`. The record is copied once into its own buffer that
+/// the fields share, so the result does not keep the (possibly 16 KiB)
+/// block it came from alive, and a message costs one allocation.
 pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, RecordError> {
     let (len, found) = header(bytes)?;
     if len != bytes.len() {
@@ -154,7 +161,10 @@ pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, Recor
     if found != owner {
         return Err(RecordError::WrongOwner);
     }
-    let mut r = Reader(&bytes[RECORD_HEADER_LEN..]);
+    let mut r = Reader {
+        buf: Bytes::copy_from_slice(&bytes[RECORD_HEADER_LEN..]),
+        pos: 0,
+    };
     let flags = r.u8()?;
     let qos = QoS::from_u8(flags & QOS_MASK).ok_or(RecordError::Malformed("qos"))?;
     let expires_at = if flags & HAS_EXPIRY != 0 {
@@ -176,11 +186,11 @@ pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, Recor
         properties.response_topic = Some(r.string()?);
     }
     if flags & HAS_CORRELATION_DATA != 0 {
-        properties.correlation_data = Some(Bytes::copy_from_slice(r.bytes16()?));
+        properties.correlation_data = Some(r.bytes16()?);
     }
     let user_count = r.u32()? as usize;
     // Each pair takes at least 4 bytes: bounds the allocation by the input.
-    if user_count > r.0.len() / 4 {
+    if user_count > r.left() / 4 {
         return Err(RecordError::Malformed("user property count"));
     }
     properties.user_properties.reserve_exact(user_count);
@@ -190,8 +200,8 @@ pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, Recor
         properties.user_properties.push((k, v));
     }
     let payload_len = r.u32()? as usize;
-    let payload = Bytes::copy_from_slice(r.take(payload_len)?);
-    if !r.0.is_empty() {
+    let payload = r.take(payload_len)?;
+    if r.left() != 0 {
         return Err(RecordError::Malformed("trailing bytes"));
     }
     Ok(Message {
@@ -205,21 +215,36 @@ pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, Recor
     })
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Walks a record's bytes; strings and payload become shared slices of
+/// them (no copies), integers are read in place.
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if n > self.0.len() {
+impl Reader {
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn span(&mut self, n: usize) -> Result<std::ops::Range<usize>, RecordError> {
+        if n > self.left() {
             return Err(RecordError::Malformed("truncated"));
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+        let start = self.pos;
+        self.pos += n;
+        Ok(start..self.pos)
+    }
+
+    fn take(&mut self, n: usize) -> Result<Bytes, RecordError> {
+        let span = self.span(n)?;
+        Ok(self.buf.slice(span))
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let span = self.span(N)?;
         let mut a = [0; N];
-        a.copy_from_slice(self.take(N)?);
+        a.copy_from_slice(&self.buf[span]);
         Ok(a)
     }
 
@@ -235,14 +260,12 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
-    fn bytes16(&mut self) -> Result<&'a [u8], RecordError> {
+    fn bytes16(&mut self) -> Result<Bytes, RecordError> {
         let n = u16::from_le_bytes(self.array()?);
         self.take(usize::from(n))
     }
 
     fn string(&mut self) -> Result<ByteString, RecordError> {
-        let b = self.bytes16()?;
-        let s = std::str::from_utf8(b).map_err(|_| RecordError::Malformed("utf-8"))?;
-        Ok(ByteString::from(s))
+        ByteString::try_from(self.bytes16()?).map_err(|_| RecordError::Malformed("utf-8"))
     }
 }
