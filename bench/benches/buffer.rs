@@ -5,6 +5,7 @@
 //! files in the temp dir, encrypted and plain. Appends release at once, so
 //! segment allocation and reclaim are in the steady state; reads drain in
 //! order, as a reconnecting subscriber does.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::Instant;
