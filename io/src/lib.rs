@@ -2,6 +2,7 @@
 //! `server` starts the shards, `shard` owns one core's state and routing,
 //! `connection` serves one client, `mesh` is what shards say to each other.
 
+pub mod buffer;
 pub mod cli;
 pub mod connection;
 pub mod mesh;
