@@ -14,7 +14,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardmq_core::buffer::{record, BlockPos, Sealer, BLOCK_HEADER_LEN};
-use shardmq_core::codec::{Properties, QoS};
+use shardmq_core::codec::QoS;
 use shardmq_core::session::Message;
 use shardmq_core::topic::TopicName;
 use shardmq_io::buffer::{DiskBuffer, RecordRef, SEGMENT_BYTES_DEFAULT};
@@ -117,7 +117,7 @@ fn message(payload_len: usize) -> Message {
         payload: Bytes::from(vec![0x5Au8; payload_len]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         origin: ByteString::from_static("sensor-0042"),
     }

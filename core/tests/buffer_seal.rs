@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use shardmq_core::buffer::{
     record, BlockPos, KeyId, RecordError, SealError, Sealer, BLOCK_HEADER_LEN, TAG_LEN,
 };
-use shardmq_core::codec::{Properties, QoS};
+use shardmq_core::codec::QoS;
 use shardmq_core::session::Message;
 use shardmq_core::topic::TopicName;
 
@@ -22,7 +22,7 @@ fn message(payload: &'static [u8]) -> Message {
         payload: Bytes::from_static(payload),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         origin: ByteString::from_static("sensor-1"),
     }

@@ -49,10 +49,10 @@ fn message(i: usize, payload_len: usize) -> Message {
         payload: Bytes::from(payload),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties {
+        properties: Some(Box::new(Properties {
             user_properties: vec![("k".into(), "v".into())],
             ..Properties::default()
-        },
+        })),
         expires_at: Some(Instant::now() + Duration::from_secs(60)),
         origin: ByteString::from_static("truck"),
     }

@@ -32,7 +32,8 @@ const HAS_CORRELATION_DATA: u8 = 1 << 7;
 /// `None` if a field is longer than its length prefix allows (a topic, client
 /// id or property past 65,535 bytes cannot come from a valid packet).
 pub fn encoded_len(message: &Message) -> Option<usize> {
-    let p = &message.properties;
+    let none = Properties::default();
+    let p = message.properties.as_deref().unwrap_or(&none);
     let mut len = RECORD_HEADER_LEN + 1; // flags
     if message.expires_at.is_some() {
         len += 8;
@@ -80,7 +81,8 @@ pub fn encode(
     let len = encoded_len(message).ok_or(RecordError::TooLarge)?;
     out.reserve(len);
     let start = out.len();
-    let p = &message.properties;
+    let none = Properties::default();
+    let p = message.properties.as_deref().unwrap_or(&none);
     // Cannot fail: `encoded_len` checked that the total fits a u32.
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&owner.to_le_bytes());
@@ -209,7 +211,7 @@ pub fn decode(bytes: &[u8], owner: u64, epoch: Instant) -> Result<Message, Recor
         payload,
         qos,
         retain: flags & RETAIN != 0,
-        properties,
+        properties: (properties != Properties::default()).then(|| Box::new(properties)),
         expires_at,
         origin,
     })
