@@ -5,7 +5,9 @@
 
 use shardmq_core::config::Config;
 
+use crate::buffer::SEGMENT_BYTES_DEFAULT;
 use crate::server::{ListenerSpec, ServerConfig};
+use crate::spill::{BufferSpec, DATA_DIR_DEFAULT};
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
 const RETAINED_MAX: usize = 1_000_000;
@@ -66,6 +68,16 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
         limits: config.advanced.clients.clone(),
         retained_max: RETAINED_MAX,
         selftest_interval: self_check.enabled.then_some(self_check.interval),
+        disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
+            data_dir: b
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+            size_max_bytes: b.size_max_bytes.get(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+        }),
+        encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
+        memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(config.memory_profile),
     })
 }
 
@@ -96,7 +108,21 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             limits.session_expiry_max.as_secs(),
             limits.queue
         ),
-        format!("memoryProfile: {:?}", config.memory_profile),
+        format!(
+            "memoryProfile: {:?} ({} MiB of queued messages in memory per shard)",
+            config.memory_profile,
+            server.memory_budget_bytes / (1024 * 1024)
+        ),
+        match &server.disk_buffer {
+            Some(b) => format!(
+                "diskBackedMessageBuffer: maxSize={} bytes in {}",
+                b.size_max_bytes,
+                b.data_dir.display()
+            ),
+            None => {
+                "diskBackedMessageBuffer: none (queues bounded by subscriberQueueLimit)".to_owned()
+            }
+        },
     ];
     for l in &server.listeners {
         let shards = match &l.shards {

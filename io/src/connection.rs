@@ -227,13 +227,19 @@ fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
 async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
     let mut batches = 0u32;
+    // The shard lends its disk buffer so spilled messages drain.
+    let shard = crate::shard::SHARD.with(|s| s.borrow().clone());
     loop {
         while cell.hold.get() == 0 || cell.closed.get() {
             buf.clear();
-            let n =
-                cell.conn
+            let now = Instant::now();
+            let n = match &shard {
+                Some(shard) => shard.poll_transmit(&cell, now, &mut buf, WRITE_BATCH_BYTES),
+                None => cell
+                    .conn
                     .borrow_mut()
-                    .poll_transmit(Instant::now(), &mut buf, WRITE_BATCH_BYTES);
+                    .poll_transmit(now, &mut buf, WRITE_BATCH_BYTES),
+            };
             if n == 0 && buf.is_empty() {
                 break;
             }

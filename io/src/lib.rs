@@ -8,5 +8,6 @@ pub mod connection;
 pub mod mesh;
 pub mod server;
 pub mod shard;
+pub mod spill;
 
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -15,9 +15,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 use shardmq_core::limits::ClientLimits;
 use tracing::{error, info, warn};
 
+use crate::buffer::DiskBuffer;
 use crate::connection;
 use crate::mesh::MeshMsg;
-use crate::shard::{Shard, ShardConfig, SHARD};
+use crate::shard::{BufferReport, Shard, ShardConfig, SHARD};
+use crate::spill::{BufferSpec, ShardBuffer};
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
 /// publishers of the sending shard.
@@ -47,6 +49,42 @@ pub struct ServerConfig {
     pub limits: ClientLimits,
     pub retained_max: usize,
     pub selftest_interval: Option<Duration>,
+    /// `diskBackedMessageBuffer`; `None`: queues never spill.
+    pub disk_buffer: Option<BufferSpec>,
+    /// `advanced.encryptInternalTraffic`.
+    pub encrypt_internal_traffic: bool,
+    /// Queued bytes a shard keeps in memory before spilling
+    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one).
+    pub memory_budget_bytes: u64,
+}
+
+impl ServerConfig {
+    /// `ServerConfig` with the defaults of an empty config file for
+    /// everything but shards and listeners.
+    pub fn new(shards: usize, listeners: Vec<ListenerSpec>) -> ServerConfig {
+        ServerConfig {
+            shards,
+            pin_cpus: false,
+            listeners,
+            limits: ClientLimits::default(),
+            retained_max: 1_000_000,
+            selftest_interval: None,
+            disk_buffer: None,
+            encrypt_internal_traffic: true,
+            memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(
+                shardmq_core::config::MemoryProfile::Medium,
+            ),
+        }
+    }
+}
+
+/// How one shard's disk buffer is opened.
+#[derive(Debug, Clone)]
+struct BufferSetup {
+    spec: BufferSpec,
+    encrypt: bool,
+    memory_budget_bytes: u64,
+    epoch: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +119,8 @@ pub struct ServerHandle {
     pub addrs: Vec<(String, SocketAddr)>,
     /// Self-test rounds in which every shard answered.
     pub probes_ok: Arc<AtomicU64>,
+    /// Each shard's disk buffer figures, refreshed every tick (250 ms).
+    pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
 }
 
 impl ServerHandle {
@@ -193,11 +233,19 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let reservations = reserve_ports(&mut config.listeners)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
+    let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
     let shard_config = Arc::new(ShardConfig {
         shards: n,
         limits: Arc::new(config.limits.clone()),
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
+        buffer_reports: buffer_reports.clone(),
+    });
+    let buffer = config.disk_buffer.clone().map(|spec| BufferSetup {
+        spec,
+        encrypt: config.encrypt_internal_traffic,
+        memory_budget_bytes: config.memory_budget_bytes,
+        epoch: Instant::now(),
     });
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
@@ -216,6 +264,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let shard_shutdown = shutdown.clone();
         let probes_ok = probes_ok.clone();
         let ready = ready_tx.clone();
+        let buffer = buffer.clone();
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let spawned = builder.spawn(move || async move {
             run_shard(
@@ -226,6 +275,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
                 shard_shutdown,
                 probes_ok,
                 ready,
+                buffer,
             )
             .await;
         });
@@ -264,7 +314,44 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         joins,
         addrs,
         probes_ok,
+        buffer_reports,
     })
+}
+
+/// Opens shard `id`'s disk buffer; on failure the shard runs without one
+/// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
+fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer> {
+    let share = setup.spec.size_max_bytes / shards as u64;
+    match DiskBuffer::open(
+        &setup.spec.data_dir,
+        id,
+        share,
+        setup.spec.segment_bytes,
+        setup.encrypt,
+        setup.epoch,
+    ) {
+        Ok(disk) => {
+            info!(
+                shard = id,
+                dir = %disk.dir().display(),
+                max_bytes = share,
+                memory_budget_bytes = setup.memory_budget_bytes,
+                encryptInternalTraffic = if disk.encrypted() { "Enabled" } else { "Disabled" },
+                leftover_segments_removed = disk.removed_at_open(),
+                "disk buffer open"
+            );
+            Some(ShardBuffer::new(disk, setup.memory_budget_bytes))
+        }
+        Err(e) => {
+            error!(
+                shard = id,
+                error = %e,
+                "disk buffer unavailable: this shard runs WITHOUT spilling \
+                 (queues bounded by subscriberQueueLimit only)"
+            );
+            None
+        }
+    }
 }
 
 async fn run_shard(
@@ -275,12 +362,19 @@ async fn run_shard(
     shutdown: Arc<AtomicBool>,
     probes_ok: Arc<AtomicU64>,
     ready: mpsc::Sender<Result<usize, ServerError>>,
+    buffer: Option<BufferSetup>,
 ) {
     let Ok((senders, mut receivers)) = mesh.join().await else {
         let _ = ready.send(Err(ServerError::StartUp { shard: id }));
         return;
     };
     let mut shard = Shard::new(id, config.clone(), senders, shutdown.clone(), probes_ok);
+    if let Some(b) = buffer
+        .as_ref()
+        .and_then(|b| open_buffer(id, config.shards, b))
+    {
+        shard.install_buffer(b);
+    }
     shard.start_outboxes();
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
 

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -18,13 +18,17 @@ use shardmq_core::codec::{QoS, ReasonCode};
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::retained::RetainedStore;
 use shardmq_core::session::{
-    Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage,
+    Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage, SpillRef,
 };
 use shardmq_core::topic::{merge_overlapping, Filter, SubscriptionTrie, TopicFilter, TopicName};
 use tracing::{debug, info, warn};
 
+use crate::buffer::{BufferStats, SegmentFile};
 use crate::mesh::{MeshMsg, SessionId, ShardId, SubKey, SubVal};
+use crate::spill::ShardBuffer;
 
+/// Readahead asked for when a session with spilled messages reconnects.
+const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 /// Reserved session id of each shard's built-in self-test subscriber.
 const PROBE_SESSION: SessionId = u64::MAX;
 /// Topic prefix of the self-test probes; `$` keeps them out of `#`.
@@ -48,6 +52,8 @@ pub struct ConnCell {
     pub hold: Cell<u32>,
     pub closed_tx: LocalSender<()>,
     pub closed_rx: LocalReceiver<()>,
+    /// The session's key in the shard's disk buffer, set by `attach`.
+    pub spill_owner: Cell<u64>,
 }
 
 impl ConnCell {
@@ -65,6 +71,7 @@ impl ConnCell {
             hold: Cell::new(0),
             closed_tx,
             closed_rx,
+            spill_owner: Cell::new(0),
         }
     }
 
@@ -91,6 +98,29 @@ struct DelayedWill {
     at: Instant,
 }
 
+/// A same-shard takeover's spilled records, until `attach` knows whether
+/// the session was resumed (records stay, under their old key) or
+/// discarded by a clean start (records are released).
+#[derive(Debug)]
+struct Adopting {
+    owner: u64,
+    refs: Vec<SpillRef>,
+}
+
+/// One shard's disk buffer figures, published every tick (logs, tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferReport {
+    /// The shard runs with a disk buffer (configured and opened).
+    pub open: bool,
+    pub encrypted: bool,
+    pub disk: BufferStats,
+    /// Queued bytes held in memory (`memory_cost`).
+    pub memory_bytes: u64,
+    /// Appends the buffer refused (full, no space, I/O).
+    pub refused: u64,
+    pub dropped_queue_full: u64,
+}
+
 /// Counters exported in logs (and later as metrics).
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -107,6 +137,8 @@ pub struct ShardConfig {
     pub limits: Arc<ClientLimits>,
     pub retained_max: usize,
     pub selftest_interval: Option<Duration>,
+    /// One slot per shard, written every tick.
+    pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
 }
 
 pub struct Shard {
@@ -135,6 +167,14 @@ pub struct Shard {
     probe_seq: Cell<u64>,
     probe_seen: RefCell<HashMap<u64, Vec<bool>>>,
     pub probes_ok: Arc<AtomicU64>,
+    /// `None` without `diskBackedMessageBuffer` (or if it failed to open):
+    /// queues are then bounded by `subscriberQueueLimit` alone.
+    buffer: Option<RefCell<ShardBuffer>>,
+    /// Buffer keys that differ from the session id: a session resumed on
+    /// this shard keeps the key its records were written under. Session ids
+    /// are never reused, so a key stays unique among live sessions.
+    spill_owners: RefCell<HashMap<SessionId, u64>>,
+    adopting: RefCell<HashMap<SessionId, Adopting>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -185,6 +225,9 @@ impl Shard {
             probe_seq: Cell::new(0),
             probe_seen: RefCell::new(HashMap::new()),
             probes_ok,
+            buffer: None,
+            spill_owners: RefCell::new(HashMap::new()),
+            adopting: RefCell::new(HashMap::new()),
         });
         shard.install_probe_subscriber();
         shard
@@ -217,6 +260,41 @@ impl Shard {
                 }
             })
             .detach();
+        }
+    }
+
+    /// Gives the shard its disk buffer; call before the shard is shared.
+    pub fn install_buffer(self: &mut Rc<Shard>, buffer: ShardBuffer) {
+        if let Some(shard) = Rc::get_mut(self) {
+            shard.buffer = Some(RefCell::new(buffer));
+        }
+    }
+
+    fn spill_owner(&self, session: SessionId) -> u64 {
+        self.spill_owners
+            .borrow()
+            .get(&session)
+            .copied()
+            .unwrap_or(session)
+    }
+
+    /// `Connection::poll_transmit` with the shard's disk buffer, so a
+    /// session drains what it spilled. The writer task calls this.
+    pub fn poll_transmit(
+        &self,
+        cell: &ConnCell,
+        now: Instant,
+        buf: &mut bytes::BytesMut,
+        bytes_max: usize,
+    ) -> usize {
+        let mut conn = cell.conn.borrow_mut();
+        match &self.buffer {
+            None => conn.poll_transmit(now, buf, bytes_max),
+            Some(b) => {
+                let mut b = b.borrow_mut();
+                let mut ctx = b.ctx(cell.spill_owner.get());
+                conn.poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
+            }
         }
     }
 
@@ -303,7 +381,20 @@ impl Shard {
         };
         let state = match previous {
             None => None,
-            Some((shard, old)) if shard == self.id => self.take_local(old),
+            Some((shard, old)) if shard == self.id => {
+                let state = self.take_local(old, true);
+                if let Some(st) = state.as_ref().filter(|st| st.spilled_len() > 0) {
+                    self.adopting.borrow_mut().insert(
+                        session,
+                        Adopting {
+                            owner: self.spill_owner(old),
+                            refs: st.spilled_refs(),
+                        },
+                    );
+                }
+                self.spill_owners.borrow_mut().remove(&old);
+                state
+            }
             Some((shard, old)) => {
                 let (request, rx) = self.new_request();
                 self.post(
@@ -329,7 +420,9 @@ impl Shard {
 
     /// Takes a session of this shard away from its connection (takeover)
     /// or from the offline store, removing its subscriptions from the index.
-    fn take_local(&self, session: SessionId) -> Option<SessionState> {
+    /// For another shard (`stays` false) its spilled messages are read back
+    /// into memory first: buffer keys and records are per shard.
+    fn take_local(&self, session: SessionId, stays: bool) -> Option<SessionState> {
         let slot = self.sessions.borrow_mut().remove(&session)?;
         let (state, closed_will) = match slot {
             Slot::Online(cell) => {
@@ -354,6 +447,21 @@ impl Shard {
             }
             Slot::Offline { state, .. } => (Some(*state), None),
         };
+        let mut state = state;
+        if let (Some(b), Some(st)) = (&self.buffer, state.as_mut()) {
+            let mut b = b.borrow_mut();
+            if !stays {
+                if st.spilled_len() > 0 {
+                    info!(shard = self.id, client = %st.client_id, messages = st.spilled_len(),
+                        "reading spilled messages back for a takeover by another shard");
+                }
+                st.unspill(&mut b.ctx(self.spill_owner(session)));
+                self.spill_owners.borrow_mut().remove(&session);
+            }
+            // The state leaves this shard's accounting; `attach` adds it
+            // back if it resumes here.
+            b.memory_bytes = b.memory_bytes.saturating_sub(st.memory_bytes());
+        }
         self.unindex_by_key(session);
         // [MQTT-3.1.4-3] the taken-over connection's will is published,
         // unless it has a delay and the session goes on (it does here).
@@ -367,6 +475,7 @@ impl Shard {
 
     /// Registers a connected session and indexes its subscriptions.
     pub fn attach(&self, session: SessionId, cell: Rc<ConnCell>) {
+        self.attach_buffer(session, &cell);
         if let Some(state) = cell.conn.borrow().session() {
             for (raw, sub) in state.subscriptions() {
                 self.index_add(
@@ -384,6 +493,52 @@ impl Shard {
             .insert(session, Slot::Online(cell));
     }
 
+    /// Settles the buffer side of a session joining this shard: its key,
+    /// its memory, and what a clean start threw away.
+    fn attach_buffer(&self, session: SessionId, cell: &ConnCell) {
+        let adopting = self.adopting.borrow_mut().remove(&session);
+        let Some(b) = &self.buffer else {
+            cell.spill_owner.set(session);
+            return;
+        };
+        let mut b = b.borrow_mut();
+        let conn = cell.conn.borrow();
+        let state = conn.session();
+        let spilled = state.map_or(0, SessionState::spilled_len);
+        let owner = match adopting {
+            // INVARIANT: nothing runs between `take_local` and here, so the
+            // resumed session holds exactly the adopted records.
+            Some(a) if spilled == a.refs.len() => {
+                self.spill_owners.borrow_mut().insert(session, a.owner);
+                a.owner
+            }
+            Some(a) => {
+                // Clean start: the old session and its records are gone.
+                for r in a.refs {
+                    shardmq_core::session::Spill::release(&mut b.disk, r);
+                }
+                session
+            }
+            None => session,
+        };
+        cell.spill_owner.set(owner);
+        if let Some(state) = state {
+            b.memory_bytes += state.memory_bytes();
+            if let Some(first) = state.spilled_refs().first() {
+                // Readahead for the drain that is about to start.
+                shardmq_core::session::Spill::prefetch(&mut b.disk, *first, PREFETCH_BYTES);
+            }
+        }
+        drop(conn);
+        if b.memory_bytes > b.memory_budget_bytes {
+            // A session from another shard brought its whole queue in memory.
+            let limit = self.config.limits.queue;
+            if let Some(state) = cell.conn.borrow_mut().session_mut() {
+                state.spill_excess(&limit, &mut b.ctx(owner));
+            }
+        }
+    }
+
     /// A connection ended: keep its session offline, or end it.
     pub fn detach(
         &self,
@@ -393,10 +548,14 @@ impl Shard {
         will: Option<PendingWill>,
         now: Instant,
     ) {
-        let current = matches!(self.sessions.borrow().get(&session), Some(Slot::Online(_)));
-        if !current {
+        let cell = match self.sessions.borrow().get(&session) {
+            Some(Slot::Online(cell)) => cell.clone(),
             // Taken over: the new owner has the state; nothing to do here.
-            return;
+            _ => return,
+        };
+        if state.is_none() {
+            let ended = cell.conn.borrow_mut().take_ended_session();
+            self.end_session_buffer(session, ended);
         }
         let expiry = state.as_ref().map(|s| s.expiry_interval);
         match state {
@@ -474,7 +633,10 @@ impl Shard {
             .collect();
         for (id, client_id) in expired {
             debug!(shard = self.id, client = %client_id, "session expired");
-            self.sessions.borrow_mut().remove(&id);
+            let slot = self.sessions.borrow_mut().remove(&id);
+            if let Some(Slot::Offline { state, .. }) = slot {
+                self.end_session_buffer(id, Some(*state));
+            }
             self.unindex_by_key(id);
             self.release(&client_id, id);
         }
@@ -486,6 +648,62 @@ impl Shard {
         };
         for message in due {
             self.publish_internal(message);
+        }
+        self.tick_buffer();
+    }
+
+    /// Releases what an ending session holds in the buffer and in memory.
+    fn end_session_buffer(&self, session: SessionId, state: Option<SessionState>) {
+        let owner = self.spill_owner(session);
+        self.spill_owners.borrow_mut().remove(&session);
+        if let (Some(b), Some(mut state)) = (&self.buffer, state) {
+            state.discard_queue(&mut b.borrow_mut().ctx(owner));
+        }
+    }
+
+    /// Seals and flushes the pending block, asks for the next segment file
+    /// off the shard, and publishes the buffer's figures.
+    fn tick_buffer(&self) {
+        let mut report = BufferReport {
+            dropped_queue_full: self.stats.dropped_queue_full.get(),
+            ..BufferReport::default()
+        };
+        if let Some(b) = &self.buffer {
+            let mut b = b.borrow_mut();
+            if let Err(e) = b.disk.buffer.flush() {
+                warn!(shard = self.id, error = %e, "disk buffer flush failed");
+            }
+            // Spares only once the buffer is in use: an idle broker keeps
+            // no preallocated files.
+            let in_use = b.disk.buffer.stats().segments > 0;
+            if let Some(req) = in_use.then(|| b.disk.buffer.spare_request()).flatten() {
+                let me = self.me();
+                glommio::spawn_local(async move {
+                    let file = glommio::executor()
+                        .spawn_blocking(move || {
+                            let file = SegmentFile::create(&req.path, req.bytes);
+                            if let Ok(f) = &file {
+                                f.prefault();
+                            }
+                            file
+                        })
+                        .await;
+                    if let Some(b) = me.as_ref().and_then(|s| s.buffer.as_ref()) {
+                        b.borrow_mut().disk.buffer.install_spare(file);
+                    }
+                })
+                .detach();
+            }
+            report.open = true;
+            report.encrypted = b.disk.buffer.encrypted();
+            report.disk = b.disk.buffer.stats();
+            report.memory_bytes = b.memory_bytes;
+            report.refused = b.disk.refused;
+        }
+        if let Ok(mut reports) = self.config.buffer_reports.lock() {
+            if let Some(slot) = reports.get_mut(self.id) {
+                *slot = report;
+            }
         }
     }
 
@@ -617,6 +835,7 @@ impl Shard {
         let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
         let mut shared: Vec<(SubKey, SubVal)> = Vec::new();
         let mut matched = false;
+        let mut rejected = false;
         {
             let index = self.index.borrow();
             index.for_each_match_grouped(&message.topic, |key, vals| {
@@ -647,7 +866,7 @@ impl Shard {
                 continue;
             }
             if shard == self.id {
-                self.deliver_local(message, &targets, now);
+                rejected |= self.deliver_local(message, &targets, now);
             } else {
                 self.send(
                     shard,
@@ -659,7 +878,12 @@ impl Shard {
                 .await;
             }
         }
-        if matched {
+        if rejected {
+            // A subscriber's queue (memory and disk buffer) is full and its
+            // strategy is None: push the v5 publisher back (v5 §3.4.2.1
+            // 0x97). Subscribers on other shards are not counted here.
+            ReasonCode::QuotaExceeded
+        } else if matched {
             ReasonCode::Success
         } else {
             ReasonCode::NoMatchingSubscribers
@@ -707,13 +931,17 @@ impl Shard {
         }
     }
 
+    /// Offers `message` to this shard's targets; true if a queue refused it.
     fn deliver_local(
         &self,
         message: &SharedMessage,
         targets: &[(SessionId, Delivery)],
         now: Instant,
-    ) {
+    ) -> bool {
         let mut sessions = self.sessions.borrow_mut();
+        let mut buffer = self.buffer.as_ref().map(RefCell::borrow_mut);
+        let limit = &self.config.limits.queue;
+        let mut rejected = false;
         for (session, delivery) in targets {
             if *session == PROBE_SESSION {
                 self.probe_arrived(message);
@@ -721,19 +949,33 @@ impl Shard {
             }
             let outcome = match sessions.get_mut(session) {
                 Some(Slot::Online(cell)) => {
-                    let outcome = cell.conn.borrow_mut().deliver(now, message, delivery);
+                    let mut conn = cell.conn.borrow_mut();
+                    let outcome = match buffer.as_deref_mut() {
+                        None => conn.deliver(now, message, delivery),
+                        Some(b) => {
+                            let mut ctx = b.ctx(cell.spill_owner.get());
+                            conn.deliver_with(now, message, delivery, Some(&mut ctx))
+                        }
+                    };
+                    drop(conn);
                     cell.wake();
                     outcome
                 }
-                Some(Slot::Offline { state, .. }) => {
-                    state.enqueue(now, message, delivery, false, &self.config.limits.queue)
-                }
+                Some(Slot::Offline { state, .. }) => match buffer.as_deref_mut() {
+                    None => state.enqueue(now, message, delivery, false, limit),
+                    Some(b) => {
+                        let mut ctx = b.ctx(self.spill_owner(*session));
+                        state.enqueue_with(now, message, delivery, false, limit, Some(&mut ctx))
+                    }
+                },
                 // Gone since the publisher's shard matched it (taken over or
                 // ended): the index delta is on its way.
                 None => Enqueued::Discarded,
             };
+            rejected |= outcome == Enqueued::RejectedQueueFull;
             self.count(outcome);
         }
+        rejected
     }
 
     fn count(&self, outcome: Enqueued) {
@@ -828,8 +1070,15 @@ impl Shard {
         };
         let now = Instant::now();
         let mut conn = cell.conn.borrow_mut();
+        let mut buffer = self.buffer.as_ref().map(RefCell::borrow_mut);
         for m in matches {
-            conn.deliver(now, &m, &delivery);
+            match buffer.as_deref_mut() {
+                None => conn.deliver(now, &m, &delivery),
+                Some(b) => {
+                    let mut ctx = b.ctx(cell.spill_owner.get());
+                    conn.deliver_with(now, &m, &delivery, Some(&mut ctx))
+                }
+            };
         }
         drop(conn);
         cell.wake();
@@ -867,7 +1116,9 @@ impl Shard {
     pub fn handle_mesh(self: &Rc<Shard>, msg: MeshMsg) {
         let now = Instant::now();
         match msg {
-            MeshMsg::Deliver { message, targets } => self.deliver_local(&message, &targets, now),
+            MeshMsg::Deliver { message, targets } => {
+                self.deliver_local(&message, &targets, now);
+            }
             MeshMsg::SubAdd { filter, key, val } => {
                 self.index.borrow_mut().insert(&filter, key, val);
             }
@@ -911,7 +1162,7 @@ impl Shard {
                 request,
                 ..
             } => {
-                let state = self.take_local(session).map(Box::new);
+                let state = self.take_local(session, false).map(Box::new);
                 self.post(reply_to, MeshMsg::Handover { request, state });
             }
             MeshMsg::ProbeReply { from, seq } => self.probe_reply(from, seq),
@@ -995,6 +1246,24 @@ impl Shard {
             dropped_queue_full = self.stats.dropped_queue_full.get(),
             "shard stats"
         );
+        if let Some(b) = &self.buffer {
+            let b = b.borrow();
+            let d = b.stats();
+            info!(
+                shard = self.id,
+                memory_bytes = b.memory_bytes,
+                memory_budget_bytes = b.memory_budget_bytes,
+                segments = d.segments,
+                disk_bytes = d.bytes_used,
+                live_records = d.live_records,
+                appended = d.appended,
+                read = d.read,
+                lost = d.corrupt,
+                refused = b.disk.refused,
+                reclaimed_segments = d.reclaimed_segments,
+                "disk buffer stats"
+            );
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::limits::ClientLimits;
 use crate::topic::{Filter, TopicName};
 
 use super::message::{expiry, forwardable, Message, SharedMessage};
+use super::spill::SpillCtx;
 use super::state::{
     Delivery, Enqueued, Inflight, InflightState, Queued, SessionState, Subscription,
 };
@@ -176,6 +177,8 @@ pub struct Connection {
     close_reason: Option<CloseReason>,
     closed_event_pending: bool,
     permissions: Box<dyn Permissions>,
+    /// Set by `closed_event` when the session ends with the connection.
+    ended_session: Option<SessionState>,
 }
 
 impl Connection {
@@ -200,6 +203,7 @@ impl Connection {
             close_reason: None,
             closed_event_pending: false,
             permissions: Box::new(AllowAll),
+            ended_session: None,
         }
     }
 
@@ -213,6 +217,11 @@ impl Connection {
 
     pub fn session(&self) -> Option<&SessionState> {
         self.session.as_ref()
+    }
+
+    /// For the broker's buffer bookkeeping (`SessionState::spill_excess`).
+    pub fn session_mut(&mut self) -> Option<&mut SessionState> {
+        self.session.as_mut()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -418,11 +427,29 @@ impl Connection {
         message: &SharedMessage,
         delivery: &Delivery,
     ) -> Enqueued {
+        self.deliver_with(now, message, delivery, None)
+    }
+
+    /// `deliver`, spilling to the shard's disk buffer past its memory budget
+    /// (`SessionState::enqueue_with`).
+    pub fn deliver_with(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+        spill: Option<&mut SpillCtx<'_>>,
+    ) -> Enqueued {
         let online = self.phase == Phase::Connected;
         let Some(session) = self.session.as_mut() else {
             return Enqueued::Discarded;
         };
-        session.enqueue(now, message, delivery, online, &self.limits.queue)
+        session.enqueue_with(now, message, delivery, online, &self.limits.queue, spill)
+    }
+
+    /// The session this connection ended, if it did not outlive it (session
+    /// expiry 0): the broker releases what its queue holds in the disk buffer.
+    pub fn take_ended_session(&mut self) -> Option<SessionState> {
+        self.ended_session.take()
     }
 
     /// Another connection took this session over [MQTT-3.1.4-3]: close with
@@ -464,12 +491,21 @@ impl Connection {
 
     /// The next packet to send, built from the shared message for publishes.
     pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
+        self.poll_packet_with(now, None)
+    }
+
+    /// `poll_packet`, reading spilled messages back from the disk buffer.
+    pub fn poll_packet_with(
+        &mut self,
+        now: Instant,
+        spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Packet> {
         // Control packets first, then queued publishes: a publish leaves the
         // session queue only when the writer asks, so a slow reader's backlog
         // stays in the bounded session queue, not in an unbounded buffer.
         let out = match self.transmit.pop_front() {
             Some(out) => out,
-            None => self.next_publish(now)?,
+            None => self.next_publish(now, spill)?,
         };
         Some(match out {
             Outgoing::Packet(p) => p,
@@ -499,7 +535,7 @@ impl Connection {
         self.session
             .as_ref()
             .is_some_and(|s| match s.queue.front() {
-                Some(q) => q.qos == QoS::AtMostOnce || s.inflight.len() < self.window(),
+                Some(q) => q.qos() == QoS::AtMostOnce || s.inflight.len() < self.window(),
                 None => false,
             })
     }
@@ -509,9 +545,20 @@ impl Connection {
     /// Maximum Packet Size is discarded as if sent [MQTT-3.1.2-25]. Returns
     /// the number of packets written.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut, bytes_max: usize) -> usize {
+        self.poll_transmit_with(now, buf, bytes_max, None)
+    }
+
+    /// `poll_transmit`, reading spilled messages back from the disk buffer.
+    pub fn poll_transmit_with(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        bytes_max: usize,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> usize {
         let mut written = 0;
         while buf.len() < bytes_max {
-            let Some(packet) = self.poll_packet(now) else {
+            let Some(packet) = self.poll_packet_with(now, spill.as_deref_mut()) else {
                 break;
             };
             let start = buf.len();
@@ -990,17 +1037,21 @@ impl Connection {
 
     /// Takes the next queued message the window allows and, for QoS 1/2,
     /// records it in flight under a fresh packet id.
-    fn next_publish(&mut self, now: Instant) -> Option<Outgoing> {
+    fn next_publish(
+        &mut self,
+        now: Instant,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Outgoing> {
         if self.phase != Phase::Connected {
             return None;
         }
         let window = self.window();
         let session = self.session.as_mut()?;
-        let next_qos = session.queue.front()?.qos;
+        let next_qos = session.queue.front()?.qos();
         if next_qos != QoS::AtMostOnce && session.inflight.len() >= window {
             return None;
         }
-        let queued = session.pop_live(now)?;
+        let queued = session.pop_live(now, spill.as_deref_mut())?;
         if queued.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
                 queued,
@@ -1009,7 +1060,7 @@ impl Connection {
             });
         }
         let Some(id) = session.allocate_packet_id() else {
-            session.queue.push_front(queued);
+            session.push_front_memory(queued, spill);
             return None;
         };
         let state = if queued.qos == QoS::AtLeastOnce {
@@ -1162,10 +1213,13 @@ impl Connection {
         // expiry; otherwise it outlives the connection only if its expiry
         // is not zero (§4.1).
         let taken_over = reason == CloseReason::Server(ReasonCode::SessionTakenOver);
-        let session = self
-            .session
-            .take()
-            .filter(|s| !s.expiry_interval.is_zero() || taken_over);
+        let session = match self.session.take() {
+            Some(s) if s.expiry_interval.is_zero() && !taken_over => {
+                self.ended_session = Some(s);
+                None
+            }
+            kept => kept,
+        };
         Event::Closed {
             reason,
             session,

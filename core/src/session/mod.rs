@@ -4,12 +4,14 @@
 
 mod connection;
 mod message;
+mod spill;
 mod state;
 
 pub use connection::{
     CloseReason, ConnectRequest, Connection, Event, PendingWill, PublishAck, CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
+pub use spill::{memory_cost, Spill, SpillCtx, SpillError, SpillRef};
 pub use state::{Delivery, Enqueued, SessionState, SessionStats, Subscription};
 
 use crate::topic::{Filter, TopicName};

@@ -2,8 +2,12 @@
 //! moves between shards on takeover: subscriptions, the outbound queue and
 //! in-flight window, and the QoS 2 packet ids received but not released.
 //! It is plain data (`Send`), never touches a socket and never reads a clock.
+//! The queue holds messages in memory or, past the shard's memory budget,
+//! references into the shard's disk buffer (`spill`), in one deque so the
+//! order is kept whatever is where.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -13,6 +17,7 @@ use crate::limits::{QueueFullStrategy, QueueLimit};
 use crate::topic::Filter;
 
 use super::message::SharedMessage;
+use super::spill::{memory_cost, SpillCtx, SpillRef};
 
 /// One subscription as the session holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +65,32 @@ pub(crate) struct Queued {
     pub subscription_ids: Vec<u32>,
 }
 
+/// A queued message whose body is in the shard's disk buffer. Per-delivery
+/// data stays here, not in the record (docs/BUFFER.md).
+#[derive(Debug, Clone)]
+pub(crate) struct Spilled {
+    pub at: SpillRef,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// One place in the session queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    Memory(Queued),
+    Spilled(Spilled),
+}
+
+impl Entry {
+    pub fn qos(&self) -> QoS {
+        match self {
+            Entry::Memory(q) => q.qos,
+            Entry::Spilled(s) => s.qos,
+        }
+    }
+}
+
 /// Where an outgoing QoS 1/2 exchange stands (§4.3.2, §4.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
@@ -85,6 +116,9 @@ pub struct SessionStats {
     pub dropped_queue_full: u64,
     pub dropped_expired: u64,
     pub dropped_too_large: u64,
+    /// Spilled messages that could not be read back (failed authentication
+    /// or checksum): lost, never delivered.
+    pub dropped_lost: u64,
 }
 
 /// The state of one MQTT session.
@@ -99,7 +133,11 @@ pub struct SessionState {
     /// INVARIANT: entries are in the order their PUBLISH was first sent, so a
     /// resumed session resends in that order [MQTT-4.6.0-1].
     pub(crate) inflight: VecDeque<Inflight>,
-    pub(crate) queue: VecDeque<Queued>,
+    /// INVARIANT: `memory_bytes` is the `memory_cost` sum of the `Memory`
+    /// entries and `spilled_len` the number of `Spilled` ones.
+    pub(crate) queue: VecDeque<Entry>,
+    memory_bytes: u64,
+    spilled_len: usize,
     /// QoS 2 packet ids received (PUBREC sent) and not yet released by
     /// PUBREL: a PUBLISH with one of these ids is a duplicate [MQTT-4.3.3-10].
     pub(crate) incoming_qos2: HashSet<PacketId>,
@@ -115,6 +153,8 @@ impl SessionState {
             expiry_interval,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            memory_bytes: 0,
+            spilled_len: 0,
             incoming_qos2: HashSet::new(),
             next_packet_id: 1,
             stats: SessionStats::default(),
@@ -139,9 +179,18 @@ impl SessionState {
         self.inflight.len()
     }
 
-    /// Offers a message to this session. QoS 0 to an offline session is
-    /// discarded (the spec allows storing it; we keep offline queues for the
-    /// messages a client was promised, as Mosquitto does by default).
+    /// Queued messages held in the shard's disk buffer.
+    pub fn spilled_len(&self) -> usize {
+        self.spilled_len
+    }
+
+    /// What the queued in-memory messages count against the shard's memory
+    /// budget ([`memory_cost`]).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    /// Offers a message to this session, never spilling (see `enqueue_with`).
     pub fn enqueue(
         &mut self,
         now: Instant,
@@ -149,6 +198,27 @@ impl SessionState {
         delivery: &Delivery,
         online: bool,
         limit: &QueueLimit,
+    ) -> Enqueued {
+        self.enqueue_with(now, message, delivery, online, limit, None)
+    }
+
+    /// Offers a message to this session. QoS 0 to an offline session is
+    /// discarded (the spec allows storing it; we keep offline queues for the
+    /// messages a client was promised, as Mosquitto does by default).
+    ///
+    /// Without `spill` the queue holds at most `limit.len_max()` messages.
+    /// With it, `limit.len_max()` bounds the messages kept in memory and the
+    /// shard's memory budget bounds their bytes; past either, the message
+    /// goes to the disk buffer, and only when that refuses too does the
+    /// queue count as full (`limit.strategy`).
+    pub fn enqueue_with(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+        online: bool,
+        limit: &QueueLimit,
+        spill: Option<&mut SpillCtx<'_>>,
     ) -> Enqueued {
         if message.is_expired(now) {
             self.stats.dropped_expired += 1;
@@ -158,6 +228,21 @@ impl SessionState {
         if qos == QoS::AtMostOnce && !online {
             return Enqueued::Discarded;
         }
+        // Retain flag on delivery: set for messages sent because of a new
+        // subscription [MQTT-3.3.1-8]; otherwise kept only with Retain As
+        // Published (v5), cleared for normal forwarding [MQTT-3.3.1-9].
+        let retain = delivery.from_retained || (message.retain && delivery.retain_as_published);
+        let queued = Queued {
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+        };
+        if let Some(ctx) = spill {
+            return self.enqueue_spilling(queued, limit, ctx);
+        }
+        // PERF: the path without a disk buffer (QoS 0 fan-in at several
+        // hundred thousand messages a second per shard): no spill checks.
         let mut outcome = Enqueued::Queued;
         if self.queue.len() >= limit.len_max() {
             match limit.strategy {
@@ -166,23 +251,207 @@ impl SessionState {
                     return Enqueued::RejectedQueueFull;
                 }
                 QueueFullStrategy::DropOldest => {
-                    self.queue.pop_front();
+                    if let Some(old) = self.queue.pop_front() {
+                        self.drop_entry(old, None);
+                    }
                     self.stats.dropped_queue_full += 1;
                     outcome = Enqueued::DroppedOldest;
                 }
             }
         }
-        // Retain flag on delivery: set for messages sent because of a new
-        // subscription [MQTT-3.3.1-8]; otherwise kept only with Retain As
-        // Published (v5), cleared for normal forwarding [MQTT-3.3.1-9].
-        let retain = delivery.from_retained || (message.retain && delivery.retain_as_published);
-        self.queue.push_back(Queued {
-            message: message.clone(),
-            qos,
-            retain,
-            subscription_ids: delivery.subscription_ids.clone(),
-        });
+        self.push_memory(queued, None);
         outcome
+    }
+
+    fn enqueue_spilling(
+        &mut self,
+        queued: Queued,
+        limit: &QueueLimit,
+        ctx: &mut SpillCtx<'_>,
+    ) -> Enqueued {
+        let cost = memory_cost(&queued.message);
+        let mut outcome = Enqueued::Queued;
+        loop {
+            let memory_len = self.queue.len() - self.spilled_len;
+            if memory_len < limit.len_max()
+                && ctx.memory_bytes.saturating_add(cost) <= ctx.memory_budget_bytes
+            {
+                self.push_memory(queued, Some(ctx));
+                return outcome;
+            }
+            if let Ok(at) = ctx.spill.append(ctx.owner, &queued.message) {
+                self.spilled_len += 1;
+                self.queue.push_back(Entry::Spilled(Spilled {
+                    at,
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    subscription_ids: queued.subscription_ids,
+                }));
+                return outcome;
+            }
+            // Memory and disk both refuse: the queue is full.
+            self.stats.dropped_queue_full += 1;
+            if limit.strategy == QueueFullStrategy::None || outcome == Enqueued::DroppedOldest {
+                // With DropOldest this is the second refusal: the dropped
+                // record's disk space comes back only with its whole segment,
+                // so the new message is dropped too rather than exceed the
+                // memory budget.
+                return Enqueued::RejectedQueueFull;
+            }
+            let Some(old) = self.queue.pop_front() else {
+                return Enqueued::RejectedQueueFull;
+            };
+            outcome = Enqueued::DroppedOldest;
+            if matches!(old, Entry::Memory(_)) {
+                // The new message takes the place the oldest had in memory.
+                self.drop_entry(old, Some(ctx));
+                self.push_memory(queued, Some(ctx));
+                return outcome;
+            }
+            self.drop_entry(old, Some(ctx));
+        }
+    }
+
+    fn push_memory(&mut self, queued: Queued, ctx: Option<&mut SpillCtx<'_>>) {
+        let cost = memory_cost(&queued.message);
+        self.memory_bytes += cost;
+        if let Some(ctx) = ctx {
+            *ctx.memory_bytes += cost;
+        }
+        self.queue.push_back(Entry::Memory(queued));
+    }
+
+    /// Puts a message taken by `pop_live` back at the front.
+    pub(crate) fn push_front_memory(&mut self, queued: Queued, ctx: Option<&mut SpillCtx<'_>>) {
+        let cost = memory_cost(&queued.message);
+        self.memory_bytes += cost;
+        if let Some(ctx) = ctx {
+            *ctx.memory_bytes += cost;
+        }
+        self.queue.push_front(Entry::Memory(queued));
+    }
+
+    /// Accounts for an entry leaving the queue undelivered.
+    fn drop_entry(&mut self, entry: Entry, ctx: Option<&mut SpillCtx<'_>>) {
+        match entry {
+            Entry::Memory(q) => self.forget_memory(&q, ctx),
+            Entry::Spilled(s) => {
+                self.spilled_len -= 1;
+                if let Some(ctx) = ctx {
+                    ctx.spill.release(s.at);
+                }
+            }
+        }
+    }
+
+    fn forget_memory(&mut self, q: &Queued, ctx: Option<&mut SpillCtx<'_>>) {
+        let cost = memory_cost(&q.message);
+        self.memory_bytes = self.memory_bytes.saturating_sub(cost);
+        if let Some(ctx) = ctx {
+            *ctx.memory_bytes = ctx.memory_bytes.saturating_sub(cost);
+        }
+    }
+
+    /// Empties the queue (the session ends or expires), releasing its
+    /// spilled records and its share of the memory budget.
+    pub fn discard_queue(&mut self, ctx: &mut SpillCtx<'_>) {
+        while let Some(e) = self.queue.pop_front() {
+            self.drop_entry(e, Some(ctx));
+        }
+    }
+
+    /// Reads every spilled message back into memory and releases its record:
+    /// before the session moves to another shard (buffer keys are per
+    /// shard). Unreadable records are counted as lost.
+    pub fn unspill(&mut self, ctx: &mut SpillCtx<'_>) {
+        if self.spilled_len == 0 {
+            return;
+        }
+        let mut lost = 0;
+        let mut added = 0;
+        self.queue.retain_mut(|e| {
+            let Entry::Spilled(s) = e else {
+                return true;
+            };
+            let read = ctx.spill.read(s.at, ctx.owner);
+            ctx.spill.release(s.at);
+            match read {
+                Ok(m) => {
+                    let message = Arc::new(m);
+                    added += memory_cost(&message);
+                    *e = Entry::Memory(Queued {
+                        message,
+                        qos: s.qos,
+                        retain: s.retain,
+                        subscription_ids: std::mem::take(&mut s.subscription_ids),
+                    });
+                    true
+                }
+                Err(_) => {
+                    lost += 1;
+                    false
+                }
+            }
+        });
+        self.spilled_len = 0;
+        self.stats.dropped_lost += lost;
+        self.memory_bytes += added;
+        *ctx.memory_bytes += added;
+    }
+
+    /// Moves the newest in-memory messages to the disk buffer until the
+    /// shard is within its memory budget and this session within
+    /// `limit.len_max()` messages in memory (a session arriving from another
+    /// shard). Stops at the first refusal: what stays is still bounded by
+    /// the shard it came from.
+    pub fn spill_excess(&mut self, limit: &QueueLimit, ctx: &mut SpillCtx<'_>) {
+        let memory_len = self.queue.len() - self.spilled_len;
+        let mut over_len = memory_len.saturating_sub(limit.len_max());
+        let mut over_bytes = ctx.memory_bytes.saturating_sub(ctx.memory_budget_bytes);
+        if over_len == 0 && over_bytes == 0 {
+            return;
+        }
+        // Walk back to where spilling must start, then spill forward so the
+        // records are written in queue order (an in-order drain reads each
+        // block once).
+        let mut start = self.queue.len();
+        while start > 0 && (over_len > 0 || over_bytes > 0) {
+            start -= 1;
+            if let Entry::Memory(q) = &self.queue[start] {
+                over_len = over_len.saturating_sub(1);
+                over_bytes = over_bytes.saturating_sub(memory_cost(&q.message));
+            }
+        }
+        for i in start..self.queue.len() {
+            let Entry::Memory(q) = &self.queue[i] else {
+                continue;
+            };
+            let Ok(at) = ctx.spill.append(ctx.owner, &q.message) else {
+                return;
+            };
+            let cost = memory_cost(&q.message);
+            let spilled = Spilled {
+                at,
+                qos: q.qos,
+                retain: q.retain,
+                subscription_ids: q.subscription_ids.clone(),
+            };
+            self.queue[i] = Entry::Spilled(spilled);
+            self.spilled_len += 1;
+            self.memory_bytes = self.memory_bytes.saturating_sub(cost);
+            *ctx.memory_bytes = ctx.memory_bytes.saturating_sub(cost);
+        }
+    }
+
+    /// The references of every spilled message, in queue order.
+    pub fn spilled_refs(&self) -> Vec<SpillRef> {
+        self.queue
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Spilled(s) => Some(s.at),
+                Entry::Memory(_) => None,
+            })
+            .collect()
     }
 
     /// Allocates a packet id not in use by an outgoing exchange
@@ -209,15 +478,48 @@ impl SessionState {
         self.inflight.iter().position(|f| f.packet_id == id)
     }
 
-    /// Drops expired messages from the queue, counting them.
-    pub(crate) fn pop_live(&mut self, now: Instant) -> Option<Queued> {
-        while let Some(q) = self.queue.pop_front() {
+    /// The next message to send, in memory: a spilled one is read back and
+    /// its record released (one that cannot be read is counted as lost and
+    /// skipped). Drops expired messages, counting them. A spilled message at
+    /// the front without `spill` stays queued (`None`).
+    pub(crate) fn pop_live(
+        &mut self,
+        now: Instant,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Queued> {
+        loop {
+            let q = match self.queue.pop_front()? {
+                Entry::Memory(q) => {
+                    self.forget_memory(&q, spill.as_deref_mut());
+                    q
+                }
+                Entry::Spilled(s) => {
+                    let Some(ctx) = spill.as_deref_mut() else {
+                        self.queue.push_front(Entry::Spilled(s));
+                        return None;
+                    };
+                    self.spilled_len -= 1;
+                    let read = ctx.spill.read(s.at, ctx.owner);
+                    ctx.spill.release(s.at);
+                    match read {
+                        Ok(m) => Queued {
+                            message: Arc::new(m),
+                            qos: s.qos,
+                            retain: s.retain,
+                            subscription_ids: s.subscription_ids,
+                        },
+                        Err(_) => {
+                            self.stats.dropped_lost += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
             if q.message.is_expired(now) {
                 self.stats.dropped_expired += 1;
                 continue;
             }
             return Some(q);
         }
-        None
     }
 }

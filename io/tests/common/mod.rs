@@ -29,6 +29,11 @@ impl Broker {
     }
 
     pub fn start_with(limits: ClientLimits) -> Broker {
+        Broker::start_config(|c| c.limits = limits)
+    }
+
+    /// The default test config, changed by `edit` (e.g. a disk buffer).
+    pub fn start_config(edit: impl FnOnce(&mut ServerConfig)) -> Broker {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = ServerConfig {
             shards: 2,
@@ -50,13 +55,22 @@ impl Broker {
                     shards: None,
                 },
             ],
-            limits,
+            limits: ClientLimits::default(),
             retained_max: 10_000,
             selftest_interval: Some(Duration::from_millis(200)),
+            disk_buffer: None,
+            encrypt_internal_traffic: true,
+            memory_budget_bytes: 16 << 20,
         };
+        let mut config = config;
+        edit(&mut config);
         Broker {
             handle: Some(shardmq_io::start(config).expect("broker starts")),
         }
+    }
+
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().unwrap()
     }
 
     pub fn port(&self, name: &str) -> u16 {

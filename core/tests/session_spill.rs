@@ -1,0 +1,473 @@
+//! Scenario tests for the session queue with a disk buffer behind it, on a
+//! fake clock and an in-memory fake `Spill`: spilling past the memory
+//! budget, draining in order [MQTT-4.6.0-1], lost records, the full-buffer
+//! strategies, and moving a queue between shards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use proptest::prelude::*;
+use shardmq_core::codec::{
+    Connect, Packet, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
+};
+use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
+use shardmq_core::session::{
+    memory_cost, AllowAll, Connection, Delivery, Enqueued, Event, Message, SessionState,
+    SharedMessage, Spill, SpillCtx, SpillError, SpillRef,
+};
+use shardmq_core::topic::TopicName;
+
+/// An in-memory disk buffer: records by id, an optional capacity, and ids
+/// to report as corrupt.
+#[derive(Default)]
+struct FakeSpill {
+    records: HashMap<u32, (u64, Message)>,
+    next: u32,
+    capacity: Option<usize>,
+    corrupt: Vec<u32>,
+    appended: u64,
+    released: u64,
+}
+
+impl Spill for FakeSpill {
+    fn append(&mut self, owner: u64, m: &Message) -> Result<SpillRef, SpillError> {
+        if self.capacity.is_some_and(|c| self.records.len() >= c) {
+            return Err(SpillError::Full);
+        }
+        self.next += 1;
+        self.records.insert(self.next, (owner, m.clone()));
+        self.appended += 1;
+        Ok(SpillRef {
+            segment: 1,
+            block: 0,
+            at: self.next,
+            len: 0,
+        })
+    }
+
+    fn read(&mut self, r: SpillRef, owner: u64) -> Result<Message, SpillError> {
+        if self.corrupt.contains(&r.at) {
+            return Err(SpillError::Lost);
+        }
+        match self.records.get(&r.at) {
+            Some((o, m)) if *o == owner => Ok(m.clone()),
+            _ => Err(SpillError::Lost),
+        }
+    }
+
+    fn release(&mut self, r: SpillRef) {
+        assert!(self.records.remove(&r.at).is_some(), "double release");
+        self.released += 1;
+    }
+}
+
+/// The fake buffer plus the shard's memory counter, as a shard holds them.
+struct Shard {
+    spill: FakeSpill,
+    memory_bytes: u64,
+    budget: u64,
+}
+
+impl Shard {
+    fn new(budget: u64) -> Shard {
+        Shard {
+            spill: FakeSpill::default(),
+            memory_bytes: 0,
+            budget,
+        }
+    }
+
+    fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
+        SpillCtx {
+            spill: &mut self.spill,
+            owner,
+            memory_bytes: &mut self.memory_bytes,
+            memory_budget_bytes: self.budget,
+        }
+    }
+}
+
+const OWNER: u64 = 7;
+
+fn message(i: usize, qos: QoS) -> SharedMessage {
+    Arc::new(Message {
+        topic: TopicName::try_from("t/spill").unwrap(),
+        payload: Bytes::from(format!("{i:06}")),
+        qos,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: ByteString::from_static("publisher"),
+    })
+}
+
+/// Bytes one test message counts against the budget.
+fn cost() -> u64 {
+    memory_cost(&message(0, QoS::AtLeastOnce))
+}
+
+fn granted(qos: QoS) -> Delivery {
+    Delivery {
+        granted_qos: qos,
+        subscription_ids: vec![3],
+        ..Delivery::default()
+    }
+}
+
+fn limit(len: u32, strategy: QueueFullStrategy) -> QueueLimit {
+    QueueLimit {
+        length_max: std::num::NonZeroU32::new(len),
+        strategy,
+    }
+}
+
+fn offer(state: &mut SessionState, shard: &mut Shard, i: usize, l: &QueueLimit) -> Enqueued {
+    let now = Instant::now();
+    state.enqueue_with(
+        now,
+        &message(i, QoS::AtLeastOnce),
+        &granted(QoS::AtLeastOnce),
+        false,
+        l,
+        Some(&mut shard.ctx(OWNER)),
+    )
+}
+
+/// Resumes `state` on a new v5 connection and returns it, CONNACK read.
+fn resume(state: SessionState) -> Connection {
+    resume_with(state, ClientLimits::default(), 300)
+}
+
+fn resume_with(state: SessionState, limits: ClientLimits, expiry_secs: u32) -> Connection {
+    let now = Instant::now();
+    let mut conn = Connection::new(now, Arc::new(limits));
+    conn.handle_packet(
+        now,
+        Packet::Connect(Box::new(Connect {
+            protocol_version: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 60,
+            properties: Properties {
+                session_expiry_interval: Some(expiry_secs),
+                ..Properties::default()
+            },
+            client_id: "sub".into(),
+            will: None,
+            username: None,
+            password: None,
+        })),
+    );
+    assert!(matches!(conn.poll_event(), Some(Event::Connect(_))));
+    conn.accept(now, Some(state), None, Box::new(AllowAll));
+    assert!(matches!(conn.poll_packet(now), Some(Packet::ConnAck(_))));
+    conn
+}
+
+/// Drains everything, acknowledging each QoS 1 publish; returns payloads.
+fn drain(conn: &mut Connection, shard: &mut Shard) -> Vec<String> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
+        if let Packet::Publish(p) = p {
+            out.push(String::from_utf8(p.payload.to_vec()).unwrap());
+            assert_eq!(p.properties.subscription_identifiers, vec![3]);
+            if let Some(id) = p.packet_id {
+                conn.handle_packet(
+                    now,
+                    Packet::PubAck(PubResponse::new(id, ReasonCode::Success)),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn expected(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{i:06}")).collect()
+}
+
+fn session() -> SessionState {
+    SessionState::new("sub".into(), Duration::from_secs(300))
+}
+
+#[test]
+fn offline_queue_spills_past_the_memory_budget_and_drains_in_order() {
+    // [MQTT-4.6.0-1] order kept across memory and disk.
+    let mut shard = Shard::new(10 * cost());
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..100 {
+        assert_eq!(offer(&mut state, &mut shard, i, &l), Enqueued::Queued);
+    }
+    assert_eq!(state.queued_len(), 100);
+    assert_eq!(state.spilled_len(), 90);
+    assert_eq!(shard.memory_bytes, 10 * cost());
+    let mut conn = resume(state);
+    assert_eq!(drain(&mut conn, &mut shard), expected(0..100));
+    assert_eq!(shard.spill.released, 90);
+    assert!(shard.spill.records.is_empty());
+    assert_eq!(shard.memory_bytes, 0);
+}
+
+#[test]
+fn queue_length_limit_bounds_messages_in_memory_not_on_disk() {
+    let mut shard = Shard::new(u64::MAX);
+    let mut state = session();
+    let l = limit(5, QueueFullStrategy::None);
+    for i in 0..20 {
+        assert_eq!(offer(&mut state, &mut shard, i, &l), Enqueued::Queued);
+    }
+    assert_eq!(state.spilled_len(), 15);
+}
+
+#[test]
+fn memory_is_used_again_once_the_budget_frees_and_order_holds() {
+    let mut shard = Shard::new(3 * cost());
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..6 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    // Another session's memory leaves: new messages fit in memory again,
+    // behind the spilled ones.
+    shard.memory_bytes = 0;
+    for i in 6..8 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    assert_eq!(state.spilled_len(), 3);
+    // Re-derive the counter as a shard would (its own sessions only).
+    shard.memory_bytes = state.memory_bytes();
+    let mut conn = resume(state);
+    assert_eq!(drain(&mut conn, &mut shard), expected(0..8));
+}
+
+#[test]
+fn corrupt_spilled_record_is_counted_lost_released_and_skipped() {
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..5 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    shard.spill.corrupt.push(3); // the record of message 2
+    let mut conn = resume(state);
+    assert_eq!(
+        drain(&mut conn, &mut shard),
+        vec!["000000", "000001", "000003", "000004"]
+    );
+    assert_eq!(conn.session().unwrap().stats.dropped_lost, 1);
+    assert_eq!(shard.spill.released, 5);
+}
+
+#[test]
+fn full_buffer_with_strategy_none_rejects_the_new_message() {
+    let mut shard = Shard::new(2 * cost());
+    shard.spill.capacity = Some(3);
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..5 {
+        assert_eq!(offer(&mut state, &mut shard, i, &l), Enqueued::Queued);
+    }
+    assert_eq!(
+        offer(&mut state, &mut shard, 5, &l),
+        Enqueued::RejectedQueueFull
+    );
+    assert_eq!(state.stats.dropped_queue_full, 1);
+    let mut conn = resume(state);
+    assert_eq!(drain(&mut conn, &mut shard), expected(0..5));
+}
+
+#[test]
+fn full_buffer_with_drop_oldest_drops_the_oldest_and_keeps_the_newest() {
+    let mut shard = Shard::new(2 * cost());
+    shard.spill.capacity = Some(3);
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::DropOldest);
+    for i in 0..5 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    // Oldest (0) is in memory: the new one takes its place there.
+    assert_eq!(
+        offer(&mut state, &mut shard, 5, &l),
+        Enqueued::DroppedOldest
+    );
+    assert_eq!(state.queued_len(), 5);
+    assert_eq!(shard.memory_bytes, 2 * cost());
+    let mut conn = resume(state);
+    assert_eq!(
+        drain(&mut conn, &mut shard),
+        vec!["000001", "000002", "000003", "000004", "000005"]
+    );
+    assert!(shard.spill.records.is_empty());
+}
+
+#[test]
+fn drop_oldest_on_disk_releases_its_record() {
+    let mut shard = Shard::new(0);
+    shard.spill.capacity = Some(3);
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::DropOldest);
+    for i in 0..3 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    // Oldest is on disk; its record is released, which (in the fake, as
+    // after a segment reclaim in the real buffer) makes room.
+    assert_eq!(
+        offer(&mut state, &mut shard, 3, &l),
+        Enqueued::DroppedOldest
+    );
+    assert_eq!(shard.spill.released, 1);
+    let mut conn = resume(state);
+    assert_eq!(drain(&mut conn, &mut shard), expected(1..4));
+}
+
+#[test]
+fn expired_spilled_message_is_dropped_at_drain() {
+    // [MQTT-3.3.2-5] an expired message is not delivered.
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    let now = Instant::now();
+    let mut m = (*message(0, QoS::AtLeastOnce)).clone();
+    m.expires_at = Some(now + Duration::from_millis(1));
+    let l = limit(1000, QueueFullStrategy::None);
+    state.enqueue_with(
+        now,
+        &Arc::new(m),
+        &granted(QoS::AtLeastOnce),
+        false,
+        &l,
+        Some(&mut shard.ctx(OWNER)),
+    );
+    offer(&mut state, &mut shard, 1, &l);
+    std::thread::sleep(Duration::from_millis(2));
+    let mut conn = resume(state);
+    assert_eq!(drain(&mut conn, &mut shard), vec!["000001"]);
+    assert_eq!(conn.session().unwrap().stats.dropped_expired, 1);
+    assert!(shard.spill.records.is_empty());
+}
+
+#[test]
+fn drain_without_the_buffer_leaves_spilled_messages_queued() {
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    offer(
+        &mut state,
+        &mut shard,
+        0,
+        &limit(10, QueueFullStrategy::None),
+    );
+    let mut conn = resume(state);
+    assert!(conn.poll_packet(Instant::now()).is_none());
+    assert_eq!(conn.session().unwrap().queued_len(), 1);
+    assert_eq!(drain(&mut conn, &mut shard), vec!["000000"]);
+}
+
+#[test]
+fn unspill_reads_the_queue_back_for_another_shard_and_releases_it() {
+    let mut from = Shard::new(4 * cost());
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..10 {
+        offer(&mut state, &mut from, i, &l);
+    }
+    from.spill.corrupt.push(2); // message 5's record
+    state.unspill(&mut from.ctx(OWNER));
+    assert_eq!(state.spilled_len(), 0);
+    assert_eq!(state.stats.dropped_lost, 1);
+    assert!(from.spill.records.is_empty());
+    // The new shard takes it over its budget, then spills the excess.
+    let mut to = Shard::new(3 * cost());
+    to.memory_bytes = state.memory_bytes();
+    state.spill_excess(&l, &mut to.ctx(OWNER));
+    assert_eq!(to.memory_bytes, 3 * cost());
+    assert_eq!(state.spilled_len(), 6);
+    let mut conn = resume(state);
+    let mut want = expected(0..10);
+    want.remove(5);
+    assert_eq!(drain(&mut conn, &mut to), want);
+}
+
+#[test]
+fn discarding_a_queue_releases_every_record_and_its_memory() {
+    let mut shard = Shard::new(2 * cost());
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..6 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    state.discard_queue(&mut shard.ctx(OWNER));
+    assert_eq!(state.queued_len(), 0);
+    assert_eq!(shard.memory_bytes, 0);
+    assert!(shard.spill.records.is_empty());
+}
+
+#[test]
+fn session_ended_with_the_connection_is_handed_out_for_release() {
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    offer(
+        &mut state,
+        &mut shard,
+        0,
+        &limit(10, QueueFullStrategy::None),
+    );
+    // Session expiry 0: the session ends with the connection (§4.1).
+    let mut conn = resume_with(state, ClientLimits::default(), 0);
+    conn.handle_connection_lost();
+    let closed = std::iter::from_fn(|| conn.poll_event())
+        .find_map(|e| match e {
+            Event::Closed { session, .. } => Some(session),
+            _ => None,
+        })
+        .unwrap();
+    assert!(closed.is_none());
+    let mut ended = conn.take_ended_session().unwrap();
+    assert_eq!(ended.spilled_len(), 1);
+    ended.discard_queue(&mut shard.ctx(OWNER));
+    assert!(shard.spill.records.is_empty());
+}
+
+proptest! {
+    /// Whatever the budget, length limit and interleaving of arrivals and
+    /// drains: everything is delivered once, in order, every record is
+    /// released and the memory count returns to zero.
+    #[test]
+    fn spill_and_drain_keep_order_and_release_everything(
+        budget_msgs in 0u64..8,
+        len in 1u32..8,
+        ops in proptest::collection::vec(0u8..4, 1..120),
+    ) {
+        let mut shard = Shard::new(budget_msgs * cost());
+        let limits = ClientLimits {
+            queue: limit(len, QueueFullStrategy::None),
+            ..ClientLimits::default()
+        };
+        let mut conn = resume_with(session(), limits, 300);
+        let now = Instant::now();
+        let mut sent = 0;
+        let mut got = Vec::new();
+        for op in ops {
+            if op == 0 {
+                got.extend(drain(&mut conn, &mut shard));
+            } else {
+                let outcome = conn.deliver_with(
+                    now,
+                    &message(sent, QoS::AtLeastOnce),
+                    &granted(QoS::AtLeastOnce),
+                    Some(&mut shard.ctx(OWNER)),
+                );
+                prop_assert_eq!(outcome, Enqueued::Queued);
+                sent += 1;
+            }
+        }
+        got.extend(drain(&mut conn, &mut shard));
+        prop_assert_eq!(got, expected(0..sent));
+        prop_assert!(shard.spill.records.is_empty());
+        prop_assert_eq!(shard.spill.released, shard.spill.appended);
+        prop_assert_eq!(shard.memory_bytes, 0);
+    }
+}
