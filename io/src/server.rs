@@ -78,13 +78,14 @@ impl ServerConfig {
     }
 }
 
-/// How one shard's disk buffer is opened.
+/// How each shard opens its disk buffer.
 #[derive(Debug, Clone)]
-struct BufferSetup {
-    spec: BufferSpec,
-    encrypt: bool,
-    memory_budget_bytes: u64,
-    epoch: Instant,
+pub struct BufferSetup {
+    pub spec: BufferSpec,
+    pub encrypt: bool,
+    pub memory_budget_bytes: u64,
+    /// Expiries in records are stored relative to this.
+    pub epoch: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,12 +241,12 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
         buffer_reports: buffer_reports.clone(),
-    });
-    let buffer = config.disk_buffer.clone().map(|spec| BufferSetup {
-        spec,
-        encrypt: config.encrypt_internal_traffic,
-        memory_budget_bytes: config.memory_budget_bytes,
-        epoch: Instant::now(),
+        buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
+            spec,
+            encrypt: config.encrypt_internal_traffic,
+            memory_budget_bytes: config.memory_budget_bytes,
+            epoch: Instant::now(),
+        }),
     });
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
@@ -264,7 +265,6 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let shard_shutdown = shutdown.clone();
         let probes_ok = probes_ok.clone();
         let ready = ready_tx.clone();
-        let buffer = buffer.clone();
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let spawned = builder.spawn(move || async move {
             run_shard(
@@ -275,7 +275,6 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
                 shard_shutdown,
                 probes_ok,
                 ready,
-                buffer,
             )
             .await;
         });
@@ -322,11 +321,18 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
 /// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
 fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer> {
     let share = setup.spec.size_max_bytes / shards as u64;
+    // At least two segments per shard: the segment being written is never
+    // reclaimed, so with one the buffer would stay full once it filled.
+    let segment_bytes = setup
+        .spec
+        .segment_bytes
+        .min(share / 2)
+        .max(crate::buffer::SEGMENT_BYTES_MIN);
     match DiskBuffer::open(
         &setup.spec.data_dir,
         id,
         share,
-        setup.spec.segment_bytes,
+        segment_bytes,
         setup.encrypt,
         setup.epoch,
     ) {
@@ -362,14 +368,14 @@ async fn run_shard(
     shutdown: Arc<AtomicBool>,
     probes_ok: Arc<AtomicU64>,
     ready: mpsc::Sender<Result<usize, ServerError>>,
-    buffer: Option<BufferSetup>,
 ) {
     let Ok((senders, mut receivers)) = mesh.join().await else {
         let _ = ready.send(Err(ServerError::StartUp { shard: id }));
         return;
     };
     let mut shard = Shard::new(id, config.clone(), senders, shutdown.clone(), probes_ok);
-    if let Some(b) = buffer
+    if let Some(b) = config
+        .buffer
         .as_ref()
         .and_then(|b| open_buffer(id, config.shards, b))
     {

@@ -139,6 +139,8 @@ pub struct ShardConfig {
     pub selftest_interval: Option<Duration>,
     /// One slot per shard, written every tick.
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
+    /// `None` without `diskBackedMessageBuffer`.
+    pub buffer: Option<crate::server::BufferSetup>,
 }
 
 pub struct Shard {
@@ -947,14 +949,20 @@ impl Shard {
                 self.probe_arrived(message);
                 continue;
             }
+            // With a disk buffer, DropOldest may drop several messages for
+            // one arrival (space comes back a segment at a time).
+            let mut extra_drops = 0;
             let outcome = match sessions.get_mut(session) {
                 Some(Slot::Online(cell)) => {
                     let mut conn = cell.conn.borrow_mut();
                     let outcome = match buffer.as_deref_mut() {
                         None => conn.deliver(now, message, delivery),
                         Some(b) => {
+                            let before = dropped_of(conn.session());
                             let mut ctx = b.ctx(cell.spill_owner.get());
-                            conn.deliver_with(now, message, delivery, Some(&mut ctx))
+                            let outcome = conn.deliver_with(now, message, delivery, Some(&mut ctx));
+                            extra_drops = dropped_of(conn.session()) - before;
+                            outcome
                         }
                     };
                     drop(conn);
@@ -964,8 +972,18 @@ impl Shard {
                 Some(Slot::Offline { state, .. }) => match buffer.as_deref_mut() {
                     None => state.enqueue(now, message, delivery, false, limit),
                     Some(b) => {
+                        let before = state.stats.dropped_queue_full;
                         let mut ctx = b.ctx(self.spill_owner(*session));
-                        state.enqueue_with(now, message, delivery, false, limit, Some(&mut ctx))
+                        let outcome = state.enqueue_with(
+                            now,
+                            message,
+                            delivery,
+                            false,
+                            limit,
+                            Some(&mut ctx),
+                        );
+                        extra_drops = state.stats.dropped_queue_full - before;
+                        outcome
                     }
                 },
                 // Gone since the publisher's shard matched it (taken over or
@@ -974,6 +992,10 @@ impl Shard {
             };
             rejected |= outcome == Enqueued::RejectedQueueFull;
             self.count(outcome);
+            if extra_drops > 1 {
+                let d = &self.stats.dropped_queue_full;
+                d.set(d.get() + extra_drops - 1);
+            }
         }
         rejected
     }
@@ -1270,6 +1292,10 @@ impl Shard {
 thread_local! {
     /// The shard this executor thread runs, for tasks spawned from `&self`.
     pub static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+fn dropped_of(state: Option<&SessionState>) -> u64 {
+    state.map_or(0, |s| s.stats.dropped_queue_full)
 }
 
 fn to_delivery(d: shardmq_core::topic::Delivery) -> Delivery {

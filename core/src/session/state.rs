@@ -290,25 +290,27 @@ impl SessionState {
                 return outcome;
             }
             // Memory and disk both refuse: the queue is full.
-            self.stats.dropped_queue_full += 1;
-            if limit.strategy == QueueFullStrategy::None || outcome == Enqueued::DroppedOldest {
-                // With DropOldest this is the second refusal: the dropped
-                // record's disk space comes back only with its whole segment,
-                // so the new message is dropped too rather than exceed the
-                // memory budget.
+            if limit.strategy == QueueFullStrategy::None {
+                self.stats.dropped_queue_full += 1;
                 return Enqueued::RejectedQueueFull;
             }
+            // DropOldest: drop from the front until the new message fits.
+            // A record's disk space comes back only with its whole segment,
+            // so this may drop up to a segment's worth of this session's
+            // oldest messages; memory never goes past its budget for it.
             let Some(old) = self.queue.pop_front() else {
+                self.stats.dropped_queue_full += 1;
                 return Enqueued::RejectedQueueFull;
             };
+            self.stats.dropped_queue_full += 1;
             outcome = Enqueued::DroppedOldest;
-            if matches!(old, Entry::Memory(_)) {
+            let was_memory = matches!(old, Entry::Memory(_));
+            self.drop_entry(old, Some(ctx));
+            if was_memory && self.queue.len() - self.spilled_len < limit.len_max() {
                 // The new message takes the place the oldest had in memory.
-                self.drop_entry(old, Some(ctx));
                 self.push_memory(queued, Some(ctx));
                 return outcome;
             }
-            self.drop_entry(old, Some(ctx));
         }
     }
 
