@@ -1059,7 +1059,7 @@ impl Connection {
                 dup: false,
             });
         }
-        let Some(id) = session.allocate_packet_id() else {
+        let Some((id, serial)) = session.allocate_packet_id() else {
             session.push_front_memory(queued, spill);
             return None;
         };
@@ -1070,6 +1070,7 @@ impl Connection {
         };
         session.inflight.push_back(Inflight {
             packet_id: id,
+            serial,
             state,
             publish: Some(queued.clone()),
         });

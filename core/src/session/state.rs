@@ -105,6 +105,9 @@ pub(crate) enum InflightState {
 #[derive(Debug, Clone)]
 pub(crate) struct Inflight {
     pub packet_id: PacketId,
+    /// Position of `packet_id` in the session's id sequence
+    /// (`allocate_packet_id`).
+    pub serial: u64,
     pub state: InflightState,
     /// `None` once PUBREC arrived: from then on only PUBREL is resent.
     pub publish: Option<Queued>,
@@ -142,6 +145,8 @@ pub struct SessionState {
     /// PUBREL: a PUBLISH with one of these ids is a duplicate [MQTT-4.3.3-10].
     pub(crate) incoming_qos2: HashSet<PacketId>,
     next_packet_id: u16,
+    /// Ids stepped through by `allocate_packet_id` so far.
+    packet_id_steps: u64,
     pub stats: SessionStats,
 }
 
@@ -157,6 +162,7 @@ impl SessionState {
             spilled_len: 0,
             incoming_qos2: HashSet::new(),
             next_packet_id: 1,
+            packet_id_steps: 0,
             stats: SessionStats::default(),
         }
     }
@@ -232,14 +238,14 @@ impl SessionState {
         // subscription [MQTT-3.3.1-8]; otherwise kept only with Retain As
         // Published (v5), cleared for normal forwarding [MQTT-3.3.1-9].
         let retain = delivery.from_retained || (message.retain && delivery.retain_as_published);
-        let queued = Queued {
+        let queued = || Queued {
             message: message.clone(),
             qos,
             retain,
             subscription_ids: delivery.subscription_ids.clone(),
         };
         if let Some(ctx) = spill {
-            return self.enqueue_spilling(queued, limit, ctx);
+            return self.enqueue_spilling(queued(), limit, ctx);
         }
         // PERF: the path without a disk buffer (QoS 0 fan-in at several
         // hundred thousand messages a second per shard): no spill checks.
@@ -259,7 +265,7 @@ impl SessionState {
                 }
             }
         }
-        self.push_memory(queued, None);
+        self.push_memory(queued(), None);
         outcome
     }
 
@@ -457,19 +463,29 @@ impl SessionState {
     }
 
     /// Allocates a packet id not in use by an outgoing exchange
-    /// [MQTT-2.2.1-4]. `None` only if all 65535 are in flight.
-    pub(crate) fn allocate_packet_id(&mut self) -> Option<PacketId> {
+    /// [MQTT-2.2.1-4], with its serial for `Inflight::serial`. `None` only
+    /// if all 65535 are in flight.
+    pub(crate) fn allocate_packet_id(&mut self) -> Option<(PacketId, u64)> {
         if self.inflight.len() >= usize::from(u16::MAX) {
             return None;
         }
-        // PERF: ids are handed out in sequence, so a collision needs a full
-        // wrap while the old exchange is still open; the scan is short.
         loop {
             let candidate = self.next_packet_id;
+            let serial = self.packet_id_steps;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            self.packet_id_steps += 1;
             let id = PacketId::new(candidate)?;
-            if !self.inflight.iter().any(|f| f.packet_id == id) {
-                return Some(id);
+            // PERF: ids come in a sequence of period 65535, and the front
+            // of `inflight` is the oldest allocation still open. If it is
+            // less than a period back, every open id is one of the last
+            // 65534 and none can equal this one: no scan (a drain with a
+            // wide Receive Maximum would otherwise scan thousands per id).
+            let recent = self
+                .inflight
+                .front()
+                .is_none_or(|f| serial - f.serial < u64::from(u16::MAX));
+            if recent || !self.inflight.iter().any(|f| f.packet_id == id) {
+                return Some((id, serial));
             }
         }
     }
@@ -523,5 +539,44 @@ impl SessionState {
             }
             return Some(q);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(state: &mut SessionState) -> PacketId {
+        let (packet_id, serial) = state.allocate_packet_id().unwrap();
+        state.inflight.push_back(Inflight {
+            packet_id,
+            serial,
+            state: InflightState::Qos1Sent,
+            publish: None,
+        });
+        packet_id
+    }
+
+    #[test]
+    fn packet_id_still_in_flight_after_a_full_wrap_is_skipped() {
+        // [MQTT-2.2.1-4] an id is not reused while its exchange is open.
+        let mut s = SessionState::new("c".into(), Duration::ZERO);
+        let stuck = open(&mut s);
+        for _ in 0..70_000 {
+            let id = open(&mut s);
+            assert_ne!(id, stuck);
+            // Everything but the stuck one completes at once.
+            s.inflight.pop_back();
+        }
+    }
+
+    #[test]
+    fn packet_ids_of_a_wide_window_are_distinct() {
+        let mut s = SessionState::new("c".into(), Duration::ZERO);
+        let mut seen = HashSet::new();
+        for _ in 0..65_535 {
+            assert!(seen.insert(open(&mut s)));
+        }
+        assert!(s.allocate_packet_id().is_none(), "all 65535 in flight");
     }
 }
