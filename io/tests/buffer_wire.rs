@@ -188,22 +188,23 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_backlog_past_the_memory_budget_arrives_complete_and_in_order() {
-    // [MQTT-4.6.0-1] QoS 1 order; issue 6: 200k in the issue, 20k here to
-    // keep a debug run short (200k was run by hand in release).
-    const N: u32 = 20_000;
+    // [MQTT-4.6.0-1] QoS 1 order. Issue 6 asks for 200k; 20k keeps a debug
+    // run short. SHARDMQ_BACKLOG_N=200000 with --release runs the full one.
+    let n_env = std::env::var("SHARDMQ_BACKLOG_N").ok();
+    let n: u32 = n_env.and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = TempDir::new();
     let broker = start(&dir.0, Setup::default());
     offline_subscriber(broker.port("s0"), "durable").await;
-    let reasons = publish(broker.port("s0"), N).await;
+    let reasons = publish(broker.port("s0"), n).await;
     assert!(reasons.iter().all(|r| r == "Success"), "all accepted");
-    wait_report(&broker, 0, |r| r.disk.appended > u64::from(N) / 2).await;
+    wait_report(&broker, 0, |r| r.disk.appended > u64::from(n) / 2).await;
     assert!(report(&broker, 0).memory_bytes <= 64 << 10);
 
     let (mut sub, present) = Client::connect(broker.port("s0"), "durable", persistent).await;
     assert!(present);
-    let got = sub.publishes(N as usize).await;
+    let got = sub.publishes(n as usize).await;
     let seqs: Vec<u32> = got.iter().map(|g| seq(&g.1)).collect();
-    assert_eq!(seqs, (0..N).collect::<Vec<u32>>(), "every one, in order");
+    assert_eq!(seqs, (0..n).collect::<Vec<u32>>(), "every one, in order");
     assert!(got.iter().all(|g| g.1 == payload(seq(&g.1))));
     // Everything drained: every record released.
     wait_report(&broker, 0, |r| r.disk.live_records == 0).await;
