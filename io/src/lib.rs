@@ -6,7 +6,9 @@ pub mod buffer;
 pub mod cli;
 pub mod connection;
 pub mod mesh;
+pub mod security;
 pub mod server;
 pub mod shard;
 
+pub use security::ListenerSecurity;
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};
