@@ -181,6 +181,7 @@ async fn process_events(
                 );
                 conn.set_credential_expiry(admitted.expires_at);
                 drop(conn);
+                cell.rearm();
                 *session = Some(id);
                 shard.attach(id, cell.clone());
             }
@@ -217,6 +218,7 @@ async fn process_events(
                     .reauthenticate(&client_id, &method, data.as_deref(), &auth.peer_certs)
                     .await;
                 cell.conn.borrow_mut().reauthenticate_done(result);
+                cell.rearm();
             }
             Event::Unsubscribed { key, filter } => {
                 if let Some(id) = *session {
@@ -335,7 +337,11 @@ async fn timer_loop(shard: Rc<Shard>, cell: Rc<ConnCell>) {
             // Nothing scheduled (e.g. waiting for the broker): look again soon.
             None => Duration::from_secs(1),
         };
-        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        glommio::timer::sleep(wait.max(Duration::from_millis(1)))
+            .or(async {
+                let _ = cell.rearm_rx.recv().await;
+            })
+            .await;
         let now = Instant::now();
         if cell
             .conn

@@ -367,8 +367,12 @@ use std::time::Instant;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
 
+/// Writes `text` to a fresh file named `name`: each call gets its own
+/// directory, so tests running in parallel never share a file.
 pub fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardmq-test-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("shardmq-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
