@@ -347,3 +347,76 @@ fn a_config_naming_a_missing_certificate_fails_before_binding() {
         "{err}"
     );
 }
+
+/// The subject CN of the certificate a new TLS client is shown.
+fn served_cn(port: u16, ca: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -subject",
+            ca.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_is_replaced_live_on_sighup_without_dropping_clients() {
+    use rumqttc::v5::MqttOptions;
+    use rumqttc::{TlsConfiguration, Transport};
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    let pki = Pki::new();
+    let v1 = pki
+        .server_intermediate
+        .leaf("broker-v1", &["127.0.0.1"], days(30), true);
+    let v2 = pki
+        .server_intermediate
+        .leaf("broker-v2", &["127.0.0.1"], days(30), true);
+    let root = pki.write("root.crt", &pki.server_root.cert_pem);
+    let crt = pki.write("server.crt", &v1.bundle_pem);
+    let key = pki.write("server.key", &v1.key_pem);
+    let config = serde_json::json!({"listeners": [
+        {"name": "plain", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]},
+        {"name": "tls", "ports": [{"port": 0, "bindAddress": "127.0.0.1",
+            "tls": {"mode": "Manual", "manual": {"certFile": crt.display().to_string(), "keyFile": key.display().to_string()}}}]}]});
+    let path = pki.write("broker.json", &config.to_string());
+    let (broker, ports) = common::start(&path, 2);
+    let (plain, tls) = (ports[0], ports[1]);
+    assert!(served_cn(tls, &root).contains("broker-v1"));
+
+    let ca = pki.server_root.cert_pem.clone().into_bytes();
+    let (mut old, _) = Client::connect(tls, "long-lived", |o: &mut MqttOptions| {
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    })
+    .await;
+    old.subscribe("rotate/#", q5(1)).await;
+
+    std::fs::write(&crt, &v2.bundle_pem).unwrap();
+    std::fs::write(&key, &v2.key_pem).unwrap();
+    let pid = broker.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !served_cn(tls, &root).contains("broker-v2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new handshakes never saw the new certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The connection made under the old certificate is still served.
+    let (publ, _) = Client::connect(plain, "pub", |_| {}).await;
+    publ.publish("rotate/1", q5(1), false, b"still here").await;
+    assert_eq!(old.publishes(1).await[0].1, b"still here");
+}
