@@ -15,8 +15,8 @@ pub mod tls;
 pub mod webhook;
 pub mod x509;
 
-#[cfg(test)]
-mod test_pki;
+#[cfg(any(test, feature = "test-pki"))]
+pub mod test_pki;
 
 pub use authn::{AuthSetupError, Authenticator, Outcome};
 pub use authz::{AuthorizationPolicy, AuthzError, CompiledPermissions, Principal};

@@ -1,7 +1,12 @@
 //! Test-only PKI made with rcgen: the seed scenario's server root and
 //! intermediate, client root and intermediate, and leaves bundled with their
 //! intermediate (as `step certificate create --bundle` writes them).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Exported with the `test-pki` feature for the server's integration tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 use std::path::PathBuf;
 
@@ -115,6 +120,12 @@ pub struct Pki {
     pub server_intermediate: Ca,
     pub client_root: Ca,
     pub client_intermediate: Ca,
+}
+
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
 }
 
 impl Pki {

@@ -1,50 +1,150 @@
-//! From the validated `Config` to what the server runs, and the start-up
-//! summary the binary logs. Refuses, with the config path, anything the
-//! config may name but this build does not enforce yet: a listener that asks
-//! for TLS or authentication must never silently run without it.
+//! From the validated `Config` to what the server runs: listeners with their
+//! TLS configs and authentication/authorization policies loaded (every file
+//! read and checked here, before any port is bound), the things to reload on
+//! SIGHUP and the certificates to renew; and the start-up summary.
 
-use shardmq_core::config::Config;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use shardmq_auth::{Authenticator, AuthorizationPolicy, CertManager, InternalCa, ReloadableCert};
+use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::SEGMENT_BYTES_DEFAULT;
+use crate::security::ListenerSecurity;
 use crate::server::{ListenerSpec, ServerConfig};
 use crate::spill::{BufferSpec, DATA_DIR_DEFAULT};
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
 const RETAINED_MAX: usize = 1_000_000;
 
+/// Where the internal CA lives when `secretsDir` is not set.
+const STATE_DIR_DEFAULT: &str = "shardmq-data";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error(
-        "{path}: {what} is not supported by this build yet; remove it or run a build that has it"
-    )]
-    NotYet { path: String, what: &'static str },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
 }
 
-/// Builds the server's config; fails on features that are configured but not
-/// built yet.
-pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
+fn invalid(path: impl Into<String>, e: impl std::fmt::Display) -> SetupError {
+    SetupError::Invalid {
+        path: path.into(),
+        message: e.to_string(),
+    }
+}
+
+/// What runs, plus what the binary keeps to reload and renew.
+#[derive(Debug)]
+pub struct Built {
+    pub server: ServerConfig,
+    /// Operator certificates (`tls.mode: Manual`): re-read on SIGHUP.
+    pub certs: Vec<Arc<ReloadableCert>>,
+    /// Authentication policies: their files re-read on SIGHUP.
+    pub authenticators: Vec<Arc<Authenticator>>,
+    /// Broker-issued certificates (`tls.mode: Automatic`): renewed before expiry.
+    pub managed: Vec<CertManager>,
+    /// The internal CA's certificate file, for clients to trust.
+    pub ca_cert_file: Option<PathBuf>,
+}
+
+/// Builds the server's config, loading every policy, certificate and key.
+pub fn server_config(config: &Config) -> Result<Built, SetupError> {
+    let now = SystemTime::now();
+    let internal = &config.advanced.internal_certs;
+    // Reject unsupported key algorithms now, never at renewal time.
+    shardmq_auth::check_supported(internal.private_key.algorithm)
+        .map_err(|e| invalid("advanced.internalCerts.privateKey.algorithm", e))?;
+
+    let mut authenticators = HashMap::new();
+    for (i, a) in config.authentications.iter().enumerate() {
+        let authn = Authenticator::new(a, shardmq_auth::webhook::DEFAULT_TIMEOUT)
+            .map_err(|e| invalid(format!("authentications[{i}]"), e))?;
+        authenticators.insert(a.name.clone(), Arc::new(authn));
+    }
+    let mut authorizations = HashMap::new();
+    for (i, a) in config.authorizations.iter().enumerate() {
+        let policy =
+            AuthorizationPolicy::new(a).map_err(|e| invalid(format!("authorizations[{i}]"), e))?;
+        authorizations.insert(a.name.clone(), Arc::new(policy));
+    }
+
+    let state_dir = config
+        .secrets_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(STATE_DIR_DEFAULT));
+    let mut ca: Option<Arc<InternalCa>> = None;
+    let mut certs = Vec::new();
+    let mut managed = Vec::new();
     let mut listeners = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         for (j, p) in l.ports.iter().enumerate() {
             let path = format!("listeners[{i}].ports[{j}]");
-            if p.tls.is_some() {
-                return Err(SetupError::NotYet {
-                    path: format!("{path}.tls"),
-                    what: "TLS",
-                });
-            }
-            if p.authentication_ref.is_some() {
-                return Err(SetupError::NotYet {
-                    path: format!("{path}.authenticationRef"),
-                    what: "authentication",
-                });
-            }
-            if p.authorization_ref.is_some() {
-                return Err(SetupError::NotYet {
-                    path: format!("{path}.authorizationRef"),
-                    what: "authorization",
-                });
-            }
+            // INVARIANT: the config checked that every reference resolves.
+            let authenticator = p
+                .authentication_ref
+                .as_ref()
+                .and_then(|r| authenticators.get(r))
+                .cloned();
+            let authorization = p
+                .authorization_ref
+                .as_ref()
+                .and_then(|r| authorizations.get(r))
+                .cloned();
+            let cert = match &p.tls {
+                None => None,
+                Some(ListenerTls::Manual(files)) => {
+                    let cert = Arc::new(
+                        ReloadableCert::from_files(files)
+                            .map_err(|e| invalid(format!("{path}.tls.manual"), e))?,
+                    );
+                    certs.push(cert.clone());
+                    Some(cert)
+                }
+                Some(ListenerTls::Automatic(spec)) => {
+                    let ca = match &ca {
+                        Some(ca) => ca.clone(),
+                        None => {
+                            let (loaded, _) = InternalCa::load_or_create(
+                                &state_dir.join("internal-ca"),
+                                internal.private_key.algorithm,
+                                spec.cert.duration,
+                                now,
+                            )
+                            .map_err(|e| {
+                                invalid(
+                                    format!("{path}.tls (internal CA in {})", state_dir.display()),
+                                    e,
+                                )
+                            })?;
+                            let loaded = Arc::new(loaded);
+                            ca = Some(loaded.clone());
+                            loaded
+                        }
+                    };
+                    let key_file =
+                        state_dir.join(format!("listener-{}-{}.key", l.name, p.addr.port()));
+                    let manager = CertManager::new(ca, spec, Some(key_file), now).map_err(|e| {
+                        invalid(format!("{path}.tls.certManagerCertificateSpec"), e)
+                    })?;
+                    let cert = manager.cert();
+                    managed.push(manager);
+                    Some(cert)
+                }
+            };
+            let tls = match cert {
+                None => None,
+                Some(cert) => {
+                    let verifier = authenticator
+                        .as_ref()
+                        .and_then(|a| a.client_cert_verifier());
+                    Some(
+                        shardmq_auth::server_config(cert, verifier)
+                            .map_err(|e| invalid(format!("{path}.tls"), e))?,
+                    )
+                }
+            };
             let name = match p.addr.port() {
                 0 => format!("{}#{j}", l.name),
                 port => format!("{}:{port}", l.name),
@@ -53,6 +153,11 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
                 name,
                 addr: p.addr,
                 shards: p.shards.clone(),
+                security: ListenerSecurity {
+                    tls,
+                    authenticator,
+                    authorization,
+                },
             });
         }
     }
@@ -61,23 +166,29 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, SetupError> {
         .unwrap_or(1);
     let shards = config.cardinality.shards.map_or(cores, |n| n.get());
     let self_check = &config.diagnostics.self_check;
-    Ok(ServerConfig {
-        shards,
-        pin_cpus: true,
-        listeners,
-        limits: config.advanced.clients.clone(),
-        retained_max: RETAINED_MAX,
-        selftest_interval: self_check.enabled.then_some(self_check.interval),
-        disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
-            data_dir: b
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
-            size_max_bytes: b.size_max_bytes.get(),
-            segment_bytes: SEGMENT_BYTES_DEFAULT,
-        }),
-        encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
-        memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(config.memory_profile),
+    Ok(Built {
+        server: ServerConfig {
+            shards,
+            pin_cpus: true,
+            listeners,
+            limits: config.advanced.clients.clone(),
+            retained_max: RETAINED_MAX,
+            selftest_interval: self_check.enabled.then_some(self_check.interval),
+            disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
+                data_dir: b
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+                size_max_bytes: b.size_max_bytes.get(),
+                segment_bytes: SEGMENT_BYTES_DEFAULT,
+            }),
+            encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
+            memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(config.memory_profile),
+        },
+        certs,
+        authenticators: authenticators.into_values().collect(),
+        ca_cert_file: ca.and_then(|c| c.cert_file().map(PathBuf::from)),
+        managed,
     })
 }
 
@@ -129,9 +240,24 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             Some(s) => format!("{s:?}"),
             None => "all".to_owned(),
         };
+        let sec = &l.security;
         lines.push(format!(
-            "listener {} on {} (shards: {shards}, anonymous, plain TCP)",
-            l.name, l.addr
+            "listener {} on {} (shards: {shards}, {}, {}, {})",
+            l.name,
+            l.addr,
+            if sec.tls.is_some() {
+                "TLS"
+            } else {
+                "plain TCP"
+            },
+            match &sec.authenticator {
+                Some(a) => format!("authentication {}", a.name()),
+                None => "anonymous".to_owned(),
+            },
+            match &sec.authorization {
+                Some(a) => format!("authorization {}", a.name()),
+                None => "no authorization policy".to_owned(),
+            },
         ));
     }
     lines

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
+use rustls_pki_types::CertificateDer;
 use shardmq_core::codec::Decoder;
-use shardmq_core::session::{AllowAll, Connection, Event};
+use shardmq_core::session::{Connection, Event};
 use tracing::{debug, trace};
 
 use crate::mesh::SessionId;
+use crate::security::ListenerSecurity;
 use crate::shard::{ConnCell, Shard};
 
 /// Bytes read per socket read; frames larger than this are assembled over
@@ -28,9 +30,15 @@ const TRANSMIT_BACKLOG_MAX: usize = 4096;
 /// How long the writer keeps flushing after the connection closed.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S>(shard: Rc<Shard>, stream: S, peer: String)
-where
+/// Serves one accepted connection until it closes. `peer_certs` is the
+/// client's TLS certificate chain (leaf first), empty without one.
+pub async fn serve<S>(
+    shard: Rc<Shard>,
+    stream: S,
+    peer: String,
+    security: Rc<ListenerSecurity>,
+    peer_certs: Vec<CertificateDer<'static>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let limits = shard.config.limits.clone();
@@ -49,6 +57,10 @@ where
     let mut decoder = Decoder::new(packet_size_max);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut session: Option<SessionId> = None;
+    let auth = ConnAuth {
+        security,
+        peer_certs,
+    };
     let mut chunk = vec![0u8; READ_CHUNK];
     'read: loop {
         if cell.closed.get() {
@@ -88,7 +100,7 @@ where
                 Ok(Some(packet)) => {
                     trace!(%peer, packet = ?packet.packet_type(), "received");
                     cell.conn.borrow_mut().handle_packet(Instant::now(), packet);
-                    process_events(&shard, &cell, &mut session).await;
+                    process_events(&shard, &cell, &auth, &mut session).await;
                     cell.wake();
                     if cell.conn.borrow().is_closed() {
                         break 'read;
@@ -99,7 +111,7 @@ where
                     debug!(%peer, error = %e, "protocol violation");
                     let version = decoder.version();
                     cell.conn.borrow_mut().handle_decode_error(&e, version);
-                    process_events(&shard, &cell, &mut session).await;
+                    process_events(&shard, &cell, &auth, &mut session).await;
                     cell.wake();
                     break 'read;
                 }
@@ -110,7 +122,7 @@ where
         cell.conn.borrow_mut().handle_connection_lost();
     }
     // The timer or a shutdown may have closed it while we were reading.
-    process_events(&shard, &cell, &mut session).await;
+    process_events(&shard, &cell, &auth, &mut session).await;
     cell.closed.set(true);
     cell.wake();
     timer_task.cancel().await;
@@ -118,8 +130,19 @@ where
     debug!(%peer, reason = ?cell.conn.borrow().close_reason(), "connection closed");
 }
 
+/// What the connection's listener demands, and what the client showed.
+struct ConnAuth {
+    security: Rc<ListenerSecurity>,
+    peer_certs: Vec<CertificateDer<'static>>,
+}
+
 /// Acts on everything the state machine asked of the broker.
-async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Option<SessionId>) {
+async fn process_events(
+    shard: &Rc<Shard>,
+    cell: &Rc<ConnCell>,
+    auth: &ConnAuth,
+    session: &mut Option<SessionId>,
+) {
     // Subscriptions of this batch: made visible on every shard (barrier)
     // before SUBACK leaves, then their retained messages are sent.
     let mut subscribed = Vec::new();
@@ -135,14 +158,30 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
                 } else {
                     request.client_id.clone()
                 };
+                let admitted = match auth
+                    .security
+                    .admit(&request, &client_id, &auth.peer_certs)
+                    .await
+                {
+                    Ok(admitted) => admitted,
+                    Err(reason) => {
+                        debug!(shard = shard.id, client = %client_id, ?reason, "CONNECT refused");
+                        cell.conn.borrow_mut().reject(reason);
+                        continue;
+                    }
+                };
                 let (id, existing) = shard.claim_session(&client_id, now).await;
                 let assigned = request.client_id.is_empty().then(|| client_id.clone());
-                cell.conn.borrow_mut().accept(
+                let mut conn = cell.conn.borrow_mut();
+                conn.accept(
                     Instant::now(),
                     existing,
                     assigned,
-                    Box::new(AllowAll),
+                    Box::new(admitted.permissions),
                 );
+                conn.set_credential_expiry(admitted.expires_at);
+                drop(conn);
+                cell.rearm();
                 *session = Some(id);
                 shard.attach(id, cell.clone());
             }
@@ -171,6 +210,15 @@ async fn process_events(shard: &Rc<Shard>, cell: &Rc<ConnCell>, session: &mut Op
                     cell.hold.set(cell.hold.get() + 1);
                 }
                 subscribed.push((subscription, send_retained));
+            }
+            Event::ReAuthenticate { method, data } => {
+                let client_id = cell.conn.borrow().client_id().cloned().unwrap_or_default();
+                let result = auth
+                    .security
+                    .reauthenticate(&client_id, &method, data.as_deref(), &auth.peer_certs)
+                    .await;
+                cell.conn.borrow_mut().reauthenticate_done(result);
+                cell.rearm();
             }
             Event::Unsubscribed { key, filter } => {
                 if let Some(id) = *session {
@@ -295,7 +343,11 @@ async fn timer_loop(shard: Rc<Shard>, cell: Rc<ConnCell>) {
             // Nothing scheduled (e.g. waiting for the broker): look again soon.
             None => Duration::from_secs(1),
         };
-        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        glommio::timer::sleep(wait.max(Duration::from_millis(1)))
+            .or(async {
+                let _ = cell.rearm_rx.recv().await;
+            })
+            .await;
         let now = Instant::now();
         if cell
             .conn

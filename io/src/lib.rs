@@ -6,8 +6,10 @@ pub mod buffer;
 pub mod cli;
 pub mod connection;
 pub mod mesh;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod spill;
 
+pub use security::ListenerSecurity;
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use shardmq_core::config::Config;
 use shardmq_io::cli::{server_config, summary};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 const USAGE: &str = "\
 shardmq: MQTT 3.1.1/5.0 broker (thread-per-core, io_uring)
@@ -99,29 +99,84 @@ fn run() -> Result<ExitCode> {
     for w in &warnings {
         warn!("config: {}: {}", w.path, w.message);
     }
-    let server = server_config(&config)?;
-    for line in summary(&config, &server) {
+    let built = server_config(&config)?;
+    for line in summary(&config, &built.server) {
         info!("{line}");
     }
-    let handle = shardmq_io::start(server).context("cannot start the server")?;
+    if let Some(file) = &built.ca_cert_file {
+        info!(file = %file.display(), "internal CA certificate (give it to clients of Automatic TLS ports)");
+    }
+    let handle = shardmq_io::start(built.server).context("cannot start the server")?;
     for (name, addr) in &handle.addrs {
         info!(listener = %name, %addr, "listening");
     }
+    renew_in_background(built.managed);
     let flag = handle.shutdown_flag();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
+    let (certs, authenticators) = (built.certs, built.authenticators);
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                // Certificates and credential files are swapped on every
+                // shard at once; a bad file keeps the old one in use.
+                info!("SIGHUP: reloading certificates and authentication files");
+                for cert in &certs {
+                    if let Err(e) = cert.reload() {
+                        error!(error = %e, "certificate reload failed; keeping the old one");
+                    }
+                }
+                for authn in &authenticators {
+                    if let Err(errors) = authn.reload() {
+                        for e in errors {
+                            error!(error = %e, "authentication reload failed; keeping the old state");
+                        }
+                    }
+                }
+                continue;
+            }
             info!(signal = sig, "shutting down");
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            break;
         }
     });
     handle.join();
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Renews broker-issued certificates `renewBefore` ahead of expiry; the
+/// new certificate is swapped in for new handshakes without dropping anyone.
+fn renew_in_background(mut managed: Vec<shardmq_auth::CertManager>) {
+    if managed.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        let now = std::time::SystemTime::now();
+        let next = managed
+            .iter()
+            .map(|m| m.next_renewal())
+            .min()
+            .unwrap_or(now);
+        if let Ok(wait) = next.duration_since(now) {
+            // Wake at least hourly so a clock change is noticed.
+            std::thread::sleep(wait.min(std::time::Duration::from_secs(3600)));
+            continue;
+        }
+        for m in managed.iter_mut().filter(|m| m.next_renewal() <= now) {
+            match m.renew(now) {
+                Ok(()) => info!("listener certificate renewed"),
+                Err(e) => {
+                    error!(error = %e, "certificate renewal failed; retrying in a minute");
+                    std::thread::sleep(std::time::Duration::from_secs(60));
+                }
+            }
+        }
+    });
 }
 
 fn init_logging(filter: &str) {

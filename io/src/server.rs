@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardmq_core::limits::ClientLimits;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::buffer::DiskBuffer;
 use crate::connection;
 use crate::mesh::MeshMsg;
+use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
 use crate::shard::{BufferReport, Shard, ShardConfig, SHARD};
 use crate::spill::{BufferSpec, ShardBuffer};
 
@@ -37,6 +39,24 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     /// Shards that accept on this port; `None` means all of them.
     pub shards: Option<Vec<usize>>,
+    /// TLS, authentication and authorization of this port.
+    pub security: ListenerSecurity,
+}
+
+impl ListenerSpec {
+    /// A plain, anonymous, allow-all port.
+    pub fn plain(
+        name: impl Into<String>,
+        addr: SocketAddr,
+        shards: Option<Vec<usize>>,
+    ) -> ListenerSpec {
+        ListenerSpec {
+            name: name.into(),
+            addr,
+            shards,
+            security: ListenerSecurity::default(),
+        }
+    }
 }
 
 /// Everything the server needs, validated by the caller.
@@ -56,26 +76,6 @@ pub struct ServerConfig {
     /// Queued bytes a shard keeps in memory before spilling
     /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one).
     pub memory_budget_bytes: u64,
-}
-
-impl ServerConfig {
-    /// `ServerConfig` with the defaults of an empty config file for
-    /// everything but shards and listeners.
-    pub fn new(shards: usize, listeners: Vec<ListenerSpec>) -> ServerConfig {
-        ServerConfig {
-            shards,
-            pin_cpus: false,
-            listeners,
-            limits: ClientLimits::default(),
-            retained_max: 1_000_000,
-            selftest_interval: None,
-            disk_buffer: None,
-            encrypt_internal_traffic: true,
-            memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(
-                shardmq_core::config::MemoryProfile::Medium,
-            ),
-        }
-    }
 }
 
 /// How each shard opens its disk buffer.
@@ -360,6 +360,39 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
     }
 }
 
+/// Runs the TLS handshake if the port has TLS (with a deadline, so a client
+/// that stalls or sends garbage costs only its own connection), then serves.
+async fn accept_one(
+    shard: Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    peer: String,
+    security: Rc<ListenerSecurity>,
+) {
+    let Some(tls) = security.tls.clone() else {
+        return connection::serve(shard, stream, peer, security, Vec::new()).await;
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(tls);
+    let handshake = async { Some(acceptor.accept(stream).await) }
+        .or(async {
+            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+            None
+        })
+        .await;
+    match handshake {
+        Some(Ok(tls_stream)) => {
+            let certs = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            connection::serve(shard, tls_stream, peer, security, certs).await;
+        }
+        Some(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        None => debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
 async fn run_shard(
     id: usize,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
@@ -400,7 +433,7 @@ async fn run_shard(
         .filter(|l| l.shards.as_ref().map_or(true, |s| s.contains(&id)))
     {
         match TcpListener::bind(l.addr) {
-            Ok(listener) => bound.push((l.name.clone(), listener)),
+            Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),
             Err(e) => {
                 let _ = ready.send(Err(ServerError::Bind {
                     name: l.name.clone(),
@@ -412,7 +445,7 @@ async fn run_shard(
         }
     }
     let mut accept_tasks = Vec::new();
-    for (name, listener) in bound {
+    for (name, listener, security) in bound {
         let shard = shard.clone();
         accept_tasks.push(glommio::spawn_local(async move {
             loop {
@@ -423,8 +456,13 @@ async fn run_shard(
                             .peer_addr()
                             .map(|a| a.to_string())
                             .unwrap_or_default();
-                        glommio::spawn_local(connection::serve(shard.clone(), stream, peer))
-                            .detach();
+                        glommio::spawn_local(accept_one(
+                            shard.clone(),
+                            stream,
+                            peer,
+                            security.clone(),
+                        ))
+                        .detach();
                     }
                     Err(e) => {
                         // EMFILE and friends: keep serving existing clients.

@@ -43,6 +43,10 @@ pub struct ConnCell {
     pub wake_rx: LocalReceiver<()>,
     /// Raised when the connection is over, so the reader stops reading.
     pub closed: Cell<bool>,
+    /// Wakes the timer task when a deadline may have moved earlier (CONNECT
+    /// accepted, credential renewed): it otherwise sleeps to the old one.
+    rearm_tx: LocalSender<()>,
+    pub rearm_rx: LocalReceiver<()>,
     /// Signalled by the writer after each write, for a reader waiting on
     /// the transmit backlog.
     pub drained_tx: LocalSender<()>,
@@ -61,6 +65,7 @@ impl ConnCell {
         let (wake_tx, wake_rx) = local_channel::new_bounded(1);
         let (closed_tx, closed_rx) = local_channel::new_bounded(1);
         let (drained_tx, drained_rx) = local_channel::new_bounded(1);
+        let (rearm_tx, rearm_rx) = local_channel::new_bounded(1);
         ConnCell {
             conn: RefCell::new(conn),
             wake_tx,
@@ -68,6 +73,8 @@ impl ConnCell {
             closed: Cell::new(false),
             drained_tx,
             drained_rx,
+            rearm_tx,
+            rearm_rx,
             hold: Cell::new(0),
             closed_tx,
             closed_rx,
@@ -78,6 +85,11 @@ impl ConnCell {
     /// Wakes the writer; a pending wake-up already covers this one.
     pub fn wake(&self) {
         let _ = self.wake_tx.try_send(());
+    }
+
+    /// Makes the timer task look at `poll_timeout` again.
+    pub fn rearm(&self) {
+        let _ = self.rearm_tx.try_send(());
     }
 }
 

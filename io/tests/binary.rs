@@ -7,67 +7,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardmq_core::codec::{Packet, ReasonCode};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardmq-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A broker process, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary and waits until it logs that every listener is up;
-/// returns the bound ports in log order (configs here use port 0, so tests
-/// never race each other for a "free" port).
-fn start(config: &PathBuf, listeners: usize) -> (Proc, Vec<u16>) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let mut ports = Vec::new();
-    let deadline = Instant::now() + common::WAIT;
-    while ports.len() < listeners {
-        assert!(Instant::now() < deadline, "broker did not start");
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening") => {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap();
-                ports.push(addr.parse::<std::net::SocketAddr>().unwrap().port());
-            }
-            Some(Ok(_)) => {}
-            _ => panic!("broker exited during start-up"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), ports)
-}
+use common::{start, temp_file, BIN};
 
 fn has_mosquitto_clients() -> bool {
     let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();

@@ -47,6 +47,8 @@ pub struct ConnectRequest {
     pub authentication_data: Option<bytes::Bytes>,
     /// Session expiry after the broker's cap.
     pub session_expiry: Duration,
+    /// The will's topic, for the broker's publish authorization.
+    pub will_topic: Option<TopicName>,
 }
 
 /// A will (§3.1.2.5) ready to publish, with the delay to wait first.
@@ -76,6 +78,12 @@ pub enum Event {
     },
     /// Remove the subscription from the index.
     Unsubscribed { key: ByteString, filter: Filter },
+    /// The client re-authenticates (AUTH 0x19): answer with
+    /// [`Connection::reauthenticate_done`].
+    ReAuthenticate {
+        method: ByteString,
+        data: Option<bytes::Bytes>,
+    },
     /// The connection ended. `session` is the state to keep (session expiry >
     /// 0) or `None` if the session ends with the connection; `will` is to be
     /// published after its delay unless the session resumes first
@@ -179,6 +187,11 @@ pub struct Connection {
     permissions: Box<dyn Permissions>,
     /// Set by `closed_event` when the session ends with the connection.
     ended_session: Option<SessionState>,
+    /// Authentication Method of CONNECT (v5 §4.12), if any.
+    auth_method: Option<ByteString>,
+    /// When the client's credential (certificate, token, webhook grant)
+    /// expires: the connection is closed then.
+    credential_expiry: Option<Instant>,
 }
 
 impl Connection {
@@ -204,6 +217,8 @@ impl Connection {
             closed_event_pending: false,
             permissions: Box::new(AllowAll),
             ended_session: None,
+            auth_method: None,
+            credential_expiry: None,
         }
     }
 
@@ -301,6 +316,10 @@ impl Connection {
 
     /// Checks deadlines; call when `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Connected && self.credential_expiry.is_some_and(|at| now >= at) {
+            // The credential ran out: the client is no longer authorized.
+            return self.close_with(ReasonCode::NotAuthorized);
+        }
         let Some(deadline) = self.deadline else {
             return;
         };
@@ -365,6 +384,8 @@ impl Connection {
             if u16::try_from(self.keep_alive.as_secs()).ok() != Some(connect.keep_alive) {
                 props.server_keep_alive = u16::try_from(self.keep_alive.as_secs()).ok();
             }
+            // v5 §3.2.2.3.17: CONNACK carries the Authentication Method of CONNECT.
+            props.authentication_method = self.auth_method.clone();
             props.retain_available = Some(1);
             props.wildcard_subscription_available = Some(1);
             props.subscription_identifier_available = Some(1);
@@ -484,8 +505,41 @@ impl Connection {
     /// The next deadline to call `handle_timeout` at.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::AwaitConnect | Phase::Connected => self.deadline,
+            Phase::AwaitConnect => self.deadline,
+            Phase::Connected => match (self.deadline, self.credential_expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             Phase::AwaitAccept | Phase::Closed => None,
+        }
+    }
+
+    /// Sets when the client's credential expires (`None`: never). Called
+    /// after `accept` and after a successful re-authentication.
+    pub fn set_credential_expiry(&mut self, at: Option<Instant>) {
+        self.credential_expiry = at;
+    }
+
+    /// The broker's answer to [`Event::ReAuthenticate`]: `Ok` sends AUTH
+    /// Success (v5 §4.12.1) and sets the new credential expiry; `Err` closes
+    /// with that reason.
+    pub fn reauthenticate_done(&mut self, result: Result<Option<Instant>, ReasonCode>) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        match result {
+            Ok(expiry) => {
+                self.credential_expiry = expiry;
+                let properties = Properties {
+                    authentication_method: self.auth_method.clone(),
+                    ..Properties::default()
+                };
+                self.send(Packet::Auth(codec::Auth {
+                    reason: ReasonCode::Success,
+                    properties,
+                }));
+            }
+            Err(reason) => self.close_with(reason),
         }
     }
 
@@ -603,17 +657,10 @@ impl Connection {
             self.close_silently(CloseReason::Server(ReasonCode::ClientIdentifierNotValid));
             return;
         }
-        // Enhanced authentication (AUTH) lands with the authentication work;
-        // until then an authentication method is one we do not support.
-        if connect.properties.authentication_method.is_some() {
-            self.send_connack(
-                false,
-                ReasonCode::BadAuthenticationMethod,
-                Properties::default(),
-            );
-            self.close_silently(CloseReason::Server(ReasonCode::BadAuthenticationMethod));
-            return;
-        }
+        // Enhanced authentication (§4.12): the broker decides on the method
+        // and data in `Event::Connect`; the method is kept for CONNACK and
+        // re-authentication.
+        self.auth_method = connect.properties.authentication_method.clone();
         let p = &connect.properties;
         self.client = ClientSide {
             receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
@@ -667,6 +714,7 @@ impl Connection {
             authentication_method: p.authentication_method.clone(),
             authentication_data: p.authentication_data.clone(),
             session_expiry: self.session_expiry_of(&connect),
+            will_topic: self.will.as_ref().map(|(m, _)| m.topic.clone()),
         };
         self.pending_connect = Some(connect);
         self.phase = Phase::AwaitAccept;
@@ -704,13 +752,28 @@ impl Connection {
             Packet::Disconnect(d) => self.handle_disconnect(d),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
             Packet::Connect(_) => self.close_with(ReasonCode::ProtocolError),
-            // AUTH without an authentication method in CONNECT (§4.12).
-            Packet::Auth(_) => self.close_with(ReasonCode::ProtocolError),
+            Packet::Auth(a) => self.handle_auth(a),
             // Packets only a server sends.
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.close_with(ReasonCode::ProtocolError)
             }
         }
+    }
+
+    /// Re-authentication (v5 §4.12.1): AUTH 0x19 with the method of CONNECT.
+    /// Multi-step methods are not offered, so Continue Authentication from the
+    /// client is a protocol error, as is AUTH without a method in CONNECT
+    /// [MQTT-4.12.0-7] or with another method [MQTT-4.12.1-1].
+    fn handle_auth(&mut self, auth: codec::Auth) {
+        let same_method =
+            self.auth_method.is_some() && auth.properties.authentication_method == self.auth_method;
+        if auth.reason != ReasonCode::ReAuthenticate || !same_method {
+            return self.close_with(ReasonCode::ProtocolError);
+        }
+        self.events.push_back(Event::ReAuthenticate {
+            method: auth.properties.authentication_method.unwrap_or_default(),
+            data: auth.properties.authentication_data,
+        });
     }
 
     fn handle_publish(&mut self, now: Instant, mut publish: Publish) {

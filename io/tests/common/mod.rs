@@ -39,21 +39,9 @@ impl Broker {
             shards: 2,
             pin_cpus: false,
             listeners: vec![
-                ListenerSpec {
-                    name: "s0".into(),
-                    addr: any,
-                    shards: Some(vec![0]),
-                },
-                ListenerSpec {
-                    name: "s1".into(),
-                    addr: any,
-                    shards: Some(vec![1]),
-                },
-                ListenerSpec {
-                    name: "any".into(),
-                    addr: any,
-                    shards: None,
-                },
+                ListenerSpec::plain("s0", any, Some(vec![0])),
+                ListenerSpec::plain("s1", any, Some(vec![1])),
+                ListenerSpec::plain("any", any, None),
             ],
             limits: ClientLimits::default(),
             retained_max: 10_000,
@@ -313,6 +301,39 @@ impl RawClient {
         }
     }
 
+    /// CONNECT (v5, clean start) adjusted by `configure`; returns the
+    /// CONNACK reason, also when the broker refuses.
+    pub fn connect_v5_with(
+        port: u16,
+        client_id: &str,
+        configure: impl FnOnce(&mut shardmq_core::codec::Connect),
+    ) -> (RawClient, shardmq_core::codec::ReasonCode) {
+        use shardmq_core::codec::{Connect, Packet, Properties, ProtocolVersion};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+            version: ProtocolVersion::V5,
+        };
+        let mut connect = Connect {
+            protocol_version: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 30,
+            properties: Properties::default(),
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        configure(&mut connect);
+        c.send(&Packet::Connect(Box::new(connect)));
+        match c.recv() {
+            Some(Packet::ConnAck(ack)) => (c, ack.reason),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
     pub fn send(&mut self, p: &shardmq_core::codec::Packet) {
         use std::io::Write;
         let mut out = bytes::BytesMut::new();
@@ -349,4 +370,72 @@ impl RawClient {
             }
         }
     }
+}
+
+// ---- the binary, as a user runs it ------------------------------------
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
+
+/// Writes `text` to a fresh file named `name`: each call gets its own
+/// directory, so tests running in parallel never share a file.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("shardmq-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A broker process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and waits until it logs that every listener is up;
+/// returns the bound ports in log order (configs here use port 0, so tests
+/// never race each other for a "free" port).
+pub fn start(config: &PathBuf, listeners: usize) -> (Proc, Vec<u16>) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut ports = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while ports.len() < listeners {
+        assert!(Instant::now() < deadline, "broker did not start");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening") => {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                ports.push(addr.parse::<std::net::SocketAddr>().unwrap().port());
+            }
+            Some(Ok(_)) => {}
+            _ => panic!("broker exited during start-up"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), ports)
 }

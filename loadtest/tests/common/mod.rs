@@ -16,11 +16,11 @@ pub fn broker() -> ServerHandle {
     shardmq_io::start(ServerConfig {
         shards: 1,
         pin_cpus: false,
-        listeners: vec![ListenerSpec {
-            name: "t".to_owned(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            shards: None,
-        }],
+        listeners: vec![ListenerSpec::plain(
+            "t".to_owned(),
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+        )],
         limits: Default::default(),
         retained_max: 10_000,
         selftest_interval: None,

@@ -1,0 +1,133 @@
+//! What one listener port demands of a client: its TLS config and its
+//! authentication and authorization policies, shared by every shard, and the
+//! CONNECT-time decision built from them. The policies themselves live in
+//! `shardmq-auth`; this module only applies them to a connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytestring::ByteString;
+use rustls_pki_types::CertificateDer;
+use shardmq_auth::{
+    AuthError, Authenticator, AuthorizationPolicy, CompiledPermissions, ConnectInfo, Identity,
+    Outcome,
+};
+use shardmq_core::codec::ReasonCode;
+use shardmq_core::session::{ConnectRequest, Permissions};
+use tracing::debug;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The security of one listener port. `Default` is anonymous and allow-all.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerSecurity {
+    /// `None`: TLS off.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `None`: no `authenticationRef`, every client is anonymous.
+    pub authenticator: Option<Arc<Authenticator>>,
+    /// `None`: no `authorizationRef`, everything is allowed.
+    pub authorization: Option<Arc<AuthorizationPolicy>>,
+}
+
+/// The broker's decision on a CONNECT.
+#[derive(Debug)]
+pub struct Admitted {
+    pub permissions: CompiledPermissions,
+    /// When the credential expires, on the shard's monotonic clock.
+    pub expires_at: Option<Instant>,
+}
+
+impl ListenerSecurity {
+    /// Authenticates and authorizes a CONNECT. A webhook call runs on
+    /// glommio's blocking pool, never on the shard.
+    pub async fn admit(
+        &self,
+        request: &ConnectRequest,
+        client_id: &ByteString,
+        peer_certs: &[CertificateDer<'static>],
+    ) -> Result<Admitted, ReasonCode> {
+        let identity = match &self.authenticator {
+            None if request.authentication_method.is_some() => {
+                // [MQTT-4.12.0-1] a method this listener does not offer.
+                return Err(ReasonCode::BadAuthenticationMethod);
+            }
+            None => Identity::anonymous(),
+            Some(authn) => {
+                let info = ConnectInfo {
+                    client_id,
+                    username: request.username.as_deref(),
+                    password: request.password.as_deref(),
+                    peer_certs,
+                    auth_method: request.authentication_method.as_deref(),
+                    auth_data: request.authentication_data.as_deref(),
+                };
+                decide(authn.authenticate(&info, SystemTime::now()))
+                    .await
+                    .map_err(|e| {
+                        debug!(client = %client_id, error = %e, "authentication failed");
+                        e.reason_code()
+                    })?
+            }
+        };
+        let permissions =
+            shardmq_auth::permissions(self.authorization.as_deref(), &identity, client_id);
+        if !permissions.can_connect() {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        // A will the client could not publish itself is refused at CONNECT.
+        if let Some(topic) = &request.will_topic {
+            if !permissions.can_publish(topic) {
+                return Err(ReasonCode::NotAuthorized);
+            }
+        }
+        Ok(Admitted {
+            permissions,
+            expires_at: identity.expiry.map(to_instant),
+        })
+    }
+
+    /// Re-authentication (AUTH 0x19): the same methods, new credential data.
+    pub async fn reauthenticate(
+        &self,
+        client_id: &ByteString,
+        method: &str,
+        data: Option<&[u8]>,
+        peer_certs: &[CertificateDer<'static>],
+    ) -> Result<Option<Instant>, ReasonCode> {
+        let Some(authn) = &self.authenticator else {
+            return Err(ReasonCode::BadAuthenticationMethod);
+        };
+        let info = ConnectInfo {
+            client_id,
+            username: None,
+            password: None,
+            peer_certs,
+            auth_method: Some(method),
+            auth_data: data,
+        };
+        let identity = decide(authn.authenticate(&info, SystemTime::now()))
+            .await
+            .map_err(|e| e.reason_code())?;
+        Ok(identity.expiry.map(to_instant))
+    }
+}
+
+async fn decide(outcome: Result<Outcome, AuthError>) -> Result<Identity, AuthError> {
+    match outcome? {
+        Outcome::Authenticated(identity) => Ok(identity),
+        Outcome::Webhook(request) => {
+            glommio::executor()
+                .spawn_blocking(move || request.send())
+                .await
+        }
+    }
+}
+
+/// Converts a wall-clock expiry into the monotonic clock the session uses.
+fn to_instant(at: SystemTime) -> Instant {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
