@@ -275,77 +275,7 @@ fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_pki::{days, Pki};
-    use crate::tls::{server_config, ReloadableCert};
-    use shardmq_core::config::CertKeyFiles;
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::sync::mpsc;
-
-    /// What the test server does with one request.
-    enum Answer {
-        Status(u16, &'static str),
-        /// Accept, read the request, never answer (until the test ends).
-        Stall,
-    }
-
-    /// A one-request HTTPS server on 127.0.0.1; sends back the request it
-    /// saw (head and body) on the returned channel.
-    fn serve_once(pki: &Pki, answer: Answer) -> (String, mpsc::Receiver<(String, String)>) {
-        let leaf = pki.server(&["127.0.0.1"]);
-        let files = CertKeyFiles {
-            cert_file: pki.write("webhook.pem", &leaf.bundle_pem),
-            key_file: pki.write("webhook.key", &leaf.key_pem),
-        };
-        let config =
-            server_config(Arc::new(ReloadableCert::from_files(&files).unwrap()), None).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "https://127.0.0.1:{}/authenticate",
-            listener.local_addr().unwrap().port()
-        );
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let Ok((tcp, _)) = listener.accept() else {
-                return;
-            };
-            let conn = rustls::ServerConnection::new(config).unwrap();
-            let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-            let mut head = String::new();
-            let mut content_len = 0;
-            loop {
-                let mut line = String::new();
-                if tls.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    content_len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; content_len];
-            tls.read_exact(&mut body).unwrap();
-            let _ = tx.send((head, String::from_utf8(body).unwrap()));
-            match answer {
-                Answer::Status(code, body) => {
-                    let response = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let stream = tls.get_mut();
-                    stream.write_all(response.as_bytes()).unwrap();
-                    stream.flush().unwrap();
-                    stream.conn.send_close_notify();
-                    let _ = stream.flush();
-                }
-                Answer::Stall => std::thread::sleep(Duration::from_secs(5)),
-            }
-        });
-        (url, rx)
-    }
+    use crate::test_pki::{days, serve_once, Answer, Pki};
 
     fn webhook(pki: &Pki, url: String, trusted_pem: &str, timeout: Duration) -> Arc<Webhook> {
         let settings = CustomSettings {

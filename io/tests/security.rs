@@ -420,3 +420,60 @@ async fn server_certificate_is_replaced_live_on_sighup_without_dropping_clients(
     publ.publish("rotate/1", q5(1), false, b"still here").await;
     assert_eq!(old.publishes(1).await[0].1, b"still here");
 }
+
+/// A broker whose only listener authenticates through the webhook at `url`.
+fn webhook_broker(pki: &Pki, url: &str) -> (Proc, u16) {
+    let ca = pki.write("webhook-ca.pem", &pki.server_root.cert_pem);
+    let config = serde_json::json!({
+        "listeners": [{"name": "hook", "ports": [{"port": 0, "bindAddress": "127.0.0.1", "authenticationRef": "hook"}]}],
+        "authentications": [{"name": "hook", "authenticationMethods": [{"method": "Custom",
+            "customSettings": {"endpoint": url, "caCertConfigMap": ca.display().to_string()}}]}]
+    });
+    let path = pki.write("hook.json", &config.to_string());
+    let (proc, ports) = common::start(&path, 1);
+    (proc, ports[0])
+}
+
+fn hook_connect(port: u16) -> ReasonCode {
+    common::RawClient::connect_v5_with(port, "hooked", |c| {
+        c.username = Some("alice".into());
+        c.password = Some(bytes::Bytes::from_static(b"pw"));
+    })
+    .1
+}
+
+#[test]
+fn webhook_that_allows_admits_the_client() {
+    use shardmq_auth::test_pki::{serve_once, Answer};
+    let pki = Pki::new();
+    let (url, seen) = serve_once(
+        &pki,
+        Answer::Status(200, r#"{"attributes":{"group":"g1"}}"#),
+    );
+    let (_b, port) = webhook_broker(&pki, &url);
+    assert_eq!(hook_connect(port), ReasonCode::Success);
+    let (_, body) = seen.recv_timeout(common::WAIT).unwrap();
+    assert!(body.contains("\"clientId\":\"hooked\""), "{body}");
+}
+
+#[test]
+fn webhook_that_denies_refuses_with_its_reason() {
+    use shardmq_auth::test_pki::{serve_once, Answer};
+    let pki = Pki::new();
+    let (url, _seen) = serve_once(
+        &pki,
+        Answer::Status(403, r#"{"reason":135,"message":"no"}"#),
+    );
+    let (_b, port) = webhook_broker(&pki, &url);
+    assert_eq!(hook_connect(port), ReasonCode::NotAuthorized);
+}
+
+#[test]
+fn webhook_that_times_out_denies() {
+    // The default webhook timeout is 5 s; the test server never answers.
+    use shardmq_auth::test_pki::{serve_once, Answer};
+    let pki = Pki::new();
+    let (url, _seen) = serve_once(&pki, Answer::Stall);
+    let (_b, port) = webhook_broker(&pki, &url);
+    assert!(hook_connect(port).is_error());
+}
