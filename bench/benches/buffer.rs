@@ -199,11 +199,30 @@ fn append_read(c: &mut Criterion) {
                 )
             });
             g.finish();
+
+            // A drain as the broker does it: read every record of a
+            // backlog in order and hold the messages (the subscriber's
+            // in-flight window) until the end.
+            let mut g = c.benchmark_group("drain");
+            let backlog = &refs[..DRAIN_LEN];
+            g.throughput(Throughput::Elements(DRAIN_LEN as u64));
+            g.bench_function(&id, |b| {
+                b.iter(|| {
+                    backlog
+                        .iter()
+                        .map(|r| buf.read(*r, 1).unwrap())
+                        .collect::<Vec<Message>>()
+                })
+            });
+            g.finish();
             drop(buf);
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
+
+/// Messages per `drain/*` iteration: ~4 MiB of 1 KiB messages.
+const DRAIN_LEN: usize = 4096;
 
 criterion_group! {
     name = benches;

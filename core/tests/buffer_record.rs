@@ -99,6 +99,33 @@ proptest! {
         }
     }
 
+    /// The drain's zero-copy decode gives the same message as `decode`,
+    /// its fields slices of the one opened block.
+    #[test]
+    fn shared_decode_of_a_block_slice_equals_decode(
+        messages in proptest::collection::vec((any::<u64>(), arb_message()), 1..8),
+        encrypt in any::<bool>(),
+    ) {
+        let mut sealer = Sealer::new(encrypt).unwrap();
+        let pos = BlockPos { segment: 7, offset: 32 };
+        let (mut block, spans) = seal(&mut sealer, pos, &messages);
+        let body_len = sealer.open_block(sealer.current_key(), pos, &mut block).unwrap().len();
+        let block = Bytes::from(block);
+        let body = block.slice(BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + body_len);
+        for ((owner, m), (at, len)) in messages.iter().zip(spans) {
+            let got = record::decode_shared(body.slice(at..at + len), *owner, epoch()).unwrap();
+            let block_range = block.as_ptr_range();
+            prop_assert!(block_range.contains(&got.payload.as_ptr()) || got.payload.is_empty());
+            prop_assert_eq!(&got, m);
+        }
+    }
+
+    /// Garbage slices of a shared buffer are an error too, never a panic.
+    #[test]
+    fn shared_decode_of_garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = record::decode_shared(Bytes::from(bytes), 0, epoch());
+    }
+
     #[test]
     fn encoded_len_matches_encode(m in arb_message()) {
         let mut out = Vec::new();

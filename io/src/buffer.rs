@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bytes::Bytes;
 use memmap2::{Advice, MmapMut, MmapOptions};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
@@ -215,8 +216,46 @@ struct CachedBlock {
     segment: u32,
     block: u32,
     /// The opened block: header, plaintext body, then the (spent) trailer.
-    buf: Vec<u8>,
+    /// Messages of `sharer` read from it are slices of it
+    /// (`record::decode_shared`), so it lives until the last is dropped.
+    buf: Bytes,
     body_len: usize,
+    /// The owner whose records fill at least half the body, if any. Only
+    /// its messages share the block: one held message pins all of it, and
+    /// sharing a block mostly of other sessions' records would multiply
+    /// the memory a session's in-flight window holds (others get copies).
+    sharer: Option<u64>,
+}
+
+/// See `CachedBlock::sharer`. A body that does not parse has none (its
+/// records fail `decode` on their own).
+fn majority_owner(body: &[u8]) -> Option<u64> {
+    let mut pos = 0;
+    // (owner, bytes) of the current candidate (Boyer-Moore majority vote
+    // weighted by bytes), then a second pass to check it.
+    let mut candidate: Option<(u64, usize)> = None;
+    while pos < body.len() {
+        let (len, owner) = record::header(body.get(pos..)?).ok()?;
+        candidate = match candidate {
+            None => Some((owner, len)),
+            Some((o, n)) if o == owner => Some((o, n + len)),
+            Some((o, n)) if n > len => Some((o, n - len)),
+            Some((_, n)) if n < len => Some((owner, len - n)),
+            Some(_) => None,
+        };
+        pos += len;
+    }
+    let (owner, _) = candidate?;
+    let mut owned = 0;
+    pos = 0;
+    while pos < body.len() {
+        let (len, o) = record::header(body.get(pos..)?).ok()?;
+        if o == owner {
+            owned += len;
+        }
+        pos += len;
+    }
+    (2 * owned >= body.len()).then_some(owner)
 }
 
 /// One shard's disk buffer. `!Sync` by use: only its shard touches it.
@@ -241,7 +280,6 @@ pub struct DiskBuffer {
     pending: Pending,
     cache: Vec<CachedBlock>,
     cache_victim: usize,
-    scratch: Vec<u8>,
     stats: BufferStats,
     removed_at_open: usize,
 }
@@ -306,7 +344,6 @@ impl DiskBuffer {
             pending: Pending::default(),
             cache: Vec::with_capacity(BLOCK_CACHE_LEN),
             cache_victim: 0,
-            scratch: Vec::new(),
             stats: BufferStats::default(),
             removed_at_open,
         })
@@ -407,34 +444,29 @@ impl DiskBuffer {
         let cached = self
             .cache
             .iter()
-            .position(|c| c.segment == r.segment && c.block == r.block);
-        let body: &[u8] = match cached {
-            Some(i) => {
-                let c = &self.cache[i];
-                &c.buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + c.body_len]
-            }
-            None => match self.open_block(r)? {
-                Some(i) => {
-                    let c = &self.cache[i];
-                    &c.buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + c.body_len]
-                }
-                None => {
-                    let body_len =
-                        self.scratch.len() - BLOCK_HEADER_LEN - self.sealer.trailer_len();
-                    &self.scratch[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + body_len]
-                }
-            },
+            .find(|c| c.segment == r.segment && c.block == r.block);
+        let (block, body_len, sharer) = match cached {
+            Some(c) => (c.buf.clone(), c.body_len, c.sharer),
+            None => self.open_block(r)?,
         };
-        let bytes = body
-            .get(at..end)
-            .ok_or(RecordError::Malformed("record bounds"))?;
-        Ok(record::decode(bytes, owner, self.epoch)?)
+        if end > body_len {
+            return Err(RecordError::Malformed("record bounds").into());
+        }
+        let range = BLOCK_HEADER_LEN + at..BLOCK_HEADER_LEN + end;
+        if sharer == Some(owner) {
+            Ok(record::decode_shared(
+                block.slice(range),
+                owner,
+                self.epoch,
+            )?)
+        } else {
+            Ok(record::decode(&block[range], owner, self.epoch)?)
+        }
     }
 
-    /// Copies `r`'s block out of the mapping and opens it: into a cache
-    /// slot (returns its index) or, for a block too large to cache, into
-    /// `scratch` (returns `None`).
-    fn open_block(&mut self, r: RecordRef) -> Result<Option<usize>, BufferError> {
+    /// Copies `r`'s block out of the mapping and opens it; returns it and
+    /// its body length. Blocks up to `2 * BLOCK_BODY_TARGET` are cached.
+    fn open_block(&mut self, r: RecordRef) -> Result<(Bytes, usize, Option<u64>), BufferError> {
         let i = self
             .segments
             .binary_search_by_key(&r.segment, |s| s.id)
@@ -454,7 +486,7 @@ impl DiskBuffer {
         let mut buf = if cacheable {
             self.take_cache_slot()
         } else {
-            std::mem::take(&mut self.scratch)
+            Vec::new()
         };
         let seg = &self.segments[i];
         buf.clear();
@@ -467,37 +499,34 @@ impl DiskBuffer {
             .sealer
             .open_block(seg.key, pos, &mut buf)
             .map(<[u8]>::len);
-        let body_len = match opened {
-            Ok(n) => n,
-            Err(e) => {
-                self.scratch = buf;
-                return Err(e.into());
-            }
-        };
-        if !cacheable {
-            self.scratch = buf;
-            return Ok(None);
+        let body_len = opened?;
+        let sharer = majority_owner(&buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + body_len]);
+        let buf = Bytes::from(buf);
+        if cacheable {
+            let slot = self.cache_victim;
+            self.cache[slot] = CachedBlock {
+                segment: r.segment,
+                block: r.block,
+                buf: buf.clone(),
+                body_len,
+                sharer,
+            };
+            self.cache_victim = (slot + 1) % BLOCK_CACHE_LEN;
         }
-        let slot = self.cache_victim;
-        self.cache[slot] = CachedBlock {
-            segment: r.segment,
-            block: r.block,
-            buf,
-            body_len,
-        };
-        self.cache_victim = (slot + 1) % BLOCK_CACHE_LEN;
-        Ok(Some(slot))
+        Ok((buf, body_len, sharer))
     }
 
-    /// Empties the cache slot the next block will take and returns its
-    /// buffer for reuse.
+    /// Empties the cache slot the next block will take and returns a
+    /// buffer for it: the slot's old one when no message holds a slice of
+    /// it any more, else a fresh one.
     fn take_cache_slot(&mut self) -> Vec<u8> {
         if self.cache.len() < BLOCK_CACHE_LEN {
             self.cache.push(CachedBlock {
                 segment: 0,
                 block: 0,
-                buf: Vec::new(),
+                buf: Bytes::new(),
                 body_len: 0,
+                sharer: None,
             });
             self.cache_victim = self.cache.len() - 1;
         }
@@ -505,7 +534,10 @@ impl DiskBuffer {
         // Segment ids start at 1: 0 never matches a lookup.
         c.segment = 0;
         c.body_len = 0;
-        std::mem::take(&mut c.buf)
+        match std::mem::take(&mut c.buf).try_into_mut() {
+            Ok(unique) => Vec::from(unique),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The reader is done with `r`. A segment whose records are all released
@@ -755,4 +787,77 @@ fn remove_leftovers(dir: &Path) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytestring::ByteString;
+    use shardmq_core::codec::QoS;
+    use shardmq_core::topic::TopicName;
+
+    use super::*;
+
+    fn message(payload_len: usize) -> Message {
+        Message {
+            topic: TopicName::try_from("a/b").unwrap(),
+            payload: Bytes::from(vec![7u8; payload_len]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: ByteString::from_static("c"),
+        }
+    }
+
+    fn body(records: &[(u64, usize)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (owner, payload_len) in records {
+            record::encode(&mut out, *owner, &message(*payload_len), Instant::now()).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn majority_owner_is_the_owner_of_at_least_half_the_bytes() {
+        assert_eq!(
+            majority_owner(&body(&[(1, 100), (2, 100), (1, 100)])),
+            Some(1)
+        );
+        // Few records but most bytes.
+        assert_eq!(
+            majority_owner(&body(&[(2, 1), (2, 1), (3, 1), (1, 900)])),
+            Some(1)
+        );
+        assert_eq!(majority_owner(&body(&[(1, 50), (2, 50), (3, 50)])), None);
+        assert_eq!(majority_owner(&[]), None);
+        // A body that does not parse shares with nobody.
+        assert_eq!(majority_owner(&[0xFF; 40]), None);
+    }
+
+    /// The in-flight window of a session whose records are a small part of
+    /// a block must not pin the whole block: only the majority owner's
+    /// messages are slices of it, the others are copies.
+    #[test]
+    fn only_the_majority_owner_shares_the_opened_block() {
+        let dir = std::env::temp_dir().join(format!("shardmq-share-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for encrypt in [true, false] {
+            let mut buf =
+                DiskBuffer::open(&dir, 0, 1 << 20, 1 << 18, encrypt, Instant::now()).unwrap();
+            let big = buf.append(1, &message(1000)).unwrap();
+            let small = buf.append(2, &message(10)).unwrap();
+            buf.flush().unwrap();
+            let got_big = buf.read(big, 1).unwrap();
+            let got_small = buf.read(small, 2).unwrap();
+            assert_eq!(got_big, message(1000));
+            assert_eq!(got_small, message(10));
+            let block = buf.cache[0].buf.as_ptr_range();
+            assert!(block.contains(&got_big.payload.as_ptr()));
+            assert!(!block.contains(&got_small.payload.as_ptr()));
+            drop(buf);
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
 }
