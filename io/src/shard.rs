@@ -860,11 +860,11 @@ impl Shard {
                     return;
                 }
                 // [MQTT-3.8.3-3] No Local: not back to the publisher.
-                let vals: Vec<&SubVal> = vals
+                // PERF: filtered lazily; no allocation per subscriber.
+                let vals = vals
                     .iter()
                     .copied()
-                    .filter(|v| !(v.options.no_local && v.client_id == message.origin))
-                    .collect();
+                    .filter(|v| !(v.options.no_local && v.client_id == message.origin));
                 if let Some(d) = merge_overlapping(vals) {
                     per_shard[key.shard].push((key.session, to_delivery(d)));
                     matched = true;
