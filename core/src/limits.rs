@@ -47,6 +47,14 @@ impl Default for QueueLimit {
     }
 }
 
+/// Default [`ClientLimits::spilled_inflight_max`]. PERF: measured on the
+/// spilled-backlog drain (slow-sub, 1 KiB, docs/PERFORMANCE.md): an
+/// unbounded window (65,535) drained ~560k msgs/s, 4096 ~820k msgs/s; the
+/// same bound on messages drained from memory cost them ~40% (the window
+/// then stalls on acknowledgements across the loopback pipe), hence the
+/// bound applies to spilled messages only.
+pub const SPILLED_INFLIGHT_MAX: u16 = 4096;
+
 /// `advanced.clients` plus the protocol limits the broker announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -63,6 +71,17 @@ pub struct ClientLimits {
     /// client have in flight towards it (Receive Maximum in CONNACK), and the
     /// cap on the client's Receive Maximum towards the client.
     pub receive_maximum_max: NonZeroU16,
+    /// QoS 1/2 publishes read back from the disk buffer that the broker
+    /// keeps in flight towards one client at most, whatever larger Receive
+    /// Maximum the client announced: Receive Maximum is a ceiling the server
+    /// must stay under [MQTT-3.3.4-9], not a quota it must fill. A message
+    /// read back from disk is materialised in fresh memory and held until
+    /// acknowledged, so without this a reconnecting client with Receive
+    /// Maximum 65,535 made the drain hold its whole spilled backlog in memory
+    /// at once, past `memoryProfile`'s budget (and paying a page fault per
+    /// 4 KiB of it). Messages queued in memory are already paid for and use
+    /// the full window. Not a config key. See [`SPILLED_INFLIGHT_MAX`].
+    pub spilled_inflight_max: NonZeroU16,
     /// `maxKeepAliveSeconds`: a larger client keep-alive (or 0) is replaced by
     /// this via Server Keep Alive (v5); v3.1.1 clients are held to their own.
     pub keep_alive_max: NonZeroU16,
@@ -83,6 +102,7 @@ impl Default for ClientLimits {
             message_expiry_max: None,
             packet_size_max: nz32(268_435_460),
             receive_maximum_max: nz16(65_535),
+            spilled_inflight_max: nz16(SPILLED_INFLIGHT_MAX),
             keep_alive_max: nz16(65_535),
             topic_alias_max: 65_535,
             queue: QueueLimit::default(),

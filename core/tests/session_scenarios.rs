@@ -398,7 +398,7 @@ fn pubrel_for_unknown_id_gets_packet_identifier_not_found_in_v5() {
 
 #[test]
 fn exceeding_the_announced_receive_maximum_disconnects() {
-    // [MQTT-3.3.4-9] / v5 §4.9: 0x93 Receive Maximum exceeded.
+    // [MQTT-3.3.4-7] / v5 §4.9: 0x93 Receive Maximum exceeded.
     let mut limits = ClientLimits::default();
     limits.receive_maximum_max = NonZeroU16::new(2).unwrap();
     let mut h = Harness::new(limits);
@@ -426,7 +426,7 @@ fn exceeding_the_announced_receive_maximum_disconnects() {
 
 #[test]
 fn outgoing_qos1_respects_the_clients_receive_maximum() {
-    // [MQTT-3.3.4-7]
+    // [MQTT-3.3.4-9]
     let mut h = Harness::new(ClientLimits::default());
     let mut c = connect(ProtocolVersion::V5, "sub", true);
     c.properties.receive_maximum = Some(2);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use proptest::prelude::*;
 use shardmq_core::codec::{
-    Connect, Packet, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
+    Connect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
@@ -186,6 +186,20 @@ fn drain(conn: &mut Connection, shard: &mut Shard) -> Vec<String> {
     out
 }
 
+/// Sends what the connection will send now, without acknowledging; adds
+/// the payloads to `sent` and returns the packet ids.
+fn poll_ids(conn: &mut Connection, shard: &mut Shard, sent: &mut Vec<String>) -> Vec<PacketId> {
+    let now = Instant::now();
+    let mut ids = Vec::new();
+    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
+        if let Packet::Publish(p) = p {
+            sent.push(String::from_utf8(p.payload.to_vec()).unwrap());
+            ids.push(p.packet_id.unwrap());
+        }
+    }
+    ids
+}
+
 fn expected(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{i:06}")).collect()
 }
@@ -211,6 +225,50 @@ fn offline_queue_spills_past_the_memory_budget_and_drains_in_order() {
     assert_eq!(shard.spill.released, 90);
     assert!(shard.spill.records.is_empty());
     assert_eq!(shard.memory_bytes, 0);
+}
+
+#[test]
+fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
+    // [MQTT-3.3.4-9]: Receive Maximum is a ceiling. A client announcing
+    // 65,535 gets at most `spilled_inflight_max` messages read back from
+    // disk unacknowledged; messages still in memory use its whole window.
+    let mut shard = Shard::new(8 * cost());
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    for i in 0..12 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    assert_eq!(state.spilled_len(), 4);
+    let limits = ClientLimits {
+        spilled_inflight_max: std::num::NonZeroU16::new(5).unwrap(),
+        ..ClientLimits::default()
+    };
+    let mut conn = resume_with(state, limits, 300);
+    let now = Instant::now();
+    let mut sent = Vec::new();
+    // All 8 from memory (past the bound of 5), then none from disk until
+    // fewer than 5 are in flight.
+    let first = poll_ids(&mut conn, &mut shard, &mut sent);
+    assert_eq!(first.len(), 8, "in flight: {first:?}");
+    assert!(!conn.wants_transmit());
+    for id in &first[..4] {
+        conn.handle_packet(
+            now,
+            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
+        );
+    }
+    assert!(conn.wants_transmit());
+    let second = poll_ids(&mut conn, &mut shard, &mut sent);
+    assert_eq!(second.len(), 1, "4 in flight: one spilled message may go");
+    for id in first[4..].iter().chain(&second) {
+        conn.handle_packet(
+            now,
+            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
+        );
+    }
+    poll_ids(&mut conn, &mut shard, &mut sent);
+    assert_eq!(sent, expected(0..12), "order kept [MQTT-4.6.0-1]");
+    assert_eq!(shard.spill.released, 4);
 }
 
 #[test]

@@ -162,13 +162,17 @@ impl RunReport {
         if let Some(d) = &self.drain {
             let _ = writeln!(
                 s,
-                "  drain        session present {}, backlog {} msgs in {}{}",
+                "  drain        session present {}, backlog {} msgs in {}{}{}",
                 d.session_present,
                 d.backlog,
                 d.drain_s
-                    .map_or("(not caught up)".to_owned(), |t| format!("{t:.2} s")),
+                    .map_or("(not caught up)".to_owned(), |t| format!("{t:.3} s")),
                 self.drain_per_s
                     .map_or(String::new(), |r| format!(" = {r:.0} msgs/s")),
+                d.first_s.map_or(String::new(), |t| format!(
+                    ", first after {:.1} ms",
+                    t * 1e3
+                )),
             );
         }
         for (who, u) in [("broker", &self.broker), ("harness", &self.harness)] {

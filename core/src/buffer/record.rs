@@ -191,29 +191,39 @@ fn decode_body(body: Bytes, epoch: Instant) -> Result<Message, RecordError> {
     };
     let topic = TopicName::new(r.string()?).map_err(|_| RecordError::Malformed("topic"))?;
     let origin = r.string()?;
-    let mut properties = Properties::default();
-    if flags & HAS_PAYLOAD_FORMAT != 0 {
-        properties.payload_format_indicator = Some(r.u8()?);
-    }
-    if flags & HAS_CONTENT_TYPE != 0 {
-        properties.content_type = Some(r.string()?);
-    }
-    if flags & HAS_RESPONSE_TOPIC != 0 {
-        properties.response_topic = Some(r.string()?);
-    }
-    if flags & HAS_CORRELATION_DATA != 0 {
-        properties.correlation_data = Some(r.bytes16()?);
+    // PERF: a record without properties (the telemetry case) skips
+    // building and comparing a ~480-byte `Properties`.
+    let mut properties = None;
+    if flags & (HAS_PAYLOAD_FORMAT | HAS_CONTENT_TYPE | HAS_RESPONSE_TOPIC | HAS_CORRELATION_DATA)
+        != 0
+    {
+        let p = properties.get_or_insert_with(Box::<Properties>::default);
+        if flags & HAS_PAYLOAD_FORMAT != 0 {
+            p.payload_format_indicator = Some(r.u8()?);
+        }
+        if flags & HAS_CONTENT_TYPE != 0 {
+            p.content_type = Some(r.string()?);
+        }
+        if flags & HAS_RESPONSE_TOPIC != 0 {
+            p.response_topic = Some(r.string()?);
+        }
+        if flags & HAS_CORRELATION_DATA != 0 {
+            p.correlation_data = Some(r.bytes16()?);
+        }
     }
     let user_count = r.u32()? as usize;
     // Each pair takes at least 4 bytes: bounds the allocation by the input.
     if user_count > r.left() / 4 {
         return Err(RecordError::Malformed("user property count"));
     }
-    properties.user_properties.reserve_exact(user_count);
-    for _ in 0..user_count {
-        let k = r.string()?;
-        let v = r.string()?;
-        properties.user_properties.push((k, v));
+    if user_count > 0 {
+        let p = properties.get_or_insert_with(Box::<Properties>::default);
+        p.user_properties.reserve_exact(user_count);
+        for _ in 0..user_count {
+            let k = r.string()?;
+            let v = r.string()?;
+            p.user_properties.push((k, v));
+        }
     }
     let payload_len = r.u32()? as usize;
     let payload = r.take(payload_len)?;
@@ -225,7 +235,7 @@ fn decode_body(body: Bytes, epoch: Instant) -> Result<Message, RecordError> {
         payload,
         qos,
         retain: flags & RETAIN != 0,
-        properties: (properties != Properties::default()).then(|| Box::new(properties)),
+        properties,
         expires_at,
         origin,
     })

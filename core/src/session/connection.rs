@@ -21,7 +21,7 @@ use crate::topic::{Filter, TopicName};
 use super::message::{expiry, forwardable, Message, SharedMessage};
 use super::spill::SpillCtx;
 use super::state::{
-    Delivery, Enqueued, Inflight, InflightState, Queued, SessionState, Subscription,
+    Delivery, Enqueued, Entry, Inflight, InflightState, Queued, SessionState, Subscription,
 };
 use super::{AllowAll, Permissions};
 
@@ -178,7 +178,7 @@ pub struct Connection {
     /// Topic Alias Maximum [MQTT-3.3.2-9].
     aliases_out: HashMap<TopicName, u16>,
     /// Incoming QoS 1 publishes handed to the broker and not yet acknowledged;
-    /// with the QoS 2 ids this is what Receive Maximum bounds [MQTT-3.3.4-9].
+    /// with the QoS 2 ids this is what Receive Maximum bounds [MQTT-3.3.4-7].
     incoming_qos1_pending: u32,
     transmit: VecDeque<Outgoing>,
     events: VecDeque<Event>,
@@ -589,7 +589,7 @@ impl Connection {
         self.session
             .as_ref()
             .is_some_and(|s| match s.queue.front() {
-                Some(q) => q.qos() == QoS::AtMostOnce || s.inflight.len() < self.window(),
+                Some(q) => q.qos() == QoS::AtMostOnce || s.inflight.len() < self.window_for(q),
                 None => false,
             })
     }
@@ -871,7 +871,8 @@ impl Connection {
     }
 
     /// Incoming QoS 1/2 publishes in progress stay within the Receive
-    /// Maximum the broker announced [MQTT-3.3.4-9].
+    /// Maximum the broker announced [MQTT-3.3.4-7] (the client's rule; a
+    /// client that breaks it gets 0x93).
     fn incoming_room(&self) -> bool {
         let qos2 = self.session.as_ref().map_or(0, |s| s.incoming_qos2.len());
         let in_progress = self.incoming_qos1_pending as usize + qos2;
@@ -1088,7 +1089,7 @@ impl Connection {
 
     // ---- outbound -----------------------------------------------------
 
-    /// Outgoing QoS 1/2 window: the client's Receive Maximum [MQTT-3.3.4-7],
+    /// Outgoing QoS 1/2 window: the client's Receive Maximum [MQTT-3.3.4-9],
     /// capped by the broker's.
     fn window(&self) -> usize {
         usize::from(
@@ -1096,6 +1097,18 @@ impl Connection {
                 .receive_maximum
                 .min(self.limits.receive_maximum_max.get()),
         )
+    }
+
+    /// The window for the entry at the front of the queue: a message still
+    /// on disk also waits for `spilled_inflight_max` (bounded memory while a
+    /// backlog drains).
+    fn window_for(&self, front: &Entry) -> usize {
+        let window = self.window();
+        if front.is_spilled() {
+            window.min(usize::from(self.limits.spilled_inflight_max.get()))
+        } else {
+            window
+        }
     }
 
     /// Takes the next queued message the window allows and, for QoS 1/2,
@@ -1108,12 +1121,12 @@ impl Connection {
         if self.phase != Phase::Connected {
             return None;
         }
-        let window = self.window();
-        let session = self.session.as_mut()?;
-        let next_qos = session.queue.front()?.qos();
-        if next_qos != QoS::AtMostOnce && session.inflight.len() >= window {
+        let session = self.session.as_ref()?;
+        let front = session.queue.front()?;
+        if front.qos() != QoS::AtMostOnce && session.inflight.len() >= self.window_for(front) {
             return None;
         }
+        let session = self.session.as_mut()?;
         let queued = session.pop_live(now, spill.as_deref_mut())?;
         if queued.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {

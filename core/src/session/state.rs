@@ -83,6 +83,10 @@ pub(crate) enum Entry {
 }
 
 impl Entry {
+    pub fn is_spilled(&self) -> bool {
+        matches!(self, Entry::Spilled(_))
+    }
+
     pub fn qos(&self) -> QoS {
         match self {
             Entry::Memory(q) => q.qos,

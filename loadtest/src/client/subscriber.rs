@@ -37,6 +37,9 @@ pub struct DrainStats {
     /// From reconnect to the first message published after the reconnect
     /// (`None`: never caught up before the run ended).
     pub drain_s: Option<f64>,
+    /// From reconnect to the first backlog message: how long the broker
+    /// takes to start draining, as opposed to how fast it drains.
+    pub first_s: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +109,9 @@ impl Subscriber<'_> {
                     drain.drain_s = Some(now_ns.saturating_sub(reconnect_ns) as f64 / 1e9);
                 } else {
                     drain.backlog += 1;
+                    if drain.first_s.is_none() {
+                        drain.first_s = Some(now_ns.saturating_sub(reconnect_ns) as f64 / 1e9);
+                    }
                 }
             }
         }
