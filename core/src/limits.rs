@@ -49,7 +49,7 @@ impl Default for QueueLimit {
 
 /// Default [`ClientLimits::spilled_inflight_max`]. PERF: measured on the
 /// spilled-backlog drain (slow-sub, 1 KiB, docs/PERFORMANCE.md): an
-/// unbounded window (65,535) drained ~560k msgs/s, 4096 ~820k msgs/s; the
+/// unbounded window (65,535) drained ~550k msgs/s, 4096 ~770k msgs/s; the
 /// same bound on messages drained from memory cost them ~40% (the window
 /// then stalls on acknowledgements across the loopback pipe), hence the
 /// bound applies to spilled messages only.
