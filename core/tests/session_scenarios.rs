@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use shardmq_core::codec::{
-    Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS,
-    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+    decode_packet, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse,
+    Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
@@ -99,11 +99,19 @@ impl Harness {
         self.conn.handle_packet(self.now, p);
     }
 
+    /// What the connection sends, through the production path: encoded by
+    /// `poll_transmit` and decoded again as a client would.
     fn sent(&mut self) -> Vec<Packet> {
+        let mut buf = BytesMut::new();
+        while self.conn.poll_transmit(self.now, &mut buf, 1 << 20) > 0 {}
+        let version = self.conn.protocol_version();
         let mut out = Vec::new();
-        while let Some(p) = self.conn.poll_packet(self.now) {
+        while let Some(p) =
+            decode_packet(&mut buf, version, u32::MAX).expect("broker output decodes")
+        {
             out.push(p);
         }
+        assert!(buf.is_empty(), "a partial packet was sent");
         out
     }
 
@@ -1046,6 +1054,36 @@ fn publish_larger_than_clients_maximum_packet_size_is_dropped_and_counted() {
     let s = h.conn.session().unwrap();
     assert_eq!(s.stats.dropped_too_large, 1);
     assert_eq!(s.inflight_len(), 1, "the dropped message left the window");
+}
+
+#[test]
+fn a_topic_alias_is_not_taken_by_a_publish_dropped_as_too_large() {
+    // [MQTT-3.1.2-25] the too-large PUBLISH is never sent, so the client
+    // never learns the alias it would have set up; the next message on the
+    // same topic must carry the topic again [MQTT-3.3.2-12].
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.maximum_packet_size = Some(64);
+    c.properties.topic_alias_maximum = Some(4);
+    h.connect_with(c, None);
+    static BIG: [u8; 200] = [0u8; 200];
+    for payload in [&BIG[..], b"small", b"again"] {
+        h.conn.deliver(
+            h.now,
+            &message("t", QoS::AtMostOnce, payload),
+            &granted(QoS::AtMostOnce),
+        );
+    }
+    let sent: Vec<(String, Option<u16>)> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, vec![("t".into(), Some(1)), ("".into(), Some(1))]);
+    assert_eq!(h.conn.session().unwrap().stats.dropped_too_large, 1);
 }
 
 #[test]

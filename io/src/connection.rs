@@ -91,6 +91,8 @@ pub async fn serve<S>(
             Some(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        // Every packet of this chunk arrived now (keep-alive, expiry).
+        let now = Instant::now();
         // Fairness: a glommio read completes without yielding while the
         // socket has data, so a busy publisher would otherwise keep the
         // shard and starve every other task (subscribers' writers first).
@@ -99,8 +101,15 @@ pub async fn serve<S>(
             match decoder.decode(&mut buf) {
                 Ok(Some(packet)) => {
                     trace!(%peer, packet = ?packet.packet_type(), "received");
-                    cell.conn.borrow_mut().handle_packet(Instant::now(), packet);
-                    process_events(&shard, &cell, &auth, &mut session).await;
+                    let events = {
+                        let mut conn = cell.conn.borrow_mut();
+                        conn.handle_packet(now, packet);
+                        conn.has_events()
+                    };
+                    // PERF: acknowledgements raise no event; skip the call.
+                    if events {
+                        process_events(&shard, &cell, &auth, &mut session).await;
+                    }
                     cell.wake();
                     if cell.conn.borrow().is_closed() {
                         break 'read;

@@ -13,7 +13,7 @@
 //! [MQTT-1.5.5-1] requires the minimum encoding, and accepted in 3.1.1, which
 //! has no such rule (§2.2.3 only bounds the length to 4 bytes).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::DecodeError;
 use super::packet::*;
@@ -62,6 +62,9 @@ impl Decoder {
     /// frame was split off. `Err(_)`: the connection must be closed; `buf`
     /// may or may not have been consumed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        if let Some(packet) = self.decode_short_ack(buf) {
+            return Ok(Some(packet));
+        }
         let Some((header, frame)) = split_frame(buf, self.version, false, self.max_packet_size)?
         else {
             return Ok(None);
@@ -74,6 +77,36 @@ impl Decoder {
             }
             Some(v) => parse(&header, &frame, v).map(Some),
         }
+    }
+}
+
+impl Decoder {
+    /// PERF: a subscriber acknowledges every QoS 1/2 message, so the
+    /// 4-byte form of PUBACK, PUBREC, PUBREL and PUBCOMP (packet id only:
+    /// reason Success, no properties, §3.4.2.1) is most of what a draining
+    /// connection reads. Decoded here without splitting a frame off `buf`.
+    /// Anything else, including a zero packet id or wrong flags, takes the
+    /// general path and its precise error.
+    fn decode_short_ack(&self, buf: &mut BytesMut) -> Option<Packet> {
+        if self.version.is_none() || self.max_packet_size < 4 {
+            return None;
+        }
+        let &[first, 2, hi, lo, ..] = &buf[..] else {
+            return None;
+        };
+        let packet_id = PacketId::new(u16::from_be_bytes([hi, lo]))?;
+        let r = PubResponse::new(packet_id, ReasonCode::Success);
+        // Fixed header flags: 0 for PUBACK/PUBREC/PUBCOMP, 0b0010 for
+        // PUBREL [MQTT-3.6.1-1]; other values are malformed (general path).
+        let packet = match first {
+            0x40 => Packet::PubAck(r),
+            0x50 => Packet::PubRec(r),
+            0x62 => Packet::PubRel(r),
+            0x70 => Packet::PubComp(r),
+            _ => return None,
+        };
+        buf.advance(4);
+        Some(packet)
     }
 }
 

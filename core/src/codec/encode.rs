@@ -13,7 +13,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::EncodeError;
 use super::packet::*;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
 use super::property_codec::{binary_len, properties_len, put_properties, string_len};
 use super::reason::ReasonCode;
 use super::wire::{put_binary, put_string, put_varint, varint_len, VARINT_MAX};
@@ -84,6 +84,179 @@ pub fn encode_publish(
     buf.reserve(plan.total());
     write_publish(publish, version, &plan, buf);
     Ok(())
+}
+
+/// A PUBLISH as the broker forwards it, borrowed from the queued message:
+/// encoded without building a [`Publish`] (no `Properties` value, no topic
+/// copy, no packet moved around). Byte for byte what [`encode`] writes for
+/// the equivalent `Publish` (tests check it).
+#[derive(Debug, Clone, Copy)]
+pub struct Forward<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty when `topic_alias` names a topic the client already knows (v5).
+    pub topic: &'a str,
+    pub packet_id: Option<PacketId>,
+    /// The application message's properties forwarded unaltered
+    /// [MQTT-3.3.2-4, -15, -16, -17, -20]: Payload Format Indicator, Content
+    /// Type, Response Topic, Correlation Data, User Properties. Any other
+    /// property in it is ignored: the broker sets those per delivery.
+    pub properties: Option<&'a Properties>,
+    /// Remaining lifetime [MQTT-3.3.2-6].
+    pub message_expiry_interval: Option<u32>,
+    /// Of the matching subscriptions [MQTT-3.3.4-3].
+    pub subscription_identifiers: &'a [u32],
+    pub topic_alias: Option<u16>,
+    pub payload: &'a [u8],
+}
+
+/// The broker's delivery path: appends `f` and returns its size. A packet
+/// larger than `max_packet_size` (the client's Maximum Packet Size) is
+/// refused with nothing written [MQTT-3.1.2-24]. v3.1.1 drops properties.
+pub fn encode_forward(
+    f: &Forward<'_>,
+    version: ProtocolVersion,
+    max_packet_size: Option<u32>,
+    buf: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let v5 = version == ProtocolVersion::V5;
+    let topic_len = string_len(f.topic, "topic name")?;
+    if f.topic.as_bytes().iter().any(|b| *b == b'+' || *b == b'#') {
+        return Err(EncodeError::TopicWildcard);
+    }
+    if !v5 && f.topic.is_empty() {
+        return Err(EncodeError::EmptyTopic);
+    }
+    if (f.qos == QoS::AtMostOnce) != f.packet_id.is_none() {
+        return Err(EncodeError::PacketIdMismatch);
+    }
+    if f.dup && f.qos == QoS::AtMostOnce {
+        return Err(EncodeError::DupWithQos0);
+    }
+    let id_len = if f.packet_id.is_some() { 2 } else { 0 };
+    let props = if v5 { forward_properties_len(f)? } else { 0 };
+    let props_block = if v5 { block(props) } else { 0 };
+    let plan = finish(topic_len + id_len + props_block + f.payload.len(), props, 0)?;
+    let size = plan.total();
+    if let Some(max) = max_packet_size {
+        if size > max as usize {
+            return Err(EncodeError::PacketTooLarge { size, max });
+        }
+    }
+    buf.reserve(size);
+    let flags = u8::from(f.dup) << 3 | (f.qos as u8) << 1 | u8::from(f.retain);
+    put_fixed_header(buf, PacketType::Publish, flags, &plan);
+    put_string(buf, f.topic);
+    if let Some(id) = f.packet_id {
+        buf.put_u16(id.get());
+    }
+    if v5 {
+        put_forward_properties(buf, f, props);
+    }
+    buf.put_slice(f.payload);
+    Ok(size)
+}
+
+/// Size of `f`'s property block content; validates like `properties_len`
+/// for the properties a forwarded PUBLISH carries.
+fn forward_properties_len(f: &Forward<'_>) -> Result<usize, EncodeError> {
+    let mut len = 0;
+    if let Some(p) = f.properties {
+        if let Some(v) = p.payload_format_indicator {
+            if v > 1 {
+                return Err(EncodeError::InvalidPropertyValue {
+                    property: PropertyId::PayloadFormatIndicator,
+                    value: u32::from(v),
+                });
+            }
+            len += 2;
+        }
+    }
+    if f.message_expiry_interval.is_some() {
+        len += 5;
+    }
+    if let Some(p) = f.properties {
+        if let Some(s) = &p.content_type {
+            len += 1 + string_len(s, "Content Type")?;
+        }
+        if let Some(s) = &p.response_topic {
+            len += 1 + string_len(s, "Response Topic")?;
+        }
+        if let Some(b) = &p.correlation_data {
+            len += 1 + binary_len(b, "Correlation Data")?;
+        }
+    }
+    for &id in f.subscription_identifiers {
+        if id == 0 || id > SUBSCRIPTION_IDENTIFIER_MAX {
+            return Err(EncodeError::InvalidPropertyValue {
+                property: PropertyId::SubscriptionIdentifier,
+                value: id,
+            });
+        }
+        len += 1 + varint_len(id);
+    }
+    if let Some(alias) = f.topic_alias {
+        if alias == 0 {
+            return Err(EncodeError::InvalidPropertyValue {
+                property: PropertyId::TopicAlias,
+                value: 0,
+            });
+        }
+        len += 3;
+    }
+    if let Some(p) = f.properties {
+        for (k, v) in &p.user_properties {
+            len += 1 + string_len(k, "User Property name")? + string_len(v, "User Property value")?;
+        }
+    }
+    Ok(len)
+}
+
+/// Writes Property Length `len` and `f`'s properties in `put_properties`'
+/// order, so both paths produce the same bytes.
+fn put_forward_properties(buf: &mut BytesMut, f: &Forward<'_>, len: usize) {
+    put_varint(buf, len as u32);
+    if len == 0 {
+        return;
+    }
+    if let Some(v) = f.properties.and_then(|p| p.payload_format_indicator) {
+        buf.put_u8(PropertyId::PayloadFormatIndicator.as_u8());
+        buf.put_u8(v);
+    }
+    if let Some(v) = f.message_expiry_interval {
+        buf.put_u8(PropertyId::MessageExpiryInterval.as_u8());
+        buf.put_u32(v);
+    }
+    if let Some(p) = f.properties {
+        if let Some(s) = &p.content_type {
+            buf.put_u8(PropertyId::ContentType.as_u8());
+            put_string(buf, s);
+        }
+        if let Some(s) = &p.response_topic {
+            buf.put_u8(PropertyId::ResponseTopic.as_u8());
+            put_string(buf, s);
+        }
+        if let Some(b) = &p.correlation_data {
+            buf.put_u8(PropertyId::CorrelationData.as_u8());
+            put_binary(buf, b);
+        }
+    }
+    for &id in f.subscription_identifiers {
+        buf.put_u8(PropertyId::SubscriptionIdentifier.as_u8());
+        put_varint(buf, id);
+    }
+    if let Some(alias) = f.topic_alias {
+        buf.put_u8(PropertyId::TopicAlias.as_u8());
+        buf.put_u16(alias);
+    }
+    if let Some(p) = f.properties {
+        for (k, v) in &p.user_properties {
+            buf.put_u8(PropertyId::UserProperty.as_u8());
+            put_string(buf, k);
+            put_string(buf, v);
+        }
+    }
 }
 
 fn finish(body: usize, props: usize, will_props: usize) -> Result<Plan, EncodeError> {

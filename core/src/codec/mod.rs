@@ -16,7 +16,7 @@ mod wire;
 mod tests;
 
 pub use decode::{decode_packet, Decoder};
-pub use encode::{encode, encode_publish, encode_within, encoded_len};
+pub use encode::{encode, encode_forward, encode_publish, encode_within, encoded_len, Forward};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};

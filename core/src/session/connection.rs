@@ -494,6 +494,12 @@ impl Connection {
 
     // ---- outputs ------------------------------------------------------
 
+    /// Whether `poll_event` has something: the io layer skips its event
+    /// handling for the packets that raise none (acknowledgements).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty() || self.closed_event_pending
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         match self.events.pop_front() {
             Some(e) => Some(e),
@@ -544,6 +550,8 @@ impl Connection {
     }
 
     /// The next packet to send, built from the shared message for publishes.
+    /// For tests and tools that want packets: the io layer sends through
+    /// `poll_transmit`, which also applies the client's Maximum Packet Size.
     pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
         self.poll_packet_with(now, None)
     }
@@ -612,32 +620,22 @@ impl Connection {
     ) -> usize {
         let mut written = 0;
         while buf.len() < bytes_max {
-            let Some(packet) = self.poll_packet_with(now, spill.as_deref_mut()) else {
-                break;
+            let out = match self.transmit.pop_front() {
+                Some(out) => out,
+                None => match self.next_publish(now, spill.as_deref_mut()) {
+                    Some(out) => out,
+                    None => break,
+                },
             };
-            let start = buf.len();
-            if codec::encode(&packet, self.version, buf).is_err() {
-                // INVARIANT: the state machine only builds packets valid for
-                // the version; an encode error is a bug, not client input.
-                debug_assert!(false, "encode failed for {:?}", packet.packet_type());
-                buf.truncate(start);
-                continue;
-            }
-            if let Some(max) = self.client.packet_size_max {
-                if buf.len() - start > max as usize {
-                    buf.truncate(start);
-                    if let Some(s) = self.session.as_mut() {
-                        s.stats.dropped_too_large += 1;
-                    }
-                    if let Packet::Publish(p) = &packet {
-                        if let Some(id) = p.packet_id {
-                            self.complete_outgoing(id);
-                        }
-                    }
-                    continue;
-                }
-            }
-            written += 1;
+            let sent = match out {
+                Outgoing::Packet(packet) => self.write_packet(&packet, buf),
+                Outgoing::Publish {
+                    queued,
+                    packet_id,
+                    dup,
+                } => self.write_forward(now, &queued, packet_id, dup, buf),
+            };
+            written += usize::from(sent);
         }
         written
     }
@@ -1178,6 +1176,95 @@ impl Connection {
                     dup: true,
                 }),
                 (_, None) => {}
+            }
+        }
+    }
+
+    /// Encodes a control packet (or a resent PUBLISH built by
+    /// `poll_packet_with`). Returns whether it was written.
+    fn write_packet(&mut self, packet: &Packet, buf: &mut BytesMut) -> bool {
+        let start = buf.len();
+        if codec::encode(packet, self.version, buf).is_err() {
+            // INVARIANT: the state machine only builds packets valid for
+            // the version; an encode error is a bug, not client input.
+            debug_assert!(false, "encode failed for {:?}", packet.packet_type());
+            buf.truncate(start);
+            return false;
+        }
+        if let Some(max) = self.client.packet_size_max {
+            if buf.len() - start > max as usize {
+                buf.truncate(start);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Encodes a queued message straight from the shared message (the hot
+    /// path: no `Publish` built). A PUBLISH larger than the client's
+    /// Maximum Packet Size is discarded as if sent [MQTT-3.1.2-25]; a topic
+    /// alias is only taken for a packet that is written, so the client
+    /// learns every alias it is later sent without a topic.
+    fn write_forward(
+        &mut self,
+        now: Instant,
+        queued: &Queued,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        buf: &mut BytesMut,
+    ) -> bool {
+        let m = &queued.message;
+        let v5 = self.version == ProtocolVersion::V5;
+        let mut topic = m.topic.as_str();
+        let mut topic_alias = None;
+        let mut new_alias = false;
+        if v5 && self.client.topic_alias_max > 0 {
+            if let Some(&alias) = self.aliases_out.get(&m.topic) {
+                // The client already knows this alias: send an empty topic.
+                topic_alias = Some(alias);
+                topic = "";
+            } else if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
+                topic_alias = Some(self.aliases_out.len() as u16 + 1);
+                new_alias = true;
+            }
+        }
+        let forward = codec::Forward {
+            dup,
+            qos: queued.qos,
+            retain: queued.retain,
+            topic,
+            packet_id,
+            properties: m.properties.as_deref(),
+            message_expiry_interval: if v5 {
+                m.remaining_expiry_secs(now)
+            } else {
+                None
+            },
+            subscription_identifiers: if v5 { &queued.subscription_ids } else { &[] },
+            topic_alias,
+            payload: &m.payload,
+        };
+        match codec::encode_forward(&forward, self.version, self.client.packet_size_max, buf) {
+            Ok(_) => {
+                if let (true, Some(alias)) = (new_alias, topic_alias) {
+                    self.aliases_out.insert(m.topic.clone(), alias);
+                }
+                true
+            }
+            Err(codec::EncodeError::PacketTooLarge { .. }) => {
+                if let Some(s) = self.session.as_mut() {
+                    s.stats.dropped_too_large += 1;
+                }
+                if let Some(id) = packet_id {
+                    self.complete_outgoing(id);
+                }
+                false
+            }
+            Err(e) => {
+                // INVARIANT: queued messages passed the topic and property
+                // checks on the way in; an encode error here is a bug.
+                debug_assert!(false, "forward encode failed: {e}");
+                false
             }
         }
     }

@@ -139,3 +139,139 @@ fn every_decode_error_names_a_spec_rule_and_v311_connack_only_for_connect_codes(
         assert!(connack.is_none() || matches!(connack, Some(1 | 2)));
     }
 }
+
+/// `encode_forward` is the delivery path's encoder: it must write exactly
+/// what `encode` writes for the equivalent `Publish`, for every property a
+/// forwarded message can carry, in both versions.
+#[test]
+fn encode_forward_matches_encode_of_the_equivalent_publish() {
+    let full = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some(s("text/plain")),
+        response_topic: Some(s("reply/to")),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        user_properties: vec![(s("k"), s("v")), (s("k"), s("w"))],
+        ..Properties::default()
+    };
+    let empty = Properties::default();
+    let payload = bytes::Bytes::from_static(b"payload");
+    for v in [V311, V5] {
+        for props in [None, Some(&empty), Some(&full)] {
+            for (qos, id, dup) in [
+                (QoS::AtMostOnce, None, false),
+                (QoS::AtLeastOnce, PacketId::new(7), true),
+                (QoS::ExactlyOnce, PacketId::new(65_535), false),
+            ] {
+                for (topic, alias, expiry, ids) in [
+                    ("a/b", None, None, vec![]),
+                    ("a/b", Some(3u16), Some(60u32), vec![1u32, 268_435_455]),
+                    ("", Some(3), None, vec![200]),
+                ] {
+                    if v == V311 && topic.is_empty() {
+                        continue;
+                    }
+                    let f = Forward {
+                        dup,
+                        qos,
+                        retain: dup,
+                        topic,
+                        packet_id: id,
+                        properties: props,
+                        message_expiry_interval: expiry,
+                        subscription_identifiers: &ids,
+                        topic_alias: alias,
+                        payload: &payload,
+                    };
+                    let mut properties = props.cloned().unwrap_or_default();
+                    properties.message_expiry_interval = expiry;
+                    properties.subscription_identifiers = ids.clone();
+                    properties.topic_alias = alias;
+                    let p = Packet::Publish(Publish {
+                        dup,
+                        qos,
+                        retain: dup,
+                        topic: s(topic),
+                        packet_id: id,
+                        properties,
+                        payload: payload.clone(),
+                    });
+                    let mut buf = BytesMut::new();
+                    let n = encode_forward(&f, v, None, &mut buf).unwrap();
+                    assert_eq!(buf, enc(&p, v), "{v:?} {f:?}");
+                    assert_eq!(n, buf.len());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn encode_forward_refuses_over_the_client_maximum_and_bad_values() {
+    let f = Forward {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "t",
+        packet_id: PacketId::new(1),
+        properties: None,
+        message_expiry_interval: None,
+        subscription_identifiers: &[],
+        topic_alias: None,
+        payload: b"12345",
+    };
+    let mut buf = BytesMut::new();
+    let len = encode_forward(&f, V5, None, &mut buf).unwrap();
+    // [MQTT-3.1.2-24] nothing over the client's Maximum Packet Size is sent.
+    let mut small = BytesMut::new();
+    assert_eq!(
+        encode_forward(&f, V5, Some(len as u32 - 1), &mut small),
+        Err(EncodeError::PacketTooLarge {
+            size: len,
+            max: len as u32 - 1
+        })
+    );
+    assert!(small.is_empty());
+    assert_eq!(
+        encode_forward(&f, V5, Some(len as u32), &mut small),
+        Ok(len)
+    );
+    let bad = [
+        (
+            Forward {
+                subscription_identifiers: &[0],
+                ..f
+            },
+            "subscription id 0",
+        ),
+        (
+            Forward {
+                topic_alias: Some(0),
+                ..f
+            },
+            "alias 0",
+        ),
+        (
+            Forward {
+                packet_id: None,
+                ..f
+            },
+            "QoS 1 without id",
+        ),
+        (Forward { topic: "a/+", ..f }, "wildcard"),
+    ];
+    for (b, what) in bad {
+        assert!(
+            encode_forward(&b, V5, None, &mut BytesMut::new()).is_err(),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        encode_forward(
+            &Forward { topic: "", ..f },
+            V311,
+            None,
+            &mut BytesMut::new()
+        ),
+        Err(EncodeError::EmptyTopic)
+    );
+}

@@ -249,3 +249,45 @@ fn remaining_length_shorter_than_content_is_malformed() {
         DecodeError::Truncated { .. }
     ));
 }
+
+/// The decoder's fast path for 4-byte acknowledgements must agree with the
+/// general path (`decode_packet`) on every input it takes, and leave every
+/// malformed one to the general path's precise error.
+#[test]
+fn short_acknowledgements_decode_as_the_general_path_does() {
+    for v in [V311, V5] {
+        for first in [0x40u8, 0x50, 0x62, 0x70] {
+            for id in [1u16, 0x1234, u16::MAX] {
+                let [hi, lo] = id.to_be_bytes();
+                let bytes = [first, 2, hi, lo, 0xC0, 0x00];
+                let mut fast = BytesMut::from(&bytes[..]);
+                let mut d = Decoder::new(1024);
+                d.set_version(v);
+                let got = d.decode(&mut fast).unwrap().unwrap();
+                let mut general = BytesMut::from(&bytes[..]);
+                let want = decode_packet(&mut general, v, 1024).unwrap().unwrap();
+                assert_eq!(got, want);
+                assert_eq!(fast, general, "both consumed exactly one frame");
+            }
+        }
+    }
+    let mut d = Decoder::new(1024);
+    d.set_version(V5);
+    // [MQTT-2.2.1-3] a zero packet id is an error, not an acknowledgement.
+    assert_eq!(
+        d.decode(&mut BytesMut::from(&[0x40u8, 2, 0, 0][..])),
+        Err(DecodeError::ZeroPacketId(PacketType::PubAck))
+    );
+    // [MQTT-3.6.1-1] PUBREL's fixed header flags are 0b0010.
+    assert!(matches!(
+        d.decode(&mut BytesMut::from(&[0x60u8, 2, 0, 1][..])),
+        Err(DecodeError::InvalidFixedHeaderFlags { .. })
+    ));
+    // Before CONNECT nothing but CONNECT is accepted [MQTT-3.1.0-1].
+    let mut fresh = Decoder::new(1024);
+    assert!(fresh
+        .decode(&mut BytesMut::from(&[0x40u8, 2, 0, 1][..]))
+        .is_err());
+    // An incomplete one waits for more bytes.
+    assert_eq!(d.decode(&mut BytesMut::from(&[0x40u8, 2, 0][..])), Ok(None));
+}

@@ -1,0 +1,182 @@
+//! The delivery loop without sockets: what the shard does per message when a
+//! reconnecting subscriber drains its backlog. One iteration queues
+//! `BACKLOG` 1 KiB QoS 1 messages for a v5 session (untimed), then times
+//! `poll_transmit` in 64 KiB writes plus decoding and handling one PUBACK
+//! per message, as the connection's reader and writer tasks do. `memory`
+//! drains messages held in memory; `spilled_*` drains them from the real
+//! disk buffer (every message spilled), encrypted and plain. The kernel's
+//! share (send, receive, wake-ups) is not here: see the loadtest.
+#![allow(clippy::unwrap_used)]
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shardmq_core::codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, QoS};
+use shardmq_core::limits::ClientLimits;
+use shardmq_core::session::{AllowAll, Connection, Delivery, Message};
+use shardmq_core::topic::TopicName;
+use shardmq_io::buffer::{DiskBuffer, SEGMENT_BYTES_DEFAULT};
+use shardmq_io::spill::ShardBuffer;
+
+/// Messages per iteration: a backlog of ~4 MiB.
+const BACKLOG: usize = 4096;
+/// The writer task's batch (`io/src/connection.rs`).
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+fn message() -> Arc<Message> {
+    Arc::new(Message {
+        topic: TopicName::try_from("factory/line-3/cell-7/sensor/temperature").unwrap(),
+        payload: Bytes::from(vec![0x5Au8; 1024]),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: ByteString::from_static("sensor-0042"),
+    })
+}
+
+/// A v5 subscriber connected with Receive Maximum 65,535 (as the loadtest's).
+fn connected() -> Connection {
+    let now = Instant::now();
+    let mut conn = Connection::new(now, Arc::new(ClientLimits::default()));
+    let properties = Properties {
+        receive_maximum: Some(65_535),
+        ..Properties::default()
+    };
+    conn.handle_packet(
+        now,
+        Packet::Connect(Box::new(Connect {
+            protocol_version: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 60,
+            properties,
+            client_id: "sub".into(),
+            will: None,
+            username: None,
+            password: None,
+        })),
+    );
+    while conn.poll_event().is_some() {}
+    conn.accept(now, None, None, Box::new(AllowAll));
+    let mut buf = BytesMut::new();
+    conn.poll_transmit(now, &mut buf, WRITE_BATCH_BYTES);
+    conn
+}
+
+/// Sends everything queued, acknowledging each PUBLISH as a client would.
+/// Returns the messages sent.
+fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer>) -> usize {
+    let mut buffer = buffer;
+    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES * 2);
+    let mut acks = BytesMut::new();
+    let mut decoder = Decoder::new(1 << 20);
+    decoder.set_version(ProtocolVersion::V5);
+    let mut next_id = 0u16;
+    let mut sent = 0;
+    loop {
+        out.clear();
+        let now = Instant::now();
+        let n = match buffer.as_deref_mut() {
+            Some(b) => {
+                let mut ctx = b.ctx(1);
+                conn.poll_transmit_with(now, &mut out, WRITE_BATCH_BYTES, Some(&mut ctx))
+            }
+            None => conn.poll_transmit(now, &mut out, WRITE_BATCH_BYTES),
+        };
+        if n == 0 {
+            assert_eq!(
+                conn.session().unwrap().inflight_len(),
+                0,
+                "every PUBACK matched"
+            );
+            return sent;
+        }
+        sent += n;
+        // The client's side, kept out of the way: ids are allocated in
+        // sequence from 1, and in-order acks leave no gaps.
+        for _ in 0..n {
+            next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
+            acks.extend_from_slice(&[0x40, 0x02]);
+            acks.extend_from_slice(&next_id.to_be_bytes());
+        }
+        let now = Instant::now();
+        while let Some(packet) = decoder.decode(&mut acks).unwrap() {
+            conn.handle_packet(now, packet);
+        }
+    }
+}
+
+fn deliver(c: &mut Criterion) {
+    let m = message();
+    let delivery = Delivery {
+        granted_qos: QoS::AtLeastOnce,
+        ..Delivery::default()
+    };
+    let mut g = c.benchmark_group("deliver");
+    g.throughput(Throughput::Elements(BACKLOG as u64));
+    g.bench_function("memory", |b| {
+        b.iter_batched(
+            || {
+                let mut conn = connected();
+                for _ in 0..BACKLOG {
+                    conn.deliver(Instant::now(), &m, &delivery);
+                }
+                conn
+            },
+            |mut conn| assert_eq!(drain(&mut conn, None), BACKLOG),
+            BatchSize::PerIteration,
+        )
+    });
+    for encrypt in [true, false] {
+        let name = if encrypt {
+            "spilled_encrypted"
+        } else {
+            "spilled_plain"
+        };
+        let dir = std::env::temp_dir().join(format!("shardmq-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let disk = DiskBuffer::open(
+            &dir,
+            0,
+            8 * SEGMENT_BYTES_DEFAULT,
+            SEGMENT_BYTES_DEFAULT,
+            encrypt,
+            Instant::now(),
+        )
+        .unwrap();
+        // Budget 0: every message spills.
+        let buffer = RefCell::new(ShardBuffer::new(disk, 0));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut conn = connected();
+                    let mut buffer = buffer.borrow_mut();
+                    for _ in 0..BACKLOG {
+                        let mut ctx = buffer.ctx(1);
+                        conn.deliver_with(Instant::now(), &m, &delivery, Some(&mut ctx));
+                    }
+                    buffer.disk.buffer.flush().unwrap();
+                    assert_eq!(conn.session().unwrap().spilled_len(), BACKLOG);
+                    conn
+                },
+                |mut conn| assert_eq!(drain(&mut conn, Some(&mut buffer.borrow_mut())), BACKLOG),
+                BatchSize::PerIteration,
+            )
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = deliver
+}
+criterion_main!(benches);
