@@ -266,9 +266,20 @@ fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
             Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
         );
     }
-    poll_ids(&mut conn, &mut shard, &mut sent);
+    let last = poll_ids(&mut conn, &mut shard, &mut sent);
     assert_eq!(sent, expected(0..12), "order kept [MQTT-4.6.0-1]");
+    // A spilled message's record is held until its PUBACK, and released at
+    // the writer's next turn.
+    assert_eq!(shard.spill.released, 1);
+    for id in &last {
+        conn.handle_packet(
+            now,
+            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
+        );
+    }
+    poll_ids(&mut conn, &mut shard, &mut sent);
     assert_eq!(shard.spill.released, 4);
+    assert!(shard.spill.records.is_empty());
 }
 
 #[test]
@@ -487,6 +498,138 @@ fn session_ended_with_the_connection_is_handed_out_for_release() {
     assert_eq!(ended.spilled_len(), 1);
     ended.discard_queue(&mut shard.ctx(OWNER));
     assert!(shard.spill.records.is_empty());
+}
+
+/// Ends `conn` as a lost connection and returns the session it keeps.
+fn lose(conn: &mut Connection) -> SessionState {
+    conn.handle_connection_lost();
+    std::iter::from_fn(|| conn.poll_event())
+        .find_map(|e| match e {
+            Event::Closed { session, .. } => session,
+            _ => None,
+        })
+        .expect("a persistent session")
+}
+
+/// (payload, packet id, DUP) of every PUBLISH polled with the buffer lent.
+fn poll_publishes(conn: &mut Connection, shard: &mut Shard) -> Vec<(String, PacketId, bool)> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
+        if let Packet::Publish(p) = p {
+            let payload = String::from_utf8(p.payload.to_vec()).unwrap();
+            out.push((payload, p.packet_id.unwrap(), p.dup));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() {
+    // [MQTT-4.4.0-1] unacknowledged PUBLISH packets are resent on resume,
+    // with DUP set [MQTT-3.3.1-1], in their original order [MQTT-4.6.0-1].
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    let l = limit(100, QueueFullStrategy::None);
+    for i in 0..3 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    assert_eq!(state.spilled_len(), 3);
+    let mut conn = resume(state);
+    let first = poll_publishes(&mut conn, &mut shard);
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|(_, _, dup)| !dup));
+    // In flight from disk: the records stay until acknowledged.
+    assert_eq!(shard.spill.released, 0);
+    let state = lose(&mut conn);
+    assert_eq!(state.spilled_len(), 0);
+    assert_eq!(state.buffer_records(), 3);
+    assert_eq!(state.spilled_refs().len(), 3);
+    let mut conn = resume(state);
+    let again = poll_publishes(&mut conn, &mut shard);
+    let expect: Vec<_> = first
+        .iter()
+        .map(|(p, id, _)| (p.clone(), *id, true))
+        .collect();
+    assert_eq!(again, expect);
+    let now = Instant::now();
+    for (_, id, _) in &again {
+        conn.handle_packet(
+            now,
+            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
+        );
+    }
+    assert!(poll_publishes(&mut conn, &mut shard).is_empty());
+    assert_eq!(shard.spill.released, 3);
+    assert!(shard.spill.records.is_empty());
+}
+
+#[test]
+fn an_in_flight_spilled_message_that_cannot_be_read_again_ends_its_exchange() {
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    let l = limit(100, QueueFullStrategy::None);
+    for i in 0..2 {
+        offer(&mut state, &mut shard, i, &l);
+    }
+    let mut conn = resume(state);
+    assert_eq!(poll_publishes(&mut conn, &mut shard).len(), 2);
+    let state = lose(&mut conn);
+    // The first record is damaged while the client is away.
+    let first = state.spilled_refs()[0];
+    shard.spill.corrupt.push(first.at);
+    let mut conn = resume(state);
+    let again = poll_publishes(&mut conn, &mut shard);
+    assert_eq!(again.len(), 1, "only the readable one is resent");
+    assert_eq!(again[0].0, format!("{:06}", 1));
+    let s = conn.session().unwrap();
+    assert_eq!(s.stats.dropped_lost, 1);
+    assert_eq!(s.inflight_len(), 1, "the lost exchange ended");
+    // Its record was released at the writer's turn; the other is held.
+    assert_eq!(shard.spill.released, 1);
+    assert_eq!(shard.spill.records.len(), 1);
+}
+
+#[test]
+fn discard_and_unspill_account_for_spilled_messages_in_flight() {
+    let mut shard = Shard::new(0);
+    let l = limit(100, QueueFullStrategy::None);
+    let in_flight = |shard: &mut Shard| {
+        let mut state = session();
+        for i in 0..4 {
+            offer(&mut state, shard, i, &l);
+        }
+        let mut conn = resume(state);
+        let sent = poll_publishes(&mut conn, shard);
+        // One acknowledged: its record is retired, not yet released.
+        conn.handle_packet(
+            Instant::now(),
+            Packet::PubAck(PubResponse::new(sent[0].1, ReasonCode::Success)),
+        );
+        lose(&mut conn)
+    };
+    // The session ends: every record it holds is released.
+    let mut state = in_flight(&mut shard);
+    assert_eq!(state.buffer_records(), 4);
+    state.discard_queue(&mut shard.ctx(OWNER));
+    assert!(shard.spill.records.is_empty());
+    assert_eq!(state.buffer_records(), 0);
+
+    // The session moves to another shard: in-flight messages come back
+    // into memory and are resent from there, without this buffer.
+    let mut state = in_flight(&mut shard);
+    state.unspill(&mut shard.ctx(OWNER));
+    assert!(shard.spill.records.is_empty());
+    assert_eq!(state.buffer_records(), 0);
+    let mut conn = resume(state);
+    let now = Instant::now();
+    let resent: Vec<String> = std::iter::from_fn(|| conn.poll_packet(now))
+        .filter_map(|p| match p {
+            Packet::Publish(p) if p.dup => Some(String::from_utf8(p.payload.to_vec()).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, expected(1..4));
 }
 
 proptest! {

@@ -397,7 +397,7 @@ impl Shard {
             None => None,
             Some((shard, old)) if shard == self.id => {
                 let state = self.take_local(old, true);
-                if let Some(st) = state.as_ref().filter(|st| st.spilled_len() > 0) {
+                if let Some(st) = state.as_ref().filter(|st| st.buffer_records() > 0) {
                     self.adopting.borrow_mut().insert(
                         session,
                         Adopting {
@@ -465,8 +465,8 @@ impl Shard {
         if let (Some(b), Some(st)) = (&self.buffer, state.as_mut()) {
             let mut b = b.borrow_mut();
             if !stays {
-                if st.spilled_len() > 0 {
-                    info!(shard = self.id, client = %st.client_id, messages = st.spilled_len(),
+                if st.buffer_records() > 0 {
+                    info!(shard = self.id, client = %st.client_id, messages = st.buffer_records(),
                         "reading spilled messages back for a takeover by another shard");
                 }
                 st.unspill(&mut b.ctx(self.spill_owner(session)));

@@ -21,7 +21,7 @@ use crate::topic::{Filter, TopicName};
 use super::message::{expiry, forwardable, Message, SharedMessage};
 use super::spill::SpillCtx;
 use super::state::{
-    Delivery, Enqueued, Entry, Inflight, InflightState, Queued, SessionState, Subscription,
+    Delivery, Enqueued, Entry, Inflight, InflightState, Queued, SessionState, Spilled, Subscription,
 };
 use super::{AllowAll, Permissions};
 
@@ -134,6 +134,12 @@ enum Outgoing {
         queued: Queued,
         packet_id: Option<PacketId>,
         dup: bool,
+    },
+    /// A resend of an in-flight message still in the disk buffer: read
+    /// when it is written (`poll_transmit_with` has the buffer).
+    Reread {
+        spilled: Spilled,
+        packet_id: PacketId,
     },
 }
 
@@ -562,15 +568,11 @@ impl Connection {
         now: Instant,
         spill: Option<&mut SpillCtx<'_>>,
     ) -> Option<Packet> {
-        // Control packets first, then queued publishes: a publish leaves the
-        // session queue only when the writer asks, so a slow reader's backlog
-        // stays in the bounded session queue, not in an unbounded buffer.
-        let out = match self.transmit.pop_front() {
-            Some(out) => out,
-            None => self.next_publish(now, spill)?,
-        };
+        let out = self.next_outgoing(now, spill)?;
         Some(match out {
             Outgoing::Packet(p) => p,
+            // `next_outgoing` resolves rereads.
+            Outgoing::Reread { .. } => return None,
             Outgoing::Publish {
                 queued,
                 packet_id,
@@ -620,15 +622,12 @@ impl Connection {
     ) -> usize {
         let mut written = 0;
         while buf.len() < bytes_max {
-            let out = match self.transmit.pop_front() {
-                Some(out) => out,
-                None => match self.next_publish(now, spill.as_deref_mut()) {
-                    Some(out) => out,
-                    None => break,
-                },
+            let Some(out) = self.next_outgoing(now, spill.as_deref_mut()) else {
+                break;
             };
             let sent = match out {
                 Outgoing::Packet(packet) => self.write_packet(&packet, buf),
+                Outgoing::Reread { .. } => false,
                 Outgoing::Publish {
                     queued,
                     packet_id,
@@ -905,7 +904,7 @@ impl Connection {
         };
         match session.inflight_position(r.packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos1Sent => {
-                session.inflight.remove(i);
+                session.remove_inflight(i);
             }
             // v5 §4.3.2 does not ask the server to act on an unknown PUBACK.
             _ => {}
@@ -920,10 +919,11 @@ impl Connection {
             Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
                 if r.reason.is_error() {
                     // v5 §4.3.3: a PUBREC with an error ends the exchange.
-                    session.inflight.remove(i);
+                    session.remove_inflight(i);
                 } else {
                     session.inflight[i].state = InflightState::Released;
-                    session.inflight[i].publish = None;
+                    let publish = session.inflight[i].publish.take();
+                    session.retire(publish);
                     self.send(Packet::PubRel(PubResponse::new(
                         r.packet_id,
                         ReasonCode::Success,
@@ -969,7 +969,7 @@ impl Connection {
             return;
         };
         if let Some(i) = session.inflight_position(id) {
-            session.inflight.remove(i);
+            session.remove_inflight(i);
         }
     }
 
@@ -1109,6 +1109,57 @@ impl Connection {
         }
     }
 
+    /// The next thing to send. Control packets first, then queued publishes:
+    /// a publish leaves the session queue only when the writer asks, so a
+    /// slow reader's backlog stays in the bounded session queue, not in an
+    /// unbounded buffer. With the disk buffer at hand, records of ended
+    /// exchanges are released and resends of spilled messages read back.
+    fn next_outgoing(
+        &mut self,
+        now: Instant,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Outgoing> {
+        if let (Some(ctx), Some(session)) = (spill.as_deref_mut(), self.session.as_mut()) {
+            session.release_retired(ctx);
+        }
+        loop {
+            let out = match self.transmit.pop_front() {
+                Some(out) => out,
+                None => return self.next_publish(now, spill),
+            };
+            let Outgoing::Reread { spilled, packet_id } = out else {
+                return Some(out);
+            };
+            let Some(ctx) = spill.as_deref_mut() else {
+                // Without the buffer it waits (the io layer always lends it).
+                self.transmit
+                    .push_front(Outgoing::Reread { spilled, packet_id });
+                return None;
+            };
+            let Some(session) = self.session.as_mut() else {
+                continue;
+            };
+            // Still in flight? An exchange that ended meanwhile is not resent.
+            let open = session
+                .inflight_position(packet_id)
+                .is_some_and(|i| session.inflight[i].state != InflightState::Released);
+            if !open {
+                continue;
+            }
+            match session.reread(&spilled, ctx) {
+                Some(queued) => {
+                    return Some(Outgoing::Publish {
+                        queued,
+                        packet_id: Some(packet_id),
+                        dup: true,
+                    })
+                }
+                // Lost (counted): the exchange cannot be resent and ends.
+                None => self.complete_outgoing(packet_id),
+            }
+        }
+    }
+
     /// Takes the next queued message the window allows and, for QoS 1/2,
     /// records it in flight under a fresh packet id.
     fn next_publish(
@@ -1125,7 +1176,7 @@ impl Connection {
             return None;
         }
         let session = self.session.as_mut()?;
-        let queued = session.pop_live(now, spill.as_deref_mut())?;
+        let (queued, held) = session.pop_live(now, spill.as_deref_mut())?;
         if queued.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
                 queued,
@@ -1134,7 +1185,10 @@ impl Connection {
             });
         }
         let Some((id, serial)) = session.allocate_packet_id() else {
-            session.push_front_memory(queued, spill);
+            match held {
+                Some(s) => session.push_front_spilled(s),
+                None => session.push_front_memory(queued, spill),
+            }
             return None;
         };
         let state = if queued.qos == QoS::AtLeastOnce {
@@ -1146,7 +1200,10 @@ impl Connection {
             packet_id: id,
             serial,
             state,
-            publish: Some(queued.clone()),
+            publish: Some(match held {
+                Some(s) => Entry::Spilled(s),
+                None => Entry::Memory(queued.clone()),
+            }),
         });
         Some(Outgoing::Publish {
             queued,
@@ -1170,10 +1227,14 @@ impl Connection {
                             ReasonCode::Success,
                         ))))
                 }
-                (_, Some(q)) => self.transmit.push_back(Outgoing::Publish {
+                (_, Some(Entry::Memory(q))) => self.transmit.push_back(Outgoing::Publish {
                     queued: q.clone(),
                     packet_id: Some(f.packet_id),
                     dup: true,
+                }),
+                (_, Some(Entry::Spilled(s))) => self.transmit.push_back(Outgoing::Reread {
+                    spilled: s.clone(),
+                    packet_id: f.packet_id,
                 }),
                 (_, None) => {}
             }

@@ -113,8 +113,11 @@ pub(crate) struct Inflight {
     /// (`allocate_packet_id`).
     pub serial: u64,
     pub state: InflightState,
-    /// `None` once PUBREC arrived: from then on only PUBREL is resent.
-    pub publish: Option<Queued>,
+    /// `None` once PUBREC arrived: from then on only PUBREL is resent. A
+    /// message sent from the disk buffer stays there (`Entry::Spilled`): its
+    /// record is released when the exchange ends and read again only to
+    /// resend it after a reconnect, so a draining window holds no payloads.
+    pub publish: Option<Entry>,
 }
 
 /// Counters a session keeps for metrics and the operator.
@@ -148,6 +151,10 @@ pub struct SessionState {
     /// QoS 2 packet ids received (PUBREC sent) and not yet released by
     /// PUBREL: a PUBLISH with one of these ids is a duplicate [MQTT-4.3.3-10].
     pub(crate) incoming_qos2: HashSet<PacketId>,
+    /// Records of in-flight messages whose exchange ended (PUBACK arrives
+    /// without access to the buffer): released at the next
+    /// `release_retired`, or by `discard_queue`/`unspill`.
+    retired: Vec<SpillRef>,
     next_packet_id: u16,
     /// Ids stepped through by `allocate_packet_id` so far.
     packet_id_steps: u64,
@@ -165,6 +172,7 @@ impl SessionState {
             memory_bytes: 0,
             spilled_len: 0,
             incoming_qos2: HashSet::new(),
+            retired: Vec::new(),
             next_packet_id: 1,
             packet_id_steps: 0,
             stats: SessionStats::default(),
@@ -192,6 +200,17 @@ impl SessionState {
     /// Queued messages held in the shard's disk buffer.
     pub fn spilled_len(&self) -> usize {
         self.spilled_len
+    }
+
+    /// Records this session holds in the shard's disk buffer: queued,
+    /// in flight, and retired but not yet released ([`Self::spilled_refs`]).
+    pub fn buffer_records(&self) -> usize {
+        let inflight = self
+            .inflight
+            .iter()
+            .filter(|f| matches!(f.publish, Some(Entry::Spilled(_))))
+            .count();
+        self.spilled_len + inflight + self.retired.len()
     }
 
     /// What the queued in-memory messages count against the shard's memory
@@ -370,12 +389,76 @@ impl SessionState {
         while let Some(e) = self.queue.pop_front() {
             self.drop_entry(e, Some(ctx));
         }
+        for f in &mut self.inflight {
+            if let Some(Entry::Spilled(s)) = f.publish.take() {
+                ctx.spill.release(s.at);
+            }
+        }
+        self.release_retired(ctx);
+    }
+
+    /// Ends an outgoing exchange's hold on its message: a record in the
+    /// disk buffer is retired (released at the next `release_retired`).
+    pub(crate) fn retire(&mut self, publish: Option<Entry>) {
+        if let Some(Entry::Spilled(s)) = publish {
+            self.retired.push(s.at);
+        }
+    }
+
+    /// Removes in-flight entry `i` (its exchange ended).
+    pub(crate) fn remove_inflight(&mut self, i: usize) {
+        if let Some(f) = self.inflight.remove(i) {
+            self.retire(f.publish);
+        }
+    }
+
+    /// Releases the records of exchanges that ended since the last call.
+    pub(crate) fn release_retired(&mut self, ctx: &mut SpillCtx<'_>) {
+        for r in self.retired.drain(..) {
+            ctx.spill.release(r);
+        }
+    }
+
+    /// Reads an in-flight spilled message back to resend it; its record
+    /// stays until the exchange ends.
+    pub(crate) fn reread(&mut self, s: &Spilled, ctx: &mut SpillCtx<'_>) -> Option<Queued> {
+        match ctx.spill.read(s.at, ctx.owner) {
+            Ok(m) => Some(Queued {
+                message: Arc::new(m),
+                qos: s.qos,
+                retain: s.retain,
+                subscription_ids: s.subscription_ids.clone(),
+            }),
+            Err(_) => {
+                self.stats.dropped_lost += 1;
+                None
+            }
+        }
     }
 
     /// Reads every spilled message back into memory and releases its record:
     /// before the session moves to another shard (buffer keys are per
     /// shard). Unreadable records are counted as lost.
     pub fn unspill(&mut self, ctx: &mut SpillCtx<'_>) {
+        self.release_retired(ctx);
+        let mut lost_inflight = 0;
+        self.inflight.retain_mut(|f| {
+            let Some(Entry::Spilled(s)) = &mut f.publish else {
+                return true;
+            };
+            match read_back(s, ctx) {
+                Some(q) => {
+                    f.publish = Some(Entry::Memory(q));
+                    true
+                }
+                // The exchange cannot be resent: it ends, its id is free.
+                None => {
+                    lost_inflight += 1;
+                    false
+                }
+            }
+        });
+        self.stats.dropped_lost += lost_inflight;
         if self.spilled_len == 0 {
             return;
         }
@@ -385,21 +468,13 @@ impl SessionState {
             let Entry::Spilled(s) = e else {
                 return true;
             };
-            let read = ctx.spill.read(s.at, ctx.owner);
-            ctx.spill.release(s.at);
-            match read {
-                Ok(m) => {
-                    let message = Arc::new(m);
-                    added += memory_cost(&message);
-                    *e = Entry::Memory(Queued {
-                        message,
-                        qos: s.qos,
-                        retain: s.retain,
-                        subscription_ids: std::mem::take(&mut s.subscription_ids),
-                    });
+            match read_back(s, ctx) {
+                Some(q) => {
+                    added += memory_cost(&q.message);
+                    *e = Entry::Memory(q);
                     true
                 }
-                Err(_) => {
+                None => {
                     lost += 1;
                     false
                 }
@@ -455,14 +530,21 @@ impl SessionState {
         }
     }
 
-    /// The references of every spilled message, in queue order.
+    /// Every record this session holds in the disk buffer, in the order
+    /// they will be read: in flight (resent first on resume), then queued,
+    /// then retired ones (never read again, released soon).
     pub fn spilled_refs(&self) -> Vec<SpillRef> {
-        self.queue
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Spilled(s) => Some(s.at),
-                Entry::Memory(_) => None,
-            })
+        let inflight = self.inflight.iter().filter_map(|f| match &f.publish {
+            Some(Entry::Spilled(s)) => Some(s.at),
+            _ => None,
+        });
+        let queued = self.queue.iter().filter_map(|e| match e {
+            Entry::Spilled(s) => Some(s.at),
+            Entry::Memory(_) => None,
+        });
+        inflight
+            .chain(queued)
+            .chain(self.retired.iter().copied())
             .collect()
     }
 
@@ -500,20 +582,21 @@ impl SessionState {
         self.inflight.iter().position(|f| f.packet_id == id)
     }
 
-    /// The next message to send, in memory: a spilled one is read back and
-    /// its record released (one that cannot be read is counted as lost and
-    /// skipped). Drops expired messages, counting them. A spilled message at
-    /// the front without `spill` stays queued (`None`).
+    /// The next message to send, in memory, with its record when it comes
+    /// from the disk buffer at QoS 1/2 (kept until the exchange ends; a QoS 0
+    /// one is released at once). One that cannot be read is counted as lost
+    /// and skipped. Drops expired messages, counting them. A spilled message
+    /// at the front without `spill` stays queued (`None`).
     pub(crate) fn pop_live(
         &mut self,
         now: Instant,
         mut spill: Option<&mut SpillCtx<'_>>,
-    ) -> Option<Queued> {
+    ) -> Option<(Queued, Option<Spilled>)> {
         loop {
-            let q = match self.queue.pop_front()? {
+            let (q, held) = match self.queue.pop_front()? {
                 Entry::Memory(q) => {
                     self.forget_memory(&q, spill.as_deref_mut());
-                    q
+                    (q, None)
                 }
                 Entry::Spilled(s) => {
                     let Some(ctx) = spill.as_deref_mut() else {
@@ -522,14 +605,20 @@ impl SessionState {
                     };
                     self.spilled_len -= 1;
                     let read = ctx.spill.read(s.at, ctx.owner);
-                    ctx.spill.release(s.at);
+                    let keep = read.is_ok() && s.qos != QoS::AtMostOnce;
+                    if !keep {
+                        ctx.spill.release(s.at);
+                    }
                     match read {
-                        Ok(m) => Queued {
-                            message: Arc::new(m),
-                            qos: s.qos,
-                            retain: s.retain,
-                            subscription_ids: s.subscription_ids,
-                        },
+                        Ok(m) => {
+                            let q = Queued {
+                                message: Arc::new(m),
+                                qos: s.qos,
+                                retain: s.retain,
+                                subscription_ids: s.subscription_ids.clone(),
+                            };
+                            (q, keep.then_some(s))
+                        }
                         Err(_) => {
                             self.stats.dropped_lost += 1;
                             continue;
@@ -539,11 +628,33 @@ impl SessionState {
             };
             if q.message.is_expired(now) {
                 self.stats.dropped_expired += 1;
+                if let (Some(s), Some(ctx)) = (held, spill.as_deref_mut()) {
+                    ctx.spill.release(s.at);
+                }
                 continue;
             }
-            return Some(q);
+            return Some((q, held));
         }
     }
+
+    /// Puts a spilled message taken by `pop_live` back at the front.
+    pub(crate) fn push_front_spilled(&mut self, s: Spilled) {
+        self.spilled_len += 1;
+        self.queue.push_front(Entry::Spilled(s));
+    }
+}
+
+/// Reads a spilled message back into memory and releases its record
+/// (`unspill`); `None` if it cannot be read (lost).
+fn read_back(s: &mut Spilled, ctx: &mut SpillCtx<'_>) -> Option<Queued> {
+    let read = ctx.spill.read(s.at, ctx.owner);
+    ctx.spill.release(s.at);
+    read.ok().map(|m| Queued {
+        message: Arc::new(m),
+        qos: s.qos,
+        retain: s.retain,
+        subscription_ids: std::mem::take(&mut s.subscription_ids),
+    })
 }
 
 #[cfg(test)]
