@@ -48,8 +48,9 @@ impl Default for QueueLimit {
 }
 
 /// Default [`ClientLimits::spilled_inflight_max`]. PERF: measured on the
-/// spilled-backlog drain (slow-sub, 1 KiB, docs/PERFORMANCE.md): an
-/// unbounded window (65,535) drained ~550k msgs/s, 4096 ~770k msgs/s; the
+/// spilled-backlog drain (slow-sub, 1 KiB, docs/PERFORMANCE.md) when
+/// in-flight messages were still held in memory: an unbounded window
+/// (65,535) drained ~550k msgs/s, 4096 ~770k msgs/s, 16,384 no faster; the
 /// same bound on messages drained from memory cost them ~40% (the window
 /// then stalls on acknowledgements across the loopback pipe), hence the
 /// bound applies to spilled messages only.
@@ -74,13 +75,11 @@ pub struct ClientLimits {
     /// QoS 1/2 publishes read back from the disk buffer that the broker
     /// keeps in flight towards one client at most, whatever larger Receive
     /// Maximum the client announced: Receive Maximum is a ceiling the server
-    /// must stay under [MQTT-3.3.4-9], not a quota it must fill. A message
-    /// read back from disk is materialised in fresh memory and held until
-    /// acknowledged, so without this a reconnecting client with Receive
-    /// Maximum 65,535 made the drain hold its whole spilled backlog in memory
-    /// at once, past `memoryProfile`'s budget (and paying a page fault per
-    /// 4 KiB of it). Messages queued in memory are already paid for and use
-    /// the full window. Not a config key. See [`SPILLED_INFLIGHT_MAX`].
+    /// must stay under [MQTT-3.3.4-9], not a quota it must fill. Such a
+    /// message stays in flight as its record, which a resend after a
+    /// reconnect reads again and which pins its segment until acknowledged:
+    /// this bounds both. Messages queued in memory are already paid for and
+    /// use the full window. Not a config key. See [`SPILLED_INFLIGHT_MAX`].
     pub spilled_inflight_max: NonZeroU16,
     /// `maxKeepAliveSeconds`: a larger client keep-alive (or 0) is replaced by
     /// this via Server Keep Alive (v5); v3.1.1 clients are held to their own.

@@ -21,10 +21,17 @@ use crate::shard::{ConnCell, Shard};
 /// Bytes read per socket read; frames larger than this are assembled over
 /// several reads, bounded by the decoder's maximum packet size.
 const READ_CHUNK: usize = 16 * 1024;
-/// Soft bound of one coalesced write.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Soft bound of one coalesced write. PERF: on a drain the kernel's send
+/// path (copy, loopback transmit, the reader's wake-up) is half the shard's
+/// time; 256 KiB writes take a quarter of the syscalls and wake-ups of 64 KiB
+/// ones (docs/PERFORMANCE.md).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A writer whose buffer grew past this gives it back once it has nothing
+/// to send: only connections that are draining hold a full batch.
+const WRITE_BUF_IDLE_BYTES: usize = 16 * 1024;
 /// Coalesced writes a writer may do before yielding to other tasks.
-const WRITE_BATCHES_PER_TURN: u32 = 16;
+/// (4 x 256 KiB: the same 1 MiB per turn as 16 x 64 KiB before.)
+const WRITE_BATCHES_PER_TURN: u32 = 4;
 /// Control packets queued for a client before its reader stops reading.
 const TRANSMIT_BACKLOG_MAX: usize = 4096;
 /// How long the writer keeps flushing after the connection closed.
@@ -282,7 +289,7 @@ fn assigned_client_id(shard: &Shard) -> bytestring::ByteString {
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
     let mut batches = 0u32;
     // The shard lends its disk buffer so spilled messages drain.
     let shard = crate::shard::SHARD.with(|s| s.borrow().clone());
@@ -334,6 +341,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
         if cell.closed.get() {
             let _ = writer.close().await;
             return;
+        }
+        if buf.capacity() > WRITE_BUF_IDLE_BYTES {
+            buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
         }
         if cell.wake_rx.recv().await.is_none() {
             return;

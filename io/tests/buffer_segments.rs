@@ -128,7 +128,7 @@ fn reading_with_another_owner_is_corrupt_and_counted() {
 }
 
 #[test]
-fn released_segments_are_reclaimed_and_their_files_deleted() {
+fn released_segments_are_reclaimed_kept_as_spares_and_the_rest_deleted() {
     let tmp = TempDir::new();
     let mut buf = open(&tmp.0, 1 << 20, true);
     let refs: Vec<RecordRef> = (0..400)
@@ -141,11 +141,27 @@ fn released_segments_are_reclaimed_and_their_files_deleted() {
         buf.read(*r, 1).unwrap();
         buf.release(*r);
     }
-    // Only the active segment stays.
-    assert_eq!(segment_files(&tmp.0).len(), 1);
+    // The active segment stays, two reclaimed ones are kept for reuse and
+    // the others are deleted.
+    assert_eq!(segment_files(&tmp.0).len(), 3);
     let s = buf.stats();
     assert_eq!(s.reclaimed_segments as usize, before - 1);
-    assert_eq!((s.segments, s.live_records), (1, 0));
+    assert_eq!((s.segments, s.live_records), (3, 0));
+    assert_eq!(s.bytes_used, 3 << 16, "spares count against maxSize");
+    // The next segments are the recycled files: no file is created.
+    let files = segment_files(&tmp.0);
+    let more: Vec<RecordRef> = (0..100)
+        .map(|i| buf.append(1, &message(i, 1000)).unwrap())
+        .collect();
+    assert_eq!(segment_files(&tmp.0), files);
+    for (i, r) in more.iter().enumerate() {
+        let m = buf.read(*r, 1).unwrap();
+        assert_eq!(
+            m.payload,
+            message(i, 1000).payload,
+            "record {i} of a recycled segment"
+        );
+    }
     // A released record in a reclaimed segment is gone, not corrupt.
     let err = buf.read(refs[0], 1).unwrap_err();
     assert!(matches!(err, BufferError::UnknownRecord(_)), "{err:?}");
