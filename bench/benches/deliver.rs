@@ -104,8 +104,16 @@ fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer>) -> usize {
             acks.extend_from_slice(&next_id.to_be_bytes());
         }
         let now = Instant::now();
-        while let Some(packet) = decoder.decode(&mut acks).unwrap() {
-            conn.handle_packet(now, packet);
+        // As the reader does: the 4-byte form first, then the general path.
+        loop {
+            if let Some(ack) = decoder.decode_ack(&mut acks) {
+                conn.handle_short_ack(now, ack);
+                continue;
+            }
+            match decoder.decode(&mut acks).unwrap() {
+                Some(packet) => conn.handle_packet(now, packet),
+                None => break,
+            }
         }
     }
 }

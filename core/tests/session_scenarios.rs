@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use shardmq_core::codec::{
-    decode_packet, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+    decode_packet, AckKind, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe,
+    SubscriptionOptions, Unsubscribe, Will,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
@@ -462,6 +463,54 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
     )));
     assert!(h.conn.wants_transmit());
     assert_eq!(h.sent().len(), 1);
+}
+
+#[test]
+fn short_acknowledgements_act_as_their_packets_do() {
+    // The reader's fast path (`Decoder::decode_ack`) must not change what
+    // an acknowledgement does: QoS 1 ends at PUBACK [MQTT-4.3.2-3], QoS 2
+    // answers PUBREC with PUBREL [MQTT-4.3.3-4] and ends at PUBCOMP
+    // [MQTT-4.3.3-5].
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("sub");
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"1"),
+        &granted(QoS::AtLeastOnce),
+    );
+    h.conn.deliver(
+        h.now,
+        &message("t", QoS::ExactlyOnce, b"2"),
+        &granted(QoS::ExactlyOnce),
+    );
+    let ids: Vec<PacketId> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let ack = |kind, packet_id| ShortAck { kind, packet_id };
+    h.conn.handle_short_ack(h.now, ack(AckKind::PubAck, ids[0]));
+    h.conn.handle_short_ack(h.now, ack(AckKind::PubRec, ids[1]));
+    assert_eq!(
+        h.sent(),
+        vec![Packet::PubRel(PubResponse::new(
+            ids[1],
+            ReasonCode::Success
+        ))]
+    );
+    assert_eq!(h.conn.session().unwrap().inflight_len(), 1);
+    h.conn
+        .handle_short_ack(h.now, ack(AckKind::PubComp, ids[1]));
+    assert_eq!(h.conn.session().unwrap().inflight_len(), 0);
+    // Before CONNECT it is a protocol error, as the packet is [MQTT-3.1.0-1].
+    let mut fresh = Harness::new(ClientLimits::default());
+    fresh
+        .conn
+        .handle_short_ack(fresh.now, ack(AckKind::PubAck, id(1)));
+    assert!(fresh.conn.is_closed());
 }
 
 #[test]

@@ -545,6 +545,7 @@ fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() 
     assert_eq!(state.spilled_len(), 0);
     assert_eq!(state.buffer_records(), 3);
     assert_eq!(state.spilled_refs().len(), 3);
+    assert_eq!(state.first_spilled_ref(), Some(state.spilled_refs()[0]));
     let mut conn = resume(state);
     let again = poll_publishes(&mut conn, &mut shard);
     let expect: Vec<_> = first

@@ -105,32 +105,38 @@ pub async fn serve<S>(
         // shard and starve every other task (subscribers' writers first).
         futures_lite::future::yield_now().await;
         loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(packet)) => {
-                    trace!(%peer, packet = ?packet.packet_type(), "received");
-                    let events = {
+            // PERF: the 4-byte acknowledgements a draining subscriber sends
+            // for every message skip `Packet` (a ~470-byte value).
+            let events = if let Some(ack) = decoder.decode_ack(&mut buf) {
+                let mut conn = cell.conn.borrow_mut();
+                conn.handle_short_ack(now, ack);
+                conn.has_events()
+            } else {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(packet)) => {
+                        trace!(%peer, packet = ?packet.packet_type(), "received");
                         let mut conn = cell.conn.borrow_mut();
                         conn.handle_packet(now, packet);
                         conn.has_events()
-                    };
-                    // PERF: acknowledgements raise no event; skip the call.
-                    if events {
-                        process_events(&shard, &cell, &auth, &mut session).await;
                     }
-                    cell.wake();
-                    if cell.conn.borrow().is_closed() {
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "protocol violation");
+                        let version = decoder.version();
+                        cell.conn.borrow_mut().handle_decode_error(&e, version);
+                        process_events(&shard, &cell, &auth, &mut session).await;
+                        cell.wake();
                         break 'read;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(%peer, error = %e, "protocol violation");
-                    let version = decoder.version();
-                    cell.conn.borrow_mut().handle_decode_error(&e, version);
-                    process_events(&shard, &cell, &auth, &mut session).await;
-                    cell.wake();
-                    break 'read;
-                }
+            };
+            // PERF: acknowledgements raise no event; skip the call.
+            if events {
+                process_events(&shard, &cell, &auth, &mut session).await;
+            }
+            cell.wake();
+            if cell.conn.borrow().is_closed() {
+                break 'read;
             }
         }
     }

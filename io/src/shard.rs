@@ -538,9 +538,9 @@ impl Shard {
         cell.spill_owner.set(owner);
         if let Some(state) = state {
             b.memory_bytes += state.memory_bytes();
-            if let Some(first) = state.spilled_refs().first() {
+            if let Some(first) = state.first_spilled_ref() {
                 // Readahead for the drain that is about to start.
-                shardmq_core::session::Spill::prefetch(&mut b.disk, *first, PREFETCH_BYTES);
+                shardmq_core::session::Spill::prefetch(&mut b.disk, first, PREFETCH_BYTES);
             }
         }
         drop(conn);

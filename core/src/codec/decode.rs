@@ -62,8 +62,8 @@ impl Decoder {
     /// frame was split off. `Err(_)`: the connection must be closed; `buf`
     /// may or may not have been consumed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
-        if let Some(packet) = self.decode_short_ack(buf) {
-            return Ok(Some(packet));
+        if let Some(ack) = self.decode_ack(buf) {
+            return Ok(Some(ack.to_packet()));
         }
         let Some((header, frame)) = split_frame(buf, self.version, false, self.max_packet_size)?
         else {
@@ -84,10 +84,11 @@ impl Decoder {
     /// PERF: a subscriber acknowledges every QoS 1/2 message, so the
     /// 4-byte form of PUBACK, PUBREC, PUBREL and PUBCOMP (packet id only:
     /// reason Success, no properties, §3.4.2.1) is most of what a draining
-    /// connection reads. Decoded here without splitting a frame off `buf`.
-    /// Anything else, including a zero packet id or wrong flags, takes the
-    /// general path and its precise error.
-    fn decode_short_ack(&self, buf: &mut BytesMut) -> Option<Packet> {
+    /// connection reads. Decoded here without splitting a frame off `buf`
+    /// or building a `Packet`; `None` for anything else, including a zero
+    /// packet id or wrong flags, which [`Decoder::decode`] then reports
+    /// precisely.
+    pub fn decode_ack(&mut self, buf: &mut BytesMut) -> Option<ShortAck> {
         if self.version.is_none() || self.max_packet_size < 4 {
             return None;
         }
@@ -95,18 +96,46 @@ impl Decoder {
             return None;
         };
         let packet_id = PacketId::new(u16::from_be_bytes([hi, lo]))?;
-        let r = PubResponse::new(packet_id, ReasonCode::Success);
         // Fixed header flags: 0 for PUBACK/PUBREC/PUBCOMP, 0b0010 for
         // PUBREL [MQTT-3.6.1-1]; other values are malformed (general path).
-        let packet = match first {
-            0x40 => Packet::PubAck(r),
-            0x50 => Packet::PubRec(r),
-            0x62 => Packet::PubRel(r),
-            0x70 => Packet::PubComp(r),
+        let kind = match first {
+            0x40 => AckKind::PubAck,
+            0x50 => AckKind::PubRec,
+            0x62 => AckKind::PubRel,
+            0x70 => AckKind::PubComp,
             _ => return None,
         };
         buf.advance(4);
-        Some(packet)
+        Some(ShortAck { kind, packet_id })
+    }
+}
+
+/// Which acknowledgement a [`ShortAck`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+/// An acknowledgement in its 4-byte form: reason Success, no properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortAck {
+    pub kind: AckKind,
+    pub packet_id: PacketId,
+}
+
+impl ShortAck {
+    /// The same acknowledgement as a `Packet`.
+    pub fn to_packet(self) -> Packet {
+        let r = PubResponse::new(self.packet_id, ReasonCode::Success);
+        match self.kind {
+            AckKind::PubAck => Packet::PubAck(r),
+            AckKind::PubRec => Packet::PubRec(r),
+            AckKind::PubRel => Packet::PubRel(r),
+            AckKind::PubComp => Packet::PubComp(r),
+        }
     }
 }
 

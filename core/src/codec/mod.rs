@@ -15,7 +15,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{decode_packet, Decoder};
+pub use decode::{decode_packet, AckKind, Decoder, ShortAck};
 pub use encode::{encode, encode_forward, encode_publish, encode_within, encoded_len, Forward};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

@@ -12,8 +12,9 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 
 use crate::codec::{
-    self, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ShortAck, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 use crate::limits::ClientLimits;
 use crate::topic::{Filter, TopicName};
@@ -280,6 +281,23 @@ impl Connection {
                 self.touch(now);
                 self.handle_connected(now, packet);
             }
+        }
+    }
+
+    /// `handle_packet` for an acknowledgement in its 4-byte form
+    /// (`Decoder::decode_ack`), without building a `Packet`: a draining
+    /// subscriber sends one per message.
+    pub fn handle_short_ack(&mut self, now: Instant, ack: ShortAck) {
+        if self.phase != Phase::Connected {
+            return self.handle_packet(now, ack.to_packet());
+        }
+        self.touch(now);
+        let id = ack.packet_id;
+        match ack.kind {
+            AckKind::PubAck => self.handle_puback(id),
+            AckKind::PubRec => self.handle_pubrec(id, ReasonCode::Success),
+            AckKind::PubRel => self.handle_pubrel(id),
+            AckKind::PubComp => self.handle_pubcomp(id),
         }
     }
 
@@ -739,10 +757,10 @@ impl Connection {
     fn handle_connected(&mut self, now: Instant, packet: Packet) {
         match packet {
             Packet::Publish(p) => self.handle_publish(now, p),
-            Packet::PubAck(r) => self.handle_puback(r),
-            Packet::PubRec(r) => self.handle_pubrec(r),
-            Packet::PubRel(r) => self.handle_pubrel(r),
-            Packet::PubComp(r) => self.handle_pubcomp(r),
+            Packet::PubAck(r) => self.handle_puback(r.packet_id),
+            Packet::PubRec(r) => self.handle_pubrec(r.packet_id, r.reason),
+            Packet::PubRel(r) => self.handle_pubrel(r.packet_id),
+            Packet::PubComp(r) => self.handle_pubcomp(r.packet_id),
             Packet::Subscribe(s) => self.handle_subscribe(s),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(u),
             Packet::PingReq => self.send(Packet::PingResp),
@@ -898,11 +916,11 @@ impl Connection {
         Ok(topic)
     }
 
-    fn handle_puback(&mut self, r: PubResponse) {
+    fn handle_puback(&mut self, packet_id: PacketId) {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        match session.inflight_position(r.packet_id) {
+        match session.inflight_position(packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos1Sent => {
                 session.remove_inflight(i);
             }
@@ -911,13 +929,13 @@ impl Connection {
         }
     }
 
-    fn handle_pubrec(&mut self, r: PubResponse) {
+    fn handle_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode) {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        match session.inflight_position(r.packet_id) {
+        match session.inflight_position(packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
-                if r.reason.is_error() {
+                if reason.is_error() {
                     // v5 §4.3.3: a PUBREC with an error ends the exchange.
                     session.remove_inflight(i);
                 } else {
@@ -925,7 +943,7 @@ impl Connection {
                     let publish = session.inflight[i].publish.take();
                     session.retire(publish);
                     self.send(Packet::PubRel(PubResponse::new(
-                        r.packet_id,
+                        packet_id,
                         ReasonCode::Success,
                     )));
                 }
@@ -933,22 +951,22 @@ impl Connection {
             Some(_) => {
                 // A repeated PUBREC: send the PUBREL again [MQTT-4.3.3-?].
                 self.send(Packet::PubRel(PubResponse::new(
-                    r.packet_id,
+                    packet_id,
                     ReasonCode::Success,
                 )));
             }
             None => {
                 let reason = self.v311_success_or(ReasonCode::PacketIdentifierNotFound);
-                self.send(Packet::PubRel(PubResponse::new(r.packet_id, reason)));
+                self.send(Packet::PubRel(PubResponse::new(packet_id, reason)));
             }
         }
     }
 
-    fn handle_pubrel(&mut self, r: PubResponse) {
+    fn handle_pubrel(&mut self, packet_id: PacketId) {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let known = session.incoming_qos2.remove(&r.packet_id);
+        let known = session.incoming_qos2.remove(&packet_id);
         // [MQTT-4.3.3-11] release the id and answer PUBCOMP; an unknown id
         // gets Packet Identifier Not Found in v5.
         let reason = if known || self.version == ProtocolVersion::V311 {
@@ -956,11 +974,11 @@ impl Connection {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.send(Packet::PubComp(PubResponse::new(r.packet_id, reason)));
+        self.send(Packet::PubComp(PubResponse::new(packet_id, reason)));
     }
 
-    fn handle_pubcomp(&mut self, r: PubResponse) {
-        self.complete_outgoing(r.packet_id);
+    fn handle_pubcomp(&mut self, packet_id: PacketId) {
+        self.complete_outgoing(packet_id);
     }
 
     /// Ends an outgoing exchange (PUBCOMP, or discarded as too large).

@@ -530,6 +530,21 @@ impl SessionState {
         }
     }
 
+    /// The first record `spilled_refs` would list (readahead on resume),
+    /// without collecting them all.
+    pub fn first_spilled_ref(&self) -> Option<SpillRef> {
+        let inflight = self.inflight.iter().find_map(|f| match &f.publish {
+            Some(Entry::Spilled(s)) => Some(s.at),
+            _ => None,
+        });
+        inflight.or_else(|| {
+            self.queue.iter().find_map(|e| match e {
+                Entry::Spilled(s) => Some(s.at),
+                Entry::Memory(_) => None,
+            })
+        })
+    }
+
     /// Every record this session holds in the disk buffer, in the order
     /// they will be read: in flight (resent first on resume), then queued,
     /// then retired ones (never read again, released soon).

@@ -290,4 +290,23 @@ fn short_acknowledgements_decode_as_the_general_path_does() {
         .is_err());
     // An incomplete one waits for more bytes.
     assert_eq!(d.decode(&mut BytesMut::from(&[0x40u8, 2, 0][..])), Ok(None));
+    // `decode_ack` takes only the well-formed 4-byte forms, leaving the rest
+    // (and the bytes) to `decode`.
+    for bad in [
+        &[0x40u8, 2, 0, 0][..],
+        &[0x60, 2, 0, 1],
+        &[0x40, 3, 0, 1, 0],
+        &[0x40, 2, 0],
+    ] {
+        let mut b = BytesMut::from(bad);
+        assert_eq!(d.decode_ack(&mut b), None, "{bad:?}");
+        assert_eq!(&b[..], bad);
+    }
+    assert_eq!(
+        d.decode_ack(&mut BytesMut::from(&[0x50u8, 2, 1, 2][..])),
+        Some(ShortAck {
+            kind: AckKind::PubRec,
+            packet_id: PacketId::new(0x0102).unwrap()
+        })
+    );
 }
