@@ -11,6 +11,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::topic::TopicName;
+
 use super::error::EncodeError;
 use super::packet::*;
 use super::properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
@@ -95,8 +97,11 @@ pub struct Forward<'a> {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty when `topic_alias` names a topic the client already knows (v5).
-    pub topic: &'a str,
+    /// `None` (an empty topic) when `topic_alias` names a topic the client
+    /// already knows (v5). A `TopicName` is valid by construction (non-empty,
+    /// no wildcard, no U+0000, at most 65,535 bytes [MQTT-4.7.3-1..-3]), so
+    /// it is not scanned again here.
+    pub topic: Option<&'a TopicName>,
     pub packet_id: Option<PacketId>,
     /// The application message's properties forwarded unaltered
     /// [MQTT-3.3.2-4, -15, -16, -17, -20]: Payload Format Indicator, Content
@@ -121,11 +126,9 @@ pub fn encode_forward(
     buf: &mut BytesMut,
 ) -> Result<usize, EncodeError> {
     let v5 = version == ProtocolVersion::V5;
-    let topic_len = string_len(f.topic, "topic name")?;
-    if f.topic.as_bytes().iter().any(|b| *b == b'+' || *b == b'#') {
-        return Err(EncodeError::TopicWildcard);
-    }
-    if !v5 && f.topic.is_empty() {
+    let topic = f.topic.map_or("", TopicName::as_str);
+    let topic_len = 2 + topic.len();
+    if !v5 && topic.is_empty() {
         return Err(EncodeError::EmptyTopic);
     }
     if (f.qos == QoS::AtMostOnce) != f.packet_id.is_none() {
@@ -147,7 +150,7 @@ pub fn encode_forward(
     buf.reserve(size);
     let flags = u8::from(f.dup) << 3 | (f.qos as u8) << 1 | u8::from(f.retain);
     put_fixed_header(buf, PacketType::Publish, flags, &plan);
-    put_string(buf, f.topic);
+    put_string(buf, topic);
     if let Some(id) = f.packet_id {
         buf.put_u16(id.get());
     }

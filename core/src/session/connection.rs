@@ -1294,14 +1294,14 @@ impl Connection {
     ) -> bool {
         let m = &queued.message;
         let v5 = self.version == ProtocolVersion::V5;
-        let mut topic = m.topic.as_str();
+        let mut topic = Some(&m.topic);
         let mut topic_alias = None;
         let mut new_alias = false;
         if v5 && self.client.topic_alias_max > 0 {
             if let Some(&alias) = self.aliases_out.get(&m.topic) {
                 // The client already knows this alias: send an empty topic.
                 topic_alias = Some(alias);
-                topic = "";
+                topic = None;
             } else if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
                 topic_alias = Some(self.aliases_out.len() as u16 + 1);
                 new_alias = true;
