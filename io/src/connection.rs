@@ -98,8 +98,9 @@ pub async fn serve<S>(
             Some(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        // Every packet of this chunk arrived now (keep-alive, expiry).
-        let now = Instant::now();
+        // Every packet of this chunk arrived now (keep-alive, expiry); read
+        // again after an await, which may take long (routing backpressure).
+        let mut now = Instant::now();
         // Fairness: a glommio read completes without yielding while the
         // socket has data, so a busy publisher would otherwise keep the
         // shard and starve every other task (subscribers' writers first).
@@ -133,6 +134,7 @@ pub async fn serve<S>(
             // PERF: acknowledgements raise no event; skip the call.
             if events {
                 process_events(&shard, &cell, &auth, &mut session).await;
+                now = Instant::now();
             }
             cell.wake();
             if cell.conn.borrow().is_closed() {

@@ -518,11 +518,14 @@ impl Shard {
         let mut b = b.borrow_mut();
         let conn = cell.conn.borrow();
         let state = conn.session();
-        let spilled = state.map_or(0, SessionState::spilled_len);
+        // Every record the session holds: queued, in flight and retired
+        // (`accept` may retire in-flight ones; the count stays the same).
+        let held = state.map_or(0, SessionState::buffer_records);
         let owner = match adopting {
             // INVARIANT: nothing runs between `take_local` and here, so the
-            // resumed session holds exactly the adopted records.
-            Some(a) if spilled == a.refs.len() => {
+            // resumed session holds exactly the adopted records; a clean
+            // start holds none (`claim_session` adopts only when some exist).
+            Some(a) if held == a.refs.len() => {
                 self.spill_owners.borrow_mut().insert(session, a.owner);
                 a.owner
             }
@@ -573,7 +576,12 @@ impl Shard {
         }
         let expiry = state.as_ref().map(|s| s.expiry_interval);
         match state {
-            Some(state) => {
+            Some(mut state) => {
+                // Records of exchanges acknowledged since the writer's last
+                // turn: released now, not when the session comes back.
+                if let Some(b) = &self.buffer {
+                    state.release_retired(&mut b.borrow_mut().ctx(self.spill_owner(session)));
+                }
                 let expires_at = now.checked_add(state.expiry_interval);
                 self.sessions.borrow_mut().insert(
                     session,

@@ -237,6 +237,58 @@ async fn spilled_backlog_moves_with_a_session_taken_over_on_another_shard() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_on_its_shard_mid_drain_gets_every_message_and_frees_every_record() {
+    // Spilled messages in flight keep their records until acknowledged. A
+    // client that drops mid-drain and resumes on the same shard must get the
+    // unacknowledged ones again [MQTT-4.4.0-1], then the rest, in order
+    // [MQTT-4.6.0-1], and every record must be released in the end.
+    const N: u32 = 2_000;
+    let dir = TempDir::new();
+    let broker = start(&dir.0, Setup::default());
+    let port = broker.port("s0");
+    offline_subscriber(port, "resumer").await;
+    publish(port, N).await;
+    wait_report(&broker, 0, |r| r.disk.appended > u64::from(N) / 2).await;
+    // Take 300 messages, acknowledge the first 100, leave (DISCONNECT keeps
+    // the session: its expiry is 300 s).
+    let first = tokio::task::spawn_blocking(move || {
+        use shardmq_core::codec::{Disconnect, Packet, PubResponse};
+        let (mut raw, ack) = common::RawClient::connect_v5(port, "resumer", Some(300));
+        assert!(ack.session_present);
+        let mut got = Vec::new();
+        while got.len() < 300 {
+            match raw.recv() {
+                Some(Packet::Publish(p)) => got.push((seq(&p.payload), p.packet_id.unwrap())),
+                Some(_) => {}
+                None => panic!("closed after {} publishes", got.len()),
+            }
+        }
+        for (_, id) in &got[..100] {
+            raw.send(&Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)));
+        }
+        raw.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+        // Read until the broker closes, so it has read everything we sent
+        // (closing with unread data would reset the connection instead).
+        while raw.recv().is_some() {}
+        got.into_iter().map(|(s, _)| s).collect::<Vec<u32>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, (0..300).collect::<Vec<u32>>());
+    let (mut sub, present) = Client::connect(port, "resumer", persistent).await;
+    assert!(present);
+    let rest: Vec<u32> = sub
+        .publishes((N - 100) as usize)
+        .await
+        .iter()
+        .map(|g| seq(&g.1))
+        .collect();
+    assert_eq!(rest, (100..N).collect::<Vec<u32>>(), "none lost, in order");
+    wait_report(&broker, 0, |r| r.disk.live_records == 0).await;
+    assert_eq!(report(&broker, 0).disk.corrupt, 0);
+}
+
 /// Spills `n` marked messages on shard 0 and returns every segment file's
 /// bytes once they are sealed into the files.
 async fn spilled_file_bytes(encrypt: bool, n: u32) -> Vec<u8> {

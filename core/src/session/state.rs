@@ -412,8 +412,10 @@ impl SessionState {
         }
     }
 
-    /// Releases the records of exchanges that ended since the last call.
-    pub(crate) fn release_retired(&mut self, ctx: &mut SpillCtx<'_>) {
+    /// Releases the records of exchanges that ended since the last call
+    /// (the writer does at each turn; the shard when the session goes
+    /// offline).
+    pub fn release_retired(&mut self, ctx: &mut SpillCtx<'_>) {
         for r in self.retired.drain(..) {
             ctx.spill.release(r);
         }
