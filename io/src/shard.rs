@@ -518,14 +518,11 @@ impl Shard {
         let mut b = b.borrow_mut();
         let conn = cell.conn.borrow();
         let state = conn.session();
-        // Every record the session holds: queued, in flight and retired
-        // (`accept` may retire in-flight ones; the count stays the same).
-        let held = state.map_or(0, SessionState::buffer_records);
         let owner = match adopting {
-            // INVARIANT: nothing runs between `take_local` and here, so the
-            // resumed session holds exactly the adopted records; a clean
-            // start holds none (`claim_session` adopts only when some exist).
-            Some(a) if held == a.refs.len() => {
+            // INVARIANT: nothing runs between `take_local` and here, so a
+            // resumed session holds exactly the adopted records (queued, in
+            // flight and retired), under the key they were written with.
+            Some(a) if conn.session_present() => {
                 self.spill_owners.borrow_mut().insert(session, a.owner);
                 a.owner
             }

@@ -289,6 +289,26 @@ async fn a_session_resumed_on_its_shard_mid_drain_gets_every_message_and_frees_e
     assert_eq!(report(&broker, 0).disk.corrupt, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_on_the_same_shard_releases_the_old_sessions_records() {
+    // [MQTT-3.1.2-4] Clean Start discards the existing session, so its
+    // spilled backlog goes too: every record released, nothing delivered.
+    let dir = TempDir::new();
+    let broker = start(&dir.0, Setup::default());
+    let port = broker.port("s0");
+    offline_subscriber(port, "fresh").await;
+    publish(port, 500).await;
+    wait_report(&broker, 0, |r| r.disk.live_records > 0).await;
+    let (sub, present) = Client::connect(port, "fresh", |o| {
+        o.set_clean_start(true);
+    })
+    .await;
+    assert!(!present);
+    wait_report(&broker, 0, |r| r.disk.live_records == 0).await;
+    assert_eq!(report(&broker, 0).disk.corrupt, 0);
+    sub.disconnect().await;
+}
+
 /// Spills `n` marked messages on shard 0 and returns every segment file's
 /// bytes once they are sealed into the files.
 async fn spilled_file_bytes(encrypt: bool, n: u32) -> Vec<u8> {

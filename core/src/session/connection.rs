@@ -184,6 +184,8 @@ pub struct Connection {
     /// Broker-to-client aliases assigned so far; never more than the client's
     /// Topic Alias Maximum [MQTT-3.3.2-9].
     aliases_out: HashMap<TopicName, u16>,
+    /// `accept` resumed the session it was given (CONNACK Session Present).
+    session_present: bool,
     /// Incoming QoS 1 publishes handed to the broker and not yet acknowledged;
     /// with the QoS 2 ids this is what Receive Maximum bounds [MQTT-3.3.4-7].
     incoming_qos1_pending: u32,
@@ -217,6 +219,7 @@ impl Connection {
             deadline: now.checked_add(CONNECT_TIMEOUT),
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
+            session_present: false,
             incoming_qos1_pending: 0,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -235,6 +238,12 @@ impl Connection {
 
     pub fn client_id(&self) -> Option<&ByteString> {
         self.session.as_ref().map(|s| &s.client_id)
+    }
+
+    /// Whether `accept` resumed the session it was given (Session Present
+    /// in CONNACK); `false` before `accept` and for a clean start.
+    pub fn session_present(&self) -> bool {
+        self.session_present
     }
 
     pub fn session(&self) -> Option<&SessionState> {
@@ -391,6 +400,7 @@ impl Connection {
             _ => None,
         };
         let session_present = resumed.is_some();
+        self.session_present = session_present;
         self.session = Some(resumed.unwrap_or_else(|| SessionState::new(client_id, expiry)));
 
         let mut props = Properties::default();
