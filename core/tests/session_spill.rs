@@ -566,6 +566,79 @@ fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() 
 }
 
 #[test]
+fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_resent() {
+    // [MQTT-4.3.3-4] PUBREC is answered with PUBREL; from then on the
+    // message itself is released and a resumed session resends only the
+    // PUBREL [MQTT-4.4.0-1]; PUBCOMP ends the exchange [MQTT-4.3.3-5].
+    let mut shard = Shard::new(0);
+    let mut state = session();
+    let l = limit(100, QueueFullStrategy::None);
+    for i in 0..2 {
+        state.enqueue_with(
+            Instant::now(),
+            &message(i, QoS::ExactlyOnce),
+            &granted(QoS::ExactlyOnce),
+            false,
+            &l,
+            Some(&mut shard.ctx(OWNER)),
+        );
+    }
+    assert_eq!(state.spilled_len(), 2);
+    let mut conn = resume(state);
+    let sent = poll_publishes(&mut conn, &mut shard);
+    assert_eq!(sent.len(), 2);
+    let now = Instant::now();
+    conn.handle_packet(
+        now,
+        Packet::PubRec(PubResponse::new(sent[0].1, ReasonCode::Success)),
+    );
+    // The PUBREL goes out; the first record is released at that turn, the
+    // second (no PUBREC yet) is held.
+    let out: Vec<Packet> =
+        std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect();
+    assert_eq!(
+        out,
+        vec![Packet::PubRel(PubResponse::new(
+            sent[0].1,
+            ReasonCode::Success
+        ))]
+    );
+    assert_eq!(shard.spill.released, 1);
+    let state = lose(&mut conn);
+    assert_eq!(state.buffer_records(), 1);
+    let mut conn = resume(state);
+    let again: Vec<Packet> =
+        std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect();
+    match again.as_slice() {
+        [Packet::PubRel(r), Packet::Publish(p)] => {
+            assert_eq!(r.packet_id, sent[0].1);
+            assert_eq!((p.packet_id, p.dup), (Some(sent[1].1), true));
+            assert_eq!(&p.payload[..], format!("{:06}", 1).as_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
+    conn.handle_packet(
+        now,
+        Packet::PubComp(PubResponse::new(sent[0].1, ReasonCode::Success)),
+    );
+    conn.handle_packet(
+        now,
+        Packet::PubRec(PubResponse::new(sent[1].1, ReasonCode::Success)),
+    );
+    conn.handle_packet(
+        now,
+        Packet::PubComp(PubResponse::new(sent[1].1, ReasonCode::Success)),
+    );
+    while conn
+        .poll_packet_with(now, Some(&mut shard.ctx(OWNER)))
+        .is_some()
+    {}
+    assert_eq!(conn.session().unwrap().inflight_len(), 0);
+    assert_eq!(shard.spill.released, 2);
+    assert!(shard.spill.records.is_empty());
+}
+
+#[test]
 fn an_in_flight_spilled_message_that_cannot_be_read_again_ends_its_exchange() {
     let mut shard = Shard::new(0);
     let mut state = session();
