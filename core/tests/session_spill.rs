@@ -126,11 +126,21 @@ fn limit(len: u32, strategy: QueueFullStrategy) -> QueueLimit {
 }
 
 fn offer(state: &mut SessionState, shard: &mut Shard, i: usize, l: &QueueLimit) -> Enqueued {
-    let now = Instant::now();
+    offer_at(state, shard, i, l, QoS::AtLeastOnce)
+}
+
+/// `offer` of message `i` at `qos`, granted `qos`, to an offline session.
+fn offer_at(
+    state: &mut SessionState,
+    shard: &mut Shard,
+    i: usize,
+    l: &QueueLimit,
+    qos: QoS,
+) -> Enqueued {
     state.enqueue_with(
-        now,
-        &message(i, QoS::AtLeastOnce),
-        &granted(QoS::AtLeastOnce),
+        Instant::now(),
+        &message(i, qos),
+        &granted(qos),
         false,
         l,
         Some(&mut shard.ctx(OWNER)),
@@ -574,14 +584,7 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
     let mut state = session();
     let l = limit(100, QueueFullStrategy::None);
     for i in 0..2 {
-        state.enqueue_with(
-            Instant::now(),
-            &message(i, QoS::ExactlyOnce),
-            &granted(QoS::ExactlyOnce),
-            false,
-            &l,
-            Some(&mut shard.ctx(OWNER)),
-        );
+        offer_at(&mut state, &mut shard, i, &l, QoS::ExactlyOnce);
     }
     assert_eq!(state.spilled_len(), 2);
     let mut conn = resume(state);

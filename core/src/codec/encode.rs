@@ -128,16 +128,7 @@ pub fn encode_forward(
     let v5 = version == ProtocolVersion::V5;
     let topic = f.topic.map_or("", TopicName::as_str);
     let topic_len = 2 + topic.len();
-    if !v5 && topic.is_empty() {
-        return Err(EncodeError::EmptyTopic);
-    }
-    if (f.qos == QoS::AtMostOnce) != f.packet_id.is_none() {
-        return Err(EncodeError::PacketIdMismatch);
-    }
-    if f.dup && f.qos == QoS::AtMostOnce {
-        return Err(EncodeError::DupWithQos0);
-    }
-    let id_len = if f.packet_id.is_some() { 2 } else { 0 };
+    let id_len = check_publish_header(v5, topic, f.qos, f.packet_id, f.dup)?;
     let props = if v5 { forward_properties_len(f)? } else { 0 };
     let props_block = if v5 { block(props) } else { 0 };
     let plan = finish(topic_len + id_len + props_block + f.payload.len(), props, 0)?;
@@ -148,12 +139,7 @@ pub fn encode_forward(
         }
     }
     buf.reserve(size);
-    let flags = u8::from(f.dup) << 3 | (f.qos as u8) << 1 | u8::from(f.retain);
-    put_fixed_header(buf, PacketType::Publish, flags, &plan);
-    put_string(buf, topic);
-    if let Some(id) = f.packet_id {
-        buf.put_u16(id.get());
-    }
+    put_publish_head(buf, &plan, (f.dup, f.qos, f.retain), topic, f.packet_id);
     if v5 {
         put_forward_properties(buf, f, props);
     }
@@ -434,16 +420,7 @@ fn plan_publish(p: &Publish, version: ProtocolVersion) -> Result<Plan, EncodeErr
     if p.topic.as_bytes().iter().any(|b| *b == b'+' || *b == b'#') {
         return Err(EncodeError::TopicWildcard);
     }
-    if !v5 && p.topic.is_empty() {
-        return Err(EncodeError::EmptyTopic);
-    }
-    if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
-        return Err(EncodeError::PacketIdMismatch);
-    }
-    if p.dup && p.qos == QoS::AtMostOnce {
-        return Err(EncodeError::DupWithQos0);
-    }
-    let id_len = if p.packet_id.is_some() { 2 } else { 0 };
+    let id_len = check_publish_header(v5, &p.topic, p.qos, p.packet_id, p.dup)?;
     let (props, props_block) = if v5 {
         let len = properties_len(&p.properties, PropertyContext::Publish)?;
         (len, block(len))
@@ -598,13 +575,46 @@ fn put_reason_tail(
     }
 }
 
-fn write_publish(p: &Publish, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
-    let flags = u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain);
+/// The rules a PUBLISH's header obeys whoever builds it: a topic (or, in
+/// v5, an alias), a packet id exactly for QoS 1/2 [MQTT-2.2.1-2], DUP only
+/// with QoS 1/2 [MQTT-3.3.1-2]. Returns the packet id's length.
+fn check_publish_header(
+    v5: bool,
+    topic: &str,
+    qos: QoS,
+    packet_id: Option<PacketId>,
+    dup: bool,
+) -> Result<usize, EncodeError> {
+    if !v5 && topic.is_empty() {
+        return Err(EncodeError::EmptyTopic);
+    }
+    if (qos == QoS::AtMostOnce) != packet_id.is_none() {
+        return Err(EncodeError::PacketIdMismatch);
+    }
+    if dup && qos == QoS::AtMostOnce {
+        return Err(EncodeError::DupWithQos0);
+    }
+    Ok(if packet_id.is_some() { 2 } else { 0 })
+}
+
+/// Fixed header (flags from DUP, QoS, RETAIN), topic and packet id.
+fn put_publish_head(
+    buf: &mut BytesMut,
+    plan: &Plan,
+    (dup, qos, retain): (bool, QoS, bool),
+    topic: &str,
+    packet_id: Option<PacketId>,
+) {
+    let flags = u8::from(dup) << 3 | (qos as u8) << 1 | u8::from(retain);
     put_fixed_header(buf, PacketType::Publish, flags, plan);
-    put_string(buf, &p.topic);
-    if let Some(id) = p.packet_id {
+    put_string(buf, topic);
+    if let Some(id) = packet_id {
         buf.put_u16(id.get());
     }
+}
+
+fn write_publish(p: &Publish, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
+    put_publish_head(buf, plan, (p.dup, p.qos, p.retain), &p.topic, p.packet_id);
     if version == ProtocolVersion::V5 {
         put_properties(buf, &p.properties, plan.props);
     }

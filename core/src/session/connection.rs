@@ -144,6 +144,16 @@ enum Outgoing {
     },
 }
 
+/// A topic alias for one outgoing PUBLISH (`Connection::outgoing_alias`).
+#[derive(Debug, Clone, Copy)]
+enum OutAlias {
+    /// Sent before: the topic goes out empty.
+    Known(u16),
+    /// Set up by this PUBLISH: topic and alias both go out.
+    New(u16),
+    None,
+}
+
 /// Limits the client announced in CONNECT (v5 §3.1.2.11), spec defaults applied.
 #[derive(Debug, Clone, Copy)]
 struct ClientSide {
@@ -594,8 +604,9 @@ impl Connection {
     pub fn poll_packet_with(
         &mut self,
         now: Instant,
-        spill: Option<&mut SpillCtx<'_>>,
+        mut spill: Option<&mut SpillCtx<'_>>,
     ) -> Option<Packet> {
+        self.release_retired(spill.as_deref_mut());
         let out = self.next_outgoing(now, spill)?;
         Some(match out {
             Outgoing::Packet(p) => p,
@@ -648,6 +659,7 @@ impl Connection {
         bytes_max: usize,
         mut spill: Option<&mut SpillCtx<'_>>,
     ) -> usize {
+        self.release_retired(spill.as_deref_mut());
         let mut written = 0;
         while buf.len() < bytes_max {
             let Some(out) = self.next_outgoing(now, spill.as_deref_mut()) else {
@@ -1137,19 +1149,24 @@ impl Connection {
         }
     }
 
+    /// Releases the records of exchanges acknowledged since the last call
+    /// (the reader has no buffer; the writer does, once per batch).
+    fn release_retired(&mut self, spill: Option<&mut SpillCtx<'_>>) {
+        if let (Some(ctx), Some(session)) = (spill, self.session.as_mut()) {
+            session.release_retired(ctx);
+        }
+    }
+
     /// The next thing to send. Control packets first, then queued publishes:
     /// a publish leaves the session queue only when the writer asks, so a
     /// slow reader's backlog stays in the bounded session queue, not in an
-    /// unbounded buffer. With the disk buffer at hand, records of ended
-    /// exchanges are released and resends of spilled messages read back.
+    /// unbounded buffer. With the disk buffer at hand, resends of spilled
+    /// messages are read back.
     fn next_outgoing(
         &mut self,
         now: Instant,
         mut spill: Option<&mut SpillCtx<'_>>,
     ) -> Option<Outgoing> {
-        if let (Some(ctx), Some(session)) = (spill.as_deref_mut(), self.session.as_mut()) {
-            session.release_retired(ctx);
-        }
         loop {
             let out = match self.transmit.pop_front() {
                 Some(out) => out,
@@ -1304,19 +1321,12 @@ impl Connection {
     ) -> bool {
         let m = &queued.message;
         let v5 = self.version == ProtocolVersion::V5;
-        let mut topic = Some(&m.topic);
-        let mut topic_alias = None;
-        let mut new_alias = false;
-        if v5 && self.client.topic_alias_max > 0 {
-            if let Some(&alias) = self.aliases_out.get(&m.topic) {
-                // The client already knows this alias: send an empty topic.
-                topic_alias = Some(alias);
-                topic = None;
-            } else if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
-                topic_alias = Some(self.aliases_out.len() as u16 + 1);
-                new_alias = true;
-            }
-        }
+        let alias = self.outgoing_alias(&m.topic);
+        let (topic, topic_alias) = match alias {
+            OutAlias::Known(a) => (None, Some(a)),
+            OutAlias::New(a) => (Some(&m.topic), Some(a)),
+            OutAlias::None => (Some(&m.topic), None),
+        };
         let forward = codec::Forward {
             dup,
             qos: queued.qos,
@@ -1335,8 +1345,8 @@ impl Connection {
         };
         match codec::encode_forward(&forward, self.version, self.client.packet_size_max, buf) {
             Ok(_) => {
-                if let (true, Some(alias)) = (new_alias, topic_alias) {
-                    self.aliases_out.insert(m.topic.clone(), alias);
+                if let OutAlias::New(a) = alias {
+                    self.aliases_out.insert(m.topic.clone(), a);
                 }
                 true
             }
@@ -1358,6 +1368,23 @@ impl Connection {
         }
     }
 
+    /// The topic alias for a PUBLISH on `topic` (v5, within the client's
+    /// Topic Alias Maximum [MQTT-3.3.2-9]). A `New` one is recorded by the
+    /// caller once the packet is sent.
+    fn outgoing_alias(&self, topic: &TopicName) -> OutAlias {
+        if self.version != ProtocolVersion::V5 || self.client.topic_alias_max == 0 {
+            return OutAlias::None;
+        }
+        if let Some(&a) = self.aliases_out.get(topic) {
+            // The client already knows this alias: send an empty topic.
+            return OutAlias::Known(a);
+        }
+        if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
+            return OutAlias::New(self.aliases_out.len() as u16 + 1);
+        }
+        OutAlias::None
+    }
+
     fn build_publish(
         &mut self,
         now: Instant,
@@ -1374,14 +1401,16 @@ impl Connection {
             }
             properties.message_expiry_interval = m.remaining_expiry_secs(now);
             properties.subscription_identifiers = queued.subscription_ids.clone();
-            if let Some(&alias) = self.aliases_out.get(&m.topic) {
-                // The client already knows this alias: send an empty topic.
-                properties.topic_alias = Some(alias);
-                topic = ByteString::new();
-            } else if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
-                let alias = self.aliases_out.len() as u16 + 1;
-                self.aliases_out.insert(m.topic.clone(), alias);
-                properties.topic_alias = Some(alias);
+            match self.outgoing_alias(&m.topic) {
+                OutAlias::Known(a) => {
+                    properties.topic_alias = Some(a);
+                    topic = ByteString::new();
+                }
+                OutAlias::New(a) => {
+                    self.aliases_out.insert(m.topic.clone(), a);
+                    properties.topic_alias = Some(a);
+                }
+                OutAlias::None => {}
             }
         }
         Publish {

@@ -75,6 +75,18 @@ pub(crate) struct Spilled {
     pub subscription_ids: Vec<u32>,
 }
 
+impl Spilled {
+    /// The queued form of this message once read back as `m`.
+    fn with_message(&self, m: super::message::Message) -> Queued {
+        Queued {
+            message: Arc::new(m),
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.clone(),
+        }
+    }
+}
+
 /// One place in the session queue.
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
@@ -425,12 +437,7 @@ impl SessionState {
     /// stays until the exchange ends.
     pub(crate) fn reread(&mut self, s: &Spilled, ctx: &mut SpillCtx<'_>) -> Option<Queued> {
         match ctx.spill.read(s.at, ctx.owner) {
-            Ok(m) => Some(Queued {
-                message: Arc::new(m),
-                qos: s.qos,
-                retain: s.retain,
-                subscription_ids: s.subscription_ids.clone(),
-            }),
+            Ok(m) => Some(s.with_message(m)),
             Err(_) => {
                 self.stats.dropped_lost += 1;
                 None
@@ -445,7 +452,7 @@ impl SessionState {
         self.release_retired(ctx);
         let mut lost_inflight = 0;
         self.inflight.retain_mut(|f| {
-            let Some(Entry::Spilled(s)) = &mut f.publish else {
+            let Some(Entry::Spilled(s)) = &f.publish else {
                 return true;
             };
             match read_back(s, ctx) {
@@ -535,34 +542,28 @@ impl SessionState {
     /// The first record `spilled_refs` would list (readahead on resume),
     /// without collecting them all.
     pub fn first_spilled_ref(&self) -> Option<SpillRef> {
-        let inflight = self.inflight.iter().find_map(|f| match &f.publish {
-            Some(Entry::Spilled(s)) => Some(s.at),
-            _ => None,
-        });
-        inflight.or_else(|| {
-            self.queue.iter().find_map(|e| match e {
-                Entry::Spilled(s) => Some(s.at),
-                Entry::Memory(_) => None,
-            })
-        })
+        self.held_refs().next()
     }
 
     /// Every record this session holds in the disk buffer, in the order
     /// they will be read: in flight (resent first on resume), then queued,
     /// then retired ones (never read again, released soon).
     pub fn spilled_refs(&self) -> Vec<SpillRef> {
-        let inflight = self.inflight.iter().filter_map(|f| match &f.publish {
-            Some(Entry::Spilled(s)) => Some(s.at),
-            _ => None,
-        });
-        let queued = self.queue.iter().filter_map(|e| match e {
+        self.held_refs().collect()
+    }
+
+    fn held_refs(&self) -> impl Iterator<Item = SpillRef> + '_ {
+        let spilled = |e: &Entry| match e {
             Entry::Spilled(s) => Some(s.at),
             Entry::Memory(_) => None,
-        });
+        };
+        let inflight = self
+            .inflight
+            .iter()
+            .filter_map(move |f| f.publish.as_ref().and_then(spilled));
         inflight
-            .chain(queued)
+            .chain(self.queue.iter().filter_map(spilled))
             .chain(self.retired.iter().copied())
-            .collect()
     }
 
     /// Allocates a packet id not in use by an outgoing exchange
@@ -627,15 +628,7 @@ impl SessionState {
                         ctx.spill.release(s.at);
                     }
                     match read {
-                        Ok(m) => {
-                            let q = Queued {
-                                message: Arc::new(m),
-                                qos: s.qos,
-                                retain: s.retain,
-                                subscription_ids: s.subscription_ids.clone(),
-                            };
-                            (q, keep.then_some(s))
-                        }
+                        Ok(m) => (s.with_message(m), keep.then_some(s)),
                         Err(_) => {
                             self.stats.dropped_lost += 1;
                             continue;
@@ -663,15 +656,10 @@ impl SessionState {
 
 /// Reads a spilled message back into memory and releases its record
 /// (`unspill`); `None` if it cannot be read (lost).
-fn read_back(s: &mut Spilled, ctx: &mut SpillCtx<'_>) -> Option<Queued> {
+fn read_back(s: &Spilled, ctx: &mut SpillCtx<'_>) -> Option<Queued> {
     let read = ctx.spill.read(s.at, ctx.owner);
     ctx.spill.release(s.at);
-    read.ok().map(|m| Queued {
-        message: Arc::new(m),
-        qos: s.qos,
-        retain: s.retain,
-        subscription_ids: std::mem::take(&mut s.subscription_ids),
-    })
+    read.ok().map(|m| s.with_message(m))
 }
 
 #[cfg(test)]
