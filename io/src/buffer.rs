@@ -10,6 +10,8 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -40,7 +42,8 @@ const BLOCK_CACHE_LEN: usize = 4;
 /// spare made off the shard counts as one). PERF: deleting a 64 MiB segment
 /// on the shard (unlink evicts its page cache, munmap drops its page tables)
 /// and creating the next one (fallocate, map, fault in) cost ~15% of a
-/// spilled drain's user and system time (`deliver` bench).
+/// spilled drain's user and system time (`deliver` bench). Deletes beyond
+/// the spares now run off the shard (`Deleter`).
 const SPARES_MAX: usize = 2;
 
 /// Where one record lives. Small and `Copy`: the session queue keeps these
@@ -290,6 +293,50 @@ pub struct DiskBuffer {
     cache_victim: usize,
     stats: BufferStats,
     removed_at_open: usize,
+    /// Takes reclaimed files that are not kept as spares; `None` deletes
+    /// them on the caller's thread.
+    deleter: Option<Deleter>,
+    /// Files handed to `deleter` and not yet deleted: they still hold their
+    /// disk space, so they count against `maxSize` until they are gone.
+    deleting: Arc<AtomicU64>,
+}
+
+/// Deletes reclaimed segment files away from the shard (the server hands
+/// them to glommio's blocking pool). PERF: unlinking a 64 MiB segment
+/// truncates its page cache and munmap drops its page tables: ~8 ms each on
+/// the test machine, ~9% of the shard's time in a 640k-message drain
+/// (docs/PERFORMANCE.md), during which every connection of the shard waited.
+pub struct Deleter(Box<dyn Fn(DoomedSegment)>);
+
+impl Deleter {
+    pub fn new(f: impl Fn(DoomedSegment) + 'static) -> Deleter {
+        Deleter(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Deleter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deleter")
+    }
+}
+
+/// A reclaimed segment file on its way out. Dropping it unmaps and deletes
+/// the file (blocking) and only then stops counting it against `maxSize`,
+/// so dropping it on any thread, or never running the job it was sent to,
+/// still removes the file. `Send`.
+#[derive(Debug)]
+pub struct DoomedSegment {
+    file: Option<SegmentFile>,
+    deleting: Arc<AtomicU64>,
+}
+
+impl Drop for DoomedSegment {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            delete_segment(file);
+        }
+        self.deleting.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl DiskBuffer {
@@ -354,6 +401,8 @@ impl DiskBuffer {
             cache_victim: 0,
             stats: BufferStats::default(),
             removed_at_open,
+            deleter: None,
+            deleting: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -375,8 +424,28 @@ impl DiskBuffer {
         let segments = (self.segments.len() + self.spares.len()) as u64;
         BufferStats {
             segments,
-            bytes_used: segments * self.segment_bytes,
+            bytes_used: (segments + self.deleting.load(Ordering::Acquire)) * self.segment_bytes,
             ..self.stats
+        }
+    }
+
+    /// Sends reclaimed files that are not kept as spares to `deleter`
+    /// instead of deleting them on this thread.
+    pub fn set_deleter(&mut self, deleter: Deleter) {
+        self.deleter = Some(deleter);
+    }
+
+    /// Unmaps and deletes `file`, through the deleter when there is one.
+    fn discard(&mut self, file: SegmentFile) {
+        match &self.deleter {
+            Some(deleter) => {
+                self.deleting.fetch_add(1, Ordering::AcqRel);
+                (deleter.0)(DoomedSegment {
+                    file: Some(file),
+                    deleting: self.deleting.clone(),
+                });
+            }
+            None => delete_segment(file),
         }
     }
 
@@ -649,13 +718,14 @@ impl DiskBuffer {
                 self.spares.push(file);
             } else {
                 // A reclaimed segment took its place meanwhile.
-                delete_segment(file);
+                self.discard(file);
             }
         }
     }
 
     fn may_allocate(&self) -> bool {
-        let allocated = (self.segments.len() + self.spares.len()) as u64;
+        let allocated = (self.segments.len() + self.spares.len()) as u64
+            + self.deleting.load(Ordering::Acquire);
         allocated + u64::from(self.spare_requested) < self.segments_max
     }
 
@@ -777,7 +847,7 @@ impl DiskBuffer {
         if self.spares.len() < SPARES_MAX {
             self.spares.push(seg.file);
         } else {
-            delete_segment(seg.file);
+            self.discard(seg.file);
         }
         self.stats.reclaimed_segments += 1;
         if seg.key != self.sealer.current_key() && self.segments.iter().all(|s| s.key != seg.key) {

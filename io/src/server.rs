@@ -16,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use shardmq_core::limits::ClientLimits;
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::DiskBuffer;
+use crate::buffer::{Deleter, DiskBuffer};
 use crate::connection;
 use crate::mesh::MeshMsg;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
@@ -336,7 +336,17 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
         setup.encrypt,
         setup.epoch,
     ) {
-        Ok(disk) => {
+        Ok(mut disk) => {
+            // Runs on the shard's executor: reclaimed segments are deleted on
+            // its blocking pool, so the shard never waits for an unlink.
+            disk.set_deleter(Deleter::new(|doomed| {
+                glommio::spawn_local(async move {
+                    glommio::executor()
+                        .spawn_blocking(move || drop(doomed))
+                        .await;
+                })
+                .detach();
+            }));
             info!(
                 shard = id,
                 dir = %disk.dir().display(),

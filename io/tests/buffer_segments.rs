@@ -14,7 +14,7 @@ use shardmq_core::buffer::RecordError;
 use shardmq_core::codec::{Properties, QoS};
 use shardmq_core::session::Message;
 use shardmq_core::topic::TopicName;
-use shardmq_io::buffer::{BufferError, DiskBuffer, RecordRef, SegmentFile};
+use shardmq_io::buffer::{BufferError, Deleter, DiskBuffer, DoomedSegment, RecordRef, SegmentFile};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 const MARKER: &[u8] = b"PAYLOAD-MARKER-7f3a";
@@ -166,6 +166,57 @@ fn released_segments_are_reclaimed_kept_as_spares_and_the_rest_deleted() {
     let err = buf.read(refs[0], 1).unwrap_err();
     assert!(matches!(err, BufferError::UnknownRecord(_)), "{err:?}");
     assert_eq!(buf.stats().corrupt, 0);
+}
+
+#[test]
+fn a_segment_handed_to_the_deleter_counts_against_max_size_until_it_is_deleted() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let tmp = TempDir::new();
+    let size_max = 4 * SEGMENT_BYTES;
+    let mut buf = open(&tmp.0, size_max, true);
+    let doomed: Rc<RefCell<Vec<DoomedSegment>>> = Rc::default();
+    let sink = doomed.clone();
+    buf.set_deleter(Deleter::new(move |d| sink.borrow_mut().push(d)));
+    let fill = |buf: &mut DiskBuffer, from: usize| -> Vec<RecordRef> {
+        let mut refs = Vec::new();
+        while let Ok(r) = buf.append(1, &message(from + refs.len(), 1000)) {
+            refs.push(r);
+            assert!(refs.len() < 10_000, "never became full");
+        }
+        refs
+    };
+    let refs = fill(&mut buf, 0);
+    assert_eq!(segment_files(&tmp.0).len(), 4);
+    // Release all but the active segment: two become spares, the third
+    // goes to the deleter and stays on disk until the deleter drops it.
+    let active = refs.last().unwrap().segment;
+    for r in refs.iter().filter(|r| r.segment != active) {
+        buf.release(*r);
+    }
+    assert_eq!(doomed.borrow().len(), 1);
+    assert_eq!(segment_files(&tmp.0).len(), 4, "not deleted on the shard");
+    assert_eq!(buf.stats().bytes_used, size_max, "still holds its space");
+    // So the buffer reuses the spares but makes no new file while it waits.
+    let more = fill(&mut buf, refs.len());
+    assert!(!more.is_empty());
+    assert!(segment_files(&tmp.0).len() <= 4);
+    assert!(matches!(
+        buf.append(1, &message(0, 1000)),
+        Err(BufferError::Full { .. })
+    ));
+    // Deleted on another thread (the blocking pool in the server): the
+    // file is gone and its space is usable again.
+    let d = doomed.borrow_mut().pop().unwrap();
+    std::thread::spawn(move || drop(d)).join().unwrap();
+    assert_eq!(segment_files(&tmp.0).len(), 3);
+    assert_eq!(buf.stats().bytes_used, 3 * SEGMENT_BYTES);
+    buf.append(1, &message(0, 1000)).unwrap();
+    assert_eq!(segment_files(&tmp.0).len(), 4);
+    // Every record appended while the file waited reads back.
+    for r in &more {
+        buf.read(*r, 1).unwrap();
+    }
 }
 
 #[test]

@@ -209,6 +209,22 @@ async fn offline_backlog_past_the_memory_budget_arrives_complete_and_in_order() 
     // Everything drained: every record released.
     wait_report(&broker, 0, |r| r.disk.live_records == 0).await;
     assert_eq!(report(&broker, 0).disk.corrupt, 0);
+    // Reclaimed segments past the two spares are deleted on the shard's
+    // blocking pool, and their space is given back: the active segment and
+    // the spares are all that stays.
+    wait_report(&broker, 0, |r| {
+        r.disk.reclaimed_segments > 3 && r.disk.bytes_used <= 3 << 20
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while segment_files(&dir.0).len() > 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reclaimed files never deleted: {:?}",
+            segment_files(&dir.0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
