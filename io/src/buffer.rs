@@ -89,9 +89,11 @@ pub enum BufferError {
 /// Counters for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BufferStats {
-    /// Segment files currently allocated (spare included).
+    /// Segment files in use or kept as spares; files handed to the
+    /// `Deleter` and not yet deleted are not counted here.
     pub segments: u64,
-    /// Bytes of segment files allocated: what counts against the size bound.
+    /// Bytes of segment files on disk, files waiting for the `Deleter`
+    /// included: what counts against the size bound.
     pub bytes_used: u64,
     /// Records appended and not yet released.
     pub live_records: u64,
@@ -299,13 +301,17 @@ pub struct DiskBuffer {
     /// Files handed to `deleter` and not yet deleted: they still hold their
     /// disk space, so they count against `maxSize` until they are gone.
     deleting: Arc<AtomicU64>,
+    /// Which open of a buffer in this process this is (file names).
+    generation: u64,
 }
 
-/// Deletes reclaimed segment files away from the shard (the server hands
-/// them to glommio's blocking pool). PERF: unlinking a 64 MiB segment
-/// truncates its page cache and munmap drops its page tables: ~8 ms each on
-/// the test machine, ~9% of the shard's time in a 640k-message drain
-/// (docs/PERFORMANCE.md), during which every connection of the shard waited.
+/// Deletes reclaimed segment files outside the shard's event loop (the
+/// server hands them to glommio's blocking pool, whose thread shares the
+/// shard's CPU when shards are pinned: the work is preemptible, not gone).
+/// PERF: unlinking a 64 MiB segment truncates its page cache and munmap
+/// drops its page tables: ~8 ms each on the test machine, ~9% of the shard's
+/// time in a 640k-message drain (docs/PERFORMANCE.md), taken in one piece
+/// while every connection of the shard waited.
 pub struct Deleter(Box<dyn Fn(DoomedSegment)>);
 
 impl Deleter {
@@ -322,8 +328,8 @@ impl std::fmt::Debug for Deleter {
 
 /// A reclaimed segment file on its way out. Dropping it unmaps and deletes
 /// the file (blocking) and only then stops counting it against `maxSize`,
-/// so dropping it on any thread, or never running the job it was sent to,
-/// still removes the file. `Send`.
+/// on whatever thread drops it. A job cut short by the process exiting may
+/// leave the file behind; the next start deletes leftovers. `Send`.
 #[derive(Debug)]
 pub struct DoomedSegment {
     file: Option<SegmentFile>,
@@ -403,6 +409,10 @@ impl DiskBuffer {
             removed_at_open,
             deleter: None,
             deleting: Arc::new(AtomicU64::new(0)),
+            generation: {
+                static OPENS: AtomicU64 = AtomicU64::new(0);
+                OPENS.fetch_add(1, Ordering::Relaxed)
+            },
         })
     }
 
@@ -732,7 +742,13 @@ impl DiskBuffer {
     fn next_file_path(&mut self) -> PathBuf {
         let no = self.next_file_no;
         self.next_file_no += 1;
-        self.dir.join(format!("seg-{no:010}{SEGMENT_SUFFIX}"))
+        // The open's generation keeps names unique within the process, so
+        // a late delete from an earlier buffer on the same directory (its
+        // `Deleter` job) cannot unlink one of this buffer's files.
+        self.dir.join(format!(
+            "seg-{:04}-{no:010}{SEGMENT_SUFFIX}",
+            self.generation
+        ))
     }
 
     fn active_room(&self) -> usize {
@@ -874,8 +890,13 @@ fn remove_leftovers(dir: &Path) -> io::Result<usize> {
         let name = entry.file_name();
         let is_ours = name.to_str().is_some_and(|n| n.ends_with(SEGMENT_SUFFIX));
         if is_ours && entry.file_type()?.is_file() {
-            fs::remove_file(entry.path())?;
-            removed += 1;
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Already gone: a delete from an earlier buffer in this
+                // process (its `Deleter` job) got there first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)

@@ -338,7 +338,8 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
     ) {
         Ok(mut disk) => {
             // Runs on the shard's executor: reclaimed segments are deleted on
-            // its blocking pool, so the shard never waits for an unlink.
+            // its blocking pool, so the event loop never stalls on an unlink
+            // (the pool's thread still shares the shard's CPU when pinned).
             disk.set_deleter(Deleter::new(|doomed| {
                 glommio::spawn_local(async move {
                     glommio::executor()

@@ -220,6 +220,41 @@ fn a_segment_handed_to_the_deleter_counts_against_max_size_until_it_is_deleted()
 }
 
 #[test]
+fn a_late_delete_from_an_earlier_buffer_never_removes_a_newer_buffers_file() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let tmp = TempDir::new();
+    let doomed: Rc<RefCell<Vec<DoomedSegment>>> = Rc::default();
+    {
+        let mut old = open(&tmp.0, 1 << 20, true);
+        let sink = doomed.clone();
+        old.set_deleter(Deleter::new(move |d| sink.borrow_mut().push(d)));
+        let refs: Vec<RecordRef> = (0..400)
+            .map(|i| old.append(1, &message(i, 1000)).unwrap())
+            .collect();
+        let active = refs.last().unwrap().segment;
+        for r in refs.iter().filter(|r| r.segment != active) {
+            old.release(*r);
+        }
+        assert!(!doomed.borrow().is_empty());
+    }
+    // A new buffer on the same directory (a restart inside one process):
+    // it deletes the leftovers, the doomed files included, and makes its own.
+    let mut new = open(&tmp.0, 1 << 20, true);
+    let refs: Vec<RecordRef> = (0..200)
+        .map(|i| new.append(1, &message(i, 1000)).unwrap())
+        .collect();
+    let files = segment_files(&tmp.0);
+    // The old buffer's deletes finish late: they find their files gone and
+    // touch none of the new buffer's.
+    doomed.borrow_mut().clear();
+    assert_eq!(segment_files(&tmp.0), files);
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(new.read(*r, 1).unwrap().payload, message(i, 1000).payload);
+    }
+}
+
+#[test]
 fn add_ref_keeps_a_segment_until_every_reader_released() {
     let tmp = TempDir::new();
     let mut buf = open(&tmp.0, 1 << 20, false);
