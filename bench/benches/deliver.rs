@@ -1,7 +1,7 @@
 //! The delivery loop without sockets: what the shard does per message when a
 //! reconnecting subscriber drains its backlog. One iteration queues
 //! `BACKLOG` 1 KiB QoS 1 messages for a v5 session (untimed), then times
-//! `poll_transmit` in 64 KiB writes plus decoding and handling one PUBACK
+//! `poll_transmit` in 256 KiB writes plus decoding and handling one PUBACK
 //! per message, as the connection's reader and writer tasks do. `memory`
 //! drains messages held in memory; `spilled_*` drains them from the real
 //! disk buffer (every message spilled), encrypted and plain. The kernel's
@@ -25,7 +25,7 @@ use shardmq_io::spill::ShardBuffer;
 /// Messages per iteration: a backlog of ~4 MiB.
 const BACKLOG: usize = 4096;
 /// The writer task's batch (`io/src/connection.rs`).
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 fn message() -> Arc<Message> {
     Arc::new(Message {
