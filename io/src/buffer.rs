@@ -658,23 +658,14 @@ impl DiskBuffer {
         Ok(())
     }
 
-    /// Seals the pending block into the active segment and asks the kernel
-    /// to start writing dirty pages back (msync MS_ASYNC). Nothing here is
-    /// for durability (the buffer is ephemeral); it bounds the plaintext
-    /// kept in the heap and the dirty pages kept in memory.
+    /// Seals the pending block into the active segment, which bounds the
+    /// plaintext waiting in the heap. Writeback is left to the kernel on
+    /// purpose: the buffer is ephemeral, so a page drained and reclaimed
+    /// before the kernel's dirty expiry (30 s by default) never reaches the
+    /// disk, which spares an IPC's flash. (msync(MS_ASYNC), which this used
+    /// to call, has been a no-op on Linux since 2.6.19.)
     pub fn flush(&mut self) -> Result<(), BufferError> {
-        self.seal_pending()?;
-        if let Some(active) = self.segments.last() {
-            active
-                .file
-                .map
-                .flush_async_range(0, active.write_at)
-                .map_err(|source| BufferError::Io {
-                    path: active.file.path.clone(),
-                    source,
-                })?;
-        }
-        Ok(())
+        self.seal_pending()
     }
 
     /// Hints that `r`'s block and the `len_bytes` after it will be read soon
