@@ -186,10 +186,7 @@ fn drain(conn: &mut Connection, shard: &mut Shard) -> Vec<String> {
             out.push(String::from_utf8(p.payload.to_vec()).unwrap());
             assert_eq!(p.properties.subscription_identifiers, vec![3]);
             if let Some(id) = p.packet_id {
-                conn.handle_packet(
-                    now,
-                    Packet::PubAck(PubResponse::new(id, ReasonCode::Success)),
-                );
+                respond(conn, Packet::PubAck, id);
             }
         }
     }
@@ -199,15 +196,23 @@ fn drain(conn: &mut Connection, shard: &mut Shard) -> Vec<String> {
 /// Sends what the connection will send now, without acknowledging; adds
 /// the payloads to `sent` and returns the packet ids.
 fn poll_ids(conn: &mut Connection, shard: &mut Shard, sent: &mut Vec<String>) -> Vec<PacketId> {
+    let publishes = poll_publishes(conn, shard);
+    sent.extend(publishes.iter().map(|(payload, _, _)| payload.clone()));
+    publishes.into_iter().map(|(_, id, _)| id).collect()
+}
+
+/// Every packet the connection sends now, with the buffer lent.
+fn poll_all(conn: &mut Connection, shard: &mut Shard) -> Vec<Packet> {
     let now = Instant::now();
-    let mut ids = Vec::new();
-    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
-        if let Packet::Publish(p) = p {
-            sent.push(String::from_utf8(p.payload.to_vec()).unwrap());
-            ids.push(p.packet_id.unwrap());
-        }
-    }
-    ids
+    std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect()
+}
+
+/// The client answers `id` with a successful `kind` (PUBACK, PUBREC, ...).
+fn respond(conn: &mut Connection, kind: fn(PubResponse) -> Packet, id: PacketId) {
+    conn.handle_packet(
+        Instant::now(),
+        kind(PubResponse::new(id, ReasonCode::Success)),
+    );
 }
 
 fn expected(range: std::ops::Range<usize>) -> Vec<String> {
@@ -254,7 +259,6 @@ fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
         ..ClientLimits::default()
     };
     let mut conn = resume_with(state, limits, 300);
-    let now = Instant::now();
     let mut sent = Vec::new();
     // All 8 from memory (past the bound of 5), then none from disk until
     // fewer than 5 are in flight.
@@ -262,19 +266,13 @@ fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
     assert_eq!(first.len(), 8, "in flight: {first:?}");
     assert!(!conn.wants_transmit());
     for id in &first[..4] {
-        conn.handle_packet(
-            now,
-            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
-        );
+        respond(&mut conn, Packet::PubAck, *id);
     }
     assert!(conn.wants_transmit());
     let second = poll_ids(&mut conn, &mut shard, &mut sent);
     assert_eq!(second.len(), 1, "4 in flight: one spilled message may go");
     for id in first[4..].iter().chain(&second) {
-        conn.handle_packet(
-            now,
-            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
-        );
+        respond(&mut conn, Packet::PubAck, *id);
     }
     let last = poll_ids(&mut conn, &mut shard, &mut sent);
     assert_eq!(sent, expected(0..12), "order kept [MQTT-4.6.0-1]");
@@ -282,10 +280,7 @@ fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
     // the writer's next turn.
     assert_eq!(shard.spill.released, 1);
     for id in &last {
-        conn.handle_packet(
-            now,
-            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
-        );
+        respond(&mut conn, Packet::PubAck, *id);
     }
     poll_ids(&mut conn, &mut shard, &mut sent);
     assert_eq!(shard.spill.released, 4);
@@ -563,12 +558,8 @@ fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() 
         .map(|(p, id, _)| (p.clone(), *id, true))
         .collect();
     assert_eq!(again, expect);
-    let now = Instant::now();
     for (_, id, _) in &again {
-        conn.handle_packet(
-            now,
-            Packet::PubAck(PubResponse::new(*id, ReasonCode::Success)),
-        );
+        respond(&mut conn, Packet::PubAck, *id);
     }
     assert!(poll_publishes(&mut conn, &mut shard).is_empty());
     assert_eq!(shard.spill.released, 3);
@@ -590,15 +581,10 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
     let mut conn = resume(state);
     let sent = poll_publishes(&mut conn, &mut shard);
     assert_eq!(sent.len(), 2);
-    let now = Instant::now();
-    conn.handle_packet(
-        now,
-        Packet::PubRec(PubResponse::new(sent[0].1, ReasonCode::Success)),
-    );
+    respond(&mut conn, Packet::PubRec, sent[0].1);
     // The PUBREL goes out; the first record is released at that turn, the
     // second (no PUBREC yet) is held.
-    let out: Vec<Packet> =
-        std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect();
+    let out = poll_all(&mut conn, &mut shard);
     assert_eq!(
         out,
         vec![Packet::PubRel(PubResponse::new(
@@ -610,8 +596,7 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
     let state = lose(&mut conn);
     assert_eq!(state.buffer_records(), 1);
     let mut conn = resume(state);
-    let again: Vec<Packet> =
-        std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect();
+    let again = poll_all(&mut conn, &mut shard);
     match again.as_slice() {
         [Packet::PubRel(r), Packet::Publish(p)] => {
             assert_eq!(r.packet_id, sent[0].1);
@@ -620,22 +605,10 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
         }
         other => panic!("{other:?}"),
     }
-    conn.handle_packet(
-        now,
-        Packet::PubComp(PubResponse::new(sent[0].1, ReasonCode::Success)),
-    );
-    conn.handle_packet(
-        now,
-        Packet::PubRec(PubResponse::new(sent[1].1, ReasonCode::Success)),
-    );
-    conn.handle_packet(
-        now,
-        Packet::PubComp(PubResponse::new(sent[1].1, ReasonCode::Success)),
-    );
-    while conn
-        .poll_packet_with(now, Some(&mut shard.ctx(OWNER)))
-        .is_some()
-    {}
+    respond(&mut conn, Packet::PubComp, sent[0].1);
+    respond(&mut conn, Packet::PubRec, sent[1].1);
+    respond(&mut conn, Packet::PubComp, sent[1].1);
+    poll_all(&mut conn, &mut shard);
     assert_eq!(conn.session().unwrap().inflight_len(), 0);
     assert_eq!(shard.spill.released, 2);
     assert!(shard.spill.records.is_empty());
@@ -679,10 +652,7 @@ fn discard_and_unspill_account_for_spilled_messages_in_flight() {
         let mut conn = resume(state);
         let sent = poll_publishes(&mut conn, shard);
         // One acknowledged: its record is retired, not yet released.
-        conn.handle_packet(
-            Instant::now(),
-            Packet::PubAck(PubResponse::new(sent[0].1, ReasonCode::Success)),
-        );
+        respond(&mut conn, Packet::PubAck, sent[0].1);
         lose(&mut conn)
     };
     // The session ends: every record it holds is released.

@@ -3,8 +3,10 @@
 //! flipped byte on disk, and no plaintext in the files when encrypted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -168,16 +170,21 @@ fn released_segments_are_reclaimed_kept_as_spares_and_the_rest_deleted() {
     assert_eq!(buf.stats().corrupt, 0);
 }
 
-#[test]
-fn a_segment_handed_to_the_deleter_counts_against_max_size_until_it_is_deleted() {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    let tmp = TempDir::new();
-    let size_max = 4 * SEGMENT_BYTES;
-    let mut buf = open(&tmp.0, size_max, true);
+/// A deleter that keeps what it is handed, so a test decides when (and on
+/// which thread) each file is deleted.
+fn collect_doomed(buf: &mut DiskBuffer) -> Rc<RefCell<Vec<DoomedSegment>>> {
     let doomed: Rc<RefCell<Vec<DoomedSegment>>> = Rc::default();
     let sink = doomed.clone();
     buf.set_deleter(Deleter::new(move |d| sink.borrow_mut().push(d)));
+    doomed
+}
+
+#[test]
+fn a_segment_handed_to_the_deleter_counts_against_max_size_until_it_is_deleted() {
+    let tmp = TempDir::new();
+    let size_max = 4 * SEGMENT_BYTES;
+    let mut buf = open(&tmp.0, size_max, true);
+    let doomed = collect_doomed(&mut buf);
     let fill = |buf: &mut DiskBuffer, from: usize| -> Vec<RecordRef> {
         let mut refs = Vec::new();
         while let Ok(r) = buf.append(1, &message(from + refs.len(), 1000)) {
@@ -221,14 +228,11 @@ fn a_segment_handed_to_the_deleter_counts_against_max_size_until_it_is_deleted()
 
 #[test]
 fn a_late_delete_from_an_earlier_buffer_never_removes_a_newer_buffers_file() {
-    use std::cell::RefCell;
-    use std::rc::Rc;
     let tmp = TempDir::new();
-    let doomed: Rc<RefCell<Vec<DoomedSegment>>> = Rc::default();
+    let doomed;
     {
         let mut old = open(&tmp.0, 1 << 20, true);
-        let sink = doomed.clone();
-        old.set_deleter(Deleter::new(move |d| sink.borrow_mut().push(d)));
+        doomed = collect_doomed(&mut old);
         let refs: Vec<RecordRef> = (0..400)
             .map(|i| old.append(1, &message(i, 1000)).unwrap())
             .collect();
