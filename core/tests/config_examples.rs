@@ -1,4 +1,4 @@
-//! AIO Broker fragments users bring along (/work/shared/examples, read-only)
+//! AIO Broker fragments users bring along (examples/aio/, copied as AIO documents them)
 //! must load as they are, alone and merged with a listeners section, and
 //! their values must land in the typed config. The examples in
 //! docs/CONFIG.md must load too.
@@ -15,7 +15,7 @@ use shardmq_core::config::{
 use shardmq_core::limits::QueueFullStrategy;
 
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aio")
 }
 
 fn example(name: &str) -> String {

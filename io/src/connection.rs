@@ -334,7 +334,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(cell: Rc<ConnCell>, mut writer: W) {
                     // WRITE_BATCHES_PER_TURN batches while readers get one
                     // chunk per turn, so delivery keeps up with intake.
                     batches += 1;
-                    if batches % WRITE_BATCHES_PER_TURN == 0 {
+                    if batches.is_multiple_of(WRITE_BATCHES_PER_TURN) {
                         futures_lite::future::yield_now().await;
                     }
                 }

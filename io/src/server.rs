@@ -441,7 +441,7 @@ async fn run_shard(
     let mut bound = Vec::new();
     for l in listeners
         .iter()
-        .filter(|l| l.shards.as_ref().map_or(true, |s| s.contains(&id)))
+        .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&id)))
     {
         match TcpListener::bind(l.addr) {
             Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),

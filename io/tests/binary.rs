@@ -59,7 +59,7 @@ fn bad_config_exits_non_zero_with_one_line_per_problem() {
 
 #[test]
 fn aio_example_fragments_start_the_broker() {
-    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples");
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/aio");
     for name in [
         "aio-advanced-clients.json",
         "aio-advanced-encryption.json",

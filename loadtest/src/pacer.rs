@@ -127,7 +127,7 @@ impl Future for Sleep<'_> {
         }
         let (lock, cv) = &*self.pacer.shared;
         if let Ok(mut st) = lock.lock() {
-            let earliest = st.heap.peek().map_or(true, |e| self.at < e.at);
+            let earliest = st.heap.peek().is_none_or(|e| self.at < e.at);
             st.heap.push(Entry {
                 at: self.at,
                 waker: cx.waker().clone(),

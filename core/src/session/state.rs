@@ -587,7 +587,7 @@ impl SessionState {
             let recent = self
                 .inflight
                 .front()
-                .map_or(true, |f| serial - f.serial < u64::from(u16::MAX));
+                .is_none_or(|f| serial - f.serial < u64::from(u16::MAX));
             if recent || !self.inflight.iter().any(|f| f.packet_id == id) {
                 return Some((id, serial));
             }
