@@ -233,3 +233,19 @@ pub fn serve_once(pki: &Pki, answer: Answer) -> (String, mpsc::Receiver<(String,
     });
     (url, rx)
 }
+
+/// A Mosquitto 1.x password-file line (`user:$6$salt$hash`, salted SHA-512)
+/// for `user` and `password`, so tests need no `mosquitto_passwd`.
+pub fn password_line(user: &str, password: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let salt = format!("salt-of-{user}");
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+    ctx.update(password.as_bytes());
+    ctx.update(salt.as_bytes());
+    format!(
+        "{user}:$6${}${}",
+        STANDARD.encode(salt.as_bytes()),
+        STANDARD.encode(ctx.finish().as_ref())
+    )
+}

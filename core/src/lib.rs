@@ -2,6 +2,7 @@
 //! sockets, threads or clock reads. The `io` crate drives these types from
 //! sockets; tests drive them on a fake clock.
 
+pub mod broker;
 pub mod buffer;
 pub mod codec;
 pub mod config;

@@ -16,6 +16,21 @@ pub enum QueueFullStrategy {
     DropOldest,
 }
 
+/// Who may connect with a client id whose session exists
+/// (`advanced.clients.sessionTakeover`, a shardmq addition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TakeoverPolicy {
+    /// Only the principal that holds the session (same authentication
+    /// policy, method and subject; for anonymous clients, the same port)
+    /// may resume or replace it; anyone else is refused with Not Authorized
+    /// and the session is untouched (MQTT 5.0 §5.4.2).
+    #[default]
+    SamePrincipal,
+    /// Any client that passes authentication may take any session over
+    /// (the MQTT default; for single-tenant sites that want it).
+    AnyPrincipal,
+}
+
 /// Queue bound of a session when `subscriberQueueLimit.length` is not set:
 /// nothing in the broker is unbounded (a subscriber that never reads must
 /// not take the shard's memory).
@@ -91,6 +106,8 @@ pub struct ClientLimits {
     pub queue: QueueLimit,
     /// Subscriptions one session may hold; bounds the trie per client.
     pub subscriptions_per_session_max: NonZeroU32,
+    /// `sessionTakeover`: who may take an existing session over.
+    pub session_takeover: TakeoverPolicy,
 }
 
 impl Default for ClientLimits {
@@ -106,6 +123,7 @@ impl Default for ClientLimits {
             topic_alias_max: 65_535,
             queue: QueueLimit::default(),
             subscriptions_per_session_max: nz32(10_000),
+            session_takeover: TakeoverPolicy::SamePrincipal,
         }
     }
 }

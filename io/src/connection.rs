@@ -11,8 +11,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 use rustls_pki_types::CertificateDer;
 use shardmq_core::codec::Decoder;
+use shardmq_core::codec::ReasonCode;
 use shardmq_core::session::{Connection, Event};
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::mesh::SessionId;
 use crate::security::ListenerSecurity;
@@ -194,10 +195,19 @@ async fn process_events(
                         continue;
                     }
                 };
-                let (id, existing) = shard.claim_session(&client_id, now).await;
+                let principal = admitted.principal.clone();
+                let Some((id, existing)) = shard.claim_session(&client_id, principal, now).await
+                else {
+                    // MQTT 5.0 §5.4.2: the id's session is another
+                    // principal's; it is neither resumed, replaced nor kicked.
+                    info!(shard = shard.id, client = %client_id, principal = %admitted.principal,
+                        "CONNECT refused: the client id's session belongs to another principal");
+                    cell.conn.borrow_mut().reject(ReasonCode::NotAuthorized);
+                    continue;
+                };
                 let assigned = request.client_id.is_empty().then(|| client_id.clone());
                 let mut conn = cell.conn.borrow_mut();
-                conn.accept(
+                let revoked = conn.accept(
                     Instant::now(),
                     existing,
                     assigned,
@@ -205,9 +215,14 @@ async fn process_events(
                 );
                 conn.set_credential_expiry(admitted.expires_at);
                 drop(conn);
+                if !revoked.is_empty() {
+                    info!(shard = shard.id, client = %client_id, principal = %admitted.principal,
+                        ?revoked, "resumed subscriptions no longer allowed were removed");
+                }
                 cell.rearm();
                 *session = Some(id);
                 shard.attach(id, cell.clone());
+                shard.settle_claim(&client_id, id);
             }
             Event::Publish { message, ack } => {
                 let reason = shard.route(&message, now).await;

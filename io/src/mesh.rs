@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use bytestring::ByteString;
+use shardmq_core::broker::{Decision, PrincipalId};
 use shardmq_core::session::{Delivery, SessionState, SharedMessage};
 use shardmq_core::topic::TopicFilter;
 
@@ -88,17 +89,26 @@ pub enum MeshMsg {
     Pong {
         request: u64,
     },
-    /// To the registry owner of `client_id`: the session now lives at
-    /// (`shard`, `session`). The reply names where it lived before.
+    /// To the registry owner of `client_id`: a CONNECT by `principal` on
+    /// (`shard`, `session`) claims the id. Answered with `ClaimReply` at
+    /// once, or once the claim settling before it has settled.
     Claim {
         client_id: ByteString,
         shard: ShardId,
         session: SessionId,
+        principal: PrincipalId,
         request: u64,
     },
     ClaimReply {
         request: u64,
-        previous: Option<(ShardId, SessionId)>,
+        decision: Decision<(ShardId, SessionId)>,
+    },
+    /// To the registry owner: the claim granted to (`shard`, `session`) is
+    /// settled (its session is in place); the next waiting claim may go.
+    ClaimSettled {
+        client_id: ByteString,
+        shard: ShardId,
+        session: SessionId,
     },
     /// To the registry owner: the session ended; forget it if still current.
     Release {

@@ -10,8 +10,9 @@ use bytestring::ByteString;
 use rustls_pki_types::CertificateDer;
 use shardmq_auth::{
     AuthError, Authenticator, AuthorizationPolicy, CompiledPermissions, ConnectInfo, Identity,
-    Outcome,
+    MethodKind, Outcome,
 };
+use shardmq_core::broker::PrincipalId;
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::session::{ConnectRequest, Permissions};
 use tracing::debug;
@@ -34,6 +35,8 @@ pub struct ListenerSecurity {
 #[derive(Debug)]
 pub struct Admitted {
     pub permissions: CompiledPermissions,
+    /// Who the client is, for binding its session (`sessionTakeover`).
+    pub principal: PrincipalId,
     /// When the credential expires, on the shard's monotonic clock.
     pub expires_at: Option<Instant>,
 }
@@ -47,12 +50,12 @@ impl ListenerSecurity {
         client_id: &ByteString,
         peer_certs: &[CertificateDer<'static>],
     ) -> Result<Admitted, ReasonCode> {
-        let identity = match &self.authenticator {
+        let (identity, principal) = match &self.authenticator {
             None if request.authentication_method.is_some() => {
                 // [MQTT-4.12.0-1] a method this listener does not offer.
                 return Err(ReasonCode::BadAuthenticationMethod);
             }
-            None => Identity::anonymous(),
+            None => (Identity::anonymous(), PrincipalId::anonymous()),
             Some(authn) => {
                 let info = ConnectInfo {
                     client_id,
@@ -62,12 +65,14 @@ impl ListenerSecurity {
                     auth_method: request.authentication_method.as_deref(),
                     auth_data: request.authentication_data.as_deref(),
                 };
-                decide(authn.authenticate(&info, SystemTime::now()))
+                let identity = decide(authn.authenticate(&info, SystemTime::now()))
                     .await
                     .map_err(|e| {
                         debug!(client = %client_id, error = %e, "authentication failed");
                         e.reason_code()
-                    })?
+                    })?;
+                let principal = principal_of(authn.name(), &identity);
+                (identity, principal)
             }
         };
         let permissions =
@@ -83,6 +88,7 @@ impl ListenerSecurity {
         }
         Ok(Admitted {
             permissions,
+            principal,
             expires_at: identity.expiry.map(to_instant),
         })
     }
@@ -111,6 +117,18 @@ impl ListenerSecurity {
             .map_err(|e| e.reason_code())?;
         Ok(identity.expiry.map(to_instant))
     }
+}
+
+/// The principal a session is bound to: the authentication policy, the
+/// method that accepted the client and what it proved (certificate CN, user
+/// name, token subject). A method that proves no name (an anonymous grant
+/// by a webhook) makes all its clients one principal of that policy.
+fn principal_of(policy: &str, identity: &Identity) -> PrincipalId {
+    if identity.method == MethodKind::Anonymous {
+        return PrincipalId::anonymous();
+    }
+    let method = format!("{:?}", identity.method);
+    PrincipalId::authenticated(policy, &method, identity.username.as_deref().unwrap_or(""))
 }
 
 async fn decide(outcome: Result<Outcome, AuthError>) -> Result<Identity, AuthError> {

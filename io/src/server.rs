@@ -20,7 +20,7 @@ use crate::buffer::{Deleter, DiskBuffer};
 use crate::connection;
 use crate::mesh::MeshMsg;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
-use crate::shard::{BufferReport, Shard, ShardConfig, SHARD};
+use crate::shard::{BufferReport, Shard, ShardConfig, ShardReport, SHARD};
 use crate::spill::{BufferSpec, ShardBuffer};
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
@@ -122,6 +122,8 @@ pub struct ServerHandle {
     pub probes_ok: Arc<AtomicU64>,
     /// Each shard's disk buffer figures, refreshed every tick (250 ms).
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
+    /// Each shard's session figures, refreshed every tick (250 ms).
+    pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
 }
 
 impl ServerHandle {
@@ -235,12 +237,14 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
     let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
+    let shard_reports = Arc::new(Mutex::new(vec![ShardReport::default(); n]));
     let shard_config = Arc::new(ShardConfig {
         shards: n,
         limits: Arc::new(config.limits.clone()),
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
         buffer_reports: buffer_reports.clone(),
+        shard_reports: shard_reports.clone(),
         buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
             spec,
             encrypt: config.encrypt_internal_traffic,
@@ -314,6 +318,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         addrs,
         probes_ok,
         buffer_reports,
+        shard_reports,
     })
 }
 

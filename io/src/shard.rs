@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use shardmq_core::broker::{Answer, Claim, Decision, PrincipalId, Registry};
 use shardmq_core::codec::{QoS, ReasonCode};
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::retained::RetainedStore;
@@ -133,6 +134,21 @@ pub struct BufferReport {
     pub dropped_queue_full: u64,
 }
 
+/// One shard's session and index figures, published every tick (logs,
+/// tests, metrics): what a client can make the shard hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardReport {
+    pub sessions_online: u64,
+    pub sessions_offline: u64,
+    /// Client ids in this shard's slice of the registry.
+    pub client_ids: u64,
+    /// Entries in this shard's replica of the subscription index (every
+    /// shard's subscriptions, plus one self-test probe per shard).
+    pub index_entries: u64,
+    /// Delayed wills waiting on this shard.
+    pub wills: u64,
+}
+
 /// Counters exported in logs (and later as metrics).
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -151,6 +167,8 @@ pub struct ShardConfig {
     pub selftest_interval: Option<Duration>,
     /// One slot per shard, written every tick.
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
+    /// One slot per shard, written every tick.
+    pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
     /// `None` without `diskBackedMessageBuffer`.
     pub buffer: Option<crate::server::BufferSetup>,
 }
@@ -167,8 +185,9 @@ pub struct Shard {
     sessions: RefCell<HashMap<SessionId, Slot>>,
     /// What each session of this shard has in the index, by raw filter.
     indexed: RefCell<HashMap<SessionId, HashMap<ByteString, Filter>>>,
-    /// client id -> where its session lives, for ids hashed to this shard.
-    registry: RefCell<HashMap<ByteString, (ShardId, SessionId)>>,
+    /// client id -> where its session lives, for ids hashed to this shard;
+    /// answers go to (claimant shard, request).
+    registry: RefCell<Registry<(ShardId, SessionId), (ShardId, u64)>>,
     next_session: Cell<SessionId>,
     next_request: Cell<u64>,
     pending: RefCell<HashMap<u64, LocalSender<MeshMsg>>>,
@@ -218,6 +237,7 @@ impl Shard {
         probes_ok: Arc<AtomicU64>,
     ) -> Rc<Shard> {
         let retained_max = config.retained_max;
+        let takeover = config.limits.session_takeover;
         let shard = Rc::new(Shard {
             id,
             config,
@@ -227,7 +247,7 @@ impl Shard {
             retained: RefCell::new(RetainedStore::new(retained_max)),
             sessions: RefCell::new(HashMap::new()),
             indexed: RefCell::new(HashMap::new()),
-            registry: RefCell::new(HashMap::new()),
+            registry: RefCell::new(Registry::new(takeover)),
             next_session: Cell::new(1),
             next_request: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
@@ -364,34 +384,48 @@ impl Shard {
 
     // ---- sessions -----------------------------------------------------
 
-    /// Decides a CONNECT: claims the client id broker-wide, takes the old
-    /// session over wherever it lives, and returns it with the new id.
+    /// Decides a CONNECT: claims the client id at its registry owner and
+    /// takes the old session over wherever it lives. `None`: refused (the
+    /// id's session belongs to another principal). Otherwise the new
+    /// session's id and the state to resume; the caller must
+    /// [`Self::settle_claim`] once the session is attached.
     pub async fn claim_session(
         self: &Rc<Shard>,
         client_id: &ByteString,
+        principal: PrincipalId,
         now: Instant,
-    ) -> (SessionId, Option<SessionState>) {
+    ) -> Option<(SessionId, Option<SessionState>)> {
         let session = self.new_session_id();
         let owner = self.registry_owner(client_id);
-        let previous = if owner == self.id {
-            self.registry
-                .borrow_mut()
-                .insert(client_id.clone(), (self.id, session))
+        let (request, rx) = self.new_request();
+        if owner == self.id {
+            let claim = Claim {
+                at: (self.id, session),
+                principal,
+                reply: (self.id, request),
+            };
+            let answer = self.registry.borrow_mut().claim(client_id, claim);
+            if let Some(answer) = answer {
+                self.answer_claim(answer);
+            }
         } else {
-            let (request, rx) = self.new_request();
             self.post(
                 owner,
                 MeshMsg::Claim {
                     client_id: client_id.clone(),
                     shard: self.id,
                     session,
+                    principal,
                     request,
                 },
             );
-            match rx.recv().await {
-                Some(MeshMsg::ClaimReply { previous, .. }) => previous,
-                _ => None,
-            }
+        }
+        let previous = match rx.recv().await {
+            Some(MeshMsg::ClaimReply {
+                decision: Decision::Granted { previous },
+                ..
+            }) => previous,
+            _ => return None,
         };
         let state = match previous {
             None => None,
@@ -426,10 +460,49 @@ impl Shard {
                 }
             }
         };
-        // A will with a delay is not sent if the session resumes in time
-        // [MQTT-3.1.3-9]; the new connection cancels it wherever we are.
-        self.wills.borrow_mut().retain(|w| w.client_id != client_id);
-        (session, state)
+        Some((session, state))
+    }
+
+    /// The claim granted to `session` is settled: its session is attached.
+    /// Lets the registry owner decide the next claim of this client id.
+    pub fn settle_claim(&self, client_id: &ByteString, session: SessionId) {
+        let owner = self.registry_owner(client_id);
+        if owner == self.id {
+            self.settle_local(client_id, self.id, session);
+        } else {
+            self.post(
+                owner,
+                MeshMsg::ClaimSettled {
+                    client_id: client_id.clone(),
+                    shard: self.id,
+                    session,
+                },
+            );
+        }
+    }
+
+    fn settle_local(&self, client_id: &str, shard: ShardId, session: SessionId) {
+        let answers = self
+            .registry
+            .borrow_mut()
+            .settle(client_id, (shard, session));
+        for answer in answers {
+            self.answer_claim(answer);
+        }
+    }
+
+    /// Sends the registry's answer to the claimant (this shard or a peer).
+    fn answer_claim(&self, answer: Answer<(ShardId, SessionId), (ShardId, u64)>) {
+        let (shard, request) = answer.reply;
+        let msg = MeshMsg::ClaimReply {
+            request,
+            decision: answer.decision,
+        };
+        if shard == self.id {
+            self.complete_request(request, msg);
+        } else {
+            self.post(shard, msg);
+        }
     }
 
     /// Takes a session of this shard away from its connection (takeover)
@@ -461,6 +534,13 @@ impl Shard {
             }
             Slot::Offline { state, .. } => (Some(*state), None),
         };
+        // A will with a delay is not sent if the session resumes in time
+        // [MQTT-3.1.3-9]: it waits on the shard the session was on.
+        if let Some(st) = &state {
+            self.wills
+                .borrow_mut()
+                .retain(|w| w.client_id != st.client_id);
+        }
         let mut state = state;
         if let (Some(b), Some(st)) = (&self.buffer, state.as_mut()) {
             let mut b = b.borrow_mut();
@@ -629,10 +709,9 @@ impl Shard {
     }
 
     fn release_local(&self, client_id: &ByteString, shard: ShardId, session: SessionId) {
-        let mut reg = self.registry.borrow_mut();
-        if reg.get(client_id) == Some(&(shard, session)) {
-            reg.remove(client_id);
-        }
+        self.registry
+            .borrow_mut()
+            .release(client_id, (shard, session));
     }
 
     /// Expires offline sessions and fires delayed wills; called periodically.
@@ -669,6 +748,27 @@ impl Shard {
             self.publish_internal(message);
         }
         self.tick_buffer();
+        self.publish_report();
+    }
+
+    fn publish_report(&self) {
+        let sessions = self.sessions.borrow();
+        let online = sessions
+            .values()
+            .filter(|s| matches!(s, Slot::Online(_)))
+            .count();
+        let report = ShardReport {
+            sessions_online: online as u64,
+            sessions_offline: (sessions.len() - online) as u64,
+            client_ids: self.registry.borrow().len() as u64,
+            index_entries: self.index.borrow().len() as u64,
+            wills: self.wills.borrow().len() as u64,
+        };
+        if let Ok(mut reports) = self.config.shard_reports.lock() {
+            if let Some(slot) = reports.get_mut(self.id) {
+                *slot = report;
+            }
+        }
     }
 
     /// Releases what an ending session holds in the buffer and in memory.
@@ -1178,14 +1278,24 @@ impl Shard {
                 client_id,
                 shard,
                 session,
+                principal,
                 request,
             } => {
-                let previous = self
-                    .registry
-                    .borrow_mut()
-                    .insert(client_id, (shard, session));
-                self.post(shard, MeshMsg::ClaimReply { request, previous });
+                let claim = Claim {
+                    at: (shard, session),
+                    principal,
+                    reply: (shard, request),
+                };
+                let answer = self.registry.borrow_mut().claim(&client_id, claim);
+                if let Some(answer) = answer {
+                    self.answer_claim(answer);
+                }
             }
+            MeshMsg::ClaimSettled {
+                client_id,
+                shard,
+                session,
+            } => self.settle_local(&client_id, shard, session),
             MeshMsg::ClaimReply { request, .. }
             | MeshMsg::Handover { request, .. }
             | MeshMsg::RetainedReply { request, .. }

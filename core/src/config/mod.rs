@@ -164,6 +164,7 @@ fn raw_default() -> RawConfig {
                 max_receive_maximum: Some(limits.receive_maximum_max.get().into()),
                 max_keep_alive_seconds: Some(limits.keep_alive_max.get().into()),
                 subscriber_queue_limit: None,
+                session_takeover: Some("SamePrincipal".to_owned()),
             }),
             encrypt_internal_traffic: Some("Enabled".to_owned()),
             internal_certs: Some(RawCertPolicy {

@@ -79,6 +79,9 @@ pub(crate) struct RawClients {
     pub max_keep_alive_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriber_queue_limit: Option<RawQueueLimit>,
+    /// shardmq addition: who may take an existing session over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_takeover: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use super::types::{
 };
 use super::units::{parse_duration, parse_quantity};
 use super::{access, listeners};
-use crate::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
+use crate::limits::{ClientLimits, QueueFullStrategy, QueueLimit, TakeoverPolicy};
 
 /// Upper bound on `frontend.workers`: more shards than this is a typo, not
 /// a machine (TIGER_STYLE: a limit on everything).
@@ -194,6 +194,19 @@ fn client_limits(raw: &RawClients, report: &mut Report) -> ClientLimits {
             length_max,
             strategy,
         };
+    }
+    if let Some(text) = raw.session_takeover.as_deref() {
+        if let Some(policy) = enum_value(
+            report,
+            format!("{path}.sessionTakeover"),
+            text,
+            &[
+                ("SamePrincipal", TakeoverPolicy::SamePrincipal),
+                ("AnyPrincipal", TakeoverPolicy::AnyPrincipal),
+            ],
+        ) {
+            limits.session_takeover = policy;
+        }
     }
     limits
 }

@@ -382,18 +382,22 @@ impl Connection {
     /// The broker's answer to [`Event::Connect`]: the session to continue
     /// (`existing`, ignored on clean start), an assigned client id if the
     /// client sent none, and the permissions compiled for this client.
+    /// Returns the filters of the resumed session that `permissions` do not
+    /// allow: they are removed before anything is indexed or sent, whoever
+    /// resumes the session (permissions are the resuming client's).
     pub fn accept(
         &mut self,
         now: Instant,
         existing: Option<SessionState>,
         assigned_client_id: Option<ByteString>,
         permissions: Box<dyn Permissions>,
-    ) {
+    ) -> Vec<ByteString> {
+        let mut revoked = Vec::new();
         if self.phase != Phase::AwaitAccept {
-            return;
+            return revoked;
         }
         let Some(connect) = self.pending_connect.take() else {
-            return;
+            return revoked;
         };
         self.permissions = permissions;
         let expiry = self.session_expiry_of(&connect);
@@ -405,6 +409,8 @@ impl Connection {
             Some(mut state) if !connect.clean_start => {
                 state.expiry_interval = expiry;
                 state.client_id = client_id.clone();
+                let permissions = &self.permissions;
+                revoked = state.retain_subscriptions(|f| permissions.can_subscribe(f));
                 Some(state)
             }
             _ => None,
@@ -447,6 +453,7 @@ impl Connection {
             }
             self.handle_connected(now, packet);
         }
+        revoked
     }
 
     /// The broker refuses the CONNECT (authentication, authorization, busy).

@@ -195,6 +195,23 @@ impl SessionState {
         self.subscriptions.iter()
     }
 
+    /// Keeps the subscriptions `allowed` accepts; returns the others'
+    /// filters, removed.
+    pub(crate) fn retain_subscriptions(
+        &mut self,
+        allowed: impl Fn(&Filter) -> bool,
+    ) -> Vec<ByteString> {
+        let mut revoked = Vec::new();
+        self.subscriptions.retain(|raw, sub| {
+            let keep = allowed(&sub.filter);
+            if !keep {
+                revoked.push(raw.clone());
+            }
+            keep
+        });
+        revoked
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }

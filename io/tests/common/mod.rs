@@ -353,20 +353,37 @@ impl RawClient {
         self.stream.write_all(&out).is_ok()
     }
 
+    /// The next packet within `wait`: `Ok(None)` once the broker closed the
+    /// connection, `Err` if nothing came in time (or the socket failed).
+    pub fn recv_within(
+        &mut self,
+        wait: Duration,
+    ) -> std::io::Result<Option<shardmq_core::codec::Packet>> {
+        self.stream.set_read_timeout(Some(wait))?;
+        let got = self.try_recv();
+        self.stream.set_read_timeout(Some(WAIT))?;
+        got
+    }
+
     /// The next packet, or `None` once the broker closed the connection.
     pub fn recv(&mut self) -> Option<shardmq_core::codec::Packet> {
+        self.try_recv().unwrap_or_else(|e| panic!("read: {e}"))
+    }
+
+    fn try_recv(&mut self) -> std::io::Result<Option<shardmq_core::codec::Packet>> {
         use std::io::Read;
         loop {
             if let Some(p) =
                 shardmq_core::codec::decode_packet(&mut self.buf, self.version, 1 << 20).unwrap()
             {
-                return Some(p);
+                return Ok(Some(p));
             }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("read: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -1,0 +1,371 @@
+//! The client-id registry: which session holds each client id, and who may
+//! claim it next. One claim at a time per client id: a claim is granted, the
+//! claimant takes the previous session over, and only once it *settles* (the
+//! new session is in place) is the next claim decided. That is what keeps at
+//! most one session per client id broker-wide however CONNECTs interleave.
+//! Sans-io and generic over where a session lives (`L`) and how an answer is
+//! routed back (`T`): the runtime sends the answers it returns.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use bytestring::ByteString;
+
+use crate::limits::TakeoverPolicy;
+
+/// Who a session belongs to, as authentication established it: the realm
+/// (the authentication policy, or the port for anonymous clients), the
+/// method and the subject (certificate CN, user name, token subject). Two
+/// CONNECTs are the same principal iff these are equal. MQTT 5.0 §5.4.2:
+/// a client id alone proves nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrincipalId(ByteString);
+
+impl PrincipalId {
+    /// An authenticated principal: `realm` is the authentication policy's
+    /// name, `method` names how it authenticated.
+    pub fn authenticated(realm: &str, method: &str, subject: &str) -> PrincipalId {
+        PrincipalId(format!("{method}:{subject}@{realm}").into())
+    }
+
+    /// A client of a port without authentication. Anonymous clients are one
+    /// principal broker-wide: nothing tells them apart, so a port without
+    /// authentication has no identity to protect. They are distinct from
+    /// every authenticated principal, so an anonymous client can never take
+    /// over an authenticated client's session.
+    pub fn anonymous() -> PrincipalId {
+        PrincipalId(ByteString::from_static("anonymous"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A CONNECT's request for a client id: the new session's place, its
+/// principal, and where to send the answer.
+#[derive(Debug, Clone)]
+pub struct Claim<L, T> {
+    pub at: L,
+    pub principal: PrincipalId,
+    pub reply: T,
+}
+
+/// The registry's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<L> {
+    /// The id is the claimant's: take over `previous` (if any), then
+    /// [`Registry::settle`].
+    Granted { previous: Option<L> },
+    /// Another principal's session holds the id and the policy is
+    /// [`TakeoverPolicy::SamePrincipal`]: the CONNECT is refused and that
+    /// session is untouched.
+    Refused,
+}
+
+/// An answer to send to `reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<L, T> {
+    pub reply: T,
+    pub decision: Decision<L>,
+}
+
+#[derive(Debug)]
+struct Holder<L> {
+    at: L,
+    principal: PrincipalId,
+}
+
+#[derive(Debug)]
+struct Slot<L, T> {
+    /// The session holding the id; `None` once released.
+    holder: Option<Holder<L>>,
+    /// A granted claim whose takeover is under way: later claims wait.
+    settling: Option<L>,
+    /// Claims that arrived while one was settling, in arrival order.
+    waiting: VecDeque<Claim<L, T>>,
+}
+
+impl<L, T> Slot<L, T> {
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.settling.is_none() && self.waiting.is_empty()
+    }
+}
+
+/// The registry of the client ids one shard owns (partitioned by hash).
+/// INVARIANT: an entry exists only while it holds, settles or queues
+/// something, so memory follows live sessions, not ids ever seen.
+#[derive(Debug)]
+pub struct Registry<L, T> {
+    policy: TakeoverPolicy,
+    slots: HashMap<ByteString, Slot<L, T>>,
+}
+
+impl<L: Copy + Eq, T> Registry<L, T> {
+    pub fn new(policy: TakeoverPolicy) -> Registry<L, T> {
+        Registry {
+            policy,
+            slots: HashMap::new(),
+        }
+    }
+
+    /// Client ids with a session, a claim settling or claims waiting.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Where the session holding `client_id` lives.
+    pub fn holder(&self, client_id: &str) -> Option<L> {
+        self.slots.get(client_id)?.holder.as_ref().map(|h| h.at)
+    }
+
+    /// A CONNECT claims `client_id`. Returns the answer now, or `None` if
+    /// the claim waits for the one settling (answered by `settle`).
+    pub fn claim(&mut self, client_id: &ByteString, claim: Claim<L, T>) -> Option<Answer<L, T>> {
+        let slot = self.slots.entry(client_id.clone()).or_insert(Slot {
+            holder: None,
+            settling: None,
+            waiting: VecDeque::new(),
+        });
+        // A refusal changes nothing, so it need not wait its turn.
+        if self.policy.refuses(slot.holder.as_ref(), &claim.principal) {
+            return Some(Answer {
+                reply: claim.reply,
+                decision: Decision::Refused,
+            });
+        }
+        if slot.settling.is_some() {
+            slot.waiting.push_back(claim);
+            return None;
+        }
+        Some(grant(slot, claim))
+    }
+
+    /// The claim granted to `at` is settled: the new session is in place
+    /// (or gave up). Decides the claims that waited, up to the next grant.
+    pub fn settle(&mut self, client_id: &str, at: L) -> Vec<Answer<L, T>> {
+        let mut answers = Vec::new();
+        let MapEntry::Occupied(mut entry) = self.slots.entry(client_id.into()) else {
+            return answers;
+        };
+        let slot = entry.get_mut();
+        if slot.settling != Some(at) {
+            // INVARIANT: only the claimant settles, once; a stale call is ignored.
+            return answers;
+        }
+        slot.settling = None;
+        while let Some(claim) = slot.waiting.pop_front() {
+            if self.policy.refuses(slot.holder.as_ref(), &claim.principal) {
+                answers.push(Answer {
+                    reply: claim.reply,
+                    decision: Decision::Refused,
+                });
+                continue;
+            }
+            answers.push(grant(slot, claim));
+            break;
+        }
+        if slot.is_idle() {
+            entry.remove();
+        }
+        answers
+    }
+
+    /// The session at `at` ended: forget it if it still holds the id.
+    pub fn release(&mut self, client_id: &str, at: L) {
+        let MapEntry::Occupied(mut entry) = self.slots.entry(client_id.into()) else {
+            return;
+        };
+        let slot = entry.get_mut();
+        if slot.holder.as_ref().is_some_and(|h| h.at == at) {
+            slot.holder = None;
+        }
+        if slot.is_idle() {
+            entry.remove();
+        }
+    }
+}
+
+fn grant<L: Copy, T>(slot: &mut Slot<L, T>, claim: Claim<L, T>) -> Answer<L, T> {
+    let previous = slot.holder.take().map(|h| h.at);
+    slot.holder = Some(Holder {
+        at: claim.at,
+        principal: claim.principal,
+    });
+    slot.settling = Some(claim.at);
+    Answer {
+        reply: claim.reply,
+        decision: Decision::Granted { previous },
+    }
+}
+
+impl TakeoverPolicy {
+    fn refuses<L>(self, holder: Option<&Holder<L>>, principal: &PrincipalId) -> bool {
+        self == TakeoverPolicy::SamePrincipal && holder.is_some_and(|h| &h.principal != principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Reg = Registry<u32, u32>;
+
+    fn claim(at: u32, who: &str) -> Claim<u32, u32> {
+        Claim {
+            at,
+            principal: PrincipalId::authenticated("realm", "Test", who),
+            reply: at,
+        }
+    }
+
+    fn granted(previous: Option<u32>) -> Decision<u32> {
+        Decision::Granted { previous }
+    }
+
+    #[test]
+    fn a_claim_waits_while_another_settles_then_takes_over_the_settled_session() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        assert_eq!(r.claim(&id, claim(1, "p")).unwrap().decision, granted(None));
+        // Claim 2 arrives before 1 has its session in place: it waits, so
+        // it cannot take over a session that does not exist yet.
+        assert!(r.claim(&id, claim(2, "p")).is_none());
+        let answers = r.settle("c", 1);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].reply, 2);
+        assert_eq!(answers[0].decision, granted(Some(1)));
+        assert_eq!(r.holder("c"), Some(2));
+        assert!(r.settle("c", 2).is_empty());
+    }
+
+    #[test]
+    fn another_principal_is_refused_and_the_holder_stays() {
+        // MQTT 5.0 §5.4.2: the id is bound to the principal that holds it.
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        r.claim(&id, claim(1, "alice"));
+        r.settle("c", 1);
+        let answer = r.claim(&id, claim(2, "mallory")).unwrap();
+        assert_eq!(answer.decision, Decision::Refused);
+        assert_eq!(r.holder("c"), Some(1));
+        // Once the session ends, the id is free for anyone.
+        r.release("c", 1);
+        assert_eq!(
+            r.claim(&id, claim(3, "mallory")).unwrap().decision,
+            granted(None)
+        );
+    }
+
+    #[test]
+    fn any_principal_policy_lets_anyone_take_over() {
+        let mut r = Reg::new(TakeoverPolicy::AnyPrincipal);
+        let id: ByteString = "c".into();
+        r.claim(&id, claim(1, "alice"));
+        r.settle("c", 1);
+        assert_eq!(
+            r.claim(&id, claim(2, "bob")).unwrap().decision,
+            granted(Some(1))
+        );
+    }
+
+    #[test]
+    fn a_stale_release_does_not_free_a_newer_holder() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        r.claim(&id, claim(1, "p"));
+        r.settle("c", 1);
+        r.claim(&id, claim(2, "p"));
+        r.release("c", 1);
+        assert_eq!(r.holder("c"), Some(2));
+    }
+
+    #[test]
+    fn entries_go_when_their_sessions_go() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        for n in 0..1000u32 {
+            let id: ByteString = format!("c{n}").into();
+            r.claim(&id, claim(n, "p"));
+            r.settle(&id, n);
+            r.release(&id, n);
+        }
+        assert!(r.is_empty(), "nothing grows with the ids ever seen");
+    }
+
+    #[test]
+    fn refusals_while_settling_do_not_queue() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        r.claim(&id, claim(1, "alice"));
+        assert_eq!(
+            r.claim(&id, claim(2, "bob")).unwrap().decision,
+            Decision::Refused
+        );
+        assert!(r.settle("c", 1).is_empty());
+    }
+
+    /// A randomized model check: claims, settles and releases in any order
+    /// the protocol allows (a claimant settles only after its grant; a
+    /// holder releases only after settling). At every step at most one
+    /// claimant is between grant and settle, and every grant names as
+    /// previous exactly the session that held the id.
+    #[test]
+    fn concurrent_claims_never_overlap() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _round in 0..200 {
+            let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+            let id: ByteString = "c".into();
+            let mut granted_unsettled: Vec<u32> = Vec::new();
+            let mut live: Option<u32> = None; // the session that holds the id
+            let mut next_at = 0u32;
+            for _step in 0..50 {
+                match next() % 3 {
+                    0 => {
+                        next_at += 1;
+                        if let Some(a) = r.claim(&id, claim(next_at, "p")) {
+                            apply(a, &mut granted_unsettled, &mut live);
+                        }
+                    }
+                    1 if !granted_unsettled.is_empty() => {
+                        let at = granted_unsettled.remove(0);
+                        for a in r.settle("c", at) {
+                            apply(a, &mut granted_unsettled, &mut live);
+                        }
+                    }
+                    _ => {
+                        if let Some(at) = live.filter(|at| !granted_unsettled.contains(at)) {
+                            r.release("c", at);
+                            live = None;
+                        }
+                    }
+                }
+                assert!(granted_unsettled.len() <= 1, "two takeovers at once");
+            }
+        }
+
+        fn apply(a: Answer<u32, u32>, unsettled: &mut Vec<u32>, live: &mut Option<u32>) {
+            if let Decision::Granted { previous } = a.decision {
+                assert_eq!(previous, *live, "grant must name the live session");
+                *live = Some(a.reply);
+                unsettled.push(a.reply);
+            }
+        }
+    }
+}
