@@ -249,3 +249,39 @@ pub fn password_line(user: &str, password: &str) -> String {
         STANDARD.encode(ctx.finish().as_ref())
     )
 }
+
+/// An Ed25519 key pair for service-account tokens (`K8S-SAT`): the public
+/// half goes in `serviceAccountTokenSettings.keys`.
+pub struct SatKeys {
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl SatKeys {
+    pub fn ed25519() -> SatKeys {
+        let k = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        SatKeys {
+            private_pem: k.serialize_pem(),
+            public_pem: k.public_key_pem(),
+        }
+    }
+
+    /// A token for audience `aio-internal` and subject `sub`, expiring
+    /// `exp_from_now_s` seconds from now (negative: already expired).
+    pub fn token(&self, sub: &str, exp_from_now_s: i64) -> String {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({
+            "aud": ["aio-internal"],
+            "exp": now + exp_from_now_s,
+            "nbf": now - 10,
+            "sub": sub,
+        });
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(self.private_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &claims,
+            &key,
+        )
+        .unwrap()
+    }
+}

@@ -14,14 +14,6 @@ use shardmq_core::codec::{Packet, ReasonCode};
 
 use common::{start, temp_file, BIN};
 
-fn has_mosquitto_clients() -> bool {
-    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
-    if !ok {
-        eprintln!("mosquitto_pub not installed: .ci/run installs Debian's mosquitto-clients");
-    }
-    ok
-}
-
 #[test]
 fn print_default_config_prints_json_that_loads() {
     let out = Command::new(BIN)
@@ -84,7 +76,7 @@ fn aio_example_fragments_start_the_broker() {
 fn seed_scenario_clients_on_two_ports_exchange_messages() {
     // The field report's setup: a LoadBalancer-style listener on one port
     // and a NodePort-style one on another, both reaching the same topics.
-    if !has_mosquitto_clients() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let path = temp_file(

@@ -57,7 +57,7 @@ fn files() -> &'static Files {
             w("mallory.key", &other.key_pem),
         );
         let passwd = pki.dir.path().join("passwd");
-        if mosquitto_available() {
+        if common::has_mosquitto_clients() {
             let st = Command::new("mosquitto_passwd")
                 .args(["-b", "-c"])
                 .arg(&passwd)
@@ -114,14 +114,6 @@ fn config_json(dir: &Path) -> String {
     .to_string()
 }
 
-fn mosquitto_available() -> bool {
-    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
-    if !ok {
-        eprintln!("mosquitto clients not installed: .ci/run installs Debian's mosquitto-clients");
-    }
-    ok
-}
-
 struct Ports {
     plain: u16,
     x509: u16,
@@ -170,7 +162,7 @@ fn tls_publish(port: u16, cert: Option<&(PathBuf, PathBuf)>, topic: &str, msg: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_flow_x509_client_reaches_a_plain_subscriber_on_another_port() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -212,7 +204,7 @@ async fn rumqttc_with_tls_and_a_client_certificate_exchanges_with_plain_clients(
 
 #[test]
 fn no_client_certificate_is_refused() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -221,7 +213,7 @@ fn no_client_certificate_is_refused() {
 
 #[test]
 fn certificate_from_another_ca_is_refused() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -230,7 +222,7 @@ fn certificate_from_another_ca_is_refused() {
 
 #[test]
 fn expired_client_certificate_is_refused() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -239,7 +231,7 @@ fn expired_client_certificate_is_refused() {
 
 #[test]
 fn client_refuses_a_server_certificate_without_its_address() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -273,7 +265,7 @@ fn password_client(port: u16, client_id: &str, password: &str) -> (common::RawCl
 
 #[test]
 fn wrong_password_is_refused_with_0x86() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();
@@ -283,7 +275,7 @@ fn wrong_password_is_refused_with_0x86() {
 
 #[test]
 fn publish_and_subscribe_outside_the_authorized_topics_are_refused() {
-    if !mosquitto_available() {
+    if !common::has_mosquitto_clients() {
         return;
     }
     let (_broker, ports) = broker();

@@ -308,6 +308,16 @@ impl RawClient {
         client_id: &str,
         configure: impl FnOnce(&mut shardmq_core::codec::Connect),
     ) -> (RawClient, shardmq_core::codec::ReasonCode) {
+        let (c, ack) = RawClient::connect_v5_ack(port, client_id, configure);
+        (c, ack.reason)
+    }
+
+    /// `connect_v5_with`, returning the whole CONNACK.
+    pub fn connect_v5_ack(
+        port: u16,
+        client_id: &str,
+        configure: impl FnOnce(&mut shardmq_core::codec::Connect),
+    ) -> (RawClient, shardmq_core::codec::ConnAck) {
         use shardmq_core::codec::{Connect, Packet, Properties, ProtocolVersion};
         let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -329,7 +339,7 @@ impl RawClient {
         configure(&mut connect);
         c.send(&Packet::Connect(Box::new(connect)));
         match c.recv() {
-            Some(Packet::ConnAck(ack)) => (c, ack.reason),
+            Some(Packet::ConnAck(ack)) => (c, ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -397,6 +407,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardmq");
+
+/// Whether Debian's mosquitto-clients are installed (.ci/run installs
+/// them); tests that need them say so and skip without.
+pub fn has_mosquitto_clients() -> bool {
+    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !ok {
+        eprintln!("mosquitto_pub not installed: .ci/run installs Debian's mosquitto-clients");
+    }
+    ok
+}
 
 /// Writes `text` to a fresh file named `name`: each call gets its own
 /// directory, so tests running in parallel never share a file.
