@@ -1,7 +1,709 @@
-//! What one shard decides for many connections, as sans-io state machines
-//! the io crate drives (quinn-proto's `Endpoint` to the session's
-//! `Connection`). No sockets, no threads, no clock reads.
+//! One shard of the broker as a sans-io state machine (quinn-proto's
+//! `Endpoint` to the session's `Connection`): it owns its connections'
+//! protocol state, its sessions, its slice of the client-id registry, its
+//! replica of the subscription index and its retained messages. The runtime
+//! feeds it bytes, answers, mesh messages and ticks through `handle_*(now,
+//! ..)` and drains `poll_*()`: bytes to write, outputs, mesh messages. No
+//! sockets, no threads, no clock reads; every multi-step operation that
+//! needs another shard or the runtime is a continuation keyed by a
+//! `RequestId`, never an `.await`.
 
+mod connect;
+pub mod ids;
+mod index;
+pub mod mesh;
+mod moves;
+pub mod output;
+mod pending;
 pub mod registry;
+mod retain;
+mod route;
+mod selftest;
+mod sessions;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use hashbrown::HashMap;
+
+use crate::codec::{Decoder, ReasonCode};
+use crate::limits::ClientLimits;
+use crate::retained::RetainedStore;
+use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillRef};
+
+pub use ids::{ConnId, RequestId, SessionId, ShardId};
+pub use mesh::{MeshMsg, SubKey, SubVal};
+pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
+pub use selftest::SELFTEST_PREFIX;
+
+use index::Index;
+use moves::{Arriving, Leaving};
+use pending::Pending;
+use selftest::SelfTest;
+use sessions::{DelayedWill, Slot};
+
+/// Broker-wide settings every shard reads.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shards: usize,
+    /// Tells this broker run apart from others in the ids it assigns to
+    /// clients that send none (the runtime picks it, e.g. from the clock).
+    pub instance: u64,
+    pub limits: Arc<ClientLimits>,
+    /// Retained topics one shard keeps at most.
+    pub retained_max: usize,
+    /// Self-test probes: how often shard 0 sends a round, and how long it
+    /// waits for every shard to answer. `None`: no self-test.
+    pub selftest: Option<SelfTestConfig>,
+}
+
+/// `diagnostics.selfCheck`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfTestConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// What the reader of a connection should do after `handle_input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read on.
+    Read,
+    /// Wait until the connection's writer has drained its control packets
+    /// (a client that sends without reading must not grow the broker's
+    /// memory), then read on.
+    WaitForWriter,
+    /// Wait until the mesh queues to other shards have drained (a slow
+    /// peer pushes back on this shard's publishers), then read on.
+    WaitForMesh,
+    /// The connection is over: stop reading.
+    Stop,
+}
+
+/// Control packets queued for a client before its reader stops reading.
+const TRANSMIT_BACKLOG_MAX: usize = 4096;
+/// Data messages queued for other shards before readers wait (`Flow::WaitForMesh`).
+pub const MESH_BACKLOG_MAX: usize = 1024;
+/// Readahead asked for when a session with spilled messages reconnects.
+const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// One connection as the shard holds it.
+#[derive(Debug)]
+struct Conn {
+    machine: Connection,
+    decoder: Decoder,
+    /// The session attached to this connection, once CONNECT was accepted.
+    session: Option<SessionId>,
+    /// While non-zero the writer sends nothing: a SUBACK must not leave
+    /// before every shard's index has the subscription.
+    hold: u32,
+    /// The answer to `Output::Authenticate`, kept until the claim completes.
+    admission: Option<Admission>,
+    /// The client id being claimed or held.
+    client_id: ByteString,
+    /// `client_id` was assigned by the broker (the client sent none).
+    assigned: bool,
+    /// The CONNECT asked for a clean start (the old session is not resumed).
+    clean_start: bool,
+    /// The session's key in the disk buffer.
+    spill_owner: u64,
+    /// A `Wake` output is pending.
+    woken: bool,
+    /// `Output::Close` was emitted.
+    closing: bool,
+}
+
+/// The shard's disk buffer and the memory its sessions' queues hold.
+/// INVARIANT: `memory_bytes` is the sum of `SessionState::memory_bytes` of
+/// the sessions this shard holds (online and offline).
+#[derive(Debug)]
+pub struct ShardBuffer<S> {
+    pub store: S,
+    pub memory_bytes: u64,
+    pub memory_budget_bytes: u64,
+    /// Buffer keys that differ from the session id: a session resumed on
+    /// this shard keeps the key its records were written under. Session
+    /// ids are never reused, so a key stays unique among live sessions.
+    spill_owners: HashMap<SessionId, u64>,
+    /// A same-shard takeover's records, until the claimant knows whether
+    /// the session resumed (records stay) or started clean (released).
+    adopting: HashMap<SessionId, Adopting>,
+}
+
+#[derive(Debug)]
+struct Adopting {
+    owner: u64,
+    refs: Vec<SpillRef>,
+}
+
+impl<S: Spill> ShardBuffer<S> {
+    pub fn new(store: S, memory_budget_bytes: u64) -> ShardBuffer<S> {
+        ShardBuffer {
+            store,
+            memory_bytes: 0,
+            memory_budget_bytes,
+            spill_owners: HashMap::new(),
+            adopting: HashMap::new(),
+        }
+    }
+
+    fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
+        SpillCtx {
+            spill: &mut self.store,
+            owner,
+            memory_bytes: &mut self.memory_bytes,
+            memory_budget_bytes: self.memory_budget_bytes,
+        }
+    }
+
+    fn owner_of(&self, session: SessionId) -> u64 {
+        self.spill_owners
+            .get(&session)
+            .copied()
+            .unwrap_or(session.0)
+    }
+}
+
+/// Counters for logs and metrics; only this shard writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub connections: u64,
+    pub messages_in: u64,
+    pub deliveries: u64,
+    pub dropped_queue_full: u64,
+    pub selftest_rounds_ok: u64,
+}
+
+/// What the shard holds, for tests, the simulator and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub connections: usize,
+    /// Client ids of the sessions on this shard, online or offline.
+    pub online: Vec<ByteString>,
+    pub offline: Vec<ByteString>,
+    /// Client ids in this shard's slice of the registry.
+    pub client_ids: usize,
+    /// Entries in this shard's replica of the subscription index.
+    pub index_entries: usize,
+    pub retained: usize,
+    pub wills: usize,
+    /// Continuations waiting for an answer.
+    pub pending: usize,
+    pub memory_bytes: u64,
+}
+
+/// One shard. `S` is the disk buffer's store (`Spill`), the runtime's.
+#[derive(Debug)]
+pub struct Shard<S> {
+    id: ShardId,
+    config: Arc<ShardConfig>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: u64,
+    sessions: HashMap<SessionId, Slot>,
+    next_session: u64,
+    /// client id -> where its session lives, for ids hashed to this shard;
+    /// answers go to (claimant shard, request).
+    registry: Registry<(ShardId, SessionId), (ShardId, RequestId)>,
+    index: Index,
+    retained: RetainedStore<SharedMessage>,
+    /// Round-robin position per share group (group, filter).
+    share_rr: HashMap<(ByteString, ByteString), usize>,
+    wills: Vec<DelayedWill>,
+    /// Sessions moved away, forwarding until every peer switched.
+    leaving: HashMap<SessionId, Leaving>,
+    /// Sessions moving here, until every peer switched.
+    arriving: HashMap<SessionId, Arriving>,
+    pending: HashMap<RequestId, Pending>,
+    next_request: u64,
+    /// Per peer, in order: what this shard has to tell it.
+    outbox: Vec<VecDeque<MeshMsg>>,
+    /// `MeshMsg::Deliver`s in `outbox`, all peers together.
+    outbox_data: usize,
+    outputs: VecDeque<Output>,
+    buffer: Option<ShardBuffer<S>>,
+    selftest: SelfTest,
+    stats: ShardStats,
+}
+
+/// FNV-1a: stable across shards and runs, which the owner choice needs.
+pub fn hash_of(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl<S: Spill> Shard<S> {
+    pub fn new(id: ShardId, config: Arc<ShardConfig>, buffer: Option<ShardBuffer<S>>) -> Self {
+        let takeover = config.limits.session_takeover;
+        let mut shard = Shard {
+            id,
+            outbox: (0..config.shards).map(|_| VecDeque::new()).collect(),
+            retained: RetainedStore::new(config.retained_max),
+            selftest: SelfTest::new(id, config.shards),
+            config,
+            conns: HashMap::new(),
+            next_conn: 1,
+            sessions: HashMap::new(),
+            next_session: 1,
+            registry: Registry::new(takeover),
+            index: Index::default(),
+            share_rr: HashMap::new(),
+            wills: Vec::new(),
+            leaving: HashMap::new(),
+            arriving: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 1,
+            outbox_data: 0,
+            outputs: VecDeque::new(),
+            buffer,
+            stats: ShardStats::default(),
+        };
+        shard.install_probe_subscribers();
+        shard
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    pub fn buffer(&self) -> Option<&ShardBuffer<S>> {
+        self.buffer.as_ref()
+    }
+
+    pub fn buffer_mut(&mut self) -> Option<&mut ShardBuffer<S>> {
+        self.buffer.as_mut()
+    }
+
+    // ---- connections: the runtime's side ------------------------------
+
+    /// A new network connection, waiting for CONNECT.
+    pub fn accept(&mut self, now: Instant) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.stats.connections += 1;
+        let limits = self.config.limits.clone();
+        let decoder = Decoder::new(limits.packet_size_max.get());
+        self.conns.insert(
+            id,
+            Conn {
+                machine: Connection::new(now, limits),
+                decoder,
+                session: None,
+                hold: 0,
+                admission: None,
+                client_id: ByteString::new(),
+                assigned: false,
+                clean_start: true,
+                spill_owner: 0,
+                woken: false,
+                closing: false,
+            },
+        );
+        id
+    }
+
+    /// Bytes read from the connection: every whole packet in `buf` is
+    /// handled (and removed); a partial one stays for the next read.
+    pub fn handle_input(&mut self, conn: ConnId, now: Instant, buf: &mut BytesMut) -> Flow {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Flow::Stop;
+            };
+            if c.machine.is_closed() {
+                break;
+            }
+            // PERF: the 4-byte acknowledgements a draining subscriber sends
+            // for every message skip `Packet` (a ~470-byte value).
+            if let Some(ack) = c.decoder.decode_ack(buf) {
+                c.machine.handle_short_ack(now, ack);
+            } else {
+                match c.decoder.decode(buf) {
+                    Ok(Some(packet)) => c.machine.handle_packet(now, packet),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let version = c.decoder.version();
+                        c.machine.handle_decode_error(&e, version);
+                    }
+                }
+            }
+            // PERF: acknowledgements raise no event; skip the call.
+            if c.machine.has_events() || c.machine.is_closed() {
+                self.process_events(conn, now);
+            }
+            self.wake(conn);
+        }
+        self.flow(conn)
+    }
+
+    /// What the connection's reader should do now.
+    pub fn flow(&self, conn: ConnId) -> Flow {
+        match self.conns.get(&conn) {
+            None => Flow::Stop,
+            Some(c) if c.machine.is_closed() => Flow::Stop,
+            Some(c) if c.machine.transmit_backlog() > TRANSMIT_BACKLOG_MAX => Flow::WaitForWriter,
+            Some(_) if self.outbox_data > MESH_BACKLOG_MAX => Flow::WaitForMesh,
+            Some(_) => Flow::Read,
+        }
+    }
+
+    /// The network connection closed or failed.
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.machine.handle_connection_lost();
+        self.process_events(conn, now);
+    }
+
+    /// The broker is shutting down: DISCONNECT 0x8B to every client (v5).
+    pub fn shut_down(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.machine.shut_down();
+            }
+            self.process_events(conn, now);
+            self.wake(conn);
+        }
+    }
+
+    /// The runtime is done with the connection (socket closed): forget it.
+    pub fn release(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// Encodes what the connection has to send into `buf`, up to about
+    /// `bytes_max` (one write). Returns the number of packets written.
+    pub fn poll_transmit(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        buf: &mut BytesMut,
+        bytes_max: usize,
+    ) -> usize {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return 0;
+        };
+        c.woken = false;
+        if c.hold > 0 && !c.machine.is_closed() {
+            return 0;
+        }
+        match self.buffer.as_mut() {
+            None => c.machine.poll_transmit(now, buf, bytes_max),
+            Some(b) => {
+                let mut ctx = b.ctx(c.spill_owner);
+                c.machine
+                    .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
+            }
+        }
+    }
+
+    /// Whether the connection's writer should keep going after a write.
+    pub fn is_closing(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_none_or(|c| c.closing)
+    }
+
+    /// The next thing for the runtime to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next message for `peer`, in order.
+    pub fn poll_mesh(&mut self, peer: ShardId) -> Option<MeshMsg> {
+        let msg = self.outbox.get_mut(peer.index())?.pop_front()?;
+        if msg.is_data() {
+            self.outbox_data -= 1;
+        }
+        Some(msg)
+    }
+
+    /// Whether readers waiting for the mesh (`Flow::WaitForMesh`) may go on.
+    pub fn mesh_has_room(&self) -> bool {
+        self.outbox_data <= MESH_BACKLOG_MAX / 2
+    }
+
+    /// The earliest deadline of a connection or the shard (keep-alive,
+    /// CONNECT timeout, session expiry, will delay, self-test), for a
+    /// runtime that sleeps until then; `handle_tick` handles them all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conns = self
+            .conns
+            .values()
+            .filter_map(|c| c.machine.poll_timeout())
+            .min();
+        let sessions = self
+            .sessions
+            .values()
+            .filter_map(|s| match s {
+                Slot::Offline { expires_at, .. } => *expires_at,
+                Slot::Online(_) => None,
+            })
+            .min();
+        let wills = self.wills.iter().map(|w| w.at).min();
+        [conns, sessions, wills, self.selftest.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Time passed: connection deadlines, session expiry, delayed wills,
+    /// self-test rounds.
+    pub fn handle_tick(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.machine.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in due {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.machine.handle_timeout(now);
+                self.process_events(conn, now);
+                self.wake(conn);
+            }
+        }
+        self.expire_sessions(now);
+        self.fire_wills(now);
+        self.tick_selftest(now);
+    }
+
+    /// One message from a peer, in the order that peer sent them.
+    pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
+        match msg {
+            MeshMsg::Deliver { message, targets } => {
+                self.deliver_local(now, from, &message, &targets, false);
+            }
+            MeshMsg::Forward { message, targets } => {
+                self.deliver_local(now, from, &message, &targets, true);
+            }
+            MeshMsg::Moved { old, to, entries } => self.moved_arrived(from, old, to, entries),
+            MeshMsg::MoveMark { session } => self.mark_arrived(from, session, now),
+            MeshMsg::MarkForward { session, origin } => self.mark_forwarded(origin, session, now),
+            MeshMsg::SubAdd { filter, key, val } => self.apply_sub_add(&filter, key, val),
+            MeshMsg::SubRemove { filter, key } => self.apply_sub_remove(&filter, &key),
+            MeshMsg::RetainSet { message, request } => {
+                self.retain_set_arrived(from, message, request)
+            }
+            MeshMsg::RetainDone { request, reason } => self.retain_done(request, reason),
+            MeshMsg::RetainedQuery { filter, request } => {
+                let messages = self.retained_matches(&filter);
+                self.post(from, MeshMsg::RetainedReply { request, messages });
+            }
+            MeshMsg::RetainedReply { request, messages } => {
+                self.retained_reply(request, messages, now)
+            }
+            MeshMsg::Ping { request } => self.post(from, MeshMsg::Pong { request }),
+            MeshMsg::Pong { request } => self.pong_arrived(request, now),
+            MeshMsg::Claim {
+                client_id,
+                session,
+                principal,
+                request,
+            } => self.claim_arrived(from, client_id, session, principal, request, now),
+            MeshMsg::ClaimReply { request, decision } => {
+                self.claim_answered(request, decision, now)
+            }
+            MeshMsg::ClaimSettled { client_id, session } => {
+                self.settle_arrived(from, &client_id, session, now)
+            }
+            MeshMsg::Release { client_id, session } => {
+                self.registry.release(&client_id, (from, session))
+            }
+            MeshMsg::TakeOver {
+                session,
+                request,
+                resume_as,
+            } => {
+                let moving_to = resume_as.map(|s| (from, s));
+                let state = self
+                    .take_local(session, false, moving_to, now)
+                    .map(Box::new);
+                self.post(from, MeshMsg::Handover { request, state });
+            }
+            MeshMsg::Handover { request, state } => self.handover_arrived(request, state, now),
+            MeshMsg::ProbeReply { seq } => self.probe_reply(from, seq),
+        }
+    }
+
+    /// The runtime's answer to `Output::ReAuthenticate`: the new
+    /// credential's expiry, or the reason to disconnect.
+    pub fn handle_reauthenticated(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        result: Result<Option<Instant>, ReasonCode>,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.machine.reauthenticate_done(result);
+            self.process_events(conn, now);
+            self.wake(conn);
+        }
+    }
+
+    /// This replica of the subscription index as sorted lines
+    /// (`shard/session/group filter`), to compare replicas.
+    pub fn index_digest(&self) -> Vec<String> {
+        let mut lines = Vec::with_capacity(self.index.len());
+        self.index.trie.for_each(|k, v| {
+            let group = k.group.as_deref().unwrap_or("-");
+            lines.push(format!("{}/{}/{group} {}", k.shard, k.session, v.filter));
+        });
+        lines.sort();
+        lines
+    }
+
+    /// What the shard holds right now.
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = Inventory {
+            connections: self.conns.len(),
+            client_ids: self.registry.len(),
+            index_entries: self.index.len(),
+            retained: self.retained.len(),
+            wills: self.wills.len(),
+            pending: self.pending.len() + self.leaving.len() + self.arriving.len(),
+            memory_bytes: self.buffer.as_ref().map_or(0, |b| b.memory_bytes),
+            ..Inventory::default()
+        };
+        for slot in self.sessions.values() {
+            match slot {
+                Slot::Online(conn) => {
+                    let id = self
+                        .conns
+                        .get(conn)
+                        .and_then(|c| c.machine.client_id().cloned())
+                        .unwrap_or_default();
+                    inv.online.push(id);
+                }
+                Slot::Offline { state, .. } => inv.offline.push(state.client_id.clone()),
+            }
+        }
+        inv
+    }
+
+    // ---- internals shared by the submodules ---------------------------
+
+    /// Acts on everything the connection's state machine asked of the broker.
+    fn process_events(&mut self, conn: ConnId, now: Instant) {
+        let mut subscribed = Vec::new();
+        loop {
+            let Some(event) = self
+                .conns
+                .get_mut(&conn)
+                .and_then(|c| c.machine.poll_event())
+            else {
+                break;
+            };
+            match event {
+                Event::Connect(request) => self.start_connect(conn, request),
+                Event::Publish { message, ack } => self.publish(conn, now, message, ack),
+                Event::Subscribed {
+                    key,
+                    subscription,
+                    send_retained,
+                } => {
+                    self.subscribed(conn, &key, &subscription);
+                    subscribed.push((subscription, send_retained));
+                }
+                Event::Unsubscribed { key, filter } => self.unsubscribed(conn, &key, &filter),
+                Event::ReAuthenticate { method, data } => {
+                    self.outputs
+                        .push_back(Output::ReAuthenticate { conn, method, data });
+                }
+                Event::Closed {
+                    reason,
+                    session,
+                    will,
+                } => self.closed(conn, now, reason, session, will),
+            }
+        }
+        if !subscribed.is_empty() {
+            self.subscribe_barrier(conn, subscribed, now);
+        }
+        if self.conns.get(&conn).is_some_and(|c| c.machine.is_closed()) {
+            self.close(conn);
+        }
+    }
+
+    /// Asks the runtime to run the connection's writer (once per turn).
+    fn wake(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.woken {
+                c.woken = true;
+                self.outputs.push_back(Output::Wake(conn));
+            }
+        }
+    }
+
+    /// Tells the runtime the connection is over (once).
+    fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.closing {
+                c.closing = true;
+                self.outputs.push_back(Output::Close(conn));
+            }
+        }
+    }
+
+    fn post(&mut self, peer: ShardId, msg: MeshMsg) {
+        debug_assert_ne!(peer, self.id, "a shard never posts to itself");
+        let Some(queue) = self.outbox.get_mut(peer.index()) else {
+            return;
+        };
+        if msg.is_data() {
+            self.outbox_data += 1;
+        }
+        if queue.is_empty() {
+            self.outputs.push_back(Output::Mesh(peer));
+        }
+        queue.push_back(msg);
+    }
+
+    fn peers(&self) -> impl Iterator<Item = ShardId> + 'static {
+        let me = self.id;
+        ShardId::all(self.config.shards).filter(move |p| *p != me)
+    }
+
+    fn new_request(&mut self, pending: Pending) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.pending.insert(id, pending);
+        id
+    }
+
+    fn new_session_id(&mut self) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        id
+    }
+
+    fn owner_of(&self, key: &str) -> ShardId {
+        ShardId::new((hash_of(key) % self.config.shards as u64) as usize)
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        self.outputs.push_back(Output::Notice(notice));
+    }
+
+    /// Sends a reason to a v5 publisher waiting for its acknowledgement.
+    fn publish_done(&mut self, conn: ConnId, ack: crate::session::PublishAck, reason: ReasonCode) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.machine.publish_done(ack, reason);
+        }
+        self.wake(conn);
+    }
+}

@@ -377,6 +377,19 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTrie<K, V> {
         out
     }
 
+    /// Visits every subscription, in no particular order (inspection and
+    /// tests: comparing replicas, counting what a client holds).
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            for (k, v) in node.exact.entries.iter().chain(&node.multi.entries) {
+                f(k, v);
+            }
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+        }
+    }
+
     /// Like [`SubscriptionTrie::for_each_match`], but grouped by key: `f` is
     /// called once per subscriber with the values of all its subscriptions
     /// that match, so overlapping subscriptions deliver one message

@@ -1,0 +1,166 @@
+//! What shards say to each other. Crossing a shard is always one of these
+//! messages, delivered in order per (sender, receiver) pair: there is no
+//! shared mutable state. Payloads travel as `Arc<Message>` (one refcount
+//! per destination shard, no copies).
+
+use bytestring::ByteString;
+
+use super::ids::{RequestId, SessionId, ShardId};
+use super::registry::{Decision, PrincipalId};
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::session::{Delivery, SessionState, SharedMessage};
+use crate::topic::{SubscriptionData, TopicFilter};
+
+/// Key of one subscription in every shard's replicated index: which session
+/// on which shard, and the share group for `$share/{group}/..` subscriptions
+/// (a client may hold `a/b` and `$share/g/a/b` at once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubKey {
+    pub shard: ShardId,
+    pub session: SessionId,
+    pub group: Option<ByteString>,
+}
+
+/// The value stored with a subscription in the index.
+#[derive(Debug, Clone)]
+pub struct SubVal {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+    /// The subscriber's client id, for No Local [MQTT-3.8.3-3].
+    pub client_id: ByteString,
+    /// The filter as subscribed, naming the share group together with `group`.
+    pub filter: ByteString,
+}
+
+impl SubscriptionData for SubVal {
+    fn qos(&self) -> QoS {
+        self.options.qos
+    }
+    fn subscription_id(&self) -> Option<std::num::NonZeroU32> {
+        self.id.and_then(std::num::NonZeroU32::new)
+    }
+    fn retain_as_published(&self) -> bool {
+        self.options.retain_as_published
+    }
+}
+
+/// One message between shards. Requests carry a `RequestId` their answer
+/// returns, so the asking shard finds its continuation.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// One message for several sessions of the receiving shard.
+    Deliver {
+        message: SharedMessage,
+        targets: Vec<(SessionId, Delivery)>,
+    },
+    /// Replicated subscription index deltas.
+    SubAdd {
+        filter: TopicFilter,
+        key: SubKey,
+        val: SubVal,
+    },
+    SubRemove {
+        filter: TopicFilter,
+        key: SubKey,
+    },
+    /// To the retained owner of the topic (hash of the topic): set, or
+    /// clear with an empty payload. The owner's order is the order. With a
+    /// request, the owner answers `RetainDone` with its outcome.
+    RetainSet {
+        message: SharedMessage,
+        request: Option<RequestId>,
+    },
+    /// The owner stored (or refused) a retained message.
+    RetainDone {
+        request: RequestId,
+        reason: crate::codec::ReasonCode,
+    },
+    /// To every shard: the retained messages it owns that match `filter`.
+    RetainedQuery {
+        filter: TopicFilter,
+        request: RequestId,
+    },
+    RetainedReply {
+        request: RequestId,
+        messages: Vec<SharedMessage>,
+    },
+    /// A barrier: the peer answers once it has handled everything this
+    /// shard sent it before (per-pair order).
+    Ping {
+        request: RequestId,
+    },
+    Pong {
+        request: RequestId,
+    },
+    /// To the registry owner of `client_id`: a CONNECT by `principal` for
+    /// (`shard`, `session`) claims the id. Answered with `ClaimReply` at
+    /// once, or once the claim settling before it has settled.
+    Claim {
+        client_id: ByteString,
+        session: SessionId,
+        principal: PrincipalId,
+        request: RequestId,
+    },
+    ClaimReply {
+        request: RequestId,
+        decision: Decision<(ShardId, SessionId)>,
+    },
+    /// To the registry owner: the claim granted to (sender, `session`) is
+    /// settled (its session is in place); the next waiting claim may go.
+    ClaimSettled {
+        client_id: ByteString,
+        session: SessionId,
+    },
+    /// To the registry owner: the session ended; forget it if still current.
+    Release {
+        client_id: ByteString,
+        session: SessionId,
+    },
+    /// To the shard holding `session`: close it and hand its state over.
+    /// With `resume_as`, the CONNECT resumes it as that session of the
+    /// sender: the old shard moves its index entries (`Moved`).
+    TakeOver {
+        session: SessionId,
+        request: RequestId,
+        resume_as: Option<SessionId>,
+    },
+    Handover {
+        request: RequestId,
+        state: Option<Box<SessionState>>,
+    },
+    /// From the old shard of a resumed session to every peer: re-key these
+    /// index entries of (sender, `old`) to `to`, then answer `MoveMark`.
+    Moved {
+        old: SessionId,
+        to: (ShardId, SessionId),
+        entries: Vec<super::moves::MovedEntry>,
+    },
+    /// To the old shard: this shard routes nothing more to `session`.
+    MoveMark {
+        session: SessionId,
+    },
+    /// From the old shard to the new: `origin`'s mark, behind everything
+    /// forwarded for it.
+    MarkForward {
+        session: SessionId,
+        origin: ShardId,
+    },
+    /// From the old shard to the new: a delivery that still came for the
+    /// old session, for the new one (never held: it comes in order).
+    Forward {
+        message: SharedMessage,
+        targets: Vec<(SessionId, Delivery)>,
+    },
+    /// A self-test probe reached the sender's built-in probe subscriber.
+    ProbeReply {
+        seq: u64,
+    },
+}
+
+impl MeshMsg {
+    /// Whether this carries application messages (the backlog a slow peer
+    /// makes publishers wait for), not control.
+    pub fn is_data(&self) -> bool {
+        matches!(self, MeshMsg::Deliver { .. } | MeshMsg::Forward { .. })
+    }
+}

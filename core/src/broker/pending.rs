@@ -1,0 +1,194 @@
+//! Continuations: what a shard waits for from other shards, keyed by the
+//! `RequestId` the answer carries. Each variant names what happens when the
+//! answer comes; nothing is awaited. Barriers rely on the mesh's per-pair
+//! order: a `Pong` means the peer handled everything sent to it before.
+
+use std::time::Instant;
+
+use bytestring::ByteString;
+
+use super::moves::Deferred;
+use super::{ConnId, MeshMsg, RequestId, SessionId, Shard};
+use crate::codec::ReasonCode;
+use crate::session::{Delivery, PublishAck, SharedMessage, Spill, Subscription};
+
+#[derive(Debug)]
+pub(super) enum Pending {
+    /// A CONNECT's claim of its client id at the registry owner.
+    Claim {
+        conn: ConnId,
+        session: SessionId,
+        client_id: ByteString,
+        resume: bool,
+    },
+    /// The previous session, asked of the shard that holds it.
+    Handover {
+        conn: ConnId,
+        session: SessionId,
+        client_id: ByteString,
+    },
+    /// A barrier with every peer: `Pong`s still to come.
+    Barrier { waiting: usize, then: AfterBarrier },
+    /// A retained publish waiting for its owner's outcome before the
+    /// publisher is acknowledged (a new subscriber anywhere must then see
+    /// it); `reason` is the routing result.
+    RetainSet {
+        conn: ConnId,
+        ack: PublishAck,
+        reason: ReasonCode,
+    },
+    /// The retained messages matching a new subscription: replies still
+    /// to come, and what came so far.
+    RetainedQuery {
+        conn: ConnId,
+        waiting: usize,
+        matches: Vec<SharedMessage>,
+        delivery: Delivery,
+    },
+}
+
+/// What a completed barrier releases.
+#[derive(Debug)]
+pub(super) enum AfterBarrier {
+    /// Every shard's index has these subscriptions: the SUBACK may leave,
+    /// then their retained messages follow (`send_retained`).
+    Subscribed {
+        conn: ConnId,
+        subscriptions: Vec<(Subscription, bool)>,
+    },
+}
+
+impl<S: Spill> Shard<S> {
+    /// SUBACK waits until every shard's index has the new subscriptions:
+    /// once a client has its SUBACK, a publish on any shard reaches it.
+    pub(super) fn subscribe_barrier(
+        &mut self,
+        conn: ConnId,
+        subscriptions: Vec<(Subscription, bool)>,
+        now: Instant,
+    ) {
+        if self.peers().next().is_none() {
+            let then = AfterBarrier::Subscribed {
+                conn,
+                subscriptions,
+            };
+            return self.after_barrier(then, now);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.hold += 1;
+        let session = c.session;
+        let deferred = Deferred::Barrier {
+            conn,
+            subscriptions,
+        };
+        // A session still arriving broadcasts its index changes later; the
+        // barrier must follow them.
+        let deferred = match session {
+            Some(session) => self.defer_index(session, deferred),
+            None => Some(deferred),
+        };
+        if let Some(Deferred::Barrier {
+            conn,
+            subscriptions,
+        }) = deferred
+        {
+            let then = AfterBarrier::Subscribed {
+                conn,
+                subscriptions,
+            };
+            self.start_barrier(then, now);
+        }
+    }
+
+    /// Pings every peer; `then` runs when all have answered. The caller
+    /// has already raised the connection's hold.
+    pub(super) fn start_barrier(&mut self, then: AfterBarrier, now: Instant) {
+        let peers: Vec<_> = self.peers().collect();
+        if peers.is_empty() {
+            let AfterBarrier::Subscribed { conn, .. } = &then;
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.hold = c.hold.saturating_sub(1);
+            }
+            return self.after_barrier(then, now);
+        }
+        let request = self.new_request(Pending::Barrier {
+            waiting: peers.len(),
+            then,
+        });
+        for peer in peers {
+            self.post(peer, MeshMsg::Ping { request });
+        }
+    }
+
+    pub(super) fn pong_arrived(&mut self, request: RequestId, now: Instant) {
+        let Some(Pending::Barrier { waiting, .. }) = self.pending.get_mut(&request) else {
+            return;
+        };
+        *waiting -= 1;
+        if *waiting > 0 {
+            return;
+        }
+        if let Some(Pending::Barrier { then, .. }) = self.pending.remove(&request) {
+            let AfterBarrier::Subscribed { conn, .. } = &then;
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.hold = c.hold.saturating_sub(1);
+            }
+            self.after_barrier(then, now);
+        }
+    }
+
+    fn after_barrier(&mut self, then: AfterBarrier, now: Instant) {
+        match then {
+            AfterBarrier::Subscribed {
+                conn,
+                subscriptions,
+            } => {
+                self.wake(conn);
+                for (subscription, send_retained) in subscriptions {
+                    if send_retained {
+                        self.query_retained(conn, &subscription, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The retained owner stored (or refused) a retained publish.
+    pub(super) fn retain_done(&mut self, request: RequestId, outcome: ReasonCode) {
+        if let Some(Pending::RetainSet { conn, ack, reason }) = self.pending.remove(&request) {
+            let reason = if outcome.is_error() { outcome } else { reason };
+            self.publish_done(conn, ack, reason);
+        }
+    }
+
+    /// A peer answered a retained query.
+    pub(super) fn retained_reply(
+        &mut self,
+        request: RequestId,
+        messages: Vec<SharedMessage>,
+        now: Instant,
+    ) {
+        let Some(Pending::RetainedQuery {
+            waiting, matches, ..
+        }) = self.pending.get_mut(&request)
+        else {
+            return;
+        };
+        matches.extend(messages);
+        *waiting -= 1;
+        if *waiting > 0 {
+            return;
+        }
+        if let Some(Pending::RetainedQuery {
+            conn,
+            matches,
+            delivery,
+            ..
+        }) = self.pending.remove(&request)
+        {
+            self.deliver_retained(conn, now, matches, &delivery);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Retained messages across shards: each topic has an owner shard (hash of
+//! the topic) that alone stores it, so concurrent publishes on different
+//! shards cannot leave replicas disagreeing; a new subscription asks every
+//! shard for the ones it owns that match. MQTT 5.0 §3.3.1.3.
+
+use std::time::Instant;
+
+use super::pending::Pending;
+use super::{ConnId, MeshMsg, Notice, RequestId, Shard, ShardId};
+use crate::codec::ReasonCode;
+use crate::session::{Delivery, SharedMessage, Spill, Subscription};
+use crate::topic::{Filter, TopicFilter};
+
+impl<S: Spill> Shard<S> {
+    /// Stores (or clears) a retained message this shard owns; the reason
+    /// is Success or why it was refused.
+    pub(super) fn apply_retained(&mut self, message: SharedMessage) -> ReasonCode {
+        // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
+        if message.payload.is_empty() {
+            self.retained.clear(&message.topic);
+            return ReasonCode::Success;
+        }
+        let topic = message.topic.clone();
+        match self.retained.set(topic.clone(), message) {
+            Ok(_) => ReasonCode::Success,
+            Err(e) => {
+                let reason = e.reason_code();
+                self.notice(Notice::RetainedRefused {
+                    topic: topic.as_byte_string().clone(),
+                    reason,
+                });
+                reason
+            }
+        }
+    }
+
+    /// A peer's retained publish for a topic this shard owns.
+    pub(super) fn retain_set_arrived(
+        &mut self,
+        from: ShardId,
+        message: SharedMessage,
+        request: Option<RequestId>,
+    ) {
+        let reason = self.apply_retained(message);
+        if let Some(request) = request {
+            self.post(from, MeshMsg::RetainDone { request, reason });
+        }
+    }
+
+    pub(super) fn retained_matches(&self, filter: &TopicFilter) -> Vec<SharedMessage> {
+        let mut out = Vec::new();
+        self.retained
+            .for_each_match(filter, |_, m| out.push(m.clone()));
+        out
+    }
+
+    /// Sends a new subscription the retained messages that match it,
+    /// asking every shard for the topics it owns.
+    pub(super) fn query_retained(&mut self, conn: ConnId, sub: &Subscription, now: Instant) {
+        let filter = match &sub.filter {
+            Filter::Plain(f) => f.clone(),
+            // Shared subscriptions get no retained messages (v5 §4.8.2).
+            Filter::Shared { .. } => return,
+        };
+        let delivery = Delivery {
+            granted_qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            from_retained: true,
+            subscription_ids: sub.id.into_iter().collect(),
+        };
+        let matches = self.retained_matches(&filter);
+        let peers: Vec<_> = self.peers().collect();
+        if peers.is_empty() {
+            if !matches.is_empty() {
+                self.deliver_retained(conn, now, matches, &delivery);
+            }
+            return;
+        }
+        let request = self.new_request(Pending::RetainedQuery {
+            conn,
+            waiting: peers.len(),
+            matches,
+            delivery,
+        });
+        for peer in peers {
+            self.post(
+                peer,
+                MeshMsg::RetainedQuery {
+                    filter: filter.clone(),
+                    request,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Routing one PUBLISH: match this shard's replica of the index, merge each
+//! subscriber's overlapping subscriptions, pick one member per share group,
+//! queue for this shard's subscribers and send one `Deliver` per other shard
+//! that has some. What the publisher's acknowledgement means: the message is
+//! in every target queue on this shard and handed, in order, to the mesh for
+//! the others (and stored by its retained owner, when retained).
+
+use std::time::Instant;
+
+use super::pending::Pending;
+use super::selftest::PROBE_SESSION;
+use super::sessions::Slot;
+use super::{ConnId, MeshMsg, SessionId, Shard, SubKey, SubVal};
+use crate::codec::ReasonCode;
+use crate::session::{Delivery, Enqueued, PublishAck, SessionState, SharedMessage, Spill};
+use crate::topic::merge_overlapping;
+
+impl<S: Spill> Shard<S> {
+    /// `Event::Publish`: route, and acknowledge QoS 1/2 once routed.
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        message: SharedMessage,
+        ack: Option<PublishAck>,
+    ) {
+        self.publish_message(now, message, ack.map(|a| (conn, a)));
+    }
+
+    /// Routes a message (from a client, a will or the self-test) and
+    /// stores it if retained; answers `waiter`'s acknowledgement when done.
+    pub(super) fn publish_message(
+        &mut self,
+        now: Instant,
+        message: SharedMessage,
+        waiter: Option<(ConnId, PublishAck)>,
+    ) {
+        self.stats.messages_in += 1;
+        let mut retained_outcome = ReasonCode::Success;
+        let mut retained_request = None;
+        if message.retain {
+            let owner = self.owner_of(message.topic.as_str());
+            if owner == self.id {
+                retained_outcome = self.apply_retained(message.clone());
+            } else {
+                // The publisher's acknowledgement waits for the owner: once
+                // acknowledged, a new subscriber anywhere must see it.
+                let request = waiter.map(|(conn, ack)| {
+                    self.new_request(Pending::RetainSet {
+                        conn,
+                        ack,
+                        reason: ReasonCode::Success,
+                    })
+                });
+                retained_request = request;
+                self.post(
+                    owner,
+                    MeshMsg::RetainSet {
+                        message: message.clone(),
+                        request,
+                    },
+                );
+            }
+        }
+        let reason = self.route(now, &message);
+        let Some((conn, ack)) = waiter else {
+            return;
+        };
+        match retained_request {
+            Some(request) => {
+                if let Some(Pending::RetainSet { reason: r, .. }) = self.pending.get_mut(&request) {
+                    *r = reason;
+                }
+            }
+            None if retained_outcome.is_error() => self.publish_done(conn, ack, retained_outcome),
+            None => self.publish_done(conn, ack, reason),
+        }
+    }
+
+    /// Offers `message` to every matching subscriber on every shard.
+    /// Returns the v5 reason for the publisher: Success, No matching
+    /// subscribers (0x10), or Quota exceeded (0x97) when a subscriber on
+    /// this shard refused it (queue full, strategy None).
+    fn route(&mut self, now: Instant, message: &SharedMessage) -> ReasonCode {
+        let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
+        let mut shared: Vec<(SubKey, SubVal)> = Vec::new();
+        let mut matched = false;
+        self.index
+            .trie
+            .for_each_match_grouped(&message.topic, |key, vals| {
+                if key.group.is_some() {
+                    shared.extend(vals.iter().map(|v| (key.clone(), (*v).clone())));
+                    return;
+                }
+                // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                // PERF: filtered lazily; no allocation per subscriber.
+                let vals = vals
+                    .iter()
+                    .copied()
+                    .filter(|v| !(v.options.no_local && v.client_id == message.origin));
+                if let Some(d) = merge_overlapping(vals) {
+                    per_shard[key.shard.index()].push((key.session, to_delivery(d)));
+                    matched = true;
+                }
+            });
+        if !shared.is_empty() {
+            self.pick_shared(&mut shared, &mut per_shard);
+            matched = true;
+        }
+        let mut rejected = false;
+        for (shard, targets) in per_shard.into_iter().enumerate() {
+            if targets.is_empty() {
+                continue;
+            }
+            let shard = super::ShardId::new(shard);
+            if shard == self.id {
+                rejected |= self.deliver_local(now, self.id, message, &targets, false);
+            } else {
+                self.post(
+                    shard,
+                    MeshMsg::Deliver {
+                        message: message.clone(),
+                        targets,
+                    },
+                );
+            }
+        }
+        if rejected {
+            ReasonCode::QuotaExceeded
+        } else if matched {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NoMatchingSubscribers
+        }
+    }
+
+    /// One member per share group, round-robin over the group's members on
+    /// every shard (v5 §4.8.2).
+    fn pick_shared(
+        &mut self,
+        shared: &mut [(SubKey, SubVal)],
+        per_shard: &mut [Vec<(SessionId, Delivery)>],
+    ) {
+        shared.sort_by(|a, b| {
+            (&a.0.group, &a.1.filter, a.0.shard, a.0.session).cmp(&(
+                &b.0.group,
+                &b.1.filter,
+                b.0.shard,
+                b.0.session,
+            ))
+        });
+        let mut start = 0;
+        while start < shared.len() {
+            let group = shared[start].0.group.clone().unwrap_or_default();
+            let filter = shared[start].1.filter.clone();
+            let mut end = start;
+            while end < shared.len()
+                && shared[end].0.group.as_ref() == Some(&group)
+                && shared[end].1.filter == filter
+            {
+                end += 1;
+            }
+            let counter = self.share_rr.entry((group, filter)).or_insert(0);
+            let pick = &shared[start + (*counter % (end - start))];
+            *counter = counter.wrapping_add(1);
+            let d = Delivery {
+                granted_qos: pick.1.options.qos,
+                retain_as_published: pick.1.options.retain_as_published,
+                from_retained: false,
+                subscription_ids: pick.1.id.into_iter().collect(),
+            };
+            per_shard[pick.0.shard.index()].push((pick.0.session, d));
+            start = end;
+        }
+    }
+
+    /// Offers `message`, routed by shard `origin`, to this shard's
+    /// targets; true if a queue refused it. `forwarded`: it came through the
+    /// old shard of a moving session, in order, and is never held.
+    pub(super) fn deliver_local(
+        &mut self,
+        now: Instant,
+        origin: super::ShardId,
+        message: &SharedMessage,
+        targets: &[(SessionId, Delivery)],
+        forwarded: bool,
+    ) -> bool {
+        let limit = self.config.limits.queue;
+        let mut rejected = false;
+        for (session, delivery) in targets {
+            if *session == PROBE_SESSION {
+                self.probe_arrived(message);
+                continue;
+            }
+            // PERF: moves are rare; the common path pays one emptiness test.
+            if !forwarded
+                && !self.arriving.is_empty()
+                && self.hold_if_arriving(origin, *session, message, delivery)
+            {
+                continue;
+            }
+            // With a disk buffer, DropOldest may drop several messages for
+            // one arrival (space comes back a segment at a time).
+            let mut extra_drops = 0;
+            let mut woke = None;
+            let outcome = match self.sessions.get_mut(session) {
+                Some(Slot::Online(conn)) => match self.conns.get_mut(conn) {
+                    Some(c) => {
+                        woke = Some(*conn);
+                        match self.buffer.as_mut() {
+                            None => c.machine.deliver(now, message, delivery),
+                            Some(b) => {
+                                let before = dropped_of(c.machine.session());
+                                let mut ctx = b.ctx(c.spill_owner);
+                                let outcome =
+                                    c.machine
+                                        .deliver_with(now, message, delivery, Some(&mut ctx));
+                                extra_drops = dropped_of(c.machine.session()) - before;
+                                outcome
+                            }
+                        }
+                    }
+                    None => Enqueued::Discarded,
+                },
+                Some(Slot::Offline { state, .. }) => match self.buffer.as_mut() {
+                    None => state.enqueue(now, message, delivery, false, &limit),
+                    Some(b) => {
+                        let before = state.stats.dropped_queue_full;
+                        let owner = b.owner_of(*session);
+                        let outcome = state.enqueue_with(
+                            now,
+                            message,
+                            delivery,
+                            false,
+                            &limit,
+                            Some(&mut b.ctx(owner)),
+                        );
+                        extra_drops = state.stats.dropped_queue_full - before;
+                        outcome
+                    }
+                },
+                // Moved away: forward it to where the session went.
+                None if self.leaving.contains_key(session) => {
+                    self.forward(now, origin, message, *session, delivery);
+                    continue;
+                }
+                // Gone since the publisher's shard matched it (ended, or
+                // taken over by a clean start): the index delta is on its way.
+                None => Enqueued::Discarded,
+            };
+            if let Some(conn) = woke {
+                self.wake(conn);
+            }
+            rejected |= outcome == Enqueued::RejectedQueueFull;
+            self.count(outcome);
+            if extra_drops > 1 {
+                self.stats.dropped_queue_full += extra_drops - 1;
+            }
+        }
+        rejected
+    }
+
+    /// A delivery for a session that moved on: to its new place, behind
+    /// everything forwarded before (pair order).
+    fn forward(
+        &mut self,
+        now: Instant,
+        origin: super::ShardId,
+        message: &SharedMessage,
+        old: SessionId,
+        delivery: &Delivery,
+    ) {
+        let Some((shard, session)) = self.forward_target(old) else {
+            return;
+        };
+        let targets = vec![(session, delivery.clone())];
+        if shard == self.id {
+            self.deliver_local(now, origin, message, &targets, true);
+        } else {
+            self.post(
+                shard,
+                MeshMsg::Forward {
+                    message: message.clone(),
+                    targets,
+                },
+            );
+        }
+    }
+
+    fn count(&mut self, outcome: Enqueued) {
+        match outcome {
+            Enqueued::Queued => self.stats.deliveries += 1,
+            Enqueued::DroppedOldest => {
+                self.stats.deliveries += 1;
+                self.stats.dropped_queue_full += 1;
+            }
+            Enqueued::RejectedQueueFull => self.stats.dropped_queue_full += 1,
+            Enqueued::Discarded => {}
+        }
+    }
+
+    /// Delivers the retained messages a new subscription matched
+    /// (`Delivery::from_retained`: the RETAIN flag is set [MQTT-3.3.1-8]).
+    pub(super) fn deliver_retained(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        matches: Vec<SharedMessage>,
+        delivery: &Delivery,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        for m in &matches {
+            match self.buffer.as_mut() {
+                None => c.machine.deliver(now, m, delivery),
+                Some(b) => {
+                    let mut ctx = b.ctx(c.spill_owner);
+                    c.machine.deliver_with(now, m, delivery, Some(&mut ctx))
+                }
+            };
+        }
+        self.wake(conn);
+    }
+}
+
+fn dropped_of(state: Option<&SessionState>) -> u64 {
+    state.map_or(0, |s| s.stats.dropped_queue_full)
+}
+
+fn to_delivery(d: crate::topic::Delivery) -> Delivery {
+    Delivery {
+        granted_qos: d.qos_max,
+        retain_as_published: d.retain_as_published,
+        from_retained: false,
+        subscription_ids: d.subscription_ids.iter().map(|id| id.get()).collect(),
+    }
+}

@@ -1,0 +1,356 @@
+//! The sessions of one shard: attached to a connection or waiting offline
+//! until they expire, taken away on takeover, ended with their connection,
+//! and the delayed wills they leave [MQTT-3.1.3-9]. Also the disk-buffer
+//! side of a session joining or leaving the shard (its key and its memory).
+
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+
+use super::{ConnId, MeshMsg, Notice, SessionId, Shard, PREFETCH_BYTES};
+use crate::session::{CloseReason, Event, PendingWill, SessionState, SharedMessage, Spill};
+
+/// Where a session of this shard is.
+#[derive(Debug)]
+pub(super) enum Slot {
+    Online(ConnId),
+    Offline {
+        state: Box<SessionState>,
+        expires_at: Option<Instant>,
+    },
+}
+
+/// A will waiting for its delay [MQTT-3.1.3-9].
+#[derive(Debug)]
+pub(super) struct DelayedWill {
+    pub client_id: ByteString,
+    pub message: SharedMessage,
+    pub at: Instant,
+}
+
+impl<S: Spill> Shard<S> {
+    /// Takes a session of this shard away from its connection (takeover)
+    /// or from the offline store. With `moving_to` (the CONNECT resumes
+    /// it) its index entries move to the new session (`moves`); otherwise
+    /// they are removed. For another shard (`stays` false) its spilled
+    /// messages are read back into memory first: buffer keys and records
+    /// are per shard.
+    pub(super) fn take_local(
+        &mut self,
+        session: SessionId,
+        stays: bool,
+        moving_to: Option<(super::ShardId, SessionId)>,
+        now: Instant,
+    ) -> Option<SessionState> {
+        let slot = self.sessions.remove(&session)?;
+        let (state, closed_will) = match slot {
+            Slot::Online(conn) => {
+                let taken = self.conns.get_mut(&conn).map(|c| {
+                    c.machine.take_over();
+                    c.session = None;
+                    let mut taken = (None, None);
+                    while let Some(ev) = c.machine.poll_event() {
+                        if let Event::Closed { session, will, .. } = ev {
+                            taken = (session, will);
+                        }
+                    }
+                    taken
+                });
+                // The old connection flushes its DISCONNECT 0x8E and closes.
+                self.close(conn);
+                self.wake(conn);
+                taken.unwrap_or((None, None))
+            }
+            Slot::Offline { state, .. } => (Some(*state), None),
+        };
+        let mut state = state;
+        if let Some(st) = &state {
+            // A will with a delay is not sent if the session resumes in
+            // time [MQTT-3.1.3-9]: it waits on the shard the session was on.
+            self.wills.retain(|w| w.client_id != st.client_id);
+        }
+        if let (Some(b), Some(st)) = (self.buffer.as_mut(), state.as_mut()) {
+            if !stays {
+                let owner = b.owner_of(session);
+                st.unspill(&mut b.ctx(owner));
+                b.spill_owners.remove(&session);
+            }
+            // The state leaves this shard's accounting; `attach` adds it
+            // back if it resumes here.
+            b.memory_bytes = b.memory_bytes.saturating_sub(st.memory_bytes());
+        }
+        match (moving_to, state.is_some()) {
+            (Some(to), true) => self.start_move(session, to, now),
+            _ => self.unindex_session(session),
+        }
+        // [MQTT-3.1.4-3] the taken-over connection's will is published,
+        // unless it has a delay and the session goes on (it does here).
+        if let Some(will) = closed_will {
+            if will.delay.is_zero() {
+                self.publish_message(now, will.message, None);
+            }
+        }
+        state
+    }
+
+    /// Registers a connected session and indexes its subscriptions.
+    pub(super) fn attach(&mut self, session: SessionId, conn: ConnId) {
+        self.attach_buffer(session, conn);
+        if let Some(state) = self.conns.get(&conn).and_then(|c| c.machine.session()) {
+            let client_id = state.client_id.clone();
+            let subs: Vec<_> = state
+                .subscriptions()
+                .map(|(raw, sub)| (raw.clone(), sub.clone()))
+                .collect();
+            self.index_session(session, &client_id, subs);
+        }
+        self.sessions.insert(session, Slot::Online(conn));
+    }
+
+    /// Indexes a session's subscriptions: adopts the entries a move
+    /// already put everywhere, or adds them.
+    fn index_session(
+        &mut self,
+        session: SessionId,
+        client_id: &ByteString,
+        subs: Vec<(ByteString, crate::session::Subscription)>,
+    ) {
+        if self.is_arriving(session) {
+            let filters: Vec<_> = subs.into_iter().map(|(raw, s)| (raw, s.filter)).collect();
+            self.index_adopt(session, &filters);
+            return;
+        }
+        for (raw, sub) in subs {
+            self.index_add(session, client_id, &raw, &sub.filter, sub.options, sub.id);
+        }
+    }
+
+    /// Settles the buffer side of a session joining this shard: its key,
+    /// its memory, and what a clean start threw away.
+    fn attach_buffer(&mut self, session: SessionId, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(b) = self.buffer.as_mut() else {
+            c.spill_owner = session.0;
+            return;
+        };
+        let owner = match b.adopting.remove(&session) {
+            // INVARIANT: nothing runs between `take_local` and here, so a
+            // resumed session holds exactly the adopted records (queued, in
+            // flight and retired), under the key they were written with.
+            Some(a) if c.machine.session_present() => {
+                b.spill_owners.insert(session, a.owner);
+                a.owner
+            }
+            Some(a) => {
+                // Clean start: the old session and its records are gone.
+                for r in a.refs {
+                    b.store.release(r);
+                }
+                session.0
+            }
+            None => session.0,
+        };
+        c.spill_owner = owner;
+        if let Some(state) = c.machine.session() {
+            b.memory_bytes += state.memory_bytes();
+            if let Some(first) = state.first_spilled_ref() {
+                // Readahead for the drain that is about to start.
+                b.store.prefetch(first, PREFETCH_BYTES);
+            }
+        }
+        if b.memory_bytes > b.memory_budget_bytes {
+            // A session from another shard brought its whole queue in memory.
+            let limit = self.config.limits.queue;
+            if let Some(state) = c.machine.session_mut() {
+                state.spill_excess(&limit, &mut b.ctx(owner));
+            }
+        }
+    }
+
+    /// Keeps a session whose connection went away before it could be
+    /// attached (a takeover completed for a CONNECT that is gone): offline
+    /// if it outlives connections, else it ends here.
+    pub(super) fn park(
+        &mut self,
+        session: SessionId,
+        client_id: &ByteString,
+        state: Option<SessionState>,
+        now: Instant,
+    ) {
+        let adopting = self
+            .buffer
+            .as_mut()
+            .and_then(|b| b.adopting.remove(&session));
+        match state.filter(|s| !s.expiry_interval.is_zero()) {
+            Some(state) => {
+                if let Some(b) = self.buffer.as_mut() {
+                    if let Some(a) = adopting {
+                        b.spill_owners.insert(session, a.owner);
+                    }
+                    b.memory_bytes += state.memory_bytes();
+                }
+                let subs: Vec<_> = state
+                    .subscriptions()
+                    .map(|(raw, sub)| (raw.clone(), sub.clone()))
+                    .collect();
+                self.index_session(session, client_id, subs);
+                let expires_at = now.checked_add(state.expiry_interval);
+                self.sessions.insert(
+                    session,
+                    Slot::Offline {
+                        state: Box::new(state),
+                        expires_at,
+                    },
+                );
+            }
+            None => {
+                if let (Some(b), Some(a)) = (self.buffer.as_mut(), adopting) {
+                    for r in a.refs {
+                        b.store.release(r);
+                    }
+                }
+                self.release_id(client_id, session);
+            }
+        }
+    }
+
+    /// A connection's `Event::Closed`: keep its session offline, or end it.
+    pub(super) fn closed(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        reason: CloseReason,
+        state: Option<SessionState>,
+        will: Option<PendingWill>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(session) = c.session.take() else {
+            return;
+        };
+        if !matches!(self.sessions.get(&session), Some(Slot::Online(on)) if *on == conn) {
+            // Taken over: the new owner has the state.
+            return;
+        }
+        let client_id = state
+            .as_ref()
+            .map(|s| s.client_id.clone())
+            .unwrap_or_else(|| c.client_id.clone());
+        if state.is_none() {
+            let ended = c.machine.take_ended_session();
+            self.end_session_buffer(session, ended);
+        }
+        self.notice(Notice::Disconnected {
+            conn,
+            client_id: client_id.clone(),
+            reason,
+        });
+        let expiry = state.as_ref().map(|s| s.expiry_interval);
+        match state {
+            Some(mut state) => {
+                // Records of exchanges acknowledged since the writer's last
+                // turn: released now, not when the session comes back.
+                if let Some(b) = self.buffer.as_mut() {
+                    let owner = b.owner_of(session);
+                    state.release_retired(&mut b.ctx(owner));
+                }
+                let expires_at = now.checked_add(state.expiry_interval);
+                self.sessions.insert(
+                    session,
+                    Slot::Offline {
+                        state: Box::new(state),
+                        expires_at,
+                    },
+                );
+            }
+            None => {
+                self.sessions.remove(&session);
+                self.unindex_session(session);
+                self.release_id(&client_id, session);
+            }
+        }
+        if let Some(will) = will {
+            // Published after its delay, or when the session ends if sooner.
+            let delay = match expiry {
+                Some(e) => will.delay.min(e),
+                None => Duration::ZERO,
+            };
+            if delay.is_zero() {
+                self.publish_message(now, will.message, None);
+            } else if let Some(at) = now.checked_add(delay) {
+                self.wills.push(DelayedWill {
+                    client_id,
+                    message: will.message,
+                    at,
+                });
+            }
+        }
+    }
+
+    /// Tells the registry owner that the session ended.
+    pub(super) fn release_id(&mut self, client_id: &ByteString, session: SessionId) {
+        let owner = self.owner_of(client_id);
+        if owner == self.id {
+            self.registry.release(client_id, (self.id, session));
+        } else {
+            self.post(
+                owner,
+                MeshMsg::Release {
+                    client_id: client_id.clone(),
+                    session,
+                },
+            );
+        }
+    }
+
+    /// Ends offline sessions whose expiry passed.
+    pub(super) fn expire_sessions(&mut self, now: Instant) {
+        let expired: Vec<(SessionId, ByteString)> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Offline {
+                    state,
+                    expires_at: Some(at),
+                } if *at <= now => Some((*id, state.client_id.clone())),
+                _ => None,
+            })
+            .collect();
+        for (id, client_id) in expired {
+            if let Some(Slot::Offline { state, .. }) = self.sessions.remove(&id) {
+                self.end_session_buffer(id, Some(*state));
+            }
+            self.unindex_session(id);
+            self.release_id(&client_id, id);
+        }
+    }
+
+    /// Publishes the delayed wills whose time came.
+    pub(super) fn fire_wills(&mut self, now: Instant) {
+        if !self.wills.iter().any(|w| w.at <= now) {
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wills)
+            .into_iter()
+            .partition(|w| w.at <= now);
+        self.wills = keep;
+        for will in due {
+            self.publish_message(now, will.message, None);
+        }
+    }
+
+    /// Releases what an ending session holds in the buffer and in memory.
+    pub(super) fn end_session_buffer(&mut self, session: SessionId, state: Option<SessionState>) {
+        let Some(b) = self.buffer.as_mut() else {
+            return;
+        };
+        let owner = b.owner_of(session);
+        b.spill_owners.remove(&session);
+        if let Some(mut state) = state {
+            state.discard_queue(&mut b.ctx(owner));
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The deterministic simulator's machinery (FoundationDB / TigerBeetle
+//! style): N `broker::Shard`s and scripted clients in one thread on a fake
+//! clock. Every event the real runtime would race — a mesh message between
+//! a pair of shards (each pair in order, pairs in any order), an
+//! authentication answer, a writer flushing a connection, a socket closing,
+//! time passing — is one schedulable step, chosen by a seeded RNG. Clients
+//! speak MQTT 5 through the real codec. A failure prints its seed and the
+//! last steps; the same seed replays it exactly.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shardmq_core::broker::{
+    Admission, ConnId, MeshMsg, Output, PrincipalId, SelfTestConfig, Shard, ShardBuffer,
+    ShardConfig, ShardId,
+};
+use shardmq_core::codec::{
+    self, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish,
+    QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
+use shardmq_core::limits::ClientLimits;
+use shardmq_core::session::{AllowAll, Message, Spill, SpillError, SpillRef};
+
+/// xorshift64*: small, fast, and the same sequence for the same seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// An in-memory disk buffer, small enough that the simulation spills.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    records: std::collections::HashMap<u32, (u64, Message)>,
+    next: u32,
+    pub capacity: usize,
+    /// Records ever stored: the simulation must really spill.
+    pub appended: u64,
+}
+
+impl MemStore {
+    pub fn live(&self) -> usize {
+        self.records.len()
+    }
+}
+
+impl Spill for MemStore {
+    fn append(&mut self, owner: u64, message: &Message) -> Result<SpillRef, SpillError> {
+        if self.records.len() >= self.capacity {
+            return Err(SpillError::Full);
+        }
+        self.next += 1;
+        self.appended += 1;
+        self.records.insert(self.next, (owner, message.clone()));
+        Ok(SpillRef {
+            segment: 0,
+            block: 0,
+            at: self.next,
+            len: message.payload.len() as u32,
+        })
+    }
+
+    fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError> {
+        match self.records.get(&at.at) {
+            Some((o, m)) if *o == owner => Ok(m.clone()),
+            _ => Err(SpillError::Lost),
+        }
+    }
+
+    fn release(&mut self, at: SpillRef) {
+        let gone = self.records.remove(&at.at);
+        assert!(gone.is_some(), "record {} released twice", at.at);
+    }
+}
+
+/// What one client has seen, across all its connections.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// (Session Present, reason) of every CONNACK.
+    pub connacks: Vec<(bool, ReasonCode)>,
+    /// (topic, payload, dup) of every PUBLISH received.
+    pub publishes: Vec<(String, Bytes, bool)>,
+    /// Payloads of this client's QoS 1 publishes the broker acknowledged.
+    pub acked: Vec<Bytes>,
+    /// SUBACKs received.
+    pub subacks: usize,
+    pub disconnects: Vec<ReasonCode>,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub client_id: String,
+    pub principal: PrincipalId,
+    /// The connection, while it is open: (shard, conn).
+    pub conn: Option<(usize, ConnId)>,
+    inbuf: BytesMut,
+    next_packet_id: u16,
+    /// QoS 1 publishes sent and not yet acknowledged, by packet id.
+    unacked: Vec<(u16, Bytes)>,
+    pub seen: Seen,
+}
+
+impl Client {
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+/// The simulated broker and its clients.
+pub struct Sim {
+    pub seed: u64,
+    pub rng: Rng,
+    pub now: Instant,
+    pub shards: Vec<Shard<MemStore>>,
+    /// In-flight mesh messages per (from, to) pair: `from * n + to`.
+    inflight: Vec<VecDeque<MeshMsg>>,
+    auth_jobs: Vec<(usize, ConnId)>,
+    woken: BTreeSet<(usize, ConnId)>,
+    closing: BTreeSet<(usize, ConnId)>,
+    pub clients: Vec<Client>,
+    trace: VecDeque<String>,
+    pub steps: u64,
+}
+
+const TRACE_LEN: usize = 60;
+
+impl Sim {
+    pub fn new(seed: u64, shards: usize, limits: ClientLimits, store_capacity: usize) -> Sim {
+        // The fake clock's base instant; only offsets from it matter.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let config = Arc::new(ShardConfig {
+            shards,
+            instance: seed,
+            limits: Arc::new(limits),
+            retained_max: 1000,
+            selftest: Some(SelfTestConfig {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+            }),
+        });
+        let shards = (0..shards)
+            .map(|i| {
+                let store = MemStore {
+                    capacity: store_capacity,
+                    ..MemStore::default()
+                };
+                // A tiny memory budget, so queues spill to the store.
+                let buffer = ShardBuffer::new(store, 300);
+                Shard::new(ShardId::new(i), config.clone(), Some(buffer))
+            })
+            .collect::<Vec<_>>();
+        let n = shards.len();
+        Sim {
+            seed,
+            rng: Rng::new(seed),
+            now,
+            shards,
+            inflight: (0..n * n).map(|_| VecDeque::new()).collect(),
+            auth_jobs: Vec::new(),
+            woken: BTreeSet::new(),
+            closing: BTreeSet::new(),
+            clients: Vec::new(),
+            trace: VecDeque::new(),
+            steps: 0,
+        }
+    }
+
+    pub fn add_client(&mut self, client_id: &str, principal: &str) -> usize {
+        self.clients.push(Client {
+            client_id: client_id.to_owned(),
+            principal: PrincipalId::authenticated("sim", "Test", principal),
+            conn: None,
+            inbuf: BytesMut::new(),
+            next_packet_id: 0,
+            unacked: Vec::new(),
+            seen: Seen::default(),
+        });
+        self.clients.len() - 1
+    }
+
+    fn log(&mut self, line: String) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    /// Panics with the seed and the last steps: the replay recipe.
+    pub fn fail(&self, why: &str) -> ! {
+        let trace: Vec<&String> = self.trace.iter().collect();
+        panic!(
+            "{why}\nseed {} (replay: SHARDMQ_SIM_SEED={}), step {}\nlast steps:\n  {}",
+            self.seed,
+            self.seed,
+            self.steps,
+            trace
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+
+    // ---- clients ------------------------------------------------------
+
+    fn send(&mut self, c: usize, packet: &Packet) {
+        let Some((shard, conn)) = self.clients[c].conn else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        if codec::encode(packet, ProtocolVersion::V5, &mut buf).is_err() {
+            self.fail("the client encoded an invalid packet");
+        }
+        let now = self.now;
+        self.shards[shard].handle_input(conn, now, &mut buf);
+        self.drain(shard);
+    }
+
+    /// Opens a connection to `shard` and sends CONNECT (clean start and
+    /// session expiry as given).
+    pub fn connect(&mut self, c: usize, shard: usize, clean_start: bool, expiry: u32) {
+        if self.clients[c].conn.is_some() {
+            return;
+        }
+        let conn = self.shards[shard].accept(self.now);
+        self.clients[c].conn = Some((shard, conn));
+        self.clients[c].inbuf.clear();
+        self.clients[c].unacked.clear();
+        let id = self.clients[c].client_id.clone();
+        self.log(format!(
+            "client {c} ({id}) connects to shard {shard} as conn {conn}"
+        ));
+        let properties = Properties {
+            session_expiry_interval: Some(expiry),
+            ..Properties::default()
+        };
+        self.send(
+            c,
+            &Packet::Connect(Box::new(Connect {
+                protocol_version: ProtocolVersion::V5,
+                clean_start,
+                keep_alive: 60,
+                properties,
+                client_id: id.as_str().into(),
+                will: None,
+                username: None,
+                password: None,
+            })),
+        );
+    }
+
+    fn packet_id(&mut self, c: usize) -> PacketId {
+        let client = &mut self.clients[c];
+        client.next_packet_id = client.next_packet_id.checked_add(1).unwrap_or(1);
+        PacketId::new(client.next_packet_id).expect("ids skip 0")
+    }
+
+    pub fn subscribe(&mut self, c: usize, filter: &str, qos: QoS) {
+        let packet_id = self.packet_id(c);
+        self.log(format!("client {c} subscribes {filter}"));
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        self.send(
+            c,
+            &Packet::Subscribe(Subscribe {
+                packet_id,
+                properties: Properties::default(),
+                filters: vec![(filter.into(), options)],
+            }),
+        );
+    }
+
+    pub fn publish(&mut self, c: usize, topic: &str, qos: QoS, retain: bool, payload: Bytes) {
+        if !self.clients[c].connected() {
+            return;
+        }
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.packet_id(c));
+        if let Some(id) = packet_id {
+            self.clients[c].unacked.push((id.get(), payload.clone()));
+        }
+        self.log(format!("client {c} publishes {topic} {payload:?}"));
+        self.send(
+            c,
+            &Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain,
+                topic: topic.into(),
+                packet_id,
+                properties: Properties::default(),
+                payload,
+            }),
+        );
+    }
+
+    /// DISCONNECT (normal), then the socket closes.
+    pub fn disconnect(&mut self, c: usize) {
+        if !self.clients[c].connected() {
+            return;
+        }
+        self.log(format!("client {c} disconnects"));
+        self.send(
+            c,
+            &Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION)),
+        );
+        self.drop_conn(c);
+    }
+
+    /// The socket goes away without DISCONNECT.
+    pub fn drop_conn(&mut self, c: usize) {
+        let Some((shard, conn)) = self.clients[c].conn.take() else {
+            return;
+        };
+        self.log(format!("client {c} drops conn {conn} on shard {shard}"));
+        let now = self.now;
+        self.shards[shard].handle_closed(conn, now);
+        self.drain(shard);
+    }
+
+    /// What the client does with a packet from the broker.
+    fn receive(&mut self, c: usize, packet: Packet) {
+        match packet {
+            Packet::ConnAck(ack) => {
+                self.log(format!(
+                    "client {c} CONNACK sp={} {:?}",
+                    ack.session_present, ack.reason
+                ));
+                self.clients[c]
+                    .seen
+                    .connacks
+                    .push((ack.session_present, ack.reason));
+                if ack.reason.is_error() {
+                    self.clients[c].conn = None;
+                }
+            }
+            Packet::Publish(p) => {
+                self.log(format!(
+                    "client {c} gets {} {:?} dup={}",
+                    p.topic, p.payload, p.dup
+                ));
+                self.clients[c].seen.publishes.push((
+                    p.topic.to_string(),
+                    p.payload.clone(),
+                    p.dup,
+                ));
+                if let Some(id) = p.packet_id {
+                    self.send(
+                        c,
+                        &Packet::PubAck(PubResponse::new(id, ReasonCode::Success)),
+                    );
+                }
+            }
+            Packet::PubAck(a) => {
+                let client = &mut self.clients[c];
+                if let Some(i) = client
+                    .unacked
+                    .iter()
+                    .position(|(id, _)| *id == a.packet_id.get())
+                {
+                    let (_, payload) = client.unacked.remove(i);
+                    if !a.reason.is_error() {
+                        client.seen.acked.push(payload);
+                    }
+                }
+            }
+            Packet::SubAck(_) => self.clients[c].seen.subacks += 1,
+            Packet::Disconnect(d) => {
+                self.log(format!("client {c} DISCONNECT {:?}", d.reason));
+                self.clients[c].seen.disconnects.push(d.reason);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- the runtime's side -------------------------------------------
+
+    /// Acts on a shard's outputs the way the real runtime would, except
+    /// that everything racy becomes a step for later.
+    fn drain(&mut self, shard: usize) {
+        while let Some(out) = self.shards[shard].poll_output() {
+            match out {
+                Output::Wake(conn) => {
+                    self.woken.insert((shard, conn));
+                }
+                Output::Close(conn) => {
+                    self.closing.insert((shard, conn));
+                }
+                Output::Authenticate { conn, .. } => self.auth_jobs.push((shard, conn)),
+                Output::ReAuthenticate { conn, .. } => {
+                    let now = self.now;
+                    self.shards[shard].handle_reauthenticated(conn, now, Ok(None));
+                }
+                Output::Mesh(peer) => {
+                    let n = self.shards.len();
+                    while let Some(msg) = self.shards[shard].poll_mesh(peer) {
+                        self.inflight[shard * n + peer.index()].push_back(msg);
+                    }
+                }
+                Output::Notice(_) => {}
+            }
+        }
+    }
+
+    fn client_of(&self, shard: usize, conn: ConnId) -> Option<usize> {
+        self.clients
+            .iter()
+            .position(|c| c.conn == Some((shard, conn)))
+    }
+
+    /// A writer turn: what the connection has to send reaches its client.
+    fn flush(&mut self, shard: usize, conn: ConnId) {
+        let mut buf = BytesMut::new();
+        let now = self.now;
+        while self.shards[shard].poll_transmit(conn, now, &mut buf, 64 * 1024) > 0 {}
+        let Some(c) = self.client_of(shard, conn) else {
+            return;
+        };
+        self.clients[c].inbuf.extend_from_slice(&buf);
+        loop {
+            let decoded =
+                codec::decode_packet(&mut self.clients[c].inbuf, ProtocolVersion::V5, 1 << 20);
+            match decoded {
+                Ok(Some(p)) => self.receive(c, p),
+                Ok(None) => break,
+                Err(e) => self.fail(&format!("broker sent bytes the client cannot decode: {e}")),
+            }
+        }
+    }
+
+    /// The runtime closes the socket after the last flush.
+    fn finish_close(&mut self, shard: usize, conn: ConnId) {
+        self.flush(shard, conn);
+        if let Some(c) = self.client_of(shard, conn) {
+            self.log(format!("client {c}: broker closed conn {conn}"));
+            self.clients[c].conn = None;
+        }
+        self.shards[shard].release(conn);
+    }
+
+    /// One racy event, chosen by the seed. Returns false when none is left.
+    pub fn step(&mut self) -> bool {
+        self.steps += 1;
+        let mesh: Vec<usize> = (0..self.inflight.len())
+            .filter(|i| !self.inflight[*i].is_empty())
+            .collect();
+        let choices = mesh.len() + self.auth_jobs.len() + self.woken.len() + self.closing.len();
+        if choices == 0 {
+            return false;
+        }
+        let mut pick = self.rng.below(choices);
+        let now = self.now;
+        let n = self.shards.len();
+        if pick < mesh.len() {
+            let pair = mesh[pick];
+            let (from, to) = (pair / n, pair % n);
+            if let Some(msg) = self.inflight[pair].pop_front() {
+                self.log(format!("mesh {from}->{to}: {}", short(&msg)));
+                self.shards[to].handle_mesh(ShardId::new(from), msg, now);
+                self.drain(to);
+            }
+            return true;
+        }
+        pick -= mesh.len();
+        if pick < self.auth_jobs.len() {
+            let (shard, conn) = self.auth_jobs.remove(pick);
+            let principal = match self.client_of(shard, conn) {
+                Some(c) => self.clients[c].principal.clone(),
+                None => PrincipalId::anonymous(),
+            };
+            self.log(format!("auth answers conn {conn} on shard {shard}"));
+            let admission = Admission {
+                permissions: Box::new(AllowAll),
+                principal,
+                expires_at: None,
+            };
+            self.shards[shard].handle_admitted(conn, now, Ok(admission));
+            self.drain(shard);
+            return true;
+        }
+        pick -= self.auth_jobs.len();
+        if pick < self.woken.len() {
+            let Some(&(shard, conn)) = self.woken.iter().nth(pick) else {
+                return true;
+            };
+            self.woken.remove(&(shard, conn));
+            self.flush(shard, conn);
+            self.drain(shard);
+            return true;
+        }
+        pick -= self.woken.len();
+        if let Some(&(shard, conn)) = self.closing.iter().nth(pick) {
+            self.closing.remove(&(shard, conn));
+            self.woken.remove(&(shard, conn));
+            self.finish_close(shard, conn);
+            self.drain(shard);
+        }
+        true
+    }
+
+    /// Time passes; every shard ticks.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.log(format!("time +{by:?}"));
+        for shard in 0..self.shards.len() {
+            let now = self.now;
+            self.shards[shard].handle_tick(now);
+            self.drain(shard);
+        }
+    }
+
+    /// Runs racy events until none is left (bounded: a livelock fails).
+    pub fn quiesce(&mut self) {
+        for _ in 0..1_000_000 {
+            if !self.step() {
+                return;
+            }
+            self.check();
+        }
+        self.fail("no quiescence within a million steps");
+    }
+
+    // ---- invariants ---------------------------------------------------
+
+    /// What must hold after every step.
+    pub fn check(&self) {
+        let mut ids: Vec<String> = Vec::new();
+        for shard in &self.shards {
+            let inv = shard.inventory();
+            ids.extend(inv.online.iter().map(|s| s.to_string()));
+            ids.extend(inv.offline.iter().map(|s| s.to_string()));
+        }
+        ids.sort();
+        for pair in ids.windows(2) {
+            if pair[0] == pair[1] {
+                self.fail(&format!("two sessions for client id {}", pair[0]));
+            }
+        }
+        if self.inflight.iter().all(VecDeque::is_empty) {
+            let first = self.shards[0].index_digest();
+            for shard in &self.shards[1..] {
+                if shard.index_digest() != first {
+                    self.fail(&format!(
+                        "index replicas differ with the mesh quiet:\n{first:?}\n{:?}",
+                        shard.index_digest()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn short(msg: &MeshMsg) -> String {
+    let text = format!("{msg:?}");
+    text.chars().take(120).collect()
+}
