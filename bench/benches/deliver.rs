@@ -15,12 +15,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shardmq_core::broker::ShardBuffer;
 use shardmq_core::codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, QoS};
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Connection, Delivery, Message};
 use shardmq_core::topic::TopicName;
 use shardmq_io::buffer::{DiskBuffer, SEGMENT_BYTES_DEFAULT};
-use shardmq_io::spill::ShardBuffer;
+use shardmq_io::spill::DiskSpill;
 
 /// Messages per iteration: a backlog of ~4 MiB.
 const BACKLOG: usize = 4096;
@@ -69,7 +70,7 @@ fn connected() -> Connection {
 
 /// Sends everything queued, acknowledging each PUBLISH as a client would.
 /// Returns the messages sent.
-fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer>) -> usize {
+fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer<DiskSpill>>) -> usize {
     let mut buffer = buffer;
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES * 2);
     let mut acks = BytesMut::new();
@@ -157,7 +158,7 @@ fn deliver(c: &mut Criterion) {
         )
         .unwrap();
         // Budget 0: every message spills.
-        let buffer = RefCell::new(ShardBuffer::new(disk, 0));
+        let buffer = RefCell::new(ShardBuffer::new(DiskSpill::new(disk), 0));
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
@@ -167,7 +168,7 @@ fn deliver(c: &mut Criterion) {
                         let mut ctx = buffer.ctx(1);
                         conn.deliver_with(Instant::now(), &m, &delivery, Some(&mut ctx));
                     }
-                    buffer.disk.buffer.flush().unwrap();
+                    buffer.store.buffer.flush().unwrap();
                     assert_eq!(conn.session().unwrap().spilled_len(), BACKLOG);
                     conn
                 },

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use shardmq_core::broker::{MeshMsg, SessionId};
 use shardmq_core::codec::QoS;
 use shardmq_core::session::{Delivery, Message};
 use shardmq_core::topic::TopicName;
-use shardmq_io::mesh::MeshMsg;
 
 /// Sends `n` deliveries of `targets` sessions each; returns the elapsed time.
 fn hop(n: u64, targets: usize) -> Duration {
@@ -50,7 +50,7 @@ fn hop(n: u64, targets: usize) -> Duration {
             for _ in 0..n {
                 let msg = MeshMsg::Deliver {
                     message: message.clone(),
-                    targets: vec![(1, Delivery::default()); targets],
+                    targets: vec![(SessionId(1), Delivery::default()); targets],
                 };
                 if tx.send_to(to, msg).await.is_err() {
                     break;

@@ -173,7 +173,12 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
             listeners,
             limits: config.advanced.clients.clone(),
             retained_max: RETAINED_MAX,
-            selftest_interval: self_check.enabled.then_some(self_check.interval),
+            selftest: self_check
+                .enabled
+                .then_some(shardmq_core::broker::SelfTestConfig {
+                    interval: self_check.interval,
+                    timeout: self_check.timeout,
+                }),
             disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
                 data_dir: b
                     .data_dir

@@ -1,11 +1,13 @@
 //! shardmq-io: the only crate that knows glommio, sockets, CPUs and files.
-//! `server` starts the shards, `shard` owns one core's state and routing,
-//! `connection` serves one client, `mesh` is what shards say to each other.
+//! It drives the sans-io `shardmq_core::broker::Shard`: `server` starts one
+//! executor per shard, `shard` runs one (mesh, listeners, ticks), `driver`
+//! turns the shard's outputs into actions, `conn` moves one client's bytes,
+//! `buffer` and `spill` are the disk buffer's files.
 
 pub mod buffer;
 pub mod cli;
-pub mod connection;
-pub mod mesh;
+pub mod conn;
+pub mod driver;
 pub mod security;
 pub mod server;
 pub mod shard;

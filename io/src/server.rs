@@ -1,35 +1,25 @@
 //! Server bootstrap: one glommio executor per shard, pinned to a CPU, joined
-//! into a channel mesh; every shard binds every listener it serves
-//! (SO_REUSEPORT) and accepts connections that then stay on it. Also the
-//! handle the binary and the tests use to wait for and stop the server.
+//! into a channel mesh (`shard::run` does the rest on each). Also the handle
+//! the binary and the tests use to wait for and stop the server.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
-use futures_lite::FutureExt;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use shardmq_core::broker::{self, MeshMsg, SelfTestConfig};
 use shardmq_core::limits::ClientLimits;
-use tracing::{debug, error, info, warn};
+use tracing::error;
 
-use crate::buffer::{Deleter, DiskBuffer};
-use crate::connection;
-use crate::mesh::MeshMsg;
-use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
-use crate::shard::{BufferReport, Shard, ShardConfig, ShardReport, SHARD};
-use crate::spill::{BufferSpec, ShardBuffer};
+use crate::security::ListenerSecurity;
+use crate::shard::{BufferReport, ShardReport, ShardSetup};
+use crate::spill::BufferSpec;
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
 /// publishers of the sending shard.
 const MESH_QUEUE_LEN: usize = 1024;
-/// How often shards expire sessions and fire delayed wills.
-const TICK: Duration = Duration::from_millis(250);
-/// How long shutdown waits for connections to flush their DISCONNECT.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// One listening port, resolved.
 #[derive(Debug, Clone)]
@@ -68,7 +58,8 @@ pub struct ServerConfig {
     pub listeners: Vec<ListenerSpec>,
     pub limits: ClientLimits,
     pub retained_max: usize,
-    pub selftest_interval: Option<Duration>,
+    /// `diagnostics.selfCheck`; `None`: no self-test.
+    pub selftest: Option<SelfTestConfig>,
     /// `diskBackedMessageBuffer`; `None`: queues never spill.
     pub disk_buffer: Option<BufferSpec>,
     /// `advanced.encryptInternalTraffic`.
@@ -238,19 +229,30 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let probes_ok = Arc::new(AtomicU64::new(0));
     let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
     let shard_reports = Arc::new(Mutex::new(vec![ShardReport::default(); n]));
-    let shard_config = Arc::new(ShardConfig {
-        shards: n,
-        limits: Arc::new(config.limits.clone()),
-        retained_max: config.retained_max,
-        selftest_interval: config.selftest_interval,
-        buffer_reports: buffer_reports.clone(),
-        shard_reports: shard_reports.clone(),
+    // Tells this run's broker-assigned client ids apart from other runs'.
+    let instance = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let setup = Arc::new(ShardSetup {
+        broker: Arc::new(broker::ShardConfig {
+            shards: n,
+            instance,
+            limits: Arc::new(config.limits.clone()),
+            retained_max: config.retained_max,
+            selftest: config.selftest,
+        }),
+        listeners: config.listeners.clone(),
         buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
             spec,
             encrypt: config.encrypt_internal_traffic,
             memory_budget_bytes: config.memory_budget_bytes,
             epoch: Instant::now(),
         }),
+        shutdown: shutdown.clone(),
+        probes_ok: probes_ok.clone(),
+        buffer_reports: buffer_reports.clone(),
+        shard_reports: shard_reports.clone(),
     });
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
@@ -264,23 +266,11 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
             _ => Placement::Unbound,
         };
         let mesh = mesh.clone();
-        let listeners = config.listeners.clone();
-        let shard_config = shard_config.clone();
-        let shard_shutdown = shutdown.clone();
-        let probes_ok = probes_ok.clone();
+        let setup = setup.clone();
         let ready = ready_tx.clone();
         let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let spawned = builder.spawn(move || async move {
-            run_shard(
-                id,
-                mesh,
-                listeners,
-                shard_config,
-                shard_shutdown,
-                probes_ok,
-                ready,
-            )
-            .await;
+            crate::shard::run(id, mesh, setup, ready).await;
         });
         match spawned {
             Ok(j) => joins.push(j),
@@ -320,221 +310,6 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         buffer_reports,
         shard_reports,
     })
-}
-
-/// Opens shard `id`'s disk buffer; on failure the shard runs without one
-/// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
-fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer> {
-    let share = setup.spec.size_max_bytes / shards as u64;
-    // At least two segments per shard: the segment being written is never
-    // reclaimed, so with one the buffer would stay full once it filled.
-    let segment_bytes = setup
-        .spec
-        .segment_bytes
-        .min(share / 2)
-        .max(crate::buffer::SEGMENT_BYTES_MIN);
-    match DiskBuffer::open(
-        &setup.spec.data_dir,
-        id,
-        share,
-        segment_bytes,
-        setup.encrypt,
-        setup.epoch,
-    ) {
-        Ok(mut disk) => {
-            // Runs on the shard's executor: reclaimed segments are deleted on
-            // its blocking pool, so the event loop never stalls on an unlink
-            // (the pool's thread still shares the shard's CPU when pinned).
-            disk.set_deleter(Deleter::new(|doomed| {
-                glommio::spawn_local(async move {
-                    glommio::executor()
-                        .spawn_blocking(move || drop(doomed))
-                        .await;
-                })
-                .detach();
-            }));
-            info!(
-                shard = id,
-                dir = %disk.dir().display(),
-                max_bytes = share,
-                memory_budget_bytes = setup.memory_budget_bytes,
-                encryptInternalTraffic = if disk.encrypted() { "Enabled" } else { "Disabled" },
-                leftover_segments_removed = disk.removed_at_open(),
-                "disk buffer open"
-            );
-            Some(ShardBuffer::new(disk, setup.memory_budget_bytes))
-        }
-        Err(e) => {
-            error!(
-                shard = id,
-                error = %e,
-                "disk buffer unavailable: this shard runs WITHOUT spilling \
-                 (queues bounded by subscriberQueueLimit only)"
-            );
-            None
-        }
-    }
-}
-
-/// Runs the TLS handshake if the port has TLS (with a deadline, so a client
-/// that stalls or sends garbage costs only its own connection), then serves.
-async fn accept_one(
-    shard: Rc<Shard>,
-    stream: glommio::net::TcpStream,
-    peer: String,
-    security: Rc<ListenerSecurity>,
-) {
-    let Some(tls) = security.tls.clone() else {
-        return connection::serve(shard, stream, peer, security, Vec::new()).await;
-    };
-    let acceptor = futures_rustls::TlsAcceptor::from(tls);
-    let handshake = async { Some(acceptor.accept(stream).await) }
-        .or(async {
-            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
-            None
-        })
-        .await;
-    match handshake {
-        Some(Ok(tls_stream)) => {
-            let certs = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default();
-            connection::serve(shard, tls_stream, peer, security, certs).await;
-        }
-        Some(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-        None => debug!(%peer, "TLS handshake timed out"),
-    }
-}
-
-async fn run_shard(
-    id: usize,
-    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-    listeners: Vec<ListenerSpec>,
-    config: Arc<ShardConfig>,
-    shutdown: Arc<AtomicBool>,
-    probes_ok: Arc<AtomicU64>,
-    ready: mpsc::Sender<Result<usize, ServerError>>,
-) {
-    let Ok((senders, mut receivers)) = mesh.join().await else {
-        let _ = ready.send(Err(ServerError::StartUp { shard: id }));
-        return;
-    };
-    let mut shard = Shard::new(id, config.clone(), senders, shutdown.clone(), probes_ok);
-    if let Some(b) = config
-        .buffer
-        .as_ref()
-        .and_then(|b| open_buffer(id, config.shards, b))
-    {
-        shard.install_buffer(b);
-    }
-    shard.start_outboxes();
-    SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
-
-    for (_peer, rx) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                shard.handle_mesh(msg);
-            }
-        })
-        .detach();
-    }
-
-    let mut bound = Vec::new();
-    for l in listeners
-        .iter()
-        .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&id)))
-    {
-        match TcpListener::bind(l.addr) {
-            Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),
-            Err(e) => {
-                let _ = ready.send(Err(ServerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source: std::io::Error::other(e.to_string()),
-                }));
-                return;
-            }
-        }
-    }
-    let mut accept_tasks = Vec::new();
-    for (name, listener, security) in bound {
-        let shard = shard.clone();
-        accept_tasks.push(glommio::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        let peer = stream
-                            .peer_addr()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default();
-                        glommio::spawn_local(accept_one(
-                            shard.clone(),
-                            stream,
-                            peer,
-                            security.clone(),
-                        ))
-                        .detach();
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: keep serving existing clients.
-                        warn!(shard = shard.id, listener = %name, error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
-    }
-    let _ = ready.send(Ok(id));
-    info!(shard = id, "shard ready");
-
-    if id == 0 {
-        if let Some(interval) = config.selftest_interval {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                loop {
-                    glommio::timer::sleep(interval).await;
-                    shard.probe_round().await;
-                }
-            })
-            .detach();
-        }
-    }
-
-    let mut last_stats = Instant::now();
-    while !shutdown.load(Ordering::SeqCst) {
-        glommio::timer::sleep(TICK).await;
-        shard.tick(Instant::now());
-        if last_stats.elapsed() >= Duration::from_secs(60) {
-            shard.log_stats();
-            last_stats = Instant::now();
-        }
-    }
-
-    // Graceful shutdown: stop accepting, tell every client, let writers flush.
-    for t in accept_tasks {
-        t.cancel().await;
-    }
-    let conns: Vec<Rc<crate::shard::ConnCell>> = shard
-        .conns
-        .borrow()
-        .iter()
-        .filter_map(|w| w.upgrade())
-        .collect();
-    for cell in &conns {
-        connection::shut_down(cell);
-    }
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while Instant::now() < deadline && conns.iter().any(|c| Rc::strong_count(c) > 1) {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    shard.log_stats();
-    SHARD.with(|s| *s.borrow_mut() = None);
-    info!(shard = id, "shard stopped");
 }
 
 #[cfg(test)]

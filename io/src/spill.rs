@@ -1,13 +1,12 @@
 //! A shard's disk buffer as its sessions' queues see it: `Spill` over
-//! `DiskBuffer`, the shard's count of queued bytes in memory, and the
-//! settings a shard opens its buffer with. Owns no session state; the
-//! queues hold the references (`shardmq_core::session::SpillRef`).
-//! INVARIANT: `memory_bytes` is the sum of `SessionState::memory_bytes` of
-//! the sessions this shard holds (online and offline).
+//! `DiskBuffer`, and the settings a shard opens its buffer with. Owns no
+//! session state; the queues hold the references
+//! (`shardmq_core::session::SpillRef`), the shard (`broker::ShardBuffer`)
+//! the memory accounting.
 
 use std::path::PathBuf;
 
-use shardmq_core::session::{Message, Spill, SpillCtx, SpillError, SpillRef};
+use shardmq_core::session::{Message, Spill, SpillError, SpillRef};
 use tracing::warn;
 
 use crate::buffer::{BufferError, BufferStats, DiskBuffer, RecordRef};
@@ -25,15 +24,6 @@ pub struct BufferSpec {
     pub segment_bytes: u64,
 }
 
-/// One shard's buffer and memory accounting.
-#[derive(Debug)]
-pub struct ShardBuffer {
-    pub disk: DiskSpill,
-    /// Queued bytes held in memory by this shard's sessions.
-    pub memory_bytes: u64,
-    pub memory_budget_bytes: u64,
-}
-
 /// The `Spill` side of a shard's buffer.
 #[derive(Debug)]
 pub struct DiskSpill {
@@ -42,27 +32,13 @@ pub struct DiskSpill {
     pub refused: u64,
 }
 
-impl ShardBuffer {
-    pub fn new(buffer: DiskBuffer, memory_budget_bytes: u64) -> ShardBuffer {
-        ShardBuffer {
-            disk: DiskSpill { buffer, refused: 0 },
-            memory_bytes: 0,
-            memory_budget_bytes,
-        }
-    }
-
-    /// What a session with buffer key `owner` needs for one enqueue or drain.
-    pub fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
-        SpillCtx {
-            spill: &mut self.disk,
-            owner,
-            memory_bytes: &mut self.memory_bytes,
-            memory_budget_bytes: self.memory_budget_bytes,
-        }
+impl DiskSpill {
+    pub fn new(buffer: DiskBuffer) -> DiskSpill {
+        DiskSpill { buffer, refused: 0 }
     }
 
     pub fn stats(&self) -> BufferStats {
-        self.disk.buffer.stats()
+        self.buffer.stats()
     }
 }
 

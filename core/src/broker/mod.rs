@@ -151,7 +151,8 @@ impl<S: Spill> ShardBuffer<S> {
         }
     }
 
-    fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
+    /// What a session with buffer key `owner` needs for one enqueue or drain.
+    pub fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
         SpillCtx {
             spill: &mut self.store,
             owner,
@@ -411,6 +412,11 @@ impl<S: Spill> Shard<S> {
                     .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
             }
         }
+    }
+
+    /// The client id of a connection's session, once it has one.
+    pub fn client_id(&self, conn: ConnId) -> Option<ByteString> {
+        self.conns.get(&conn)?.machine.client_id().cloned()
     }
 
     /// Whether the connection's writer should keep going after a write.

@@ -45,7 +45,10 @@ impl Broker {
             ],
             limits: ClientLimits::default(),
             retained_max: 10_000,
-            selftest_interval: Some(Duration::from_millis(200)),
+            selftest: Some(shardmq_core::broker::SelfTestConfig {
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(200),
+            }),
             disk_buffer: None,
             encrypt_internal_traffic: true,
             memory_budget_bytes: 16 << 20,

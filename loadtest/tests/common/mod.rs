@@ -23,7 +23,7 @@ pub fn broker() -> ServerHandle {
         )],
         limits: Default::default(),
         retained_max: 10_000,
-        selftest_interval: None,
+        selftest: None,
         disk_buffer: None,
         encrypt_internal_traffic: true,
         memory_budget_bytes: 16 << 20,

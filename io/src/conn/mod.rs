@@ -1,0 +1,45 @@
+//! One client connection on its shard: a reader task (bytes in, the shard
+//! decodes and acts) and a writer task (what the shard has to send, one
+//! coalesced write per wake-up). Keep-alive and CONNECT deadlines are the
+//! shard's (`handle_tick`), not a task per connection. An error closes this
+//! connection only.
+
+pub mod admit;
+pub mod handle;
+mod reader;
+mod writer;
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use rustls_pki_types::CertificateDer;
+use tracing::debug;
+
+use crate::driver::Driver;
+use crate::security::ListenerSecurity;
+use handle::ConnHandle;
+
+/// Serves one accepted connection until it closes. `peer_certs` is the
+/// client's TLS certificate chain (leaf first), empty without one.
+pub async fn serve<S>(
+    driver: Rc<Driver>,
+    stream: S,
+    listener: String,
+    peer: String,
+    security: Rc<ListenerSecurity>,
+    peer_certs: Vec<CertificateDer<'static>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let id = driver.with(|s| s.accept(Instant::now()));
+    let handle = Rc::new(ConnHandle::new(id, listener, peer, security, peer_certs));
+    driver.register(id, handle.clone());
+    let (read_half, write_half) = futures_lite::io::split(stream);
+    let writer = glommio::spawn_local(writer::run(driver.clone(), handle.clone(), write_half));
+    reader::run(&driver, &handle, read_half).await;
+    writer.await;
+    driver.with(|s| s.release(id));
+    driver.unregister(id);
+    debug!(peer = %handle.peer, conn = %id, "connection closed");
+}

@@ -1,0 +1,97 @@
+//! A connection's reader: socket bytes into the shard (`handle_input`),
+//! pausing while the client's acknowledgements pile up unread or the mesh
+//! to other shards is backed up (that is how a publisher is pushed back,
+//! never by dropping its messages).
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::io::{AsyncRead, AsyncReadExt};
+use futures_lite::FutureExt;
+use shardmq_core::broker::Flow;
+
+use super::handle::ConnHandle;
+use crate::driver::Driver;
+
+/// Bytes read per socket read; frames larger than this are assembled over
+/// several reads, bounded by the decoder's maximum packet size.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub async fn run<R: AsyncRead + Unpin>(
+    driver: &Rc<Driver>,
+    handle: &Rc<ConnHandle>,
+    mut reader: R,
+) {
+    let id = handle.id;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut flow = Flow::Read;
+    loop {
+        match flow {
+            Flow::Stop => break,
+            Flow::Read => {}
+            Flow::WaitForWriter => {
+                handle.wake();
+                if !until_closed(handle, async {
+                    let _ = handle.drained_rx.recv().await;
+                })
+                .await
+                {
+                    break;
+                }
+                flow = driver.peek(|s| s.flow(id));
+                continue;
+            }
+            Flow::WaitForMesh => {
+                let room = driver.wait_for_mesh();
+                if !until_closed(handle, async {
+                    let _ = room.recv().await;
+                })
+                .await
+                {
+                    break;
+                }
+                flow = driver.peek(|s| s.flow(id));
+                continue;
+            }
+        }
+        let read = async { Some(reader.read(&mut chunk).await) }
+            .or(async {
+                let _ = handle.closed_rx.recv().await;
+                None
+            })
+            .await;
+        let n = match read {
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => {
+                // EOF or a socket error: the connection is lost.
+                driver.with(|s| s.handle_closed(id, Instant::now()));
+                break;
+            }
+            None => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        // Fairness: a glommio read completes without yielding while the
+        // socket has data, so a busy publisher would otherwise keep the
+        // shard and starve every other task (subscribers' writers first).
+        futures_lite::future::yield_now().await;
+        flow = driver.with(|s| s.handle_input(id, Instant::now(), &mut buf));
+    }
+}
+
+/// Runs `wait` unless the connection closes first; false if it closed.
+async fn until_closed(handle: &ConnHandle, wait: impl std::future::Future<Output = ()>) -> bool {
+    if handle.is_closed() {
+        return false;
+    }
+    async {
+        wait.await;
+        true
+    }
+    .or(async {
+        let _ = handle.closed_rx.recv().await;
+        false
+    })
+    .await
+}

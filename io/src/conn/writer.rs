@@ -1,0 +1,86 @@
+//! A connection's writer: drains what the shard has to send into one
+//! buffer, one write per wake-up (TCP_NODELAY is set, so batching is ours),
+//! and closes the socket once the shard has closed the connection and
+//! everything queued is out (bounded: a peer that stops reading cannot hold
+//! a closed connection open).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::io::{AsyncWrite, AsyncWriteExt};
+use futures_lite::FutureExt;
+
+use super::handle::ConnHandle;
+use crate::driver::Driver;
+
+/// Soft bound of one coalesced write. PERF: on a drain the kernel's send
+/// path (copy, loopback transmit, the reader's wake-up) is half the shard's
+/// time; 256 KiB writes take a quarter of the syscalls and wake-ups of 64 KiB
+/// ones (docs/PERFORMANCE.md).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A writer whose buffer grew past this gives it back once it has nothing
+/// to send: only connections that are draining hold a full batch.
+const WRITE_BUF_IDLE_BYTES: usize = 16 * 1024;
+/// Coalesced writes a writer may do before yielding to other tasks
+/// (4 x 256 KiB: 1 MiB per turn).
+const WRITE_BATCHES_PER_TURN: u32 = 4;
+/// How long the writer keeps flushing after the connection closed.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandle>, mut writer: W) {
+    let id = handle.id;
+    let mut buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
+    let mut batches = 0u32;
+    loop {
+        loop {
+            buf.clear();
+            let n =
+                driver.with(|s| s.poll_transmit(id, Instant::now(), &mut buf, WRITE_BATCH_BYTES));
+            if n == 0 && buf.is_empty() {
+                break;
+            }
+            let write = async { Some(writer.write_all(&buf).await) }
+                .or(async {
+                    if handle.is_closed() {
+                        glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
+                        None
+                    } else {
+                        std::future::pending().await
+                    }
+                })
+                .await;
+            if !matches!(write, Some(Ok(()))) {
+                // The peer is gone or stopped reading after the close.
+                lost(&driver, &handle);
+                return;
+            }
+            let _ = handle.drained_tx.try_send(());
+            // Output before input: a writer keeps the shard for up to
+            // WRITE_BATCHES_PER_TURN batches while readers get one chunk
+            // per turn, so delivery keeps up with intake.
+            batches += 1;
+            if batches.is_multiple_of(WRITE_BATCHES_PER_TURN) {
+                futures_lite::future::yield_now().await;
+            }
+        }
+        let _ = writer.flush().await;
+        if handle.is_closed() {
+            let _ = writer.close().await;
+            return;
+        }
+        if buf.capacity() > WRITE_BUF_IDLE_BYTES {
+            buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
+        }
+        if handle.wake_rx.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// A write failed: the connection is lost (the shard keeps or ends its
+/// session), and the reader stops.
+fn lost(driver: &Rc<Driver>, handle: &ConnHandle) {
+    driver.with(|s| s.handle_closed(handle.id, Instant::now()));
+    handle.close();
+}

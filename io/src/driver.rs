@@ -1,0 +1,220 @@
+//! The runtime side of one shard: it owns the sans-io `broker::Shard` and
+//! the io handles of its connections, and turns the shard's outputs into
+//! actions (wake a writer, close a socket, start an authentication, wake a
+//! mesh sender, write a log line). Tasks borrow the shard only inside
+//! `with`, never across an `.await`, and every call ends by draining the
+//! outputs it caused.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use shardmq_core::broker::{ConnId, Notice, Output, Shard, ShardId};
+use tracing::{debug, info, warn};
+
+use crate::conn::handle::ConnHandle;
+use crate::spill::DiskSpill;
+
+/// The shard type the runtime drives: its disk buffer is `DiskSpill`.
+pub type BrokerShard = Shard<DiskSpill>;
+
+/// One shard's driver. `!Send`: it lives on its shard's executor.
+pub struct Driver {
+    pub id: ShardId,
+    shard: RefCell<BrokerShard>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
+    /// Wakes the sender task of each peer (`None` for this shard).
+    peers: Vec<Option<LocalSender<()>>>,
+    /// Readers waiting for room in the mesh queues (`Flow::WaitForMesh`).
+    mesh_waiters: RefCell<Vec<LocalSender<()>>>,
+    /// Authentication jobs started, for logs and shutdown.
+    pub auth_jobs: Cell<u64>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// The driver and, per peer, the receiver its mesh sender task waits on.
+    pub fn new(shard: BrokerShard) -> (Rc<Driver>, Vec<(ShardId, LocalReceiver<()>)>) {
+        let id = shard.id();
+        let n = shard.config().shards;
+        let mut peers = Vec::with_capacity(n);
+        let mut wakeups = Vec::new();
+        for peer in ShardId::all(n) {
+            if peer == id {
+                peers.push(None);
+                continue;
+            }
+            let (tx, rx) = local_channel::new_bounded(1);
+            peers.push(Some(tx));
+            wakeups.push((peer, rx));
+        }
+        let driver = Rc::new(Driver {
+            id,
+            shard: RefCell::new(shard),
+            conns: RefCell::new(HashMap::new()),
+            peers,
+            mesh_waiters: RefCell::new(Vec::new()),
+            auth_jobs: Cell::new(0),
+        });
+        (driver, wakeups)
+    }
+
+    /// Runs `f` on the shard, then acts on the outputs it caused.
+    pub fn with<R>(self: &Rc<Self>, f: impl FnOnce(&mut BrokerShard) -> R) -> R {
+        let r = f(&mut self.shard.borrow_mut());
+        self.flush();
+        r
+    }
+
+    /// Reads the shard without acting on outputs (there are none to act on).
+    pub fn peek<R>(&self, f: impl FnOnce(&BrokerShard) -> R) -> R {
+        f(&self.shard.borrow())
+    }
+
+    pub fn register(&self, conn: ConnId, handle: Rc<ConnHandle>) {
+        self.conns.borrow_mut().insert(conn, handle);
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        self.conns.borrow_mut().remove(&conn);
+    }
+
+    pub fn connections(&self) -> Vec<Rc<ConnHandle>> {
+        self.conns.borrow().values().cloned().collect()
+    }
+
+    fn handle(&self, conn: ConnId) -> Option<Rc<ConnHandle>> {
+        self.conns.borrow().get(&conn).cloned()
+    }
+
+    /// Acts on every pending output. Never holds the shard's borrow while
+    /// acting: an action may start a task that calls back later.
+    fn flush(self: &Rc<Self>) {
+        loop {
+            let Some(out) = self.shard.borrow_mut().poll_output() else {
+                return;
+            };
+            match out {
+                Output::Wake(conn) => {
+                    if let Some(h) = self.handle(conn) {
+                        h.wake();
+                    }
+                }
+                Output::Close(conn) => {
+                    if let Some(h) = self.handle(conn) {
+                        h.close();
+                    }
+                }
+                Output::Authenticate { conn, request } => {
+                    if let Some(h) = self.handle(conn) {
+                        self.auth_jobs.set(self.auth_jobs.get() + 1);
+                        crate::conn::admit::spawn(self.clone(), h, request);
+                    }
+                }
+                Output::ReAuthenticate { conn, method, data } => {
+                    if let Some(h) = self.handle(conn) {
+                        crate::conn::admit::spawn_reauth(self.clone(), h, method, data);
+                    }
+                }
+                Output::Mesh(peer) => {
+                    if let Some(Some(tx)) = self.peers.get(peer.index()) {
+                        let _ = tx.try_send(());
+                    }
+                }
+                Output::Notice(notice) => self.log(notice),
+            }
+        }
+    }
+
+    /// Lets readers waiting for the mesh go on once it has room.
+    pub fn mesh_drained(&self) {
+        if self.shard.borrow().mesh_has_room() {
+            for tx in self.mesh_waiters.borrow_mut().drain(..) {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+
+    /// A receiver that fires once the mesh queues have room again.
+    pub fn wait_for_mesh(&self) -> LocalReceiver<()> {
+        let (tx, rx) = local_channel::new_bounded(1);
+        if self.shard.borrow().mesh_has_room() {
+            let _ = tx.try_send(());
+        } else {
+            self.mesh_waiters.borrow_mut().push(tx);
+        }
+        rx
+    }
+
+    /// The shard's clock reading for a call that has none of its own.
+    pub fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn log(&self, notice: Notice) {
+        let shard = self.id.index();
+        let peer = |conn: ConnId| {
+            self.handle(conn)
+                .map(|h| (h.listener.clone(), h.peer.clone()))
+                .unwrap_or_default()
+        };
+        match notice {
+            Notice::Connected {
+                conn,
+                client_id,
+                principal,
+                session_present,
+            } => {
+                let (listener, peer) = peer(conn);
+                info!(shard, %listener, %peer, client = %client_id, %principal,
+                    session_present, "client connected");
+            }
+            Notice::TakeoverRefused {
+                conn,
+                client_id,
+                principal,
+            } => {
+                let (listener, peer) = peer(conn);
+                info!(shard, %listener, %peer, client = %client_id, %principal,
+                    "CONNECT refused: the client id's session belongs to another principal");
+            }
+            Notice::SubscriptionsRevoked {
+                conn,
+                client_id,
+                filters,
+            } => {
+                let (listener, peer) = peer(conn);
+                info!(shard, %listener, %peer, client = %client_id, ?filters,
+                    "resumed subscriptions no longer allowed were removed");
+            }
+            Notice::Disconnected {
+                conn,
+                client_id,
+                reason,
+            } => {
+                let (listener, peer) = peer(conn);
+                info!(shard, %listener, %peer, client = %client_id, ?reason, "client disconnected");
+            }
+            Notice::RetainedRefused { topic, reason } => {
+                warn!(shard, %topic, ?reason, "retained message refused");
+            }
+            Notice::SelfTest { seq, missing } => {
+                if missing.is_empty() {
+                    debug!(seq, "self-test: every shard answered");
+                } else {
+                    let missing: Vec<usize> = missing.iter().map(|s| s.index()).collect();
+                    warn!(seq, ?missing, "self-test: shards did not answer in time");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Accepting clients on one shard: every listener port this shard serves is
+//! bound here (SO_REUSEPORT: the kernel spreads connections over the shards
+//! and a connection stays where it was accepted), and each accepted stream
+//! gets its TLS handshake (with a deadline) before the connection is served.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use glommio::net::TcpListener;
+use glommio::Task;
+use tracing::{debug, warn};
+
+use crate::conn;
+use crate::driver::Driver;
+use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
+use crate::server::{ListenerSpec, ServerError};
+
+/// Binds every listener that runs on `shard`.
+pub fn bind(
+    shard: usize,
+    listeners: &[ListenerSpec],
+) -> Result<Vec<(String, TcpListener, Rc<ListenerSecurity>)>, ServerError> {
+    let mut bound = Vec::new();
+    for l in listeners
+        .iter()
+        .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&shard)))
+    {
+        match TcpListener::bind(l.addr) {
+            Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),
+            Err(e) => {
+                return Err(ServerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// Accepts on one listener until cancelled.
+pub fn accept_loop(
+    driver: Rc<Driver>,
+    name: String,
+    listener: TcpListener,
+    security: Rc<ListenerSecurity>,
+) -> Task<()> {
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    glommio::spawn_local(accept_one(
+                        driver.clone(),
+                        stream,
+                        name.clone(),
+                        peer,
+                        security.clone(),
+                    ))
+                    .detach();
+                }
+                Err(e) => {
+                    // EMFILE and friends: keep serving existing clients.
+                    warn!(shard = driver.id.index(), listener = %name, error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Runs the TLS handshake if the port has TLS (with a deadline, so a client
+/// that stalls or sends garbage costs only its own connection), then serves.
+async fn accept_one(
+    driver: Rc<Driver>,
+    stream: glommio::net::TcpStream,
+    listener: String,
+    peer: String,
+    security: Rc<ListenerSecurity>,
+) {
+    let Some(tls) = security.tls.clone() else {
+        return conn::serve(driver, stream, listener, peer, security, Vec::new()).await;
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(tls);
+    let handshake = async { Some(acceptor.accept(stream).await) }
+        .or(async {
+            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+            None
+        })
+        .await;
+    match handshake {
+        Some(Ok(tls_stream)) => {
+            let certs = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            conn::serve(driver, tls_stream, listener, peer, security, certs).await;
+        }
+        Some(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        None => debug!(%peer, "TLS handshake timed out"),
+    }
+}

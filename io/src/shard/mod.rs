@@ -1,0 +1,300 @@
+//! Running one shard on its glommio executor: join the mesh, open the disk
+//! buffer, bind the listeners, then tick (timers, buffer upkeep, reports)
+//! until shutdown, when every client is told and writers get a grace
+//! period. The broker's decisions are the sans-io `broker::Shard`'s; this
+//! only drives it (`Driver`).
+
+mod listen;
+mod mesh;
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use shardmq_core::broker::{self, MeshMsg, ShardBuffer, ShardId};
+use tracing::{error, info, warn};
+
+use crate::buffer::{BufferStats, Deleter, DiskBuffer, SegmentFile};
+use crate::driver::Driver;
+use crate::server::{BufferSetup, ListenerSpec, ServerError};
+use crate::spill::DiskSpill;
+
+/// How often the shard handles deadlines (keep-alive, CONNECT timeout,
+/// session expiry, delayed wills, self-test) and does buffer upkeep.
+const TICK: Duration = Duration::from_millis(100);
+/// How long shutdown waits for connections to flush their DISCONNECT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the shard logs its figures.
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// One shard's disk buffer figures, published every tick (logs, tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferReport {
+    /// The shard runs with a disk buffer (configured and opened).
+    pub open: bool,
+    pub encrypted: bool,
+    pub disk: BufferStats,
+    /// Queued bytes held in memory (`memory_cost`).
+    pub memory_bytes: u64,
+    /// Appends the buffer refused (full, no space, I/O).
+    pub refused: u64,
+    pub dropped_queue_full: u64,
+}
+
+/// One shard's session and index figures, published every tick (logs,
+/// tests, metrics): what a client can make the shard hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardReport {
+    pub sessions_online: u64,
+    pub sessions_offline: u64,
+    /// Client ids in this shard's slice of the registry.
+    pub client_ids: u64,
+    /// Entries in this shard's replica of the subscription index (every
+    /// shard's subscriptions, plus one self-test probe per shard).
+    pub index_entries: u64,
+    /// Delayed wills waiting on this shard.
+    pub wills: u64,
+}
+
+/// What every shard starts from, shared by all of them.
+#[derive(Debug)]
+pub struct ShardSetup {
+    pub broker: Arc<broker::ShardConfig>,
+    pub listeners: Vec<ListenerSpec>,
+    /// `None` without `diskBackedMessageBuffer`.
+    pub buffer: Option<BufferSetup>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Self-test rounds in which every shard answered (shard 0 counts).
+    pub probes_ok: Arc<AtomicU64>,
+    pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
+    pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
+}
+
+/// The shard's whole life on its executor.
+pub async fn run(
+    id: usize,
+    mesh: MeshBuilder<MeshMsg, Full>,
+    setup: Arc<ShardSetup>,
+    ready: mpsc::Sender<Result<usize, ServerError>>,
+) {
+    let Ok((senders, receivers)) = mesh.join().await else {
+        let _ = ready.send(Err(ServerError::StartUp { shard: id }));
+        return;
+    };
+    let shards = setup.broker.shards;
+    let buffer = setup
+        .buffer
+        .as_ref()
+        .and_then(|b| open_buffer(id, shards, b));
+    let shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
+    let (driver, wakeups) = Driver::new(shard);
+    mesh::start(&driver, senders, receivers, wakeups);
+    let bound = match listen::bind(id, &setup.listeners) {
+        Ok(bound) => bound,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let accept_tasks: Vec<_> = bound
+        .into_iter()
+        .map(|(name, listener, security)| {
+            listen::accept_loop(driver.clone(), name, listener, security)
+        })
+        .collect();
+    let _ = ready.send(Ok(id));
+    info!(shard = id, "shard ready");
+
+    let mut last_stats = Instant::now();
+    while !setup.shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(TICK).await;
+        let now = Instant::now();
+        driver.with(|s| s.handle_tick(now));
+        upkeep_buffer(&driver);
+        publish_reports(&driver, &setup);
+        if last_stats.elapsed() >= STATS_EVERY {
+            log_stats(&driver);
+            last_stats = Instant::now();
+        }
+    }
+
+    // Graceful shutdown: stop accepting, tell every client, let writers flush.
+    for t in accept_tasks {
+        t.cancel().await;
+    }
+    driver.with(|s| s.shut_down(Instant::now()));
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < deadline && !driver.connections().is_empty() {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    log_stats(&driver);
+    info!(shard = id, "shard stopped");
+}
+
+/// Opens shard `id`'s disk buffer; on failure the shard runs without one
+/// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
+fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer<DiskSpill>> {
+    let share = setup.spec.size_max_bytes / shards as u64;
+    // At least two segments per shard: the segment being written is never
+    // reclaimed, so with one the buffer would stay full once it filled.
+    let segment_bytes = setup
+        .spec
+        .segment_bytes
+        .min(share / 2)
+        .max(crate::buffer::SEGMENT_BYTES_MIN);
+    match DiskBuffer::open(
+        &setup.spec.data_dir,
+        id,
+        share,
+        segment_bytes,
+        setup.encrypt,
+        setup.epoch,
+    ) {
+        Ok(mut disk) => {
+            // Runs on the shard's executor: reclaimed segments are deleted on
+            // its blocking pool, so the event loop never stalls on an unlink
+            // (the pool's thread still shares the shard's CPU when pinned).
+            disk.set_deleter(Deleter::new(|doomed| {
+                glommio::spawn_local(async move {
+                    glommio::executor()
+                        .spawn_blocking(move || drop(doomed))
+                        .await;
+                })
+                .detach();
+            }));
+            info!(
+                shard = id,
+                dir = %disk.dir().display(),
+                max_bytes = share,
+                memory_budget_bytes = setup.memory_budget_bytes,
+                encryptInternalTraffic = if disk.encrypted() { "Enabled" } else { "Disabled" },
+                leftover_segments_removed = disk.removed_at_open(),
+                "disk buffer open"
+            );
+            Some(ShardBuffer::new(
+                DiskSpill::new(disk),
+                setup.memory_budget_bytes,
+            ))
+        }
+        Err(e) => {
+            error!(
+                shard = id,
+                error = %e,
+                "disk buffer unavailable: this shard runs WITHOUT spilling \
+                 (queues bounded by subscriberQueueLimit only)"
+            );
+            None
+        }
+    }
+}
+
+/// Seals the pending block and asks for the next segment file off the
+/// shard once the buffer is in use (an idle broker keeps no spare files).
+fn upkeep_buffer(driver: &Rc<Driver>) {
+    let request = driver.with(|s| {
+        let b = s.buffer_mut()?;
+        if let Err(e) = b.store.buffer.flush() {
+            warn!(shard = driver.id.index(), error = %e, "disk buffer flush failed");
+        }
+        let in_use = b.store.buffer.stats().segments > 0;
+        in_use.then(|| b.store.buffer.spare_request()).flatten()
+    });
+    let Some(req) = request else {
+        return;
+    };
+    let driver = driver.clone();
+    glommio::spawn_local(async move {
+        let file = glommio::executor()
+            .spawn_blocking(move || {
+                let file = SegmentFile::create(&req.path, req.bytes);
+                if let Ok(f) = &file {
+                    f.prefault();
+                }
+                file
+            })
+            .await;
+        driver.with(|s| {
+            if let Some(b) = s.buffer_mut() {
+                b.store.buffer.install_spare(file);
+            }
+        });
+    })
+    .detach();
+}
+
+fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
+    let id = driver.id.index();
+    let (inv, stats, buffer) = driver.peek(|s| {
+        let buffer = s.buffer().map(|b| BufferReport {
+            open: true,
+            encrypted: b.store.buffer.encrypted(),
+            disk: b.store.buffer.stats(),
+            memory_bytes: b.memory_bytes,
+            refused: b.store.refused,
+            dropped_queue_full: 0,
+        });
+        (s.inventory(), s.stats(), buffer)
+    });
+    let mut buffer = buffer.unwrap_or_default();
+    buffer.dropped_queue_full = stats.dropped_queue_full;
+    if let Ok(mut reports) = setup.buffer_reports.lock() {
+        if let Some(slot) = reports.get_mut(id) {
+            *slot = buffer;
+        }
+    }
+    let report = ShardReport {
+        sessions_online: inv.online.len() as u64,
+        sessions_offline: inv.offline.len() as u64,
+        client_ids: inv.client_ids as u64,
+        index_entries: inv.index_entries as u64,
+        wills: inv.wills as u64,
+    };
+    if let Ok(mut reports) = setup.shard_reports.lock() {
+        if let Some(slot) = reports.get_mut(id) {
+            *slot = report;
+        }
+    }
+    if id == 0 {
+        setup
+            .probes_ok
+            .store(stats.selftest_rounds_ok, Ordering::Relaxed);
+    }
+}
+
+fn log_stats(driver: &Rc<Driver>) {
+    let shard = driver.id.index();
+    driver.peek(|s| {
+        let inv = s.inventory();
+        let stats = s.stats();
+        info!(
+            shard,
+            connections = inv.connections,
+            sessions = inv.online.len() + inv.offline.len(),
+            subscriptions = inv.index_entries,
+            retained = inv.retained,
+            messages_in = stats.messages_in,
+            deliveries = stats.deliveries,
+            dropped_queue_full = stats.dropped_queue_full,
+            "shard stats"
+        );
+        if let Some(b) = s.buffer() {
+            let d = b.store.buffer.stats();
+            info!(
+                shard,
+                memory_bytes = b.memory_bytes,
+                memory_budget_bytes = b.memory_budget_bytes,
+                segments = d.segments,
+                disk_bytes = d.bytes_used,
+                live_records = d.live_records,
+                appended = d.appended,
+                read = d.read,
+                lost = d.corrupt,
+                refused = b.store.refused,
+                reclaimed_segments = d.reclaimed_segments,
+                "disk buffer stats"
+            );
+        }
+    });
+}
