@@ -174,6 +174,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
             limits: config.advanced.clients.clone(),
             retained_max: RETAINED_MAX,
             selftest_interval: self_check.enabled.then_some(self_check.interval),
+            selftest_timeout: self_check.timeout,
             disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
                 data_dir: b
                     .data_dir
@@ -235,6 +236,16 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             }
         },
     ];
+    let check = &config.diagnostics.self_check;
+    lines.push(if check.enabled {
+        format!(
+            "selfCheck: a probe through every shard every {} s, answers awaited up to {} s",
+            check.interval.as_secs(),
+            check.timeout.as_secs()
+        )
+    } else {
+        "selfCheck: Disabled".to_owned()
+    });
     for l in &server.listeners {
         let shards = match &l.shards {
             Some(s) => format!("{s:?}"),

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub limits: ClientLimits,
     pub retained_max: usize,
     pub selftest_interval: Option<Duration>,
+    /// How long a self-test round waits for every shard to answer
+    /// (`diagnostics.selfCheck.timeoutSeconds`).
+    pub selftest_timeout: Duration,
     /// `diskBackedMessageBuffer`; `None`: queues never spill.
     pub disk_buffer: Option<BufferSpec>,
     /// `advanced.encryptInternalTraffic`.
@@ -240,6 +243,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         limits: Arc::new(config.limits.clone()),
         retained_max: config.retained_max,
         selftest_interval: config.selftest_interval,
+        selftest_timeout: config.selftest_timeout,
         buffer_reports: buffer_reports.clone(),
         buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
             spec,

@@ -33,6 +33,8 @@ const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 const PROBE_SESSION: SessionId = u64::MAX;
 /// Topic prefix of the self-test probes; `$` keeps them out of `#`.
 pub const SELFTEST_PREFIX: &str = "$SYS/shardmq/selftest";
+/// How often a self-test round looks whether every shard has answered.
+const PROBE_POLL: Duration = Duration::from_millis(5);
 
 /// A live connection as the shard sees it: the protocol state machine plus
 /// the means to wake its writer and reader tasks.
@@ -149,6 +151,8 @@ pub struct ShardConfig {
     pub limits: Arc<ClientLimits>,
     pub retained_max: usize,
     pub selftest_interval: Option<Duration>,
+    /// How long a self-test round waits for the shards' answers.
+    pub selftest_timeout: Duration,
     /// One slot per shard, written every tick.
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
     /// `None` without `diskBackedMessageBuffer`.
@@ -1232,7 +1236,22 @@ impl Shard {
             });
             self.route(&message, Instant::now()).await;
         }
-        glommio::timer::sleep(Duration::from_secs(2)).await;
+        // The round ends as soon as every shard answered, at the latest
+        // after `selfCheck.timeoutSeconds`.
+        let timeout = self.config.selftest_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self
+                .probe_seen
+                .borrow()
+                .get(&seq)
+                .is_some_and(|seen| seen.iter().all(|s| *s));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if all || left.is_zero() {
+                break;
+            }
+            glommio::timer::sleep(left.min(PROBE_POLL)).await;
+        }
         let seen = self
             .probe_seen
             .borrow_mut()
@@ -1249,7 +1268,12 @@ impl Shard {
                 .filter(|(_, s)| !**s)
                 .map(|(i, _)| i)
                 .collect();
-            warn!(seq, ?missing, "self-test: shards did not answer within 2 s");
+            warn!(
+                seq,
+                ?missing,
+                timeout_ms = timeout.as_millis() as u64,
+                "self-test: shards did not answer within diagnostics.selfCheck.timeoutSeconds"
+            );
         }
         ok
     }

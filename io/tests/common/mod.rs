@@ -46,6 +46,7 @@ impl Broker {
             limits: ClientLimits::default(),
             retained_max: 10_000,
             selftest_interval: Some(Duration::from_millis(200)),
+            selftest_timeout: Duration::from_secs(2),
             disk_buffer: None,
             encrypt_internal_traffic: true,
             memory_budget_bytes: 16 << 20,

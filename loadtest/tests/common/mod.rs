@@ -24,6 +24,7 @@ pub fn broker() -> ServerHandle {
         limits: Default::default(),
         retained_max: 10_000,
         selftest_interval: None,
+        selftest_timeout: Duration::from_secs(2),
         disk_buffer: None,
         encrypt_internal_traffic: true,
         memory_budget_bytes: 16 << 20,
