@@ -30,6 +30,8 @@ const MESH_QUEUE_LEN: usize = 1024;
 const TICK: Duration = Duration::from_millis(250);
 /// How long shutdown waits for connections to flush their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for buffer files being deleted off the shard.
+const BUFFER_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// One listening port, resolved.
 #[derive(Debug, Clone)]
@@ -532,6 +534,7 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     shard.log_stats();
+    shard.close_buffer(BUFFER_CLOSE_WAIT).await;
     SHARD.with(|s| *s.borrow_mut() = None);
     info!(shard = id, "shard stopped");
 }

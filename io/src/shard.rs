@@ -730,6 +730,27 @@ impl Shard {
         }
     }
 
+    /// Graceful stop: deletes the disk buffer's files and waits (bounded)
+    /// for the deletes and spare creation still running off the shard, so
+    /// no segment file outlives the process.
+    pub async fn close_buffer(&self, wait_max: Duration) {
+        let Some(b) = &self.buffer else {
+            return;
+        };
+        b.borrow_mut().disk.buffer.close();
+        let deadline = Instant::now() + wait_max;
+        while b.borrow().disk.buffer.off_shard_work() {
+            if Instant::now() >= deadline {
+                warn!(
+                    shard = self.id,
+                    "disk buffer: files still being deleted at exit; the next start removes them"
+                );
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     // ---- subscription index -------------------------------------------
 
     fn sub_key(&self, session: SessionId, filter: &Filter) -> SubKey {

@@ -83,6 +83,10 @@ impl Spill for DiskSpill {
 
     fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError> {
         self.buffer.read(to_record(at), owner).map_err(|e| {
+            if matches!(e, BufferError::Closed) {
+                // The broker is stopping; nothing is lost that was kept.
+                return SpillError::Unavailable;
+            }
             warn!(dir = %self.buffer.dir().display(), error = %e, "buffered message lost");
             match e {
                 BufferError::Corrupt(_) | BufferError::UnknownRecord(_) => SpillError::Lost,

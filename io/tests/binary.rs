@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 
 use shardmq_core::codec::{Packet, ReasonCode};
 
-use common::{start, temp_file, BIN};
-
-fn has_mosquitto_clients() -> bool {
-    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
-    if !ok {
-        eprintln!("mosquitto_pub not installed: .ci/run installs Debian's mosquitto-clients");
-    }
-    ok
-}
+use common::{has_mosquitto_clients, start, temp_file, BIN};
 
 #[test]
 fn print_default_config_prints_json_that_loads() {
