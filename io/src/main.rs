@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use shardmq_core::config::Config;
-use shardmq_io::cli::{server_config, summary};
+use shardmq_io::cli::{server_config, state_dir, summary};
 use tracing::{error, info, warn};
 
 const USAGE: &str = "\
@@ -75,15 +75,20 @@ fn run() -> Result<ExitCode> {
         }
         Command::Run(path) => path,
     };
-    let (config, warnings) = match &path {
+    let (mut config, warnings) = match &path {
         None => (Config::default(), Vec::new()),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
             match Config::from_json_str(&text) {
                 Ok(loaded) => {
-                    let base = path.parent().unwrap_or(std::path::Path::new("."));
-                    (loaded.config.with_base_dir(base), loaded.warnings)
+                    // Absolute, so the paths the log shows say where they are.
+                    let base = match path.parent() {
+                        Some(dir) if !dir.as_os_str().is_empty() => dir,
+                        _ => std::path::Path::new("."),
+                    };
+                    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+                    (loaded.config.with_base_dir(&base), loaded.warnings)
                 }
                 Err(errors) => {
                     // One line per problem, before any port is bound.
@@ -95,6 +100,10 @@ fn run() -> Result<ExitCode> {
             }
         }
     };
+    // systemd's StateDirectory= (e.g. with DynamicUser= and
+    // ProtectSystem=strict, the one folder the broker may write).
+    let state = state_dir(&config, std::env::var_os("STATE_DIRECTORY").as_deref());
+    config.state_dir = Some(state);
     init_logging(&config.diagnostics.log_filter);
     for w in &warnings {
         warn!("config: {}: {}", w.path, w.message);

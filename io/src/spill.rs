@@ -12,9 +12,6 @@ use tracing::warn;
 
 use crate::buffer::{BufferError, BufferStats, DiskBuffer, RecordRef};
 
-/// Default `diskBackedMessageBuffer.dataDir`, relative to the working directory.
-pub const DATA_DIR_DEFAULT: &str = "./shardmq-data";
-
 /// `diskBackedMessageBuffer`, resolved for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferSpec {

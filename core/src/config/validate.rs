@@ -53,6 +53,10 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         .secrets_dir
         .as_deref()
         .and_then(|text| path(report, "secretsDir", text));
+    let state_dir = raw
+        .state_dir
+        .as_deref()
+        .and_then(|text| path(report, "stateDir", text));
     let secrets = listeners::Secrets {
         dir: secrets_dir.clone(),
         given: raw.secrets_dir.is_some(),
@@ -75,6 +79,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         disk_buffer,
         diagnostics,
         secrets_dir,
+        state_dir,
         listeners,
         authentications: authentications.validated,
         authorizations: authorizations.validated,
