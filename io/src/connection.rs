@@ -3,6 +3,7 @@
 //! everything `poll_transmit` has into one write per wake-up) and a timer task
 //! (keep-alive and CONNECT deadlines). An error closes this connection only.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,30 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 use rustls_pki_types::CertificateDer;
 use shardmq_core::codec::Decoder;
-use shardmq_core::session::{Connection, Event};
+use shardmq_core::session::{CloseReason, ConnectRequest, Connection, Denied, Event};
 use tracing::{debug, trace};
 
+use crate::client_log;
 use crate::mesh::SessionId;
+use crate::oplog::Category;
 use crate::security::ListenerSecurity;
 use crate::shard::{ConnCell, Shard};
+
+/// An operator line about this connection (`oplog`): who and where, then
+/// the line's own fields. Client-controlled values are written quoted
+/// (Debug), so a client id with a newline cannot forge a line.
+macro_rules! conn_log {
+    ($category:expr, $auth:expr, $client:expr, $principal:expr, $($rest:tt)+) => {
+        client_log!(
+            $category,
+            listener = %$auth.listener,
+            peer = %$auth.peer,
+            client = ?$client,
+            principal = ?$principal,
+            $($rest)+
+        )
+    };
+}
 
 /// Bytes read per socket read; frames larger than this are assembled over
 /// several reads, bounded by the decoder's maximum packet size.
@@ -37,11 +56,13 @@ const TRANSMIT_BACKLOG_MAX: usize = 4096;
 /// How long the writer keeps flushing after the connection closed.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves one accepted connection until it closes. `peer_certs` is the
-/// client's TLS certificate chain (leaf first), empty without one.
+/// Serves one accepted connection until it closes. `listener` names the
+/// port for the log; `peer_certs` is the client's TLS certificate chain
+/// (leaf first), empty without one.
 pub async fn serve<S>(
     shard: Rc<Shard>,
     stream: S,
+    listener: Rc<str>,
     peer: String,
     security: Rc<ListenerSecurity>,
     peer_certs: Vec<CertificateDer<'static>>,
@@ -67,6 +88,10 @@ pub async fn serve<S>(
     let auth = ConnAuth {
         security,
         peer_certs,
+        listener,
+        peer: peer.clone(),
+        principal: RefCell::new(String::new()),
+        client: RefCell::new(bytestring::ByteString::new()),
     };
     let mut chunk = vec![0u8; READ_CHUNK];
     'read: loop {
@@ -154,10 +179,17 @@ pub async fn serve<S>(
     debug!(%peer, reason = ?cell.conn.borrow().close_reason(), "connection closed");
 }
 
-/// What the connection's listener demands, and what the client showed.
+/// What the connection's listener demands, and what the client showed;
+/// who it is for the operator's log.
 struct ConnAuth {
     security: Rc<ListenerSecurity>,
     peer_certs: Vec<CertificateDer<'static>>,
+    listener: Rc<str>,
+    peer: String,
+    /// Set when CONNECT is accepted (the session's client id leaves with
+    /// the session at the close).
+    principal: RefCell<String>,
+    client: RefCell<bytestring::ByteString>,
 }
 
 /// Acts on everything the state machine asked of the broker.
@@ -176,39 +208,7 @@ async fn process_events(
         };
         let now = Instant::now();
         match event {
-            Event::Connect(request) => {
-                let client_id = if request.client_id.is_empty() {
-                    assigned_client_id(shard)
-                } else {
-                    request.client_id.clone()
-                };
-                let admitted = match auth
-                    .security
-                    .admit(&request, &client_id, &auth.peer_certs)
-                    .await
-                {
-                    Ok(admitted) => admitted,
-                    Err(reason) => {
-                        debug!(shard = shard.id, client = %client_id, ?reason, "CONNECT refused");
-                        cell.conn.borrow_mut().reject(reason);
-                        continue;
-                    }
-                };
-                let (id, existing) = shard.claim_session(&client_id, now).await;
-                let assigned = request.client_id.is_empty().then(|| client_id.clone());
-                let mut conn = cell.conn.borrow_mut();
-                conn.accept(
-                    Instant::now(),
-                    existing,
-                    assigned,
-                    Box::new(admitted.permissions),
-                );
-                conn.set_credential_expiry(admitted.expires_at);
-                drop(conn);
-                cell.rearm();
-                *session = Some(id);
-                shard.attach(id, cell.clone());
-            }
+            Event::Connect(request) => on_connect(shard, cell, auth, session, request, now).await,
             Event::Publish { message, ack } => {
                 let reason = shard.route(&message, now).await;
                 if let Some(ack) = ack {
@@ -240,7 +240,19 @@ async fn process_events(
                 let result = auth
                     .security
                     .reauthenticate(&client_id, &method, data.as_deref(), &auth.peer_certs)
-                    .await;
+                    .await
+                    .map_err(|refused| {
+                        conn_log!(
+                            Category::AuthFailures,
+                            auth,
+                            client_id,
+                            auth.principal.borrow(),
+                            reason = ?refused.reason,
+                            cause = ?refused.cause,
+                            "re-authentication refused"
+                        );
+                        refused.reason
+                    });
                 cell.conn.borrow_mut().reauthenticate_done(result);
                 cell.rearm();
             }
@@ -249,6 +261,7 @@ async fn process_events(
                     shard.unsubscribe(id, &key, &filter);
                 }
             }
+            Event::Denied(denied) => log_denied(cell, auth, &denied),
             Event::Closed {
                 reason,
                 session: state,
@@ -262,7 +275,15 @@ async fn process_events(
                         .as_ref()
                         .map(|s| s.client_id.clone())
                         .or_else(|| cell.conn.borrow().client_id().cloned())
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| auth.client.borrow().clone());
+                    conn_log!(
+                        Category::Connections,
+                        auth,
+                        client_id,
+                        auth.principal.borrow(),
+                        reason = ?describe(&reason),
+                        "client disconnected"
+                    );
                     shard.detach(id, &client_id, state, will, now);
                 }
             }
@@ -284,6 +305,98 @@ async fn process_events(
                     .await;
             }
         }
+    }
+}
+
+/// Decides a CONNECT: authentication and authorization, then the session
+/// (claimed broker-wide), then CONNACK; one operator line either way.
+async fn on_connect(
+    shard: &Rc<Shard>,
+    cell: &Rc<ConnCell>,
+    auth: &ConnAuth,
+    session: &mut Option<SessionId>,
+    request: ConnectRequest,
+    now: Instant,
+) {
+    let client_id = if request.client_id.is_empty() {
+        assigned_client_id(shard)
+    } else {
+        request.client_id.clone()
+    };
+    let admitted = match auth
+        .security
+        .admit(&request, &client_id, &auth.peer_certs)
+        .await
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            conn_log!(
+                Category::AuthFailures,
+                auth,
+                client_id,
+                refused.principal,
+                reason = ?refused.reason,
+                cause = ?refused.cause,
+                "client refused"
+            );
+            cell.conn.borrow_mut().reject(refused.reason);
+            return;
+        }
+    };
+    let (id, existing) = shard.claim_session(&client_id, now).await;
+    let assigned = request.client_id.is_empty().then(|| client_id.clone());
+    let mut conn = cell.conn.borrow_mut();
+    conn.accept(
+        Instant::now(),
+        existing,
+        assigned,
+        Box::new(admitted.permissions),
+    );
+    conn.set_credential_expiry(admitted.expires_at);
+    let session_present = conn.session_present();
+    drop(conn);
+    conn_log!(
+        Category::Connections,
+        auth,
+        client_id,
+        admitted.principal,
+        method = ?admitted.method,
+        protocol = ?request.protocol_version,
+        clean_start = request.clean_start,
+        session_present,
+        "client connected"
+    );
+    *auth.principal.borrow_mut() = admitted.principal;
+    *auth.client.borrow_mut() = client_id.clone();
+    cell.rearm();
+    *session = Some(id);
+    shard.attach(id, cell.clone());
+}
+
+/// The operator's line for a publish or subscription the client's
+/// permissions refused (the client already has its 0x87).
+fn log_denied(cell: &ConnCell, auth: &ConnAuth, denied: &Denied) {
+    let client_id = cell.conn.borrow().client_id().cloned().unwrap_or_default();
+    let (what, name) = match denied {
+        Denied::Publish(topic) => ("publish denied", topic.as_str()),
+        Denied::Subscribe(filter) => ("subscribe denied", &filter[..]),
+    };
+    conn_log!(
+        Category::Denials,
+        auth,
+        client_id,
+        auth.principal.borrow(),
+        topic = ?name,
+        "{what}"
+    );
+}
+
+/// A close reason as the operator reads it.
+fn describe(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::ClientDisconnect(code) => format!("client sent DISCONNECT ({code:?})"),
+        CloseReason::ConnectionLost => "connection lost without DISCONNECT".to_owned(),
+        CloseReason::Server(code) => format!("closed by the broker ({code:?})"),
     }
 }
 

@@ -1,11 +1,14 @@
 //! shardmq-io: the only crate that knows glommio, sockets, CPUs and files.
 //! `server` starts the shards, `shard` owns one core's state and routing,
-//! `connection` serves one client, `mesh` is what shards say to each other.
+//! `connection` serves one client, `mesh` is what shards say to each other,
+//! `oplog` bounds what clients can make the log say.
 
 pub mod buffer;
 pub mod cli;
 pub mod connection;
+pub mod logging;
 pub mod mesh;
+pub mod oplog;
 pub mod security;
 pub mod server;
 pub mod shard;

@@ -104,7 +104,16 @@ fn run() -> Result<ExitCode> {
     // ProtectSystem=strict, the one folder the broker may write).
     let state = state_dir(&config, std::env::var_os("STATE_DIRECTORY").as_deref());
     config.state_dir = Some(state);
-    init_logging(&config.diagnostics.log_filter);
+    // A filter that enables nothing would hide every error: refuse it.
+    let filter = shardmq_io::logging::filter_text(
+        &config.diagnostics.log_filter,
+        std::env::var("RUST_LOG").ok(),
+    )
+    .and_then(|filter| shardmq_io::logging::init(&filter).map(|()| filter));
+    if let Err(e) = filter {
+        eprintln!("shardmq: {e}");
+        return Ok(ExitCode::from(2));
+    }
     for w in &warnings {
         warn!("config: {}: {}", w.path, w.message);
     }
@@ -186,17 +195,4 @@ fn renew_in_background(mut managed: Vec<shardmq_auth::CertManager>) {
             }
         }
     });
-}
-
-fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
-    let env = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(env)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
 }

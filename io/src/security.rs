@@ -10,11 +10,10 @@ use bytestring::ByteString;
 use rustls_pki_types::CertificateDer;
 use shardmq_auth::{
     AuthError, Authenticator, AuthorizationPolicy, CompiledPermissions, ConnectInfo, Identity,
-    Outcome,
+    MethodKind, Outcome,
 };
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::session::{ConnectRequest, Permissions};
-use tracing::debug;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +35,42 @@ pub struct Admitted {
     pub permissions: CompiledPermissions,
     /// When the credential expires, on the shard's monotonic clock.
     pub expires_at: Option<Instant>,
+    /// Who the client is, for the log: the certificate subject (X509), the
+    /// user name or the token's `sub`, or "anonymous".
+    pub principal: String,
+    pub method: MethodKind,
+}
+
+/// A refused CONNECT or re-authentication: the reason code the client
+/// gets, and for the log the cause and who the client claimed to be.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: ReasonCode,
+    pub cause: String,
+    pub principal: String,
+}
+
+/// Who a client claims to be before anything is checked: its certificate
+/// subject, else its CONNECT user name, else "anonymous".
+pub fn presented(username: Option<&str>, peer_certs: &[CertificateDer<'static>]) -> String {
+    peer_certs
+        .first()
+        .and_then(|leaf| shardmq_auth::x509::certificate_subject(leaf))
+        .or_else(|| username.map(str::to_owned))
+        .unwrap_or_else(|| ANONYMOUS.to_owned())
+}
+
+const ANONYMOUS: &str = "anonymous";
+
+fn principal_of(identity: &Identity, peer_certs: &[CertificateDer<'static>]) -> String {
+    match identity.method {
+        MethodKind::Anonymous => ANONYMOUS.to_owned(),
+        MethodKind::X509 => presented(identity.username.as_deref(), peer_certs),
+        _ => identity
+            .username
+            .clone()
+            .unwrap_or_else(|| ANONYMOUS.to_owned()),
+    }
 }
 
 impl ListenerSecurity {
@@ -46,11 +81,19 @@ impl ListenerSecurity {
         request: &ConnectRequest,
         client_id: &ByteString,
         peer_certs: &[CertificateDer<'static>],
-    ) -> Result<Admitted, ReasonCode> {
+    ) -> Result<Admitted, Refused> {
+        let refused = |reason, cause: String| Refused {
+            reason,
+            cause,
+            principal: presented(request.username.as_deref(), peer_certs),
+        };
         let identity = match &self.authenticator {
             None if request.authentication_method.is_some() => {
                 // [MQTT-4.12.0-1] a method this listener does not offer.
-                return Err(ReasonCode::BadAuthenticationMethod);
+                return Err(refused(
+                    ReasonCode::BadAuthenticationMethod,
+                    "authentication method given on a listener without authentication".into(),
+                ));
             }
             None => Identity::anonymous(),
             Some(authn) => {
@@ -64,26 +107,33 @@ impl ListenerSecurity {
                 };
                 decide(authn.authenticate(&info, SystemTime::now()))
                     .await
-                    .map_err(|e| {
-                        debug!(client = %client_id, error = %e, "authentication failed");
-                        e.reason_code()
-                    })?
+                    .map_err(|e| refused(e.reason_code(), e.to_string()))?
             }
+        };
+        let principal = principal_of(&identity, peer_certs);
+        let denied = |cause: String| Refused {
+            reason: ReasonCode::NotAuthorized,
+            cause,
+            principal: principal.clone(),
         };
         let permissions =
             shardmq_auth::permissions(self.authorization.as_deref(), &identity, client_id);
         if !permissions.can_connect() {
-            return Err(ReasonCode::NotAuthorized);
+            return Err(denied("no Connect permission".into()));
         }
         // A will the client could not publish itself is refused at CONNECT.
         if let Some(topic) = &request.will_topic {
             if !permissions.can_publish(topic) {
-                return Err(ReasonCode::NotAuthorized);
+                return Err(denied(format!(
+                    "no Publish permission for its will topic {topic}"
+                )));
             }
         }
         Ok(Admitted {
             permissions,
             expires_at: identity.expiry.map(to_instant),
+            principal,
+            method: identity.method,
         })
     }
 
@@ -94,9 +144,17 @@ impl ListenerSecurity {
         method: &str,
         data: Option<&[u8]>,
         peer_certs: &[CertificateDer<'static>],
-    ) -> Result<Option<Instant>, ReasonCode> {
+    ) -> Result<Option<Instant>, Refused> {
+        let refused = |reason, cause: String| Refused {
+            reason,
+            cause,
+            principal: presented(None, peer_certs),
+        };
         let Some(authn) = &self.authenticator else {
-            return Err(ReasonCode::BadAuthenticationMethod);
+            return Err(refused(
+                ReasonCode::BadAuthenticationMethod,
+                "re-authentication on a listener without authentication".into(),
+            ));
         };
         let info = ConnectInfo {
             client_id,
@@ -108,7 +166,7 @@ impl ListenerSecurity {
         };
         let identity = decide(authn.authenticate(&info, SystemTime::now()))
             .await
-            .map_err(|e| e.reason_code())?;
+            .map_err(|e| refused(e.reason_code(), e.to_string()))?;
         Ok(identity.expiry.map(to_instant))
     }
 }

@@ -14,11 +14,13 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardmq_core::limits::ClientLimits;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::buffer::{Deleter, DiskBuffer};
+use crate::client_log;
 use crate::connection;
 use crate::mesh::MeshMsg;
+use crate::oplog::{self, Category};
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
 use crate::shard::{BufferReport, Shard, ShardConfig, SHARD};
 use crate::spill::{BufferSpec, ShardBuffer};
@@ -382,11 +384,12 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
 async fn accept_one(
     shard: Rc<Shard>,
     stream: glommio::net::TcpStream,
+    listener: Rc<str>,
     peer: String,
     security: Rc<ListenerSecurity>,
 ) {
     let Some(tls) = security.tls.clone() else {
-        return connection::serve(shard, stream, peer, security, Vec::new()).await;
+        return connection::serve(shard, stream, listener, peer, security, Vec::new()).await;
     };
     let acceptor = futures_rustls::TlsAcceptor::from(tls);
     let handshake = async { Some(acceptor.accept(stream).await) }
@@ -403,10 +406,29 @@ async fn accept_one(
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
-            connection::serve(shard, tls_stream, peer, security, certs).await;
+            connection::serve(shard, tls_stream, listener, peer, security, certs).await;
         }
-        Some(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-        None => debug!(%peer, "TLS handshake timed out"),
+        Some(Err(e)) => {
+            // Expired or unknown client certificates, clients that send
+            // none, clients that distrust ours: all end here.
+            let principal =
+                shardmq_auth::x509::take_rejected_subject().unwrap_or_else(|| "unknown".to_owned());
+            client_log!(
+                Category::TlsFailures,
+                listener = %listener,
+                %peer,
+                principal = ?principal,
+                error = ?e.to_string(),
+                "TLS handshake failed"
+            );
+        }
+        None => client_log!(
+            Category::TlsFailures,
+            listener = %listener,
+            %peer,
+            timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
+            "TLS handshake timed out"
+        ),
     }
 }
 
@@ -464,6 +486,7 @@ async fn run_shard(
     let mut accept_tasks = Vec::new();
     for (name, listener, security) in bound {
         let shard = shard.clone();
+        let name: Rc<str> = name.into();
         accept_tasks.push(glommio::spawn_local(async move {
             loop {
                 match listener.accept().await {
@@ -476,6 +499,7 @@ async fn run_shard(
                         glommio::spawn_local(accept_one(
                             shard.clone(),
                             stream,
+                            name.clone(),
                             peer,
                             security.clone(),
                         ))
@@ -510,6 +534,7 @@ async fn run_shard(
     while !shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(TICK).await;
         shard.tick(Instant::now());
+        oplog::flush(id, false);
         if last_stats.elapsed() >= Duration::from_secs(60) {
             shard.log_stats();
             last_stats = Instant::now();
@@ -534,6 +559,7 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     shard.log_stats();
+    oplog::flush(id, true);
     shard.close_buffer(BUFFER_CLOSE_WAIT).await;
     SHARD.with(|s| *s.borrow_mut() = None);
     info!(shard = id, "shard stopped");

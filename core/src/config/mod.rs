@@ -25,7 +25,7 @@ pub use types::{
     TokenKey, UsernamePasswordSettings, X509Attributes, X509Settings,
 };
 pub use units::{parse_duration, parse_quantity, DurationError, QuantityError};
-pub use validate::SHARDS_MAX;
+pub use validate::{check_log_filter, SHARDS_MAX};
 
 use crate::limits::ClientLimits;
 use error::Report;
