@@ -167,20 +167,30 @@ fn unprivileged(cmd: Command) -> Option<Command> {
         return Some(cmd);
     }
     let setpriv = ["--reuid=65534", "--regid=65534", "--clear-groups"];
-    let usable = Command::new("setpriv")
-        .args(setpriv)
-        .args([BIN, "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        eprintln!("skipped: running as root and `setpriv` cannot run {BIN} as nobody");
+    let runs = |bin: &Path| {
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // The build folder may be closed to other users (a checkout under
+    // /root): then run a copy from a folder anyone may read.
+    let mut program = PathBuf::from(cmd.get_program());
+    if !runs(&program) {
+        let copy = fresh_dir("bin").join("shardmq");
+        std::fs::copy(&program, &copy).unwrap();
+        chmod(copy.parent().unwrap(), 0o755);
+        chmod(&copy, 0o755);
+        program = copy;
+    }
+    if !runs(&program) {
+        eprintln!("skipped: running as root and `setpriv` cannot run the broker as nobody");
         return None;
     }
     let mut wrapped = Command::new("setpriv");
-    wrapped
-        .args(setpriv)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
+    wrapped.args(setpriv).arg(program).args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
         match value {
             Some(v) => wrapped.env(key, v),
