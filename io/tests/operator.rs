@@ -696,3 +696,30 @@ fn exits_within_the_wait(mut cmd: Command) -> std::process::Output {
         }
     }
 }
+
+#[test]
+fn a_ca_an_earlier_version_kept_in_secrets_dir_is_named_in_a_warning() {
+    // Clients trust that CA; the broker now keeps its CA in the state
+    // directory and must say that the old one is no longer used.
+    let dir = fresh_dir("upgrade");
+    std::fs::create_dir_all(dir.join("secrets/internal-ca")).unwrap();
+    std::fs::write(dir.join("secrets/internal-ca/ca.crt"), "old CA").unwrap();
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "secretsDir": "secrets",
+            "stateDir": "state",
+            "listeners": [{"name": "tls", "ports": [{"port": 0, "bindAddress": "127.0.0.1",
+                "tls": {"mode": "Automatic", "certManagerCertificateSpec": {"san": {"ip": ["127.0.0.1"]}}}}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (_broker, _, log) = spawn_logged(broker_cmd(&config), 1);
+    let line = log.wait_for(&["WARN", "a new internal CA was created"]);
+    assert!(
+        line.contains("secrets/internal-ca") && line.contains("state/internal-ca"),
+        "{line}"
+    );
+}
