@@ -268,7 +268,8 @@ mod tests {
     use crate::test_pki::{days, Pki};
     use shardmq_core::config::{
         Authorization, AuthorizationRule, BrokerAction, BrokerResource, Principals,
-        ServiceAccountTokenSettings, UsernamePasswordSettings, X509Attributes, X509Settings,
+        ServiceAccountTokenSettings, TokenKey, UsernamePasswordSettings, X509Attributes,
+        X509Settings,
     };
     use shardmq_core::session::Permissions;
     use shardmq_core::topic::TopicName;
@@ -442,11 +443,7 @@ mod tests {
         let authn = authenticator(vec![
             AuthenticationMethod::ServiceAccountToken(ServiceAccountTokenSettings {
                 audiences: vec!["broker".into()],
-                keys: vec![pki
-                    .write("sat.pem", &key.public_key_pem())
-                    .to_str()
-                    .unwrap()
-                    .to_owned()],
+                keys: vec![TokenKey::File(pki.write("sat.pem", &key.public_key_pem()))],
             }),
             passwords(&pki),
         ]);

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use shardmq_core::config::ServiceAccountTokenSettings;
+use shardmq_core::config::{ServiceAccountTokenSettings, TokenKey};
 
 use crate::files::{self, FileError, FileProblem};
 use crate::identity::{AuthError, Identity, MethodKind};
@@ -97,7 +97,7 @@ struct NamedRef {
 
 /// The ServiceAccountToken method of one authentication policy.
 pub struct TokenVerifier {
-    sources: Vec<String>,
+    sources: Vec<TokenKey>,
     audiences: Vec<String>,
     keys: ArcSwap<Vec<VerificationKey>>,
 }
@@ -196,15 +196,16 @@ impl TokenVerifier {
     }
 }
 
-fn load_keys(sources: &[String]) -> Result<Vec<VerificationKey>, JwtError> {
+fn load_keys(sources: &[TokenKey]) -> Result<Vec<VerificationKey>, JwtError> {
     let mut keys = Vec::new();
     for (index, source) in sources.iter().enumerate() {
-        let trimmed = source.trim_start();
-        if trimmed.starts_with('{') {
-            keys.extend(jwks(trimmed.as_bytes(), index, "inline JWKS")?);
-            continue;
-        }
-        let path = Path::new(source);
+        let path = match source {
+            TokenKey::Inline(json) => {
+                keys.extend(jwks(json.trim_start().as_bytes(), index, "inline JWKS")?);
+                continue;
+            }
+            TokenKey::File(path) => path,
+        };
         let bytes = files::read(path).map_err(|source| JwtError::File { index, source })?;
         let origin = path.display().to_string();
         if bytes.trim_ascii_start().starts_with(b"{") {
@@ -379,7 +380,7 @@ mod tests {
     fn verifier(key_sources: Vec<String>) -> TokenVerifier {
         TokenVerifier::load(&ServiceAccountTokenSettings {
             audiences: vec!["aio-internal".into()],
-            keys: key_sources,
+            keys: key_sources.iter().map(|k| TokenKey::new(k)).collect(),
         })
         .unwrap()
     }
@@ -580,7 +581,7 @@ mod tests {
         let load = |keys: Vec<String>| {
             TokenVerifier::load(&ServiceAccountTokenSettings {
                 audiences: vec!["a".into()],
-                keys,
+                keys: keys.iter().map(|k| TokenKey::new(k)).collect(),
             })
             .unwrap_err()
             .to_string()

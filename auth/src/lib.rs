@@ -20,7 +20,7 @@ pub mod test_pki;
 
 pub use authn::{AuthSetupError, Authenticator, Outcome};
 pub use authz::{AuthorizationPolicy, AuthzError, CompiledPermissions, Principal};
-pub use ca::{check_supported, CaError, CertManager, InternalCa};
+pub use ca::{check_supported, CaError, CaOrigin, CertManager, InternalCa};
 pub use files::{write_private, FileError};
 pub use identity::{AuthError, ConnectInfo, Identity, MethodKind, EXPIRED_REASON};
 pub use jwt::SAT_METHOD;

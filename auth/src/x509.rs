@@ -5,6 +5,7 @@
 //! `authorizationAttributes` subjects along the verified path. No I/O except
 //! reading the CA file in `load` / `reload`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -335,6 +336,28 @@ fn load_state(path: &std::path::Path, mandatory: bool) -> Result<CaState, X509Er
     })
 }
 
+/// The subject of a certificate as `openssl x509 -subject` prints it
+/// ("CN=clientA, O=Contoso"), for logs; `None` if it does not parse.
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().to_string())
+}
+
+thread_local! {
+    /// The subject of the client certificate this thread's verifier last
+    /// rejected: rustls's handshake error does not name the certificate,
+    /// and the operator's log should.
+    static REJECTED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Takes what `verify_client_cert` rejected on this thread. The server
+/// calls it when a handshake fails: the verifier runs inside the
+/// handshake's poll and the failure ends that same poll, so on a
+/// thread-per-core server no other handshake ran in between.
+pub fn take_rejected_subject() -> Option<String> {
+    REJECTED.with(|r| r.borrow_mut().take())
+}
+
 /// The handshake side: each call delegates to the verifier of the current
 /// CA file, so a reload applies to the next handshake on every shard.
 impl ClientCertVerifier for ClientCa {
@@ -360,10 +383,16 @@ impl ClientCertVerifier for ClientCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.state
-            .load()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified =
+            self.state
+                .load()
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now);
+        if verified.is_err() {
+            let subject = certificate_subject(end_entity);
+            REJECTED.with(|r| *r.borrow_mut() = subject);
+        }
+        verified
     }
 
     fn verify_tls12_signature(

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use shardmq_core::config::{AuthenticationMethod, BrokerAction, Config, Loaded};
+use shardmq_core::config::{AuthenticationMethod, BrokerAction, Config, Loaded, TokenKey};
 
 fn load(value: &Value) -> Result<Loaded, Vec<String>> {
     Config::from_json_str(&value.to_string())
@@ -75,7 +75,7 @@ fn methods_are_kept_in_order_with_their_settings() {
         panic!("{:?}", methods[1])
     };
     assert_eq!(sat.audiences, ["aio-internal"]);
-    assert_eq!(sat.keys, ["sat-keys.jwks"]);
+    assert_eq!(sat.keys, [TokenKey::File("sat-keys.jwks".into())]);
     let AuthenticationMethod::Custom(custom) = &methods[2] else {
         panic!("{:?}", methods[2])
     };

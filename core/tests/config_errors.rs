@@ -391,6 +391,42 @@ fn diagnostics_values_land_and_are_checked() {
 }
 
 #[test]
+fn a_log_level_typo_is_an_error_not_a_silent_broker() {
+    // tracing reads a bare word as a target name: "warning" would enable
+    // only a target called "warning" and the broker would log nothing.
+    let level = |text: &str| {
+        errors(&serde_json::json!({"diagnostics": {"logs": {"level": text}}}).to_string())
+    };
+    assert_eq!(
+        level("warning"),
+        ["diagnostics.logs.level: \"warning\" is not a level (off, error, warn, info, debug, trace) nor target=level; did you mean \"warn\"?"]
+    );
+    assert_eq!(
+        level("info,shardmq_io=verbose"),
+        ["diagnostics.logs.level: \"shardmq_io=verbose\": \"verbose\" is not a level (off, error, warn, info, debug, trace)"]
+    );
+    assert_eq!(
+        level("info,,debug"),
+        ["diagnostics.logs.level: empty directive in \"info,,debug\" (e.g. \"info\" or \"info,shardmq=debug\")"]
+    );
+    assert_eq!(
+        level("info,shard mq=debug"),
+        ["diagnostics.logs.level: \"shard mq=debug\": \"shard mq\" is not a target (a module path like shardmq_io::connection)"]
+    );
+    for good in [
+        "info",
+        "WARN",
+        "off",
+        "info,shardmq_io::connection=debug,rustls=warn",
+        "warn,shardmq_io[serve{peer}]=trace",
+    ] {
+        let loaded =
+            config(&serde_json::json!({"diagnostics": {"logs": {"level": good}}}).to_string());
+        assert_eq!(loaded.diagnostics.log_filter, good);
+    }
+}
+
+#[test]
 fn unsupported_and_kubernetes_only_sections_warn() {
     assert_eq!(
         warnings(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardmq_core::config::{
-    AuthenticationMethod, Config, KeyAlgorithm, ListenerTls, Loaded, RotationPolicy,
+    AuthenticationMethod, Config, KeyAlgorithm, ListenerTls, Loaded, RotationPolicy, TokenKey,
 };
 use shardmq_core::limits::QueueFullStrategy;
 
@@ -272,6 +272,80 @@ fn relative_paths_resolve_against_the_config_directory() {
         files.cert_file,
         Path::new("/etc/shardmq/secrets/broker-server-cert.crt")
     );
+}
+
+/// Every path a config can hold, written relative: each resolves against
+/// the config file's folder, none against the working directory.
+#[test]
+fn every_relative_path_in_the_config_resolves_against_its_folder() {
+    let inline_jwks = r#"{"keys": []}"#;
+    let config = load(
+        &json!({
+            "secretsDir": "secrets",
+            "stateDir": "state",
+            "diskBackedMessageBuffer": { "maxSize": "1G", "dataDir": "buffer" },
+            "listeners": [{ "name": "l", "ports": [
+                { "port": 8883, "tls": { "mode": "Manual", "manual": { "certFile": "tls/a.crt", "keyFile": "tls/a.key" } } },
+                { "port": 8884, "tls": { "mode": "Manual", "manual": { "secretRef": "server" } } }
+            ]}],
+            "authentications": [{ "name": "all", "authenticationMethods": [
+                { "method": "X509", "x509Settings": { "trustedClientCaCert": "ca.pem" } },
+                { "method": "ServiceAccountToken", "serviceAccountTokenSettings": {
+                    "audiences": ["a"], "keys": ["keys/sat.pem", inline_jwks, "/abs/sat.jwks"] } },
+                { "method": "Custom", "customSettings": { "endpoint": "https://h", "caCertConfigMap": "hook-ca.pem",
+                    "auth": { "x509": { "certFile": "hook.crt", "keyFile": "hook.key" } } } },
+                { "method": "UsernamePassword", "usernamePasswordSettings": { "passwordFile": "passwords.txt" } }
+            ]}]
+        })
+        .to_string(),
+    )
+    .config
+    .with_base_dir(Path::new("/etc/shardmq"));
+    let base = |p: &str| Path::new("/etc/shardmq").join(p);
+    assert_eq!(config.secrets_dir, Some(base("secrets")));
+    assert_eq!(config.state_dir, Some(base("state")));
+    assert_eq!(
+        config.disk_buffer.as_ref().unwrap().data_dir,
+        Some(base("buffer"))
+    );
+    let tls = |i: usize| match &config.listeners[0].ports[i].tls {
+        Some(ListenerTls::Manual(files)) => (files.cert_file.clone(), files.key_file.clone()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(tls(0), (base("tls/a.crt"), base("tls/a.key")));
+    assert_eq!(
+        tls(1),
+        (base("secrets/server.crt"), base("secrets/server.key"))
+    );
+    let methods = &config.authentications[0].methods;
+    let AuthenticationMethod::X509(x509) = &methods[0] else {
+        panic!("{:?}", methods[0])
+    };
+    assert_eq!(x509.trusted_client_ca_cert, base("ca.pem"));
+    let AuthenticationMethod::ServiceAccountToken(sat) = &methods[1] else {
+        panic!("{:?}", methods[1])
+    };
+    assert_eq!(
+        sat.keys,
+        [
+            TokenKey::File(base("keys/sat.pem")),
+            TokenKey::Inline(inline_jwks.to_owned()),
+            TokenKey::File("/abs/sat.jwks".into()),
+        ]
+    );
+    let AuthenticationMethod::Custom(custom) = &methods[2] else {
+        panic!("{:?}", methods[2])
+    };
+    assert_eq!(custom.ca_cert_file, Some(base("hook-ca.pem")));
+    let client = custom.client_cert.as_ref().unwrap();
+    assert_eq!(
+        (client.cert_file.clone(), client.key_file.clone()),
+        (base("hook.crt"), base("hook.key"))
+    );
+    let AuthenticationMethod::UsernamePassword(up) = &methods[3] else {
+        panic!("{:?}", methods[3])
+    };
+    assert_eq!(up.password_file, base("passwords.txt"));
 }
 
 #[test]

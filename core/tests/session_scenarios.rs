@@ -23,7 +23,7 @@ use shardmq_core::codec::{
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
-    AllowAll, CloseReason, Connection, Delivery, Enqueued, Event, Message, Permissions,
+    AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
     SessionState, SharedMessage,
 };
 use shardmq_core::topic::{Filter, TopicName};
@@ -1063,7 +1063,11 @@ fn unauthorized_publish_is_refused_with_0x87_in_v5() {
         Some(1),
         b"x",
     )));
-    assert!(h.events().is_empty());
+    // Not routed; the broker hears of it only for its log.
+    match h.events().as_slice() {
+        [Event::Denied(Denied::Publish(topic))] => assert_eq!(topic.as_str(), "other/x"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         h.sent(),
         vec![Packet::PubAck(PubResponse::new(
@@ -1080,6 +1084,18 @@ fn unauthorized_publish_is_refused_with_0x87_in_v5() {
         [Packet::SubAck(s)] => assert_eq!(s.reasons, vec![ReasonCode::NotAuthorized]),
         other => panic!("{other:?}"),
     }
+    match h.events().as_slice() {
+        [Event::Denied(Denied::Subscribe(filter))] => assert_eq!(filter, "x"),
+        other => panic!("{other:?}"),
+    }
+    // An allowed publish raises only its Publish event.
+    h.recv(Packet::Publish(publish(
+        "own/x",
+        QoS::AtMostOnce,
+        None,
+        b"x",
+    )));
+    assert!(matches!(h.events().as_slice(), [Event::Publish { .. }]));
 }
 
 #[test]

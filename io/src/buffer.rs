@@ -2,7 +2,9 @@
 //! `data_dir/shard-{id}/`, preallocated (a full disk is `NoSpace` at
 //! allocation, never a SIGBUS) and mapped with memmap2. Owns files, mapping
 //! and reclaim; the record format and sealing are `shardmq_core::buffer`.
-//! INVARIANTS: the buffer is ephemeral (open deletes leftovers); plaintext
+//! INVARIANTS: the buffer is ephemeral (a `SegmentFile` deletes its file
+//! when dropped, `close` deletes them all, open deletes a crash's
+//! leftovers); plaintext
 //! never reaches a mapping in Enabled mode (blocks are sealed in the heap and
 //! then copied in); `segments` is sorted by id and its last entry is active.
 
@@ -84,6 +86,9 @@ pub enum BufferError {
     Seal(#[from] SealError),
     #[error("disk buffer configuration: {0}")]
     Config(&'static str),
+    /// `close` ran (the broker is stopping): nothing is kept any more.
+    #[error("disk buffer closed")]
+    Closed,
 }
 
 /// Counters for metrics and tests.
@@ -107,10 +112,27 @@ pub struct BufferStats {
 /// A preallocated, mapped segment file, not yet part of a buffer. `Send`:
 /// create it on glommio's blocking pool (`spawn_blocking`) so fallocate and
 /// the first page faults stay off the shard, then `install_spare`.
+/// Dropping it unmaps and deletes the file (blocking): the buffer is
+/// ephemeral, so a file nobody holds is garbage, wherever it is dropped (a
+/// buffer closed or dropped, a spare made after its buffer went away).
 #[derive(Debug)]
 pub struct SegmentFile {
     path: PathBuf,
     map: MmapMut,
+}
+
+impl Drop for SegmentFile {
+    fn drop(&mut self) {
+        // The mapping goes right after (field drop); the kernel frees the
+        // blocks once both the name and the mapping are gone.
+        if let Err(e) = fs::remove_file(&self.path) {
+            // Already gone: `open` of a later buffer on the same directory
+            // removed it as a leftover.
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "disk buffer: cannot delete a segment file");
+            }
+        }
+    }
 }
 
 impl SegmentFile {
@@ -140,7 +162,13 @@ impl SegmentFile {
                 _ => io_err(e),
             });
         }
-        let map = map_file(&file, len).map_err(io_err)?;
+        let map = match map_file(&file, len) {
+            Ok(map) => map,
+            Err(e) => {
+                let _ = fs::remove_file(path);
+                return Err(io_err(e));
+            }
+        };
         Ok(SegmentFile {
             path: path.to_owned(),
             map,
@@ -303,6 +331,8 @@ pub struct DiskBuffer {
     deleting: Arc<AtomicU64>,
     /// Which open of a buffer in this process this is (file names).
     generation: u64,
+    /// `close` ran: every file is deleted and appends are refused.
+    closed: bool,
 }
 
 /// Deletes reclaimed segment files outside the shard's event loop (the
@@ -328,8 +358,9 @@ impl std::fmt::Debug for Deleter {
 
 /// A reclaimed segment file on its way out. Dropping it unmaps and deletes
 /// the file (blocking) and only then stops counting it against `maxSize`,
-/// on whatever thread drops it. A job cut short by the process exiting may
-/// leave the file behind; the next start deletes leftovers. `Send`.
+/// on whatever thread drops it. A graceful stop waits for these
+/// (`DiskBuffer::off_shard_work`); one cut short by a crash leaves the file
+/// behind, and the next start deletes leftovers. `Send`.
 #[derive(Debug)]
 pub struct DoomedSegment {
     file: Option<SegmentFile>,
@@ -338,9 +369,7 @@ pub struct DoomedSegment {
 
 impl Drop for DoomedSegment {
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
-            delete_segment(file);
-        }
+        drop(self.file.take());
         self.deleting.fetch_sub(1, Ordering::Release);
     }
 }
@@ -413,6 +442,7 @@ impl DiskBuffer {
                 static OPENS: AtomicU64 = AtomicU64::new(0);
                 OPENS.fetch_add(1, Ordering::Relaxed)
             },
+            closed: false,
         })
     }
 
@@ -445,6 +475,26 @@ impl DiskBuffer {
         self.deleter = Some(deleter);
     }
 
+    /// Deletes every file the buffer holds, segments and spares, on this
+    /// thread (the broker is stopping: the buffer is ephemeral, and 64 MiB
+    /// files must not wait for the next start to be reclaimed). Records
+    /// still referenced read as `Closed`; appends are refused. Files on
+    /// their way to the `Deleter` or from `spare_request` delete themselves
+    /// when dropped: wait for `off_shard_work` to reach `false`.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.pending.buf.clear();
+        self.cache.clear();
+        self.segments.clear();
+        self.spares.clear();
+    }
+
+    /// Deletes handed to the `Deleter` or a spare file being created are
+    /// still under way off the shard.
+    pub fn off_shard_work(&self) -> bool {
+        self.spare_requested || self.deleting.load(Ordering::Acquire) > 0
+    }
+
     /// Unmaps and deletes `file`, through the deleter when there is one.
     fn discard(&mut self, file: SegmentFile) {
         match &self.deleter {
@@ -455,13 +505,16 @@ impl DiskBuffer {
                     deleting: self.deleting.clone(),
                 });
             }
-            None => delete_segment(file),
+            None => drop(file),
         }
     }
 
     /// Appends `message` for session `owner`. Small records wait in the
     /// pending block (readable at once) until it fills or `flush` runs.
     pub fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, BufferError> {
+        if self.closed {
+            return Err(BufferError::Closed);
+        }
         let len = record::encoded_len(message).ok_or(BufferError::TooLarge {
             len: message.payload.len(),
             segment_bytes: self.segment_bytes,
@@ -517,6 +570,9 @@ impl DiskBuffer {
     }
 
     fn read_inner(&mut self, r: RecordRef, owner: u64) -> Result<Message, BufferError> {
+        if self.closed {
+            return Err(BufferError::Closed);
+        }
         let at = r.at as usize;
         let end = at + r.len as usize;
         let active_id = self.segments.last().map(|s| s.id);
@@ -700,7 +756,7 @@ impl DiskBuffer {
     /// The next segment file to create off the shard, if one is allowed and
     /// none is ready or already asked for.
     pub fn spare_request(&mut self) -> Option<SpareRequest> {
-        if !self.spares.is_empty() || self.spare_requested || !self.may_allocate() {
+        if self.closed || !self.spares.is_empty() || self.spare_requested || !self.may_allocate() {
             return None;
         }
         self.spare_requested = true;
@@ -715,10 +771,11 @@ impl DiskBuffer {
     pub fn install_spare(&mut self, file: Result<SegmentFile, BufferError>) {
         self.spare_requested = false;
         if let Ok(file) = file {
-            if self.spares.is_empty() {
+            if self.spares.is_empty() && !self.closed {
                 self.spares.push(file);
             } else {
-                // A reclaimed segment took its place meanwhile.
+                // A reclaimed segment took its place meanwhile, or the
+                // buffer closed.
                 self.discard(file);
             }
         }
@@ -860,15 +917,6 @@ impl DiskBuffer {
         if seg.key != self.sealer.current_key() && self.segments.iter().all(|s| s.key != seg.key) {
             self.sealer.retire(seg.key);
         }
-    }
-}
-
-/// Unmaps and deletes a segment file the buffer no longer needs.
-fn delete_segment(file: SegmentFile) {
-    let path = file.path.clone();
-    drop(file);
-    if let Err(e) = fs::remove_file(&path) {
-        tracing::warn!(path = %path.display(), error = %e, "disk buffer: cannot delete reclaimed segment");
     }
 }
 

@@ -4,7 +4,8 @@
 //! SIGHUP and the certificates to renew; and the start-up summary.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,13 +15,33 @@ use shardmq_core::config::{Config, ListenerTls};
 use crate::buffer::SEGMENT_BYTES_DEFAULT;
 use crate::security::ListenerSecurity;
 use crate::server::{ListenerSpec, ServerConfig};
-use crate::spill::{BufferSpec, DATA_DIR_DEFAULT};
+use crate::spill::BufferSpec;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
 const RETAINED_MAX: usize = 1_000_000;
 
-/// Where the internal CA lives when `secretsDir` is not set.
-const STATE_DIR_DEFAULT: &str = "shardmq-data";
+/// Where the broker keeps its state when neither `stateDir` nor systemd's
+/// `$STATE_DIRECTORY` names a folder (what `StateDirectory=shardmq` gives).
+pub const STATE_DIR_DEFAULT: &str = "/var/lib/shardmq";
+/// The internal CA's folder in the state directory.
+const CA_DIR: &str = "internal-ca";
+/// `diskBackedMessageBuffer.dataDir` when not set: in the state directory.
+const BUFFER_DIR: &str = "buffer";
+
+/// The state directory: `stateDir` (already resolved against the config
+/// file's folder), else the first folder of `$STATE_DIRECTORY` (systemd
+/// sets it from `StateDirectory=`, a colon-separated list of absolute
+/// paths), else `STATE_DIR_DEFAULT`. Never the working directory, the
+/// config folder or `secretsDir`, which a hardened unit keeps read-only.
+pub fn state_dir(config: &Config, systemd: Option<&OsStr>) -> PathBuf {
+    if let Some(dir) = &config.state_dir {
+        return dir.clone();
+    }
+    let from_systemd = systemd
+        .and_then(OsStr::to_str)
+        .and_then(|list| list.split(':').find(|d| Path::new(d).is_absolute()));
+    PathBuf::from(from_systemd.unwrap_or(STATE_DIR_DEFAULT))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -70,10 +91,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
         authorizations.insert(a.name.clone(), Arc::new(policy));
     }
 
-    let state_dir = config
-        .secrets_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(STATE_DIR_DEFAULT));
+    let state_dir = state_dir(config, None);
     let mut ca: Option<Arc<InternalCa>> = None;
     let mut certs = Vec::new();
     let mut managed = Vec::new();
@@ -106,18 +124,25 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                     let ca = match &ca {
                         Some(ca) => ca.clone(),
                         None => {
-                            let (loaded, _) = InternalCa::load_or_create(
-                                &state_dir.join("internal-ca"),
+                            let (loaded, origin) = InternalCa::load_or_create(
+                                &state_dir.join(CA_DIR),
                                 internal.private_key.algorithm,
                                 spec.cert.duration,
                                 now,
                             )
                             .map_err(|e| {
                                 invalid(
-                                    format!("{path}.tls (internal CA in {})", state_dir.display()),
+                                    format!(
+                                        "{path}.tls (internal CA in the state directory {}; \
+                                         set stateDir or run under systemd with StateDirectory=)",
+                                        state_dir.display()
+                                    ),
                                     e,
                                 )
                             })?;
+                            if origin == shardmq_auth::CaOrigin::Created {
+                                warn_about_an_older_ca(config, &state_dir);
+                            }
                             let loaded = Arc::new(loaded);
                             ca = Some(loaded.clone());
                             loaded
@@ -183,7 +208,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                 data_dir: b
                     .data_dir
                     .clone()
-                    .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+                    .unwrap_or_else(|| state_dir.join(BUFFER_DIR)),
                 size_max_bytes: b.size_max_bytes.get(),
                 segment_bytes: SEGMENT_BYTES_DEFAULT,
             }),
@@ -195,6 +220,28 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
         ca_cert_file: ca.and_then(|c| c.cert_file().map(PathBuf::from)),
         managed,
     })
+}
+
+/// Versions before `stateDir` kept the internal CA in `secretsDir` or in
+/// `./shardmq-data` of the working directory. A CA found there is not used
+/// any more: say so, since clients trust the old one.
+fn warn_about_an_older_ca(config: &Config, state_dir: &Path) {
+    let old_homes = config
+        .secrets_dir
+        .iter()
+        .cloned()
+        .chain(std::env::current_dir().ok().map(|d| d.join("shardmq-data")));
+    for old in old_homes.map(|d| d.join(CA_DIR)) {
+        if old.join("ca.crt").exists() && old != state_dir.join(CA_DIR) {
+            tracing::warn!(
+                old = %old.display(),
+                new = %state_dir.join(CA_DIR).display(),
+                "a new internal CA was created in the state directory; the one an earlier \
+                 version kept in `old` is not used. Clients that trusted it need the new \
+                 ca.crt, or stop the broker and move the old folder's files to `new`"
+            );
+        }
+    }
 }
 
 /// The start-up log lines: what runs, where, with which limits.
@@ -225,6 +272,10 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             limits.queue
         ),
         format!(
+            "state directory: {} (internal CA, Automatic TLS keys, default disk buffer folder)",
+            state_dir(config, None).display()
+        ),
+        format!(
             "memoryProfile: {:?} ({} MiB of queued messages in memory per shard)",
             config.memory_profile,
             server.memory_budget_bytes / (1024 * 1024)
@@ -240,6 +291,16 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             }
         },
     ];
+    let check = &config.diagnostics.self_check;
+    lines.push(if check.enabled {
+        format!(
+            "selfCheck: a probe through every shard every {} s, answers awaited up to {} s",
+            check.interval.as_secs(),
+            check.timeout.as_secs()
+        )
+    } else {
+        "selfCheck: Disabled".to_owned()
+    });
     for l in &server.listeners {
         let shards = match &l.shards {
             Some(s) => format!("{s:?}"),
@@ -266,4 +327,27 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
         ));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_is_state_dir_then_systemds_then_the_default() {
+        let mut config = Config::default();
+        assert_eq!(state_dir(&config, None), Path::new(STATE_DIR_DEFAULT));
+        let systemd = OsStr::new("/var/lib/shardmq:/var/lib/other");
+        assert_eq!(
+            state_dir(&config, Some(systemd)),
+            Path::new("/var/lib/shardmq")
+        );
+        // systemd passes absolute paths; anything else is not trusted.
+        assert_eq!(
+            state_dir(&config, Some(OsStr::new("relative"))),
+            Path::new(STATE_DIR_DEFAULT)
+        );
+        config.state_dir = Some("/srv/broker".into());
+        assert_eq!(state_dir(&config, Some(systemd)), Path::new("/srv/broker"));
+    }
 }

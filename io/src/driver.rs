@@ -12,7 +12,11 @@ use std::time::Instant;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use shardmq_core::broker::{ConnId, Notice, Output, Shard, ShardId};
+use shardmq_core::session::{CloseReason, Denied};
 use tracing::{debug, info, warn};
+
+use crate::client_log;
+use crate::oplog::Category;
 
 use crate::conn::handle::ConnHandle;
 use crate::spill::DiskSpill;
@@ -160,49 +164,84 @@ impl Driver {
         Instant::now()
     }
 
+    /// The operator's line for a notice: who and where, then the line's
+    /// own fields. Client-controlled values are written quoted (Debug), so a
+    /// client id with a newline cannot forge a line; lines a client can
+    /// trigger are rate-limited per shard (`oplog`).
     fn log(&self, notice: Notice) {
         let shard = self.id.index();
-        let peer = |conn: ConnId| {
+        let who = |conn: ConnId| {
             self.handle(conn)
-                .map(|h| (h.listener.clone(), h.peer.clone()))
+                .map(|h| {
+                    let principal = h.principal.borrow().clone();
+                    (
+                        h.listener.clone(),
+                        h.peer.clone(),
+                        principal,
+                        *h.admitted.borrow(),
+                    )
+                })
                 .unwrap_or_default()
         };
         match notice {
             Notice::Connected {
                 conn,
                 client_id,
-                principal,
                 session_present,
+                ..
             } => {
-                let (listener, peer) = peer(conn);
-                info!(shard, %listener, %peer, client = %client_id, %principal,
-                    session_present, "client connected");
+                let (listener, peer, principal, admitted) = who(conn);
+                let (method, protocol, clean_start) = admitted
+                    .map(|a| (Some(a.method), Some(a.protocol), a.clean_start))
+                    .unwrap_or_default();
+                client_log!(Category::Connections, shard, listener = %listener, peer = %peer,
+                    client = ?client_id, principal = ?principal, method = ?method,
+                    protocol = ?protocol, clean_start, session_present, "client connected");
             }
             Notice::TakeoverRefused {
                 conn,
                 client_id,
-                principal,
+                principal: owner,
             } => {
-                let (listener, peer) = peer(conn);
-                info!(shard, %listener, %peer, client = %client_id, %principal,
-                    "CONNECT refused: the client id's session belongs to another principal");
+                let (listener, peer, principal, _) = who(conn);
+                client_log!(Category::AuthFailures, shard, listener = %listener, peer = %peer,
+                    client = ?client_id, principal = ?principal, owner = %owner,
+                    reason = ?shardmq_core::codec::ReasonCode::NotAuthorized,
+                    cause = "the client id's session belongs to another principal",
+                    "client refused");
             }
             Notice::SubscriptionsRevoked {
                 conn,
                 client_id,
                 filters,
             } => {
-                let (listener, peer) = peer(conn);
-                info!(shard, %listener, %peer, client = %client_id, ?filters,
+                let (listener, peer, principal, _) = who(conn);
+                info!(shard, listener = %listener, peer = %peer, client = ?client_id,
+                    principal = ?principal, ?filters,
                     "resumed subscriptions no longer allowed were removed");
+            }
+            Notice::Denied {
+                conn,
+                client_id,
+                denied,
+            } => {
+                let (listener, peer, principal, _) = who(conn);
+                let (what, name) = match &denied {
+                    Denied::Publish(topic) => ("publish denied", topic.as_str()),
+                    Denied::Subscribe(filter) => ("subscribe denied", &filter[..]),
+                };
+                client_log!(Category::Denials, shard, listener = %listener, peer = %peer,
+                    client = ?client_id, principal = ?principal, topic = ?name, "{what}");
             }
             Notice::Disconnected {
                 conn,
                 client_id,
                 reason,
             } => {
-                let (listener, peer) = peer(conn);
-                info!(shard, %listener, %peer, client = %client_id, ?reason, "client disconnected");
+                let (listener, peer, principal, _) = who(conn);
+                client_log!(Category::Connections, shard, listener = %listener, peer = %peer,
+                    client = ?client_id, principal = ?principal, reason = ?describe(&reason),
+                    "client disconnected");
             }
             Notice::RetainedRefused { topic, reason } => {
                 warn!(shard, %topic, ?reason, "retained message refused");
@@ -212,9 +251,19 @@ impl Driver {
                     debug!(seq, "self-test: every shard answered");
                 } else {
                     let missing: Vec<usize> = missing.iter().map(|s| s.index()).collect();
-                    warn!(seq, ?missing, "self-test: shards did not answer in time");
+                    warn!(seq, ?missing,
+                        "self-test: shards did not answer within diagnostics.selfCheck.timeoutSeconds");
                 }
             }
         }
+    }
+}
+
+/// A close reason as the operator reads it.
+fn describe(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::ClientDisconnect(code) => format!("client sent DISCONNECT ({code:?})"),
+        CloseReason::ConnectionLost => "connection lost without DISCONNECT".to_owned(),
+        CloseReason::Server(code) => format!("closed by the broker ({code:?})"),
     }
 }

@@ -2,12 +2,15 @@
 //! It drives the sans-io `shardmq_core::broker::Shard`: `server` starts one
 //! executor per shard, `shard` runs one (mesh, listeners, ticks), `driver`
 //! turns the shard's outputs into actions, `conn` moves one client's bytes,
-//! `buffer` and `spill` are the disk buffer's files.
+//! `buffer` and `spill` are the disk buffer's files, `oplog` bounds what
+//! clients can make the log say.
 
 pub mod buffer;
 pub mod cli;
 pub mod conn;
 pub mod driver;
+pub mod logging;
+pub mod oplog;
 pub mod security;
 pub mod server;
 pub mod shard;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use shardmq_core::config::Config;
-use shardmq_io::cli::{server_config, summary};
+use shardmq_io::cli::{server_config, state_dir, summary};
 use tracing::{error, info, warn};
 
 const USAGE: &str = "\
@@ -75,15 +75,20 @@ fn run() -> Result<ExitCode> {
         }
         Command::Run(path) => path,
     };
-    let (config, warnings) = match &path {
+    let (mut config, warnings) = match &path {
         None => (Config::default(), Vec::new()),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
             match Config::from_json_str(&text) {
                 Ok(loaded) => {
-                    let base = path.parent().unwrap_or(std::path::Path::new("."));
-                    (loaded.config.with_base_dir(base), loaded.warnings)
+                    // Absolute, so the paths the log shows say where they are.
+                    let base = match path.parent() {
+                        Some(dir) if !dir.as_os_str().is_empty() => dir,
+                        _ => std::path::Path::new("."),
+                    };
+                    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+                    (loaded.config.with_base_dir(&base), loaded.warnings)
                 }
                 Err(errors) => {
                     // One line per problem, before any port is bound.
@@ -95,7 +100,20 @@ fn run() -> Result<ExitCode> {
             }
         }
     };
-    init_logging(&config.diagnostics.log_filter);
+    // systemd's StateDirectory= (e.g. with DynamicUser= and
+    // ProtectSystem=strict, the one folder the broker may write).
+    let state = state_dir(&config, std::env::var_os("STATE_DIRECTORY").as_deref());
+    config.state_dir = Some(state);
+    // A filter that enables nothing would hide every error: refuse it.
+    let filter = shardmq_io::logging::filter_text(
+        &config.diagnostics.log_filter,
+        std::env::var("RUST_LOG").ok(),
+    )
+    .and_then(|filter| shardmq_io::logging::init(&filter).map(|()| filter));
+    if let Err(e) = filter {
+        eprintln!("shardmq: {e}");
+        return Ok(ExitCode::from(2));
+    }
     for w in &warnings {
         warn!("config: {}: {}", w.path, w.message);
     }
@@ -177,17 +195,4 @@ fn renew_in_background(mut managed: Vec<shardmq_auth::CertManager>) {
             }
         }
     });
-}
-
-fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
-    let env = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(env)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
 }

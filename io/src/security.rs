@@ -15,7 +15,6 @@ use shardmq_auth::{
 use shardmq_core::broker::PrincipalId;
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::session::{ConnectRequest, Permissions};
-use tracing::debug;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,9 +35,45 @@ pub struct ListenerSecurity {
 pub struct Admitted {
     pub permissions: CompiledPermissions,
     /// Who the client is, for binding its session (`sessionTakeover`).
-    pub principal: PrincipalId,
+    pub owner: PrincipalId,
     /// When the credential expires, on the shard's monotonic clock.
     pub expires_at: Option<Instant>,
+    /// Who the client is, for the log: the certificate subject (X509), the
+    /// user name or the token's `sub`, or "anonymous".
+    pub principal: String,
+    pub method: MethodKind,
+}
+
+/// A refused CONNECT or re-authentication: the reason code the client
+/// gets, and for the log the cause and who the client claimed to be.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: ReasonCode,
+    pub cause: String,
+    pub principal: String,
+}
+
+/// Who a client claims to be before anything is checked: its certificate
+/// subject, else its CONNECT user name, else "anonymous".
+pub fn presented(username: Option<&str>, peer_certs: &[CertificateDer<'static>]) -> String {
+    peer_certs
+        .first()
+        .and_then(|leaf| shardmq_auth::x509::certificate_subject(leaf))
+        .or_else(|| username.map(str::to_owned))
+        .unwrap_or_else(|| ANONYMOUS.to_owned())
+}
+
+const ANONYMOUS: &str = "anonymous";
+
+fn principal_of(identity: &Identity, peer_certs: &[CertificateDer<'static>]) -> String {
+    match identity.method {
+        MethodKind::Anonymous => ANONYMOUS.to_owned(),
+        MethodKind::X509 => presented(identity.username.as_deref(), peer_certs),
+        _ => identity
+            .username
+            .clone()
+            .unwrap_or_else(|| ANONYMOUS.to_owned()),
+    }
 }
 
 impl ListenerSecurity {
@@ -49,11 +84,19 @@ impl ListenerSecurity {
         request: &ConnectRequest,
         client_id: &ByteString,
         peer_certs: &[CertificateDer<'static>],
-    ) -> Result<Admitted, ReasonCode> {
-        let (identity, principal) = match &self.authenticator {
+    ) -> Result<Admitted, Refused> {
+        let refused = |reason, cause: String| Refused {
+            reason,
+            cause,
+            principal: presented(request.username.as_deref(), peer_certs),
+        };
+        let (identity, owner) = match &self.authenticator {
             None if request.authentication_method.is_some() => {
                 // [MQTT-4.12.0-1] a method this listener does not offer.
-                return Err(ReasonCode::BadAuthenticationMethod);
+                return Err(refused(
+                    ReasonCode::BadAuthenticationMethod,
+                    "authentication method given on a listener without authentication".into(),
+                ));
             }
             None => (Identity::anonymous(), PrincipalId::anonymous()),
             Some(authn) => {
@@ -67,29 +110,36 @@ impl ListenerSecurity {
                 };
                 let identity = decide(authn.authenticate(&info, SystemTime::now()))
                     .await
-                    .map_err(|e| {
-                        debug!(client = %client_id, error = %e, "authentication failed");
-                        e.reason_code()
-                    })?;
-                let principal = principal_of(authn.name(), &identity);
-                (identity, principal)
+                    .map_err(|e| refused(e.reason_code(), e.to_string()))?;
+                let owner = owner_of(authn.name(), &identity);
+                (identity, owner)
             }
+        };
+        let principal = principal_of(&identity, peer_certs);
+        let denied = |cause: String| Refused {
+            reason: ReasonCode::NotAuthorized,
+            cause,
+            principal: principal.clone(),
         };
         let permissions =
             shardmq_auth::permissions(self.authorization.as_deref(), &identity, client_id);
         if !permissions.can_connect() {
-            return Err(ReasonCode::NotAuthorized);
+            return Err(denied("no Connect permission".into()));
         }
         // A will the client could not publish itself is refused at CONNECT.
         if let Some(topic) = &request.will_topic {
             if !permissions.can_publish(topic) {
-                return Err(ReasonCode::NotAuthorized);
+                return Err(denied(format!(
+                    "no Publish permission for its will topic {topic}"
+                )));
             }
         }
         Ok(Admitted {
             permissions,
-            principal,
+            owner,
             expires_at: identity.expiry.map(to_instant),
+            principal,
+            method: identity.method,
         })
     }
 
@@ -100,9 +150,17 @@ impl ListenerSecurity {
         method: &str,
         data: Option<&[u8]>,
         peer_certs: &[CertificateDer<'static>],
-    ) -> Result<Option<Instant>, ReasonCode> {
+    ) -> Result<Option<Instant>, Refused> {
+        let refused = |reason, cause: String| Refused {
+            reason,
+            cause,
+            principal: presented(None, peer_certs),
+        };
         let Some(authn) = &self.authenticator else {
-            return Err(ReasonCode::BadAuthenticationMethod);
+            return Err(refused(
+                ReasonCode::BadAuthenticationMethod,
+                "re-authentication on a listener without authentication".into(),
+            ));
         };
         let info = ConnectInfo {
             client_id,
@@ -114,7 +172,7 @@ impl ListenerSecurity {
         };
         let identity = decide(authn.authenticate(&info, SystemTime::now()))
             .await
-            .map_err(|e| e.reason_code())?;
+            .map_err(|e| refused(e.reason_code(), e.to_string()))?;
         Ok(identity.expiry.map(to_instant))
     }
 }
@@ -123,7 +181,7 @@ impl ListenerSecurity {
 /// method that accepted the client and what it proved (certificate CN, user
 /// name, token subject). A method that proves no name (an anonymous grant
 /// by a webhook) makes all its clients one principal of that policy.
-fn principal_of(policy: &str, identity: &Identity) -> PrincipalId {
+fn owner_of(policy: &str, identity: &Identity) -> PrincipalId {
     if identity.method == MethodKind::Anonymous {
         return PrincipalId::anonymous();
     }

@@ -11,9 +11,6 @@ use tracing::warn;
 
 use crate::buffer::{BufferError, BufferStats, DiskBuffer, RecordRef};
 
-/// Default `diskBackedMessageBuffer.dataDir`, relative to the working directory.
-pub const DATA_DIR_DEFAULT: &str = "./shardmq-data";
-
 /// `diskBackedMessageBuffer`, resolved for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferSpec {
@@ -59,6 +56,10 @@ impl Spill for DiskSpill {
 
     fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError> {
         self.buffer.read(to_record(at), owner).map_err(|e| {
+            if matches!(e, BufferError::Closed) {
+                // The broker is stopping; nothing is lost that was kept.
+                return SpillError::Unavailable;
+            }
             warn!(dir = %self.buffer.dir().display(), error = %e, "buffered message lost");
             match e {
                 BufferError::Corrupt(_) | BufferError::UnknownRecord(_) => SpillError::Lost,

@@ -304,7 +304,7 @@ async fn mqtt311_clients_interoperate_with_v5_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_test_probes_pass_through_every_shard() {
     let broker = Broker::start();
-    // Probes run every 200 ms here and wait 2 s for answers.
+    // Probes run every 200 ms here and wait up to 2 s for answers.
     let deadline = std::time::Instant::now() + common::WAIT;
     while broker.probes_ok() == 0 {
         assert!(
@@ -312,6 +312,28 @@ async fn self_test_probes_pass_through_every_shard() {
             "no successful self-test round"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_test_rounds_end_when_every_shard_answered_within_the_timeout() {
+    // A round waits at most `diagnostics.selfCheck.timeoutSeconds` and ends
+    // once every shard answered: 40 rounds every 20 ms fit well within the
+    // wait bound. With the old fixed 2 s wait per round they took 80 s.
+    let broker = Broker::start_config(|c| {
+        c.selftest = Some(shardmq_core::broker::SelfTestConfig {
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+        });
+    });
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while broker.probes_ok() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} self-test rounds passed",
+            broker.probes_ok()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

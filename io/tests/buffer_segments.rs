@@ -324,6 +324,8 @@ fn restart_removes_leftover_segments_and_starts_empty() {
             buf.append(1, &message(i, 1000)).unwrap();
         }
         buf.flush().unwrap();
+        // A crash: no destructor runs, the files stay.
+        std::mem::forget(buf);
     }
     let left = segment_files(&tmp.0).len();
     assert!(left >= 3);
@@ -489,4 +491,63 @@ fn no_space_is_a_typed_error_at_allocation() {
         other => panic!("expected NoSpace, got {other:?}"),
     }
     assert!(!path.exists(), "half-allocated file left behind");
+}
+
+#[test]
+fn close_deletes_every_file_and_refuses_what_comes_after() {
+    // A graceful stop must not leave (64 MiB) segment files until the next
+    // start: the buffer is ephemeral, so closing it deletes segments and
+    // spares, and a spare made off the shard that arrives afterwards (or
+    // whose buffer is gone) deletes itself.
+    let tmp = TempDir::new();
+    let mut buf = open(&tmp.0, 1 << 20, true);
+    let refs: Vec<_> = (0..300)
+        .map(|i| buf.append(1, &message(i, 1000)).unwrap())
+        .collect();
+    let active = refs.last().unwrap().segment;
+    for r in refs.iter().filter(|r| r.segment != active) {
+        buf.release(*r);
+    }
+    buf.flush().unwrap();
+    assert!(buf.stats().segments >= 2, "segments and spares on disk");
+    assert!(!segment_files(&tmp.0).is_empty());
+    buf.close();
+    assert_eq!(segment_files(&tmp.0), Vec::<PathBuf>::new());
+    assert!(matches!(
+        buf.append(1, &message(0, 10)),
+        Err(BufferError::Closed)
+    ));
+    assert!(matches!(buf.read(refs[299], 1), Err(BufferError::Closed)));
+    assert!(buf.spare_request().is_none(), "no new files once closed");
+    // A spare made off the shard before the close arrives late.
+    let late = tmp.0.join("shard-0").join("late.smq");
+    buf.install_spare(SegmentFile::create(&late, SEGMENT_BYTES));
+    assert!(!buf.off_shard_work());
+    assert!(!late.exists(), "a late spare is deleted, not kept");
+    // One whose buffer is gone deletes itself.
+    drop(buf);
+    let orphan = tmp.0.join("shard-0").join("orphan.smq");
+    drop(SegmentFile::create(&orphan, SEGMENT_BYTES).unwrap());
+    assert_eq!(segment_files(&tmp.0), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn files_handed_to_the_deleter_are_off_shard_work_until_deleted() {
+    let tmp = TempDir::new();
+    let mut buf = open(&tmp.0, 1 << 20, true);
+    let doomed = collect_doomed(&mut buf);
+    let refs: Vec<_> = (0..400)
+        .map(|i| buf.append(1, &message(i, 1000)).unwrap())
+        .collect();
+    let active = refs.last().unwrap().segment;
+    for r in refs.iter().filter(|r| r.segment != active) {
+        buf.release(*r);
+    }
+    assert!(!doomed.borrow().is_empty());
+    buf.close();
+    assert!(buf.off_shard_work(), "the deleter still holds files");
+    assert!(!segment_files(&tmp.0).is_empty());
+    doomed.borrow_mut().clear();
+    assert!(!buf.off_shard_work());
+    assert_eq!(segment_files(&tmp.0), Vec::<PathBuf>::new());
 }

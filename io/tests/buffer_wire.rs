@@ -494,7 +494,7 @@ async fn full_buffer_with_drop_oldest_drops_and_counts_the_oldest_and_keeps_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_starts_with_an_empty_buffer_and_no_leftover_files() {
+async fn graceful_stop_deletes_the_buffer_files_and_a_restart_starts_empty() {
     let dir = TempDir::new();
     {
         let broker = start(
@@ -506,12 +506,20 @@ async fn restart_starts_with_an_empty_buffer_and_no_leftover_files() {
         );
         offline_subscriber(broker.port("s0"), "ephemeral").await;
         publish(broker.port("s0"), 50).await;
-        wait_report(&broker, 0, |r| r.disk.appended >= 50).await;
+        wait_report(&broker, 0, |r| {
+            r.disk.appended >= 50 && r.disk.segments >= 2
+        })
+        .await;
+        assert!(!segment_files(&dir.0).is_empty(), "the backlog spilled");
+        // Dropping the broker is a graceful stop.
     }
-    assert!(
-        !segment_files(&dir.0).is_empty(),
-        "the first run left files"
+    assert_eq!(
+        segment_files(&dir.0),
+        Vec::<PathBuf>::new(),
+        "a graceful stop leaves no segment files"
     );
+    // What a crash leaves behind is deleted at the next start.
+    fs::write(dir.0.join("shard-0").join("seg-0000-0000000001.smq"), b"x").unwrap();
     let broker = start(&dir.0, Setup::default());
     wait_report(&broker, 0, |r| r.open).await;
     assert!(

@@ -626,6 +626,14 @@ impl<S: Spill> Shard<S> {
                     subscribed.push((subscription, send_retained));
                 }
                 Event::Unsubscribed { key, filter } => self.unsubscribed(conn, &key, &filter),
+                Event::Denied(denied) => {
+                    let client_id = self.client_id(conn).unwrap_or_default();
+                    self.notice(Notice::Denied {
+                        conn,
+                        client_id,
+                        denied,
+                    });
+                }
                 Event::ReAuthenticate { method, data } => {
                     self.outputs
                         .push_back(Output::ReAuthenticate { conn, method, data });

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use super::ids::{ConnId, ShardId};
 use super::registry::PrincipalId;
 use crate::codec::ReasonCode;
-use crate::session::{CloseReason, ConnectRequest, Permissions};
+use crate::session::{CloseReason, ConnectRequest, Denied, Permissions};
 
 /// One thing for the runtime to do.
 #[derive(Debug)]
@@ -74,6 +74,13 @@ pub enum Notice {
         conn: ConnId,
         client_id: ByteString,
         reason: CloseReason,
+    },
+    /// The client's permissions refused a PUBLISH or a SUBSCRIBE filter (the
+    /// client already has its answer).
+    Denied {
+        conn: ConnId,
+        client_id: ByteString,
+        denied: Denied,
     },
     /// A retained message was refused by its owner shard.
     RetainedRefused {

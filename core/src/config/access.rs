@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::types::{
     Authentication, AuthenticationMethod, Authorization, AuthorizationRule, BrokerAction,
-    BrokerResource, CustomSettings, Principals, ServiceAccountTokenSettings,
+    BrokerResource, CustomSettings, Principals, ServiceAccountTokenSettings, TokenKey,
     UsernamePasswordSettings, X509Attributes, X509Settings,
 };
 use super::validate::{enum_value, path as path_value, required, toggle};
@@ -195,7 +195,19 @@ fn method(
             let audiences = settings
                 .and_then(|s| s.audiences.clone())
                 .unwrap_or_default();
-            let keys = settings.and_then(|s| s.keys.clone()).unwrap_or_default();
+            let keys: Vec<TokenKey> = settings
+                .and_then(|s| s.keys.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, key)| match TokenKey::new(key) {
+                    TokenKey::File(_) => {
+                        path_value(report, format!("{settings_path}.keys[{i}]"), key)
+                            .map(TokenKey::File)
+                    }
+                    inline => Some(inline),
+                })
+                .collect();
             if audiences.is_empty() {
                 report.error(
                     format!("{settings_path}.audiences"),

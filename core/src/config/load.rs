@@ -44,6 +44,7 @@ pub(crate) fn load_raw(text: &str, report: &mut Report) -> RawConfig {
                 raw.generate_resource_limits = section(key, value, report);
             }
             "secretsDir" => raw.secrets_dir = section(key, value, report),
+            "stateDir" => raw.state_dir = section(key, value, report),
             "listeners" => raw.listeners = entries(key, value, report),
             "authentications" => raw.authentications = entries(key, value, report),
             "authorizations" => raw.authorizations = entries(key, value, report),

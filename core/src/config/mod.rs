@@ -22,10 +22,10 @@ pub use types::{
     BrokerAction, BrokerResource, Cardinality, CertKeyFiles, CertPolicy, Config, CustomSettings,
     Diagnostics, DiskBuffer, KeyAlgorithm, Listener, ListenerPort, ListenerTls, MemoryProfile,
     Principals, PrivateKeyPolicy, Protocol, RotationPolicy, SelfCheck, ServiceAccountTokenSettings,
-    UsernamePasswordSettings, X509Attributes, X509Settings,
+    TokenKey, UsernamePasswordSettings, X509Attributes, X509Settings,
 };
 pub use units::{parse_duration, parse_quantity, DurationError, QuantityError};
-pub use validate::SHARDS_MAX;
+pub use validate::{check_log_filter, SHARDS_MAX};
 
 use crate::limits::ClientLimits;
 use error::Report;
@@ -91,6 +91,9 @@ impl Config {
         if let Some(dir) = self.secrets_dir.as_mut() {
             join(dir);
         }
+        if let Some(dir) = self.state_dir.as_mut() {
+            join(dir);
+        }
         if let Some(dir) = self.disk_buffer.as_mut().and_then(|b| b.data_dir.as_mut()) {
             join(dir);
         }
@@ -117,8 +120,13 @@ impl Config {
                 AuthenticationMethod::UsernamePassword(settings) => {
                     join(&mut settings.password_file);
                 }
-                // Keys may be inline JWKS, not paths: the server decides.
-                AuthenticationMethod::ServiceAccountToken(_) => {}
+                AuthenticationMethod::ServiceAccountToken(settings) => {
+                    for key in &mut settings.keys {
+                        if let TokenKey::File(file) = key {
+                            join(file);
+                        }
+                    }
+                }
             }
         }
         self
@@ -140,6 +148,7 @@ impl Default for Config {
             disk_buffer: None,
             diagnostics: Diagnostics::default(),
             secrets_dir: None,
+            state_dir: None,
             listeners: vec![listeners::default_listener()],
             authentications: Vec::new(),
             authorizations: Vec::new(),

@@ -30,6 +30,9 @@ pub(crate) struct RawConfig {
     /// shardmq addition: where `secretRef: NAME` finds `NAME.crt` / `NAME.key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets_dir: Option<String>,
+    /// shardmq addition: where the broker keeps its state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
     /// `None` entries did not deserialize (their errors are already reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<Option<RawListener>>>,
@@ -48,6 +51,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "diagnostics",
     "generateResourceLimits",
     "secretsDir",
+    "stateDir",
     "listeners",
     "authentications",
     "authorizations",

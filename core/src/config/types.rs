@@ -24,6 +24,11 @@ pub struct Config {
     /// `secretsDir` (shardmq addition); `secretRef`s are already resolved
     /// against it, kept for the server's messages.
     pub secrets_dir: Option<PathBuf>,
+    /// `stateDir` (shardmq addition): where the broker writes what it keeps
+    /// (internal CA, Automatic TLS keys, the disk buffer's default folder).
+    /// `None`: the server's default (`$STATE_DIRECTORY`, then
+    /// `/var/lib/shardmq`).
+    pub state_dir: Option<PathBuf>,
     /// Never empty; names unique; no two ports share a bind address.
     pub listeners: Vec<Listener>,
     /// Names unique.
@@ -258,8 +263,28 @@ pub struct X509Attributes {
 pub struct ServiceAccountTokenSettings {
     /// Never empty.
     pub audiences: Vec<String>,
-    /// shardmq addition: token verification keys (file paths or inline JWKS).
-    pub keys: Vec<String>,
+    /// shardmq addition: token verification keys.
+    pub keys: Vec<TokenKey>,
+}
+
+/// One entry of `serviceAccountTokenSettings.keys`, told apart at load: a
+/// JWKS document written inline (starts with `{`), or a file holding a
+/// JWKS or PEM public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenKey {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl TokenKey {
+    /// An entry as written in the config.
+    pub fn new(text: &str) -> TokenKey {
+        if text.trim_start().starts_with('{') {
+            TokenKey::Inline(text.to_owned())
+        } else {
+            TokenKey::File(PathBuf::from(text))
+        }
+    }
 }
 
 /// `customSettings`. Debug prints header values as `***`: they often carry

@@ -53,6 +53,10 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         .secrets_dir
         .as_deref()
         .and_then(|text| path(report, "secretsDir", text));
+    let state_dir = raw
+        .state_dir
+        .as_deref()
+        .and_then(|text| path(report, "stateDir", text));
     let secrets = listeners::Secrets {
         dir: secrets_dir.clone(),
         given: raw.secrets_dir.is_some(),
@@ -75,6 +79,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         disk_buffer,
         diagnostics,
         secrets_dir,
+        state_dir,
         listeners,
         authentications: authentications.validated,
         authorizations: authorizations.validated,
@@ -333,13 +338,9 @@ fn diagnostics(raw: Option<&RawDiagnostics>, report: &mut Report) -> Diagnostics
         return diagnostics;
     };
     if let Some(level) = raw.logs.as_ref().and_then(|logs| logs.level.as_deref()) {
-        if level.trim().is_empty() {
-            report.error(
-                "diagnostics.logs.level",
-                "must not be empty (e.g. \"info\" or \"info,shardmq=debug\")",
-            );
-        } else {
-            level.trim().clone_into(&mut diagnostics.log_filter);
+        match check_log_filter(level) {
+            Ok(()) => level.trim().clone_into(&mut diagnostics.log_filter),
+            Err(message) => report.error("diagnostics.logs.level", message),
         }
     }
     if let Some(port) = raw.metrics.as_ref().and_then(|m| m.prometheus_port) {
@@ -381,6 +382,61 @@ fn diagnostics(raw: Option<&RawDiagnostics>, report: &mut Report) -> Diagnostics
         );
     }
     diagnostics
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter: comma-separated directives, each a level or
+/// `target=level` (`target[span{field=value}]=level` is let through).
+/// Stricter than tracing's own parser on purpose: it reads a bare word as
+/// a *target* with every level enabled, so the typo "warning" is a valid
+/// filter that enables nothing but a target named "warning", and the broker
+/// would log nothing at all, errors included.
+pub fn check_log_filter(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. \"info\" or \"info,shardmq=debug\"";
+    if text.trim().is_empty() {
+        return Err(format!("must not be empty ({EXAMPLE})"));
+    }
+    let is_level = |word: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word));
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!("empty directive in \"{text}\" ({EXAMPLE})"));
+        }
+        match directive.rsplit_once('=') {
+            None if is_level(directive) => {}
+            None => {
+                let hint = LOG_LEVELS
+                    .iter()
+                    .find(|l| directive.to_ascii_lowercase().starts_with(*l))
+                    .map(|l| format!("; did you mean \"{l}\"?"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "\"{directive}\" is not a level (off, error, warn, info, debug, trace) \
+                     nor target=level{hint}"
+                ));
+            }
+            Some((target, level)) => {
+                let level = level.trim();
+                if !is_level(level) {
+                    return Err(format!(
+                        "\"{directive}\": \"{level}\" is not a level (off, error, warn, \
+                         info, debug, trace)"
+                    ));
+                }
+                let name = target.split('[').next().unwrap_or_default().trim();
+                let name_ok = name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+                if target.trim().is_empty() || !name_ok {
+                    return Err(format!(
+                        "\"{directive}\": \"{target}\" is not a target (a module path \
+                         like shardmq_io::connection)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn generate_resource_limits(raw: &RawGenerateResourceLimits, report: &mut Report) {

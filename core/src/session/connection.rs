@@ -85,6 +85,12 @@ pub enum Event {
         method: ByteString,
         data: Option<bytes::Bytes>,
     },
+    /// The client's permissions refused a PUBLISH or a SUBSCRIBE filter; the
+    /// client already has its answer (0x87, or in v3.1.1 a PUBACK and a drop
+    /// [MQTT-3.3.5-2], SUBACK 0x80). Nothing to answer: it is for the
+    /// operator's log. Raised only on the refusal path, so allowed
+    /// publishes cost nothing more.
+    Denied(Denied),
     /// The connection ended. `session` is the state to keep (session expiry >
     /// 0) or `None` if the session ends with the connection; `will` is to be
     /// published after its delay unless the session resumes first
@@ -94,6 +100,14 @@ pub enum Event {
         session: Option<SessionState>,
         will: Option<PendingWill>,
     },
+}
+
+/// What [`Event::Denied`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    Publish(TopicName),
+    /// The filter as the client sent it.
+    Subscribe(ByteString),
 }
 
 /// An incoming QoS 1/2 publish awaiting the broker's routing result.
@@ -865,6 +879,7 @@ impl Connection {
         if !allowed {
             // v5: the reason code says so; v3.1.1 has none, and the spec lets
             // the server acknowledge and drop [MQTT-3.3.5-2].
+            self.events.push_back(Event::Denied(Denied::Publish(topic)));
             return self.refuse_publish(&publish, ReasonCode::NotAuthorized);
         }
         let origin = self
@@ -1038,6 +1053,8 @@ impl Connection {
                 return self.close_with(ReasonCode::ProtocolError);
             }
             if !self.permissions.can_subscribe(&filter) {
+                self.events
+                    .push_back(Event::Denied(Denied::Subscribe(raw.clone())));
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }

@@ -8,7 +8,8 @@ mod spill;
 mod state;
 
 pub use connection::{
-    CloseReason, ConnectRequest, Connection, Event, PendingWill, PublishAck, CONNECT_TIMEOUT,
+    CloseReason, ConnectRequest, Connection, Denied, Event, PendingWill, PublishAck,
+    CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
 pub use spill::{memory_cost, Spill, SpillCtx, SpillError, SpillRef};

@@ -1,6 +1,8 @@
 //! Authentication jobs: the shard asks (`Output::Authenticate`), a task
 //! runs the listener's policies (a webhook call goes to glommio's blocking
 //! pool, never the shard), and the answer goes back with `handle_admitted`.
+//! A refusal is an operator line (rate-limited: a hostile client must not
+//! flood the log).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -9,10 +11,11 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use shardmq_core::broker::Admission;
 use shardmq_core::session::ConnectRequest;
-use tracing::debug;
 
-use super::handle::ConnHandle;
+use super::handle::{Admitted, ConnHandle};
+use crate::client_log;
 use crate::driver::Driver;
+use crate::oplog::Category;
 
 pub fn spawn(driver: Rc<Driver>, handle: Rc<ConnHandle>, request: ConnectRequest) {
     glommio::spawn_local(async move {
@@ -20,14 +23,34 @@ pub fn spawn(driver: Rc<Driver>, handle: Rc<ConnHandle>, request: ConnectRequest
             .security
             .admit(&request, &request.client_id, &handle.peer_certs)
             .await;
-        if let Err(reason) = &result {
-            debug!(peer = %handle.peer, client = %request.client_id, ?reason, "CONNECT refused");
-        }
-        let result = result.map(|a| Admission {
-            permissions: Box::new(a.permissions),
-            principal: a.principal,
-            expires_at: a.expires_at,
-        });
+        let result = match result {
+            Ok(a) => {
+                *handle.principal.borrow_mut() = a.principal;
+                *handle.admitted.borrow_mut() = Some(Admitted {
+                    method: a.method,
+                    protocol: request.protocol_version,
+                    clean_start: request.clean_start,
+                });
+                Ok(Admission {
+                    permissions: Box::new(a.permissions),
+                    principal: a.owner,
+                    expires_at: a.expires_at,
+                })
+            }
+            Err(refused) => {
+                client_log!(
+                    Category::AuthFailures,
+                    listener = %handle.listener,
+                    peer = %handle.peer,
+                    client = ?request.client_id,
+                    principal = ?refused.principal,
+                    reason = ?refused.reason,
+                    cause = ?refused.cause,
+                    "client refused"
+                );
+                Err(refused.reason)
+            }
+        };
         driver.with(|s| s.handle_admitted(handle.id, Instant::now(), result));
     })
     .detach();
@@ -44,7 +67,20 @@ pub fn spawn_reauth(
         let result = handle
             .security
             .reauthenticate(&client_id, &method, data.as_deref(), &handle.peer_certs)
-            .await;
+            .await
+            .map_err(|refused| {
+                client_log!(
+                    Category::AuthFailures,
+                    listener = %handle.listener,
+                    peer = %handle.peer,
+                    client = ?client_id,
+                    principal = ?handle.principal.borrow(),
+                    reason = ?refused.reason,
+                    cause = ?refused.cause,
+                    "re-authentication refused"
+                );
+                refused.reason
+            });
         driver.with(|s| s.handle_reauthenticated(handle.id, Instant::now(), result));
     })
     .detach();

@@ -2,7 +2,7 @@
 //! and what the listener demands of it. The protocol state is the shard's
 //! (`broker::Shard`); this holds only wake-ups and the listener's security.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -20,6 +20,10 @@ pub struct ConnHandle {
     pub security: Rc<ListenerSecurity>,
     /// The client's TLS certificate chain (leaf first), empty without one.
     pub peer_certs: Vec<CertificateDer<'static>>,
+    /// Who the client is for the log (certificate subject, user name,
+    /// token subject, "anonymous") and how it came in, once admitted.
+    pub principal: RefCell<String>,
+    pub admitted: RefCell<Option<Admitted>>,
     wake_tx: LocalSender<()>,
     pub wake_rx: LocalReceiver<()>,
     /// Raised by `close`: the reader stops, the writer flushes and closes.
@@ -49,6 +53,8 @@ impl ConnHandle {
             peer,
             security,
             peer_certs,
+            principal: RefCell::new(String::new()),
+            admitted: RefCell::new(None),
             wake_tx,
             wake_rx,
             closed: Cell::new(false),
@@ -75,4 +81,12 @@ impl ConnHandle {
     pub fn is_closed(&self) -> bool {
         self.closed.get()
     }
+}
+
+/// How an admitted client came in, for the operator's "client connected".
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub method: shardmq_auth::MethodKind,
+    pub protocol: shardmq_core::codec::ProtocolVersion,
+    pub clean_start: bool,
 }

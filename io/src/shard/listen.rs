@@ -9,7 +9,10 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use glommio::Task;
-use tracing::{debug, warn};
+use tracing::warn;
+
+use crate::client_log;
+use crate::oplog::Category;
 
 use crate::conn;
 use crate::driver::Driver;
@@ -104,7 +107,26 @@ async fn accept_one(
                 .unwrap_or_default();
             conn::serve(driver, tls_stream, listener, peer, security, certs).await;
         }
-        Some(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-        None => debug!(%peer, "TLS handshake timed out"),
+        Some(Err(e)) => {
+            // Expired or unknown client certificates, clients that send
+            // none, clients that distrust ours: all end here.
+            let principal =
+                shardmq_auth::x509::take_rejected_subject().unwrap_or_else(|| "unknown".to_owned());
+            client_log!(
+                Category::TlsFailures,
+                listener = %listener,
+                %peer,
+                principal = ?principal,
+                error = ?e.to_string(),
+                "TLS handshake failed"
+            );
+        }
+        None => client_log!(
+            Category::TlsFailures,
+            listener = %listener,
+            %peer,
+            timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
+            "TLS handshake timed out"
+        ),
     }
 }

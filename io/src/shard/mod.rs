@@ -28,6 +28,8 @@ const TICK: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the shard logs its figures.
 const STATS_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for buffer files being deleted off the shard.
+const BUFFER_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// One shard's disk buffer figures, published every tick (logs, tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,6 +116,7 @@ pub async fn run(
         driver.with(|s| s.handle_tick(now));
         upkeep_buffer(&driver);
         publish_reports(&driver, &setup);
+        crate::oplog::flush(id, false);
         if last_stats.elapsed() >= STATS_EVERY {
             log_stats(&driver);
             last_stats = Instant::now();
@@ -130,7 +133,30 @@ pub async fn run(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     log_stats(&driver);
+    crate::oplog::flush(id, true);
+    close_buffer(&driver, BUFFER_CLOSE_WAIT).await;
     info!(shard = id, "shard stopped");
+}
+
+/// Graceful stop: deletes the disk buffer's files and waits (bounded) for
+/// the deletes and spare creation still running off the shard, so no
+/// segment file outlives the process.
+async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
+    let open = driver.with(|s| s.buffer_mut().map(|b| b.store.buffer.close()).is_some());
+    if !open {
+        return;
+    }
+    let deadline = Instant::now() + wait_max;
+    while driver.peek(|s| s.buffer().is_some_and(|b| b.store.buffer.off_shard_work())) {
+        if Instant::now() >= deadline {
+            warn!(
+                shard = driver.id.index(),
+                "disk buffer: files still being deleted at exit; the next start removes them"
+            );
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Opens shard `id`'s disk buffer; on failure the shard runs without one

@@ -436,6 +436,27 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
 /// A broker process, killed on drop.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// SIGTERM (a graceful stop, as systemd does it); waits (bounded) for
+    /// the exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -447,35 +468,87 @@ impl Drop for Proc {
 /// returns the bound ports in log order (configs here use port 0, so tests
 /// never race each other for a "free" port).
 pub fn start(config: &PathBuf, listeners: usize) -> (Proc, Vec<u16>) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+    let (proc, ports, _log) = spawn_logged(cmd, listeners);
+    (proc, ports)
+}
+
+/// Everything the broker printed so far (stdout and stderr), one entry per
+/// line, collected by background threads.
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a line that contains every one of `parts`.
+    pub fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self
+                .lines()
+                .into_iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {parts:?}; got:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn collect(&self, out: impl std::io::Read + Send + 'static) {
+        let log = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                log.0.lock().unwrap().push(line);
+            }
+        });
+    }
+}
+
+/// Spawns `cmd` (the binary with its arguments and environment), collects
+/// its output and waits until it logged `listeners` bound listeners.
+pub fn spawn_logged(mut cmd: Command, listeners: usize) -> (Proc, Vec<u16>, Log) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let mut ports = Vec::new();
+    let log = Log::default();
+    log.collect(child.stdout.take().unwrap());
+    log.collect(child.stderr.take().unwrap());
+    let mut proc = Proc(child);
     let deadline = Instant::now() + WAIT;
-    while ports.len() < listeners {
-        assert!(Instant::now() < deadline, "broker did not start");
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening") => {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap();
-                ports.push(addr.parse::<std::net::SocketAddr>().unwrap().port());
-            }
-            Some(Ok(_)) => {}
-            _ => panic!("broker exited during start-up"),
+    loop {
+        let lines = log.lines();
+        let ports: Vec<u16> = lines
+            .iter()
+            .filter(|l| l.contains("listening"))
+            .filter_map(|l| l.split("addr=").nth(1)?.split_whitespace().next())
+            .map(|a| a.parse::<std::net::SocketAddr>().unwrap().port())
+            .collect();
+        if ports.len() >= listeners {
+            return (proc, ports, log);
         }
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            panic!(
+                "broker exited during start-up ({status}):\n{}",
+                lines.join("\n")
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker did not start:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), ports)
 }
