@@ -129,9 +129,14 @@ pub struct ScenarioArgs {
     /// Report loss and duplicates at QoS 1/2 without failing.
     #[arg(long)]
     pub allow_loss: bool,
-    /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`.
+    /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`
+    /// (slow-reader: the span it reads slowly).
     #[arg(long, value_parser = parse_window)]
     pub offline: Option<(f64, f64)>,
+    /// slow-reader: messages per second the subscriber reads while slow
+    /// (default: a tenth of what the publishers send together).
+    #[arg(long)]
+    pub reader_rate: Option<NonZeroU32>,
     /// CA certificate (PEM) to verify the broker: enables TLS.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
@@ -244,6 +249,9 @@ impl ScenarioArgs {
         if let Some((a, b)) = self.offline {
             s.offline_from = a;
             s.offline_until = b;
+        }
+        if let Some(r) = self.reader_rate {
+            s.reader_rate_per_s = Some(r);
         }
         s.tls = self.tls_ca.as_ref().map(|ca| TlsSpec {
             ca_file: ca.clone(),
