@@ -297,7 +297,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn median_opt(v: Vec<Option<f64>>) -> Option<f64> {
+pub fn median_opt(v: Vec<Option<f64>>) -> Option<f64> {
     let v: Vec<f64> = v.into_iter().flatten().collect();
     (!v.is_empty()).then(|| median(v))
 }
