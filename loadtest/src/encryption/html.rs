@@ -47,6 +47,15 @@ fn text(s: &mut String, x: f64, y: f64, anchor: &str, body: &str) {
     );
 }
 
+/// A bar's value, small enough for three bars side by side.
+fn value(s: &mut String, x: f64, y: f64, body: &str) {
+    let _ = writeln!(
+        s,
+        r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+        esc(body)
+    );
+}
+
 /// Enabled, Disabled and (optionally) what sits on top of Disabled.
 type Pick<'a> = &'a dyn Fn(&Cell) -> (Option<f64>, Option<f64>, Option<f64>);
 
@@ -93,7 +102,7 @@ fn pairs_panel(s: &mut String, (x0, x1): (f64, f64), title: &str, cells: &[&Cell
                     y(v),
                     &format!("{name}, {label}: {}", short(v)),
                 );
-                text(s, x + w / 2.0, y(v) - 4.0, "middle", &short(v));
+                value(s, x + w / 2.0, y(v) - 4.0, &short(v));
             }
         }
         if let (Some(d), Some(f)) = (d, floor) {
@@ -121,13 +130,7 @@ fn pairs_panel(s: &mut String, (x0, x1): (f64, f64), title: &str, cells: &[&Cell
                     short(f)
                 ),
             );
-            text(
-                s,
-                x + w / 2.0,
-                y(d + f) - 4.0,
-                "middle",
-                &format!("+{}", short(f)),
-            );
+            value(s, x + w / 2.0, y(d + f) - 4.0, &format!("+{}", short(f)));
         }
         text(s, gx + slot / 2.0, BOTTOM + 16.0, "middle", &label);
         if let (Some(e), Some(d)) = (e, d) {
@@ -359,9 +362,28 @@ pub fn page(report: &EncReport) -> String {
         let _ = writeln!(s, "<p class=\"warn\">Your config has no disk buffer: the harness ADDED one for these runs. Without it, encryptInternalTraffic has no buffered data to seal on this broker.</p>");
     }
     if !report.ok {
-        let _ = writeln!(s, "<p class=\"fail\">Some runs failed (loss, duplicates, or evidence that the setting was not in force): see the table.</p>");
+        let _ = writeln!(s, "<p class=\"fail\">Some runs failed (loss, duplicates, or evidence that the setting was not in force):</p>\n<ul>");
+        for r in report.runs.iter().filter(|r| !r.ok()) {
+            let reasons: Vec<&str> = r
+                .report
+                .failures
+                .iter()
+                .chain(&r.setting_failures)
+                .map(String::as_str)
+                .collect();
+            let _ = writeln!(
+                s,
+                "<li>round {}, {} {}, {}: {}</li>",
+                r.round + 1,
+                esc(&r.scenario),
+                esc(&payload_label(r.payload_bytes)),
+                r.setting.name(),
+                esc(&reasons.join("; "))
+            );
+        }
+        s.push_str("</ul>\n");
     }
-    s.push_str("<h2>Charts</h2>\n<p class=\"note\">Click a legend entry to fade its series. Throughput and CPU panels: each payload size on its own linear scale from zero.</p>\n");
+    s.push_str("<h2>Charts</h2>\n<p class=\"note\">Click a legend entry to fade its series. The throughput and cost panels put each payload size on its own linear scale from zero.</p>\n");
     for (name, cells) in by_scenario(report) {
         let _ = writeln!(
             s,

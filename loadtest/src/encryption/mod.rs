@@ -18,6 +18,7 @@ use std::time::Duration;
 use shardmq_core::codec::QoS;
 
 use crate::compare::{free_port, pinned_command, Launched};
+use crate::report::RunReport;
 use crate::spec::{RunSpec, Scenario, Target};
 use config::{Adjustments, BaseConfig, Setting};
 use evidence::{LogFacts, SegmentScan};
@@ -191,97 +192,102 @@ pub fn spec_for(opts: &Options, scenario: Scenario, payload: usize) -> RunSpec {
     s
 }
 
-/// The per-run directory name.
-fn run_name(round: usize, scenario: Scenario, payload: usize, setting: Setting) -> String {
-    format!(
-        "r{}-{}-{}B-{}",
-        round + 1,
-        scenario.name(),
-        payload,
-        setting.name()
-    )
-}
-
-/// One broker start, one scenario, and what it left behind.
-#[allow(clippy::too_many_arguments)]
-async fn one_run(
-    opts: &Options,
-    base: &BaseConfig,
-    bin: &Path,
-    dir: &Path,
+/// One scenario at one payload size under one setting, in one round.
+#[derive(Debug, Clone, Copy)]
+struct Job {
     round: usize,
     scenario: Scenario,
     payload: usize,
     setting: Setting,
-) -> Result<EncRun, EncError> {
-    let spills = scenario.impairs_subscriber();
-    let mut spec = spec_for(opts, scenario, payload);
+}
+
+impl Job {
+    /// The run's directory name.
+    fn dir_name(&self) -> String {
+        format!(
+            "r{}-{}-{}B-{}",
+            self.round + 1,
+            self.scenario.name(),
+            self.payload,
+            self.setting.name()
+        )
+    }
+}
+
+/// What every run of one invocation shares.
+#[derive(Debug)]
+struct Shared<'a> {
+    opts: &'a Options,
+    base: &'a BaseConfig,
+    bin: &'a Path,
+}
+
+/// Writes the job's config in `dir`, starts the broker on it, runs the
+/// scenario and stops the broker (its log stays in `dir/broker.log`).
+async fn drive(sh: &Shared<'_>, job: Job, dir: &Path) -> Result<RunReport, EncError> {
+    let mut spec = spec_for(sh.opts, job.scenario, job.payload);
     let port = free_port().map_err(|e| EncError::Io {
         path: dir.to_owned(),
         source: std::io::Error::other(e.to_string()),
     })?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let (json, _) = base.derive(setting, spills, opts.adjust, port, dir)?;
+    let spills = job.scenario.impairs_subscriber();
+    let (json, _) = sh
+        .base
+        .derive(job.setting, spills, sh.opts.adjust, port, dir)?;
     let cfg = dir.join("config.json");
     std::fs::write(&cfg, json).map_err(io_err(&cfg))?;
-    let name = format!("{} {}", scenario.name(), setting.name());
+    let bin = sh.bin.display().to_string();
     let mut command: Command = pinned_command(
-        opts.broker_cpu,
-        &bin.display().to_string(),
+        sh.opts.broker_cpu,
+        &bin,
         &["--config".as_ref(), cfg.as_os_str()],
     );
     // The config's log level is the one in force, not the caller's.
     command.env_remove("RUST_LOG");
-    let mut failures = Vec::new();
-    let report = match Launched::spawn(
-        &name,
-        &bin.display().to_string(),
-        command,
-        port,
-        dir.to_owned(),
-    ) {
+    let name = format!("{} {}", job.scenario.name(), job.setting.name());
+    let target = Target {
+        name: job.setting.name().to_owned(),
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let report = match Launched::spawn(&name, &bin, command, port, dir.to_owned()) {
         Ok(mut launched) => {
             spec.broker_pid = Some(launched.pid);
-            let target = Target {
-                name: setting.name().to_owned(),
-                addr: format!("127.0.0.1:{port}"),
-            };
             let r = crate::run::run(&spec, &target).await;
             launched.stop();
-            match r {
-                Ok(r) => r,
-                Err(e) => {
-                    let mut r = crate::run::report_for(&spec, &target);
-                    r.failures.push(e.to_string());
-                    r
-                }
-            }
+            r.map_err(|e| e.to_string())
         }
-        Err(e) => {
-            let mut r = crate::run::report_for(
-                &spec,
-                &Target {
-                    name: setting.name().to_owned(),
-                    addr: String::new(),
-                },
-            );
-            r.failures.push(e.to_string());
-            r
-        }
+        Err(e) => Err(e.to_string()),
     };
-    let log_path = dir.join("broker.log");
-    let log = LogFacts::parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    failures.extend(log.contradictions(setting == Setting::Enabled));
-    let segments = if spills || base.has_buffer() || opts.adjust.add_buffer {
+    Ok(report.unwrap_or_else(|failure| {
+        let mut r = crate::run::report_for(&spec, &target);
+        r.failures.push(failure);
+        r
+    }))
+}
+
+/// One broker start, one scenario, and what it left behind.
+async fn one_run(sh: &Shared<'_>, job: Job, dir: &Path) -> Result<EncRun, EncError> {
+    let report = drive(sh, job, dir).await?;
+    let log = LogFacts::parse(&std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default());
+    let mut failures = log.contradictions(job.setting == Setting::Enabled);
+    let has_buffer = sh.base.has_buffer() || sh.opts.adjust.add_buffer;
+    let segments = if has_buffer {
         Some(evidence::scan_segments(&dir.join("data")).map_err(io_err(dir))?)
     } else {
         None
     };
     if let Some(seg) = &segments {
-        failures.extend(segment_contradictions(setting, seg));
+        failures.extend(segment_contradictions(job.setting, seg));
     }
     Ok(EncRun::new(
-        round, setting, scenario, report, log, segments, failures,
+        job.round,
+        job.setting,
+        job.scenario,
+        report,
+        log,
+        segments,
+        failures,
     ))
 }
 
@@ -338,6 +344,11 @@ pub async fn run(opts: &Options) -> Result<EncReport, EncError> {
     for &p in &opts.payloads {
         report.costs.push(floor::measure(p)?);
     }
+    let shared = Shared {
+        opts,
+        base: &base,
+        bin: &bin,
+    };
     let total = opts.rounds.max(1) * opts.scenarios.len() * opts.payloads.len() * 2;
     let mut n = 0;
     for round in 0..opts.rounds.max(1) {
@@ -352,9 +363,14 @@ pub async fn run(opts: &Options) -> Result<EncReport, EncError> {
                 };
                 for setting in order {
                     n += 1;
-                    let dir = work.join(run_name(round, scenario, payload, setting));
-                    let run =
-                        one_run(opts, &base, &bin, &dir, round, scenario, payload, setting).await?;
+                    let job = Job {
+                        round,
+                        scenario,
+                        payload,
+                        setting,
+                    };
+                    let dir = work.join(job.dir_name());
+                    let run = one_run(&shared, job, &dir).await?;
                     println!(
                         "[{n:>3}/{total}] round {}/{} {}",
                         round + 1,

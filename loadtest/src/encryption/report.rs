@@ -154,6 +154,19 @@ pub struct Ratios {
     pub p999_us: Option<f64>,
     pub cpu_ms_per_1000: Option<f64>,
     pub rss_mib_peak: Option<f64>,
+    /// The median over rounds of each round's Enabled/Disabled drain: the
+    /// two runs of a round are back to back, so drift on the machine that
+    /// moves whole rounds cancels out.
+    pub drain_per_s_paired: Option<f64>,
+}
+
+/// Median over rounds of `get(Enabled run) / get(Disabled run)`.
+fn paired(on: &[&EncRun], off: &[&EncRun], get: fn(&EncRun) -> Option<f64>) -> Option<f64> {
+    let per_round = on.iter().map(|e| {
+        let d = off.iter().find(|d| d.round == e.round)?;
+        ratio(get(e), get(d))
+    });
+    median_opt(per_round.collect())
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -250,6 +263,7 @@ impl Cell {
             p999_us: ratio(Some(e.p999_us), Some(d.p999_us)),
             cpu_ms_per_1000: ratio(e.cpu_ms_per_1000, d.cpu_ms_per_1000),
             rss_mib_peak: ratio(e.rss_mib_peak, d.rss_mib_peak),
+            drain_per_s_paired: paired(&on, &off, |r| r.report.drain_per_s),
         };
         let floor = match cost {
             Some(c) if has_buffer => Some(floor_of(&e, &d, c)),
@@ -543,6 +557,14 @@ pub fn rows(c: &Cell) -> Vec<(String, String, String, String)> {
             num(d.drain_per_s),
             rat(r.drain_per_s),
         ));
+        if e.runs > 1 {
+            out.push((
+                "drain E/D, paired by round".into(),
+                String::new(),
+                String::new(),
+                rat(r.drain_per_s_paired),
+            ));
+        }
     }
     for (label, a, b, q) in [
         ("latency p50 µs", e.p50_us, d.p50_us, r.p50_us),
@@ -613,7 +635,9 @@ pub fn floor_text(c: &Cell) -> String {
     if let (Some(m), Some(c)) = (f.drain_extra_ns_measured, f.drain_extra_ns_cipher) {
         let _ = write!(
             s,
-            "; drain: Enabled took {m:.0} ns more per message than Disabled, the cipher's part {c:.0} ns"
+            "; drain: Enabled took {:.0} ns {} per message than Disabled, the cipher's share {c:.0} ns",
+            m.abs(),
+            if m >= 0.0 { "more" } else { "less" }
         );
     }
     if let Some(r) = f.drain_ratio_cipher_only {
@@ -665,6 +689,40 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(round: usize, setting: Setting, drain: f64) -> EncRun {
+        let report = RunReport {
+            drain_per_s: Some(drain),
+            ..Default::default()
+        };
+        EncRun::new(
+            round,
+            setting,
+            Scenario::SlowSub,
+            report,
+            LogFacts::default(),
+            None,
+            vec![],
+        )
+    }
+
+    #[test]
+    fn paired_ratios_cancel_drift_between_rounds() {
+        // Round 2 ran on a busy machine: both settings at a third.
+        let on = [
+            run(0, Setting::Enabled, 900.0),
+            run(1, Setting::Enabled, 300.0),
+            run(2, Setting::Enabled, 880.0),
+        ];
+        let off = [
+            run(0, Setting::Disabled, 1000.0),
+            run(1, Setting::Disabled, 330.0),
+            run(2, Setting::Disabled, 1000.0),
+        ];
+        let (on, off): (Vec<&EncRun>, Vec<&EncRun>) = (on.iter().collect(), off.iter().collect());
+        let p = paired(&on, &off, |r| r.report.drain_per_s).unwrap();
+        assert!((p - 0.9).abs() < 1e-9, "{p}");
+    }
 
     #[test]
     fn the_date_is_a_utc_timestamp() {
