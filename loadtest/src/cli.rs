@@ -148,6 +148,10 @@ pub struct EncryptionArgs {
     /// No live progress line even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// Runs nothing: draws a saved report (its JSON) again as the table,
+    /// the page (--html) and the SVG (--svg).
+    #[arg(long)]
+    pub render: Option<PathBuf>,
 }
 
 fn parse_workload(s: &str) -> Result<Scenario, String> {

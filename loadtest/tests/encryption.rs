@@ -50,7 +50,7 @@ fn scratch(name: &str) -> PathBuf {
 /// Tests sharing the round; the last to pass removes the runs' buffer
 /// files (hundreds of MiB of preallocated segments). A failed test leaves
 /// them for inspection.
-const USERS: usize = 4;
+const USERS: usize = 5;
 
 fn done(r: &Round) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -269,6 +269,31 @@ fn the_report_has_both_settings_side_by_side_with_the_cipher_floor() {
     }
     let svg = std::fs::read_to_string(r.dir.join("charts.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("class=\"bar enabled\""));
+    done(r);
+}
+
+#[test]
+fn a_saved_report_renders_the_same_page_again() {
+    let r = round();
+    let out = Command::new(HARNESS)
+        .args(["encryption", "--render"])
+        .arg(r.dir.join("report.json"))
+        .arg("--html")
+        .arg(r.dir.join("again.html"))
+        .arg("--svg")
+        .arg(r.dir.join("again.svg"))
+        .env("CI", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(r.dir.join(name)).unwrap();
+    assert_eq!(read("again.html"), read("report.html"));
+    assert_eq!(read("again.svg"), read("charts.svg"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("slow-sub, 1 KiB payload"));
     done(r);
 }
 

@@ -58,7 +58,7 @@ impl Throttle {
 /// What the subscriber saw after coming back online (slow-sub), or after
 /// going back to full speed (slow-reader: `session_present` is then true,
 /// the session never left).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DrainStats {
     pub session_present: bool,
     /// Messages published before the reconnect and received after it.

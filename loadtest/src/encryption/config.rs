@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shardmq_core::config::Config;
 
 /// One setting of `advanced.encryptInternalTraffic`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Setting {
     Enabled,
     Disabled,
@@ -53,7 +53,7 @@ pub enum ConfigError {
 }
 
 /// A change the harness makes to the user's config, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub field: String,
     pub change: String,

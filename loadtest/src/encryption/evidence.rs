@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::payload::PLAINTEXT_MARKER;
 
 /// What the broker's log says.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogFacts {
     /// `shardmq 0.1.0` from the first start-up line.
     pub version: Option<String>,
@@ -27,7 +27,7 @@ pub struct LogFacts {
 }
 
 /// Disk-buffer counters at shutdown, summed over shards.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpillCounts {
     /// Messages written to the buffer (each sealed once).
     pub appended: u64,
@@ -131,7 +131,7 @@ impl LogFacts {
 }
 
 /// What the buffer's segment files hold after the run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentScan {
     pub files: usize,
     /// Blocks whose header says AES-256-GCM sealed / CRC-32 plaintext

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shardmq_core::buffer::{
     record, BlockPos, SealError, Sealer, BLOCK_BODY_TARGET, BLOCK_HEADER_LEN,
 };
@@ -25,7 +25,7 @@ const PASSES: usize = 7;
 const PASS_MIN: Duration = Duration::from_millis(15);
 
 /// Per message, in nanoseconds, for one payload size.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CipherCost {
     pub payload_bytes: usize,
     /// The message as a buffer record (header, topic, client id, payload).

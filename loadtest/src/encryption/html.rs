@@ -458,8 +458,8 @@ pub fn page(report: &EncReport) -> String {
             let _ = writeln!(
                 s,
                 "<li><b>{}</b>: waits for {}</li>",
-                esc(p.name),
-                esc(p.waits_for)
+                esc(&p.name),
+                esc(&p.waits_for)
             );
         }
         s.push_str("</ul>\n");

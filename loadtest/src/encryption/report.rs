@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::{BaseConfig, Change, Setting};
 use super::evidence::{LogFacts, SegmentScan};
@@ -17,7 +17,7 @@ use crate::report::RunReport;
 use crate::spec::Scenario;
 
 /// One broker start and one scenario run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncRun {
     pub round: usize,
     pub setting: Setting,
@@ -97,7 +97,7 @@ impl EncRun {
 }
 
 /// Medians over one setting's rounds (lost and duplicates: totals).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Figures {
     pub runs: usize,
     pub failed_runs: usize,
@@ -145,7 +145,7 @@ impl Figures {
 }
 
 /// Enabled / Disabled per figure (`None` where either side has none).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ratios {
     pub delivered_per_s: Option<f64>,
     pub drain_per_s: Option<f64>,
@@ -177,7 +177,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// The cipher's share of the difference.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Floor {
     /// AES-256-GCM seal and open of the spilled messages (Enabled's
     /// counts), per 1,000 delivered messages, ms.
@@ -197,7 +197,7 @@ pub struct Floor {
 }
 
 /// One scenario at one payload size, both settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
     pub scenario: String,
     pub payload_bytes: usize,
@@ -324,7 +324,7 @@ fn floor_of(e: &Figures, d: &Figures, c: &CipherCost) -> Floor {
 }
 
 /// Where the numbers were taken.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cpus: usize,
@@ -333,7 +333,7 @@ pub struct Machine {
     pub load_average_end: String,
     /// The harness's build: `debug` numbers (the cipher floor above all)
     /// are not representative.
-    pub harness_build: &'static str,
+    pub harness_build: String,
 }
 
 fn first_line(path: &str) -> String {
@@ -367,13 +367,14 @@ impl Machine {
                 "debug"
             } else {
                 "release"
-            },
+            }
+            .to_owned(),
         }
     }
 }
 
 /// What was run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub scenarios: Vec<String>,
     pub payloads: Vec<usize>,
@@ -387,13 +388,13 @@ pub struct Plan {
     pub broker_cpu: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingWorkload {
-    pub name: &'static str,
-    pub waits_for: &'static str,
+    pub name: String,
+    pub waits_for: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncReport {
     pub generated_utc: String,
     pub machine: Machine,
@@ -456,9 +457,10 @@ impl EncReport {
             pending: WORKLOADS
                 .iter()
                 .filter_map(|w| match w {
-                    Workload::Pending { name, waits_for } => {
-                        Some(PendingWorkload { name, waits_for })
-                    }
+                    Workload::Pending { name, waits_for } => Some(PendingWorkload {
+                        name: (*name).to_owned(),
+                        waits_for: (*waits_for).to_owned(),
+                    }),
                     Workload::Run(_) => None,
                 })
                 .collect(),
@@ -472,6 +474,12 @@ impl EncReport {
     /// Medians, ratios and floors from the runs.
     pub fn finish(&mut self) {
         self.machine.load_average_end = first_line("/proc/loadavg");
+        self.summarise();
+    }
+
+    /// Derives everything but the runs and the cipher costs from them (a
+    /// saved report is summarised again by the harness that renders it).
+    pub fn summarise(&mut self) {
         let first_log = self.runs.iter().find(|r| r.log.version.is_some());
         self.broker_version = first_log.and_then(|r| r.log.version.clone());
         self.shards = first_log.and_then(|r| r.log.shards);
