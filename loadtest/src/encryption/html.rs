@@ -6,7 +6,8 @@
 
 use std::fmt::Write as _;
 
-use super::report::{floor_text, payload_label, rows, Cell, EncReport};
+use super::report::{Cell, EncReport};
+use super::table::{floor_text, payload_label, rows};
 use crate::svg::{esc, short, LogAxis};
 
 const ENABLED: &str = "#4e79a7";

@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod floor;
 pub mod html;
 pub mod report;
+pub mod table;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
