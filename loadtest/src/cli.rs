@@ -1,6 +1,8 @@
-//! Command line: `run` (one scenario against one broker) and `compare`
-//! (the same scenario against several targets, interleaved). Parses flags
-//! into a validated [`RunSpec`] and target list; runs nothing itself.
+//! Command line: `run` (one scenario against one broker), `compare` (the
+//! same scenario against several targets, interleaved) and `encryption`
+//! (a broker config with encryptInternalTraffic Enabled vs Disabled).
+//! Parses flags into a validated [`RunSpec`], target list or
+//! [`encryption::Options`]; runs nothing itself.
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use shardmq_core::codec::{ProtocolVersion, QoS};
 
+use crate::encryption::{self, config::Adjustments, DEFAULT_PAYLOADS, DEFAULT_WORKLOADS};
 use crate::spec::{RunSpec, Scenario, StampMode, TlsSpec};
 
 #[derive(Debug, Parser)]
@@ -72,6 +75,128 @@ pub enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Your broker config with advanced.encryptInternalTraffic Enabled vs
+    /// Disabled: scenarios x payload sizes, interleaved rounds, medians side
+    /// by side with the cipher's own cost; JSON and HTML report.
+    Encryption(EncryptionArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EncryptionArgs {
+    /// Broker config (JSON, docs/CONFIG.md); default: the broker's built-in
+    /// default (`shardmq --print-default-config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The shardmq binary; default: `shardmq` next to this program, else on
+    /// PATH.
+    #[arg(long)]
+    pub broker_bin: Option<PathBuf>,
+    /// Comma-separated: fan-in, fan-out, p2p (nothing spills: expect
+    /// parity), slow-reader, slow-sub (spill to the disk buffer and drain).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_WORKLOADS, value_parser = parse_workload)]
+    pub scenarios: Vec<Scenario>,
+    /// Payload sizes in bytes, comma-separated (at least 54 for the
+    /// plaintext check).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_PAYLOADS, value_parser = parse_payload)]
+    pub payloads: Vec<usize>,
+    /// Rounds; each runs every scenario and payload once per setting.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Measured duration of each run.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Wait for in-flight messages after publishing stops (spill scenarios
+    /// wait at least 5 s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
+    #[arg(long, default_value = "1", value_parser = parse_qos)]
+    pub qos: QoS,
+    /// Messages per second per publisher (default: per scenario, for about
+    /// 20,000 deliveries/s and at most 64 MiB/s).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// slow-sub offline / slow-reader slow span, fractions of the duration.
+    #[arg(long, default_value = "0.2-0.7", value_parser = parse_window)]
+    pub offline: (f64, f64),
+    /// Pin the broker to this CPU (taskset).
+    #[arg(long)]
+    pub broker_cpu: Option<usize>,
+    /// Pause between runs.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub pause: Duration,
+    /// Spill scenarios: messages a session keeps in memory before the rest
+    /// spills (lowers subscriberQueueLimit.length); 0 keeps your limits.
+    #[arg(long, default_value_t = 1000)]
+    pub spill_at: u32,
+    /// Run a config without a disk buffer as it is (nothing spills) instead
+    /// of adding one in a scratch directory.
+    #[arg(long)]
+    pub no_added_buffer: bool,
+    /// Keep each run's directory (config, broker log, buffer files) here.
+    #[arg(long)]
+    pub keep_runs: Option<PathBuf>,
+    #[arg(long, default_value = "shardmq-encryption.json")]
+    pub json: PathBuf,
+    /// Self-contained page with the charts and tables.
+    #[arg(long, default_value = "shardmq-encryption.html")]
+    pub html: PathBuf,
+    /// The charts alone, as one SVG file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// No live progress line even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Runs nothing: draws a saved report (its JSON) again as the table,
+    /// the page (--html) and the SVG (--svg).
+    #[arg(long)]
+    pub render: Option<PathBuf>,
+}
+
+fn parse_workload(s: &str) -> Result<Scenario, String> {
+    encryption::Workload::parse(s)
+}
+
+fn parse_payload(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("payload size in bytes, not {s:?}"))?;
+    if n < crate::payload::HEADER_LEN {
+        return Err(format!(
+            "payloads carry a {}-byte stamp: at least {} bytes",
+            crate::payload::HEADER_LEN,
+            crate::payload::HEADER_LEN
+        ));
+    }
+    Ok(n)
+}
+
+impl EncryptionArgs {
+    pub fn to_options(&self) -> encryption::Options {
+        encryption::Options {
+            config: self.config.clone(),
+            broker_bin: self.broker_bin.clone(),
+            scenarios: self.scenarios.clone(),
+            payloads: self.payloads.clone(),
+            rounds: self.rounds.max(1),
+            duration: self.duration,
+            warmup: self.warmup,
+            drain: self.drain,
+            qos: self.qos,
+            rate: self.rate,
+            offline: self.offline,
+            broker_cpu: self.broker_cpu,
+            pause: self.pause,
+            adjust: Adjustments {
+                add_buffer: !self.no_added_buffer,
+                spill_at: (self.spill_at > 0).then_some(self.spill_at),
+            },
+            keep_runs: self.keep_runs.clone(),
+            progress: !self.quiet,
+        }
+    }
 }
 
 /// Scenario flags shared by `run` and `compare`; unset flags take the
@@ -129,9 +254,14 @@ pub struct ScenarioArgs {
     /// Report loss and duplicates at QoS 1/2 without failing.
     #[arg(long)]
     pub allow_loss: bool,
-    /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`.
+    /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`
+    /// (slow-reader: the span it reads slowly).
     #[arg(long, value_parser = parse_window)]
     pub offline: Option<(f64, f64)>,
+    /// slow-reader: messages per second the subscriber reads while slow
+    /// (default: a tenth of what the publishers send together).
+    #[arg(long)]
+    pub reader_rate: Option<NonZeroU32>,
     /// CA certificate (PEM) to verify the broker: enables TLS.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
@@ -245,6 +375,9 @@ impl ScenarioArgs {
             s.offline_from = a;
             s.offline_until = b;
         }
+        if let Some(r) = self.reader_rate {
+            s.reader_rate_per_s = Some(r);
+        }
         s.tls = self.tls_ca.as_ref().map(|ca| TlsSpec {
             ca_file: ca.clone(),
             cert_file: self.tls_cert.clone(),
@@ -293,6 +426,24 @@ mod tests {
         );
         assert_eq!(s.version, ProtocolVersion::V311);
         assert_eq!(s.rate_per_s, None);
+    }
+
+    #[test]
+    fn encryption_defaults_and_pending_workloads() {
+        let cli = Cli::parse_from(["x", "encryption"]);
+        let Command::Encryption(args) = cli.command else {
+            panic!("encryption")
+        };
+        let o = args.to_options();
+        assert_eq!(o.scenarios.len(), 5);
+        assert_eq!(o.payloads, vec![64, 1024, 16384]);
+        assert_eq!(o.adjust.spill_at, Some(1000));
+        assert!(o.adjust.add_buffer);
+        let e = Cli::try_parse_from(["x", "encryption", "--scenarios", "fan-in,persistence"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("persistence issue"), "{e}");
+        assert!(Cli::try_parse_from(["x", "encryption", "--scenarios", "idle"]).is_err());
     }
 
     #[test]

@@ -135,8 +135,9 @@ fn tail(path: &std::path::Path) -> String {
 }
 
 impl Launched {
+    /// Starts `template` (`sh -c`, `{port}` and `{tmp}` substituted) on a
+    /// free port, with a fresh scratch directory.
     pub fn start(name: &str, template: &str, cpu: Option<usize>) -> Result<Launched, TargetError> {
-        use std::os::unix::process::CommandExt;
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("shardmq-lt-{}-{port}", std::process::id()));
         let spawn_err = |source| TargetError::Spawn {
@@ -148,21 +149,28 @@ impl Launched {
         let cmd = template
             .replace("{port}", &port.to_string())
             .replace("{tmp}", &dir.display().to_string());
+        let command = pinned_command(cpu, "sh", &["-c".as_ref(), cmd.as_ref()]);
+        Launched::spawn(name, template, command, port, dir)
+    }
+
+    /// Spawns `command` (which must make a broker listen on 127.0.0.1:`port`)
+    /// with its output in `dir/broker.log`, and waits for the port.
+    pub fn spawn(
+        name: &str,
+        label: &str,
+        mut command: Command,
+        port: u16,
+        dir: PathBuf,
+    ) -> Result<Launched, TargetError> {
+        use std::os::unix::process::CommandExt;
+        let spawn_err = |source| TargetError::Spawn {
+            name: name.to_owned(),
+            cmd: label.to_owned(),
+            source,
+        };
         let log_path = dir.join("broker.log");
         let log = std::fs::File::create(&log_path).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
-        let mut command = match cpu {
-            Some(cpu) if which("taskset") => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), "sh", "-c", &cmd]);
-                c
-            }
-            _ => {
-                let mut c = Command::new("sh");
-                c.args(["-c", &cmd]);
-                c
-            }
-        };
         // Own process group, so stopping reaches whatever the shell started.
         command
             .process_group(0)
@@ -231,6 +239,23 @@ impl Drop for Launched {
     }
 }
 
+/// `program args...`, under `taskset -c CPU` when `cpu` is given and
+/// taskset exists.
+pub fn pinned_command(cpu: Option<usize>, program: &str, args: &[&std::ffi::OsStr]) -> Command {
+    match cpu {
+        Some(cpu) if which("taskset") => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), program]).args(args);
+            c
+        }
+        _ => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+    }
+}
+
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
@@ -272,7 +297,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn median_opt(v: Vec<Option<f64>>) -> Option<f64> {
+pub fn median_opt(v: Vec<Option<f64>>) -> Option<f64> {
     let v: Vec<f64> = v.into_iter().flatten().collect();
     (!v.is_empty()).then(|| median(v))
 }

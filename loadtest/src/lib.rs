@@ -2,13 +2,15 @@
 //! client on the shardmq-core codec drives named scenarios; every message
 //! carries a timestamp and a sequence number so latency is measured end to
 //! end and loss, duplicates and reordering are counted, not assumed.
-//! `compare` runs one scenario against several brokers, interleaved.
+//! `compare` runs one scenario against several brokers, interleaved;
+//! `encryption` runs a broker config with encryptInternalTraffic on and off.
 
 pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod conns;
 pub mod ctx;
+pub mod encryption;
 pub mod pacer;
 pub mod payload;
 pub mod procstat;

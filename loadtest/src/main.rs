@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use shardmq_loadtest::cli::{Cli, Command};
 use shardmq_loadtest::compare::{self, Launched, TargetKind, TargetSpec};
+use shardmq_loadtest::encryption::html;
+use shardmq_loadtest::encryption::report::EncReport;
 use shardmq_loadtest::{svg, Target};
 
 fn pin_to(cpu: usize) -> Result<()> {
@@ -119,6 +121,41 @@ fn real_main(cli: Cli) -> Result<bool> {
                 write_file(&path, &svg::chart(&result))?;
             }
             Ok(result.ok())
+        }
+        Command::Encryption(args) => {
+            let report = match &args.render {
+                Some(saved) => {
+                    let text = std::fs::read_to_string(saved)
+                        .with_context(|| format!("reading {}", saved.display()))?;
+                    let mut report =
+                        serde_json::from_str::<EncReport>(&text).with_context(|| {
+                            format!("{} is not an encryption report", saved.display())
+                        })?;
+                    report.summarise();
+                    report
+                }
+                None => {
+                    let report =
+                        rt.block_on(shardmq_loadtest::encryption::run(&args.to_options()))?;
+                    write_file(&args.json, &serde_json::to_string_pretty(&report)?)?;
+                    report
+                }
+            };
+            println!();
+            print!("{}", report.to_table());
+            write_file(&args.html, &html::page(&report))?;
+            if let Some(path) = &args.svg {
+                write_file(path, &html::svg(&report))?;
+            }
+            println!(
+                "report: {} and {}{}",
+                args.html.display(),
+                args.render.as_ref().unwrap_or(&args.json).display(),
+                args.svg
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" (charts: {})", p.display()))
+            );
+            Ok(report.ok)
         }
     }
 }

@@ -8,6 +8,11 @@ use bytes::{BufMut, BytesMut};
 /// 8-byte timestamp + 4-byte publisher id + 8-byte sequence number.
 pub const HEADER_LEN: usize = 20;
 
+/// The padding after the header repeats this text, so a payload of at least
+/// `HEADER_LEN + PLAINTEXT_MARKER.len()` bytes holds it whole: finding it in
+/// the broker's disk-buffer files means they hold payloads in plaintext.
+pub const PLAINTEXT_MARKER: &[u8] = b"shardmq-loadtest-plaintext-marker/";
+
 /// What the harness reads back out of a received payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -25,7 +30,27 @@ pub fn write(buf: &mut BytesMut, stamp: Stamp, len_bytes: usize) {
     buf.put_u64_le(stamp.sent_ns);
     buf.put_u32_le(stamp.publisher);
     buf.put_u64_le(stamp.seq);
-    buf.put_bytes(b'.', len - HEADER_LEN);
+    let padding = padding();
+    let mut left = len - HEADER_LEN;
+    while left > 0 {
+        let n = left.min(padding.len());
+        buf.put_slice(&padding[..n]);
+        left -= n;
+    }
+}
+
+/// The marker repeated over 64 KiB: one copy per payload, not one per
+/// repetition (the harness's CPU is part of what limits a run).
+fn padding() -> &'static [u8] {
+    static PAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PAD.get_or_init(|| {
+        PLAINTEXT_MARKER
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * 1024)
+            .collect()
+    })
 }
 
 /// Reads the stamp back; `None` for a payload that is not ours (too short).
@@ -55,6 +80,9 @@ mod tests {
         write(&mut buf, stamp, 64);
         assert_eq!(buf.len(), 64);
         assert_eq!(read(&buf), Some(stamp));
+        assert!(buf
+            .windows(PLAINTEXT_MARKER.len())
+            .any(|w| w == PLAINTEXT_MARKER));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// Kernel clock ticks per second in /proc/PID/stat (USER_HZ, 100 on Linux
@@ -24,7 +24,7 @@ struct Sample {
 }
 
 /// CPU and memory over a window.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcUsage {
     /// Average CPU over the measured window, 100 = one core.
     pub cpu_pct: f64,

@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::publisher::{self, PubOutcome};
-use crate::client::subscriber::{self, SubOutcome, SubPlan};
+use crate::client::subscriber::{self, SubOutcome, SubPlan, Throttle};
 use crate::client::{ClientError, Connector, Tls, TlsSetupError};
 use crate::ctx::{Counters, Phases, RunCtx};
 use crate::procstat::Sampler;
@@ -24,6 +24,8 @@ use crate::tracker::SeqTracker;
 /// Time between connecting and the first scheduled message, so every task
 /// is spawned and waiting when the schedule starts.
 const LEAD_IN: Duration = Duration::from_millis(100);
+/// Receive Maximum of the slow-reader's subscriber (v5).
+pub const SLOW_READER_RECEIVE_MAX: u16 = 1000;
 /// How long stopped subscribers get to say goodbye.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -77,6 +79,7 @@ fn plan(spec: &RunSpec, tag: &str) -> Plan {
         filter,
         qos,
         offline: None,
+        throttle: None,
     };
     let pubs_on = |n: usize, topic: &dyn Fn(usize) -> String| -> Vec<PubPlan> {
         (0..n)
@@ -89,7 +92,11 @@ fn plan(spec: &RunSpec, tag: &str) -> Plan {
     };
     let all = |n: usize| (0..n as u32).collect::<Vec<_>>();
     match spec.scenario {
-        Scenario::FanIn | Scenario::SlowSub | Scenario::ConnStorm | Scenario::Idle => Plan {
+        Scenario::FanIn
+        | Scenario::SlowSub
+        | Scenario::SlowReader
+        | Scenario::ConnStorm
+        | Scenario::Idle => Plan {
             subs: (0..spec.subscribers)
                 .map(|i| sub(i, format!("{tag}/in/+")))
                 .collect(),
@@ -152,6 +159,14 @@ pub fn connector(spec: &RunSpec, target: &Target) -> Result<Connector, RunError>
         version: spec.version,
         connect_timeout: spec.connect_timeout,
         keep_alive_s: spec.keep_alive_s,
+        // A slow reader that allowed 65,535 messages in flight would have
+        // them sit in socket buffers (megabytes on loopback) instead of the
+        // broker's queue; the publishers receive nothing, so this only
+        // bounds the subscriber.
+        receive_maximum: match spec.scenario {
+            Scenario::SlowReader => SLOW_READER_RECEIVE_MAX,
+            _ => u16::MAX,
+        },
     })
 }
 
@@ -179,6 +194,18 @@ pub fn report_for(spec: &RunSpec, target: &Target) -> RunReport {
         warmup_s: spec.warmup.as_secs_f64(),
         ..Default::default()
     }
+}
+
+/// slow-reader's pace while slow: as given, or a tenth of what all
+/// publishers send together (unlimited publishers: 1000 msgs/s).
+pub fn reader_rate(spec: &RunSpec) -> u32 {
+    if let Some(r) = spec.reader_rate_per_s {
+        return r.get();
+    }
+    spec.rate_per_s.map_or(1000, |r| {
+        let total = u64::from(r.get()) * spec.publishers.max(1) as u64;
+        u32::try_from(total / 10).unwrap_or(u32::MAX).max(1)
+    })
 }
 
 /// Connects `n` clients, at most `concurrency` at a time.
@@ -315,12 +342,21 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         spec.inflight.get(),
         spec.stamp,
     ));
-    if spec.scenario == Scenario::SlowSub {
+    if spec.scenario.impairs_subscriber() {
         let span = ctx.stop_ns - ctx.warm_end_ns;
         let from = ctx.warm_end_ns + (span as f64 * spec.offline_from.clamp(0.0, 1.0)) as u64;
         let until = ctx.warm_end_ns + (span as f64 * spec.offline_until.clamp(0.0, 1.0)) as u64;
+        let until = until.max(from);
+        let throttle = Throttle {
+            from_ns: from,
+            until_ns: until,
+            rate_per_s: reader_rate(spec),
+        };
         for s in &mut plan.subs {
-            s.offline = Some((from, until.max(from)));
+            match spec.scenario {
+                Scenario::SlowReader => s.throttle = Some(throttle),
+                _ => s.offline = Some((from, until)),
+            }
         }
     }
     for (k, n) in errors {

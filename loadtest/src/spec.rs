@@ -26,6 +26,9 @@ pub enum Scenario {
     Idle,
     /// Fan-in to a persistent subscriber that goes offline for part of the run.
     SlowSub,
+    /// Fan-in to a subscriber that reads slower than the publishers send for
+    /// part of the run (the broker queues, then the reader catches up).
+    SlowReader,
 }
 
 impl Scenario {
@@ -38,6 +41,7 @@ impl Scenario {
             Scenario::ConnStorm => "conn-storm",
             Scenario::Idle => "idle",
             Scenario::SlowSub => "slow-sub",
+            Scenario::SlowReader => "slow-reader",
         }
     }
 
@@ -92,7 +96,21 @@ impl Scenario {
                 rate_per_s: NonZeroU32::new(1000),
                 ..base
             },
+            Scenario::SlowReader => RunSpec {
+                scenario: self,
+                publishers: 4,
+                subscribers: 1,
+                qos: QoS::AtLeastOnce,
+                rate_per_s: NonZeroU32::new(1000),
+                ..base
+            },
         }
+    }
+
+    /// Whether a subscriber falls behind on purpose for part of the run
+    /// (`offline_from..offline_until`), so the broker has to queue.
+    pub fn impairs_subscriber(self) -> bool {
+        matches!(self, Scenario::SlowSub | Scenario::SlowReader)
     }
 
     /// Whether the scenario publishes and checks deliveries.
@@ -154,9 +172,13 @@ pub struct RunSpec {
     pub stamp: StampMode,
     pub allow_loss: bool,
     /// slow-sub: the subscriber is offline from this fraction of the measured
-    /// duration to `offline_until`.
+    /// duration to `offline_until`; slow-reader: it reads at
+    /// `reader_rate_per_s` over the same span.
     pub offline_from: f64,
     pub offline_until: f64,
+    /// slow-reader: messages per second the subscriber reads while slow;
+    /// `None`: a tenth of what the publishers send together.
+    pub reader_rate_per_s: Option<NonZeroU32>,
     pub tls: Option<TlsSpec>,
     /// Broker process to sample (CPU, RSS); its child processes are included.
     pub broker_pid: Option<u32>,
@@ -188,6 +210,7 @@ impl Default for RunSpec {
             allow_loss: false,
             offline_from: 0.3,
             offline_until: 0.6,
+            reader_rate_per_s: None,
             tls: None,
             broker_pid: None,
             progress: true,

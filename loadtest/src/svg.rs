@@ -14,22 +14,85 @@ const H: f64 = 420.0;
 const TOP: f64 = 60.0;
 const BOTTOM: f64 = 350.0;
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-fn short(v: f64) -> String {
+pub fn short(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
     } else if v >= 100.0 {
         format!("{v:.0}")
-    } else {
+    } else if v >= 10.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A log10 axis over whole decades covering the values (at least one
+/// decade, from 1 up), drawn between `top` and `bottom`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogAxis {
+    lo: f64,
+    hi: f64,
+    top: f64,
+    bottom: f64,
+}
+
+impl LogAxis {
+    pub fn new(values: &[f64], top: f64, bottom: f64) -> LogAxis {
+        let positive = values.iter().copied().filter(|v| *v > 0.0);
+        let lo = positive
+            .clone()
+            .fold(f64::INFINITY, f64::min)
+            .max(1.0)
+            .log10()
+            .floor();
+        let hi = positive.fold(1.0, f64::max).log10().ceil().max(lo + 1.0);
+        LogAxis {
+            lo,
+            hi,
+            top,
+            bottom,
+        }
+    }
+
+    pub fn y(&self, v: f64) -> f64 {
+        let at = (v.max(1.0).log10() - self.lo) / (self.hi - self.lo);
+        self.bottom - (self.bottom - self.top) * at.clamp(0.0, 1.0)
+    }
+
+    /// The base line, and a grid line with its label at each decade.
+    pub fn draw(&self, s: &mut String, x0: f64, x1: f64) {
+        let bottom = self.bottom;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x0}" y1="{bottom}" x2="{x1}" y2="{bottom}" stroke="black"/>"#
+        );
+        let mut decade = self.lo;
+        while decade <= self.hi {
+            let y = self.y(10f64.powf(decade));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#ddd"/>"##
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                x0 - 4.0,
+                y + 4.0,
+                short(10f64.powf(decade))
+            );
+            decade += 1.0;
+        }
     }
 }
 
@@ -108,50 +171,16 @@ pub fn chart(c: &Comparison) -> String {
         .targets
         .iter()
         .flat_map(|t| pcts.iter().map(move |(_, f)| f(&t.median)))
-        .filter(|v| *v > 0.0)
         .collect();
-    let lo = values
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min)
-        .max(1.0)
-        .log10()
-        .floor();
-    let hi = values
-        .iter()
-        .copied()
-        .fold(1.0, f64::max)
-        .log10()
-        .ceil()
-        .max(lo + 1.0);
-    let y_of =
-        |v: f64| BOTTOM - (BOTTOM - TOP) * ((v.max(1.0).log10() - lo) / (hi - lo)).clamp(0.0, 1.0);
+    let axis = LogAxis::new(&values, TOP, BOTTOM);
+    let y_of = |v: f64| axis.y(v);
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">latency µs (log scale)</text>"#,
         (x0 + x1) / 2.0,
         TOP - 12.0
     );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{x0}" y1="{BOTTOM}" x2="{x1}" y2="{BOTTOM}" stroke="black"/>"#
-    );
-    let mut decade = lo;
-    while decade <= hi {
-        let y = y_of(10f64.powf(decade));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#ddd"/>"##
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            x0 - 4.0,
-            y + 4.0,
-            short(10f64.powf(decade))
-        );
-        decade += 1.0;
-    }
+    axis.draw(&mut s, x0, x1);
     let group = (x1 - x0) / pcts.len() as f64;
     let bar = group * 0.8 / n;
     for (g, (label, f)) in pcts.iter().enumerate() {

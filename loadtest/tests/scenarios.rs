@@ -231,3 +231,27 @@ async fn idle_connections_are_held_for_the_duration() {
     assert!(r.broker.is_some());
     b.shutdown();
 }
+
+#[tokio::test]
+async fn slow_reader_falls_behind_then_catches_up_without_loss() {
+    let b = broker();
+    let spec = quick(Scenario::SlowReader);
+    let spec = shardmq_loadtest::RunSpec {
+        publishers: 2,
+        rate_per_s: NonZeroU32::new(500),
+        reader_rate_per_s: NonZeroU32::new(50),
+        duration: Duration::from_millis(1500),
+        ..spec
+    };
+    let r = run(&spec, &target(b.addrs[0].1)).await.unwrap();
+    assert!(r.ok(), "{}", r.to_table());
+    let d = r
+        .drain
+        .as_ref()
+        .expect("the reader went back to full speed");
+    // 450 ms slow at 50/s against 1000/s sent: hundreds queued.
+    assert!(d.backlog > 200, "backlog {}", d.backlog);
+    assert!(d.drain_s.is_some(), "caught up before the end");
+    assert_eq!(r.received, r.sent);
+    b.shutdown();
+}

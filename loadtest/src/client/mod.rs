@@ -100,6 +100,9 @@ pub struct Connector {
     pub version: ProtocolVersion,
     pub connect_timeout: Duration,
     pub keep_alive_s: u16,
+    /// Receive Maximum announced in v5 CONNECT: QoS 1/2 messages the broker
+    /// may have in flight to this client.
+    pub receive_maximum: u16,
 }
 
 /// When [`Conn::pump`] should wake up if nothing else happens.
@@ -187,7 +190,7 @@ impl Connector {
         };
         let mut properties = Properties::default();
         if self.version == ProtocolVersion::V5 {
-            properties.receive_maximum = Some(u16::MAX);
+            properties.receive_maximum = Some(self.receive_maximum.max(1));
             properties.maximum_packet_size = Some(PACKET_SIZE_MAX);
             if !clean_start {
                 properties.session_expiry_interval = Some(SESSION_EXPIRY_S);

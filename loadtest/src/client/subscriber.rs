@@ -1,7 +1,9 @@
 //! One subscriber: acknowledges what it receives (QoS 1 PUBACK, QoS 2
 //! PUBREC/PUBCOMP with exactly-once delivery to the tracker §4.3.3), records
-//! end-to-end latency and per-publisher sequence accounting, and for the
-//! slow-sub scenario goes offline and comes back on its persistent session.
+//! end-to-end latency and per-publisher sequence accounting. For slow-sub it
+//! goes offline and comes back on its persistent session; for slow-reader it
+//! reads at a capped rate for a while (the socket backs up, so the broker
+//! queues) and then at full speed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,10 +28,37 @@ pub struct SubPlan {
     pub qos: QoS,
     /// Offline from/until (ns since the run's epoch): slow-sub.
     pub offline: Option<(u64, u64)>,
+    /// Read slowly for a while: slow-reader.
+    pub throttle: Option<Throttle>,
 }
 
-/// What the subscriber saw after coming back online (slow-sub).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// Reads at most `rate_per_s` messages a second from `from_ns` until
+/// `until_ns` (ns since the run's epoch), by not reading the socket while
+/// ahead of that pace.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    pub from_ns: u64,
+    pub until_ns: u64,
+    pub rate_per_s: u32,
+}
+
+impl Throttle {
+    /// When the next message may be read, after `read` of them in the span;
+    /// `None` when reading is allowed now.
+    fn hold_until(&self, now_ns: u64, read: u64) -> Option<u64> {
+        if now_ns < self.from_ns || now_ns >= self.until_ns {
+            return None;
+        }
+        let rate = u64::from(self.rate_per_s.max(1));
+        let next_ns = self.from_ns + read.saturating_mul(1_000_000_000) / rate;
+        (next_ns > now_ns).then_some(next_ns.min(self.until_ns))
+    }
+}
+
+/// What the subscriber saw after coming back online (slow-sub), or after
+/// going back to full speed (slow-reader: `session_present` is then true,
+/// the session never left).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DrainStats {
     pub session_present: bool,
     /// Messages published before the reconnect and received after it.
@@ -62,6 +91,8 @@ struct Subscriber<'a> {
     awaiting_rel: HashSet<u16>,
     latencies: Vec<u64>,
     reconnect_ns: Option<u64>,
+    /// Messages read while throttled.
+    throttled: u64,
     out: SubOutcome,
 }
 
@@ -94,6 +125,11 @@ impl Subscriber<'_> {
         }
         self.out.received += 1;
         Counters::add(&ctx.counters.received, 1);
+        if let Some(t) = &self.plan.throttle {
+            if (t.from_ns..t.until_ns).contains(&now_ns) {
+                self.throttled += 1;
+            }
+        }
         if ctx.in_window(now_ns) {
             self.out.received_in_window += 1;
         }
@@ -147,6 +183,24 @@ impl Subscriber<'_> {
             let now = tokio::time::Instant::now();
             if until.is_some_and(|t| self.ctx.now_ns() >= t) {
                 return Ok(Wake::Timer);
+            }
+            if let Some(t) = self.plan.throttle {
+                let now_ns = self.ctx.now_ns();
+                if let Some(next_ns) = t.hold_until(now_ns, self.throttled) {
+                    // Not reading is the point: the broker's writes back up.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(self.ctx.at(next_ns)) => {}
+                        _ = stop.changed() => return Ok(Wake::Stop),
+                    }
+                    continue;
+                }
+                if now_ns >= t.until_ns && self.reconnect_ns.is_none() {
+                    self.reconnect_ns = Some(t.until_ns);
+                    self.out.drain = Some(DrainStats {
+                        session_present: true,
+                        ..Default::default()
+                    });
+                }
             }
             conn.ping_if_due(now)?;
             let wake = [until.map(|t| self.ctx.at(t)), conn.ping_due()]
@@ -239,6 +293,7 @@ pub async fn run(
         awaiting_rel: HashSet::new(),
         latencies: Vec::with_capacity(LATENCY_BATCH),
         reconnect_ns: None,
+        throttled: 0,
     };
     if let Err(e) = s.session(conn, early, &mut stop).await {
         ctx.error(&e);
