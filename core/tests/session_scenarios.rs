@@ -10,6 +10,9 @@
     clippy::field_reassign_with_default
 )]
 
+mod support;
+use support::PollPacket;
+
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +27,7 @@ use shardmq_core::codec::{
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
     AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
-    SessionState, SharedMessage,
+    SessionState, SharedMessage, Violation,
 };
 use shardmq_core::topic::{Filter, TopicName};
 
@@ -723,18 +726,13 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
         properties: props,
         filters: vec![
             ("a/+".into(), opts(QoS::AtLeastOnce)),
-            ("a/#/b".into(), opts(QoS::AtMostOnce)),
             ("$share/g/x".into(), opts(QoS::ExactlyOnce)),
         ],
     }));
     match h.sent().as_slice() {
         [Packet::SubAck(s)] => assert_eq!(
             s.reasons,
-            vec![
-                ReasonCode::GrantedQoS1,
-                ReasonCode::TopicFilterInvalid,
-                ReasonCode::GrantedQoS2
-            ]
+            vec![ReasonCode::GrantedQoS1, ReasonCode::GrantedQoS2]
         ),
         other => panic!("{other:?}"),
     }
@@ -765,6 +763,92 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// [MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.7.3-1], [MQTT-4.8.2-1],
+/// [MQTT-4.8.2-2]: a filter that breaks the syntax makes the SUBSCRIBE (or
+/// UNSUBSCRIBE) a Malformed Packet: DISCONNECT 0x81 and close (§4.13), with
+/// nothing of the packet applied; 0x8F Topic Filter invalid is for a
+/// well-formed filter the server does not allow.
+#[test]
+fn a_malformed_topic_filter_closes_the_connection_and_applies_nothing() {
+    for bad in [
+        "a/#/b",
+        "a/b+",
+        "",
+        "$share//x",
+        "$share/g",
+        "$share/g+/x",
+        "+/#/x",
+    ] {
+        for unsubscribe in [false, true] {
+            let mut h = Harness::new(ClientLimits::default());
+            h.connect_v5("c1");
+            let filters = vec!["ok/1".into(), bad.into()];
+            h.recv(if unsubscribe {
+                Packet::Unsubscribe(Unsubscribe {
+                    packet_id: id(1),
+                    properties: Properties::default(),
+                    filters,
+                })
+            } else {
+                Packet::Subscribe(Subscribe {
+                    packet_id: id(1),
+                    properties: Properties::default(),
+                    filters: filters
+                        .into_iter()
+                        .map(|f| (f, SubscriptionOptions::default()))
+                        .collect(),
+                })
+            });
+            match h.sent().as_slice() {
+                [Packet::Disconnect(d)] => {
+                    assert_eq!(d.reason, ReasonCode::MalformedPacket, "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert!(h.conn.is_closed(), "{bad:?}");
+            assert!(
+                !h.events()
+                    .iter()
+                    .any(|e| matches!(e, Event::Subscribed { .. } | Event::Unsubscribed { .. })),
+                "{bad:?}: nothing of the packet applies"
+            );
+        }
+    }
+}
+
+/// [MQTT-3.3.4-6]: a PUBLISH from a client must not carry a Subscription
+/// Identifier; it is a Protocol Error (DISCONNECT 0x82), not routed.
+#[test]
+fn a_subscription_identifier_in_a_client_publish_is_a_protocol_error() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut properties = Properties::default();
+    properties.subscription_identifiers = vec![7];
+    h.recv(Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "t".into(),
+        packet_id: Some(id(1)),
+        properties,
+        payload: Bytes::from_static(b"x"),
+    }));
+    match h.sent().as_slice() {
+        [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::ProtocolError),
+        other => panic!("{other:?}"),
+    }
+    assert!(!h
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Publish { .. })));
+    assert!(matches!(
+        h.conn.close_reason(),
+        Some(CloseReason::Violation(
+            Violation::SubscriptionIdentifierFromClient
+        ))
+    ));
 }
 
 #[test]

@@ -265,5 +265,6 @@ fn describe(reason: &CloseReason) -> String {
         CloseReason::ClientDisconnect(code) => format!("client sent DISCONNECT ({code:?})"),
         CloseReason::ConnectionLost => "connection lost without DISCONNECT".to_owned(),
         CloseReason::Server(code) => format!("closed by the broker ({code:?})"),
+        CloseReason::Violation(v) => format!("protocol violation: {v} ({:?})", v.reason_code()),
     }
 }

@@ -65,8 +65,7 @@ impl Decoder {
         if let Some(ack) = self.decode_ack(buf) {
             return Ok(Some(ack.to_packet()));
         }
-        let Some((header, frame)) = split_frame(buf, self.version, false, self.max_packet_size)?
-        else {
+        let Some((header, frame)) = split_frame(buf, self.version, self.max_packet_size)? else {
             return Ok(None);
         };
         match self.version {
@@ -147,14 +146,9 @@ pub fn decode_packet(
     version: ProtocolVersion,
     max_packet_size: u32,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some((header, frame)) = split_frame(buf, Some(version), true, max_packet_size)? else {
+    let Some((header, frame)) = split_frame(buf, Some(version), max_packet_size)? else {
         return Ok(None);
     };
-    if header.packet_type == PacketType::Connect {
-        let mut level = None;
-        let connect = parse_connect(&header, &frame, &mut level)?;
-        return Ok(Some(Packet::Connect(Box::new(connect))));
-    }
     parse(&header, &frame, version).map(Some)
 }
 
@@ -170,11 +164,13 @@ struct Header {
 
 /// Validates the fixed header and, once the whole frame is buffered, splits
 /// it off `buf`. Everything decidable from the first byte is checked before
-/// waiting for more. `version` `None` means "first packet: CONNECT only".
+/// waiting for more. `version` `None` means "first packet: CONNECT only":
+/// nothing else can be parsed before the protocol level is known. That is
+/// the only order the codec knows; the order rules (a second CONNECT...)
+/// are the session's (`session::Violation`).
 fn split_frame(
     buf: &mut BytesMut,
     version: Option<ProtocolVersion>,
-    allow_connect: bool,
     max_packet_size: u32,
 ) -> Result<Option<(Header, Bytes)>, DecodeError> {
     let Some(&first) = buf.first() else {
@@ -184,7 +180,6 @@ fn split_frame(
     match (version, packet_type) {
         (None, PacketType::Connect) => {}
         (None, other) => return Err(DecodeError::FirstPacketNotConnect(other)),
-        (Some(_), PacketType::Connect) if !allow_connect => return Err(DecodeError::SecondConnect),
         _ => {}
     }
     let flags = first & 0x0F;
@@ -254,15 +249,17 @@ fn check_flags(packet_type: PacketType, flags: u8) -> Result<(), DecodeError> {
     }
 }
 
-/// Parses a frame that is not CONNECT (handled by `parse_connect`).
+/// Parses a frame of a peer speaking `version`.
 fn parse(header: &Header, frame: &Bytes, version: ProtocolVersion) -> Result<Packet, DecodeError> {
     let mut r = Reader::new(frame, header.len);
     let v5 = version == ProtocolVersion::V5;
     let packet = match header.packet_type {
         PacketType::Connect => {
-            // Callers route CONNECT to parse_connect; reaching here would be a
-            // programming error, reported as the protocol error it models.
-            return Err(DecodeError::SecondConnect);
+            // A CONNECT is decoded by its own protocol level (its own reader
+            // and length checks); whether one may come now is the session's
+            // rule [MQTT-3.1.0-2].
+            let mut level = None;
+            return parse_connect(header, frame, &mut level).map(|c| Packet::Connect(Box::new(c)));
         }
         PacketType::ConnAck => Packet::ConnAck(parse_connack(&mut r, v5)?),
         PacketType::Publish => Packet::Publish(parse_publish(&mut r, header.flags, v5)?),

@@ -38,8 +38,6 @@ pub enum DecodeError {
     TrailingBytes { packet: PacketType, extra: usize },
     #[error("[MQTT-3.1.0-1] first packet is {0:?}, not CONNECT")]
     FirstPacketNotConnect(PacketType),
-    #[error("[MQTT-3.1.0-2] second CONNECT on one connection")]
-    SecondConnect,
     #[error("§2.1.2 AUTH does not exist in MQTT 3.1.1")]
     AuthInV311,
 
@@ -147,7 +145,6 @@ impl DecodeError {
             TopicWildcard | EmptyTopic => ReasonCode::TopicNameInvalid,
             TopicAliasZero => ReasonCode::TopicAliasInvalid,
             FirstPacketNotConnect(_)
-            | SecondConnect
             | ZeroPacketId(_)
             | SessionPresentOnRefusal
             | EmptySubscribe

@@ -8,7 +8,7 @@ mod spill;
 mod state;
 
 pub use connection::{
-    CloseReason, ConnectRequest, Connection, Denied, Event, PendingWill, PublishAck,
+    CloseReason, ConnectRequest, Connection, Denied, Event, PendingWill, PublishAck, Violation,
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};

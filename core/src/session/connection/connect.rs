@@ -1,0 +1,245 @@
+//! CONNECT (MQTT 5.0 §3.1, §3.2, §4.12): checking it, handing it to the
+//! broker (`Event::Connect`), and the broker's answer (`accept` with the
+//! session to resume, or `reject`); re-authentication (AUTH 0x19).
+
+use super::*;
+
+impl Connection {
+    pub(super) fn handle_connect(&mut self, now: Instant, connect: Box<Connect>) {
+        self.version = connect.protocol_version;
+        let v5 = self.version == ProtocolVersion::V5;
+        // [MQTT-3.1.3-8] v3.1.1: an empty client id requires clean session.
+        if connect.client_id.is_empty() && !connect.clean_start && !v5 {
+            self.send_connack(
+                false,
+                ReasonCode::ClientIdentifierNotValid,
+                Properties::default(),
+            );
+            self.close_silently(CloseReason::Server(ReasonCode::ClientIdentifierNotValid));
+            return;
+        }
+        // Enhanced authentication (§4.12): the broker decides on the method
+        // and data in `Event::Connect`; the method is kept for CONNACK and
+        // re-authentication.
+        self.auth_method = connect.properties.authentication_method.clone();
+        let p = &connect.properties;
+        self.client = ClientSide {
+            receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
+            packet_size_max: p.maximum_packet_size,
+            topic_alias_max: p.topic_alias_maximum.unwrap_or(0),
+        };
+        // Request Problem Information 0 forbids Reason String / User
+        // Property outside PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29];
+        // the broker never sends those, so both settings are honoured.
+        // Keep-alive above the broker's maximum is lowered via Server Keep
+        // Alive (v5 §3.2.2.3.14); v3.1.1 has no way to tell the client, so
+        // its own value is enforced.
+        let asked = connect.keep_alive;
+        let max = self.limits.keep_alive_max.get();
+        let keep_alive = if v5 && asked > max { max } else { asked };
+        self.keep_alive = Duration::from_secs(u64::from(keep_alive));
+
+        if let Some(will) = &connect.will {
+            let topic = match TopicName::new(will.topic.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    let reason = e.reason_code();
+                    self.send_connack(false, reason, Properties::default());
+                    self.close_silently(CloseReason::Server(reason));
+                    return;
+                }
+            };
+            let props = &will.properties;
+            let message = Message {
+                topic,
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                properties: forwardable(props.clone()),
+                expires_at: expiry(
+                    now,
+                    props.message_expiry_interval,
+                    self.limits.message_expiry_max,
+                ),
+                origin: connect.client_id.clone(),
+            };
+            let delay = Duration::from_secs(u64::from(props.will_delay_interval.unwrap_or(0)));
+            self.will = Some((Arc::new(message), delay));
+        }
+        let request = ConnectRequest {
+            client_id: connect.client_id.clone(),
+            clean_start: connect.clean_start,
+            protocol_version: connect.protocol_version,
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            authentication_method: p.authentication_method.clone(),
+            authentication_data: p.authentication_data.clone(),
+            session_expiry: self.session_expiry_of(&connect),
+            will_topic: self.will.as_ref().map(|(m, _)| m.topic.clone()),
+        };
+        self.pending_connect = Some(connect);
+        self.phase = Phase::AwaitAccept;
+        self.deadline = None;
+        self.events.push_back(Event::Connect(request));
+    }
+
+    /// Session Expiry Interval in force: v5 asks for one (capped by
+    /// `maxSessionExpirySeconds`); v3.1.1 clean session ends with the
+    /// connection, a persistent one lasts as long as the broker allows.
+    pub(super) fn session_expiry_of(&self, connect: &Connect) -> Duration {
+        let max = self.limits.session_expiry_max;
+        match connect.protocol_version {
+            ProtocolVersion::V5 => {
+                let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+                Duration::from_secs(u64::from(asked)).min(max)
+            }
+            ProtocolVersion::V311 if connect.clean_start => Duration::ZERO,
+            ProtocolVersion::V311 => max,
+        }
+    }
+
+    /// The broker's answer to [`Event::Connect`]: the session to continue
+    /// (`existing`, ignored on clean start), an assigned client id if the
+    /// client sent none, and the permissions compiled for this client.
+    /// Returns the filters of the resumed session that `permissions` do not
+    /// allow: they are removed before anything is indexed or sent, whoever
+    /// resumes the session (permissions are the resuming client's).
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        existing: Option<SessionState>,
+        assigned_client_id: Option<ByteString>,
+        permissions: Box<dyn Permissions>,
+    ) -> Vec<ByteString> {
+        let mut revoked = Vec::new();
+        if self.phase != Phase::AwaitAccept {
+            return revoked;
+        }
+        let Some(connect) = self.pending_connect.take() else {
+            return revoked;
+        };
+        self.permissions = permissions;
+        let expiry = self.session_expiry_of(&connect);
+        let client_id = match (&assigned_client_id, connect.client_id.is_empty()) {
+            (Some(id), true) => id.clone(),
+            _ => connect.client_id.clone(),
+        };
+        let resumed = match existing {
+            Some(mut state) if !connect.clean_start => {
+                state.expiry_interval = expiry;
+                state.client_id = client_id.clone();
+                let permissions = &self.permissions;
+                revoked = state.retain_subscriptions(|f| permissions.can_subscribe(f));
+                Some(state)
+            }
+            _ => None,
+        };
+        let session_present = resumed.is_some();
+        self.session_present = session_present;
+        self.session = Some(resumed.unwrap_or_else(|| SessionState::new(client_id, expiry)));
+
+        let mut props = Properties::default();
+        if self.version == ProtocolVersion::V5 {
+            if connect.client_id.is_empty() {
+                props.assigned_client_identifier = assigned_client_id;
+            }
+            let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+            if u64::from(asked) != expiry.as_secs() {
+                props.session_expiry_interval = u32::try_from(expiry.as_secs()).ok();
+            }
+            props.receive_maximum = Some(self.limits.receive_maximum_max.get());
+            props.maximum_packet_size = Some(self.limits.packet_size_max.get());
+            props.topic_alias_maximum = Some(self.limits.topic_alias_max);
+            if u16::try_from(self.keep_alive.as_secs()).ok() != Some(connect.keep_alive) {
+                props.server_keep_alive = u16::try_from(self.keep_alive.as_secs()).ok();
+            }
+            // v5 §3.2.2.3.17: CONNACK carries the Authentication Method of CONNECT.
+            props.authentication_method = self.auth_method.clone();
+            props.retain_available = Some(1);
+            props.wildcard_subscription_available = Some(1);
+            props.subscription_identifier_available = Some(1);
+            props.shared_subscription_available = Some(1);
+        }
+        self.send_connack(session_present, ReasonCode::Success, props);
+        self.phase = Phase::Connected;
+        self.touch(now);
+        if session_present {
+            self.resend_inflight();
+        }
+        while let Some(packet) = self.deferred.pop_front() {
+            if self.phase != Phase::Connected {
+                break;
+            }
+            self.handle_connected(now, packet);
+        }
+        revoked
+    }
+
+    /// The broker refuses the CONNECT (authentication, authorization, busy).
+    pub fn reject(&mut self, reason: ReasonCode) {
+        if self.phase != Phase::AwaitAccept {
+            return;
+        }
+        self.pending_connect = None;
+        self.will = None;
+        self.send_connack(false, reason, Properties::default());
+        self.close_silently(CloseReason::Server(reason));
+    }
+
+    pub(super) fn send_connack(
+        &mut self,
+        session_present: bool,
+        reason: ReasonCode,
+        properties: Properties,
+    ) {
+        self.transmit
+            .push_back(Outgoing::Packet(Packet::ConnAck(ConnAck {
+                session_present,
+                reason,
+                properties,
+            })));
+    }
+
+    /// Re-authentication (v5 §4.12.1): AUTH 0x19 with the method of CONNECT.
+    /// Multi-step methods are not offered, so Continue Authentication from the
+    /// client is a protocol error, as is AUTH without a method in CONNECT
+    /// or with another method.
+    pub(super) fn handle_auth(&mut self, auth: codec::Auth) {
+        if self.auth_method.is_none() {
+            return self.violate(Violation::AuthWithoutMethod);
+        }
+        if auth.properties.authentication_method != self.auth_method {
+            return self.violate(Violation::AuthMethodChanged);
+        }
+        if auth.reason != ReasonCode::ReAuthenticate {
+            return self.violate(Violation::UnexpectedAuth(auth.reason));
+        }
+        self.events.push_back(Event::ReAuthenticate {
+            method: auth.properties.authentication_method.unwrap_or_default(),
+            data: auth.properties.authentication_data,
+        });
+    }
+
+    /// The broker's answer to [`Event::ReAuthenticate`]: `Ok` sends AUTH
+    /// Success (v5 §4.12.1) and sets the new credential expiry; `Err` closes
+    /// with that reason.
+    pub fn reauthenticate_done(&mut self, result: Result<Option<Instant>, ReasonCode>) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        match result {
+            Ok(expiry) => {
+                self.credential_expiry = expiry;
+                let properties = Properties {
+                    authentication_method: self.auth_method.clone(),
+                    ..Properties::default()
+                };
+                self.send(Packet::Auth(codec::Auth {
+                    reason: ReasonCode::Success,
+                    properties,
+                }));
+            }
+            Err(reason) => self.close_with(reason),
+        }
+    }
+}

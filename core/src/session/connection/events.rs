@@ -1,0 +1,103 @@
+//! What the connection asks of the broker (`Event`) and the values those
+//! events carry: the CONNECT to decide, a routed message's acknowledgement,
+//! why a connection ended.
+
+use super::*;
+
+/// A CONNECT that passed the protocol checks and waits for the broker's
+/// decision (authentication, session lookup and takeover).
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// Empty when the client sent an empty id: the broker assigns one.
+    pub client_id: ByteString,
+    pub clean_start: bool,
+    pub protocol_version: ProtocolVersion,
+    pub username: Option<ByteString>,
+    pub password: Option<bytes::Bytes>,
+    pub authentication_method: Option<ByteString>,
+    pub authentication_data: Option<bytes::Bytes>,
+    /// Session expiry after the broker's cap.
+    pub session_expiry: Duration,
+    /// The will's topic, for the broker's publish authorization.
+    pub will_topic: Option<TopicName>,
+}
+
+/// A will (§3.1.2.5) ready to publish, with the delay to wait first.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    pub message: SharedMessage,
+    pub delay: Duration,
+}
+
+/// What the broker must act on. Each event names what the broker answers with.
+#[derive(Debug)]
+pub enum Event {
+    /// Answer with [`Connection::accept`] or [`Connection::reject`].
+    Connect(ConnectRequest),
+    /// Route the message (and store it if retained). For QoS 1/2 answer with
+    /// [`Connection::publish_done`] once it is in every target queue.
+    Publish {
+        message: SharedMessage,
+        ack: Option<PublishAck>,
+    },
+    /// Add the subscription to the index and, if `send_retained`, deliver the
+    /// matching retained messages with `Delivery::from_retained` set.
+    Subscribed {
+        key: ByteString,
+        subscription: Subscription,
+        send_retained: bool,
+    },
+    /// Remove the subscription from the index.
+    Unsubscribed { key: ByteString, filter: Filter },
+    /// The client re-authenticates (AUTH 0x19): answer with
+    /// [`Connection::reauthenticate_done`].
+    ReAuthenticate {
+        method: ByteString,
+        data: Option<bytes::Bytes>,
+    },
+    /// The client's permissions refused a PUBLISH or a SUBSCRIBE filter; the
+    /// client already has its answer (0x87, or in v3.1.1 a PUBACK and a drop
+    /// [MQTT-3.3.5-2], SUBACK 0x80). Nothing to answer: it is for the
+    /// operator's log. Raised only on the refusal path, so allowed
+    /// publishes cost nothing more.
+    Denied(Denied),
+    /// The connection ended. `session` is the state to keep (session expiry >
+    /// 0) or `None` if the session ends with the connection; `will` is to be
+    /// published after its delay unless the session resumes first
+    /// [MQTT-3.1.3-9].
+    Closed {
+        reason: CloseReason,
+        session: Option<SessionState>,
+        will: Option<PendingWill>,
+    },
+}
+
+/// What [`Event::Denied`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    Publish(TopicName),
+    /// The filter as the client sent it.
+    Subscribe(ByteString),
+}
+
+/// An incoming QoS 1/2 publish awaiting the broker's routing result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    pub packet_id: PacketId,
+    pub qos: QoS,
+}
+
+/// Why a connection ended, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT (reason as sent).
+    ClientDisconnect(ReasonCode),
+    /// The network connection was lost or closed without DISCONNECT.
+    ConnectionLost,
+    /// The broker closed it with this reason (sent in DISCONNECT or CONNACK
+    /// where the protocol version allows).
+    Server(ReasonCode),
+    /// The client broke a protocol rule (the reason sent is the
+    /// violation's `reason_code`).
+    Violation(Violation),
+}

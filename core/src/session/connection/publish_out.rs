@@ -1,0 +1,352 @@
+//! PUBLISH to the client (MQTT 5.0 §3.3, §4.3, §4.4): queued deliveries, the
+//! in-flight window (Receive Maximum), packet ids, the client's
+//! acknowledgements, resends on resumption, and the one PUBLISH builder
+//! (`write_forward`, straight from the shared message).
+
+use super::*;
+
+impl Connection {
+    /// Offers a routed message to this connection's session.
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+    ) -> Enqueued {
+        self.deliver_with(now, message, delivery, None)
+    }
+
+    /// `deliver`, spilling to the shard's disk buffer past its memory budget
+    /// (`SessionState::enqueue_with`).
+    pub fn deliver_with(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+        spill: Option<&mut SpillCtx<'_>>,
+    ) -> Enqueued {
+        let online = self.phase == Phase::Connected;
+        let Some(session) = self.session.as_mut() else {
+            return Enqueued::Discarded;
+        };
+        session.enqueue_with(now, message, delivery, online, &self.limits.queue, spill)
+    }
+
+    pub(super) fn handle_puback(&mut self, packet_id: PacketId) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match session.inflight_position(packet_id) {
+            Some(i) if session.inflight[i].state == InflightState::Qos1Sent => {
+                session.remove_inflight(i);
+            }
+            // v5 §4.3.2 does not ask the server to act on an unknown PUBACK.
+            _ => {}
+        }
+    }
+
+    pub(super) fn handle_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match session.inflight_position(packet_id) {
+            Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
+                if reason.is_error() {
+                    // v5 §4.3.3: a PUBREC with an error ends the exchange.
+                    session.remove_inflight(i);
+                } else {
+                    session.inflight[i].state = InflightState::Released;
+                    let publish = session.inflight[i].publish.take();
+                    session.retire(publish);
+                    self.send(Packet::PubRel(PubResponse::new(
+                        packet_id,
+                        ReasonCode::Success,
+                    )));
+                }
+            }
+            Some(_) => {
+                // A repeated PUBREC: send the PUBREL again [MQTT-4.3.3-?].
+                self.send(Packet::PubRel(PubResponse::new(
+                    packet_id,
+                    ReasonCode::Success,
+                )));
+            }
+            None => {
+                let reason = self.v311_success_or(ReasonCode::PacketIdentifierNotFound);
+                self.send(Packet::PubRel(PubResponse::new(packet_id, reason)));
+            }
+        }
+    }
+
+    pub(super) fn handle_pubcomp(&mut self, packet_id: PacketId) {
+        self.complete_outgoing(packet_id);
+    }
+
+    /// Ends an outgoing exchange (PUBCOMP, or discarded as too large).
+    pub(super) fn complete_outgoing(&mut self, id: PacketId) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if let Some(i) = session.inflight_position(id) {
+            session.remove_inflight(i);
+        }
+    }
+
+    /// Outgoing QoS 1/2 window: the client's Receive Maximum [MQTT-3.3.4-9],
+    /// capped by the broker's.
+    pub(super) fn window(&self) -> usize {
+        usize::from(
+            self.client
+                .receive_maximum
+                .min(self.limits.receive_maximum_max.get()),
+        )
+    }
+
+    /// The window for the entry at the front of the queue: a message still
+    /// on disk also waits for `spilled_inflight_max` (bounded memory while a
+    /// backlog drains).
+    pub(super) fn window_for(&self, front: &Entry) -> usize {
+        let window = self.window();
+        if front.is_spilled() {
+            window.min(usize::from(self.limits.spilled_inflight_max.get()))
+        } else {
+            window
+        }
+    }
+
+    /// Releases the records of exchanges acknowledged since the last call
+    /// (the reader has no buffer; the writer does, once per batch).
+    pub(super) fn release_retired(&mut self, spill: Option<&mut SpillCtx<'_>>) {
+        if let (Some(ctx), Some(session)) = (spill, self.session.as_mut()) {
+            session.release_retired(ctx);
+        }
+    }
+
+    /// The next thing to send. Control packets first, then queued publishes:
+    /// a publish leaves the session queue only when the writer asks, so a
+    /// slow reader's backlog stays in the bounded session queue, not in an
+    /// unbounded buffer. With the disk buffer at hand, resends of spilled
+    /// messages are read back.
+    pub(super) fn next_outgoing(
+        &mut self,
+        now: Instant,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Outgoing> {
+        loop {
+            let out = match self.transmit.pop_front() {
+                Some(out) => out,
+                None => return self.next_publish(now, spill),
+            };
+            let Outgoing::Reread { spilled, packet_id } = out else {
+                return Some(out);
+            };
+            let Some(ctx) = spill.as_deref_mut() else {
+                // Without the buffer it waits (the io layer always lends it).
+                self.transmit
+                    .push_front(Outgoing::Reread { spilled, packet_id });
+                return None;
+            };
+            let Some(session) = self.session.as_mut() else {
+                continue;
+            };
+            // Still in flight? An exchange that ended meanwhile is not resent.
+            let open = session
+                .inflight_position(packet_id)
+                .is_some_and(|i| session.inflight[i].state != InflightState::Released);
+            if !open {
+                continue;
+            }
+            match session.reread(&spilled, ctx) {
+                Some(queued) => {
+                    return Some(Outgoing::Publish {
+                        queued,
+                        packet_id: Some(packet_id),
+                        dup: true,
+                    })
+                }
+                // Lost (counted): the exchange cannot be resent and ends.
+                None => self.complete_outgoing(packet_id),
+            }
+        }
+    }
+
+    /// Takes the next queued message the window allows and, for QoS 1/2,
+    /// records it in flight under a fresh packet id.
+    pub(super) fn next_publish(
+        &mut self,
+        now: Instant,
+        mut spill: Option<&mut SpillCtx<'_>>,
+    ) -> Option<Outgoing> {
+        if self.phase != Phase::Connected {
+            return None;
+        }
+        let session = self.session.as_ref()?;
+        let front = session.queue.front()?;
+        if front.qos() != QoS::AtMostOnce && session.inflight.len() >= self.window_for(front) {
+            return None;
+        }
+        let session = self.session.as_mut()?;
+        let (queued, held) = session.pop_live(now, spill.as_deref_mut())?;
+        if queued.qos == QoS::AtMostOnce {
+            return Some(Outgoing::Publish {
+                queued,
+                packet_id: None,
+                dup: false,
+            });
+        }
+        let Some((id, serial)) = session.allocate_packet_id() else {
+            match held {
+                Some(s) => session.push_front_spilled(s),
+                None => session.push_front_memory(queued, spill),
+            }
+            return None;
+        };
+        let state = if queued.qos == QoS::AtLeastOnce {
+            InflightState::Qos1Sent
+        } else {
+            InflightState::Qos2Sent
+        };
+        session.inflight.push_back(Inflight {
+            packet_id: id,
+            serial,
+            state,
+            publish: Some(match held {
+                Some(s) => Entry::Spilled(s),
+                None => Entry::Memory(queued.clone()),
+            }),
+        });
+        Some(Outgoing::Publish {
+            queued,
+            packet_id: Some(id),
+            dup: false,
+        })
+    }
+
+    /// On session resumption, resend unacknowledged PUBLISH (DUP set) and
+    /// PUBREL in their original order [MQTT-4.4.0-1].
+    pub(super) fn resend_inflight(&mut self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        for f in &session.inflight {
+            match (&f.state, &f.publish) {
+                (InflightState::Released, _) => {
+                    self.transmit
+                        .push_back(Outgoing::Packet(Packet::PubRel(PubResponse::new(
+                            f.packet_id,
+                            ReasonCode::Success,
+                        ))))
+                }
+                (_, Some(Entry::Memory(q))) => self.transmit.push_back(Outgoing::Publish {
+                    queued: q.clone(),
+                    packet_id: Some(f.packet_id),
+                    dup: true,
+                }),
+                (_, Some(Entry::Spilled(s))) => self.transmit.push_back(Outgoing::Reread {
+                    spilled: s.clone(),
+                    packet_id: f.packet_id,
+                }),
+                (_, None) => {}
+            }
+        }
+    }
+
+    /// Encodes a control packet (or a resent PUBLISH built by
+    /// `poll_packet_with`). Returns whether it was written.
+    pub(super) fn write_packet(&mut self, packet: &Packet, buf: &mut BytesMut) -> bool {
+        let start = buf.len();
+        if codec::encode(packet, self.version, buf).is_err() {
+            // INVARIANT: the state machine only builds packets valid for
+            // the version; an encode error is a bug, not client input.
+            debug_assert!(false, "encode failed for {:?}", packet.packet_type());
+            buf.truncate(start);
+            return false;
+        }
+        if let Some(max) = self.client.packet_size_max {
+            if buf.len() - start > max as usize {
+                buf.truncate(start);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Encodes a queued message straight from the shared message (the hot
+    /// path: no `Publish` built). A PUBLISH larger than the client's
+    /// Maximum Packet Size is discarded as if sent [MQTT-3.1.2-25]; a topic
+    /// alias is only taken for a packet that is written, so the client
+    /// learns every alias it is later sent without a topic.
+    pub(super) fn write_forward(
+        &mut self,
+        now: Instant,
+        queued: &Queued,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        buf: &mut BytesMut,
+    ) -> bool {
+        let m = &queued.message;
+        let v5 = self.version == ProtocolVersion::V5;
+        let alias = self.outgoing_alias(&m.topic);
+        let (topic, topic_alias) = match alias {
+            OutAlias::Known(a) => (None, Some(a)),
+            OutAlias::New(a) => (Some(&m.topic), Some(a)),
+            OutAlias::None => (Some(&m.topic), None),
+        };
+        let forward = codec::Forward {
+            dup,
+            qos: queued.qos,
+            retain: queued.retain,
+            topic,
+            packet_id,
+            properties: m.properties.as_deref(),
+            message_expiry_interval: if v5 {
+                m.remaining_expiry_secs(now)
+            } else {
+                None
+            },
+            subscription_identifiers: if v5 { &queued.subscription_ids } else { &[] },
+            topic_alias,
+            payload: &m.payload,
+        };
+        match codec::encode_forward(&forward, self.version, self.client.packet_size_max, buf) {
+            Ok(_) => {
+                if let OutAlias::New(a) = alias {
+                    self.aliases_out.insert(m.topic.clone(), a);
+                }
+                true
+            }
+            Err(codec::EncodeError::PacketTooLarge { .. }) => {
+                if let Some(s) = self.session.as_mut() {
+                    s.stats.dropped_too_large += 1;
+                }
+                if let Some(id) = packet_id {
+                    self.complete_outgoing(id);
+                }
+                false
+            }
+            Err(e) => {
+                // INVARIANT: queued messages passed the topic and property
+                // checks on the way in; an encode error here is a bug.
+                debug_assert!(false, "forward encode failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// The topic alias for a PUBLISH on `topic` (v5, within the client's
+    /// Topic Alias Maximum [MQTT-3.3.2-9]). A `New` one is recorded by the
+    /// caller once the packet is sent.
+    pub(super) fn outgoing_alias(&self, topic: &TopicName) -> OutAlias {
+        if self.version != ProtocolVersion::V5 || self.client.topic_alias_max == 0 {
+            return OutAlias::None;
+        }
+        if let Some(&a) = self.aliases_out.get(topic) {
+            // The client already knows this alias: send an empty topic.
+            return OutAlias::Known(a);
+        }
+        if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
+            return OutAlias::New(self.aliases_out.len() as u16 + 1);
+        }
+        OutAlias::None
+    }
+}
