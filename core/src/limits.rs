@@ -71,6 +71,11 @@ impl Default for QueueLimit {
 /// bound applies to spilled messages only.
 pub const SPILLED_INFLIGHT_MAX: u16 = 4096;
 
+/// Largest Maximum Packet Size the broker announces in CONNACK: the largest
+/// Remaining Length (§1.5.5). A limit at or above it is the protocol's own,
+/// and is not announced (some clients refuse larger values).
+pub const MAXIMUM_PACKET_SIZE_ANNOUNCED: u32 = 268_435_455;
+
 /// `advanced.clients` plus the protocol limits the broker announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLimits {

@@ -207,6 +207,36 @@ fn v5_connack_announces_broker_limits_and_features() {
     assert!(h.conn.is_connected());
 }
 
+/// v5 §3.2.2.3.6: the default limit is MQTT's own, so CONNACK carries no
+/// Maximum Packet Size (paho-mqtt refuses 268,435,460 and drops the
+/// connection); a configured limit below the largest Remaining Length is
+/// announced as is.
+#[test]
+fn the_protocols_own_packet_size_limit_is_not_announced() {
+    for (max, announced) in [
+        (268_435_460, None),
+        (268_435_456, None),
+        (268_435_455, None),
+        (268_435_454, Some(268_435_454)),
+        (1 << 20, Some(1 << 20)),
+    ] {
+        let mut limits = ClientLimits::default();
+        limits.packet_size_max = NonZeroU32::new(max).unwrap();
+        let mut h = Harness::new(limits);
+        let ack = h.connect_v5("c1");
+        assert_eq!(
+            connack(&ack).properties.maximum_packet_size,
+            announced,
+            "{max}"
+        );
+    }
+    assert_eq!(
+        ClientLimits::default().packet_size_max.get(),
+        268_435_460,
+        "the default is MQTT's own maximum"
+    );
+}
+
 #[test]
 fn v5_empty_client_id_gets_assigned_identifier() {
     let mut h = Harness::new(ClientLimits::default());

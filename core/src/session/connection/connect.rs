@@ -148,7 +148,13 @@ impl Connection {
                 props.session_expiry_interval = u32::try_from(expiry.as_secs()).ok();
             }
             props.receive_maximum = Some(self.limits.receive_maximum_max.get());
-            props.maximum_packet_size = Some(self.limits.packet_size_max.get());
+            // v5 §3.2.2.3.6: absent means "no limit beyond the protocol's".
+            // Mainstream clients (paho-mqtt) refuse a value above the largest
+            // Remaining Length, 268,435,455, and the largest packet (its
+            // fixed header included) is a few bytes more: announce a limit
+            // only when it is a real one, as Mosquitto does.
+            let max = self.limits.packet_size_max.get();
+            props.maximum_packet_size = (max < MAXIMUM_PACKET_SIZE_ANNOUNCED).then_some(max);
             props.topic_alias_maximum = Some(self.limits.topic_alias_max);
             if u16::try_from(self.keep_alive.as_secs()).ok() != Some(connect.keep_alive) {
                 props.server_keep_alive = u16::try_from(self.keep_alive.as_secs()).ok();

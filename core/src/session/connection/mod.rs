@@ -16,7 +16,7 @@ use crate::codec::{
     ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ShortAck, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use crate::limits::ClientLimits;
+use crate::limits::{ClientLimits, MAXIMUM_PACKET_SIZE_ANNOUNCED};
 use crate::topic::{Filter, TopicName};
 
 use super::message::{expiry, forwardable, Message, SharedMessage};
