@@ -6,11 +6,12 @@
 //! outputs it caused.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+// PERF: looked up for every wake-up; std's SipHash costs more than the rest.
+use hashbrown::HashMap;
 use shardmq_core::broker::{ConnId, Notice, Output, Shard, ShardId};
 use shardmq_core::session::{CloseReason, Denied};
 use tracing::{debug, info, warn};
