@@ -1,6 +1,7 @@
 //! Accepting clients on one shard: every listener port this shard serves is
 //! bound here (SO_REUSEPORT: the kernel spreads connections over the shards
-//! and a connection stays where it was accepted), and each accepted stream
+//! and a connection stays where it was accepted; SO_REUSEADDR: a restart
+//! does not wait for TIME_WAIT), and each accepted stream
 //! gets its TLS handshake (with a deadline) before the connection is served.
 
 use std::rc::Rc;
@@ -19,6 +20,9 @@ use crate::driver::Driver;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
 use crate::server::{ListenerSpec, ServerError};
 
+/// Pending connections the kernel queues per listening socket (per shard).
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// Binds every listener that runs on `shard`.
 pub fn bind(
     shard: usize,
@@ -29,18 +33,36 @@ pub fn bind(
         .iter()
         .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&shard)))
     {
-        match TcpListener::bind(l.addr) {
-            Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),
-            Err(e) => {
-                return Err(ServerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source: std::io::Error::other(e.to_string()),
-                })
-            }
-        }
+        let listener = listen(l.addr).map_err(|source| ServerError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        })?;
+        bound.push((l.name.clone(), listener, Rc::new(l.security.clone())));
     }
     Ok(bound)
+}
+
+/// A listening socket with SO_REUSEPORT (every shard binds the port) and
+/// SO_REUSEADDR: without it the connections a stopped broker left in
+/// TIME_WAIT refuse a restart for a minute (glommio's own `bind` sets only
+/// SO_REUSEPORT). Another live broker on the port is still refused, by the
+/// probe in `server::reserve_ports`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket this function just
+    // created and gave up ownership of (`into_raw_fd`); glommio's listener
+    // takes it over and closes it when dropped.
+    #[allow(unsafe_code)]
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(listener)
 }
 
 /// Accepts on one listener until cancelled.
