@@ -36,6 +36,11 @@ pub struct Driver {
     mesh_waiters: RefCell<Vec<LocalSender<()>>>,
     /// Authentication jobs started, for logs and shutdown.
     pub auth_jobs: Cell<u64>,
+    /// Accepts that failed (EMFILE and friends), all listeners of the shard.
+    pub accept_failures: Cell<u64>,
+    /// Connections closed at once because the process was out of file
+    /// descriptors.
+    pub shed: Cell<u64>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -69,6 +74,8 @@ impl Driver {
             peers,
             mesh_waiters: RefCell::new(Vec::new()),
             auth_jobs: Cell::new(0),
+            accept_failures: Cell::new(0),
+            shed: Cell::new(0),
         });
         (driver, wakeups)
     }

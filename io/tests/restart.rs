@@ -68,7 +68,10 @@ fn stop_with_clients(broker: Proc, port: u16, signal: &str) {
     let mut broker = broker;
     let _ = broker.0.wait();
     if let Some(n) = time_wait(port) {
-        assert!(n > 0, "the stop left no TIME_WAIT: the test would prove nothing");
+        assert!(
+            n > 0,
+            "the stop left no TIME_WAIT: the test would prove nothing"
+        );
     }
 }
 

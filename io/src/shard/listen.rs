@@ -65,7 +65,17 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Accepts on one listener until cancelled.
+/// First pause after a failed accept; doubles up to `ACCEPT_BACKOFF_MAX`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one "accept failed" line per listener and shard this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Accepts on one listener until cancelled. Past the file-descriptor limit
+/// (EMFILE/ENFILE) a connection cannot be accepted and would wait in the
+/// kernel's queue without a CONNACK: the loop gives back a spare descriptor
+/// to accept it and close it at once (the client sees the close and can
+/// retry elsewhere or later), backs off, and says so once per interval.
 pub fn accept_loop(
     driver: Rc<Driver>,
     name: String,
@@ -73,9 +83,13 @@ pub fn accept_loop(
     security: Rc<ListenerSecurity>,
 ) -> Task<()> {
     glommio::spawn_local(async move {
+        let mut spare = std::fs::File::open("/dev/null").ok();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut failed = AcceptFailures::default();
         loop {
             match listener.accept().await {
                 Ok(stream) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
                     let _ = stream.set_nodelay(true);
                     let peer = stream
                         .peer_addr()
@@ -91,13 +105,72 @@ pub fn accept_loop(
                     .detach();
                 }
                 Err(e) => {
-                    // EMFILE and friends: keep serving existing clients.
-                    warn!(shard = driver.id.index(), listener = %name, error = %e, "accept failed");
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    driver.accept_failures.set(driver.accept_failures.get() + 1);
+                    let out_of_fds = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
+                    let mut shed = false;
+                    if out_of_fds {
+                        if let Some(fd) = spare.take() {
+                            drop(fd);
+                            if let Ok(stream) = listener.accept().await {
+                                drop(stream);
+                                driver.shed.set(driver.shed.get() + 1);
+                                shed = true;
+                            }
+                            spare = std::fs::File::open("/dev/null").ok();
+                        }
+                    }
+                    failed.note(&driver, &name, &e.to_string(), out_of_fds);
+                    // A client told and gone is progress: the next one in the
+                    // queue gets the same promptly. Otherwise back off.
+                    if shed {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                    } else {
+                        glommio::timer::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
                 }
             }
         }
     })
+}
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Failed accepts since the last line about them.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    since_line: u64,
+    last_line: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, driver: &Driver, listener: &str, error: &str, out_of_fds: bool) {
+        self.since_line += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_line
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_LOG_EVERY)
+        {
+            return;
+        }
+        let hint = if out_of_fds {
+            "out of file descriptors: raise LimitNOFILE= (systemd) or `ulimit -n`; \
+             new clients are closed at once until some disconnect"
+        } else {
+            "existing clients are served; accepting again after a pause"
+        };
+        warn!(
+            shard = driver.id.index(),
+            %listener,
+            failed = self.since_line,
+            every_s = ACCEPT_LOG_EVERY.as_secs(),
+            error,
+            "accept failed: {hint}"
+        );
+        self.since_line = 0;
+        self.last_line = Some(now);
+    }
 }
 
 /// Runs the TLS handshake if the port has TLS (with a deadline, so a client

@@ -58,6 +58,10 @@ pub struct ShardReport {
     pub index_entries: u64,
     /// Delayed wills waiting on this shard.
     pub wills: u64,
+    /// Accepts that failed (out of file descriptors and the like), and the
+    /// connections closed at once because of it.
+    pub accept_failures: u64,
+    pub accept_shed: u64,
 }
 
 /// What every shard starts from, shared by all of them.
@@ -276,6 +280,8 @@ fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
         client_ids: inv.client_ids as u64,
         index_entries: inv.index_entries as u64,
         wills: inv.wills as u64,
+        accept_failures: driver.accept_failures.get(),
+        accept_shed: driver.shed.get(),
     };
     if let Ok(mut reports) = setup.shard_reports.lock() {
         if let Some(slot) = reports.get_mut(id) {
@@ -303,6 +309,7 @@ fn log_stats(driver: &Rc<Driver>) {
             messages_in = stats.messages_in,
             deliveries = stats.deliveries,
             dropped_queue_full = stats.dropped_queue_full,
+            accept_failures = driver.accept_failures.get(),
             "shard stats"
         );
         if let Some(b) = s.buffer() {
