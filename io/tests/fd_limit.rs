@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{temp_file, Proc, BIN, WAIT};
+use common::{temp_file, BIN, WAIT};
 use shardmq_core::codec::{decode_packet, encode, Connect, Packet, Properties, ProtocolVersion};
 
 /// File descriptors the broker may hold: enough to start, few enough that
@@ -82,41 +81,14 @@ fn past_the_fd_limit_new_clients_are_closed_at_once_and_the_log_stays_quiet() {
         r#"{"cardinality":{"frontend":{"workers":1}},
             "listeners":[{"name":"l","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
     );
-    let mut child = Command::new("prlimit")
-        .arg(format!("--nofile={NOFILE}:{NOFILE}"))
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={NOFILE}:{NOFILE}"))
         .arg(BIN)
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let broker = Proc(child);
-    let deadline = Instant::now() + WAIT;
-    let port = loop {
-        let found = lines.lock().unwrap().iter().find_map(|l| {
-            let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
-            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
-        });
-        if let Some(port) = found {
-            break port;
-        }
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        .env("RUST_LOG", "info");
+    let (broker, ports, log) = common::spawn_logged(cmd, 1);
+    let port = ports[0];
 
     // Fill the descriptors, then some: each one past the limit must be
     // told (closed), never left hanging.
@@ -159,9 +131,8 @@ fn past_the_fd_limit_new_clients_are_closed_at_once_and_the_log_stays_quiet() {
     }
 
     // Many failed accepts, few lines: at most one per 10 s per listener.
-    let failed_lines = lines
-        .lock()
-        .unwrap()
+    let failed_lines = log
+        .lines()
         .iter()
         .filter(|l| l.contains("accept failed"))
         .count();
