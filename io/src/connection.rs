@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 use rustls_pki_types::CertificateDer;
-use shardmq_core::codec::Decoder;
+use shardmq_core::codec::{Decoder, Inbox};
+use shardmq_core::limits::CONNECT_SIZE_MAX;
 use shardmq_core::session::{Connection, Event};
 use tracing::{debug, trace};
 
@@ -19,7 +20,9 @@ use crate::security::ListenerSecurity;
 use crate::shard::{ConnCell, Shard};
 
 /// Bytes read per socket read; frames larger than this are assembled over
-/// several reads, bounded by the decoder's maximum packet size.
+/// several reads, bounded by the decoder's maximum packet size (a small one
+/// until CONNECT is accepted) and the shard's budget for partial packets
+/// (`Shard::hold_partial`).
 const READ_CHUNK: usize = 16 * 1024;
 /// Soft bound of one coalesced write. PERF: on a drain the kernel's send
 /// path (copy, loopback transmit, the reader's wake-up) is half the shard's
@@ -61,8 +64,10 @@ pub async fn serve<S>(
     let writer_task = glommio::spawn_local(write_loop(cell.clone(), writer));
     let timer_task = glommio::spawn_local(timer_loop(shard.clone(), cell.clone()));
 
-    let mut decoder = Decoder::new(packet_size_max);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Until the CONNECT is accepted, an unauthenticated peer may send only
+    // a CONNECT-sized packet (`CONNECT_SIZE_MAX`, docs/SECURITY.md).
+    let mut inbox = Inbox::new(Decoder::new(packet_size_max.min(CONNECT_SIZE_MAX)));
+    let mut connect_limit = true;
     let mut session: Option<SessionId> = None;
     let auth = ConnAuth {
         security,
@@ -87,6 +92,10 @@ pub async fn serve<S>(
                 break 'read;
             }
         }
+        shard.hold_partial(&cell, inbox.partial_len() as u64);
+        if cell.closed.get() {
+            break;
+        }
         let read = async { Some(reader.read(&mut chunk).await) }
             .or(async {
                 let _ = cell.closed_rx.recv().await;
@@ -97,7 +106,7 @@ pub async fn serve<S>(
             Some(Ok(0)) | Some(Err(_)) | None => break,
             Some(Ok(n)) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        inbox.push(&chunk[..n]);
         // Every packet of this chunk arrived now (keep-alive, expiry); read
         // again after an await, which may take long (routing backpressure).
         let mut now = Instant::now();
@@ -108,12 +117,12 @@ pub async fn serve<S>(
         loop {
             // PERF: the 4-byte acknowledgements a draining subscriber sends
             // for every message skip `Packet` (a ~470-byte value).
-            let events = if let Some(ack) = decoder.decode_ack(&mut buf) {
+            let events = if let Some(ack) = inbox.decode_ack() {
                 let mut conn = cell.conn.borrow_mut();
                 conn.handle_short_ack(now, ack);
                 conn.has_events()
             } else {
-                match decoder.decode(&mut buf) {
+                match inbox.decode() {
                     Ok(Some(packet)) => {
                         trace!(%peer, packet = ?packet.packet_type(), "received");
                         let mut conn = cell.conn.borrow_mut();
@@ -123,7 +132,7 @@ pub async fn serve<S>(
                     Ok(None) => break,
                     Err(e) => {
                         debug!(%peer, error = %e, "protocol violation");
-                        let version = decoder.version();
+                        let version = inbox.decoder().version();
                         cell.conn.borrow_mut().handle_decode_error(&e, version);
                         process_events(&shard, &cell, &auth, &mut session).await;
                         cell.wake();
@@ -135,6 +144,10 @@ pub async fn serve<S>(
             if events {
                 process_events(&shard, &cell, &auth, &mut session).await;
                 now = Instant::now();
+                if connect_limit && cell.conn.borrow().is_connected() {
+                    connect_limit = false;
+                    inbox.set_max_packet_size(packet_size_max);
+                }
             }
             cell.wake();
             if cell.conn.borrow().is_closed() {
@@ -147,6 +160,8 @@ pub async fn serve<S>(
     }
     // The timer or a shutdown may have closed it while we were reading.
     process_events(&shard, &cell, &auth, &mut session).await;
+    drop(inbox);
+    shard.hold_partial(&cell, 0);
     cell.closed.set(true);
     cell.wake();
     timer_task.cancel().await;

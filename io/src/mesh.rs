@@ -65,9 +65,18 @@ pub enum MeshMsg {
         key: SubKey,
     },
     /// To the retained owner of the topic (hash of the topic): set, or
-    /// clear with an empty payload. The owner's order is the order.
+    /// clear with an empty payload. The owner's order is the order. The
+    /// owner answers `RetainSetReply` once it has stored it or refused it.
     RetainSet {
         message: SharedMessage,
+        reply_to: ShardId,
+        request: u64,
+    },
+    /// `stored` is false when the owner's retained store refused the
+    /// message (full: v5 0x97 Quota Exceeded to a QoS 1/2 publisher).
+    RetainSetReply {
+        request: u64,
+        stored: bool,
     },
     /// To every shard: the retained messages it owns that match `filter`.
     RetainedQuery {

@@ -13,7 +13,7 @@ use futures_lite::FutureExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use shardmq_core::limits::ClientLimits;
+use shardmq_core::limits::{ClientLimits, SESSION_SHARES};
 use tracing::{debug, error, info, warn};
 
 use crate::buffer::{Deleter, DiskBuffer};
@@ -21,7 +21,7 @@ use crate::connection;
 use crate::mesh::MeshMsg;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
 use crate::shard::{BufferReport, Shard, ShardConfig, SHARD};
-use crate::spill::{BufferSpec, ShardBuffer};
+use crate::spill::BufferSpec;
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
 /// publishers of the sending shard.
@@ -74,8 +74,17 @@ pub struct ServerConfig {
     /// `advanced.encryptInternalTraffic`.
     pub encrypt_internal_traffic: bool,
     /// Queued bytes a shard keeps in memory before spilling
-    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one).
+    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one). One
+    /// session's share of it (`SESSION_SHARES`) becomes
+    /// `limits.queue.bytes_max`.
     pub memory_budget_bytes: u64,
+    /// Bytes of retained messages per shard (`retainedMessages.maxSize`
+    /// divided between shards, or derived from `memoryProfile`).
+    pub retained_bytes_max: u64,
+    /// Bytes of packets not yet whole one shard's connections may hold
+    /// beyond a read chunk each (derived from `memoryProfile`);
+    /// `limits.packet_size_max` is lowered to what one connection can hold.
+    pub partial_bytes_max: u64,
 }
 
 /// How each shard opens its disk buffer.
@@ -235,10 +244,14 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
     let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
+    let limits = derived_limits(&config);
     let shard_config = Arc::new(ShardConfig {
         shards: n,
-        limits: Arc::new(config.limits.clone()),
+        limits: Arc::new(limits),
         retained_max: config.retained_max,
+        retained_bytes_max: config.retained_bytes_max,
+        memory_budget_bytes: config.memory_budget_bytes,
+        partial_bytes_max: config.partial_bytes_max,
         selftest_interval: config.selftest_interval,
         buffer_reports: buffer_reports.clone(),
         buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
@@ -317,9 +330,33 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     })
 }
 
+/// The client limits with what the memory bounds imply: a session's share
+/// of the shard's queue budget, and no packet larger than one connection
+/// may hold while receiving it (announced in CONNACK, so v5 clients know).
+fn derived_limits(config: &ServerConfig) -> ClientLimits {
+    let mut limits = config.limits.clone();
+    limits.queue.bytes_max = config.memory_budget_bytes / SESSION_SHARES;
+    let receivable = config
+        .partial_bytes_max
+        .saturating_add(crate::shard::PARTIAL_BYTES_FREE)
+        .min(u64::from(u32::MAX)) as u32;
+    if receivable < limits.packet_size_max.get() {
+        if let Some(max) = std::num::NonZeroU32::new(receivable) {
+            info!(
+                configured = limits.packet_size_max.get(),
+                in_force = receivable,
+                "maxPacketSizeBytes lowered to what a shard may hold of packets being \
+                 received (memoryProfile, docs/CONFIG.md)"
+            );
+            limits.packet_size_max = max;
+        }
+    }
+    limits
+}
+
 /// Opens shard `id`'s disk buffer; on failure the shard runs without one
 /// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
-fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer> {
+fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskBuffer> {
     let share = setup.spec.size_max_bytes / shards as u64;
     // At least two segments per shard: the segment being written is never
     // reclaimed, so with one the buffer would stay full once it filled.
@@ -357,7 +394,7 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
                 leftover_segments_removed = disk.removed_at_open(),
                 "disk buffer open"
             );
-            Some(ShardBuffer::new(disk, setup.memory_budget_bytes))
+            Some(disk)
         }
         Err(e) => {
             error!(

@@ -18,14 +18,14 @@ use shardmq_core::codec::{QoS, ReasonCode};
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::retained::RetainedStore;
 use shardmq_core::session::{
-    Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage, SpillRef,
+    memory_cost, Connection, Delivery, Enqueued, PendingWill, SessionState, SharedMessage, SpillRef,
 };
 use shardmq_core::topic::{merge_overlapping, Filter, SubscriptionTrie, TopicFilter, TopicName};
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferStats, SegmentFile};
+use crate::buffer::{BufferStats, DiskBuffer, SegmentFile};
 use crate::mesh::{MeshMsg, SessionId, ShardId, SubKey, SubVal};
-use crate::spill::ShardBuffer;
+use crate::spill::{DiskSpill, ShardBuffer};
 
 /// Readahead asked for when a session with spilled messages reconnects.
 const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
@@ -58,6 +58,9 @@ pub struct ConnCell {
     pub closed_rx: LocalReceiver<()>,
     /// The session's key in the shard's disk buffer, set by `attach`.
     pub spill_owner: Cell<u64>,
+    /// Bytes of packets not yet whole this connection holds past
+    /// `PARTIAL_BYTES_FREE`, charged to the shard (`Shard::hold_partial`).
+    pub partial: Cell<u64>,
 }
 
 impl ConnCell {
@@ -79,6 +82,7 @@ impl ConnCell {
             closed_tx,
             closed_rx,
             spill_owner: Cell::new(0),
+            partial: Cell::new(0),
         }
     }
 
@@ -140,7 +144,17 @@ pub struct ShardStats {
     pub messages_in: Cell<u64>,
     pub deliveries: Cell<u64>,
     pub dropped_queue_full: Cell<u64>,
+    /// Retained messages the store refused (full).
+    pub retained_refused: Cell<u64>,
+    /// Connections closed for holding the most of the shard's budget for
+    /// packets not yet whole.
+    pub closed_partial: Cell<u64>,
 }
+
+/// Bytes of packets not yet whole a connection holds without drawing on
+/// the shard's budget for them (`ShardConfig::partial_bytes_max`): one read
+/// chunk, which is all a connection sending whole small packets ever holds.
+pub const PARTIAL_BYTES_FREE: u64 = 16 * 1024;
 
 /// Broker-wide settings every shard reads.
 #[derive(Debug)]
@@ -148,6 +162,15 @@ pub struct ShardConfig {
     pub shards: usize,
     pub limits: Arc<ClientLimits>,
     pub retained_max: usize,
+    /// Bytes of retained messages this shard keeps (its part of
+    /// `retainedMessages.maxSize`).
+    pub retained_bytes_max: u64,
+    /// Bytes of queued messages the shard keeps in memory
+    /// (`memory_budget_bytes(memoryProfile)`), with or without a disk buffer.
+    pub memory_budget_bytes: u64,
+    /// Bytes of packets not yet whole the shard's connections may hold
+    /// beyond `PARTIAL_BYTES_FREE` each (`connection::Partial`).
+    pub partial_bytes_max: u64,
     pub selftest_interval: Option<Duration>,
     /// One slot per shard, written every tick.
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
@@ -181,9 +204,14 @@ pub struct Shard {
     probe_seq: Cell<u64>,
     probe_seen: RefCell<HashMap<u64, Vec<bool>>>,
     pub probes_ok: Arc<AtomicU64>,
-    /// `None` without `diskBackedMessageBuffer` (or if it failed to open):
-    /// queues are then bounded by `subscriberQueueLimit` alone.
-    buffer: Option<RefCell<ShardBuffer>>,
+    /// Sum of the connections' `ConnCell::partial`.
+    partial_bytes: Cell<u64>,
+    /// Highest queued, retained and partial bytes seen since the heap was
+    /// last trimmed (`tick`).
+    held_peak: Cell<u64>,
+    /// The queues' memory accounting, and the disk buffer when there is one
+    /// (`diskBackedMessageBuffer` configured and opened).
+    buffer: RefCell<ShardBuffer>,
     /// Buffer keys that differ from the session id: a session resumed on
     /// this shard keeps the key its records were written under. Session ids
     /// are never reused, so a key stays unique among live sessions.
@@ -218,13 +246,15 @@ impl Shard {
         probes_ok: Arc<AtomicU64>,
     ) -> Rc<Shard> {
         let retained_max = config.retained_max;
+        let retained_bytes_max = config.retained_bytes_max;
+        let memory_budget_bytes = config.memory_budget_bytes;
         let shard = Rc::new(Shard {
             id,
             config,
             senders,
             outbox: Vec::new(),
             index: RefCell::new(SubscriptionTrie::new()),
-            retained: RefCell::new(RetainedStore::new(retained_max)),
+            retained: RefCell::new(RetainedStore::new(retained_max, retained_bytes_max)),
             sessions: RefCell::new(HashMap::new()),
             indexed: RefCell::new(HashMap::new()),
             registry: RefCell::new(HashMap::new()),
@@ -239,7 +269,9 @@ impl Shard {
             probe_seq: Cell::new(0),
             probe_seen: RefCell::new(HashMap::new()),
             probes_ok,
-            buffer: None,
+            partial_bytes: Cell::new(0),
+            held_peak: Cell::new(0),
+            buffer: RefCell::new(ShardBuffer::new(None, memory_budget_bytes)),
             spill_owners: RefCell::new(HashMap::new()),
             adopting: RefCell::new(HashMap::new()),
         });
@@ -277,11 +309,9 @@ impl Shard {
         }
     }
 
-    /// Gives the shard its disk buffer; call before the shard is shared.
-    pub fn install_buffer(self: &mut Rc<Shard>, buffer: ShardBuffer) {
-        if let Some(shard) = Rc::get_mut(self) {
-            shard.buffer = Some(RefCell::new(buffer));
-        }
+    /// Gives the shard its disk buffer; call before it has sessions.
+    pub fn install_buffer(&self, buffer: DiskBuffer) {
+        self.buffer.borrow_mut().disk = Some(DiskSpill { buffer, refused: 0 });
     }
 
     fn spill_owner(&self, session: SessionId) -> u64 {
@@ -302,14 +332,9 @@ impl Shard {
         bytes_max: usize,
     ) -> usize {
         let mut conn = cell.conn.borrow_mut();
-        match &self.buffer {
-            None => conn.poll_transmit(now, buf, bytes_max),
-            Some(b) => {
-                let mut b = b.borrow_mut();
-                let mut ctx = b.ctx(cell.spill_owner.get());
-                conn.poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
-            }
-        }
+        let mut b = self.buffer.borrow_mut();
+        let mut ctx = b.ctx(cell.spill_owner.get());
+        conn.poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
     }
 
     fn post(&self, peer: ShardId, msg: MeshMsg) {
@@ -462,8 +487,8 @@ impl Shard {
             Slot::Offline { state, .. } => (Some(*state), None),
         };
         let mut state = state;
-        if let (Some(b), Some(st)) = (&self.buffer, state.as_mut()) {
-            let mut b = b.borrow_mut();
+        if let Some(st) = state.as_mut() {
+            let mut b = self.buffer.borrow_mut();
             if !stays {
                 if st.buffer_records() > 0 {
                     info!(shard = self.id, client = %st.client_id, messages = st.buffer_records(),
@@ -511,11 +536,7 @@ impl Shard {
     /// its memory, and what a clean start threw away.
     fn attach_buffer(&self, session: SessionId, cell: &ConnCell) {
         let adopting = self.adopting.borrow_mut().remove(&session);
-        let Some(b) = &self.buffer else {
-            cell.spill_owner.set(session);
-            return;
-        };
-        let mut b = b.borrow_mut();
+        let mut b = self.buffer.borrow_mut();
         let conn = cell.conn.borrow();
         let state = conn.session();
         let owner = match adopting {
@@ -529,7 +550,7 @@ impl Shard {
             Some(a) => {
                 // Clean start: the old session and its records are gone.
                 for r in a.refs {
-                    shardmq_core::session::Spill::release(&mut b.disk, r);
+                    b.release(r);
                 }
                 session
             }
@@ -538,9 +559,9 @@ impl Shard {
         cell.spill_owner.set(owner);
         if let Some(state) = state {
             b.memory_bytes += state.memory_bytes();
-            if let Some(first) = state.first_spilled_ref() {
+            if let (Some(first), Some(disk)) = (state.first_spilled_ref(), b.disk.as_mut()) {
                 // Readahead for the drain that is about to start.
-                shardmq_core::session::Spill::prefetch(&mut b.disk, first, PREFETCH_BYTES);
+                shardmq_core::session::Spill::prefetch(disk, first, PREFETCH_BYTES);
             }
         }
         drop(conn);
@@ -576,9 +597,7 @@ impl Shard {
             Some(mut state) => {
                 // Records of exchanges acknowledged since the writer's last
                 // turn: released now, not when the session comes back.
-                if let Some(b) = &self.buffer {
-                    state.release_retired(&mut b.borrow_mut().ctx(self.spill_owner(session)));
-                }
+                state.release_retired(&mut self.buffer.borrow_mut().ctx(self.spill_owner(session)));
                 let expires_at = now.checked_add(state.expiry_interval);
                 self.sessions.borrow_mut().insert(
                     session,
@@ -669,33 +688,99 @@ impl Shard {
             self.publish_internal(message);
         }
         self.tick_buffer();
+        self.trim_heap();
+    }
+
+    /// A connection now holds `held` bytes of packets not yet whole. What is
+    /// past `PARTIAL_BYTES_FREE` is charged to the shard; past the shard's
+    /// budget, the connections holding the most are closed (this one
+    /// included) until it is met. Closing, not waiting: connections waiting
+    /// for each other's budget would wait forever, and an unfinished packet
+    /// only ever completes by reading more of it.
+    pub fn hold_partial(&self, cell: &ConnCell, held: u64) {
+        let charge = held.saturating_sub(PARTIAL_BYTES_FREE);
+        let before = cell.partial.replace(charge);
+        let mut total = self.partial_bytes.get() - before + charge;
+        self.partial_bytes.set(total);
+        let max = self.config.partial_bytes_max;
+        if total <= max {
+            return;
+        }
+        let mut holders: Vec<Rc<ConnCell>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter_map(std::rc::Weak::upgrade)
+            .filter(|c| c.partial.get() > 0)
+            .collect();
+        holders.sort_by_key(|c| std::cmp::Reverse(c.partial.get()));
+        for victim in holders {
+            if total <= max {
+                break;
+            }
+            // Its reader frees the bytes when it sees the close, soon;
+            // they stop counting now, so they are not reclaimed twice.
+            let bytes = victim.partial.replace(0);
+            total -= bytes;
+            let closed = &self.stats.closed_partial;
+            closed.set(closed.get() + 1);
+            warn!(
+                shard = self.id,
+                client = %victim.conn.borrow().client_id().map(|c| c.to_string()).unwrap_or_default(),
+                partial_bytes = bytes + PARTIAL_BYTES_FREE,
+                shard_partial_bytes_max = max,
+                "closing the connection holding the most of a packet not yet received: \
+                 the shard's budget for partial packets (memoryProfile) is used up"
+            );
+            victim.closed.set(true);
+            let _ = victim.closed_tx.try_send(());
+            victim.wake();
+        }
+        self.partial_bytes.set(total);
+    }
+
+    /// Gives freed heap back to the system once the shard's queues,
+    /// retained store and partial packets shrank by `trim::TRIM_AFTER_BYTES`
+    /// from their peak (sampled each tick).
+    fn trim_heap(&self) {
+        let held = self.buffer.borrow().memory_bytes
+            + self.retained.borrow().bytes()
+            + self.partial_bytes.get();
+        let peak = self.held_peak.get().max(held);
+        if peak - held >= crate::trim::TRIM_AFTER_BYTES {
+            crate::trim::trim_soon(self.id, peak - held);
+            self.held_peak.set(held);
+        } else {
+            self.held_peak.set(peak);
+        }
     }
 
     /// Releases what an ending session holds in the buffer and in memory.
     fn end_session_buffer(&self, session: SessionId, state: Option<SessionState>) {
         let owner = self.spill_owner(session);
         self.spill_owners.borrow_mut().remove(&session);
-        if let (Some(b), Some(mut state)) = (&self.buffer, state) {
-            state.discard_queue(&mut b.borrow_mut().ctx(owner));
+        if let Some(mut state) = state {
+            state.discard_queue(&mut self.buffer.borrow_mut().ctx(owner));
         }
     }
 
     /// Seals and flushes the pending block, asks for the next segment file
     /// off the shard, and publishes the buffer's figures.
     fn tick_buffer(&self) {
+        let mut b = self.buffer.borrow_mut();
         let mut report = BufferReport {
             dropped_queue_full: self.stats.dropped_queue_full.get(),
+            memory_bytes: b.memory_bytes,
             ..BufferReport::default()
         };
-        if let Some(b) = &self.buffer {
-            let mut b = b.borrow_mut();
-            if let Err(e) = b.disk.buffer.flush() {
+        if let Some(disk) = b.disk.as_mut() {
+            if let Err(e) = disk.buffer.flush() {
                 warn!(shard = self.id, error = %e, "disk buffer flush failed");
             }
             // Spares only once the buffer is in use: an idle broker keeps
             // no preallocated files.
-            let in_use = b.disk.buffer.stats().segments > 0;
-            if let Some(req) = in_use.then(|| b.disk.buffer.spare_request()).flatten() {
+            let in_use = disk.buffer.stats().segments > 0;
+            if let Some(req) = in_use.then(|| disk.buffer.spare_request()).flatten() {
                 let me = self.me();
                 glommio::spawn_local(async move {
                     let file = glommio::executor()
@@ -707,18 +792,20 @@ impl Shard {
                             file
                         })
                         .await;
-                    if let Some(b) = me.as_ref().and_then(|s| s.buffer.as_ref()) {
-                        b.borrow_mut().disk.buffer.install_spare(file);
+                    if let Some(me) = &me {
+                        if let Some(disk) = me.buffer.borrow_mut().disk.as_mut() {
+                            disk.buffer.install_spare(file);
+                        }
                     }
                 })
                 .detach();
             }
             report.open = true;
-            report.encrypted = b.disk.buffer.encrypted();
-            report.disk = b.disk.buffer.stats();
-            report.memory_bytes = b.memory_bytes;
-            report.refused = b.disk.refused;
+            report.encrypted = disk.buffer.encrypted();
+            report.disk = disk.buffer.stats();
+            report.refused = disk.refused;
         }
+        drop(b);
         if let Ok(mut reports) = self.config.buffer_reports.lock() {
             if let Some(slot) = reports.get_mut(self.id) {
                 *slot = report;
@@ -835,20 +922,28 @@ impl Shard {
     /// Returns whether anyone matched (v5 0x10 No matching subscribers).
     pub async fn route(&self, message: &SharedMessage, now: Instant) -> ReasonCode {
         self.stats.messages_in.set(self.stats.messages_in.get() + 1);
+        let mut retain_refused = false;
         if message.retain {
             let owner = self.retained_owner(message.topic.as_str());
             if owner == self.id {
-                self.apply_retained(message.clone());
+                retain_refused = !self.apply_retained(message.clone());
             } else {
+                let (request, rx) = self.new_request();
                 self.post(
                     owner,
                     MeshMsg::RetainSet {
                         message: message.clone(),
+                        reply_to: self.id,
+                        request,
                     },
                 );
                 // Once the publisher is acknowledged, a new subscriber
-                // anywhere must see it: wait until the owner has stored it.
-                self.barrier(&[owner]).await;
+                // anywhere must see it: wait until the owner has stored it,
+                // and learn whether it did.
+                retain_refused = matches!(
+                    rx.recv().await,
+                    Some(MeshMsg::RetainSetReply { stored: false, .. })
+                );
             }
         }
         let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
@@ -897,10 +992,12 @@ impl Shard {
                 .await;
             }
         }
-        if rejected {
+        if rejected || retain_refused {
             // A subscriber's queue (memory and disk buffer) is full and its
-            // strategy is None: push the v5 publisher back (v5 §3.4.2.1
-            // 0x97). Subscribers on other shards are not counted here.
+            // strategy is None, or the retained store is full: push the v5
+            // publisher back (v5 §3.4.2.1 0x97); current subscribers still
+            // got the message. Subscribers' queues on other shards are not
+            // counted here.
             ReasonCode::QuotaExceeded
         } else if matched {
             ReasonCode::Success
@@ -958,7 +1055,7 @@ impl Shard {
         now: Instant,
     ) -> bool {
         let mut sessions = self.sessions.borrow_mut();
-        let mut buffer = self.buffer.as_ref().map(RefCell::borrow_mut);
+        let mut b = self.buffer.borrow_mut();
         let limit = &self.config.limits.queue;
         let mut rejected = false;
         for (session, delivery) in targets {
@@ -966,43 +1063,28 @@ impl Shard {
                 self.probe_arrived(message);
                 continue;
             }
-            // With a disk buffer, DropOldest may drop several messages for
-            // one arrival (space comes back a segment at a time).
+            // DropOldest may drop several messages for one arrival (bytes
+            // come back one message, and disk space one segment, at a time).
             let mut extra_drops = 0;
             let outcome = match sessions.get_mut(session) {
                 Some(Slot::Online(cell)) => {
                     let mut conn = cell.conn.borrow_mut();
-                    let outcome = match buffer.as_deref_mut() {
-                        None => conn.deliver(now, message, delivery),
-                        Some(b) => {
-                            let before = dropped_of(conn.session());
-                            let mut ctx = b.ctx(cell.spill_owner.get());
-                            let outcome = conn.deliver_with(now, message, delivery, Some(&mut ctx));
-                            extra_drops = dropped_of(conn.session()) - before;
-                            outcome
-                        }
-                    };
+                    let before = dropped_of(conn.session());
+                    let mut ctx = b.ctx(cell.spill_owner.get());
+                    let outcome = conn.deliver_with(now, message, delivery, Some(&mut ctx));
+                    extra_drops = dropped_of(conn.session()) - before;
                     drop(conn);
                     cell.wake();
                     outcome
                 }
-                Some(Slot::Offline { state, .. }) => match buffer.as_deref_mut() {
-                    None => state.enqueue(now, message, delivery, false, limit),
-                    Some(b) => {
-                        let before = state.stats.dropped_queue_full;
-                        let mut ctx = b.ctx(self.spill_owner(*session));
-                        let outcome = state.enqueue_with(
-                            now,
-                            message,
-                            delivery,
-                            false,
-                            limit,
-                            Some(&mut ctx),
-                        );
-                        extra_drops = state.stats.dropped_queue_full - before;
-                        outcome
-                    }
-                },
+                Some(Slot::Offline { state, .. }) => {
+                    let before = state.stats.dropped_queue_full;
+                    let mut ctx = b.ctx(self.spill_owner(*session));
+                    let outcome =
+                        state.enqueue_with(now, message, delivery, false, limit, Some(&mut ctx));
+                    extra_drops = state.stats.dropped_queue_full - before;
+                    outcome
+                }
                 // Gone since the publisher's shard matched it (taken over or
                 // ended): the index delta is on its way.
                 None => Enqueued::Discarded,
@@ -1052,14 +1134,37 @@ impl Shard {
 
     // ---- retained -----------------------------------------------------
 
-    fn apply_retained(&self, message: SharedMessage) {
+    /// Stores (or clears) a retained message of a topic this shard owns;
+    /// false when the store refused it (full).
+    fn apply_retained(&self, message: SharedMessage) -> bool {
         let mut store = self.retained.borrow_mut();
         // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
         if message.payload.is_empty() {
             store.clear(&message.topic);
-        } else if let Err(e) = store.set(message.topic.clone(), message) {
-            warn!(shard = self.id, error = %e, "retained message not stored");
+            return true;
         }
+        let bytes = memory_cost(&message);
+        let Err(e) = store.set(message.topic.clone(), message.clone(), bytes) else {
+            return true;
+        };
+        let refused = &self.stats.retained_refused;
+        refused.set(refused.get() + 1);
+        // A publisher filling the store could fill the log too: the first
+        // refusal, then one line per 1024.
+        if refused.get() % 1024 == 1 {
+            warn!(
+                shard = self.id,
+                topic = %message.topic,
+                client = %message.origin,
+                bytes,
+                retained_bytes = store.bytes(),
+                retained = store.len(),
+                refused = refused.get(),
+                error = %e,
+                "retained message refused (retainedMessages.maxSize, docs/CONFIG.md)"
+            );
+        }
+        false
     }
 
     fn retained_matches(&self, filter: &TopicFilter) -> Vec<SharedMessage> {
@@ -1109,15 +1214,10 @@ impl Shard {
         };
         let now = Instant::now();
         let mut conn = cell.conn.borrow_mut();
-        let mut buffer = self.buffer.as_ref().map(RefCell::borrow_mut);
+        let mut b = self.buffer.borrow_mut();
         for m in matches {
-            match buffer.as_deref_mut() {
-                None => conn.deliver(now, &m, &delivery),
-                Some(b) => {
-                    let mut ctx = b.ctx(cell.spill_owner.get());
-                    conn.deliver_with(now, &m, &delivery, Some(&mut ctx))
-                }
-            };
+            let mut ctx = b.ctx(cell.spill_owner.get());
+            conn.deliver_with(now, &m, &delivery, Some(&mut ctx));
         }
         drop(conn);
         cell.wake();
@@ -1164,7 +1264,14 @@ impl Shard {
             MeshMsg::SubRemove { filter, key } => {
                 self.index.borrow_mut().remove(&filter, &key);
             }
-            MeshMsg::RetainSet { message } => self.apply_retained(message),
+            MeshMsg::RetainSet {
+                message,
+                reply_to,
+                request,
+            } => {
+                let stored = self.apply_retained(message);
+                self.post(reply_to, MeshMsg::RetainSetReply { request, stored });
+            }
             MeshMsg::RetainedQuery {
                 filter,
                 reply_to,
@@ -1187,6 +1294,7 @@ impl Shard {
                 self.post(shard, MeshMsg::ClaimReply { request, previous });
             }
             MeshMsg::ClaimReply { request, .. }
+            | MeshMsg::RetainSetReply { request, .. }
             | MeshMsg::Handover { request, .. }
             | MeshMsg::RetainedReply { request, .. }
             | MeshMsg::Pong { request } => self.complete_request(request, msg),
@@ -1280,13 +1388,16 @@ impl Shard {
             sessions = self.sessions.borrow().len(),
             subscriptions = self.index.borrow().len(),
             retained = self.retained.borrow().len(),
+            retained_bytes = self.retained.borrow().bytes(),
+            queued_memory_bytes = self.buffer.borrow().memory_bytes,
+            partial_frame_bytes = self.partial_bytes.get(),
             messages_in = self.stats.messages_in.get(),
             deliveries = self.stats.deliveries.get(),
             dropped_queue_full = self.stats.dropped_queue_full.get(),
             "shard stats"
         );
-        if let Some(b) = &self.buffer {
-            let b = b.borrow();
+        let b = self.buffer.borrow();
+        if let Some(disk) = &b.disk {
             let d = b.stats();
             info!(
                 shard = self.id,
@@ -1298,7 +1409,7 @@ impl Shard {
                 appended = d.appended,
                 read = d.read,
                 lost = d.corrupt,
-                refused = b.disk.refused,
+                refused = disk.refused,
                 reclaimed_segments = d.reclaimed_segments,
                 "disk buffer stats"
             );

@@ -1,12 +1,14 @@
 //! A shard's disk buffer as its sessions' queues see it: `Spill` over
-//! `DiskBuffer`, the shard's count of queued bytes in memory, and the
-//! settings a shard opens its buffer with. Owns no session state; the
-//! queues hold the references (`shardmq_core::session::SpillRef`).
-//! INVARIANT: `memory_bytes` is the sum of `SessionState::memory_bytes` of
-//! the sessions this shard holds (online and offline).
+//! `DiskBuffer` (or over nothing, without `diskBackedMessageBuffer`), the
+//! shard's count of queued bytes in memory, and the settings a shard opens
+//! its buffer with. Owns no session state; the queues hold the references
+//! (`shardmq_core::session::SpillRef`). INVARIANT: `memory_bytes` is the sum
+//! of `SessionState::memory_bytes` of the sessions this shard holds (online
+//! and offline), with or without a disk buffer.
 
 use std::path::PathBuf;
 
+use shardmq_core::limits::SESSION_SHARES;
 use shardmq_core::session::{Message, Spill, SpillCtx, SpillError, SpillRef};
 use tracing::warn;
 
@@ -28,10 +30,27 @@ pub struct BufferSpec {
 /// One shard's buffer and memory accounting.
 #[derive(Debug)]
 pub struct ShardBuffer {
-    pub disk: DiskSpill,
+    /// `None` without `diskBackedMessageBuffer` (or if it failed to open).
+    pub disk: Option<DiskSpill>,
+    no_disk: NoDisk,
     /// Queued bytes held in memory by this shard's sessions.
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
+}
+
+/// The `Spill` of a shard without a disk buffer: refuses everything. Never
+/// reached in practice: `SpillCtx::disk_share_bytes` is 0 then.
+#[derive(Debug, Default)]
+struct NoDisk;
+
+impl Spill for NoDisk {
+    fn append(&mut self, _: u64, _: &Message) -> Result<SpillRef, SpillError> {
+        Err(SpillError::Full)
+    }
+    fn read(&mut self, _: SpillRef, _: u64) -> Result<Message, SpillError> {
+        Err(SpillError::Unavailable)
+    }
+    fn release(&mut self, _: SpillRef) {}
 }
 
 /// The `Spill` side of a shard's buffer.
@@ -43,9 +62,10 @@ pub struct DiskSpill {
 }
 
 impl ShardBuffer {
-    pub fn new(buffer: DiskBuffer, memory_budget_bytes: u64) -> ShardBuffer {
+    pub fn new(buffer: Option<DiskBuffer>, memory_budget_bytes: u64) -> ShardBuffer {
         ShardBuffer {
-            disk: DiskSpill { buffer, refused: 0 },
+            disk: buffer.map(|buffer| DiskSpill { buffer, refused: 0 }),
+            no_disk: NoDisk,
             memory_bytes: 0,
             memory_budget_bytes,
         }
@@ -53,16 +73,35 @@ impl ShardBuffer {
 
     /// What a session with buffer key `owner` needs for one enqueue or drain.
     pub fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
+        let (spill, disk_share_bytes): (&mut dyn Spill, u64) = match &mut self.disk {
+            Some(d) => {
+                let share = d.buffer.size_max_bytes() / SESSION_SHARES;
+                (d, share)
+            }
+            None => (&mut self.no_disk, 0),
+        };
         SpillCtx {
-            spill: &mut self.disk,
+            spill,
             owner,
             memory_bytes: &mut self.memory_bytes,
             memory_budget_bytes: self.memory_budget_bytes,
+            disk_share_bytes,
         }
     }
 
     pub fn stats(&self) -> BufferStats {
-        self.disk.buffer.stats()
+        self.disk
+            .as_ref()
+            .map(|d| d.buffer.stats())
+            .unwrap_or_default()
+    }
+
+    /// Releases a record outside a session's queue (a clean start drops
+    /// the old session's records).
+    pub fn release(&mut self, at: SpillRef) {
+        if let Some(d) = &mut self.disk {
+            d.release(at);
+        }
     }
 }
 
