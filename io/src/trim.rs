@@ -9,7 +9,7 @@ use tracing::debug;
 
 /// A shard asks for a trim once what it holds (queued, retained, partial
 /// packets) fell this far below its peak since the last trim.
-pub const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
+pub const TRIM_AFTER_BYTES: u64 = 32 * 1024 * 1024;
 
 /// One trim at a time: it covers every shard's arena.
 static TRIMMING: AtomicBool = AtomicBool::new(false);
