@@ -4,8 +4,11 @@
 //! `poll_transmit` in 256 KiB writes plus decoding and handling one PUBACK
 //! per message, as the connection's reader and writer tasks do. `memory`
 //! drains messages held in memory; `spilled_*` drains them from the real
-//! disk buffer (every message spilled), encrypted and plain. The kernel's
-//! share (send, receive, wake-ups) is not here: see the loadtest.
+//! disk buffer (every message spilled), encrypted and plain. `enqueue_qos0`
+//! times the other side, QoS 0 fan-in: `BACKLOG` messages offered to an
+//! online session's queue as the shard routes them (no disk buffer: the
+//! shard's memory accounting only, `memoryProfile` Medium). The
+//! kernel's share (send, receive, wake-ups) is not here: see the loadtest.
 #![allow(clippy::unwrap_used)]
 
 use std::cell::RefCell;
@@ -17,6 +20,7 @@ use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardmq_core::broker::ShardBuffer;
 use shardmq_core::codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, QoS};
+use shardmq_core::config::MemoryProfile;
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Connection, Delivery, Message};
 use shardmq_core::topic::TopicName;
@@ -127,6 +131,26 @@ fn deliver(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("deliver");
     g.throughput(Throughput::Elements(BACKLOG as u64));
+    let m0 = Arc::new(Message {
+        qos: QoS::AtMostOnce,
+        ..(*m).clone()
+    });
+    let d0 = Delivery::default();
+    let budget = shardmq_core::buffer::memory_budget_bytes(MemoryProfile::Medium);
+    g.bench_function("enqueue_qos0", |b| {
+        b.iter_batched(
+            || (connected(), ShardBuffer::<DiskSpill>::new(None, budget, 0)),
+            |(mut conn, mut shard)| {
+                let now = Instant::now();
+                for _ in 0..BACKLOG {
+                    let mut ctx = shard.ctx(1);
+                    conn.deliver_with(now, &m0, &d0, Some(&mut ctx));
+                }
+                (conn, shard)
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.bench_function("memory", |b| {
         b.iter_batched(
             || {
@@ -158,7 +182,8 @@ fn deliver(c: &mut Criterion) {
         )
         .unwrap();
         // Budget 0: every message spills.
-        let buffer = RefCell::new(ShardBuffer::new(DiskSpill::new(disk), 0));
+        let share = disk.size_max_bytes();
+        let buffer = RefCell::new(ShardBuffer::new(Some(DiskSpill::new(disk)), 0, share));
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
@@ -168,7 +193,7 @@ fn deliver(c: &mut Criterion) {
                         let mut ctx = buffer.ctx(1);
                         conn.deliver_with(Instant::now(), &m, &delivery, Some(&mut ctx));
                     }
-                    buffer.store.buffer.flush().unwrap();
+                    buffer.store.as_mut().unwrap().buffer.flush().unwrap();
                     assert_eq!(conn.session().unwrap().spilled_len(), BACKLOG);
                     conn
                 },

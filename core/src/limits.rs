@@ -36,13 +36,34 @@ pub enum TakeoverPolicy {
 /// not take the shard's memory).
 pub const QUEUE_LEN_DEFAULT_MAX: u32 = 100_000;
 
-/// `advanced.clients.subscriberQueueLimit`.
+/// One session may hold at most 1/`SESSION_SHARES` of its shard's memory
+/// budget in memory, and of its shard's part of the disk buffer on disk: a
+/// subscriber that stops reading leaves the rest to the others
+/// (docs/BUFFER.md "Fair shares").
+pub const SESSION_SHARES: u64 = 4;
+
+/// Largest packet a connection may send before its CONNECT is accepted
+/// (the limit is `min(this, maxPacketSizeBytes)` until then). What a
+/// CONNECT legitimately carries: a client id, a user name, a password or
+/// token (a Kubernetes service-account JWT is a few KiB), a will (topic,
+/// payload, properties) and user properties. Each string or binary field is
+/// at most 65,535 bytes, but real CONNECTs are a few hundred bytes to a few
+/// KiB; 64 KiB leaves room for a large token and a will, and bounds what an
+/// unauthenticated peer makes the broker hold to 64 KiB (docs/SECURITY.md).
+pub const CONNECT_SIZE_MAX: u32 = 64 * 1024;
+
+/// `advanced.clients.subscriberQueueLimit`, plus the byte bound the server
+/// derives from `memoryProfile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimit {
     /// Messages a session may hold queued (not yet in flight); `None` means
     /// [`QUEUE_LEN_DEFAULT_MAX`].
     pub length_max: Option<NonZeroU32>,
     pub strategy: QueueFullStrategy,
+    /// Bytes (`memory_cost`) a session may hold queued in memory: its share
+    /// of the shard's memory budget, `memory_budget_bytes(memoryProfile) /
+    /// SESSION_SHARES`, set by the server. Not a config key.
+    pub bytes_max: u64,
 }
 
 impl QueueLimit {
@@ -58,6 +79,8 @@ impl Default for QueueLimit {
         QueueLimit {
             length_max: None,
             strategy: QueueFullStrategy::None,
+            bytes_max: crate::buffer::memory_budget_bytes(crate::config::MemoryProfile::Medium)
+                / SESSION_SHARES,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! filter walks only the matching branches. Stores whatever message type the
 //! broker uses (`M`); it does not decide what a retained PUBLISH means: the
 //! caller `set`s or `clear`s by payload [MQTT-3.3.1-10/-11]. INVARIANT:
-//! `len() <= len_max()`; when full, new topics are refused, replacements and
-//! clears always work.
+//! `len() <= len_max()` and `bytes() <= bytes_max()`; when full, new topics
+//! and replacements that would grow past `bytes_max` are refused; clears and
+//! replacements that fit always work.
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
@@ -20,13 +21,19 @@ pub enum RetainedError {
     /// of it through the reason code.
     #[error("retained store is full ({len_max} topics)")]
     Full { len_max: usize },
+    /// Storing it would take the store past `bytes_max`; what is retained
+    /// stays as it was.
+    #[error("retained store is full ({bytes_max} bytes)")]
+    FullBytes { bytes_max: u64 },
 }
 
 impl RetainedError {
     /// For PUBACK/PUBREC of a v5 publisher (MQTT 5.0 §3.4.2.1: 0x97 Quota exceeded).
     pub fn reason_code(self) -> ReasonCode {
         match self {
-            RetainedError::Full { .. } => ReasonCode::QuotaExceeded,
+            RetainedError::Full { .. } | RetainedError::FullBytes { .. } => {
+                ReasonCode::QuotaExceeded
+            }
         }
     }
 }
@@ -34,8 +41,9 @@ impl RetainedError {
 #[derive(Debug)]
 struct Node<M> {
     children: HashMap<Box<str>, Node<M>>,
-    /// The retained message whose topic ends at this node.
-    message: Option<(TopicName, M)>,
+    /// The retained message whose topic ends at this node, and the bytes
+    /// it counts against `bytes_max`.
+    message: Option<(TopicName, M, u64)>,
 }
 
 impl<M> Default for Node<M> {
@@ -68,23 +76,37 @@ impl<M> Node<M> {
     }
 }
 
-/// Retained messages by topic, at most `len_max` of them.
+/// Retained messages by topic, at most `len_max` of them and `bytes_max`
+/// bytes (as the caller counts them) together.
 #[derive(Debug)]
 pub struct RetainedStore<M> {
     root: Node<M>,
     len: usize,
     len_max: usize,
+    bytes: u64,
+    bytes_max: u64,
 }
 
 impl<M> RetainedStore<M> {
-    /// A store that keeps at most `len_max` topics (e.g. from the broker's
-    /// memory profile); 0 keeps none.
-    pub fn new(len_max: usize) -> Self {
+    /// A store that keeps at most `len_max` topics and `bytes_max` bytes
+    /// (`retainedMessages.maxSize`); 0 keeps none.
+    pub fn new(len_max: usize, bytes_max: u64) -> Self {
         RetainedStore {
             root: Node::default(),
             len: 0,
             len_max,
+            bytes: 0,
+            bytes_max,
         }
+    }
+
+    /// What the stored messages count together (see `set`).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn bytes_max(&self) -> u64 {
+        self.bytes_max
     }
 
     pub fn len(&self) -> usize {
@@ -108,17 +130,32 @@ impl<M> RetainedStore<M> {
     }
 
     pub fn get(&self, topic: &TopicName) -> Option<&M> {
-        self.node(topic)?.message.as_ref().map(|(_, m)| m)
+        self.node(topic)?.message.as_ref().map(|(_, m, _)| m)
     }
 
-    /// Stores `message` as the retained message of `topic`, replacing (and
-    /// returning) the previous one [MQTT-3.3.1-5]. A new topic is refused
-    /// when the store is full.
-    pub fn set(&mut self, topic: TopicName, message: M) -> Result<Option<M>, RetainedError> {
-        let is_new = self.get(&topic).is_none();
-        if is_new && self.len >= self.len_max {
+    /// Stores `message`, which counts `bytes` (payload, topic and overhead:
+    /// the caller's measure), as the retained message of `topic`, replacing
+    /// (and returning) the previous one [MQTT-3.3.1-5]. Refused when a new
+    /// topic finds the store full, or when the bytes would pass `bytes_max`.
+    pub fn set(
+        &mut self,
+        topic: TopicName,
+        message: M,
+        bytes: u64,
+    ) -> Result<Option<M>, RetainedError> {
+        let previous_bytes = self
+            .node(&topic)
+            .and_then(|n| n.message.as_ref())
+            .map(|m| m.2);
+        if previous_bytes.is_none() && self.len >= self.len_max {
             return Err(RetainedError::Full {
                 len_max: self.len_max,
+            });
+        }
+        let total = self.bytes - previous_bytes.unwrap_or(0) + bytes;
+        if total > self.bytes_max && total > self.bytes {
+            return Err(RetainedError::FullBytes {
+                bytes_max: self.bytes_max,
             });
         }
         let mut node = &mut self.root;
@@ -126,10 +163,14 @@ impl<M> RetainedStore<M> {
             // PERF: `entry_ref` allocates the key only for a new level.
             node = node.children.entry_ref(level).or_default();
         }
-        let previous = node.message.replace((topic, message)).map(|(_, m)| m);
+        let previous = node
+            .message
+            .replace((topic, message, bytes))
+            .map(|(_, m, _)| m);
         if previous.is_none() {
             self.len += 1;
         }
+        self.bytes = total;
         Ok(previous)
     }
 
@@ -140,8 +181,9 @@ impl<M> RetainedStore<M> {
         for level in topic.levels() {
             node = node.children.get_mut(level)?;
         }
-        let (_, removed) = node.message.take()?;
+        let (_, removed, bytes) = node.message.take()?;
         self.len -= 1;
+        self.bytes -= bytes;
 
         // Shallowest depth from which the path holds only itself down to an
         // empty last node; iterative, as topics may have 32768 levels.
@@ -198,7 +240,7 @@ impl<M> RetainedStore<M> {
         stack.push((&self.root, Some(0)));
         while let Some((node, pos)) = stack.pop() {
             let Some(pos) = pos else {
-                if let Some((topic, message)) = &node.message {
+                if let Some((topic, message, _)) = &node.message {
                     f(topic, message);
                 }
                 continue;
@@ -214,7 +256,7 @@ impl<M> RetainedStore<M> {
             match level {
                 "#" => {
                     // '#' includes the parent: "sport/#" matches "sport".
-                    if let Some((topic, message)) = &node.message {
+                    if let Some((topic, message, _)) = &node.message {
                         f(topic, message);
                     }
                     subtree.extend(
@@ -224,7 +266,7 @@ impl<M> RetainedStore<M> {
                             .map(|(_, child)| child),
                     );
                     while let Some(node) = subtree.pop() {
-                        if let Some((topic, message)) = &node.message {
+                        if let Some((topic, message, _)) = &node.message {
                             f(topic, message);
                         }
                         subtree.extend(node.children.values());
@@ -265,9 +307,9 @@ mod tests {
     }
 
     fn store_of(topics: &[&str]) -> RetainedStore<u32> {
-        let mut store = RetainedStore::new(100);
+        let mut store = RetainedStore::new(100, u64::MAX);
         for (i, t) in topics.iter().enumerate() {
-            store.set(name(t), i as u32).unwrap();
+            store.set(name(t), i as u32, 1).unwrap();
         }
         store
     }
@@ -275,9 +317,9 @@ mod tests {
     #[test]
     fn set_replaces_the_retained_message_of_a_topic() {
         // [MQTT-3.3.1-5]: the new message replaces any existing one.
-        let mut store = RetainedStore::new(10);
-        assert_eq!(store.set(name("a/b"), 1), Ok(None));
-        assert_eq!(store.set(name("a/b"), 2), Ok(Some(1)));
+        let mut store = RetainedStore::new(10, u64::MAX);
+        assert_eq!(store.set(name("a/b"), 1, 1), Ok(None));
+        assert_eq!(store.set(name("a/b"), 2, 1), Ok(Some(1)));
         assert_eq!(store.get(&name("a/b")), Some(&2));
         assert_eq!(store.get(&name("a")), None);
         assert_eq!(store.len(), 1);
@@ -299,10 +341,10 @@ mod tests {
 
     #[test]
     fn full_store_refuses_new_topics_but_replaces_existing() {
-        let mut store = RetainedStore::new(2);
-        store.set(name("a"), 1).unwrap();
-        store.set(name("b"), 2).unwrap();
-        let err = store.set(name("c"), 3).unwrap_err();
+        let mut store = RetainedStore::new(2, u64::MAX);
+        store.set(name("a"), 1, 1).unwrap();
+        store.set(name("b"), 2, 1).unwrap();
+        let err = store.set(name("c"), 3, 1).unwrap_err();
         assert_eq!(err, RetainedError::Full { len_max: 2 });
         assert_eq!(err.reason_code(), ReasonCode::QuotaExceeded);
         assert_eq!(store.get(&name("c")), None);
@@ -310,10 +352,37 @@ mod tests {
             store.root.children.get("c").is_none(),
             "refusal leaves no node"
         );
-        assert_eq!(store.set(name("a"), 10), Ok(Some(1)));
+        assert_eq!(store.set(name("a"), 10, 1), Ok(Some(1)));
         store.clear(&name("b"));
-        assert_eq!(store.set(name("c"), 3), Ok(None));
+        assert_eq!(store.set(name("c"), 3, 1), Ok(None));
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn byte_cap_refuses_what_would_pass_it_and_clears_give_bytes_back() {
+        // 100,000 retained messages of 8 KiB took 1.07 GB: bytes are
+        // bounded as well as topics.
+        let mut store = RetainedStore::new(1000, 100);
+        assert_eq!(store.set(name("a"), 1, 60), Ok(None));
+        let err = store.set(name("b"), 2, 41).unwrap_err();
+        assert_eq!(err, RetainedError::FullBytes { bytes_max: 100 });
+        assert_eq!(err.reason_code(), ReasonCode::QuotaExceeded);
+        assert!(
+            store.root.children.get("b").is_none(),
+            "refusal leaves no node"
+        );
+        // A replacement that would pass the cap keeps the old message.
+        assert!(store.set(name("a"), 3, 101).is_err());
+        assert_eq!(store.get(&name("a")), Some(&1));
+        // One that fits, or shrinks, is stored.
+        assert_eq!(store.set(name("a"), 4, 100), Ok(Some(1)));
+        assert_eq!(store.set(name("a"), 5, 10), Ok(Some(4)));
+        assert_eq!(store.set(name("b"), 2, 90), Ok(None));
+        assert_eq!(store.bytes(), 100);
+        store.clear(&name("a"));
+        assert_eq!(store.bytes(), 90);
+        assert_eq!(store.set(name("c"), 6, 10), Ok(None));
+        assert_eq!(store.bytes(), 100);
     }
 
     #[test]
@@ -378,8 +447,8 @@ mod tests {
     #[test]
     fn deep_topics_do_not_overflow_the_stack() {
         let deep = "/".repeat(32767);
-        let mut store = RetainedStore::new(4);
-        store.set(name(&deep), 1).unwrap();
+        let mut store = RetainedStore::new(4, u64::MAX);
+        store.set(name(&deep), 1, 1).unwrap();
         assert_eq!(matching(&store, "#").len(), 1);
         assert_eq!(matching(&store, &deep).len(), 1);
         assert_eq!(store.clear(&name(&deep)), Some(1));
@@ -388,8 +457,8 @@ mod tests {
 
     #[test]
     fn dropping_a_deep_store_does_not_overflow_the_stack() {
-        let mut store = RetainedStore::new(1);
-        store.set(name(&"/".repeat(32767)), 1).unwrap();
+        let mut store = RetainedStore::new(1, u64::MAX);
+        store.set(name(&"/".repeat(32767)), 1, 1).unwrap();
         assert_eq!(store.len(), 1);
         drop(store);
     }

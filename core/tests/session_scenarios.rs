@@ -26,8 +26,8 @@ use shardmq_core::codec::{
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
-    AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
-    SessionState, SharedMessage, Violation,
+    memory_cost, AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message,
+    Permissions, SessionState, SharedMessage, Violation,
 };
 use shardmq_core::topic::{Filter, TopicName};
 
@@ -692,6 +692,7 @@ fn queue_limit_drop_oldest_keeps_the_newest_messages() {
     let limit = QueueLimit {
         length_max: NonZeroU32::new(2),
         strategy: QueueFullStrategy::DropOldest,
+        ..QueueLimit::default()
     };
     for p in [b"1", b"2", b"3"] {
         s.enqueue(
@@ -723,12 +724,49 @@ fn queue_limit_drop_oldest_keeps_the_newest_messages() {
 }
 
 #[test]
+fn queue_without_a_buffer_is_bounded_in_bytes_as_well_as_messages() {
+    // A subscriber that never read, fed 30,000 QoS 0 messages of 64 KiB,
+    // took the broker to 3.26 GB: the bound was 100,000 messages, whatever
+    // their size. Now `bytes_max` bounds the bytes too.
+    let now = Instant::now();
+    let small = message("t", QoS::AtLeastOnce, &[1; 100]);
+    let cost = memory_cost(&small);
+    let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let none = QueueLimit {
+        bytes_max: 3 * cost,
+        ..QueueLimit::default()
+    };
+    let offer = |s: &mut SessionState, m: &SharedMessage, l: &QueueLimit| {
+        s.enqueue(now, m, &granted(QoS::AtLeastOnce), false, l)
+    };
+    for _ in 0..3 {
+        assert_eq!(offer(&mut s, &small, &none), Enqueued::Queued);
+    }
+    assert_eq!(offer(&mut s, &small, &none), Enqueued::RejectedQueueFull);
+    assert_eq!(s.memory_bytes(), 3 * cost);
+    // DropOldest drops as many as the new message needs room for.
+    let oldest = QueueLimit {
+        strategy: QueueFullStrategy::DropOldest,
+        ..none
+    };
+    let bigger = message("t", QoS::AtLeastOnce, &[2; 700]);
+    assert_eq!(offer(&mut s, &bigger, &oldest), Enqueued::DroppedOldest);
+    assert_eq!(s.queued_len(), 1);
+    assert_eq!(s.stats.dropped_queue_full, 4);
+    // One that could never fit is refused without dropping anything.
+    let huge = message("t", QoS::AtLeastOnce, &[3; 1000]);
+    assert_eq!(offer(&mut s, &huge, &oldest), Enqueued::RejectedQueueFull);
+    assert_eq!(s.queued_len(), 1);
+}
+
+#[test]
 fn queue_limit_none_rejects_new_messages() {
     let now = Instant::now();
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
     let limit = QueueLimit {
         length_max: NonZeroU32::new(1),
         strategy: QueueFullStrategy::None,
+        ..QueueLimit::default()
     };
     let m = message("t", QoS::AtLeastOnce, b"m");
     assert_eq!(

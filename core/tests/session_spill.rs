@@ -51,7 +51,7 @@ impl Spill for FakeSpill {
             segment: 1,
             block: 0,
             at: self.next,
-            len: 0,
+            len: RECORD_LEN,
         })
     }
 
@@ -71,11 +71,15 @@ impl Spill for FakeSpill {
     }
 }
 
+/// What every fake record counts against a session's disk share.
+const RECORD_LEN: u32 = 100;
+
 /// The fake buffer plus the shard's memory counter, as a shard holds them.
 struct Shard {
     spill: FakeSpill,
     memory_bytes: u64,
     budget: u64,
+    disk_share: u64,
 }
 
 impl Shard {
@@ -84,6 +88,7 @@ impl Shard {
             spill: FakeSpill::default(),
             memory_bytes: 0,
             budget,
+            disk_share: u64::MAX,
         }
     }
 
@@ -93,6 +98,7 @@ impl Shard {
             owner,
             memory_bytes: &mut self.memory_bytes,
             memory_budget_bytes: self.budget,
+            disk_share_bytes: self.disk_share,
         }
     }
 }
@@ -128,11 +134,16 @@ fn limit(len: u32, strategy: QueueFullStrategy) -> QueueLimit {
     QueueLimit {
         length_max: std::num::NonZeroU32::new(len),
         strategy,
+        ..QueueLimit::default()
     }
 }
 
 fn offer(state: &mut SessionState, shard: &mut Shard, i: usize, l: &QueueLimit) -> Enqueued {
     offer_at(state, shard, i, l, QoS::AtLeastOnce)
+}
+
+fn discard(state: &mut SessionState, shard: &mut Shard) {
+    state.discard_queue(&mut shard.ctx(OWNER));
 }
 
 /// `offer` of message `i` at `qos`, granted `qos`, to an offline session.
@@ -227,6 +238,74 @@ fn expected(range: std::ops::Range<usize>) -> Vec<String> {
 
 fn session() -> SessionState {
     SessionState::new("sub".into(), Duration::from_secs(300))
+}
+
+#[test]
+fn a_session_keeps_at_most_its_share_of_the_memory_budget_then_spills() {
+    // One stuck subscriber took the shard's whole budget and a healthy one
+    // on the same shard spilled or lost messages: now a session keeps at
+    // most `limit.bytes_max` (its share) in memory, and the shard's room
+    // stays for the others.
+    let mut shard = Shard::new(100 * cost());
+    let l = QueueLimit {
+        bytes_max: 3 * cost(),
+        ..limit(1000, QueueFullStrategy::None)
+    };
+    let mut stuck = SessionState::new("stuck".into(), Duration::from_secs(60));
+    for i in 0..10 {
+        assert_eq!(offer(&mut stuck, &mut shard, i, &l), Enqueued::Queued);
+    }
+    assert_eq!(stuck.memory_bytes(), 3 * cost());
+    assert_eq!(stuck.spilled_len(), 7);
+    let mut healthy = SessionState::new("healthy".into(), Duration::from_secs(60));
+    assert_eq!(offer(&mut healthy, &mut shard, 0, &l), Enqueued::Queued);
+    assert_eq!(
+        healthy.spilled_len(),
+        0,
+        "the healthy session stays in memory"
+    );
+    assert_eq!(shard.memory_bytes, 4 * cost());
+    discard(&mut stuck, &mut shard);
+    discard(&mut healthy, &mut shard);
+    assert_eq!(shard.memory_bytes, 0);
+    assert_eq!(shard.spill.records.len(), 0);
+}
+
+#[test]
+fn a_session_past_its_disk_share_is_full_while_the_buffer_has_room() {
+    // With the disk buffer, one non-reading subscriber took the shard's
+    // whole share of maxSize; now it takes its own share and then its
+    // strategy applies, and another session still spills.
+    let mut shard = Shard::new(0);
+    shard.disk_share = 3 * u64::from(RECORD_LEN);
+    let none = limit(1000, QueueFullStrategy::None);
+    let mut stuck = SessionState::new("stuck".into(), Duration::from_secs(60));
+    for i in 0..3 {
+        assert_eq!(offer(&mut stuck, &mut shard, i, &none), Enqueued::Queued);
+    }
+    assert_eq!(stuck.disk_bytes(), 3 * u64::from(RECORD_LEN));
+    assert_eq!(
+        offer(&mut stuck, &mut shard, 3, &none),
+        Enqueued::RejectedQueueFull
+    );
+    assert_eq!(stuck.stats.dropped_queue_full, 1);
+    let mut other = SessionState::new("other".into(), Duration::from_secs(60));
+    let mut ctx = shard.ctx(OWNER + 1);
+    let m = message(9, QoS::AtLeastOnce);
+    let d = granted(QoS::AtLeastOnce);
+    let outcome = other.enqueue_with(Instant::now(), &m, &d, false, &none, Some(&mut ctx));
+    assert_eq!(outcome, Enqueued::Queued);
+    assert_eq!(other.spilled_len(), 1);
+    // DropOldest makes room within the share: the oldest record goes.
+    let oldest = limit(1000, QueueFullStrategy::DropOldest);
+    assert_eq!(
+        offer(&mut stuck, &mut shard, 4, &oldest),
+        Enqueued::DroppedOldest
+    );
+    assert_eq!(stuck.spilled_len(), 3);
+    assert_eq!(stuck.disk_bytes(), 3 * u64::from(RECORD_LEN));
+    discard(&mut stuck, &mut shard);
+    assert_eq!(stuck.disk_bytes(), 0);
 }
 
 #[test]

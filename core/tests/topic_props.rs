@@ -117,10 +117,10 @@ proptest! {
         sets in proptest::collection::vec((topic(), any::<u32>(), prop::bool::weighted(0.3)), 0..40),
         filters in proptest::collection::vec(filter(), 1..12),
     ) {
-        let mut store = RetainedStore::new(usize::MAX);
+        let mut store = RetainedStore::new(usize::MAX, u64::MAX);
         let mut model: BTreeMap<String, u32> = BTreeMap::new();
         for (t, v, _) in &sets {
-            prop_assert_eq!(store.set(t.clone(), *v).unwrap(), model.insert(t.to_string(), *v));
+            prop_assert_eq!(store.set(t.clone(), *v, 1).unwrap(), model.insert(t.to_string(), *v));
         }
         for (t, _, clear) in &sets {
             if *clear {

@@ -460,6 +460,11 @@ impl DiskBuffer {
         self.sealer.encrypted()
     }
 
+    /// This shard's part of `maxSize`.
+    pub fn size_max_bytes(&self) -> u64 {
+        self.size_max_bytes
+    }
+
     pub fn stats(&self) -> BufferStats {
         let segments = (self.segments.len() + self.spares.len()) as u64;
         BufferStats {

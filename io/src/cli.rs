@@ -3,6 +3,7 @@
 //! read and checked here, before any port is bound), the things to reload on
 //! SIGHUP and the certificates to renew; and the start-up summary.
 
+use shardmq_core::limits::SESSION_SHARES;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -191,6 +192,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
         .unwrap_or(1);
     let shards = config.cardinality.shards.map_or(cores, |n| n.get());
     let self_check = &config.diagnostics.self_check;
+    let memory_budget_bytes = shardmq_core::buffer::memory_budget_bytes(config.memory_profile);
     Ok(Built {
         server: ServerConfig {
             shards,
@@ -213,7 +215,11 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                 segment_bytes: SEGMENT_BYTES_DEFAULT,
             }),
             encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
-            memory_budget_bytes: shardmq_core::buffer::memory_budget_bytes(config.memory_profile),
+            memory_budget_bytes,
+            retained_bytes_max: config
+                .retained_size_max_bytes
+                .map_or(memory_budget_bytes / SESSION_SHARES, |b| b / shards as u64),
+            partial_bytes_max: memory_budget_bytes / SESSION_SHARES,
         },
         certs,
         authenticators: authenticators.into_values().collect(),

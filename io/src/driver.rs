@@ -251,8 +251,27 @@ impl Driver {
                     client = ?client_id, principal = ?principal, reason = ?describe(&reason),
                     "client disconnected");
             }
-            Notice::RetainedRefused { topic, reason } => {
-                warn!(shard, %topic, ?reason, "retained message refused");
+            Notice::RetainedRefused {
+                topic,
+                bytes,
+                stored_bytes,
+                refused,
+                reason,
+            } => {
+                warn!(shard, %topic, bytes, retained_bytes = stored_bytes, refused, ?reason,
+                    "retained message refused (retainedMessages.maxSize, docs/CONFIG.md)");
+            }
+            Notice::PartialPacketClosed {
+                conn,
+                client_id,
+                bytes,
+                shard_max,
+            } => {
+                let (listener, peer, principal, _) = who(conn);
+                client_log!(Category::Limits, shard, listener = %listener, peer = %peer, client = ?client_id,
+                    principal = ?principal, partial_bytes = bytes, shard_partial_bytes_max = shard_max,
+                    "closing the connection holding the most of a packet not yet received: \
+                     the shard's budget for partial packets (memoryProfile) is used up");
             }
             Notice::SelfTest { seq, missing } => {
                 if missing.is_empty() {

@@ -15,6 +15,7 @@ pub mod security;
 pub mod server;
 pub mod shard;
 pub mod spill;
+mod trim;
 
 pub use security::ListenerSecurity;
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};

@@ -25,13 +25,16 @@ pub enum Category {
     TlsFailures,
     /// Publishes and subscriptions the client's permissions refused.
     Denials,
+    /// Connections closed for a memory limit (partial packets).
+    Limits,
 }
 
-const CATEGORIES: [Category; 4] = [
+const CATEGORIES: [Category; 5] = [
     Category::Connections,
     Category::AuthFailures,
     Category::TlsFailures,
     Category::Denials,
+    Category::Limits,
 ];
 
 impl Category {
@@ -45,7 +48,10 @@ impl Category {
     fn budget(self) -> (u64, u64) {
         match self {
             Category::Connections => (200, 20),
-            Category::AuthFailures | Category::TlsFailures | Category::Denials => (20, 1),
+            Category::AuthFailures
+            | Category::TlsFailures
+            | Category::Denials
+            | Category::Limits => (20, 1),
         }
     }
 
@@ -55,6 +61,7 @@ impl Category {
             Category::AuthFailures => "refused CONNECTs",
             Category::TlsFailures => "failed TLS handshakes",
             Category::Denials => "denied publishes/subscribes",
+            Category::Limits => "connections closed for a memory limit",
         }
     }
 }
@@ -75,7 +82,7 @@ struct Bucket {
 /// uses it through `allow` / `flush`.
 #[derive(Debug)]
 pub struct Limiter {
-    buckets: [Bucket; 4],
+    buckets: [Bucket; 5],
 }
 
 /// A summary of held-back lines: `count` of `category` over `over`.

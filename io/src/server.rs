@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardmq_core::broker::{self, MeshMsg, SelfTestConfig};
-use shardmq_core::limits::ClientLimits;
-use tracing::error;
+use shardmq_core::limits::{ClientLimits, SESSION_SHARES};
+use tracing::{error, info};
 
 use crate::security::ListenerSecurity;
 use crate::shard::{BufferReport, ShardReport, ShardSetup};
@@ -65,8 +65,17 @@ pub struct ServerConfig {
     /// `advanced.encryptInternalTraffic`.
     pub encrypt_internal_traffic: bool,
     /// Queued bytes a shard keeps in memory before spilling
-    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one).
+    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one). One
+    /// session's share of it (`SESSION_SHARES`) becomes
+    /// `limits.queue.bytes_max`.
     pub memory_budget_bytes: u64,
+    /// Bytes of retained messages per shard (`retainedMessages.maxSize`
+    /// divided between shards, or derived from `memoryProfile`).
+    pub retained_bytes_max: u64,
+    /// Bytes of packets not yet whole one shard's connections may hold
+    /// beyond a read chunk each (derived from `memoryProfile`);
+    /// `limits.packet_size_max` is lowered to what one connection can hold.
+    pub partial_bytes_max: u64,
 }
 
 /// How each shard opens its disk buffer.
@@ -238,10 +247,13 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         broker: Arc::new(broker::ShardConfig {
             shards: n,
             instance,
-            limits: Arc::new(config.limits.clone()),
+            limits: Arc::new(derived_limits(&config)),
             retained_max: config.retained_max,
+            retained_bytes_max: config.retained_bytes_max,
+            partial_bytes_max: config.partial_bytes_max,
             selftest: config.selftest,
         }),
+        memory_budget_bytes: config.memory_budget_bytes,
         listeners: config.listeners.clone(),
         buffer: config.disk_buffer.clone().map(|spec| BufferSetup {
             spec,
@@ -310,6 +322,30 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         buffer_reports,
         shard_reports,
     })
+}
+
+/// The client limits with what the memory bounds imply: a session's share
+/// of the shard's queue budget, and no packet larger than one connection
+/// may hold while receiving it (announced in CONNACK, so v5 clients know).
+fn derived_limits(config: &ServerConfig) -> ClientLimits {
+    let mut limits = config.limits.clone();
+    limits.queue.bytes_max = config.memory_budget_bytes / SESSION_SHARES;
+    let receivable = config
+        .partial_bytes_max
+        .saturating_add(broker::PARTIAL_BYTES_FREE)
+        .min(u64::from(u32::MAX)) as u32;
+    if receivable < limits.packet_size_max.get() {
+        if let Some(max) = std::num::NonZeroU32::new(receivable) {
+            info!(
+                configured = limits.packet_size_max.get(),
+                in_force = receivable,
+                "maxPacketSizeBytes lowered to what a shard may hold of packets being \
+                 received (memoryProfile, docs/CONFIG.md)"
+            );
+            limits.packet_size_max = max;
+        }
+    }
+    limits
 }
 
 #[cfg(test)]

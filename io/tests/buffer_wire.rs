@@ -75,6 +75,8 @@ fn start(dir: &Path, setup: Setup) -> Broker {
         c.limits.queue = QueueLimit {
             length_max: None,
             strategy: setup.strategy,
+            // The server derives it from memory_budget_bytes.
+            ..QueueLimit::default()
         };
     })
 }
@@ -415,7 +417,8 @@ async fn flipped_byte_in_a_segment_is_counted_lost_and_delivery_goes_on() {
 }
 
 /// Two 64 KiB segments per shard (2 shards): room for about 120 messages
-/// of 1 KiB on shard 0, nothing kept in memory.
+/// of 1 KiB on shard 0, of which one session may take a quarter
+/// (`SESSION_SHARES`), nothing kept in memory.
 fn tiny(strategy: QueueFullStrategy) -> Setup {
     Setup {
         size_max_bytes: 4 * (64 << 10),
@@ -442,8 +445,9 @@ async fn full_buffer_with_strategy_none_pushes_the_v5_publisher_back_with_quota_
         .iter()
         .filter(|r| **r == ReasonCode::QuotaExceeded)
         .count() as u32;
+    // One session's share of shard 0's 128 KiB: about 30 records of 1 KiB.
     assert!(
-        accepted > 50 && quota > 50,
+        accepted > 20 && accepted < 40 && quota > 250,
         "{accepted} accepted, {quota} refused"
     );
     assert_eq!(accepted + quota, N);

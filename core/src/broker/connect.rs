@@ -187,16 +187,15 @@ impl<S: Spill> Shard<S> {
                     self.expect_arrival(session, self.id, client_id.clone());
                 }
                 let state = self.take_local(old, true, moving_to, now);
-                if let Some(b) = self.buffer.as_mut() {
-                    if let Some(st) = state.as_ref().filter(|st| st.buffer_records() > 0) {
-                        let adopting = Adopting {
-                            owner: b.owner_of(old),
-                            refs: st.spilled_refs(),
-                        };
-                        b.adopting.insert(session, adopting);
-                    }
-                    b.spill_owners.remove(&old);
+                let b = &mut self.buffer;
+                if let Some(st) = state.as_ref().filter(|st| st.buffer_records() > 0) {
+                    let adopting = Adopting {
+                        owner: b.owner_of(old),
+                        refs: st.spilled_refs(),
+                    };
+                    b.adopting.insert(session, adopting);
                 }
+                b.spill_owners.remove(&old);
                 self.finish_connect(conn, session, client_id, state, now);
             }
             Some((shard, old)) => {
@@ -275,6 +274,7 @@ impl<S: Spill> Shard<S> {
             .accept(now, state, assigned, admission.permissions);
         c.machine.set_credential_expiry(admission.expires_at);
         c.session = Some(session);
+        let connected = c.machine.is_connected();
         let session_present = c.machine.session_present();
         let revoked_filters: Vec<Filter> = revoked
             .iter()
@@ -293,6 +293,9 @@ impl<S: Spill> Shard<S> {
             principal: admission.principal,
             session_present,
         });
+        if connected {
+            self.lift_connect_limit(conn);
+        }
         self.attach(session, conn);
         self.remove_revoked(session, &revoked_filters);
         self.settle_or_await(&client_id, session, moved, now);

@@ -11,6 +11,7 @@
 mod connect;
 pub mod ids;
 mod index;
+mod input;
 pub mod mesh;
 mod moves;
 pub mod output;
@@ -29,12 +30,13 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use hashbrown::HashMap;
 
-use crate::codec::{Decoder, ReasonCode};
-use crate::limits::ClientLimits;
+use crate::codec::{Inbox, ReasonCode};
+use crate::limits::{ClientLimits, SESSION_SHARES};
 use crate::retained::RetainedStore;
-use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillRef};
+use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillError, SpillRef};
 
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
+pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
 pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
@@ -56,6 +58,12 @@ pub struct ShardConfig {
     pub limits: Arc<ClientLimits>,
     /// Retained topics one shard keeps at most.
     pub retained_max: usize,
+    /// Bytes of retained messages one shard keeps at most (its part of
+    /// `retainedMessages.maxSize`).
+    pub retained_bytes_max: u64,
+    /// Bytes of partial packets the shard's connections may hold past
+    /// `PARTIAL_BYTES_FREE` each (derived from `memoryProfile`).
+    pub partial_bytes_max: u64,
     /// Self-test probes: how often shard 0 sends a round, and how long it
     /// waits for every shard to answer. `None`: no self-test.
     pub selftest: Option<SelfTestConfig>,
@@ -95,7 +103,11 @@ const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 struct Conn {
     machine: Connection,
-    decoder: Decoder,
+    /// Socket bytes not yet decoded (a partial packet at most).
+    inbox: Inbox,
+    /// Bytes of partial packets charged to the shard (past
+    /// `PARTIAL_BYTES_FREE`).
+    partial: u64,
     /// The session attached to this connection, once CONNECT was accepted.
     session: Option<SessionId>,
     /// While non-zero the writer sends nothing: a SUBACK must not leave
@@ -117,14 +129,21 @@ struct Conn {
     closing: bool,
 }
 
-/// The shard's disk buffer and the memory its sessions' queues hold.
+/// The shard's disk buffer (if any) and the memory its sessions' queues
+/// hold. Without a disk buffer the store is one that refuses everything,
+/// so every session goes through the same bounded path.
 /// INVARIANT: `memory_bytes` is the sum of `SessionState::memory_bytes` of
 /// the sessions this shard holds (online and offline).
 #[derive(Debug)]
 pub struct ShardBuffer<S> {
-    pub store: S,
+    /// `None` without `diskBackedMessageBuffer` (or if it failed to open).
+    pub store: Option<S>,
+    no_store: NoStore,
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
+    /// Record bytes one session may hold on disk: its fair share of the
+    /// store (`SESSION_SHARES`).
+    disk_share_bytes: u64,
     /// Buffer keys that differ from the session id: a session resumed on
     /// this shard keeps the key its records were written under. Session
     /// ids are never reused, so a key stays unique among live sessions.
@@ -134,6 +153,20 @@ pub struct ShardBuffer<S> {
     adopting: HashMap<SessionId, Adopting>,
 }
 
+/// The store of a shard without a disk buffer: refuses every append.
+#[derive(Debug, Default)]
+struct NoStore;
+
+impl Spill for NoStore {
+    fn append(&mut self, _: u64, _: &crate::session::Message) -> Result<SpillRef, SpillError> {
+        Err(SpillError::Full)
+    }
+    fn read(&mut self, _: SpillRef, _: u64) -> Result<crate::session::Message, SpillError> {
+        Err(SpillError::Unavailable)
+    }
+    fn release(&mut self, _: SpillRef) {}
+}
+
 #[derive(Debug)]
 struct Adopting {
     owner: u64,
@@ -141,9 +174,17 @@ struct Adopting {
 }
 
 impl<S: Spill> ShardBuffer<S> {
-    pub fn new(store: S, memory_budget_bytes: u64) -> ShardBuffer<S> {
+    /// `store_bytes_max`: this shard's part of the store's size (0 without
+    /// one); a session may fill `1/SESSION_SHARES` of it.
+    pub fn new(store: Option<S>, memory_budget_bytes: u64, store_bytes_max: u64) -> Self {
         ShardBuffer {
+            disk_share_bytes: if store.is_some() {
+                store_bytes_max / SESSION_SHARES
+            } else {
+                0
+            },
             store,
+            no_store: NoStore,
             memory_bytes: 0,
             memory_budget_bytes,
             spill_owners: HashMap::new(),
@@ -153,11 +194,24 @@ impl<S: Spill> ShardBuffer<S> {
 
     /// What a session with buffer key `owner` needs for one enqueue or drain.
     pub fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
+        let spill: &mut dyn Spill = match &mut self.store {
+            Some(s) => s,
+            None => &mut self.no_store,
+        };
         SpillCtx {
-            spill: &mut self.store,
+            spill,
             owner,
             memory_bytes: &mut self.memory_bytes,
             memory_budget_bytes: self.memory_budget_bytes,
+            disk_share_bytes: self.disk_share_bytes,
+        }
+    }
+
+    /// Releases a record outside a session's queue (a clean start drops the
+    /// old session's records).
+    fn release(&mut self, at: SpillRef) {
+        if let Some(s) = &mut self.store {
+            s.release(at);
         }
     }
 
@@ -177,6 +231,11 @@ pub struct ShardStats {
     pub deliveries: u64,
     pub dropped_queue_full: u64,
     pub selftest_rounds_ok: u64,
+    /// Retained messages the store refused (full).
+    pub retained_refused: u64,
+    /// Connections closed for holding the most of the shard's budget for
+    /// partial packets.
+    pub closed_partial: u64,
 }
 
 /// What the shard holds, for tests, the simulator and metrics.
@@ -191,6 +250,9 @@ pub struct Inventory {
     /// Entries in this shard's replica of the subscription index.
     pub index_entries: usize,
     pub retained: usize,
+    pub retained_bytes: u64,
+    /// Bytes of partial packets charged to the shard.
+    pub partial_bytes: u64,
     pub wills: usize,
     /// Continuations waiting for an answer.
     pub pending: usize,
@@ -225,7 +287,9 @@ pub struct Shard<S> {
     /// `MeshMsg::Deliver`s in `outbox`, all peers together.
     outbox_data: usize,
     outputs: VecDeque<Output>,
-    buffer: Option<ShardBuffer<S>>,
+    buffer: ShardBuffer<S>,
+    /// Sum of the connections' `Conn::partial`.
+    partial_bytes: u64,
     selftest: SelfTest,
     stats: ShardStats,
 }
@@ -241,12 +305,12 @@ pub fn hash_of(s: &str) -> u64 {
 }
 
 impl<S: Spill> Shard<S> {
-    pub fn new(id: ShardId, config: Arc<ShardConfig>, buffer: Option<ShardBuffer<S>>) -> Self {
+    pub fn new(id: ShardId, config: Arc<ShardConfig>, buffer: ShardBuffer<S>) -> Self {
         let takeover = config.limits.session_takeover;
         let mut shard = Shard {
             id,
             outbox: (0..config.shards).map(|_| VecDeque::new()).collect(),
-            retained: RetainedStore::new(config.retained_max),
+            retained: RetainedStore::new(config.retained_max, config.retained_bytes_max),
             selftest: SelfTest::new(id, config.shards),
             config,
             conns: HashMap::new(),
@@ -264,6 +328,7 @@ impl<S: Spill> Shard<S> {
             outbox_data: 0,
             outputs: VecDeque::new(),
             buffer,
+            partial_bytes: 0,
             stats: ShardStats::default(),
         };
         shard.install_probe_subscribers();
@@ -282,74 +347,15 @@ impl<S: Spill> Shard<S> {
         self.stats
     }
 
-    pub fn buffer(&self) -> Option<&ShardBuffer<S>> {
-        self.buffer.as_ref()
+    pub fn buffer(&self) -> &ShardBuffer<S> {
+        &self.buffer
     }
 
-    pub fn buffer_mut(&mut self) -> Option<&mut ShardBuffer<S>> {
-        self.buffer.as_mut()
+    pub fn buffer_mut(&mut self) -> &mut ShardBuffer<S> {
+        &mut self.buffer
     }
 
     // ---- connections: the runtime's side ------------------------------
-
-    /// A new network connection, waiting for CONNECT.
-    pub fn accept(&mut self, now: Instant) -> ConnId {
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.stats.connections += 1;
-        let limits = self.config.limits.clone();
-        let decoder = Decoder::new(limits.packet_size_max.get());
-        self.conns.insert(
-            id,
-            Conn {
-                machine: Connection::new(now, limits),
-                decoder,
-                session: None,
-                hold: 0,
-                admission: None,
-                client_id: ByteString::new(),
-                assigned: false,
-                clean_start: true,
-                spill_owner: 0,
-                woken: false,
-                closing: false,
-            },
-        );
-        id
-    }
-
-    /// Bytes read from the connection: every whole packet in `buf` is
-    /// handled (and removed); a partial one stays for the next read.
-    pub fn handle_input(&mut self, conn: ConnId, now: Instant, buf: &mut BytesMut) -> Flow {
-        loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return Flow::Stop;
-            };
-            if c.machine.is_closed() {
-                break;
-            }
-            // PERF: the 4-byte acknowledgements a draining subscriber sends
-            // for every message skip `Packet` (a ~470-byte value).
-            if let Some(ack) = c.decoder.decode_ack(buf) {
-                c.machine.handle_short_ack(now, ack);
-            } else {
-                match c.decoder.decode(buf) {
-                    Ok(Some(packet)) => c.machine.handle_packet(now, packet),
-                    Ok(None) => break,
-                    Err(e) => {
-                        let version = c.decoder.version();
-                        c.machine.handle_decode_error(&e, version);
-                    }
-                }
-            }
-            // PERF: acknowledgements raise no event; skip the call.
-            if c.machine.has_events() || c.machine.is_closed() {
-                self.process_events(conn, now);
-            }
-            self.wake(conn);
-        }
-        self.flow(conn)
-    }
 
     /// What the connection's reader should do now.
     pub fn flow(&self, conn: ConnId) -> Flow {
@@ -385,7 +391,9 @@ impl<S: Spill> Shard<S> {
 
     /// The runtime is done with the connection (socket closed): forget it.
     pub fn release(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+        if let Some(c) = self.conns.remove(&conn) {
+            self.partial_bytes -= c.partial;
+        }
     }
 
     /// Encodes what the connection has to send into `buf`, up to about
@@ -404,14 +412,9 @@ impl<S: Spill> Shard<S> {
         if c.hold > 0 && !c.machine.is_closed() {
             return 0;
         }
-        match self.buffer.as_mut() {
-            None => c.machine.poll_transmit(now, buf, bytes_max),
-            Some(b) => {
-                let mut ctx = b.ctx(c.spill_owner);
-                c.machine
-                    .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
-            }
-        }
+        let mut ctx = self.buffer.ctx(c.spill_owner);
+        c.machine
+            .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
     }
 
     /// The client id of a connection's session, once it has one.
@@ -573,6 +576,12 @@ impl<S: Spill> Shard<S> {
         lines
     }
 
+    /// Bytes the shard holds for clients: queued in memory, retained, and
+    /// partial packets (cheap: for a trim decision every tick).
+    pub fn held_bytes(&self) -> u64 {
+        self.buffer.memory_bytes + self.retained.bytes() + self.partial_bytes
+    }
+
     /// What the shard holds right now.
     pub fn inventory(&self) -> Inventory {
         let mut inv = Inventory {
@@ -580,9 +589,11 @@ impl<S: Spill> Shard<S> {
             client_ids: self.registry.len(),
             index_entries: self.index.len(),
             retained: self.retained.len(),
+            retained_bytes: self.retained.bytes(),
+            partial_bytes: self.partial_bytes,
             wills: self.wills.len(),
             pending: self.pending.len() + self.leaving.len() + self.arriving.len(),
-            memory_bytes: self.buffer.as_ref().map_or(0, |b| b.memory_bytes),
+            memory_bytes: self.buffer.memory_bytes,
             ..Inventory::default()
         };
         for slot in self.sessions.values() {

@@ -85,7 +85,18 @@ pub enum Notice {
     /// A retained message was refused by its owner shard.
     RetainedRefused {
         topic: ByteString,
+        bytes: u64,
+        stored_bytes: u64,
+        refused: u64,
         reason: ReasonCode,
+    },
+    /// A connection was closed for holding the most of the shard's budget
+    /// for partial packets (`bytes` of one not yet received).
+    PartialPacketClosed {
+        conn: ConnId,
+        client_id: ByteString,
+        bytes: u64,
+        shard_max: u64,
     },
     /// A self-test round ended; `missing` are the shards that did not answer.
     SelfTest { seq: u64, missing: Vec<ShardId> },

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::pending::Pending;
 use super::{ConnId, MeshMsg, Notice, RequestId, Shard, ShardId};
 use crate::codec::ReasonCode;
-use crate::session::{Delivery, SharedMessage, Spill, Subscription};
+use crate::session::{memory_cost, Delivery, SharedMessage, Spill, Subscription};
 use crate::topic::{Filter, TopicFilter};
 
 impl<S: Spill> Shard<S> {
@@ -21,15 +21,23 @@ impl<S: Spill> Shard<S> {
             return ReasonCode::Success;
         }
         let topic = message.topic.clone();
-        match self.retained.set(topic.clone(), message) {
+        let bytes = memory_cost(&message);
+        match self.retained.set(topic.clone(), message, bytes) {
             Ok(_) => ReasonCode::Success,
             Err(e) => {
-                let reason = e.reason_code();
-                self.notice(Notice::RetainedRefused {
-                    topic: topic.as_byte_string().clone(),
-                    reason,
-                });
-                reason
+                self.stats.retained_refused += 1;
+                // A publisher filling the store could fill the log too: the
+                // first refusal, then one notice per 1024.
+                if self.stats.retained_refused % 1024 == 1 {
+                    self.notice(Notice::RetainedRefused {
+                        topic: topic.as_byte_string().clone(),
+                        bytes,
+                        stored_bytes: self.retained.bytes(),
+                        refused: self.stats.retained_refused,
+                        reason: e.reason_code(),
+                    });
+                }
+                e.reason_code()
             }
         }
     }

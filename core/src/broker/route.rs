@@ -199,46 +199,38 @@ impl<S: Spill> Shard<S> {
             {
                 continue;
             }
-            // With a disk buffer, DropOldest may drop several messages for
-            // one arrival (space comes back a segment at a time).
+            // DropOldest may drop several messages for one arrival (bytes
+            // come back one message, and disk space one segment, at a time).
             let mut extra_drops = 0;
             let mut woke = None;
             let outcome = match self.sessions.get_mut(session) {
                 Some(Slot::Online(conn)) => match self.conns.get_mut(conn) {
                     Some(c) => {
                         woke = Some(*conn);
-                        match self.buffer.as_mut() {
-                            None => c.machine.deliver(now, message, delivery),
-                            Some(b) => {
-                                let before = dropped_of(c.machine.session());
-                                let mut ctx = b.ctx(c.spill_owner);
-                                let outcome =
-                                    c.machine
-                                        .deliver_with(now, message, delivery, Some(&mut ctx));
-                                extra_drops = dropped_of(c.machine.session()) - before;
-                                outcome
-                            }
-                        }
+                        let before = dropped_of(c.machine.session());
+                        let mut ctx = self.buffer.ctx(c.spill_owner);
+                        let outcome =
+                            c.machine
+                                .deliver_with(now, message, delivery, Some(&mut ctx));
+                        extra_drops = dropped_of(c.machine.session()) - before;
+                        outcome
                     }
                     None => Enqueued::Discarded,
                 },
-                Some(Slot::Offline { state, .. }) => match self.buffer.as_mut() {
-                    None => state.enqueue(now, message, delivery, false, &limit),
-                    Some(b) => {
-                        let before = state.stats.dropped_queue_full;
-                        let owner = b.owner_of(*session);
-                        let outcome = state.enqueue_with(
-                            now,
-                            message,
-                            delivery,
-                            false,
-                            &limit,
-                            Some(&mut b.ctx(owner)),
-                        );
-                        extra_drops = state.stats.dropped_queue_full - before;
-                        outcome
-                    }
-                },
+                Some(Slot::Offline { state, .. }) => {
+                    let before = state.stats.dropped_queue_full;
+                    let owner = self.buffer.owner_of(*session);
+                    let outcome = state.enqueue_with(
+                        now,
+                        message,
+                        delivery,
+                        false,
+                        &limit,
+                        Some(&mut self.buffer.ctx(owner)),
+                    );
+                    extra_drops = state.stats.dropped_queue_full - before;
+                    outcome
+                }
                 // Moved away: forward it to where the session went.
                 None if self.leaving.contains_key(session) => {
                     self.forward(now, origin, message, *session, delivery);
@@ -312,13 +304,8 @@ impl<S: Spill> Shard<S> {
             return;
         };
         for m in &matches {
-            match self.buffer.as_mut() {
-                None => c.machine.deliver(now, m, delivery),
-                Some(b) => {
-                    let mut ctx = b.ctx(c.spill_owner);
-                    c.machine.deliver_with(now, m, delivery, Some(&mut ctx))
-                }
-            };
+            let mut ctx = self.buffer.ctx(c.spill_owner);
+            c.machine.deliver_with(now, m, delivery, Some(&mut ctx));
         }
         self.wake(conn);
     }

@@ -69,7 +69,8 @@ impl<S: Spill> Shard<S> {
             // time [MQTT-3.1.3-9]: it waits on the shard the session was on.
             self.wills.retain(|w| w.client_id != st.client_id);
         }
-        if let (Some(b), Some(st)) = (self.buffer.as_mut(), state.as_mut()) {
+        if let Some(st) = state.as_mut() {
+            let b = &mut self.buffer;
             if !stays {
                 let owner = b.owner_of(session);
                 st.unspill(&mut b.ctx(owner));
@@ -131,10 +132,7 @@ impl<S: Spill> Shard<S> {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(b) = self.buffer.as_mut() else {
-            c.spill_owner = session.0;
-            return;
-        };
+        let b = &mut self.buffer;
         let owner = match b.adopting.remove(&session) {
             // INVARIANT: nothing runs between `take_local` and here, so a
             // resumed session holds exactly the adopted records (queued, in
@@ -146,7 +144,7 @@ impl<S: Spill> Shard<S> {
             Some(a) => {
                 // Clean start: the old session and its records are gone.
                 for r in a.refs {
-                    b.store.release(r);
+                    b.release(r);
                 }
                 session.0
             }
@@ -155,9 +153,9 @@ impl<S: Spill> Shard<S> {
         c.spill_owner = owner;
         if let Some(state) = c.machine.session() {
             b.memory_bytes += state.memory_bytes();
-            if let Some(first) = state.first_spilled_ref() {
+            if let (Some(first), Some(store)) = (state.first_spilled_ref(), b.store.as_mut()) {
                 // Readahead for the drain that is about to start.
-                b.store.prefetch(first, PREFETCH_BYTES);
+                store.prefetch(first, PREFETCH_BYTES);
             }
         }
         if b.memory_bytes > b.memory_budget_bytes {
@@ -179,18 +177,14 @@ impl<S: Spill> Shard<S> {
         state: Option<SessionState>,
         now: Instant,
     ) {
-        let adopting = self
-            .buffer
-            .as_mut()
-            .and_then(|b| b.adopting.remove(&session));
+        let adopting = self.buffer.adopting.remove(&session);
         match state.filter(|s| !s.expiry_interval.is_zero()) {
             Some(state) => {
-                if let Some(b) = self.buffer.as_mut() {
-                    if let Some(a) = adopting {
-                        b.spill_owners.insert(session, a.owner);
-                    }
-                    b.memory_bytes += state.memory_bytes();
+                let b = &mut self.buffer;
+                if let Some(a) = adopting {
+                    b.spill_owners.insert(session, a.owner);
                 }
+                b.memory_bytes += state.memory_bytes();
                 let subs: Vec<_> = state
                     .subscriptions()
                     .map(|(raw, sub)| (raw.clone(), sub.clone()))
@@ -206,9 +200,9 @@ impl<S: Spill> Shard<S> {
                 );
             }
             None => {
-                if let (Some(b), Some(a)) = (self.buffer.as_mut(), adopting) {
+                if let Some(a) = adopting {
                     for r in a.refs {
-                        b.store.release(r);
+                        self.buffer.release(r);
                     }
                 }
                 self.release_id(client_id, session);
@@ -253,10 +247,8 @@ impl<S: Spill> Shard<S> {
             Some(mut state) => {
                 // Records of exchanges acknowledged since the writer's last
                 // turn: released now, not when the session comes back.
-                if let Some(b) = self.buffer.as_mut() {
-                    let owner = b.owner_of(session);
-                    state.release_retired(&mut b.ctx(owner));
-                }
+                let owner = self.buffer.owner_of(session);
+                state.release_retired(&mut self.buffer.ctx(owner));
                 let expires_at = now.checked_add(state.expiry_interval);
                 self.sessions.insert(
                     session,
@@ -344,9 +336,7 @@ impl<S: Spill> Shard<S> {
 
     /// Releases what an ending session holds in the buffer and in memory.
     pub(super) fn end_session_buffer(&mut self, session: SessionId, state: Option<SessionState>) {
-        let Some(b) = self.buffer.as_mut() else {
-            return;
-        };
+        let b = &mut self.buffer;
         let owner = b.owner_of(session);
         b.spill_owners.remove(&session);
         if let Some(mut state) = state {

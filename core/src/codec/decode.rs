@@ -57,6 +57,44 @@ impl Decoder {
         self.max_packet_size
     }
 
+    /// Changes the limit for the packets not yet started: the broker keeps
+    /// a small one until the CONNECT is accepted (`CONNECT_SIZE_MAX`).
+    pub fn set_max_packet_size(&mut self, max_packet_size: u32) {
+        self.max_packet_size = max_packet_size;
+    }
+
+    /// The size of the frame at the front of `buf` once its fixed header is
+    /// complete (`Ok(None)` before), after the checks [`Decoder::decode`]
+    /// makes on a fixed header: the size is within `max_packet_size`.
+    pub fn frame_size(&mut self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        let checked = frame_header(buf, self.version, self.max_packet_size);
+        if let Err(DecodeError::PacketTooLarge { .. }) = &checked {
+            self.peek_connect_level(buf);
+        }
+        Ok(checked?.map(|(_, size)| size))
+    }
+
+    /// An oversize first packet is refused from its fixed header, before
+    /// its protocol level is parsed; read the level if it arrived, so the
+    /// refusal is a CONNACK the client understands (v5 §3.2.2.2 0x95).
+    fn peek_connect_level(&mut self, buf: &[u8]) {
+        if self.version.is_some() {
+            return;
+        }
+        let Ok(Some(rl)) = parse_varint(buf.get(1..).unwrap_or_default()) else {
+            return;
+        };
+        // Protocol name "MQTT" (2 + 4 bytes) then the level.
+        let at = 1 + rl.len;
+        if buf.get(at..at + 6) == Some(&b"\x00\x04MQTT"[..]) {
+            self.version = match buf.get(at + 6) {
+                Some(4) => Some(ProtocolVersion::V311),
+                Some(5) => Some(ProtocolVersion::V5),
+                _ => None,
+            };
+        }
+    }
+
     /// Decodes one packet from the front of `buf`. `Ok(None)`: `buf` holds
     /// no whole packet yet and is left untouched. `Ok(Some(_))`: exactly one
     /// frame was split off. `Err(_)`: the connection must be closed; `buf`
@@ -65,7 +103,11 @@ impl Decoder {
         if let Some(ack) = self.decode_ack(buf) {
             return Ok(Some(ack.to_packet()));
         }
-        let Some((header, frame)) = split_frame(buf, self.version, self.max_packet_size)? else {
+        let split = split_frame(buf, self.version, self.max_packet_size);
+        if let Err(DecodeError::PacketTooLarge { .. }) = &split {
+            self.peek_connect_level(buf);
+        }
+        let Some((header, frame)) = split? else {
             return Ok(None);
         };
         match self.version {
@@ -173,6 +215,22 @@ fn split_frame(
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
 ) -> Result<Option<(Header, Bytes)>, DecodeError> {
+    let Some((header, size)) = frame_header(buf, version, max_packet_size)? else {
+        return Ok(None);
+    };
+    if buf.len() < size {
+        return Ok(None);
+    }
+    Ok(Some((header, buf.split_to(size).freeze())))
+}
+
+/// The fixed header at the front of `buf` and the whole frame's size, once
+/// the header is complete and valid (see `split_frame`).
+fn frame_header(
+    buf: &[u8],
+    version: Option<ProtocolVersion>,
+    max_packet_size: u32,
+) -> Result<Option<(Header, usize)>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -201,10 +259,6 @@ fn split_frame(
     }
     // INVARIANT: size <= max_packet_size <= u32::MAX, so it fits a usize.
     let size = size as usize;
-    if buf.len() < size {
-        return Ok(None);
-    }
-    let frame = buf.split_to(size).freeze();
     Ok(Some((
         Header {
             packet_type,
@@ -212,7 +266,7 @@ fn split_frame(
             len: header_len,
             minimal: rl.minimal,
         },
-        frame,
+        size,
     )))
 }
 

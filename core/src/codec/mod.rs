@@ -6,6 +6,7 @@
 mod decode;
 mod encode;
 mod error;
+mod inbox;
 mod packet;
 mod properties;
 mod property_codec;
@@ -18,6 +19,7 @@ mod tests;
 pub use decode::{decode_packet, AckKind, Decoder, ShortAck};
 pub use encode::{encode, encode_forward, encode_publish, encode_within, encoded_len, Forward};
 pub use error::{DecodeError, EncodeError};
+pub use inbox::{Inbox, LARGE_FRAME_BYTES};
 pub use packet::*;
 pub use properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
 pub use reason::ReasonCode;

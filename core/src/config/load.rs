@@ -39,6 +39,7 @@ pub(crate) fn load_raw(text: &str, report: &mut Report) -> RawConfig {
             "diskBackedMessageBuffer" => {
                 raw.disk_backed_message_buffer = section(key, value, report);
             }
+            "retainedMessages" => raw.retained_messages = section(key, value, report),
             "diagnostics" => raw.diagnostics = section(key, value, report),
             "generateResourceLimits" => {
                 raw.generate_resource_limits = section(key, value, report);

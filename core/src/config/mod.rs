@@ -146,6 +146,7 @@ impl Default for Config {
             cardinality: Cardinality::default(),
             memory_profile: MemoryProfile::Medium,
             disk_buffer: None,
+            retained_size_max_bytes: None,
             diagnostics: Diagnostics::default(),
             secrets_dir: None,
             state_dir: None,

@@ -23,6 +23,9 @@ pub(crate) struct RawConfig {
     pub memory_profile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_backed_message_buffer: Option<RawDiskBuffer>,
+    /// shardmq addition: bounds of the retained message store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_messages: Option<RawRetained>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<RawDiagnostics>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,6 +51,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "cardinality",
     "memoryProfile",
     "diskBackedMessageBuffer",
+    "retainedMessages",
     "diagnostics",
     "generateResourceLimits",
     "secretsDir",
@@ -146,6 +150,14 @@ pub(crate) struct RawBackendChain {
     pub redundancy_factor: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct RawRetained {
+    /// A quantity string ("256Mi") or a plain number of bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub struct Config {
     pub memory_profile: MemoryProfile,
     /// `diskBackedMessageBuffer`; `None`: no disk buffer.
     pub disk_buffer: Option<DiskBuffer>,
+    /// `retainedMessages.maxSize` (shardmq addition): bytes of retained
+    /// messages all shards keep together; `None`: derived from
+    /// `memoryProfile` (`retained_size_max_bytes`).
+    pub retained_size_max_bytes: Option<u64>,
     pub diagnostics: Diagnostics,
     /// `secretsDir` (shardmq addition); `secretRef`s are already resolved
     /// against it, kept for the server's messages.

@@ -45,6 +45,12 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         .disk_backed_message_buffer
         .as_ref()
         .and_then(|raw| disk_buffer(raw, report));
+    let retained_size_max_bytes = raw
+        .retained_messages
+        .as_ref()
+        .and_then(|r| r.max_size.as_ref())
+        .filter(|v| !v.is_null())
+        .and_then(|v| size(report, "retainedMessages.maxSize", v));
     let diagnostics = diagnostics(raw.diagnostics.as_ref(), report);
     if let Some(limits) = &raw.generate_resource_limits {
         generate_resource_limits(limits, report);
@@ -77,6 +83,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         cardinality,
         memory_profile,
         disk_buffer,
+        retained_size_max_bytes,
         diagnostics,
         secrets_dir,
         state_dir,
@@ -198,6 +205,8 @@ fn client_limits(raw: &RawClients, report: &mut Report) -> ClientLimits {
         limits.queue = QueueLimit {
             length_max,
             strategy,
+            // Derived from memoryProfile by the server.
+            ..QueueLimit::default()
         };
     }
     if let Some(text) = raw.session_takeover.as_deref() {
@@ -297,30 +306,7 @@ fn disk_buffer(raw: &RawDiskBuffer, report: &mut Report) -> Option<DiskBuffer> {
             report.error(size_path, "required when diskBackedMessageBuffer is given");
             return None;
         }
-        Some(Value::String(text)) => match parse_quantity(text) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                report.error(size_path, format!("{error}, got \"{text}\""));
-                return None;
-            }
-        },
-        Some(Value::Number(number)) => match number.as_u64() {
-            Some(bytes) => bytes,
-            None => {
-                report.error(
-                    size_path,
-                    format!("expected a whole number of bytes, got {number}"),
-                );
-                return None;
-            }
-        },
-        Some(other) => {
-            report.error(
-                size_path,
-                format!("expected a quantity like \"500M\" or a number of bytes, got {other}"),
-            );
-            return None;
-        }
+        Some(value) => size(report, &size_path, value)?,
     };
     let Some(size_max_bytes) = NonZeroU64::new(bytes) else {
         report.error(size_path, "must be greater than 0");
@@ -330,6 +316,36 @@ fn disk_buffer(raw: &RawDiskBuffer, report: &mut Report) -> Option<DiskBuffer> {
         size_max_bytes,
         data_dir,
     })
+}
+
+/// A size: a quantity string ("500M", "64Mi") or a whole number of bytes.
+fn size(report: &mut Report, path: &str, value: &Value) -> Option<u64> {
+    match value {
+        Value::String(text) => match parse_quantity(text) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                report.error(path, format!("{error}, got \"{text}\""));
+                None
+            }
+        },
+        Value::Number(number) => {
+            let bytes = number.as_u64();
+            if bytes.is_none() {
+                report.error(
+                    path,
+                    format!("expected a whole number of bytes, got {number}"),
+                );
+            }
+            bytes
+        }
+        other => {
+            report.error(
+                path,
+                format!("expected a quantity like \"500M\" or a number of bytes, got {other}"),
+            );
+            None
+        }
+    }
 }
 
 fn diagnostics(raw: Option<&RawDiagnostics>, report: &mut Report) -> Diagnostics {

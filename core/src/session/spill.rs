@@ -56,6 +56,10 @@ pub struct SpillCtx<'a> {
     pub memory_bytes: &'a mut u64,
     /// Past this, new messages spill (`memory_budget_bytes(memoryProfile)`).
     pub memory_budget_bytes: u64,
+    /// Record bytes one session may hold in the buffer (its fair share of
+    /// the shard's part of `maxSize`, `SESSION_SHARES`); once it holds that
+    /// much, its queue counts as full. 0 without a disk buffer.
+    pub disk_share_bytes: u64,
 }
 
 impl std::fmt::Debug for SpillCtx<'_> {
@@ -64,13 +68,21 @@ impl std::fmt::Debug for SpillCtx<'_> {
             .field("owner", &self.owner)
             .field("memory_bytes", &self.memory_bytes)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
+            .field("disk_share_bytes", &self.disk_share_bytes)
             .finish_non_exhaustive()
     }
 }
 
-/// Bytes one queued message counts against the memory budget: payload and
-/// topic. Shared messages (fan-out) count once per session holding them, so
-/// the budget errs on the side of spilling early.
+/// What one queued message costs beside its payload and topic: its queue
+/// entry (~56 bytes), the shared `Message` (~160 bytes with its `Arc`) and
+/// the allocator's headers. Without it a queue of 100,000 one-byte messages
+/// would count as 100 KB while holding ~25 MB.
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 256;
+
+/// Bytes one queued message counts against the memory budget: payload,
+/// topic and [`MESSAGE_OVERHEAD_BYTES`]. Shared messages (fan-out) count
+/// once per session holding them, so the budget errs on the side of
+/// spilling early.
 pub fn memory_cost(message: &Message) -> u64 {
-    (message.payload.len() + message.topic.as_str().len()) as u64
+    (message.payload.len() + message.topic.as_str().len()) as u64 + MESSAGE_OVERHEAD_BYTES
 }

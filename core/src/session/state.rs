@@ -19,6 +19,9 @@ use crate::topic::Filter;
 use super::message::SharedMessage;
 use super::spill::{memory_cost, SpillCtx, SpillRef};
 
+/// Queue capacity (entries) a session keeps once its queue is empty.
+const QUEUE_CAPACITY_KEPT: usize = 1024;
+
 /// One subscription as the session holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -160,6 +163,9 @@ pub struct SessionState {
     pub(crate) queue: VecDeque<Entry>,
     memory_bytes: u64,
     spilled_len: usize,
+    /// INVARIANT: the record bytes (`SpillRef::len`) of every record this
+    /// session holds in the disk buffer: queued, in flight and retired.
+    disk_bytes: u64,
     /// QoS 2 packet ids received (PUBREC sent) and not yet released by
     /// PUBREL: a PUBLISH with one of these ids is a duplicate [MQTT-4.3.3-10].
     pub(crate) incoming_qos2: HashSet<PacketId>,
@@ -183,6 +189,7 @@ impl SessionState {
             queue: VecDeque::new(),
             memory_bytes: 0,
             spilled_len: 0,
+            disk_bytes: 0,
             incoming_qos2: HashSet::new(),
             retired: Vec::new(),
             next_packet_id: 1,
@@ -248,6 +255,12 @@ impl SessionState {
         self.memory_bytes
     }
 
+    /// Record bytes this session holds in the disk buffer, against its
+    /// share (`SpillCtx::disk_share_bytes`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
     /// Offers a message to this session, never spilling (see `enqueue_with`).
     pub fn enqueue(
         &mut self,
@@ -264,11 +277,12 @@ impl SessionState {
     /// discarded (the spec allows storing it; we keep offline queues for the
     /// messages a client was promised, as Mosquitto does by default).
     ///
-    /// Without `spill` the queue holds at most `limit.len_max()` messages.
-    /// With it, `limit.len_max()` bounds the messages kept in memory and the
-    /// shard's memory budget bounds their bytes; past either, the message
-    /// goes to the disk buffer, and only when that refuses too does the
-    /// queue count as full (`limit.strategy`).
+    /// Without `spill` the queue holds at most `limit.len_max()` messages
+    /// and `limit.bytes_max` bytes (`memory_cost`). With it, those bound
+    /// what the session keeps in memory and the shard's memory budget bounds
+    /// all sessions' bytes together; past any of them the message goes to
+    /// the disk buffer, up to the session's share of it, and only when that
+    /// refuses too does the queue count as full (`limit.strategy`).
     pub fn enqueue_with(
         &mut self,
         now: Instant,
@@ -297,83 +311,109 @@ impl SessionState {
             subscription_ids: delivery.subscription_ids.clone(),
         };
         if let Some(ctx) = spill {
-            return self.enqueue_spilling(queued(), limit, ctx);
-        }
-        // PERF: the path without a disk buffer (QoS 0 fan-in at several
-        // hundred thousand messages a second per shard): no spill checks.
-        let mut outcome = Enqueued::Queued;
-        if self.queue.len() >= limit.len_max() {
-            match limit.strategy {
-                QueueFullStrategy::None => {
-                    self.stats.dropped_queue_full += 1;
-                    return Enqueued::RejectedQueueFull;
-                }
-                QueueFullStrategy::DropOldest => {
-                    if let Some(old) = self.queue.pop_front() {
-                        self.drop_entry(old, None);
-                    }
-                    self.stats.dropped_queue_full += 1;
-                    outcome = Enqueued::DroppedOldest;
-                }
+            // PERF: QoS 0 fan-in runs at hundreds of thousands of messages
+            // a second per shard: the common case, in memory within every
+            // bound, is three compares.
+            let cost = memory_cost(message);
+            if self.fits_memory(cost, limit, ctx) {
+                self.push_memory_cost(queued(), cost, Some(ctx));
+                return Enqueued::Queued;
             }
+            return self.enqueue_spilling(queued(), cost, limit, ctx);
         }
-        self.push_memory(queued(), None);
+        // PERF: the path without a shard (tests, tools): two checks.
+        let cost = memory_cost(message);
+        if cost > limit.bytes_max {
+            // Could never fit: dropping older messages would not help.
+            self.stats.dropped_queue_full += 1;
+            return Enqueued::RejectedQueueFull;
+        }
+        let mut outcome = Enqueued::Queued;
+        while self.queue.len() >= limit.len_max() || self.memory_bytes + cost > limit.bytes_max {
+            let old = match limit.strategy {
+                QueueFullStrategy::None => None,
+                QueueFullStrategy::DropOldest => self.queue.pop_front(),
+            };
+            self.stats.dropped_queue_full += 1;
+            let Some(old) = old else {
+                return Enqueued::RejectedQueueFull;
+            };
+            self.drop_entry(old, None);
+            outcome = Enqueued::DroppedOldest;
+        }
+        self.push_memory_cost(queued(), cost, None);
         outcome
+    }
+
+    /// Whether a message of `cost` may stay in memory: within the
+    /// session's count and byte bounds and the shard's budget.
+    fn fits_memory(&self, cost: u64, limit: &QueueLimit, ctx: &SpillCtx<'_>) -> bool {
+        self.queue.len() - self.spilled_len < limit.len_max()
+            && self.memory_bytes + cost <= limit.bytes_max
+            && *ctx.memory_bytes + cost <= ctx.memory_budget_bytes
     }
 
     fn enqueue_spilling(
         &mut self,
         queued: Queued,
+        cost: u64,
         limit: &QueueLimit,
         ctx: &mut SpillCtx<'_>,
     ) -> Enqueued {
-        let cost = memory_cost(&queued.message);
+        let memory_max = limit.bytes_max.min(ctx.memory_budget_bytes);
+        if cost > memory_max && ctx.disk_share_bytes == 0 {
+            // Could never fit: dropping older messages would not help.
+            self.stats.dropped_queue_full += 1;
+            return Enqueued::RejectedQueueFull;
+        }
         let mut outcome = Enqueued::Queued;
         loop {
-            let memory_len = self.queue.len() - self.spilled_len;
-            if memory_len < limit.len_max()
-                && ctx.memory_bytes.saturating_add(cost) <= ctx.memory_budget_bytes
-            {
+            if self.fits_memory(cost, limit, ctx) {
                 self.push_memory(queued, Some(ctx));
                 return outcome;
             }
-            if let Ok(at) = ctx.spill.append(ctx.owner, &queued.message) {
-                self.spilled_len += 1;
-                self.queue.push_back(Entry::Spilled(Spilled {
-                    at,
-                    qos: queued.qos,
-                    retain: queued.retain,
-                    subscription_ids: queued.subscription_ids,
-                }));
-                return outcome;
+            // Fair share: a session that stopped reading fills its part of
+            // the buffer, not the whole shard's (docs/BUFFER.md). A record's
+            // size is known once written: the share may be passed by one.
+            if self.disk_bytes < ctx.disk_share_bytes {
+                if let Ok(at) = ctx.spill.append(ctx.owner, &queued.message) {
+                    self.spilled_len += 1;
+                    self.disk_bytes += u64::from(at.len);
+                    self.queue.push_back(Entry::Spilled(Spilled {
+                        at,
+                        qos: queued.qos,
+                        retain: queued.retain,
+                        subscription_ids: queued.subscription_ids,
+                    }));
+                    return outcome;
+                }
             }
             // Memory and disk both refuse: the queue is full.
             if limit.strategy == QueueFullStrategy::None {
                 self.stats.dropped_queue_full += 1;
                 return Enqueued::RejectedQueueFull;
             }
-            // DropOldest: drop from the front until the new message fits.
-            // A record's disk space comes back only with its whole segment,
-            // so this may drop up to a segment's worth of this session's
-            // oldest messages; memory never goes past its budget for it.
+            // DropOldest: drop from the front until the new message fits,
+            // in memory (checked first) or on disk. A record's disk space
+            // comes back only with its whole segment, so this may drop up
+            // to a segment's worth of this session's oldest messages;
+            // memory never goes past its bounds for it.
             let Some(old) = self.queue.pop_front() else {
                 self.stats.dropped_queue_full += 1;
                 return Enqueued::RejectedQueueFull;
             };
             self.stats.dropped_queue_full += 1;
             outcome = Enqueued::DroppedOldest;
-            let was_memory = matches!(old, Entry::Memory(_));
             self.drop_entry(old, Some(ctx));
-            if was_memory && self.queue.len() - self.spilled_len < limit.len_max() {
-                // The new message takes the place the oldest had in memory.
-                self.push_memory(queued, Some(ctx));
-                return outcome;
-            }
         }
     }
 
     fn push_memory(&mut self, queued: Queued, ctx: Option<&mut SpillCtx<'_>>) {
         let cost = memory_cost(&queued.message);
+        self.push_memory_cost(queued, cost, ctx);
+    }
+
+    fn push_memory_cost(&mut self, queued: Queued, cost: u64, ctx: Option<&mut SpillCtx<'_>>) {
         self.memory_bytes += cost;
         if let Some(ctx) = ctx {
             *ctx.memory_bytes += cost;
@@ -398,7 +438,7 @@ impl SessionState {
             Entry::Spilled(s) => {
                 self.spilled_len -= 1;
                 if let Some(ctx) = ctx {
-                    ctx.spill.release(s.at);
+                    self.release_record(s.at, ctx);
                 }
             }
         }
@@ -412,16 +452,27 @@ impl SessionState {
         }
     }
 
+    fn release_record(&mut self, at: SpillRef, ctx: &mut SpillCtx<'_>) {
+        self.disk_bytes = self.disk_bytes.saturating_sub(u64::from(at.len));
+        ctx.spill.release(at);
+    }
+
     /// Empties the queue (the session ends or expires), releasing its
-    /// spilled records and its share of the memory budget.
+    /// spilled records and its share of the memory budget, and the queue's
+    /// own allocation.
     pub fn discard_queue(&mut self, ctx: &mut SpillCtx<'_>) {
         while let Some(e) = self.queue.pop_front() {
             self.drop_entry(e, Some(ctx));
         }
+        self.queue = VecDeque::new();
+        let mut held = Vec::new();
         for f in &mut self.inflight {
             if let Some(Entry::Spilled(s)) = f.publish.take() {
-                ctx.spill.release(s.at);
+                held.push(s.at);
             }
+        }
+        for at in held {
+            self.release_record(at, ctx);
         }
         self.release_retired(ctx);
     }
@@ -446,6 +497,7 @@ impl SessionState {
     /// offline).
     pub fn release_retired(&mut self, ctx: &mut SpillCtx<'_>) {
         for r in self.retired.drain(..) {
+            self.disk_bytes = self.disk_bytes.saturating_sub(u64::from(r.len));
             ctx.spill.release(r);
         }
     }
@@ -486,6 +538,8 @@ impl SessionState {
         });
         self.stats.dropped_lost += lost_inflight;
         if self.spilled_len == 0 {
+            // INVARIANT: every record was released (read back or lost).
+            self.disk_bytes = 0;
             return;
         }
         let mut lost = 0;
@@ -507,6 +561,7 @@ impl SessionState {
             }
         });
         self.spilled_len = 0;
+        self.disk_bytes = 0;
         self.stats.dropped_lost += lost;
         self.memory_bytes += added;
         *ctx.memory_bytes += added;
@@ -542,6 +597,7 @@ impl SessionState {
             let Ok(at) = ctx.spill.append(ctx.owner, &q.message) else {
                 return;
             };
+            self.disk_bytes += u64::from(at.len);
             let cost = memory_cost(&q.message);
             let spilled = Spilled {
                 at,
@@ -628,7 +684,13 @@ impl SessionState {
         mut spill: Option<&mut SpillCtx<'_>>,
     ) -> Option<(Queued, Option<Spilled>)> {
         loop {
-            let (q, held) = match self.queue.pop_front()? {
+            let entry = self.queue.pop_front()?;
+            if self.queue.is_empty() && self.queue.capacity() > QUEUE_CAPACITY_KEPT {
+                // A drained backlog gives its deque back (a 100,000-message
+                // backlog leaves ~5 MB of capacity otherwise).
+                self.queue = VecDeque::new();
+            }
+            let (q, held) = match entry {
                 Entry::Memory(q) => {
                     self.forget_memory(&q, spill.as_deref_mut());
                     (q, None)
@@ -642,7 +704,7 @@ impl SessionState {
                     let read = ctx.spill.read(s.at, ctx.owner);
                     let keep = read.is_ok() && s.qos != QoS::AtMostOnce;
                     if !keep {
-                        ctx.spill.release(s.at);
+                        self.release_record(s.at, ctx);
                     }
                     match read {
                         Ok(m) => (s.with_message(m), keep.then_some(s)),
@@ -656,7 +718,7 @@ impl SessionState {
             if q.message.is_expired(now) {
                 self.stats.dropped_expired += 1;
                 if let (Some(s), Some(ctx)) = (held, spill.as_deref_mut()) {
-                    ctx.spill.release(s.at);
+                    self.release_record(s.at, ctx);
                 }
                 continue;
             }

@@ -154,6 +154,8 @@ impl Sim {
             instance: seed,
             limits: Arc::new(limits),
             retained_max: 1000,
+            retained_bytes_max: 1 << 20,
+            partial_bytes_max: 1 << 20,
             selftest: Some(SelfTestConfig {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
@@ -166,8 +168,8 @@ impl Sim {
                     ..MemStore::default()
                 };
                 // A tiny memory budget, so queues spill to the store.
-                let buffer = ShardBuffer::new(store, 300);
-                Shard::new(ShardId::new(i), config.clone(), Some(buffer))
+                let buffer = ShardBuffer::new(Some(store), 300, 1 << 30);
+                Shard::new(ShardId::new(i), config.clone(), buffer)
             })
             .collect::<Vec<_>>();
         let n = shards.len();
@@ -233,7 +235,7 @@ impl Sim {
             self.fail("the client encoded an invalid packet");
         }
         let now = self.now;
-        self.shards[shard].handle_input(conn, now, &mut buf);
+        self.shards[shard].handle_input(conn, now, &buf);
         self.drain(shard);
     }
 

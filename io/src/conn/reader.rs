@@ -6,7 +6,6 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 use futures_lite::FutureExt;
 use shardmq_core::broker::Flow;
@@ -15,7 +14,9 @@ use super::handle::ConnHandle;
 use crate::driver::Driver;
 
 /// Bytes read per socket read; frames larger than this are assembled over
-/// several reads, bounded by the decoder's maximum packet size.
+/// several reads (in the shard's inbox for the connection), bounded by the
+/// maximum packet size (a small one until CONNECT is accepted) and the
+/// shard's budget for partial packets.
 const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn run<R: AsyncRead + Unpin>(
@@ -24,7 +25,6 @@ pub async fn run<R: AsyncRead + Unpin>(
     mut reader: R,
 ) {
     let id = handle.id;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut flow = Flow::Read;
     loop {
@@ -71,12 +71,11 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             None => break,
         };
-        buf.extend_from_slice(&chunk[..n]);
         // Fairness: a glommio read completes without yielding while the
         // socket has data, so a busy publisher would otherwise keep the
         // shard and starve every other task (subscribers' writers first).
         futures_lite::future::yield_now().await;
-        flow = driver.with(|s| s.handle_input(id, Instant::now(), &mut buf));
+        flow = driver.with(|s| s.handle_input(id, Instant::now(), &chunk[..n]));
     }
 }
 

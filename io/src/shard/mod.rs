@@ -68,6 +68,8 @@ pub struct ShardReport {
 #[derive(Debug)]
 pub struct ShardSetup {
     pub broker: Arc<broker::ShardConfig>,
+    /// Queued bytes a shard keeps in memory (`memoryProfile`).
+    pub memory_budget_bytes: u64,
     pub listeners: Vec<ListenerSpec>,
     /// `None` without `diskBackedMessageBuffer`.
     pub buffer: Option<BufferSetup>,
@@ -90,10 +92,12 @@ pub async fn run(
         return;
     };
     let shards = setup.broker.shards;
-    let buffer = setup
+    let store = setup
         .buffer
         .as_ref()
         .and_then(|b| open_buffer(id, shards, b));
+    let store_bytes = store.as_ref().map_or(0, |s| s.buffer.size_max_bytes());
+    let buffer = ShardBuffer::new(store, setup.memory_budget_bytes, store_bytes);
     let shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
     let (driver, wakeups) = Driver::new(shard);
     mesh::start(&driver, senders, receivers, wakeups);
@@ -114,11 +118,13 @@ pub async fn run(
     info!(shard = id, "shard ready");
 
     let mut last_stats = Instant::now();
+    let mut held_peak = 0;
     while !setup.shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
         driver.with(|s| s.handle_tick(now));
         upkeep_buffer(&driver);
+        held_peak = trim_heap(&driver, held_peak);
         publish_reports(&driver, &setup);
         crate::oplog::flush(id, false);
         if last_stats.elapsed() >= STATS_EVERY {
@@ -146,12 +152,23 @@ pub async fn run(
 /// the deletes and spare creation still running off the shard, so no
 /// segment file outlives the process.
 async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
-    let open = driver.with(|s| s.buffer_mut().map(|b| b.store.buffer.close()).is_some());
+    let open = driver.with(|s| {
+        s.buffer_mut()
+            .store
+            .as_mut()
+            .map(|d| d.buffer.close())
+            .is_some()
+    });
     if !open {
         return;
     }
     let deadline = Instant::now() + wait_max;
-    while driver.peek(|s| s.buffer().is_some_and(|b| b.store.buffer.off_shard_work())) {
+    while driver.peek(|s| {
+        s.buffer()
+            .store
+            .as_ref()
+            .is_some_and(|d| d.buffer.off_shard_work())
+    }) {
         if Instant::now() >= deadline {
             warn!(
                 shard = driver.id.index(),
@@ -165,7 +182,7 @@ async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
 
 /// Opens shard `id`'s disk buffer; on failure the shard runs without one
 /// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
-fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuffer<DiskSpill>> {
+fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskSpill> {
     let share = setup.spec.size_max_bytes / shards as u64;
     // At least two segments per shard: the segment being written is never
     // reclaimed, so with one the buffer would stay full once it filled.
@@ -203,10 +220,7 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
                 leftover_segments_removed = disk.removed_at_open(),
                 "disk buffer open"
             );
-            Some(ShardBuffer::new(
-                DiskSpill::new(disk),
-                setup.memory_budget_bytes,
-            ))
+            Some(DiskSpill::new(disk))
         }
         Err(e) => {
             error!(
@@ -224,12 +238,12 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<ShardBuf
 /// shard once the buffer is in use (an idle broker keeps no spare files).
 fn upkeep_buffer(driver: &Rc<Driver>) {
     let request = driver.with(|s| {
-        let b = s.buffer_mut()?;
-        if let Err(e) = b.store.buffer.flush() {
+        let d = s.buffer_mut().store.as_mut()?;
+        if let Err(e) = d.buffer.flush() {
             warn!(shard = driver.id.index(), error = %e, "disk buffer flush failed");
         }
-        let in_use = b.store.buffer.stats().segments > 0;
-        in_use.then(|| b.store.buffer.spare_request()).flatten()
+        let in_use = d.buffer.stats().segments > 0;
+        in_use.then(|| d.buffer.spare_request()).flatten()
     });
     let Some(req) = request else {
         return;
@@ -246,28 +260,45 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
             })
             .await;
         driver.with(|s| {
-            if let Some(b) = s.buffer_mut() {
-                b.store.buffer.install_spare(file);
+            if let Some(d) = s.buffer_mut().store.as_mut() {
+                d.buffer.install_spare(file);
             }
         });
     })
     .detach();
 }
 
+/// Gives freed heap back to the system once what the shard holds (queued,
+/// retained, partial packets) shrank by `trim::TRIM_AFTER_BYTES` from its
+/// peak since the last trim. Returns the new peak.
+fn trim_heap(driver: &Rc<Driver>, peak: u64) -> u64 {
+    let held = driver.peek(|s| s.held_bytes());
+    let peak = peak.max(held);
+    if peak - held >= crate::trim::TRIM_AFTER_BYTES {
+        crate::trim::trim_soon(driver.id.index(), peak - held);
+        held
+    } else {
+        peak
+    }
+}
+
 fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
     let id = driver.id.index();
     let (inv, stats, buffer) = driver.peek(|s| {
-        let buffer = s.buffer().map(|b| BufferReport {
-            open: true,
-            encrypted: b.store.buffer.encrypted(),
-            disk: b.store.buffer.stats(),
+        let b = s.buffer();
+        let mut report = BufferReport {
             memory_bytes: b.memory_bytes,
-            refused: b.store.refused,
-            dropped_queue_full: 0,
-        });
-        (s.inventory(), s.stats(), buffer)
+            ..BufferReport::default()
+        };
+        if let Some(d) = &b.store {
+            report.open = true;
+            report.encrypted = d.buffer.encrypted();
+            report.disk = d.buffer.stats();
+            report.refused = d.refused;
+        }
+        (s.inventory(), s.stats(), report)
     });
-    let mut buffer = buffer.unwrap_or_default();
+    let mut buffer = buffer;
     buffer.dropped_queue_full = stats.dropped_queue_full;
     if let Ok(mut reports) = setup.buffer_reports.lock() {
         if let Some(slot) = reports.get_mut(id) {
@@ -312,8 +343,9 @@ fn log_stats(driver: &Rc<Driver>) {
             accept_failures = driver.accept_failures.get(),
             "shard stats"
         );
-        if let Some(b) = s.buffer() {
-            let d = b.store.buffer.stats();
+        let b = s.buffer();
+        if let Some(store) = &b.store {
+            let d = store.buffer.stats();
             info!(
                 shard,
                 memory_bytes = b.memory_bytes,
@@ -324,7 +356,7 @@ fn log_stats(driver: &Rc<Driver>) {
                 appended = d.appended,
                 read = d.read,
                 lost = d.corrupt,
-                refused = b.store.refused,
+                refused = store.refused,
                 reclaimed_segments = d.reclaimed_segments,
                 "disk buffer stats"
             );

@@ -52,6 +52,8 @@ impl Broker {
             disk_buffer: None,
             encrypt_internal_traffic: true,
             memory_budget_bytes: 16 << 20,
+            retained_bytes_max: 64 << 20,
+            partial_bytes_max: 64 << 20,
         };
         let mut config = config;
         edit(&mut config);

@@ -27,6 +27,8 @@ pub fn broker() -> ServerHandle {
         disk_buffer: None,
         encrypt_internal_traffic: true,
         memory_budget_bytes: 16 << 20,
+        retained_bytes_max: 64 << 20,
+        partial_bytes_max: 64 << 20,
     })
     .expect("broker starts")
 }

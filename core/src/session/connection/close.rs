@@ -21,6 +21,16 @@ impl Connection {
         }
     }
 
+    /// The broker closes the connection for one of its own limits (v5:
+    /// DISCONNECT with `reason`).
+    pub fn close(&mut self, reason: ReasonCode) {
+        if self.phase == Phase::Connected {
+            self.close_with(reason);
+        } else if self.phase != Phase::Closed {
+            self.close_silently(CloseReason::Server(reason));
+        }
+    }
+
     /// The broker is shutting down: DISCONNECT 0x8B (v5) and close.
     pub fn shut_down(&mut self) {
         if self.phase == Phase::Connected {
