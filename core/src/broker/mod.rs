@@ -12,14 +12,17 @@ mod connect;
 pub mod ids;
 mod index;
 pub mod mesh;
+pub mod metrics;
 mod moves;
 pub mod output;
 mod pending;
+mod reconfig;
 pub mod registry;
 mod retain;
 mod route;
 mod selftest;
 mod sessions;
+pub mod sys;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,9 +39,11 @@ use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillRef
 
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use mesh::{MeshMsg, SubKey, SubVal};
+pub use metrics::Gauges;
 pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
 pub use selftest::SELFTEST_PREFIX;
+pub use sys::ReservedTopics;
 
 use index::Index;
 use moves::{Arriving, Leaving};
@@ -169,14 +174,37 @@ impl<S: Spill> ShardBuffer<S> {
     }
 }
 
-/// Counters for logs and metrics; only this shard writes them.
+/// Counters for logs and metrics; only this shard writes them, in plain
+/// fields (no atomics: the runtime copies them out once a second).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub connections: u64,
+    /// Messages routed: clients' PUBLISHes, wills, self-test probes, `$SYS`.
     pub messages_in: u64,
     pub deliveries: u64,
+    /// Messages a full queue cost: refused (strategy None) or dropped
+    /// (DropOldest, counted again in `dropped_oldest`).
     pub dropped_queue_full: u64,
     pub selftest_rounds_ok: u64,
+    /// Clients' PUBLISH packets by QoS, and their payload bytes.
+    pub publish_in: [u64; 3],
+    pub publish_in_bytes: u64,
+    /// Messages queued for a subscriber by the QoS they go out with, and
+    /// their payload bytes (`deliveries` by QoS).
+    pub deliveries_qos: [u64; 3],
+    pub delivered_bytes: u64,
+    pub dropped_oldest: u64,
+    /// Messages whose Message Expiry Interval ran out before delivery.
+    pub dropped_expired: u64,
+    /// Self-test rounds some shard did not answer in time, and how long
+    /// the last complete round took.
+    pub selftest_rounds_failed: u64,
+    pub selftest_latency_ns: u64,
+    /// Messages to and from other shards (data and control).
+    pub mesh_sent: u64,
+    pub mesh_received: u64,
+    /// Payload bytes of the retained messages this shard owns (a gauge).
+    pub retained_bytes: u64,
 }
 
 /// What the shard holds, for tests, the simulator and metrics.
@@ -404,14 +432,19 @@ impl<S: Spill> Shard<S> {
         if c.hold > 0 && !c.machine.is_closed() {
             return 0;
         }
-        match self.buffer.as_mut() {
+        let expired_before = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
+        let n = match self.buffer.as_mut() {
             None => c.machine.poll_transmit(now, buf, bytes_max),
             Some(b) => {
                 let mut ctx = b.ctx(c.spill_owner);
                 c.machine
                     .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
             }
-        }
+        };
+        // Messages that expired in the queue are dropped while draining.
+        let expired_after = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
+        self.stats.dropped_expired += expired_after.saturating_sub(expired_before);
+        n
     }
 
     /// The client id of a connection's session, once it has one.
@@ -490,6 +523,7 @@ impl<S: Spill> Shard<S> {
 
     /// One message from a peer, in the order that peer sent them.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
+        self.stats.mesh_received += 1;
         match msg {
             MeshMsg::Deliver { message, targets } => {
                 self.deliver_local(now, from, &message, &targets, false);
@@ -542,7 +576,7 @@ impl<S: Spill> Shard<S> {
                 self.post(from, MeshMsg::Handover { request, state });
             }
             MeshMsg::Handover { request, state } => self.handover_arrived(request, state, now),
-            MeshMsg::ProbeReply { seq } => self.probe_reply(from, seq),
+            MeshMsg::ProbeReply { seq } => self.probe_reply(from, seq, now),
         }
     }
 
@@ -681,6 +715,7 @@ impl<S: Spill> Shard<S> {
         if msg.is_data() {
             self.outbox_data += 1;
         }
+        self.stats.mesh_sent += 1;
         if queue.is_empty() {
             self.outputs.push_back(Output::Mesh(peer));
         }

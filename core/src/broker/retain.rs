@@ -17,12 +17,19 @@ impl<S: Spill> Shard<S> {
     pub(super) fn apply_retained(&mut self, message: SharedMessage) -> ReasonCode {
         // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
         if message.payload.is_empty() {
-            self.retained.clear(&message.topic);
+            if let Some(old) = self.retained.clear(&message.topic) {
+                self.stats.retained_bytes -= old.payload.len() as u64;
+            }
             return ReasonCode::Success;
         }
         let topic = message.topic.clone();
+        let bytes = message.payload.len() as u64;
         match self.retained.set(topic.clone(), message) {
-            Ok(_) => ReasonCode::Success,
+            Ok(old) => {
+                let old = old.map_or(0, |m| m.payload.len() as u64);
+                self.stats.retained_bytes = self.stats.retained_bytes + bytes - old;
+                ReasonCode::Success
+            }
             Err(e) => {
                 let reason = e.reason_code();
                 self.notice(Notice::RetainedRefused {

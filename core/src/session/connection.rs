@@ -549,6 +549,29 @@ impl Connection {
     }
 
     /// The broker is shutting down: DISCONNECT 0x8B (v5) and close.
+    /// The broker closes the connection with `reason` (live
+    /// reconfiguration): DISCONNECT to a connected v5 client, a silent
+    /// close before CONNECT was decided.
+    pub fn disconnect(&mut self, reason: ReasonCode) {
+        if self.phase == Phase::Connected {
+            self.close_with(reason);
+        } else if self.phase != Phase::Closed {
+            self.close_silently(CloseReason::Server(reason));
+        }
+    }
+
+    /// New permissions for a connected client (its authorization policy
+    /// changed). Returns the session's subscriptions they refuse, removed
+    /// from the session (the broker takes them out of the index).
+    pub fn replace_permissions(&mut self, permissions: Box<dyn Permissions>) -> Vec<ByteString> {
+        self.permissions = permissions;
+        let permissions = &self.permissions;
+        match self.session.as_mut() {
+            Some(state) => state.retain_subscriptions(|f| permissions.can_subscribe(f)),
+            None => Vec::new(),
+        }
+    }
+
     pub fn shut_down(&mut self) {
         if self.phase == Phase::Connected {
             self.close_with(ReasonCode::ServerShuttingDown);
