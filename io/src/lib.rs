@@ -11,10 +11,12 @@ pub mod conn;
 pub mod driver;
 pub mod logging;
 pub mod oplog;
+pub mod reload;
 pub mod security;
 pub mod server;
 pub mod shard;
 pub mod spill;
+pub mod telemetry;
 
 pub use security::ListenerSecurity;
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};

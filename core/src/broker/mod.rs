@@ -186,13 +186,13 @@ pub struct ShardStats {
     /// (DropOldest, counted again in `dropped_oldest`).
     pub dropped_queue_full: u64,
     pub selftest_rounds_ok: u64,
-    /// Clients' PUBLISH packets by QoS, and their payload bytes.
+    /// Clients' PUBLISH packets by QoS, and their payload bytes by QoS.
     pub publish_in: [u64; 3],
-    pub publish_in_bytes: u64,
+    pub publish_in_bytes: [u64; 3],
     /// Messages queued for a subscriber by the QoS they go out with, and
     /// their payload bytes (`deliveries` by QoS).
     pub deliveries_qos: [u64; 3],
-    pub delivered_bytes: u64,
+    pub delivered_bytes: [u64; 3],
     pub dropped_oldest: u64,
     /// Messages whose Message Expiry Interval ran out before delivery.
     pub dropped_expired: u64,

@@ -24,8 +24,9 @@ impl<S: Spill> Shard<S> {
         message: SharedMessage,
         ack: Option<PublishAck>,
     ) {
-        self.stats.publish_in[message.qos as usize] += 1;
-        self.stats.publish_in_bytes += message.payload.len() as u64;
+        let qos = message.qos as usize;
+        self.stats.publish_in[qos] += 1;
+        self.stats.publish_in_bytes[qos] += message.payload.len() as u64;
         self.publish_message(now, message, ack.map(|a| (conn, a)));
     }
 
@@ -298,9 +299,10 @@ impl<S: Spill> Shard<S> {
         delivery: &Delivery,
     ) {
         let delivered = |stats: &mut super::ShardStats| {
+            let qos = message.qos.min(delivery.granted_qos) as usize;
             stats.deliveries += 1;
-            stats.deliveries_qos[message.qos.min(delivery.granted_qos) as usize] += 1;
-            stats.delivered_bytes += message.payload.len() as u64;
+            stats.deliveries_qos[qos] += 1;
+            stats.delivered_bytes[qos] += message.payload.len() as u64;
         };
         match outcome {
             Enqueued::Queued => delivered(&mut self.stats),

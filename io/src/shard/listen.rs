@@ -3,6 +3,7 @@
 //! and a connection stays where it was accepted), and each accepted stream
 //! gets its TLS handshake (with a deadline) before the connection is served.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,24 +14,35 @@ use tracing::warn;
 
 use crate::client_log;
 use crate::oplog::Category;
+use crate::telemetry::counters::{tls_cause, ListenerCounters};
 
 use crate::conn;
 use crate::driver::Driver;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
 use crate::server::{ListenerSpec, ServerError};
 
+/// A port bound on this shard: name, address, socket, security.
+pub type Bound = (
+    String,
+    std::net::SocketAddr,
+    TcpListener,
+    Rc<ListenerSecurity>,
+);
+
 /// Binds every listener that runs on `shard`.
-pub fn bind(
-    shard: usize,
-    listeners: &[ListenerSpec],
-) -> Result<Vec<(String, TcpListener, Rc<ListenerSecurity>)>, ServerError> {
+pub fn bind(shard: usize, listeners: &[ListenerSpec]) -> Result<Vec<Bound>, ServerError> {
     let mut bound = Vec::new();
     for l in listeners
         .iter()
         .filter(|l| l.shards.as_ref().is_none_or(|s| s.contains(&shard)))
     {
         match TcpListener::bind(l.addr) {
-            Ok(listener) => bound.push((l.name.clone(), listener, Rc::new(l.security.clone()))),
+            Ok(listener) => bound.push((
+                l.name.clone(),
+                l.addr,
+                listener,
+                Rc::new(l.security.clone()),
+            )),
             Err(e) => {
                 return Err(ServerError::Bind {
                     name: l.name.clone(),
@@ -43,17 +55,22 @@ pub fn bind(
     Ok(bound)
 }
 
+/// A listener's security as its accept loop reads it: a reload swaps the
+/// inner `Rc` for the handshakes and CONNECTs that follow.
+pub type SecurityCell = Rc<RefCell<Rc<ListenerSecurity>>>;
+
 /// Accepts on one listener until cancelled.
 pub fn accept_loop(
     driver: Rc<Driver>,
     name: String,
     listener: TcpListener,
-    security: Rc<ListenerSecurity>,
+    security: SecurityCell,
 ) -> Task<()> {
     glommio::spawn_local(async move {
         loop {
             match listener.accept().await {
                 Ok(stream) => {
+                    let security = security.borrow().clone();
                     let _ = stream.set_nodelay(true);
                     let peer = stream
                         .peer_addr()
@@ -90,6 +107,7 @@ async fn accept_one(
     let Some(tls) = security.tls.clone() else {
         return conn::serve(driver, stream, listener, peer, security, Vec::new()).await;
     };
+    let counters = driver.listener_counters(&listener);
     let acceptor = futures_rustls::TlsAcceptor::from(tls);
     let handshake = async { Some(acceptor.accept(stream).await) }
         .or(async {
@@ -112,6 +130,7 @@ async fn accept_one(
             // none, clients that distrust ours: all end here.
             let principal =
                 shardmq_auth::x509::take_rejected_subject().unwrap_or_else(|| "unknown".to_owned());
+            ListenerCounters::bump(&counters.tls_failed, tls_cause(&format!("{e:?} {e}")));
             client_log!(
                 Category::TlsFailures,
                 listener = %listener,
@@ -121,12 +140,15 @@ async fn accept_one(
                 "TLS handshake failed"
             );
         }
-        None => client_log!(
-            Category::TlsFailures,
-            listener = %listener,
-            %peer,
-            timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
-            "TLS handshake timed out"
-        ),
+        None => {
+            ListenerCounters::bump(&counters.tls_failed, "timeout");
+            client_log!(
+                Category::TlsFailures,
+                listener = %listener,
+                %peer,
+                timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
+                "TLS handshake timed out"
+            )
+        }
     }
 }

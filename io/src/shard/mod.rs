@@ -4,7 +4,7 @@
 //! period. The broker's decisions are the sans-io `broker::Shard`'s; this
 //! only drives it (`Driver`).
 
-mod listen;
+pub(crate) mod listen;
 mod mesh;
 
 use std::rc::Rc;
@@ -18,8 +18,12 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{BufferStats, Deleter, DiskBuffer, SegmentFile};
 use crate::driver::Driver;
+use crate::reload::apply::ShardListeners;
+use crate::reload::Reconfig;
 use crate::server::{BufferSetup, ListenerSpec, ServerError};
 use crate::spill::DiskSpill;
+use crate::telemetry::sys::SysPublisher;
+use crate::telemetry::Telemetry;
 
 /// How often the shard handles deadlines (keep-alive, CONNECT timeout,
 /// session expiry, delayed wills, self-test) and does buffer upkeep.
@@ -72,6 +76,10 @@ pub struct ShardSetup {
     pub probes_ok: Arc<AtomicU64>,
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
     pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
+    /// Metrics, health and `$SYS` figures.
+    pub telemetry: Arc<Telemetry>,
+    /// Per shard: the channel reloads arrive on (each shard takes its own).
+    pub reloads: Mutex<Vec<Option<mpsc::Receiver<Arc<Reconfig>>>>>,
 }
 
 /// The shard's whole life on its executor.
@@ -100,12 +108,17 @@ pub async fn run(
             return;
         }
     };
-    let accept_tasks: Vec<_> = bound
-        .into_iter()
-        .map(|(name, listener, security)| {
-            listen::accept_loop(driver.clone(), name, listener, security)
-        })
-        .collect();
+    let mut listeners = ShardListeners::start(&driver, bound);
+    let telemetry = &setup.telemetry;
+    telemetry.set_bound(id, listeners.names());
+    let reloads = setup
+        .reloads
+        .lock()
+        .ok()
+        .and_then(|mut r| r.get_mut(id).and_then(Option::take));
+    let mut sys = (id == 0).then(SysPublisher::default);
+    let mut last_snapshot = Instant::now();
+    telemetry.heartbeat(id, last_snapshot);
     let _ = ready.send(Ok(id));
     info!(shard = id, "shard ready");
 
@@ -116,6 +129,13 @@ pub async fn run(
         driver.with(|s| s.handle_tick(now));
         upkeep_buffer(&driver);
         publish_reports(&driver, &setup);
+        while let Some(rc) = reloads.as_ref().and_then(|r| r.try_recv().ok()) {
+            listeners.apply(&driver, &rc, telemetry).await;
+        }
+        crate::telemetry::tick(&driver, telemetry, now, &mut last_snapshot);
+        if let Some(sys) = sys.as_mut() {
+            sys.tick(&driver, telemetry, now);
+        }
         crate::oplog::flush(id, false);
         if last_stats.elapsed() >= STATS_EVERY {
             log_stats(&driver);
@@ -124,9 +144,7 @@ pub async fn run(
     }
 
     // Graceful shutdown: stop accepting, tell every client, let writers flush.
-    for t in accept_tasks {
-        t.cancel().await;
-    }
+    listeners.cancel_all().await;
     driver.with(|s| s.shut_down(Instant::now()));
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while Instant::now() < deadline && !driver.connections().is_empty() {
