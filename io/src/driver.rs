@@ -243,7 +243,7 @@ impl Driver {
                 let (listener, peer, principal, _) = who(conn);
                 info!(shard, listener = %listener, peer = %peer, client = ?client_id,
                     principal = ?principal, ?filters,
-                    "resumed subscriptions no longer allowed were removed");
+                    "subscriptions no longer allowed were removed (resumed session or changed authorization)");
             }
             Notice::Denied {
                 conn,
