@@ -236,3 +236,56 @@ fn health_ready_and_garbage() {
     assert_eq!(get(addr, "/healthz").0, 200);
     server.stop();
 }
+
+fn repo_file(path: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn every_metric_is_documented_and_the_dashboard_uses_only_real_ones() {
+    use shardmq_io::telemetry::render::FAMILIES;
+    let doc = repo_file("docs/METRICS.md");
+    let rows: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("shardmq_") || n.starts_with("process_"))
+        .collect();
+    for (name, kind, _) in FAMILIES {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("{name} is not in docs/METRICS.md"));
+        assert!(
+            row.contains(&format!("| {kind} |")),
+            "{name}: docs say another type"
+        );
+    }
+    for row in &rows {
+        assert!(
+            FAMILIES.iter().any(|(n, _, _)| n == row),
+            "docs/METRICS.md lists {row}, which does not exist"
+        );
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("deploy/grafana/shardmq.json")).unwrap();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("shardmq_") || word.starts_with("process_") {
+                    assert!(
+                        FAMILIES.iter().any(|(n, _, _)| *n == word),
+                        "dashboard uses {word}"
+                    );
+                    used += 1;
+                }
+            }
+        }
+    }
+    assert!(used >= 20, "the dashboard shows {used} metrics");
+}
