@@ -16,14 +16,14 @@ dpkg -x "$deb" "$root/tree"
 dpkg-deb -e "$deb" "$root/control"
 
 fail() { echo "check-package: $*" >&2; exit 1; }
-for f in usr/bin/shardmq etc/shardmq/config.json lib/systemd/system/shardmq.service \
+for f in usr/bin/shardmq etc/shardmq/config.json usr/lib/systemd/system/shardmq.service \
          usr/share/doc/shardmq/README.md usr/share/doc/shardmq/DEPLOYMENT.md \
          usr/share/doc/shardmq/METRICS.md usr/share/doc/shardmq/grafana/shardmq.json; do
   [ -e "$root/tree/$f" ] || fail "missing /$f; the package holds:\n$(cat "$root/listing")"
   grep -q " \./$f\$" "$root/listing" || fail "dpkg-deb -c does not list ./$f"
 done
 [ -x "$root/tree/usr/bin/shardmq" ] || fail "/usr/bin/shardmq is not executable"
-cmp -s "$root/tree/lib/systemd/system/shardmq.service" "$here/deploy/systemd/shardmq.service" \
+cmp -s "$root/tree/usr/lib/systemd/system/shardmq.service" "$here/deploy/systemd/shardmq.service" \
   || fail "the packaged unit differs from deploy/systemd/shardmq.service"
 cmp -s "$root/tree/etc/shardmq/config.json" "$here/deploy/debian/config.json" \
   || fail "the packaged config differs from deploy/debian/config.json"
@@ -43,7 +43,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   unit="$root/verify/shardmq.service"
   mkdir -p "$root/verify"
   sed "s|/usr/bin/shardmq|$root/tree/usr/bin/shardmq|" \
-    "$root/tree/lib/systemd/system/shardmq.service" > "$unit"
+    "$root/tree/usr/lib/systemd/system/shardmq.service" > "$unit"
   out=$(systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify: $out"
   if echo "$out" | grep -q "shardmq"; then fail "systemd-analyze verify: $out"; fi
 else
