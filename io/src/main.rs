@@ -170,7 +170,6 @@ fn run() -> Result<ExitCode> {
                     info!("SIGHUP: no config file to re-read (started without --config)");
                     continue;
                 };
-                shardmq_io::telemetry::watchdog::notify("RELOADING=1");
                 match reload::reload(path, &running, &reloader) {
                     Ok(reloaded) => {
                         running = reloaded.config;
@@ -185,7 +184,6 @@ fn run() -> Result<ExitCode> {
                         error!("SIGHUP: the new configuration was rejected; the running one stays in force");
                     }
                 }
-                shardmq_io::telemetry::watchdog::notify("READY=1");
                 continue;
             }
             info!(signal = sig, "shutting down");

@@ -397,3 +397,44 @@ fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
         "{body}"
     );
 }
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pets_while_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let pki = Pki::new();
+    let socket_path = pki.dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(WAIT)).unwrap();
+    let config = serde_json::json!({"listeners": [
+        {"name": "a", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]}]});
+    let path = pki.write("broker.json", &config.to_string());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
+    let (mut proc, _ports, _log) = common::spawn_logged(cmd, 1);
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while heard
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 2
+    {
+        let n = systemd
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(heard[0], "READY=1", "{heard:?}");
+    assert!(proc.terminate().success());
+    let mut last = String::new();
+    while let Ok(n) = systemd.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if last == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(last, "STOPPING=1");
+}
