@@ -6,37 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{q5, Broker, Client, Ev, WAIT};
+use common::{http_get as get, http_request as http, q5, wait_ready, Broker, Client, Ev, WAIT};
 use prometheus_parse::{Sample, Scrape, Value};
 use shardmq_io::telemetry::http::{serve, MetricsServer};
-
-/// One HTTP/1.1 request; returns (status, body).
-fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    )
-}
 
 fn scrape(addr: SocketAddr) -> Vec<Sample> {
     let (status, body) = get(addr, "/metrics");
@@ -201,15 +177,7 @@ fn health_ready_and_garbage() {
     let broker = Broker::start();
     let server = endpoint(&broker);
     let addr = server.addr;
-    let deadline = Instant::now() + WAIT;
-    while get(addr, "/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            get(addr, "/readyz")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(addr);
     assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(get(addr, "/nope").0, 404);
     assert_eq!(http(addr, b"POST /metrics HTTP/1.1\r\n\r\n").0, 405);

@@ -297,26 +297,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    )
-}
-
 #[test]
 fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
     if !common::has_mosquitto_clients() {
@@ -331,15 +311,8 @@ fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
     let path = pki.write("broker.json", &config.to_string());
     let (_proc, ports, _log) = broker(&path, 1);
     let port = ports[0].to_string();
-    let deadline = Instant::now() + WAIT;
-    while http_get(metrics, "/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz: {:?}",
-            http_get(metrics, "/readyz")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], metrics).into();
+    common::wait_ready(metrics);
     // A client tries to forge a figure (mosquitto_pub exits 0 whatever
     // the PUBACK says); the broker's own stays and the refusal is counted.
     let forged = Command::new("mosquitto_pub")
@@ -390,7 +363,7 @@ fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
     assert!(st.success());
     let got = plain.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "plain/x hello");
-    let (status, body) = http_get(metrics, "/metrics");
+    let (status, body) = common::http_get(metrics, "/metrics");
     assert_eq!(status, 200);
     assert!(
         body.contains("shardmq_authorization_denials_total{listener=\"a#0\",action=\"publish\"} 1"),

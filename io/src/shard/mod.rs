@@ -268,10 +268,11 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
     .detach();
 }
 
-fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
-    let id = driver.id.index();
-    let (inv, stats, buffer) = driver.peek(|s| {
-        let buffer = s.buffer().map(|b| BufferReport {
+/// The shard's disk buffer figures (`open: false` without a buffer).
+pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
+    let mut report = s
+        .buffer()
+        .map_or_else(BufferReport::default, |b| BufferReport {
             open: true,
             encrypted: b.store.buffer.encrypted(),
             disk: b.store.buffer.stats(),
@@ -279,10 +280,13 @@ fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
             refused: b.store.refused,
             dropped_queue_full: 0,
         });
-        (s.inventory(), s.stats(), buffer)
-    });
-    let mut buffer = buffer.unwrap_or_default();
-    buffer.dropped_queue_full = stats.dropped_queue_full;
+    report.dropped_queue_full = s.stats().dropped_queue_full;
+    report
+}
+
+fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
+    let id = driver.id.index();
+    let (inv, stats, buffer) = driver.peek(|s| (s.inventory(), s.stats(), buffer_report(s)));
     if let Ok(mut reports) = setup.buffer_reports.lock() {
         if let Some(slot) = reports.get_mut(id) {
             *slot = buffer;

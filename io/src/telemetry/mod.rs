@@ -198,17 +198,8 @@ pub fn tick(driver: &Rc<Driver>, telemetry: &Telemetry, now: Instant, last: &mut
 
 /// This shard's figures now.
 pub fn snapshot(driver: &Rc<Driver>) -> ShardSnapshot {
-    let (stats, gauges, buffer) = driver.peek(|s| {
-        let buffer = s.buffer().map(|b| BufferReport {
-            open: true,
-            encrypted: b.store.buffer.encrypted(),
-            disk: b.store.buffer.stats(),
-            memory_bytes: b.memory_bytes,
-            refused: b.store.refused,
-            dropped_queue_full: s.stats().dropped_queue_full,
-        });
-        (s.stats(), s.gauges(), buffer.unwrap_or_default())
-    });
+    let (stats, gauges, buffer) =
+        driver.peek(|s| (s.stats(), s.gauges(), crate::shard::buffer_report(s)));
     ShardSnapshot {
         stats,
         gauges,
