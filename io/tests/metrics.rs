@@ -257,3 +257,118 @@ fn every_metric_is_documented_and_the_dashboard_uses_only_real_ones() {
     }
     assert!(used >= 20, "the dashboard shows {used} metrics");
 }
+
+fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+    o.set_clean_start(false);
+    let mut p = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    p.session_expiry_interval = Some(300);
+    o.set_connect_properties(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_tls_failures_and_certificates_are_counted_by_cause() {
+    use shardmq_auth::test_pki::Pki;
+    use shardmq_core::limits::{QueueFullStrategy, QueueLimit};
+    let pki = Pki::new();
+    let server = pki.server(&["127.0.0.1"]);
+    let cert = Arc::new(
+        shardmq_auth::ReloadableCert::from_pem(&server.bundle_pem, &server.key_pem).unwrap(),
+    );
+    let tls = shardmq_auth::server_config(cert.clone(), None).unwrap();
+    let broker = Broker::start_config(|c| {
+        c.limits.queue = QueueLimit {
+            length_max: std::num::NonZeroU32::new(3),
+            strategy: QueueFullStrategy::None,
+        };
+        let mut spec = shardmq_io::ListenerSpec::plain("tls", "127.0.0.1:0".parse().unwrap(), None);
+        spec.security.tls = Some(tls);
+        spec.security.cert = Some(cert.clone());
+        c.listeners.push(spec);
+    });
+    let server = endpoint(&broker);
+    // Two offline sessions: one whose queue (3) overflows, one whose only
+    // message expires before it comes back.
+    let (mut full, _) = Client::connect(broker.port("s1"), "full", persistent).await;
+    full.subscribe("d/#", q5(1)).await;
+    full.disconnect().await;
+    let (mut late, _) = Client::connect(broker.port("s1"), "late", persistent).await;
+    late.subscribe("e/#", q5(1)).await;
+    late.disconnect().await;
+    let (mut publisher, _) = Client::connect(broker.port("s0"), "d-pub", |_| {}).await;
+    // QoS 1 (an offline session takes no QoS 0); from the other shard, so
+    // the publisher's PUBACK does not carry the subscriber's refusal.
+    for _ in 0..5 {
+        publisher.publish("d/x", q5(1), false, b"x").await;
+    }
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("e/x", q5(1), false, b"soon gone".to_vec(), props)
+        .await
+        .unwrap();
+    publisher
+        .next_matching(|e| matches!(e, Ev::PubAck(_)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut late, present) = Client::connect(broker.port("s1"), "late", persistent).await;
+    assert!(present);
+    late.expect_no_publish(Duration::from_millis(300)).await;
+    // Garbage on the TLS port instead of a ClientHello.
+    let tls_port = broker.port("tls");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = std::io::Read::read(&mut raw, &mut [0u8; 64]);
+
+    let addr = server.addr;
+    let samples = tokio::task::spawn_blocking(move || {
+        scrape_until(addr, |s| {
+            sum(s, "shardmq_messages_dropped_total", &[]) >= 3.0
+                && sum(s, "shardmq_tls_handshake_failures_total", &[]) >= 1.0
+        })
+    })
+    .await
+    .unwrap();
+    let m = |name: &str, labels: &[(&str, &str)]| sum(&samples, name, labels);
+    assert_eq!(
+        m("shardmq_messages_dropped_total", &[("cause", "queue_full")]),
+        2.0
+    );
+    assert_eq!(
+        m("shardmq_messages_dropped_total", &[("cause", "expired")]),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "shardmq_messages_dropped_total",
+            &[("cause", "drop_oldest")]
+        ),
+        0.0
+    );
+    assert_eq!(m("shardmq_queued_messages", &[]), 3.0);
+    assert_eq!(m("shardmq_sessions", &[("state", "offline")]), 1.0);
+    let tls_failures: Vec<_> = samples
+        .iter()
+        .filter(|s| s.metric == "shardmq_tls_handshake_failures_total")
+        .map(|s| (s.labels.get("cause").unwrap_or("").to_owned(), value(s)))
+        .collect();
+    assert_eq!(tls_failures.len(), 1, "{tls_failures:?}");
+    assert_eq!(tls_failures[0].0, "not_tls", "{tls_failures:?}");
+    let not_after = m(
+        "shardmq_certificate_not_after_timestamp_seconds",
+        &[("listener", "tls")],
+    );
+    let in_days = (not_after
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64())
+        / 86_400.0;
+    assert!((29.0..=31.0).contains(&in_days), "{in_days} days");
+    publisher.disconnect().await;
+    late.disconnect().await;
+    server.stop();
+}
