@@ -304,13 +304,37 @@ fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
     }
     let pki = Pki::new();
     let metrics = free_port();
+    let passwd = pki.write(
+        "passwd",
+        &shardmq_auth::test_pki::password_line("alice", "secret"),
+    );
     let config = serde_json::json!({
         "cardinality": {"frontend": {"workers": 2}},
         "diagnostics": {"sys": {"intervalSeconds": 1}, "metrics": {"prometheusPort": metrics}},
-        "listeners": [{"name": "a", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]}]});
+        "listeners": [
+            {"name": "a", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]},
+            {"name": "pw", "ports": [{"port": 0, "bindAddress": "127.0.0.1", "authenticationRef": "passwords"}]}],
+        "authentications": [{"name": "passwords", "authenticationMethods": [
+            {"method": "UsernamePassword", "usernamePasswordSettings": {"passwordFile": passwd.display().to_string()}}]}]});
     let path = pki.write("broker.json", &config.to_string());
-    let (_proc, ports, _log) = broker(&path, 1);
+    let (_proc, ports, _log) = broker(&path, 2);
     let port = ports[0].to_string();
+    // A wrong password on the password port.
+    let refused = Command::new("mosquitto_pub")
+        .args([
+            "-V",
+            "mqttv5",
+            "-p",
+            &ports[1].to_string(),
+            "-u",
+            "alice",
+            "-P",
+            "wrong",
+        ])
+        .args(["-t", "x", "-m", "x"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
     let metrics: std::net::SocketAddr = ([127, 0, 0, 1], metrics).into();
     common::wait_ready(metrics);
     // A client tries to forge a figure (mosquitto_pub exits 0 whatever
@@ -365,10 +389,13 @@ fn sys_topics_reach_mosquitto_sub_and_clients_cannot_forge_them() {
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "plain/x hello");
     let (status, body) = common::http_get(metrics, "/metrics");
     assert_eq!(status, 200);
-    assert!(
-        body.contains("shardmq_authorization_denials_total{listener=\"a#0\",action=\"publish\"} 1"),
-        "{body}"
-    );
+    for line in [
+        "shardmq_authorization_denials_total{listener=\"a#0\",action=\"publish\"} 1",
+        "shardmq_authentication_denials_total{listener=\"pw#0\"} 1",
+        "shardmq_connections_refused_total{listener=\"pw#0\",reason=\"bad_username_or_password\"} 1",
+    ] {
+        assert!(body.contains(line), "no {line} in:\n{body}");
+    }
 }
 
 #[test]
