@@ -71,6 +71,15 @@ pub struct Built {
     pub ca_cert_file: Option<PathBuf>,
 }
 
+/// A port's name in logs, metrics and reloads: `listener:port`, or
+/// `listener#index` for a port the kernel picks (port 0).
+pub fn port_name(listener: &str, index: usize, addr: std::net::SocketAddr) -> String {
+    match addr.port() {
+        0 => format!("{listener}#{index}"),
+        port => format!("{listener}:{port}"),
+    }
+}
+
 /// Builds the server's config, loading every policy, certificate and key.
 pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     let now = SystemTime::now();
@@ -159,7 +168,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                     Some(cert)
                 }
             };
-            let tls = match cert {
+            let tls = match cert.clone() {
                 None => None,
                 Some(cert) => {
                     let verifier = authenticator
@@ -171,10 +180,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                     )
                 }
             };
-            let name = match p.addr.port() {
-                0 => format!("{}#{j}", l.name),
-                port => format!("{}:{port}", l.name),
-            };
+            let name = port_name(&l.name, j, p.addr);
             listeners.push(ListenerSpec {
                 name,
                 addr: p.addr,
@@ -183,6 +189,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                     tls,
                     authenticator,
                     authorization,
+                    cert,
                 },
             });
         }

@@ -21,6 +21,7 @@ use crate::oplog::Category;
 
 use crate::conn::handle::ConnHandle;
 use crate::spill::DiskSpill;
+use crate::telemetry::counters::{ListenerCounters, ListenerCounts};
 
 /// The shard type the runtime drives: its disk buffer is `DiskSpill`.
 pub type BrokerShard = Shard<DiskSpill>;
@@ -41,6 +42,8 @@ pub struct Driver {
     /// Connections closed at once because the process was out of file
     /// descriptors.
     pub shed: Cell<u64>,
+    /// Per listener name: this shard's counters (metrics).
+    counters: RefCell<HashMap<String, Rc<ListenerCounters>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -76,6 +79,7 @@ impl Driver {
             auth_jobs: Cell::new(0),
             accept_failures: Cell::new(0),
             shed: Cell::new(0),
+            counters: RefCell::new(HashMap::new()),
         });
         (driver, wakeups)
     }
@@ -102,6 +106,24 @@ impl Driver {
 
     pub fn connections(&self) -> Vec<Rc<ConnHandle>> {
         self.conns.borrow().values().cloned().collect()
+    }
+
+    /// This shard's counters of listener `name` (made on first use).
+    pub fn listener_counters(&self, name: &str) -> Rc<ListenerCounters> {
+        self.counters
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// A copy of every listener's counters, for the metrics thread.
+    pub fn listener_counts(&self) -> std::collections::BTreeMap<String, ListenerCounts> {
+        self.counters
+            .borrow()
+            .iter()
+            .map(|(name, c)| (name.clone(), c.counts()))
+            .collect()
     }
 
     fn handle(&self, conn: ConnId) -> Option<Rc<ConnHandle>> {
@@ -212,6 +234,9 @@ impl Driver {
                 principal: owner,
             } => {
                 let (listener, peer, principal, _) = who(conn);
+                if let Some(h) = self.handle(conn) {
+                    ListenerCounters::bump(&h.counters.refused, "not_authorized");
+                }
                 client_log!(Category::AuthFailures, shard, listener = %listener, peer = %peer,
                     client = ?client_id, principal = ?principal, owner = %owner,
                     reason = ?shardmq_core::codec::ReasonCode::NotAuthorized,
@@ -226,7 +251,7 @@ impl Driver {
                 let (listener, peer, principal, _) = who(conn);
                 info!(shard, listener = %listener, peer = %peer, client = ?client_id,
                     principal = ?principal, ?filters,
-                    "resumed subscriptions no longer allowed were removed");
+                    "subscriptions no longer allowed were removed (resumed session or changed authorization)");
             }
             Notice::Denied {
                 conn,
@@ -234,10 +259,13 @@ impl Driver {
                 denied,
             } => {
                 let (listener, peer, principal, _) = who(conn);
-                let (what, name) = match &denied {
-                    Denied::Publish(topic) => ("publish denied", topic.as_str()),
-                    Denied::Subscribe(filter) => ("subscribe denied", &filter[..]),
+                let (what, name, action) = match &denied {
+                    Denied::Publish(topic) => ("publish denied", topic.as_str(), "publish"),
+                    Denied::Subscribe(filter) => ("subscribe denied", &filter[..], "subscribe"),
                 };
+                if let Some(h) = self.handle(conn) {
+                    ListenerCounters::bump(&h.counters.authz_denied, action);
+                }
                 client_log!(Category::Denials, shard, listener = %listener, peer = %peer,
                     client = ?client_id, principal = ?principal, topic = ?name, "{what}");
             }

@@ -3,7 +3,8 @@
 //! executor per shard, `shard` runs one (mesh, listeners, ticks), `driver`
 //! turns the shard's outputs into actions, `conn` moves one client's bytes,
 //! `buffer` and `spill` are the disk buffer's files, `oplog` bounds what
-//! clients can make the log say.
+//! clients can make the log say, `telemetry` is what the operator sees
+//! (metrics, health, `$SYS`), `reload` applies a new config on SIGHUP.
 
 pub mod buffer;
 pub mod cli;
@@ -11,10 +12,12 @@ pub mod conn;
 pub mod driver;
 pub mod logging;
 pub mod oplog;
+pub mod reload;
 pub mod security;
 pub mod server;
 pub mod shard;
 pub mod spill;
+pub mod telemetry;
 mod trim;
 
 pub use security::ListenerSecurity;

@@ -1,29 +1,40 @@
-//! The `shardmq` binary: flags, config file, logging, start the shards, and
-//! wait for SIGINT/SIGTERM to shut down gracefully. Everything else is in the
-//! library so tests can run the same server in-process.
+//! The `shardmq` binary: flags, config file, logging, start the shards and
+//! the metrics endpoint, reload on SIGHUP, and wait for SIGINT/SIGTERM to
+//! shut down gracefully. Everything else is in the library so tests can run
+//! the same server in-process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{bail, Context, Result};
 use shardmq_core::config::Config;
 use shardmq_io::cli::{server_config, state_dir, summary};
+use shardmq_io::reload;
 use tracing::{error, info, warn};
 
 const USAGE: &str = "\
 shardmq: MQTT 3.1.1/5.0 broker (thread-per-core, io_uring)
 
-usage: shardmq [--config FILE] [--print-default-config]
+usage: shardmq [--config FILE] [--check-config] [--print-default-config]
 
   --config FILE            JSON config shaped like the AIO Broker resource plus
                            listeners (docs/CONFIG.md). Without it: one anonymous
                            listener on 127.0.0.1:1883.
+  --check-config           validate the config (every file it names loaded and
+                           checked, as at start-up), print the problems, exit
+                           0 if there are none, 2 otherwise
   --print-default-config   print the built-in default config as JSON and exit
+
+signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the whole config
+(listeners, policies, client limits) and applies it without a restart.
   --version                print the version and exit
 ";
 
 enum Command {
     Run(Option<PathBuf>),
+    Check(Option<PathBuf>),
     PrintDefault,
     Help,
     Version,
@@ -32,6 +43,7 @@ enum Command {
 fn parse_args() -> Result<Command> {
     let mut args = std::env::args_os().skip(1);
     let mut config = None;
+    let mut check = false;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--config" | "-c") => {
@@ -40,13 +52,18 @@ fn parse_args() -> Result<Command> {
                 };
                 config = Some(PathBuf::from(path));
             }
+            Some("--check-config") => check = true,
             Some("--print-default-config") => return Ok(Command::PrintDefault),
             Some("--help" | "-h") => return Ok(Command::Help),
             Some("--version" | "-V") => return Ok(Command::Version),
             _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
         }
     }
-    Ok(Command::Run(config))
+    Ok(if check {
+        Command::Check(config)
+    } else {
+        Command::Run(config)
+    })
 }
 
 fn main() -> ExitCode {
@@ -73,32 +90,21 @@ fn run() -> Result<ExitCode> {
             println!("shardmq {}", env!("CARGO_PKG_VERSION"));
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Check(path) => return Ok(check(path.as_deref())),
         Command::Run(path) => path,
     };
     let (mut config, warnings) = match &path {
         None => (Config::default(), Vec::new()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config {}", path.display()))?;
-            match Config::from_json_str(&text) {
-                Ok(loaded) => {
-                    // Absolute, so the paths the log shows say where they are.
-                    let base = match path.parent() {
-                        Some(dir) if !dir.as_os_str().is_empty() => dir,
-                        _ => std::path::Path::new("."),
-                    };
-                    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
-                    (loaded.config.with_base_dir(&base), loaded.warnings)
+        Some(path) => match reload::load(path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                // One line per problem, before any port is bound.
+                for e in &errors {
+                    eprintln!("shardmq: {e}");
                 }
-                Err(errors) => {
-                    // One line per problem, before any port is bound.
-                    for e in errors.iter() {
-                        eprintln!("shardmq: {}: {e}", path.display());
-                    }
-                    return Ok(ExitCode::from(2));
-                }
+                return Ok(ExitCode::from(2));
             }
-        }
+        },
     };
     // systemd's StateDirectory= (e.g. with DynamicUser= and
     // ProtectSystem=strict, the one folder the broker may write).
@@ -115,7 +121,7 @@ fn run() -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     for w in &warnings {
-        warn!("config: {}: {}", w.path, w.message);
+        warn!("config: {w}");
     }
     let built = server_config(&config)?;
     for line in summary(&config, &built.server) {
@@ -128,71 +134,140 @@ fn run() -> Result<ExitCode> {
     for (name, addr) in &handle.addrs {
         info!(listener = %name, %addr, "listening");
     }
-    renew_in_background(built.managed);
+    let telemetry = handle.telemetry.clone();
+    telemetry.set_sys_interval(config.diagnostics.sys_interval);
+    let metrics = match config.diagnostics.prometheus_port {
+        None => None,
+        Some(port) => {
+            let addr =
+                std::net::SocketAddr::new(config.diagnostics.metrics_bind_address, port.get());
+            match shardmq_io::telemetry::http::serve(addr, telemetry.clone()) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    handle.shutdown();
+                    return Err(e).context("cannot start the metrics endpoint");
+                }
+            }
+        }
+    };
+    let managed = Arc::new(Mutex::new(built.managed));
+    renew_in_background(managed.clone());
     let flag = handle.shutdown_flag();
+    shardmq_io::telemetry::watchdog::notify("READY=1");
+    shardmq_io::telemetry::watchdog::start(telemetry, flag.clone());
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
-    let (certs, authenticators) = (built.certs, built.authenticators);
+    let reloader = handle.reloader();
     std::thread::spawn(move || {
+        let mut running = config;
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
-                // Certificates and credential files are swapped on every
-                // shard at once; a bad file keeps the old one in use.
-                info!("SIGHUP: reloading certificates and authentication files");
-                for cert in &certs {
-                    if let Err(e) = cert.reload() {
-                        error!(error = %e, "certificate reload failed; keeping the old one");
-                    }
-                }
-                for authn in &authenticators {
-                    if let Err(errors) = authn.reload() {
-                        for e in errors {
-                            error!(error = %e, "authentication reload failed; keeping the old state");
+                let Some(path) = &path else {
+                    info!("SIGHUP: no config file to re-read (started without --config)");
+                    continue;
+                };
+                match reload::reload(path, &running, &reloader) {
+                    Ok(reloaded) => {
+                        running = reloaded.config;
+                        if let Ok(mut m) = managed.lock() {
+                            *m = reloaded.built.managed;
                         }
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            error!("SIGHUP: {e}");
+                        }
+                        error!("SIGHUP: the new configuration was rejected; the running one stays in force");
                     }
                 }
                 continue;
             }
             info!(signal = sig, "shutting down");
+            shardmq_io::telemetry::watchdog::notify("STOPPING=1");
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
             break;
         }
     });
     handle.join();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--check-config`: the start-up validation and loading, nothing started.
+fn check(path: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("shardmq: --check-config needs --config FILE");
+        return ExitCode::from(2);
+    };
+    let (mut config, warnings) = match reload::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("shardmq: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    config.state_dir = Some(state_dir(
+        &config,
+        std::env::var_os("STATE_DIRECTORY").as_deref(),
+    ));
+    for w in &warnings {
+        eprintln!("shardmq: warning: {w}");
+    }
+    match server_config(&config) {
+        Ok(_) => {
+            println!("shardmq: {}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardmq: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Renews broker-issued certificates `renewBefore` ahead of expiry; the
 /// new certificate is swapped in for new handshakes without dropping anyone.
-fn renew_in_background(mut managed: Vec<shardmq_auth::CertManager>) {
-    if managed.is_empty() {
-        return;
-    }
+/// A reload replaces the list (its listeners' certificates are new).
+fn renew_in_background(managed: Arc<Mutex<Vec<shardmq_auth::CertManager>>>) {
     std::thread::spawn(move || loop {
         let now = std::time::SystemTime::now();
         let next = managed
-            .iter()
-            .map(|m| m.next_renewal())
-            .min()
-            .unwrap_or(now);
+            .lock()
+            .ok()
+            .and_then(|m| m.iter().map(|m| m.next_renewal()).min());
+        let Some(next) = next else {
+            // Nothing to renew now; a reload may add some.
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            continue;
+        };
         if let Ok(wait) = next.duration_since(now) {
-            // Wake at least hourly so a clock change is noticed.
-            std::thread::sleep(wait.min(std::time::Duration::from_secs(3600)));
+            // Wake at least every minute so a clock change or a reload is noticed.
+            std::thread::sleep(wait.min(std::time::Duration::from_secs(60)));
             continue;
         }
-        for m in managed.iter_mut().filter(|m| m.next_renewal() <= now) {
-            match m.renew(now) {
-                Ok(()) => info!("listener certificate renewed"),
-                Err(e) => {
-                    error!(error = %e, "certificate renewal failed; retrying in a minute");
-                    std::thread::sleep(std::time::Duration::from_secs(60));
+        let mut failed = false;
+        if let Ok(mut managed) = managed.lock() {
+            for m in managed.iter_mut().filter(|m| m.next_renewal() <= now) {
+                match m.renew(now) {
+                    Ok(()) => info!("listener certificate renewed"),
+                    Err(e) => {
+                        error!(error = %e, "certificate renewal failed; retrying in a minute");
+                        failed = true;
+                    }
                 }
             }
+        }
+        if failed {
+            std::thread::sleep(std::time::Duration::from_secs(60));
         }
     });
 }

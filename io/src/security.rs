@@ -28,6 +28,8 @@ pub struct ListenerSecurity {
     pub authenticator: Option<Arc<Authenticator>>,
     /// `None`: no `authorizationRef`, everything is allowed.
     pub authorization: Option<Arc<AuthorizationPolicy>>,
+    /// The server certificate behind `tls`, for its not-after (metrics).
+    pub cert: Option<Arc<shardmq_auth::ReloadableCert>>,
 }
 
 /// The broker's decision on a CONNECT.
@@ -42,6 +44,16 @@ pub struct Admitted {
     /// user name or the token's `sub`, or "anonymous".
     pub principal: String,
     pub method: MethodKind,
+    /// What the client proved, to compile its permissions again when the
+    /// authorization policy changes (SIGHUP).
+    pub identity: Identity,
+}
+
+/// Which policy refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Authentication,
+    Authorization,
 }
 
 /// A refused CONNECT or re-authentication: the reason code the client
@@ -51,6 +63,7 @@ pub struct Refused {
     pub reason: ReasonCode,
     pub cause: String,
     pub principal: String,
+    pub stage: Stage,
 }
 
 /// Who a client claims to be before anything is checked: its certificate
@@ -89,6 +102,7 @@ impl ListenerSecurity {
             reason,
             cause,
             principal: presented(request.username.as_deref(), peer_certs),
+            stage: Stage::Authentication,
         };
         let (identity, owner) = match &self.authenticator {
             None if request.authentication_method.is_some() => {
@@ -120,6 +134,7 @@ impl ListenerSecurity {
             reason: ReasonCode::NotAuthorized,
             cause,
             principal: principal.clone(),
+            stage: Stage::Authorization,
         };
         let permissions =
             shardmq_auth::permissions(self.authorization.as_deref(), &identity, client_id);
@@ -128,6 +143,11 @@ impl ListenerSecurity {
         }
         // A will the client could not publish itself is refused at CONNECT.
         if let Some(topic) = &request.will_topic {
+            if shardmq_core::broker::sys::is_sys_topic(topic.as_str()) {
+                return Err(denied(format!(
+                    "its will topic {topic} is the broker's ($SYS)"
+                )));
+            }
             if !permissions.can_publish(topic) {
                 return Err(denied(format!(
                     "no Publish permission for its will topic {topic}"
@@ -140,6 +160,7 @@ impl ListenerSecurity {
             expires_at: identity.expiry.map(to_instant),
             principal,
             method: identity.method,
+            identity,
         })
     }
 
@@ -155,6 +176,7 @@ impl ListenerSecurity {
             reason,
             cause,
             principal: presented(None, peer_certs),
+            stage: Stage::Authentication,
         };
         let Some(authn) = &self.authenticator else {
             return Err(refused(

@@ -13,9 +13,11 @@ use shardmq_core::broker::{self, MeshMsg, SelfTestConfig};
 use shardmq_core::limits::{ClientLimits, SESSION_SHARES};
 use tracing::{error, info};
 
+use crate::reload::{listener_infos, Reloader};
 use crate::security::ListenerSecurity;
 use crate::shard::{BufferReport, ShardReport, ShardSetup};
 use crate::spill::BufferSpec;
+use crate::telemetry::Telemetry;
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
 /// publishers of the sending shard.
@@ -124,6 +126,9 @@ pub struct ServerHandle {
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
     /// Each shard's session figures, refreshed every tick (250 ms).
     pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
+    /// Metrics, health and `$SYS` figures (`telemetry::http` serves them).
+    pub telemetry: Arc<Telemetry>,
+    reloader: Reloader,
 }
 
 impl ServerHandle {
@@ -135,6 +140,11 @@ impl ServerHandle {
     /// Asks every shard to shut down gracefully (non-blocking).
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends live reconfigurations to the shards (for the SIGHUP handler).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// A flag that, once set, shuts the server down (for signal handlers).
@@ -189,7 +199,9 @@ fn parse_cpu_list(list: &str) -> Vec<usize> {
 /// it. Port 0 is resolved here so every shard binds the same port: that
 /// reservation is bound with SO_REUSEPORT but never listens, so the kernel
 /// never hands it a connection; it is dropped once the shards are bound.
-fn reserve_ports(listeners: &mut [ListenerSpec]) -> Result<Vec<socket2::Socket>, ServerError> {
+pub(crate) fn reserve_ports(
+    listeners: &mut [ListenerSpec],
+) -> Result<Vec<socket2::Socket>, ServerError> {
     let mut held = Vec::new();
     for l in listeners.iter_mut() {
         let bind_err = |source| ServerError::Bind {
@@ -243,6 +255,13 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
+    let telemetry = Arc::new(Telemetry::new(n, listener_infos(&config.listeners)));
+    let (reload_txs, reload_rxs): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel();
+            (tx, Some(rx))
+        })
+        .unzip();
     let setup = Arc::new(ShardSetup {
         broker: Arc::new(broker::ShardConfig {
             shards: n,
@@ -265,6 +284,8 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         probes_ok: probes_ok.clone(),
         buffer_reports: buffer_reports.clone(),
         shard_reports: shard_reports.clone(),
+        telemetry: telemetry.clone(),
+        reloads: Mutex::new(reload_rxs),
     });
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
@@ -321,6 +342,8 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         probes_ok,
         buffer_reports,
         shard_reports,
+        reloader: Reloader::new(n, reload_txs, config.listeners.clone(), telemetry.clone()),
+        telemetry,
     })
 }
 

@@ -302,7 +302,7 @@ fn the_systemd_unit_verifies_and_is_the_one_the_deployment_guide_shows() {
     // verify checks that ExecStart= exists: point it at the built binary.
     let dir = fresh_dir("unit");
     let path = dir.join("shardmq.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/shardmq", BIN)).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/shardmq", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

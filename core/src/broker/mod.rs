@@ -13,14 +13,17 @@ pub mod ids;
 mod index;
 mod input;
 pub mod mesh;
+pub mod metrics;
 mod moves;
 pub mod output;
 mod pending;
+mod reconfig;
 pub mod registry;
 mod retain;
 mod route;
 mod selftest;
 mod sessions;
+pub mod sys;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,9 +41,11 @@ use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillErr
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
+pub use metrics::Gauges;
 pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
 pub use selftest::SELFTEST_PREFIX;
+pub use sys::ReservedTopics;
 
 use index::Index;
 use moves::{Arriving, Leaving};
@@ -223,12 +228,16 @@ impl<S: Spill> ShardBuffer<S> {
     }
 }
 
-/// Counters for logs and metrics; only this shard writes them.
+/// Counters for logs and metrics; only this shard writes them, in plain
+/// fields (no atomics: the runtime copies them out once a second).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub connections: u64,
+    /// Messages routed: clients' PUBLISHes, wills, self-test probes, `$SYS`.
     pub messages_in: u64,
     pub deliveries: u64,
+    /// Messages a full queue cost: refused (strategy None) or dropped
+    /// (DropOldest, counted again in `dropped_oldest`).
     pub dropped_queue_full: u64,
     pub selftest_rounds_ok: u64,
     /// Retained messages the store refused (full).
@@ -236,6 +245,23 @@ pub struct ShardStats {
     /// Connections closed for holding the most of the shard's budget for
     /// partial packets.
     pub closed_partial: u64,
+    /// Clients' PUBLISH packets by QoS, and their payload bytes by QoS.
+    pub publish_in: [u64; 3],
+    pub publish_in_bytes: [u64; 3],
+    /// Messages queued for a subscriber by the QoS they go out with, and
+    /// their payload bytes (`deliveries` by QoS).
+    pub deliveries_qos: [u64; 3],
+    pub delivered_bytes: [u64; 3],
+    pub dropped_oldest: u64,
+    /// Messages whose Message Expiry Interval ran out before delivery.
+    pub dropped_expired: u64,
+    /// Self-test rounds some shard did not answer in time, and how long
+    /// the last complete round took.
+    pub selftest_rounds_failed: u64,
+    pub selftest_latency_ns: u64,
+    /// Messages to and from other shards (data and control).
+    pub mesh_sent: u64,
+    pub mesh_received: u64,
 }
 
 /// What the shard holds, for tests, the simulator and metrics.
@@ -412,9 +438,15 @@ impl<S: Spill> Shard<S> {
         if c.hold > 0 && !c.machine.is_closed() {
             return 0;
         }
+        let expired_before = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
         let mut ctx = self.buffer.ctx(c.spill_owner);
-        c.machine
-            .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx))
+        let n = c
+            .machine
+            .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx));
+        // Messages that expired in the queue are dropped while draining.
+        let expired_after = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
+        self.stats.dropped_expired += expired_after.saturating_sub(expired_before);
+        n
     }
 
     /// The client id of a connection's session, once it has one.
@@ -493,6 +525,7 @@ impl<S: Spill> Shard<S> {
 
     /// One message from a peer, in the order that peer sent them.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
+        self.stats.mesh_received += 1;
         match msg {
             MeshMsg::Deliver { message, targets } => {
                 self.deliver_local(now, from, &message, &targets, false);
@@ -545,7 +578,7 @@ impl<S: Spill> Shard<S> {
                 self.post(from, MeshMsg::Handover { request, state });
             }
             MeshMsg::Handover { request, state } => self.handover_arrived(request, state, now),
-            MeshMsg::ProbeReply { seq } => self.probe_reply(from, seq),
+            MeshMsg::ProbeReply { seq } => self.probe_reply(from, seq, now),
         }
     }
 
@@ -692,6 +725,7 @@ impl<S: Spill> Shard<S> {
         if msg.is_data() {
             self.outbox_data += 1;
         }
+        self.stats.mesh_sent += 1;
         if queue.is_empty() {
             self.outputs.push_back(Output::Mesh(peer));
         }

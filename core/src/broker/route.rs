@@ -24,6 +24,9 @@ impl<S: Spill> Shard<S> {
         message: SharedMessage,
         ack: Option<PublishAck>,
     ) {
+        let qos = message.qos as usize;
+        self.stats.publish_in[qos] += 1;
+        self.stats.publish_in_bytes[qos] += message.payload.len() as u64;
         self.publish_message(now, message, ack.map(|a| (conn, a)));
     }
 
@@ -189,7 +192,7 @@ impl<S: Spill> Shard<S> {
         let mut rejected = false;
         for (session, delivery) in targets {
             if *session == PROBE_SESSION {
-                self.probe_arrived(message);
+                self.probe_arrived(message, now);
                 continue;
             }
             // PERF: moves are rare; the common path pays one emptiness test.
@@ -244,9 +247,10 @@ impl<S: Spill> Shard<S> {
                 self.wake(conn);
             }
             rejected |= outcome == Enqueued::RejectedQueueFull;
-            self.count(outcome);
+            self.count(outcome, now, message, delivery);
             if extra_drops > 1 {
                 self.stats.dropped_queue_full += extra_drops - 1;
+                self.stats.dropped_oldest += extra_drops - 1;
             }
         }
         rejected
@@ -279,14 +283,29 @@ impl<S: Spill> Shard<S> {
         }
     }
 
-    fn count(&mut self, outcome: Enqueued) {
+    fn count(
+        &mut self,
+        outcome: Enqueued,
+        now: Instant,
+        message: &SharedMessage,
+        delivery: &Delivery,
+    ) {
+        let delivered = |stats: &mut super::ShardStats| {
+            let qos = message.qos.min(delivery.granted_qos) as usize;
+            stats.deliveries += 1;
+            stats.deliveries_qos[qos] += 1;
+            stats.delivered_bytes[qos] += message.payload.len() as u64;
+        };
         match outcome {
-            Enqueued::Queued => self.stats.deliveries += 1,
+            Enqueued::Queued => delivered(&mut self.stats),
             Enqueued::DroppedOldest => {
-                self.stats.deliveries += 1;
+                delivered(&mut self.stats);
                 self.stats.dropped_queue_full += 1;
+                self.stats.dropped_oldest += 1;
             }
             Enqueued::RejectedQueueFull => self.stats.dropped_queue_full += 1,
+            // PERF: only the discard path asks why.
+            Enqueued::Discarded if message.is_expired(now) => self.stats.dropped_expired += 1,
             Enqueued::Discarded => {}
         }
     }

@@ -26,8 +26,9 @@ pub(super) struct SelfTest {
     seq: u64,
     /// When shard 0 sends the next round.
     next_round: Option<Instant>,
-    /// Open rounds: which shards answered, and when the round gives up.
-    rounds: HashMap<u64, (Vec<bool>, Instant)>,
+    /// Open rounds: which shards answered, when the round gives up, and
+    /// when it started.
+    rounds: HashMap<u64, (Vec<bool>, Instant, Instant)>,
 }
 
 impl SelfTest {
@@ -40,7 +41,7 @@ impl SelfTest {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let open = self.rounds.values().map(|(_, at)| *at).min();
+        let open = self.rounds.values().map(|(_, at, _)| *at).min();
         [self.next_round, open].into_iter().flatten().min()
     }
 }
@@ -66,11 +67,11 @@ impl<S: Spill> Shard<S> {
             .selftest
             .rounds
             .iter()
-            .filter(|(_, (_, at))| *at <= now)
+            .filter(|(_, (_, at, _))| *at <= now)
             .map(|(seq, _)| *seq)
             .collect();
         for seq in late {
-            self.end_round(seq);
+            self.end_round(seq, now);
         }
     }
 
@@ -78,7 +79,9 @@ impl<S: Spill> Shard<S> {
         self.selftest.seq += 1;
         let seq = self.selftest.seq;
         let n = self.config.shards;
-        self.selftest.rounds.insert(seq, (vec![false; n], deadline));
+        self.selftest
+            .rounds
+            .insert(seq, (vec![false; n], deadline, now));
         for shard in 0..n {
             let Ok(topic) = TopicName::new(format!("{SELFTEST_PREFIX}/{shard}").into()) else {
                 continue;
@@ -97,32 +100,32 @@ impl<S: Spill> Shard<S> {
     }
 
     /// A probe reached this shard's built-in subscriber.
-    pub(super) fn probe_arrived(&mut self, message: &SharedMessage) {
+    pub(super) fn probe_arrived(&mut self, message: &SharedMessage, now: Instant) {
         let Ok(bytes) = <[u8; 8]>::try_from(&message.payload[..]) else {
             return;
         };
         let seq = u64::from_be_bytes(bytes);
         if self.id == ShardId(0) {
-            self.probe_reply(ShardId(0), seq);
+            self.probe_reply(ShardId(0), seq, now);
         } else {
             self.post(ShardId(0), MeshMsg::ProbeReply { seq });
         }
     }
 
-    pub(super) fn probe_reply(&mut self, from: ShardId, seq: u64) {
-        let Some((seen, _)) = self.selftest.rounds.get_mut(&seq) else {
+    pub(super) fn probe_reply(&mut self, from: ShardId, seq: u64, now: Instant) {
+        let Some((seen, _, _)) = self.selftest.rounds.get_mut(&seq) else {
             return;
         };
         if let Some(s) = seen.get_mut(from.index()) {
             *s = true;
         }
         if seen.iter().all(|s| *s) {
-            self.end_round(seq);
+            self.end_round(seq, now);
         }
     }
 
-    fn end_round(&mut self, seq: u64) {
-        let Some((seen, _)) = self.selftest.rounds.remove(&seq) else {
+    fn end_round(&mut self, seq: u64, now: Instant) {
+        let Some((seen, _, started)) = self.selftest.rounds.remove(&seq) else {
             return;
         };
         let missing: Vec<ShardId> = seen
@@ -133,6 +136,11 @@ impl<S: Spill> Shard<S> {
             .collect();
         if missing.is_empty() {
             self.stats.selftest_rounds_ok += 1;
+            self.stats.selftest_latency_ns =
+                u64::try_from(now.saturating_duration_since(started).as_nanos())
+                    .unwrap_or(u64::MAX);
+        } else {
+            self.stats.selftest_rounds_failed += 1;
         }
         self.notice(Notice::SelfTest { seq, missing });
     }

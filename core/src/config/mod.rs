@@ -31,7 +31,7 @@ use crate::limits::ClientLimits;
 use error::Report;
 use raw::{
     RawAdvanced, RawCertPolicy, RawClients, RawConfig, RawDiagnostics, RawListener, RawLogs,
-    RawPort, RawPrivateKey, RawSelfCheck,
+    RawPort, RawPrivateKey, RawSelfCheck, RawSys,
 };
 
 /// A config that loaded, with what it accepted but will not act on.
@@ -196,6 +196,9 @@ fn raw_default() -> RawConfig {
                 mode: Some("Enabled".to_owned()),
                 interval_seconds: i64::try_from(self_check.interval.as_secs()).ok(),
                 timeout_seconds: i64::try_from(self_check.timeout.as_secs()).ok(),
+            }),
+            sys: Some(RawSys {
+                interval_seconds: i64::try_from(types::SYS_INTERVAL_DEFAULT.as_secs()).ok(),
             }),
             traces: None,
         }),

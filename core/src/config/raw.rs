@@ -184,6 +184,9 @@ pub(crate) struct RawDiagnostics {
     pub metrics: Option<RawMetrics>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub self_check: Option<RawSelfCheck>,
+    /// shardmq addition: `$SYS` topics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sys: Option<RawSys>,
     /// Not supported yet: accepted and ignored with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traces: Option<Value>,
@@ -201,6 +204,16 @@ pub(crate) struct RawLogs {
 pub(crate) struct RawMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_port: Option<i64>,
+    /// shardmq addition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct RawSys {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

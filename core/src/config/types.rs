@@ -136,15 +136,28 @@ pub struct Diagnostics {
     pub log_filter: String,
     /// `metrics.prometheusPort`; `None` = no metrics endpoint.
     pub prometheus_port: Option<NonZeroU16>,
+    /// `metrics.bindAddress` (shardmq addition): where the metrics and
+    /// health endpoint listens; loopback unless the operator opens it.
+    pub metrics_bind_address: IpAddr,
     pub self_check: SelfCheck,
+    /// `sys.intervalSeconds` (shardmq addition): how often the `$SYS`
+    /// topics are published; `None` (0) = no `$SYS` topics.
+    pub sys_interval: Option<Duration>,
 }
+
+/// `diagnostics.metrics.bindAddress` when not set.
+pub const METRICS_BIND_ADDRESS_DEFAULT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+/// `diagnostics.sys.intervalSeconds` when not set (Mosquitto's default).
+pub const SYS_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 
 impl Default for Diagnostics {
     fn default() -> Diagnostics {
         Diagnostics {
             log_filter: "info".to_owned(),
             prometheus_port: None,
+            metrics_bind_address: METRICS_BIND_ADDRESS_DEFAULT,
             self_check: SelfCheck::default(),
+            sys_interval: Some(SYS_INTERVAL_DEFAULT),
         }
     }
 }

@@ -363,6 +363,27 @@ fn diagnostics(raw: Option<&RawDiagnostics>, report: &mut Report) -> Diagnostics
         diagnostics.prometheus_port =
             nonzero_u16(report, "diagnostics.metrics.prometheusPort", port);
     }
+    if let Some(text) = raw.metrics.as_ref().and_then(|m| m.bind_address.as_deref()) {
+        match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => diagnostics.metrics_bind_address = ip,
+            Err(_) => report.error(
+                "diagnostics.metrics.bindAddress",
+                format!("not an IP address: \"{text}\" (e.g. \"127.0.0.1\", \"0.0.0.0\", \"::\")"),
+            ),
+        }
+    }
+    if let Some(seconds) = raw.sys.as_ref().and_then(|s| s.interval_seconds) {
+        // 0 turns the $SYS topics off.
+        diagnostics.sys_interval = int_in(
+            report,
+            "diagnostics.sys.intervalSeconds",
+            seconds,
+            0,
+            86_400,
+        )
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    }
     if let Some(check) = &raw.self_check {
         let path = "diagnostics.selfCheck";
         let defaults = SelfCheck::default();

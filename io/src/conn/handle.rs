@@ -10,6 +10,7 @@ use rustls_pki_types::CertificateDer;
 use shardmq_core::broker::ConnId;
 
 use crate::security::ListenerSecurity;
+use crate::telemetry::counters::ListenerCounters;
 
 #[derive(Debug)]
 pub struct ConnHandle {
@@ -17,7 +18,14 @@ pub struct ConnHandle {
     /// Listener name and peer address, for logs.
     pub listener: String,
     pub peer: String,
-    pub security: Rc<ListenerSecurity>,
+    /// The listener's security; a reload swaps it (re-authentication then
+    /// uses the new policy).
+    pub security: RefCell<Rc<ListenerSecurity>>,
+    /// This shard's counters of the listener.
+    pub counters: Rc<ListenerCounters>,
+    /// Who the client proved to be, once admitted: its permissions are
+    /// compiled again from it when the authorization policy changes.
+    pub identity: RefCell<Option<shardmq_auth::Identity>>,
     /// The client's TLS certificate chain (leaf first), empty without one.
     pub peer_certs: Vec<CertificateDer<'static>>,
     /// Who the client is for the log (certificate subject, user name,
@@ -42,6 +50,7 @@ impl ConnHandle {
         listener: String,
         peer: String,
         security: Rc<ListenerSecurity>,
+        counters: Rc<ListenerCounters>,
         peer_certs: Vec<CertificateDer<'static>>,
     ) -> ConnHandle {
         let (wake_tx, wake_rx) = local_channel::new_bounded(1);
@@ -51,7 +60,9 @@ impl ConnHandle {
             id,
             listener,
             peer,
-            security,
+            security: RefCell::new(security),
+            counters,
+            identity: RefCell::new(None),
             peer_certs,
             principal: RefCell::new(String::new()),
             admitted: RefCell::new(None),

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::driver::Driver;
 use crate::security::ListenerSecurity;
+use crate::telemetry::counters::ListenerCounters;
 use handle::ConnHandle;
 
 /// Serves one accepted connection until it closes. `peer_certs` is the
@@ -33,7 +34,11 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let id = driver.with(|s| s.accept(Instant::now()));
-    let handle = Rc::new(ConnHandle::new(id, listener, peer, security, peer_certs));
+    let counters = driver.listener_counters(&listener);
+    ListenerCounters::add(&counters.accepted, 1);
+    let handle = Rc::new(ConnHandle::new(
+        id, listener, peer, security, counters, peer_certs,
+    ));
     driver.register(id, handle.clone());
     let (read_half, write_half) = futures_lite::io::split(stream);
     let writer = glommio::spawn_local(writer::run(driver.clone(), handle.clone(), write_half));
@@ -41,5 +46,6 @@ pub async fn serve<S>(
     writer.await;
     driver.with(|s| s.release(id));
     driver.unregister(id);
+    ListenerCounters::add(&handle.counters.closed, 1);
     debug!(peer = %handle.peer, conn = %id, "connection closed");
 }

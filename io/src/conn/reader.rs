@@ -12,6 +12,7 @@ use shardmq_core::broker::Flow;
 
 use super::handle::ConnHandle;
 use crate::driver::Driver;
+use crate::telemetry::counters::ListenerCounters;
 
 /// Bytes read per socket read; frames larger than this are assembled over
 /// several reads (in the shard's inbox for the connection), bounded by the
@@ -71,6 +72,7 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             None => break,
         };
+        ListenerCounters::add(&handle.counters.bytes_in, n as u64);
         // Fairness: a glommio read completes without yielding while the
         // socket has data, so a busy publisher would otherwise keep the
         // shard and starve every other task (subscribers' writers first).

@@ -13,6 +13,7 @@ use futures_lite::FutureExt;
 
 use super::handle::ConnHandle;
 use crate::driver::Driver;
+use crate::telemetry::counters::ListenerCounters;
 
 /// Soft bound of one coalesced write. PERF: on a drain the kernel's send
 /// path (copy, loopback transmit, the reader's wake-up) is half the shard's
@@ -55,6 +56,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                 lost(&driver, &handle);
                 return;
             }
+            ListenerCounters::add(&handle.counters.bytes_out, buf.len() as u64);
             let _ = handle.drained_tx.try_send(());
             // Output before input: a writer keeps the shard for up to
             // WRITE_BATCHES_PER_TURN batches while readers get one chunk

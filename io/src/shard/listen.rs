@@ -4,6 +4,7 @@
 //! does not wait for TIME_WAIT), and each accepted stream
 //! gets its TLS handshake (with a deadline) before the connection is served.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tracing::warn;
 
 use crate::client_log;
 use crate::oplog::Category;
+use crate::telemetry::counters::{tls_cause, ListenerCounters};
 
 use crate::conn;
 use crate::driver::Driver;
@@ -22,12 +24,16 @@ use crate::server::{ListenerSpec, ServerError};
 
 /// Pending connections the kernel queues per listening socket (per shard).
 const LISTEN_BACKLOG: i32 = 1024;
+/// A port bound on this shard: name, address, socket, security.
+pub type Bound = (
+    String,
+    std::net::SocketAddr,
+    TcpListener,
+    Rc<ListenerSecurity>,
+);
 
 /// Binds every listener that runs on `shard`.
-pub fn bind(
-    shard: usize,
-    listeners: &[ListenerSpec],
-) -> Result<Vec<(String, TcpListener, Rc<ListenerSecurity>)>, ServerError> {
+pub fn bind(shard: usize, listeners: &[ListenerSpec]) -> Result<Vec<Bound>, ServerError> {
     let mut bound = Vec::new();
     for l in listeners
         .iter()
@@ -38,7 +44,12 @@ pub fn bind(
             addr: l.addr,
             source,
         })?;
-        bound.push((l.name.clone(), listener, Rc::new(l.security.clone())));
+        bound.push((
+            l.name.clone(),
+            l.addr,
+            listener,
+            Rc::new(l.security.clone()),
+        ));
     }
     Ok(bound)
 }
@@ -65,6 +76,10 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// A listener's security as its accept loop reads it: a reload swaps the
+/// inner `Rc` for the handshakes and CONNECTs that follow.
+pub type SecurityCell = Rc<RefCell<Rc<ListenerSecurity>>>;
+
 /// First pause after a failed accept; doubles up to `ACCEPT_BACKOFF_MAX`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -80,7 +95,7 @@ pub fn accept_loop(
     driver: Rc<Driver>,
     name: String,
     listener: TcpListener,
-    security: Rc<ListenerSecurity>,
+    security: SecurityCell,
 ) -> Task<()> {
     glommio::spawn_local(async move {
         let mut spare = std::fs::File::open("/dev/null").ok();
@@ -90,6 +105,7 @@ pub fn accept_loop(
             match listener.accept().await {
                 Ok(stream) => {
                     backoff = ACCEPT_BACKOFF_MIN;
+                    let security = security.borrow().clone();
                     let _ = stream.set_nodelay(true);
                     let peer = stream
                         .peer_addr()
@@ -185,6 +201,7 @@ async fn accept_one(
     let Some(tls) = security.tls.clone() else {
         return conn::serve(driver, stream, listener, peer, security, Vec::new()).await;
     };
+    let counters = driver.listener_counters(&listener);
     let acceptor = futures_rustls::TlsAcceptor::from(tls);
     let handshake = async { Some(acceptor.accept(stream).await) }
         .or(async {
@@ -207,6 +224,7 @@ async fn accept_one(
             // none, clients that distrust ours: all end here.
             let principal =
                 shardmq_auth::x509::take_rejected_subject().unwrap_or_else(|| "unknown".to_owned());
+            ListenerCounters::bump(&counters.tls_failed, tls_cause(&format!("{e:?} {e}")));
             client_log!(
                 Category::TlsFailures,
                 listener = %listener,
@@ -216,12 +234,15 @@ async fn accept_one(
                 "TLS handshake failed"
             );
         }
-        None => client_log!(
-            Category::TlsFailures,
-            listener = %listener,
-            %peer,
-            timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
-            "TLS handshake timed out"
-        ),
+        None => {
+            ListenerCounters::bump(&counters.tls_failed, "timeout");
+            client_log!(
+                Category::TlsFailures,
+                listener = %listener,
+                %peer,
+                timeout_s = HANDSHAKE_TIMEOUT.as_secs(),
+                "TLS handshake timed out"
+            )
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! period. The broker's decisions are the sans-io `broker::Shard`'s; this
 //! only drives it (`Driver`).
 
-mod listen;
+pub(crate) mod listen;
 mod mesh;
 
 use std::rc::Rc;
@@ -18,8 +18,12 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{BufferStats, Deleter, DiskBuffer, SegmentFile};
 use crate::driver::Driver;
+use crate::reload::apply::ShardListeners;
+use crate::reload::Reconfig;
 use crate::server::{BufferSetup, ListenerSpec, ServerError};
 use crate::spill::DiskSpill;
+use crate::telemetry::sys::SysPublisher;
+use crate::telemetry::Telemetry;
 
 /// How often the shard handles deadlines (keep-alive, CONNECT timeout,
 /// session expiry, delayed wills, self-test) and does buffer upkeep.
@@ -78,6 +82,10 @@ pub struct ShardSetup {
     pub probes_ok: Arc<AtomicU64>,
     pub buffer_reports: Arc<Mutex<Vec<BufferReport>>>,
     pub shard_reports: Arc<Mutex<Vec<ShardReport>>>,
+    /// Metrics, health and `$SYS` figures.
+    pub telemetry: Arc<Telemetry>,
+    /// Per shard: the channel reloads arrive on (each shard takes its own).
+    pub reloads: Mutex<Vec<Option<mpsc::Receiver<Arc<Reconfig>>>>>,
 }
 
 /// The shard's whole life on its executor.
@@ -108,12 +116,17 @@ pub async fn run(
             return;
         }
     };
-    let accept_tasks: Vec<_> = bound
-        .into_iter()
-        .map(|(name, listener, security)| {
-            listen::accept_loop(driver.clone(), name, listener, security)
-        })
-        .collect();
+    let mut listeners = ShardListeners::start(&driver, bound);
+    let telemetry = &setup.telemetry;
+    telemetry.set_bound(id, listeners.names());
+    let reloads = setup
+        .reloads
+        .lock()
+        .ok()
+        .and_then(|mut r| r.get_mut(id).and_then(Option::take));
+    let mut sys = (id == 0).then(SysPublisher::default);
+    let mut last_snapshot = Instant::now();
+    telemetry.heartbeat(id, last_snapshot);
     let _ = ready.send(Ok(id));
     info!(shard = id, "shard ready");
 
@@ -126,6 +139,13 @@ pub async fn run(
         upkeep_buffer(&driver);
         held_peak = trim_heap(&driver, held_peak);
         publish_reports(&driver, &setup);
+        while let Some(rc) = reloads.as_ref().and_then(|r| r.try_recv().ok()) {
+            listeners.apply(&driver, &rc, telemetry).await;
+        }
+        crate::telemetry::tick(&driver, telemetry, now, &mut last_snapshot);
+        if let Some(sys) = sys.as_mut() {
+            sys.tick(&driver, telemetry, now);
+        }
         crate::oplog::flush(id, false);
         if last_stats.elapsed() >= STATS_EVERY {
             log_stats(&driver);
@@ -134,9 +154,7 @@ pub async fn run(
     }
 
     // Graceful shutdown: stop accepting, tell every client, let writers flush.
-    for t in accept_tasks {
-        t.cancel().await;
-    }
+    listeners.cancel_all().await;
     driver.with(|s| s.shut_down(Instant::now()));
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while Instant::now() < deadline && !driver.connections().is_empty() {
@@ -282,24 +300,26 @@ fn trim_heap(driver: &Rc<Driver>, peak: u64) -> u64 {
     }
 }
 
+/// The shard's disk buffer figures (`open: false` without a buffer).
+pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
+    let b = s.buffer();
+    let mut report = BufferReport {
+        memory_bytes: b.memory_bytes,
+        dropped_queue_full: s.stats().dropped_queue_full,
+        ..BufferReport::default()
+    };
+    if let Some(d) = &b.store {
+        report.open = true;
+        report.encrypted = d.buffer.encrypted();
+        report.disk = d.buffer.stats();
+        report.refused = d.refused;
+    }
+    report
+}
+
 fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {
     let id = driver.id.index();
-    let (inv, stats, buffer) = driver.peek(|s| {
-        let b = s.buffer();
-        let mut report = BufferReport {
-            memory_bytes: b.memory_bytes,
-            ..BufferReport::default()
-        };
-        if let Some(d) = &b.store {
-            report.open = true;
-            report.encrypted = d.buffer.encrypted();
-            report.disk = d.buffer.stats();
-            report.refused = d.refused;
-        }
-        (s.inventory(), s.stats(), report)
-    });
-    let mut buffer = buffer;
-    buffer.dropped_queue_full = stats.dropped_queue_full;
+    let (inv, stats, buffer) = driver.peek(|s| (s.inventory(), s.stats(), buffer_report(s)));
     if let Ok(mut reports) = setup.buffer_reports.lock() {
         if let Some(slot) = reports.get_mut(id) {
             *slot = buffer;

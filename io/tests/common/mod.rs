@@ -554,3 +554,43 @@ pub fn spawn_logged(mut cmd: Command, listeners: usize) -> (Proc, Vec<u16>, Log)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One raw HTTP request to 127.0.0.1 (the metrics endpoint); returns the
+/// status (0 if nothing answered) and the body.
+pub fn http_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(request);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Waits (bounded) until /readyz answers 200.
+pub fn wait_ready(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(addr, "/readyz").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {:?}",
+            http_get(addr, "/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

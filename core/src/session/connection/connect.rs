@@ -181,6 +181,18 @@ impl Connection {
         revoked
     }
 
+    /// New permissions for a connected client (its authorization policy
+    /// changed). Returns the session's subscriptions they refuse, removed
+    /// from the session (the broker takes them out of the index).
+    pub fn replace_permissions(&mut self, permissions: Box<dyn Permissions>) -> Vec<ByteString> {
+        self.permissions = permissions;
+        let permissions = &self.permissions;
+        match self.session.as_mut() {
+            Some(state) => state.retain_subscriptions(|f| permissions.can_subscribe(f)),
+            None => Vec::new(),
+        }
+    }
+
     /// The broker refuses the CONNECT (authentication, authorization, busy).
     pub fn reject(&mut self, reason: ReasonCode) {
         if self.phase != Phase::AwaitAccept {
