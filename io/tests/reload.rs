@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{q5, Client, Ev, Log, Proc, BIN, WAIT};
+use common::{free_port, q5, Client, Ev, Log, Proc, BIN, WAIT};
 use shardmq_auth::test_pki::Pki;
 
 fn broker(config: &Path, listeners: usize) -> (Proc, Vec<u16>, Log) {
@@ -286,15 +286,6 @@ fn check_config_validates_a_file_and_exits() {
     );
     // Exactly what a start with the same file prints.
     assert_eq!(check_err, String::from_utf8_lossy(&run.stderr));
-}
-
-/// A port nobody holds right now (prometheusPort cannot be 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -8,17 +8,8 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{start, temp_file, Proc, RawClient, BIN, WAIT};
+use common::{free_port, start, temp_file, Proc, RawClient, BIN, WAIT};
 use shardmq_core::codec::ReasonCode;
-
-/// A port nobody listens on right now (the kernel picks it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(port: u16) -> std::path::PathBuf {
     let json = serde_json::json!({

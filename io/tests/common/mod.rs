@@ -423,6 +423,16 @@ pub fn has_mosquitto_clients() -> bool {
     ok
 }
 
+/// A port nobody listens on right now (the kernel picks it), for what
+/// cannot take port 0 (`prometheusPort`, a restart on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Writes `text` to a fresh file named `name`: each call gets its own
 /// directory, so tests running in parallel never share a file.
 pub fn temp_file(name: &str, text: &str) -> PathBuf {
