@@ -15,7 +15,7 @@ use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::SEGMENT_BYTES_DEFAULT;
 use crate::security::ListenerSecurity;
-use crate::server::{ListenerSpec, ServerConfig};
+use crate::setup::{ListenerSpec, ServerConfig};
 use crate::spill::BufferSpec;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).

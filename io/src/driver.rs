@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::client_log;
 use crate::oplog::Category;
 
+use crate::conn::admit;
 use crate::conn::handle::ConnHandle;
 use crate::spill::DiskSpill;
 use crate::telemetry::counters::{ListenerCounters, ListenerCounts};
@@ -151,12 +152,23 @@ impl Driver {
                 Output::Authenticate { conn, request } => {
                     if let Some(h) = self.handle(conn) {
                         self.auth_jobs.set(self.auth_jobs.get() + 1);
-                        crate::conn::admit::spawn(self.clone(), h, request);
+                        let driver = self.clone();
+                        glommio::spawn_local(async move {
+                            let result = admit::admit(&h, &request).await;
+                            driver.with(|s| s.handle_admitted(h.id, Instant::now(), result));
+                        })
+                        .detach();
                     }
                 }
                 Output::ReAuthenticate { conn, method, data } => {
                     if let Some(h) = self.handle(conn) {
-                        crate::conn::admit::spawn_reauth(self.clone(), h, method, data);
+                        let driver = self.clone();
+                        let client_id = self.peek(|s| s.client_id(conn)).unwrap_or_default();
+                        glommio::spawn_local(async move {
+                            let result = admit::reauthenticate(&h, client_id, method, data).await;
+                            driver.with(|s| s.handle_reauthenticated(h.id, Instant::now(), result));
+                        })
+                        .detach();
                     }
                 }
                 Output::Mesh(peer) => {

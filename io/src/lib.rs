@@ -2,7 +2,7 @@
 //! It drives the sans-io `shardmq_core::broker::Shard`: `server` starts one
 //! executor per shard, `shard` runs one (mesh, listeners, ticks), `driver`
 //! turns the shard's outputs into actions, `conn` moves one client's bytes,
-//! `buffer` and `spill` are the disk buffer's files, `oplog` bounds what
+//! `setup` is what shards start from, `buffer` and `spill` are the disk buffer's files, `oplog` bounds what
 //! clients can make the log say, `telemetry` is what the operator sees
 //! (metrics, health, `$SYS`), `reload` applies a new config on SIGHUP.
 
@@ -15,6 +15,7 @@ pub mod oplog;
 pub mod reload;
 pub mod security;
 pub mod server;
+pub mod setup;
 pub mod shard;
 pub mod spill;
 pub mod telemetry;

@@ -9,109 +9,20 @@ use std::time::{Instant, SystemTime};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use shardmq_core::broker::{self, MeshMsg, SelfTestConfig};
+use shardmq_core::broker::{self, MeshMsg};
 use shardmq_core::limits::{ClientLimits, SESSION_SHARES};
 use tracing::{error, info};
 
 use crate::reload::{listener_infos, Reloader};
-use crate::security::ListenerSecurity;
 use crate::shard::{BufferReport, ShardReport, ShardSetup};
-use crate::spill::BufferSpec;
 use crate::telemetry::Telemetry;
+
+use crate::setup::reserve_ports;
+pub use crate::setup::{BufferSetup, ListenerSpec, ServerConfig, ServerError};
 
 /// Capacity of each shard-to-shard queue; a full queue pushes back on the
 /// publishers of the sending shard.
 const MESH_QUEUE_LEN: usize = 1024;
-
-/// One listening port, resolved.
-#[derive(Debug, Clone)]
-pub struct ListenerSpec {
-    /// Listener name and port index, for logs (`default:0`).
-    pub name: String,
-    pub addr: SocketAddr,
-    /// Shards that accept on this port; `None` means all of them.
-    pub shards: Option<Vec<usize>>,
-    /// TLS, authentication and authorization of this port.
-    pub security: ListenerSecurity,
-}
-
-impl ListenerSpec {
-    /// A plain, anonymous, allow-all port.
-    pub fn plain(
-        name: impl Into<String>,
-        addr: SocketAddr,
-        shards: Option<Vec<usize>>,
-    ) -> ListenerSpec {
-        ListenerSpec {
-            name: name.into(),
-            addr,
-            shards,
-            security: ListenerSecurity::default(),
-        }
-    }
-}
-
-/// Everything the server needs, validated by the caller.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub shards: usize,
-    /// Pin shard k to CPU k (when there are at least as many CPUs).
-    pub pin_cpus: bool,
-    pub listeners: Vec<ListenerSpec>,
-    pub limits: ClientLimits,
-    pub retained_max: usize,
-    /// `diagnostics.selfCheck`; `None`: no self-test.
-    pub selftest: Option<SelfTestConfig>,
-    /// `diskBackedMessageBuffer`; `None`: queues never spill.
-    pub disk_buffer: Option<BufferSpec>,
-    /// `advanced.encryptInternalTraffic`.
-    pub encrypt_internal_traffic: bool,
-    /// Queued bytes a shard keeps in memory before spilling
-    /// (`memory_budget_bytes(memoryProfile)`; tests set a tiny one). One
-    /// session's share of it (`SESSION_SHARES`) becomes
-    /// `limits.queue.bytes_max`.
-    pub memory_budget_bytes: u64,
-    /// Bytes of retained messages per shard (`retainedMessages.maxSize`
-    /// divided between shards, or derived from `memoryProfile`).
-    pub retained_bytes_max: u64,
-    /// Bytes of packets not yet whole one shard's connections may hold
-    /// beyond a read chunk each (derived from `memoryProfile`);
-    /// `limits.packet_size_max` is lowered to what one connection can hold.
-    pub partial_bytes_max: u64,
-}
-
-/// How each shard opens its disk buffer.
-#[derive(Debug, Clone)]
-pub struct BufferSetup {
-    pub spec: BufferSpec,
-    pub encrypt: bool,
-    pub memory_budget_bytes: u64,
-    /// Expiries in records are stored relative to this.
-    pub epoch: Instant,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("listener {name} ({addr}): cannot bind: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(
-        "shard {shard}: cannot start its executor: {message} (io_uring needs locked memory on kernels \
-         before 5.12: raise `ulimit -l`, see docs/DEPLOYMENT.md)"
-    )]
-    Executor { shard: usize, message: String },
-    #[error("shard {shard} stopped during start-up")]
-    StartUp { shard: usize },
-    #[error("listener {name}: shard {shard} does not exist (shards: {shards})")]
-    NoSuchShard {
-        name: String,
-        shard: usize,
-        shards: usize,
-    },
-}
 
 /// A running server.
 #[derive(Debug)]
@@ -190,44 +101,6 @@ fn parse_cpu_list(list: &str) -> Vec<usize> {
         }
     }
     cpus
-}
-
-/// Reserves every listener port before the shards bind it. The shards bind
-/// with SO_REUSEPORT, which would let a second broker (or anything of the
-/// same user) silently share a port and take a share of its clients; so the
-/// port is first bound *without* SO_REUSEPORT, which fails if anyone holds
-/// it. Port 0 is resolved here so every shard binds the same port: that
-/// reservation is bound with SO_REUSEPORT but never listens, so the kernel
-/// never hands it a connection; it is dropped once the shards are bound.
-pub(crate) fn reserve_ports(
-    listeners: &mut [ListenerSpec],
-) -> Result<Vec<socket2::Socket>, ServerError> {
-    let mut held = Vec::new();
-    for l in listeners.iter_mut() {
-        let bind_err = |source| ServerError::Bind {
-            name: l.name.clone(),
-            addr: l.addr,
-            source,
-        };
-        let domain = socket2::Domain::for_address(l.addr);
-        if l.addr.port() != 0 {
-            let probe =
-                socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(bind_err)?;
-            // SO_REUSEADDR only skips TIME_WAIT leftovers of a restart.
-            probe.set_reuse_address(true).map_err(bind_err)?;
-            probe.bind(&l.addr.into()).map_err(bind_err)?;
-            continue;
-        }
-        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(bind_err)?;
-        s.set_reuse_port(true).map_err(bind_err)?;
-        s.bind(&l.addr.into()).map_err(bind_err)?;
-        let local = s.local_addr().map_err(bind_err)?;
-        if let Some(addr) = local.as_socket() {
-            l.addr = addr;
-        }
-        held.push(s);
-    }
-    Ok(held)
 }
 
 /// Starts the shards and returns once every listener is bound on every

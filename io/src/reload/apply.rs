@@ -16,9 +16,9 @@ use shardmq_core::broker::ReservedTopics;
 use shardmq_core::codec::ReasonCode;
 use tracing::{error, info};
 
-use super::Reconfig;
 use crate::driver::Driver;
 use crate::security::ListenerSecurity;
+use crate::setup::Reconfig;
 use crate::shard::listen::{accept_loop, SecurityCell};
 use crate::telemetry::counters::ListenerCounters;
 use crate::telemetry::Telemetry;

@@ -16,24 +16,9 @@ use shardmq_core::limits::ClientLimits;
 use tracing::{info, warn};
 
 use crate::cli::{port_name, server_config, Built};
-use crate::server::{reserve_ports, ListenerSpec, ServerError};
+pub use crate::setup::Reconfig;
+use crate::setup::{reserve_ports, ListenerSpec, ServerError};
 use crate::telemetry::{ListenerInfo, Telemetry};
-
-/// What one shard is told.
-#[derive(Debug)]
-pub struct Reconfig {
-    /// Every port of the new config, addresses resolved.
-    pub listeners: Vec<ListenerSpec>,
-    /// Ports whose TLS or authentication changed: their connections are
-    /// closed (DISCONNECT 0x8B) so the clients come back under the new rules.
-    pub reconnect: HashSet<String>,
-    /// Ports whose authorization changed: their clients' permissions are
-    /// compiled again and subscriptions no longer allowed revoked.
-    pub recheck: HashSet<String>,
-    pub limits: Arc<ClientLimits>,
-    /// Port reservations, held until every shard has applied this.
-    _reservations: Mutex<Vec<socket2::Socket>>,
-}
 
 /// What a port demands of its clients, to tell which ports changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::telemetry::counters::{tls_cause, ListenerCounters};
 use crate::conn;
 use crate::driver::Driver;
 use crate::security::{ListenerSecurity, HANDSHAKE_TIMEOUT};
-use crate::server::{ListenerSpec, ServerError};
+use crate::setup::{ListenerSpec, ServerError};
 
 /// Pending connections the kernel queues per listening socket (per shard).
 const LISTEN_BACKLOG: i32 = 1024;

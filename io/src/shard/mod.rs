@@ -16,14 +16,16 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use shardmq_core::broker::{self, MeshMsg, ShardBuffer, ShardId};
 use tracing::{error, info, warn};
 
-use crate::buffer::{BufferStats, Deleter, DiskBuffer, SegmentFile};
+use crate::buffer::{Deleter, DiskBuffer, SegmentFile};
 use crate::driver::Driver;
 use crate::reload::apply::ShardListeners;
-use crate::reload::Reconfig;
-use crate::server::{BufferSetup, ListenerSpec, ServerError};
+use crate::setup::Reconfig;
+use crate::setup::{BufferSetup, ListenerSpec, ServerError};
 use crate::spill::DiskSpill;
 use crate::telemetry::sys::SysPublisher;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{buffer_report, Telemetry};
+
+pub use crate::telemetry::BufferReport;
 
 /// How often the shard handles deadlines (keep-alive, CONNECT timeout,
 /// session expiry, delayed wills, self-test) and does buffer upkeep.
@@ -34,20 +36,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const STATS_EVERY: Duration = Duration::from_secs(60);
 /// How long shutdown waits for buffer files being deleted off the shard.
 const BUFFER_CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-/// One shard's disk buffer figures, published every tick (logs, tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BufferReport {
-    /// The shard runs with a disk buffer (configured and opened).
-    pub open: bool,
-    pub encrypted: bool,
-    pub disk: BufferStats,
-    /// Queued bytes held in memory (`memory_cost`).
-    pub memory_bytes: u64,
-    /// Appends the buffer refused (full, no space, I/O).
-    pub refused: u64,
-    pub dropped_queue_full: u64,
-}
 
 /// One shard's session and index figures, published every tick (logs,
 /// tests, metrics): what a client can make the shard hold.
@@ -298,23 +286,6 @@ fn trim_heap(driver: &Rc<Driver>, peak: u64) -> u64 {
     } else {
         peak
     }
-}
-
-/// The shard's disk buffer figures (`open: false` without a buffer).
-pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
-    let b = s.buffer();
-    let mut report = BufferReport {
-        memory_bytes: b.memory_bytes,
-        dropped_queue_full: s.stats().dropped_queue_full,
-        ..BufferReport::default()
-    };
-    if let Some(d) = &b.store {
-        report.open = true;
-        report.encrypted = d.buffer.encrypted();
-        report.disk = d.buffer.stats();
-        report.refused = d.refused;
-    }
-    report
 }
 
 fn publish_reports(driver: &Rc<Driver>, setup: &ShardSetup) {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use shardmq_auth::ReloadableCert;
 use shardmq_core::broker::{Gauges, ShardStats};
 
+use crate::buffer::BufferStats;
 use crate::driver::Driver;
-use crate::shard::BufferReport;
 use counters::ListenerCounts;
 
 /// How often a shard copies its figures out.
@@ -198,12 +198,42 @@ pub fn tick(driver: &Rc<Driver>, telemetry: &Telemetry, now: Instant, last: &mut
 
 /// This shard's figures now.
 pub fn snapshot(driver: &Rc<Driver>) -> ShardSnapshot {
-    let (stats, gauges, buffer) =
-        driver.peek(|s| (s.stats(), s.gauges(), crate::shard::buffer_report(s)));
+    let (stats, gauges, buffer) = driver.peek(|s| (s.stats(), s.gauges(), buffer_report(s)));
     ShardSnapshot {
         stats,
         gauges,
         buffer,
         listeners: driver.listener_counts(),
     }
+}
+
+/// One shard's disk buffer figures, published every tick (logs, tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferReport {
+    /// The shard runs with a disk buffer (configured and opened).
+    pub open: bool,
+    pub encrypted: bool,
+    pub disk: BufferStats,
+    /// Queued bytes held in memory (`memory_cost`).
+    pub memory_bytes: u64,
+    /// Appends the buffer refused (full, no space, I/O).
+    pub refused: u64,
+    pub dropped_queue_full: u64,
+}
+
+/// The shard's disk buffer figures (`open: false` without a buffer).
+pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
+    let b = s.buffer();
+    let mut report = BufferReport {
+        memory_bytes: b.memory_bytes,
+        dropped_queue_full: s.stats().dropped_queue_full,
+        ..BufferReport::default()
+    };
+    if let Some(d) = &b.store {
+        report.open = true;
+        report.encrypted = d.buffer.encrypted();
+        report.disk = d.buffer.stats();
+        report.refused = d.refused;
+    }
+    report
 }
