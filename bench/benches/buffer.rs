@@ -13,11 +13,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use shardmq_core::buffer::{record, BlockPos, Sealer, BLOCK_HEADER_LEN};
+use shardmq_core::buffer::{record, BlockPos, RecordRef, Sealer, BLOCK_HEADER_LEN};
 use shardmq_core::codec::QoS;
 use shardmq_core::session::Message;
 use shardmq_core::topic::TopicName;
-use shardmq_io::buffer::{DiskBuffer, RecordRef, SEGMENT_BYTES_DEFAULT};
+use shardmq_io::buffer::{DiskBuffer, SEGMENT_BYTES_DEFAULT};
 
 const SIZES: [(&str, usize); 3] = [("64B", 64), ("1KiB", 1024), ("16KiB", 16 * 1024)];
 

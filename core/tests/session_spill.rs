@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use proptest::prelude::*;
+use shardmq_core::buffer::RecordRef;
 use shardmq_core::codec::{
     Connect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
     memory_cost, AllowAll, Connection, Delivery, Enqueued, Event, Message, SessionState,
-    SharedMessage, Spill, SpillCtx, SpillError, SpillRef,
+    SharedMessage, Spill, SpillCtx, SpillError,
 };
 use shardmq_core::topic::TopicName;
 
@@ -40,14 +41,14 @@ struct FakeSpill {
 }
 
 impl Spill for FakeSpill {
-    fn append(&mut self, owner: u64, m: &Message) -> Result<SpillRef, SpillError> {
+    fn append(&mut self, owner: u64, m: &Message) -> Result<RecordRef, SpillError> {
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
             return Err(SpillError::Full);
         }
         self.next += 1;
         self.records.insert(self.next, (owner, m.clone()));
         self.appended += 1;
-        Ok(SpillRef {
+        Ok(RecordRef {
             segment: 1,
             block: 0,
             at: self.next,
@@ -55,7 +56,7 @@ impl Spill for FakeSpill {
         })
     }
 
-    fn read(&mut self, r: SpillRef, owner: u64) -> Result<Message, SpillError> {
+    fn read(&mut self, r: RecordRef, owner: u64) -> Result<Message, SpillError> {
         if self.corrupt.contains(&r.at) {
             return Err(SpillError::Lost);
         }
@@ -65,7 +66,7 @@ impl Spill for FakeSpill {
         }
     }
 
-    fn release(&mut self, r: SpillRef) {
+    fn release(&mut self, r: RecordRef) {
         assert!(self.records.remove(&r.at).is_some(), "double release");
         self.released += 1;
     }

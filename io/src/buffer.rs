@@ -21,7 +21,8 @@ use memmap2::{Advice, MmapMut, MmapOptions};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use shardmq_core::buffer::{
-    record, BlockPos, KeyId, RecordError, SealError, Sealer, BLOCK_BODY_TARGET, BLOCK_HEADER_LEN,
+    record, BlockPos, KeyId, RecordError, RecordRef, SealError, Sealer, BLOCK_BODY_TARGET,
+    BLOCK_HEADER_LEN,
 };
 use shardmq_core::session::Message;
 
@@ -47,19 +48,6 @@ const BLOCK_CACHE_LEN: usize = 4;
 /// spilled drain's user and system time (`deliver` bench). Deletes beyond
 /// the spares now run off the shard (`Deleter`).
 const SPARES_MAX: usize = 2;
-
-/// Where one record lives. Small and `Copy`: the session queue keeps these
-/// instead of messages once they spill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RecordRef {
-    pub segment: u32,
-    /// Offset of the block holding the record in its segment file.
-    pub block: u32,
-    /// Offset of the record in the block's plaintext body.
-    pub at: u32,
-    /// Record length, header included.
-    pub len: u32,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {

@@ -1,15 +1,16 @@
 //! A shard's disk buffer as its sessions' queues see it: `Spill` over
 //! `DiskBuffer`, and the settings a shard opens its buffer with. Owns no
 //! session state; the queues hold the references
-//! (`shardmq_core::session::SpillRef`), the shard (`broker::ShardBuffer`)
+//! (`shardmq_core::buffer::RecordRef`), the shard (`broker::ShardBuffer`)
 //! the memory accounting.
 
 use std::path::PathBuf;
 
-use shardmq_core::session::{Message, Spill, SpillError, SpillRef};
+use shardmq_core::buffer::RecordRef;
+use shardmq_core::session::{Message, Spill, SpillError};
 use tracing::warn;
 
-use crate::buffer::{BufferError, BufferStats, DiskBuffer, RecordRef};
+use crate::buffer::{BufferError, BufferStats, DiskBuffer};
 
 /// `diskBackedMessageBuffer`, resolved for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +41,9 @@ impl DiskSpill {
 }
 
 impl Spill for DiskSpill {
-    fn append(&mut self, owner: u64, message: &Message) -> Result<SpillRef, SpillError> {
+    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, SpillError> {
         match self.buffer.append(owner, message) {
-            Ok(r) => Ok(to_spill(r)),
+            Ok(r) => Ok(r),
             Err(e) => {
                 self.refused += 1;
                 // Full is routine under load; say it once per 1024.
@@ -54,8 +55,8 @@ impl Spill for DiskSpill {
         }
     }
 
-    fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError> {
-        self.buffer.read(to_record(at), owner).map_err(|e| {
+    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, SpillError> {
+        self.buffer.read(at, owner).map_err(|e| {
             if matches!(e, BufferError::Closed) {
                 // The broker is stopping; nothing is lost that was kept.
                 return SpillError::Unavailable;
@@ -68,29 +69,11 @@ impl Spill for DiskSpill {
         })
     }
 
-    fn release(&mut self, at: SpillRef) {
-        self.buffer.release(to_record(at));
+    fn release(&mut self, at: RecordRef) {
+        self.buffer.release(at);
     }
 
-    fn prefetch(&mut self, at: SpillRef, len_bytes: usize) {
-        self.buffer.prefetch(to_record(at), len_bytes);
-    }
-}
-
-fn to_spill(r: RecordRef) -> SpillRef {
-    SpillRef {
-        segment: r.segment,
-        block: r.block,
-        at: r.at,
-        len: r.len,
-    }
-}
-
-fn to_record(r: SpillRef) -> RecordRef {
-    RecordRef {
-        segment: r.segment,
-        block: r.block,
-        at: r.at,
-        len: r.len,
+    fn prefetch(&mut self, at: RecordRef, len_bytes: usize) {
+        self.buffer.prefetch(at, len_bytes);
     }
 }

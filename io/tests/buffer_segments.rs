@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use shardmq_core::buffer::RecordError;
+use shardmq_core::buffer::{RecordError, RecordRef};
 use shardmq_core::codec::{Properties, QoS};
 use shardmq_core::session::Message;
 use shardmq_core::topic::TopicName;
-use shardmq_io::buffer::{BufferError, Deleter, DiskBuffer, DoomedSegment, RecordRef, SegmentFile};
+use shardmq_io::buffer::{BufferError, Deleter, DiskBuffer, DoomedSegment, SegmentFile};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 const MARKER: &[u8] = b"PAYLOAD-MARKER-7f3a";

@@ -33,10 +33,11 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use hashbrown::HashMap;
 
+use crate::buffer::RecordRef;
 use crate::codec::{Inbox, ReasonCode};
 use crate::limits::{ClientLimits, SESSION_SHARES};
 use crate::retained::RetainedStore;
-use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillError, SpillRef};
+use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillError};
 
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
@@ -163,19 +164,19 @@ pub struct ShardBuffer<S> {
 struct NoStore;
 
 impl Spill for NoStore {
-    fn append(&mut self, _: u64, _: &crate::session::Message) -> Result<SpillRef, SpillError> {
+    fn append(&mut self, _: u64, _: &crate::session::Message) -> Result<RecordRef, SpillError> {
         Err(SpillError::Full)
     }
-    fn read(&mut self, _: SpillRef, _: u64) -> Result<crate::session::Message, SpillError> {
+    fn read(&mut self, _: RecordRef, _: u64) -> Result<crate::session::Message, SpillError> {
         Err(SpillError::Unavailable)
     }
-    fn release(&mut self, _: SpillRef) {}
+    fn release(&mut self, _: RecordRef) {}
 }
 
 #[derive(Debug)]
 struct Adopting {
     owner: u64,
-    refs: Vec<SpillRef>,
+    refs: Vec<RecordRef>,
 }
 
 impl<S: Spill> ShardBuffer<S> {
@@ -214,7 +215,7 @@ impl<S: Spill> ShardBuffer<S> {
 
     /// Releases a record outside a session's queue (a clean start drops the
     /// old session's records).
-    fn release(&mut self, at: SpillRef) {
+    fn release(&mut self, at: RecordRef) {
         if let Some(s) = &mut self.store {
             s.release(at);
         }

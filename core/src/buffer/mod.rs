@@ -6,8 +6,10 @@
 
 pub mod record;
 pub mod seal;
+mod store;
 
 pub use seal::{BlockPos, KeyId, Sealer, BLOCK_HEADER_LEN, CHECKSUM_LEN, TAG_LEN};
+pub use store::RecordRef;
 
 use crate::config::MemoryProfile;
 

@@ -12,7 +12,7 @@ pub use connection::{
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
-pub use spill::{memory_cost, Spill, SpillCtx, SpillError, SpillRef};
+pub use spill::{memory_cost, Spill, SpillCtx, SpillError};
 pub use state::{Delivery, Enqueued, SessionState, SessionStats, Subscription};
 
 use crate::topic::{Filter, TopicName};

@@ -5,16 +5,7 @@
 //! session whose queue holds the reference (drain, drop, or discard).
 
 use super::message::Message;
-
-/// Where one spilled message lives in the shard's buffer; opaque to core.
-/// Small and `Copy`: a spilled queue entry holds this instead of the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SpillRef {
-    pub segment: u32,
-    pub block: u32,
-    pub at: u32,
-    pub len: u32,
-}
+use crate::buffer::RecordRef;
 
 /// Why the buffer could not take or give back a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,13 +27,13 @@ pub enum SpillError {
 /// A shard's disk buffer as the session queue uses it.
 pub trait Spill {
     /// Stores `message` for session `owner` (bound into the record).
-    fn append(&mut self, owner: u64, message: &Message) -> Result<SpillRef, SpillError>;
+    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, SpillError>;
     /// Reads the record back; it must belong to `owner`.
-    fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError>;
+    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, SpillError>;
     /// The queue is done with the record (delivered, dropped or lost).
-    fn release(&mut self, at: SpillRef);
+    fn release(&mut self, at: RecordRef);
     /// Hints that `at` and about `len_bytes` after it will be read soon.
-    fn prefetch(&mut self, _at: SpillRef, _len_bytes: usize) {}
+    fn prefetch(&mut self, _at: RecordRef, _len_bytes: usize) {}
 }
 
 /// What a shard lends a session for one enqueue or drain.

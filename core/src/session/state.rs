@@ -17,7 +17,8 @@ use crate::limits::{QueueFullStrategy, QueueLimit};
 use crate::topic::Filter;
 
 use super::message::SharedMessage;
-use super::spill::{memory_cost, SpillCtx, SpillRef};
+use super::spill::{memory_cost, SpillCtx};
+use crate::buffer::RecordRef;
 
 /// Queue capacity (entries) a session keeps once its queue is empty.
 const QUEUE_CAPACITY_KEPT: usize = 1024;
@@ -72,7 +73,7 @@ pub(crate) struct Queued {
 /// data stays here, not in the record (docs/BUFFER.md).
 #[derive(Debug, Clone)]
 pub(crate) struct Spilled {
-    pub at: SpillRef,
+    pub at: RecordRef,
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
@@ -163,7 +164,7 @@ pub struct SessionState {
     pub(crate) queue: VecDeque<Entry>,
     memory_bytes: u64,
     spilled_len: usize,
-    /// INVARIANT: the record bytes (`SpillRef::len`) of every record this
+    /// INVARIANT: the record bytes (`RecordRef::len`) of every record this
     /// session holds in the disk buffer: queued, in flight and retired.
     disk_bytes: u64,
     /// QoS 2 packet ids received (PUBREC sent) and not yet released by
@@ -172,7 +173,7 @@ pub struct SessionState {
     /// Records of in-flight messages whose exchange ended (PUBACK arrives
     /// without access to the buffer): released at the next
     /// `release_retired`, or by `discard_queue`/`unspill`.
-    retired: Vec<SpillRef>,
+    retired: Vec<RecordRef>,
     next_packet_id: u16,
     /// Ids stepped through by `allocate_packet_id` so far.
     packet_id_steps: u64,
@@ -452,7 +453,7 @@ impl SessionState {
         }
     }
 
-    fn release_record(&mut self, at: SpillRef, ctx: &mut SpillCtx<'_>) {
+    fn release_record(&mut self, at: RecordRef, ctx: &mut SpillCtx<'_>) {
         self.disk_bytes = self.disk_bytes.saturating_sub(u64::from(at.len));
         ctx.spill.release(at);
     }
@@ -614,18 +615,18 @@ impl SessionState {
 
     /// The first record `spilled_refs` would list (readahead on resume),
     /// without collecting them all.
-    pub fn first_spilled_ref(&self) -> Option<SpillRef> {
+    pub fn first_spilled_ref(&self) -> Option<RecordRef> {
         self.held_refs().next()
     }
 
     /// Every record this session holds in the disk buffer, in the order
     /// they will be read: in flight (resent first on resume), then queued,
     /// then retired ones (never read again, released soon).
-    pub fn spilled_refs(&self) -> Vec<SpillRef> {
+    pub fn spilled_refs(&self) -> Vec<RecordRef> {
         self.held_refs().collect()
     }
 
-    fn held_refs(&self) -> impl Iterator<Item = SpillRef> + '_ {
+    fn held_refs(&self) -> impl Iterator<Item = RecordRef> + '_ {
         let spilled = |e: &Entry| match e {
             Entry::Spilled(s) => Some(s.at),
             Entry::Memory(_) => None,

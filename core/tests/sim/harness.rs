@@ -16,12 +16,13 @@ use shardmq_core::broker::{
     Admission, ConnId, MeshMsg, Output, PrincipalId, SelfTestConfig, Shard, ShardBuffer,
     ShardConfig, ShardId,
 };
+use shardmq_core::buffer::RecordRef;
 use shardmq_core::codec::{
     self, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish,
     QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use shardmq_core::limits::ClientLimits;
-use shardmq_core::session::{AllowAll, Message, Spill, SpillError, SpillRef};
+use shardmq_core::session::{AllowAll, Message, Spill, SpillError};
 
 /// xorshift64*: small, fast, and the same sequence for the same seed.
 #[derive(Debug, Clone)]
@@ -65,14 +66,14 @@ impl MemStore {
 }
 
 impl Spill for MemStore {
-    fn append(&mut self, owner: u64, message: &Message) -> Result<SpillRef, SpillError> {
+    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, SpillError> {
         if self.records.len() >= self.capacity {
             return Err(SpillError::Full);
         }
         self.next += 1;
         self.appended += 1;
         self.records.insert(self.next, (owner, message.clone()));
-        Ok(SpillRef {
+        Ok(RecordRef {
             segment: 0,
             block: 0,
             at: self.next,
@@ -80,14 +81,14 @@ impl Spill for MemStore {
         })
     }
 
-    fn read(&mut self, at: SpillRef, owner: u64) -> Result<Message, SpillError> {
+    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, SpillError> {
         match self.records.get(&at.at) {
             Some((o, m)) if *o == owner => Ok(m.clone()),
             _ => Err(SpillError::Lost),
         }
     }
 
-    fn release(&mut self, at: SpillRef) {
+    fn release(&mut self, at: RecordRef) {
         let gone = self.records.remove(&at.at);
         assert!(gone.is_some(), "record {} released twice", at.at);
     }
