@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use shardmq_core::broker::ShardBuffer;
+use shardmq_core::buffer::{ShardBuffer, Store};
 use shardmq_core::codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, QoS};
 use shardmq_core::config::MemoryProfile;
 use shardmq_core::limits::ClientLimits;
@@ -68,14 +68,18 @@ fn connected() -> Connection {
     while conn.poll_event().is_some() {}
     conn.accept(now, None, None, Box::new(AllowAll));
     let mut buf = BytesMut::new();
-    conn.poll_transmit(now, &mut buf, WRITE_BATCH_BYTES);
+    conn.poll_transmit(
+        now,
+        &mut buf,
+        WRITE_BATCH_BYTES,
+        &mut ShardBuffer::memory_only().lease(1),
+    );
     conn
 }
 
 /// Sends everything queued, acknowledging each PUBLISH as a client would.
 /// Returns the messages sent.
-fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer<DiskSpill>>) -> usize {
-    let mut buffer = buffer;
+fn drain<S: Store>(conn: &mut Connection, buffer: &mut ShardBuffer<S>) -> usize {
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES * 2);
     let mut acks = BytesMut::new();
     let mut decoder = Decoder::new(1 << 20);
@@ -85,13 +89,7 @@ fn drain(conn: &mut Connection, buffer: Option<&mut ShardBuffer<DiskSpill>>) -> 
     loop {
         out.clear();
         let now = Instant::now();
-        let n = match buffer.as_deref_mut() {
-            Some(b) => {
-                let mut ctx = b.ctx(1);
-                conn.poll_transmit_with(now, &mut out, WRITE_BATCH_BYTES, Some(&mut ctx))
-            }
-            None => conn.poll_transmit(now, &mut out, WRITE_BATCH_BYTES),
-        };
+        let n = conn.poll_transmit(now, &mut out, WRITE_BATCH_BYTES, &mut buffer.lease(1));
         if n == 0 {
             assert_eq!(
                 conn.session().unwrap().inflight_len(),
@@ -143,8 +141,7 @@ fn deliver(c: &mut Criterion) {
             |(mut conn, mut shard)| {
                 let now = Instant::now();
                 for _ in 0..BACKLOG {
-                    let mut ctx = shard.ctx(1);
-                    conn.deliver_with(now, &m0, &d0, Some(&mut ctx));
+                    conn.deliver(now, &m0, &d0, &mut shard.lease(1));
                 }
                 (conn, shard)
             },
@@ -155,12 +152,13 @@ fn deliver(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let mut conn = connected();
+                let mut buffer = ShardBuffer::memory_only();
                 for _ in 0..BACKLOG {
-                    conn.deliver(Instant::now(), &m, &delivery);
+                    conn.deliver(Instant::now(), &m, &delivery, &mut buffer.lease(1));
                 }
-                conn
+                (conn, buffer)
             },
-            |mut conn| assert_eq!(drain(&mut conn, None), BACKLOG),
+            |(mut conn, mut buffer)| assert_eq!(drain(&mut conn, &mut buffer), BACKLOG),
             BatchSize::PerIteration,
         )
     });
@@ -190,14 +188,13 @@ fn deliver(c: &mut Criterion) {
                     let mut conn = connected();
                     let mut buffer = buffer.borrow_mut();
                     for _ in 0..BACKLOG {
-                        let mut ctx = buffer.ctx(1);
-                        conn.deliver_with(Instant::now(), &m, &delivery, Some(&mut ctx));
+                        conn.deliver(Instant::now(), &m, &delivery, &mut buffer.lease(1));
                     }
-                    buffer.store.as_mut().unwrap().buffer.flush().unwrap();
+                    buffer.store_mut().unwrap().buffer.flush().unwrap();
                     assert_eq!(conn.session().unwrap().spilled_len(), BACKLOG);
                     conn
                 },
-                |mut conn| assert_eq!(drain(&mut conn, Some(&mut buffer.borrow_mut())), BACKLOG),
+                |mut conn| assert_eq!(drain(&mut conn, &mut *buffer.borrow_mut()), BACKLOG),
                 BatchSize::PerIteration,
             )
         });

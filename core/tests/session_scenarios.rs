@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use shardmq_core::buffer::{memory_cost, MemoryOnly, ShardBuffer};
 use shardmq_core::codec::{
     decode_packet, AckKind, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe,
@@ -26,8 +27,8 @@ use shardmq_core::codec::{
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
-    memory_cost, AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message,
-    Permissions, SessionState, SharedMessage, Violation,
+    AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
+    SessionState, SharedMessage, Violation,
 };
 use shardmq_core::topic::{Filter, TopicName};
 
@@ -83,6 +84,8 @@ fn granted(qos: QoS) -> Delivery {
 struct Harness {
     now: Instant,
     conn: Connection,
+    /// The shard's buffer without a disk: queues bounded by memory alone.
+    buffer: ShardBuffer<MemoryOnly>,
 }
 
 impl Harness {
@@ -92,7 +95,13 @@ impl Harness {
         Harness {
             now,
             conn: Connection::new(now, limits),
+            buffer: ShardBuffer::memory_only(),
         }
+    }
+
+    /// Offers a routed message to the connection's session, as the shard does.
+    fn deliver(&mut self, now: Instant, m: &SharedMessage, d: &Delivery) -> Enqueued {
+        self.conn.deliver(now, m, d, &mut self.buffer.lease(1))
     }
 
     fn advance(&mut self, d: Duration) {
@@ -110,7 +119,11 @@ impl Harness {
     /// `poll_transmit` and decoded again as a client would.
     fn sent(&mut self) -> Vec<Packet> {
         let mut buf = BytesMut::new();
-        while self.conn.poll_transmit(self.now, &mut buf, 1 << 20) > 0 {}
+        while self
+            .conn
+            .poll_transmit(self.now, &mut buf, 1 << 20, &mut self.buffer.lease(1))
+            > 0
+        {}
         let version = self.conn.protocol_version();
         let mut out = Vec::new();
         while let Some(p) =
@@ -145,7 +158,9 @@ impl Harness {
             Box::new(AllowAll),
         );
         // CONNACK first; a resumed session's redeliveries follow it.
-        self.conn.poll_packet(self.now).expect("CONNACK")
+        self.conn
+            .poll_packet(self.now, &mut self.buffer.lease(1))
+            .expect("CONNACK")
     }
 
     fn connect_v5(&mut self, client_id: &str) -> Packet {
@@ -478,7 +493,7 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
     h.connect_with(c, None);
     for _ in 0..3 {
         assert_eq!(
-            h.conn.deliver(
+            h.deliver(
                 h.now,
                 &message("t", QoS::AtLeastOnce, b"m"),
                 &granted(QoS::AtLeastOnce)
@@ -509,12 +524,12 @@ fn short_acknowledgements_act_as_their_packets_do() {
     // [MQTT-4.3.3-5].
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("sub");
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::AtLeastOnce, b"1"),
         &granted(QoS::AtLeastOnce),
     );
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::ExactlyOnce, b"2"),
         &granted(QoS::ExactlyOnce),
@@ -553,7 +568,7 @@ fn short_acknowledgements_act_as_their_packets_do() {
 fn outgoing_qos2_runs_the_four_packet_exchange() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("sub");
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::ExactlyOnce, b"m"),
         &granted(QoS::ExactlyOnce),
@@ -579,7 +594,7 @@ fn outgoing_qos2_runs_the_four_packet_exchange() {
 fn delivery_qos_is_the_minimum_of_message_and_subscription() {
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("sub");
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::ExactlyOnce, b"m"),
         &granted(QoS::AtLeastOnce),
@@ -597,12 +612,12 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
     let mut c = connect(ProtocolVersion::V5, "sub", false);
     c.properties.session_expiry_interval = Some(300);
     h.connect_with(c.clone(), None);
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::AtLeastOnce, b"one"),
         &granted(QoS::AtLeastOnce),
     );
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::ExactlyOnce, b"two"),
         &granted(QoS::ExactlyOnce),
@@ -645,12 +660,14 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
 fn clean_start_discards_the_existing_session() {
     let mut h = Harness::new(ClientLimits::default());
     let mut old = SessionState::new("c1".into(), Duration::from_secs(60));
+    let mut buffer = ShardBuffer::memory_only();
     old.enqueue(
         h.now,
         &message("t", QoS::AtLeastOnce, b"old"),
         &granted(QoS::AtLeastOnce),
         false,
         &QueueLimit::default(),
+        &mut buffer.lease(1),
     );
     let ack = h.connect_with(connect(ProtocolVersion::V5, "c1", true), Some(old));
     assert!(!connack(&ack).session_present);
@@ -661,6 +678,7 @@ fn clean_start_discards_the_existing_session() {
 fn offline_session_queues_qos1_and_drops_qos0() {
     let now = Instant::now();
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let mut buffer = ShardBuffer::memory_only();
     let limit = QueueLimit::default();
     assert_eq!(
         s.enqueue(
@@ -668,7 +686,8 @@ fn offline_session_queues_qos1_and_drops_qos0() {
             &message("t", QoS::AtMostOnce, b"0"),
             &granted(QoS::AtMostOnce),
             false,
-            &limit
+            &limit,
+            &mut buffer.lease(1)
         ),
         Enqueued::Discarded
     );
@@ -678,7 +697,8 @@ fn offline_session_queues_qos1_and_drops_qos0() {
             &message("t", QoS::AtLeastOnce, b"1"),
             &granted(QoS::AtLeastOnce),
             false,
-            &limit
+            &limit,
+            &mut buffer.lease(1)
         ),
         Enqueued::Queued
     );
@@ -689,6 +709,7 @@ fn offline_session_queues_qos1_and_drops_qos0() {
 fn queue_limit_drop_oldest_keeps_the_newest_messages() {
     let now = Instant::now();
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let mut buffer = ShardBuffer::memory_only();
     let limit = QueueLimit {
         length_max: NonZeroU32::new(2),
         strategy: QueueFullStrategy::DropOldest,
@@ -701,6 +722,7 @@ fn queue_limit_drop_oldest_keeps_the_newest_messages() {
             &granted(QoS::AtLeastOnce),
             false,
             &limit,
+            &mut buffer.lease(1),
         );
     }
     assert_eq!(s.queued_len(), 2);
@@ -732,12 +754,20 @@ fn queue_without_a_buffer_is_bounded_in_bytes_as_well_as_messages() {
     let small = message("t", QoS::AtLeastOnce, &[1; 100]);
     let cost = memory_cost(&small);
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let mut buffer = ShardBuffer::memory_only();
     let none = QueueLimit {
         bytes_max: 3 * cost,
         ..QueueLimit::default()
     };
-    let offer = |s: &mut SessionState, m: &SharedMessage, l: &QueueLimit| {
-        s.enqueue(now, m, &granted(QoS::AtLeastOnce), false, l)
+    let mut offer = |s: &mut SessionState, m: &SharedMessage, l: &QueueLimit| {
+        s.enqueue(
+            now,
+            m,
+            &granted(QoS::AtLeastOnce),
+            false,
+            l,
+            &mut buffer.lease(1),
+        )
     };
     for _ in 0..3 {
         assert_eq!(offer(&mut s, &small, &none), Enqueued::Queued);
@@ -763,20 +793,17 @@ fn queue_without_a_buffer_is_bounded_in_bytes_as_well_as_messages() {
 fn queue_limit_none_rejects_new_messages() {
     let now = Instant::now();
     let mut s = SessionState::new("c1".into(), Duration::from_secs(60));
+    let mut buffer = ShardBuffer::memory_only();
     let limit = QueueLimit {
         length_max: NonZeroU32::new(1),
         strategy: QueueFullStrategy::None,
         ..QueueLimit::default()
     };
     let m = message("t", QoS::AtLeastOnce, b"m");
-    assert_eq!(
-        s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit),
-        Enqueued::Queued
-    );
-    assert_eq!(
-        s.enqueue(now, &m, &granted(QoS::AtLeastOnce), false, &limit),
-        Enqueued::RejectedQueueFull
-    );
+    let d = granted(QoS::AtLeastOnce);
+    let mut offer = || s.enqueue(now, &m, &d, false, &limit, &mut buffer.lease(1));
+    assert_eq!(offer(), Enqueued::Queued);
+    assert_eq!(offer(), Enqueued::RejectedQueueFull);
 }
 
 #[test]
@@ -1052,7 +1079,7 @@ fn outbound_topic_aliases_stay_within_the_clients_maximum() {
     c.properties.topic_alias_maximum = Some(1);
     h.connect_with(c, None);
     for t in ["a", "a", "b"] {
-        h.conn.deliver(
+        h.deliver(
             h.now,
             &message(t, QoS::AtMostOnce, b"m"),
             &granted(QoS::AtMostOnce),
@@ -1088,8 +1115,8 @@ fn expired_messages_are_not_delivered_and_remaining_expiry_is_sent() {
     };
     let short = mk(5);
     let long = mk(100);
-    h.conn.deliver(h.now, &short, &granted(QoS::AtLeastOnce));
-    h.conn.deliver(h.now, &long, &granted(QoS::AtLeastOnce));
+    h.deliver(h.now, &short, &granted(QoS::AtLeastOnce));
+    h.deliver(h.now, &long, &granted(QoS::AtLeastOnce));
     h.now += Duration::from_secs(10);
     match h.sent().as_slice() {
         [Packet::Publish(p)] => assert_eq!(p.properties.message_expiry_interval, Some(90)),
@@ -1258,18 +1285,20 @@ fn publish_larger_than_clients_maximum_packet_size_is_dropped_and_counted() {
     c.properties.maximum_packet_size = Some(64);
     h.connect_with(c, None);
     static BIG: [u8; 200] = [0u8; 200];
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::AtLeastOnce, &BIG),
         &granted(QoS::AtLeastOnce),
     );
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &message("t", QoS::AtLeastOnce, b"small"),
         &granted(QoS::AtLeastOnce),
     );
     let mut buf = BytesMut::new();
-    let n = h.conn.poll_transmit(h.now, &mut buf, 1 << 16);
+    let n = h
+        .conn
+        .poll_transmit(h.now, &mut buf, 1 << 16, &mut h.buffer.lease(1));
     assert_eq!(n, 1);
     let s = h.conn.session().unwrap();
     assert_eq!(s.stats.dropped_too_large, 1);
@@ -1288,7 +1317,7 @@ fn a_topic_alias_is_not_taken_by_a_publish_dropped_as_too_large() {
     h.connect_with(c, None);
     static BIG: [u8; 200] = [0u8; 200];
     for payload in [&BIG[..], b"small", b"again"] {
-        h.conn.deliver(
+        h.deliver(
             h.now,
             &message("t", QoS::AtMostOnce, payload),
             &granted(QoS::AtMostOnce),
@@ -1314,8 +1343,8 @@ fn retained_delivery_sets_retain_and_normal_forwarding_clears_it() {
     let mut m = (*message("t", QoS::AtMostOnce, b"m")).clone();
     m.retain = true;
     let m = Arc::new(m);
-    h.conn.deliver(h.now, &m, &granted(QoS::AtMostOnce));
-    h.conn.deliver(
+    h.deliver(h.now, &m, &granted(QoS::AtMostOnce));
+    h.deliver(
         h.now,
         &m,
         &Delivery {
@@ -1323,7 +1352,7 @@ fn retained_delivery_sets_retain_and_normal_forwarding_clears_it() {
             ..Delivery::default()
         },
     );
-    h.conn.deliver(
+    h.deliver(
         h.now,
         &m,
         &Delivery {
@@ -1385,7 +1414,7 @@ fn message_delivered_after_close_but_before_the_broker_detaches_is_kept() {
     h.connect_with(c, None);
     h.recv(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     assert_eq!(
-        h.conn.deliver(
+        h.deliver(
             h.now,
             &message("t", QoS::AtLeastOnce, b"late"),
             &granted(QoS::AtLeastOnce)

@@ -1,5 +1,5 @@
 //! Scenario tests for the session queue with a disk buffer behind it, on a
-//! fake clock and an in-memory fake `Spill`: spilling past the memory
+//! fake clock and an in-memory fake `Store`: spilling past the memory
 //! budget, draining in order [MQTT-4.6.0-1], lost records, the full-buffer
 //! strategies, and moving a queue between shards.
 // The fake clock's base instant comes from the clock once (core's clippy.toml
@@ -17,21 +17,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use proptest::prelude::*;
-use shardmq_core::buffer::RecordRef;
+use shardmq_core::buffer::{memory_cost, Lease, RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
     Connect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
 };
-use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
+use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit, SESSION_SHARES};
 use shardmq_core::session::{
-    memory_cost, AllowAll, Connection, Delivery, Enqueued, Event, Message, SessionState,
-    SharedMessage, Spill, SpillCtx, SpillError,
+    AllowAll, Connection, Delivery, Enqueued, Event, Message, SessionState, SharedMessage,
 };
 use shardmq_core::topic::TopicName;
 
 /// An in-memory disk buffer: records by id, an optional capacity, and ids
 /// to report as corrupt.
 #[derive(Default)]
-struct FakeSpill {
+struct FakeStore {
     records: HashMap<u32, (u64, Message)>,
     next: u32,
     capacity: Option<usize>,
@@ -40,10 +39,10 @@ struct FakeSpill {
     released: u64,
 }
 
-impl Spill for FakeSpill {
-    fn append(&mut self, owner: u64, m: &Message) -> Result<RecordRef, SpillError> {
+impl Store for FakeStore {
+    fn append(&mut self, owner: u64, m: &Message) -> Result<RecordRef, StoreError> {
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
-            return Err(SpillError::Full);
+            return Err(StoreError::Full);
         }
         self.next += 1;
         self.records.insert(self.next, (owner, m.clone()));
@@ -56,13 +55,13 @@ impl Spill for FakeSpill {
         })
     }
 
-    fn read(&mut self, r: RecordRef, owner: u64) -> Result<Message, SpillError> {
+    fn read(&mut self, r: RecordRef, owner: u64) -> Result<Message, StoreError> {
         if self.corrupt.contains(&r.at) {
-            return Err(SpillError::Lost);
+            return Err(StoreError::Lost);
         }
         match self.records.get(&r.at) {
             Some((o, m)) if *o == owner => Ok(m.clone()),
-            _ => Err(SpillError::Lost),
+            _ => Err(StoreError::Lost),
         }
     }
 
@@ -75,32 +74,34 @@ impl Spill for FakeSpill {
 /// What every fake record counts against a session's disk share.
 const RECORD_LEN: u32 = 100;
 
-/// The fake buffer plus the shard's memory counter, as a shard holds them.
+/// The fake store in a shard's buffer, with its memory accounting.
 struct Shard {
-    spill: FakeSpill,
-    memory_bytes: u64,
-    budget: u64,
-    disk_share: u64,
+    buffer: ShardBuffer<FakeStore>,
 }
 
 impl Shard {
     fn new(budget: u64) -> Shard {
+        Shard::with_disk_share(budget, u64::MAX)
+    }
+
+    /// A shard whose sessions may each hold `disk_share` record bytes.
+    fn with_disk_share(budget: u64, disk_share: u64) -> Shard {
+        let store_bytes = disk_share.saturating_mul(SESSION_SHARES);
         Shard {
-            spill: FakeSpill::default(),
-            memory_bytes: 0,
-            budget,
-            disk_share: u64::MAX,
+            buffer: ShardBuffer::new(Some(FakeStore::default()), budget, store_bytes),
         }
     }
 
-    fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
-        SpillCtx {
-            spill: &mut self.spill,
-            owner,
-            memory_bytes: &mut self.memory_bytes,
-            memory_budget_bytes: self.budget,
-            disk_share_bytes: self.disk_share,
-        }
+    fn lease(&mut self, owner: u64) -> Lease<'_> {
+        self.buffer.lease(owner)
+    }
+
+    fn store(&mut self) -> &mut FakeStore {
+        self.buffer.store_mut().unwrap()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.buffer.memory_bytes()
     }
 }
 
@@ -144,7 +145,7 @@ fn offer(state: &mut SessionState, shard: &mut Shard, i: usize, l: &QueueLimit) 
 }
 
 fn discard(state: &mut SessionState, shard: &mut Shard) {
-    state.discard_queue(&mut shard.ctx(OWNER));
+    state.discard_queue(&mut shard.lease(OWNER));
 }
 
 /// `offer` of message `i` at `qos`, granted `qos`, to an offline session.
@@ -155,13 +156,13 @@ fn offer_at(
     l: &QueueLimit,
     qos: QoS,
 ) -> Enqueued {
-    state.enqueue_with(
+    state.enqueue(
         Instant::now(),
         &message(i, qos),
         &granted(qos),
         false,
         l,
-        Some(&mut shard.ctx(OWNER)),
+        &mut shard.lease(OWNER),
     )
 }
 
@@ -191,7 +192,9 @@ fn resume_with(state: SessionState, limits: ClientLimits, expiry_secs: u32) -> C
     );
     assert!(matches!(conn.poll_event(), Some(Event::Connect(_))));
     conn.accept(now, Some(state), None, Box::new(AllowAll));
-    assert!(matches!(conn.poll_packet(now), Some(Packet::ConnAck(_))));
+    let mut no_disk = ShardBuffer::memory_only();
+    let connack = conn.poll_packet(now, &mut no_disk.lease(OWNER));
+    assert!(matches!(connack, Some(Packet::ConnAck(_))));
     conn
 }
 
@@ -199,7 +202,7 @@ fn resume_with(state: SessionState, limits: ClientLimits, expiry_secs: u32) -> C
 fn drain(conn: &mut Connection, shard: &mut Shard) -> Vec<String> {
     let now = Instant::now();
     let mut out = Vec::new();
-    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
+    while let Some(p) = conn.poll_packet(now, &mut shard.lease(OWNER)) {
         if let Packet::Publish(p) = p {
             out.push(String::from_utf8(p.payload.to_vec()).unwrap());
             assert_eq!(p.properties.subscription_identifiers, vec![3]);
@@ -222,7 +225,7 @@ fn poll_ids(conn: &mut Connection, shard: &mut Shard, sent: &mut Vec<String>) ->
 /// Every packet the connection sends now, with the buffer lent.
 fn poll_all(conn: &mut Connection, shard: &mut Shard) -> Vec<Packet> {
     let now = Instant::now();
-    std::iter::from_fn(|| conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER)))).collect()
+    std::iter::from_fn(|| conn.poll_packet(now, &mut shard.lease(OWNER))).collect()
 }
 
 /// The client answers `id` with a successful `kind` (PUBACK, PUBREC, ...).
@@ -265,11 +268,11 @@ fn a_session_keeps_at_most_its_share_of_the_memory_budget_then_spills() {
         0,
         "the healthy session stays in memory"
     );
-    assert_eq!(shard.memory_bytes, 4 * cost());
+    assert_eq!(shard.memory_bytes(), 4 * cost());
     discard(&mut stuck, &mut shard);
     discard(&mut healthy, &mut shard);
-    assert_eq!(shard.memory_bytes, 0);
-    assert_eq!(shard.spill.records.len(), 0);
+    assert_eq!(shard.memory_bytes(), 0);
+    assert_eq!(shard.store().records.len(), 0);
 }
 
 #[test]
@@ -277,8 +280,7 @@ fn a_session_past_its_disk_share_is_full_while_the_buffer_has_room() {
     // With the disk buffer, one non-reading subscriber took the shard's
     // whole share of maxSize; now it takes its own share and then its
     // strategy applies, and another session still spills.
-    let mut shard = Shard::new(0);
-    shard.disk_share = 3 * u64::from(RECORD_LEN);
+    let mut shard = Shard::with_disk_share(0, 3 * u64::from(RECORD_LEN));
     let none = limit(1000, QueueFullStrategy::None);
     let mut stuck = SessionState::new("stuck".into(), Duration::from_secs(60));
     for i in 0..3 {
@@ -291,10 +293,10 @@ fn a_session_past_its_disk_share_is_full_while_the_buffer_has_room() {
     );
     assert_eq!(stuck.stats.dropped_queue_full, 1);
     let mut other = SessionState::new("other".into(), Duration::from_secs(60));
-    let mut ctx = shard.ctx(OWNER + 1);
+    let mut lease = shard.lease(OWNER + 1);
     let m = message(9, QoS::AtLeastOnce);
     let d = granted(QoS::AtLeastOnce);
-    let outcome = other.enqueue_with(Instant::now(), &m, &d, false, &none, Some(&mut ctx));
+    let outcome = other.enqueue(Instant::now(), &m, &d, false, &none, &mut lease);
     assert_eq!(outcome, Enqueued::Queued);
     assert_eq!(other.spilled_len(), 1);
     // DropOldest makes room within the share: the oldest record goes.
@@ -320,12 +322,12 @@ fn offline_queue_spills_past_the_memory_budget_and_drains_in_order() {
     }
     assert_eq!(state.queued_len(), 100);
     assert_eq!(state.spilled_len(), 90);
-    assert_eq!(shard.memory_bytes, 10 * cost());
+    assert_eq!(shard.memory_bytes(), 10 * cost());
     let mut conn = resume(state);
     assert_eq!(drain(&mut conn, &mut shard), expected(0..100));
-    assert_eq!(shard.spill.released, 90);
-    assert!(shard.spill.records.is_empty());
-    assert_eq!(shard.memory_bytes, 0);
+    assert_eq!(shard.store().released, 90);
+    assert!(shard.store().records.is_empty());
+    assert_eq!(shard.memory_bytes(), 0);
 }
 
 #[test]
@@ -364,13 +366,13 @@ fn spilled_messages_in_flight_are_bounded_memory_ones_use_the_full_window() {
     assert_eq!(sent, expected(0..12), "order kept [MQTT-4.6.0-1]");
     // A spilled message's record is held until its PUBACK, and released at
     // the writer's next turn.
-    assert_eq!(shard.spill.released, 1);
+    assert_eq!(shard.store().released, 1);
     for id in &last {
         respond(&mut conn, Packet::PubAck, *id);
     }
     poll_ids(&mut conn, &mut shard, &mut sent);
-    assert_eq!(shard.spill.released, 4);
-    assert!(shard.spill.records.is_empty());
+    assert_eq!(shard.store().released, 4);
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
@@ -387,22 +389,37 @@ fn queue_length_limit_bounds_messages_in_memory_not_on_disk() {
 #[test]
 fn memory_is_used_again_once_the_budget_frees_and_order_holds() {
     let mut shard = Shard::new(3 * cost());
-    let mut state = session();
     let l = limit(1000, QueueFullStrategy::None);
+    // Another session holds the whole budget: these spill.
+    let mut other = SessionState::new("other".into(), Duration::from_secs(60));
+    let mut lease = shard.lease(OWNER + 1);
+    for i in 0..3 {
+        let m = message(100 + i, QoS::AtLeastOnce);
+        other.enqueue(
+            Instant::now(),
+            &m,
+            &granted(QoS::AtLeastOnce),
+            false,
+            &l,
+            &mut lease,
+        );
+    }
+    let mut state = session();
     for i in 0..6 {
         offer(&mut state, &mut shard, i, &l);
     }
-    // Another session's memory leaves: new messages fit in memory again,
+    assert_eq!(state.spilled_len(), 6);
+    // The other session's memory leaves: new messages fit in memory again,
     // behind the spilled ones.
-    shard.memory_bytes = 0;
+    other.discard_queue(&mut shard.lease(OWNER + 1));
     for i in 6..8 {
         offer(&mut state, &mut shard, i, &l);
     }
-    assert_eq!(state.spilled_len(), 3);
-    // Re-derive the counter as a shard would (its own sessions only).
-    shard.memory_bytes = state.memory_bytes();
+    assert_eq!(state.spilled_len(), 6);
+    assert_eq!(shard.memory_bytes(), 2 * cost());
     let mut conn = resume(state);
     assert_eq!(drain(&mut conn, &mut shard), expected(0..8));
+    assert_eq!(shard.memory_bytes(), 0);
 }
 
 #[test]
@@ -413,20 +430,20 @@ fn corrupt_spilled_record_is_counted_lost_released_and_skipped() {
     for i in 0..5 {
         offer(&mut state, &mut shard, i, &l);
     }
-    shard.spill.corrupt.push(3); // the record of message 2
+    shard.store().corrupt.push(3); // the record of message 2
     let mut conn = resume(state);
     assert_eq!(
         drain(&mut conn, &mut shard),
         vec!["000000", "000001", "000003", "000004"]
     );
     assert_eq!(conn.session().unwrap().stats.dropped_lost, 1);
-    assert_eq!(shard.spill.released, 5);
+    assert_eq!(shard.store().released, 5);
 }
 
 #[test]
 fn full_buffer_with_strategy_none_rejects_the_new_message() {
     let mut shard = Shard::new(2 * cost());
-    shard.spill.capacity = Some(3);
+    shard.store().capacity = Some(3);
     let mut state = session();
     let l = limit(1000, QueueFullStrategy::None);
     for i in 0..5 {
@@ -444,7 +461,7 @@ fn full_buffer_with_strategy_none_rejects_the_new_message() {
 #[test]
 fn full_buffer_with_drop_oldest_drops_the_oldest_and_keeps_the_newest() {
     let mut shard = Shard::new(2 * cost());
-    shard.spill.capacity = Some(3);
+    shard.store().capacity = Some(3);
     let mut state = session();
     let l = limit(1000, QueueFullStrategy::DropOldest);
     for i in 0..5 {
@@ -456,19 +473,19 @@ fn full_buffer_with_drop_oldest_drops_the_oldest_and_keeps_the_newest() {
         Enqueued::DroppedOldest
     );
     assert_eq!(state.queued_len(), 5);
-    assert_eq!(shard.memory_bytes, 2 * cost());
+    assert_eq!(shard.memory_bytes(), 2 * cost());
     let mut conn = resume(state);
     assert_eq!(
         drain(&mut conn, &mut shard),
         vec!["000001", "000002", "000003", "000004", "000005"]
     );
-    assert!(shard.spill.records.is_empty());
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
 fn drop_oldest_on_disk_releases_its_record() {
     let mut shard = Shard::new(0);
-    shard.spill.capacity = Some(3);
+    shard.store().capacity = Some(3);
     let mut state = session();
     let l = limit(1000, QueueFullStrategy::DropOldest);
     for i in 0..3 {
@@ -480,7 +497,7 @@ fn drop_oldest_on_disk_releases_its_record() {
         offer(&mut state, &mut shard, 3, &l),
         Enqueued::DroppedOldest
     );
-    assert_eq!(shard.spill.released, 1);
+    assert_eq!(shard.store().released, 1);
     let mut conn = resume(state);
     assert_eq!(drain(&mut conn, &mut shard), expected(1..4));
 }
@@ -494,36 +511,20 @@ fn expired_spilled_message_is_dropped_at_drain() {
     let mut m = (*message(0, QoS::AtLeastOnce)).clone();
     m.expires_at = Some(now + Duration::from_millis(1));
     let l = limit(1000, QueueFullStrategy::None);
-    state.enqueue_with(
+    state.enqueue(
         now,
         &Arc::new(m),
         &granted(QoS::AtLeastOnce),
         false,
         &l,
-        Some(&mut shard.ctx(OWNER)),
+        &mut shard.lease(OWNER),
     );
     offer(&mut state, &mut shard, 1, &l);
     std::thread::sleep(Duration::from_millis(2));
     let mut conn = resume(state);
     assert_eq!(drain(&mut conn, &mut shard), vec!["000001"]);
     assert_eq!(conn.session().unwrap().stats.dropped_expired, 1);
-    assert!(shard.spill.records.is_empty());
-}
-
-#[test]
-fn drain_without_the_buffer_leaves_spilled_messages_queued() {
-    let mut shard = Shard::new(0);
-    let mut state = session();
-    offer(
-        &mut state,
-        &mut shard,
-        0,
-        &limit(10, QueueFullStrategy::None),
-    );
-    let mut conn = resume(state);
-    assert!(conn.poll_packet(Instant::now()).is_none());
-    assert_eq!(conn.session().unwrap().queued_len(), 1);
-    assert_eq!(drain(&mut conn, &mut shard), vec!["000000"]);
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
@@ -534,16 +535,16 @@ fn unspill_reads_the_queue_back_for_another_shard_and_releases_it() {
     for i in 0..10 {
         offer(&mut state, &mut from, i, &l);
     }
-    from.spill.corrupt.push(2); // message 5's record
-    state.unspill(&mut from.ctx(OWNER));
+    from.store().corrupt.push(2); // message 5's record
+    state.unspill(&mut from.lease(OWNER));
     assert_eq!(state.spilled_len(), 0);
     assert_eq!(state.stats.dropped_lost, 1);
-    assert!(from.spill.records.is_empty());
+    assert!(from.store().records.is_empty());
     // The new shard takes it over its budget, then spills the excess.
     let mut to = Shard::new(3 * cost());
-    to.memory_bytes = state.memory_bytes();
-    state.spill_excess(&l, &mut to.ctx(OWNER));
-    assert_eq!(to.memory_bytes, 3 * cost());
+    to.buffer.join(state.held());
+    state.spill_excess(&l, &mut to.lease(OWNER));
+    assert_eq!(to.memory_bytes(), 3 * cost());
     assert_eq!(state.spilled_len(), 6);
     let mut conn = resume(state);
     let mut want = expected(0..10);
@@ -559,10 +560,10 @@ fn discarding_a_queue_releases_every_record_and_its_memory() {
     for i in 0..6 {
         offer(&mut state, &mut shard, i, &l);
     }
-    state.discard_queue(&mut shard.ctx(OWNER));
+    state.discard_queue(&mut shard.lease(OWNER));
     assert_eq!(state.queued_len(), 0);
-    assert_eq!(shard.memory_bytes, 0);
-    assert!(shard.spill.records.is_empty());
+    assert_eq!(shard.memory_bytes(), 0);
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
@@ -587,8 +588,8 @@ fn session_ended_with_the_connection_is_handed_out_for_release() {
     assert!(closed.is_none());
     let mut ended = conn.take_ended_session().unwrap();
     assert_eq!(ended.spilled_len(), 1);
-    ended.discard_queue(&mut shard.ctx(OWNER));
-    assert!(shard.spill.records.is_empty());
+    ended.discard_queue(&mut shard.lease(OWNER));
+    assert!(shard.store().records.is_empty());
 }
 
 /// Ends `conn` as a lost connection and returns the session it keeps.
@@ -606,7 +607,7 @@ fn lose(conn: &mut Connection) -> SessionState {
 fn poll_publishes(conn: &mut Connection, shard: &mut Shard) -> Vec<(String, PacketId, bool)> {
     let now = Instant::now();
     let mut out = Vec::new();
-    while let Some(p) = conn.poll_packet_with(now, Some(&mut shard.ctx(OWNER))) {
+    while let Some(p) = conn.poll_packet(now, &mut shard.lease(OWNER)) {
         if let Packet::Publish(p) = p {
             let payload = String::from_utf8(p.payload.to_vec()).unwrap();
             out.push((payload, p.packet_id.unwrap(), p.dup));
@@ -631,12 +632,12 @@ fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() 
     assert_eq!(first.len(), 3);
     assert!(first.iter().all(|(_, _, dup)| !dup));
     // In flight from disk: the records stay until acknowledged.
-    assert_eq!(shard.spill.released, 0);
+    assert_eq!(shard.store().released, 0);
     let state = lose(&mut conn);
     assert_eq!(state.spilled_len(), 0);
     assert_eq!(state.buffer_records(), 3);
-    assert_eq!(state.spilled_refs().len(), 3);
-    assert_eq!(state.first_spilled_ref(), Some(state.spilled_refs()[0]));
+    assert_eq!(state.buffer_refs().len(), 3);
+    assert_eq!(state.first_buffer_ref(), Some(state.buffer_refs()[0]));
     let mut conn = resume(state);
     let again = poll_publishes(&mut conn, &mut shard);
     let expect: Vec<_> = first
@@ -648,8 +649,8 @@ fn a_spilled_message_in_flight_is_resent_from_disk_and_released_on_its_puback() 
         respond(&mut conn, Packet::PubAck, *id);
     }
     assert!(poll_publishes(&mut conn, &mut shard).is_empty());
-    assert_eq!(shard.spill.released, 3);
-    assert!(shard.spill.records.is_empty());
+    assert_eq!(shard.store().released, 3);
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
@@ -678,7 +679,7 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
             ReasonCode::Success
         ))]
     );
-    assert_eq!(shard.spill.released, 1);
+    assert_eq!(shard.store().released, 1);
     let state = lose(&mut conn);
     assert_eq!(state.buffer_records(), 1);
     let mut conn = resume(state);
@@ -696,8 +697,8 @@ fn a_spilled_qos2_message_keeps_its_record_until_pubrec_then_only_pubrel_is_rese
     respond(&mut conn, Packet::PubComp, sent[1].1);
     poll_all(&mut conn, &mut shard);
     assert_eq!(conn.session().unwrap().inflight_len(), 0);
-    assert_eq!(shard.spill.released, 2);
-    assert!(shard.spill.records.is_empty());
+    assert_eq!(shard.store().released, 2);
+    assert!(shard.store().records.is_empty());
 }
 
 #[test]
@@ -712,8 +713,8 @@ fn an_in_flight_spilled_message_that_cannot_be_read_again_ends_its_exchange() {
     assert_eq!(poll_publishes(&mut conn, &mut shard).len(), 2);
     let state = lose(&mut conn);
     // The first record is damaged while the client is away.
-    let first = state.spilled_refs()[0];
-    shard.spill.corrupt.push(first.at);
+    let first = state.buffer_refs()[0];
+    shard.store().corrupt.push(first.at);
     let mut conn = resume(state);
     let again = poll_publishes(&mut conn, &mut shard);
     assert_eq!(again.len(), 1, "only the readable one is resent");
@@ -722,8 +723,8 @@ fn an_in_flight_spilled_message_that_cannot_be_read_again_ends_its_exchange() {
     assert_eq!(s.stats.dropped_lost, 1);
     assert_eq!(s.inflight_len(), 1, "the lost exchange ended");
     // Its record was released at the writer's turn; the other is held.
-    assert_eq!(shard.spill.released, 1);
-    assert_eq!(shard.spill.records.len(), 1);
+    assert_eq!(shard.store().released, 1);
+    assert_eq!(shard.store().records.len(), 1);
 }
 
 #[test]
@@ -744,24 +745,26 @@ fn discard_and_unspill_account_for_spilled_messages_in_flight() {
     // The session ends: every record it holds is released.
     let mut state = in_flight(&mut shard);
     assert_eq!(state.buffer_records(), 4);
-    state.discard_queue(&mut shard.ctx(OWNER));
-    assert!(shard.spill.records.is_empty());
+    state.discard_queue(&mut shard.lease(OWNER));
+    assert!(shard.store().records.is_empty());
     assert_eq!(state.buffer_records(), 0);
 
     // The session moves to another shard: in-flight messages come back
     // into memory and are resent from there, without this buffer.
     let mut state = in_flight(&mut shard);
-    state.unspill(&mut shard.ctx(OWNER));
-    assert!(shard.spill.records.is_empty());
+    state.unspill(&mut shard.lease(OWNER));
+    assert!(shard.store().records.is_empty());
     assert_eq!(state.buffer_records(), 0);
     let mut conn = resume(state);
     let now = Instant::now();
-    let resent: Vec<String> = std::iter::from_fn(|| conn.poll_packet(now))
-        .filter_map(|p| match p {
-            Packet::Publish(p) if p.dup => Some(String::from_utf8(p.payload.to_vec()).unwrap()),
-            _ => None,
-        })
-        .collect();
+    let mut no_disk = ShardBuffer::memory_only();
+    let resent: Vec<String> =
+        std::iter::from_fn(|| conn.poll_packet(now, &mut no_disk.lease(OWNER)))
+            .filter_map(|p| match p {
+                Packet::Publish(p) if p.dup => Some(String::from_utf8(p.payload.to_vec()).unwrap()),
+                _ => None,
+            })
+            .collect();
     assert_eq!(resent, expected(1..4));
 }
 
@@ -788,11 +791,11 @@ proptest! {
             if op == 0 {
                 got.extend(drain(&mut conn, &mut shard));
             } else {
-                let outcome = conn.deliver_with(
+                let outcome = conn.deliver(
                     now,
                     &message(sent, QoS::AtLeastOnce),
                     &granted(QoS::AtLeastOnce),
-                    Some(&mut shard.ctx(OWNER)),
+                    &mut shard.lease(OWNER),
                 );
                 prop_assert_eq!(outcome, Enqueued::Queued);
                 sent += 1;
@@ -800,8 +803,8 @@ proptest! {
         }
         got.extend(drain(&mut conn, &mut shard));
         prop_assert_eq!(got, expected(0..sent));
-        prop_assert!(shard.spill.records.is_empty());
-        prop_assert_eq!(shard.spill.released, shard.spill.appended);
-        prop_assert_eq!(shard.memory_bytes, 0);
+        prop_assert!(shard.store().records.is_empty());
+        prop_assert_eq!(shard.store().released, shard.store().appended);
+        prop_assert_eq!(shard.memory_bytes(), 0);
     }
 }

@@ -291,20 +291,20 @@ fn memory_and_records_return_to_zero_when_sessions_end() {
             let inv = shard.inventory();
             let buffer = shard.buffer();
             if inv.memory_bytes != 0
-                || buffer.store.as_ref().map_or(0, |s| s.live()) != 0
+                || buffer.store().map_or(0, |s| s.live()) != 0
                 || inv.pending != 0
             {
                 sim.fail(&format!(
                     "shard {i} holds {} queued bytes, {} records, {} continuations after every session ended",
                     inv.memory_bytes,
-                    buffer.store.as_ref().map_or(0, |s| s.live()),
+                    buffer.store().map_or(0, |s| s.live()),
                     inv.pending
                 ));
             }
             if !inv.online.is_empty() || !inv.offline.is_empty() || inv.client_ids != 0 {
                 sim.fail(&format!("shard {i} still holds sessions: {inv:?}"));
             }
-            spilled += buffer.store.as_ref().map_or(0, |s| s.appended);
+            spilled += buffer.store().map_or(0, |s| s.appended);
         }
     }
     assert!(

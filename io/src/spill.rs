@@ -1,13 +1,13 @@
-//! A shard's disk buffer as its sessions' queues see it: `Spill` over
+//! A shard's disk buffer as its sessions' queues see it: `Store` over
 //! `DiskBuffer`, and the settings a shard opens its buffer with. Owns no
 //! session state; the queues hold the references
-//! (`shardmq_core::buffer::RecordRef`), the shard (`broker::ShardBuffer`)
+//! (`shardmq_core::buffer::RecordRef`), the shard (`buffer::ShardBuffer`)
 //! the memory accounting.
 
 use std::path::PathBuf;
 
-use shardmq_core::buffer::RecordRef;
-use shardmq_core::session::{Message, Spill, SpillError};
+use shardmq_core::buffer::{RecordRef, Store, StoreError};
+use shardmq_core::session::Message;
 use tracing::warn;
 
 use crate::buffer::{BufferError, BufferStats, DiskBuffer};
@@ -22,7 +22,7 @@ pub struct BufferSpec {
     pub segment_bytes: u64,
 }
 
-/// The `Spill` side of a shard's buffer.
+/// The `Store` side of a shard's buffer.
 #[derive(Debug)]
 pub struct DiskSpill {
     pub buffer: DiskBuffer,
@@ -40,8 +40,8 @@ impl DiskSpill {
     }
 }
 
-impl Spill for DiskSpill {
-    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, SpillError> {
+impl Store for DiskSpill {
+    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, StoreError> {
         match self.buffer.append(owner, message) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -50,21 +50,21 @@ impl Spill for DiskSpill {
                 if self.refused % 1024 == 1 {
                     warn!(dir = %self.buffer.dir().display(), error = %e, refused = self.refused, "disk buffer refused a message");
                 }
-                Err(SpillError::Full)
+                Err(StoreError::Full)
             }
         }
     }
 
-    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, SpillError> {
+    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, StoreError> {
         self.buffer.read(at, owner).map_err(|e| {
             if matches!(e, BufferError::Closed) {
                 // The broker is stopping; nothing is lost that was kept.
-                return SpillError::Unavailable;
+                return StoreError::Unavailable;
             }
             warn!(dir = %self.buffer.dir().display(), error = %e, "buffered message lost");
             match e {
-                BufferError::Corrupt(_) | BufferError::UnknownRecord(_) => SpillError::Lost,
-                _ => SpillError::Unavailable,
+                BufferError::Corrupt(_) | BufferError::UnknownRecord(_) => StoreError::Lost,
+                _ => StoreError::Unavailable,
             }
         })
     }

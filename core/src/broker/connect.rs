@@ -11,14 +11,15 @@ use bytestring::ByteString;
 
 use super::pending::Pending;
 use super::{
-    Admission, Adopting, Answer, Claim, ConnId, Decision, MeshMsg, Notice, Output, RequestId,
-    SessionId, Shard, ShardId,
+    Admission, Answer, Claim, ConnId, Decision, MeshMsg, Notice, Output, RequestId, SessionId,
+    Shard, ShardId,
 };
+use crate::buffer::Store;
 use crate::codec::ReasonCode;
-use crate::session::{ConnectRequest, SessionState, Spill};
+use crate::session::{ConnectRequest, SessionState};
 use crate::topic::Filter;
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// `Event::Connect`: name the client (assigning an id if it sent none)
     /// and ask the runtime to authenticate it.
     pub(super) fn start_connect(&mut self, conn: ConnId, mut request: ConnectRequest) {
@@ -187,15 +188,7 @@ impl<S: Spill> Shard<S> {
                     self.expect_arrival(session, self.id, client_id.clone());
                 }
                 let state = self.take_local(old, true, moving_to, now);
-                let b = &mut self.buffer;
-                if let Some(st) = state.as_ref().filter(|st| st.buffer_records() > 0) {
-                    let adopting = Adopting {
-                        owner: b.owner_of(old),
-                        refs: st.spilled_refs(),
-                    };
-                    b.adopting.insert(session, adopting);
-                }
-                b.spill_owners.remove(&old);
+                self.buffer_keys.hand_over(old, session, state.as_ref());
                 self.finish_connect(conn, session, client_id, state, now);
             }
             Some((shard, old)) => {

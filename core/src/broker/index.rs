@@ -10,8 +10,9 @@ use hashbrown::HashMap;
 use super::moves::{Deferred, MovedEntry};
 use super::selftest::PROBE_SESSION;
 use super::{ConnId, MeshMsg, SessionId, Shard, ShardId, SubKey, SubVal, SELFTEST_PREFIX};
+use crate::buffer::Store;
 use crate::codec::SubscriptionOptions;
-use crate::session::{Spill, Subscription};
+use crate::session::Subscription;
 use crate::topic::{Filter, SubscriptionTrie, TopicFilter};
 
 #[derive(Debug, Default)]
@@ -27,7 +28,7 @@ impl Index {
     }
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     fn sub_key(&self, session: SessionId, filter: &Filter) -> SubKey {
         SubKey {
             shard: self.id,

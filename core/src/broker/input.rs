@@ -8,16 +8,17 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::{Conn, ConnId, Flow, Notice, Shard};
+use crate::buffer::Store;
 use crate::codec::{Decoder, Inbox, ReasonCode};
 use crate::limits::CONNECT_SIZE_MAX;
-use crate::session::{Connection, Spill};
+use crate::session::Connection;
 
 /// Bytes of partial packets a connection holds without drawing on the
 /// shard's budget for them (`ShardConfig::partial_bytes_max`): one read
 /// chunk, which is all a connection sending whole small packets holds.
 pub const PARTIAL_BYTES_FREE: u64 = 16 * 1024;
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// A new network connection, waiting for CONNECT.
     pub fn accept(&mut self, now: Instant) -> ConnId {
         let id = ConnId(self.next_conn);
@@ -39,7 +40,7 @@ impl<S: Spill> Shard<S> {
                 client_id: ByteString::new(),
                 assigned: false,
                 clean_start: true,
-                spill_owner: 0,
+                buffer_owner: 0,
                 woken: false,
                 closing: false,
             },

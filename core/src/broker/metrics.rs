@@ -4,7 +4,8 @@
 
 use super::sessions::Slot;
 use super::Shard;
-use crate::session::{SessionState, Spill};
+use crate::buffer::Store;
+use crate::session::SessionState;
 
 /// Point-in-time figures of one shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,14 +32,14 @@ pub struct Gauges {
     pub client_ids: u64,
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// This shard's gauges: one pass over its sessions.
     pub fn gauges(&self) -> Gauges {
         let mut g = Gauges {
             connections: self.conns.len() as u64,
             retained: self.retained.len() as u64,
             retained_bytes: self.retained.bytes(),
-            memory_bytes: self.buffer.memory_bytes,
+            memory_bytes: self.buffer.memory_bytes(),
             index_entries: self.index.len() as u64,
             wills: self.wills.len() as u64,
             client_ids: self.registry.len() as u64,

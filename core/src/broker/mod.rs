@@ -33,11 +33,11 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use hashbrown::HashMap;
 
-use crate::buffer::RecordRef;
+use crate::buffer::{ShardBuffer, Store};
 use crate::codec::{Inbox, ReasonCode};
-use crate::limits::{ClientLimits, SESSION_SHARES};
+use crate::limits::ClientLimits;
 use crate::retained::RetainedStore;
-use crate::session::{Connection, Event, SharedMessage, Spill, SpillCtx, SpillError};
+use crate::session::{Connection, Event, SharedMessage};
 
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
@@ -52,7 +52,7 @@ use index::Index;
 use moves::{Arriving, Leaving};
 use pending::Pending;
 use selftest::SelfTest;
-use sessions::{DelayedWill, Slot};
+use sessions::{BufferKeys, DelayedWill, Slot};
 
 /// Broker-wide settings every shard reads.
 #[derive(Debug, Clone)]
@@ -128,105 +128,11 @@ struct Conn {
     /// The CONNECT asked for a clean start (the old session is not resumed).
     clean_start: bool,
     /// The session's key in the disk buffer.
-    spill_owner: u64,
+    buffer_owner: u64,
     /// A `Wake` output is pending.
     woken: bool,
     /// `Output::Close` was emitted.
     closing: bool,
-}
-
-/// The shard's disk buffer (if any) and the memory its sessions' queues
-/// hold. Without a disk buffer the store is one that refuses everything,
-/// so every session goes through the same bounded path.
-/// INVARIANT: `memory_bytes` is the sum of `SessionState::memory_bytes` of
-/// the sessions this shard holds (online and offline).
-#[derive(Debug)]
-pub struct ShardBuffer<S> {
-    /// `None` without `diskBackedMessageBuffer` (or if it failed to open).
-    pub store: Option<S>,
-    no_store: NoStore,
-    pub memory_bytes: u64,
-    pub memory_budget_bytes: u64,
-    /// Record bytes one session may hold on disk: its fair share of the
-    /// store (`SESSION_SHARES`).
-    disk_share_bytes: u64,
-    /// Buffer keys that differ from the session id: a session resumed on
-    /// this shard keeps the key its records were written under. Session
-    /// ids are never reused, so a key stays unique among live sessions.
-    spill_owners: HashMap<SessionId, u64>,
-    /// A same-shard takeover's records, until the claimant knows whether
-    /// the session resumed (records stay) or started clean (released).
-    adopting: HashMap<SessionId, Adopting>,
-}
-
-/// The store of a shard without a disk buffer: refuses every append.
-#[derive(Debug, Default)]
-struct NoStore;
-
-impl Spill for NoStore {
-    fn append(&mut self, _: u64, _: &crate::session::Message) -> Result<RecordRef, SpillError> {
-        Err(SpillError::Full)
-    }
-    fn read(&mut self, _: RecordRef, _: u64) -> Result<crate::session::Message, SpillError> {
-        Err(SpillError::Unavailable)
-    }
-    fn release(&mut self, _: RecordRef) {}
-}
-
-#[derive(Debug)]
-struct Adopting {
-    owner: u64,
-    refs: Vec<RecordRef>,
-}
-
-impl<S: Spill> ShardBuffer<S> {
-    /// `store_bytes_max`: this shard's part of the store's size (0 without
-    /// one); a session may fill `1/SESSION_SHARES` of it.
-    pub fn new(store: Option<S>, memory_budget_bytes: u64, store_bytes_max: u64) -> Self {
-        ShardBuffer {
-            disk_share_bytes: if store.is_some() {
-                store_bytes_max / SESSION_SHARES
-            } else {
-                0
-            },
-            store,
-            no_store: NoStore,
-            memory_bytes: 0,
-            memory_budget_bytes,
-            spill_owners: HashMap::new(),
-            adopting: HashMap::new(),
-        }
-    }
-
-    /// What a session with buffer key `owner` needs for one enqueue or drain.
-    pub fn ctx(&mut self, owner: u64) -> SpillCtx<'_> {
-        let spill: &mut dyn Spill = match &mut self.store {
-            Some(s) => s,
-            None => &mut self.no_store,
-        };
-        SpillCtx {
-            spill,
-            owner,
-            memory_bytes: &mut self.memory_bytes,
-            memory_budget_bytes: self.memory_budget_bytes,
-            disk_share_bytes: self.disk_share_bytes,
-        }
-    }
-
-    /// Releases a record outside a session's queue (a clean start drops the
-    /// old session's records).
-    fn release(&mut self, at: RecordRef) {
-        if let Some(s) = &mut self.store {
-            s.release(at);
-        }
-    }
-
-    fn owner_of(&self, session: SessionId) -> u64 {
-        self.spill_owners
-            .get(&session)
-            .copied()
-            .unwrap_or(session.0)
-    }
 }
 
 /// Counters for logs and metrics; only this shard writes them, in plain
@@ -286,7 +192,7 @@ pub struct Inventory {
     pub memory_bytes: u64,
 }
 
-/// One shard. `S` is the disk buffer's store (`Spill`), the runtime's.
+/// One shard. `S` is the disk buffer's store, the runtime's.
 #[derive(Debug)]
 pub struct Shard<S> {
     id: ShardId,
@@ -315,6 +221,7 @@ pub struct Shard<S> {
     outbox_data: usize,
     outputs: VecDeque<Output>,
     buffer: ShardBuffer<S>,
+    buffer_keys: BufferKeys,
     /// Sum of the connections' `Conn::partial`.
     partial_bytes: u64,
     selftest: SelfTest,
@@ -331,7 +238,7 @@ pub fn hash_of(s: &str) -> u64 {
     h
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     pub fn new(id: ShardId, config: Arc<ShardConfig>, buffer: ShardBuffer<S>) -> Self {
         let takeover = config.limits.session_takeover;
         let mut shard = Shard {
@@ -355,6 +262,7 @@ impl<S: Spill> Shard<S> {
             outbox_data: 0,
             outputs: VecDeque::new(),
             buffer,
+            buffer_keys: BufferKeys::default(),
             partial_bytes: 0,
             stats: ShardStats::default(),
         };
@@ -440,10 +348,8 @@ impl<S: Spill> Shard<S> {
             return 0;
         }
         let expired_before = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
-        let mut ctx = self.buffer.ctx(c.spill_owner);
-        let n = c
-            .machine
-            .poll_transmit_with(now, buf, bytes_max, Some(&mut ctx));
+        let mut lease = self.buffer.lease(c.buffer_owner);
+        let n = c.machine.poll_transmit(now, buf, bytes_max, &mut lease);
         // Messages that expired in the queue are dropped while draining.
         let expired_after = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
         self.stats.dropped_expired += expired_after.saturating_sub(expired_before);
@@ -613,7 +519,7 @@ impl<S: Spill> Shard<S> {
     /// Bytes the shard holds for clients: queued in memory, retained, and
     /// partial packets (cheap: for a trim decision every tick).
     pub fn held_bytes(&self) -> u64 {
-        self.buffer.memory_bytes + self.retained.bytes() + self.partial_bytes
+        self.buffer.memory_bytes() + self.retained.bytes() + self.partial_bytes
     }
 
     /// What the shard holds right now.
@@ -627,7 +533,7 @@ impl<S: Spill> Shard<S> {
             partial_bytes: self.partial_bytes,
             wills: self.wills.len(),
             pending: self.pending.len() + self.leaving.len() + self.arriving.len(),
-            memory_bytes: self.buffer.memory_bytes,
+            memory_bytes: self.buffer.memory_bytes(),
             ..Inventory::default()
         };
         for slot in self.sessions.values() {

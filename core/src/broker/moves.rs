@@ -23,7 +23,8 @@ use bytestring::ByteString;
 
 use super::pending::AfterBarrier;
 use super::{ConnId, MeshMsg, SessionId, Shard, ShardId, SubKey, SubVal};
-use crate::session::{Delivery, SharedMessage, Spill, Subscription};
+use crate::buffer::Store;
+use crate::session::{Delivery, SharedMessage, Subscription};
 use crate::topic::TopicFilter;
 
 /// At the old shard: a session that resumes elsewhere.
@@ -71,7 +72,7 @@ pub(super) enum Deferred {
 /// group, and its value.
 pub type MovedEntry = (TopicFilter, Option<ByteString>, SubVal);
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// B, before asking A for the session: expect the move.
     pub(super) fn expect_arrival(
         &mut self,

@@ -9,8 +9,9 @@ use bytestring::ByteString;
 
 use super::moves::Deferred;
 use super::{ConnId, MeshMsg, RequestId, SessionId, Shard};
+use crate::buffer::Store;
 use crate::codec::ReasonCode;
-use crate::session::{Delivery, PublishAck, SharedMessage, Spill, Subscription};
+use crate::session::{Delivery, PublishAck, SharedMessage, Subscription};
 
 #[derive(Debug)]
 pub(super) enum Pending {
@@ -58,7 +59,7 @@ pub(super) enum AfterBarrier {
     },
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// SUBACK waits until every shard's index has the new subscriptions:
     /// once a client has its SUBACK, a publish on any shard reaches it.
     pub(super) fn subscribe_barrier(

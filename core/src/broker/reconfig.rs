@@ -10,12 +10,13 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::{ConnId, Notice, Shard, ShardConfig};
+use crate::buffer::Store;
 use crate::codec::ReasonCode;
 use crate::limits::ClientLimits;
-use crate::session::{Permissions, Spill};
+use crate::session::Permissions;
 use crate::topic::Filter;
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// Limits for connections accepted from now on; connections already
     /// open keep the limits they announced in their CONNACK.
     pub fn set_limits(&mut self, limits: Arc<ClientLimits>) {

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use super::pending::Pending;
 use super::{ConnId, MeshMsg, Notice, RequestId, Shard, ShardId};
+use crate::buffer::{memory_cost, Store};
 use crate::codec::ReasonCode;
-use crate::session::{memory_cost, Delivery, SharedMessage, Spill, Subscription};
+use crate::session::{Delivery, SharedMessage, Subscription};
 use crate::topic::{Filter, TopicFilter};
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// Stores (or clears) a retained message this shard owns; the reason
     /// is Success or why it was refused.
     pub(super) fn apply_retained(&mut self, message: SharedMessage) -> ReasonCode {

@@ -11,11 +11,12 @@ use super::pending::Pending;
 use super::selftest::PROBE_SESSION;
 use super::sessions::Slot;
 use super::{ConnId, MeshMsg, SessionId, Shard, SubKey, SubVal};
+use crate::buffer::Store;
 use crate::codec::ReasonCode;
-use crate::session::{Delivery, Enqueued, PublishAck, SessionState, SharedMessage, Spill};
+use crate::session::{Delivery, Enqueued, PublishAck, SessionState, SharedMessage};
 use crate::topic::merge_overlapping;
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// `Event::Publish`: route, and acknowledge QoS 1/2 once routed.
     pub(super) fn publish(
         &mut self,
@@ -211,10 +212,8 @@ impl<S: Spill> Shard<S> {
                     Some(c) => {
                         woke = Some(*conn);
                         let before = dropped_of(c.machine.session());
-                        let mut ctx = self.buffer.ctx(c.spill_owner);
-                        let outcome =
-                            c.machine
-                                .deliver_with(now, message, delivery, Some(&mut ctx));
+                        let mut lease = self.buffer.lease(c.buffer_owner);
+                        let outcome = c.machine.deliver(now, message, delivery, &mut lease);
                         extra_drops = dropped_of(c.machine.session()) - before;
                         outcome
                     }
@@ -222,15 +221,9 @@ impl<S: Spill> Shard<S> {
                 },
                 Some(Slot::Offline { state, .. }) => {
                     let before = state.stats.dropped_queue_full;
-                    let owner = self.buffer.owner_of(*session);
-                    let outcome = state.enqueue_with(
-                        now,
-                        message,
-                        delivery,
-                        false,
-                        &limit,
-                        Some(&mut self.buffer.ctx(owner)),
-                    );
+                    let owner = self.buffer_keys.owner_of(*session);
+                    let mut lease = self.buffer.lease(owner);
+                    let outcome = state.enqueue(now, message, delivery, false, &limit, &mut lease);
                     extra_drops = state.stats.dropped_queue_full - before;
                     outcome
                 }
@@ -323,8 +316,8 @@ impl<S: Spill> Shard<S> {
             return;
         };
         for m in &matches {
-            let mut ctx = self.buffer.ctx(c.spill_owner);
-            c.machine.deliver_with(now, m, delivery, Some(&mut ctx));
+            let mut lease = self.buffer.lease(c.buffer_owner);
+            c.machine.deliver(now, m, delivery, &mut lease);
         }
         self.wake(conn);
     }

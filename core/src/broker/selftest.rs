@@ -11,8 +11,9 @@ use bytestring::ByteString;
 use hashbrown::HashMap;
 
 use super::{MeshMsg, Notice, SessionId, Shard, ShardId};
+use crate::buffer::Store;
 use crate::codec::QoS;
-use crate::session::{Message, SharedMessage, Spill};
+use crate::session::{Message, SharedMessage};
 use crate::topic::TopicName;
 
 /// Topic prefix of the self-test probes; `$` keeps them out of `#`.
@@ -46,7 +47,7 @@ impl SelfTest {
     }
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// Starts rounds when due (shard 0) and closes rounds that timed out.
     pub(super) fn tick_selftest(&mut self, now: Instant) {
         let Some(config) = self.config.selftest else {

@@ -6,9 +6,11 @@
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use hashbrown::HashMap;
 
 use super::{ConnId, MeshMsg, Notice, SessionId, Shard, PREFETCH_BYTES};
-use crate::session::{CloseReason, Event, PendingWill, SessionState, SharedMessage, Spill};
+use crate::buffer::{RecordRef, Store};
+use crate::session::{CloseReason, Event, PendingWill, SessionState, SharedMessage};
 
 /// Where a session of this shard is.
 #[derive(Debug)]
@@ -28,7 +30,51 @@ pub(super) struct DelayedWill {
     pub at: Instant,
 }
 
-impl<S: Spill> Shard<S> {
+/// Which key each session's records in the buffer are under, and the
+/// records a same-shard takeover hands from one session to the next.
+#[derive(Debug, Default)]
+pub(super) struct BufferKeys {
+    /// Keys that differ from the session id: a session resumed on this
+    /// shard keeps the key its records were written under. Session ids are
+    /// never reused, so a key stays unique among live sessions.
+    owners: HashMap<SessionId, u64>,
+    /// A same-shard takeover's records, until the claimant knows whether
+    /// the session resumed (records stay) or started clean (released).
+    adopting: HashMap<SessionId, Adopting>,
+}
+
+#[derive(Debug)]
+struct Adopting {
+    owner: u64,
+    refs: Vec<RecordRef>,
+}
+
+impl BufferKeys {
+    /// The key of `session`'s records.
+    pub(super) fn owner_of(&self, session: SessionId) -> u64 {
+        self.owners.get(&session).copied().unwrap_or(session.0)
+    }
+
+    /// A same-shard takeover: `new` (a CONNECT being accepted) holds `old`'s
+    /// records, if it has any, until it resumes or starts clean.
+    pub(super) fn hand_over(
+        &mut self,
+        old: SessionId,
+        new: SessionId,
+        state: Option<&SessionState>,
+    ) {
+        if let Some(st) = state.filter(|st| st.buffer_records() > 0) {
+            let adopting = Adopting {
+                owner: self.owner_of(old),
+                refs: st.buffer_refs(),
+            };
+            self.adopting.insert(new, adopting);
+        }
+        self.owners.remove(&old);
+    }
+}
+
+impl<S: Store> Shard<S> {
     /// Takes a session of this shard away from its connection (takeover)
     /// or from the offline store. With `moving_to` (the CONNECT resumes
     /// it) its index entries move to the new session (`moves`); otherwise
@@ -70,15 +116,14 @@ impl<S: Spill> Shard<S> {
             self.wills.retain(|w| w.client_id != st.client_id);
         }
         if let Some(st) = state.as_mut() {
-            let b = &mut self.buffer;
             if !stays {
-                let owner = b.owner_of(session);
-                st.unspill(&mut b.ctx(owner));
-                b.spill_owners.remove(&session);
+                let owner = self.buffer_keys.owner_of(session);
+                st.unspill(&mut self.buffer.lease(owner));
+                self.buffer_keys.owners.remove(&session);
             }
             // The state leaves this shard's accounting; `attach` adds it
             // back if it resumes here.
-            b.memory_bytes = b.memory_bytes.saturating_sub(st.memory_bytes());
+            self.buffer.leave(st.held());
         }
         match (moving_to, state.is_some()) {
             (Some(to), true) => self.start_move(session, to, now),
@@ -133,12 +178,13 @@ impl<S: Spill> Shard<S> {
             return;
         };
         let b = &mut self.buffer;
-        let owner = match b.adopting.remove(&session) {
+        let keys = &mut self.buffer_keys;
+        let owner = match keys.adopting.remove(&session) {
             // INVARIANT: nothing runs between `take_local` and here, so a
             // resumed session holds exactly the adopted records (queued, in
             // flight and retired), under the key they were written with.
             Some(a) if c.machine.session_present() => {
-                b.spill_owners.insert(session, a.owner);
+                keys.owners.insert(session, a.owner);
                 a.owner
             }
             Some(a) => {
@@ -150,19 +196,19 @@ impl<S: Spill> Shard<S> {
             }
             None => session.0,
         };
-        c.spill_owner = owner;
+        c.buffer_owner = owner;
         if let Some(state) = c.machine.session() {
-            b.memory_bytes += state.memory_bytes();
-            if let (Some(first), Some(store)) = (state.first_spilled_ref(), b.store.as_mut()) {
+            b.join(state.held());
+            if let Some(first) = state.first_buffer_ref() {
                 // Readahead for the drain that is about to start.
-                store.prefetch(first, PREFETCH_BYTES);
+                b.prefetch(first, PREFETCH_BYTES);
             }
         }
-        if b.memory_bytes > b.memory_budget_bytes {
+        if b.over_budget() {
             // A session from another shard brought its whole queue in memory.
             let limit = self.config.limits.queue;
             if let Some(state) = c.machine.session_mut() {
-                state.spill_excess(&limit, &mut b.ctx(owner));
+                state.spill_excess(&limit, &mut b.lease(owner));
             }
         }
     }
@@ -177,14 +223,13 @@ impl<S: Spill> Shard<S> {
         state: Option<SessionState>,
         now: Instant,
     ) {
-        let adopting = self.buffer.adopting.remove(&session);
+        let adopting = self.buffer_keys.adopting.remove(&session);
         match state.filter(|s| !s.expiry_interval.is_zero()) {
             Some(state) => {
-                let b = &mut self.buffer;
                 if let Some(a) = adopting {
-                    b.spill_owners.insert(session, a.owner);
+                    self.buffer_keys.owners.insert(session, a.owner);
                 }
-                b.memory_bytes += state.memory_bytes();
+                self.buffer.join(state.held());
                 let subs: Vec<_> = state
                     .subscriptions()
                     .map(|(raw, sub)| (raw.clone(), sub.clone()))
@@ -247,8 +292,8 @@ impl<S: Spill> Shard<S> {
             Some(mut state) => {
                 // Records of exchanges acknowledged since the writer's last
                 // turn: released now, not when the session comes back.
-                let owner = self.buffer.owner_of(session);
-                state.release_retired(&mut self.buffer.ctx(owner));
+                let owner = self.buffer_keys.owner_of(session);
+                state.release_retired(&mut self.buffer.lease(owner));
                 let expires_at = now.checked_add(state.expiry_interval);
                 self.sessions.insert(
                     session,
@@ -336,11 +381,10 @@ impl<S: Spill> Shard<S> {
 
     /// Releases what an ending session holds in the buffer and in memory.
     pub(super) fn end_session_buffer(&mut self, session: SessionId, state: Option<SessionState>) {
-        let b = &mut self.buffer;
-        let owner = b.owner_of(session);
-        b.spill_owners.remove(&session);
+        let owner = self.buffer_keys.owner_of(session);
+        self.buffer_keys.owners.remove(&session);
         if let Some(mut state) = state {
-            state.discard_queue(&mut b.ctx(owner));
+            state.discard_queue(&mut self.buffer.lease(owner));
         }
     }
 }

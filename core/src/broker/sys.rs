@@ -11,8 +11,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::Shard;
+use crate::buffer::Store;
 use crate::codec::QoS;
-use crate::session::{Message, Permissions, Spill};
+use crate::session::{Message, Permissions};
 use crate::topic::{Filter, TopicName};
 
 /// The prefix no client may publish under (`$SYS` and `$SYS/...`): the
@@ -43,7 +44,7 @@ impl<P: Permissions> Permissions for ReservedTopics<P> {
     }
 }
 
-impl<S: Spill> Shard<S> {
+impl<S: Store> Shard<S> {
     /// Publishes one `$SYS` figure as a retained QoS 0 message (the
     /// runtime calls this on shard 0 every `diagnostics.sys` interval).
     /// A topic outside `$SYS` is ignored: this is no back door.

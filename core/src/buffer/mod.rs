@@ -1,17 +1,22 @@
-//! The disk-backed message buffer's formats: how a `Message` becomes a
-//! record, how records are grouped into blocks and sealed (AES-256-GCM when
-//! `encryptInternalTraffic` is Enabled, CRC-32 when Disabled), and the memory
-//! budget per `memoryProfile`. No I/O: segment files live in `shardmq-io`
-//! (`io/src/buffer.rs`). Format and threat model: docs/BUFFER.md.
+//! The disk-backed message buffer, everything but its files: the `Store`
+//! the session queues put messages in past the shard's memory budget and
+//! the `RecordRef` they keep instead (`store`), the byte accounting of
+//! memory, budget and fair shares (`account`), how a `Message` becomes a
+//! record (`record`), and how records are grouped into blocks and sealed
+//! (`seal`: AES-256-GCM when `encryptInternalTraffic` is Enabled, CRC-32
+//! when Disabled). No I/O: segment files live in `shardmq-io`
+//! (`io/src/buffer/`). Format and threat model: docs/BUFFER.md.
 
+mod account;
 pub mod record;
 pub mod seal;
 mod store;
 
+pub use account::{
+    memory_budget_bytes, memory_cost, Held, Lease, ShardBuffer, MESSAGE_OVERHEAD_BYTES,
+};
 pub use seal::{BlockPos, KeyId, Sealer, BLOCK_HEADER_LEN, CHECKSUM_LEN, TAG_LEN};
-pub use store::RecordRef;
-
-use crate::config::MemoryProfile;
+pub use store::{MemoryOnly, RecordRef, Store, StoreError};
 
 /// Records are gathered into blocks of about this many body bytes and
 /// sealed with one AEAD call: GCM's per-call setup dominates for 64-byte
@@ -61,17 +66,4 @@ pub enum SealError {
     NoHeader,
     #[error("block too large to seal")]
     TooLarge,
-}
-
-/// Bytes of queued messages one shard keeps in memory for slow or offline
-/// subscribers before spilling to the disk buffer. AIO does not publish
-/// byte figures for its profiles; these are shardmq's choice (docs/BUFFER.md).
-pub const fn memory_budget_bytes(profile: MemoryProfile) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    match profile {
-        MemoryProfile::Tiny => 16 * MIB,
-        MemoryProfile::Low => 64 * MIB,
-        MemoryProfile::Medium => 256 * MIB,
-        MemoryProfile::High => 1024 * MIB,
-    }
 }

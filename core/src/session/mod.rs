@@ -4,7 +4,7 @@
 
 mod connection;
 mod message;
-mod spill;
+mod queue;
 mod state;
 
 pub use connection::{
@@ -12,8 +12,8 @@ pub use connection::{
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
-pub use spill::{memory_cost, Spill, SpillCtx, SpillError};
-pub use state::{Delivery, Enqueued, SessionState, SessionStats, Subscription};
+pub use queue::Enqueued;
+pub use state::{Delivery, SessionState, SessionStats, Subscription};
 
 use crate::topic::{Filter, TopicName};
 

@@ -13,16 +13,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardmq_core::broker::{
-    Admission, ConnId, MeshMsg, Output, PrincipalId, SelfTestConfig, Shard, ShardBuffer,
-    ShardConfig, ShardId,
+    Admission, ConnId, MeshMsg, Output, PrincipalId, SelfTestConfig, Shard, ShardConfig, ShardId,
 };
-use shardmq_core::buffer::RecordRef;
+use shardmq_core::buffer::{RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
     self, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish,
     QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use shardmq_core::limits::ClientLimits;
-use shardmq_core::session::{AllowAll, Message, Spill, SpillError};
+use shardmq_core::session::{AllowAll, Message};
 
 /// xorshift64*: small, fast, and the same sequence for the same seed.
 #[derive(Debug, Clone)]
@@ -65,10 +64,10 @@ impl MemStore {
     }
 }
 
-impl Spill for MemStore {
-    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, SpillError> {
+impl Store for MemStore {
+    fn append(&mut self, owner: u64, message: &Message) -> Result<RecordRef, StoreError> {
         if self.records.len() >= self.capacity {
-            return Err(SpillError::Full);
+            return Err(StoreError::Full);
         }
         self.next += 1;
         self.appended += 1;
@@ -81,10 +80,10 @@ impl Spill for MemStore {
         })
     }
 
-    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, SpillError> {
+    fn read(&mut self, at: RecordRef, owner: u64) -> Result<Message, StoreError> {
         match self.records.get(&at.at) {
             Some((o, m)) if *o == owner => Ok(m.clone()),
-            _ => Err(SpillError::Lost),
+            _ => Err(StoreError::Lost),
         }
     }
 

@@ -6,33 +6,21 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
+use shardmq_core::buffer::Lease;
 use shardmq_core::codec::{decode_packet, Packet};
-use shardmq_core::session::{Connection, SpillCtx};
+use shardmq_core::session::Connection;
 
 pub trait PollPacket {
-    /// The next packet the connection would send, decoded.
-    fn poll_packet(&mut self, now: Instant) -> Option<Packet>;
-    /// `poll_packet`, lending the session the disk buffer.
-    fn poll_packet_with(
-        &mut self,
-        now: Instant,
-        spill: Option<&mut SpillCtx<'_>>,
-    ) -> Option<Packet>;
+    /// The next packet the connection would send, decoded, with the
+    /// shard's buffer lent through `lease`.
+    fn poll_packet(&mut self, now: Instant, lease: &mut Lease<'_>) -> Option<Packet>;
 }
 
 impl PollPacket for Connection {
-    fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
-        self.poll_packet_with(now, None)
-    }
-
-    fn poll_packet_with(
-        &mut self,
-        now: Instant,
-        spill: Option<&mut SpillCtx<'_>>,
-    ) -> Option<Packet> {
+    fn poll_packet(&mut self, now: Instant, lease: &mut Lease<'_>) -> Option<Packet> {
         // A budget of one byte writes exactly one packet.
         let mut buf = BytesMut::new();
-        self.poll_transmit_with(now, &mut buf, 1, spill);
+        self.poll_transmit(now, &mut buf, 1, lease);
         if buf.is_empty() {
             return None;
         }

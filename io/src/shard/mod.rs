@@ -13,7 +13,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use shardmq_core::broker::{self, MeshMsg, ShardBuffer, ShardId};
+use shardmq_core::broker::{self, MeshMsg, ShardId};
+use shardmq_core::buffer::ShardBuffer;
 use tracing::{error, info, warn};
 
 use crate::buffer::{Deleter, DiskBuffer, SegmentFile};
@@ -160,8 +161,7 @@ pub async fn run(
 async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
     let open = driver.with(|s| {
         s.buffer_mut()
-            .store
-            .as_mut()
+            .store_mut()
             .map(|d| d.buffer.close())
             .is_some()
     });
@@ -171,8 +171,7 @@ async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
     let deadline = Instant::now() + wait_max;
     while driver.peek(|s| {
         s.buffer()
-            .store
-            .as_ref()
+            .store()
             .is_some_and(|d| d.buffer.off_shard_work())
     }) {
         if Instant::now() >= deadline {
@@ -244,7 +243,7 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskSpil
 /// shard once the buffer is in use (an idle broker keeps no spare files).
 fn upkeep_buffer(driver: &Rc<Driver>) {
     let request = driver.with(|s| {
-        let d = s.buffer_mut().store.as_mut()?;
+        let d = s.buffer_mut().store_mut()?;
         if let Err(e) = d.buffer.flush() {
             warn!(shard = driver.id.index(), error = %e, "disk buffer flush failed");
         }
@@ -266,7 +265,7 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
             })
             .await;
         driver.with(|s| {
-            if let Some(d) = s.buffer_mut().store.as_mut() {
+            if let Some(d) = s.buffer_mut().store_mut() {
                 d.buffer.install_spare(file);
             }
         });
@@ -335,12 +334,12 @@ fn log_stats(driver: &Rc<Driver>) {
             "shard stats"
         );
         let b = s.buffer();
-        if let Some(store) = &b.store {
+        if let Some(store) = b.store() {
             let d = store.buffer.stats();
             info!(
                 shard,
-                memory_bytes = b.memory_bytes,
-                memory_budget_bytes = b.memory_budget_bytes,
+                memory_bytes = b.memory_bytes(),
+                memory_budget_bytes = b.memory_budget_bytes(),
                 segments = d.segments,
                 disk_bytes = d.bytes_used,
                 live_records = d.live_records,

@@ -225,11 +225,11 @@ pub struct BufferReport {
 pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
     let b = s.buffer();
     let mut report = BufferReport {
-        memory_bytes: b.memory_bytes,
+        memory_bytes: b.memory_bytes(),
         dropped_queue_full: s.stats().dropped_queue_full,
         ..BufferReport::default()
     };
-    if let Some(d) = &b.store {
+    if let Some(d) = b.store() {
         report.open = true;
         report.encrypted = d.buffer.encrypted();
         report.disk = d.buffer.stats();

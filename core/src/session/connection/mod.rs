@@ -20,11 +20,10 @@ use crate::limits::{ClientLimits, MAXIMUM_PACKET_SIZE_ANNOUNCED};
 use crate::topic::{Filter, TopicName};
 
 use super::message::{expiry, forwardable, Message, SharedMessage};
-use super::spill::SpillCtx;
-use super::state::{
-    Delivery, Enqueued, Entry, Inflight, InflightState, Queued, SessionState, Spilled, Subscription,
-};
+use super::queue::{Enqueued, Entry, Queued, Stored};
+use super::state::{Delivery, Inflight, InflightState, SessionState, Subscription};
 use super::{AllowAll, Permissions};
+use crate::buffer::Lease;
 
 mod close;
 mod connect;
@@ -67,9 +66,9 @@ enum Outgoing {
         dup: bool,
     },
     /// A resend of an in-flight message still in the disk buffer: read
-    /// when it is written (`poll_transmit_with` has the buffer).
+    /// when it is written (`poll_transmit` has the buffer).
     Reread {
-        spilled: Spilled,
+        stored: Stored,
         packet_id: PacketId,
     },
 }
@@ -384,27 +383,24 @@ impl Connection {
     /// Encodes pending packets into `buf` until it holds `bytes_max` (one
     /// write per wake-up, bounded). A publish larger than the client's
     /// Maximum Packet Size is discarded as if sent [MQTT-3.1.2-25]. Returns
-    /// the number of packets written.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut, bytes_max: usize) -> usize {
-        self.poll_transmit_with(now, buf, bytes_max, None)
-    }
-
-    /// `poll_transmit`, reading spilled messages back from the disk buffer.
-    pub fn poll_transmit_with(
+    /// the number of packets written. Messages in the shard's store are read
+    /// back through `lease`.
+    pub fn poll_transmit(
         &mut self,
         now: Instant,
         buf: &mut BytesMut,
         bytes_max: usize,
-        mut spill: Option<&mut SpillCtx<'_>>,
+        lease: &mut Lease<'_>,
     ) -> usize {
-        self.release_retired(spill.as_deref_mut());
+        self.release_retired(lease);
         let mut written = 0;
         while buf.len() < bytes_max {
-            let Some(out) = self.next_outgoing(now, spill.as_deref_mut()) else {
+            let Some(out) = self.next_outgoing(now, lease) else {
                 break;
             };
             let sent = match out {
                 Outgoing::Packet(packet) => self.write_packet(&packet, buf),
+                // `next_outgoing` reads these back: never returned.
                 Outgoing::Reread { .. } => false,
                 Outgoing::Publish {
                     queued,

@@ -6,30 +6,20 @@
 use super::*;
 
 impl Connection {
-    /// Offers a routed message to this connection's session.
+    /// Offers a routed message to this connection's session, in memory or,
+    /// past the memory bounds, in the shard's store (`SessionState::enqueue`).
     pub fn deliver(
         &mut self,
         now: Instant,
         message: &SharedMessage,
         delivery: &Delivery,
-    ) -> Enqueued {
-        self.deliver_with(now, message, delivery, None)
-    }
-
-    /// `deliver`, spilling to the shard's disk buffer past its memory budget
-    /// (`SessionState::enqueue_with`).
-    pub fn deliver_with(
-        &mut self,
-        now: Instant,
-        message: &SharedMessage,
-        delivery: &Delivery,
-        spill: Option<&mut SpillCtx<'_>>,
+        lease: &mut Lease<'_>,
     ) -> Enqueued {
         let online = self.phase == Phase::Connected;
         let Some(session) = self.session.as_mut() else {
             return Enqueued::Discarded;
         };
-        session.enqueue_with(now, message, delivery, online, &self.limits.queue, spill)
+        session.enqueue(now, message, delivery, online, &self.limits.queue, lease)
     }
 
     pub(super) fn handle_puback(&mut self, packet_id: PacketId) {
@@ -107,7 +97,7 @@ impl Connection {
     /// backlog drains).
     pub(super) fn window_for(&self, front: &Entry) -> usize {
         let window = self.window();
-        if front.is_spilled() {
+        if front.is_stored() {
             window.min(usize::from(self.limits.spilled_inflight_max.get()))
         } else {
             window
@@ -116,35 +106,28 @@ impl Connection {
 
     /// Releases the records of exchanges acknowledged since the last call
     /// (the reader has no buffer; the writer does, once per batch).
-    pub(super) fn release_retired(&mut self, spill: Option<&mut SpillCtx<'_>>) {
-        if let (Some(ctx), Some(session)) = (spill, self.session.as_mut()) {
-            session.release_retired(ctx);
+    pub(super) fn release_retired(&mut self, lease: &mut Lease<'_>) {
+        if let Some(session) = self.session.as_mut() {
+            session.release_retired(lease);
         }
     }
 
     /// The next thing to send. Control packets first, then queued publishes:
     /// a publish leaves the session queue only when the writer asks, so a
     /// slow reader's backlog stays in the bounded session queue, not in an
-    /// unbounded buffer. With the disk buffer at hand, resends of spilled
-    /// messages are read back.
+    /// unbounded buffer. Resends of messages in the store are read back.
     pub(super) fn next_outgoing(
         &mut self,
         now: Instant,
-        mut spill: Option<&mut SpillCtx<'_>>,
+        lease: &mut Lease<'_>,
     ) -> Option<Outgoing> {
         loop {
             let out = match self.transmit.pop_front() {
                 Some(out) => out,
-                None => return self.next_publish(now, spill),
+                None => return self.next_publish(now, lease),
             };
-            let Outgoing::Reread { spilled, packet_id } = out else {
+            let Outgoing::Reread { stored, packet_id } = out else {
                 return Some(out);
-            };
-            let Some(ctx) = spill.as_deref_mut() else {
-                // Without the buffer it waits (the io layer always lends it).
-                self.transmit
-                    .push_front(Outgoing::Reread { spilled, packet_id });
-                return None;
             };
             let Some(session) = self.session.as_mut() else {
                 continue;
@@ -156,7 +139,7 @@ impl Connection {
             if !open {
                 continue;
             }
-            match session.reread(&spilled, ctx) {
+            match session.reread(&stored, lease) {
                 Some(queued) => {
                     return Some(Outgoing::Publish {
                         queued,
@@ -172,11 +155,7 @@ impl Connection {
 
     /// Takes the next queued message the window allows and, for QoS 1/2,
     /// records it in flight under a fresh packet id.
-    pub(super) fn next_publish(
-        &mut self,
-        now: Instant,
-        mut spill: Option<&mut SpillCtx<'_>>,
-    ) -> Option<Outgoing> {
+    pub(super) fn next_publish(&mut self, now: Instant, lease: &mut Lease<'_>) -> Option<Outgoing> {
         if self.phase != Phase::Connected {
             return None;
         }
@@ -186,7 +165,7 @@ impl Connection {
             return None;
         }
         let session = self.session.as_mut()?;
-        let (queued, held) = session.pop_live(now, spill.as_deref_mut())?;
+        let (queued, stored) = session.pop_live(now, lease)?;
         if queued.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
                 queued,
@@ -195,9 +174,9 @@ impl Connection {
             });
         }
         let Some((id, serial)) = session.allocate_packet_id() else {
-            match held {
-                Some(s) => session.push_front_spilled(s),
-                None => session.push_front_memory(queued, spill),
+            match stored {
+                Some(s) => session.push_front_stored(s),
+                None => session.push_front_memory(queued, lease),
             }
             return None;
         };
@@ -210,8 +189,8 @@ impl Connection {
             packet_id: id,
             serial,
             state,
-            publish: Some(match held {
-                Some(s) => Entry::Spilled(s),
+            publish: Some(match stored {
+                Some(s) => Entry::Stored(s),
                 None => Entry::Memory(queued.clone()),
             }),
         });
@@ -242,8 +221,8 @@ impl Connection {
                     packet_id: Some(f.packet_id),
                     dup: true,
                 }),
-                (_, Some(Entry::Spilled(s))) => self.transmit.push_back(Outgoing::Reread {
-                    spilled: s.clone(),
+                (_, Some(Entry::Stored(s))) => self.transmit.push_back(Outgoing::Reread {
+                    stored: s.clone(),
                     packet_id: f.packet_id,
                 }),
                 (_, None) => {}
@@ -252,7 +231,7 @@ impl Connection {
     }
 
     /// Encodes a control packet (or a resent PUBLISH built by
-    /// `poll_packet_with`). Returns whether it was written.
+    /// `poll_transmit`). Returns whether it was written.
     pub(super) fn write_packet(&mut self, packet: &Packet, buf: &mut BytesMut) -> bool {
         let start = buf.len();
         if codec::encode(packet, self.version, buf).is_err() {
