@@ -25,7 +25,6 @@ use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Connection, Delivery, Message};
 use shardmq_core::topic::TopicName;
 use shardmq_io::buffer::{DiskBuffer, SEGMENT_BYTES_DEFAULT};
-use shardmq_io::spill::DiskSpill;
 
 /// Messages per iteration: a backlog of ~4 MiB.
 const BACKLOG: usize = 4096;
@@ -137,7 +136,7 @@ fn deliver(c: &mut Criterion) {
     let budget = shardmq_core::buffer::memory_budget_bytes(MemoryProfile::Medium);
     g.bench_function("enqueue_qos0", |b| {
         b.iter_batched(
-            || (connected(), ShardBuffer::<DiskSpill>::new(None, budget, 0)),
+            || (connected(), ShardBuffer::<DiskBuffer>::new(None, budget, 0)),
             |(mut conn, mut shard)| {
                 let now = Instant::now();
                 for _ in 0..BACKLOG {
@@ -181,7 +180,7 @@ fn deliver(c: &mut Criterion) {
         .unwrap();
         // Budget 0: every message spills.
         let share = disk.size_max_bytes();
-        let buffer = RefCell::new(ShardBuffer::new(Some(DiskSpill::new(disk)), 0, share));
+        let buffer = RefCell::new(ShardBuffer::new(Some(disk), 0, share));
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
@@ -190,7 +189,7 @@ fn deliver(c: &mut Criterion) {
                     for _ in 0..BACKLOG {
                         conn.deliver(Instant::now(), &m, &delivery, &mut buffer.lease(1));
                     }
-                    buffer.store_mut().unwrap().buffer.flush().unwrap();
+                    buffer.store_mut().unwrap().flush().unwrap();
                     assert_eq!(conn.session().unwrap().spilled_len(), BACKLOG);
                     conn
                 },

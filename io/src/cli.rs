@@ -13,10 +13,9 @@ use std::time::SystemTime;
 use shardmq_auth::{Authenticator, AuthorizationPolicy, CertManager, InternalCa, ReloadableCert};
 use shardmq_core::config::{Config, ListenerTls};
 
-use crate::buffer::SEGMENT_BYTES_DEFAULT;
+use crate::buffer::{BufferSpec, SEGMENT_BYTES_DEFAULT};
 use crate::security::ListenerSecurity;
 use crate::setup::{ListenerSpec, ServerConfig};
-use crate::spill::BufferSpec;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
 const RETAINED_MAX: usize = 1_000_000;

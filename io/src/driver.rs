@@ -19,13 +19,13 @@ use tracing::{debug, info, warn};
 use crate::client_log;
 use crate::oplog::Category;
 
+use crate::buffer::DiskBuffer;
 use crate::conn::admit;
 use crate::conn::handle::ConnHandle;
-use crate::spill::DiskSpill;
 use crate::telemetry::counters::{ListenerCounters, ListenerCounts};
 
-/// The shard type the runtime drives: its disk buffer is `DiskSpill`.
-pub type BrokerShard = Shard<DiskSpill>;
+/// The shard type the runtime drives: its store is the `DiskBuffer`.
+pub type BrokerShard = Shard<DiskBuffer>;
 
 /// One shard's driver. `!Send`: it lives on its shard's executor.
 pub struct Driver {

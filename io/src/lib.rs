@@ -2,10 +2,10 @@
 //! It drives the sans-io `shardmq_core::broker::Shard`: `server` starts one
 //! executor per shard, `shard` runs one (mesh, listeners, ticks), `driver`
 //! turns the shard's outputs into actions, `conn` moves one client's bytes,
-//! `setup` is what shards start from, `buffer` and `spill` are the disk
-//! buffer's files, `oplog` bounds what clients can make the log say,
-//! `telemetry` is what the operator sees (metrics, health, `$SYS`), `reload`
-//! applies a new config on SIGHUP.
+//! `setup` is what shards start from, `buffer` is the disk buffer's files,
+//! `oplog` bounds what clients can make the log say, `telemetry` is what the
+//! operator sees (metrics, health, `$SYS`), `reload` applies a new config on
+//! SIGHUP.
 
 pub mod buffer;
 pub mod cli;
@@ -18,7 +18,6 @@ pub mod security;
 pub mod server;
 pub mod setup;
 pub mod shard;
-pub mod spill;
 pub mod telemetry;
 mod trim;
 

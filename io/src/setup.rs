@@ -13,7 +13,7 @@ use shardmq_core::broker::SelfTestConfig;
 use shardmq_core::limits::ClientLimits;
 
 use crate::security::ListenerSecurity;
-use crate::spill::BufferSpec;
+use crate::buffer::BufferSpec;
 
 /// One listening port, resolved.
 #[derive(Debug, Clone)]

@@ -17,8 +17,8 @@ use common::{q5, Broker, Client, Ev};
 use rumqttc::v5::mqttbytes::v5::ConnectProperties;
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::limits::{QueueFullStrategy, QueueLimit};
+use shardmq_io::buffer::BufferSpec;
 use shardmq_io::shard::BufferReport;
-use shardmq_io::spill::BufferSpec;
 
 const MARKER: &[u8] = b"SHARDMQ-PLAINTEXT-MARKER-51c9";
 

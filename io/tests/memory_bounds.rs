@@ -15,8 +15,8 @@ use shardmq_core::codec::{
     decode_packet, encode, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
     ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
 };
+use shardmq_io::buffer::BufferSpec;
 use shardmq_io::shard::BufferReport;
-use shardmq_io::spill::BufferSpec;
 
 use common::{q5, Broker, Client, RawClient, WAIT};
 

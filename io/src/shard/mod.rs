@@ -22,7 +22,6 @@ use crate::driver::Driver;
 use crate::reload::apply::ShardListeners;
 use crate::setup::Reconfig;
 use crate::setup::{BufferSetup, ListenerSpec, ServerError};
-use crate::spill::DiskSpill;
 use crate::telemetry::sys::SysPublisher;
 use crate::telemetry::{buffer_report, Telemetry};
 
@@ -93,7 +92,7 @@ pub async fn run(
         .buffer
         .as_ref()
         .and_then(|b| open_buffer(id, shards, b));
-    let store_bytes = store.as_ref().map_or(0, |s| s.buffer.size_max_bytes());
+    let store_bytes = store.as_ref().map_or(0, DiskBuffer::size_max_bytes);
     let buffer = ShardBuffer::new(store, setup.memory_budget_bytes, store_bytes);
     let shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
     let (driver, wakeups) = Driver::new(shard);
@@ -159,21 +158,12 @@ pub async fn run(
 /// the deletes and spare creation still running off the shard, so no
 /// segment file outlives the process.
 async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
-    let open = driver.with(|s| {
-        s.buffer_mut()
-            .store_mut()
-            .map(|d| d.buffer.close())
-            .is_some()
-    });
+    let open = driver.with(|s| s.buffer_mut().store_mut().map(DiskBuffer::close).is_some());
     if !open {
         return;
     }
     let deadline = Instant::now() + wait_max;
-    while driver.peek(|s| {
-        s.buffer()
-            .store()
-            .is_some_and(|d| d.buffer.off_shard_work())
-    }) {
+    while driver.peek(|s| s.buffer().store().is_some_and(DiskBuffer::off_shard_work)) {
         if Instant::now() >= deadline {
             warn!(
                 shard = driver.id.index(),
@@ -187,7 +177,7 @@ async fn close_buffer(driver: &Rc<Driver>, wait_max: Duration) {
 
 /// Opens shard `id`'s disk buffer; on failure the shard runs without one
 /// (queues bounded by `subscriberQueueLimit`), which the log says plainly.
-fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskSpill> {
+fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskBuffer> {
     let share = setup.spec.size_max_bytes / shards as u64;
     // At least two segments per shard: the segment being written is never
     // reclaimed, so with one the buffer would stay full once it filled.
@@ -225,7 +215,7 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskSpil
                 leftover_segments_removed = disk.removed_at_open(),
                 "disk buffer open"
             );
-            Some(DiskSpill::new(disk))
+            Some(disk)
         }
         Err(e) => {
             error!(
@@ -244,11 +234,11 @@ fn open_buffer(id: usize, shards: usize, setup: &BufferSetup) -> Option<DiskSpil
 fn upkeep_buffer(driver: &Rc<Driver>) {
     let request = driver.with(|s| {
         let d = s.buffer_mut().store_mut()?;
-        if let Err(e) = d.buffer.flush() {
+        if let Err(e) = d.flush() {
             warn!(shard = driver.id.index(), error = %e, "disk buffer flush failed");
         }
-        let in_use = d.buffer.stats().segments > 0;
-        in_use.then(|| d.buffer.spare_request()).flatten()
+        let in_use = d.stats().segments > 0;
+        in_use.then(|| d.spare_request()).flatten()
     });
     let Some(req) = request else {
         return;
@@ -266,7 +256,7 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
             .await;
         driver.with(|s| {
             if let Some(d) = s.buffer_mut().store_mut() {
-                d.buffer.install_spare(file);
+                d.install_spare(file);
             }
         });
     })
@@ -335,7 +325,7 @@ fn log_stats(driver: &Rc<Driver>) {
         );
         let b = s.buffer();
         if let Some(store) = b.store() {
-            let d = store.buffer.stats();
+            let d = store.stats();
             info!(
                 shard,
                 memory_bytes = b.memory_bytes(),
@@ -346,7 +336,7 @@ fn log_stats(driver: &Rc<Driver>) {
                 appended = d.appended,
                 read = d.read,
                 lost = d.corrupt,
-                refused = store.refused,
+                refused = d.refused,
                 reclaimed_segments = d.reclaimed_segments,
                 "disk buffer stats"
             );

@@ -216,8 +216,6 @@ pub struct BufferReport {
     pub disk: BufferStats,
     /// Queued bytes held in memory (`memory_cost`).
     pub memory_bytes: u64,
-    /// Appends the buffer refused (full, no space, I/O).
-    pub refused: u64,
     pub dropped_queue_full: u64,
 }
 
@@ -231,9 +229,8 @@ pub(crate) fn buffer_report(s: &crate::driver::BrokerShard) -> BufferReport {
     };
     if let Some(d) = b.store() {
         report.open = true;
-        report.encrypted = d.buffer.encrypted();
-        report.disk = d.buffer.stats();
-        report.refused = d.refused;
+        report.encrypted = d.encrypted();
+        report.disk = d.stats();
     }
     report
 }

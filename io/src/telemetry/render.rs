@@ -537,7 +537,9 @@ fn shards(out: &mut Out, s: &[ShardSnapshot]) {
     out.per_shard("shardmq_disk_buffer_corrupt_total", s, |x| {
         x.buffer.disk.corrupt
     });
-    out.per_shard("shardmq_disk_buffer_refused_total", s, |x| x.buffer.refused);
+    out.per_shard("shardmq_disk_buffer_refused_total", s, |x| {
+        x.buffer.disk.refused
+    });
     out.per_shard("shardmq_mesh_messages_sent_total", s, |x| x.stats.mesh_sent);
     out.per_shard("shardmq_mesh_messages_received_total", s, |x| {
         x.stats.mesh_received
