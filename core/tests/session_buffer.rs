@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use shardmq_core::buffer::{memory_cost, Lease, RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
     Connect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode,
+    SubscriptionId,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit, SESSION_SHARES};
 use shardmq_core::session::{
@@ -127,7 +128,7 @@ fn cost() -> u64 {
 fn granted(qos: QoS) -> Delivery {
     Delivery {
         granted_qos: qos,
-        subscription_ids: vec![3],
+        subscription_ids: vec![SubscriptionId::new(3).unwrap()],
         ..Delivery::default()
     }
 }

@@ -22,7 +22,7 @@ use bytestring::ByteString;
 use shardmq_core::buffer::{memory_cost, MemoryOnly, ShardBuffer};
 use shardmq_core::codec::{
     decode_packet, AckKind, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe,
+    PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe, SubscriptionId,
     SubscriptionOptions, Unsubscribe, Will,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
@@ -839,7 +839,7 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
             send_retained,
             ..
         } => {
-            assert_eq!(subscription.id, Some(42));
+            assert_eq!(subscription.id.map(SubscriptionId::get), Some(42));
             assert!(*send_retained);
         }
         other => panic!("{other:?}"),

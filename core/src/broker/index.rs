@@ -11,7 +11,7 @@ use super::moves::{Deferred, MovedEntry};
 use super::selftest::PROBE_SESSION;
 use super::{ConnId, MeshMsg, SessionId, Shard, ShardId, SubKey, SubVal, SELFTEST_PREFIX};
 use crate::buffer::Store;
-use crate::codec::SubscriptionOptions;
+use crate::codec::{SubscriptionId, SubscriptionOptions};
 use crate::session::Subscription;
 use crate::topic::{Filter, SubscriptionTrie, TopicFilter};
 
@@ -48,7 +48,7 @@ impl<S: Store> Shard<S> {
         raw: &ByteString,
         filter: &Filter,
         options: SubscriptionOptions,
-        id: Option<u32>,
+        id: Option<SubscriptionId>,
     ) {
         let key = self.sub_key(session, filter);
         let val = SubVal {

@@ -7,7 +7,7 @@ use bytestring::ByteString;
 
 use super::ids::{RequestId, SessionId, ShardId};
 use super::registry::{Decision, PrincipalId};
-use crate::codec::{QoS, SubscriptionOptions};
+use crate::codec::{QoS, SubscriptionId, SubscriptionOptions};
 use crate::session::{Delivery, SessionState, SharedMessage};
 use crate::topic::{SubscriptionData, TopicFilter};
 
@@ -25,7 +25,7 @@ pub struct SubKey {
 #[derive(Debug, Clone)]
 pub struct SubVal {
     pub options: SubscriptionOptions,
-    pub id: Option<u32>,
+    pub id: Option<SubscriptionId>,
     /// The subscriber's client id, for No Local [MQTT-3.8.3-3].
     pub client_id: ByteString,
     /// The filter as subscribed, naming the share group together with `group`.
@@ -36,8 +36,8 @@ impl SubscriptionData for SubVal {
     fn qos(&self) -> QoS {
         self.options.qos
     }
-    fn subscription_id(&self) -> Option<std::num::NonZeroU32> {
-        self.id.and_then(std::num::NonZeroU32::new)
+    fn subscription_id(&self) -> Option<SubscriptionId> {
+        self.id
     }
     fn retain_as_published(&self) -> bool {
         self.options.retain_as_published

@@ -103,7 +103,7 @@ impl<S: Store> Shard<S> {
                     .copied()
                     .filter(|v| !(v.options.no_local && v.client_id == message.origin));
                 if let Some(d) = merge_overlapping(vals) {
-                    per_shard[key.shard.index()].push((key.session, to_delivery(d)));
+                    per_shard[key.shard.index()].push((key.session, d));
                     matched = true;
                 }
             });
@@ -325,13 +325,4 @@ impl<S: Store> Shard<S> {
 
 fn dropped_of(state: Option<&SessionState>) -> u64 {
     state.map_or(0, |s| s.stats.dropped_queue_full)
-}
-
-fn to_delivery(d: crate::topic::Delivery) -> Delivery {
-    Delivery {
-        granted_qos: d.qos_max,
-        retain_as_published: d.retain_as_published,
-        from_retained: false,
-        subscription_ids: d.subscription_ids.iter().map(|id| id.get()).collect(),
-    }
 }

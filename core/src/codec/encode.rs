@@ -15,7 +15,7 @@ use crate::topic::TopicName;
 
 use super::error::EncodeError;
 use super::packet::*;
-use super::properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
+use super::properties::{Properties, PropertyContext, PropertyId};
 use super::property_codec::{binary_len, properties_len, put_properties, string_len};
 use super::reason::ReasonCode;
 use super::wire::{put_binary, put_string, put_varint, varint_len, VARINT_MAX};
@@ -110,8 +110,8 @@ pub struct Forward<'a> {
     pub properties: Option<&'a Properties>,
     /// Remaining lifetime [MQTT-3.3.2-6].
     pub message_expiry_interval: Option<u32>,
-    /// Of the matching subscriptions [MQTT-3.3.4-3].
-    pub subscription_identifiers: &'a [u32],
+    /// Of the matching subscriptions [MQTT-3.3.4-3]; valid by construction.
+    pub subscription_identifiers: &'a [SubscriptionId],
     pub topic_alias: Option<u16>,
     pub payload: &'a [u8],
 }
@@ -176,14 +176,8 @@ fn forward_properties_len(f: &Forward<'_>) -> Result<usize, EncodeError> {
             len += 1 + binary_len(b, "Correlation Data")?;
         }
     }
-    for &id in f.subscription_identifiers {
-        if id == 0 || id > SUBSCRIPTION_IDENTIFIER_MAX {
-            return Err(EncodeError::InvalidPropertyValue {
-                property: PropertyId::SubscriptionIdentifier,
-                value: id,
-            });
-        }
-        len += 1 + varint_len(id);
+    for id in f.subscription_identifiers {
+        len += 1 + varint_len(id.get());
     }
     if let Some(alias) = f.topic_alias {
         if alias == 0 {
@@ -231,9 +225,9 @@ fn put_forward_properties(buf: &mut BytesMut, f: &Forward<'_>, len: usize) {
             put_binary(buf, b);
         }
     }
-    for &id in f.subscription_identifiers {
+    for id in f.subscription_identifiers {
         buf.put_u8(PropertyId::SubscriptionIdentifier.as_u8());
-        put_varint(buf, id);
+        put_varint(buf, id.get());
     }
     if let Some(alias) = f.topic_alias {
         buf.put_u8(PropertyId::TopicAlias.as_u8());

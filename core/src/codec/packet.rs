@@ -3,12 +3,12 @@
 //! packet is a v5 packet whose properties are empty and whose reason codes map
 //! onto the v3.1.1 return codes.
 
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::properties::Properties;
+use super::properties::{Properties, SUBSCRIPTION_IDENTIFIER_MAX};
 use super::reason::ReasonCode;
 
 /// Protocol level byte of CONNECT (MQTT 3.1.1 §3.1.2.2, MQTT 5.0 §3.1.2.2).
@@ -57,6 +57,26 @@ impl PacketId {
         NonZeroU16::new(v).map(PacketId)
     }
     pub fn get(self) -> u16 {
+        self.0.get()
+    }
+}
+
+/// A Subscription Identifier: 1 to [`SUBSCRIPTION_IDENTIFIER_MAX`] (v5
+/// §3.8.2.1.2, where 0 is a Protocol Error), so any value of this type may
+/// be sent. The wire form in `Properties` stays `u32`; the decoder refuses
+/// values outside the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(NonZeroU32);
+
+impl SubscriptionId {
+    /// `None` for 0 and for values past the largest Variable Byte Integer.
+    pub fn new(v: u32) -> Option<SubscriptionId> {
+        if v > SUBSCRIPTION_IDENTIFIER_MAX {
+            return None;
+        }
+        NonZeroU32::new(v).map(SubscriptionId)
+    }
+    pub fn get(self) -> u32 {
         self.0.get()
     }
 }

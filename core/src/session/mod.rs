@@ -7,13 +7,14 @@ mod message;
 mod queue;
 mod state;
 
+pub use crate::topic::Delivery;
 pub use connection::{
     CloseReason, ConnectRequest, Connection, Denied, Event, PendingWill, PublishAck, Violation,
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
 pub use queue::Enqueued;
-pub use state::{Delivery, SessionState, SessionStats, Subscription};
+pub use state::{SessionState, SessionStats, Subscription};
 
 use crate::topic::{Filter, TopicName};
 

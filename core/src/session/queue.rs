@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::buffer::{memory_cost, Held, Lease, RecordRef};
-use crate::codec::QoS;
+use crate::codec::{QoS, SubscriptionId};
 use crate::limits::{QueueFullStrategy, QueueLimit};
 
 use super::message::{Message, SharedMessage};
-use super::state::{Delivery, SessionState};
+use super::state::SessionState;
+use crate::topic::Delivery;
 
 /// Queue capacity (entries) a session keeps once its queue is empty.
 const QUEUE_CAPACITY_KEPT: usize = 1024;
@@ -37,7 +38,7 @@ pub(crate) struct Queued {
     pub message: SharedMessage,
     pub qos: QoS,
     pub retain: bool,
-    pub subscription_ids: Vec<u32>,
+    pub subscription_ids: Vec<SubscriptionId>,
 }
 
 /// A queued message whose body is in the shard's store. Per-delivery data
@@ -47,7 +48,7 @@ pub(crate) struct Stored {
     pub at: RecordRef,
     pub qos: QoS,
     pub retain: bool,
-    pub subscription_ids: Vec<u32>,
+    pub subscription_ids: Vec<SubscriptionId>,
 }
 
 impl Stored {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 
 use crate::buffer::{Held, RecordRef};
-use crate::codec::{PacketId, QoS, SubscriptionOptions};
+use crate::codec::{PacketId, SubscriptionId, SubscriptionOptions};
 use crate::topic::Filter;
 
 use super::queue::Entry;
@@ -22,22 +22,7 @@ pub struct Subscription {
     pub filter: Filter,
     pub options: SubscriptionOptions,
     /// Subscription Identifier (v5 §3.8.2.1.2).
-    pub id: Option<u32>,
-}
-
-/// How one message is to be delivered to one session: the result of merging
-/// every matching subscription of that session [MQTT-3.3.4-2/-3].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
-    /// Maximum granted QoS of the matching subscriptions.
-    pub granted_qos: QoS,
-    /// Retain As Published on any matching subscription.
-    pub retain_as_published: bool,
-    /// Sent because of a new subscription (from the retained store): the
-    /// RETAIN flag is then set [MQTT-3.3.1-8].
-    pub from_retained: bool,
-    /// Identifiers of all matching subscriptions that have one.
-    pub subscription_ids: Vec<u32>,
+    pub id: Option<SubscriptionId>,
 }
 
 /// Where an outgoing QoS 1/2 exchange stands (§4.3.2, §4.3.3).

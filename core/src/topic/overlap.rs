@@ -1,38 +1,40 @@
-//! Overlapping subscriptions of one client (MQTT 5.0 §3.3.4): when several of
-//! a client's subscriptions match a PUBLISH, the server sends one copy with
-//! the maximum QoS and every Subscription Identifier. This merges values the
+//! How one message goes to one session (`Delivery`), and overlapping
+//! subscriptions of one client (MQTT 5.0 §3.3.4): when several of a
+//! client's subscriptions match a PUBLISH, the server sends one copy with the
+//! maximum QoS and every Subscription Identifier. This merges values the
 //! trie grouped by key; filtering out No Local matches [MQTT-3.8.3-3] and
 //! taking the min with the message's QoS are the session's work.
 
-use std::num::NonZeroU32;
-
-use smallvec::SmallVec;
-
-use crate::codec::QoS;
+use crate::codec::{QoS, SubscriptionId};
 
 /// What the merge needs from a session's per-subscription value.
 pub trait SubscriptionData {
     /// The subscription's maximum QoS (SUBSCRIBE options).
     fn qos(&self) -> QoS;
     /// The Subscription Identifier given with the SUBSCRIBE, if any.
-    fn subscription_id(&self) -> Option<NonZeroU32>;
+    fn subscription_id(&self) -> Option<SubscriptionId>;
     /// The Retain As Published option.
     fn retain_as_published(&self) -> bool;
 }
 
-/// How one message goes to one client whose subscriptions overlap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How one message is to be delivered to one session: the merge of every
+/// matching subscription of that session [MQTT-3.3.4-2] [MQTT-3.3.4-3], or
+/// the one subscription a retained message or a share group was matched for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
-    /// Maximum QoS over the matching subscriptions [MQTT-3.3.4-2]; the caller
-    /// still caps it at the PUBLISH's own QoS.
-    pub qos_max: QoS,
-    /// Every matching subscription's identifier, order not significant
-    /// [MQTT-3.3.4-3] [MQTT-3.3.4-4].
-    pub subscription_ids: SmallVec<[NonZeroU32; 2]>,
+    /// Maximum QoS granted over the matching subscriptions [MQTT-3.3.4-2];
+    /// the session still caps it at the PUBLISH's own QoS.
+    pub granted_qos: QoS,
     /// Whether any matching subscription asked for Retain As Published. The
     /// spec does not say how this merges; keeping the flag if any asks errs
     /// on the side of telling the client more.
     pub retain_as_published: bool,
+    /// Sent because of a new subscription (from the retained store): the
+    /// RETAIN flag is then set [MQTT-3.3.1-8].
+    pub from_retained: bool,
+    /// Every matching subscription's identifier, order not significant
+    /// [MQTT-3.3.4-3] [MQTT-3.3.4-4].
+    pub subscription_ids: Vec<SubscriptionId>,
 }
 
 /// Merges the matching subscriptions of one client; `None` when there are
@@ -44,12 +46,8 @@ where
 {
     let mut merged: Option<Delivery> = None;
     for sub in subscriptions {
-        let delivery = merged.get_or_insert_with(|| Delivery {
-            qos_max: QoS::AtMostOnce,
-            subscription_ids: SmallVec::new(),
-            retain_as_published: false,
-        });
-        delivery.qos_max = delivery.qos_max.max(sub.qos());
+        let delivery = merged.get_or_insert_with(Delivery::default);
+        delivery.granted_qos = delivery.granted_qos.max(sub.qos());
         if let Some(id) = sub.subscription_id() {
             delivery.subscription_ids.push(id);
         }
@@ -66,7 +64,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq)]
     struct Sub {
         qos: QoS,
-        id: Option<NonZeroU32>,
+        id: Option<SubscriptionId>,
         rap: bool,
     }
 
@@ -74,7 +72,7 @@ mod tests {
         fn qos(&self) -> QoS {
             self.qos
         }
-        fn subscription_id(&self) -> Option<NonZeroU32> {
+        fn subscription_id(&self) -> Option<SubscriptionId> {
             self.id
         }
         fn retain_as_published(&self) -> bool {
@@ -85,7 +83,7 @@ mod tests {
     fn sub(qos: QoS, id: u32) -> Sub {
         Sub {
             qos,
-            id: NonZeroU32::new(id),
+            id: SubscriptionId::new(id),
             rap: false,
         }
     }
@@ -110,16 +108,13 @@ mod tests {
         assert_eq!(deliveries.len(), 2, "one delivery per client");
         let (_, c1) = &deliveries[0];
         let c1 = c1.as_ref().unwrap();
-        assert_eq!(c1.qos_max, QoS::ExactlyOnce);
+        assert_eq!(c1.granted_qos, QoS::ExactlyOnce);
         let mut ids: Vec<u32> = c1.subscription_ids.iter().map(|id| id.get()).collect();
         ids.sort_unstable();
         assert_eq!(ids, [1, 2]);
         let c2 = deliveries[1].1.as_ref().unwrap();
-        assert_eq!(c2.qos_max, QoS::AtLeastOnce);
-        assert_eq!(
-            c2.subscription_ids.as_slice(),
-            [NonZeroU32::new(7).unwrap()]
-        );
+        assert_eq!(c2.granted_qos, QoS::AtLeastOnce);
+        assert_eq!(c2.subscription_ids, [SubscriptionId::new(7).unwrap()]);
     }
 
     #[test]

@@ -172,6 +172,10 @@ fn encode_forward_matches_encode_of_the_equivalent_publish() {
                         continue;
                     }
                     let name = (!topic.is_empty()).then(|| TopicName::try_from(topic).unwrap());
+                    let typed: Vec<SubscriptionId> = ids
+                        .iter()
+                        .map(|v| SubscriptionId::new(*v).unwrap())
+                        .collect();
                     let f = Forward {
                         dup,
                         qos,
@@ -180,7 +184,7 @@ fn encode_forward_matches_encode_of_the_equivalent_publish() {
                         packet_id: id,
                         properties: props,
                         message_expiry_interval: expiry,
-                        subscription_identifiers: &ids,
+                        subscription_identifiers: &typed,
                         topic_alias: alias,
                         payload: &payload,
                     };
@@ -205,6 +209,17 @@ fn encode_forward_matches_encode_of_the_equivalent_publish() {
             }
         }
     }
+}
+
+#[test]
+fn subscription_ids_outside_the_range_cannot_be_made() {
+    // v5 §3.8.2.1.2: 1 to 268,435,455, 0 is a Protocol Error. A `Forward`
+    // carries `SubscriptionId`s, so it cannot carry anything else.
+    assert_eq!(SubscriptionId::new(0), None);
+    assert_eq!(SubscriptionId::new(SUBSCRIPTION_IDENTIFIER_MAX + 1), None);
+    let max = SubscriptionId::new(SUBSCRIPTION_IDENTIFIER_MAX).map(SubscriptionId::get);
+    assert_eq!(max, Some(SUBSCRIPTION_IDENTIFIER_MAX));
+    assert_eq!(SubscriptionId::new(1).map(SubscriptionId::get), Some(1));
 }
 
 #[test]
@@ -239,13 +254,6 @@ fn encode_forward_refuses_over_the_client_maximum_and_bad_values() {
         Ok(len)
     );
     let bad = [
-        (
-            Forward {
-                subscription_identifiers: &[0],
-                ..f
-            },
-            "subscription id 0",
-        ),
         (
             Forward {
                 topic_alias: Some(0),

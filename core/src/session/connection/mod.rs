@@ -21,9 +21,10 @@ use crate::topic::{Filter, TopicName};
 
 use super::message::{expiry, forwardable, Message, SharedMessage};
 use super::queue::{Enqueued, Entry, Queued, Stored};
-use super::state::{Delivery, Inflight, InflightState, SessionState, Subscription};
+use super::state::{Inflight, InflightState, SessionState, Subscription};
 use super::{AllowAll, Permissions};
 use crate::buffer::Lease;
+use crate::topic::Delivery;
 
 mod close;
 mod connect;

@@ -7,8 +7,13 @@ use super::*;
 impl Connection {
     pub(super) fn handle_subscribe(&mut self, s: Subscribe) {
         // [MQTT-3.8.2-?] at most one Subscription Identifier (the codec
-        // checks), applying to every filter of this SUBSCRIBE.
-        let sub_id = s.properties.subscription_identifiers.first().copied();
+        // checks, and refuses 0 and values past the maximum), applying to
+        // every filter of this SUBSCRIBE.
+        let sub_id = s
+            .properties
+            .subscription_identifiers
+            .first()
+            .and_then(|v| codec::SubscriptionId::new(*v));
         // The whole packet is checked before any filter takes effect: a
         // malformed one closes the connection, and nothing of it applies.
         let mut parsed = Vec::with_capacity(s.filters.len());
