@@ -244,6 +244,7 @@ impl Lease<'_> {
 
     /// Moves a message to the store, counting its record against the
     /// session's share.
+    #[inline]
     pub(crate) fn append(
         &mut self,
         held: &mut Held,
@@ -255,11 +256,13 @@ impl Lease<'_> {
     }
 
     /// Reads a record of this session back; it stays in the store.
+    #[inline]
     pub(crate) fn read(&mut self, at: RecordRef) -> Result<Message, StoreError> {
         self.store.read(at, self.owner)
     }
 
     /// The session is done with a record.
+    #[inline]
     pub(crate) fn release(&mut self, held: &mut Held, at: RecordRef) {
         held.disk_bytes = held.disk_bytes.saturating_sub(u64::from(at.len));
         self.store.release(at);
