@@ -12,8 +12,8 @@ use std::time::Instant;
 use shardmq_core::broker::SelfTestConfig;
 use shardmq_core::limits::ClientLimits;
 
-use crate::security::ListenerSecurity;
 use crate::buffer::BufferSpec;
+use crate::security::ListenerSecurity;
 
 /// One listening port, resolved.
 #[derive(Debug, Clone)]
