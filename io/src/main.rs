@@ -14,6 +14,13 @@ use shardmq_io::cli::{server_config, state_dir, summary};
 use shardmq_io::reload;
 use tracing::{error, info, warn};
 
+/// PERF: mimalloc's thread-local heaps suit a thread per core; with glibc's
+/// malloc the per-frame allocations of the read path (frames are copied out
+/// of the read buffer so a queued message never pins it) took a fifth of a
+/// shard's time under fan-in (docs/PERFORMANCE.md, "The allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 shardmq: MQTT 3.1.1/5.0 broker (thread-per-core, io_uring)
 

@@ -2,6 +2,8 @@
 //! only the top of each arena by itself: after a subscriber's 3 GB backlog
 //! was freed the RSS stayed at 3 GB for good (the memory was reused, never
 //! returned). `malloc_trim(0)` releases the free pages inside every arena.
+//! The binary runs on mimalloc, which purges freed pages itself as the
+//! thread allocates; `mi_collect` does it at once for an idle shard.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,6 +22,14 @@ static TRIMMING: AtomicBool = AtomicBool::new(false);
 pub fn trim_soon(shard: usize, freed: u64) {
     if TRIMMING.swap(true, Ordering::AcqRel) {
         return;
+    }
+    // mimalloc's heaps are per thread: collect this shard's on its thread
+    // (a no-op when mimalloc is not the global allocator, as in-process tests).
+    #[allow(unsafe_code)]
+    // SAFETY: mi_collect has no preconditions; it touches only this thread's
+    // heap and the segments other threads abandoned.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
     glommio::spawn_local(async move {
         glommio::executor().spawn_blocking(trim).await;
