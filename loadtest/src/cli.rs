@@ -51,6 +51,22 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The loopback floor: round trips through a trivial TCP echo server
+    /// pinned like a broker, one in flight (compare with p2p QoS 1
+    /// `--inflight 1`).
+    EchoFloor {
+        /// Payload bytes per round trip.
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Measured duration (`10`, `10s`, `500ms`).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Pin the echo server's thread to this CPU (where a broker runs).
+        #[arg(long)]
+        server_cpu: Option<usize>,
+    },
     /// Run one scenario against several targets, interleaved (A B A B ...).
     Compare {
         #[command(flatten)]

@@ -10,6 +10,7 @@ pub mod client;
 pub mod compare;
 pub mod conns;
 pub mod ctx;
+pub mod echo;
 pub mod encryption;
 pub mod pacer;
 pub mod payload;

@@ -97,6 +97,23 @@ fn real_main(cli: Cli) -> Result<bool> {
             }
             Ok(report.ok())
         }
+        Command::EchoFloor {
+            payload,
+            duration,
+            warmup,
+            server_cpu,
+        } => {
+            for (spin, how) in [(true, "spinning"), (false, "sleeping")] {
+                let f =
+                    shardmq_loadtest::echo::measure(payload, warmup, duration, server_cpu, spin)
+                        .context("echo floor")?;
+                println!(
+                    "echo floor, {payload} B one in flight, {how}: {} round trips, p50 {} µs, p99 {} µs, p99.9 {} µs",
+                    f.round_trips, f.p50_us, f.p99_us, f.p999_us
+                );
+            }
+            Ok(true)
+        }
         Command::Compare {
             scenario,
             targets,
