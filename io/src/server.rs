@@ -174,7 +174,19 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let mesh = mesh.clone();
         let setup = setup.clone();
         let ready = ready_tx.clone();
-        let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+        if let Some(us) = std::env::var("SHARDMQ_EXP_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            builder = builder.spin_before_park(std::time::Duration::from_micros(us));
+        }
+        if let Some(us) = std::env::var("SHARDMQ_EXP_PREEMPT_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            builder = builder.preempt_timer(std::time::Duration::from_micros(us));
+        }
         let spawned = builder.spawn(move || async move {
             crate::shard::run(id, mesh, setup, ready).await;
         });
