@@ -81,29 +81,19 @@ pub fn port_name(listener: &str, index: usize, addr: std::net::SocketAddr) -> St
 
 /// Builds the server's config, loading every policy, certificate and key.
 pub fn server_config(config: &Config) -> Result<Built, SetupError> {
-    let now = SystemTime::now();
     let internal = &config.advanced.internal_certs;
     // Reject unsupported key algorithms now, never at renewal time.
     shardmq_auth::check_supported(internal.private_key.algorithm)
         .map_err(|e| invalid("advanced.internalCerts.privateKey.algorithm", e))?;
-
-    let mut authenticators = HashMap::new();
-    for (i, a) in config.authentications.iter().enumerate() {
-        let authn = Authenticator::new(a, shardmq_auth::webhook::DEFAULT_TIMEOUT)
-            .map_err(|e| invalid(format!("authentications[{i}]"), e))?;
-        authenticators.insert(a.name.clone(), Arc::new(authn));
-    }
-    let mut authorizations = HashMap::new();
-    for (i, a) in config.authorizations.iter().enumerate() {
-        let policy =
-            AuthorizationPolicy::new(a).map_err(|e| invalid(format!("authorizations[{i}]"), e))?;
-        authorizations.insert(a.name.clone(), Arc::new(policy));
-    }
-
-    let state_dir = state_dir(config, None);
-    let mut ca: Option<Arc<InternalCa>> = None;
-    let mut certs = Vec::new();
-    let mut managed = Vec::new();
+    let (authenticators, authorizations) = policies(config)?;
+    let mut tls = ListenerCerts {
+        config,
+        state_dir: state_dir(config, None),
+        now: SystemTime::now(),
+        ca: None,
+        certs: Vec::new(),
+        managed: Vec::new(),
+    };
     let mut listeners = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         for (j, p) in l.ports.iter().enumerate() {
@@ -119,55 +109,8 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                 .as_ref()
                 .and_then(|r| authorizations.get(r))
                 .cloned();
-            let cert = match &p.tls {
-                None => None,
-                Some(ListenerTls::Manual(files)) => {
-                    let cert = Arc::new(
-                        ReloadableCert::from_files(files)
-                            .map_err(|e| invalid(format!("{path}.tls.manual"), e))?,
-                    );
-                    certs.push(cert.clone());
-                    Some(cert)
-                }
-                Some(ListenerTls::Automatic(spec)) => {
-                    let ca = match &ca {
-                        Some(ca) => ca.clone(),
-                        None => {
-                            let (loaded, origin) = InternalCa::load_or_create(
-                                &state_dir.join(CA_DIR),
-                                internal.private_key.algorithm,
-                                spec.cert.duration,
-                                now,
-                            )
-                            .map_err(|e| {
-                                invalid(
-                                    format!(
-                                        "{path}.tls (internal CA in the state directory {}; \
-                                         set stateDir or run under systemd with StateDirectory=)",
-                                        state_dir.display()
-                                    ),
-                                    e,
-                                )
-                            })?;
-                            if origin == shardmq_auth::CaOrigin::Created {
-                                warn_about_an_older_ca(config, &state_dir);
-                            }
-                            let loaded = Arc::new(loaded);
-                            ca = Some(loaded.clone());
-                            loaded
-                        }
-                    };
-                    let key_file =
-                        state_dir.join(format!("listener-{}-{}.key", l.name, p.addr.port()));
-                    let manager = CertManager::new(ca, spec, Some(key_file), now).map_err(|e| {
-                        invalid(format!("{path}.tls.certManagerCertificateSpec"), e)
-                    })?;
-                    let cert = manager.cert();
-                    managed.push(manager);
-                    Some(cert)
-                }
-            };
-            let tls = match cert.clone() {
+            let cert = tls.cert(&path, &l.name, p)?;
+            let server_tls = match cert.clone() {
                 None => None,
                 Some(cert) => {
                     let verifier = authenticator
@@ -179,13 +122,12 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
                     )
                 }
             };
-            let name = port_name(&l.name, j, p.addr);
             listeners.push(ListenerSpec {
-                name,
+                name: port_name(&l.name, j, p.addr),
                 addr: p.addr,
                 shards: p.shards.clone(),
                 security: ListenerSecurity {
-                    tls,
+                    tls: server_tls,
                     authenticator,
                     authorization,
                     cert,
@@ -193,45 +135,146 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
             });
         }
     }
+    Ok(Built {
+        server: settings(config, &tls.state_dir, listeners),
+        certs: tls.certs,
+        authenticators: authenticators.into_values().collect(),
+        ca_cert_file: tls.ca.and_then(|c| c.cert_file().map(PathBuf::from)),
+        managed: tls.managed,
+    })
+}
+
+type Authenticators = HashMap<String, Arc<Authenticator>>;
+type Authorizations = HashMap<String, Arc<AuthorizationPolicy>>;
+
+/// Every authentication and authorization policy, by name.
+fn policies(config: &Config) -> Result<(Authenticators, Authorizations), SetupError> {
+    let mut authenticators = HashMap::new();
+    for (i, a) in config.authentications.iter().enumerate() {
+        let authn = Authenticator::new(a, shardmq_auth::webhook::DEFAULT_TIMEOUT)
+            .map_err(|e| invalid(format!("authentications[{i}]"), e))?;
+        authenticators.insert(a.name.clone(), Arc::new(authn));
+    }
+    let mut authorizations = HashMap::new();
+    for (i, a) in config.authorizations.iter().enumerate() {
+        let policy =
+            AuthorizationPolicy::new(a).map_err(|e| invalid(format!("authorizations[{i}]"), e))?;
+        authorizations.insert(a.name.clone(), Arc::new(policy));
+    }
+    Ok((authenticators, authorizations))
+}
+
+/// The listeners' certificates as they are built: the operator's files, or
+/// ones the internal CA issues (the CA loaded or created on first use).
+struct ListenerCerts<'a> {
+    config: &'a Config,
+    state_dir: PathBuf,
+    now: SystemTime,
+    ca: Option<Arc<InternalCa>>,
+    certs: Vec<Arc<ReloadableCert>>,
+    managed: Vec<CertManager>,
+}
+
+impl ListenerCerts<'_> {
+    fn cert(
+        &mut self,
+        path: &str,
+        listener: &str,
+        port: &shardmq_core::config::ListenerPort,
+    ) -> Result<Option<Arc<ReloadableCert>>, SetupError> {
+        match &port.tls {
+            None => Ok(None),
+            Some(ListenerTls::Manual(files)) => {
+                let cert = Arc::new(
+                    ReloadableCert::from_files(files)
+                        .map_err(|e| invalid(format!("{path}.tls.manual"), e))?,
+                );
+                self.certs.push(cert.clone());
+                Ok(Some(cert))
+            }
+            Some(ListenerTls::Automatic(spec)) => {
+                let ca = self.ca(path, spec.cert.duration)?;
+                let key_file = self
+                    .state_dir
+                    .join(format!("listener-{listener}-{}.key", port.addr.port()));
+                let manager = CertManager::new(ca, spec, Some(key_file), self.now)
+                    .map_err(|e| invalid(format!("{path}.tls.certManagerCertificateSpec"), e))?;
+                let cert = manager.cert();
+                self.managed.push(manager);
+                Ok(Some(cert))
+            }
+        }
+    }
+
+    /// The internal CA, loaded or created the first time a port needs it.
+    fn ca(
+        &mut self,
+        path: &str,
+        duration: std::time::Duration,
+    ) -> Result<Arc<InternalCa>, SetupError> {
+        if let Some(ca) = &self.ca {
+            return Ok(ca.clone());
+        }
+        let (loaded, origin) = InternalCa::load_or_create(
+            &self.state_dir.join(CA_DIR),
+            self.config.advanced.internal_certs.private_key.algorithm,
+            duration,
+            self.now,
+        )
+        .map_err(|e| {
+            invalid(
+                format!(
+                    "{path}.tls (internal CA in the state directory {}; \
+                     set stateDir or run under systemd with StateDirectory=)",
+                    self.state_dir.display()
+                ),
+                e,
+            )
+        })?;
+        if origin == shardmq_auth::CaOrigin::Created {
+            warn_about_an_older_ca(self.config, &self.state_dir);
+        }
+        let loaded = Arc::new(loaded);
+        self.ca = Some(loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// Everything but the listeners: shards, limits, the buffer, budgets.
+fn settings(config: &Config, state_dir: &Path, listeners: Vec<ListenerSpec>) -> ServerConfig {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let shards = config.cardinality.shards.map_or(cores, |n| n.get());
     let self_check = &config.diagnostics.self_check;
     let memory_budget_bytes = shardmq_core::buffer::memory_budget_bytes(config.memory_profile);
-    Ok(Built {
-        server: ServerConfig {
-            shards,
-            pin_cpus: true,
-            listeners,
-            limits: config.advanced.clients.clone(),
-            retained_max: RETAINED_MAX,
-            selftest: self_check
-                .enabled
-                .then_some(shardmq_core::broker::SelfTestConfig {
-                    interval: self_check.interval,
-                    timeout: self_check.timeout,
-                }),
-            disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
-                data_dir: b
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(|| state_dir.join(BUFFER_DIR)),
-                size_max_bytes: b.size_max_bytes.get(),
-                segment_bytes: SEGMENT_BYTES_DEFAULT,
+    ServerConfig {
+        shards,
+        pin_cpus: true,
+        listeners,
+        limits: config.advanced.clients.clone(),
+        retained_max: RETAINED_MAX,
+        selftest: self_check
+            .enabled
+            .then_some(shardmq_core::broker::SelfTestConfig {
+                interval: self_check.interval,
+                timeout: self_check.timeout,
             }),
-            encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
-            memory_budget_bytes,
-            retained_bytes_max: config
-                .retained_size_max_bytes
-                .map_or(memory_budget_bytes / SESSION_SHARES, |b| b / shards as u64),
-            partial_bytes_max: memory_budget_bytes / SESSION_SHARES,
-        },
-        certs,
-        authenticators: authenticators.into_values().collect(),
-        ca_cert_file: ca.and_then(|c| c.cert_file().map(PathBuf::from)),
-        managed,
-    })
+        disk_buffer: config.disk_buffer.as_ref().map(|b| BufferSpec {
+            data_dir: b
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join(BUFFER_DIR)),
+            size_max_bytes: b.size_max_bytes.get(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+        }),
+        encrypt_internal_traffic: config.advanced.encrypt_internal_traffic,
+        memory_budget_bytes,
+        retained_bytes_max: config
+            .retained_size_max_bytes
+            .map_or(memory_budget_bytes / SESSION_SHARES, |b| b / shards as u64),
+        partial_bytes_max: memory_budget_bytes / SESSION_SHARES,
+    }
 }
 
 /// Versions before `stateDir` kept the internal CA in `secretsDir` or in

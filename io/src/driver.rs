@@ -246,9 +246,7 @@ impl Driver {
                 principal: owner,
             } => {
                 let (listener, peer, principal, _) = who(conn);
-                if let Some(h) = self.handle(conn) {
-                    ListenerCounters::bump(&h.counters.refused, "not_authorized");
-                }
+                self.count(conn, |c| &c.refused, "not_authorized");
                 client_log!(Category::AuthFailures, shard, listener = %listener, peer = %peer,
                     client = ?client_id, principal = ?principal, owner = %owner,
                     reason = ?shardmq_core::codec::ReasonCode::NotAuthorized,
@@ -275,9 +273,7 @@ impl Driver {
                     Denied::Publish(topic) => ("publish denied", topic.as_str(), "publish"),
                     Denied::Subscribe(filter) => ("subscribe denied", &filter[..], "subscribe"),
                 };
-                if let Some(h) = self.handle(conn) {
-                    ListenerCounters::bump(&h.counters.authz_denied, action);
-                }
+                self.count(conn, |c| &c.authz_denied, action);
                 client_log!(Category::Denials, shard, listener = %listener, peer = %peer,
                     client = ?client_id, principal = ?principal, topic = ?name, "{what}");
             }
@@ -313,16 +309,33 @@ impl Driver {
                     "closing the connection holding the most of a packet not yet received: \
                      the shard's budget for partial packets (memoryProfile) is used up");
             }
-            Notice::SelfTest { seq, missing } => {
-                if missing.is_empty() {
-                    debug!(seq, "self-test: every shard answered");
-                } else {
-                    let missing: Vec<usize> = missing.iter().map(|s| s.index()).collect();
-                    warn!(seq, ?missing,
-                        "self-test: shards did not answer within diagnostics.selfCheck.timeoutSeconds");
-                }
-            }
+            Notice::SelfTest { seq, missing } => log_self_test(seq, &missing),
         }
+    }
+
+    /// Bumps one of a connection's listener counters, if it is still here.
+    fn count(
+        &self,
+        conn: ConnId,
+        counter: impl Fn(&ListenerCounters) -> &RefCell<std::collections::BTreeMap<&'static str, u64>>,
+        label: &'static str,
+    ) {
+        if let Some(h) = self.handle(conn) {
+            ListenerCounters::bump(counter(&h.counters), label);
+        }
+    }
+}
+
+fn log_self_test(seq: u64, missing: &[ShardId]) {
+    if missing.is_empty() {
+        debug!(seq, "self-test: every shard answered");
+    } else {
+        let missing: Vec<usize> = missing.iter().map(|s| s.index()).collect();
+        warn!(
+            seq,
+            ?missing,
+            "self-test: shards did not answer within diagnostics.selfCheck.timeoutSeconds"
+        );
     }
 }
 

@@ -100,36 +100,9 @@ fn run() -> Result<ExitCode> {
         Command::Check(path) => return Ok(check(path.as_deref())),
         Command::Run(path) => path,
     };
-    let (mut config, warnings) = match &path {
-        None => (Config::default(), Vec::new()),
-        Some(path) => match reload::load(path) {
-            Ok(loaded) => loaded,
-            Err(errors) => {
-                // One line per problem, before any port is bound.
-                for e in &errors {
-                    eprintln!("shardmq: {e}");
-                }
-                return Ok(ExitCode::from(2));
-            }
-        },
-    };
-    // systemd's StateDirectory= (e.g. with DynamicUser= and
-    // ProtectSystem=strict, the one folder the broker may write).
-    let state = state_dir(&config, std::env::var_os("STATE_DIRECTORY").as_deref());
-    config.state_dir = Some(state);
-    // A filter that enables nothing would hide every error: refuse it.
-    let filter = shardmq_io::logging::filter_text(
-        &config.diagnostics.log_filter,
-        std::env::var("RUST_LOG").ok(),
-    )
-    .and_then(|filter| shardmq_io::logging::init(&filter).map(|()| filter));
-    if let Err(e) = filter {
-        eprintln!("shardmq: {e}");
+    let Some(config) = load_and_log(path.as_deref()) else {
         return Ok(ExitCode::from(2));
-    }
-    for w in &warnings {
-        warn!("config: {w}");
-    }
+    };
     let built = server_config(&config)?;
     for line in summary(&config, &built.server) {
         info!("{line}");
@@ -162,49 +135,94 @@ fn run() -> Result<ExitCode> {
     let flag = handle.shutdown_flag();
     shardmq_io::telemetry::watchdog::notify("READY=1");
     shardmq_io::telemetry::watchdog::start(telemetry, flag.clone());
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     let reloader = handle.reloader();
-    std::thread::spawn(move || {
-        let mut running = config;
-        for sig in signals.forever() {
-            if sig == signal_hook::consts::SIGHUP {
-                let Some(path) = &path else {
-                    info!("SIGHUP: no config file to re-read (started without --config)");
-                    continue;
-                };
-                match reload::reload(path, &running, &reloader) {
-                    Ok(reloaded) => {
-                        running = reloaded.config;
-                        if let Ok(mut m) = managed.lock() {
-                            *m = reloaded.built.managed;
-                        }
-                    }
-                    Err(errors) => {
-                        for e in &errors {
-                            error!("SIGHUP: {e}");
-                        }
-                        error!("SIGHUP: the new configuration was rejected; the running one stays in force");
-                    }
-                }
-                continue;
-            }
-            info!(signal = sig, "shutting down");
-            shardmq_io::telemetry::watchdog::notify("STOPPING=1");
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            break;
-        }
-    });
+    std::thread::spawn(move || on_signals(signals, path, config, &reloader, &managed, &flag));
     handle.join();
     if let Some(m) = metrics {
         m.stop();
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config (or the default) with its state directory, and logging set
+/// up from it; `None` once the problems are printed (exit 2).
+fn load_and_log(path: Option<&std::path::Path>) -> Option<Config> {
+    let (mut config, warnings) = match path {
+        None => (Config::default(), Vec::new()),
+        Some(path) => match reload::load(path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                // One line per problem, before any port is bound.
+                for e in &errors {
+                    eprintln!("shardmq: {e}");
+                }
+                return None;
+            }
+        },
+    };
+    // systemd's StateDirectory= (e.g. with DynamicUser= and
+    // ProtectSystem=strict, the one folder the broker may write).
+    let state = state_dir(&config, std::env::var_os("STATE_DIRECTORY").as_deref());
+    config.state_dir = Some(state);
+    // A filter that enables nothing would hide every error: refuse it.
+    let filter = shardmq_io::logging::filter_text(
+        &config.diagnostics.log_filter,
+        std::env::var("RUST_LOG").ok(),
+    )
+    .and_then(|filter| shardmq_io::logging::init(&filter).map(|()| filter));
+    if let Err(e) = filter {
+        eprintln!("shardmq: {e}");
+        return None;
+    }
+    for w in &warnings {
+        warn!("config: {w}");
+    }
+    Some(config)
+}
+
+/// SIGHUP re-reads the config file; SIGINT and SIGTERM stop the broker.
+fn on_signals(
+    mut signals: signal_hook::iterator::Signals,
+    path: Option<PathBuf>,
+    mut running: Config,
+    reloader: &reload::Reloader,
+    managed: &Mutex<Vec<shardmq_auth::CertManager>>,
+    flag: &std::sync::atomic::AtomicBool,
+) {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            let Some(path) = &path else {
+                info!("SIGHUP: no config file to re-read (started without --config)");
+                continue;
+            };
+            match reload::reload(path, &running, reloader) {
+                Ok(reloaded) => {
+                    running = reloaded.config;
+                    if let Ok(mut m) = managed.lock() {
+                        *m = reloaded.built.managed;
+                    }
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        error!("SIGHUP: {e}");
+                    }
+                    error!("SIGHUP: the new configuration was rejected; the running one stays in force");
+                }
+            }
+            continue;
+        }
+        info!(signal = sig, "shutting down");
+        shardmq_io::telemetry::watchdog::notify("STOPPING=1");
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        break;
+    }
 }
 
 /// `--check-config`: the start-up validation and loading, nothing started.

@@ -107,17 +107,7 @@ fn parse_cpu_list(list: &str) -> Vec<usize> {
 /// shard that serves it (or the first error).
 pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let n = config.shards.max(1);
-    for l in &config.listeners {
-        for &s in l.shards.iter().flatten() {
-            if s >= n {
-                return Err(ServerError::NoSuchShard {
-                    name: l.name.clone(),
-                    shard: s,
-                    shards: n,
-                });
-            }
-        }
-    }
+    check_listener_shards(&config.listeners, n)?;
     let reservations = reserve_ports(&mut config.listeners)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
@@ -160,6 +150,49 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         telemetry: telemetry.clone(),
         reloads: Mutex::new(reload_rxs),
     });
+    let joins = spawn_shards(n, config.pin_cpus, &setup, &shutdown)?;
+    drop(reservations);
+    let addrs = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.addr))
+        .collect();
+    Ok(ServerHandle {
+        shutdown,
+        joins,
+        addrs,
+        probes_ok,
+        buffer_reports,
+        shard_reports,
+        reloader: Reloader::new(n, reload_txs, config.listeners.clone(), telemetry.clone()),
+        telemetry,
+    })
+}
+
+/// A listener may name only shards that exist.
+fn check_listener_shards(listeners: &[ListenerSpec], n: usize) -> Result<(), ServerError> {
+    for l in listeners {
+        for &s in l.shards.iter().flatten() {
+            if s >= n {
+                return Err(ServerError::NoSuchShard {
+                    name: l.name.clone(),
+                    shard: s,
+                    shards: n,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pinned executor per shard; returns once each has bound its
+/// listeners, or stops them all at the first that fails.
+fn spawn_shards(
+    n: usize,
+    pin_cpus: bool,
+    setup: &Arc<ShardSetup>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, ServerError> {
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_LEN);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
@@ -168,25 +201,13 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         // Shard k goes to the k-th CPU the process may use, so `taskset` and
         // systemd's CPUAffinity= are honoured rather than overridden.
         let placement = match cpus.get(id) {
-            Some(&cpu) if config.pin_cpus && n <= cpus.len() => Placement::Fixed(cpu),
+            Some(&cpu) if pin_cpus && n <= cpus.len() => Placement::Fixed(cpu),
             _ => Placement::Unbound,
         };
         let mesh = mesh.clone();
         let setup = setup.clone();
         let ready = ready_tx.clone();
-        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
-        if let Some(us) = std::env::var("SHARDMQ_EXP_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            builder = builder.spin_before_park(std::time::Duration::from_micros(us));
-        }
-        if let Some(us) = std::env::var("SHARDMQ_EXP_PREEMPT_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            builder = builder.preempt_timer(std::time::Duration::from_micros(us));
-        }
+        let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let spawned = builder.spawn(move || async move {
             crate::shard::run(id, mesh, setup, ready).await;
         });
@@ -214,22 +235,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
             return Err(e);
         }
     }
-    drop(reservations);
-    let addrs = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.addr))
-        .collect();
-    Ok(ServerHandle {
-        shutdown,
-        joins,
-        addrs,
-        probes_ok,
-        buffer_reports,
-        shard_reports,
-        reloader: Reloader::new(n, reload_txs, config.listeners.clone(), telemetry.clone()),
-        telemetry,
-    })
+    Ok(joins)
 }
 
 /// The client limits with what the memory bounds imply: a session's share
