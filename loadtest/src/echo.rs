@@ -46,11 +46,27 @@ fn serve(
         if spin_read(&mut s, &mut buf).is_err() {
             return Ok(()); // the client is done
         }
-        s.write_all(&buf)?;
+        spin_write(&mut s, &buf)?;
     }
 }
 
-/// `read_exact` by spinning: a closed peer is an error.
+/// `write_all` that also works on a non-blocking socket (a payload larger
+/// than the socket buffers).
+fn spin_write(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match s.write(&buf[sent..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `read_exact` that also works on a non-blocking socket (spinning); a
+/// closed peer is an error.
 fn spin_read(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
@@ -80,6 +96,8 @@ pub fn measure(
     let mut c = TcpStream::connect(addr)?;
     c.set_nodelay(true)?;
     c.set_nonblocking(spin)?;
+    // A lost echo must fail the run, not hang it.
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
     let out = vec![7u8; payload];
     let mut back = vec![0u8; payload];
     let mut hist = Histogram::<u64>::new(3).map_err(std::io::Error::other)?;
@@ -87,7 +105,7 @@ pub fn measure(
     let end = start + warmup + duration;
     while Instant::now() < end {
         let t = Instant::now();
-        c.write_all(&out)?;
+        spin_write(&mut c, &out)?;
         spin_read(&mut c, &mut back)?;
         if t >= start + warmup {
             let _ = hist.record(t.elapsed().as_micros() as u64);

@@ -120,12 +120,14 @@ pub async fn run(
 
     let mut last_stats = Instant::now();
     let mut held_peak = 0;
+    let mut trims_seen = 0;
     while !setup.shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
         driver.with(|s| s.handle_tick(now));
         upkeep_buffer(&driver);
         held_peak = trim_heap(&driver, held_peak);
+        crate::trim::collect_if_asked(&mut trims_seen);
         publish_reports(&driver, &setup);
         while let Some(rc) = reloads.as_ref().and_then(|r| r.try_recv().ok()) {
             listeners.apply(&driver, &rc, telemetry).await;
