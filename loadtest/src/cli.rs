@@ -1,8 +1,9 @@
 //! Command line: `run` (one scenario against one broker), `compare` (the
-//! same scenario against several targets, interleaved) and `encryption`
-//! (a broker config with encryptInternalTraffic Enabled vs Disabled).
-//! Parses flags into a validated [`RunSpec`], target list or
-//! [`encryption::Options`]; runs nothing itself.
+//! same scenario against several targets, interleaved), `encryption`
+//! (a broker config with encryptInternalTraffic Enabled vs Disabled) and
+//! `crash` (kill -9 and restart the broker, count what it lost).
+//! Parses flags into a validated [`RunSpec`], target list,
+//! [`encryption::Options`] or [`crash::Options`]; runs nothing itself.
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use shardmq_core::codec::{ProtocolVersion, QoS};
 
+use crate::compare::{TargetKind, TargetSpec};
+use crate::crash;
 use crate::encryption::{self, config::Adjustments, DEFAULT_PAYLOADS, DEFAULT_WORKLOADS};
 use crate::spec::{RunSpec, Scenario, StampMode, TlsSpec};
 
@@ -95,6 +98,116 @@ pub enum Command {
     /// Disabled: scenarios x payload sizes, interleaved rounds, medians side
     /// by side with the cipher's own cost; JSON and HTML report.
     Encryption(EncryptionArgs),
+    /// QoS 1 publishers to persistent subscribers while the broker is
+    /// killed (SIGKILL) at random moments and restarted on the same data
+    /// directory; fails if an acknowledged message never arrives.
+    Crash(CrashArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CrashArgs {
+    /// `NAME=cmd:COMMAND` or `cmd:COMMAND`, run with `sh -c` after
+    /// substituting `{port}` and `{tmp}` (the data directory, the same for
+    /// every restart).
+    #[arg(long)]
+    pub broker: String,
+    /// How many times to kill and restart the broker.
+    #[arg(long, default_value_t = 5)]
+    pub kills: usize,
+    /// Mean time from a recovery to the next kill; each wait is uniform in
+    /// [0.5, 1.5] times this.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub kill_every: Duration,
+    /// Seed of the kill moments (the same seed, the same waits).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub subscribers: usize,
+    /// Messages per second per publisher.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Unacknowledged messages per publisher.
+    #[arg(long, default_value = "10")]
+    pub inflight: NonZeroU16,
+    /// Payload bytes (at least 20: timestamp, publisher id, sequence).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// MQTT protocol: 5 (Session Expiry 1 h) or 3 (3.1.1, Clean Session 0).
+    #[arg(long, default_value = "5", value_parser = parse_protocol)]
+    pub protocol: ProtocolVersion,
+    /// Subscribers go offline (DISCONNECT, session kept) this long before
+    /// each kill and reconnect after the restart, so every kill hits
+    /// messages queued for offline sessions (at most the wait before the
+    /// kill; 0: always online).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub offline: Duration,
+    /// Messages per second each subscriber acknowledges at most (v5
+    /// subscribers then announce Receive Maximum 100), so the broker holds
+    /// unacknowledged messages when it dies; default: at once.
+    #[arg(long)]
+    pub sub_rate: Option<NonZeroU32>,
+    /// After publishing stops, how long to wait for acknowledged messages.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Kill to first CONNACK, at most (the port must accept TCP within 15 s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
+    /// Pin the broker to this CPU (taskset).
+    #[arg(long)]
+    pub broker_cpu: Option<usize>,
+    /// Duplicates without DUP (or without a reconnect) and reordering fail
+    /// the run too, not only lost acknowledged messages.
+    #[arg(long)]
+    pub strict: bool,
+    /// Keep the data directory and the broker's log.
+    #[arg(long)]
+    pub keep_dir: bool,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl CrashArgs {
+    pub fn to_options(&self) -> Result<crash::Options, String> {
+        let target = TargetSpec::parse(&self.broker).map_err(|e| e.to_string())?;
+        let TargetKind::Cmd(template) = target.kind else {
+            return Err(format!(
+                "--broker: the harness must start the broker to kill it: NAME=cmd:COMMAND, not {:?}",
+                self.broker
+            ));
+        };
+        let name = target.name;
+        if self.payload < crate::payload::HEADER_LEN {
+            return Err(format!(
+                "--payload: at least {} bytes",
+                crate::payload::HEADER_LEN
+            ));
+        }
+        Ok(crash::Options {
+            name,
+            template,
+            kills: self.kills,
+            kill_every: self.kill_every,
+            seed: self.seed,
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            rate_per_s: self.rate,
+            inflight: self.inflight.get(),
+            payload_bytes: self.payload,
+            version: self.protocol,
+            sub_rate: self.sub_rate.map(NonZeroU32::get),
+            offline: self.offline,
+            drain: self.drain,
+            connect_timeout: self.connect_timeout,
+            restart_timeout: self.restart_timeout,
+            broker_cpu: self.broker_cpu,
+            strict: self.strict,
+            keep_dir: self.keep_dir,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -460,6 +573,22 @@ mod tests {
             .to_string();
         assert!(e.contains("persistence issue"), "{e}");
         assert!(Cli::try_parse_from(["x", "encryption", "--scenarios", "idle"]).is_err());
+    }
+
+    #[test]
+    fn crash_needs_a_command_it_can_restart() {
+        let parse = |b: &str| {
+            let Command::Crash(a) = Cli::parse_from(["x", "crash", "--broker", b]).command else {
+                panic!("crash")
+            };
+            a.to_options()
+        };
+        let o = parse("m=cmd:exec mosquitto -p {port}").unwrap();
+        assert_eq!((o.name.as_str(), o.kills, o.rate_per_s), ("m", 5, 200));
+        assert_eq!(o.template, "exec mosquitto -p {port}");
+        assert!(parse("m=cmd:exec mosquitto").is_err(), "no {{port}}");
+        assert_eq!(parse("cmd:b {port}").unwrap().name, "cmd");
+        assert!(parse("127.0.0.1:1883").is_err());
     }
 
     #[test]

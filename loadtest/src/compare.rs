@@ -146,10 +146,7 @@ impl Launched {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(spawn_err)?;
-        let cmd = template
-            .replace("{port}", &port.to_string())
-            .replace("{tmp}", &dir.display().to_string());
-        let command = pinned_command(cpu, "sh", &["-c".as_ref(), cmd.as_ref()]);
+        let command = template_command(template, port, &dir, cpu);
         Launched::spawn(name, template, command, port, dir)
     }
 
@@ -169,7 +166,13 @@ impl Launched {
             source,
         };
         let log_path = dir.join("broker.log");
-        let log = std::fs::File::create(&log_path).map_err(spawn_err)?;
+        // Appended to: a broker restarted in the same directory (`crash`)
+        // keeps the earlier lives' logs.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         // Own process group, so stopping reaches whatever the shell started.
         command
@@ -211,6 +214,17 @@ impl Launched {
         }
     }
 
+    /// SIGKILL to the whole process group, no warning: a power cut as far
+    /// as the broker can tell. Reaps the leader.
+    pub fn kill(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
     pub fn stop(&mut self) {
         use nix::sys::signal::{killpg, Signal};
         use nix::unistd::Pid;
@@ -237,6 +251,19 @@ impl Drop for Launched {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `sh -c TEMPLATE` with `{port}` and `{tmp}` (`dir`) substituted.
+pub fn template_command(
+    template: &str,
+    port: u16,
+    dir: &std::path::Path,
+    cpu: Option<usize>,
+) -> Command {
+    let cmd = template
+        .replace("{port}", &port.to_string())
+        .replace("{tmp}", &dir.display().to_string());
+    pinned_command(cpu, "sh", &["-c".as_ref(), cmd.as_ref()])
 }
 
 /// `program args...`, under `taskset -c CPU` when `cpu` is given and

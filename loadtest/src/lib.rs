@@ -3,12 +3,14 @@
 //! carries a timestamp and a sequence number so latency is measured end to
 //! end and loss, duplicates and reordering are counted, not assumed.
 //! `compare` runs one scenario against several brokers, interleaved;
-//! `encryption` runs a broker config with encryptInternalTraffic on and off.
+//! `encryption` runs a broker config with encryptInternalTraffic on and off;
+//! `crash` kills the broker with SIGKILL and checks what it acknowledged.
 
 pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod conns;
+pub mod crash;
 pub mod ctx;
 pub mod echo;
 pub mod encryption;

@@ -139,6 +139,15 @@ fn real_main(cli: Cli) -> Result<bool> {
             }
             Ok(result.ok())
         }
+        Command::Crash(args) => {
+            let options = args.to_options().map_err(anyhow::Error::msg)?;
+            let report = rt.block_on(shardmq_loadtest::crash::run(&options))?;
+            print!("{}", report.to_table());
+            if let Some(path) = &args.json {
+                write_file(path, &serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(report.ok())
+        }
         Command::Encryption(args) => {
             let report = match &args.render {
                 Some(saved) => {

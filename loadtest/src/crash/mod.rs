@@ -1,0 +1,416 @@
+//! `crash`: kill -9 the broker at seeded random moments while QoS 1
+//! publishers feed persistent subscribers, restart it on the same data
+//! directory, and check that every acknowledged message still reached every
+//! subscriber. Owns the broker's lives and the run's timeline; the clients
+//! and the ledger live in the submodules, the report in `report`.
+
+pub mod clients;
+pub mod ledger;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardmq_core::codec::ProtocolVersion;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::clients::{PubPlan, Shared, SharedRecord, SubPlan, SubRecord};
+use self::report::{CrashReport, Restart};
+use crate::client::Connector;
+use crate::compare::{free_port, template_command, Launched, TargetError};
+
+/// Waits between probe CONNECTs while the broker comes back.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// Publishers wait this long for outstanding PUBACKs after publishing stops.
+const ACK_GRACE: Duration = Duration::from_secs(3);
+/// Receive Maximum of throttled subscribers (v5): the broker, not socket
+/// buffers, holds what they have not read.
+const THROTTLED_RECEIVE_MAX: u16 = 100;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub name: String,
+    /// `sh -c` command with `{port}` and `{tmp}` (the data directory, the
+    /// same for every restart).
+    pub template: String,
+    pub kills: usize,
+    /// Mean time from one recovery to the next kill; each wait is uniform
+    /// in [0.5, 1.5] times this.
+    pub kill_every: Duration,
+    pub seed: u64,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub rate_per_s: u32,
+    pub inflight: u16,
+    pub payload_bytes: usize,
+    pub version: ProtocolVersion,
+    /// Messages per second each subscriber acknowledges at most, so the
+    /// broker holds unacknowledged messages when it dies.
+    pub sub_rate: Option<u32>,
+    /// Subscribers go offline (DISCONNECT, session kept) this long before
+    /// each kill and come back after the restart, so every kill hits
+    /// messages queued for offline sessions.
+    pub offline: Duration,
+    /// After publishing stops: how long to wait for acknowledged messages.
+    pub drain: Duration,
+    pub connect_timeout: Duration,
+    /// Kill to first CONNACK, at most.
+    pub restart_timeout: Duration,
+    pub broker_cpu: Option<usize>,
+    /// Unmarked duplicates and reordering fail the run too.
+    pub strict: bool,
+    /// Keep the data directory (and the broker's log) afterwards.
+    pub keep_dir: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrashError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("invalid crash run: {0}")]
+    Invalid(String),
+}
+
+/// Seeded, so a run's kill moments can be replayed (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0.5, 1.5) times `mean`.
+    pub fn around(&mut self, mean: Duration) -> Duration {
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        mean.mul_f64(0.5 + unit)
+    }
+}
+
+/// The broker under test over its lives: the same port, command and data
+/// directory each time.
+#[derive(Debug)]
+struct Broker {
+    name: String,
+    template: String,
+    cpu: Option<usize>,
+    port: u16,
+    dir: PathBuf,
+    life: Option<Launched>,
+}
+
+impl Broker {
+    fn start(o: &Options) -> Result<Broker, TargetError> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("shardmq-crash-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| TargetError::Spawn {
+            name: o.name.clone(),
+            cmd: o.template.clone(),
+            source,
+        })?;
+        let mut b = Broker {
+            name: o.name.clone(),
+            template: o.template.clone(),
+            cpu: o.broker_cpu,
+            port,
+            dir,
+            life: None,
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Starts the command and waits (bounded) until the port accepts TCP.
+    fn spawn(&mut self) -> Result<(), TargetError> {
+        let cmd = template_command(&self.template, self.port, &self.dir, self.cpu);
+        let life = Launched::spawn(&self.name, &self.template, cmd, self.port, self.dir.clone())?;
+        self.life = Some(life);
+        Ok(())
+    }
+
+    /// Kills, restarts, and says when the broker was dead (reaped).
+    fn kill_and_restart(&mut self) -> (std::time::Instant, Result<(), TargetError>) {
+        if let Some(mut l) = self.life.take() {
+            l.kill();
+        }
+        let died = std::time::Instant::now();
+        (died, self.spawn())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut l) = self.life.take() {
+            l.stop();
+        }
+    }
+}
+
+/// Runs `f` with the broker on the blocking pool (starting and stopping
+/// processes sleeps), so the clients keep running meanwhile.
+async fn with_broker<T: Send + 'static>(
+    broker: Broker,
+    f: impl FnOnce(&mut Broker) -> T + Send + 'static,
+) -> Result<(Broker, T), CrashError> {
+    tokio::task::spawn_blocking(move || {
+        let mut b = broker;
+        let r = f(&mut b);
+        (b, r)
+    })
+    .await
+    .map_err(|e| CrashError::Invalid(format!("broker control task failed: {e}")))
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), CrashError> {
+        let bad = |m: &str| Err(CrashError::Invalid(m.to_owned()));
+        if !self.template.contains("{port}") {
+            return bad("the broker command needs a {port} placeholder");
+        }
+        if self.publishers == 0 || self.subscribers == 0 {
+            return bad("at least one publisher and one subscriber");
+        }
+        if self.rate_per_s == 0 {
+            return bad("--rate must be at least 1 message per second");
+        }
+        if self.kill_every.is_zero() {
+            return bad("--kill-every must be more than 0");
+        }
+        Ok(())
+    }
+
+    fn connector(&self, port: u16) -> Connector {
+        Connector {
+            addr: format!("127.0.0.1:{port}"),
+            tls: None,
+            version: self.version,
+            connect_timeout: self.connect_timeout,
+            keep_alive_s: 30,
+            receive_maximum: if self.sub_rate.is_some() {
+                THROTTLED_RECEIVE_MAX
+            } else {
+                u16::MAX
+            },
+        }
+    }
+}
+
+/// Probes with a clean CONNECT until one is acknowledged; `None` past
+/// `deadline`.
+async fn first_connack(shared: &Shared, client_id: &str, deadline: Instant) -> Option<Instant> {
+    while Instant::now() < deadline {
+        if let Ok(c) = shared.connector.connect(client_id, true).await {
+            let at = Instant::now();
+            c.disconnect(Duration::from_millis(200)).await;
+            return Some(at);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    None
+}
+
+/// Runs the whole crash test; `Err` only when it cannot start.
+pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
+    o.validate()?;
+    let broker = {
+        let o = o.clone();
+        tokio::task::spawn_blocking(move || Broker::start(&o))
+            .await
+            .map_err(|e| CrashError::Invalid(format!("broker start task failed: {e}")))??
+    };
+    let mut report = CrashReport::new(o, &broker.dir);
+    let shared = Arc::new(Shared::new(o.connector(broker.port)));
+    let id_base = crate::run::run_tag("crash").replace('/', "-");
+    let topic_base = id_base.replace('-', "/");
+
+    let (sub_stop_tx, sub_stop) = watch::channel(false);
+    let (online_tx, online) = watch::channel(true);
+    let records: Vec<SharedRecord> = (0..o.subscribers)
+        .map(|_| Arc::new(Mutex::new(SubRecord::default())))
+        .collect();
+    let sub_tasks: Vec<_> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let plan = SubPlan {
+                idx: i,
+                client_id: format!("{id_base}-s{i}"),
+                filter: format!("{topic_base}/+"),
+                publishers: o.publishers,
+                rate_per_s: o.sub_rate,
+            };
+            tokio::spawn(clients::subscriber(
+                shared.clone(),
+                plan,
+                r.clone(),
+                sub_stop.clone(),
+                online.clone(),
+            ))
+        })
+        .collect();
+    // Publishing before every subscription is in place would lose messages
+    // no broker owes anyone.
+    let subscribed_by = Instant::now() + o.connect_timeout * 3;
+    while !clients::all_subscribed(&records) && Instant::now() < subscribed_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut broker = broker;
+    if !clients::all_subscribed(&records) {
+        report
+            .failures
+            .push("the subscribers could not subscribe".to_owned());
+        let _ = sub_stop_tx.send(true);
+        for t in sub_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        report.errors = shared.errors();
+        let _ = with_broker(broker, Broker::stop).await;
+        return Ok(report);
+    }
+
+    let (pub_stop_tx, pub_stop) = watch::channel(false);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(o.rate_per_s));
+    let pub_tasks: Vec<_> = (0..o.publishers)
+        .map(|i| {
+            let plan = PubPlan {
+                id: i as u32,
+                client_id: format!("{id_base}-p{i}"),
+                topic: format!("{topic_base}/{i}"),
+                interval,
+                inflight: o.inflight,
+                payload_bytes: o.payload_bytes,
+                ack_grace: ACK_GRACE,
+            };
+            tokio::spawn(clients::publisher(shared.clone(), plan, pub_stop.clone()))
+        })
+        .collect();
+
+    let traffic_from = shared.now_ns();
+    let mut rng = Rng::new(o.seed);
+    let mut kills_ns = Vec::with_capacity(o.kills);
+    for k in 0..o.kills {
+        let wait = rng.around(o.kill_every);
+        let offline = o.offline.min(wait);
+        tokio::time::sleep(wait - offline).await;
+        if !offline.is_zero() {
+            let _ = online_tx.send(false);
+            tokio::time::sleep(offline).await;
+        }
+        let (b, (died, started)) = with_broker(broker, Broker::kill_and_restart).await?;
+        broker = b;
+        let listening = Instant::now();
+        // What was acknowledged up to the death is owed: the clock starts
+        // when the process is gone, not when the kill was decided.
+        let killed = Instant::from_std(died);
+        kills_ns.push(killed.saturating_duration_since(shared.epoch).as_nanos() as u64);
+        let mut restart = Restart {
+            kill_at_s: (kills_ns[k] - traffic_from) as f64 / 1e9,
+            listening_ms: None,
+            recovery_ms: None,
+            ..Restart::default()
+        };
+        if let Err(e) = started {
+            let _ = online_tx.send(true);
+            report.failures.push(format!("restart {}: {e}", k + 1));
+            report.restarts.push(restart);
+            break;
+        }
+        restart.listening_ms = Some(ms(listening - killed));
+        let probe = format!("{id_base}-probe");
+        let acked = first_connack(&shared, &probe, killed + o.restart_timeout).await;
+        let _ = online_tx.send(true);
+        restart.recovery_ms = acked.map(|t| ms(t - killed));
+        report.restarts.push(restart);
+        if acked.is_none() {
+            report.failures.push(format!(
+                "restart {}: no CONNACK within {:.1} s of the kill",
+                k + 1,
+                o.restart_timeout.as_secs_f64()
+            ));
+            break;
+        }
+    }
+    // Traffic after the last recovery, so its own losses show.
+    if report.failures.is_empty() {
+        tokio::time::sleep(rng.around(o.kill_every)).await;
+    }
+    let publishing_s = (shared.now_ns() - traffic_from) as f64 / 1e9;
+
+    let _ = pub_stop_tx.send(true);
+    let mut sent = Vec::with_capacity(pub_tasks.len());
+    let pub_bound = ACK_GRACE + o.connect_timeout + Duration::from_secs(2);
+    for t in pub_tasks {
+        match tokio::time::timeout(pub_bound, t).await {
+            Ok(Ok(s)) => sent.push(s),
+            _ => {
+                shared.error("publisher did not finish".to_owned());
+                sent.push(ledger::Sent::default());
+            }
+        }
+    }
+    let drain_from = Instant::now();
+    while drain_from.elapsed() < o.drain
+        && !ledger::all_acked_arrived(&sent, &clients::arrivals(&records))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report.drain_s = drain_from.elapsed().as_secs_f64();
+    let _ = sub_stop_tx.send(true);
+    for t in sub_tasks {
+        if tokio::time::timeout(Duration::from_secs(3), t)
+            .await
+            .is_err()
+        {
+            shared.error("subscriber did not stop".to_owned());
+        }
+    }
+    let (broker, ()) = with_broker(broker, Broker::stop).await?;
+
+    report.publishing_s = publishing_s;
+    report.counts = ledger::tally(&sent, &clients::arrivals(&records), &kills_ns);
+    report.attribute(&kills_ns, &clients::reconnects(&records));
+    report.foreign = clients::foreign(&records);
+    report.errors = shared.errors();
+    report.judge(o.strict);
+    if !o.keep_dir {
+        let _ = std::fs::remove_dir_all(&broker.dir);
+        report.data_dir = None;
+    }
+    Ok(report)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_waits_are_seeded_and_within_half_to_one_and_a_half_periods() {
+        let mean = Duration::from_secs(2);
+        let a: Vec<_> = {
+            let mut r = Rng::new(7);
+            (0..100).map(|_| r.around(mean)).collect()
+        };
+        let mut r = Rng::new(7);
+        assert!(
+            a.iter().all(|d| *d == r.around(mean)),
+            "same seed, same run"
+        );
+        assert!(a
+            .iter()
+            .all(|d| *d >= Duration::from_secs(1) && *d < Duration::from_secs(3)));
+        let mut other = Rng::new(8);
+        assert_ne!(a[0], other.around(mean));
+    }
+}
