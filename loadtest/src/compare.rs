@@ -225,6 +225,13 @@ impl Launched {
         }
     }
 
+    /// Whether the process is still there (not exited, not killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn stop(&mut self) {
         use nix::sys::signal::{killpg, Signal};
         use nix::unistd::Pid;

@@ -23,6 +23,12 @@ use crate::compare::{free_port, template_command, Launched, TargetError};
 
 /// Waits between probe CONNECTs while the broker comes back.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// A probe CONNECT waits this long for its CONNACK: a dead broker's
+/// listening socket can outlive it briefly (io_uring tears down
+/// asynchronously) and accept TCP that nobody will ever answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause before starting a broker again whose start failed.
+const RESPAWN_PAUSE: Duration = Duration::from_millis(100);
 /// Publishers wait this long for outstanding PUBACKs after publishing stops.
 const ACK_GRACE: Duration = Duration::from_secs(3);
 /// Receive Maximum of throttled subscribers (v5): the broker, not socket
@@ -138,13 +144,27 @@ impl Broker {
         Ok(())
     }
 
-    /// Kills, restarts, and says when the broker was dead (reaped).
-    fn kill_and_restart(&mut self) -> (std::time::Instant, Result<(), TargetError>) {
+    /// Kills; says when the broker was dead (reaped).
+    fn kill(&mut self) -> std::time::Instant {
         if let Some(mut l) = self.life.take() {
             l.kill();
         }
-        let died = std::time::Instant::now();
-        (died, self.spawn())
+        std::time::Instant::now()
+    }
+
+    fn running(&mut self) -> bool {
+        self.life.as_mut().is_some_and(Launched::running)
+    }
+
+    /// A start that died: why, as its log's last line says.
+    fn exited(&mut self) -> Option<String> {
+        let l = self.life.as_mut()?;
+        if l.running() {
+            return None;
+        }
+        self.life = None;
+        let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+        Some(log.lines().last().unwrap_or("exited").to_owned())
     }
 
     fn stop(&mut self) {
@@ -203,18 +223,65 @@ impl Options {
     }
 }
 
-/// Probes with a clean CONNECT until one is acknowledged; `None` past
-/// `deadline`.
-async fn first_connack(shared: &Shared, client_id: &str, deadline: Instant) -> Option<Instant> {
-    while Instant::now() < deadline {
-        if let Ok(c) = shared.connector.connect(client_id, true).await {
-            let at = Instant::now();
+/// One kill and what it took to come back.
+#[derive(Debug)]
+struct Recovery {
+    killed: Instant,
+    /// The first acknowledged CONNECT after the kill.
+    acked: Option<Instant>,
+    starts: u32,
+    /// Why starts failed (the last line of each failure).
+    start_failures: Vec<String>,
+}
+
+/// Kills the broker, then acts as its supervisor until a CONNECT is
+/// acknowledged or `timeout` passes: a start that fails (its port still
+/// held by the dead process, say) is retried, as systemd's
+/// `Restart=on-failure` would.
+async fn kill_and_recover(
+    broker: Broker,
+    shared: &Shared,
+    probe_id: &str,
+    timeout: Duration,
+) -> Result<(Broker, Recovery), CrashError> {
+    let (mut broker, died) = with_broker(broker, Broker::kill).await?;
+    let killed = Instant::from_std(died);
+    let mut r = Recovery {
+        killed,
+        acked: None,
+        starts: 0,
+        start_failures: Vec::new(),
+    };
+    let probe = Connector {
+        connect_timeout: PROBE_TIMEOUT,
+        ..shared.connector.clone()
+    };
+    while Instant::now() < killed + timeout {
+        // A start can pass the port check and still die: the port that
+        // answered was the dead broker's.
+        if let Some(why) = broker.exited() {
+            r.start_failures.push(why);
+        }
+        if !broker.running() {
+            r.starts += 1;
+            let (b, started) = with_broker(broker, Broker::spawn).await?;
+            broker = b;
+            if let Err(e) = started {
+                let e = e.to_string();
+                r.start_failures
+                    .push(e.lines().last().unwrap_or_default().to_owned());
+                tokio::time::sleep(RESPAWN_PAUSE).await;
+                continue;
+            }
+        }
+        if let Ok(c) = probe.connect(probe_id, true).await {
+            r.acked = Some(Instant::now());
             c.disconnect(Duration::from_millis(200)).await;
-            return Some(at);
+            break;
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
-    None
+    Ok((broker, r))
 }
 
 /// Runs the whole crash test; `Err` only when it cannot start.
@@ -304,32 +371,21 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
             let _ = online_tx.send(false);
             tokio::time::sleep(offline).await;
         }
-        let (b, (died, started)) = with_broker(broker, Broker::kill_and_restart).await?;
+        let probe = format!("{id_base}-probe");
+        let (b, r) = kill_and_recover(broker, &shared, &probe, o.restart_timeout).await?;
         broker = b;
-        let listening = Instant::now();
+        let _ = online_tx.send(true);
         // What was acknowledged up to the death is owed: the clock starts
         // when the process is gone, not when the kill was decided.
-        let killed = Instant::from_std(died);
-        kills_ns.push(killed.saturating_duration_since(shared.epoch).as_nanos() as u64);
-        let mut restart = Restart {
+        kills_ns.push(r.killed.saturating_duration_since(shared.epoch).as_nanos() as u64);
+        report.restarts.push(Restart {
             kill_at_s: (kills_ns[k] - traffic_from) as f64 / 1e9,
-            listening_ms: None,
-            recovery_ms: None,
+            recovery_ms: r.acked.map(|t| ms(t - r.killed)),
+            starts: r.starts,
+            start_failures: r.start_failures,
             ..Restart::default()
-        };
-        if let Err(e) = started {
-            let _ = online_tx.send(true);
-            report.failures.push(format!("restart {}: {e}", k + 1));
-            report.restarts.push(restart);
-            break;
-        }
-        restart.listening_ms = Some(ms(listening - killed));
-        let probe = format!("{id_base}-probe");
-        let acked = first_connack(&shared, &probe, killed + o.restart_timeout).await;
-        let _ = online_tx.send(true);
-        restart.recovery_ms = acked.map(|t| ms(t - killed));
-        report.restarts.push(restart);
-        if acked.is_none() {
+        });
+        if r.acked.is_none() {
             report.failures.push(format!(
                 "restart {}: no CONNACK within {:.1} s of the kill",
                 k + 1,

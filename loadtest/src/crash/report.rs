@@ -15,10 +15,12 @@ use super::Options;
 pub struct Restart {
     /// Seconds since publishing started.
     pub kill_at_s: f64,
-    /// Kill to the port accepting TCP again (`None`: it never did).
-    pub listening_ms: Option<f64>,
     /// Kill to the first acknowledged CONNECT (`None`: none in time).
     pub recovery_ms: Option<f64>,
+    /// Times the broker was started until one stayed up (1: the first).
+    pub starts: u32,
+    /// Why the other starts failed (the last line of their log).
+    pub start_failures: Vec<String>,
     /// Subscribers that reconnected after this kill (before the next) and
     /// found their session (Session Present 1) or did not.
     pub sessions_resumed: u64,
@@ -159,18 +161,18 @@ impl CrashReport {
         );
         let _ = writeln!(
             s,
-            "  {:<8}{:>10}{:>13}{:>15}{:>18}{:>12}",
-            "restart", "killed at", "listening", "first CONNACK", "sessions kept", "lost acked"
+            "  {:<8}{:>10}{:>15}{:>8}{:>16}{:>12}",
+            "restart", "killed at", "first CONNACK", "starts", "sessions kept", "lost acked"
         );
         let opt_ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ms"));
         for (i, r) in self.restarts.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "  {:<8}{:>10}{:>13}{:>15}{:>18}{:>12}",
+                "  {:<8}{:>10}{:>15}{:>8}{:>16}{:>12}",
                 i + 1,
                 format!("{:.2} s", r.kill_at_s),
-                opt_ms(r.listening_ms),
                 opt_ms(r.recovery_ms),
+                r.starts,
                 format!(
                     "{}/{}",
                     r.sessions_resumed,
@@ -178,6 +180,9 @@ impl CrashReport {
                 ),
                 r.lost_acked
             );
+            for f in &r.start_failures {
+                let _ = writeln!(s, "  {:<8}a start failed: {f}", "");
+            }
         }
         let c = &self.counts;
         let _ = writeln!(
