@@ -121,16 +121,19 @@ pub struct Tally {
     pub dup_unmarked: u64,
     pub out_of_order: u64,
     /// Acknowledged-and-lost pairs by the kill that lost them: index i is
-    /// messages sent before kill i (and after kill i-1); the last entry
-    /// counts those sent after the last kill.
+    /// messages sent up to the end of kill i's outage (and after kill
+    /// i-1's); the last entry counts those sent after the last outage.
     pub lost_by_kill: Vec<u64>,
 }
 
 /// Judges `sent` (per publisher) against `received[s][p]` (subscriber s,
-/// publisher p), with the kill times (ns since the run's epoch, ascending).
-pub fn tally(sent: &[Sent], received: &[Vec<Arrivals>], kills_ns: &[u64]) -> Tally {
+/// publisher p). `outages_end_ns` (ns since the run's epoch, ascending):
+/// per kill, when its outage ended (the last subscriber back): a message
+/// acknowledged by a restarted broker that had forgotten the sessions is
+/// lost to that kill as much as one it had queued.
+pub fn tally(sent: &[Sent], received: &[Vec<Arrivals>], outages_end_ns: &[u64]) -> Tally {
     let mut t = Tally {
-        lost_by_kill: vec![0; kills_ns.len() + 1],
+        lost_by_kill: vec![0; outages_end_ns.len() + 1],
         ..Tally::default()
     };
     let empty = Arrivals::default();
@@ -153,7 +156,7 @@ pub fn tally(sent: &[Sent], received: &[Vec<Arrivals>], kills_ns: &[u64]) -> Tal
             if missing > 0 {
                 t.lost_acked += missing;
                 t.lost_acked_messages += 1;
-                let k = kills_ns.partition_point(|&k| k < at);
+                let k = outages_end_ns.partition_point(|&k| k < at);
                 t.lost_by_kill[k] += missing;
             }
         }

@@ -431,8 +431,10 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
     let (broker, ()) = with_broker(broker, Broker::stop).await?;
 
     report.publishing_s = publishing_s;
-    report.counts = ledger::tally(&sent, &clients::arrivals(&records), &kills_ns);
-    report.attribute(&kills_ns, &clients::reconnects(&records));
+    let reconnects = clients::reconnects(&records);
+    let outages = report::outage_ends(&kills_ns, &reconnects);
+    report.counts = ledger::tally(&sent, &clients::arrivals(&records), &outages);
+    report.attribute(&kills_ns, &reconnects);
     report.foreign = clients::foreign(&records);
     report.errors = shared.errors();
     report.judge(o.strict);

@@ -87,7 +87,27 @@ impl CrashReport {
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
     }
+}
 
+/// Per kill, when its outage ended: the last subscriber reconnect after
+/// it (before the next kill), or the kill itself if none came.
+pub fn outage_ends(kills_ns: &[u64], reconnects: &[(u64, bool)]) -> Vec<u64> {
+    kills_ns
+        .iter()
+        .enumerate()
+        .map(|(i, &from)| {
+            let until = kills_ns.get(i + 1).copied().unwrap_or(u64::MAX);
+            reconnects
+                .iter()
+                .map(|&(at, _)| at)
+                .filter(|at| (from..until).contains(at))
+                .max()
+                .unwrap_or(from)
+        })
+        .collect()
+}
+
+impl CrashReport {
     /// Hands each restart its reconnects and its share of the loss.
     pub fn attribute(&mut self, kills_ns: &[u64], reconnects: &[(u64, bool)]) {
         for (i, r) in self.restarts.iter_mut().enumerate() {
@@ -247,6 +267,27 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(1, 1, 3), (1, 0, 0)]);
         assert_eq!(r.lost_acked_after_last_kill, 1);
+    }
+
+    #[test]
+    fn an_outage_lasts_until_the_last_subscriber_is_back() {
+        // Kill at 100: subscribers back at 130 and 160; kill at 200: none
+        // came back before the run ended.
+        let ends = outage_ends(&[100, 200], &[(130, false), (160, false), (90, true)]);
+        assert_eq!(ends, vec![160, 200]);
+        // A message acknowledged at 150 by the restarted broker, before the
+        // second subscriber had its (lost) session back, is the first kill's.
+        let t = crate::crash::ledger::tally(&[sent_at(&[150])], &[vec![]], &ends);
+        assert_eq!(t.lost_by_kill, vec![1, 0, 0]);
+    }
+
+    fn sent_at(at: &[u64]) -> crate::crash::ledger::Sent {
+        let mut s = crate::crash::ledger::Sent::default();
+        for &a in at {
+            let seq = s.push(a);
+            s.ack(seq);
+        }
+        s
     }
 
     #[test]
