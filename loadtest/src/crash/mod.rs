@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use shardmq_core::codec::ProtocolVersion;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::clients::{PubPlan, Shared, SharedRecord, SubPlan, SubRecord};
@@ -284,33 +285,31 @@ async fn kill_and_recover(
     Ok((broker, r))
 }
 
-/// Runs the whole crash test; `Err` only when it cannot start.
-pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
-    o.validate()?;
-    let broker = {
-        let o = o.clone();
-        tokio::task::spawn_blocking(move || Broker::start(&o))
-            .await
-            .map_err(|e| CrashError::Invalid(format!("broker start task failed: {e}")))??
-    };
-    let mut report = CrashReport::new(o, &broker.dir);
-    let shared = Arc::new(Shared::new(o.connector(broker.port)));
-    let id_base = crate::run::run_tag("crash").replace('/', "-");
-    let topic_base = id_base.replace('-', "/");
+/// Client ids and topics unique to one run.
+#[derive(Debug)]
+struct Names {
+    id_base: String,
+    topic_base: String,
+}
 
-    let (sub_stop_tx, sub_stop) = watch::channel(false);
-    let (online_tx, online) = watch::channel(true);
+fn spawn_subscribers(
+    o: &Options,
+    shared: &Arc<Shared>,
+    names: &Names,
+    stop: &watch::Receiver<bool>,
+    online: &watch::Receiver<bool>,
+) -> (Vec<SharedRecord>, Vec<JoinHandle<()>>) {
     let records: Vec<SharedRecord> = (0..o.subscribers)
         .map(|_| Arc::new(Mutex::new(SubRecord::default())))
         .collect();
-    let sub_tasks: Vec<_> = records
+    let tasks = records
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let plan = SubPlan {
                 idx: i,
-                client_id: format!("{id_base}-s{i}"),
-                filter: format!("{topic_base}/+"),
+                client_id: format!("{}-s{i}", names.id_base),
+                filter: format!("{}/+", names.topic_base),
                 publishers: o.publishers,
                 rate_per_s: o.sub_rate,
             };
@@ -318,48 +317,48 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
                 shared.clone(),
                 plan,
                 r.clone(),
-                sub_stop.clone(),
+                stop.clone(),
                 online.clone(),
             ))
         })
         .collect();
-    // Publishing before every subscription is in place would lose messages
-    // no broker owes anyone.
-    let subscribed_by = Instant::now() + o.connect_timeout * 3;
-    while !clients::all_subscribed(&records) && Instant::now() < subscribed_by {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut broker = broker;
-    if !clients::all_subscribed(&records) {
-        report
-            .failures
-            .push("the subscribers could not subscribe".to_owned());
-        let _ = sub_stop_tx.send(true);
-        for t in sub_tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
-        }
-        report.errors = shared.errors();
-        let _ = with_broker(broker, Broker::stop).await;
-        return Ok(report);
-    }
+    (records, tasks)
+}
 
-    let (pub_stop_tx, pub_stop) = watch::channel(false);
+fn spawn_publishers(
+    o: &Options,
+    shared: &Arc<Shared>,
+    names: &Names,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<ledger::Sent>> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(o.rate_per_s));
-    let pub_tasks: Vec<_> = (0..o.publishers)
+    (0..o.publishers)
         .map(|i| {
             let plan = PubPlan {
                 id: i as u32,
-                client_id: format!("{id_base}-p{i}"),
-                topic: format!("{topic_base}/{i}"),
+                client_id: format!("{}-p{i}", names.id_base),
+                topic: format!("{}/{i}", names.topic_base),
                 interval,
                 inflight: o.inflight,
                 payload_bytes: o.payload_bytes,
                 ack_grace: ACK_GRACE,
             };
-            tokio::spawn(clients::publisher(shared.clone(), plan, pub_stop.clone()))
+            tokio::spawn(clients::publisher(shared.clone(), plan, stop.clone()))
         })
-        .collect();
+        .collect()
+}
 
+/// The kills, each after a seeded wait (the subscribers offline for its
+/// last `--offline`), then traffic for one more wait. Returns the broker
+/// and the kill times (ns since the epoch).
+async fn kill_loop(
+    o: &Options,
+    mut broker: Broker,
+    shared: &Shared,
+    probe_id: &str,
+    online: &watch::Sender<bool>,
+    report: &mut CrashReport,
+) -> Result<(Broker, Vec<u64>), CrashError> {
     let traffic_from = shared.now_ns();
     let mut rng = Rng::new(o.seed);
     let mut kills_ns = Vec::with_capacity(o.kills);
@@ -368,13 +367,12 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
         let offline = o.offline.min(wait);
         tokio::time::sleep(wait - offline).await;
         if !offline.is_zero() {
-            let _ = online_tx.send(false);
+            let _ = online.send(false);
             tokio::time::sleep(offline).await;
         }
-        let probe = format!("{id_base}-probe");
-        let (b, r) = kill_and_recover(broker, &shared, &probe, o.restart_timeout).await?;
+        let (b, r) = kill_and_recover(broker, shared, probe_id, o.restart_timeout).await?;
         broker = b;
-        let _ = online_tx.send(true);
+        let _ = online.send(true);
         // What was acknowledged up to the death is owed: the clock starts
         // when the process is gone, not when the kill was decided.
         kills_ns.push(r.killed.saturating_duration_since(shared.epoch).as_nanos() as u64);
@@ -398,29 +396,35 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
     if report.failures.is_empty() {
         tokio::time::sleep(rng.around(o.kill_every)).await;
     }
-    let publishing_s = (shared.now_ns() - traffic_from) as f64 / 1e9;
+    report.publishing_s = (shared.now_ns() - traffic_from) as f64 / 1e9;
+    Ok((broker, kills_ns))
+}
 
-    let _ = pub_stop_tx.send(true);
-    let mut sent = Vec::with_capacity(pub_tasks.len());
-    let pub_bound = ACK_GRACE + o.connect_timeout + Duration::from_secs(2);
-    for t in pub_tasks {
-        match tokio::time::timeout(pub_bound, t).await {
+/// What each publisher sent. One that never finished cannot be accounted
+/// for: that fails the run rather than hide its messages.
+async fn collect_publishers(
+    tasks: Vec<JoinHandle<ledger::Sent>>,
+    bound: Duration,
+    report: &mut CrashReport,
+) -> Vec<ledger::Sent> {
+    let mut sent = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(bound, t).await {
             Ok(Ok(s)) => sent.push(s),
             _ => {
-                shared.error("publisher did not finish".to_owned());
+                report.failures.push(format!(
+                    "publisher {i} did not finish: its messages are not accounted for"
+                ));
                 sent.push(ledger::Sent::default());
             }
         }
     }
-    let drain_from = Instant::now();
-    while drain_from.elapsed() < o.drain
-        && !ledger::all_acked_arrived(&sent, &clients::arrivals(&records))
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    report.drain_s = drain_from.elapsed().as_secs_f64();
-    let _ = sub_stop_tx.send(true);
-    for t in sub_tasks {
+    sent
+}
+
+async fn stop_subscribers(stop: &watch::Sender<bool>, tasks: Vec<JoinHandle<()>>, shared: &Shared) {
+    let _ = stop.send(true);
+    for t in tasks {
         if tokio::time::timeout(Duration::from_secs(3), t)
             .await
             .is_err()
@@ -428,9 +432,63 @@ pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
             shared.error("subscriber did not stop".to_owned());
         }
     }
+}
+
+/// Runs the whole crash test; `Err` only when it cannot start.
+pub async fn run(o: &Options) -> Result<CrashReport, CrashError> {
+    o.validate()?;
+    let broker = {
+        let o = o.clone();
+        tokio::task::spawn_blocking(move || Broker::start(&o))
+            .await
+            .map_err(|e| CrashError::Invalid(format!("broker start task failed: {e}")))??
+    };
+    let mut report = CrashReport::new(o, &broker.dir);
+    let shared = Arc::new(Shared::new(o.connector(broker.port)));
+    let id_base = crate::run::run_tag("crash").replace('/', "-");
+    let names = Names {
+        topic_base: id_base.replace('-', "/"),
+        id_base,
+    };
+
+    let (sub_stop_tx, sub_stop) = watch::channel(false);
+    let (online_tx, online) = watch::channel(true);
+    let (records, sub_tasks) = spawn_subscribers(o, &shared, &names, &sub_stop, &online);
+    // Publishing before every subscription is in place would lose messages
+    // no broker owes anyone.
+    let subscribed_by = Instant::now() + o.connect_timeout * 3;
+    while !clients::all_subscribed(&records) && Instant::now() < subscribed_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !clients::all_subscribed(&records) {
+        report
+            .failures
+            .push("the subscribers could not subscribe".to_owned());
+        stop_subscribers(&sub_stop_tx, sub_tasks, &shared).await;
+        report.errors = shared.errors();
+        let _ = with_broker(broker, Broker::stop).await;
+        return Ok(report);
+    }
+
+    let (pub_stop_tx, pub_stop) = watch::channel(false);
+    let pub_tasks = spawn_publishers(o, &shared, &names, &pub_stop);
+    let probe_id = format!("{}-probe", names.id_base);
+    let (broker, kills_ns) =
+        kill_loop(o, broker, &shared, &probe_id, &online_tx, &mut report).await?;
+
+    let _ = pub_stop_tx.send(true);
+    let bound = ACK_GRACE + o.connect_timeout + Duration::from_secs(2);
+    let sent = collect_publishers(pub_tasks, bound, &mut report).await;
+    let drain_from = Instant::now();
+    while drain_from.elapsed() < o.drain
+        && !ledger::all_acked_arrived(&sent, &clients::arrivals(&records))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report.drain_s = drain_from.elapsed().as_secs_f64();
+    stop_subscribers(&sub_stop_tx, sub_tasks, &shared).await;
     let (broker, ()) = with_broker(broker, Broker::stop).await?;
 
-    report.publishing_s = publishing_s;
     let reconnects = clients::reconnects(&records);
     let outages = report::outage_ends(&kills_ns, &reconnects);
     report.counts = ledger::tally(&sent, &clients::arrivals(&records), &outages);
