@@ -85,6 +85,17 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     // Reject unsupported key algorithms now, never at renewal time.
     shardmq_auth::check_supported(internal.private_key.algorithm)
         .map_err(|e| invalid("advanced.internalCerts.privateKey.algorithm", e))?;
+    if config.persistence.is_some() {
+        // The section validates (docs/CONFIG.md) and the shards know what
+        // to persist, but nothing writes the files yet: a broker the
+        // operator believes durable must not start.
+        return Err(invalid(
+            "persistence",
+            "not supported yet by this version: retained messages, sessions and queued \
+             messages do not survive a restart (docs/CONFIG.md, \"persistence\"); remove the section \
+             to run without persistence",
+        ));
+    }
     let (authenticators, authorizations) = policies(config)?;
     let mut tls = ListenerCerts {
         config,

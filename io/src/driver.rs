@@ -176,6 +176,9 @@ impl Driver {
                         let _ = tx.try_send(());
                     }
                 }
+                // The runtime refuses `persistence` (cli::server_config)
+                // until it writes the persisted files, so no shard asks.
+                Output::Persist => {}
                 Output::Notice(notice) => self.log(notice),
             }
         }

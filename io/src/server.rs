@@ -134,6 +134,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
             retained_bytes_max: config.retained_bytes_max,
             partial_bytes_max: config.partial_bytes_max,
             selftest: config.selftest,
+            persistence: None,
         }),
         memory_budget_bytes: config.memory_budget_bytes,
         listeners: config.listeners.clone(),

@@ -49,6 +49,27 @@ fn bad_config_exits_non_zero_with_one_line_per_problem() {
     assert!(err.lines().count() >= 3, "{err}");
 }
 
+/// AIO's `persistence` validates field by field, but this version writes
+/// nothing to disk yet: the broker must not start as if it were durable.
+#[test]
+fn aio_persistence_is_refused_by_the_binary_with_the_reason() {
+    let path = temp_file(
+        "persistence.json",
+        r#"{"persistence":{"maxSize":"10Gi","encryption":{"mode":"Enabled"},
+            "retain":{"mode":"All"}},
+            "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("persistence"), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+}
+
 #[test]
 fn aio_example_fragments_start_the_broker() {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/aio");

@@ -9,6 +9,7 @@
 //! `RequestId`, never an `.await`.
 
 mod connect;
+mod durable;
 pub mod ids;
 mod index;
 mod input;
@@ -39,6 +40,7 @@ use crate::limits::ClientLimits;
 use crate::retained::RetainedStore;
 use crate::session::{Connection, Event, SharedMessage};
 
+pub use durable::{PersistBatch, PersistOp};
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
@@ -73,6 +75,9 @@ pub struct ShardConfig {
     /// Self-test probes: how often shard 0 sends a round, and how long it
     /// waits for every shard to answer. `None`: no self-test.
     pub selftest: Option<SelfTestConfig>,
+    /// `persistence`; `None`: nothing is written to disk to survive a
+    /// restart.
+    pub persistence: Option<Arc<crate::config::Persistence>>,
 }
 
 /// `diagnostics.selfCheck`.
@@ -225,6 +230,8 @@ pub struct Shard<S> {
     /// Sum of the connections' `Conn::partial`.
     partial_bytes: u64,
     selftest: SelfTest,
+    /// Persisted retained messages (`persistence`).
+    durable: Option<durable::Durable>,
     stats: ShardStats,
 }
 
@@ -246,6 +253,7 @@ impl<S: Store> Shard<S> {
             outbox: (0..config.shards).map(|_| VecDeque::new()).collect(),
             retained: RetainedStore::new(config.retained_max, config.retained_bytes_max),
             selftest: SelfTest::new(id, config.shards),
+            durable: config.persistence.clone().map(durable::Durable::new),
             config,
             conns: HashMap::new(),
             next_conn: 1,

@@ -14,16 +14,23 @@ use crate::topic::{Filter, TopicFilter};
 
 impl<S: Store> Shard<S> {
     /// Stores (or clears) a retained message this shard owns; the reason
-    /// is Success or why it was refused.
-    pub(super) fn apply_retained(&mut self, message: SharedMessage) -> ReasonCode {
+    /// is Success or why it was refused, and the persistence sequence number
+    /// the outcome must wait for when the change goes to disk.
+    pub(super) fn apply_retained(&mut self, message: SharedMessage) -> (ReasonCode, Option<u64>) {
+        let reason = self.store_retained(&message);
+        let durable = self.persist_retained(&message, !reason.is_error());
+        (reason, durable)
+    }
+
+    fn store_retained(&mut self, message: &SharedMessage) -> ReasonCode {
         // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
         if message.payload.is_empty() {
             self.retained.clear(&message.topic);
             return ReasonCode::Success;
         }
         let topic = message.topic.clone();
-        let bytes = memory_cost(&message);
-        match self.retained.set(topic.clone(), message, bytes) {
+        let bytes = memory_cost(message);
+        match self.retained.set(topic.clone(), message.clone(), bytes) {
             Ok(_) => ReasonCode::Success,
             Err(e) => {
                 self.stats.retained_refused += 1;
@@ -50,9 +57,11 @@ impl<S: Store> Shard<S> {
         message: SharedMessage,
         request: Option<RequestId>,
     ) {
-        let reason = self.apply_retained(message);
-        if let Some(request) = request {
-            self.post(from, MeshMsg::RetainDone { request, reason });
+        let (reason, durable) = self.apply_retained(message);
+        match (request, durable) {
+            (Some(request), Some(seq)) => self.wait_durable_peer(seq, from, request, reason),
+            (Some(request), None) => self.post(from, MeshMsg::RetainDone { request, reason }),
+            (None, _) => {}
         }
     }
 

@@ -42,10 +42,11 @@ impl<S: Store> Shard<S> {
         self.stats.messages_in += 1;
         let mut retained_outcome = ReasonCode::Success;
         let mut retained_request = None;
+        let mut retained_durable = None;
         if message.retain {
             let owner = self.owner_of(message.topic.as_str());
             if owner == self.id {
-                retained_outcome = self.apply_retained(message.clone());
+                (retained_outcome, retained_durable) = self.apply_retained(message.clone());
             } else {
                 // The publisher's acknowledgement waits for the owner: once
                 // acknowledged, a new subscriber anywhere must see it.
@@ -76,8 +77,18 @@ impl<S: Store> Shard<S> {
                     *r = reason;
                 }
             }
-            None if retained_outcome.is_error() => self.publish_done(conn, ack, retained_outcome),
-            None => self.publish_done(conn, ack, reason),
+            None => {
+                let reason = if retained_outcome.is_error() {
+                    retained_outcome
+                } else {
+                    reason
+                };
+                // A persisted retained change: acknowledged once on disk.
+                match retained_durable {
+                    Some(seq) => self.wait_durable_local(seq, conn, ack, reason),
+                    None => self.publish_done(conn, ack, reason),
+                }
+            }
         }
     }
 

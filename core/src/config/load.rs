@@ -49,16 +49,7 @@ pub(crate) fn load_raw(text: &str, report: &mut Report) -> RawConfig {
             "listeners" => raw.listeners = entries(key, value, report),
             "authentications" => raw.authentications = entries(key, value, report),
             "authorizations" => raw.authorizations = entries(key, value, report),
-            // AIO's section is known, but shardmq keeps nothing across a
-            // restart yet: refusing it is safer than starting a broker the
-            // operator believes durable.
-            "persistence" if !value.is_null() => report.error(
-                key.as_str(),
-                "not supported yet: sessions, queued messages and retained messages \
-                 do not survive a restart of this version (docs/CONFIG.md, \"persistence\"); \
-                 remove the section to run without persistence",
-            ),
-            "persistence" => {}
+            "persistence" => raw.persistence = section(key, value, report),
             unknown => report.error(unknown, unknown_field_message(unknown, TOP_LEVEL_KEYS)),
         }
     }
@@ -210,14 +201,6 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aio_persistence_is_refused_precisely_not_as_an_unknown_field() {
-        let e = errors(r#"{"persistence": {"maxSize": "10G", "encryption": {"mode": "Enabled"}}}"#);
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("persistence: not supported yet"), "{e:?}");
-        assert!(errors(r#"{"persistence": null}"#).is_empty());
-    }
 
     fn errors(text: &str) -> Vec<String> {
         let mut report = Report::default();

@@ -8,6 +8,7 @@ mod access;
 mod error;
 mod listeners;
 mod load;
+mod persistence;
 mod raw;
 mod types;
 mod units;
@@ -17,6 +18,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use listeners::{BIND_ADDRESS_DEFAULT, DEFAULT_LISTENER_ADDR};
+pub use persistence::{
+    DynamicProperty, Persistence, RetainPolicy, DYNAMIC_KEY_DEFAULT, DYNAMIC_VALUE_DEFAULT,
+};
 pub use types::{
     Advanced, Authentication, AuthenticationMethod, Authorization, AuthorizationRule, AutomaticTls,
     BrokerAction, BrokerResource, Cardinality, CertKeyFiles, CertPolicy, Config, CustomSettings,
@@ -97,6 +101,14 @@ impl Config {
         if let Some(dir) = self.disk_buffer.as_mut().and_then(|b| b.data_dir.as_mut()) {
             join(dir);
         }
+        if let Some(p) = self.persistence.as_mut() {
+            for file in [p.data_dir.as_mut(), p.key_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                join(file);
+            }
+        }
         for port in self.listeners.iter_mut().flat_map(|l| l.ports.iter_mut()) {
             if let Some(ListenerTls::Manual(files)) = port.tls.as_mut() {
                 join_pair(files);
@@ -147,6 +159,7 @@ impl Default for Config {
             memory_profile: MemoryProfile::Medium,
             disk_buffer: None,
             retained_size_max_bytes: None,
+            persistence: None,
             diagnostics: Diagnostics::default(),
             secrets_dir: None,
             state_dir: None,

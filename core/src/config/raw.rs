@@ -36,6 +36,8 @@ pub(crate) struct RawConfig {
     /// shardmq addition: where the broker keeps its state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<super::persistence::RawPersistence>,
     /// `None` entries did not deserialize (their errors are already reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<Option<RawListener>>>,
@@ -56,6 +58,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "generateResourceLimits",
     "secretsDir",
     "stateDir",
+    "persistence",
     "listeners",
     "authentications",
     "authorizations",

@@ -24,6 +24,8 @@ pub struct Config {
     /// messages all shards keep together; `None`: derived from
     /// `memoryProfile` (`retained_size_max_bytes`).
     pub retained_size_max_bytes: Option<u64>,
+    /// `persistence`; `None`: nothing survives a restart.
+    pub persistence: Option<super::persistence::Persistence>,
     pub diagnostics: Diagnostics,
     /// `secretsDir` (shardmq addition); `secretRef`s are already resolved
     /// against it, kept for the server's messages.

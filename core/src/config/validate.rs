@@ -51,6 +51,10 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         .and_then(|r| r.max_size.as_ref())
         .filter(|v| !v.is_null())
         .and_then(|v| size(report, "retainedMessages.maxSize", v));
+    let persistence = raw
+        .persistence
+        .as_ref()
+        .and_then(|raw| super::persistence::persistence(raw, report));
     let diagnostics = diagnostics(raw.diagnostics.as_ref(), report);
     if let Some(limits) = &raw.generate_resource_limits {
         generate_resource_limits(limits, report);
@@ -84,6 +88,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         memory_profile,
         disk_buffer,
         retained_size_max_bytes,
+        persistence,
         diagnostics,
         secrets_dir,
         state_dir,
@@ -319,7 +324,7 @@ fn disk_buffer(raw: &RawDiskBuffer, report: &mut Report) -> Option<DiskBuffer> {
 }
 
 /// A size: a quantity string ("500M", "64Mi") or a whole number of bytes.
-fn size(report: &mut Report, path: &str, value: &Value) -> Option<u64> {
+pub(crate) fn size(report: &mut Report, path: &str, value: &Value) -> Option<u64> {
     match value {
         Value::String(text) => match parse_quantity(text) {
             Ok(bytes) => Some(bytes),

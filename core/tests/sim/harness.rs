@@ -156,6 +156,7 @@ impl Sim {
             retained_max: 1000,
             retained_bytes_max: 1 << 20,
             partial_bytes_max: 1 << 20,
+            persistence: None,
             selftest: Some(SelfTestConfig {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
@@ -419,6 +420,12 @@ impl Sim {
                     let n = self.shards.len();
                     while let Some(msg) = self.shards[shard].poll_mesh(peer) {
                         self.inflight[shard * n + peer.index()].push_back(msg);
+                    }
+                }
+                // The simulated disk is instant: durable as soon as asked.
+                Output::Persist => {
+                    while let Some(batch) = self.shards[shard].poll_persist() {
+                        self.shards[shard].handle_persisted(batch.upto);
                     }
                 }
                 Output::Notice(_) => {}

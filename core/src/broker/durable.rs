@@ -1,0 +1,308 @@
+//! Persisted retained messages, the shard's side: which changes of the
+//! retained topics this shard owns must reach the disk (`persistence.retain`),
+//! the writes handed to the runtime (`poll_persist`), and the acknowledgements
+//! held until the runtime reports them durable (`handle_persisted`). The
+//! runtime writes, seals and fdatasyncs; nothing here touches a file.
+//!
+//! Contract (docs/PERSISTENCE.md): a publisher's PUBACK/PUBREC for a retained
+//! message the policy selects leaves only once the change is on disk; a later
+//! change of a topic that is on disk (a clear, or a message the policy does
+//! not select) is written too, so a restart never brings back a value that
+//! was replaced before the acknowledgement.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hashbrown::HashSet;
+
+use super::{ConnId, MeshMsg, Output, RequestId, Shard, ShardId};
+use crate::buffer::Store;
+use crate::codec::ReasonCode;
+use crate::config::Persistence;
+use crate::session::{PublishAck, SharedMessage};
+use crate::topic::TopicName;
+
+/// One change of the persisted retained set, in the order the shard made
+/// them; sequence numbers are implicit (the batch's `upto` is the last).
+#[derive(Debug, Clone)]
+pub enum PersistOp {
+    /// Store (or replace) the retained message of its topic.
+    Retain(SharedMessage),
+    /// The topic has no persisted retained message any more.
+    Clear(TopicName),
+}
+
+/// Changes to write; once they (and all before them) are durable the
+/// runtime calls `Shard::handle_persisted(upto)`.
+#[derive(Debug)]
+pub struct PersistBatch {
+    pub ops: Vec<PersistOp>,
+    pub upto: u64,
+}
+
+/// Who waits for a change to be durable.
+#[derive(Debug)]
+enum Waiter {
+    /// A publisher on this shard.
+    Local {
+        conn: ConnId,
+        ack: PublishAck,
+        reason: ReasonCode,
+    },
+    /// A peer shard's publisher (`MeshMsg::RetainDone`).
+    Peer {
+        from: ShardId,
+        request: RequestId,
+        reason: ReasonCode,
+    },
+}
+
+/// The persistence state of one shard. Bounded: `on_disk` holds at most the
+/// retained store's topics, `ops` and `waiters` what arrived since the
+/// runtime last took a batch (the runtime takes one per flush).
+#[derive(Debug)]
+pub(super) struct Durable {
+    policy: Arc<Persistence>,
+    /// Topics whose retained message is on disk (or on its way there).
+    on_disk: HashSet<TopicName>,
+    ops: Vec<PersistOp>,
+    /// Sequence number of the last op queued.
+    queued: u64,
+    /// Every op up to this one is durable.
+    durable: u64,
+    waiters: VecDeque<(u64, Waiter)>,
+}
+
+impl Durable {
+    pub(super) fn new(policy: Arc<Persistence>) -> Durable {
+        Durable {
+            policy,
+            on_disk: HashSet::new(),
+            ops: Vec::new(),
+            queued: 0,
+            durable: 0,
+            waiters: VecDeque::new(),
+        }
+    }
+
+    /// What must be written after the retained store took `message` (or
+    /// cleared its topic, when its payload is empty); the op's sequence
+    /// number when something must.
+    fn note(&mut self, message: &SharedMessage, stored: bool) -> Option<u64> {
+        let topic = &message.topic;
+        let selected = stored
+            && !message.payload.is_empty()
+            && self.policy.retains(topic, user_properties(message));
+        let op = if selected {
+            self.on_disk.insert(topic.clone());
+            PersistOp::Retain(message.clone())
+        } else if !message.payload.is_empty() && !stored {
+            // Refused: what is stored (and on disk) did not change.
+            return None;
+        } else if self.on_disk.remove(topic) {
+            PersistOp::Clear(topic.clone())
+        } else {
+            return None;
+        };
+        self.ops.push(op);
+        self.queued += 1;
+        Some(self.queued)
+    }
+}
+
+fn user_properties(message: &SharedMessage) -> impl Iterator<Item = (&str, &str)> {
+    message
+        .properties
+        .iter()
+        .flat_map(|p| p.user_properties.iter())
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+}
+
+impl<S: Store> Shard<S> {
+    /// After the retained store took (or refused) `message`: queue what must
+    /// be written. `Some(seq)`: the change must be durable before anyone is
+    /// told it is done.
+    pub(super) fn persist_retained(
+        &mut self,
+        message: &SharedMessage,
+        stored: bool,
+    ) -> Option<u64> {
+        let durable = self.durable.as_mut()?;
+        let was_empty = durable.ops.is_empty();
+        let seq = durable.note(message, stored)?;
+        if was_empty {
+            self.outputs.push_back(Output::Persist);
+        }
+        Some(seq)
+    }
+
+    /// The local publisher's acknowledgement waits for `seq`.
+    pub(super) fn wait_durable_local(
+        &mut self,
+        seq: u64,
+        conn: ConnId,
+        ack: PublishAck,
+        reason: ReasonCode,
+    ) {
+        if let Some(d) = self.durable.as_mut() {
+            d.waiters
+                .push_back((seq, Waiter::Local { conn, ack, reason }));
+        }
+    }
+
+    /// A peer's `RetainDone` waits for `seq`.
+    pub(super) fn wait_durable_peer(
+        &mut self,
+        seq: u64,
+        from: ShardId,
+        request: RequestId,
+        reason: ReasonCode,
+    ) {
+        if let Some(d) = self.durable.as_mut() {
+            d.waiters.push_back((
+                seq,
+                Waiter::Peer {
+                    from,
+                    request,
+                    reason,
+                },
+            ));
+        }
+    }
+
+    /// The changes to write now, if any (after `Output::Persist`, and again
+    /// after each `handle_persisted`: more may have come meanwhile).
+    pub fn poll_persist(&mut self) -> Option<PersistBatch> {
+        let d = self.durable.as_mut()?;
+        if d.ops.is_empty() {
+            return None;
+        }
+        Some(PersistBatch {
+            ops: std::mem::take(&mut d.ops),
+            upto: d.queued,
+        })
+    }
+
+    /// Every change up to `upto` is durable: release who waited for it.
+    pub fn handle_persisted(&mut self, upto: u64) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        d.durable = d.durable.max(upto);
+        let mut released = Vec::new();
+        while d.waiters.front().is_some_and(|(seq, _)| *seq <= d.durable) {
+            if let Some((_, waiter)) = d.waiters.pop_front() {
+                released.push(waiter);
+            }
+        }
+        for waiter in released {
+            match waiter {
+                Waiter::Local { conn, ack, reason } => self.publish_done(conn, ack, reason),
+                Waiter::Peer {
+                    from,
+                    request,
+                    reason,
+                } => self.post(from, MeshMsg::RetainDone { request, reason }),
+            }
+        }
+    }
+
+    /// The persisted retained messages this shard owns, read back at start
+    /// (before any client connects); they are on disk already.
+    pub fn restore_retained(&mut self, messages: Vec<SharedMessage>) -> usize {
+        let mut restored = 0;
+        for message in messages {
+            let bytes = crate::buffer::memory_cost(&message);
+            let topic = message.topic.clone();
+            if self.retained.set(topic.clone(), message, bytes).is_ok() {
+                restored += 1;
+                if let Some(d) = self.durable.as_mut() {
+                    d.on_disk.insert(topic);
+                }
+            }
+        }
+        restored
+    }
+
+    /// What is persisted now, for rewriting the log compactly: the stored
+    /// message of every topic on disk.
+    pub fn persisted_retained(&self) -> Vec<SharedMessage> {
+        let Some(d) = self.durable.as_ref() else {
+            return Vec::new();
+        };
+        d.on_disk
+            .iter()
+            .filter_map(|topic| self.retained.get(topic).cloned())
+            .collect()
+    }
+
+    /// Acknowledgements still waiting for the disk (for the shard's report).
+    pub fn durable_waiting(&self) -> usize {
+        self.durable.as_ref().map_or(0, |d| d.waiters.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use crate::config::{DynamicProperty, RetainPolicy};
+    use crate::session::Message;
+
+    fn policy(retain: RetainPolicy) -> Durable {
+        Durable::new(Arc::new(Persistence {
+            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap_or(std::num::NonZeroU64::MIN),
+            encrypt: true,
+            retain,
+            dynamic: Some(DynamicProperty {
+                key: "aio-persistence".into(),
+                value: "true".into(),
+            }),
+            data_dir: None,
+            key_file: None,
+        }))
+    }
+
+    fn retained(topic: &str, payload: &'static [u8]) -> SharedMessage {
+        Arc::new(Message {
+            topic: TopicName::try_from(topic).unwrap_or_else(|_| unreachable!()),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: "c".into(),
+        })
+    }
+
+    #[test]
+    fn selected_topics_are_written_and_later_changes_of_them_too() {
+        let custom = RetainPolicy::Custom {
+            topics: vec![
+                crate::topic::TopicFilter::try_from("keep/#").unwrap_or_else(|_| unreachable!())
+            ],
+            dynamic: false,
+        };
+        let mut d = policy(custom);
+        assert_eq!(d.note(&retained("keep/a", b"1"), true), Some(1));
+        // Not selected and never on disk: nothing to write, nothing to wait for.
+        assert_eq!(d.note(&retained("other", b"1"), true), None);
+        // A refused store changes nothing on disk.
+        assert_eq!(d.note(&retained("keep/b", b"1"), false), None);
+        // [MQTT-3.3.1-10] an empty payload clears: the disk must forget it.
+        assert_eq!(d.note(&retained("keep/a", b""), true), Some(2));
+        assert!(matches!(d.ops.last(), Some(PersistOp::Clear(t)) if t.as_str() == "keep/a"));
+        // Clearing what was never on disk writes nothing.
+        assert_eq!(d.note(&retained("keep/a", b""), true), None);
+        assert_eq!(d.ops.len(), 2);
+    }
+
+    #[test]
+    fn policy_none_writes_nothing_and_all_writes_everything() {
+        let mut none = policy(RetainPolicy::None);
+        assert_eq!(none.note(&retained("a", b"1"), true), None);
+        let mut all = policy(RetainPolicy::All);
+        assert_eq!(all.note(&retained("a", b"1"), true), Some(1));
+        assert_eq!(all.note(&retained("b", b"1"), true), Some(2));
+    }
+}
