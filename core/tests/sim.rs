@@ -233,6 +233,100 @@ fn retained_state_matches_a_single_store() {
     }
 }
 
+/// Retained messages persisted (`persistence.retain: All`) with the disk
+/// write racing everything else: a publisher's PUBACK never arrives before
+/// its retained value is on disk (or already replaced there by a later one
+/// of the same topic), and once quiet the disk holds exactly the retained
+/// state, clears included [MQTT-3.3.1-10/-11].
+#[test]
+fn acknowledged_retained_messages_are_on_disk_first() {
+    use shardmq_core::config::{Persistence, RetainPolicy};
+    for seed in seeds(300) {
+        let persistence = Persistence {
+            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
+            encrypt: true,
+            retain: RetainPolicy::All,
+            dynamic: None,
+            data_dir: None,
+            key_file: None,
+        };
+        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let pubs: Vec<usize> = (0..3)
+            .map(|i| sim.add_client(&format!("dp{i}"), "p"))
+            .collect();
+        for (i, &p) in pubs.iter().enumerate() {
+            sim.connect(p, i, true, 0);
+        }
+        sim.quiesce();
+        // Per topic (one publisher each), the payloads in publish order.
+        let mut history: std::collections::BTreeMap<String, Vec<Bytes>> = Default::default();
+        let mut last: std::collections::BTreeMap<String, Bytes> = Default::default();
+        for n in 0..40 {
+            let i = sim.rng.below(3);
+            let topic = format!("d/{i}/{}", sim.rng.below(3));
+            let payload = if sim.rng.chance(15) {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("v{n}"))
+            };
+            if payload.is_empty() {
+                last.remove(&topic);
+            } else {
+                last.insert(topic.clone(), payload.clone());
+            }
+            history
+                .entry(topic.clone())
+                .or_default()
+                .push(payload.clone());
+            sim.publish(pubs[i], &topic, QoS::AtLeastOnce, true, payload);
+            for _ in 0..sim.rng.below(6) {
+                sim.step();
+                check_acked_on_disk(&sim, &pubs, &history);
+            }
+        }
+        sim.quiesce();
+        check_acked_on_disk(&sim, &pubs, &history);
+        if sim.disk != last {
+            sim.fail(&format!("disk {:?}, expected {last:?}", sim.disk));
+        }
+    }
+}
+
+/// Every acknowledged payload is what the disk holds for its topic, or a
+/// later publish of that topic already replaced it there.
+fn check_acked_on_disk(
+    sim: &Sim,
+    pubs: &[usize],
+    history: &std::collections::BTreeMap<String, Vec<Bytes>>,
+) {
+    for &p in pubs {
+        // A clear's empty payload names no topic; clears are checked by the
+        // final disk state.
+        for acked in sim.clients[p].seen.acked.iter().filter(|a| !a.is_empty()) {
+            let Some((topic, list)) = history
+                .iter()
+                .find(|(_, list)| list.iter().any(|v| v == acked))
+            else {
+                continue;
+            };
+            let at = list.iter().rposition(|v| v == acked).unwrap_or(0);
+            let on_disk = sim.disk.get(topic);
+            let fine = list[at..].iter().any(|v| {
+                if v.is_empty() {
+                    on_disk.is_none()
+                } else {
+                    on_disk == Some(v)
+                }
+            });
+            if !fine {
+                sim.fail(&format!(
+                    "{topic}: {acked:?} acknowledged but the disk has {on_disk:?}"
+                ));
+            }
+        }
+    }
+}
+
 /// Queues that spill to the store and sessions that move between shards,
 /// then every session ends: every shard's queued-bytes count returns to
 /// zero and every stored record was released exactly once (the store

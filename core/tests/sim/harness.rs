@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardmq_core::broker::{
-    Admission, ConnId, MeshMsg, Output, PrincipalId, SelfTestConfig, Shard, ShardConfig, ShardId,
+    Admission, ConnId, MeshMsg, Output, PersistOp, PrincipalId, SelfTestConfig, Shard, ShardConfig,
+    ShardId,
 };
 use shardmq_core::buffer::{RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
@@ -137,6 +138,10 @@ pub struct Sim {
     auth_jobs: Vec<(usize, ConnId)>,
     woken: BTreeSet<(usize, ConnId)>,
     closing: BTreeSet<(usize, ConnId)>,
+    /// Shards with retained changes to persist (`Output::Persist`).
+    persist_jobs: BTreeSet<usize>,
+    /// The simulated disk: persisted retained payloads by topic.
+    pub disk: std::collections::BTreeMap<String, Bytes>,
     pub clients: Vec<Client>,
     trace: VecDeque<String>,
     pub steps: u64,
@@ -146,6 +151,32 @@ const TRACE_LEN: usize = 60;
 
 impl Sim {
     pub fn new(seed: u64, shards: usize, limits: ClientLimits, store_capacity: usize) -> Sim {
+        Sim::build(seed, shards, limits, store_capacity, None)
+    }
+
+    /// Shards that persist retained messages as `persistence` says; the
+    /// disk write is a racy step like the others.
+    pub fn new_persistent(
+        seed: u64,
+        shards: usize,
+        persistence: shardmq_core::config::Persistence,
+    ) -> Sim {
+        Sim::build(
+            seed,
+            shards,
+            ClientLimits::default(),
+            10_000,
+            Some(Arc::new(persistence)),
+        )
+    }
+
+    fn build(
+        seed: u64,
+        shards: usize,
+        limits: ClientLimits,
+        store_capacity: usize,
+        persistence: Option<Arc<shardmq_core::config::Persistence>>,
+    ) -> Sim {
         // The fake clock's base instant; only offsets from it matter.
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
@@ -156,7 +187,7 @@ impl Sim {
             retained_max: 1000,
             retained_bytes_max: 1 << 20,
             partial_bytes_max: 1 << 20,
-            persistence: None,
+            persistence,
             selftest: Some(SelfTestConfig {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
@@ -183,6 +214,8 @@ impl Sim {
             auth_jobs: Vec::new(),
             woken: BTreeSet::new(),
             closing: BTreeSet::new(),
+            persist_jobs: BTreeSet::new(),
+            disk: Default::default(),
             clients: Vec::new(),
             trace: VecDeque::new(),
             steps: 0,
@@ -422,11 +455,8 @@ impl Sim {
                         self.inflight[shard * n + peer.index()].push_back(msg);
                     }
                 }
-                // The simulated disk is instant: durable as soon as asked.
                 Output::Persist => {
-                    while let Some(batch) = self.shards[shard].poll_persist() {
-                        self.shards[shard].handle_persisted(batch.upto);
-                    }
+                    self.persist_jobs.insert(shard);
                 }
                 Output::Notice(_) => {}
             }
@@ -475,7 +505,12 @@ impl Sim {
         let mesh: Vec<usize> = (0..self.inflight.len())
             .filter(|i| !self.inflight[*i].is_empty())
             .collect();
-        let choices = mesh.len() + self.auth_jobs.len() + self.woken.len() + self.closing.len();
+        let persists: Vec<usize> = self.persist_jobs.iter().copied().collect();
+        let choices = mesh.len()
+            + self.auth_jobs.len()
+            + self.woken.len()
+            + self.closing.len()
+            + persists.len();
         if choices == 0 {
             return false;
         }
@@ -520,6 +555,14 @@ impl Sim {
             return true;
         }
         pick -= self.woken.len();
+        if pick < persists.len() {
+            let shard = persists[pick];
+            self.persist_jobs.remove(&shard);
+            self.write_disk(shard);
+            self.drain(shard);
+            return true;
+        }
+        pick -= persists.len();
         if let Some(&(shard, conn)) = self.closing.iter().nth(pick) {
             self.closing.remove(&(shard, conn));
             self.woken.remove(&(shard, conn));
@@ -527,6 +570,26 @@ impl Sim {
             self.drain(shard);
         }
         true
+    }
+
+    /// One group commit: everything the shard asked to persist reaches the
+    /// disk, then the shard hears it is durable.
+    fn write_disk(&mut self, shard: usize) {
+        while let Some(batch) = self.shards[shard].poll_persist() {
+            for op in batch.ops {
+                match op {
+                    PersistOp::Retain(m) => {
+                        self.disk
+                            .insert(m.topic.as_str().to_owned(), m.payload.clone());
+                    }
+                    PersistOp::Clear(topic) => {
+                        self.disk.remove(topic.as_str());
+                    }
+                }
+            }
+            self.log(format!("shard {shard} durable up to {}", batch.upto));
+            self.shards[shard].handle_persisted(batch.upto);
+        }
     }
 
     /// Time passes; every shard ticks.
