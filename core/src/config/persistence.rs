@@ -247,14 +247,19 @@ const MODES: &[(&str, Mode)] = &[
     ("Custom", Mode::Custom),
 ];
 
+/// A policy's `mode`; absent is None (AIO's default), invalid is reported.
+fn mode(report: &mut Report, at: &str, text: Option<&str>) -> Option<Mode> {
+    text.map_or(Some(Mode::None), |m| {
+        enum_value(report, format!("{at}.mode"), m, MODES)
+    })
+}
+
 fn retain(raw: Option<&RawRetainPolicy>, report: &mut Report) -> RetainPolicy {
     let at = "persistence.retain";
     let Some(raw) = raw else {
         return RetainPolicy::None;
     };
-    let mode = raw.mode.as_deref().map_or(Some(Mode::None), |m| {
-        enum_value(report, format!("{at}.mode"), m, MODES)
-    });
+    let mode = mode(report, at, raw.mode.as_deref());
     let settings = raw.retain_settings.as_ref();
     match mode {
         None | Some(Mode::None) => RetainPolicy::None,
@@ -297,9 +302,7 @@ fn retain(raw: Option<&RawRetainPolicy>, report: &mut Report) -> RetainPolicy {
 fn subscriber_queue(raw: Option<&RawSubscriberQueuePolicy>, report: &mut Report) {
     let at = "persistence.subscriberQueue";
     let Some(raw) = raw else { return };
-    let mode = raw.mode.as_deref().map_or(Some(Mode::None), |m| {
-        enum_value(report, format!("{at}.mode"), m, MODES)
-    });
+    let mode = mode(report, at, raw.mode.as_deref());
     if matches!(mode, Some(Mode::All | Mode::Custom)) {
         report.error(
             format!("{at}.mode"),
