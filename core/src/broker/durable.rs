@@ -225,15 +225,20 @@ impl<S: Store> Shard<S> {
     }
 
     /// What is persisted now, for rewriting the log compactly: the stored
-    /// message of every topic on disk.
-    pub fn persisted_retained(&self) -> Vec<SharedMessage> {
-        let Some(d) = self.durable.as_ref() else {
-            return Vec::new();
+    /// message of every topic on disk, and the sequence number it covers.
+    /// The ops not yet taken are folded into it (dropped here): once the
+    /// snapshot is durable, `handle_persisted(upto)` releases their waiters.
+    pub fn persist_snapshot(&mut self) -> (Vec<SharedMessage>, u64) {
+        let Some(d) = self.durable.as_mut() else {
+            return (Vec::new(), 0);
         };
-        d.on_disk
+        d.ops.clear();
+        let messages = d
+            .on_disk
             .iter()
             .filter_map(|topic| self.retained.get(topic).cloned())
-            .collect()
+            .collect();
+        (messages, d.queued)
     }
 
     /// Acknowledgements still waiting for the disk (for the shard's report).

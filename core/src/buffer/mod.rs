@@ -4,10 +4,12 @@
 //! memory, budget and fair shares (`account`), how a `Message` becomes a
 //! record (`record`), and how records are grouped into blocks and sealed
 //! (`seal`: AES-256-GCM when `encryptInternalTraffic` is Enabled, CRC-32
-//! when Disabled). No I/O: segment files live in `shardmq-io`
+//! when Disabled), and the persisted retained log's file format (`log`,
+//! the same blocks and records under a per-file data key). No I/O: segment files live in `shardmq-io`
 //! (`io/src/buffer/`). Format and threat model: docs/BUFFER.md.
 
 mod account;
+pub mod log;
 pub mod record;
 pub mod seal;
 mod store;

@@ -94,6 +94,27 @@ impl Sealer {
         Ok(sealer)
     }
 
+    /// A sealer holding only `key` (id 1), for a persisted file whose data
+    /// key comes from its header (`log`). Ignored when `encrypt` is false.
+    pub fn with_key(encrypt: bool, key: &[u8; 32]) -> Result<Sealer, SealError> {
+        let aead = if encrypt {
+            let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::Random)?;
+            Some(LessSafeKey::new(unbound))
+        } else {
+            None
+        };
+        Ok(Sealer {
+            encrypt,
+            rng: SystemRandom::new(),
+            keys: vec![Key {
+                id: KeyId(1),
+                aead,
+                last_sealed: None,
+            }],
+            next_key_id: 2,
+        })
+    }
+
     pub fn encrypted(&self) -> bool {
         self.encrypt
     }
