@@ -14,6 +14,8 @@ use shardmq_auth::{Authenticator, AuthorizationPolicy, CertManager, InternalCa, 
 use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::{BufferSpec, SEGMENT_BYTES_DEFAULT};
+use crate::persist::keys::{CREDENTIAL_NAME, KEY_ENV};
+use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
 use crate::setup::{ListenerSpec, ServerConfig};
 
@@ -27,6 +29,8 @@ pub const STATE_DIR_DEFAULT: &str = "/var/lib/shardmq";
 const CA_DIR: &str = "internal-ca";
 /// `diskBackedMessageBuffer.dataDir` when not set: in the state directory.
 const BUFFER_DIR: &str = "buffer";
+/// Under the state directory when `persistence.dataDir` is not set.
+const PERSISTENCE_DIR: &str = "persistence";
 
 /// The state directory: `stateDir` (already resolved against the config
 /// file's folder), else the first folder of `$STATE_DIRECTORY` (systemd
@@ -85,17 +89,6 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     // Reject unsupported key algorithms now, never at renewal time.
     shardmq_auth::check_supported(internal.private_key.algorithm)
         .map_err(|e| invalid("advanced.internalCerts.privateKey.algorithm", e))?;
-    if config.persistence.is_some() {
-        // The section validates (docs/CONFIG.md) and the shards know what
-        // to persist, but nothing writes the files yet: a broker the
-        // operator believes durable must not start.
-        return Err(invalid(
-            "persistence",
-            "not supported yet by this version: retained messages, sessions and queued \
-             messages do not survive a restart (docs/CONFIG.md, \"persistence\"); remove the section \
-             to run without persistence",
-        ));
-    }
     let (authenticators, authorizations) = policies(config)?;
     let mut tls = ListenerCerts {
         config,
@@ -146,8 +139,10 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
             });
         }
     }
+    let mut server = settings(config, &tls.state_dir, listeners);
+    server.persistence = persistence(config, &tls.state_dir)?;
     Ok(Built {
-        server: settings(config, &tls.state_dir, listeners),
+        server,
         certs: tls.certs,
         authenticators: authenticators.into_values().collect(),
         ca_cert_file: tls.ca.and_then(|c| c.cert_file().map(PathBuf::from)),
@@ -251,6 +246,40 @@ impl ListenerCerts<'_> {
     }
 }
 
+/// `persistence`: the directory and, with encryption Enabled, the keys
+/// (refused without one: a key generated beside the data would protect
+/// nothing, docs/PERSISTENCE.md "The key").
+fn persistence(config: &Config, state_dir: &Path) -> Result<Option<PersistSpec>, SetupError> {
+    let Some(policy) = &config.persistence else {
+        return Ok(None);
+    };
+    let keys = if policy.encrypt {
+        let source = KeySource::find(policy.key_file.as_ref()).ok_or_else(|| {
+            invalid(
+                "persistence.keyFile",
+                format!(
+                    "encryption.mode is Enabled and no key is given: set persistence.keyFile to a \
+                     file with mode 0600 holding 64 hexadecimal digits (`umask 077; openssl rand \
+                     -hex 32 > /etc/shardmq/persistence.key`), or pass a systemd credential named \
+                     {CREDENTIAL_NAME}, or set {KEY_ENV}"
+                ),
+            )
+        })?;
+        let ring = KeyRing::load(source).map_err(|e| invalid("persistence.keyFile", e))?;
+        Some(Arc::new(ring))
+    } else {
+        None
+    };
+    Ok(Some(PersistSpec {
+        policy: Arc::new(policy.clone()),
+        dir: policy
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join(PERSISTENCE_DIR)),
+        keys,
+    }))
+}
+
 /// Everything but the listeners: shards, limits, the buffer, budgets.
 fn settings(config: &Config, state_dir: &Path, listeners: Vec<ListenerSpec>) -> ServerConfig {
     let cores = std::thread::available_parallelism()
@@ -285,6 +314,7 @@ fn settings(config: &Config, state_dir: &Path, listeners: Vec<ListenerSpec>) -> 
             .retained_size_max_bytes
             .map_or(memory_budget_bytes / SESSION_SHARES, |b| b / shards as u64),
         partial_bytes_max: memory_budget_bytes / SESSION_SHARES,
+        persistence: None,
     }
 }
 

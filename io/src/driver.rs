@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::client_log;
 use crate::oplog::Category;
+use crate::persist::writer::ShardLog;
 
 use crate::buffer::DiskBuffer;
 use crate::conn::admit;
@@ -45,6 +46,8 @@ pub struct Driver {
     pub shed: Cell<u64>,
     /// Per listener name: this shard's counters (metrics).
     counters: RefCell<HashMap<String, Rc<ListenerCounters>>>,
+    /// The persisted retained log's writer (`persistence`).
+    persist: RefCell<Option<Rc<ShardLog>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -81,6 +84,7 @@ impl Driver {
             accept_failures: Cell::new(0),
             shed: Cell::new(0),
             counters: RefCell::new(HashMap::new()),
+            persist: RefCell::new(None),
         });
         (driver, wakeups)
     }
@@ -95,6 +99,10 @@ impl Driver {
     /// Reads the shard without acting on outputs (there are none to act on).
     pub fn peek<R>(&self, f: impl FnOnce(&BrokerShard) -> R) -> R {
         f(&self.shard.borrow())
+    }
+
+    pub fn set_persist(&self, log: Option<Rc<ShardLog>>) {
+        *self.persist.borrow_mut() = log;
     }
 
     pub fn register(&self, conn: ConnId, handle: Rc<ConnHandle>) {
@@ -176,9 +184,12 @@ impl Driver {
                         let _ = tx.try_send(());
                     }
                 }
-                // The runtime refuses `persistence` (cli::server_config)
-                // until it writes the persisted files, so no shard asks.
-                Output::Persist => {}
+                Output::Persist => {
+                    let log = self.persist.borrow().clone();
+                    if let Some(log) = log {
+                        log.kick(self);
+                    }
+                }
                 Output::Notice(notice) => self.log(notice),
             }
         }

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod driver;
 pub mod logging;
 pub mod oplog;
+pub mod persist;
 pub mod reload;
 pub mod security;
 pub mod server;

@@ -142,7 +142,20 @@ fn run() -> Result<ExitCode> {
     ])
     .context("cannot install signal handlers")?;
     let reloader = handle.reloader();
-    std::thread::spawn(move || on_signals(signals, path, config, &reloader, &managed, &flag));
+    let keys = handle.persist_keys.clone();
+    std::thread::spawn(move || {
+        on_signals(
+            signals,
+            path,
+            config,
+            &Reload {
+                reloader,
+                managed,
+                keys,
+            },
+            &flag,
+        );
+    });
     handle.join();
     if let Some(m) = metrics {
         m.stop();
@@ -187,17 +200,35 @@ fn load_and_log(path: Option<&std::path::Path>) -> Option<Config> {
     Some(config)
 }
 
-/// SIGHUP re-reads the config file; SIGINT and SIGTERM stop the broker.
+/// What SIGHUP acts on.
+struct Reload {
+    reloader: reload::Reloader,
+    managed: Arc<Mutex<Vec<shardmq_auth::CertManager>>>,
+    /// Persistence's keys: re-read on every SIGHUP (online rotation).
+    keys: Option<Arc<shardmq_io::persist::KeyRing>>,
+}
+
+/// SIGHUP re-reads the config file and the persistence keys; SIGINT and
+/// SIGTERM stop the broker.
 fn on_signals(
     mut signals: signal_hook::iterator::Signals,
     path: Option<PathBuf>,
     mut running: Config,
-    reloader: &reload::Reloader,
-    managed: &Mutex<Vec<shardmq_auth::CertManager>>,
+    r: &Reload,
     flag: &std::sync::atomic::AtomicBool,
 ) {
+    let (reloader, managed) = (&r.reloader, &r.managed);
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
+            if let Some(keys) = &r.keys {
+                match keys.reload() {
+                    Ok(Some(name)) => info!(key = %name,
+                        "SIGHUP: new persistence key; every shard rewrites its log under it now \
+                         (keep the old key listed until each shard logs the rewrite)"),
+                    Ok(None) => {}
+                    Err(e) => error!("SIGHUP: {e}; the keys in force stay"),
+                }
+            }
             let Some(path) = &path else {
                 info!("SIGHUP: no config file to re-read (started without --config)");
                 continue;

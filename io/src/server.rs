@@ -13,6 +13,7 @@ use shardmq_core::broker::{self, MeshMsg};
 use shardmq_core::limits::{ClientLimits, SESSION_SHARES};
 use tracing::{error, info};
 
+use crate::persist::{KeyRing, PersistRun};
 use crate::reload::{listener_infos, Reloader};
 use crate::shard::{BufferReport, ShardReport, ShardSetup};
 use crate::telemetry::Telemetry;
@@ -40,6 +41,8 @@ pub struct ServerHandle {
     /// Metrics, health and `$SYS` figures (`telemetry::http` serves them).
     pub telemetry: Arc<Telemetry>,
     reloader: Reloader,
+    /// Persistence's key-encryption keys (re-read on SIGHUP to rotate).
+    pub persist_keys: Option<Arc<KeyRing>>,
 }
 
 impl ServerHandle {
@@ -109,6 +112,13 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let n = config.shards.max(1);
     check_listener_shards(&config.listeners, n)?;
     let reservations = reserve_ports(&mut config.listeners)?;
+    // After the ports: a second broker started by mistake fails on them
+    // before it touches the files (and the directory lock stops it too).
+    let persist = match &config.persistence {
+        Some(spec) => Some(PersistRun::start(spec, n)?),
+        None => None,
+    };
+    let persist_keys = config.persistence.as_ref().and_then(|p| p.keys.clone());
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
     let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
@@ -134,7 +144,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
             retained_bytes_max: config.retained_bytes_max,
             partial_bytes_max: config.partial_bytes_max,
             selftest: config.selftest,
-            persistence: None,
+            persistence: config.persistence.as_ref().map(|p| p.policy.clone()),
         }),
         memory_budget_bytes: config.memory_budget_bytes,
         listeners: config.listeners.clone(),
@@ -150,6 +160,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         shard_reports: shard_reports.clone(),
         telemetry: telemetry.clone(),
         reloads: Mutex::new(reload_rxs),
+        persist,
     });
     let joins = spawn_shards(n, config.pin_cpus, &setup, &shutdown)?;
     drop(reservations);
@@ -167,6 +178,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         shard_reports,
         reloader: Reloader::new(n, reload_txs, config.listeners.clone(), telemetry.clone()),
         telemetry,
+        persist_keys,
     })
 }
 

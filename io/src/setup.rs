@@ -70,6 +70,8 @@ pub struct ServerConfig {
     /// beyond a read chunk each (derived from `memoryProfile`);
     /// `limits.packet_size_max` is lowered to what one connection can hold.
     pub partial_bytes_max: u64,
+    /// `persistence`; `None`: nothing survives a restart.
+    pub persistence: Option<crate::persist::PersistSpec>,
 }
 
 /// How each shard opens its disk buffer.
@@ -95,6 +97,8 @@ pub enum ServerError {
          before 5.12: raise `ulimit -l`, see docs/DEPLOYMENT.md)"
     )]
     Executor { shard: usize, message: String },
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
     #[error("shard {shard} stopped during start-up")]
     StartUp { shard: usize },
     #[error("listener {name}: shard {shard} does not exist (shards: {shards})")]

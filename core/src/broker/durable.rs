@@ -90,8 +90,11 @@ impl Durable {
     /// number when something must.
     fn note(&mut self, message: &SharedMessage, stored: bool) -> Option<u64> {
         let topic = &message.topic;
+        // The broker's own `$SYS` figures are rebuilt by each run, never
+        // restored: a restart must not show the last run's uptime.
         let selected = stored
             && !message.payload.is_empty()
+            && !super::sys::is_sys_topic(topic.as_str())
             && self.policy.retains(topic, user_properties(message));
         let op = if selected {
             self.on_disk.insert(topic.clone());
@@ -307,6 +310,7 @@ mod tests {
         let mut none = policy(RetainPolicy::None);
         assert_eq!(none.note(&retained("a", b"1"), true), None);
         let mut all = policy(RetainPolicy::All);
+        assert_eq!(all.note(&retained("$SYS/broker/uptime", b"1"), true), None);
         assert_eq!(all.note(&retained("a", b"1"), true), Some(1));
         assert_eq!(all.note(&retained("b", b"1"), true), Some(2));
     }

@@ -245,6 +245,12 @@ pub fn hash_of(s: &str) -> u64 {
     h
 }
 
+/// The shard that owns `key` (a client id, or a retained topic) among
+/// `shards`; recovery uses it to hand persisted retained messages back.
+pub fn owner_index(key: &str, shards: usize) -> usize {
+    (hash_of(key) % shards.max(1) as u64) as usize
+}
+
 impl<S: Store> Shard<S> {
     pub fn new(id: ShardId, config: Arc<ShardConfig>, buffer: ShardBuffer<S>) -> Self {
         let takeover = config.limits.session_takeover;
@@ -666,7 +672,7 @@ impl<S: Store> Shard<S> {
     }
 
     fn owner_of(&self, key: &str) -> ShardId {
-        ShardId::new((hash_of(key) % self.config.shards as u64) as usize)
+        ShardId::new(owner_index(key, self.config.shards))
     }
 
     fn notice(&mut self, notice: Notice) {

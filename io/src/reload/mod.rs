@@ -187,6 +187,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.disk_buffer != new.disk_buffer,
     );
     check("stateDir", old.state_dir != new.state_dir);
+    // The keys rotate on SIGHUP (their source is re-read); the policy and
+    // the directory are read at start only.
+    check("persistence", old.persistence != new.persistence);
     check(
         "advanced.encryptInternalTraffic",
         old.advanced.encrypt_internal_traffic != new.advanced.encrypt_internal_traffic,

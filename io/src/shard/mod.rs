@@ -19,6 +19,8 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{Deleter, DiskBuffer, SegmentFile};
 use crate::driver::Driver;
+use crate::persist::writer::ShardLog;
+use crate::persist::PersistRun;
 use crate::reload::apply::ShardListeners;
 use crate::setup::Reconfig;
 use crate::setup::{BufferSetup, ListenerSpec, ServerError};
@@ -74,6 +76,8 @@ pub struct ShardSetup {
     pub telemetry: Arc<Telemetry>,
     /// Per shard: the channel reloads arrive on (each shard takes its own).
     pub reloads: Mutex<Vec<Option<mpsc::Receiver<Arc<Reconfig>>>>>,
+    /// `persistence`: recovered state and the shared keys.
+    pub persist: Option<PersistRun>,
 }
 
 /// The shard's whole life on its executor.
@@ -94,8 +98,13 @@ pub async fn run(
         .and_then(|b| open_buffer(id, shards, b));
     let store_bytes = store.as_ref().map_or(0, DiskBuffer::size_max_bytes);
     let buffer = ShardBuffer::new(store, setup.memory_budget_bytes, store_bytes);
-    let shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
+    let mut shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
+    let log = setup
+        .persist
+        .as_ref()
+        .and_then(|run| start_log(id, run, &mut shard));
     let (driver, wakeups) = Driver::new(shard);
+    driver.set_persist(log.clone());
     mesh::start(&driver, senders, receivers, wakeups);
     let bound = match listen::bind(id, &setup.listeners) {
         Ok(bound) => bound,
@@ -126,6 +135,9 @@ pub async fn run(
         let now = Instant::now();
         driver.with(|s| s.handle_tick(now));
         upkeep_buffer(&driver);
+        if let Some(log) = &log {
+            log.tick(&driver);
+        }
         held_peak = trim_heap(&driver, held_peak);
         crate::trim::collect_if_asked(&mut trims_seen);
         publish_reports(&driver, &setup);
@@ -344,4 +356,28 @@ fn log_stats(driver: &Rc<Driver>) {
             );
         }
     });
+}
+
+/// Gives the shard the retained messages it owns from disk, before any
+/// client connects, and makes its log writer.
+fn start_log(
+    id: usize,
+    run: &PersistRun,
+    shard: &mut broker::Shard<DiskBuffer>,
+) -> Option<Rc<ShardLog>> {
+    let start = run.take(id)?;
+    let found = start.retained.len();
+    let restored = shard.restore_retained(start.retained);
+    if restored < found {
+        warn!(shard = id, found, restored,
+            "persistence: some persisted retained messages did not fit retainedMessages.maxSize and were not restored");
+    }
+    Some(Rc::new(ShardLog::new(
+        run.spec.dir.clone(),
+        id as u32,
+        run.epoch,
+        run.spec.keys.clone(),
+        run.budget,
+        start.log,
+    )))
 }

@@ -54,6 +54,7 @@ impl Broker {
             memory_budget_bytes: 16 << 20,
             retained_bytes_max: 64 << 20,
             partial_bytes_max: 64 << 20,
+            persistence: None,
         };
         let mut config = config;
         edit(&mut config);

@@ -29,6 +29,7 @@ pub fn broker() -> ServerHandle {
         memory_budget_bytes: 16 << 20,
         retained_bytes_max: 64 << 20,
         partial_bytes_max: 64 << 20,
+        persistence: None,
     })
     .expect("broker starts")
 }

@@ -1,0 +1,422 @@
+//! Persisted retained messages on disk (docs/PERSISTENCE.md): the files and
+//! their names, recovery at start-up (every file read in order, torn or
+//! tampered tails cut, one fresh snapshot per shard written under the
+//! current key before any client connects), and the per-shard writer
+//! (`writer`). The format is core's `buffer::log`; the keys are `keys`.
+
+pub mod keys;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use shardmq_core::broker::owner_index;
+use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
+use shardmq_core::config::Persistence;
+use shardmq_core::session::{Message, SharedMessage};
+use tracing::{info, warn};
+
+pub use keys::{KeyRing, KeySource};
+
+/// How the server persists: the validated policy, the directory, and the
+/// keys (`None` when `encryption.mode` is Disabled).
+#[derive(Debug, Clone)]
+pub struct PersistSpec {
+    pub policy: Arc<Persistence>,
+    pub dir: PathBuf,
+    pub keys: Option<Arc<KeyRing>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("persistence key ({origin}): {message}")]
+    Key { origin: String, message: String },
+    #[error("persistence: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "persistence: {path}: {source}; the broker does not start rather than lose or \
+             replace what the file holds (docs/PERSISTENCE.md, \"Recovery\")"
+    )]
+    File { path: PathBuf, source: LogError },
+    #[error("persistence: {0}")]
+    Log(#[from] LogError),
+}
+
+/// What the shards of a persisting server share: the spec, the run's
+/// epoch, each shard's share of `maxSize`, and each shard's start (taken
+/// once). Holds the directory's lock for the server's life.
+#[derive(Debug)]
+pub struct PersistRun {
+    pub spec: PersistSpec,
+    pub epoch: Epoch,
+    pub budget: u64,
+    pub starts: std::sync::Mutex<Vec<Option<ShardStart>>>,
+    _lock: File,
+}
+
+impl PersistRun {
+    /// Locks the directory (one broker per directory: a second one would
+    /// recover, rewrite and delete the first one's files), then recovers.
+    pub fn start(spec: &PersistSpec, shards: usize) -> Result<PersistRun, PersistError> {
+        create_dir(&spec.dir)?;
+        let lock = lock_dir(&spec.dir)?;
+        let epoch = Epoch::now();
+        let (starts, _) = recover(spec, shards, epoch)?;
+        Ok(PersistRun {
+            spec: spec.clone(),
+            epoch,
+            budget: spec.policy.size_max_bytes.get() / shards.max(1) as u64,
+            starts: std::sync::Mutex::new(starts.into_iter().map(Some).collect()),
+            _lock: lock,
+        })
+    }
+
+    /// Shard `id`'s start, once.
+    pub fn take(&self, id: usize) -> Option<ShardStart> {
+        self.starts
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get_mut(id).and_then(Option::take))
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, PersistError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| PersistError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |e| PersistError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("another broker uses this directory ({e}); one broker per dataDir"),
+            ),
+        },
+    )?;
+    Ok(file)
+}
+
+/// `retained-G{generation}-S{shard}-C{compaction}.log`.
+pub fn file_name(generation: u32, shard: u32, compaction: u32) -> String {
+    format!("retained-G{generation:010}-S{shard:04}-C{compaction:010}.log")
+}
+
+fn is_log_name(name: &str) -> bool {
+    name.starts_with("retained-G") && name.ends_with(".log")
+}
+
+/// The generation a file's name gives (0 when it gives none).
+fn name_generation(path: &Path) -> u32 {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("retained-G"))
+        .and_then(|n| n.split('-').next())
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The run's clock pair: record expiries count from `instant`, which was
+/// `unix_nanos` on the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    pub instant: Instant,
+    pub unix_nanos: u64,
+}
+
+impl Epoch {
+    pub fn now() -> Epoch {
+        let unix_nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Epoch {
+            instant: Instant::now(),
+            unix_nanos,
+        }
+    }
+}
+
+/// A shard's open log, handed to its writer.
+#[derive(Debug)]
+pub struct LogFile {
+    pub file: File,
+    pub path: PathBuf,
+    pub writer: LogWriter,
+    pub generation: u32,
+    pub compaction: u32,
+    /// The key ring's version the file was written under.
+    pub key_version: u64,
+}
+
+/// What one shard starts from.
+#[derive(Debug)]
+pub struct ShardStart {
+    pub log: LogFile,
+    pub retained: Vec<SharedMessage>,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub files: usize,
+    pub ops: usize,
+    pub retained: usize,
+    pub expired: usize,
+    /// Files whose reading stopped early (torn tail or changed bytes).
+    pub cut: usize,
+    /// Files with no readable header (a file being created at the crash).
+    pub unreadable: usize,
+    pub elapsed: Duration,
+}
+
+/// Reads every persisted file, writes one snapshot per shard under the
+/// current key (a new generation), then deletes the old files. Blocking;
+/// runs before the shards start.
+pub fn recover(
+    spec: &PersistSpec,
+    shards: usize,
+    epoch: Epoch,
+) -> Result<(Vec<ShardStart>, Recovered), PersistError> {
+    let started = Instant::now();
+    let dir = &spec.dir;
+    let keys = spec.keys.as_ref().map(|k| k.keys());
+    let keys: &[Kek] = keys.as_deref().map_or(&[], |k| &k[..]);
+    let mut report = Recovered::default();
+    let mut files = Vec::new();
+    for path in log_files(dir)? {
+        let mut bytes = fs::read(&path).map_err(|source| PersistError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        match LogHeader::decode(&bytes) {
+            Ok(header) => {
+                let sealer = header.open(spec.policy.encrypt, keys).map_err(|source| {
+                    PersistError::File {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let read = log::read(&header, &sealer, &mut bytes, epoch.instant);
+                if let Some(why) = &read.cut {
+                    report.cut += 1;
+                    warn!(file = %path.display(), valid_bytes = read.valid_len, file_bytes = bytes.len(),
+                        reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
+                }
+                files.push((
+                    header.generation,
+                    header.compaction,
+                    header.epoch_unix_nanos,
+                    read.ops,
+                    path,
+                ));
+            }
+            Err(e) => {
+                report.unreadable += 1;
+                warn!(file = %path.display(), error = %e,
+                    "persistence: a file without a readable header was ignored (a file being created at a crash leaves one)");
+                files.push((0, 0, 0, Vec::new(), path));
+            }
+        }
+    }
+    report.files = files.len();
+    files.sort_by_key(|f| (f.0, f.1));
+    // Names count too: a file left unreadable by a crash while it was
+    // created must not be in the way of this run's names.
+    let next_generation = files
+        .iter()
+        .map(|f| f.0.max(name_generation(&f.4)))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut retained: HashMap<String, Message> = HashMap::new();
+    for (_, _, written_at, ops, _) in &mut files {
+        report.ops += ops.len();
+        for op in ops.drain(..) {
+            match op {
+                LoggedOp::Retain(m) => {
+                    let topic = m.topic.as_str().to_owned();
+                    match rebase_expiry(m, *written_at, epoch) {
+                        Some(m) => {
+                            retained.insert(topic, m);
+                        }
+                        None => {
+                            report.expired += 1;
+                            retained.remove(&topic);
+                        }
+                    }
+                }
+                LoggedOp::Clear(topic) => {
+                    retained.remove(topic.as_str());
+                }
+            }
+        }
+    }
+    let mut per_shard: Vec<Vec<SharedMessage>> = vec![Vec::new(); shards.max(1)];
+    report.retained = retained.len();
+    for (topic, m) in retained {
+        per_shard[owner_index(&topic, shards)].push(Arc::new(m));
+    }
+    let current = keys.first();
+    let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
+    let mut starts = Vec::with_capacity(per_shard.len());
+    for (shard, messages) in per_shard.into_iter().enumerate() {
+        let log = create_log(
+            dir,
+            current,
+            shard as u32,
+            next_generation,
+            0,
+            epoch,
+            &messages,
+        )?;
+        starts.push(ShardStart {
+            log: LogFile { key_version, ..log },
+            retained: messages,
+        });
+    }
+    for (_, _, _, _, path) in &files {
+        remove(path);
+    }
+    sync_dir(dir)?;
+    report.elapsed = started.elapsed();
+    info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
+        expired = report.expired, cut = report.cut, unreadable = report.unreadable,
+        generation = next_generation, elapsed_ms = report.elapsed.as_millis() as u64,
+        encrypted = spec.policy.encrypt, "persistence: recovered");
+    Ok((starts, report))
+}
+
+/// A record's expiry was read relative to this run's epoch; the file's
+/// epoch was `written_at` on the wall clock. Moves it by the difference
+/// (`Instant`s do not survive a reboot; the wall clock does). `None` when
+/// it is past.
+fn rebase_expiry(mut m: Message, written_at: u64, epoch: Epoch) -> Option<Message> {
+    let Some(at) = m.expires_at else {
+        return Some(m);
+    };
+    let rebased = if epoch.unix_nanos >= written_at {
+        at.checked_sub(Duration::from_nanos(epoch.unix_nanos - written_at))
+    } else {
+        at.checked_add(Duration::from_nanos(written_at - epoch.unix_nanos))
+    };
+    // Before this run's epoch (or before boot): already expired.
+    let at = rebased.filter(|at| *at > epoch.instant)?;
+    m.expires_at = Some(at);
+    Some(m)
+}
+
+/// The log files of `dir`, any order.
+fn log_files(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
+    let io = |source| PersistError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_log_name) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+fn create_dir(dir: &Path) -> Result<(), PersistError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PersistError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// A new log file holding `messages`, durable (file and directory entry
+/// synced) before it returns. Blocking.
+pub fn create_log(
+    dir: &Path,
+    kek: Option<&Kek>,
+    shard: u32,
+    generation: u32,
+    compaction: u32,
+    epoch: Epoch,
+    messages: &[SharedMessage],
+) -> Result<LogFile, PersistError> {
+    let (header, sealer) = log::create(kek, shard, generation, compaction, epoch.unix_nanos)?;
+    let mut writer = LogWriter::new(&header, sealer, epoch.instant);
+    let (blocks, skipped) = writer.seal_snapshot(messages)?;
+    if skipped > 0 {
+        warn!(
+            shard,
+            skipped, "persistence: retained messages too large for the log format were not written"
+        );
+    }
+    let path = dir.join(file_name(generation, shard, compaction));
+    let io = |source| PersistError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    let written = file
+        .write_all(&header.encode())
+        .and_then(|()| file.write_all(&blocks))
+        .and_then(|()| file.sync_all())
+        .map_err(io)
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = written {
+        remove(&path);
+        return Err(e);
+    }
+    Ok(LogFile {
+        file,
+        path,
+        writer,
+        generation,
+        compaction,
+        key_version: 0,
+    })
+}
+
+/// Makes a directory's entries (a created or removed file) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), PersistError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PersistError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Deletes a file the broker no longer needs; a failure is logged (the
+/// next recovery reads it again, harmlessly: newer files apply after it).
+pub fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(file = %path.display(), error = %e, "persistence: cannot delete an old file");
+        }
+    }
+}

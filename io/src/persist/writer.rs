@@ -1,0 +1,272 @@
+//! One shard's persisted retained log at run time: takes the shard's
+//! batches (`poll_persist`), seals them on the shard, writes and fdatasyncs
+//! them on the blocking pool, one flush for everything that arrived while
+//! the previous one ran (group commit), then releases the acknowledgements
+//! (`handle_persisted`). Rewrites the log as a snapshot when it has grown,
+//! when a write failed, and when the key changed (online rotation).
+
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardmq_core::buffer::log::LogWriter;
+use tracing::{error, info, warn};
+
+use super::{create_log, remove, Epoch, KeyRing, LogFile, PersistError};
+use crate::driver::Driver;
+
+/// A log smaller than this is never rewritten for its size.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+/// After a failed write or rewrite, wait this long before trying again
+/// (the acknowledgements stay held meanwhile).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the writer has done, for the shard's report and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// fdatasyncs of appended batches (each serves every op in its batch).
+    pub syncs: u64,
+    pub ops: u64,
+    pub bytes: u64,
+    pub compactions: u64,
+    pub failures: u64,
+    /// The log's size now.
+    pub file_bytes: u64,
+}
+
+struct Current {
+    file: Arc<File>,
+    path: PathBuf,
+    writer: LogWriter,
+    compaction: u32,
+    key_version: u64,
+}
+
+/// The writer of one shard; lives on the shard's executor.
+pub struct ShardLog {
+    dir: PathBuf,
+    shard: u32,
+    generation: u32,
+    epoch: Epoch,
+    keys: Option<Arc<KeyRing>>,
+    /// `persistence.maxSize` divided between the shards.
+    budget: u64,
+    current: RefCell<Current>,
+    /// A flush or rewrite task runs.
+    busy: Cell<bool>,
+    /// The file cannot be appended to any more (a write failed).
+    broken: Cell<bool>,
+    /// The log's size after its last rewrite.
+    snapshot_bytes: Cell<u64>,
+    over_budget_logged: Cell<bool>,
+    stats: Cell<LogStats>,
+}
+
+impl std::fmt::Debug for ShardLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLog")
+            .field("shard", &self.shard)
+            .field("stats", &self.stats.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardLog {
+    pub fn new(
+        dir: PathBuf,
+        shard: u32,
+        epoch: Epoch,
+        keys: Option<Arc<KeyRing>>,
+        budget: u64,
+        log: LogFile,
+    ) -> ShardLog {
+        let len = log.writer.len();
+        ShardLog {
+            dir,
+            shard,
+            generation: log.generation,
+            epoch,
+            keys,
+            budget,
+            current: RefCell::new(Current {
+                file: Arc::new(log.file),
+                path: log.path,
+                writer: log.writer,
+                compaction: log.compaction,
+                key_version: log.key_version,
+            }),
+            busy: Cell::new(false),
+            broken: Cell::new(false),
+            snapshot_bytes: Cell::new(len),
+            over_budget_logged: Cell::new(false),
+            stats: Cell::new(LogStats {
+                file_bytes: len,
+                ..LogStats::default()
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats.get()
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut LogStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        s.file_bytes = self.current.borrow().writer.len();
+        self.stats.set(s);
+    }
+
+    /// Starts the writer task unless it runs (`Output::Persist`, and every
+    /// tick so a key rotation or a retry is noticed without new writes).
+    pub fn kick(self: &Rc<Self>, driver: &Rc<Driver>) {
+        if self.busy.get() {
+            return;
+        }
+        self.busy.set(true);
+        let (log, driver) = (self.clone(), driver.clone());
+        glommio::spawn_local(async move {
+            log.run(&driver).await;
+            log.busy.set(false);
+        })
+        .detach();
+    }
+
+    /// Every tick: a key rotation or a retry starts without new writes.
+    pub fn tick(self: &Rc<Self>, driver: &Rc<Driver>) {
+        if self.needs_rewrite() {
+            self.kick(driver);
+        }
+    }
+
+    fn key_changed(&self) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.version() != self.current.borrow().key_version)
+    }
+
+    fn needs_rewrite(&self) -> bool {
+        let len = self.current.borrow().writer.len();
+        self.broken.get()
+            || self.key_changed()
+            || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get())
+    }
+
+    /// Until the shard has nothing more to write. No await between the last
+    /// empty `poll_persist` and the caller clearing `busy`, so no batch is
+    /// left behind.
+    async fn run(&self, driver: &Rc<Driver>) {
+        loop {
+            if self.needs_rewrite() {
+                if let Err(e) = self.rewrite(driver).await {
+                    // The snapshot took the shard's pending ops: appending
+                    // to the old file now would skip them. Retry instead.
+                    self.broken.set(true);
+                    self.bump(|s| s.failures += 1);
+                    error!(shard = self.shard, error = %e,
+                        "persistence: cannot rewrite the log; acknowledgements of persisted retained messages wait until it works");
+                    glommio::timer::sleep(RETRY).await;
+                }
+                continue;
+            }
+            let Some(batch) = driver.with(|s| s.poll_persist()) else {
+                return;
+            };
+            let (bytes, at) = {
+                let mut c = self.current.borrow_mut();
+                let at = c.writer.len();
+                match c.writer.seal_ops(&batch.ops) {
+                    Ok((bytes, skipped)) => {
+                        if skipped > 0 {
+                            warn!(shard = self.shard, skipped,
+                                "persistence: retained messages too large for the log format were not written");
+                        }
+                        (bytes, at)
+                    }
+                    Err(e) => {
+                        // The batch is in the shard's store: the rewrite
+                        // writes it and releases its waiters.
+                        error!(shard = self.shard, error = %e, "persistence: cannot seal a batch");
+                        self.broken.set(true);
+                        continue;
+                    }
+                }
+            };
+            let file = self.current.borrow().file.clone();
+            let n = bytes.len() as u64;
+            let written = glommio::executor()
+                .spawn_blocking(move || {
+                    file.write_all_at(&bytes, at)?;
+                    file.sync_data()
+                })
+                .await;
+            match written {
+                Ok(()) => {
+                    self.bump(|s| {
+                        s.syncs += 1;
+                        s.ops += batch.ops.len() as u64;
+                        s.bytes += n;
+                    });
+                    driver.with(|s| s.handle_persisted(batch.upto));
+                }
+                Err(e) => {
+                    self.bump(|s| s.failures += 1);
+                    error!(shard = self.shard, error = %e,
+                        "persistence: a write or fdatasync failed; the log is rewritten to a new file");
+                    self.broken.set(true);
+                    glommio::timer::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Writes what the shard holds as a new file under the current key (a
+    /// fresh data key each time), then deletes the old file.
+    async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
+        let (messages, upto) = driver.with(|s| s.persist_snapshot());
+        let keys = self.keys.as_ref().map(|k| (k.keys(), k.version()));
+        let key_version = keys.as_ref().map_or(0, |k| k.1);
+        let (old, compaction) = {
+            let c = self.current.borrow();
+            (c.path.clone(), c.compaction + 1)
+        };
+        let (dir, shard, generation, epoch) =
+            (self.dir.clone(), self.shard, self.generation, self.epoch);
+        let rotated = self.key_changed();
+        let log = glommio::executor()
+            .spawn_blocking(move || {
+                let kek = keys.as_ref().and_then(|k| k.0.first());
+                let log = create_log(&dir, kek, shard, generation, compaction, epoch, &messages)?;
+                remove(&old);
+                super::sync_dir(&dir)?;
+                Ok::<_, PersistError>((log, messages.len()))
+            })
+            .await;
+        let (log, retained) = log?;
+        let len = log.writer.len();
+        *self.current.borrow_mut() = Current {
+            file: Arc::new(log.file),
+            path: log.path,
+            writer: log.writer,
+            compaction,
+            key_version,
+        };
+        self.broken.set(false);
+        self.snapshot_bytes.set(len);
+        self.bump(|s| s.compactions += 1);
+        driver.with(|s| s.handle_persisted(upto));
+        if rotated {
+            info!(shard, retained, bytes = len,
+                "persistence: log rewritten under the new key; files under the old key are gone from this shard");
+        }
+        if len > self.budget && !self.over_budget_logged.replace(true) {
+            warn!(shard, bytes = len, budget = self.budget,
+                "persistence: the persisted retained messages exceed this shard's share of persistence.maxSize; lower retainedMessages.maxSize or raise persistence.maxSize");
+        }
+        Ok(())
+    }
+}
