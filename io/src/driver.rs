@@ -105,6 +105,15 @@ impl Driver {
         *self.persist.borrow_mut() = log;
     }
 
+    /// The persisted retained log's figures (zeros without one).
+    pub fn persist_stats(&self) -> crate::persist::writer::LogStats {
+        self.persist
+            .borrow()
+            .as_ref()
+            .map(|l| l.stats())
+            .unwrap_or_default()
+    }
+
     pub fn register(&self, conn: ConnId, handle: Rc<ConnHandle>) {
         self.conns.borrow_mut().insert(conn, handle);
     }

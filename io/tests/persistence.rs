@@ -28,16 +28,19 @@ struct Setup {
     data: PathBuf,
     key: PathBuf,
     port: u16,
+    metrics: u16,
 }
 
 fn setup(encrypt: bool, shards: u32) -> Setup {
     let port = free_port();
+    let metrics = free_port();
     let key = temp_file("persistence.key", &random_key());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let data = key.parent().unwrap().join("data");
     let mode = if encrypt { "Enabled" } else { "Disabled" };
     let json = serde_json::json!({
         "cardinality": {"frontend": {"workers": shards}},
+        "diagnostics": {"metrics": {"prometheusPort": metrics}},
         "listeners": [{"name": "l", "ports": [{"port": port, "bindAddress": "127.0.0.1"}]}],
         "persistence": {
             "maxSize": "200M",
@@ -53,6 +56,30 @@ fn setup(encrypt: bool, shards: u32) -> Setup {
         data,
         key,
         port,
+        metrics,
+    }
+}
+
+/// The sum over shards of metric `name` (refreshed about once a second).
+fn metric(s: &Setup, name: &str) -> u64 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.metrics));
+    let (_, body) = common::http_get(addr, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits (bounded) until `metric(name)` reaches `at_least`; its value.
+fn metric_reaches(s: &Setup, name: &str, at_least: u64) -> u64 {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let v = metric(s, name);
+        if v >= at_least {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} = {v}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -136,6 +163,11 @@ async fn survives_kill_9(encrypt: bool) -> Setup {
     // [MQTT-3.3.1-10] an empty retained payload clears the topic.
     messages.push(("plant/line5/temp", ""));
     publish_acked(s.port, "publisher", &messages).await;
+    // Every change was written, each after an fdatasync of its batch.
+    metric_reaches(&s, "shardmq_persistence_records_total", 22);
+    let syncs = metric(&s, "shardmq_persistence_syncs_total");
+    assert!((1..=22).contains(&syncs), "{syncs} syncs");
+    assert_eq!(metric(&s, "shardmq_persistence_waiting_acks"), 0);
     kill9(broker);
 
     let (_broker, log) = run(&s);

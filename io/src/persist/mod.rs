@@ -70,6 +70,10 @@ impl PersistRun {
         let lock = lock_dir(&spec.dir)?;
         let epoch = Epoch::now();
         let (starts, _) = recover(spec, shards, epoch)?;
+        warn!(
+            "persistence: this version persists retained messages only; sessions, their \
+             subscriptions and queued messages do not survive a restart yet (docs/PERSISTENCE.md)"
+        );
         Ok(PersistRun {
             spec: spec.clone(),
             epoch,

@@ -37,6 +37,10 @@ pub struct ShardSnapshot {
     pub stats: ShardStats,
     pub gauges: Gauges,
     pub buffer: BufferReport,
+    /// The persisted retained log (zeros without `persistence`).
+    pub persist: crate::persist::writer::LogStats,
+    /// Publishers' acknowledgements waiting for the disk.
+    pub persist_waiting: u64,
     /// Per listener name (every listener this shard ever served).
     pub listeners: BTreeMap<String, ListenerCounts>,
 }
@@ -198,11 +202,20 @@ pub fn tick(driver: &Rc<Driver>, telemetry: &Telemetry, now: Instant, last: &mut
 
 /// This shard's figures now.
 pub fn snapshot(driver: &Rc<Driver>) -> ShardSnapshot {
-    let (stats, gauges, buffer) = driver.peek(|s| (s.stats(), s.gauges(), buffer_report(s)));
+    let (stats, gauges, buffer, persist_waiting) = driver.peek(|s| {
+        (
+            s.stats(),
+            s.gauges(),
+            buffer_report(s),
+            s.durable_waiting() as u64,
+        )
+    });
     ShardSnapshot {
         stats,
         gauges,
         buffer,
+        persist: driver.persist_stats(),
+        persist_waiting,
         listeners: driver.listener_counts(),
     }
 }

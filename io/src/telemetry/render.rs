@@ -238,6 +238,41 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Writes the disk buffer refused (full, no space, I/O error).",
     ),
     (
+        "shardmq_persistence_syncs_total",
+        "counter",
+        "fdatasyncs of the persisted retained log (each makes a batch durable).",
+    ),
+    (
+        "shardmq_persistence_records_total",
+        "counter",
+        "Retained changes written to the persisted log.",
+    ),
+    (
+        "shardmq_persistence_written_bytes_total",
+        "counter",
+        "Bytes appended to the persisted log (rewrites not counted).",
+    ),
+    (
+        "shardmq_persistence_rewrites_total",
+        "counter",
+        "Persisted log rewrites (compaction, key rotation, after a failure).",
+    ),
+    (
+        "shardmq_persistence_failures_total",
+        "counter",
+        "Persisted log writes or rewrites that failed (retried; acknowledgements wait).",
+    ),
+    (
+        "shardmq_persistence_file_bytes",
+        "gauge",
+        "Size of the shard's persisted log file.",
+    ),
+    (
+        "shardmq_persistence_waiting_acks",
+        "gauge",
+        "Publisher acknowledgements held until their retained change is durable.",
+    ),
+    (
         "shardmq_mesh_messages_sent_total",
         "counter",
         "Messages sent to other shards (deliveries and control).",
@@ -540,6 +575,21 @@ fn shards(out: &mut Out, s: &[ShardSnapshot]) {
     out.per_shard("shardmq_disk_buffer_refused_total", s, |x| {
         x.buffer.disk.refused
     });
+    out.per_shard("shardmq_persistence_syncs_total", s, |x| x.persist.syncs);
+    out.per_shard("shardmq_persistence_records_total", s, |x| x.persist.ops);
+    out.per_shard("shardmq_persistence_written_bytes_total", s, |x| {
+        x.persist.bytes
+    });
+    out.per_shard("shardmq_persistence_rewrites_total", s, |x| {
+        x.persist.compactions
+    });
+    out.per_shard("shardmq_persistence_failures_total", s, |x| {
+        x.persist.failures
+    });
+    out.per_shard("shardmq_persistence_file_bytes", s, |x| {
+        x.persist.file_bytes
+    });
+    out.per_shard("shardmq_persistence_waiting_acks", s, |x| x.persist_waiting);
     out.per_shard("shardmq_mesh_messages_sent_total", s, |x| x.stats.mesh_sent);
     out.per_shard("shardmq_mesh_messages_received_total", s, |x| {
         x.stats.mesh_received
