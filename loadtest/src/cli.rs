@@ -383,6 +383,10 @@ pub struct ScenarioArgs {
     /// Report loss and duplicates at QoS 1/2 without failing.
     #[arg(long)]
     pub allow_loss: bool,
+    /// Publish with RETAIN set: each publisher replaces its topic's retained
+    /// message (with `persistence`, every message is a durable write).
+    #[arg(long)]
+    pub retain: bool,
     /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`
     /// (slow-reader: the span it reads slowly).
     #[arg(long, value_parser = parse_window)]
@@ -500,6 +504,7 @@ impl ScenarioArgs {
             s.stamp = m;
         }
         s.allow_loss = self.allow_loss;
+        s.retain = self.retain;
         if let Some((a, b)) = self.offline {
             s.offline_from = a;
             s.offline_until = b;

@@ -50,6 +50,9 @@ pub struct RunCtx {
     pub ack_deadline: Instant,
     pub qos: QoS,
     pub payload_bytes: usize,
+    /// Publish with RETAIN set (each publisher replaces its topic's
+    /// retained message: the persistence benchmark).
+    pub retain: bool,
     /// Gap between one publisher's messages; `None` = unlimited.
     pub interval_ns: Option<u64>,
     pub inflight: u16,
@@ -95,6 +98,7 @@ impl RunCtx {
             ack_deadline: epoch + Duration::from_nanos(stop_ns) + phases.drain,
             qos,
             payload_bytes,
+            retain: false,
             interval_ns: rate_per_s.map(|r| 1_000_000_000 / u64::from(r.max(1))),
             inflight,
             stamp,

@@ -333,7 +333,7 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         duration: spec.duration,
         drain: spec.drain,
     };
-    let ctx = Arc::new(RunCtx::new(
+    let mut ctx = RunCtx::new(
         connector,
         phases,
         spec.qos,
@@ -341,7 +341,9 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         spec.rate_per_s.map(|r| r.get()),
         spec.inflight.get(),
         spec.stamp,
-    ));
+    );
+    ctx.retain = spec.retain;
+    let ctx = Arc::new(ctx);
     if spec.scenario.impairs_subscriber() {
         let span = ctx.stop_ns - ctx.warm_end_ns;
         let from = ctx.warm_end_ns + (span as f64 * spec.offline_from.clamp(0.0, 1.0)) as u64;

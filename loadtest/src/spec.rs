@@ -171,6 +171,8 @@ pub struct RunSpec {
     pub keep_alive_s: u16,
     pub stamp: StampMode,
     pub allow_loss: bool,
+    /// Publishers set RETAIN.
+    pub retain: bool,
     /// slow-sub: the subscriber is offline from this fraction of the measured
     /// duration to `offline_until`; slow-reader: it reads at
     /// `reader_rate_per_s` over the same span.
@@ -208,6 +210,7 @@ impl Default for RunSpec {
             keep_alive_s: 60,
             stamp: StampMode::Scheduled,
             allow_loss: false,
+            retain: false,
             offline_from: 0.3,
             offline_until: 0.6,
             reader_rate_per_s: None,

@@ -111,7 +111,7 @@ impl Publisher<'_> {
             let publish = Publish {
                 dup: false,
                 qos: ctx.qos,
-                retain: false,
+                retain: ctx.retain,
                 topic: self.topic.clone(),
                 packet_id,
                 properties: Properties::default(),
