@@ -573,8 +573,22 @@ impl Sim {
     }
 
     /// One group commit: everything the shard asked to persist reaches the
-    /// disk, then the shard hears it is durable.
+    /// disk, then the shard hears it is durable. One time in four the
+    /// runtime rewrites the shard's log as a snapshot instead (compaction,
+    /// key rotation): the shard's topics on disk become the snapshot.
     fn write_disk(&mut self, shard: usize) {
+        if self.rng.below(4) == 0 {
+            let (messages, upto) = self.shards[shard].persist_snapshot();
+            let n = self.shards.len();
+            self.disk
+                .retain(|topic, _| shardmq_core::broker::owner_index(topic, n) != shard);
+            for m in messages {
+                self.disk
+                    .insert(m.topic.as_str().to_owned(), m.payload.clone());
+            }
+            self.log(format!("shard {shard} rewrote its log, durable up to {upto}"));
+            self.shards[shard].handle_persisted(upto);
+        }
         while let Some(batch) = self.shards[shard].poll_persist() {
             for op in batch.ops {
                 match op {
