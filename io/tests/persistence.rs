@@ -32,6 +32,10 @@ struct Setup {
 }
 
 fn setup(encrypt: bool, shards: u32) -> Setup {
+    setup_with(encrypt, shards, serde_json::json!({"mode": "All"}))
+}
+
+fn setup_with(encrypt: bool, shards: u32, retain: serde_json::Value) -> Setup {
     let port = free_port();
     let metrics = free_port();
     let key = temp_file("persistence.key", &random_key());
@@ -45,7 +49,7 @@ fn setup(encrypt: bool, shards: u32) -> Setup {
         "persistence": {
             "maxSize": "200M",
             "encryption": {"mode": mode},
-            "retain": {"mode": "All"},
+            "retain": retain,
             "dataDir": data,
             "keyFile": key,
         }
@@ -291,4 +295,50 @@ async fn the_key_rotates_online_on_sighup() {
     let got = retained(s.port, "#", 2).await;
     assert_eq!(got["before"], "1");
     assert_eq!(got["after"], "2");
+}
+
+/// `retain.mode: Custom`: a listed filter, or the MQTT 5 user property
+/// `aio-persistence=true` on the PUBLISH (`dynamic`), selects a topic; QoS 2
+/// is held to PUBREC like QoS 1 to PUBACK. What is not selected is gone
+/// after kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_policy_persists_listed_topics_and_dynamic_opt_ins_only() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let retain = serde_json::json!({
+        "mode": "Custom",
+        "retainSettings": {"topics": ["keep/#"], "dynamic": {"mode": "Enabled"}}
+    });
+    let s = setup_with(true, 2, retain);
+    let (broker, _) = run(&s);
+    let (mut c, _) = Client::connect(s.port, "p", |_| {}).await;
+    let opt_in = PublishProperties {
+        user_properties: vec![("aio-persistence".into(), "true".into())],
+        ..PublishProperties::default()
+    };
+    let sends: [(&str, u8, Option<&PublishProperties>); 3] = [
+        ("keep/a", 2, None),
+        ("other/x", 1, None),
+        ("other/y", 1, Some(&opt_in)),
+    ];
+    for (topic, qos, props) in sends {
+        let payload = format!("v-{topic}").into_bytes();
+        match props {
+            Some(p) => c
+                .client
+                .publish_with_properties(topic, q5(qos), true, payload, p.clone())
+                .await
+                .unwrap(),
+            None => c.publish(topic, q5(qos), true, &payload).await,
+        }
+        // PUBACK, or PUBCOMP after PUBREC for QoS 2.
+        c.next_matching(|e| matches!(e, Ev::PubAck(_))).await;
+    }
+    c.disconnect().await;
+    kill9(broker);
+
+    let (_broker, _) = run(&s);
+    let got = retained(s.port, "#", 2).await;
+    assert_eq!(got.get("keep/a").map(String::as_str), Some("v-keep/a"));
+    assert_eq!(got.get("other/y").map(String::as_str), Some("v-other/y"));
+    assert!(!got.contains_key("other/x"));
 }
