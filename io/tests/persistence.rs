@@ -342,3 +342,29 @@ async fn a_custom_policy_persists_listed_topics_and_dynamic_opt_ins_only() {
     assert_eq!(got.get("other/y").map(String::as_str), Some("v-other/y"));
     assert!(!got.contains_key("other/x"));
 }
+
+/// A restart with a smaller `retainedMessages.maxSize` restores what fits and
+/// drops the rest from disk too: raising the limit again must not bring
+/// back messages the broker did not hold in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_does_not_fit_at_restore_is_dropped_from_disk_too() {
+    let s = setup(true, 1);
+    let (broker, _) = run(&s);
+    publish_acked(s.port, "p", &[("a", "1"), ("b", "2"), ("c", "3")]).await;
+    kill9(broker);
+
+    // Each message counts payload + topic + 256 bytes: two fit in 600.
+    let original = std::fs::read_to_string(&s.config).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["retainedMessages"] = serde_json::json!({"maxSize": 600});
+    std::fs::write(&s.config, config.to_string()).unwrap();
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence:", "did not fit", "found=3", "restored=2"]);
+    metric_reaches(&s, "shardmq_persistence_rewrites_total", 1);
+    kill9(broker);
+
+    std::fs::write(&s.config, original).unwrap();
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "retained=2"]);
+    assert_eq!(retained(s.port, "#", 2).await.len(), 2);
+}

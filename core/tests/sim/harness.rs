@@ -586,7 +586,9 @@ impl Sim {
                 self.disk
                     .insert(m.topic.as_str().to_owned(), m.payload.clone());
             }
-            self.log(format!("shard {shard} rewrote its log, durable up to {upto}"));
+            self.log(format!(
+                "shard {shard} rewrote its log, durable up to {upto}"
+            ));
             self.shards[shard].handle_persisted(upto);
         }
         while let Some(batch) = self.shards[shard].poll_persist() {

@@ -136,6 +136,11 @@ impl ShardLog {
         .detach();
     }
 
+    /// Rewrites the log at the next tick (the file holds more than the shard).
+    pub fn rewrite_soon(&self) {
+        self.broken.set(true);
+    }
+
     /// Every tick: a key rotation or a retry starts without new writes.
     pub fn tick(self: &Rc<Self>, driver: &Rc<Driver>) {
         if self.needs_rewrite() {

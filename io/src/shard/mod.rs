@@ -368,16 +368,21 @@ fn start_log(
     let start = run.take(id)?;
     let found = start.retained.len();
     let restored = shard.restore_retained(start.retained);
-    if restored < found {
-        warn!(shard = id, found, restored,
-            "persistence: some persisted retained messages did not fit retainedMessages.maxSize and were not restored");
-    }
-    Some(Rc::new(ShardLog::new(
+    let log = Rc::new(ShardLog::new(
         run.spec.dir.clone(),
         id as u32,
         run.epoch,
         run.spec.keys.clone(),
         run.budget,
         start.log,
-    )))
+    ));
+    if restored < found {
+        warn!(shard = id, found, restored,
+            "persistence: some persisted retained messages did not fit retainedMessages.maxSize and were not restored; they are dropped from disk too");
+        // The file must hold what the shard holds: a topic left on disk but
+        // not in memory would come back at the next start after a change
+        // the shard never wrote (it does not know the topic is on disk).
+        log.rewrite_soon();
+    }
+    Some(log)
 }
