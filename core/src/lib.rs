@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod buffer;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod limits;
