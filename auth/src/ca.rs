@@ -287,6 +287,45 @@ impl InternalCa {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<Issued, CaError> {
+        self.issue_for(
+            sans,
+            key,
+            lifetime,
+            now,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
+    /// Issues a cluster node's certificate (docs/CLUSTER.md): the same as
+    /// [`InternalCa::issue`], for both ends of a node link (serverAuth and
+    /// clientAuth), so a listener's certificate cannot pose as a node.
+    pub fn issue_node(
+        &self,
+        sans: &SubjectAltNames,
+        key: &KeyPair,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, CaError> {
+        self.issue_for(
+            sans,
+            key,
+            lifetime,
+            now,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn issue_for(
+        &self,
+        sans: &SubjectAltNames,
+        key: &KeyPair,
+        lifetime: Duration,
+        now: SystemTime,
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> Result<Issued, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
@@ -294,7 +333,7 @@ impl InternalCa {
             .push(DnType::CommonName, sans.common_name());
         params.subject_alt_names = sans.to_rcgen()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = usages.to_vec();
         params.not_before = to_offset(now - BACKDATE);
         params.not_after = to_offset((now + lifetime).min(self.not_after));
         params.serial_number = Some(random_serial()?);

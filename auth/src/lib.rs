@@ -10,6 +10,7 @@ pub mod ca;
 pub mod files;
 pub mod identity;
 pub mod jwt;
+pub mod node_tls;
 pub mod password;
 pub mod tls;
 pub mod webhook;

@@ -73,7 +73,7 @@ impl fmt::Debug for ReloadableCert {
     }
 }
 
-fn provider() -> CryptoProvider {
+pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
@@ -138,6 +138,21 @@ impl ReloadableCert {
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// A node link's client end presents the node certificate (`node_tls`).
+impl rustls::client::ResolvesClientCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -236,7 +251,7 @@ pub fn server_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_pki::{days, Pki};
     use crate::x509::ClientCa;
@@ -246,7 +261,7 @@ mod tests {
     use std::io::Write;
 
     /// Runs a handshake in memory; returns both ends or the first error.
-    fn handshake(
+    pub(crate) fn handshake(
         client: Arc<ClientConfig>,
         server: Arc<ServerConfig>,
         name: &str,
