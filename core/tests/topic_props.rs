@@ -117,18 +117,48 @@ proptest! {
         sets in proptest::collection::vec((topic(), any::<u32>(), prop::bool::weighted(0.3)), 0..40),
         filters in proptest::collection::vec(filter(), 1..12),
     ) {
+        retained_agrees(&sets, &filters)?;
+    }
+
+    /// Wide levels: nodes with more children than the store keeps in a
+    /// small vector, which become a map and, once cleared down, a vector again.
+    #[test]
+    fn retained_with_wide_nodes_agrees_with_a_naive_scan(
+        sets in proptest::collection::vec((wide_topic(), any::<u32>(), prop::bool::weighted(0.6)), 0..120),
+        filters in proptest::collection::vec(filter(), 1..8),
+    ) {
+        retained_agrees(&sets, &filters)?;
+    }
+}
+
+fn wide_topic() -> impl Strategy<Value = TopicName> {
+    let level = prop_oneof![4 => (0..20u8).prop_map(|i| format!("w{i}")), 1 => topic_level()];
+    proptest::collection::vec(level, 1..4).prop_map(|levels| {
+        let joined = levels.join("/");
+        TopicName::try_from(if joined.is_empty() { "/" } else { &joined }).unwrap()
+    })
+}
+
+fn retained_agrees(
+    sets: &[(TopicName, u32, bool)],
+    filters: &[TopicFilter],
+) -> Result<(), TestCaseError> {
+    {
         let mut store = RetainedStore::new(usize::MAX, u64::MAX);
         let mut model: BTreeMap<String, u32> = BTreeMap::new();
-        for (t, v, _) in &sets {
-            prop_assert_eq!(store.set(t.clone(), *v, 1).unwrap(), model.insert(t.to_string(), *v));
+        for (t, v, _) in sets {
+            prop_assert_eq!(
+                store.set(t.clone(), *v, 1).unwrap(),
+                model.insert(t.to_string(), *v)
+            );
         }
-        for (t, _, clear) in &sets {
+        for (t, _, clear) in sets {
             if *clear {
                 prop_assert_eq!(store.clear(t), model.remove(t.as_str()));
             }
         }
         prop_assert_eq!(store.len(), model.len());
-        for f in &filters {
+        for f in filters {
             let mut got = Vec::new();
             store.for_each_match(f, |t, v| got.push((t.to_string(), *v)));
             got.sort();
@@ -142,4 +172,5 @@ proptest! {
             prop_assert_eq!(got, want, "filter {}", f);
         }
     }
+    Ok(())
 }
