@@ -406,3 +406,124 @@ fn memory_and_records_return_to_zero_when_sessions_end() {
         "the runs never spilled: the budget is too large"
     );
 }
+
+/// Sessions read back at start (`Shard::restore_session`): a restored
+/// session is offline on its client id's owner shard with its
+/// subscriptions indexed everywhere, so what is published before its client
+/// returns is queued; the client resumes it from any shard (Session Present
+/// [MQTT-3.2.2-2]) and gets the queue; another principal is still refused
+/// the id; only the owner shard may restore it, once.
+#[test]
+fn a_restored_session_queues_and_resumes_from_any_shard() {
+    use shardmq_core::broker::{RestoreError, RestoredSession};
+    use shardmq_core::codec::SubscriptionOptions;
+    use shardmq_core::session::Subscription;
+    use shardmq_core::topic::Filter;
+    for seed in seeds(200) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 1 << 20);
+        let sub = sim.add_client("restored", "owner");
+        let thief = sim.add_client("restored", "someone-else");
+        let publisher = sim.add_client("publisher", "p");
+        let principal = sim.clients[sub].principal.clone();
+        let filter = Filter::parse("plant/#".into()).unwrap();
+        let subscription = Subscription {
+            filter,
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscriptionOptions::default()
+            },
+            id: None,
+        };
+        let restored = RestoredSession {
+            client_id: "restored".into(),
+            principal,
+            expiry_interval: Duration::from_secs(3600),
+            expires_at: Some(sim.now + Duration::from_secs(3600)),
+            subscriptions: vec![("plant/#".into(), subscription)],
+        };
+        let owner = shardmq_core::broker::owner_index("restored", 3);
+        let other = (owner + 1) % 3;
+        let now = sim.now;
+        if sim.shards[other].restore_session(restored.clone(), now) != Err(RestoreError::NotOwner) {
+            sim.fail("a shard that does not own the id restored it");
+        }
+        if sim.restore(restored.clone()).is_err() {
+            sim.fail("the owner shard refused the session");
+        }
+        if sim.restore(restored) != Err(RestoreError::Taken) {
+            sim.fail("the id was restored twice");
+        }
+        sim.quiesce();
+        let on = sim.rng.below(3);
+        sim.connect(publisher, on, true, 0);
+        sim.quiesce();
+        for n in 0..5 {
+            sim.publish(
+                publisher,
+                "plant/line1",
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(format!("m{n}")),
+            );
+        }
+        sim.quiesce();
+        // Another principal may not take the id over (sessionTakeover:
+        // SamePrincipal, the default).
+        let at = sim.rng.below(3);
+        sim.connect(thief, at, false, 3600);
+        sim.quiesce();
+        if sim.clients[thief].seen.connacks.last() != Some(&(false, ReasonCode::NotAuthorized)) {
+            sim.fail(&format!("thief got {:?}", sim.clients[thief].seen.connacks));
+        }
+        let at = sim.rng.below(3);
+        sim.connect(sub, at, false, 3600);
+        sim.quiesce();
+        if sim.clients[sub].seen.connacks.last() != Some(&(true, ReasonCode::Success)) {
+            sim.fail(&format!("resume got {:?}", sim.clients[sub].seen.connacks));
+        }
+        let got: Vec<Bytes> = sim.clients[sub]
+            .seen
+            .publishes
+            .iter()
+            .map(|p| p.1.clone())
+            .collect();
+        let want: Vec<Bytes> = (0..5).map(|n| Bytes::from(format!("m{n}"))).collect();
+        if got != want {
+            sim.fail(&format!("queued {got:?}, expected {want:?}"));
+        }
+        sim.check();
+    }
+}
+
+/// A restored session expires when its deadline passes with its client
+/// away, like any offline session [MQTT-3.1.2-23]: a later CONNECT finds none.
+#[test]
+fn a_restored_session_expires_at_its_deadline() {
+    use shardmq_core::broker::RestoredSession;
+    for seed in seeds(50) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 1 << 20);
+        let c = sim.add_client("late", "owner");
+        let restored = RestoredSession {
+            client_id: "late".into(),
+            principal: sim.clients[c].principal.clone(),
+            expiry_interval: Duration::from_secs(10),
+            expires_at: Some(sim.now + Duration::from_secs(10)),
+            subscriptions: Vec::new(),
+        };
+        if sim.restore(restored).is_err() {
+            sim.fail("the owner shard refused the session");
+        }
+        sim.quiesce();
+        sim.advance(Duration::from_secs(11));
+        sim.quiesce();
+        let at = sim.rng.below(3);
+        sim.connect(c, at, false, 10);
+        sim.quiesce();
+        if sim.clients[c].seen.connacks.last() != Some(&(false, ReasonCode::Success)) {
+            sim.fail(&format!(
+                "after expiry got {:?}",
+                sim.clients[c].seen.connacks
+            ));
+        }
+    }
+}

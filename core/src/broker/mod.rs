@@ -20,6 +20,7 @@ pub mod output;
 mod pending;
 mod reconfig;
 pub mod registry;
+mod restore;
 mod retain;
 mod route;
 mod selftest;
@@ -47,6 +48,7 @@ pub use mesh::{MeshMsg, SubKey, SubVal};
 pub use metrics::Gauges;
 pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
+pub use restore::{RestoreError, RestoredSession};
 pub use selftest::SELFTEST_PREFIX;
 pub use sys::ReservedTopics;
 

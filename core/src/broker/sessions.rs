@@ -155,7 +155,7 @@ impl<S: Store> Shard<S> {
 
     /// Indexes a session's subscriptions: adopts the entries a move
     /// already put everywhere, or adds them.
-    fn index_session(
+    pub(super) fn index_session(
         &mut self,
         session: SessionId,
         client_id: &ByteString,

@@ -312,6 +312,21 @@ impl Sim {
         PacketId::new(client.next_packet_id).expect("ids skip 0")
     }
 
+    /// Recovery at start: `restored` goes to the shard owning its client id
+    /// (what the runtime does before accepting connections).
+    pub fn restore(
+        &mut self,
+        restored: shardmq_core::broker::RestoredSession,
+    ) -> Result<(), shardmq_core::broker::RestoreError> {
+        let n = self.shards.len();
+        let shard = shardmq_core::broker::owner_index(&restored.client_id, n);
+        self.log(format!("restore {:?} on shard {shard}", restored.client_id));
+        let now = self.now;
+        let result = self.shards[shard].restore_session(restored, now);
+        self.drain(shard);
+        result
+    }
+
     pub fn subscribe(&mut self, c: usize, filter: &str, qos: QoS) {
         let packet_id = self.packet_id(c);
         self.log(format!("client {c} subscribes {filter}"));
