@@ -387,6 +387,25 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
             }
         },
     ];
+    lines.push(match &server.persistence {
+        Some(p) => {
+            let key = p
+                .keys
+                .as_ref()
+                .and_then(|k| k.keys().first().map(|k| k.name()))
+                .map_or("none (encryption Disabled)".to_owned(), |name| {
+                    format!("AES-256-GCM under key {name}")
+                });
+            format!(
+                "persistence: retained messages ({:?}) in {}, maxSize={} bytes, {key}; \
+                 sessions and queued messages are not persisted yet",
+                p.policy.retain,
+                p.dir.display(),
+                p.policy.size_max_bytes
+            )
+        }
+        None => "persistence: none (nothing survives a restart)".to_owned(),
+    });
     let check = &config.diagnostics.self_check;
     lines.push(if check.enabled {
         format!(
