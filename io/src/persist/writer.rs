@@ -42,7 +42,6 @@ struct Current {
     file: Arc<File>,
     path: PathBuf,
     writer: LogWriter,
-    compaction: u32,
     key_version: u64,
 }
 
@@ -64,6 +63,8 @@ pub struct ShardLog {
     snapshot_bytes: Cell<u64>,
     over_budget_logged: Cell<bool>,
     stats: Cell<LogStats>,
+    /// The compaction number of the next rewrite.
+    next_compaction: Cell<u32>,
 }
 
 impl std::fmt::Debug for ShardLog {
@@ -85,6 +86,7 @@ impl ShardLog {
         log: LogFile,
     ) -> ShardLog {
         let len = log.writer.len();
+        let next_compaction = log.compaction + 1;
         ShardLog {
             dir,
             shard,
@@ -96,7 +98,6 @@ impl ShardLog {
                 file: Arc::new(log.file),
                 path: log.path,
                 writer: log.writer,
-                compaction: log.compaction,
                 key_version: log.key_version,
             }),
             busy: Cell::new(false),
@@ -107,6 +108,7 @@ impl ShardLog {
                 file_bytes: len,
                 ..LogStats::default()
             }),
+            next_compaction: Cell::new(next_compaction),
         }
     }
 
@@ -235,10 +237,11 @@ impl ShardLog {
         let (messages, upto) = driver.with(|s| s.persist_snapshot());
         let keys = self.keys.as_ref().map(|k| (k.keys(), k.version()));
         let key_version = keys.as_ref().map_or(0, |k| k.1);
-        let (old, compaction) = {
-            let c = self.current.borrow();
-            (c.path.clone(), c.compaction + 1)
-        };
+        let old = self.current.borrow().path.clone();
+        // Every attempt takes a new number: a failed one may have left its
+        // file behind (if even removing it failed).
+        let compaction = self.next_compaction.get();
+        self.next_compaction.set(compaction + 1);
         let (dir, shard, generation, epoch) =
             (self.dir.clone(), self.shard, self.generation, self.epoch);
         let rotated = self.key_changed();
@@ -246,8 +249,13 @@ impl ShardLog {
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
                 let log = create_log(&dir, kek, shard, generation, compaction, epoch, &messages)?;
+                // The new file is durable: from here on it is the log, even
+                // if the old one cannot be deleted (recovery reads the old
+                // one first, harmlessly).
                 remove(&old);
-                super::sync_dir(&dir)?;
+                if let Err(e) = super::sync_dir(&dir) {
+                    warn!(shard, error = %e, "persistence: the old log's removal may not be durable");
+                }
                 Ok::<_, PersistError>((log, messages.len()))
             })
             .await;
@@ -257,7 +265,6 @@ impl ShardLog {
             file: Arc::new(log.file),
             path: log.path,
             writer: log.writer,
-            compaction,
             key_version,
         };
         self.broken.set(false);
