@@ -9,6 +9,7 @@
 
 pub mod buffer;
 pub mod cli;
+pub mod cluster;
 pub mod conn;
 pub mod driver;
 pub mod logging;
