@@ -37,12 +37,15 @@ fn delta() -> Frame {
     })
 }
 
+/// What one end learnt: the peer and the first frame it got, or why not.
+type Outcome = Result<(Peer, Frame), String>;
+
 /// Node "node-2" accepts one link on 127.0.0.2 (or 127.0.0.1), answers the
 /// first frame it gets with a route delta, and reports what it learnt.
 fn serve_one(
     cert: Arc<ReloadableCert>,
     roots_pem: String,
-) -> (SocketAddr, mpsc::Receiver<Result<(Peer, Frame), String>>) {
+) -> (SocketAddr, mpsc::Receiver<Outcome>) {
     let (addr_tx, addr_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     LocalExecutorBuilder::default()
@@ -69,11 +72,7 @@ fn serve_one(
 
 /// Node "node-1" dials `addr` expecting "node-2", sends a snapshot request
 /// and waits for the answer.
-fn dial_one(
-    cert: Arc<ReloadableCert>,
-    roots_pem: String,
-    addr: SocketAddr,
-) -> Result<(Peer, Frame), String> {
+fn dial_one(cert: Arc<ReloadableCert>, roots_pem: String, addr: SocketAddr) -> Outcome {
     LocalExecutorBuilder::default()
         .name("node-1")
         .spawn(move || async move {
