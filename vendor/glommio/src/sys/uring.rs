@@ -532,6 +532,14 @@ fn extract_one_chain(
         .collect()
 }
 
+/// shardmq patch (PATCHED.md, change 3), off unless
+/// `GLOMMIO_KEEP_THROUGHPUT_TIMER=1`: keep the throughput preemption timer
+/// armed across `wait`s instead of replacing it in each.
+fn keep_throughput_timer() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_THROUGHPUT_TIMER").is_some_and(|v| v == "1"))
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -1846,12 +1854,20 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
+        //
+        // shardmq patch 3 (PATCHED.md), off by default: with
+        // `keep_throughput_timer`, a new timer only once the armed one fired.
+        // That halves the SQEs per wake-up (no TIMEOUT, linked WRITE and
+        // ASYNC_CANCEL each time) but gives up this `wait`'s guaranteed
+        // kernel entry before the sleep decision (patch 1's invariant).
+        let armed = self.throughput_preemption_timeout_src.take();
+        let keep = armed.filter(|src| keep_throughput_timer() && src.result().is_none());
+        self.throughput_preemption_timeout_src.set(Some(keep.unwrap_or_else(|| {
             main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            ),
-        ));
+            )
+        })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
