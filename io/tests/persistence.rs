@@ -368,3 +368,69 @@ async fn what_does_not_fit_at_restore_is_dropped_from_disk_too() {
     log.wait_for(&["persistence: recovered", "retained=2"]);
     assert_eq!(retained(s.port, "#", 2).await.len(), 2);
 }
+
+/// What a retained message carries comes back with it after kill -9 (MQTT
+/// 5.0 §3.3.2.3: payload format, content type, response topic, correlation
+/// data, user properties, in order), and its Message Expiry Interval counts
+/// the downtime [MQTT-3.3.2-6]: a message that expired meanwhile is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_survive_and_expiry_counts_the_downtime() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let s = setup(true, 2);
+    let (broker, _) = run(&s);
+    let (mut c, _) = Client::connect(s.port, "p", |_| {}).await;
+    let full = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(3600),
+        content_type: Some("application/json".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
+        user_properties: vec![("site".into(), "7".into()), ("line".into(), "2".into())],
+        ..PublishProperties::default()
+    };
+    let short = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..PublishProperties::default()
+    };
+    for (topic, props) in [("meta/full", full), ("meta/short", short)] {
+        c.client
+            .publish_with_properties(topic, q5(1), true, b"{}".to_vec(), props)
+            .await
+            .unwrap();
+        c.next_matching(|e| matches!(e, Ev::PubAck(_))).await;
+    }
+    c.disconnect().await;
+    // Long enough for the 1 s message to expire while the broker is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "retained=1", "expired=1"]);
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("reader", "127.0.0.1", s.port), 10);
+    client.subscribe("meta/#", q5(1)).await.unwrap();
+    let publish = loop {
+        match tokio::time::timeout(common::WAIT, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => break p,
+            Ok(Ok(_)) => continue,
+            other => panic!("no retained message: {other:?}"),
+        }
+    };
+    assert_eq!(&publish.topic[..], b"meta/full");
+    let p = publish.properties.expect("properties");
+    assert_eq!(p.payload_format_indicator, Some(1));
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.response_topic.as_deref(), Some("reply/here"));
+    assert_eq!(p.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(
+        p.user_properties,
+        vec![
+            ("site".to_owned(), "7".to_owned()),
+            ("line".to_owned(), "2".to_owned())
+        ]
+    );
+    // What remains of the hour, not the hour again.
+    let left = p.message_expiry_interval.expect("expiry");
+    assert!((3500..3600).contains(&left), "{left}");
+}
