@@ -44,7 +44,9 @@ pub enum LogError {
     #[error("the file is not encrypted, but persistence.encryption.mode is Enabled")]
     Plaintext,
     #[error(
-        "its data key is wrapped under key {0}, which the configured key source does not hold"
+        "its data key is wrapped under key {0}, which the configured key source does not hold \
+         (keyFile, the persistence-key credential or SHARDMQ_PERSISTENCE_KEY; none is read \
+         while encryption.mode is Disabled)"
     )]
     NoKey(String),
     #[error("its data key does not unwrap: the header was changed")]
