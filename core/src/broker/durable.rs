@@ -219,9 +219,11 @@ impl<S: Store> Shard<S> {
             let topic = message.topic.clone();
             if self.retained.set(topic.clone(), message, bytes).is_ok() {
                 restored += 1;
-                if let Some(d) = self.durable.as_mut() {
-                    d.on_disk.insert(topic);
-                }
+            }
+            // On disk until the first rewrite, stored or not: a clear of it
+            // before then must be written too.
+            if let Some(d) = self.durable.as_mut() {
+                d.on_disk.insert(topic);
             }
         }
         restored
@@ -231,17 +233,27 @@ impl<S: Store> Shard<S> {
     /// message of every topic on disk, and the sequence number it covers.
     /// The ops not yet taken are folded into it (dropped here): once the
     /// snapshot is durable, `handle_persisted(upto)` releases their waiters.
-    pub fn persist_snapshot(&mut self) -> (Vec<SharedMessage>, u64) {
+    /// Also returns the topics the pending ops cleared: the snapshot file
+    /// writes those clears explicitly (before the messages), so an older file
+    /// that outlives it (its deletion failed) cannot bring them back.
+    pub fn persist_snapshot(&mut self) -> (Vec<TopicName>, Vec<SharedMessage>, u64) {
         let Some(d) = self.durable.as_mut() else {
-            return (Vec::new(), 0);
+            return (Vec::new(), Vec::new(), 0);
         };
-        d.ops.clear();
+        let clears = d
+            .ops
+            .drain(..)
+            .filter_map(|op| match op {
+                PersistOp::Clear(topic) => Some(topic),
+                PersistOp::Retain(_) => None,
+            })
+            .collect();
         let messages = d
             .on_disk
             .iter()
             .filter_map(|topic| self.retained.get(topic).cloned())
             .collect();
-        (messages, d.queued)
+        (clears, messages, d.queued)
     }
 
     /// Acknowledgements still waiting for the disk (for the shard's report).

@@ -328,12 +328,18 @@ impl LogWriter {
         self.seal_records(records)
     }
 
-    /// The blocks holding every message of a snapshot.
+    /// The blocks holding a snapshot: the clears first, then every message.
     pub fn seal_snapshot(
         &mut self,
+        clears: &[TopicName],
         messages: &[SharedMessage],
     ) -> Result<(Vec<u8>, usize), LogError> {
-        self.seal_records(messages.iter().map(|m| (OP_RETAIN, &**m)))
+        let clears: Vec<Message> = clears.iter().map(clear_record).collect();
+        let records = clears
+            .iter()
+            .map(|m| (OP_CLEAR, m))
+            .chain(messages.iter().map(|m| (OP_RETAIN, &**m)));
+        self.seal_records(records)
     }
 
     fn seal_records<'a>(
@@ -488,7 +494,7 @@ mod tests {
         let mut w = LogWriter::new(&header, sealer, epoch);
         let mut bytes = header.encode().to_vec();
         let (b1, skipped) = w
-            .seal_snapshot(&[message("a", b"secret-one")])
+            .seal_snapshot(&[], &[message("a", b"secret-one")])
             .unwrap_or_else(|_| unreachable!());
         assert_eq!(skipped, 0);
         let first_block_end = bytes.len() + b1.len();

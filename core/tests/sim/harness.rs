@@ -593,10 +593,13 @@ impl Sim {
     /// key rotation): the shard's topics on disk become the snapshot.
     fn write_disk(&mut self, shard: usize) {
         if self.rng.below(4) == 0 {
-            let (messages, upto) = self.shards[shard].persist_snapshot();
-            let n = self.shards.len();
-            self.disk
-                .retain(|topic, _| shardmq_core::broker::owner_index(topic, n) != shard);
+            // Like recovery: the old file's records stay on the disk (its
+            // deletion may fail), the snapshot's clears and messages apply
+            // on top of them.
+            let (clears, messages, upto) = self.shards[shard].persist_snapshot();
+            for topic in clears {
+                self.disk.remove(topic.as_str());
+            }
             for m in messages {
                 self.disk
                     .insert(m.topic.as_str().to_owned(), m.payload.clone());

@@ -19,6 +19,7 @@ use shardmq_core::broker::owner_index;
 use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
 use shardmq_core::config::Persistence;
 use shardmq_core::session::{Message, SharedMessage};
+use shardmq_core::topic::TopicName;
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
@@ -231,13 +232,20 @@ pub fn recover(
             }
             Err(e) => {
                 report.unreadable += 1;
-                warn!(file = %path.display(), error = %e,
-                    "persistence: a file without a readable header was ignored (a file being created at a crash leaves one)");
-                files.push((0, 0, 0, Vec::new(), path));
+                // Kept, renamed: it may be a crash's half-created file, or a
+                // damaged snapshot whose data an operator may still want.
+                let aside = path.with_extension("log.corrupt");
+                warn!(file = %path.display(), moved_to = %aside.display(), error = %e,
+                    "persistence: a file without a readable header is not replayed; it is kept aside (a crash while a file was created leaves one; otherwise its topics are lost)");
+                fs::rename(&path, &aside).map_err(|source| PersistError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                report.files += 1;
             }
         }
     }
-    report.files = files.len();
+    report.files += files.len();
     files.sort_by_key(|f| (f.0, f.1));
     // Names count too: a file left unreadable by a crash while it was
     // created must not be in the way of this run's names.
@@ -246,7 +254,13 @@ pub fn recover(
         .map(|f| f.0.max(name_generation(&f.4)))
         .max()
         .unwrap_or(0)
-        + 1;
+        .checked_add(1)
+        .ok_or_else(|| PersistError::Io {
+            path: dir.clone(),
+            source: std::io::Error::other(
+                "a file name carries the last generation number (4294967295); move it away",
+            ),
+        })?;
     let mut retained: HashMap<String, Message> = HashMap::new();
     for (_, _, written_at, ops, _) in &mut files {
         report.ops += ops.len();
@@ -286,15 +300,20 @@ pub fn recover(
             next_generation,
             0,
             epoch,
-            &messages,
+            (&[], &messages),
         )?;
         starts.push(ShardStart {
             log: LogFile { key_version, ..log },
             retained: messages,
         });
     }
+    // Oldest first, stopping at the first that fails: what stays is always
+    // the newest old files, which replay to exactly the new snapshots.
     for (_, _, _, _, path) in &files {
-        remove(path);
+        if let Err(e) = fs::remove_file(path) {
+            warn!(file = %path.display(), error = %e, "persistence: cannot delete an old file; it and newer ones stay (harmless) until the next start");
+            break;
+        }
     }
     sync_dir(dir)?;
     report.elapsed = started.elapsed();
@@ -353,7 +372,7 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
         })
 }
 
-/// A new log file holding `messages`, durable (file and directory entry
+/// A new log file holding the clears then `messages`, durable (file and directory entry
 /// synced) before it returns. Blocking.
 pub fn create_log(
     dir: &Path,
@@ -362,11 +381,11 @@ pub fn create_log(
     generation: u32,
     compaction: u32,
     epoch: Epoch,
-    messages: &[SharedMessage],
+    (clears, messages): (&[TopicName], &[SharedMessage]),
 ) -> Result<LogFile, PersistError> {
     let (header, sealer) = log::create(kek, shard, generation, compaction, epoch.unix_nanos)?;
     let mut writer = LogWriter::new(&header, sealer, epoch.instant);
-    let (blocks, skipped) = writer.seal_snapshot(messages)?;
+    let (blocks, skipped) = writer.seal_snapshot(clears, messages)?;
     if skipped > 0 {
         warn!(
             shard,

@@ -234,8 +234,13 @@ impl ShardLog {
     /// Writes what the shard holds as a new file under the current key (a
     /// fresh data key each time), then deletes the old file.
     async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
-        let (messages, upto) = driver.with(|s| s.persist_snapshot());
-        let keys = self.keys.as_ref().map(|k| (k.keys(), k.version()));
+        let (clears, messages, upto) = driver.with(|s| s.persist_snapshot());
+        // The version first: read after the keys, a rotation in between
+        // would record the new version for a file sealed under the old key.
+        let keys = self.keys.as_ref().map(|k| {
+            let version = k.version();
+            (k.keys(), version)
+        });
         let key_version = keys.as_ref().map_or(0, |k| k.1);
         let old = self.current.borrow().path.clone();
         // Every attempt takes a new number: a failed one may have left its
@@ -248,10 +253,19 @@ impl ShardLog {
         let log = glommio::executor()
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
-                let log = create_log(&dir, kek, shard, generation, compaction, epoch, &messages)?;
+                let log = create_log(
+                    &dir,
+                    kek,
+                    shard,
+                    generation,
+                    compaction,
+                    epoch,
+                    (&clears, &messages),
+                )?;
                 // The new file is durable: from here on it is the log, even
-                // if the old one cannot be deleted (recovery reads the old
-                // one first, harmlessly).
+                // if the old one cannot be deleted. Recovery replays the old
+                // one first, harmlessly: the new one opens with explicit
+                // clears of everything cleared since the old one's last write.
                 remove(&old);
                 if let Err(e) = super::sync_dir(&dir) {
                     warn!(shard, error = %e, "persistence: the old log's removal may not be durable");
