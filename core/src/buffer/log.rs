@@ -5,6 +5,7 @@
 //! operation. Reading stops at the first block that does not open (a torn
 //! tail, corruption or tampering) and says where. No I/O, no clock reads.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Instant;
 
@@ -313,19 +314,15 @@ impl LogWriter {
     /// Returns the bytes and how many operations could not be encoded
     /// (fields too long for the record format, never from a valid packet).
     pub fn seal_ops(&mut self, ops: &[PersistOp]) -> Result<(Vec<u8>, usize), LogError> {
-        let clears: Vec<Message> = ops
+        // A clear is written as a message with the topic alone, made here.
+        let records: Vec<(u64, Cow<'_, Message>)> = ops
             .iter()
-            .filter_map(|op| match op {
-                PersistOp::Clear(topic) => Some(clear_record(topic)),
-                PersistOp::Retain(_) => None,
+            .map(|op| match op {
+                PersistOp::Retain(m) => (OP_RETAIN, Cow::Borrowed(&**m)),
+                PersistOp::Clear(topic) => (OP_CLEAR, Cow::Owned(clear_record(topic))),
             })
             .collect();
-        let mut clear = clears.iter();
-        let records = ops.iter().filter_map(|op| match op {
-            PersistOp::Retain(m) => Some((OP_RETAIN, &**m)),
-            PersistOp::Clear(_) => clear.next().map(|m| (OP_CLEAR, m)),
-        });
-        self.seal_records(records)
+        self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))
     }
 
     /// The blocks holding a snapshot: the clears first, then every message.
