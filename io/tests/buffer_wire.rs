@@ -477,7 +477,12 @@ async fn full_buffer_with_drop_oldest_drops_and_counts_the_oldest_and_keeps_the_
     offline_subscriber(broker.port("s0"), "lossy").await;
     let reasons = publish(broker.port("s0"), N).await;
     assert!(reasons.iter().all(|r| r == "Success"));
-    wait_report(&broker, 0, |r| r.dropped_queue_full > 0).await;
+    // Reports come on the shard's tick: wait for one that has seen every
+    // publish, so `kept` is final.
+    wait_report(&broker, 0, |r| {
+        r.dropped_queue_full > 0 && r.dropped_queue_full + r.disk.live_records == u64::from(N)
+    })
+    .await;
     let r = report(&broker, 0);
     assert!(r.disk.bytes_used <= 2 * (64 << 10), "size bound: {r:?}");
     let kept = r.disk.live_records;
