@@ -141,6 +141,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     }
     let mut server = settings(config, &tls.state_dir, listeners);
     server.persistence = persistence(config, &tls.state_dir)?;
+    check_log_bound(&server)?;
     Ok(Built {
         server,
         certs: tls.certs,
@@ -278,6 +279,34 @@ fn persistence(config: &Config, state_dir: &Path) -> Result<Option<PersistSpec>,
             .unwrap_or_else(|| state_dir.join(PERSISTENCE_DIR)),
         keys,
     }))
+}
+
+/// A shard's persisted log holds up to twice its retained set before it is
+/// compacted, and the log format addresses 4 GiB: with persisted retained
+/// messages, a shard's share of `retainedMessages.maxSize` stays under
+/// 1 GiB so a log can never outgrow its format (a write refused there would
+/// hold acknowledgements for ever).
+fn check_log_bound(server: &ServerConfig) -> Result<(), SetupError> {
+    const MAX_PER_SHARD: u64 = 1 << 30;
+    let persists = server
+        .persistence
+        .as_ref()
+        .is_some_and(|p| p.policy.retain != shardmq_core::config::RetainPolicy::None);
+    if persists && server.retained_bytes_max > MAX_PER_SHARD {
+        return Err(invalid(
+            "retainedMessages.maxSize",
+            format!(
+                "with persisted retained messages each shard's share may be at most 1 GiB (it \
+                 is {} bytes over {} workers): a shard's log holds up to twice it and the log \
+                 format addresses 4 GiB; lower it or add workers",
+                server
+                    .retained_bytes_max
+                    .saturating_mul(server.shards as u64),
+                server.shards
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Everything but the listeners: shards, limits, the buffer, budgets.

@@ -49,6 +49,32 @@ fn bad_config_exits_non_zero_with_one_line_per_problem() {
     assert!(err.lines().count() >= 3, "{err}");
 }
 
+/// A persisted retained set whose per-shard share could outgrow the log
+/// format (4 GiB, twice the set before compaction) is refused at load,
+/// naming the field, rather than stalling acknowledgements at run time.
+#[test]
+fn persisted_retained_messages_over_the_log_bound_are_refused() {
+    let path = temp_file(
+        "persistence-big.json",
+        r#"{"persistence":{"maxSize":"10Gi","encryption":{"mode":"Disabled"},
+            "retain":{"mode":"All"}},
+            "retainedMessages":{"maxSize":"3G"},
+            "cardinality":{"frontend":{"workers":2}},
+            "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("retainedMessages.maxSize") && err.contains("at most 1 GiB"),
+        "{err}"
+    );
+}
+
 /// AIO's `persistence` with encryption Enabled (its default) and no key:
 /// refused with how to make one, never started with a key generated beside
 /// the data (docs/PERSISTENCE.md, "The key").

@@ -231,6 +231,57 @@ async fn a_changed_byte_is_detected_and_cut_not_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_header_stops_the_start_and_an_unfinished_snapshot_is_deleted() {
+    let s = setup(true, 1);
+    let (broker, _) = run(&s);
+    publish_acked(s.port, "p", &[("kept", "1")]).await;
+    kill9(broker);
+    let file = files(&s.data).pop().unwrap();
+
+    // A crash between writing a snapshot and renaming it leaves a `.tmp`:
+    // deleted, and the files it was to replace are read.
+    let tmp = s.data.join(format!(
+        "{}.tmp",
+        file.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace("-C0000000000", "-C0000000001")
+    ));
+    std::fs::write(&tmp, b"half a snapshot").unwrap();
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence:", "unfinished"]);
+    log.wait_for(&["persistence: recovered", "retained=1"]);
+    assert!(!tmp.exists(), "the unfinished snapshot is deleted");
+    assert_eq!(retained(s.port, "#", 1).await["kept"], "1");
+    kill9(broker);
+
+    // A `.log` is only named once complete: a header that does not read is
+    // damage, and the broker stops instead of starting without its data.
+    let file = files(&s.data).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&s.config)
+        .env_remove("SHARDMQ_PERSISTENCE_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(file.file_name().unwrap().to_str().unwrap()) && err.contains("does not start"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "the file is left as it is"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_or_a_second_broker_on_the_directory_is_refused() {
     let s = setup(true, 1);
     let (broker, _) = run(&s);

@@ -3,12 +3,13 @@
 //! text is checked (64 hex digits per key, owner-only file permissions),
 //! and the live set the shards read, re-read on SIGHUP for online rotation.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use shardmq_core::buffer::log::Kek;
+use shardmq_core::buffer::log::{self, Kek};
 
 use super::PersistError;
 
@@ -119,6 +120,9 @@ pub struct KeyRing {
     source: KeySource,
     keys: RwLock<Arc<Vec<Kek>>>,
     version: AtomicU64,
+    /// The key each shard's log is sealed under now: a reload may not drop
+    /// one of these (the file would open under no key at the next start).
+    sealing: Mutex<HashMap<u32, [u8; 8]>>,
 }
 
 impl KeyRing {
@@ -128,6 +132,7 @@ impl KeyRing {
             source,
             keys: RwLock::new(Arc::new(keys)),
             version: AtomicU64::new(1),
+            sealing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -143,6 +148,29 @@ impl KeyRing {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Shard `shard`'s log is now sealed under the key `fingerprint`.
+    pub fn sealed(&self, shard: u32, fingerprint: [u8; 8]) {
+        let mut map = match self.sealing.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.insert(shard, fingerprint);
+    }
+
+    /// A shard whose log is sealed under a key `fresh` does not hold.
+    fn still_sealing(&self, fresh: &[Kek]) -> Option<(u32, String)> {
+        let map = match self.sealing.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut shards: Vec<_> = map.iter().collect();
+        shards.sort();
+        shards
+            .into_iter()
+            .find(|(_, fp)| !fresh.iter().any(|k| k.fingerprint() == **fp))
+            .map(|(shard, fp)| (*shard, log::fingerprint_hex(fp)))
+    }
+
     /// Reads the source again (SIGHUP). Returns the new current key's name
     /// when it changed; the old keys must stay listed until every shard
     /// has rewritten its log (the log line says when).
@@ -156,6 +184,16 @@ impl KeyRing {
             .filter(|k| !fresh.iter().any(|f| f.fingerprint() == k.fingerprint()))
             .map(Kek::name)
             .collect();
+        if let Some((shard, key)) = self.still_sealing(&fresh) {
+            return Err(PersistError::Key {
+                origin: self.source.describe(),
+                message: format!(
+                    "the new key list drops key {key}, which still seals shard {shard}'s log \
+                     (its rewrite under the current key has not finished, or failed: see the \
+                     log); keep it listed until the rotation is logged as done"
+                ),
+            });
+        }
         if changed && !missing.is_empty() {
             // Files may still be wrapped under the old key until the shards
             // rewrite them: dropping it now could leave a file no key opens.
@@ -222,6 +260,21 @@ mod tests {
         // Dropping the old key in the same step as changing the current one.
         std::fs::write(&path, A).unwrap();
         assert!(ring.reload().is_err());
+        // Dropping the old key while a shard's log is still sealed under it
+        // (its rewrite pending or failing), then once it is rewritten.
+        let fp = |hex: &str| Kek::new(&hex32(hex).unwrap()).unwrap().fingerprint();
+        ring.sealed(0, fp(B));
+        ring.sealed(1, fp(A));
+        std::fs::write(&path, B).unwrap();
+        let e = ring.reload().err().unwrap().to_string();
+        assert!(
+            e.contains("shard 1") && e.contains(&log::fingerprint_hex(&fp(A))),
+            "{e}"
+        );
+        assert_eq!(ring.keys().len(), 2, "the refused list is not taken");
+        ring.sealed(1, fp(B));
+        assert_eq!(ring.reload().unwrap(), None);
+        assert_eq!(ring.keys().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -184,14 +184,13 @@ pub struct Recovered {
     pub expired: usize,
     /// Files whose reading stopped early (torn tail or changed bytes).
     pub cut: usize,
-    /// Files with no readable header (a file being created at the crash).
-    pub unreadable: usize,
     pub elapsed: Duration,
 }
 
 /// Reads every persisted file, writes one snapshot per shard under the
 /// current key (a new generation), then deletes the old files. Blocking;
-/// runs before the shards start.
+/// runs before the shards start. Files are read one at a time, oldest first:
+/// what recovery holds is the recovered state plus one file.
 pub fn recover(
     spec: &PersistSpec,
     shards: usize,
@@ -202,56 +201,11 @@ pub fn recover(
     let keys = spec.keys.as_ref().map(|k| k.keys());
     let keys: &[Kek] = keys.as_deref().map_or(&[], |k| &k[..]);
     let mut report = Recovered::default();
-    let mut files = Vec::new();
-    for path in log_files(dir)? {
-        let mut bytes = fs::read(&path).map_err(|source| PersistError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        match LogHeader::decode(&bytes) {
-            Ok(header) => {
-                let sealer = header.open(spec.policy.encrypt, keys).map_err(|source| {
-                    PersistError::File {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                let read = log::read(&header, &sealer, &mut bytes, epoch.instant);
-                if let Some(why) = &read.cut {
-                    report.cut += 1;
-                    warn!(file = %path.display(), valid_bytes = read.valid_len, file_bytes = bytes.len(),
-                        reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
-                }
-                files.push((
-                    header.generation,
-                    header.compaction,
-                    header.epoch_unix_nanos,
-                    read.ops,
-                    path,
-                ));
-            }
-            Err(e) => {
-                report.unreadable += 1;
-                // Kept, renamed: it may be a crash's half-created file, or a
-                // damaged snapshot whose data an operator may still want.
-                let aside = path.with_extension("log.corrupt");
-                warn!(file = %path.display(), moved_to = %aside.display(), error = %e,
-                    "persistence: a file without a readable header is not replayed; it is kept aside (a crash while a file was created leaves one; otherwise its topics are lost)");
-                fs::rename(&path, &aside).map_err(|source| PersistError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                report.files += 1;
-            }
-        }
-    }
-    report.files += files.len();
-    files.sort_by_key(|f| (f.0, f.1));
-    // Names count too: a file left unreadable by a crash while it was
-    // created must not be in the way of this run's names.
+    let files = scan(spec, keys)?;
+    report.files = files.len();
     let next_generation = files
         .iter()
-        .map(|f| f.0.max(name_generation(&f.4)))
+        .map(|f| f.generation.max(name_generation(&f.path)))
         .max()
         .unwrap_or(0)
         .checked_add(1)
@@ -262,27 +216,8 @@ pub fn recover(
             ),
         })?;
     let mut retained: HashMap<String, Message> = HashMap::new();
-    for (_, _, written_at, ops, _) in &mut files {
-        report.ops += ops.len();
-        for op in ops.drain(..) {
-            match op {
-                LoggedOp::Retain(m) => {
-                    let topic = m.topic.as_str().to_owned();
-                    match rebase_expiry(m, *written_at, epoch) {
-                        Some(m) => {
-                            retained.insert(topic, m);
-                        }
-                        None => {
-                            report.expired += 1;
-                            retained.remove(&topic);
-                        }
-                    }
-                }
-                LoggedOp::Clear(topic) => {
-                    retained.remove(topic.as_str());
-                }
-            }
-        }
+    for f in &files {
+        replay(spec, keys, &f.path, epoch, &mut retained, &mut report)?;
     }
     let mut per_shard: Vec<Vec<SharedMessage>> = vec![Vec::new(); shards.max(1)];
     report.retained = retained.len();
@@ -302,6 +237,9 @@ pub fn recover(
             epoch,
             (&[], &messages),
         )?;
+        if let (Some(ring), Some(kek)) = (&spec.keys, current) {
+            ring.sealed(shard as u32, kek.fingerprint());
+        }
         starts.push(ShardStart {
             log: LogFile { key_version, ..log },
             retained: messages,
@@ -309,19 +247,126 @@ pub fn recover(
     }
     // Oldest first, stopping at the first that fails: what stays is always
     // the newest old files, which replay to exactly the new snapshots.
-    for (_, _, _, _, path) in &files {
-        if let Err(e) = fs::remove_file(path) {
-            warn!(file = %path.display(), error = %e, "persistence: cannot delete an old file; it and newer ones stay (harmless) until the next start");
+    for f in &files {
+        if let Err(e) = fs::remove_file(&f.path) {
+            warn!(file = %f.path.display(), error = %e, "persistence: cannot delete an old file; it and newer ones stay (harmless) until the next start");
             break;
         }
     }
     sync_dir(dir)?;
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
-        expired = report.expired, cut = report.cut, unreadable = report.unreadable,
-        generation = next_generation, elapsed_ms = report.elapsed.as_millis() as u64,
+        expired = report.expired, cut = report.cut, generation = next_generation,
+        elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
+}
+
+/// A log file found at start, by its header.
+struct Found {
+    generation: u32,
+    compaction: u32,
+    path: PathBuf,
+}
+
+/// Every log file's header, checked against the keys, in replay order
+/// (generation, then compaction). Deletes unfinished snapshots (`*.tmp`:
+/// a crash before their rename; the files they were replacing still hold
+/// everything). A `.log` whose header does not read is damage, not a crash
+/// artefact (a file only gets its name once complete and synced): the start
+/// stops rather than drop what it holds.
+fn scan(spec: &PersistSpec, keys: &[Kek]) -> Result<Vec<Found>, PersistError> {
+    let (logs, unfinished) = log_files(&spec.dir)?;
+    for path in unfinished {
+        warn!(file = %path.display(), "persistence: deleting a snapshot a crash left unfinished (the files it was to replace are read instead)");
+        remove(&path);
+    }
+    let mut found = Vec::with_capacity(logs.len());
+    for path in logs {
+        let file_err = |source| PersistError::File {
+            path: path.clone(),
+            source,
+        };
+        let mut head = [0u8; log::LOG_HEADER_LEN];
+        let n = read_prefix(&path, &mut head)?;
+        let header = LogHeader::decode(&head[..n]).map_err(file_err)?;
+        header.open(spec.policy.encrypt, keys).map_err(file_err)?;
+        found.push(Found {
+            generation: header.generation,
+            compaction: header.compaction,
+            path,
+        });
+    }
+    found.sort_by_key(|f| (f.generation, f.compaction));
+    Ok(found)
+}
+
+/// Reads up to `buf.len()` bytes from the start of `path`; how many.
+fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
+    use std::io::Read;
+    let io = |source| PersistError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]).map_err(io)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Applies one file's operations on `retained` (the last write wins per
+/// topic); a tail that does not read back is cut and logged.
+fn replay(
+    spec: &PersistSpec,
+    keys: &[Kek],
+    path: &Path,
+    epoch: Epoch,
+    retained: &mut HashMap<String, Message>,
+    report: &mut Recovered,
+) -> Result<(), PersistError> {
+    let file_err = |source| PersistError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = fs::read(path).map_err(|source| PersistError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let header = LogHeader::decode(&bytes).map_err(file_err)?;
+    let sealer = header.open(spec.policy.encrypt, keys).map_err(file_err)?;
+    let read = log::read(&header, &sealer, &mut bytes, epoch.instant);
+    if let Some(why) = &read.cut {
+        report.cut += 1;
+        warn!(file = %path.display(), valid_bytes = read.valid_len, file_bytes = bytes.len(),
+            reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
+    }
+    drop(bytes);
+    report.ops += read.ops.len();
+    for op in read.ops {
+        match op {
+            LoggedOp::Retain(m) => {
+                let topic = m.topic.as_str().to_owned();
+                match rebase_expiry(m, header.epoch_unix_nanos, epoch) {
+                    Some(m) => {
+                        retained.insert(topic, m);
+                    }
+                    None => {
+                        report.expired += 1;
+                        retained.remove(&topic);
+                    }
+                }
+            }
+            LoggedOp::Clear(topic) => {
+                retained.remove(topic.as_str());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A record's expiry was read relative to this run's epoch; the file's
@@ -343,21 +388,25 @@ fn rebase_expiry(mut m: Message, written_at: u64, epoch: Epoch) -> Option<Messag
     Some(m)
 }
 
-/// The log files of `dir`, any order.
-fn log_files(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
+/// The log files of `dir` and the unfinished snapshots (`*.log.tmp`),
+/// any order.
+fn log_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PersistError> {
     let io = |source| PersistError::Io {
         path: dir.to_owned(),
         source,
     };
-    let mut out = Vec::new();
+    let (mut logs, mut unfinished) = (Vec::new(), Vec::new());
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
-        if name.to_str().is_some_and(is_log_name) {
-            out.push(entry.path());
+        let Some(name) = name.to_str() else { continue };
+        if is_log_name(name) {
+            logs.push(entry.path());
+        } else if name.strip_suffix(".tmp").is_some_and(is_log_name) {
+            unfinished.push(entry.path());
         }
     }
-    Ok(out)
+    Ok((logs, unfinished))
 }
 
 fn create_dir(dir: &Path) -> Result<(), PersistError> {
@@ -392,26 +441,35 @@ pub fn create_log(
             skipped, "persistence: retained messages too large for the log format were not written"
         );
     }
+    // Written under a temporary name and renamed once synced: a file with
+    // a log's name is always complete, so recovery can treat any damage to
+    // one as damage, never as a crash while it was written.
     let path = dir.join(file_name(generation, shard, compaction));
+    let tmp = dir.join(format!("{}.tmp", file_name(generation, shard, compaction)));
     let io = |source| PersistError::Io {
-        path: path.clone(),
+        path: tmp.clone(),
         source,
     };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(&tmp)
         .map_err(io)?;
     let written = file
         .write_all(&header.encode())
         .and_then(|()| file.write_all(&blocks))
         .and_then(|()| file.sync_all())
         .map_err(io)
+        .and_then(|()| rename_new(&tmp, &path))
         .and_then(|()| sync_dir(dir));
     if let Err(e) = written {
-        remove(&path);
+        // Only the temporary file: a complete snapshot left under its name
+        // (the directory sync failed) replays harmlessly before the next,
+        // and a name that existed is never this attempt's to delete.
+        remove(&tmp);
         return Err(e);
     }
     Ok(LogFile {
@@ -421,6 +479,16 @@ pub fn create_log(
         generation,
         compaction,
         key_version: 0,
+    })
+}
+
+/// Renames `from` to `to` unless `to` exists: a log is never replaced by
+/// another of the same name.
+fn rename_new(from: &Path, to: &Path) -> Result<(), PersistError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(|e| PersistError::Io {
+        path: to.to_owned(),
+        source: e.into(),
     })
 }
 

@@ -242,6 +242,9 @@ impl ShardLog {
             (k.keys(), version)
         });
         let key_version = keys.as_ref().map_or(0, |k| k.1);
+        let sealed_under = keys
+            .as_ref()
+            .and_then(|k| k.0.first().map(|k| k.fingerprint()));
         let old = self.current.borrow().path.clone();
         // Every attempt takes a new number: a failed one may have left its
         // file behind (if even removing it failed).
@@ -274,6 +277,9 @@ impl ShardLog {
             })
             .await;
         let (log, retained) = log?;
+        if let (Some(ring), Some(fp)) = (&self.keys, sealed_under) {
+            ring.sealed(shard, fp);
+        }
         let len = log.writer.len();
         *self.current.borrow_mut() = Current {
             file: Arc::new(log.file),
