@@ -292,6 +292,136 @@ fn acknowledged_retained_messages_are_on_disk_first() {
     }
 }
 
+/// One client's persisted-session epoch in the model below: since its last
+/// clean start, with this expiry, the filters it subscribed in order, and
+/// the CONNACK / SUBACK counts before the epoch began.
+struct Epoch {
+    expiry: u32,
+    filters: Vec<String>,
+    connacks_before: usize,
+    subacks_before: usize,
+}
+
+/// Persisted sessions (docs/PERSISTENCE.md "Sessions"): clients connect on
+/// any shard, subscribe, reconnect elsewhere (the session moves) or start
+/// clean with or without expiry, while the disk writes race every other
+/// step. At every step: once a client has its CONNACK, the disk holds its
+/// session (expiry > 0) or none (expiry 0), and every filter it has a
+/// SUBACK for is in the disk's record.
+#[test]
+fn persisted_session_acknowledgements_follow_the_disk() {
+    use shardmq_core::config::{Persistence, RetainPolicy};
+    for seed in seeds(300) {
+        let persistence = Persistence {
+            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
+            encrypt: true,
+            retain: RetainPolicy::None,
+            dynamic: None,
+            data_dir: None,
+            key_file: None,
+        };
+        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let clients: Vec<usize> = (0..3)
+            .map(|i| sim.add_client(&format!("ps{i}"), "p"))
+            .collect();
+        let mut epochs: Vec<Epoch> = Vec::new();
+        for &c in &clients {
+            epochs.push(Epoch {
+                expiry: 3600,
+                filters: Vec::new(),
+                connacks_before: 0,
+                subacks_before: 0,
+            });
+            let shard = sim.rng.below(3);
+            sim.connect(c, shard, true, 3600);
+        }
+        for n in 0..30 {
+            let i = sim.rng.below(3);
+            let c = clients[i];
+            match sim.rng.below(6) {
+                0 => {
+                    // Another shard: the session moves there.
+                    sim.quiesce();
+                    if sim.rng.chance(50) {
+                        sim.disconnect(c);
+                    } else {
+                        sim.drop_conn(c);
+                    }
+                    let e = &mut epochs[i];
+                    let resume = e.expiry > 0;
+                    if !resume {
+                        e.filters.clear();
+                        e.subacks_before = sim.clients[c].seen.subacks;
+                    }
+                    e.connacks_before = sim.clients[c].seen.connacks.len();
+                    let shard = sim.rng.below(3);
+                    sim.connect(c, shard, !resume, e.expiry);
+                }
+                1 => {
+                    sim.quiesce();
+                    sim.disconnect(c);
+                    let expiry = if sim.rng.chance(30) { 0 } else { 3600 };
+                    epochs[i] = Epoch {
+                        expiry,
+                        filters: Vec::new(),
+                        connacks_before: sim.clients[c].seen.connacks.len(),
+                        subacks_before: sim.clients[c].seen.subacks,
+                    };
+                    let shard = sim.rng.below(3);
+                    sim.connect(c, shard, true, expiry);
+                }
+                _ => {
+                    if sim.clients[c].connected() {
+                        let filter = format!("s/{i}/{n}");
+                        epochs[i].filters.push(filter.clone());
+                        sim.subscribe(c, &filter, QoS::AtLeastOnce);
+                    }
+                }
+            }
+            for _ in 0..sim.rng.below(8) {
+                sim.step();
+                check_sessions_on_disk(&sim, &clients, &epochs);
+            }
+        }
+        sim.quiesce();
+        check_sessions_on_disk(&sim, &clients, &epochs);
+    }
+}
+
+fn check_sessions_on_disk(sim: &Sim, clients: &[usize], epochs: &[Epoch]) {
+    for (&c, e) in clients.iter().zip(epochs) {
+        let client = &sim.clients[c];
+        if client.seen.connacks.len() <= e.connacks_before {
+            continue;
+        }
+        let on_disk = sim.disk_sessions.get(&client.client_id);
+        if e.expiry == 0 {
+            if on_disk.is_some() {
+                sim.fail(&format!(
+                    "{} has CONNACK with expiry 0 and a session on disk",
+                    client.client_id
+                ));
+            }
+            continue;
+        }
+        let Some(filters) = on_disk else {
+            sim.fail(&format!(
+                "{} has its CONNACK and no session on disk",
+                client.client_id
+            ));
+        };
+        let acked = client.seen.subacks - e.subacks_before;
+        for f in e.filters.iter().take(acked) {
+            if !filters.contains(f) {
+                sim.fail(&format!(
+                    "{} has a SUBACK for {f}, the disk holds {filters:?}",
+                    client.client_id
+                ));
+            }
+        }
+    }
+}
+
 /// Every acknowledged payload is what the disk holds for its topic, or a
 /// later publish of that topic already replaced it there.
 fn check_acked_on_disk(

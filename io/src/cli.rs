@@ -426,8 +426,8 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
                     format!("AES-256-GCM under key {name}")
                 });
             format!(
-                "persistence: retained messages ({:?}) in {}, maxSize={} bytes, {key}; \
-                 sessions and queued messages are not persisted yet",
+                "persistence: retained messages ({:?}) and sessions with expiry > 0 in {}, \
+                 maxSize={} bytes, {key}; queued messages are not persisted yet",
                 p.policy.retain,
                 p.dir.display(),
                 p.policy.size_max_bytes

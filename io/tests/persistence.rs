@@ -1,8 +1,8 @@
-//! Persisted retained messages (docs/PERSISTENCE.md) through the binary, with
-//! rumqttc on loopback: what was acknowledged survives kill -9, nothing of it
-//! is readable on disk without the key, a changed byte is cut rather than
-//! replayed, a wrong key or a second broker on the directory is refused, and
-//! the key rotates online on SIGHUP.
+//! Persisted retained messages and sessions (docs/PERSISTENCE.md) through the
+//! binary, with rumqttc on loopback: what was acknowledged survives kill -9,
+//! nothing of it is readable on disk without the key, a changed byte is cut
+//! rather than replayed, a wrong key or a second broker on the directory is
+//! refused, and the key rotates online on SIGHUP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{free_port, q5, spawn_logged, temp_file, Client, Ev, Log, Proc, BIN};
+use rumqttc::v5::mqttbytes::v5::ConnectProperties;
 
 /// A fresh random key as the key file holds it (64 hex digits).
 fn random_key() -> String {
@@ -484,4 +485,79 @@ async fn properties_survive_and_expiry_counts_the_downtime() {
     // What remains of the hour, not the hour again.
     let left = p.message_expiry_interval.expect("expiry");
     assert!((3500..3600).contains(&left), "{left}");
+}
+
+/// A v5 client that keeps its session `expiry` seconds (clean start off).
+fn keeps_session(expiry: u32) -> impl FnOnce(&mut rumqttc::v5::MqttOptions) {
+    move |o| {
+        o.set_clean_start(false);
+        let mut p = ConnectProperties::new();
+        p.session_expiry_interval = Some(expiry);
+        o.set_connect_properties(p);
+    }
+}
+
+/// A session with expiry > 0 and its acknowledged subscriptions survive
+/// kill -9 on another shard count's owner: a message published after the
+/// restart, before its client returns, is queued for it (the publisher's
+/// PUBACK says Success, not 0x10 No matching subscribers) and delivered on
+/// resume with Session Present [MQTT-3.2.2-3]. An UNSUBSCRIBE before the
+/// crash stays done, and a session that ended (a clean start with expiry 0)
+/// does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_and_its_subscriptions_survive_kill_9() {
+    let s = setup(true, 2);
+    let (broker, _) = run(&s);
+    let (mut sub, present) = Client::connect(s.port, "sensor-sub", keeps_session(3600)).await;
+    assert!(!present);
+    sub.subscribe("plant/+/alarm", q5(1)).await;
+    sub.subscribe("plant/+/noise", q5(1)).await;
+    sub.client.unsubscribe("plant/+/noise").await.unwrap();
+    sub.subscribe("plant/+/alarm2", q5(2)).await;
+    sub.kill();
+    // A session that is later ended by a clean start with expiry 0.
+    let (gone, _) = Client::connect(s.port, "ended", keeps_session(3600)).await;
+    gone.kill();
+    let (gone, present) = Client::connect(s.port, "ended", |o| {
+        o.set_clean_start(true);
+    })
+    .await;
+    assert!(!present, "a clean start never resumes");
+    gone.disconnect().await;
+    kill9(broker);
+
+    // Encrypted at rest: neither the client id nor a filter is readable.
+    assert!(!on_disk(&s.data, b"sensor-sub") && !on_disk(&s.data, b"plant/+/alarm"));
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=1"]);
+    let (mut publ, _) = Client::connect(s.port, "publisher", |_| {}).await;
+    for (topic, qos) in [
+        ("plant/7/alarm", 1),
+        ("plant/7/noise", 1),
+        ("plant/8/alarm2", 2),
+    ] {
+        publ.publish(topic, q5(qos), false, topic.as_bytes()).await;
+        match publ.next_matching(|e| matches!(e, Ev::PubAck(_))).await {
+            Ev::PubAck(reason) if topic.ends_with("noise") => {
+                assert_eq!(
+                    reason, "NoMatchingSubscribers",
+                    "{topic}: unsubscribed before the crash"
+                )
+            }
+            Ev::PubAck(reason) => assert_eq!(reason, "Success", "{topic}: a restored subscriber"),
+            _ => unreachable!(),
+        }
+    }
+    let (mut sub, present) = Client::connect(s.port, "sensor-sub", keeps_session(3600)).await;
+    assert!(present, "the restored session is resumed");
+    let got: Vec<String> = sub
+        .publishes(2)
+        .await
+        .into_iter()
+        .map(|(topic, _, _, _)| topic)
+        .collect();
+    assert_eq!(got, ["plant/7/alarm", "plant/8/alarm2"]);
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+    let (_, present) = Client::connect(s.port, "ended", keeps_session(3600)).await;
+    assert!(!present, "an ended session stays ended");
 }

@@ -280,12 +280,18 @@ impl<S: Store> Shard<S> {
                 filters: revoked,
             });
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.principal = Some(admission.principal.clone());
+        }
         self.notice(Notice::Connected {
             conn,
             client_id: client_id.clone(),
             principal: admission.principal,
             session_present,
         });
+        // The CONNACK just queued waits until the session's state (or the
+        // end of the one it replaced) is durable.
+        self.write_session(conn, true);
         if connected {
             self.lift_connect_limit(conn);
         }

@@ -13,9 +13,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use hashbrown::HashSet;
+use bytestring::ByteString;
+use hashbrown::{HashMap, HashSet};
 
-use super::{ConnId, MeshMsg, Output, RequestId, Shard, ShardId};
+use super::session_write::SessionReply;
+use super::{ConnId, MeshMsg, Output, RequestId, SessionRecord, Shard, ShardId};
 use crate::buffer::Store;
 use crate::codec::ReasonCode;
 use crate::config::Persistence;
@@ -30,6 +32,23 @@ pub enum PersistOp {
     Retain(SharedMessage),
     /// The topic has no persisted retained message any more.
     Clear(TopicName),
+    /// A persisted session's state now (the last put of a client id wins).
+    SessionPut(Arc<SessionRecord>),
+    /// The client id has no persisted session any more.
+    SessionDelete(ByteString),
+}
+
+/// What a rewrite puts in the new file: first the ends of what was cleared
+/// or deleted since the old file's last write (so an old file that outlives
+/// the rewrite cannot bring them back), then everything persisted now.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub clears: Vec<TopicName>,
+    pub deleted_sessions: Vec<ByteString>,
+    pub messages: Vec<SharedMessage>,
+    pub sessions: Vec<Arc<SessionRecord>>,
+    /// The sequence number the snapshot covers.
+    pub upto: u64,
 }
 
 /// Changes to write; once they (and all before them) are durable the
@@ -55,16 +74,23 @@ enum Waiter {
         request: RequestId,
         reason: ReasonCode,
     },
+    /// A connection whose CONNACK, SUBACK or UNSUBACK waits for its
+    /// session's write.
+    Session(SessionReply),
 }
 
 /// The persistence state of one shard. Bounded: `on_disk` holds at most the
-/// retained store's topics, `ops` and `waiters` what arrived since the
-/// runtime last took a batch (the runtime takes one per flush).
+/// retained store's topics, `sessions` one record per persisted session
+/// whose client id this shard owns (each bounded by the subscription limit),
+/// `ops` and `waiters` what arrived since the runtime last took a batch (the
+/// runtime takes one per flush).
 #[derive(Debug)]
 pub(super) struct Durable {
     policy: Arc<Persistence>,
     /// Topics whose retained message is on disk (or on its way there).
     on_disk: HashSet<TopicName>,
+    /// The last record written of every persisted session this shard owns.
+    sessions: HashMap<ByteString, Arc<SessionRecord>>,
     ops: Vec<PersistOp>,
     /// Sequence number of the last op queued.
     queued: u64,
@@ -78,6 +104,7 @@ impl Durable {
         Durable {
             policy,
             on_disk: HashSet::new(),
+            sessions: HashMap::new(),
             ops: Vec::new(),
             queued: 0,
             durable: 0,
@@ -113,6 +140,32 @@ impl Durable {
     }
 }
 
+impl Durable {
+    /// A session's new state (`None`: it ended); the op's sequence number
+    /// when something must be written.
+    fn note_session(
+        &mut self,
+        client_id: ByteString,
+        record: Option<Arc<SessionRecord>>,
+    ) -> Option<u64> {
+        let op = match record {
+            Some(record) => {
+                self.sessions.insert(client_id, record.clone());
+                PersistOp::SessionPut(record)
+            }
+            None if self.sessions.remove(&client_id).is_some() => {
+                PersistOp::SessionDelete(client_id)
+            }
+            // Nothing on disk to end, but an earlier write of the id (its
+            // delete) may still be on its way: wait for everything queued.
+            None => return (self.queued > self.durable).then_some(self.queued),
+        };
+        self.ops.push(op);
+        self.queued += 1;
+        Some(self.queued)
+    }
+}
+
 fn user_properties(message: &SharedMessage) -> impl Iterator<Item = (&str, &str)> {
     message
         .properties
@@ -137,6 +190,30 @@ impl<S: Store> Shard<S> {
             self.outputs.push_back(Output::Persist);
         }
         Some(seq)
+    }
+
+    /// Queues a persisted session's write at this shard, its client id's
+    /// owner: `Some(seq)` when the write must be durable before its client
+    /// hears more.
+    pub(super) fn persist_session(
+        &mut self,
+        client_id: ByteString,
+        record: Option<Arc<SessionRecord>>,
+    ) -> Option<u64> {
+        let durable = self.durable.as_mut()?;
+        let was_empty = durable.ops.is_empty();
+        let seq = durable.note_session(client_id, record)?;
+        if was_empty {
+            self.outputs.push_back(Output::Persist);
+        }
+        Some(seq)
+    }
+
+    /// A session write's answer waits for `seq`.
+    pub(super) fn wait_durable_session(&mut self, seq: u64, reply: SessionReply) {
+        if let Some(d) = self.durable.as_mut() {
+            d.waiters.push_back((seq, Waiter::Session(reply)));
+        }
     }
 
     /// The local publisher's acknowledgement waits for `seq`.
@@ -206,6 +283,7 @@ impl<S: Store> Shard<S> {
                     request,
                     reason,
                 } => self.post(from, MeshMsg::RetainDone { request, reason }),
+                Waiter::Session(reply) => self.session_durable(reply),
             }
         }
     }
@@ -230,30 +308,41 @@ impl<S: Store> Shard<S> {
     }
 
     /// What is persisted now, for rewriting the log compactly: the stored
-    /// message of every topic on disk, and the sequence number it covers.
-    /// The ops not yet taken are folded into it (dropped here): once the
-    /// snapshot is durable, `handle_persisted(upto)` releases their waiters.
-    /// Also returns the topics the pending ops cleared: the snapshot file
-    /// writes those clears explicitly (before the messages), so an older file
-    /// that outlives it (its deletion failed) cannot bring them back.
-    pub fn persist_snapshot(&mut self) -> (Vec<TopicName>, Vec<SharedMessage>, u64) {
+    /// message of every topic on disk, every persisted session's record, and
+    /// the sequence number it covers. The ops not yet taken are folded into
+    /// it (dropped here): once the snapshot is durable,
+    /// `handle_persisted(upto)` releases their waiters. The clears and
+    /// session deletes among them are written explicitly (see `Snapshot`).
+    pub fn persist_snapshot(&mut self) -> Snapshot {
         let Some(d) = self.durable.as_mut() else {
-            return (Vec::new(), Vec::new(), 0);
+            return Snapshot::default();
         };
-        let clears = d
-            .ops
-            .drain(..)
-            .filter_map(|op| match op {
-                PersistOp::Clear(topic) => Some(topic),
-                PersistOp::Retain(_) => None,
-            })
-            .collect();
-        let messages = d
+        let mut snapshot = Snapshot {
+            upto: d.queued,
+            ..Snapshot::default()
+        };
+        for op in d.ops.drain(..) {
+            match op {
+                PersistOp::Clear(topic) => snapshot.clears.push(topic),
+                PersistOp::SessionDelete(id) => snapshot.deleted_sessions.push(id),
+                PersistOp::Retain(_) | PersistOp::SessionPut(_) => {}
+            }
+        }
+        snapshot.messages = d
             .on_disk
             .iter()
             .filter_map(|topic| self.retained.get(topic).cloned())
             .collect();
-        (clears, messages, d.queued)
+        snapshot.sessions = d.sessions.values().cloned().collect();
+        snapshot
+    }
+
+    /// A persisted session read back at start: it is on disk already.
+    pub(super) fn restored_on_disk(&mut self, record: SessionRecord) {
+        if let Some(d) = self.durable.as_mut() {
+            d.sessions
+                .insert(record.client_id.clone(), Arc::new(record));
+        }
     }
 
     /// Acknowledgements still waiting for the disk (for the shard's report).

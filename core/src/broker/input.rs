@@ -37,6 +37,7 @@ impl<S: Store> Shard<S> {
                 session: None,
                 hold: 0,
                 admission: None,
+                principal: None,
                 client_id: ByteString::new(),
                 assigned: false,
                 clean_start: true,

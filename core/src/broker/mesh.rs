@@ -70,6 +70,19 @@ pub enum MeshMsg {
         message: SharedMessage,
         request: Option<RequestId>,
     },
+    /// To the client id's registry owner: a persisted session's state now
+    /// (`None`: it ended). Written only while `session` holds the id. With
+    /// a request, the owner answers `SessionWritten` once it is durable.
+    SessionWrite {
+        client_id: ByteString,
+        session: SessionId,
+        record: Option<std::sync::Arc<super::SessionRecord>>,
+        request: Option<RequestId>,
+    },
+    /// The session write is durable (or was stale, or had nothing to do).
+    SessionWritten {
+        request: RequestId,
+    },
     /// The owner stored (or refused) a retained message.
     RetainDone {
         request: RequestId,

@@ -24,6 +24,8 @@ mod restore;
 mod retain;
 mod route;
 mod selftest;
+pub mod session_record;
+mod session_write;
 mod sessions;
 pub mod sys;
 
@@ -41,7 +43,7 @@ use crate::limits::ClientLimits;
 use crate::retained::RetainedStore;
 use crate::session::{Connection, Event, SharedMessage};
 
-pub use durable::{PersistBatch, PersistOp};
+pub use durable::{PersistBatch, PersistOp, Snapshot};
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
@@ -50,6 +52,7 @@ pub use output::{Admission, Notice, Output};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
 pub use restore::{RestoreError, RestoredSession};
 pub use selftest::SELFTEST_PREFIX;
+pub use session_record::SessionRecord;
 pub use sys::ReservedTopics;
 
 use index::Index;
@@ -128,6 +131,8 @@ struct Conn {
     hold: u32,
     /// The answer to `Output::Authenticate`, kept until the claim completes.
     admission: Option<Admission>,
+    /// Who the accepted client is, for its persisted session's record.
+    principal: Option<PrincipalId>,
     /// The client id being claimed or held.
     client_id: ByteString,
     /// `client_id` was assigned by the broker (the client sent none).
@@ -487,8 +492,20 @@ impl<S: Store> Shard<S> {
                 self.settle_arrived(from, &client_id, session, now)
             }
             MeshMsg::Release { client_id, session } => {
+                self.session_ended_at_owner(&client_id, (from, session));
                 self.registry.release(&client_id, (from, session))
             }
+            MeshMsg::SessionWrite {
+                client_id,
+                session,
+                record,
+                request,
+            } => {
+                let reply =
+                    request.map(|request| session_write::SessionReply::Peer { from, request });
+                self.session_write_arrived(from, client_id, session, record, reply)
+            }
+            MeshMsg::SessionWritten { request } => self.session_written(request),
             MeshMsg::TakeOver {
                 session,
                 request,
@@ -573,6 +590,7 @@ impl<S: Store> Shard<S> {
     /// Acts on everything the connection's state machine asked of the broker.
     fn process_events(&mut self, conn: ConnId, now: Instant) {
         let mut subscribed = Vec::new();
+        let mut session_changed = false;
         loop {
             let Some(event) = self
                 .conns
@@ -591,8 +609,12 @@ impl<S: Store> Shard<S> {
                 } => {
                     self.subscribed(conn, &key, &subscription);
                     subscribed.push((subscription, send_retained));
+                    session_changed = true;
                 }
-                Event::Unsubscribed { key, filter } => self.unsubscribed(conn, &key, &filter),
+                Event::Unsubscribed { key, filter } => {
+                    self.unsubscribed(conn, &key, &filter);
+                    session_changed = true;
+                }
                 Event::Denied(denied) => {
                     let client_id = self.client_id(conn).unwrap_or_default();
                     self.notice(Notice::Denied {
@@ -611,6 +633,10 @@ impl<S: Store> Shard<S> {
                     will,
                 } => self.closed(conn, now, reason, session, will),
             }
+        }
+        if session_changed {
+            // The SUBACK / UNSUBACK just queued waits for the disk.
+            self.write_session(conn, true);
         }
         if !subscribed.is_empty() {
             self.subscribe_barrier(conn, subscribed, now);

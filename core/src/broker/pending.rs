@@ -38,6 +38,9 @@ pub(super) enum Pending {
         ack: PublishAck,
         reason: ReasonCode,
     },
+    /// A persisted session's write at its client id's owner; the
+    /// connection's writer is held until it is durable.
+    SessionWrite { conn: ConnId },
     /// The retained messages matching a new subscription: replies still
     /// to come, and what came so far.
     RetainedQuery {

@@ -41,6 +41,11 @@ impl PrincipalId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A principal read back from a persisted session (`as_str` wrote it).
+    pub fn restored(name: ByteString) -> PrincipalId {
+        PrincipalId(name)
+    }
 }
 
 impl fmt::Display for PrincipalId {

@@ -1,10 +1,9 @@
-//! Sessions read back at start (issue 16, docs/PERSISTENCE.md "Next"): the
-//! runtime hands each persisted session to the shard that owns its client
-//! id, which puts it offline, binds the id to its principal in the registry
-//! and indexes its subscriptions on every shard, so messages published
-//! before its client returns are queued for it and a CONNECT without Clean
-//! Start resumes it. Not called by the runtime yet: sessions are not
-//! written to disk yet.
+//! Sessions read back at start (issue 16, docs/PERSISTENCE.md "Sessions"):
+//! the runtime hands each persisted session to the shard that owns its
+//! client id, which puts it offline, binds the id to its principal in the
+//! registry and indexes its subscriptions on every shard, so messages
+//! published before its client returns are queued for it and a CONNECT
+//! without Clean Start resumes it.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,31 @@ pub enum RestoreError {
 }
 
 impl<S: Store> Shard<S> {
+    /// A session read from this shard's log at start. Its expiry counts
+    /// from `now`: the log does not say when its client left, and counting
+    /// from the restart never ends a session early. One that cannot be
+    /// restored has its end written, so the disk agrees with the broker.
+    pub fn restore_persisted(
+        &mut self,
+        record: super::SessionRecord,
+        now: Instant,
+    ) -> Result<(), RestoreError> {
+        let client_id = record.client_id.clone();
+        let restored = RestoredSession {
+            client_id: record.client_id.clone(),
+            principal: record.principal.clone(),
+            expiry_interval: record.expiry_interval,
+            expires_at: now.checked_add(record.expiry_interval),
+            subscriptions: record.subscriptions.clone(),
+        };
+        let result = self.restore_session(restored, now);
+        self.restored_on_disk(record);
+        if result.is_err() {
+            self.persist_session(client_id, None);
+        }
+        result
+    }
+
     /// Puts `restored` offline on this shard, which must own its client id
     /// (`owner_index`). Call before any client connects.
     pub fn restore_session(

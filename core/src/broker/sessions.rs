@@ -294,6 +294,7 @@ impl<S: Store> Shard<S> {
                 // turn: released now, not when the session comes back.
                 let owner = self.buffer_keys.owner_of(session);
                 state.release_retired(&mut self.buffer.lease(owner));
+                self.write_closed_session(conn, session, &state);
                 let expires_at = now.checked_add(state.expiry_interval);
                 self.sessions.insert(
                     session,
@@ -331,6 +332,7 @@ impl<S: Store> Shard<S> {
     pub(super) fn release_id(&mut self, client_id: &ByteString, session: SessionId) {
         let owner = self.owner_of(client_id);
         if owner == self.id {
+            self.session_ended_at_owner(client_id, (self.id, session));
             self.registry.release(client_id, (self.id, session));
         } else {
             self.post(

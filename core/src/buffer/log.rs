@@ -9,14 +9,15 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Instant;
 
+use bytestring::ByteString;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::seal::{BlockPos, KeyId, Sealer, BLOCK_HEADER_LEN, TAG_LEN};
 use super::{record, RecordError, SealError, BLOCK_BODY_TARGET};
-use crate::broker::PersistOp;
+use crate::broker::{session_record, PersistOp, SessionRecord, Snapshot};
 use crate::codec::QoS;
-use crate::session::{Message, SharedMessage};
+use crate::session::Message;
 use crate::topic::TopicName;
 
 const LOG_MAGIC: &[u8; 8] = b"SMQLOG01";
@@ -32,6 +33,8 @@ pub const LOG_HEADER_LEN: usize = FIXED_LEN + WRAPPED_LEN + 4;
 /// Record owner fields: which operation the record is.
 const OP_RETAIN: u64 = 1;
 const OP_CLEAR: u64 = 2;
+const OP_SESSION_PUT: u64 = 3;
+const OP_SESSION_DELETE: u64 = 4;
 
 /// The one key id of a file's sealer (`Sealer::with_key`).
 const FILE_KEY: KeyId = KeyId(1);
@@ -285,6 +288,8 @@ impl fmt::Debug for LogWriter {
 pub enum LoggedOp {
     Retain(Message),
     Clear(TopicName),
+    SessionPut(SessionRecord),
+    SessionDelete(ByteString),
 }
 
 impl LogWriter {
@@ -320,22 +325,32 @@ impl LogWriter {
             .map(|op| match op {
                 PersistOp::Retain(m) => (OP_RETAIN, Cow::Borrowed(&**m)),
                 PersistOp::Clear(topic) => (OP_CLEAR, Cow::Owned(clear_record(topic))),
+                PersistOp::SessionPut(r) => (OP_SESSION_PUT, Cow::Owned(r.to_message())),
+                PersistOp::SessionDelete(id) => (
+                    OP_SESSION_DELETE,
+                    Cow::Owned(session_record::delete_message(id)),
+                ),
             })
             .collect();
         self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))
     }
 
-    /// The blocks holding a snapshot: the clears first, then every message.
-    pub fn seal_snapshot(
-        &mut self,
-        clears: &[TopicName],
-        messages: &[SharedMessage],
-    ) -> Result<(Vec<u8>, usize), LogError> {
-        let clears: Vec<Message> = clears.iter().map(clear_record).collect();
+    /// The blocks holding a snapshot: the clears and session deletes
+    /// first, then every message and session.
+    pub fn seal_snapshot(&mut self, snapshot: &Snapshot) -> Result<(Vec<u8>, usize), LogError> {
+        let clears: Vec<Message> = snapshot.clears.iter().map(clear_record).collect();
+        let deletes: Vec<Message> = snapshot
+            .deleted_sessions
+            .iter()
+            .map(session_record::delete_message)
+            .collect();
+        let sessions: Vec<Message> = snapshot.sessions.iter().map(|r| r.to_message()).collect();
         let records = clears
             .iter()
             .map(|m| (OP_CLEAR, m))
-            .chain(messages.iter().map(|m| (OP_RETAIN, &**m)));
+            .chain(deletes.iter().map(|m| (OP_SESSION_DELETE, m)))
+            .chain(snapshot.messages.iter().map(|m| (OP_RETAIN, &**m)))
+            .chain(sessions.iter().map(|m| (OP_SESSION_PUT, m)));
         self.seal_records(records)
     }
 
@@ -448,6 +463,8 @@ fn read_block(
         read.push(match owner {
             OP_RETAIN => LoggedOp::Retain(message),
             OP_CLEAR => LoggedOp::Clear(message.topic),
+            OP_SESSION_PUT => LoggedOp::SessionPut(SessionRecord::from_message(&message)?),
+            OP_SESSION_DELETE => LoggedOp::SessionDelete(message.origin),
             _ => return Err(RecordError::Malformed("unknown operation")),
         });
         body = &body[rlen..];
@@ -459,6 +476,7 @@ fn read_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SharedMessage;
     use std::sync::Arc;
 
     fn message(topic: &str, payload: &'static [u8]) -> SharedMessage {
@@ -483,7 +501,26 @@ mod tests {
         Kek::new(&[byte; 32]).unwrap_or_else(|_| unreachable!())
     }
 
-    /// A file with two blocks: a snapshot of `a`, then `b` retained and `a` cleared.
+    /// A persisted session with one subscription.
+    fn session(client_id: &str) -> SessionRecord {
+        let raw = bytestring::ByteString::from("secret/+/filter");
+        SessionRecord {
+            client_id: client_id.into(),
+            principal: crate::broker::PrincipalId::anonymous(),
+            expiry_interval: std::time::Duration::from_secs(60),
+            subscriptions: vec![(
+                raw.clone(),
+                crate::session::Subscription {
+                    filter: crate::topic::Filter::parse(raw).unwrap_or_else(|_| unreachable!()),
+                    options: Default::default(),
+                    id: None,
+                },
+            )],
+        }
+    }
+
+    /// A file with two blocks: a snapshot of `a`, then `b` retained, `a` cleared, a
+    /// session put and a session delete.
     fn file(kek: Option<&Kek>) -> (LogHeader, Vec<u8>, usize) {
         let epoch = t0();
         let (header, sealer) =
@@ -491,7 +528,10 @@ mod tests {
         let mut w = LogWriter::new(&header, sealer, epoch);
         let mut bytes = header.encode().to_vec();
         let (b1, skipped) = w
-            .seal_snapshot(&[], &[message("a", b"secret-one")])
+            .seal_snapshot(&Snapshot {
+                messages: vec![message("a", b"secret-one")],
+                ..Snapshot::default()
+            })
             .unwrap_or_else(|_| unreachable!());
         assert_eq!(skipped, 0);
         let first_block_end = bytes.len() + b1.len();
@@ -500,6 +540,8 @@ mod tests {
             .seal_ops(&[
                 PersistOp::Retain(message("b", b"secret-two")),
                 PersistOp::Clear(TopicName::try_from("a").unwrap_or_else(|_| unreachable!())),
+                PersistOp::SessionPut(Arc::new(session("secret-client"))),
+                PersistOp::SessionDelete("gone".into()),
             ])
             .unwrap_or_else(|_| unreachable!());
         bytes.extend_from_slice(&b2);
@@ -529,6 +571,8 @@ mod tests {
             .map(|op| match op {
                 LoggedOp::Retain(m) => format!("retain {} {:?}", m.topic.as_str(), m.payload),
                 LoggedOp::Clear(t) => format!("clear {}", t.as_str()),
+                LoggedOp::SessionPut(r) => format!("session {}", r.client_id),
+                LoggedOp::SessionDelete(id) => format!("end {id}"),
             })
             .collect();
         assert_eq!(
@@ -536,7 +580,9 @@ mod tests {
             [
                 r#"retain a b"secret-one""#,
                 r#"retain b b"secret-two""#,
-                "clear a"
+                "clear a",
+                "session secret-client",
+                "end gone"
             ]
         );
         // Encrypted: neither payloads, topics nor the publisher show.
@@ -593,6 +639,6 @@ mod tests {
             Err(LogError::Plaintext)
         ));
         let log = read_all(&plain, false, &[]).unwrap_or_else(|_| unreachable!());
-        assert_eq!(log.ops.len(), 3);
+        assert_eq!(log.ops.len(), 5);
     }
 }

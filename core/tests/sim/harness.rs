@@ -142,6 +142,8 @@ pub struct Sim {
     persist_jobs: BTreeSet<usize>,
     /// The simulated disk: persisted retained payloads by topic.
     pub disk: std::collections::BTreeMap<String, Bytes>,
+    /// The simulated disk's persisted sessions: client id to its filters.
+    pub disk_sessions: std::collections::BTreeMap<String, Vec<String>>,
     pub clients: Vec<Client>,
     trace: VecDeque<String>,
     pub steps: u64,
@@ -216,6 +218,7 @@ impl Sim {
             closing: BTreeSet::new(),
             persist_jobs: BTreeSet::new(),
             disk: Default::default(),
+            disk_sessions: Default::default(),
             clients: Vec::new(),
             trace: VecDeque::new(),
             steps: 0,
@@ -596,13 +599,21 @@ impl Sim {
             // Like recovery: the old file's records stay on the disk (its
             // deletion may fail), the snapshot's clears and messages apply
             // on top of them.
-            let (clears, messages, upto) = self.shards[shard].persist_snapshot();
-            for topic in clears {
+            let snapshot = self.shards[shard].persist_snapshot();
+            let upto = snapshot.upto;
+            for topic in snapshot.clears {
                 self.disk.remove(topic.as_str());
             }
-            for m in messages {
+            for id in snapshot.deleted_sessions {
+                self.disk_sessions.remove(&*id);
+            }
+            for m in snapshot.messages {
                 self.disk
                     .insert(m.topic.as_str().to_owned(), m.payload.clone());
+            }
+            for r in snapshot.sessions {
+                self.disk_sessions
+                    .insert(r.client_id.to_string(), filters_of(&r));
             }
             self.log(format!(
                 "shard {shard} rewrote its log, durable up to {upto}"
@@ -618,6 +629,13 @@ impl Sim {
                     }
                     PersistOp::Clear(topic) => {
                         self.disk.remove(topic.as_str());
+                    }
+                    PersistOp::SessionPut(r) => {
+                        self.disk_sessions
+                            .insert(r.client_id.to_string(), filters_of(&r));
+                    }
+                    PersistOp::SessionDelete(id) => {
+                        self.disk_sessions.remove(&*id);
                     }
                 }
             }
@@ -681,4 +699,12 @@ impl Sim {
 fn short(msg: &MeshMsg) -> String {
     let text = format!("{msg:?}");
     text.chars().take(120).collect()
+}
+
+/// A persisted session's filters as subscribed, sorted.
+fn filters_of(r: &shardmq_core::broker::SessionRecord) -> Vec<String> {
+    r.subscriptions
+        .iter()
+        .map(|(raw, _)| raw.to_string())
+        .collect()
 }

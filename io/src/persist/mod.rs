@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use shardmq_core::broker::owner_index;
+use bytestring::ByteString;
+use shardmq_core::broker::{owner_index, SessionRecord, Snapshot};
 use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
 use shardmq_core::config::Persistence;
 use shardmq_core::session::{Message, SharedMessage};
-use shardmq_core::topic::TopicName;
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
@@ -72,8 +72,9 @@ impl PersistRun {
         let epoch = Epoch::now();
         let (starts, _) = recover(spec, shards, epoch)?;
         warn!(
-            "persistence: this version persists retained messages only; sessions, their \
-             subscriptions and queued messages do not survive a restart yet (docs/PERSISTENCE.md)"
+            "persistence: sessions and their subscriptions persist, but the messages queued for \
+             them and their in-flight QoS 1/2 exchanges do not survive a restart yet \
+             (docs/PERSISTENCE.md)"
         );
         Ok(PersistRun {
             spec: spec.clone(),
@@ -173,6 +174,8 @@ pub struct LogFile {
 pub struct ShardStart {
     pub log: LogFile,
     pub retained: Vec<SharedMessage>,
+    /// The persisted sessions whose client ids the shard owns.
+    pub sessions: Vec<SessionRecord>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -181,6 +184,7 @@ pub struct Recovered {
     pub files: usize,
     pub ops: usize,
     pub retained: usize,
+    pub sessions: usize,
     pub expired: usize,
     /// Files whose reading stopped early (torn tail or changed bytes).
     pub cut: usize,
@@ -215,19 +219,31 @@ pub fn recover(
                 "a file name carries the last generation number (4294967295); move it away",
             ),
         })?;
-    let mut retained: HashMap<String, Message> = HashMap::new();
+    let mut state = Replayed::default();
     for f in &files {
-        replay(spec, keys, &f.path, epoch, &mut retained, &mut report)?;
+        replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
     }
-    let mut per_shard: Vec<Vec<SharedMessage>> = vec![Vec::new(); shards.max(1)];
-    report.retained = retained.len();
-    for (topic, m) in retained {
-        per_shard[owner_index(&topic, shards)].push(Arc::new(m));
+    let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
+        (0..shards.max(1)).map(|_| Default::default()).collect();
+    report.retained = state.retained.len();
+    report.sessions = state.sessions.len();
+    for (topic, m) in state.retained {
+        per_shard[owner_index(&topic, shards)].0.push(Arc::new(m));
+    }
+    // The owner of a client id may differ from the last run's (another
+    // worker count): the registry owner restores it.
+    for (client_id, record) in state.sessions {
+        per_shard[owner_index(&client_id, shards)].1.push(record);
     }
     let current = keys.first();
     let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
     let mut starts = Vec::with_capacity(per_shard.len());
-    for (shard, messages) in per_shard.into_iter().enumerate() {
+    for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
+        let snapshot = Snapshot {
+            messages,
+            sessions: sessions.into_iter().map(Arc::new).collect(),
+            ..Snapshot::default()
+        };
         let log = create_log(
             dir,
             current,
@@ -235,14 +251,20 @@ pub fn recover(
             next_generation,
             0,
             epoch,
-            (&[], &messages),
+            &snapshot,
         )?;
         if let (Some(ring), Some(kek)) = (&spec.keys, current) {
             ring.sealed(shard as u32, kek.fingerprint());
         }
+        let sessions = snapshot
+            .sessions
+            .into_iter()
+            .map(|r| Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()))
+            .collect();
         starts.push(ShardStart {
             log: LogFile { key_version, ..log },
-            retained: messages,
+            retained: snapshot.messages,
+            sessions,
         });
     }
     // Oldest first, stopping at the first that fails: what stays is always
@@ -256,7 +278,7 @@ pub fn recover(
     sync_dir(dir)?;
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
-        expired = report.expired, cut = report.cut, generation = next_generation,
+        sessions = report.sessions, expired = report.expired, cut = report.cut, generation = next_generation,
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
@@ -319,16 +341,24 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
     Ok(n)
 }
 
-/// Applies one file's operations on `retained` (the last write wins per
-/// topic); a tail that does not read back is cut and logged.
+/// What the files replayed so far hold.
+#[derive(Default)]
+struct Replayed {
+    retained: HashMap<String, Message>,
+    sessions: HashMap<ByteString, SessionRecord>,
+}
+
+/// Applies one file's operations (the last write wins per topic and per
+/// client id); a tail that does not read back is cut and logged.
 fn replay(
     spec: &PersistSpec,
     keys: &[Kek],
     path: &Path,
     epoch: Epoch,
-    retained: &mut HashMap<String, Message>,
+    state: &mut Replayed,
     report: &mut Recovered,
 ) -> Result<(), PersistError> {
+    let retained = &mut state.retained;
     let file_err = |source| PersistError::File {
         path: path.to_owned(),
         source,
@@ -363,6 +393,12 @@ fn replay(
             }
             LoggedOp::Clear(topic) => {
                 retained.remove(topic.as_str());
+            }
+            LoggedOp::SessionPut(record) => {
+                state.sessions.insert(record.client_id.clone(), record);
+            }
+            LoggedOp::SessionDelete(client_id) => {
+                state.sessions.remove(&client_id);
             }
         }
     }
@@ -421,7 +457,7 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
         })
 }
 
-/// A new log file holding the clears then `messages`, durable (file and directory entry
+/// A new log file holding `snapshot`, durable (file and directory entry
 /// synced) before it returns. Blocking.
 pub fn create_log(
     dir: &Path,
@@ -430,11 +466,11 @@ pub fn create_log(
     generation: u32,
     compaction: u32,
     epoch: Epoch,
-    (clears, messages): (&[TopicName], &[SharedMessage]),
+    snapshot: &Snapshot,
 ) -> Result<LogFile, PersistError> {
     let (header, sealer) = log::create(kek, shard, generation, compaction, epoch.unix_nanos)?;
     let mut writer = LogWriter::new(&header, sealer, epoch.instant);
-    let (blocks, skipped) = writer.seal_snapshot(clears, messages)?;
+    let (blocks, skipped) = writer.seal_snapshot(snapshot)?;
     if skipped > 0 {
         warn!(
             shard,

@@ -234,7 +234,8 @@ impl ShardLog {
     /// Writes what the shard holds as a new file under the current key (a
     /// fresh data key each time), then deletes the old file.
     async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
-        let (clears, messages, upto) = driver.with(|s| s.persist_snapshot());
+        let snapshot = driver.with(|s| s.persist_snapshot());
+        let upto = snapshot.upto;
         // The version first: read after the keys, a rotation in between
         // would record the new version for a file sealed under the old key.
         let keys = self.keys.as_ref().map(|k| {
@@ -256,15 +257,7 @@ impl ShardLog {
         let log = glommio::executor()
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
-                let log = create_log(
-                    &dir,
-                    kek,
-                    shard,
-                    generation,
-                    compaction,
-                    epoch,
-                    (&clears, &messages),
-                )?;
+                let log = create_log(&dir, kek, shard, generation, compaction, epoch, &snapshot)?;
                 // The new file is durable: from here on it is the log, even
                 // if the old one cannot be deleted. Recovery replays the old
                 // one first, harmlessly: the new one opens with explicit
@@ -273,7 +266,7 @@ impl ShardLog {
                 if let Err(e) = super::sync_dir(&dir) {
                     warn!(shard, error = %e, "persistence: the old log's removal may not be durable");
                 }
-                Ok::<_, PersistError>((log, messages.len()))
+                Ok::<_, PersistError>((log, snapshot.messages.len()))
             })
             .await;
         let (log, retained) = log?;

@@ -358,8 +358,8 @@ fn log_stats(driver: &Rc<Driver>) {
     });
 }
 
-/// Gives the shard the retained messages it owns from disk, before any
-/// client connects, and makes its log writer.
+/// Gives the shard the retained messages and sessions it owns from disk,
+/// before any client connects, and makes its log writer.
 fn start_log(
     id: usize,
     run: &PersistRun,
@@ -368,6 +368,25 @@ fn start_log(
     let start = run.take(id)?;
     let found = start.retained.len();
     let restored = shard.restore_retained(start.retained);
+    let sessions = start.sessions.len();
+    let now = std::time::Instant::now();
+    let mut refused = 0;
+    for record in start.sessions {
+        let client_id = record.client_id.clone();
+        if let Err(e) = shard.restore_persisted(record, now) {
+            refused += 1;
+            warn!(shard = id, client_id = %client_id, error = %e,
+                "persistence: a persisted session was not restored; its end is written");
+        }
+    }
+    if sessions > 0 {
+        info!(
+            shard = id,
+            sessions,
+            restored = sessions - refused,
+            "persistence: sessions restored (offline until their clients return)"
+        );
+    }
     let log = Rc::new(ShardLog::new(
         run.spec.dir.clone(),
         id as u32,

@@ -1,0 +1,261 @@
+//! A persisted session as it is written to the shard's log (issue 16,
+//! docs/PERSISTENCE.md "Sessions"): the client id, who owns it, its expiry
+//! interval and its subscriptions, encoded as one record of the buffer's
+//! format (`buffer::log`), and decoded strictly: a record that does not
+//! parse is an error, never a guess.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+
+use super::PrincipalId;
+use crate::buffer::RecordError;
+use crate::codec::{QoS, RetainHandling, SubscriptionId, SubscriptionOptions};
+use crate::session::{Message, Subscription};
+use crate::topic::{Filter, TopicName};
+
+/// The topic every session record carries: records are messages in the
+/// buffer's format, and this one is never routed anywhere.
+const RECORD_TOPIC: &str = "$session";
+/// Payload format version: a later layout gets a new number.
+const FORMAT: u8 = 1;
+
+/// One session's persisted state. The log keeps the last record per client
+/// id; a delete (`SessionRecord` absent) ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: ByteString,
+    /// Who owns the id (`sessionTakeover: SamePrincipal` holds across a
+    /// restart).
+    pub principal: PrincipalId,
+    pub expiry_interval: Duration,
+    /// By the filter as subscribed (`$share/g/f` and `f` differ).
+    pub subscriptions: Vec<(ByteString, Subscription)>,
+}
+
+fn topic() -> TopicName {
+    TopicName::try_from(RECORD_TOPIC).unwrap_or_else(|_| unreachable!("a valid topic name"))
+}
+
+/// The record of a session delete: the client id alone.
+pub fn delete_message(client_id: &ByteString) -> Message {
+    Message {
+        topic: topic(),
+        payload: Bytes::new(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: client_id.clone(),
+    }
+}
+
+impl SessionRecord {
+    /// As a record of the buffer's format: the client id in the origin
+    /// field, the rest in the payload.
+    pub fn to_message(&self) -> Message {
+        let mut p = BytesMut::new();
+        p.put_u8(FORMAT);
+        put_str(&mut p, self.principal.as_str());
+        p.put_u32(u32::try_from(self.expiry_interval.as_secs()).unwrap_or(u32::MAX));
+        p.put_u32(self.subscriptions.len() as u32);
+        for (raw, sub) in &self.subscriptions {
+            put_str(&mut p, raw);
+            p.put_u8(options_byte(&sub.options));
+            p.put_u32(sub.id.map_or(0, SubscriptionId::get));
+        }
+        Message {
+            payload: p.freeze(),
+            ..delete_message(&self.client_id)
+        }
+    }
+
+    /// Reads a record written by `to_message`.
+    pub fn from_message(message: &Message) -> Result<SessionRecord, RecordError> {
+        let mut r = Reader(&message.payload);
+        if r.u8()? != FORMAT {
+            return Err(RecordError::Malformed("unknown session record format"));
+        }
+        let principal = PrincipalId::restored(r.str()?);
+        let expiry_interval = Duration::from_secs(u64::from(r.u32()?));
+        let n = r.u32()? as usize;
+        // Each subscription takes at least 2 + 1 + 4 bytes: a count the
+        // payload cannot hold is refused before anything is allocated.
+        if n > r.0.len() / 7 {
+            return Err(RecordError::Malformed("session record subscription count"));
+        }
+        let mut subscriptions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let raw = r.str()?;
+            let options = options_from(r.u8()?)?;
+            let id = match r.u32()? {
+                0 => None,
+                v => Some(
+                    SubscriptionId::new(v)
+                        .ok_or(RecordError::Malformed("session record subscription id"))?,
+                ),
+            };
+            let filter = Filter::parse(raw.clone())
+                .map_err(|_| RecordError::Malformed("session record filter"))?;
+            subscriptions.push((
+                raw,
+                Subscription {
+                    filter,
+                    options,
+                    id,
+                },
+            ));
+        }
+        if !r.0.is_empty() {
+            return Err(RecordError::Malformed("session record trailing bytes"));
+        }
+        Ok(SessionRecord {
+            client_id: message.origin.clone(),
+            principal,
+            expiry_interval,
+            subscriptions,
+        })
+    }
+}
+
+fn put_str(p: &mut BytesMut, s: &str) {
+    // Client ids, principals and filters come from packets whose strings
+    // are at most 65,535 bytes [MQTT-1.5.4-1].
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    p.put_u16(len);
+    p.put_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+/// The SUBSCRIBE options byte of v5 §3.8.3.1.
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+fn options_from(b: u8) -> Result<SubscriptionOptions, RecordError> {
+    let bad = RecordError::Malformed("session record subscription options");
+    let qos = match b & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return Err(bad),
+    };
+    let retain_handling = match (b >> 4) & 0b11 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendAtSubscribeIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(bad),
+    };
+    if b >> 6 != 0 {
+        return Err(bad);
+    }
+    Ok(SubscriptionOptions {
+        qos,
+        no_local: b & 0b100 != 0,
+        retain_as_published: b & 0b1000 != 0,
+        retain_handling,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
+        if self.0.len() < n {
+            return Err(RecordError::Malformed("session record cut short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn str(&mut self) -> Result<ByteString, RecordError> {
+        let b = self.take(2)?;
+        let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
+        let s = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| RecordError::Malformed("session record string"))?;
+        Ok(ByteString::from(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SessionRecord {
+        let sub = |raw: &str, qos, id| {
+            (
+                ByteString::from(raw),
+                Subscription {
+                    filter: Filter::parse(ByteString::from(raw)).unwrap_or_else(|_| unreachable!()),
+                    options: SubscriptionOptions {
+                        qos,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                    id: SubscriptionId::new(id),
+                },
+            )
+        };
+        SessionRecord {
+            client_id: "sensor-7".into(),
+            principal: PrincipalId::authenticated("x509", "cert", "CN=sensor-7"),
+            expiry_interval: Duration::from_secs(3600),
+            subscriptions: vec![
+                sub("plant/+/cmd", QoS::ExactlyOnce, 7),
+                sub("$share/g/plant/#", QoS::AtLeastOnce, 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let r = record();
+        let m = r.to_message();
+        assert_eq!(SessionRecord::from_message(&m).ok(), Some(r));
+    }
+
+    #[test]
+    fn every_cut_and_every_changed_options_byte_is_an_error_not_a_panic() {
+        let m = record().to_message();
+        for len in 0..m.payload.len() {
+            let cut = Message {
+                payload: m.payload.slice(..len),
+                ..m.clone()
+            };
+            assert!(SessionRecord::from_message(&cut).is_err(), "cut at {len}");
+        }
+        let mut longer = m.payload.to_vec();
+        longer.push(0);
+        let longer = Message {
+            payload: longer.into(),
+            ..m.clone()
+        };
+        assert!(SessionRecord::from_message(&longer).is_err());
+        // A count of 4 billion subscriptions in a short payload.
+        let mut huge = m.payload.to_vec();
+        let at = 1 + 2 + record().principal.as_str().len() + 4;
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        let huge = Message {
+            payload: huge.into(),
+            ..m.clone()
+        };
+        assert!(SessionRecord::from_message(&huge).is_err());
+        for b in [0b11, 0b11_0000, 0b0100_0000] {
+            assert!(options_from(b).is_err(), "{b:#b}");
+        }
+    }
+}

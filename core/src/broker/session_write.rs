@@ -1,0 +1,179 @@
+//! Persisted sessions, the shard's side (docs/PERSISTENCE.md "Sessions"):
+//! every change of a persisted session's state (created or resumed,
+//! subscribed, unsubscribed, its expiry changed, ended) is written to the
+//! log of the shard that owns its client id, which is also where the
+//! registry decides who holds the id. A write from a session that no longer
+//! holds its id is stale and dropped, so one file orders a client id's
+//! records even while its session moves between shards. CONNACK, SUBACK
+//! and UNSUBACK wait (the connection's writer is held) until the write is
+//! durable: a client never hears of a session state a crash could lose.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use super::pending::Pending;
+use super::PrincipalId;
+use super::{ConnId, MeshMsg, RequestId, SessionId, SessionRecord, Shard, ShardId};
+use crate::buffer::Store;
+use crate::session::SessionState;
+
+/// Who waits for a session write, at the owner shard.
+#[derive(Debug)]
+pub(super) enum SessionReply {
+    /// A connection on the owner shard itself.
+    Local(ConnId),
+    /// A connection on a peer: answer `SessionWritten`.
+    Peer { from: ShardId, request: RequestId },
+}
+
+impl<S: Store> Shard<S> {
+    /// A session kept offline when its connection closed: its state is
+    /// written again (a v5 DISCONNECT may have changed its expiry, §3.14.2.2.2),
+    /// and nobody waits for it.
+    pub(super) fn write_closed_session(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        state: &SessionState,
+    ) {
+        if self.durable.is_none() {
+            return;
+        }
+        let principal = self.conns.get(&conn).and_then(|c| c.principal.clone());
+        let record = record_of(state, principal).map(Arc::new);
+        let client_id = state.client_id.clone();
+        let owner = self.owner_of(&client_id);
+        if owner == self.id {
+            self.session_write_arrived(self.id, client_id, session, record, None);
+        } else {
+            self.post(
+                owner,
+                MeshMsg::SessionWrite {
+                    client_id,
+                    session,
+                    record,
+                    request: None,
+                },
+            );
+        }
+    }
+
+    /// Writes the connection's session state (or its end) at the client
+    /// id's owner. With `hold`, nothing more is sent to the client until
+    /// the write is durable (the CONNACK, SUBACK or UNSUBACK just queued).
+    pub(super) fn write_session(&mut self, conn: ConnId, hold: bool) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        // No session (the CONNECT was refused after all): nothing to say.
+        let (Some(session), Some(state)) = (c.session, c.machine.session()) else {
+            return;
+        };
+        let client_id = state.client_id.clone();
+        let record = record_of(state, c.principal.clone()).map(Arc::new);
+        let owner = self.owner_of(&client_id);
+        if hold {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.hold += 1;
+            }
+        }
+        if owner == self.id {
+            let reply = hold.then_some(SessionReply::Local(conn));
+            self.session_write_arrived(self.id, client_id, session, record, reply);
+        } else {
+            let request = hold.then(|| self.new_request(Pending::SessionWrite { conn }));
+            self.post(
+                owner,
+                MeshMsg::SessionWrite {
+                    client_id,
+                    session,
+                    record,
+                    request,
+                },
+            );
+        }
+    }
+
+    /// At the owner: a session's write. Dropped (and answered at once) when
+    /// the session no longer holds its id: the holder writes its own state.
+    pub(super) fn session_write_arrived(
+        &mut self,
+        from: ShardId,
+        client_id: ByteString,
+        session: SessionId,
+        record: Option<Arc<SessionRecord>>,
+        reply: Option<SessionReply>,
+    ) {
+        let holds = self.registry.holder(&client_id) == Some((from, session));
+        let seq = if holds {
+            self.persist_session(client_id, record)
+        } else {
+            None
+        };
+        match (seq, reply) {
+            (_, None) => {}
+            (Some(seq), Some(reply)) => self.wait_durable_session(seq, reply),
+            (None, Some(reply)) => self.session_durable(reply),
+        }
+    }
+
+    /// At the owner, before the registry forgets the session at `at`: if it
+    /// still holds its id, its end is written (nobody waits for it).
+    pub(super) fn session_ended_at_owner(
+        &mut self,
+        client_id: &ByteString,
+        at: (ShardId, SessionId),
+    ) {
+        if self.durable.is_some() && self.registry.holder(client_id) == Some(at) {
+            self.persist_session(client_id.clone(), None);
+        }
+    }
+
+    /// The write is durable (or there was nothing to write): release the
+    /// connection's writer.
+    pub(super) fn session_durable(&mut self, reply: SessionReply) {
+        match reply {
+            SessionReply::Local(conn) => self.release_hold(conn),
+            SessionReply::Peer { from, request } => {
+                self.post(from, MeshMsg::SessionWritten { request });
+            }
+        }
+    }
+
+    /// The owner answered a held write.
+    pub(super) fn session_written(&mut self, request: RequestId) {
+        if let Some(Pending::SessionWrite { conn }) = self.pending.remove(&request) {
+            self.release_hold(conn);
+        }
+    }
+
+    fn release_hold(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.hold = c.hold.saturating_sub(1);
+            self.wake(conn);
+        }
+    }
+}
+
+/// `state` as a record when it is persisted (session expiry > 0).
+fn record_of(state: &SessionState, principal: Option<PrincipalId>) -> Option<SessionRecord> {
+    if state.expiry_interval.is_zero() {
+        return None;
+    }
+    let mut subscriptions: Vec<_> = state
+        .subscriptions
+        .iter()
+        .map(|(raw, sub)| (raw.clone(), sub.clone()))
+        .collect();
+    subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(SessionRecord {
+        client_id: state.client_id.clone(),
+        principal: principal.unwrap_or_else(PrincipalId::anonymous),
+        expiry_interval: state.expiry_interval,
+        subscriptions,
+    })
+}
