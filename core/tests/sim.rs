@@ -583,7 +583,15 @@ fn a_restored_session_queues_and_resumes_from_any_shard() {
         if sim.restore(restored) != Err(RestoreError::Taken) {
             sim.fail("the id was restored twice");
         }
+        // What the runtime does before binding: a barrier on every shard.
+        for shard in 0..3 {
+            let now = sim.now;
+            sim.shards[shard].start_startup_barrier(now);
+        }
         sim.quiesce();
+        if !sim.shards.iter().all(|s| s.startup_synced()) {
+            sim.fail("the start-up barrier did not complete");
+        }
         let on = sim.rng.below(3);
         sim.connect(publisher, on, true, 0);
         sim.quiesce();

@@ -239,6 +239,8 @@ pub struct Shard<S> {
     selftest: SelfTest,
     /// Persisted retained messages (`persistence`).
     durable: Option<durable::Durable>,
+    /// `start_startup_barrier` completed.
+    startup_synced: bool,
     stats: ShardStats,
 }
 
@@ -267,6 +269,7 @@ impl<S: Store> Shard<S> {
             retained: RetainedStore::new(config.retained_max, config.retained_bytes_max),
             selftest: SelfTest::new(id, config.shards),
             durable: config.persistence.clone().map(durable::Durable::new),
+            startup_synced: false,
             config,
             conns: HashMap::new(),
             next_conn: 1,

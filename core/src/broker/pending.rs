@@ -60,6 +60,19 @@ pub(super) enum AfterBarrier {
         conn: ConnId,
         subscriptions: Vec<(Subscription, bool)>,
     },
+    /// Start-up after restoring persisted sessions: every peer has the
+    /// index entries this shard broadcast for them.
+    Startup,
+}
+
+impl AfterBarrier {
+    /// The connection whose writer the barrier holds, if any.
+    fn held(&self) -> Option<ConnId> {
+        match self {
+            AfterBarrier::Subscribed { conn, .. } => Some(*conn),
+            AfterBarrier::Startup => None,
+        }
+    }
 }
 
 impl<S: Store> Shard<S> {
@@ -111,8 +124,7 @@ impl<S: Store> Shard<S> {
     pub(super) fn start_barrier(&mut self, then: AfterBarrier, now: Instant) {
         let peers: Vec<_> = self.peers().collect();
         if peers.is_empty() {
-            let AfterBarrier::Subscribed { conn, .. } = &then;
-            if let Some(c) = self.conns.get_mut(conn) {
+            if let Some(c) = then.held().and_then(|conn| self.conns.get_mut(&conn)) {
                 c.hold = c.hold.saturating_sub(1);
             }
             return self.after_barrier(then, now);
@@ -135,8 +147,7 @@ impl<S: Store> Shard<S> {
             return;
         }
         if let Some(Pending::Barrier { then, .. }) = self.pending.remove(&request) {
-            let AfterBarrier::Subscribed { conn, .. } = &then;
-            if let Some(c) = self.conns.get_mut(conn) {
+            if let Some(c) = then.held().and_then(|conn| self.conns.get_mut(&conn)) {
                 c.hold = c.hold.saturating_sub(1);
             }
             self.after_barrier(then, now);
@@ -156,7 +167,21 @@ impl<S: Store> Shard<S> {
                     }
                 }
             }
+            AfterBarrier::Startup => self.startup_synced = true,
         }
+    }
+
+    /// At start, after restoring persisted sessions and before any listener
+    /// accepts: a barrier with every peer. Once `startup_synced` on every
+    /// shard, each shard's index holds every restored subscription, so no
+    /// publish can miss a restored session.
+    pub fn start_startup_barrier(&mut self, now: Instant) {
+        self.start_barrier(AfterBarrier::Startup, now);
+    }
+
+    /// The start-up barrier completed.
+    pub fn startup_synced(&self) -> bool {
+        self.startup_synced
     }
 
     /// The retained owner stored (or refused) a retained publish.

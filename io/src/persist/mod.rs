@@ -60,6 +60,8 @@ pub struct PersistRun {
     pub epoch: Epoch,
     pub budget: u64,
     pub starts: std::sync::Mutex<Vec<Option<ShardStart>>>,
+    /// Shards past their start-up barrier (`shard::startup_barrier`).
+    pub synced: std::sync::atomic::AtomicUsize,
     _lock: File,
 }
 
@@ -81,6 +83,7 @@ impl PersistRun {
             epoch,
             budget: spec.policy.size_max_bytes.get() / shards.max(1) as u64,
             starts: std::sync::Mutex::new(starts.into_iter().map(Some).collect()),
+            synced: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         })
     }

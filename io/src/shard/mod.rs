@@ -106,6 +106,9 @@ pub async fn run(
     let (driver, wakeups) = Driver::new(shard);
     driver.set_persist(log.clone());
     mesh::start(&driver, senders, receivers, wakeups);
+    if let Some(run) = &setup.persist {
+        startup_barrier(id, &driver, run, shards).await;
+    }
     let bound = match listen::bind(id, &setup.listeners) {
         Ok(bound) => bound,
         Err(e) => {
@@ -356,6 +359,27 @@ fn log_stats(driver: &Rc<Driver>) {
             );
         }
     });
+}
+
+/// Before any shard binds its listeners: every shard's index holds every
+/// restored session's subscriptions (a barrier with every peer, then a wait
+/// for every shard's), so a publish accepted anywhere reaches them. Bounded:
+/// a shard that never answers is logged, not waited for forever.
+async fn startup_barrier(id: usize, driver: &Rc<Driver>, run: &PersistRun, shards: usize) {
+    const STEP: Duration = Duration::from_millis(1);
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+    let started = Instant::now();
+    driver.with(|s| s.start_startup_barrier(Driver::now()));
+    while !driver.peek(|s| s.startup_synced()) && started.elapsed() < MAX_WAIT {
+        glommio::timer::sleep(STEP).await;
+    }
+    run.synced.fetch_add(1, Ordering::AcqRel);
+    while run.synced.load(Ordering::Acquire) < shards && started.elapsed() < MAX_WAIT {
+        glommio::timer::sleep(STEP).await;
+    }
+    if started.elapsed() >= MAX_WAIT {
+        warn!(shard = id, "persistence: the start-up barrier timed out; restored sessions may miss messages published in the first moments");
+    }
 }
 
 /// Gives the shard the retained messages and sessions it owns from disk,
