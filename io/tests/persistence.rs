@@ -502,8 +502,8 @@ fn keeps_session(expiry: u32) -> impl FnOnce(&mut rumqttc::v5::MqttOptions) {
 /// restart, before its client returns, is queued for it (the publisher's
 /// PUBACK says Success, not 0x10 No matching subscribers) and delivered on
 /// resume with Session Present [MQTT-3.2.2-3]. An UNSUBSCRIBE before the
-/// crash stays done, and a session that ended (a clean start with expiry 0)
-/// does not come back.
+/// crash stays done, and neither a session that ended (a clean start with
+/// expiry 0) nor one that expired during the downtime comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_and_its_subscriptions_survive_kill_9() {
     let s = setup(true, 2);
@@ -524,12 +524,17 @@ async fn a_session_and_its_subscriptions_survive_kill_9() {
     .await;
     assert!(!present, "a clean start never resumes");
     gone.disconnect().await;
+    // A session whose 1 s expiry runs out while the broker is down: its
+    // deadline is on disk and counts the downtime [MQTT-3.1.2-23].
+    let (short, _) = Client::connect(s.port, "short-lived", keeps_session(1)).await;
+    short.disconnect().await;
     kill9(broker);
+    std::thread::sleep(Duration::from_millis(1500));
 
     // Encrypted at rest: neither the client id nor a filter is readable.
     assert!(!on_disk(&s.data, b"sensor-sub") && !on_disk(&s.data, b"plant/+/alarm"));
     let (_broker, log) = run(&s);
-    log.wait_for(&["persistence: recovered", "sessions=1"]);
+    log.wait_for(&["persistence: recovered", "sessions=1", "expired_sessions=1"]);
     let (mut publ, _) = Client::connect(s.port, "publisher", |_| {}).await;
     for (topic, qos) in [
         ("plant/7/alarm", 1),
@@ -560,4 +565,9 @@ async fn a_session_and_its_subscriptions_survive_kill_9() {
     sub.expect_no_publish(Duration::from_millis(300)).await;
     let (_, present) = Client::connect(s.port, "ended", keeps_session(3600)).await;
     assert!(!present, "an ended session stays ended");
+    let (_, present) = Client::connect(s.port, "short-lived", keeps_session(1)).await;
+    assert!(
+        !present,
+        "a session that expired while the broker was down is gone"
+    );
 }

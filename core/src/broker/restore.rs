@@ -41,10 +41,11 @@ pub enum RestoreError {
 }
 
 impl<S: Store> Shard<S> {
-    /// A session read from this shard's log at start. Its expiry counts
-    /// from `now`: the log does not say when its client left, and counting
-    /// from the restart never ends a session early. One that cannot be
-    /// restored has its end written, so the disk agrees with the broker.
+    /// A session read from this shard's log at start. It expires at its
+    /// recorded deadline if its client had left (rebased on the wall clock
+    /// by recovery); one whose client was connected at the crash counts its
+    /// interval from `now`. One that cannot be restored has its end
+    /// written, so the disk agrees with the broker.
     pub fn restore_persisted(
         &mut self,
         record: super::SessionRecord,
@@ -55,7 +56,9 @@ impl<S: Store> Shard<S> {
             client_id: record.client_id.clone(),
             principal: record.principal.clone(),
             expiry_interval: record.expiry_interval,
-            expires_at: now.checked_add(record.expiry_interval),
+            expires_at: record
+                .offline_until
+                .or_else(|| now.checked_add(record.expiry_interval)),
             subscriptions: record.subscriptions.clone(),
         };
         let result = self.restore_session(restored, now);

@@ -4,7 +4,7 @@
 //! format (`buffer::log`), and decoded strictly: a record that does not
 //! parse is an error, never a guess.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -30,6 +30,11 @@ pub struct SessionRecord {
     /// restart).
     pub principal: PrincipalId,
     pub expiry_interval: Duration,
+    /// When the session expires if its client does not come back: set once
+    /// its client left, `None` while it is connected (the interval counts
+    /// from when it leaves [MQTT-3.1.2-23]). Stored like a message expiry,
+    /// so recovery rebases it on the wall clock and the downtime counts.
+    pub offline_until: Option<Instant>,
     /// By the filter as subscribed (`$share/g/f` and `f` differ).
     pub subscriptions: Vec<(ByteString, Subscription)>,
 }
@@ -67,6 +72,7 @@ impl SessionRecord {
         }
         Message {
             payload: p.freeze(),
+            expires_at: self.offline_until,
             ..delete_message(&self.client_id)
         }
     }
@@ -114,6 +120,7 @@ impl SessionRecord {
             client_id: message.origin.clone(),
             principal,
             expiry_interval,
+            offline_until: message.expires_at,
             subscriptions,
         })
     }
@@ -214,6 +221,7 @@ mod tests {
             client_id: "sensor-7".into(),
             principal: PrincipalId::authenticated("x509", "cert", "CN=sensor-7"),
             expiry_interval: Duration::from_secs(3600),
+            offline_until: None,
             subscriptions: vec![
                 sub("plant/+/cmd", QoS::ExactlyOnce, 7),
                 sub("$share/g/plant/#", QoS::AtLeastOnce, 0),

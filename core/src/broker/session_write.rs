@@ -9,6 +9,7 @@
 //! durable: a client never hears of a session state a crash could lose.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytestring::ByteString;
 
@@ -36,12 +37,16 @@ impl<S: Store> Shard<S> {
         conn: ConnId,
         session: SessionId,
         state: &SessionState,
+        expires_at: Option<Instant>,
     ) {
         if self.durable.is_none() {
             return;
         }
         let principal = self.conns.get(&conn).and_then(|c| c.principal.clone());
-        let record = record_of(state, principal).map(Arc::new);
+        let record = record_of(state, principal).map(|mut r| {
+            r.offline_until = expires_at;
+            Arc::new(r)
+        });
         let client_id = state.client_id.clone();
         let owner = self.owner_of(&client_id);
         if owner == self.id {
@@ -174,6 +179,7 @@ fn record_of(state: &SessionState, principal: Option<PrincipalId>) -> Option<Ses
         client_id: state.client_id.clone(),
         principal: principal.unwrap_or_else(PrincipalId::anonymous),
         expiry_interval: state.expiry_interval,
+        offline_until: None,
         subscriptions,
     })
 }

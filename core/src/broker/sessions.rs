@@ -294,8 +294,8 @@ impl<S: Store> Shard<S> {
                 // turn: released now, not when the session comes back.
                 let owner = self.buffer_keys.owner_of(session);
                 state.release_retired(&mut self.buffer.lease(owner));
-                self.write_closed_session(conn, session, &state);
                 let expires_at = now.checked_add(state.expiry_interval);
+                self.write_closed_session(conn, session, &state, expires_at);
                 self.sessions.insert(
                     session,
                     Slot::Offline {

@@ -508,6 +508,7 @@ mod tests {
             client_id: client_id.into(),
             principal: crate::broker::PrincipalId::anonymous(),
             expiry_interval: std::time::Duration::from_secs(60),
+            offline_until: None,
             subscriptions: vec![(
                 raw.clone(),
                 crate::session::Subscription {

@@ -189,6 +189,8 @@ pub struct Recovered {
     pub retained: usize,
     pub sessions: usize,
     pub expired: usize,
+    /// Sessions whose expiry passed while the broker was down.
+    pub expired_sessions: usize,
     /// Files whose reading stopped early (torn tail or changed bytes).
     pub cut: usize,
     pub elapsed: Duration,
@@ -281,7 +283,7 @@ pub fn recover(
     sync_dir(dir)?;
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
-        sessions = report.sessions, expired = report.expired, cut = report.cut, generation = next_generation,
+        sessions = report.sessions, expired_sessions = report.expired_sessions, expired = report.expired, cut = report.cut, generation = next_generation,
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
@@ -397,9 +399,22 @@ fn replay(
             LoggedOp::Clear(topic) => {
                 retained.remove(topic.as_str());
             }
-            LoggedOp::SessionPut(record) => {
-                state.sessions.insert(record.client_id.clone(), record);
-            }
+            LoggedOp::SessionPut(mut record) => match record.offline_until {
+                // Its client had left: the deadline counts the downtime.
+                Some(at) => match rebase(at, header.epoch_unix_nanos, epoch) {
+                    Some(at) => {
+                        record.offline_until = Some(at);
+                        state.sessions.insert(record.client_id.clone(), record);
+                    }
+                    None => {
+                        report.expired_sessions += 1;
+                        state.sessions.remove(&record.client_id);
+                    }
+                },
+                None => {
+                    state.sessions.insert(record.client_id.clone(), record);
+                }
+            },
             LoggedOp::SessionDelete(client_id) => {
                 state.sessions.remove(&client_id);
             }
@@ -416,15 +431,20 @@ fn rebase_expiry(mut m: Message, written_at: u64, epoch: Epoch) -> Option<Messag
     let Some(at) = m.expires_at else {
         return Some(m);
     };
+    m.expires_at = Some(rebase(at, written_at, epoch)?);
+    Some(m)
+}
+
+/// An instant read relative to this run's epoch from a file whose epoch was
+/// `written_at` on the wall clock, moved by the difference; `None` when it
+/// is past (before this run's epoch, or before boot).
+fn rebase(at: Instant, written_at: u64, epoch: Epoch) -> Option<Instant> {
     let rebased = if epoch.unix_nanos >= written_at {
         at.checked_sub(Duration::from_nanos(epoch.unix_nanos - written_at))
     } else {
         at.checked_add(Duration::from_nanos(written_at - epoch.unix_nanos))
     };
-    // Before this run's epoch (or before boot): already expired.
-    let at = rebased.filter(|at| *at > epoch.instant)?;
-    m.expires_at = Some(at);
-    Some(m)
+    rebased.filter(|at| *at > epoch.instant)
 }
 
 /// The log files of `dir` and the unfinished snapshots (`*.log.tmp`),
