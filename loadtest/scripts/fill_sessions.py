@@ -36,7 +36,7 @@ def worker(ids):
         c.loop_start()
         for s in range(subs):
             c.subscribe(f"site/area{i % 100}/dev{i}/cmd{s}", qos=1)
-        if not done.wait(60):
+        if subs and not done.wait(60):
             sys.exit(f"dev{i}: SUBACKs did not come")
         c.disconnect()
         c.loop_stop()
