@@ -7,10 +7,10 @@
 //! and replacements that would grow past `bytes_max` are refused; clears and
 //! replacements that fit always work.
 
-use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 use crate::codec::ReasonCode;
+use crate::topic::children::Children;
 use crate::topic::{TopicFilter, TopicName};
 
 /// Why a retained message was not stored.
@@ -38,118 +38,9 @@ impl RetainedError {
     }
 }
 
-/// A node's children by level name. PERF: most nodes of a large store have
-/// one child (`site/area7/dev123456/temp`: the device level), where a hash
-/// table's smallest allocation holds 4 entries plus control bytes; up to
-/// `CHILDREN_SMALL_MAX` children live in an exactly sized vector instead,
-/// scanned linearly. 200k such topics: 563 -> 231 bytes of store per topic.
-#[derive(Debug)]
-enum Children<M> {
-    Small(Vec<(Box<str>, Node<M>)>),
-    Map(HashMap<Box<str>, Node<M>>),
-}
-
-const CHILDREN_SMALL_MAX: usize = 8;
-
-impl<M> Default for Children<M> {
-    fn default() -> Self {
-        Children::Small(Vec::new())
-    }
-}
-
-impl<M> Children<M> {
-    fn len(&self) -> usize {
-        match self {
-            Children::Small(v) => v.len(),
-            Children::Map(m) => m.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, name: &str) -> Option<&Node<M>> {
-        match self {
-            Children::Small(v) => v.iter().find(|(n, _)| &**n == name).map(|(_, c)| c),
-            Children::Map(m) => m.get(name),
-        }
-    }
-
-    fn get_mut(&mut self, name: &str) -> Option<&mut Node<M>> {
-        match self {
-            Children::Small(v) => v.iter_mut().find(|(n, _)| &**n == name).map(|(_, c)| c),
-            Children::Map(m) => m.get_mut(name),
-        }
-    }
-
-    /// The child `name`, made empty if missing.
-    fn get_or_insert(&mut self, name: &str) -> &mut Node<M> {
-        if let Children::Small(v) = self {
-            if v.len() >= CHILDREN_SMALL_MAX && !v.iter().any(|(n, _)| &**n == name) {
-                let map: HashMap<Box<str>, Node<M>> = std::mem::take(v).into_iter().collect();
-                *self = Children::Map(map);
-            }
-        }
-        match self {
-            Children::Small(v) => {
-                let i = match v.iter().position(|(n, _)| &**n == name) {
-                    Some(i) => i,
-                    None => {
-                        // Exact growth: the point is not to over-allocate.
-                        v.reserve_exact(1);
-                        v.push((name.into(), Node::default()));
-                        v.len() - 1
-                    }
-                };
-                &mut v[i].1
-            }
-            Children::Map(m) => m.entry_ref(name).or_default(),
-        }
-    }
-
-    fn remove(&mut self, name: &str) {
-        match self {
-            Children::Small(v) => {
-                if let Some(i) = v.iter().position(|(n, _)| &**n == name) {
-                    v.swap_remove(i);
-                    v.shrink_to_fit();
-                }
-            }
-            Children::Map(m) => {
-                m.remove(name);
-                if m.len() <= CHILDREN_SMALL_MAX / 2 {
-                    let small: Vec<_> = m.drain().collect();
-                    *self = Children::Small(small);
-                } else if m.capacity() > 4 * m.len() {
-                    m.shrink_to_fit();
-                }
-            }
-        }
-    }
-
-    fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Node<M>)> + '_> {
-        match self {
-            Children::Small(v) => Box::new(v.iter().map(|(n, c)| (&**n, c))),
-            Children::Map(m) => Box::new(m.iter().map(|(n, c)| (&**n, c))),
-        }
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Node<M>> {
-        self.iter().map(|(_, c)| c)
-    }
-
-    fn take_all(&mut self) -> Vec<Node<M>> {
-        match std::mem::take(self) {
-            Children::Small(v) => v.into_iter().map(|(_, c)| c).collect(),
-            Children::Map(m) => m.into_values().collect(),
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Node<M> {
-    children: Children<M>,
+    children: Children<Node<M>>,
     /// The retained message whose topic ends at this node, and the bytes
     /// it counts against `bytes_max`.
     message: Option<(TopicName, M, u64)>,

@@ -48,20 +48,7 @@ impl<S: Store> Shard<S> {
             Arc::new(r)
         });
         let client_id = state.client_id.clone();
-        let owner = self.owner_of(&client_id);
-        if owner == self.id {
-            self.session_write_arrived(self.id, client_id, session, record, None);
-        } else {
-            self.post(
-                owner,
-                MeshMsg::SessionWrite {
-                    client_id,
-                    session,
-                    record,
-                    request: None,
-                },
-            );
-        }
+        self.send_session_write(client_id, session, record, None);
     }
 
     /// Writes the connection's session state (or its end) at the client
@@ -80,17 +67,29 @@ impl<S: Store> Shard<S> {
         };
         let client_id = state.client_id.clone();
         let record = record_of(state, c.principal.clone()).map(Arc::new);
-        let owner = self.owner_of(&client_id);
         if hold {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.hold += 1;
             }
         }
+        self.send_session_write(client_id, session, record, hold.then_some(conn));
+    }
+
+    /// To the client id's owner (this shard or a peer); `held`: the
+    /// connection whose writer waits for the answer.
+    fn send_session_write(
+        &mut self,
+        client_id: ByteString,
+        session: SessionId,
+        record: Option<Arc<SessionRecord>>,
+        held: Option<ConnId>,
+    ) {
+        let owner = self.owner_of(&client_id);
         if owner == self.id {
-            let reply = hold.then_some(SessionReply::Local(conn));
+            let reply = held.map(SessionReply::Local);
             self.session_write_arrived(self.id, client_id, session, record, reply);
         } else {
-            let request = hold.then(|| self.new_request(Pending::SessionWrite { conn }));
+            let request = held.map(|conn| self.new_request(Pending::SessionWrite { conn }));
             self.post(
                 owner,
                 MeshMsg::SessionWrite {

@@ -5,6 +5,7 @@
 //! INVARIANT: a valid name or filter is 1..=65535 bytes, so it has at most
 //! 32768 levels; every walk below is iterative, never recursive per level.
 
+pub(crate) mod children;
 mod filter;
 mod name;
 mod overlap;

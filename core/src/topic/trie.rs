@@ -10,6 +10,7 @@ use std::hash::Hash;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use super::children::Children;
 use super::{TopicFilter, TopicName};
 
 /// Subscribers with a node bigger than this get a key index, so a filter with
@@ -98,7 +99,7 @@ impl<K: Clone + Eq + Hash, V> Subscribers<K, V> {
 #[derive(Debug)]
 struct Node<K, V> {
     /// Children for literal levels (the empty level "" included).
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: Children<Node<K, V>>,
     /// The child for a '+' level.
     plus: Option<Box<Node<K, V>>>,
     /// Subscriptions whose filter ends at this node ("a/b" at node a/b).
@@ -112,7 +113,7 @@ struct Node<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: HashMap::default(),
+            children: Children::default(),
             plus: None,
             exact: Subscribers::default(),
             multi: Subscribers::default(),
@@ -124,10 +125,10 @@ impl<K, V> Drop for Node<K, V> {
     /// Iterative: the derived drop recurses once per level, and a chain of
     /// 32768 levels (a 65535-byte filter of '/') overflows the stack.
     fn drop(&mut self) {
-        let mut orphans: Vec<Node<K, V>> = self.children.drain().map(|(_, n)| n).collect();
+        let mut orphans: Vec<Node<K, V>> = self.children.take_all();
         orphans.extend(self.plus.take().map(|n| *n));
         while let Some(mut node) = orphans.pop() {
-            orphans.extend(node.children.drain().map(|(_, n)| n));
+            orphans.extend(node.children.take_all());
             orphans.extend(node.plus.take().map(|n| *n));
         }
     }
@@ -165,21 +166,14 @@ impl<K: Clone + Eq + Hash, V> Node<K, V> {
     fn child_or_insert(&mut self, edge: Edge<'_>) -> &mut Node<K, V> {
         match edge {
             Edge::Plus => self.plus.get_or_insert_with(Box::default),
-            // PERF: `entry_ref` allocates the key only when the child is new.
-            Edge::Literal(level) => self.children.entry_ref(level).or_default(),
+            Edge::Literal(level) => self.children.get_or_insert(level),
         }
     }
 
     fn remove_child(&mut self, edge: Edge<'_>) {
         match edge {
             Edge::Plus => self.plus = None,
-            Edge::Literal(level) => {
-                self.children.remove(level);
-                // A hash map keeps its capacity; give it back when mostly empty.
-                if self.children.capacity() > 4 * self.children.len().max(4) {
-                    self.children.shrink_to_fit();
-                }
-            }
+            Edge::Literal(level) => self.children.remove(level),
         }
     }
 }
