@@ -86,9 +86,9 @@ impl SessionRecord {
         let principal = PrincipalId::restored(r.str()?);
         let expiry_interval = Duration::from_secs(u64::from(r.u32()?));
         let n = r.u32()? as usize;
-        // Each subscription takes at least 2 + 1 + 4 bytes: a count the
+        // Each subscription takes at least 4 + 1 + 4 bytes: a count the
         // payload cannot hold is refused before anything is allocated.
-        if n > r.0.len() / 7 {
+        if n > r.0.len() / 9 {
             return Err(RecordError::Malformed("session record subscription count"));
         }
         let mut subscriptions = Vec::with_capacity(n);
@@ -127,11 +127,12 @@ impl SessionRecord {
 }
 
 fn put_str(p: &mut BytesMut, s: &str) {
-    // Client ids, principals and filters come from packets whose strings
-    // are at most 65,535 bytes [MQTT-1.5.4-1].
-    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-    p.put_u16(len);
-    p.put_slice(&s.as_bytes()[..usize::from(len)]);
+    // A 32-bit length: a principal joins method, subject and realm, so it
+    // can pass 65,535 bytes even though each part came from a packet, and a
+    // string cut short (perhaps inside a character) would make the record,
+    // and everything after it in its block, unreadable.
+    p.put_u32(s.len() as u32);
+    p.put_slice(s.as_bytes());
 }
 
 /// The SUBSCRIBE options byte of v5 §3.8.3.1.
@@ -189,8 +190,8 @@ impl Reader<'_> {
     }
 
     fn str(&mut self) -> Result<ByteString, RecordError> {
-        let b = self.take(2)?;
-        let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
+        let b = self.take(4)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         let s = std::str::from_utf8(self.take(len)?)
             .map_err(|_| RecordError::Malformed("session record string"))?;
         Ok(ByteString::from(s))
@@ -237,6 +238,16 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_longer_than_a_packet_string_reads_back_whole() {
+        let r = SessionRecord {
+            principal: PrincipalId::authenticated("realm", "password", &"é".repeat(40_000)),
+            ..record()
+        };
+        assert!(r.principal.as_str().len() > usize::from(u16::MAX));
+        assert_eq!(SessionRecord::from_message(&r.to_message()).ok(), Some(r));
+    }
+
+    #[test]
     fn every_cut_and_every_changed_options_byte_is_an_error_not_a_panic() {
         let m = record().to_message();
         for len in 0..m.payload.len() {
@@ -255,7 +266,7 @@ mod tests {
         assert!(SessionRecord::from_message(&longer).is_err());
         // A count of 4 billion subscriptions in a short payload.
         let mut huge = m.payload.to_vec();
-        let at = 1 + 2 + record().principal.as_str().len() + 4;
+        let at = 1 + 4 + record().principal.as_str().len() + 4;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         let huge = Message {
             payload: huge.into(),
