@@ -571,3 +571,46 @@ async fn a_session_and_its_subscriptions_survive_kill_9() {
         "a session that expired while the broker was down is gone"
     );
 }
+
+/// A persisted session whose client was connected when the broker died
+/// lost its connection without DISCONNECT: after the restart its will is
+/// published [MQTT-3.1.2-8]. A client that disconnected normally before
+/// the crash had its will discarded [MQTT-3.1.2-10], and it stays so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_clients_will_is_published_after_a_crash() {
+    use rumqttc::v5::mqttbytes::v5::LastWill;
+    use rumqttc::v5::mqttbytes::QoS;
+    let s = setup(true, 2);
+    let (broker, _) = run(&s);
+    let with_will = |topic: &'static str| {
+        move |o: &mut rumqttc::v5::MqttOptions| {
+            keeps_session(3600)(o);
+            o.set_last_will(LastWill::new(
+                topic,
+                "offline",
+                QoS::AtLeastOnce,
+                false,
+                None,
+            ));
+        }
+    };
+    let (polite, _) = Client::connect(s.port, "polite", with_will("plant/8/status")).await;
+    polite.disconnect().await;
+    let (dying, _) = Client::connect(s.port, "dying", with_will("plant/7/status")).await;
+    // A watcher whose own session is restored too, so it gets the will
+    // whenever after the restart it is published.
+    let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    watcher.subscribe("plant/+/status", q5(1)).await;
+    watcher.kill();
+    kill9(broker);
+    dying.kill();
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=3"]);
+    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    assert!(present);
+    let got = watcher.publishes(1).await;
+    assert_eq!(got[0].0, "plant/7/status");
+    assert_eq!(got[0].1, b"offline");
+    watcher.expect_no_publish(Duration::from_millis(500)).await;
+}

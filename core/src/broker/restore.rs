@@ -61,10 +61,28 @@ impl<S: Store> Shard<S> {
                 .or_else(|| now.checked_add(record.expiry_interval)),
             subscriptions: record.subscriptions.clone(),
         };
+        let will = record.will.clone();
+        let expiry = record.expiry_interval;
         let result = self.restore_session(restored, now);
         self.restored_on_disk(record);
-        if result.is_err() {
-            self.persist_session(client_id, None);
+        match (&result, will) {
+            (Err(_), _) => {
+                self.persist_session(client_id, None);
+            }
+            // Its client was connected at the crash: the connection ended
+            // without DISCONNECT [MQTT-3.1.2-8]. Published after its delay,
+            // or when the session ends if sooner, unless the client resumes
+            // first (the takeover drops it) [MQTT-3.1.3-9].
+            (Ok(()), Some((message, delay))) => {
+                if let Some(at) = now.checked_add(delay.min(expiry)) {
+                    self.wills.push(super::sessions::DelayedWill {
+                        client_id,
+                        message,
+                        at,
+                    });
+                }
+            }
+            (Ok(()), None) => {}
         }
         result
     }

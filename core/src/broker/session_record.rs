@@ -4,15 +4,16 @@
 //! format (`buffer::log`), and decoded strictly: a record that does not
 //! parse is an error, never a guess.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::PrincipalId;
-use crate::buffer::RecordError;
+use crate::buffer::{record, RecordError};
 use crate::codec::{QoS, RetainHandling, SubscriptionId, SubscriptionOptions};
-use crate::session::{Message, Subscription};
+use crate::session::{Message, SharedMessage, Subscription};
 use crate::topic::{Filter, TopicName};
 
 /// The topic every session record carries: records are messages in the
@@ -37,6 +38,12 @@ pub struct SessionRecord {
     pub offline_until: Option<Instant>,
     /// By the filter as subscribed (`$share/g/f` and `f` differ).
     pub subscriptions: Vec<(ByteString, Subscription)>,
+    /// The will and its delay while the client is connected: a crash ends
+    /// the connection without DISCONNECT, so the restored session publishes
+    /// it [MQTT-3.1.2-8] after its delay unless the client resumes first
+    /// [MQTT-3.1.3-9]. Written without it once the connection closed (the
+    /// running broker published, scheduled or discarded it then).
+    pub will: Option<(SharedMessage, Duration)>,
 }
 
 fn topic() -> TopicName {
@@ -58,8 +65,9 @@ pub fn delete_message(client_id: &ByteString) -> Message {
 
 impl SessionRecord {
     /// As a record of the buffer's format: the client id in the origin
-    /// field, the rest in the payload.
-    pub fn to_message(&self) -> Message {
+    /// field, the rest in the payload (the will as a nested record, its
+    /// expiry counted from `epoch` like the log's own records).
+    pub fn to_message(&self, epoch: Instant) -> Result<Message, RecordError> {
         let mut p = BytesMut::new();
         p.put_u8(FORMAT);
         put_str(&mut p, self.principal.as_str());
@@ -70,15 +78,27 @@ impl SessionRecord {
             p.put_u8(options_byte(&sub.options));
             p.put_u32(sub.id.map_or(0, SubscriptionId::get));
         }
-        Message {
+        match &self.will {
+            None => p.put_u8(0),
+            Some((will, delay)) => {
+                p.put_u8(1);
+                p.put_u32(u32::try_from(delay.as_secs()).unwrap_or(u32::MAX));
+                let mut nested = Vec::new();
+                record::encode(&mut nested, 0, will, epoch)?;
+                p.put_u32(u32::try_from(nested.len()).map_err(|_| RecordError::TooLarge)?);
+                p.put_slice(&nested);
+            }
+        }
+        Ok(Message {
             payload: p.freeze(),
             expires_at: self.offline_until,
             ..delete_message(&self.client_id)
-        }
+        })
     }
 
-    /// Reads a record written by `to_message`.
-    pub fn from_message(message: &Message) -> Result<SessionRecord, RecordError> {
+    /// Reads a record written by `to_message`; instants come back relative
+    /// to `epoch`.
+    pub fn from_message(message: &Message, epoch: Instant) -> Result<SessionRecord, RecordError> {
         let mut r = Reader(&message.payload);
         if r.u8()? != FORMAT {
             return Err(RecordError::Malformed("unknown session record format"));
@@ -113,6 +133,20 @@ impl SessionRecord {
                 },
             ));
         }
+        let will = match r.u8()? {
+            0 => None,
+            1 => {
+                let delay = Duration::from_secs(u64::from(r.u32()?));
+                let len = r.u32()? as usize;
+                let nested = r.take(len)?;
+                let (rlen, owner) = record::header(nested)?;
+                if rlen != nested.len() {
+                    return Err(RecordError::Malformed("session record will length"));
+                }
+                Some((Arc::new(record::decode(nested, owner, epoch)?), delay))
+            }
+            _ => return Err(RecordError::Malformed("session record will flag")),
+        };
         if !r.0.is_empty() {
             return Err(RecordError::Malformed("session record trailing bytes"));
         }
@@ -122,6 +156,7 @@ impl SessionRecord {
             expiry_interval,
             offline_until: message.expires_at,
             subscriptions,
+            will,
         })
     }
 }
@@ -202,7 +237,30 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
-    fn record() -> SessionRecord {
+    /// The tests' clock base, read once.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn will(epoch: Instant) -> (SharedMessage, Duration) {
+        let properties = crate::codec::Properties {
+            content_type: Some("text/plain".into()),
+            ..crate::codec::Properties::default()
+        };
+        let message = Message {
+            topic: TopicName::try_from("plant/7/status").unwrap_or_else(|_| unreachable!()),
+            payload: Bytes::from_static(b"offline"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Some(Box::new(properties)),
+            expires_at: Some(epoch + Duration::from_secs(600)),
+            origin: "sensor-7".into(),
+        };
+        (Arc::new(message), Duration::from_secs(5))
+    }
+
+    fn record(epoch: Instant) -> SessionRecord {
         let sub = |raw: &str, qos, id| {
             (
                 ByteString::from(raw),
@@ -227,35 +285,51 @@ mod tests {
                 sub("plant/+/cmd", QoS::ExactlyOnce, 7),
                 sub("$share/g/plant/#", QoS::AtLeastOnce, 0),
             ],
+            will: Some(will(epoch)),
         }
     }
 
     #[test]
     fn a_record_reads_back_as_written() {
-        let r = record();
-        let m = r.to_message();
-        assert_eq!(SessionRecord::from_message(&m).ok(), Some(r));
+        let epoch = t0();
+        let r = record(epoch);
+        let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(r));
+        let without = SessionRecord {
+            will: None,
+            ..record(epoch)
+        };
+        let m = without.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(without));
     }
 
     #[test]
     fn a_principal_longer_than_a_packet_string_reads_back_whole() {
+        let epoch = t0();
         let r = SessionRecord {
             principal: PrincipalId::authenticated("realm", "password", &"é".repeat(40_000)),
-            ..record()
+            ..record(epoch)
         };
         assert!(r.principal.as_str().len() > usize::from(u16::MAX));
-        assert_eq!(SessionRecord::from_message(&r.to_message()).ok(), Some(r));
+        let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(r));
     }
 
     #[test]
     fn every_cut_and_every_changed_options_byte_is_an_error_not_a_panic() {
-        let m = record().to_message();
+        let epoch = t0();
+        let m = record(epoch)
+            .to_message(epoch)
+            .unwrap_or_else(|_| unreachable!());
         for len in 0..m.payload.len() {
             let cut = Message {
                 payload: m.payload.slice(..len),
                 ..m.clone()
             };
-            assert!(SessionRecord::from_message(&cut).is_err(), "cut at {len}");
+            assert!(
+                SessionRecord::from_message(&cut, epoch).is_err(),
+                "cut at {len}"
+            );
         }
         let mut longer = m.payload.to_vec();
         longer.push(0);
@@ -263,16 +337,16 @@ mod tests {
             payload: longer.into(),
             ..m.clone()
         };
-        assert!(SessionRecord::from_message(&longer).is_err());
+        assert!(SessionRecord::from_message(&longer, epoch).is_err());
         // A count of 4 billion subscriptions in a short payload.
         let mut huge = m.payload.to_vec();
-        let at = 1 + 4 + record().principal.as_str().len() + 4;
+        let at = 1 + 4 + record(epoch).principal.as_str().len() + 4;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         let huge = Message {
             payload: huge.into(),
             ..m.clone()
         };
-        assert!(SessionRecord::from_message(&huge).is_err());
+        assert!(SessionRecord::from_message(&huge, epoch).is_err());
         for b in [0b11, 0b11_0000, 0b0100_0000] {
             assert!(options_from(b).is_err(), "{b:#b}");
         }

@@ -9,7 +9,7 @@
 //! durable: a client never hears of a session state a crash could lose.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
@@ -17,7 +17,7 @@ use super::pending::Pending;
 use super::PrincipalId;
 use super::{ConnId, MeshMsg, RequestId, SessionId, SessionRecord, Shard, ShardId};
 use crate::buffer::Store;
-use crate::session::SessionState;
+use crate::session::{SessionState, SharedMessage};
 
 /// Who waits for a session write, at the owner shard.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ impl<S: Store> Shard<S> {
             return;
         }
         let principal = self.conns.get(&conn).and_then(|c| c.principal.clone());
-        let record = record_of(state, principal).map(|mut r| {
+        let record = record_of(state, principal, None).map(|mut r| {
             r.offline_until = expires_at;
             Arc::new(r)
         });
@@ -66,7 +66,7 @@ impl<S: Store> Shard<S> {
             return;
         };
         let client_id = state.client_id.clone();
-        let record = record_of(state, c.principal.clone()).map(Arc::new);
+        let record = record_of(state, c.principal.clone(), c.machine.will()).map(Arc::new);
         if hold {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.hold += 1;
@@ -164,7 +164,11 @@ impl<S: Store> Shard<S> {
 }
 
 /// `state` as a record when it is persisted (session expiry > 0).
-fn record_of(state: &SessionState, principal: Option<PrincipalId>) -> Option<SessionRecord> {
+fn record_of(
+    state: &SessionState,
+    principal: Option<PrincipalId>,
+    will: Option<(SharedMessage, Duration)>,
+) -> Option<SessionRecord> {
     if state.expiry_interval.is_zero() {
         return None;
     }
@@ -180,5 +184,6 @@ fn record_of(state: &SessionState, principal: Option<PrincipalId>) -> Option<Ses
         expiry_interval: state.expiry_interval,
         offline_until: None,
         subscriptions,
+        will,
     })
 }

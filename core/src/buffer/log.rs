@@ -320,19 +320,25 @@ impl LogWriter {
     /// (fields too long for the record format, never from a valid packet).
     pub fn seal_ops(&mut self, ops: &[PersistOp]) -> Result<(Vec<u8>, usize), LogError> {
         // A clear is written as a message with the topic alone, made here.
+        let epoch = self.epoch;
+        let mut unencodable = 0;
         let records: Vec<(u64, Cow<'_, Message>)> = ops
             .iter()
-            .map(|op| match op {
-                PersistOp::Retain(m) => (OP_RETAIN, Cow::Borrowed(&**m)),
-                PersistOp::Clear(topic) => (OP_CLEAR, Cow::Owned(clear_record(topic))),
-                PersistOp::SessionPut(r) => (OP_SESSION_PUT, Cow::Owned(r.to_message())),
-                PersistOp::SessionDelete(id) => (
+            .filter_map(|op| match op {
+                PersistOp::Retain(m) => Some((OP_RETAIN, Cow::Borrowed(&**m))),
+                PersistOp::Clear(topic) => Some((OP_CLEAR, Cow::Owned(clear_record(topic)))),
+                PersistOp::SessionPut(r) => {
+                    let m = session_message(r, epoch, &mut unencodable)?;
+                    Some((OP_SESSION_PUT, Cow::Owned(m)))
+                }
+                PersistOp::SessionDelete(id) => Some((
                     OP_SESSION_DELETE,
                     Cow::Owned(session_record::delete_message(id)),
-                ),
+                )),
             })
             .collect();
-        self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))
+        let (bytes, skipped) = self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))?;
+        Ok((bytes, skipped + unencodable))
     }
 
     /// The blocks holding a snapshot: the clears and session deletes
@@ -344,14 +350,20 @@ impl LogWriter {
             .iter()
             .map(session_record::delete_message)
             .collect();
-        let sessions: Vec<Message> = snapshot.sessions.iter().map(|r| r.to_message()).collect();
+        let (epoch, mut unencodable) = (self.epoch, 0);
+        let sessions: Vec<Message> = snapshot
+            .sessions
+            .iter()
+            .filter_map(|r| session_message(r, epoch, &mut unencodable))
+            .collect();
         let records = clears
             .iter()
             .map(|m| (OP_CLEAR, m))
             .chain(deletes.iter().map(|m| (OP_SESSION_DELETE, m)))
             .chain(snapshot.messages.iter().map(|m| (OP_RETAIN, &**m)))
             .chain(sessions.iter().map(|m| (OP_SESSION_PUT, m)));
-        self.seal_records(records)
+        let (bytes, skipped) = self.seal_records(records)?;
+        Ok((bytes, skipped + unencodable))
     }
 
     fn seal_records<'a>(
@@ -389,6 +401,14 @@ impl LogWriter {
         block.resize(BLOCK_HEADER_LEN, 0);
         Ok(())
     }
+}
+
+/// A session's record, or `None` counted in `unencodable` (a will past the
+/// record format's limits: never from a valid packet).
+fn session_message(r: &SessionRecord, epoch: Instant, unencodable: &mut usize) -> Option<Message> {
+    let m = r.to_message(epoch).ok();
+    *unencodable += usize::from(m.is_none());
+    m
 }
 
 /// A retained topic's clear: the topic and nothing else.
@@ -463,7 +483,7 @@ fn read_block(
         read.push(match owner {
             OP_RETAIN => LoggedOp::Retain(message),
             OP_CLEAR => LoggedOp::Clear(message.topic),
-            OP_SESSION_PUT => LoggedOp::SessionPut(SessionRecord::from_message(&message)?),
+            OP_SESSION_PUT => LoggedOp::SessionPut(SessionRecord::from_message(&message, epoch)?),
             OP_SESSION_DELETE => LoggedOp::SessionDelete(message.origin),
             _ => return Err(RecordError::Malformed("unknown operation")),
         });
@@ -509,6 +529,7 @@ mod tests {
             principal: crate::broker::PrincipalId::anonymous(),
             expiry_interval: std::time::Duration::from_secs(60),
             offline_until: None,
+            will: None,
             subscriptions: vec![(
                 raw.clone(),
                 crate::session::Subscription {

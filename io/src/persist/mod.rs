@@ -363,7 +363,6 @@ fn replay(
     state: &mut Replayed,
     report: &mut Recovered,
 ) -> Result<(), PersistError> {
-    let retained = &mut state.retained;
     let file_err = |source| PersistError::File {
         path: path.to_owned(),
         source,
@@ -388,39 +387,59 @@ fn replay(
                 let topic = m.topic.as_str().to_owned();
                 match rebase_expiry(m, header.epoch_unix_nanos, epoch) {
                     Some(m) => {
-                        retained.insert(topic, m);
+                        state.retained.insert(topic, m);
                     }
                     None => {
                         report.expired += 1;
-                        retained.remove(&topic);
+                        state.retained.remove(&topic);
                     }
                 }
             }
             LoggedOp::Clear(topic) => {
-                retained.remove(topic.as_str());
+                state.retained.remove(topic.as_str());
             }
-            LoggedOp::SessionPut(mut record) => match record.offline_until {
-                // Its client had left: the deadline counts the downtime.
-                Some(at) => match rebase(at, header.epoch_unix_nanos, epoch) {
-                    Some(at) => {
-                        record.offline_until = Some(at);
-                        state.sessions.insert(record.client_id.clone(), record);
-                    }
-                    None => {
-                        report.expired_sessions += 1;
-                        state.sessions.remove(&record.client_id);
-                    }
-                },
-                None => {
-                    state.sessions.insert(record.client_id.clone(), record);
-                }
-            },
+            LoggedOp::SessionPut(mut record) => {
+                // A will whose message expired during the downtime is not
+                // published [MQTT-3.3.2-5].
+                record.will = record.will.take().and_then(|(will, delay)| {
+                    let will = Arc::unwrap_or_clone(will);
+                    let will = rebase_expiry(will, header.epoch_unix_nanos, epoch)?;
+                    Some((Arc::new(will), delay))
+                });
+                replay_session(record, header.epoch_unix_nanos, epoch, state, report);
+            }
             LoggedOp::SessionDelete(client_id) => {
                 state.sessions.remove(&client_id);
             }
         }
     }
     Ok(())
+}
+
+/// One session put: kept unless its deadline passed during the downtime.
+fn replay_session(
+    mut record: SessionRecord,
+    written_at: u64,
+    epoch: Epoch,
+    state: &mut Replayed,
+    report: &mut Recovered,
+) {
+    match record.offline_until {
+        // Its client had left: the deadline counts the downtime.
+        Some(at) => match rebase(at, written_at, epoch) {
+            Some(at) => {
+                record.offline_until = Some(at);
+                state.sessions.insert(record.client_id.clone(), record);
+            }
+            None => {
+                report.expired_sessions += 1;
+                state.sessions.remove(&record.client_id);
+            }
+        },
+        None => {
+            state.sessions.insert(record.client_id.clone(), record);
+        }
+    }
 }
 
 /// A record's expiry was read relative to this run's epoch; the file's

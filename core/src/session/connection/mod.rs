@@ -191,6 +191,11 @@ impl Connection {
     }
 
     /// For the broker's buffer bookkeeping (`SessionState::spill_excess`).
+    /// The will in force and its delay, while connected (for persistence).
+    pub fn will(&self) -> Option<(SharedMessage, Duration)> {
+        self.will.clone()
+    }
+
     pub fn session_mut(&mut self) -> Option<&mut SessionState> {
         self.session.as_mut()
     }
