@@ -516,7 +516,7 @@ pub fn create_log(
     if skipped > 0 {
         warn!(
             shard,
-            skipped, "persistence: retained messages too large for the log format were not written"
+            skipped, "persistence: records too large for the log format (never from a valid packet) were not written"
         );
     }
     // Written under a temporary name and renamed once synced: a file with

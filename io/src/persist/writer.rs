@@ -190,7 +190,7 @@ impl ShardLog {
                     Ok((bytes, skipped)) => {
                         if skipped > 0 {
                             warn!(shard = self.shard, skipped,
-                                "persistence: retained messages too large for the log format were not written");
+                                "persistence: records too large for the log format (never from a valid packet) were not written");
                         }
                         (bytes, at)
                     }
