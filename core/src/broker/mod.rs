@@ -637,7 +637,7 @@ impl<S: Store> Shard<S> {
                 } => self.closed(conn, now, reason, session, will),
             }
         }
-        if session_changed {
+        if session_changed && self.session_persisted(conn) {
             // The SUBACK / UNSUBACK just queued waits for the disk.
             self.write_session(conn, true);
         }

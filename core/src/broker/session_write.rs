@@ -75,6 +75,18 @@ impl<S: Store> Shard<S> {
         self.send_session_write(client_id, session, record, hold.then_some(conn));
     }
 
+    /// The connection's session is persisted (expiry > 0): its
+    /// subscription changes are written. A session that is not has nothing
+    /// on disk, and its SUBACK must not wait for others' writes.
+    pub(super) fn session_persisted(&self, conn: ConnId) -> bool {
+        self.durable.is_some()
+            && self
+                .conns
+                .get(&conn)
+                .and_then(|c| c.machine.session())
+                .is_some_and(|s| !s.expiry_interval.is_zero())
+    }
+
     /// To the client id's owner (this shard or a peer); `held`: the
     /// connection whose writer waits for the answer.
     fn send_session_write(
