@@ -369,6 +369,17 @@ fn persisted_session_acknowledgements_follow_the_disk() {
                     };
                     let shard = sim.rng.below(3);
                     sim.connect(c, shard, true, expiry);
+                    if expiry == 0 && sim.rng.chance(50) {
+                        // Gone before its CONNACK perhaps, and straight back:
+                        // the second CONNACK waits for the first one's
+                        // delete too.
+                        for _ in 0..sim.rng.below(3) {
+                            sim.step();
+                        }
+                        sim.drop_conn(c);
+                        let shard = sim.rng.below(3);
+                        sim.connect(c, shard, true, 0);
+                    }
                 }
                 _ => {
                     if sim.clients[c].connected() {

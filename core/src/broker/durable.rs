@@ -91,6 +91,9 @@ pub(super) struct Durable {
     on_disk: HashSet<TopicName>,
     /// The last record written of every persisted session this shard owns.
     sessions: HashMap<ByteString, Arc<SessionRecord>>,
+    /// Session deletes queued and not yet durable, by client id: a CONNECT
+    /// of that id waits for its own delete, not for every pending write.
+    deleting: HashMap<ByteString, u64>,
     ops: Vec<PersistOp>,
     /// Sequence number of the last op queued.
     queued: u64,
@@ -105,6 +108,7 @@ impl Durable {
             policy,
             on_disk: HashSet::new(),
             sessions: HashMap::new(),
+            deleting: HashMap::new(),
             ops: Vec::new(),
             queued: 0,
             durable: 0,
@@ -154,11 +158,12 @@ impl Durable {
                 PersistOp::SessionPut(record)
             }
             None if self.sessions.remove(&client_id).is_some() => {
+                self.deleting.insert(client_id.clone(), self.queued + 1);
                 PersistOp::SessionDelete(client_id)
             }
-            // Nothing on disk to end, but an earlier write of the id (its
-            // delete) may still be on its way: wait for everything queued.
-            None => return (self.queued > self.durable).then_some(self.queued),
+            // Nothing on disk to end, but the id's delete may still be on
+            // its way to the disk: wait for it.
+            None => return self.deleting.get(&client_id).copied(),
         };
         self.ops.push(op);
         self.queued += 1;
@@ -269,6 +274,8 @@ impl<S: Store> Shard<S> {
             return;
         };
         d.durable = d.durable.max(upto);
+        let durable = d.durable;
+        d.deleting.retain(|_, seq| *seq > durable);
         let mut released = Vec::new();
         while d.waiters.front().is_some_and(|(seq, _)| *seq <= d.durable) {
             if let Some((_, waiter)) = d.waiters.pop_front() {
