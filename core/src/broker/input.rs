@@ -36,6 +36,7 @@ impl<S: Store> Shard<S> {
                 partial: 0,
                 session: None,
                 hold: 0,
+                durable_hold: 0,
                 admission: None,
                 principal: None,
                 client_id: ByteString::new(),

@@ -129,6 +129,11 @@ struct Conn {
     /// While non-zero the writer sends nothing: a SUBACK must not leave
     /// before every shard's index has the subscription.
     hold: u32,
+    /// While non-zero the writer sends nothing, even once the connection is
+    /// closing: a CONNACK, SUBACK or UNSUBACK waits for its session's write
+    /// to be durable, and a connection taken over meanwhile is closed
+    /// without it rather than acknowledged early.
+    durable_hold: u32,
     /// The answer to `Output::Authenticate`, kept until the claim completes.
     admission: Option<Admission>,
     /// Who the accepted client is, for its persisted session's record.
@@ -368,7 +373,7 @@ impl<S: Store> Shard<S> {
             return 0;
         };
         c.woken = false;
-        if c.hold > 0 && !c.machine.is_closed() {
+        if (c.hold > 0 && !c.machine.is_closed()) || c.durable_hold > 0 {
             return 0;
         }
         let expired_before = c.machine.session().map_or(0, |s| s.stats.dropped_expired);

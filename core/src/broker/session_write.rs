@@ -69,7 +69,7 @@ impl<S: Store> Shard<S> {
         let record = record_of(state, c.principal.clone(), c.machine.will()).map(Arc::new);
         if hold {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.hold += 1;
+                c.durable_hold += 1;
             }
         }
         self.send_session_write(client_id, session, record, hold.then_some(conn));
@@ -169,7 +169,7 @@ impl<S: Store> Shard<S> {
 
     fn release_hold(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.hold = c.hold.saturating_sub(1);
+            c.durable_hold = c.durable_hold.saturating_sub(1);
             self.wake(conn);
         }
     }
