@@ -297,6 +297,12 @@ impl<S: Store> Shard<S> {
         }
         self.attach(session, conn);
         self.remove_revoked(session, &revoked_filters);
+        if !revoked_filters.is_empty() {
+            // The CONNACK waits until every shard's index dropped the
+            // revoked subscriptions, as a SUBACK waits for new ones: once
+            // connected, the client gets nothing its permissions refuse.
+            self.subscribe_barrier(conn, Vec::new(), now);
+        }
         self.settle_or_await(&client_id, session, moved, now);
         // Packets the client pipelined behind CONNECT were handled by
         // `accept`: act on what they raised.
