@@ -152,10 +152,16 @@ async fn sighup_adds_tls_removes_plain_and_tightens_authorization_while_others_r
         .await;
     // rumqttc reports the DISCONNECT as an event or as the reason it closed.
     assert!(format!("{ev:?}").contains("ServerShuttingDown"), "{ev:?}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", old)).is_err(),
-        "old port still accepts"
-    );
+    // The socket closes asynchronously (io_uring tears down its pending
+    // accept after the log line): wait for it, bounded.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", old)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old port still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The new TLS listener serves clients that trust its certificate.
     let (mut watcher, _) = Client::connect(steady, "watcher", |_| {}).await;
