@@ -63,22 +63,8 @@ impl<S: Store> Shard<S> {
         };
         let will = record.will.clone();
         let expiry = record.expiry_interval;
-        let deadline = restored.expires_at;
-        let rewrite = record.offline_until.is_none() || record.will.is_some();
         let result = self.restore_session(restored, now);
-        if result.is_ok() && rewrite {
-            // Offline now, its will taken into memory: written so, a second
-            // crash neither publishes the will again nor restarts the expiry.
-            let offline = super::SessionRecord {
-                offline_until: deadline,
-                will: None,
-                ..record.clone()
-            };
-            self.restored_on_disk(record);
-            self.persist_session(client_id.clone(), Some(std::sync::Arc::new(offline)));
-        } else {
-            self.restored_on_disk(record);
-        }
+        self.restored_on_disk(record);
         match (&result, will) {
             (Err(_), _) => {
                 self.persist_session(client_id, None);
