@@ -614,3 +614,33 @@ async fn a_connected_clients_will_is_published_after_a_crash() {
     assert_eq!(got[0].1, b"offline");
     watcher.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+/// A graceful stop (SIGTERM) closes every connection and waits for the
+/// sessions' close records, even those written by another shard's log: a
+/// session connected at the stop counts its expiry from the stop
+/// [MQTT-3.1.2-23], so one of 1 s is gone after a 1.5 s stop, and one of an
+/// hour is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_every_sessions_close_first() {
+    let s = setup(true, 2);
+    let (mut broker, _) = run(&s);
+    // Ids spread over both shards' logs.
+    let mut brief = Vec::new();
+    for i in 0..4 {
+        let (mut c, _) = Client::connect(s.port, &format!("brief-{i}"), keeps_session(1)).await;
+        c.subscribe("plant/+/alarm", q5(1)).await;
+        brief.push(c);
+    }
+    let (mut lasting, _) = Client::connect(s.port, "lasting", keeps_session(3600)).await;
+    lasting.subscribe("plant/+/alarm", q5(1)).await;
+    assert!(broker.terminate().success());
+    drop((brief, lasting));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=1", "expired_sessions=4"]);
+    let (_, present) = Client::connect(s.port, "lasting", keeps_session(3600)).await;
+    assert!(present, "the long session is resumed");
+    let (_, present) = Client::connect(s.port, "brief-0", keeps_session(1)).await;
+    assert!(!present, "a session that expired after the stop is gone");
+}

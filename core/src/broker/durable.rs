@@ -268,6 +268,11 @@ impl<S: Store> Shard<S> {
         })
     }
 
+    /// Changes are queued that the runtime has not taken yet.
+    pub fn persist_queued(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| !d.ops.is_empty())
+    }
+
     /// Every change up to `upto` is durable: release who waited for it.
     pub fn handle_persisted(&mut self, upto: u64) {
         let Some(d) = self.durable.as_mut() else {
@@ -290,7 +295,7 @@ impl<S: Store> Shard<S> {
                     request,
                     reason,
                 } => self.post(from, MeshMsg::RetainDone { request, reason }),
-                Waiter::Session(reply) => self.session_durable(reply),
+                Waiter::Session(reply) => self.session_durable(reply, false),
             }
         }
     }

@@ -37,6 +37,7 @@ impl<S: Store> Shard<S> {
                 session: None,
                 hold: 0,
                 durable_hold: 0,
+                superseded: false,
                 admission: None,
                 principal: None,
                 client_id: ByteString::new(),

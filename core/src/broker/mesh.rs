@@ -79,9 +79,11 @@ pub enum MeshMsg {
         record: Option<std::sync::Arc<super::SessionRecord>>,
         request: Option<RequestId>,
     },
-    /// The session write is durable (or was stale, or had nothing to do).
+    /// The session write is durable (or had nothing to do); `stale`: it was
+    /// dropped, the session no longer holds its id.
     SessionWritten {
         request: RequestId,
+        stale: bool,
     },
     /// The owner stored (or refused) a retained message.
     RetainDone {

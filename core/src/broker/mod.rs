@@ -134,6 +134,9 @@ struct Conn {
     /// to be durable, and a connection taken over meanwhile is closed
     /// without it rather than acknowledged early.
     durable_hold: u32,
+    /// A held session write came back stale (the connection was taken over
+    /// meanwhile): the hold stays, and the socket closes without waiting.
+    superseded: bool,
     /// The answer to `Output::Authenticate`, kept until the claim completes.
     admission: Option<Admission>,
     /// Who the accepted client is, for its persisted session's record.
@@ -513,7 +516,7 @@ impl<S: Store> Shard<S> {
                     request.map(|request| session_write::SessionReply::Peer { from, request });
                 self.session_write_arrived(from, client_id, session, record, reply)
             }
-            MeshMsg::SessionWritten { request } => self.session_written(request),
+            MeshMsg::SessionWritten { request, stale } => self.session_written(request, stale),
             MeshMsg::TakeOver {
                 session,
                 request,

@@ -30,8 +30,10 @@ pub(super) enum SessionReply {
 
 impl<S: Store> Shard<S> {
     /// A session kept offline when its connection closed: its state is
-    /// written again (a v5 DISCONNECT may have changed its expiry, §3.14.2.2.2),
-    /// and nobody waits for it.
+    /// written again (a v5 DISCONNECT may have changed its expiry, §3.14.2.2.2).
+    /// The socket closes once the write is durable (the writer waits,
+    /// bounded, `is_held`): a client that waits for the broker's close after
+    /// its DISCONNECT knows the session's new state survives a crash.
     pub(super) fn write_closed_session(
         &mut self,
         conn: ConnId,
@@ -48,7 +50,14 @@ impl<S: Store> Shard<S> {
             Arc::new(r)
         });
         let client_id = state.client_id.clone();
-        self.send_session_write(client_id, session, record, None);
+        let held = match self.conns.get_mut(&conn) {
+            Some(c) if record.is_some() => {
+                c.durable_hold += 1;
+                Some(conn)
+            }
+            _ => None,
+        };
+        self.send_session_write(client_id, session, record, held);
     }
 
     /// Writes the connection's session state (or its end) at the client
@@ -133,7 +142,7 @@ impl<S: Store> Shard<S> {
         match (seq, reply) {
             (_, None) => {}
             (Some(seq), Some(reply)) => self.wait_durable_session(seq, reply),
-            (None, Some(reply)) => self.session_durable(reply),
+            (None, Some(reply)) => self.session_durable(reply, !holds),
         }
     }
 
@@ -150,28 +159,44 @@ impl<S: Store> Shard<S> {
     }
 
     /// The write is durable (or there was nothing to write): release the
-    /// connection's writer.
-    pub(super) fn session_durable(&mut self, reply: SessionReply) {
+    /// connection's writer. `stale`: the session no longer holds its id.
+    pub(super) fn session_durable(&mut self, reply: SessionReply, stale: bool) {
         match reply {
-            SessionReply::Local(conn) => self.release_hold(conn),
+            SessionReply::Local(conn) => self.release_hold(conn, stale),
             SessionReply::Peer { from, request } => {
-                self.post(from, MeshMsg::SessionWritten { request });
+                self.post(from, MeshMsg::SessionWritten { request, stale });
             }
         }
     }
 
     /// The owner answered a held write.
-    pub(super) fn session_written(&mut self, request: RequestId) {
+    pub(super) fn session_written(&mut self, request: RequestId, stale: bool) {
         if let Some(Pending::SessionWrite { conn }) = self.pending.remove(&request) {
-            self.release_hold(conn);
+            self.release_hold(conn, stale);
         }
     }
 
-    fn release_hold(&mut self, conn: ConnId) {
+    /// A stale answer keeps the hold for good: the connection was taken
+    /// over, the new holder writes (and acknowledges) the state, and the
+    /// SUBACK or UNSUBACK queued here must never leave ahead of that write.
+    /// The connection is closing; its socket closes without waiting.
+    fn release_hold(&mut self, conn: ConnId, stale: bool) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.durable_hold = c.durable_hold.saturating_sub(1);
+            if stale {
+                c.superseded = true;
+            } else {
+                c.durable_hold = c.durable_hold.saturating_sub(1);
+            }
             self.wake(conn);
         }
+    }
+
+    /// The connection's writer waits for a session write before it sends
+    /// more (or closes the socket).
+    pub fn is_held(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.durable_hold > 0 && !c.superseded)
     }
 }
 

@@ -33,6 +33,8 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
     let id = handle.id;
     let mut buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
     let mut batches = 0u32;
+    // Set once the connection is closed while a session write holds it.
+    let mut close_deadline: Option<Instant> = None;
     loop {
         loop {
             buf.clear();
@@ -68,6 +70,24 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
         }
         let _ = writer.flush().await;
         if handle.is_closed() {
+            // A persisted session's end (or its CONNACK) waits for the disk:
+            // the socket closes after it, so a client that waits for the
+            // close knows its session's state is durable (bounded: a failing
+            // disk does not hold sockets open).
+            let deadline =
+                *close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_FLUSH_TIMEOUT);
+            if driver.peek(|s| s.is_held(id)) && Instant::now() < deadline {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let woken = async { handle.wake_rx.recv().await.is_some() }
+                    .or(async {
+                        glommio::timer::sleep(wait).await;
+                        true
+                    })
+                    .await;
+                if woken {
+                    continue;
+                }
+            }
             let _ = writer.close().await;
             return;
         }

@@ -62,6 +62,9 @@ pub struct PersistRun {
     pub starts: std::sync::Mutex<Vec<Option<ShardStart>>>,
     /// Shards past their start-up barrier (`shard::startup_barrier`).
     pub synced: std::sync::atomic::AtomicUsize,
+    /// Shards whose connections are closed at a graceful stop
+    /// (`shard::drain_persist`).
+    pub drained: std::sync::atomic::AtomicUsize,
     _lock: File,
 }
 
@@ -84,6 +87,7 @@ impl PersistRun {
             budget: spec.policy.size_max_bytes.get() / shards.max(1) as u64,
             starts: std::sync::Mutex::new(starts.into_iter().map(Some).collect()),
             synced: std::sync::atomic::AtomicUsize::new(0),
+            drained: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         })
     }

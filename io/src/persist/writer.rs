@@ -138,6 +138,11 @@ impl ShardLog {
         .detach();
     }
 
+    /// The writer task runs (a batch is being written or synced).
+    pub fn is_busy(&self) -> bool {
+        self.busy.get()
+    }
+
     /// Rewrites the log at the next tick (the file holds more than the shard).
     pub fn rewrite_soon(&self) {
         self.broken.set(true);

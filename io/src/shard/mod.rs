@@ -165,6 +165,9 @@ pub async fn run(
     while Instant::now() < deadline && !driver.connections().is_empty() {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    if let (Some(run), Some(log)) = (&setup.persist, &log) {
+        drain_persist(id, &driver, run, log, shards).await;
+    }
     log_stats(&driver);
     crate::oplog::flush(id, true);
     close_buffer(&driver, BUFFER_CLOSE_WAIT).await;
@@ -379,6 +382,36 @@ async fn startup_barrier(id: usize, driver: &Rc<Driver>, run: &PersistRun, shard
     }
     if started.elapsed() >= MAX_WAIT {
         warn!(shard = id, "persistence: the start-up barrier timed out; restored sessions may miss messages published in the first moments");
+    }
+}
+
+/// Graceful stop with `persistence`: the sessions just closed write their
+/// state at their client id's owner, which may be another shard. Every
+/// shard keeps serving the mesh and its log until all shards closed their
+/// connections and its own log has nothing left to write (bounded), so a
+/// SIGTERM loses no session write.
+async fn drain_persist(
+    id: usize,
+    driver: &Rc<Driver>,
+    run: &PersistRun,
+    log: &Rc<ShardLog>,
+    shards: usize,
+) {
+    const STEP: Duration = Duration::from_millis(1);
+    let started = Instant::now();
+    run.drained.fetch_add(1, Ordering::AcqRel);
+    loop {
+        let idle = run.drained.load(Ordering::Acquire) >= shards
+            && !log.is_busy()
+            && !driver.peek(|s| s.persist_queued());
+        if idle {
+            return;
+        }
+        if started.elapsed() >= SHUTDOWN_GRACE {
+            warn!(shard = id, "persistence: writes still pending at exit; session changes of the last moments may be lost");
+            return;
+        }
+        glommio::timer::sleep(STEP).await;
     }
 }
 
