@@ -644,3 +644,71 @@ async fn a_graceful_stop_writes_every_sessions_close_first() {
     let (_, present) = Client::connect(s.port, "brief-0", keeps_session(1)).await;
     assert!(!present, "a session that expired after the stop is gone");
 }
+
+/// A will waiting for its delay when the broker dies is in its session's
+/// close record: it is published after the restart [MQTT-3.1.2-8], once.
+/// Once published, the record drops it, so a second crash does not publish
+/// it again. One shard: one log orders every write, so a later CONNACK
+/// (durable) proves the earlier writes durable without timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_survives_a_crash_and_is_published_once() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    let s = setup(true, 1);
+    let (broker, _) = run(&s);
+    let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    watcher.subscribe("plant/+/status", q5(1)).await;
+    watcher.kill();
+    let (leaving, _) = Client::connect(s.port, "leaving", |o| {
+        keeps_session(3600)(o);
+        let props = LastWillProperties {
+            delay_interval: Some(3),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        o.set_last_will(LastWill::new(
+            "plant/7/status",
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+            Some(props),
+        ));
+    })
+    .await;
+    leaving.kill();
+    // The close queued its record (with the will) when the will started
+    // waiting; a CONNACK written after it is durable, so it is too.
+    metric_reaches(&s, "shardmq_delayed_wills", 1);
+    Client::connect(s.port, "marker", keeps_session(3600))
+        .await
+        .0
+        .kill();
+    kill9(broker);
+
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=3"]);
+    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    assert!(present);
+    let got = watcher.publishes(1).await;
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_ref()),
+        ("plant/7/status", &b"offline"[..])
+    );
+    watcher.kill();
+    // The record dropped the will when it was published, before this.
+    Client::connect(s.port, "marker", keeps_session(3600))
+        .await
+        .0
+        .kill();
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=3"]);
+    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    assert!(present);
+    watcher.expect_no_publish(Duration::from_millis(700)).await;
+}

@@ -357,6 +357,11 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// The last record written of a session whose client id this shard owns.
+    pub(super) fn persisted_session(&self, client_id: &str) -> Option<Arc<SessionRecord>> {
+        self.durable.as_ref()?.sessions.get(client_id).cloned()
+    }
+
     /// Acknowledgements still waiting for the disk (for the shard's report).
     pub fn durable_waiting(&self) -> usize {
         self.durable.as_ref().map_or(0, |d| d.waiters.len())

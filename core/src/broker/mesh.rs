@@ -79,6 +79,12 @@ pub enum MeshMsg {
         record: Option<std::sync::Arc<super::SessionRecord>>,
         request: Option<RequestId>,
     },
+    /// To the client id's registry owner: the delayed will of `session`
+    /// was published; its record drops it.
+    WillPublished {
+        client_id: ByteString,
+        session: SessionId,
+    },
     /// The session write is durable (or had nothing to do); `stale`: it was
     /// dropped, the session no longer holds its id.
     SessionWritten {

@@ -516,6 +516,9 @@ impl<S: Store> Shard<S> {
                     request.map(|request| session_write::SessionReply::Peer { from, request });
                 self.session_write_arrived(from, client_id, session, record, reply)
             }
+            MeshMsg::WillPublished { client_id, session } => {
+                self.will_published_at_owner(&client_id, (from, session))
+            }
             MeshMsg::SessionWritten { request, stale } => self.session_written(request, stale),
             MeshMsg::TakeOver {
                 session,

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 
 use super::registry::{Claim, Decision};
 use super::sessions::Slot;
-use super::{PrincipalId, RequestId, Shard};
+use super::{PrincipalId, RequestId, SessionId, Shard};
 use crate::buffer::Store;
 use crate::session::{SessionState, Subscription};
 
@@ -44,47 +44,66 @@ impl<S: Store> Shard<S> {
     /// A session read from this shard's log at start. It expires at its
     /// recorded deadline if its client had left (rebased on the wall clock
     /// by recovery); one whose client was connected at the crash counts its
-    /// interval from `now`. One that cannot be restored has its end
-    /// written, so the disk agrees with the broker.
+    /// interval from `now`, and is written back so (offline, with its
+    /// deadline), so a later crash does not restart its expiry. One that
+    /// cannot be restored has its end written, so the disk agrees with the
+    /// broker.
     pub fn restore_persisted(
         &mut self,
         record: super::SessionRecord,
         now: Instant,
     ) -> Result<(), RestoreError> {
         let client_id = record.client_id.clone();
+        let connected_at_crash = record.offline_until.is_none();
+        let expires_at = record
+            .offline_until
+            .or_else(|| now.checked_add(record.expiry_interval));
         let restored = RestoredSession {
             client_id: record.client_id.clone(),
             principal: record.principal.clone(),
             expiry_interval: record.expiry_interval,
-            expires_at: record
-                .offline_until
-                .or_else(|| now.checked_add(record.expiry_interval)),
+            expires_at,
             subscriptions: record.subscriptions.clone(),
         };
-        let will = record.will.clone();
-        let expiry = record.expiry_interval;
+        let will_at = record
+            .will
+            .as_ref()
+            .and_then(|(_, delay)| will_deadline(record.expiry_interval, expires_at, *delay, now));
         let result = self.restore_session(restored, now);
-        self.restored_on_disk(record);
-        match (&result, will) {
-            (Err(_), _) => {
-                self.persist_session(client_id, None);
-            }
-            // Its client was connected at the crash: the connection ended
-            // without DISCONNECT [MQTT-3.1.2-8]. Published after its delay,
-            // or when the session ends if sooner, unless the client resumes
-            // first (the takeover drops it) [MQTT-3.1.3-9].
-            (Ok(()), Some((message, delay))) => {
-                if let Some(at) = now.checked_add(delay.min(expiry)) {
-                    self.wills.push(super::sessions::DelayedWill {
-                        client_id,
-                        message,
-                        at,
-                    });
-                }
-            }
-            (Ok(()), None) => {}
+        let will = record.will.clone();
+        if result.is_ok() && connected_at_crash {
+            let offline = super::SessionRecord {
+                offline_until: expires_at,
+                ..record.clone()
+            };
+            self.restored_on_disk(record);
+            self.persist_session(client_id.clone(), Some(std::sync::Arc::new(offline)));
+        } else {
+            self.restored_on_disk(record);
         }
-        result
+        match (result, will, will_at) {
+            (Err(e), _, _) => {
+                self.persist_session(client_id, None);
+                Err(e)
+            }
+            // A will still pending at the crash: its client's connection
+            // ended without DISCONNECT [MQTT-3.1.2-8], or it closed and the
+            // delay had not run out. Published after the rest of its delay
+            // (at once if it ran out while the broker was down), or when the
+            // session ends if sooner, unless the client resumes first (the
+            // takeover drops it) [MQTT-3.1.3-9]. The record keeps it until
+            // it is published.
+            (Ok(session), Some((message, _)), Some(at)) => {
+                self.wills.push(super::sessions::DelayedWill {
+                    client_id,
+                    session,
+                    message,
+                    at,
+                });
+                Ok(())
+            }
+            (Ok(_), _, _) => Ok(()),
+        }
     }
 
     /// Puts `restored` offline on this shard, which must own its client id
@@ -93,7 +112,7 @@ impl<S: Store> Shard<S> {
         &mut self,
         restored: RestoredSession,
         now: Instant,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<SessionId, RestoreError> {
         let RestoredSession {
             client_id,
             principal,
@@ -136,6 +155,61 @@ impl<S: Store> Shard<S> {
                 expires_at,
             },
         );
-        Ok(())
+        Ok(session)
+    }
+}
+
+/// When a restored will is due. The client left at `expires_at - expiry`
+/// (for one connected at the crash, `expires_at` counts from `now`); the
+/// will is due `delay` later, or when the session ends if sooner, and at
+/// once if that moment passed while the broker was down.
+fn will_deadline(
+    expiry: Duration,
+    expires_at: Option<Instant>,
+    delay: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    let due = match expires_at {
+        Some(end) => end
+            .checked_sub(expiry)
+            .and_then(|left| left.checked_add(delay.min(expiry)))
+            .unwrap_or(end),
+        // Never expires: the delay counts from the restart.
+        None => now.checked_add(delay)?,
+    };
+    Some(due.max(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant
+    fn a_restored_will_is_due_its_delay_after_the_client_left_or_at_once() {
+        let now = Instant::now() + Duration::from_secs(10_000);
+        let s = Duration::from_secs;
+        // Connected at the crash: expiry counts from now, so does the delay.
+        assert_eq!(
+            will_deadline(s(60), Some(now + s(60)), s(5), now),
+            Some(now + s(5))
+        );
+        // Left 3 s ago (60 s session): 2 s of its 5 s delay remain.
+        assert_eq!(
+            will_deadline(s(60), Some(now + s(57)), s(5), now),
+            Some(now + s(2))
+        );
+        // The delay ran out while the broker was down: at once.
+        assert_eq!(
+            will_deadline(s(60), Some(now + s(10)), s(5), now),
+            Some(now)
+        );
+        // The session ends before the delay: the will goes with it [MQTT-3.1.3-9].
+        assert_eq!(
+            will_deadline(s(4), Some(now + s(4)), s(60), now),
+            Some(now + s(4))
+        );
+        // A session that never expires counts the delay from the restart.
+        assert_eq!(will_deadline(s(60), None, s(5), now), Some(now + s(5)));
     }
 }

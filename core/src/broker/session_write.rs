@@ -40,12 +40,13 @@ impl<S: Store> Shard<S> {
         session: SessionId,
         state: &SessionState,
         expires_at: Option<Instant>,
+        will: Option<(SharedMessage, Duration)>,
     ) {
         if self.durable.is_none() {
             return;
         }
         let principal = self.conns.get(&conn).and_then(|c| c.principal.clone());
-        let record = record_of(state, principal, None).map(|mut r| {
+        let record = record_of(state, principal, will).map(|mut r| {
             r.offline_until = expires_at;
             Arc::new(r)
         });
@@ -143,6 +144,42 @@ impl<S: Store> Shard<S> {
             (_, None) => {}
             (Some(seq), Some(reply)) => self.wait_durable_session(seq, reply),
             (None, Some(reply)) => self.session_durable(reply, !holds),
+        }
+    }
+
+    /// A delayed will was published: its session's record (still offline
+    /// on this shard) must not bring it back after a crash.
+    pub(super) fn will_published(&mut self, client_id: ByteString, session: SessionId) {
+        if self.durable.is_none() {
+            return;
+        }
+        let owner = self.owner_of(&client_id);
+        if owner == self.id {
+            self.will_published_at_owner(&client_id, (self.id, session));
+        } else {
+            self.post(owner, MeshMsg::WillPublished { client_id, session });
+        }
+    }
+
+    /// At the owner: the record of the session at `at` drops its will, if
+    /// the session still holds its id (a resumed session wrote its own).
+    pub(super) fn will_published_at_owner(
+        &mut self,
+        client_id: &ByteString,
+        at: (ShardId, SessionId),
+    ) {
+        if self.registry.holder(client_id) != Some(at) {
+            return;
+        }
+        let Some(record) = self.persisted_session(client_id) else {
+            return;
+        };
+        if record.will.is_some() {
+            let without = SessionRecord {
+                will: None,
+                ..(*record).clone()
+            };
+            self.persist_session(client_id.clone(), Some(Arc::new(without)));
         }
     }
 

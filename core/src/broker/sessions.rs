@@ -26,6 +26,9 @@ pub(super) enum Slot {
 #[derive(Debug)]
 pub(super) struct DelayedWill {
     pub client_id: ByteString,
+    /// The offline session on this shard it belongs to: once published,
+    /// its persisted record drops it.
+    pub session: SessionId,
     pub message: SharedMessage,
     pub at: Instant,
 }
@@ -288,6 +291,11 @@ impl<S: Store> Shard<S> {
             reason,
         });
         let expiry = state.as_ref().map(|s| s.expiry_interval);
+        // Published after its delay, or when the session ends if sooner.
+        let will_delay = will.as_ref().map(|w| match expiry {
+            Some(e) => w.delay.min(e),
+            None => Duration::ZERO,
+        });
         match state {
             Some(mut state) => {
                 // Records of exchanges acknowledged since the writer's last
@@ -295,7 +303,13 @@ impl<S: Store> Shard<S> {
                 let owner = self.buffer_keys.owner_of(session);
                 state.release_retired(&mut self.buffer.lease(owner));
                 let expires_at = now.checked_add(state.expiry_interval);
-                self.write_closed_session(conn, session, &state, expires_at);
+                // A will still waiting is in the close record: a crash during
+                // its delay does not lose it.
+                let pending_will = will
+                    .as_ref()
+                    .filter(|_| will_delay.is_some_and(|d| !d.is_zero()))
+                    .map(|w| (w.message.clone(), w.delay));
+                self.write_closed_session(conn, session, &state, expires_at, pending_will);
                 self.sessions.insert(
                     session,
                     Slot::Offline {
@@ -310,17 +324,13 @@ impl<S: Store> Shard<S> {
                 self.release_id(&client_id, session);
             }
         }
-        if let Some(will) = will {
-            // Published after its delay, or when the session ends if sooner.
-            let delay = match expiry {
-                Some(e) => will.delay.min(e),
-                None => Duration::ZERO,
-            };
+        if let (Some(will), Some(delay)) = (will, will_delay) {
             if delay.is_zero() {
                 self.publish_message(now, will.message, None);
             } else if let Some(at) = now.checked_add(delay) {
                 self.wills.push(DelayedWill {
                     client_id,
+                    session,
                     message: will.message,
                     at,
                 });
@@ -378,6 +388,7 @@ impl<S: Store> Shard<S> {
         self.wills = keep;
         for will in due {
             self.publish_message(now, will.message, None);
+            self.will_published(will.client_id, will.session);
         }
     }
 

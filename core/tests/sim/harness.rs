@@ -327,7 +327,7 @@ impl Sim {
         let now = self.now;
         let result = self.shards[shard].restore_session(restored, now);
         self.drain(shard);
-        result
+        result.map(|_| ())
     }
 
     pub fn subscribe(&mut self, c: usize, filter: &str, qos: QoS) {
