@@ -652,33 +652,12 @@ async fn a_graceful_stop_writes_every_sessions_close_first() {
 /// (durable) proves the earlier writes durable without timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_will_survives_a_crash_and_is_published_once() {
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
-    use rumqttc::v5::mqttbytes::QoS;
     let s = setup(true, 1);
     let (broker, _) = run(&s);
     let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     watcher.subscribe("plant/+/status", q5(1)).await;
     watcher.kill();
-    let (leaving, _) = Client::connect(s.port, "leaving", |o| {
-        keeps_session(3600)(o);
-        let props = LastWillProperties {
-            delay_interval: Some(3),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        };
-        o.set_last_will(LastWill::new(
-            "plant/7/status",
-            "offline",
-            QoS::AtLeastOnce,
-            false,
-            Some(props),
-        ));
-    })
-    .await;
+    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(3600, 3)).await;
     leaving.kill();
     // The close queued its record (with the will) when the will started
     // waiting; a CONNACK written after it is durable, so it is too.
@@ -711,4 +690,64 @@ async fn a_delayed_will_survives_a_crash_and_is_published_once() {
     let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     assert!(present);
     watcher.expect_no_publish(Duration::from_millis(700)).await;
+}
+
+/// A client keeping its session `expiry` s, whose will ("offline" on
+/// plant/7/status) waits `delay` s.
+fn with_delayed_will(expiry: u32, delay: u32) -> impl FnOnce(&mut rumqttc::v5::MqttOptions) {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    move |o| {
+        keeps_session(expiry)(o);
+        let props = LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        o.set_last_will(LastWill::new(
+            "plant/7/status",
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+            Some(props),
+        ));
+    }
+}
+
+/// A session that expired while the broker was down had its will due by
+/// then (at the session's end at the latest, [MQTT-3.1.3-9]): it is
+/// published after the restart, late rather than never [MQTT-3.1.2-8].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_session_that_expired_while_down_is_published() {
+    let s = setup(true, 1);
+    let (broker, _) = run(&s);
+    let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    watcher.subscribe("plant/+/status", q5(1)).await;
+    watcher.kill();
+    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(4, 3600)).await;
+    leaving.kill();
+    metric_reaches(&s, "shardmq_delayed_wills", 1);
+    Client::connect(s.port, "marker", keeps_session(3600))
+        .await
+        .0
+        .kill();
+    kill9(broker);
+    // Down longer than the 4 s session.
+    std::thread::sleep(Duration::from_millis(4500));
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "expired_sessions=1"]);
+    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    assert!(present);
+    let got = watcher.publishes(1).await;
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_ref()),
+        ("plant/7/status", &b"offline"[..])
+    );
+    let (_, present) = Client::connect(s.port, "leaving", keeps_session(4)).await;
+    assert!(!present, "the session itself is gone");
 }

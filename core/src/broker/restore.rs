@@ -106,6 +106,19 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// The will of a persisted session that expired while the broker was
+    /// down: it was due by then, so it is published at the first tick
+    /// (late rather than never, [MQTT-3.1.2-8]). It belongs to no session.
+    pub fn restore_due_will(&mut self, message: crate::session::SharedMessage, now: Instant) {
+        let session = self.new_session_id();
+        self.wills.push(super::sessions::DelayedWill {
+            client_id: message.origin.clone(),
+            session,
+            message,
+            at: now,
+        });
+    }
+
     /// Puts `restored` offline on this shard, which must own its client id
     /// (`owner_index`). Call before any client connects.
     pub fn restore_session(

@@ -290,6 +290,9 @@ pub enum LoggedOp {
     Clear(TopicName),
     SessionPut(SessionRecord),
     SessionDelete(ByteString),
+    /// A session put in an intact block whose payload does not decode (a
+    /// newer format, or a bug): that session is dropped, the file goes on.
+    SessionUnreadable(ByteString, RecordError),
 }
 
 impl LogWriter {
@@ -483,7 +486,13 @@ fn read_block(
         read.push(match owner {
             OP_RETAIN => LoggedOp::Retain(message),
             OP_CLEAR => LoggedOp::Clear(message.topic),
-            OP_SESSION_PUT => LoggedOp::SessionPut(SessionRecord::from_message(&message, epoch)?),
+            // The block is authenticated (or checksummed): the bytes are
+            // what was written, so one record's payload that does not
+            // decode costs that session only, not the rest of the file.
+            OP_SESSION_PUT => match SessionRecord::from_message(&message, epoch) {
+                Ok(record) => LoggedOp::SessionPut(record),
+                Err(e) => LoggedOp::SessionUnreadable(message.origin, e),
+            },
             OP_SESSION_DELETE => LoggedOp::SessionDelete(message.origin),
             _ => return Err(RecordError::Malformed("unknown operation")),
         });
@@ -571,6 +580,40 @@ mod tests {
         (header, bytes, first_block_end)
     }
 
+    #[test]
+    fn an_undecodable_session_costs_that_session_not_the_rest_of_the_file() {
+        let epoch = t0();
+        let k = kek(1);
+        let (header, sealer) =
+            create(Some(&k), 0, 1, 0, 1_700_000_000_000_000_000).unwrap_or_else(|_| unreachable!());
+        let mut w = LogWriter::new(&header, sealer, epoch);
+        let mut bytes = header.encode().to_vec();
+        // A session put whose payload is from an unknown format version,
+        // in an intact block between two good records.
+        let mut bad = session_record::delete_message(&"from-the-future".into());
+        bad.payload = bytes::Bytes::from_static(&[0xEE, 1, 2, 3]);
+        let good = session("c1")
+            .to_message(epoch)
+            .unwrap_or_else(|_| unreachable!());
+        let kept = message("kept", b"1");
+        let records = [
+            (OP_SESSION_PUT, &bad),
+            (OP_SESSION_PUT, &good),
+            (OP_RETAIN, &*kept),
+        ];
+        let (b, _) = w
+            .seal_records(records.into_iter())
+            .unwrap_or_else(|_| unreachable!());
+        bytes.extend_from_slice(&b);
+        let log = read_all(&bytes, true, &[k]).unwrap_or_else(|_| unreachable!());
+        assert!(log.cut.is_none(), "{:?}", log.cut);
+        assert!(
+            matches!(&log.ops[0], LoggedOp::SessionUnreadable(id, _) if id == "from-the-future")
+        );
+        assert!(matches!(&log.ops[1], LoggedOp::SessionPut(r) if r.client_id == "c1"));
+        assert!(matches!(&log.ops[2], LoggedOp::Retain(m) if m.topic.as_str() == "kept"));
+    }
+
     fn read_all(bytes: &[u8], encrypt: bool, keys: &[Kek]) -> Result<ReadLog, LogError> {
         let header = LogHeader::decode(bytes)?;
         let sealer = header.open(encrypt, keys)?;
@@ -595,6 +638,7 @@ mod tests {
                 LoggedOp::Clear(t) => format!("clear {}", t.as_str()),
                 LoggedOp::SessionPut(r) => format!("session {}", r.client_id),
                 LoggedOp::SessionDelete(id) => format!("end {id}"),
+                LoggedOp::SessionUnreadable(id, _) => format!("unreadable {id}"),
             })
             .collect();
         assert_eq!(

@@ -49,6 +49,15 @@ pub enum PersistError {
     File { path: PathBuf, source: LogError },
     #[error("persistence: {0}")]
     Log(#[from] LogError),
+    #[error(
+        "persistence: cannot delete {path} after recovery ({source}); its records would come \
+         back after later changes, so the broker does not start. Make the directory writable \
+         and start again: the next start reads it and the new files together"
+    )]
+    Leftover {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the shards of a persisting server share: the spec, the run's
@@ -183,6 +192,8 @@ pub struct ShardStart {
     pub retained: Vec<SharedMessage>,
     /// The persisted sessions whose client ids the shard owns.
     pub sessions: Vec<SessionRecord>,
+    /// Wills of its sessions that expired while the broker was down.
+    pub due_wills: Vec<SharedMessage>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -195,6 +206,9 @@ pub struct Recovered {
     pub expired: usize,
     /// Sessions whose expiry passed while the broker was down.
     pub expired_sessions: usize,
+    /// Session records in intact blocks that did not decode (a newer
+    /// format): those sessions are dropped, counted and logged.
+    pub unreadable_sessions: usize,
     /// Files whose reading stopped early (torn tail or changed bytes).
     pub cut: usize,
     pub elapsed: Duration,
@@ -232,8 +246,8 @@ pub fn recover(
     for f in &files {
         replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
     }
-    let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
-        (0..shards.max(1)).map(|_| Default::default()).collect();
+    type Share = (Vec<SharedMessage>, Vec<SessionRecord>, Vec<SharedMessage>);
+    let mut per_shard: Vec<Share> = (0..shards.max(1)).map(|_| Default::default()).collect();
     report.retained = state.retained.len();
     report.sessions = state.sessions.len();
     for (topic, m) in state.retained {
@@ -244,10 +258,13 @@ pub fn recover(
     for (client_id, record) in state.sessions {
         per_shard[owner_index(&client_id, shards)].1.push(record);
     }
+    for (client_id, will) in state.due_wills {
+        per_shard[owner_index(&client_id, shards)].2.push(will);
+    }
     let current = keys.first();
     let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
     let mut starts = Vec::with_capacity(per_shard.len());
-    for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
+    for (shard, (messages, sessions, due_wills)) in per_shard.into_iter().enumerate() {
         let snapshot = Snapshot {
             messages,
             sessions: sessions.into_iter().map(Arc::new).collect(),
@@ -274,20 +291,31 @@ pub fn recover(
             log: LogFile { key_version, ..log },
             retained: snapshot.messages,
             sessions,
+            due_wills,
         });
     }
     // Oldest first, stopping at the first that fails: what stays is always
-    // the newest old files, which replay to exactly the new snapshots.
+    // the newest old files, which replay to exactly the new snapshots. But
+    // the new files do not repeat the old ones' clears and session deletes:
+    // once they are rewritten, a leftover old file would bring back what
+    // ended meanwhile. So the start stops; the next one reads all of them.
     for f in &files {
-        if let Err(e) = fs::remove_file(&f.path) {
-            warn!(file = %f.path.display(), error = %e, "persistence: cannot delete an old file; it and newer ones stay (harmless) until the next start");
-            break;
+        match fs::remove_file(&f.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(PersistError::Leftover {
+                    path: f.path.clone(),
+                    source,
+                })
+            }
         }
     }
     sync_dir(dir)?;
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
-        sessions = report.sessions, expired_sessions = report.expired_sessions, expired = report.expired, cut = report.cut, generation = next_generation,
+        sessions = report.sessions, expired_sessions = report.expired_sessions,
+        unreadable_sessions = report.unreadable_sessions, expired = report.expired, cut = report.cut, generation = next_generation,
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
@@ -355,6 +383,8 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
 struct Replayed {
     retained: HashMap<String, Message>,
     sessions: HashMap<ByteString, SessionRecord>,
+    /// Wills of sessions that expired while the broker was down.
+    due_wills: HashMap<ByteString, SharedMessage>,
 }
 
 /// Applies one file's operations (the last write wins per topic and per
@@ -414,6 +444,15 @@ fn replay(
             }
             LoggedOp::SessionDelete(client_id) => {
                 state.sessions.remove(&client_id);
+                state.due_wills.remove(&client_id);
+            }
+            LoggedOp::SessionUnreadable(client_id, why) => {
+                // Not its older state either: that was replaced.
+                report.unreadable_sessions += 1;
+                warn!(file = %path.display(), reason = %why,
+                    "persistence: a session record does not decode (written by a newer version?); that session is dropped");
+                state.sessions.remove(&client_id);
+                state.due_wills.remove(&client_id);
             }
         }
     }
@@ -428,6 +467,8 @@ fn replay_session(
     state: &mut Replayed,
     report: &mut Recovered,
 ) {
+    // A later record replaces what an earlier one said was due.
+    state.due_wills.remove(&record.client_id);
     match record.offline_until {
         // Its client had left: the deadline counts the downtime.
         Some(at) => match rebase(at, written_at, epoch) {
@@ -438,6 +479,12 @@ fn replay_session(
             None => {
                 report.expired_sessions += 1;
                 state.sessions.remove(&record.client_id);
+                // Its will was due by the session's end at the latest,
+                // which came while the broker was down: published late
+                // rather than never [MQTT-3.1.2-8].
+                if let Some((will, _)) = record.will {
+                    state.due_wills.insert(record.client_id, will);
+                }
             }
         },
         None => {

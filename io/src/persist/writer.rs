@@ -16,7 +16,7 @@ use std::time::Duration;
 use shardmq_core::buffer::log::LogWriter;
 use tracing::{error, info, warn};
 
-use super::{create_log, remove, Epoch, KeyRing, LogFile, PersistError};
+use super::{create_log, Epoch, KeyRing, LogFile, PersistError};
 use crate::driver::Driver;
 
 /// A log smaller than this is never rewritten for its size.
@@ -65,6 +65,11 @@ pub struct ShardLog {
     stats: Cell<LogStats>,
     /// The compaction number of the next rewrite.
     next_compaction: Cell<u32>,
+    /// Replaced files not deleted yet (a delete failed), oldest first.
+    /// Deleted strictly in order: a file is never deleted while an older
+    /// one stays, since the newer one holds the clears and session deletes
+    /// that keep the older one's records from coming back at recovery.
+    replaced: RefCell<Vec<PathBuf>>,
 }
 
 impl std::fmt::Debug for ShardLog {
@@ -109,6 +114,7 @@ impl ShardLog {
                 ..LogStats::default()
             }),
             next_compaction: Cell::new(next_compaction),
+            replaced: RefCell::new(Vec::new()),
         }
     }
 
@@ -259,21 +265,28 @@ impl ShardLog {
         let (dir, shard, generation, epoch) =
             (self.dir.clone(), self.shard, self.generation, self.epoch);
         let rotated = self.key_changed();
-        let log = glommio::executor()
+        let mut replaced = self.replaced.take();
+        let (log, kept) = glommio::executor()
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
-                let log = create_log(&dir, kek, shard, generation, compaction, epoch, &snapshot)?;
+                let log = match create_log(&dir, kek, shard, generation, compaction, epoch, &snapshot) {
+                    Ok(log) => log,
+                    // Not replaced: the old file stays the log.
+                    Err(e) => return (Err(e), replaced),
+                };
                 // The new file is durable: from here on it is the log, even
                 // if the old one cannot be deleted. Recovery replays the old
                 // one first, harmlessly: the new one opens with explicit
                 // clears of everything cleared since the old one's last write.
-                remove(&old);
+                replaced.push(old);
+                let kept = remove_in_order(replaced);
                 if let Err(e) = super::sync_dir(&dir) {
                     warn!(shard, error = %e, "persistence: the old log's removal may not be durable");
                 }
-                Ok::<_, PersistError>((log, snapshot.messages.len()))
+                (Ok((log, snapshot.messages.len())), kept)
             })
             .await;
+        *self.replaced.borrow_mut() = kept;
         let (log, retained) = log?;
         if let (Some(ring), Some(fp)) = (&self.keys, sealed_under) {
             ring.sealed(shard, fp);
@@ -299,4 +312,22 @@ impl ShardLog {
         }
         Ok(())
     }
+}
+
+/// Deletes `files` oldest first, stopping at the first that cannot be
+/// deleted; returns those left (retried at the next rewrite).
+fn remove_in_order(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut files = files.into_iter();
+    while let Some(path) = files.next() {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(file = %path.display(), error = %e,
+                    "persistence: cannot delete a replaced log; it and newer ones stay until a later rewrite or start deletes them");
+                return std::iter::once(path).chain(files).collect();
+            }
+        }
+    }
+    Vec::new()
 }

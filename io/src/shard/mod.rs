@@ -436,6 +436,14 @@ fn start_log(
                 "persistence: a persisted session was not restored; its end is written");
         }
     }
+    let due_wills = start.due_wills.len();
+    for will in start.due_wills {
+        shard.restore_due_will(will, now);
+    }
+    if due_wills > 0 {
+        info!(shard = id, due_wills,
+            "persistence: wills of sessions that expired while the broker was down are published now");
+    }
     if sessions > 0 {
         info!(
             shard = id,
