@@ -253,6 +253,7 @@ impl<S: Store> Shard<S> {
             // taken over rather than lose it.
             self.park(session, &client_id, state, now);
             self.settle_or_await(&client_id, session, moved, now);
+            self.write_parked_session(session);
             return;
         }
         let Some(c) = self.conns.get_mut(&conn) else {

@@ -135,6 +135,15 @@ impl<L: Copy + Eq, T> Registry<L, T> {
         self.slots.get(client_id)?.holder.as_ref().map(|h| h.at)
     }
 
+    /// Who the session holding `client_id` belongs to.
+    pub fn holder_principal(&self, client_id: &str) -> Option<&PrincipalId> {
+        self.slots
+            .get(client_id)?
+            .holder
+            .as_ref()
+            .map(|h| &h.principal)
+    }
+
     /// A CONNECT claims `client_id`. Returns the answer now, or `None` if
     /// the claim waits for the one settling (answered by `settle`).
     pub fn claim(&mut self, client_id: &ByteString, claim: Claim<L, T>) -> Option<Answer<L, T>> {

@@ -136,6 +136,7 @@ impl<S: Store> Shard<S> {
     ) {
         let holds = self.registry.holder(&client_id) == Some((from, session));
         let seq = if holds {
+            let record = record.map(|r| self.bound_to_holder(&client_id, r));
             self.persist_session(client_id, record)
         } else {
             None
@@ -145,6 +146,38 @@ impl<S: Store> Shard<S> {
             (Some(seq), Some(reply)) => self.wait_durable_session(seq, reply),
             (None, Some(reply)) => self.session_durable(reply, !holds),
         }
+    }
+
+    /// The record names the principal the registry bound the id to (a
+    /// session parked without its connection does not know it).
+    fn bound_to_holder(&self, client_id: &str, record: Arc<SessionRecord>) -> Arc<SessionRecord> {
+        match self.registry.holder_principal(client_id) {
+            Some(p) if *p != record.principal => Arc::new(SessionRecord {
+                principal: p.clone(),
+                ..(*record).clone()
+            }),
+            _ => record,
+        }
+    }
+
+    /// A session parked offline without its connection (a takeover that
+    /// completed for a CONNECT that is gone) holds the id now: its state is
+    /// written, as the connection's CONNACK would have.
+    pub(super) fn write_parked_session(&mut self, session: SessionId) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(super::sessions::Slot::Offline { state, expires_at }) =
+            self.sessions.get(&session)
+        else {
+            return;
+        };
+        let record = record_of(state, None, None).map(|mut r| {
+            r.offline_until = *expires_at;
+            Arc::new(r)
+        });
+        let client_id = state.client_id.clone();
+        self.send_session_write(client_id, session, record, None);
     }
 
     /// A delayed will was published: its session's record (still offline
