@@ -387,6 +387,11 @@ pub struct ScenarioArgs {
     /// message (with `persistence`, every message is a durable write).
     #[arg(long)]
     pub retain: bool,
+    /// With --rate: publisher i starts i/N of an interval late, so the N
+    /// schedules interleave evenly (independent sensors) instead of all
+    /// sending at the same instants (bursts of N messages).
+    #[arg(long)]
+    pub stagger: bool,
     /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`
     /// (slow-reader: the span it reads slowly).
     #[arg(long, value_parser = parse_window)]
@@ -505,6 +510,7 @@ impl ScenarioArgs {
         }
         s.allow_loss = self.allow_loss;
         s.retain = self.retain;
+        s.stagger = self.stagger;
         if let Some((a, b)) = self.offline {
             s.offline_from = a;
             s.offline_until = b;

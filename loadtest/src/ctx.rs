@@ -55,6 +55,9 @@ pub struct RunCtx {
     pub retain: bool,
     /// Gap between one publisher's messages; `None` = unlimited.
     pub interval_ns: Option<u64>,
+    /// Publishers spread their schedules over one interval (`--stagger`):
+    /// how many share it.
+    pub stagger: Option<u32>,
     pub inflight: u16,
     pub stamp: StampMode,
     pub connector: Connector,
@@ -100,6 +103,7 @@ impl RunCtx {
             payload_bytes,
             retain: false,
             interval_ns: rate_per_s.map(|r| 1_000_000_000 / u64::from(r.max(1))),
+            stagger: None,
             inflight,
             stamp,
             connector,

@@ -343,6 +343,9 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         spec.stamp,
     );
     ctx.retain = spec.retain;
+    if spec.stagger {
+        ctx.stagger = u32::try_from(plan.pubs.len()).ok().filter(|n| *n > 0);
+    }
     let ctx = Arc::new(ctx);
     if spec.scenario.impairs_subscriber() {
         let span = ctx.stop_ns - ctx.warm_end_ns;

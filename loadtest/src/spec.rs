@@ -173,6 +173,9 @@ pub struct RunSpec {
     pub allow_loss: bool,
     /// Publishers set RETAIN.
     pub retain: bool,
+    /// Open-loop publishers start their schedules spread evenly over one
+    /// interval instead of all at once (independent sensors, not a tick).
+    pub stagger: bool,
     /// slow-sub: the subscriber is offline from this fraction of the measured
     /// duration to `offline_until`; slow-reader: it reads at
     /// `reader_rate_per_s` over the same span.
@@ -211,6 +214,7 @@ impl Default for RunSpec {
             stamp: StampMode::Scheduled,
             allow_loss: false,
             retain: false,
+            stagger: false,
             offline_from: 0.3,
             offline_until: 0.6,
             reader_rate_per_s: None,

@@ -57,6 +57,8 @@ struct Publisher<'a> {
     topic: ByteString,
     id: u32,
     seq: u64,
+    /// Where this publisher's schedule starts within the first interval.
+    phase_ns: u64,
     next_pid: u16,
     inflight: HashMap<u16, (u64, Awaiting)>,
     window: usize,
@@ -82,7 +84,7 @@ impl Publisher<'_> {
             && (ctx.qos == QoS::AtMostOnce || self.inflight.len() < self.window)
         {
             let scheduled = match ctx.interval_ns {
-                Some(iv) => ctx.start_ns + self.seq * iv,
+                Some(iv) => ctx.start_ns + self.phase_ns + self.seq * iv,
                 None => now_ns,
             };
             if scheduled >= ctx.stop_ns {
@@ -245,6 +247,10 @@ pub async fn run(mut conn: Conn, ctx: Arc<RunCtx>, id: u32, topic: String) -> Pu
         topic: ByteString::from(topic),
         id,
         seq: 0,
+        phase_ns: match (ctx.interval_ns, ctx.stagger) {
+            (Some(iv), Some(n)) => u64::from(id % n) * iv / u64::from(n),
+            _ => 0,
+        },
         next_pid: 0,
         inflight: HashMap::with_capacity(window),
         window,
