@@ -653,15 +653,15 @@ async fn a_graceful_stop_writes_every_sessions_close_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_will_survives_a_crash_and_is_published_once() {
     let s = setup(true, 1);
-    let (broker, _) = run(&s);
+    let (broker, log) = run(&s);
     let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     watcher.subscribe("plant/+/status", q5(1)).await;
     watcher.kill();
-    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(3600, 3)).await;
+    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(3600, 4)).await;
     leaving.kill();
-    // The close queued its record (with the will) when the will started
-    // waiting; a CONNACK written after it is durable, so it is too.
-    metric_reaches(&s, "shardmq_delayed_wills", 1);
+    // The close queued its record (with the will) as it logged the
+    // disconnect; a CONNACK written after it is durable, so it is too.
+    log.wait_for(&["client disconnected", "leaving"]);
     Client::connect(s.port, "marker", keeps_session(3600))
         .await
         .0
@@ -724,23 +724,23 @@ fn with_delayed_will(expiry: u32, delay: u32) -> impl FnOnce(&mut rumqttc::v5::M
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_will_of_a_session_that_expired_while_down_is_published() {
     let s = setup(true, 1);
-    let (broker, _) = run(&s);
+    let (broker, log) = run(&s);
     let (mut watcher, _) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     watcher.subscribe("plant/+/status", q5(1)).await;
     watcher.kill();
-    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(4, 3600)).await;
+    let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(5, 3600)).await;
     leaving.kill();
-    metric_reaches(&s, "shardmq_delayed_wills", 1);
+    log.wait_for(&["client disconnected", "leaving"]);
     Client::connect(s.port, "marker", keeps_session(3600))
         .await
         .0
         .kill();
     kill9(broker);
-    // Down longer than the 4 s session.
-    std::thread::sleep(Duration::from_millis(4500));
+    // Down longer than the 5 s session.
+    std::thread::sleep(Duration::from_millis(5500));
 
-    let (_broker, log) = run(&s);
-    log.wait_for(&["persistence: recovered", "expired_sessions=1"]);
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "expired_sessions=1", "wills_due=1"]);
     let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     assert!(present);
     let got = watcher.publishes(1).await;
@@ -748,6 +748,16 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
         (got[0].0.as_str(), got[0].1.as_ref()),
         ("plant/7/status", &b"offline"[..])
     );
-    let (_, present) = Client::connect(s.port, "leaving", keeps_session(4)).await;
+    watcher.kill();
+    // Once published, the record kept for the will ends (before this
+    // CONNACK's write, one log): another crash does not publish it again.
+    Client::connect(s.port, "marker", keeps_session(3600)).await.0.kill();
+    kill9(broker);
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "wills_due=0"]);
+    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
+    assert!(present);
+    watcher.expect_no_publish(Duration::from_millis(700)).await;
+    let (_, present) = Client::connect(s.port, "leaving", keeps_session(5)).await;
     assert!(!present, "the session itself is gone");
 }

@@ -249,6 +249,8 @@ pub struct Shard<S> {
     durable: Option<durable::Durable>,
     /// `start_startup_barrier` completed.
     startup_synced: bool,
+    /// `start_stop_barrier` completed.
+    stop_synced: bool,
     stats: ShardStats,
 }
 
@@ -278,6 +280,7 @@ impl<S: Store> Shard<S> {
             selftest: SelfTest::new(id, config.shards),
             durable: config.persistence.clone().map(durable::Durable::new),
             startup_synced: false,
+            stop_synced: false,
             config,
             conns: HashMap::new(),
             next_conn: 1,
@@ -376,6 +379,13 @@ impl<S: Store> Shard<S> {
             return 0;
         };
         c.woken = false;
+        if c.superseded && c.machine.is_closed() {
+            // Taken over while a held session write came back stale: the
+            // held acknowledgements never leave, DISCONNECT 0x8E does.
+            c.machine.discard_all_but_disconnect();
+            c.superseded = false;
+            c.durable_hold = 0;
+        }
         if (c.hold > 0 && !c.machine.is_closed()) || c.durable_hold > 0 {
             return 0;
         }

@@ -63,6 +63,9 @@ pub(super) enum AfterBarrier {
     /// Start-up after restoring persisted sessions: every peer has the
     /// index entries this shard broadcast for them.
     Startup,
+    /// Graceful stop, once every shard closed its connections: everything
+    /// each peer sent before has been handled here (pair order).
+    Stop,
 }
 
 impl AfterBarrier {
@@ -70,7 +73,7 @@ impl AfterBarrier {
     fn held(&self) -> Option<ConnId> {
         match self {
             AfterBarrier::Subscribed { conn, .. } => Some(*conn),
-            AfterBarrier::Startup => None,
+            AfterBarrier::Startup | AfterBarrier::Stop => None,
         }
     }
 }
@@ -168,6 +171,7 @@ impl<S: Store> Shard<S> {
                 }
             }
             AfterBarrier::Startup => self.startup_synced = true,
+            AfterBarrier::Stop => self.stop_synced = true,
         }
     }
 
@@ -182,6 +186,18 @@ impl<S: Store> Shard<S> {
     /// The start-up barrier completed.
     pub fn startup_synced(&self) -> bool {
         self.startup_synced
+    }
+
+    /// At a graceful stop, after every shard closed its connections: a
+    /// barrier with every peer, so the session writes they sent before
+    /// (wills published, sessions ended) are queued here once it completes.
+    pub fn start_stop_barrier(&mut self, now: Instant) {
+        self.start_barrier(AfterBarrier::Stop, now);
+    }
+
+    /// The stop barrier completed.
+    pub fn stop_synced(&self) -> bool {
+        self.stop_synced
     }
 
     /// The retained owner stored (or refused) a retained publish.

@@ -82,6 +82,21 @@ impl<S: Store> Shard<S> {
             self.restored_on_disk(record);
         }
         match (result, will, will_at) {
+            // Expired while the broker was down with its will still due
+            // (recovery kept the record for it): the session is not
+            // restored, the will goes out now, and the record ends once
+            // it has (not before: a crash first publishes it again).
+            (Err(RestoreError::Expired), Some((message, _)), _) => {
+                let session = self.new_session_id();
+                self.wills.push(super::sessions::DelayedWill {
+                    client_id,
+                    session,
+                    message,
+                    at: now,
+                    ends_record: true,
+                });
+                Err(RestoreError::Expired)
+            }
             (Err(e), _, _) => {
                 self.persist_session(client_id, None);
                 Err(e)
@@ -99,24 +114,12 @@ impl<S: Store> Shard<S> {
                     session,
                     message,
                     at,
+                    ends_record: false,
                 });
                 Ok(())
             }
             (Ok(_), _, _) => Ok(()),
         }
-    }
-
-    /// The will of a persisted session that expired while the broker was
-    /// down: it was due by then, so it is published at the first tick
-    /// (late rather than never, [MQTT-3.1.2-8]). It belongs to no session.
-    pub fn restore_due_will(&mut self, message: crate::session::SharedMessage, now: Instant) {
-        let session = self.new_session_id();
-        self.wills.push(super::sessions::DelayedWill {
-            client_id: message.origin.clone(),
-            session,
-            message,
-            at: now,
-        });
     }
 
     /// Puts `restored` offline on this shard, which must own its client id

@@ -194,6 +194,15 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// At the owner, which restored it: the will of a session that expired
+    /// while the broker was down is out, so its record ends, unless a new
+    /// session of the id wrote its own meanwhile.
+    pub(super) fn due_will_published(&mut self, client_id: &ByteString) {
+        if self.durable.is_some() && self.registry.holder(client_id).is_none() {
+            self.persist_session(client_id.clone(), None);
+        }
+    }
+
     /// At the owner: the record of the session at `at` drops its will, if
     /// the session still holds its id (a resumed session wrote its own).
     pub(super) fn will_published_at_owner(

@@ -31,6 +31,9 @@ pub(super) struct DelayedWill {
     pub session: SessionId,
     pub message: SharedMessage,
     pub at: Instant,
+    /// The will of a session that expired while the broker was down: its
+    /// record (kept for the will) ends once it is published.
+    pub ends_record: bool,
 }
 
 /// Which key each session's records in the buffer are under, and the
@@ -333,6 +336,7 @@ impl<S: Store> Shard<S> {
                     session,
                     message: will.message,
                     at,
+                    ends_record: false,
                 });
             }
         }
@@ -388,7 +392,11 @@ impl<S: Store> Shard<S> {
         self.wills = keep;
         for will in due {
             self.publish_message(now, will.message, None);
-            self.will_published(will.client_id, will.session);
+            if will.ends_record {
+                self.due_will_published(&will.client_id);
+            } else {
+                self.will_published(will.client_id, will.session);
+            }
         }
     }
 

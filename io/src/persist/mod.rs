@@ -74,6 +74,8 @@ pub struct PersistRun {
     /// Shards whose connections are closed at a graceful stop
     /// (`shard::drain_persist`).
     pub drained: std::sync::atomic::AtomicUsize,
+    /// Shards through their stop barrier with nothing left to write.
+    pub settled: std::sync::atomic::AtomicUsize,
     _lock: File,
 }
 
@@ -97,6 +99,7 @@ impl PersistRun {
             starts: std::sync::Mutex::new(starts.into_iter().map(Some).collect()),
             synced: std::sync::atomic::AtomicUsize::new(0),
             drained: std::sync::atomic::AtomicUsize::new(0),
+            settled: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         })
     }
@@ -192,8 +195,6 @@ pub struct ShardStart {
     pub retained: Vec<SharedMessage>,
     /// The persisted sessions whose client ids the shard owns.
     pub sessions: Vec<SessionRecord>,
-    /// Wills of its sessions that expired while the broker was down.
-    pub due_wills: Vec<SharedMessage>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -206,6 +207,8 @@ pub struct Recovered {
     pub expired: usize,
     /// Sessions whose expiry passed while the broker was down.
     pub expired_sessions: usize,
+    /// Of those, the ones kept until their will is published.
+    pub wills_due: usize,
     /// Session records in intact blocks that did not decode (a newer
     /// format): those sessions are dropped, counted and logged.
     pub unreadable_sessions: usize,
@@ -246,10 +249,16 @@ pub fn recover(
     for f in &files {
         replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
     }
-    type Share = (Vec<SharedMessage>, Vec<SessionRecord>, Vec<SharedMessage>);
-    let mut per_shard: Vec<Share> = (0..shards.max(1)).map(|_| Default::default()).collect();
+    let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
+        (0..shards.max(1)).map(|_| Default::default()).collect();
     report.retained = state.retained.len();
-    report.sessions = state.sessions.len();
+    // Kept only for their due wills (`replay_session`).
+    report.wills_due = state
+        .sessions
+        .values()
+        .filter(|r| r.offline_until == Some(epoch.instant))
+        .count();
+    report.sessions = state.sessions.len() - report.wills_due;
     for (topic, m) in state.retained {
         per_shard[owner_index(&topic, shards)].0.push(Arc::new(m));
     }
@@ -258,13 +267,10 @@ pub fn recover(
     for (client_id, record) in state.sessions {
         per_shard[owner_index(&client_id, shards)].1.push(record);
     }
-    for (client_id, will) in state.due_wills {
-        per_shard[owner_index(&client_id, shards)].2.push(will);
-    }
     let current = keys.first();
     let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
     let mut starts = Vec::with_capacity(per_shard.len());
-    for (shard, (messages, sessions, due_wills)) in per_shard.into_iter().enumerate() {
+    for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
         let snapshot = Snapshot {
             messages,
             sessions: sessions.into_iter().map(Arc::new).collect(),
@@ -291,7 +297,6 @@ pub fn recover(
             log: LogFile { key_version, ..log },
             retained: snapshot.messages,
             sessions,
-            due_wills,
         });
     }
     // Oldest first, stopping at the first that fails: what stays is always
@@ -315,7 +320,7 @@ pub fn recover(
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
         sessions = report.sessions, expired_sessions = report.expired_sessions,
-        unreadable_sessions = report.unreadable_sessions, expired = report.expired, cut = report.cut, generation = next_generation,
+        unreadable_sessions = report.unreadable_sessions, wills_due = report.wills_due, expired = report.expired, cut = report.cut, generation = next_generation,
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
@@ -383,8 +388,6 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
 struct Replayed {
     retained: HashMap<String, Message>,
     sessions: HashMap<ByteString, SessionRecord>,
-    /// Wills of sessions that expired while the broker was down.
-    due_wills: HashMap<ByteString, SharedMessage>,
 }
 
 /// Applies one file's operations (the last write wins per topic and per
@@ -444,7 +447,6 @@ fn replay(
             }
             LoggedOp::SessionDelete(client_id) => {
                 state.sessions.remove(&client_id);
-                state.due_wills.remove(&client_id);
             }
             LoggedOp::SessionUnreadable(client_id, why) => {
                 // Not its older state either: that was replaced.
@@ -452,7 +454,6 @@ fn replay(
                 warn!(file = %path.display(), reason = %why,
                     "persistence: a session record does not decode (written by a newer version?); that session is dropped");
                 state.sessions.remove(&client_id);
-                state.due_wills.remove(&client_id);
             }
         }
     }
@@ -467,8 +468,6 @@ fn replay_session(
     state: &mut Replayed,
     report: &mut Recovered,
 ) {
-    // A later record replaces what an earlier one said was due.
-    state.due_wills.remove(&record.client_id);
     match record.offline_until {
         // Its client had left: the deadline counts the downtime.
         Some(at) => match rebase(at, written_at, epoch) {
@@ -476,15 +475,19 @@ fn replay_session(
                 record.offline_until = Some(at);
                 state.sessions.insert(record.client_id.clone(), record);
             }
+            None if record.will.is_some() => {
+                // Its will was due by the session's end at the latest,
+                // which came while the broker was down: published late
+                // rather than never [MQTT-3.1.2-8]. The record stays, due
+                // at once (this run's epoch), until the will is out: the
+                // session itself is not restored.
+                report.expired_sessions += 1;
+                record.offline_until = Some(epoch.instant);
+                state.sessions.insert(record.client_id.clone(), record);
+            }
             None => {
                 report.expired_sessions += 1;
                 state.sessions.remove(&record.client_id);
-                // Its will was due by the session's end at the latest,
-                // which came while the broker was down: published late
-                // rather than never [MQTT-3.1.2-8].
-                if let Some((will, _)) = record.will {
-                    state.due_wills.insert(record.client_id, will);
-                }
             }
         },
         None => {

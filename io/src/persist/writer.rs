@@ -323,9 +323,16 @@ fn remove_in_order(files: Vec<PathBuf>) -> Vec<PathBuf> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                warn!(file = %path.display(), error = %e,
-                    "persistence: cannot delete a replaced log; it and newer ones stay until a later rewrite or start deletes them");
-                return std::iter::once(path).chain(files).collect();
+                let kept: Vec<PathBuf> = std::iter::once(path).chain(files).collect();
+                if kept.len() > 2 {
+                    // Each rewrite keeps one more whole snapshot on disk.
+                    error!(file = %kept[0].display(), error = %e, files = kept.len(),
+                        "persistence: replaced logs cannot be deleted and pile up; fix the directory, a start refuses to run with them");
+                } else {
+                    warn!(file = %kept[0].display(), error = %e,
+                        "persistence: cannot delete a replaced log; it and newer ones stay until a later rewrite deletes them");
+                }
+                return kept;
             }
         }
     }

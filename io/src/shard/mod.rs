@@ -399,18 +399,35 @@ async fn drain_persist(
 ) {
     const STEP: Duration = Duration::from_millis(1);
     let started = Instant::now();
+    // Twice the connections' grace: a shard with no connections of its
+    // own starts waiting at once, while a peer's closes may take the grace.
+    let deadline = started + 2 * SHUTDOWN_GRACE;
     run.drained.fetch_add(1, Ordering::AcqRel);
+    let mut barrier = false;
     loop {
-        let idle = run.drained.load(Ordering::Acquire) >= shards
+        let all_closed = run.drained.load(Ordering::Acquire) >= shards;
+        if all_closed && !barrier {
+            // What peers sent before closing (no answer awaited) arrives
+            // before their answers to this barrier.
+            driver.with(|s| s.start_stop_barrier(Driver::now()));
+            barrier = true;
+        }
+        let idle = barrier
+            && driver.peek(|s| s.stop_synced())
             && !log.is_busy()
             && !driver.peek(|s| s.persist_queued());
         if idle {
-            return;
+            break;
         }
-        if started.elapsed() >= SHUTDOWN_GRACE {
+        if Instant::now() >= deadline {
             warn!(shard = id, "persistence: writes still pending at exit; session changes of the last moments may be lost");
             return;
         }
+        glommio::timer::sleep(STEP).await;
+    }
+    // Still answering peers' barriers until every shard is through.
+    run.settled.fetch_add(1, Ordering::AcqRel);
+    while run.settled.load(Ordering::Acquire) < shards && Instant::now() < deadline {
         glommio::timer::sleep(STEP).await;
     }
 }
@@ -430,19 +447,20 @@ fn start_log(
     let mut refused = 0;
     for record in start.sessions {
         let client_id = record.client_id.clone();
-        if let Err(e) = shard.restore_persisted(record, now) {
-            refused += 1;
-            warn!(shard = id, client_id = %client_id, error = %e,
-                "persistence: a persisted session was not restored; its end is written");
+        match shard.restore_persisted(record, now) {
+            Ok(()) => {}
+            // Kept by recovery for its due will only.
+            Err(broker::RestoreError::Expired) => {
+                refused += 1;
+                info!(shard = id, client_id = %client_id,
+                    "persistence: a session expired while the broker was down; its will is published now");
+            }
+            Err(e) => {
+                refused += 1;
+                warn!(shard = id, client_id = %client_id, error = %e,
+                    "persistence: a persisted session was not restored; its end is written");
+            }
         }
-    }
-    let due_wills = start.due_wills.len();
-    for will in start.due_wills {
-        shard.restore_due_will(will, now);
-    }
-    if due_wills > 0 {
-        info!(shard = id, due_wills,
-            "persistence: wills of sessions that expired while the broker was down are published now");
     }
     if sessions > 0 {
         info!(

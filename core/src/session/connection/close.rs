@@ -21,6 +21,15 @@ impl Connection {
         }
     }
 
+    /// Everything queued to send is dropped but the DISCONNECT: the
+    /// connection was taken over while its acknowledgements waited for a
+    /// session write that came back stale, and the new holder acknowledges
+    /// the state; the old client still hears why it is closed (§4.13).
+    pub fn discard_all_but_disconnect(&mut self) {
+        self.transmit
+            .retain(|o| matches!(o, Outgoing::Packet(Packet::Disconnect(_))));
+    }
+
     /// The broker closes the connection for one of its own limits (v5:
     /// DISCONNECT with `reason`).
     pub fn close(&mut self, reason: ReasonCode) {
