@@ -740,7 +740,11 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
     std::thread::sleep(Duration::from_millis(5500));
 
     let (broker, log) = run(&s);
-    log.wait_for(&["persistence: recovered", "expired_sessions=1", "wills_due=1"]);
+    log.wait_for(&[
+        "persistence: recovered",
+        "expired_sessions=1",
+        "wills_due=1",
+    ]);
     let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
     assert!(present);
     let got = watcher.publishes(1).await;
@@ -751,7 +755,10 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
     watcher.kill();
     // Once published, the record kept for the will ends (before this
     // CONNACK's write, one log): another crash does not publish it again.
-    Client::connect(s.port, "marker", keeps_session(3600)).await.0.kill();
+    Client::connect(s.port, "marker", keeps_session(3600))
+        .await
+        .0
+        .kill();
     kill9(broker);
     let (_broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "wills_due=0"]);
