@@ -662,34 +662,43 @@ async fn a_delayed_will_survives_a_crash_and_is_published_once() {
     // The close queued its record (with the will) as it logged the
     // disconnect; a CONNACK written after it is durable, so it is too.
     log.wait_for(&["client disconnected", "leaving"]);
-    Client::connect(s.port, "marker", keeps_session(3600))
-        .await
-        .0
-        .kill();
+    flush_one_log(s.port).await;
     kill9(broker);
 
     let (broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "sessions=3"]);
-    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
-    assert!(present);
-    let got = watcher.publishes(1).await;
-    assert_eq!(
-        (got[0].0.as_str(), got[0].1.as_ref()),
-        ("plant/7/status", &b"offline"[..])
-    );
-    watcher.kill();
+    watcher_gets(s.port, Some(("plant/7/status", b"offline"))).await;
     // The record dropped the will when it was published, before this.
-    Client::connect(s.port, "marker", keeps_session(3600))
-        .await
-        .0
-        .kill();
+    flush_one_log(s.port).await;
     kill9(broker);
 
     let (_broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "sessions=3"]);
-    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
-    assert!(present);
-    watcher.expect_no_publish(Duration::from_millis(700)).await;
+    watcher_gets(s.port, None).await;
+}
+
+/// With one shard one log orders every write: a CONNACK (durable) proves
+/// every earlier write durable, without timing.
+async fn flush_one_log(port: u16) {
+    Client::connect(port, "marker", keeps_session(3600))
+        .await
+        .0
+        .kill();
+}
+
+/// The "watcher" resumes its session and gets `will` (topic, payload), or,
+/// with `None`, nothing for a while.
+async fn watcher_gets(port: u16, will: Option<(&str, &[u8])>) {
+    let (mut watcher, present) = Client::connect(port, "watcher", keeps_session(3600)).await;
+    assert!(present, "the watcher's session is restored");
+    match will {
+        Some(expected) => {
+            let got = watcher.publishes(1).await;
+            assert_eq!((got[0].0.as_str(), got[0].1.as_ref()), expected);
+        }
+        None => watcher.expect_no_publish(Duration::from_millis(700)).await,
+    }
+    watcher.kill();
 }
 
 /// A client keeping its session `expiry` s, whose will ("offline" on
@@ -731,10 +740,7 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
     let (leaving, _) = Client::connect(s.port, "leaving", with_delayed_will(5, 3600)).await;
     leaving.kill();
     log.wait_for(&["client disconnected", "leaving"]);
-    Client::connect(s.port, "marker", keeps_session(3600))
-        .await
-        .0
-        .kill();
+    flush_one_log(s.port).await;
     kill9(broker);
     // Down longer than the 5 s session.
     std::thread::sleep(Duration::from_millis(5500));
@@ -745,26 +751,14 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
         "expired_sessions=1",
         "wills_due=1",
     ]);
-    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
-    assert!(present);
-    let got = watcher.publishes(1).await;
-    assert_eq!(
-        (got[0].0.as_str(), got[0].1.as_ref()),
-        ("plant/7/status", &b"offline"[..])
-    );
-    watcher.kill();
+    watcher_gets(s.port, Some(("plant/7/status", b"offline"))).await;
     // Once published, the record kept for the will ends (before this
     // CONNACK's write, one log): another crash does not publish it again.
-    Client::connect(s.port, "marker", keeps_session(3600))
-        .await
-        .0
-        .kill();
+    flush_one_log(s.port).await;
     kill9(broker);
     let (_broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "wills_due=0"]);
-    let (mut watcher, present) = Client::connect(s.port, "watcher", keeps_session(3600)).await;
-    assert!(present);
-    watcher.expect_no_publish(Duration::from_millis(700)).await;
+    watcher_gets(s.port, None).await;
     let (_, present) = Client::connect(s.port, "leaving", keeps_session(5)).await;
     assert!(!present, "the session itself is gone");
 }
