@@ -342,6 +342,7 @@ fn persisted_session_acknowledgements_follow_the_disk() {
                 0 => {
                     // Another shard: the session moves there.
                     sim.quiesce();
+                    check_disk_is_memory(&sim);
                     if sim.rng.chance(50) {
                         sim.disconnect(c);
                     } else {
@@ -353,6 +354,20 @@ fn persisted_session_acknowledgements_follow_the_disk() {
                         e.filters.clear();
                         e.subacks_before = sim.clients[c].seen.subacks;
                     }
+                    if resume && sim.rng.chance(30) {
+                        // A resume that goes away mid-takeover: the session
+                        // may be parked offline without a connection, and
+                        // the disk must say so.
+                        let shard = sim.rng.below(3);
+                        sim.connect(c, shard, false, e.expiry);
+                        for _ in 0..sim.rng.below(4) {
+                            sim.step();
+                        }
+                        sim.drop_conn(c);
+                        sim.quiesce();
+                        check_disk_is_memory(&sim);
+                    }
+                    let e = &mut epochs[i];
                     e.connacks_before = sim.clients[c].seen.connacks.len();
                     let shard = sim.rng.below(3);
                     sim.connect(c, shard, !resume, e.expiry);
@@ -396,6 +411,57 @@ fn persisted_session_acknowledgements_follow_the_disk() {
         }
         sim.quiesce();
         check_sessions_on_disk(&sim, &clients, &epochs);
+        check_disk_is_memory(&sim);
+        // Clients leave, normally or not: their sessions go offline (or
+        // end, for expiry 0), and the disk must say so.
+        for &c in &clients {
+            if !sim.clients[c].connected() || sim.rng.chance(30) {
+                continue;
+            }
+            if sim.rng.chance(50) {
+                sim.disconnect(c);
+            } else {
+                sim.drop_conn(c);
+            }
+        }
+        sim.quiesce();
+        check_disk_is_memory(&sim);
+    }
+}
+
+/// Once nothing is in flight, the disk holds exactly the persisted sessions
+/// in memory: each with its filters, offline exactly when it is offline,
+/// and no other (a parked session, a close, an end each wrote theirs).
+fn check_disk_is_memory(sim: &Sim) {
+    let mut memory = std::collections::BTreeMap::new();
+    for shard in &sim.shards {
+        for (id, offline, filters) in shard.inventory().persisted {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            memory.insert(id.to_string(), (offline, filters));
+        }
+    }
+    for (id, (offline, filters)) in &memory {
+        let Some(on_disk) = sim.disk_sessions.get(id) else {
+            sim.fail(&format!("{id} is persisted in memory and not on disk"));
+        };
+        let mut on_disk = on_disk.clone();
+        on_disk.sort();
+        if &on_disk != filters {
+            sim.fail(&format!(
+                "{id}: memory has {filters:?}, the disk {on_disk:?}"
+            ));
+        }
+        if sim.disk_offline.get(id) != Some(offline) {
+            sim.fail(&format!(
+                "{id}: offline in memory {offline}, on disk {:?}",
+                sim.disk_offline.get(id)
+            ));
+        }
+    }
+    for id in sim.disk_sessions.keys() {
+        if !memory.contains_key(id) {
+            sim.fail(&format!("{id} is on disk and has no persisted session"));
+        }
     }
 }
 

@@ -210,6 +210,9 @@ pub struct Inventory {
     /// Continuations waiting for an answer.
     pub pending: usize,
     pub memory_bytes: u64,
+    /// The sessions with expiry > 0 (persisted with `persistence`): client
+    /// id, whether offline, and their filters as subscribed, sorted.
+    pub persisted: Vec<(ByteString, bool, Vec<ByteString>)>,
 }
 
 /// One shard. `S` is the disk buffer's store, the runtime's.
@@ -594,16 +597,25 @@ impl<S: Store> Shard<S> {
             ..Inventory::default()
         };
         for slot in self.sessions.values() {
-            match slot {
+            let (state, offline) = match slot {
                 Slot::Online(conn) => {
-                    let id = self
-                        .conns
-                        .get(conn)
+                    let c = self.conns.get(conn);
+                    let id = c
                         .and_then(|c| c.machine.client_id().cloned())
                         .unwrap_or_default();
                     inv.online.push(id);
+                    (c.and_then(|c| c.machine.session()), false)
                 }
-                Slot::Offline { state, .. } => inv.offline.push(state.client_id.clone()),
+                Slot::Offline { state, .. } => {
+                    inv.offline.push(state.client_id.clone());
+                    (Some(&**state), true)
+                }
+            };
+            if let Some(state) = state.filter(|s| !s.expiry_interval.is_zero()) {
+                let mut filters: Vec<ByteString> = state.subscriptions.keys().cloned().collect();
+                filters.sort();
+                inv.persisted
+                    .push((state.client_id.clone(), offline, filters));
             }
         }
         inv

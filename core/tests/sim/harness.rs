@@ -144,6 +144,8 @@ pub struct Sim {
     pub disk: std::collections::BTreeMap<String, Bytes>,
     /// The simulated disk's persisted sessions: client id to its filters.
     pub disk_sessions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Whether the disk's last record of each session says it is offline.
+    pub disk_offline: std::collections::BTreeMap<String, bool>,
     pub clients: Vec<Client>,
     trace: VecDeque<String>,
     pub steps: u64,
@@ -219,6 +221,7 @@ impl Sim {
             persist_jobs: BTreeSet::new(),
             disk: Default::default(),
             disk_sessions: Default::default(),
+            disk_offline: Default::default(),
             clients: Vec::new(),
             trace: VecDeque::new(),
             steps: 0,
@@ -606,6 +609,7 @@ impl Sim {
             }
             for id in snapshot.deleted_sessions {
                 self.disk_sessions.remove(&*id);
+                self.disk_offline.remove(&*id);
             }
             for m in snapshot.messages {
                 self.disk
@@ -614,6 +618,8 @@ impl Sim {
             for r in snapshot.sessions {
                 self.disk_sessions
                     .insert(r.client_id.to_string(), filters_of(&r));
+                self.disk_offline
+                    .insert(r.client_id.to_string(), r.offline_until.is_some());
             }
             self.log(format!(
                 "shard {shard} rewrote its log, durable up to {upto}"
@@ -633,9 +639,12 @@ impl Sim {
                     PersistOp::SessionPut(r) => {
                         self.disk_sessions
                             .insert(r.client_id.to_string(), filters_of(&r));
+                        self.disk_offline
+                            .insert(r.client_id.to_string(), r.offline_until.is_some());
                     }
                     PersistOp::SessionDelete(id) => {
                         self.disk_sessions.remove(&*id);
+                        self.disk_offline.remove(&*id);
                     }
                 }
             }
