@@ -535,6 +535,8 @@ async fn a_session_and_its_subscriptions_survive_kill_9() {
     assert!(!on_disk(&s.data, b"sensor-sub") && !on_disk(&s.data, b"plant/+/alarm"));
     let (_broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "sessions=1", "expired_sessions=1"]);
+    // The operator sees it: one persisted session on disk.
+    assert_eq!(metric_reaches(&s, "shardmq_persistence_sessions", 1), 1);
     let (mut publ, _) = Client::connect(s.port, "publisher", |_| {}).await;
     for (topic, qos) in [
         ("plant/7/alarm", 1),

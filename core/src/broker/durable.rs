@@ -362,6 +362,11 @@ impl<S: Store> Shard<S> {
         self.durable.as_ref()?.sessions.get(client_id).cloned()
     }
 
+    /// Persisted sessions on disk whose client ids this shard owns.
+    pub fn persisted_sessions(&self) -> usize {
+        self.durable.as_ref().map_or(0, |d| d.sessions.len())
+    }
+
     /// Acknowledgements still waiting for the disk (for the shard's report).
     pub fn durable_waiting(&self) -> usize {
         self.durable.as_ref().map_or(0, |d| d.waiters.len())

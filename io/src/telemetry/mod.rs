@@ -41,6 +41,8 @@ pub struct ShardSnapshot {
     pub persist: crate::persist::writer::LogStats,
     /// Publishers' acknowledgements waiting for the disk.
     pub persist_waiting: u64,
+    /// Persisted sessions whose client ids this shard owns (on disk).
+    pub persist_sessions: u64,
     /// Per listener name (every listener this shard ever served).
     pub listeners: BTreeMap<String, ListenerCounts>,
 }
@@ -202,12 +204,13 @@ pub fn tick(driver: &Rc<Driver>, telemetry: &Telemetry, now: Instant, last: &mut
 
 /// This shard's figures now.
 pub fn snapshot(driver: &Rc<Driver>) -> ShardSnapshot {
-    let (stats, gauges, buffer, persist_waiting) = driver.peek(|s| {
+    let (stats, gauges, buffer, persist_waiting, persist_sessions) = driver.peek(|s| {
         (
             s.stats(),
             s.gauges(),
             buffer_report(s),
             s.durable_waiting() as u64,
+            s.persisted_sessions() as u64,
         )
     });
     ShardSnapshot {
@@ -216,6 +219,7 @@ pub fn snapshot(driver: &Rc<Driver>) -> ShardSnapshot {
         buffer,
         persist: driver.persist_stats(),
         persist_waiting,
+        persist_sessions,
         listeners: driver.listener_counts(),
     }
 }

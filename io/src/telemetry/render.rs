@@ -270,7 +270,12 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "shardmq_persistence_waiting_acks",
         "gauge",
-        "Publisher acknowledgements held until their retained change is durable.",
+        "Acknowledgements (PUBACK, CONNACK, SUBACK, UNSUBACK) held until their change is durable.",
+    ),
+    (
+        "shardmq_persistence_sessions",
+        "gauge",
+        "Persisted sessions on disk whose client ids the shard owns.",
     ),
     (
         "shardmq_mesh_messages_sent_total",
@@ -590,6 +595,7 @@ fn shards(out: &mut Out, s: &[ShardSnapshot]) {
         x.persist.file_bytes
     });
     out.per_shard("shardmq_persistence_waiting_acks", s, |x| x.persist_waiting);
+    out.per_shard("shardmq_persistence_sessions", s, |x| x.persist_sessions);
     out.per_shard("shardmq_mesh_messages_sent_total", s, |x| x.stats.mesh_sent);
     out.per_shard("shardmq_mesh_messages_received_total", s, |x| {
         x.stats.mesh_received
