@@ -1203,6 +1203,40 @@ fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
     );
 }
 
+/// A connection taken over while its acknowledgements were held for a
+/// session write that came back stale: the held packets never leave, the
+/// DISCONNECT 0x8E does [MQTT-3.1.4-3]; unless its CONNACK was among the
+/// held ones, since the first packet a server sends is CONNACK
+/// [MQTT-3.2.0-1]: then it closes without a word.
+#[test]
+fn a_superseded_connection_keeps_only_its_disconnect_unless_connack_was_held() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: Default::default(),
+        filters: vec![("a/b".into(), SubscriptionOptions::default())],
+    }));
+    h.conn.take_over();
+    h.conn.discard_all_but_disconnect();
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(disconnect_reason(&sent), Some(ReasonCode::SessionTakenOver));
+
+    // CONNACK still queued (held): nothing at all.
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V5,
+        "c2",
+        true,
+    ))));
+    h.events();
+    h.conn.accept(h.now, None, None, Box::new(AllowAll));
+    h.conn.take_over();
+    h.conn.discard_all_but_disconnect();
+    assert!(h.sent().is_empty());
+}
+
 #[test]
 fn shutdown_sends_server_shutting_down() {
     let mut h = Harness::new(ClientLimits::default());

@@ -161,12 +161,17 @@ pub async fn run(
     // Graceful shutdown: stop accepting, tell every client, let writers flush.
     listeners.cancel_all().await;
     driver.with(|s| s.shut_down(Instant::now()));
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let stopping = Instant::now();
+    let deadline = stopping + SHUTDOWN_GRACE;
     while Instant::now() < deadline && !driver.connections().is_empty() {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    let open = driver.connections().len();
+    if open > 0 {
+        warn!(shard = id, open, "connections still open at the end of the shutdown grace; their last writes may be lost");
+    }
     if let (Some(run), Some(log)) = (&setup.persist, &log) {
-        drain_persist(id, &driver, run, log, shards).await;
+        drain_persist(id, &driver, run, log, shards, stopping).await;
     }
     log_stats(&driver);
     crate::oplog::flush(id, true);
@@ -396,12 +401,13 @@ async fn drain_persist(
     run: &PersistRun,
     log: &Rc<ShardLog>,
     shards: usize,
+    stopping: Instant,
 ) {
     const STEP: Duration = Duration::from_millis(1);
-    let started = Instant::now();
-    // Twice the connections' grace: a shard with no connections of its
-    // own starts waiting at once, while a peer's closes may take the grace.
-    let deadline = started + 2 * SHUTDOWN_GRACE;
+    // From the stop, for every shard alike: twice the connections' grace,
+    // since a peer's closes may take the whole grace. With the buffer's
+    // close wait the stop stays under systemd's 10 s TimeoutStopSec.
+    let deadline = stopping + 2 * SHUTDOWN_GRACE;
     run.drained.fetch_add(1, Ordering::AcqRel);
     let mut barrier = false;
     loop {

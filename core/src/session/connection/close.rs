@@ -25,9 +25,19 @@ impl Connection {
     /// connection was taken over while its acknowledgements waited for a
     /// session write that came back stale, and the new holder acknowledges
     /// the state; the old client still hears why it is closed (§4.13).
+    /// Unless its CONNACK is among what is dropped: the first packet the
+    /// server sends is CONNACK [MQTT-3.2.0-1], so then nothing is sent.
     pub fn discard_all_but_disconnect(&mut self) {
-        self.transmit
-            .retain(|o| matches!(o, Outgoing::Packet(Packet::Disconnect(_))));
+        let connack_unsent = self
+            .transmit
+            .iter()
+            .any(|o| matches!(o, Outgoing::Packet(Packet::ConnAck(_))));
+        if connack_unsent {
+            self.transmit.clear();
+        } else {
+            self.transmit
+                .retain(|o| matches!(o, Outgoing::Packet(Packet::Disconnect(_))));
+        }
     }
 
     /// The broker closes the connection for one of its own limits (v5:
