@@ -134,6 +134,10 @@ pub struct ClientLimits {
     pub queue: QueueLimit,
     /// Subscriptions one session may hold; bounds the trie per client.
     pub subscriptions_per_session_max: NonZeroU32,
+    /// Bytes of topic filters one session may hold (the count alone lets
+    /// 10,000 filters of 64 KiB each make 640 MB, in memory, in the index
+    /// and, with `persistence`, in every session record). Not a config key.
+    pub subscription_bytes_per_session_max: NonZeroU32,
     /// `sessionTakeover`: who may take an existing session over.
     pub session_takeover: TakeoverPolicy,
 }
@@ -151,10 +155,14 @@ impl Default for ClientLimits {
             topic_alias_max: 65_535,
             queue: QueueLimit::default(),
             subscriptions_per_session_max: nz32(10_000),
+            subscription_bytes_per_session_max: nz32(SUBSCRIPTION_BYTES_PER_SESSION_MAX),
             session_takeover: TakeoverPolicy::SamePrincipal,
         }
     }
 }
+
+/// 1 MiB of filters per session: 10,000 filters of 100 bytes.
+pub const SUBSCRIPTION_BYTES_PER_SESSION_MAX: u32 = 1 << 20;
 
 const fn nz32(v: u32) -> NonZeroU32 {
     match NonZeroU32::new(v) {

@@ -1203,6 +1203,45 @@ fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
     );
 }
 
+/// A session's subscriptions are bounded in count and in bytes of filters:
+/// a filter past either gets Quota exceeded (0x97), a resubscription of one
+/// it has replaces it as always [MQTT-3.8.4-3].
+#[test]
+fn subscriptions_are_bounded_in_count_and_in_bytes() {
+    let limits = ClientLimits {
+        subscriptions_per_session_max: NonZeroU32::new(3).unwrap(),
+        subscription_bytes_per_session_max: NonZeroU32::new(20).unwrap(),
+        ..ClientLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    let subscribe = |h: &mut Harness, pid: u16, filters: &[&str]| {
+        h.recv(Packet::Subscribe(Subscribe {
+            packet_id: id(pid),
+            properties: Default::default(),
+            filters: filters
+                .iter()
+                .map(|f| ((*f).into(), SubscriptionOptions::default()))
+                .collect(),
+        }));
+        match h.sent().as_slice() {
+            [Packet::SubAck(s)] => s.reasons.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let ok = ReasonCode::Success;
+    let quota = ReasonCode::QuotaExceeded;
+    // 9 + 9 bytes, then 4 more would pass 20.
+    assert_eq!(
+        subscribe(&mut h, 1, &["a/aaaaaaa", "b/bbbbbbb", "c/cc"]),
+        [ok, ok, quota]
+    );
+    // A resubscription adds nothing; one more byte fits (19).
+    assert_eq!(subscribe(&mut h, 2, &["a/aaaaaaa", "d"]), [ok, ok]);
+    // Three subscriptions: the count is the bound now.
+    assert_eq!(subscribe(&mut h, 3, &["e"]), [quota]);
+}
+
 /// A connection taken over while its acknowledgements were held for a
 /// session write that came back stale: the held packets never leave, the
 /// DISCONNECT 0x8E does [MQTT-3.1.4-3]; unless its CONNACK was among the

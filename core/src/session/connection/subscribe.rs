@@ -28,6 +28,12 @@ impl Connection {
             parsed.push((raw, options, filter));
         }
         let mut reasons = Vec::with_capacity(parsed.len());
+        // Once per packet (SUBSCRIBE is rare): the filters' bytes so far.
+        let mut bytes: usize = self
+            .session
+            .as_ref()
+            .map_or(0, |s| s.subscriptions.keys().map(|k| k.len()).sum());
+        let bytes_max = self.limits.subscription_bytes_per_session_max.get() as usize;
         for (raw, options, filter) in parsed {
             if !self.permissions.can_subscribe(&filter) {
                 self.events
@@ -40,9 +46,14 @@ impl Connection {
             };
             let existed = session.subscriptions.contains_key(&raw);
             let count_max = self.limits.subscriptions_per_session_max.get() as usize;
-            if !existed && session.subscriptions.len() >= count_max {
+            if !existed
+                && (session.subscriptions.len() >= count_max || bytes + raw.len() > bytes_max)
+            {
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
+            }
+            if !existed {
+                bytes += raw.len();
             }
             let subscription = Subscription {
                 filter,
