@@ -455,11 +455,12 @@ fn start_log(
         let client_id = record.client_id.clone();
         match shard.restore_persisted(record, now) {
             Ok(()) => {}
-            // Kept by recovery for its due will only.
+            // Kept by recovery for its due will (or its deadline passed
+            // since recovery read it).
             Err(broker::RestoreError::Expired) => {
                 refused += 1;
                 info!(shard = id, client_id = %client_id,
-                    "persistence: a session expired while the broker was down; its will is published now");
+                    "persistence: a session expired while the broker was down; not restored (a will it had pending is published now)");
             }
             Err(e) => {
                 refused += 1;
