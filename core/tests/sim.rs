@@ -435,7 +435,7 @@ fn persisted_session_acknowledgements_follow_the_disk() {
 fn check_disk_is_memory(sim: &Sim) {
     let mut memory = std::collections::BTreeMap::new();
     for shard in &sim.shards {
-        for (id, offline, filters) in shard.inventory().persisted {
+        for (id, offline, filters) in shard.persistable_sessions() {
             let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
             memory.insert(id.to_string(), (offline, filters));
         }

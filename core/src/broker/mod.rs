@@ -210,9 +210,6 @@ pub struct Inventory {
     /// Continuations waiting for an answer.
     pub pending: usize,
     pub memory_bytes: u64,
-    /// The sessions with expiry > 0 (persisted with `persistence`): client
-    /// id, whether offline, and their filters as subscribed, sorted.
-    pub persisted: Vec<(ByteString, bool, Vec<ByteString>)>,
 }
 
 /// One shard. `S` is the disk buffer's store, the runtime's.
@@ -382,14 +379,17 @@ impl<S: Store> Shard<S> {
             return 0;
         };
         c.woken = false;
-        if c.superseded && c.machine.is_closed() {
+        if c.durable_hold > 0 {
+            if !(c.superseded && c.machine.is_closed()) {
+                return 0;
+            }
             // Taken over while a held session write came back stale: the
             // held acknowledgements never leave, DISCONNECT 0x8E does.
             c.machine.discard_all_but_disconnect();
             c.superseded = false;
             c.durable_hold = 0;
         }
-        if (c.hold > 0 && !c.machine.is_closed()) || c.durable_hold > 0 {
+        if c.hold > 0 && !c.machine.is_closed() {
             return 0;
         }
         let expired_before = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
@@ -597,28 +597,41 @@ impl<S: Store> Shard<S> {
             ..Inventory::default()
         };
         for slot in self.sessions.values() {
-            let (state, offline) = match slot {
+            match slot {
                 Slot::Online(conn) => {
-                    let c = self.conns.get(conn);
-                    let id = c
+                    let id = self
+                        .conns
+                        .get(conn)
                         .and_then(|c| c.machine.client_id().cloned())
                         .unwrap_or_default();
                     inv.online.push(id);
-                    (c.and_then(|c| c.machine.session()), false)
                 }
-                Slot::Offline { state, .. } => {
-                    inv.offline.push(state.client_id.clone());
-                    (Some(&**state), true)
-                }
+                Slot::Offline { state, .. } => inv.offline.push(state.client_id.clone()),
+            }
+        }
+        inv
+    }
+
+    /// The sessions with expiry > 0 (those `persistence` writes): client id,
+    /// whether offline, and their filters as subscribed, sorted. For tests
+    /// that compare memory with the disk; not on the tick path.
+    pub fn persistable_sessions(&self) -> Vec<(ByteString, bool, Vec<ByteString>)> {
+        let mut out = Vec::new();
+        for slot in self.sessions.values() {
+            let (state, offline) = match slot {
+                Slot::Online(conn) => (
+                    self.conns.get(conn).and_then(|c| c.machine.session()),
+                    false,
+                ),
+                Slot::Offline { state, .. } => (Some(&**state), true),
             };
             if let Some(state) = state.filter(|s| !s.expiry_interval.is_zero()) {
                 let mut filters: Vec<ByteString> = state.subscriptions.keys().cloned().collect();
                 filters.sort();
-                inv.persisted
-                    .push((state.client_id.clone(), offline, filters));
+                out.push((state.client_id.clone(), offline, filters));
             }
         }
-        inv
+        out
     }
 
     // ---- internals shared by the submodules ---------------------------

@@ -71,15 +71,13 @@ impl<S: Store> Shard<S> {
             .and_then(|(_, delay)| will_deadline(record.expiry_interval, expires_at, *delay, now));
         let result = self.restore_session(restored, now);
         let will = record.will.clone();
-        if result.is_ok() && connected_at_crash {
-            let offline = super::SessionRecord {
-                offline_until: expires_at,
-                ..record.clone()
-            };
-            self.restored_on_disk(record);
+        let offline = (result.is_ok() && connected_at_crash).then(|| super::SessionRecord {
+            offline_until: expires_at,
+            ..record.clone()
+        });
+        self.restored_on_disk(record);
+        if let Some(offline) = offline {
             self.persist_session(client_id.clone(), Some(std::sync::Arc::new(offline)));
-        } else {
-            self.restored_on_disk(record);
         }
         match (result, will, will_at) {
             // Expired while the broker was down with its will still due

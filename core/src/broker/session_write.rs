@@ -46,10 +46,7 @@ impl<S: Store> Shard<S> {
             return;
         }
         let principal = self.conns.get(&conn).and_then(|c| c.principal.clone());
-        let record = record_of(state, principal, will).map(|mut r| {
-            r.offline_until = expires_at;
-            Arc::new(r)
-        });
+        let record = record_of(state, principal, will, expires_at);
         let client_id = state.client_id.clone();
         let held = match self.conns.get_mut(&conn) {
             Some(c) if record.is_some() => {
@@ -76,7 +73,7 @@ impl<S: Store> Shard<S> {
             return;
         };
         let client_id = state.client_id.clone();
-        let record = record_of(state, c.principal.clone(), c.machine.will()).map(Arc::new);
+        let record = record_of(state, c.principal.clone(), c.machine.will(), None);
         if hold {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.durable_hold += 1;
@@ -172,10 +169,7 @@ impl<S: Store> Shard<S> {
         else {
             return;
         };
-        let record = record_of(state, None, None).map(|mut r| {
-            r.offline_until = *expires_at;
-            Arc::new(r)
-        });
+        let record = record_of(state, None, None, *expires_at);
         let client_id = state.client_id.clone();
         self.send_session_write(client_id, session, record, None);
     }
@@ -280,11 +274,14 @@ impl<S: Store> Shard<S> {
 }
 
 /// `state` as a record when it is persisted (session expiry > 0).
+/// `offline_until`: its deadline once its client left (`None` while
+/// connected).
 fn record_of(
     state: &SessionState,
     principal: Option<PrincipalId>,
     will: Option<(SharedMessage, Duration)>,
-) -> Option<SessionRecord> {
+    offline_until: Option<Instant>,
+) -> Option<Arc<SessionRecord>> {
     if state.expiry_interval.is_zero() {
         return None;
     }
@@ -294,12 +291,12 @@ fn record_of(
         .map(|(raw, sub)| (raw.clone(), sub.clone()))
         .collect();
     subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
-    Some(SessionRecord {
+    Some(Arc::new(SessionRecord {
         client_id: state.client_id.clone(),
         principal: principal.unwrap_or_else(PrincipalId::anonymous),
         expiry_interval: state.expiry_interval,
-        offline_until: None,
+        offline_until,
         subscriptions,
         will,
-    })
+    }))
 }
