@@ -50,6 +50,7 @@ fn hop(n: u64, targets: usize) -> Duration {
             for _ in 0..n {
                 let msg = MeshMsg::Deliver {
                     message: message.clone(),
+                    request: None,
                     targets: vec![(SessionId(1), Delivery::default()); targets],
                 };
                 if tx.send_to(to, msg).await.is_err() {

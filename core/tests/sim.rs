@@ -246,6 +246,7 @@ fn acknowledged_retained_messages_are_on_disk_first() {
             size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
             encrypt: true,
             retain: RetainPolicy::All,
+            queues: shardmq_core::config::QueuePolicy::None,
             dynamic: None,
             data_dir: None,
             key_file: None,
@@ -316,6 +317,7 @@ fn persisted_session_acknowledgements_follow_the_disk() {
             size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
             encrypt: true,
             retain: RetainPolicy::None,
+            queues: shardmq_core::config::QueuePolicy::All,
             dynamic: None,
             data_dir: None,
             key_file: None,
@@ -647,6 +649,7 @@ fn a_restored_session_queues_and_resumes_from_any_shard() {
             expiry_interval: Duration::from_secs(3600),
             expires_at: Some(sim.now + Duration::from_secs(3600)),
             subscriptions: vec![("plant/#".into(), subscription)],
+            queue: None,
         };
         let owner = shardmq_core::broker::owner_index("restored", 3);
         let other = (owner + 1) % 3;
@@ -724,6 +727,7 @@ fn a_restored_session_expires_at_its_deadline() {
             expiry_interval: Duration::from_secs(10),
             expires_at: Some(sim.now + Duration::from_secs(10)),
             subscriptions: Vec::new(),
+            queue: None,
         };
         if sim.restore(restored).is_err() {
             sim.fail("the owner shard refused the session");
@@ -738,6 +742,170 @@ fn a_restored_session_expires_at_its_deadline() {
             sim.fail(&format!(
                 "after expiry got {:?}",
                 sim.clients[c].seen.connacks
+            ));
+        }
+    }
+}
+
+/// Queued messages persisted (docs/PERSISTENCE.md "Queued messages"): two
+/// subscribers with persisted sessions go offline, come back and move
+/// between shards while two publishers send QoS 1 messages and the disk
+/// writes (and rewrites) race every other step. At every step: every
+/// message a publisher has a PUBACK for is owed on disk to every subscriber
+/// that has not received it yet. Whenever quiet: the disk owes exactly what
+/// the queues in memory hold. At the end every subscriber got every
+/// acknowledged message, in order per publisher.
+#[test]
+fn acknowledged_messages_for_persisted_sessions_are_on_disk_first() {
+    use shardmq_core::config::{Persistence, RetainPolicy};
+    for seed in seeds(200) {
+        let persistence = Persistence {
+            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
+            encrypt: true,
+            retain: RetainPolicy::None,
+            queues: shardmq_core::config::QueuePolicy::All,
+            dynamic: None,
+            data_dir: None,
+            key_file: None,
+        };
+        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let subs: Vec<usize> = (0..2)
+            .map(|i| sim.add_client(&format!("qs{i}"), "p"))
+            .collect();
+        let pubs: Vec<usize> = (0..2)
+            .map(|i| sim.add_client(&format!("qp{i}"), "p"))
+            .collect();
+        for &c in &subs {
+            let shard = sim.rng.below(3);
+            sim.connect(c, shard, true, 3600);
+            sim.quiesce();
+            sim.subscribe(c, "q/#", QoS::AtLeastOnce);
+        }
+        for (i, &p) in pubs.iter().enumerate() {
+            sim.connect(p, i, true, 0);
+        }
+        sim.quiesce();
+        for n in 0..40 {
+            match sim.rng.below(6) {
+                0 => {
+                    // Leaves (normally or not) and comes back, perhaps on
+                    // another shard: the session moves, with its queue.
+                    let c = subs[sim.rng.below(2)];
+                    if sim.clients[c].connected() {
+                        if sim.rng.chance(50) {
+                            sim.disconnect(c);
+                        } else {
+                            sim.drop_conn(c);
+                        }
+                    }
+                    let shard = sim.rng.below(3);
+                    sim.connect(c, shard, false, 3600);
+                }
+                1 => {
+                    let c = subs[sim.rng.below(2)];
+                    if sim.clients[c].connected() {
+                        sim.drop_conn(c);
+                    }
+                }
+                _ => {
+                    let p = pubs[sim.rng.below(2)];
+                    let payload = Bytes::from(format!("m{n}"));
+                    sim.publish(p, &format!("q/{n}"), QoS::AtLeastOnce, false, payload);
+                }
+            }
+            for _ in 0..sim.rng.below(8) {
+                sim.step();
+                check_owed_on_disk(&sim, &pubs, &subs);
+            }
+            if sim.rng.chance(20) {
+                sim.quiesce();
+                check_queues_disk_is_memory(&mut sim);
+            }
+        }
+        sim.quiesce();
+        check_owed_on_disk(&sim, &pubs, &subs);
+        check_queues_disk_is_memory(&mut sim);
+        for &c in &subs {
+            if !sim.clients[c].connected() {
+                let shard = sim.rng.below(3);
+                sim.connect(c, shard, false, 3600);
+            }
+        }
+        sim.quiesce();
+        check_queues_disk_is_memory(&mut sim);
+        for &c in &subs {
+            let got: Vec<Bytes> = sim.clients[c]
+                .seen
+                .publishes
+                .iter()
+                .map(|(_, p, _)| p.clone())
+                .collect();
+            for &p in &pubs {
+                let acked = &sim.clients[p].seen.acked;
+                let order: Vec<&Bytes> = got.iter().filter(|m| acked.contains(m)).collect();
+                for m in acked {
+                    if !got.contains(m) {
+                        sim.fail(&format!("client {c} never got acknowledged {m:?}"));
+                    }
+                }
+                let mut first_seen: Vec<&Bytes> = Vec::new();
+                for m in order {
+                    if !first_seen.contains(&m) {
+                        first_seen.push(m);
+                    }
+                }
+                // In publish order (PUBACKs may come in another: one waits
+                // for a disk, the next for none).
+                let mut expected: Vec<&Bytes> = acked.iter().collect();
+                expected.sort_by_key(|m| {
+                    std::str::from_utf8(&m[1..])
+                        .ok()
+                        .and_then(|n| n.parse::<u32>().ok())
+                });
+                if first_seen != expected {
+                    sim.fail(&format!(
+                        "client {c}: publisher {p}'s messages out of order: {first_seen:?}, acknowledged {expected:?}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Every message a publisher has a PUBACK for is owed on disk to each
+/// subscriber that has not received it.
+fn check_owed_on_disk(sim: &Sim, pubs: &[usize], subs: &[usize]) {
+    for &s in subs {
+        let client_id = &sim.clients[s].client_id;
+        let owed = sim.disk_owed(client_id);
+        let got = &sim.clients[s].seen.publishes;
+        for &p in pubs {
+            for m in &sim.clients[p].seen.acked {
+                if !got.iter().any(|(_, g, _)| g == m) && !owed.contains(m) {
+                    sim.fail(&format!(
+                        "{m:?} is acknowledged, not yet at {client_id} and not on disk for it (queue {:?}, owed {owed:?}, files {:?})",
+                        sim.disk_queue_ids.get(client_id), sim.disk_queue_files
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Quiet: the disk owes each persisted session exactly what its queue in
+/// memory holds, in the same order.
+fn check_queues_disk_is_memory(sim: &mut Sim) {
+    let mut memory = std::collections::BTreeMap::new();
+    for shard in &mut sim.shards {
+        for (id, payloads) in shard.persisted_queues() {
+            memory.insert(id.to_string(), payloads);
+        }
+    }
+    for (id, payloads) in &memory {
+        let on_disk = sim.disk_owed(id);
+        if &on_disk != payloads {
+            sim.fail(&format!(
+                "{id}: memory owes {payloads:?}, the disk {on_disk:?}"
             ));
         }
     }

@@ -426,9 +426,10 @@ pub fn summary(config: &Config, server: &ServerConfig) -> Vec<String> {
                     format!("AES-256-GCM under key {name}")
                 });
             format!(
-                "persistence: retained messages ({:?}) and sessions with expiry > 0 in {}, \
-                 maxSize={} bytes, {key}; queued messages are not persisted yet",
+                "persistence: retained messages ({:?}), sessions with expiry > 0 and their \
+                 queued messages ({:?}) in {}, maxSize={} bytes, {key}",
                 p.policy.retain,
+                p.policy.queues,
                 p.dir.display(),
                 p.policy.size_max_bytes
             )

@@ -764,3 +764,130 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
     let (_, present) = Client::connect(s.port, "leaving", keeps_session(5)).await;
     assert!(!present, "the session itself is gone");
 }
+
+/// `setup` with `subscriberQueue` All: queued messages persist too.
+fn setup_queues(shards: u32) -> Setup {
+    let s = setup(true, shards);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+    json["persistence"]["subscriberQueue"] = serde_json::json!({"mode": "All"});
+    std::fs::write(&s.config, json.to_string()).unwrap();
+    s
+}
+
+/// Publishes `n` messages on `topic` at `qos` ("{prefix}{i}"), each
+/// acknowledged Success (PUBACK, or PUBCOMP at QoS 2) before the next.
+async fn publish_owed(port: u16, topic: &str, qos: u8, prefix: &str, n: usize) {
+    let (mut c, _) = Client::connect(port, &format!("pub-{prefix}"), |_| {}).await;
+    for i in 0..n {
+        c.publish(topic, q5(qos), false, format!("{prefix}{i}").as_bytes())
+            .await;
+        match c.next_matching(|e| matches!(e, Ev::PubAck(_))).await {
+            Ev::PubAck(reason) => assert_eq!(reason, "Success", "{topic} #{i}"),
+            _ => unreachable!(),
+        }
+    }
+    c.disconnect().await;
+}
+
+fn payloads(got: Vec<(String, Vec<u8>, u8, bool)>) -> Vec<String> {
+    got.into_iter()
+        .map(|(_, p, _, _)| String::from_utf8(p).unwrap())
+        .collect()
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Every message acknowledged to its publisher for a persisted session
+/// survives kill -9, in order, on two shards (publishers, subscribers and
+/// client id owners spread over both): those queued while the subscriber
+/// was away, at QoS 1 and 2, and those sent to a connected subscriber that
+/// had not acknowledged them yet (in flight). A QoS 0 subscription gets
+/// nothing persisted (nothing was promised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_and_in_flight_messages_survive_kill_9() {
+    let s = setup_queues(2);
+    let (broker, _) = run(&s);
+    let (mut away, _) = Client::connect(s.port, "away", keeps_session(3600)).await;
+    away.subscribe("line/+/count", q5(1)).await;
+    away.subscribe("line/+/batch", q5(2)).await;
+    away.kill();
+    let (mut slow, _) = Client::connect(s.port, "slow", |o| {
+        keeps_session(3600)(o);
+        o.set_manual_acks(true);
+    })
+    .await;
+    slow.subscribe("line/+/count", q5(1)).await;
+    let (mut lossy, _) = Client::connect(s.port, "lossy", keeps_session(3600)).await;
+    lossy.subscribe("line/+/count", q5(0)).await;
+    lossy.kill();
+    publish_owed(s.port, "line/1/count", 1, "c", 30).await;
+    publish_owed(s.port, "line/2/batch", 2, "b", 5).await;
+    // Delivered and never acknowledged: in flight at the crash.
+    assert_eq!(payloads(slow.publishes(30).await), numbered("c", 0..30));
+    kill9(broker);
+    // Neither a topic nor a payload marker is readable on disk.
+    assert!(!on_disk(&s.data, b"line/1/count") && !on_disk(&s.data, b"line/2/batch"));
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=3", "queued=65"]);
+    let (mut away, present) = Client::connect(s.port, "away", keeps_session(3600)).await;
+    assert!(present);
+    let got = away.publishes(35).await;
+    let counts: Vec<_> = got
+        .iter()
+        .filter(|m| m.0 == "line/1/count")
+        .cloned()
+        .collect();
+    let batches: Vec<_> = got
+        .iter()
+        .filter(|m| m.0 == "line/2/batch")
+        .cloned()
+        .collect();
+    assert_eq!(payloads(counts), numbered("c", 0..30));
+    assert_eq!(payloads(batches.clone()), numbered("b", 0..5));
+    assert!(batches.iter().all(|m| m.2 == 2), "at the granted QoS 2");
+    let (mut slow, present) = Client::connect(s.port, "slow", keeps_session(3600)).await;
+    assert!(present);
+    assert_eq!(payloads(slow.publishes(30).await), numbered("c", 0..30));
+    let (mut lossy, present) = Client::connect(s.port, "lossy", keeps_session(3600)).await;
+    assert!(present);
+    lossy.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+/// What a subscriber acknowledged is not sent again after a crash; what it
+/// did not is, however many crashes come between. One shard: one log
+/// orders every write, so a DISCONNECT's close (durable) proves the
+/// acknowledgements before it durable too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_deliveries_stay_delivered_across_crashes() {
+    let s = setup_queues(1);
+    let (broker, _) = run(&s);
+    let (mut sub, _) = Client::connect(s.port, "reader", keeps_session(3600)).await;
+    sub.subscribe("line/+/count", q5(1)).await;
+    sub.kill();
+    publish_owed(s.port, "line/1/count", 1, "c", 20).await;
+    kill9(broker);
+
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "queued=20"]);
+    publish_owed(s.port, "line/1/count", 1, "d", 5).await;
+    kill9(broker);
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "queued=25"]);
+    let (mut sub, present) = Client::connect(s.port, "reader", keeps_session(3600)).await;
+    assert!(present);
+    let mut expected = numbered("c", 0..20);
+    expected.extend(numbered("d", 0..5));
+    assert_eq!(payloads(sub.publishes(25).await), expected);
+    sub.disconnect().await;
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "queued=0"]);
+    let (mut sub, present) = Client::connect(s.port, "reader", keeps_session(3600)).await;
+    assert!(present);
+    sub.expect_no_publish(Duration::from_millis(500)).await;
+}

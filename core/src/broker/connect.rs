@@ -34,10 +34,15 @@ impl<S: Store> Shard<S> {
             .into();
             self.next_session += 1;
         }
+        let opted_in = self.config.persistence.as_ref().is_some_and(|p| {
+            let props = request.user_properties.iter();
+            p.opts_in(props.map(|(k, v)| (k.as_ref(), v.as_ref())))
+        });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.client_id = request.client_id.clone();
             c.assigned = assigned;
             c.clean_start = request.clean_start;
+            c.queue_opt_in = opted_in;
         }
         self.outputs
             .push_back(Output::Authenticate { conn, request });
@@ -252,6 +257,8 @@ impl<S: Store> Shard<S> {
             // The CONNECT is gone (shut down meanwhile): keep what was
             // taken over rather than lose it.
             self.park(session, &client_id, state, now);
+            self.assign_queue_log(None, session);
+            self.write_queue_here(None, session);
             self.settle_or_await(&client_id, session, moved, now);
             self.write_parked_session(session);
             return;
@@ -268,6 +275,11 @@ impl<S: Store> Shard<S> {
             .accept(now, state, assigned, admission.permissions);
         c.machine.set_credential_expiry(admission.expires_at);
         c.session = Some(session);
+        // Before the session's record is written: it names the queue's id.
+        self.assign_queue_log(Some(conn), session);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let connected = c.machine.is_connected();
         let session_present = c.machine.session_present();
         let revoked_filters: Vec<Filter> = revoked
@@ -297,6 +309,7 @@ impl<S: Store> Shard<S> {
             self.lift_connect_limit(conn);
         }
         self.attach(session, conn);
+        self.write_queue_here(Some(conn), session);
         self.remove_revoked(session, &revoked_filters);
         if !revoked_filters.is_empty() {
             // The CONNACK waits until every shard's index dropped the

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use hashbrown::{HashMap, HashSet};
 
+use super::queue_record::{QueueDone, QueuePut, QueueSnapshot, QueueState};
 use super::session_write::SessionReply;
+use super::sessions::Slot;
 use super::{ConnId, MeshMsg, Output, RequestId, SessionRecord, Shard, ShardId};
 use crate::buffer::Store;
 use crate::codec::ReasonCode;
 use crate::config::Persistence;
-use crate::session::{PublishAck, SharedMessage};
+use crate::session::{PublishAck, QueueLog, QueuedMessage, SessionState, SharedMessage};
 use crate::topic::TopicName;
 
 /// One change of the persisted retained set, in the order the shard made
@@ -36,6 +38,12 @@ pub enum PersistOp {
     SessionPut(Arc<SessionRecord>),
     /// The client id has no persisted session any more.
     SessionDelete(ByteString),
+    /// A QoS 1/2 message queued for a persisted session on this shard.
+    QueuePut(QueuePut),
+    /// Messages of a persisted queue that are no longer owed.
+    QueueDone(QueueDone),
+    /// A persisted queue written whole (it moved here): what it owes.
+    QueueState(QueueState),
 }
 
 /// What a rewrite puts in the new file: first the ends of what was cleared
@@ -47,6 +55,8 @@ pub struct Snapshot {
     pub deleted_sessions: Vec<ByteString>,
     pub messages: Vec<SharedMessage>,
     pub sessions: Vec<Arc<SessionRecord>>,
+    /// The persisted queues of the sessions on this shard.
+    pub queues: Vec<QueueSnapshot>,
     /// The sequence number the snapshot covers.
     pub upto: u64,
 }
@@ -68,7 +78,7 @@ enum Waiter {
         ack: PublishAck,
         reason: ReasonCode,
     },
-    /// A peer shard's publisher (`MeshMsg::RetainDone`).
+    /// A peer shard's publisher (`MeshMsg::PublishDone`).
     Peer {
         from: ShardId,
         request: RequestId,
@@ -77,6 +87,12 @@ enum Waiter {
     /// A connection whose CONNACK, SUBACK or UNSUBACK waits for its
     /// session's write.
     Session(SessionReply),
+    /// A publish whose acknowledgement waits for several answers
+    /// (`Pending::Publish`): this shard's part is durable.
+    Request(RequestId),
+    /// A queue that moved here is written whole: its old shard may
+    /// compact again (`MeshMsg::QueueSettled`).
+    Moved(ShardId),
 }
 
 /// The persistence state of one shard. Bounded: `on_disk` holds at most the
@@ -100,6 +116,13 @@ pub(super) struct Durable {
     /// Every op up to this one is durable.
     durable: u64,
     waiters: VecDeque<(u64, Waiter)>,
+    /// Persisted queues that moved away and are not yet written whole at
+    /// their new shard: a rewrite now would drop their only durable copy.
+    moves_unsettled: usize,
+    /// Queue ids: this run's generation in the high half (unique across
+    /// restarts), then a counter strided by the shard count.
+    generation: u64,
+    next_queue_id: u64,
 }
 
 impl Durable {
@@ -113,6 +136,9 @@ impl Durable {
             queued: 0,
             durable: 0,
             waiters: VecDeque::new(),
+            moves_unsettled: 0,
+            generation: 0,
+            next_queue_id: 0,
         }
     }
 
@@ -171,6 +197,59 @@ impl Durable {
     }
 }
 
+impl Durable {
+    /// What a persisted queue recorded since the last call: its puts (the
+    /// last one's sequence number is returned: a publisher's
+    /// acknowledgement waits for it) and its ends.
+    pub(super) fn note_queue(&mut self, client_id: &ByteString, log: &mut QueueLog) -> Option<u64> {
+        let queue_id = log.queue_id;
+        let (puts, seqs) = log.take_ops();
+        let mut last_put = None;
+        for (seq, queued) in puts {
+            self.ops.push(PersistOp::QueuePut(QueuePut {
+                client_id: client_id.clone(),
+                queue_id,
+                seq,
+                queued,
+            }));
+            self.queued += 1;
+            last_put = Some(self.queued);
+        }
+        if !seqs.is_empty() {
+            self.ops.push(PersistOp::QueueDone(QueueDone {
+                client_id: client_id.clone(),
+                queue_id,
+                seqs,
+            }));
+            self.queued += 1;
+        }
+        last_put
+    }
+
+    /// A persisted queue written whole (it moved here, or became
+    /// persisted with messages in it): its state, then what it owes.
+    fn note_queue_whole(
+        &mut self,
+        client_id: &ByteString,
+        log: &QueueLog,
+        owed: Vec<(u64, QueuedMessage)>,
+    ) -> u64 {
+        let seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+        let state = QueueState::of(client_id.clone(), log.queue_id, log.next_seq(), &seqs);
+        self.ops.push(PersistOp::QueueState(state));
+        for (seq, queued) in owed {
+            self.ops.push(PersistOp::QueuePut(QueuePut {
+                client_id: client_id.clone(),
+                queue_id: log.queue_id,
+                seq,
+                queued,
+            }));
+        }
+        self.queued += 1;
+        self.queued
+    }
+}
+
 fn user_properties(message: &SharedMessage) -> impl Iterator<Item = (&str, &str)> {
     message
         .properties
@@ -179,7 +258,238 @@ fn user_properties(message: &SharedMessage) -> impl Iterator<Item = (&str, &str)
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
 }
 
+/// The state of the session attached to `conn`, or parked offline as
+/// `session`, with its buffer key.
+fn session_at<'a>(
+    conns: &'a mut HashMap<ConnId, super::Conn>,
+    sessions: &'a mut HashMap<super::SessionId, Slot>,
+    keys: &super::sessions::BufferKeys,
+    conn: Option<ConnId>,
+    session: super::SessionId,
+) -> Option<(&'a mut SessionState, u64)> {
+    match conn {
+        Some(conn) => {
+            let c = conns.get_mut(&conn)?;
+            let owner = c.buffer_owner;
+            Some((c.machine.session_mut()?, owner))
+        }
+        None => match sessions.get_mut(&session)? {
+            Slot::Offline { state, .. } => Some((&mut **state, keys.owner_of(session))),
+            Slot::Online(_) => None,
+        },
+    }
+}
+
+/// Hands what a persisted session's queue recorded to the log (a free
+/// function: the caller holds the session inside `conns` or `sessions`).
+/// The last put's sequence number, for a publisher to wait for.
+pub(super) fn log_queue(
+    durable: &mut Option<Durable>,
+    outputs: &mut VecDeque<Output>,
+    state: &mut SessionState,
+) -> Option<u64> {
+    let d = durable.as_mut()?;
+    let client_id = state.client_id.clone();
+    let log = state.queue_log_mut().filter(|l| l.has_ops())?;
+    let was_empty = d.ops.is_empty();
+    let seq = d.note_queue(&client_id, log);
+    if was_empty && !d.ops.is_empty() {
+        outputs.push_back(Output::Persist);
+    }
+    seq
+}
+
 impl<S: Store> Shard<S> {
+    /// Hands the connection's persisted queue records to the log (after
+    /// its client's acknowledgements, or messages expired in its queue).
+    pub(super) fn log_conn_queue(&mut self, conn: ConnId) {
+        if self.durable.is_none() {
+            return;
+        }
+        if let Some(state) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.machine.session_mut())
+        {
+            log_queue(&mut self.durable, &mut self.outputs, state);
+        }
+    }
+
+    /// A session taking its place on this shard (`conn`, or parked
+    /// offline without one): its queue is persisted exactly when the
+    /// session is (expiry > 0). A queue new to persistence gets an id
+    /// (before the session's record is written: it names the id), and its
+    /// QoS 1/2 messages get sequence numbers; `write_queue_here` writes it.
+    pub(super) fn assign_queue_log(&mut self, conn: Option<ConnId>, session: super::SessionId) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let shards = self.config.shards as u64;
+        let here = self.id.index() as u64;
+        let opted_in = conn
+            .and_then(|c| self.conns.get(&c))
+            .is_some_and(|c| c.queue_opt_in);
+        let Some((state, _)) = session_at(
+            &mut self.conns,
+            &mut self.sessions,
+            &self.buffer_keys,
+            conn,
+            session,
+        ) else {
+            return;
+        };
+        if state.expiry_interval.is_zero() {
+            state.set_queue_log(None);
+        } else if state.queue_log().is_none() && d.policy.persists_queue(&state.client_id, opted_in)
+        {
+            d.next_queue_id += 1;
+            let low = (d.next_queue_id * shards + here) & 0xffff_ffff;
+            // Written nowhere yet.
+            let log = QueueLog::new(d.generation << 32 | low, usize::MAX);
+            state.set_queue_log(Some(log));
+            state.number_unpersisted();
+        }
+    }
+
+    /// After `assign_queue_log`, once the session's buffer key is settled:
+    /// a queue written at another shard (it moved here), or nowhere yet, is
+    /// written whole here, and the connection's CONNACK waits for that.
+    /// The shard it moved from may rewrite its log again once it is durable.
+    pub(super) fn write_queue_here(&mut self, conn: Option<ConnId>, session: super::SessionId) {
+        let here = self.id.index();
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let Some((state, owner)) = session_at(
+            &mut self.conns,
+            &mut self.sessions,
+            &self.buffer_keys,
+            conn,
+            session,
+        ) else {
+            return;
+        };
+        let Some(moved_from) = state
+            .queue_log()
+            .map(|l| l.written_at)
+            .filter(|at| *at != here)
+        else {
+            return;
+        };
+        let owed = state.persisted_entries(&mut self.buffer.lease(owner));
+        let client_id = state.client_id.clone();
+        let Some(log) = state.queue_log_mut() else {
+            return;
+        };
+        log.written_at = here;
+        // Whatever it recorded before is in `owed` now.
+        let _ = log.take_ops();
+        let was_empty = d.ops.is_empty();
+        let seq = d.note_queue_whole(&client_id, log, owed);
+        if was_empty {
+            self.outputs.push_back(Output::Persist);
+        }
+        if let Some(conn) = conn {
+            d.waiters
+                .push_back((seq, Waiter::Session(SessionReply::Local(conn))));
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.durable_hold += 1;
+            }
+        }
+        if moved_from < self.config.shards {
+            d.waiters
+                .push_back((seq, Waiter::Moved(ShardId::new(moved_from))));
+        }
+    }
+
+    /// A persisted session leaves this shard (`take_local` for another
+    /// shard): this shard's log holds its queue's only durable copy until
+    /// the new shard wrote it, so rewrites wait.
+    pub(super) fn queue_moving_out(&mut self, state: &SessionState) {
+        if let (Some(d), Some(log)) = (self.durable.as_mut(), state.queue_log()) {
+            if log.written_at == self.id.index() {
+                d.moves_unsettled += 1;
+            }
+        }
+    }
+
+    /// The new shard wrote a queue that moved from here.
+    pub(super) fn queue_settled(&mut self) {
+        if let Some(d) = self.durable.as_mut() {
+            d.moves_unsettled = d.moves_unsettled.saturating_sub(1);
+        }
+    }
+
+    /// A rewrite (`persist_snapshot`) must wait: a queue that moved away is
+    /// not yet durable at its new shard.
+    pub fn persist_rewrite_deferred(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.moves_unsettled > 0)
+    }
+
+    /// The generation of this run's files: queue ids made from it are
+    /// unique across restarts (recovery keeps only live queues).
+    pub fn set_persist_generation(&mut self, generation: u32) {
+        if let Some(d) = self.durable.as_mut() {
+            d.generation = u64::from(generation);
+        }
+    }
+
+    /// What every persisted queue on this shard owes, by client id, in
+    /// order (the simulator compares it with its disk).
+    pub fn persisted_queues(&mut self) -> Vec<(ByteString, Vec<bytes::Bytes>)> {
+        self.queue_snapshots()
+            .into_iter()
+            .filter_map(|q| {
+                let id = q.state?.client_id;
+                let payloads = q.puts.iter().map(|p| p.queued.message.payload.clone());
+                Some((id, payloads.collect()))
+            })
+            .collect()
+    }
+
+    /// The persisted queue of every session on this shard, for a rewrite.
+    fn queue_snapshots(&mut self) -> Vec<QueueSnapshot> {
+        let here = self.id.index();
+        let mut out = Vec::new();
+        let mut add = |state: &SessionState, lease: &mut crate::buffer::Lease<'_>| {
+            let Some(log) = state.queue_log().filter(|l| l.written_at == here) else {
+                return;
+            };
+            let owed = state.persisted_entries(lease);
+            let seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+            let client_id = &state.client_id;
+            out.push(QueueSnapshot {
+                state: Some(QueueState::of(
+                    client_id.clone(),
+                    log.queue_id,
+                    log.next_seq(),
+                    &seqs,
+                )),
+                puts: owed
+                    .into_iter()
+                    .map(|(seq, queued)| QueuePut {
+                        client_id: client_id.clone(),
+                        queue_id: log.queue_id,
+                        seq,
+                        queued,
+                    })
+                    .collect(),
+            });
+        };
+        for c in self.conns.values() {
+            if let Some(state) = c.machine.session() {
+                add(state, &mut self.buffer.lease(c.buffer_owner));
+            }
+        }
+        for (session, slot) in &self.sessions {
+            if let Slot::Offline { state, .. } = slot {
+                let owner = self.buffer_keys.owner_of(*session);
+                add(state, &mut self.buffer.lease(owner));
+            }
+        }
+        out
+    }
+
     /// After the retained store took (or refused) `message`: queue what must
     /// be written. `Some(seq)`: the change must be durable before anyone is
     /// told it is done.
@@ -235,7 +545,15 @@ impl<S: Store> Shard<S> {
         }
     }
 
-    /// A peer's `RetainDone` waits for `seq`.
+    /// One answer of a publish waiting for several (`Pending::Publish`)
+    /// waits for `seq`.
+    pub(super) fn wait_durable_request(&mut self, seq: u64, request: RequestId) {
+        if let Some(d) = self.durable.as_mut() {
+            d.waiters.push_back((seq, Waiter::Request(request)));
+        }
+    }
+
+    /// A peer's `PublishDone` waits for `seq`.
     pub(super) fn wait_durable_peer(
         &mut self,
         seq: u64,
@@ -294,8 +612,16 @@ impl<S: Store> Shard<S> {
                     from,
                     request,
                     reason,
-                } => self.post(from, MeshMsg::RetainDone { request, reason }),
+                } => self.post(from, MeshMsg::PublishDone { request, reason }),
                 Waiter::Session(reply) => self.session_durable(reply, false),
+                Waiter::Request(request) => self.publish_answer(request, ReasonCode::Success),
+                Waiter::Moved(from) => {
+                    if from == self.id {
+                        self.queue_settled();
+                    } else {
+                        self.post(from, MeshMsg::QueueSettled);
+                    }
+                }
             }
         }
     }
@@ -337,7 +663,11 @@ impl<S: Store> Shard<S> {
             match op {
                 PersistOp::Clear(topic) => snapshot.clears.push(topic),
                 PersistOp::SessionDelete(id) => snapshot.deleted_sessions.push(id),
-                PersistOp::Retain(_) | PersistOp::SessionPut(_) => {}
+                PersistOp::Retain(_)
+                | PersistOp::SessionPut(_)
+                | PersistOp::QueuePut(_)
+                | PersistOp::QueueDone(_)
+                | PersistOp::QueueState(_) => {}
             }
         }
         snapshot.messages = d
@@ -346,6 +676,7 @@ impl<S: Store> Shard<S> {
             .filter_map(|topic| self.retained.get(topic).cloned())
             .collect();
         snapshot.sessions = d.sessions.values().cloned().collect();
+        snapshot.queues = self.queue_snapshots();
         snapshot
     }
 
@@ -385,6 +716,7 @@ mod tests {
             size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap_or(std::num::NonZeroU64::MIN),
             encrypt: true,
             retain,
+            queues: crate::config::QueuePolicy::None,
             dynamic: Some(DynamicProperty {
                 key: "aio-persistence".into(),
                 value: "true".into(),

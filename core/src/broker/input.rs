@@ -38,6 +38,7 @@ impl<S: Store> Shard<S> {
                 hold: 0,
                 durable_hold: 0,
                 superseded: false,
+                queue_opt_in: false,
                 admission: None,
                 principal: None,
                 client_id: ByteString::new(),
@@ -84,6 +85,8 @@ impl<S: Store> Shard<S> {
             }
             self.wake(conn);
         }
+        // The client's acknowledgements end persisted messages.
+        self.log_conn_queue(conn);
         let held = self.conns.get(&conn).map_or(0, |c| c.inbox.partial_len());
         self.hold_partial(conn, held as u64, now);
         self.flow(conn)

@@ -48,10 +48,13 @@ impl SubscriptionData for SubVal {
 /// returns, so the asking shard finds its continuation.
 #[derive(Debug)]
 pub enum MeshMsg {
-    /// One message for several sessions of the receiving shard.
+    /// One message for several sessions of the receiving shard. With a
+    /// request (persistence on, the publisher waits), the receiver answers
+    /// `PublishDone` once what it queued for persisted sessions is durable.
     Deliver {
         message: SharedMessage,
         targets: Vec<(SessionId, Delivery)>,
+        request: Option<RequestId>,
     },
     /// Replicated subscription index deltas.
     SubAdd {
@@ -65,7 +68,7 @@ pub enum MeshMsg {
     },
     /// To the retained owner of the topic (hash of the topic): set, or
     /// clear with an empty payload. The owner's order is the order. With a
-    /// request, the owner answers `RetainDone` with its outcome.
+    /// request, the owner answers `PublishDone` with its outcome.
     RetainSet {
         message: SharedMessage,
         request: Option<RequestId>,
@@ -91,11 +94,15 @@ pub enum MeshMsg {
         request: RequestId,
         stale: bool,
     },
-    /// The owner stored (or refused) a retained message.
-    RetainDone {
+    /// A publish's part at this shard is done: the retained owner stored
+    /// (or refused) it, or a target shard's persisted queues hold it.
+    PublishDone {
         request: RequestId,
         reason: crate::codec::ReasonCode,
     },
+    /// A persisted queue that moved from the receiver is written at the
+    /// sender: the receiver may rewrite its log again.
+    QueueSettled,
     /// To every shard: the retained messages it owns that match `filter`.
     RetainedQuery {
         filter: TopicFilter,
@@ -168,9 +175,13 @@ pub enum MeshMsg {
     },
     /// From the old shard to the new: a delivery that still came for the
     /// old session, for the new one (never held: it comes in order).
+    /// With `answer`, the receiver answers the sender `PublishDone` for it
+    /// once the persisted queues hold it (the sender relays to the
+    /// publisher's shard).
     Forward {
         message: SharedMessage,
         targets: Vec<(SessionId, Delivery)>,
+        answer: Option<RequestId>,
     },
     /// A self-test probe reached the sender's built-in probe subscriber.
     ProbeReply {

@@ -18,6 +18,7 @@ pub mod metrics;
 mod moves;
 pub mod output;
 mod pending;
+pub mod queue_record;
 mod reconfig;
 pub mod registry;
 mod restore;
@@ -49,8 +50,9 @@ pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
 pub use metrics::Gauges;
 pub use output::{Admission, Notice, Output};
+pub use queue_record::{QueueDone, QueuePut, QueueSnapshot, QueueState};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
-pub use restore::{RestoreError, RestoredSession};
+pub use restore::{RestoreError, RestoredQueue, RestoredSession};
 pub use selftest::SELFTEST_PREFIX;
 pub use session_record::SessionRecord;
 pub use sys::ReservedTopics;
@@ -117,7 +119,7 @@ const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// One connection as the shard holds it.
 #[derive(Debug)]
-struct Conn {
+pub(super) struct Conn {
     machine: Connection,
     /// Socket bytes not yet decoded (a partial packet at most).
     inbox: Inbox,
@@ -137,6 +139,9 @@ struct Conn {
     /// A held session write came back stale (the connection was taken over
     /// meanwhile): the hold stays, and the socket closes without waiting.
     superseded: bool,
+    /// Its CONNECT carried persistence's dynamic opt-in (its session's
+    /// queue is persisted under `subscriberQueue` Custom).
+    queue_opt_in: bool,
     /// The answer to `Output::Authenticate`, kept until the claim completes.
     admission: Option<Admission>,
     /// Who the accepted client is, for its persisted session's record.
@@ -344,6 +349,7 @@ impl<S: Store> Shard<S> {
             return;
         };
         c.machine.handle_connection_lost();
+        self.log_conn_queue(conn);
         self.process_events(conn, now);
     }
 
@@ -398,6 +404,9 @@ impl<S: Store> Shard<S> {
         // Messages that expired in the queue are dropped while draining.
         let expired_after = c.machine.session().map_or(0, |s| s.stats.dropped_expired);
         self.stats.dropped_expired += expired_after.saturating_sub(expired_before);
+        // Expired, lost or too large for the client: ends of persisted
+        // messages.
+        self.log_conn_queue(conn);
         n
     }
 
@@ -479,11 +488,39 @@ impl<S: Store> Shard<S> {
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         self.stats.mesh_received += 1;
         match msg {
-            MeshMsg::Deliver { message, targets } => {
-                self.deliver_local(now, from, &message, &targets, false);
+            MeshMsg::Deliver {
+                message,
+                targets,
+                request,
+            } => {
+                // Deliveries held for an arriving session, or forwarded after
+                // one that left, answer later: the relay counts them.
+                let relay = request.map(|request| {
+                    self.new_request(Pending::Relay {
+                        to: from,
+                        request,
+                        waiting: 1,
+                    })
+                });
+                let (_, durable) = self.deliver_local(now, from, &message, &targets, false, relay);
+                if let Some(relay) = relay {
+                    self.answer_when_durable(durable, relay);
+                }
             }
-            MeshMsg::Forward { message, targets } => {
-                self.deliver_local(now, from, &message, &targets, true);
+            MeshMsg::QueueSettled => self.queue_settled(),
+            MeshMsg::Forward {
+                message,
+                targets,
+                answer,
+            } => {
+                let (_, durable) = self.deliver_local(now, from, &message, &targets, true, None);
+                if let Some(request) = answer {
+                    let reason = ReasonCode::Success;
+                    match durable {
+                        Some(seq) => self.wait_durable_peer(seq, from, request, reason),
+                        None => self.post(from, MeshMsg::PublishDone { request, reason }),
+                    }
+                }
             }
             MeshMsg::Moved { old, to, entries } => self.moved_arrived(from, old, to, entries),
             MeshMsg::MoveMark { session } => self.mark_arrived(from, session, now),
@@ -493,7 +530,7 @@ impl<S: Store> Shard<S> {
             MeshMsg::RetainSet { message, request } => {
                 self.retain_set_arrived(from, message, request)
             }
-            MeshMsg::RetainDone { request, reason } => self.retain_done(request, reason),
+            MeshMsg::PublishDone { request, reason } => self.publish_answer(request, reason),
             MeshMsg::RetainedQuery { filter, request } => {
                 let messages = self.retained_matches(&filter);
                 self.post(from, MeshMsg::RetainedReply { request, messages });

@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::pending::AfterBarrier;
-use super::{ConnId, MeshMsg, SessionId, Shard, ShardId, SubKey, SubVal};
+use super::{ConnId, MeshMsg, RequestId, SessionId, Shard, ShardId, SubKey, SubVal};
 use crate::buffer::Store;
 use crate::session::{Delivery, SharedMessage, Subscription};
 use crate::topic::TopicFilter;
@@ -42,8 +42,9 @@ pub(super) struct Arriving {
     /// Per shard: its mark has not come through `from` yet.
     awaiting: Vec<bool>,
     missing: usize,
-    /// Messages sent straight here by shards still awaited, in arrival order.
-    held: Vec<(ShardId, SharedMessage, Delivery)>,
+    /// Messages sent straight here by shards still awaited, in arrival
+    /// order, with the request answered once each is queued (durably).
+    held: Vec<(ShardId, SharedMessage, Delivery, Option<RequestId>)>,
     /// Index changes and barriers of this session, until every peer applied
     /// `Moved` (a change broadcast now could overtake it).
     deferred: Vec<Deferred>,
@@ -204,10 +205,14 @@ impl<S: Store> Shard<S> {
         arriving.missing -= 1;
         let (released, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut arriving.held)
             .into_iter()
-            .partition(|(from, _, _)| *from == origin);
+            .partition(|(from, _, _, _)| *from == origin);
         arriving.held = kept;
-        for (_, message, delivery) in released {
-            self.deliver_local(now, origin, &message, &[(session, delivery)], true);
+        for (_, message, delivery, answer) in released {
+            let targets = [(session, delivery)];
+            let (_, durable) = self.deliver_local(now, origin, &message, &targets, true, None);
+            if let Some(answer) = answer {
+                self.answer_when_durable(durable, answer);
+            }
         }
         self.arrival_complete_if_here((self.id, session), now);
     }
@@ -220,6 +225,7 @@ impl<S: Store> Shard<S> {
         session: SessionId,
         message: &SharedMessage,
         delivery: &Delivery,
+        answer: Option<RequestId>,
     ) -> bool {
         let Some(arriving) = self.arriving.get_mut(&session) else {
             return false;
@@ -234,7 +240,10 @@ impl<S: Store> Shard<S> {
         }
         arriving
             .held
-            .push((origin, message.clone(), delivery.clone()));
+            .push((origin, message.clone(), delivery.clone(), answer));
+        if let Some(answer) = answer {
+            self.expect_answer(answer);
+        }
         true
     }
 

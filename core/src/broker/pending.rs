@@ -30,13 +30,24 @@ pub(super) enum Pending {
     },
     /// A barrier with every peer: `Pong`s still to come.
     Barrier { waiting: usize, then: AfterBarrier },
-    /// A retained publish waiting for its owner's outcome before the
-    /// publisher is acknowledged (a new subscriber anywhere must then see
-    /// it); `reason` is the routing result.
-    RetainSet {
+    /// A publish whose acknowledgement waits for other shards: the
+    /// retained owner's outcome (a new subscriber anywhere must then see
+    /// it) and, with persistence, each target shard's durable queues.
+    /// `reason` is the routing result; `waiting` the answers to come.
+    Publish {
         conn: ConnId,
         ack: PublishAck,
         reason: ReasonCode,
+        waiting: usize,
+    },
+    /// A `Deliver` with a request, at its target shard: answers still to
+    /// come from deliveries held for an arriving session or forwarded after
+    /// one that left (and this shard's own part); the last one answers
+    /// `request` at shard `to`.
+    Relay {
+        to: super::ShardId,
+        request: RequestId,
+        waiting: usize,
     },
     /// A persisted session's write at its client id's owner; the
     /// connection's writer is held until it is durable.
@@ -200,11 +211,57 @@ impl<S: Store> Shard<S> {
         self.stop_synced
     }
 
-    /// The retained owner stored (or refused) a retained publish.
-    pub(super) fn retain_done(&mut self, request: RequestId, outcome: ReasonCode) {
-        if let Some(Pending::RetainSet { conn, ack, reason }) = self.pending.remove(&request) {
-            let reason = if outcome.is_error() { outcome } else { reason };
+    /// One of a publish's answers: the retained owner's outcome, or a
+    /// target shard's (or this shard's) queues are durable. The last one
+    /// acknowledges the publisher.
+    pub(super) fn publish_answer(&mut self, request: RequestId, outcome: ReasonCode) {
+        if let Some(Pending::Relay { waiting, .. }) = self.pending.get_mut(&request) {
+            *waiting = waiting.saturating_sub(1);
+            if *waiting == 0 {
+                if let Some(Pending::Relay { to, request, .. }) = self.pending.remove(&request) {
+                    let reason = ReasonCode::Success;
+                    self.post(to, MeshMsg::PublishDone { request, reason });
+                }
+            }
+            return;
+        }
+        let Some(Pending::Publish {
+            reason, waiting, ..
+        }) = self.pending.get_mut(&request)
+        else {
+            return;
+        };
+        if outcome.is_error() {
+            *reason = outcome;
+        }
+        *waiting = waiting.saturating_sub(1);
+        if *waiting > 0 {
+            return;
+        }
+        if let Some(Pending::Publish {
+            conn, ack, reason, ..
+        }) = self.pending.remove(&request)
+        {
             self.publish_done(conn, ack, reason);
+        }
+    }
+
+    /// One more answer for `request` (a publish, or a relay of one) will
+    /// come: a delivery held or forwarded.
+    pub(super) fn expect_answer(&mut self, request: RequestId) {
+        if let Some(Pending::Publish { waiting, .. } | Pending::Relay { waiting, .. }) =
+            self.pending.get_mut(&request)
+        {
+            *waiting += 1;
+        }
+    }
+
+    /// One answer for `request` once log sequence number `durable` is
+    /// on disk (at once without one).
+    pub(super) fn answer_when_durable(&mut self, durable: Option<u64>, request: RequestId) {
+        match durable {
+            Some(seq) => self.wait_durable_request(seq, request),
+            None => self.publish_answer(request, ReasonCode::Success),
         }
     }
 

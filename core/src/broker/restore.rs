@@ -13,7 +13,7 @@ use super::registry::{Claim, Decision};
 use super::sessions::Slot;
 use super::{PrincipalId, RequestId, SessionId, Shard};
 use crate::buffer::Store;
-use crate::session::{SessionState, Subscription};
+use crate::session::{QueueLog, QueuedMessage, SessionState, Subscription};
 
 /// A persisted session, as recovery read it.
 #[derive(Debug, Clone)]
@@ -27,6 +27,17 @@ pub struct RestoredSession {
     pub expires_at: Option<Instant>,
     /// By the filter as subscribed (`$share/g/f` and `f` differ).
     pub subscriptions: Vec<(ByteString, Subscription)>,
+    /// Its persisted queue, if it has one.
+    pub queue: Option<RestoredQueue>,
+}
+
+/// A persisted queue as recovery read it: what it still owes, in order.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredQueue {
+    pub queue_id: u64,
+    /// The sequence number its next message gets.
+    pub next: u64,
+    pub messages: Vec<(u64, QueuedMessage)>,
 }
 
 /// Why a session was not restored.
@@ -51,6 +62,7 @@ impl<S: Store> Shard<S> {
     pub fn restore_persisted(
         &mut self,
         record: super::SessionRecord,
+        queue: Option<RestoredQueue>,
         now: Instant,
     ) -> Result<(), RestoreError> {
         let client_id = record.client_id.clone();
@@ -64,6 +76,7 @@ impl<S: Store> Shard<S> {
             expiry_interval: record.expiry_interval,
             expires_at,
             subscriptions: record.subscriptions.clone(),
+            queue,
         };
         let will_at = record
             .will
@@ -133,6 +146,7 @@ impl<S: Store> Shard<S> {
             expiry_interval,
             expires_at,
             subscriptions,
+            queue,
         } = restored;
         if self.owner_of(&client_id) != self.id {
             return Err(RestoreError::NotOwner);
@@ -160,6 +174,18 @@ impl<S: Store> Shard<S> {
         let mut state = SessionState::new(client_id.clone(), expiry_interval);
         for (raw, sub) in &subscriptions {
             state.subscriptions.insert(raw.clone(), sub.clone());
+        }
+        // What its queue owed at the crash is queued again; the recovery
+        // snapshot of this shard's log holds it.
+        if let Some(q) = queue.filter(|q| q.queue_id != 0 && self.durable.is_some()) {
+            let mut log = QueueLog::new(q.queue_id, self.id.index());
+            log.next_seq = q.next.max(1);
+            state.set_queue_log(Some(log));
+            let limit = self.config.limits.queue;
+            let mut lease = self.buffer.lease(self.buffer_keys.owner_of(session));
+            for (seq, m) in q.messages {
+                state.restore_queued(seq, m, &limit, &mut lease);
+            }
         }
         self.index_session(session, &client_id, subscriptions);
         self.sessions.insert(

@@ -60,7 +60,7 @@ impl<S: Store> Shard<S> {
         let (reason, durable) = self.apply_retained(message);
         match (request, durable) {
             (Some(request), Some(seq)) => self.wait_durable_peer(seq, from, request, reason),
-            (Some(request), None) => self.post(from, MeshMsg::RetainDone { request, reason }),
+            (Some(request), None) => self.post(from, MeshMsg::PublishDone { request, reason }),
             (None, _) => {}
         }
     }

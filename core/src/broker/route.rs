@@ -3,14 +3,17 @@
 //! queue for this shard's subscribers and send one `Deliver` per other shard
 //! that has some. What the publisher's acknowledgement means: the message is
 //! in every target queue on this shard and handed, in order, to the mesh for
-//! the others (and stored by its retained owner, when retained).
+//! the others (and stored by its retained owner, when retained); with
+//! persistence, also durable in every persisted session's queue it went to,
+//! on every shard (each target shard answers `PublishDone`).
 
 use std::time::Instant;
 
+use super::durable::log_queue;
 use super::pending::Pending;
 use super::selftest::PROBE_SESSION;
 use super::sessions::Slot;
-use super::{ConnId, MeshMsg, SessionId, Shard, SubKey, SubVal};
+use super::{ConnId, MeshMsg, RequestId, SessionId, Shard, SubKey, SubVal};
 use crate::buffer::Store;
 use crate::codec::ReasonCode;
 use crate::session::{Delivery, Enqueued, PublishAck, SessionState, SharedMessage};
@@ -40,24 +43,33 @@ impl<S: Store> Shard<S> {
         waiter: Option<(ConnId, PublishAck)>,
     ) {
         self.stats.messages_in += 1;
+        let retained_owner = message
+            .retain
+            .then(|| self.owner_of(message.topic.as_str()));
+        let remote_retain = retained_owner.is_some_and(|o| o != self.id);
+        // Answers from other shards come through a request: the retained
+        // owner's (once acknowledged, a new subscriber anywhere must see
+        // it), and with persistence every target shard's.
+        let persisting = self.durable.is_some();
+        let request = waiter
+            .filter(|_| remote_retain || persisting)
+            .map(|(conn, ack)| {
+                self.new_request(Pending::Publish {
+                    conn,
+                    ack,
+                    reason: ReasonCode::Success,
+                    waiting: 0,
+                })
+            });
         let mut retained_outcome = ReasonCode::Success;
-        let mut retained_request = None;
-        let mut retained_durable = None;
-        if message.retain {
-            let owner = self.owner_of(message.topic.as_str());
-            if owner == self.id {
-                (retained_outcome, retained_durable) = self.apply_retained(message.clone());
-            } else {
-                // The publisher's acknowledgement waits for the owner: once
-                // acknowledged, a new subscriber anywhere must see it.
-                let request = waiter.map(|(conn, ack)| {
-                    self.new_request(Pending::RetainSet {
-                        conn,
-                        ack,
-                        reason: ReasonCode::Success,
-                    })
-                });
-                retained_request = request;
+        let mut local_durable = None;
+        let mut waiting = 0;
+        match retained_owner {
+            Some(owner) if owner == self.id => {
+                (retained_outcome, local_durable) = self.apply_retained(message.clone());
+            }
+            Some(owner) => {
+                waiting += usize::from(request.is_some());
                 self.post(
                     owner,
                     MeshMsg::RetainSet {
@@ -66,37 +78,60 @@ impl<S: Store> Shard<S> {
                     },
                 );
             }
+            None => {}
         }
-        let reason = self.route(now, &message);
+        let deliver_request = request.filter(|_| persisting);
+        let routed = self.route(now, &message, deliver_request);
+        local_durable = local_durable.max(routed.durable);
+        waiting += routed.answers;
         let Some((conn, ack)) = waiter else {
             return;
         };
-        match retained_request {
-            Some(request) => {
-                if let Some(Pending::RetainSet { reason: r, .. }) = self.pending.get_mut(&request) {
-                    *r = reason;
-                }
+        let reason = if retained_outcome.is_error() {
+            retained_outcome
+        } else {
+            routed.reason
+        };
+        let Some(request) = request else {
+            // A persisted retained change: acknowledged once on disk.
+            return match local_durable {
+                Some(seq) => self.wait_durable_local(seq, conn, ack, reason),
+                None => self.publish_done(conn, ack, reason),
+            };
+        };
+        waiting += usize::from(local_durable.is_some());
+        // Held and forwarded deliveries already counted theirs; none can
+        // have answered yet (they answer from later events).
+        let total = match self.pending.get_mut(&request) {
+            Some(Pending::Publish {
+                reason: r,
+                waiting: w,
+                ..
+            }) => {
+                *r = reason;
+                *w += waiting;
+                *w
             }
-            None => {
-                let reason = if retained_outcome.is_error() {
-                    retained_outcome
-                } else {
-                    reason
-                };
-                // A persisted retained change: acknowledged once on disk.
-                match retained_durable {
-                    Some(seq) => self.wait_durable_local(seq, conn, ack, reason),
-                    None => self.publish_done(conn, ack, reason),
-                }
-            }
+            _ => 0,
+        };
+        if total == 0 {
+            self.pending.remove(&request);
+            return self.publish_done(conn, ack, reason);
+        }
+        if let Some(seq) = local_durable {
+            self.wait_durable_request(seq, request);
         }
     }
 
-    /// Offers `message` to every matching subscriber on every shard.
-    /// Returns the v5 reason for the publisher: Success, No matching
-    /// subscribers (0x10), or Quota exceeded (0x97) when a subscriber on
-    /// this shard refused it (queue full, strategy None).
-    fn route(&mut self, now: Instant, message: &SharedMessage) -> ReasonCode {
+    /// Offers `message` to every matching subscriber on every shard. With
+    /// `request`, each other target shard answers once its persisted queues
+    /// hold the message.
+    fn route(
+        &mut self,
+        now: Instant,
+        message: &SharedMessage,
+        request: Option<RequestId>,
+    ) -> Routed {
         let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
         let mut shared: Vec<(SubKey, SubVal)> = Vec::new();
         let mut matched = false;
@@ -123,30 +158,43 @@ impl<S: Store> Shard<S> {
             matched = true;
         }
         let mut rejected = false;
+        let mut routed = Routed {
+            reason: ReasonCode::Success,
+            durable: None,
+            answers: 0,
+        };
+        // QoS 0 is never persisted: no answer to wait for.
+        let request = request.filter(|_| message.qos != crate::codec::QoS::AtMostOnce);
         for (shard, targets) in per_shard.into_iter().enumerate() {
             if targets.is_empty() {
                 continue;
             }
             let shard = super::ShardId::new(shard);
             if shard == self.id {
-                rejected |= self.deliver_local(now, self.id, message, &targets, false);
+                let (r, durable) =
+                    self.deliver_local(now, self.id, message, &targets, false, request);
+                rejected |= r;
+                routed.durable = durable;
             } else {
+                routed.answers += usize::from(request.is_some());
                 self.post(
                     shard,
                     MeshMsg::Deliver {
                         message: message.clone(),
                         targets,
+                        request,
                     },
                 );
             }
         }
-        if rejected {
+        routed.reason = if rejected {
             ReasonCode::QuotaExceeded
         } else if matched {
             ReasonCode::Success
         } else {
             ReasonCode::NoMatchingSubscribers
-        }
+        };
+        routed
     }
 
     /// One member per share group, round-robin over the group's members on
@@ -190,8 +238,11 @@ impl<S: Store> Shard<S> {
     }
 
     /// Offers `message`, routed by shard `origin`, to this shard's
-    /// targets; true if a queue refused it. `forwarded`: it came through the
-    /// old shard of a moving session, in order, and is never held.
+    /// targets: whether a queue refused it, and the log sequence number
+    /// that makes it durable in the persisted queues it entered.
+    /// `forwarded`: it came through the old shard of a moving session, in
+    /// order, and is never held. `answer`: a delivery held or forwarded
+    /// elsewhere answers it once durable (`expect_answer`).
     pub(super) fn deliver_local(
         &mut self,
         now: Instant,
@@ -199,9 +250,11 @@ impl<S: Store> Shard<S> {
         message: &SharedMessage,
         targets: &[(SessionId, Delivery)],
         forwarded: bool,
-    ) -> bool {
+        answer: Option<RequestId>,
+    ) -> (bool, Option<u64>) {
         let limit = self.config.limits.queue;
         let mut rejected = false;
+        let mut durable = None;
         for (session, delivery) in targets {
             if *session == PROBE_SESSION {
                 self.probe_arrived(message, now);
@@ -210,7 +263,7 @@ impl<S: Store> Shard<S> {
             // PERF: moves are rare; the common path pays one emptiness test.
             if !forwarded
                 && !self.arriving.is_empty()
-                && self.hold_if_arriving(origin, *session, message, delivery)
+                && self.hold_if_arriving(origin, *session, message, delivery, answer)
             {
                 continue;
             }
@@ -226,6 +279,13 @@ impl<S: Store> Shard<S> {
                         let mut lease = self.buffer.lease(c.buffer_owner);
                         let outcome = c.machine.deliver(now, message, delivery, &mut lease);
                         extra_drops = dropped_of(c.machine.session()) - before;
+                        // PERF: one test when persistence is off.
+                        if self.durable.is_some() {
+                            if let Some(state) = c.machine.session_mut() {
+                                let seq = log_queue(&mut self.durable, &mut self.outputs, state);
+                                durable = durable.max(seq);
+                            }
+                        }
                         outcome
                     }
                     None => Enqueued::Discarded,
@@ -236,11 +296,14 @@ impl<S: Store> Shard<S> {
                     let mut lease = self.buffer.lease(owner);
                     let outcome = state.enqueue(now, message, delivery, false, &limit, &mut lease);
                     extra_drops = state.stats.dropped_queue_full - before;
+                    let seq = log_queue(&mut self.durable, &mut self.outputs, state);
+                    durable = durable.max(seq);
                     outcome
                 }
                 // Moved away: forward it to where the session went.
                 None if self.leaving.contains_key(session) => {
-                    self.forward(now, origin, message, *session, delivery);
+                    let seq = self.forward(now, origin, message, *session, delivery, answer);
+                    durable = durable.max(seq);
                     continue;
                 }
                 // Gone since the publisher's shard matched it (ended, or
@@ -257,11 +320,13 @@ impl<S: Store> Shard<S> {
                 self.stats.dropped_oldest += extra_drops - 1;
             }
         }
-        rejected
+        (rejected, durable)
     }
 
     /// A delivery for a session that moved on: to its new place, behind
-    /// everything forwarded before (pair order).
+    /// everything forwarded before (pair order). The log sequence number
+    /// that makes it durable when that place is this shard; a peer answers
+    /// `answer` itself.
     fn forward(
         &mut self,
         now: Instant,
@@ -269,22 +334,27 @@ impl<S: Store> Shard<S> {
         message: &SharedMessage,
         old: SessionId,
         delivery: &Delivery,
-    ) {
-        let Some((shard, session)) = self.forward_target(old) else {
-            return;
-        };
+        answer: Option<RequestId>,
+    ) -> Option<u64> {
+        let (shard, session) = self.forward_target(old)?;
         let targets = vec![(session, delivery.clone())];
         if shard == self.id {
-            self.deliver_local(now, origin, message, &targets, true);
-        } else {
-            self.post(
-                shard,
-                MeshMsg::Forward {
-                    message: message.clone(),
-                    targets,
-                },
-            );
+            return self
+                .deliver_local(now, origin, message, &targets, true, None)
+                .1;
         }
+        if let Some(answer) = answer {
+            self.expect_answer(answer);
+        }
+        self.post(
+            shard,
+            MeshMsg::Forward {
+                message: message.clone(),
+                targets,
+                answer,
+            },
+        );
+        None
     }
 
     fn count(
@@ -332,6 +402,19 @@ impl<S: Store> Shard<S> {
         }
         self.wake(conn);
     }
+}
+
+/// What routing one message did, for its publisher's acknowledgement.
+struct Routed {
+    /// The v5 reason: Success, No matching subscribers (0x10), or Quota
+    /// exceeded (0x97) when a subscriber on this shard refused it (queue
+    /// full, strategy None).
+    reason: ReasonCode,
+    /// The log sequence number that makes it durable in this shard's
+    /// persisted queues.
+    durable: Option<u64>,
+    /// Other shards that will answer `PublishDone`.
+    answers: usize,
 }
 
 fn dropped_of(state: Option<&SessionState>) -> u64 {

@@ -19,8 +19,10 @@ use crate::topic::{Filter, TopicName};
 /// The topic every session record carries: records are messages in the
 /// buffer's format, and this one is never routed anywhere.
 const RECORD_TOPIC: &str = "$session";
-/// Payload format version: a later layout gets a new number.
-const FORMAT: u8 = 1;
+/// Payload format version: a later layout gets a new number. Version 2
+/// adds the queue id; version 1 records (no queued messages) still read.
+const FORMAT: u8 = 2;
+const FORMAT_V1: u8 = 1;
 
 /// One session's persisted state. The log keeps the last record per client
 /// id; a delete (`SessionRecord` absent) ends it.
@@ -44,6 +46,9 @@ pub struct SessionRecord {
     /// [MQTT-3.1.3-9]. Written without it once the connection closed (the
     /// running broker published, scheduled or discarded it then).
     pub will: Option<(SharedMessage, Duration)>,
+    /// The id of its persisted queue (`session::QueueLog`): recovery keeps
+    /// the queued messages written under this id only. 0: none.
+    pub queue_id: u64,
 }
 
 fn topic() -> TopicName {
@@ -89,6 +94,7 @@ impl SessionRecord {
                 p.put_slice(&nested);
             }
         }
+        p.put_u64(self.queue_id);
         Ok(Message {
             payload: p.freeze(),
             expires_at: self.offline_until,
@@ -100,7 +106,8 @@ impl SessionRecord {
     /// to `epoch`.
     pub fn from_message(message: &Message, epoch: Instant) -> Result<SessionRecord, RecordError> {
         let mut r = Reader(&message.payload);
-        if r.u8()? != FORMAT {
+        let format = r.u8()?;
+        if format != FORMAT && format != FORMAT_V1 {
             return Err(RecordError::Malformed("unknown session record format"));
         }
         let principal = PrincipalId::restored(r.str()?);
@@ -147,6 +154,7 @@ impl SessionRecord {
             }
             _ => return Err(RecordError::Malformed("session record will flag")),
         };
+        let queue_id = if format == FORMAT { r.u64()? } else { 0 };
         if !r.0.is_empty() {
             return Err(RecordError::Malformed("session record trailing bytes"));
         }
@@ -157,11 +165,12 @@ impl SessionRecord {
             offline_until: message.expires_at,
             subscriptions,
             will,
+            queue_id,
         })
     }
 }
 
-fn put_str(p: &mut BytesMut, s: &str) {
+pub(super) fn put_str(p: &mut BytesMut, s: &str) {
     // A 32-bit length: a principal joins method, subject and realm, so it
     // can pass 65,535 bytes even though each part came from a packet, and a
     // string cut short (perhaps inside a character) would make the record,
@@ -203,10 +212,10 @@ fn options_from(b: u8) -> Result<SubscriptionOptions, RecordError> {
     })
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub &'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
         if self.0.len() < n {
             return Err(RecordError::Malformed("session record cut short"));
         }
@@ -215,16 +224,22 @@ impl Reader<'_> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, RecordError> {
+    pub(super) fn u8(&mut self) -> Result<u8, RecordError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, RecordError> {
+    pub(super) fn u32(&mut self) -> Result<u32, RecordError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn str(&mut self) -> Result<ByteString, RecordError> {
+    pub(super) fn u64(&mut self) -> Result<u64, RecordError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    pub(super) fn str(&mut self) -> Result<ByteString, RecordError> {
         let b = self.take(4)?;
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         let s = std::str::from_utf8(self.take(len)?)
@@ -286,6 +301,7 @@ mod tests {
                 sub("$share/g/plant/#", QoS::AtLeastOnce, 0),
             ],
             will: Some(will(epoch)),
+            queue_id: 0x0102_0304_0506_0708,
         }
     }
 

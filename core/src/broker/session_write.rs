@@ -298,5 +298,6 @@ fn record_of(
         offline_until,
         subscriptions,
         will,
+        queue_id: state.queue_log().map_or(0, |l| l.queue_id),
     }))
 }

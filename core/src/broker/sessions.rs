@@ -121,6 +121,9 @@ impl<S: Store> Shard<S> {
             // time [MQTT-3.1.3-9]: it waits on the shard the session was on.
             self.wills.retain(|w| w.client_id != st.client_id);
         }
+        if let Some(st) = state.as_ref().filter(|_| moving_to.is_some() && !stays) {
+            self.queue_moving_out(st);
+        }
         if let Some(st) = state.as_mut() {
             if !stays {
                 let owner = self.buffer_keys.owner_of(session);
@@ -305,6 +308,8 @@ impl<S: Store> Shard<S> {
                 // turn: released now, not when the session comes back.
                 let owner = self.buffer_keys.owner_of(session);
                 state.release_retired(&mut self.buffer.lease(owner));
+                // Its last acknowledgements go before its close record.
+                super::durable::log_queue(&mut self.durable, &mut self.outputs, &mut state);
                 let expires_at = now.checked_add(state.expiry_interval);
                 // A will still waiting is in the close record: a crash during
                 // its delay does not lose it.

@@ -15,7 +15,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::seal::{BlockPos, KeyId, Sealer, BLOCK_HEADER_LEN, TAG_LEN};
 use super::{record, RecordError, SealError, BLOCK_BODY_TARGET};
-use crate::broker::{session_record, PersistOp, SessionRecord, Snapshot};
+use crate::broker::{
+    session_record, PersistOp, QueueDone, QueuePut, QueueState, SessionRecord, Snapshot,
+};
 use crate::codec::QoS;
 use crate::session::Message;
 use crate::topic::TopicName;
@@ -35,6 +37,9 @@ const OP_RETAIN: u64 = 1;
 const OP_CLEAR: u64 = 2;
 const OP_SESSION_PUT: u64 = 3;
 const OP_SESSION_DELETE: u64 = 4;
+const OP_QUEUE_PUT: u64 = 5;
+const OP_QUEUE_DONE: u64 = 6;
+const OP_QUEUE_STATE: u64 = 7;
 
 /// The one key id of a file's sealer (`Sealer::with_key`).
 const FILE_KEY: KeyId = KeyId(1);
@@ -293,6 +298,12 @@ pub enum LoggedOp {
     /// A session put in an intact block whose payload does not decode (a
     /// newer format, or a bug): that session is dropped, the file goes on.
     SessionUnreadable(ByteString, RecordError),
+    QueuePut(QueuePut),
+    QueueDone(QueueDone),
+    QueueState(QueueState),
+    /// A queue record in an intact block that does not decode: that
+    /// client id's queue is dropped (its session stays), the file goes on.
+    QueueUnreadable(ByteString, RecordError),
 }
 
 impl LogWriter {
@@ -338,6 +349,12 @@ impl LogWriter {
                     OP_SESSION_DELETE,
                     Cow::Owned(session_record::delete_message(id)),
                 )),
+                PersistOp::QueuePut(p) => {
+                    let m = queue_put_message(p, epoch, &mut unencodable)?;
+                    Some((OP_QUEUE_PUT, Cow::Owned(m)))
+                }
+                PersistOp::QueueDone(d) => Some((OP_QUEUE_DONE, Cow::Owned(d.to_message()))),
+                PersistOp::QueueState(q) => Some((OP_QUEUE_STATE, Cow::Owned(q.to_message()))),
             })
             .collect();
         let (bytes, skipped) = self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))?;
@@ -359,12 +376,24 @@ impl LogWriter {
             .iter()
             .filter_map(|r| session_message(r, epoch, &mut unencodable))
             .collect();
+        let mut queues: Vec<(u64, Message)> = Vec::new();
+        for q in &snapshot.queues {
+            if let Some(state) = &q.state {
+                queues.push((OP_QUEUE_STATE, state.to_message()));
+            }
+            for p in &q.puts {
+                if let Some(m) = queue_put_message(p, epoch, &mut unencodable) {
+                    queues.push((OP_QUEUE_PUT, m));
+                }
+            }
+        }
         let records = clears
             .iter()
             .map(|m| (OP_CLEAR, m))
             .chain(deletes.iter().map(|m| (OP_SESSION_DELETE, m)))
             .chain(snapshot.messages.iter().map(|m| (OP_RETAIN, &**m)))
-            .chain(sessions.iter().map(|m| (OP_SESSION_PUT, m)));
+            .chain(sessions.iter().map(|m| (OP_SESSION_PUT, m)))
+            .chain(queues.iter().map(|(op, m)| (*op, m)));
         let (bytes, skipped) = self.seal_records(records)?;
         Ok((bytes, skipped + unencodable))
     }
@@ -410,6 +439,13 @@ impl LogWriter {
 /// record format's limits: never from a valid packet).
 fn session_message(r: &SessionRecord, epoch: Instant, unencodable: &mut usize) -> Option<Message> {
     let m = r.to_message(epoch).ok();
+    *unencodable += usize::from(m.is_none());
+    m
+}
+
+/// A queued message's record, or `None` counted in `unencodable`.
+fn queue_put_message(p: &QueuePut, epoch: Instant, unencodable: &mut usize) -> Option<Message> {
+    let m = p.to_message(epoch).ok();
     *unencodable += usize::from(m.is_none());
     m
 }
@@ -494,6 +530,18 @@ fn read_block(
                 Err(e) => LoggedOp::SessionUnreadable(message.origin, e),
             },
             OP_SESSION_DELETE => LoggedOp::SessionDelete(message.origin),
+            OP_QUEUE_PUT => match QueuePut::from_message(&message, epoch) {
+                Ok(p) => LoggedOp::QueuePut(p),
+                Err(e) => LoggedOp::QueueUnreadable(message.origin, e),
+            },
+            OP_QUEUE_DONE => match QueueDone::from_message(&message) {
+                Ok(d) => LoggedOp::QueueDone(d),
+                Err(e) => LoggedOp::QueueUnreadable(message.origin, e),
+            },
+            OP_QUEUE_STATE => match QueueState::from_message(&message) {
+                Ok(q) => LoggedOp::QueueState(q),
+                Err(e) => LoggedOp::QueueUnreadable(message.origin, e),
+            },
             _ => return Err(RecordError::Malformed("unknown operation")),
         });
         body = &body[rlen..];
@@ -539,6 +587,7 @@ mod tests {
             expiry_interval: std::time::Duration::from_secs(60),
             offline_until: None,
             will: None,
+            queue_id: 0,
             subscriptions: vec![(
                 raw.clone(),
                 crate::session::Subscription {
@@ -573,6 +622,23 @@ mod tests {
                 PersistOp::Clear(TopicName::try_from("a").unwrap_or_else(|_| unreachable!())),
                 PersistOp::SessionPut(Arc::new(session("secret-client"))),
                 PersistOp::SessionDelete("gone".into()),
+                PersistOp::QueuePut(crate::broker::QueuePut {
+                    client_id: "secret-client".into(),
+                    queue_id: 5,
+                    seq: 1,
+                    queued: crate::session::QueuedMessage {
+                        message: message("c", b"secret-three"),
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        subscription_ids: Vec::new(),
+                    },
+                }),
+                PersistOp::QueueDone(QueueDone {
+                    client_id: "secret-client".into(),
+                    queue_id: 5,
+                    seqs: vec![1],
+                }),
+                PersistOp::QueueState(QueueState::of("secret-client".into(), 5, 2, &[])),
             ])
             .unwrap_or_else(|_| unreachable!());
         bytes.extend_from_slice(&b2);
@@ -639,6 +705,10 @@ mod tests {
                 LoggedOp::SessionPut(r) => format!("session {}", r.client_id),
                 LoggedOp::SessionDelete(id) => format!("end {id}"),
                 LoggedOp::SessionUnreadable(id, _) => format!("unreadable {id}"),
+                LoggedOp::QueuePut(p) => format!("put {} {:?}", p.seq, p.queued.message.payload),
+                LoggedOp::QueueDone(d) => format!("done {:?}", d.seqs),
+                LoggedOp::QueueState(s) => format!("state {} {}", s.floor, s.next),
+                LoggedOp::QueueUnreadable(id, _) => format!("unreadable queue {id}"),
             })
             .collect();
         assert_eq!(
@@ -648,7 +718,10 @@ mod tests {
                 r#"retain b b"secret-two""#,
                 "clear a",
                 "session secret-client",
-                "end gone"
+                "end gone",
+                r#"put 1 b"secret-three""#,
+                "done [1]",
+                "state 2 2",
             ]
         );
         // Encrypted: neither payloads, topics nor the publisher show.
@@ -705,6 +778,6 @@ mod tests {
             Err(LogError::Plaintext)
         ));
         let log = read_all(&plain, false, &[]).unwrap_or_else(|_| unreachable!());
-        assert_eq!(log.ops.len(), 5);
+        assert_eq!(log.ops.len(), 8);
     }
 }

@@ -19,7 +19,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use listeners::{BIND_ADDRESS_DEFAULT, DEFAULT_LISTENER_ADDR};
 pub use persistence::{
-    DynamicProperty, Persistence, RetainPolicy, DYNAMIC_KEY_DEFAULT, DYNAMIC_VALUE_DEFAULT,
+    DynamicProperty, Persistence, QueuePolicy, RetainPolicy, DYNAMIC_KEY_DEFAULT,
+    DYNAMIC_VALUE_DEFAULT,
 };
 pub use types::{
     Advanced, Authentication, AuthenticationMethod, Authorization, AuthorizationRule, AutomaticTls,

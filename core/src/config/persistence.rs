@@ -97,6 +97,9 @@ pub struct Persistence {
     /// `encryption.mode` (Enabled by default): AES-256-GCM at rest.
     pub encrypt: bool,
     pub retain: RetainPolicy,
+    /// `subscriberQueue`: whose queued messages are persisted (their
+    /// sessions' state always is, for expiry > 0).
+    pub queues: QueuePolicy,
     /// `dynamic`: the user property a v5 client sets to ask for persistence.
     pub dynamic: Option<DynamicProperty>,
     /// `dataDir` (shardmq addition); `None`: `<stateDir>/persistence`.
@@ -122,6 +125,23 @@ pub enum RetainPolicy {
     },
 }
 
+/// `subscriberQueue.mode` and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueuePolicy {
+    /// Queued messages stay in memory only (AIO's default).
+    #[default]
+    None,
+    /// Every persisted session's queue.
+    All,
+    /// Sessions whose client id matches one of `client_ids` (`*` matches
+    /// any run of characters), and, when `dynamic`, those whose CONNECT
+    /// carries the dynamic user property.
+    Custom {
+        client_ids: Vec<String>,
+        dynamic: bool,
+    },
+}
+
 /// `dynamic.userPropertyKey` / `userPropertyValue`, when `dynamic.mode` is
 /// Enabled (the default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +151,30 @@ pub struct DynamicProperty {
 }
 
 impl Persistence {
+    /// Whether the queue of a persisted session (expiry > 0) of
+    /// `client_id` is written to disk; `opted_in`: its CONNECT carried the
+    /// dynamic user property.
+    pub fn persists_queue(&self, client_id: &str, opted_in: bool) -> bool {
+        match &self.queues {
+            QueuePolicy::None => false,
+            QueuePolicy::All => true,
+            QueuePolicy::Custom {
+                client_ids,
+                dynamic,
+            } => client_ids.iter().any(|p| glob(p, client_id)) || (*dynamic && opted_in),
+        }
+    }
+
+    /// Whether these user properties carry the dynamic opt-in.
+    pub fn opts_in<'a>(
+        &self,
+        mut user_properties: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> bool {
+        self.dynamic
+            .as_ref()
+            .is_some_and(|d| user_properties.any(|(k, v)| k == d.key && v == d.value))
+    }
+
     /// Whether a retained PUBLISH on `topic` with these user properties is
     /// written to disk (AIO: the listed topics, OR the dynamic opt-in).
     pub fn retains<'a>(
@@ -152,6 +196,27 @@ impl Persistence {
     }
 }
 
+/// `pattern` with `*` matching any run of characters (AIO's client id
+/// lists) against `text`.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 pub(crate) fn persistence(raw: &RawPersistence, report: &mut Report) -> Option<Persistence> {
     let at = "persistence";
     if raw.persistent_volume_claim_spec.is_some() {
@@ -163,7 +228,7 @@ pub(crate) fn persistence(raw: &RawPersistence, report: &mut Report) -> Option<P
             "shardmq has no state store (AIO's DSS); ignored",
         );
     }
-    subscriber_queue(raw.subscriber_queue.as_ref(), report);
+    let queues = subscriber_queue(raw.subscriber_queue.as_ref(), report);
     let size_path = format!("{at}.maxSize");
     let size_max_bytes = match &raw.max_size {
         None | Some(Value::Null) => {
@@ -208,6 +273,7 @@ pub(crate) fn persistence(raw: &RawPersistence, report: &mut Report) -> Option<P
         size_max_bytes: size_max_bytes?,
         encrypt,
         retain,
+        queues,
         dynamic,
         data_dir,
         key_file,
@@ -297,18 +363,63 @@ fn retain(raw: Option<&RawRetainPolicy>, report: &mut Report) -> RetainPolicy {
     }
 }
 
-/// Queued messages do not survive a restart yet: asking for them must not
-/// start a broker the operator believes durable.
-fn subscriber_queue(raw: Option<&RawSubscriberQueuePolicy>, report: &mut Report) {
+/// `subscriberQueue`: `mode`, and for Custom `subscriberQueueSettings`
+/// with `subscriberClientIds` (`*` wildcards) and `dynamic.mode`.
+fn subscriber_queue(raw: Option<&RawSubscriberQueuePolicy>, report: &mut Report) -> QueuePolicy {
     let at = "persistence.subscriberQueue";
-    let Some(raw) = raw else { return };
-    let mode = mode(report, at, raw.mode.as_deref());
-    if matches!(mode, Some(Mode::All | Mode::Custom)) {
-        report.error(
-            format!("{at}.mode"),
-            "not supported yet: queued messages and session state do not survive a \
-             restart of this version (docs/CONFIG.md); set mode None or remove the section",
-        );
+    let Some(raw) = raw else {
+        return QueuePolicy::None;
+    };
+    let settings = raw.subscriber_queue_settings.as_ref();
+    match mode(report, at, raw.mode.as_deref()) {
+        None | Some(Mode::None) => QueuePolicy::None,
+        Some(Mode::All) => QueuePolicy::All,
+        Some(Mode::Custom) => {
+            let sat = format!("{at}.subscriberQueueSettings");
+            let mut client_ids = Vec::new();
+            let mut dynamic = false;
+            match settings {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(map)) => {
+                    for (key, value) in map {
+                        match (key.as_str(), value) {
+                            ("subscriberClientIds", Value::Array(ids)) => {
+                                for (i, id) in ids.iter().enumerate() {
+                                    match id.as_str() {
+                                        Some(s) if !s.is_empty() => client_ids.push(s.to_owned()),
+                                        _ => report.error(
+                                            format!("{sat}.subscriberClientIds[{i}]"),
+                                            "must be a non-empty string",
+                                        ),
+                                    }
+                                }
+                            }
+                            ("dynamic", Value::Object(d)) => {
+                                let mode = d.get("mode").and_then(Value::as_str);
+                                dynamic =
+                                    toggle(report, format!("{sat}.dynamic.mode"), mode, false);
+                            }
+                            (k, _) => report.error(
+                                format!("{sat}.{k}"),
+                                "unknown field or wrong type (subscriberClientIds: list of \
+                                 strings, dynamic: {\"mode\": ...})",
+                            ),
+                        }
+                    }
+                }
+                Some(_) => report.error(&sat, "must be an object"),
+            }
+            if client_ids.is_empty() && !dynamic {
+                report.warn(
+                    &sat,
+                    "mode Custom with no subscriberClientIds and dynamic Disabled persists no queue",
+                );
+            }
+            QueuePolicy::Custom {
+                client_ids,
+                dynamic,
+            }
+        }
     }
 }
 
@@ -392,16 +503,45 @@ mod tests {
     }
 
     #[test]
-    fn persisted_subscriber_queues_are_refused_until_they_exist() {
-        let e = load(r#"{"persistence": {"maxSize": "1G", "subscriberQueue": {"mode": "All"}}}"#)
-            .unwrap_err();
-        assert!(
-            e[0].contains("persistence.subscriberQueue.mode: not supported yet"),
-            "{e:?}"
+    fn subscriber_queue_modes_select_client_ids() {
+        let policy = |json: &str| {
+            load(json)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .config
+                .persistence
+                .unwrap()
+        };
+        let none = policy(r#"{"persistence": {"maxSize": "1G"}}"#);
+        assert!(!none.persists_queue("any", true), "None by default (AIO)");
+        let all =
+            policy(r#"{"persistence": {"maxSize": "1G", "subscriberQueue": {"mode": "All"}}}"#);
+        assert!(all.persists_queue("any", false));
+        let custom = policy(
+            r#"{"persistence": {"maxSize": "1G", "subscriberQueue": {"mode": "Custom",
+               "subscriberQueueSettings": {"subscriberClientIds": ["line-*", "*-hist*", "exact"],
+               "dynamic": {"mode": "Enabled"}}}}}"#,
         );
+        for (id, kept) in [
+            ("line-7", true),
+            ("line-", true),
+            ("plant-history-1", true),
+            ("exact", true),
+            ("exactly", false),
+            ("other", false),
+        ] {
+            assert_eq!(custom.persists_queue(id, false), kept, "{id}");
+        }
+        assert!(custom.persists_queue("other", true), "the dynamic opt-in");
+        assert!(custom.opts_in([("aio-persistence", "true")].into_iter()));
+        let e = load(
+            r#"{"persistence": {"maxSize": "1G", "subscriberQueue": {"mode": "Custom",
+               "subscriberQueueSettings": {"subscriberClientIds": [""], "topics": []}}}}"#,
+        )
+        .unwrap_err()
+        .join("\n");
         assert!(
-            load(r#"{"persistence": {"maxSize": "1G", "subscriberQueue": {"mode": "None"}}}"#)
-                .is_ok()
+            e.contains("subscriberClientIds[0]") && e.contains("subscriberQueueSettings.topics"),
+            "{e}"
         );
     }
 }

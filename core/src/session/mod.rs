@@ -4,6 +4,7 @@
 
 mod connection;
 mod message;
+mod persist;
 mod queue;
 mod state;
 
@@ -13,6 +14,7 @@ pub use connection::{
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
+pub use persist::{QueueLog, QueuedMessage};
 pub use queue::Enqueued;
 pub use state::{SessionState, SessionStats, Subscription};
 

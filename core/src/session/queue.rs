@@ -39,6 +39,9 @@ pub(crate) struct Queued {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<SubscriptionId>,
+    /// Its sequence number in the persisted queue (`persist`); 0: not
+    /// persisted.
+    pub seq: u64,
 }
 
 /// A queued message whose body is in the shard's store. Per-delivery data
@@ -49,25 +52,28 @@ pub(crate) struct Stored {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<SubscriptionId>,
+    pub seq: u64,
 }
 
 impl Stored {
-    fn new(at: RecordRef, q: &Queued) -> Stored {
+    pub(super) fn new(at: RecordRef, q: &Queued) -> Stored {
         Stored {
             at,
             qos: q.qos,
             retain: q.retain,
             subscription_ids: q.subscription_ids.clone(),
+            seq: q.seq,
         }
     }
 
     /// The queued form of this message once read back as `m`.
-    fn with_message(&self, m: Message) -> Queued {
+    pub(super) fn with_message(&self, m: Message) -> Queued {
         Queued {
             message: Arc::new(m),
             qos: self.qos,
             retain: self.retain,
             subscription_ids: self.subscription_ids.clone(),
+            seq: self.seq,
         }
     }
 }
@@ -88,6 +94,21 @@ impl Entry {
         match self {
             Entry::Memory(q) => q.qos,
             Entry::Stored(s) => s.qos,
+        }
+    }
+
+    pub(super) fn set_seq(&mut self, seq: u64) {
+        match self {
+            Entry::Memory(q) => q.seq = seq,
+            Entry::Stored(s) => s.seq = seq,
+        }
+    }
+
+    /// Its sequence number in the persisted queue (0: not persisted).
+    pub fn seq(&self) -> u64 {
+        match self {
+            Entry::Memory(q) => q.seq,
+            Entry::Stored(s) => s.seq,
         }
     }
 }
@@ -167,6 +188,7 @@ impl SessionState {
             qos,
             retain,
             subscription_ids: delivery.subscription_ids.clone(),
+            seq: self.seq_for(qos),
         };
         // PERF: QoS 0 fan-in runs at hundreds of thousands of messages a
         // second per shard: the common case, in memory within every bound,
@@ -203,6 +225,7 @@ impl SessionState {
             // the buffer, not the whole shard's (docs/BUFFER.md).
             if lease.may_append(&self.held) {
                 if let Ok(at) = lease.append(&mut self.held, &queued.message) {
+                    self.log_put(&queued);
                     self.spilled_len += 1;
                     self.queue
                         .push_back(Entry::Stored(Stored::new(at, &queued)));
@@ -230,6 +253,7 @@ impl SessionState {
     }
 
     fn push_memory(&mut self, queued: Queued, cost: u64, lease: &mut Lease<'_>) {
+        self.log_put(&queued);
         lease.hold_memory(&mut self.held, cost);
         self.queue.push_back(Entry::Memory(queued));
     }
@@ -248,6 +272,7 @@ impl SessionState {
 
     /// Accounts for an entry leaving the queue undelivered.
     fn drop_entry(&mut self, entry: Entry, lease: &mut Lease<'_>) {
+        self.log_done(entry.seq());
         match entry {
             Entry::Memory(q) => lease.free_memory(&mut self.held, memory_cost(&q.message)),
             Entry::Stored(s) => {
@@ -261,6 +286,8 @@ impl SessionState {
     /// stored records and its share of the memory budget, and the queue's
     /// own allocation.
     pub fn discard_queue(&mut self, lease: &mut Lease<'_>) {
+        // The session's end, written by its owner, ends its queue's records.
+        self.persist = None;
         while let Some(e) = self.queue.pop_front() {
             self.drop_entry(e, lease);
         }
@@ -284,6 +311,7 @@ impl SessionState {
     /// Removes in-flight entry `i` (its exchange ended).
     pub(crate) fn remove_inflight(&mut self, i: usize) {
         if let Some(f) = self.inflight.remove(i) {
+            self.log_done(f.seq);
             self.retire(f.publish);
         }
     }
@@ -323,6 +351,7 @@ impl SessionState {
     pub fn unspill(&mut self, lease: &mut Lease<'_>) {
         self.release_retired(lease);
         let mut lost_inflight = 0;
+        let mut lost_seqs = Vec::new();
         let held = &mut self.held;
         self.inflight.retain_mut(|f| {
             let Some(Entry::Stored(s)) = &f.publish else {
@@ -336,12 +365,16 @@ impl SessionState {
                 // The exchange cannot be resent: it ends, its id is free.
                 None => {
                     lost_inflight += 1;
+                    lost_seqs.push(f.seq);
                     false
                 }
             }
         });
         self.stats.dropped_lost += lost_inflight;
         if self.spilled_len == 0 {
+            for seq in lost_seqs {
+                self.log_done(seq);
+            }
             self.held.clear_disk();
             return;
         }
@@ -360,10 +393,14 @@ impl SessionState {
                 }
                 None => {
                     lost += 1;
+                    lost_seqs.push(s.seq);
                     false
                 }
             }
         });
+        for seq in lost_seqs {
+            self.log_done(seq);
+        }
         self.spilled_len = 0;
         self.held.clear_disk();
         self.stats.dropped_lost += lost;
@@ -466,6 +503,7 @@ impl SessionState {
                         Ok(m) => (s.with_message(m), keep.then_some(s)),
                         Err(_) => {
                             self.stats.dropped_lost += 1;
+                            self.log_done(s.seq);
                             continue;
                         }
                     }
@@ -473,6 +511,7 @@ impl SessionState {
             };
             if q.message.is_expired(now) {
                 self.stats.dropped_expired += 1;
+                self.log_done(q.seq);
                 if let Some(s) = kept {
                     lease.release(&mut self.held, s.at);
                 }

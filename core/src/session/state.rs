@@ -48,6 +48,8 @@ pub(crate) struct Inflight {
     /// record is released when the exchange ends and read again only to
     /// resend it after a reconnect, so a draining window holds no payloads.
     pub publish: Option<Entry>,
+    /// Its sequence number in the persisted queue (0: not persisted).
+    pub seq: u64,
 }
 
 /// Counters a session keeps for metrics and the operator.
@@ -91,6 +93,8 @@ pub struct SessionState {
     /// Ids stepped through by `allocate_packet_id` so far.
     packet_id_steps: u64,
     pub stats: SessionStats,
+    /// The persisted queue's log (`None`: the session is not persisted).
+    pub(crate) persist: Option<Box<super::persist::QueueLog>>,
 }
 
 impl SessionState {
@@ -108,6 +112,7 @@ impl SessionState {
             next_packet_id: 1,
             packet_id_steps: 0,
             stats: SessionStats::default(),
+            persist: None,
         }
     }
 
@@ -192,6 +197,7 @@ mod tests {
             serial,
             state: InflightState::Qos1Sent,
             publish: None,
+            seq: 0,
         });
         packet_id
     }

@@ -146,6 +146,11 @@ pub struct Sim {
     pub disk_sessions: std::collections::BTreeMap<String, Vec<String>>,
     /// Whether the disk's last record of each session says it is offline.
     pub disk_offline: std::collections::BTreeMap<String, bool>,
+    /// The queue id each session record on disk names.
+    pub disk_queue_ids: std::collections::BTreeMap<String, u64>,
+    /// Per shard, the queue records of its log file: a rewrite replaces
+    /// them (a queue that moved away is gone from this file then).
+    pub disk_queue_files: Vec<Vec<QueueRec>>,
     pub clients: Vec<Client>,
     trace: VecDeque<String>,
     pub steps: u64,
@@ -222,6 +227,8 @@ impl Sim {
             disk: Default::default(),
             disk_sessions: Default::default(),
             disk_offline: Default::default(),
+            disk_queue_ids: Default::default(),
+            disk_queue_files: vec![Vec::new(); n],
             clients: Vec::new(),
             trace: VecDeque::new(),
             steps: 0,
@@ -598,11 +605,19 @@ impl Sim {
     /// runtime rewrites the shard's log as a snapshot instead (compaction,
     /// key rotation): the shard's topics on disk become the snapshot.
     fn write_disk(&mut self, shard: usize) {
-        if self.rng.below(4) == 0 {
+        // A rewrite waits while a queue that moved away is not yet written
+        // at its new shard (the runtime's writer does the same).
+        if self.rng.below(4) == 0 && !self.shards[shard].persist_rewrite_deferred() {
             // Like recovery: the old file's records stay on the disk (its
             // deletion may fail), the snapshot's clears and messages apply
-            // on top of them.
+            // on top of them. Queue records are per file: replaced.
             let snapshot = self.shards[shard].persist_snapshot();
+            let mut file = Vec::new();
+            for q in &snapshot.queues {
+                file.extend(q.state.clone().map(QueueRec::State));
+                file.extend(q.puts.iter().map(QueueRec::put));
+            }
+            self.disk_queue_files[shard] = file;
             let upto = snapshot.upto;
             for topic in snapshot.clears {
                 self.disk.remove(topic.as_str());
@@ -616,6 +631,8 @@ impl Sim {
                     .insert(m.topic.as_str().to_owned(), m.payload.clone());
             }
             for r in snapshot.sessions {
+                self.disk_queue_ids
+                    .insert(r.client_id.to_string(), r.queue_id);
                 self.disk_sessions
                     .insert(r.client_id.to_string(), filters_of(&r));
                 self.disk_offline
@@ -637,14 +654,25 @@ impl Sim {
                         self.disk.remove(topic.as_str());
                     }
                     PersistOp::SessionPut(r) => {
+                        self.disk_queue_ids
+                            .insert(r.client_id.to_string(), r.queue_id);
                         self.disk_sessions
                             .insert(r.client_id.to_string(), filters_of(&r));
                         self.disk_offline
                             .insert(r.client_id.to_string(), r.offline_until.is_some());
                     }
                     PersistOp::SessionDelete(id) => {
+                        self.disk_queue_ids.remove(&*id);
                         self.disk_sessions.remove(&*id);
                         self.disk_offline.remove(&*id);
+                    }
+                    PersistOp::QueuePut(p) => self.disk_queue_files[shard].push(QueueRec::put(&p)),
+                    PersistOp::QueueDone(d) => self.disk_queue_files[shard].push(QueueRec::Done {
+                        queue_id: d.queue_id,
+                        seqs: d.seqs,
+                    }),
+                    PersistOp::QueueState(s) => {
+                        self.disk_queue_files[shard].push(QueueRec::State(s))
                     }
                 }
             }
@@ -711,6 +739,65 @@ fn short(msg: &MeshMsg) -> String {
 }
 
 /// A persisted session's filters as subscribed, sorted.
+/// One queue record in a shard's simulated log.
+#[derive(Debug, Clone)]
+pub enum QueueRec {
+    Put {
+        queue_id: u64,
+        seq: u64,
+        payload: Bytes,
+    },
+    Done {
+        queue_id: u64,
+        seqs: Vec<u64>,
+    },
+    State(shardmq_core::broker::QueueState),
+}
+
+impl QueueRec {
+    fn put(p: &shardmq_core::broker::QueuePut) -> QueueRec {
+        QueueRec::Put {
+            queue_id: p.queue_id,
+            seq: p.seq,
+            payload: p.queued.message.payload.clone(),
+        }
+    }
+}
+
+impl Sim {
+    /// The payloads the disk owes `client_id`'s session, in order, as
+    /// recovery would read them: the puts of the queue its record names,
+    /// from every file, less every sequence number any record calls dead.
+    pub fn disk_owed(&self, client_id: &str) -> Vec<Bytes> {
+        let Some(&q) = self.disk_queue_ids.get(client_id) else {
+            return Vec::new();
+        };
+        let mut puts = std::collections::BTreeMap::new();
+        let mut done: BTreeSet<u64> = BTreeSet::new();
+        let mut states = Vec::new();
+        for rec in self.disk_queue_files.iter().flatten() {
+            match rec {
+                QueueRec::Put {
+                    queue_id,
+                    seq,
+                    payload,
+                } if *queue_id == q => {
+                    puts.insert(*seq, payload.clone());
+                }
+                QueueRec::Done { queue_id, seqs } if *queue_id == q => {
+                    done.extend(seqs.iter().copied())
+                }
+                QueueRec::State(s) if s.queue_id == q => states.push(s),
+                _ => {}
+            }
+        }
+        puts.into_iter()
+            .filter(|(seq, _)| !done.contains(seq) && !states.iter().any(|s| s.is_dead(*seq)))
+            .map(|(_, p)| p)
+            .collect()
+    }
+}
+
 fn filters_of(r: &shardmq_core::broker::SessionRecord) -> Vec<String> {
     r.subscriptions
         .iter()

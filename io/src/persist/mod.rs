@@ -7,7 +7,7 @@
 pub mod keys;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{owner_index, SessionRecord, Snapshot};
+use shardmq_core::broker::{
+    owner_index, QueuePut, QueueSnapshot, QueueState, RestoredQueue, SessionRecord, Snapshot,
+};
 use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
 use shardmq_core::config::Persistence;
-use shardmq_core::session::{Message, SharedMessage};
+use shardmq_core::session::{Message, QueuedMessage, SharedMessage};
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
@@ -87,11 +89,13 @@ impl PersistRun {
         let lock = lock_dir(&spec.dir)?;
         let epoch = Epoch::now();
         let (starts, _) = recover(spec, shards, epoch)?;
-        warn!(
-            "persistence: sessions and their subscriptions persist, but the messages queued for \
-             them and their in-flight QoS 1/2 exchanges do not survive a restart yet \
-             (docs/PERSISTENCE.md)"
-        );
+        if spec.policy.queues == shardmq_core::config::QueuePolicy::None {
+            warn!(
+                "persistence: sessions and their subscriptions persist, but with subscriberQueue \
+                 mode None (the default) the messages queued for them do not survive a restart \
+                 (docs/PERSISTENCE.md)"
+            );
+        }
         Ok(PersistRun {
             spec: spec.clone(),
             epoch,
@@ -195,6 +199,10 @@ pub struct ShardStart {
     pub retained: Vec<SharedMessage>,
     /// The persisted sessions whose client ids the shard owns.
     pub sessions: Vec<SessionRecord>,
+    /// What their persisted queues still owe, by client id.
+    pub queues: HashMap<ByteString, RestoredQueue>,
+    /// This run's generation (queue ids made from it are new).
+    pub generation: u32,
 }
 
 /// What recovery found, for the start-up log line.
@@ -212,6 +220,11 @@ pub struct Recovered {
     /// Session records in intact blocks that did not decode (a newer
     /// format): those sessions are dropped, counted and logged.
     pub unreadable_sessions: usize,
+    /// Messages owed to restored sessions' queues.
+    pub queued: usize,
+    /// Queue records in intact blocks that did not decode: those queues
+    /// are dropped (their sessions stay).
+    pub unreadable_queues: usize,
     /// Files whose reading stopped early (torn tail or changed bytes).
     pub cut: usize,
     pub elapsed: Duration,
@@ -249,6 +262,7 @@ pub fn recover(
     for f in &files {
         replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
     }
+    let mut queues = state.owed_queues();
     let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
         (0..shards.max(1)).map(|_| Default::default()).collect();
     report.retained = state.retained.len();
@@ -271,8 +285,16 @@ pub fn recover(
     let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
     let mut starts = Vec::with_capacity(per_shard.len());
     for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
+        let mut owed = HashMap::new();
+        for r in &sessions {
+            if let Some(q) = queues.remove(&r.queue_id).filter(|q| q.0 == r.client_id) {
+                report.queued += q.1.messages.len();
+                owed.insert(r.client_id.clone(), q.1);
+            }
+        }
         let snapshot = Snapshot {
             messages,
+            queues: owed.iter().map(|(id, q)| queue_snapshot(id, q)).collect(),
             sessions: sessions.into_iter().map(Arc::new).collect(),
             ..Snapshot::default()
         };
@@ -297,6 +319,8 @@ pub fn recover(
             log: LogFile { key_version, ..log },
             retained: snapshot.messages,
             sessions,
+            queues: owed,
+            generation: next_generation,
         });
     }
     // Oldest first, stopping at the first that fails: what stays is always
@@ -320,7 +344,8 @@ pub fn recover(
     report.elapsed = started.elapsed();
     info!(dir = %dir.display(), files = report.files, records = report.ops, retained = report.retained,
         sessions = report.sessions, expired_sessions = report.expired_sessions,
-        unreadable_sessions = report.unreadable_sessions, wills_due = report.wills_due, expired = report.expired, cut = report.cut, generation = next_generation,
+        unreadable_sessions = report.unreadable_sessions, wills_due = report.wills_due, expired = report.expired,
+        queued = report.queued, unreadable_queues = report.unreadable_queues, cut = report.cut, generation = next_generation,
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
@@ -388,6 +413,76 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
 struct Replayed {
     retained: HashMap<String, Message>,
     sessions: HashMap<ByteString, SessionRecord>,
+    /// By queue id. Files of different shards have no common order, so
+    /// nothing here depends on it: puts are collected, and a sequence
+    /// number any record calls dead stays dead.
+    queues: HashMap<u64, Recovering>,
+    /// Client ids with a queue record that did not decode.
+    unreadable_queues: HashSet<ByteString>,
+}
+
+/// One persisted queue while its records are read.
+#[derive(Default)]
+struct Recovering {
+    client_id: ByteString,
+    puts: BTreeMap<u64, QueuedMessage>,
+    done: HashSet<u64>,
+    states: Vec<QueueState>,
+    /// Past every sequence number seen.
+    next: u64,
+}
+
+impl Replayed {
+    fn queue(&mut self, client_id: &ByteString, queue_id: u64) -> &mut Recovering {
+        let q = self.queues.entry(queue_id).or_default();
+        if q.client_id.is_empty() {
+            q.client_id = client_id.clone();
+        }
+        q
+    }
+
+    /// Per queue id: its client id and what it still owes, in order
+    /// (expired messages were dropped as they were read).
+    fn owed_queues(&mut self) -> HashMap<u64, (ByteString, RestoredQueue)> {
+        let unreadable = std::mem::take(&mut self.unreadable_queues);
+        std::mem::take(&mut self.queues)
+            .into_iter()
+            .filter(|(_, q)| !unreadable.contains(&q.client_id))
+            .map(|(id, q)| {
+                let messages = q
+                    .puts
+                    .into_iter()
+                    .filter(|(seq, _)| {
+                        !q.done.contains(seq) && !q.states.iter().any(|s| s.is_dead(*seq))
+                    })
+                    .collect();
+                let restored = RestoredQueue {
+                    queue_id: id,
+                    next: q.next,
+                    messages,
+                };
+                (id, (q.client_id, restored))
+            })
+            .collect()
+    }
+}
+
+/// A restored queue as the records of a snapshot.
+fn queue_snapshot(client_id: &ByteString, q: &RestoredQueue) -> QueueSnapshot {
+    let seqs: Vec<u64> = q.messages.iter().map(|(s, _)| *s).collect();
+    QueueSnapshot {
+        state: Some(QueueState::of(client_id.clone(), q.queue_id, q.next, &seqs)),
+        puts: q
+            .messages
+            .iter()
+            .map(|(seq, m)| QueuePut {
+                client_id: client_id.clone(),
+                queue_id: q.queue_id,
+                seq: *seq,
+                queued: m.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// Applies one file's operations (the last write wins per topic and per
@@ -447,6 +542,39 @@ fn replay(
             }
             LoggedOp::SessionDelete(client_id) => {
                 state.sessions.remove(&client_id);
+            }
+            LoggedOp::QueuePut(p) => {
+                let m = Arc::unwrap_or_clone(p.queued.message);
+                // Expired while down: counted, not owed [MQTT-3.3.2-5].
+                let Some(m) = rebase_expiry(m, header.epoch_unix_nanos, epoch) else {
+                    report.expired += 1;
+                    state.queue(&p.client_id, p.queue_id).done.insert(p.seq);
+                    continue;
+                };
+                let q = state.queue(&p.client_id, p.queue_id);
+                q.next = q.next.max(p.seq + 1);
+                q.puts.insert(
+                    p.seq,
+                    QueuedMessage {
+                        message: Arc::new(m),
+                        ..p.queued
+                    },
+                );
+            }
+            LoggedOp::QueueDone(d) => {
+                let q = state.queue(&d.client_id, d.queue_id);
+                q.done.extend(d.seqs);
+            }
+            LoggedOp::QueueState(s) => {
+                let q = state.queue(&s.client_id, s.queue_id);
+                q.next = q.next.max(s.next);
+                q.states.push(s);
+            }
+            LoggedOp::QueueUnreadable(client_id, why) => {
+                report.unreadable_queues += 1;
+                warn!(file = %path.display(), reason = %why,
+                    "persistence: a queue record does not decode (written by a newer version?); that client's queued messages are dropped");
+                state.unreadable_queues.insert(client_id);
             }
             LoggedOp::SessionUnreadable(client_id, why) => {
                 // Not its older state either: that was replaced.

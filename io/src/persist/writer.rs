@@ -156,7 +156,7 @@ impl ShardLog {
 
     /// Every tick: a key rotation or a retry starts without new writes.
     pub fn tick(self: &Rc<Self>, driver: &Rc<Driver>) {
-        if self.needs_rewrite() {
+        if self.needs_rewrite(driver) {
             self.kick(driver);
         }
     }
@@ -167,11 +167,15 @@ impl ShardLog {
             .is_some_and(|k| k.version() != self.current.borrow().key_version)
     }
 
-    fn needs_rewrite(&self) -> bool {
+    /// A broken file is rewritten at once; a rotation or a compaction
+    /// waits while a persisted queue that moved away is not yet written at
+    /// its new shard (this file holds its only durable copy).
+    fn needs_rewrite(&self, driver: &Rc<Driver>) -> bool {
         let len = self.current.borrow().writer.len();
         self.broken.get()
-            || self.key_changed()
-            || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get())
+            || ((self.key_changed()
+                || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get()))
+                && !driver.with(|s| s.persist_rewrite_deferred()))
     }
 
     /// Until the shard has nothing more to write. No await between the last
@@ -179,7 +183,7 @@ impl ShardLog {
     /// left behind.
     async fn run(&self, driver: &Rc<Driver>) {
         loop {
-            if self.needs_rewrite() {
+            if self.needs_rewrite(driver) {
                 if let Err(e) = self.rewrite(driver).await {
                     // The snapshot took the shard's pending ops: appending
                     // to the old file now would skip them. Retry instead.

@@ -451,9 +451,12 @@ fn start_log(
     let sessions = start.sessions.len();
     let now = std::time::Instant::now();
     let mut refused = 0;
+    shard.set_persist_generation(start.generation);
+    let mut queues = start.queues;
     for record in start.sessions {
         let client_id = record.client_id.clone();
-        match shard.restore_persisted(record, now) {
+        let queue = queues.remove(&client_id);
+        match shard.restore_persisted(record, queue, now) {
             Ok(()) => {}
             // Kept by recovery for its due will (or its deadline passed
             // since recovery read it).

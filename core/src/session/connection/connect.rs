@@ -76,6 +76,7 @@ impl Connection {
             authentication_data: p.authentication_data.clone(),
             session_expiry: self.session_expiry_of(&connect),
             will_topic: self.will.as_ref().map(|(m, _)| m.topic.clone()),
+            user_properties: p.user_properties.clone(),
         };
         self.pending_connect = Some(connect);
         self.phase = Phase::AwaitAccept;

@@ -20,6 +20,8 @@ pub struct ConnectRequest {
     pub session_expiry: Duration,
     /// The will's topic, for the broker's publish authorization.
     pub will_topic: Option<TopicName>,
+    /// The CONNECT's user properties (v5): persistence's dynamic opt-in.
+    pub user_properties: Vec<(ByteString, ByteString)>,
 }
 
 /// A will (§3.1.2.5) ready to publish, with the delay to wait first.

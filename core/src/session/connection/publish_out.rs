@@ -46,6 +46,11 @@ impl Connection {
                     session.remove_inflight(i);
                 } else {
                     session.inflight[i].state = InflightState::Released;
+                    // The subscriber has the message: persistence counts
+                    // it delivered (PUBREL is not persisted, nor resent
+                    // after a restart).
+                    let seq = std::mem::take(&mut session.inflight[i].seq);
+                    session.log_done(seq);
                     let publish = session.inflight[i].publish.take();
                     session.retire(publish);
                     self.send(Packet::PubRel(PubResponse::new(
@@ -188,6 +193,7 @@ impl Connection {
         session.inflight.push_back(Inflight {
             packet_id: id,
             serial,
+            seq: queued.seq,
             state,
             publish: Some(match stored {
                 Some(s) => Entry::Stored(s),

@@ -1,0 +1,227 @@
+//! The persisted side of a session's queue (docs/PERSISTENCE.md "Queued
+//! messages"): the queue's id, a sequence number per QoS 1/2 message, and
+//! the puts and ends the shard has not yet handed to its log. The session
+//! only records what happened; the shard (`broker::durable`) writes it.
+
+use crate::buffer::{memory_cost, Lease};
+use crate::codec::QoS;
+use crate::limits::QueueLimit;
+
+use super::queue::{Entry, Queued, Stored};
+use super::state::{InflightState, SessionState};
+use super::SharedMessage;
+
+/// A persisted session's queue log. Sequence numbers start at 1; 0 marks a
+/// message that is not persisted (QoS 0).
+#[derive(Debug, Clone)]
+pub struct QueueLog {
+    /// Unique per MQTT session (a clean start gets a new one): recovery
+    /// keeps only the records of the id its session record names.
+    pub queue_id: u64,
+    pub next_seq: u64,
+    /// The shard whose log holds this queue's records: a session that
+    /// moves writes its whole queue again at the new one.
+    pub written_at: usize,
+    pub(crate) puts: Vec<(u64, Queued)>,
+    pub(crate) done: Vec<u64>,
+}
+
+impl QueueLog {
+    pub fn new(queue_id: u64, written_at: usize) -> QueueLog {
+        QueueLog {
+            queue_id,
+            next_seq: 1,
+            written_at,
+            puts: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Puts and ends not yet handed to the log.
+    pub fn has_ops(&self) -> bool {
+        !self.puts.is_empty() || !self.done.is_empty()
+    }
+
+    /// The puts (sequence number, message as delivered) and ends not yet
+    /// written, taken.
+    pub fn take_ops(&mut self) -> (Vec<(u64, QueuedMessage)>, Vec<u64>) {
+        let puts = std::mem::take(&mut self.puts)
+            .into_iter()
+            .map(|(seq, q)| (seq, QueuedMessage::from(q)))
+            .collect();
+        (puts, std::mem::take(&mut self.done))
+    }
+
+    /// The sequence number the next persisted message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// A queued message as it is delivered: the message with the QoS, RETAIN
+/// flag and subscription identifiers of this subscriber's delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub message: SharedMessage,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<crate::codec::SubscriptionId>,
+}
+
+impl From<Queued> for QueuedMessage {
+    fn from(q: Queued) -> QueuedMessage {
+        QueuedMessage {
+            message: q.message,
+            qos: q.qos,
+            retain: q.retain,
+            subscription_ids: q.subscription_ids,
+        }
+    }
+}
+
+impl SessionState {
+    /// The queue's log, when the session is persisted.
+    pub fn queue_log(&self) -> Option<&QueueLog> {
+        self.persist.as_deref()
+    }
+
+    pub fn queue_log_mut(&mut self) -> Option<&mut QueueLog> {
+        self.persist.as_deref_mut()
+    }
+
+    /// Persists (or stops persisting) this session's queue from now on.
+    pub fn set_queue_log(&mut self, log: Option<QueueLog>) {
+        self.persist = log.map(Box::new);
+    }
+
+    /// The sequence number for a message queued at `qos`: 0 unless the
+    /// queue is persisted and the message is QoS 1/2.
+    pub(super) fn seq_for(&mut self, qos: QoS) -> u64 {
+        match self.persist.as_deref_mut() {
+            Some(log) if qos != QoS::AtMostOnce => {
+                let seq = log.next_seq;
+                log.next_seq += 1;
+                seq
+            }
+            _ => 0,
+        }
+    }
+
+    /// Numbers the QoS 1/2 messages held before the queue was persisted
+    /// (a session whose expiry became > 0), so they are written too.
+    pub fn number_unpersisted(&mut self) {
+        let Some(log) = self.persist.as_deref_mut() else {
+            return;
+        };
+        let mut next = log.next_seq;
+        let mut number = |seq: &mut u64, qos: QoS| {
+            if *seq == 0 && qos != QoS::AtMostOnce {
+                *seq = next;
+                next += 1;
+            }
+        };
+        for f in &mut self.inflight {
+            if let (Some(e), InflightState::Qos1Sent | InflightState::Qos2Sent) =
+                (f.publish.as_mut(), f.state)
+            {
+                let qos = e.qos();
+                number(&mut f.seq, qos);
+                e.set_seq(f.seq);
+            }
+        }
+        for e in &mut self.queue {
+            let (mut seq, qos) = (e.seq(), e.qos());
+            number(&mut seq, qos);
+            e.set_seq(seq);
+        }
+        log.next_seq = next;
+    }
+
+    /// A persisted message entered the queue.
+    pub(super) fn log_put(&mut self, queued: &Queued) {
+        if queued.seq == 0 {
+            return;
+        }
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.puts.push((queued.seq, queued.clone()));
+        }
+    }
+
+    /// A persisted message left the queue for good (acknowledged, dropped,
+    /// expired or lost).
+    pub(super) fn log_done(&mut self, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.done.push(seq);
+        }
+    }
+
+    /// Every persisted message still owed, in sequence order: those in
+    /// flight (not past PUBREC), then the queue. Stored ones are read back
+    /// without releasing them; one that cannot be read is left out (it is
+    /// lost, and counted when it is next read).
+    pub fn persisted_entries(&self, lease: &mut Lease<'_>) -> Vec<(u64, QueuedMessage)> {
+        let mut out = Vec::new();
+        let mut push = |seq: u64, e: &Entry| {
+            if seq == 0 {
+                return;
+            }
+            match e {
+                Entry::Memory(q) => out.push((seq, QueuedMessage::from(q.clone()))),
+                Entry::Stored(s) => {
+                    if let Ok(m) = lease.read(s.at) {
+                        out.push((seq, QueuedMessage::from(s.with_message(m))));
+                    }
+                }
+            }
+        };
+        for f in &self.inflight {
+            if let (InflightState::Qos1Sent | InflightState::Qos2Sent, Some(e)) =
+                (f.state, &f.publish)
+            {
+                push(f.seq, e);
+            }
+        }
+        for e in &self.queue {
+            push(e.seq(), e);
+        }
+        out.sort_by_key(|(seq, _)| *seq);
+        out
+    }
+
+    /// A message read back from the disk at start: queued in memory if it
+    /// fits, else in the store, else in memory anyway (it was acknowledged
+    /// to its publisher: it is not dropped for a bound set after).
+    pub fn restore_queued(
+        &mut self,
+        seq: u64,
+        m: QueuedMessage,
+        limit: &QueueLimit,
+        lease: &mut Lease<'_>,
+    ) {
+        let queued = Queued {
+            message: m.message,
+            qos: m.qos,
+            retain: m.retain,
+            subscription_ids: m.subscription_ids,
+            seq,
+        };
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.next_seq = log.next_seq.max(seq + 1);
+        }
+        let cost = memory_cost(&queued.message);
+        let fits = lease.fits_memory(&self.held, self.queue.len() - self.spilled_len, cost, limit);
+        if !fits && lease.may_append(&self.held) {
+            if let Ok(at) = lease.append(&mut self.held, &queued.message) {
+                self.spilled_len += 1;
+                self.queue
+                    .push_back(Entry::Stored(Stored::new(at, &queued)));
+                return;
+            }
+        }
+        lease.hold_memory(&mut self.held, cost);
+        self.queue.push_back(Entry::Memory(queued));
+    }
+}
