@@ -420,6 +420,14 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// Some sessions' queues may be persisted (`subscriberQueue` is not
+    /// None): deliveries then answer their publisher once durable.
+    pub(super) fn persists_queues(&self) -> bool {
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.policy.queues != crate::config::QueuePolicy::None)
+    }
+
     /// A rewrite (`persist_snapshot`) must wait: a queue that moved away is
     /// not yet durable at its new shard.
     pub fn persist_rewrite_deferred(&self) -> bool {

@@ -176,11 +176,14 @@ impl<S: Store> Shard<S> {
             state.subscriptions.insert(raw.clone(), sub.clone());
         }
         // What its queue owed at the crash is queued again; the recovery
-        // snapshot of this shard's log holds it.
-        if let Some(q) = queue.filter(|q| q.queue_id != 0 && self.durable.is_some()) {
-            let mut log = QueueLog::new(q.queue_id, self.id.index());
-            log.next_seq = q.next.max(1);
-            state.set_queue_log(Some(log));
+        // snapshot of this shard's log holds it. It stays persisted unless
+        // `subscriberQueue` became None since.
+        if let Some(q) = queue {
+            if q.queue_id != 0 && self.persists_queues() {
+                let mut log = QueueLog::new(q.queue_id, self.id.index());
+                log.next_seq = q.next.max(1);
+                state.set_queue_log(Some(log));
+            }
             let limit = self.config.limits.queue;
             let mut lease = self.buffer.lease(self.buffer_keys.owner_of(session));
             for (seq, m) in q.messages {

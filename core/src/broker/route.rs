@@ -49,8 +49,8 @@ impl<S: Store> Shard<S> {
         let remote_retain = retained_owner.is_some_and(|o| o != self.id);
         // Answers from other shards come through a request: the retained
         // owner's (once acknowledged, a new subscriber anywhere must see
-        // it), and with persistence every target shard's.
-        let persisting = self.durable.is_some();
+        // it), and with persisted queues every target shard's.
+        let persisting = self.persists_queues();
         let request = waiter
             .filter(|_| remote_retain || persisting)
             .map(|(conn, ack)| {

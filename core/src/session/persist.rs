@@ -201,16 +201,23 @@ impl SessionState {
         limit: &QueueLimit,
         lease: &mut Lease<'_>,
     ) {
+        // Not persisted any more (`subscriberQueue` became None): queued in
+        // memory only.
+        let seq = match self.persist.as_deref_mut() {
+            Some(log) => {
+                log.next_seq = log.next_seq.max(seq + 1);
+                seq
+            }
+            None => 0,
+        };
         let queued = Queued {
             message: m.message,
             qos: m.qos,
             retain: m.retain,
             subscription_ids: m.subscription_ids,
             seq,
+            restored: true,
         };
-        if let Some(log) = self.persist.as_deref_mut() {
-            log.next_seq = log.next_seq.max(seq + 1);
-        }
         let cost = memory_cost(&queued.message);
         let fits = lease.fits_memory(&self.held, self.queue.len() - self.spilled_len, cost, limit);
         if !fits && lease.may_append(&self.held) {

@@ -42,6 +42,9 @@ pub(crate) struct Queued {
     /// Its sequence number in the persisted queue (`persist`); 0: not
     /// persisted.
     pub seq: u64,
+    /// Read back from disk after a restart: it may have been sent before
+    /// the crash, so it goes out with DUP set [MQTT-3.3.1-1].
+    pub restored: bool,
 }
 
 /// A queued message whose body is in the shard's store. Per-delivery data
@@ -53,6 +56,7 @@ pub(crate) struct Stored {
     pub retain: bool,
     pub subscription_ids: Vec<SubscriptionId>,
     pub seq: u64,
+    pub restored: bool,
 }
 
 impl Stored {
@@ -63,6 +67,7 @@ impl Stored {
             retain: q.retain,
             subscription_ids: q.subscription_ids.clone(),
             seq: q.seq,
+            restored: q.restored,
         }
     }
 
@@ -74,6 +79,7 @@ impl Stored {
             retain: self.retain,
             subscription_ids: self.subscription_ids.clone(),
             seq: self.seq,
+            restored: self.restored,
         }
     }
 }
@@ -189,6 +195,7 @@ impl SessionState {
             retain,
             subscription_ids: delivery.subscription_ids.clone(),
             seq: self.seq_for(qos),
+            restored: false,
         };
         // PERF: QoS 0 fan-in runs at hundreds of thousands of messages a
         // second per shard: the common case, in memory within every bound,

@@ -200,10 +200,11 @@ impl Connection {
                 None => Entry::Memory(queued.clone()),
             }),
         });
+        let dup = queued.restored;
         Some(Outgoing::Publish {
             queued,
             packet_id: Some(id),
-            dup: false,
+            dup,
         })
     }
 
