@@ -892,9 +892,63 @@ fn check_owed_on_disk(sim: &Sim, pubs: &[usize], subs: &[usize]) {
     }
 }
 
+/// A session that moves with its persisted queue and resumes with expiry 0
+/// stops being persisted, and its old shard hears that the move settled:
+/// it would otherwise defer its log rewrites for good.
+#[test]
+fn a_resume_with_expiry_zero_settles_the_move() {
+    use shardmq_core::config::{Persistence, QueuePolicy, RetainPolicy};
+    for seed in seeds(50) {
+        let persistence = Persistence {
+            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
+            encrypt: true,
+            retain: RetainPolicy::None,
+            queues: QueuePolicy::All,
+            dynamic: None,
+            data_dir: None,
+            key_file: None,
+        };
+        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let sub = sim.add_client("mover", "p");
+        let publ = sim.add_client("feeder", "p");
+        sim.connect(sub, 0, true, 3600);
+        sim.quiesce();
+        sim.subscribe(sub, "z/#", QoS::AtLeastOnce);
+        sim.connect(publ, 2, true, 0);
+        sim.quiesce();
+        sim.drop_conn(sub);
+        sim.publish(
+            publ,
+            "z/1",
+            QoS::AtLeastOnce,
+            false,
+            Bytes::from_static(b"z1"),
+        );
+        sim.quiesce();
+        sim.connect(sub, 1, false, 0);
+        sim.quiesce();
+        if sim.clients[sub].seen.connacks.last().map(|c| c.0) != Some(true) {
+            sim.fail("the session was not resumed");
+        }
+        for (i, shard) in sim.shards.iter().enumerate() {
+            if shard.persist_rewrite_deferred() {
+                sim.fail(&format!("shard {i} still defers its rewrites"));
+            }
+        }
+    }
+}
+
 /// Quiet: the disk owes each persisted session exactly what its queue in
-/// memory holds, in the same order.
+/// memory holds, in the same order, and no shard defers its rewrites (every
+/// move settled).
 fn check_queues_disk_is_memory(sim: &mut Sim) {
+    for (i, shard) in sim.shards.iter().enumerate() {
+        if shard.persist_rewrite_deferred() {
+            sim.fail(&format!(
+                "shard {i} defers its rewrites with nothing moving"
+            ));
+        }
+    }
     let mut memory = std::collections::BTreeMap::new();
     for shard in &mut sim.shards {
         for (id, payloads) in shard.persisted_queues() {

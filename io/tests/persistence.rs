@@ -891,3 +891,31 @@ async fn acknowledged_deliveries_stay_delivered_across_crashes() {
     assert!(present);
     sub.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+/// A session persisted while `subscriberQueue` was None has no queue on
+/// disk; once the mode is All, the restored session's queue is persisted
+/// from the restart on (its record names the new queue), so what is queued
+/// for it then survives the next crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_persisted_once_subscriber_queue_selects_it() {
+    let s = setup(true, 1);
+    let (broker, _) = run(&s);
+    let (mut sub, _) = Client::connect(s.port, "late-pick", keeps_session(3600)).await;
+    sub.subscribe("line/+/count", q5(1)).await;
+    sub.disconnect().await;
+    kill9(broker);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+    json["persistence"]["subscriberQueue"] = serde_json::json!({"mode": "All"});
+    std::fs::write(&s.config, json.to_string()).unwrap();
+
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=1"]);
+    publish_owed(s.port, "line/1/count", 1, "n", 3).await;
+    kill9(broker);
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "queued=3"]);
+    let (mut sub, present) = Client::connect(s.port, "late-pick", keeps_session(3600)).await;
+    assert!(present);
+    assert_eq!(payloads(sub.publishes(3).await), numbered("n", 0..3));
+}

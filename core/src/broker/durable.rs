@@ -339,15 +339,27 @@ impl<S: Store> Shard<S> {
             return;
         };
         if state.expiry_interval.is_zero() {
+            // Not persisted any more (its owner deletes the record). A queue
+            // that moved from another shard still settles there, or that
+            // shard would defer its rewrites for good.
+            let moved_from = state.queue_log().map(|l| l.written_at);
             state.set_queue_log(None);
+            match moved_from {
+                Some(from) if from < self.config.shards && from != self.id.index() => {
+                    self.post(ShardId::new(from), MeshMsg::QueueSettled)
+                }
+                _ => {}
+            }
         } else if state.queue_log().is_none() && d.policy.persists_queue(&state.client_id, opted_in)
         {
             d.next_queue_id += 1;
-            let low = (d.next_queue_id * shards + here) & 0xffff_ffff;
+            // The generation in the high 24 bits, a 40-bit counter strided
+            // by the shard count below: unique within a run and across runs.
+            let low = (d.next_queue_id * shards + here) & ((1 << 40) - 1);
             // Written nowhere yet.
-            let log = QueueLog::new(d.generation << 32 | low, usize::MAX);
+            let log = QueueLog::new(d.generation << 40 | low, usize::MAX);
             state.set_queue_log(Some(log));
-            state.number_unpersisted();
+            state.number_all();
         }
     }
 
@@ -438,7 +450,7 @@ impl<S: Store> Shard<S> {
     /// unique across restarts (recovery keeps only live queues).
     pub fn set_persist_generation(&mut self, generation: u32) {
         if let Some(d) = self.durable.as_mut() {
-            d.generation = u64::from(generation);
+            d.generation = u64::from(generation) & 0xff_ffff;
         }
     }
 

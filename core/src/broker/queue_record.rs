@@ -1,7 +1,7 @@
 //! Persisted queued messages as log records (docs/PERSISTENCE.md "Queued
 //! messages"): a put (one message for one session, with its sequence
 //! number), a done (sequence numbers that left the queue for good) and a
-//! state (at a rewrite: which sequence numbers are still owed). Records of
+//! state (a queue written whole: which sequence numbers are still owed). Records of
 //! one queue may sit in several shards' files, which have no common order,
 //! so every record is order-free: a sequence number any record calls dead
 //! stays dead, and recovery keeps the puts no record calls dead.
@@ -36,8 +36,10 @@ pub struct QueueDone {
     pub seqs: Vec<u64>,
 }
 
-/// A queue at a rewrite: below `floor` nothing is owed; in `floor..next`
-/// only the numbers in `live` (sorted, disjoint `[start, end)` runs) are.
+/// A queue written whole (at a rewrite, when it moved to this shard, or
+/// when it became persisted): below `floor` nothing is owed; in
+/// `floor..next` only the numbers in `live` (sorted, disjoint `[start,
+/// end)` runs) are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueState {
     pub client_id: ByteString,

@@ -83,9 +83,22 @@ impl<S: Store> Shard<S> {
             .as_ref()
             .and_then(|(_, delay)| will_deadline(record.expiry_interval, expires_at, *delay, now));
         let result = self.restore_session(restored, now);
+        // A queue `subscriberQueue` selects now that had none on disk (the
+        // mode was None, or its records were unreadable) is persisted from
+        // here on, under a new id its record must name.
+        let queue_id = match result {
+            Ok(session) => {
+                self.assign_queue_log(None, session);
+                self.write_queue_here(None, session);
+                self.offline_queue_id(session)
+            }
+            Err(_) => record.queue_id,
+        };
         let will = record.will.clone();
-        let offline = (result.is_ok() && connected_at_crash).then(|| super::SessionRecord {
+        let rewrite = result.is_ok() && (connected_at_crash || queue_id != record.queue_id);
+        let offline = rewrite.then(|| super::SessionRecord {
             offline_until: expires_at,
+            queue_id,
             ..record.clone()
         });
         self.restored_on_disk(record);
@@ -199,6 +212,16 @@ impl<S: Store> Shard<S> {
             },
         );
         Ok(session)
+    }
+}
+
+impl<S: Store> Shard<S> {
+    /// The queue id of an offline session's persisted queue (0: none).
+    fn offline_queue_id(&self, session: SessionId) -> u64 {
+        match self.sessions.get(&session) {
+            Some(Slot::Offline { state, .. }) => state.queue_log().map_or(0, |l| l.queue_id),
+            _ => 0,
+        }
     }
 }
 

@@ -107,26 +107,30 @@ impl SessionState {
         }
     }
 
-    /// Numbers the QoS 1/2 messages held before the queue was persisted
-    /// (a session whose expiry became > 0), so they are written too.
-    pub fn number_unpersisted(&mut self) {
+    /// Numbers every QoS 1/2 message held, for a queue new to persistence
+    /// (a session whose expiry became > 0): numbers from an earlier queue
+    /// id mean nothing under the new one.
+    pub fn number_all(&mut self) {
         let Some(log) = self.persist.as_deref_mut() else {
             return;
         };
         let mut next = log.next_seq;
         let mut number = |seq: &mut u64, qos: QoS| {
-            if *seq == 0 && qos != QoS::AtMostOnce {
+            *seq = 0;
+            if qos != QoS::AtMostOnce {
                 *seq = next;
                 next += 1;
             }
         };
         for f in &mut self.inflight {
-            if let (Some(e), InflightState::Qos1Sent | InflightState::Qos2Sent) =
-                (f.publish.as_mut(), f.state)
-            {
-                let qos = e.qos();
-                number(&mut f.seq, qos);
-                e.set_seq(f.seq);
+            match (f.publish.as_mut(), f.state) {
+                (Some(e), InflightState::Qos1Sent | InflightState::Qos2Sent) => {
+                    let qos = e.qos();
+                    number(&mut f.seq, qos);
+                    e.set_seq(f.seq);
+                }
+                // Past PUBREC: delivered, not owed.
+                _ => f.seq = 0,
             }
         }
         for e in &mut self.queue {
@@ -205,7 +209,7 @@ impl SessionState {
         // memory only.
         let seq = match self.persist.as_deref_mut() {
             Some(log) => {
-                log.next_seq = log.next_seq.max(seq + 1);
+                log.next_seq = log.next_seq.max(seq.saturating_add(1));
                 seq
             }
             None => 0,

@@ -552,7 +552,7 @@ fn replay(
                     continue;
                 };
                 let q = state.queue(&p.client_id, p.queue_id);
-                q.next = q.next.max(p.seq + 1);
+                q.next = q.next.max(p.seq.saturating_add(1));
                 q.puts.insert(
                     p.seq,
                     QueuedMessage {

@@ -24,6 +24,8 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// After a failed write or rewrite, wait this long before trying again
 /// (the acknowledgements stay held meanwhile).
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a broken log waiting for a moved queue to settle looks again.
+const DEFERRED_RETRY: Duration = Duration::from_millis(5);
 
 /// What the writer has done, for the shard's report and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -167,15 +169,15 @@ impl ShardLog {
             .is_some_and(|k| k.version() != self.current.borrow().key_version)
     }
 
-    /// A broken file is rewritten at once; a rotation or a compaction
-    /// waits while a persisted queue that moved away is not yet written at
-    /// its new shard (this file holds its only durable copy).
+    /// A rewrite (of a broken file, for a rotation or a compaction) waits
+    /// while a persisted queue that moved away is not yet written at its
+    /// new shard: this file holds its only durable copy until then.
     fn needs_rewrite(&self, driver: &Rc<Driver>) -> bool {
         let len = self.current.borrow().writer.len();
-        self.broken.get()
-            || ((self.key_changed()
-                || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get()))
-                && !driver.with(|s| s.persist_rewrite_deferred()))
+        (self.broken.get()
+            || self.key_changed()
+            || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get()))
+            && !driver.with(|s| s.persist_rewrite_deferred())
     }
 
     /// Until the shard has nothing more to write. No await between the last
@@ -190,9 +192,16 @@ impl ShardLog {
                     self.broken.set(true);
                     self.bump(|s| s.failures += 1);
                     error!(shard = self.shard, error = %e,
-                        "persistence: cannot rewrite the log; acknowledgements of persisted retained messages wait until it works");
+                        "persistence: cannot rewrite the log; acknowledgements of persisted changes wait until it works");
                     glommio::timer::sleep(RETRY).await;
                 }
+                continue;
+            }
+            if self.broken.get() {
+                // Deferred (above): nothing may be appended after a failed
+                // write, so wait for the move to settle (one fdatasync at
+                // the other shard).
+                glommio::timer::sleep(DEFERRED_RETRY).await;
                 continue;
             }
             let Some(batch) = driver.with(|s| s.poll_persist()) else {
