@@ -919,3 +919,78 @@ async fn a_queue_is_persisted_once_subscriber_queue_selects_it() {
     assert!(present);
     assert_eq!(payloads(sub.publishes(3).await), numbered("n", 0..3));
 }
+
+/// The in-flight window survives kill -9 with its packet ids
+/// [MQTT-4.4.0-1]: a QoS 2 exchange past PUBREC resumes with its PUBREL
+/// (the subscriber already has the message: it is not sent again), and one
+/// not yet acknowledged is sent again with DUP under the same packet id.
+/// One shard: a later CONNACK (durable) proves the PUBREC's record durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
+    use shardmq_core::codec::{
+        Packet, PacketId, Properties, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    };
+    let s = setup_queues(1);
+    let (broker, _) = run(&s);
+    let port = s.port;
+    let mut sub = tokio::task::spawn_blocking(move || {
+        let (mut c, _) = common::RawClient::connect_v5(port, "exactly", Some(3600));
+        c.send(&Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Properties::default(),
+            filters: vec![(
+                "x/#".into(),
+                SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..SubscriptionOptions::default()
+                },
+            )],
+        }));
+        assert!(matches!(c.recv(), Some(Packet::SubAck(_))));
+        c
+    })
+    .await
+    .unwrap();
+    publish_owed(s.port, "x/1", 2, "q", 2).await;
+    let (sub, first, second) = tokio::task::spawn_blocking(move || {
+        let id = |p: Option<Packet>| match p {
+            Some(Packet::Publish(p)) => (p.packet_id.unwrap(), p.payload.clone()),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        };
+        let (first, payload) = id(sub.recv());
+        assert_eq!(&payload[..], b"q0");
+        let (second, _) = id(sub.recv());
+        sub.send(&Packet::PubRec(PubResponse::new(
+            first,
+            ReasonCode::Success,
+        )));
+        assert!(matches!(sub.recv(), Some(Packet::PubRel(r)) if r.packet_id == first));
+        (sub, first, second)
+    })
+    .await
+    .unwrap();
+    flush_one_log(s.port).await;
+    kill9(broker);
+    drop(sub);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "queued=2"]);
+    tokio::task::spawn_blocking(move || {
+        let (mut c, ack) = common::RawClient::connect_v5(port, "exactly", Some(3600));
+        assert!(ack.session_present);
+        match c.recv() {
+            Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, first, "PUBREL first, same id"),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+        match c.recv() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.packet_id, Some(second), "resent under its packet id");
+                assert!(p.dup, "a resend has DUP set [MQTT-3.3.1-1]");
+                assert_eq!(&p.payload[..], b"q1");
+            }
+            other => panic!("expected the resent PUBLISH, got {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+}

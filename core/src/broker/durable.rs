@@ -16,14 +16,14 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use hashbrown::{HashMap, HashSet};
 
-use super::queue_record::{QueueDone, QueuePut, QueueSnapshot, QueueState};
+use super::queue_record::{QueueDone, QueuePut, QueueSent, QueueSnapshot, QueueState};
 use super::session_write::SessionReply;
 use super::sessions::Slot;
 use super::{ConnId, MeshMsg, Output, RequestId, SessionRecord, Shard, ShardId};
 use crate::buffer::Store;
 use crate::codec::ReasonCode;
 use crate::config::Persistence;
-use crate::session::{PublishAck, QueueLog, QueuedMessage, SessionState, SharedMessage};
+use crate::session::{PublishAck, QueueLog, QueueOps, SessionState, SharedMessage};
 use crate::topic::TopicName;
 
 /// One change of the persisted retained set, in the order the shard made
@@ -44,6 +44,8 @@ pub enum PersistOp {
     QueueDone(QueueDone),
     /// A persisted queue written whole (it moved here): what it owes.
     QueueState(QueueState),
+    /// Persisted messages in flight: packet ids, and PUBREC received.
+    QueueSent(QueueSent),
 }
 
 /// What a rewrite puts in the new file: first the ends of what was cleared
@@ -203,7 +205,11 @@ impl Durable {
     /// acknowledgement waits for it) and its ends.
     pub(super) fn note_queue(&mut self, client_id: &ByteString, log: &mut QueueLog) -> Option<u64> {
         let queue_id = log.queue_id;
-        let (puts, seqs) = log.take_ops();
+        let QueueOps {
+            puts,
+            done: seqs,
+            sent,
+        } = log.take_ops();
         let mut last_put = None;
         for (seq, queued) in puts {
             self.ops.push(PersistOp::QueuePut(QueuePut {
@@ -214,6 +220,14 @@ impl Durable {
             }));
             self.queued += 1;
             last_put = Some(self.queued);
+        }
+        if !sent.is_empty() {
+            self.ops.push(PersistOp::QueueSent(QueueSent {
+                client_id: client_id.clone(),
+                queue_id,
+                entries: sent,
+            }));
+            self.queued += 1;
         }
         if !seqs.is_empty() {
             self.ops.push(PersistOp::QueueDone(QueueDone {
@@ -227,26 +241,53 @@ impl Durable {
     }
 
     /// A persisted queue written whole (it moved here, or became
-    /// persisted with messages in it): its state, then what it owes.
-    fn note_queue_whole(
-        &mut self,
-        client_id: &ByteString,
-        log: &QueueLog,
-        owed: Vec<(u64, QueuedMessage)>,
-    ) -> u64 {
-        let seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
-        let state = QueueState::of(client_id.clone(), log.queue_id, log.next_seq(), &seqs);
-        self.ops.push(PersistOp::QueueState(state));
-        for (seq, queued) in owed {
-            self.ops.push(PersistOp::QueuePut(QueuePut {
+    /// persisted): its state, what it owes, its window.
+    fn note_queue_whole(&mut self, whole: QueueSnapshot) -> u64 {
+        self.ops.extend(whole.state.map(PersistOp::QueueState));
+        self.ops
+            .extend(whole.puts.into_iter().map(PersistOp::QueuePut));
+        self.ops.extend(whole.sent.map(PersistOp::QueueSent));
+        self.queued += 1;
+        self.queued
+    }
+}
+
+/// A persisted queue's records when written whole: which sequence numbers
+/// are owed (messages, and exchanges past PUBREC whose PUBREL is), the
+/// messages, and the in-flight window with its packet ids.
+fn whole_queue(
+    state: &SessionState,
+    log: &QueueLog,
+    lease: &mut crate::buffer::Lease<'_>,
+) -> QueueSnapshot {
+    let client_id = &state.client_id;
+    let owed = state.persisted_entries(lease);
+    let window = state.persisted_window();
+    let mut seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+    seqs.extend(window.iter().filter(|w| w.released).map(|w| w.seq));
+    seqs.sort_unstable();
+    seqs.dedup();
+    QueueSnapshot {
+        state: Some(QueueState::of(
+            client_id.clone(),
+            log.queue_id,
+            log.next_seq(),
+            &seqs,
+        )),
+        puts: owed
+            .into_iter()
+            .map(|(seq, queued)| QueuePut {
                 client_id: client_id.clone(),
                 queue_id: log.queue_id,
                 seq,
                 queued,
-            }));
-        }
-        self.queued += 1;
-        self.queued
+            })
+            .collect(),
+        sent: (!window.is_empty()).then(|| QueueSent {
+            client_id: client_id.clone(),
+            queue_id: log.queue_id,
+            entries: window,
+        }),
     }
 }
 
@@ -388,16 +429,18 @@ impl<S: Store> Shard<S> {
         else {
             return;
         };
-        let owed = state.persisted_entries(&mut self.buffer.lease(owner));
-        let client_id = state.client_id.clone();
+        let Some(log) = state.queue_log() else {
+            return;
+        };
+        let whole = whole_queue(state, log, &mut self.buffer.lease(owner));
         let Some(log) = state.queue_log_mut() else {
             return;
         };
         log.written_at = here;
-        // Whatever it recorded before is in `owed` now.
+        // Whatever it recorded before is in `whole` now.
         let _ = log.take_ops();
         let was_empty = d.ops.is_empty();
-        let seq = d.note_queue_whole(&client_id, log, owed);
+        let seq = d.note_queue_whole(whole);
         if was_empty {
             self.outputs.push_back(Output::Persist);
         }
@@ -475,26 +518,7 @@ impl<S: Store> Shard<S> {
             let Some(log) = state.queue_log().filter(|l| l.written_at == here) else {
                 return;
             };
-            let owed = state.persisted_entries(lease);
-            let seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
-            let client_id = &state.client_id;
-            out.push(QueueSnapshot {
-                state: Some(QueueState::of(
-                    client_id.clone(),
-                    log.queue_id,
-                    log.next_seq(),
-                    &seqs,
-                )),
-                puts: owed
-                    .into_iter()
-                    .map(|(seq, queued)| QueuePut {
-                        client_id: client_id.clone(),
-                        queue_id: log.queue_id,
-                        seq,
-                        queued,
-                    })
-                    .collect(),
-            });
+            out.push(whole_queue(state, log, lease));
         };
         for c in self.conns.values() {
             if let Some(state) = c.machine.session() {
@@ -687,7 +711,8 @@ impl<S: Store> Shard<S> {
                 | PersistOp::SessionPut(_)
                 | PersistOp::QueuePut(_)
                 | PersistOp::QueueDone(_)
-                | PersistOp::QueueState(_) => {}
+                | PersistOp::QueueState(_)
+                | PersistOp::QueueSent(_) => {}
             }
         }
         snapshot.messages = d

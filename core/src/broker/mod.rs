@@ -50,7 +50,7 @@ pub use input::PARTIAL_BYTES_FREE;
 pub use mesh::{MeshMsg, SubKey, SubVal};
 pub use metrics::Gauges;
 pub use output::{Admission, Notice, Output};
-pub use queue_record::{QueueDone, QueuePut, QueueSnapshot, QueueState};
+pub use queue_record::{QueueDone, QueuePut, QueueSent, QueueSnapshot, QueueState};
 pub use registry::{Answer, Claim, Decision, PrincipalId, Registry};
 pub use restore::{RestoreError, RestoredQueue, RestoredSession};
 pub use selftest::SELFTEST_PREFIX;

@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use super::session_record::{delete_message, Reader};
 use crate::buffer::{record, RecordError};
 use crate::codec::{QoS, SubscriptionId};
-use crate::session::{Message, QueuedMessage};
+use crate::session::{Message, QueuedMessage, Sent};
 use std::sync::Arc;
 
 const FORMAT: u8 = 1;
@@ -34,6 +34,63 @@ pub struct QueueDone {
     pub client_id: ByteString,
     pub queue_id: u64,
     pub seqs: Vec<u64>,
+}
+
+/// The in-flight window of a queue: each persisted message sent under a
+/// packet id, released once its PUBREC came. A later record of the same
+/// sequence number wins where they differ (released only grows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSent {
+    pub client_id: ByteString,
+    pub queue_id: u64,
+    pub entries: Vec<Sent>,
+}
+
+impl QueueSent {
+    pub fn to_message(&self) -> Message {
+        let mut p = BytesMut::with_capacity(13 + 11 * self.entries.len());
+        header(&mut p, self.queue_id);
+        p.put_u32(self.entries.len() as u32);
+        for e in &self.entries {
+            p.put_u64(e.seq);
+            p.put_u16(e.packet_id);
+            p.put_u8(u8::from(e.released));
+        }
+        carrier(&self.client_id, p)
+    }
+
+    pub fn from_message(message: &Message) -> Result<QueueSent, RecordError> {
+        let (mut r, queue_id) = open(message)?;
+        let n = r.u32()? as usize;
+        if n > r.0.len() / 11 {
+            return Err(RecordError::Malformed("queue record count"));
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let seq = r.u64()?;
+            let id = r.take(2)?;
+            let packet_id = u16::from_be_bytes([id[0], id[1]]);
+            let released = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(RecordError::Malformed("queue record released flag")),
+            };
+            if packet_id == 0 {
+                return Err(RecordError::Malformed("queue record packet id"));
+            }
+            entries.push(Sent {
+                seq,
+                packet_id,
+                released,
+            });
+        }
+        done_reading(&r)?;
+        Ok(QueueSent {
+            client_id: message.origin.clone(),
+            queue_id,
+            entries,
+        })
+    }
 }
 
 /// A queue written whole (at a rewrite, when it moved to this shard, or
@@ -82,11 +139,13 @@ impl QueueState {
     }
 }
 
-/// A queue's records at a rewrite: its state, then every message owed.
+/// A queue's records when written whole: its state, every message owed,
+/// then its in-flight window.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
     pub state: Option<QueueState>,
     pub puts: Vec<QueuePut>,
+    pub sent: Option<QueueSent>,
 }
 
 fn header(p: &mut BytesMut, queue_id: u64) {
@@ -301,6 +360,24 @@ mod tests {
         let s = QueueState::of("dashboard".into(), 9, 20, &[4, 5, 6, 9, 12, 13]);
         let sm = s.to_message();
         assert_eq!(QueueState::from_message(&sm).ok(), Some(s));
+        let w = QueueSent {
+            client_id: "dashboard".into(),
+            queue_id: 9,
+            entries: vec![
+                Sent {
+                    seq: 4,
+                    packet_id: 65535,
+                    released: true,
+                },
+                Sent {
+                    seq: 5,
+                    packet_id: 1,
+                    released: false,
+                },
+            ],
+        };
+        let wm = w.to_message();
+        assert_eq!(QueueSent::from_message(&wm).ok(), Some(w));
         let cut = |full: &Message, n: usize| Message {
             payload: full.payload.slice(..n),
             ..full.clone()
@@ -313,6 +390,9 @@ mod tests {
         }
         for n in 0..sm.payload.len() {
             assert!(QueueState::from_message(&cut(&sm, n)).is_err());
+        }
+        for n in 0..wm.payload.len() {
+            assert!(QueueSent::from_message(&cut(&wm, n)).is_err());
         }
     }
 

@@ -13,7 +13,7 @@ use super::registry::{Claim, Decision};
 use super::sessions::Slot;
 use super::{PrincipalId, RequestId, SessionId, Shard};
 use crate::buffer::Store;
-use crate::session::{QueueLog, QueuedMessage, SessionState, Subscription};
+use crate::session::{QueueLog, QueuedMessage, Sent, SessionState, Subscription};
 
 /// A persisted session, as recovery read it.
 #[derive(Debug, Clone)]
@@ -37,6 +37,10 @@ pub struct RestoredQueue {
     pub queue_id: u64,
     /// The sequence number its next message gets.
     pub next: u64,
+    /// The in-flight window, in order: each exchange with its packet id and
+    /// its message (`None` once released: only PUBREL is owed).
+    pub window: Vec<(Sent, Option<QueuedMessage>)>,
+    /// The messages queued behind it, in order.
     pub messages: Vec<(u64, QueuedMessage)>,
 }
 
@@ -196,6 +200,9 @@ impl<S: Store> Shard<S> {
                 let mut log = QueueLog::new(q.queue_id, self.id.index());
                 log.next_seq = q.next.max(1);
                 state.set_queue_log(Some(log));
+            }
+            for (sent, message) in q.window {
+                state.restore_inflight(sent, message);
             }
             let limit = self.config.limits.queue;
             let mut lease = self.buffer.lease(self.buffer_keys.owner_of(session));

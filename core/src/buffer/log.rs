@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::seal::{BlockPos, KeyId, Sealer, BLOCK_HEADER_LEN, TAG_LEN};
 use super::{record, RecordError, SealError, BLOCK_BODY_TARGET};
 use crate::broker::{
-    session_record, PersistOp, QueueDone, QueuePut, QueueState, SessionRecord, Snapshot,
+    session_record, PersistOp, QueueDone, QueuePut, QueueSent, QueueState, SessionRecord, Snapshot,
 };
 use crate::codec::QoS;
 use crate::session::Message;
@@ -40,6 +40,7 @@ const OP_SESSION_DELETE: u64 = 4;
 const OP_QUEUE_PUT: u64 = 5;
 const OP_QUEUE_DONE: u64 = 6;
 const OP_QUEUE_STATE: u64 = 7;
+const OP_QUEUE_SENT: u64 = 8;
 
 /// The one key id of a file's sealer (`Sealer::with_key`).
 const FILE_KEY: KeyId = KeyId(1);
@@ -301,6 +302,7 @@ pub enum LoggedOp {
     QueuePut(QueuePut),
     QueueDone(QueueDone),
     QueueState(QueueState),
+    QueueSent(QueueSent),
     /// A queue record in an intact block that does not decode: that
     /// client id's queue is dropped (its session stays), the file goes on.
     QueueUnreadable(ByteString, RecordError),
@@ -355,6 +357,7 @@ impl LogWriter {
                 }
                 PersistOp::QueueDone(d) => Some((OP_QUEUE_DONE, Cow::Owned(d.to_message()))),
                 PersistOp::QueueState(q) => Some((OP_QUEUE_STATE, Cow::Owned(q.to_message()))),
+                PersistOp::QueueSent(w) => Some((OP_QUEUE_SENT, Cow::Owned(w.to_message()))),
             })
             .collect();
         let (bytes, skipped) = self.seal_records(records.iter().map(|(op, m)| (*op, &**m)))?;
@@ -385,6 +388,9 @@ impl LogWriter {
                 if let Some(m) = queue_put_message(p, epoch, &mut unencodable) {
                     queues.push((OP_QUEUE_PUT, m));
                 }
+            }
+            if let Some(sent) = &q.sent {
+                queues.push((OP_QUEUE_SENT, sent.to_message()));
             }
         }
         let records = clears
@@ -540,6 +546,10 @@ fn read_block(
             },
             OP_QUEUE_STATE => match QueueState::from_message(&message) {
                 Ok(q) => LoggedOp::QueueState(q),
+                Err(e) => LoggedOp::QueueUnreadable(message.origin, e),
+            },
+            OP_QUEUE_SENT => match QueueSent::from_message(&message) {
+                Ok(w) => LoggedOp::QueueSent(w),
                 Err(e) => LoggedOp::QueueUnreadable(message.origin, e),
             },
             _ => return Err(RecordError::Malformed("unknown operation")),
@@ -708,6 +718,7 @@ mod tests {
                 LoggedOp::QueuePut(p) => format!("put {} {:?}", p.seq, p.queued.message.payload),
                 LoggedOp::QueueDone(d) => format!("done {:?}", d.seqs),
                 LoggedOp::QueueState(s) => format!("state {} {}", s.floor, s.next),
+                LoggedOp::QueueSent(w) => format!("sent {}", w.entries.len()),
                 LoggedOp::QueueUnreadable(id, _) => format!("unreadable queue {id}"),
             })
             .collect();

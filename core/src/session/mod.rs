@@ -14,7 +14,7 @@ pub use connection::{
     CONNECT_TIMEOUT,
 };
 pub use message::{Message, SharedMessage};
-pub use persist::{QueueLog, QueuedMessage};
+pub use persist::{QueueLog, QueueOps, QueuedMessage, Sent};
 pub use queue::Enqueued;
 pub use state::{SessionState, SessionStats, Subscription};
 

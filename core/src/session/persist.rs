@@ -24,6 +24,25 @@ pub struct QueueLog {
     pub written_at: usize,
     pub(crate) puts: Vec<(u64, Queued)>,
     pub(crate) done: Vec<u64>,
+    pub(crate) sent: Vec<Sent>,
+}
+
+/// A persisted message's place in the in-flight window: sent under
+/// `packet_id`, and `released` once PUBREC came (only PUBREL is owed then).
+/// A restart resumes the exchange with the same packet id [MQTT-4.4.0-1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: u64,
+    pub packet_id: u16,
+    pub released: bool,
+}
+
+/// What a queue recorded since the last `take_ops`.
+#[derive(Debug, Default)]
+pub struct QueueOps {
+    pub puts: Vec<(u64, QueuedMessage)>,
+    pub done: Vec<u64>,
+    pub sent: Vec<Sent>,
 }
 
 impl QueueLog {
@@ -34,22 +53,26 @@ impl QueueLog {
             written_at,
             puts: Vec::new(),
             done: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
     /// Puts and ends not yet handed to the log.
     pub fn has_ops(&self) -> bool {
-        !self.puts.is_empty() || !self.done.is_empty()
+        !self.puts.is_empty() || !self.done.is_empty() || !self.sent.is_empty()
     }
 
-    /// The puts (sequence number, message as delivered) and ends not yet
-    /// written, taken.
-    pub fn take_ops(&mut self) -> (Vec<(u64, QueuedMessage)>, Vec<u64>) {
-        let puts = std::mem::take(&mut self.puts)
-            .into_iter()
-            .map(|(seq, q)| (seq, QueuedMessage::from(q)))
-            .collect();
-        (puts, std::mem::take(&mut self.done))
+    /// The puts (sequence number, message as delivered), ends and window
+    /// changes not yet written, taken.
+    pub fn take_ops(&mut self) -> QueueOps {
+        QueueOps {
+            puts: std::mem::take(&mut self.puts)
+                .into_iter()
+                .map(|(seq, q)| (seq, QueuedMessage::from(q)))
+                .collect(),
+            done: std::mem::take(&mut self.done),
+            sent: std::mem::take(&mut self.sent),
+        }
     }
 
     /// The sequence number the next persisted message gets.
@@ -129,7 +152,8 @@ impl SessionState {
                     number(&mut f.seq, qos);
                     e.set_seq(f.seq);
                 }
-                // Past PUBREC: delivered, not owed.
+                // Past PUBREC: its PUBREL is owed.
+                (_, InflightState::Released) => number(&mut f.seq, QoS::ExactlyOnce),
                 _ => f.seq = 0,
             }
         }
@@ -149,6 +173,68 @@ impl SessionState {
         if let Some(log) = self.persist.as_deref_mut() {
             log.puts.push((queued.seq, queued.clone()));
         }
+    }
+
+    /// A persisted message went in flight under `packet_id`, or (released)
+    /// its PUBREC came.
+    pub(super) fn log_sent(&mut self, seq: u64, packet_id: u16, released: bool) {
+        if seq == 0 {
+            return;
+        }
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.sent.push(Sent {
+                seq,
+                packet_id,
+                released,
+            });
+        }
+    }
+
+    /// The persisted messages in flight, in window order.
+    pub fn persisted_window(&self) -> Vec<Sent> {
+        self.inflight
+            .iter()
+            .filter(|f| f.seq != 0)
+            .map(|f| Sent {
+                seq: f.seq,
+                packet_id: f.packet_id.get(),
+                released: f.state == InflightState::Released,
+            })
+            .collect()
+    }
+
+    /// An exchange read back from disk at start, resumed with its packet id
+    /// on the client's return: PUBLISH again with DUP (`message`), or, once
+    /// released, PUBREL [MQTT-4.4.0-1]. Call before `restore_queued`, in
+    /// window order.
+    pub fn restore_inflight(&mut self, sent: Sent, message: Option<QueuedMessage>) {
+        let Some(packet_id) = crate::codec::PacketId::new(sent.packet_id) else {
+            return;
+        };
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.next_seq = log.next_seq.max(sent.seq.saturating_add(1));
+        }
+        let (state, publish) = match (sent.released, message) {
+            (true, _) => (InflightState::Released, None),
+            (false, Some(m)) => {
+                let state = if m.qos == QoS::ExactlyOnce {
+                    InflightState::Qos2Sent
+                } else {
+                    InflightState::Qos1Sent
+                };
+                let queued = Queued {
+                    message: m.message,
+                    qos: m.qos,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids,
+                    seq: sent.seq,
+                    restored: true,
+                };
+                (state, Some(Entry::Memory(queued)))
+            }
+            (false, None) => return,
+        };
+        self.restore_window_entry(packet_id, state, publish, sent.seq);
     }
 
     /// A persisted message left the queue for good (acknowledged, dropped,

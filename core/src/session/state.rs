@@ -179,6 +179,27 @@ impl SessionState {
         }
     }
 
+    /// Appends a restored exchange to the window. Its serial is far behind
+    /// the ids allocated from now on, so `allocate_packet_id` checks every
+    /// id in flight rather than trusting the sequence.
+    pub(super) fn restore_window_entry(
+        &mut self,
+        packet_id: PacketId,
+        state: InflightState,
+        publish: Option<Entry>,
+        seq: u64,
+    ) {
+        self.packet_id_steps = self.packet_id_steps.max(u64::from(u16::MAX) * 2);
+        self.next_packet_id = packet_id.get().checked_add(1).unwrap_or(1);
+        self.inflight.push_back(Inflight {
+            packet_id,
+            serial: 0,
+            state,
+            publish,
+            seq,
+        });
+    }
+
     pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
         // PERF: acknowledgements nearly always arrive in order, so the entry
         // is found at the front.

@@ -674,6 +674,8 @@ impl Sim {
                     PersistOp::QueueState(s) => {
                         self.disk_queue_files[shard].push(QueueRec::State(s))
                     }
+                    // Packet ids: not part of what the model checks.
+                    PersistOp::QueueSent(_) => {}
                 }
             }
             self.log(format!("shard {shard} durable up to {}", batch.upto));

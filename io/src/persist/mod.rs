@@ -17,11 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
 use shardmq_core::broker::{
-    owner_index, QueuePut, QueueSnapshot, QueueState, RestoredQueue, SessionRecord, Snapshot,
+    owner_index, QueuePut, QueueSent, QueueSnapshot, QueueState, RestoredQueue, SessionRecord,
+    Snapshot,
 };
 use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
 use shardmq_core::config::Persistence;
-use shardmq_core::session::{Message, QueuedMessage, SharedMessage};
+use shardmq_core::session::{Message, QueuedMessage, Sent, SharedMessage};
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
@@ -288,7 +289,7 @@ pub fn recover(
         let mut owed = HashMap::new();
         for r in &sessions {
             if let Some(q) = queues.remove(&r.queue_id).filter(|q| q.0 == r.client_id) {
-                report.queued += q.1.messages.len();
+                report.queued += q.1.messages.len() + q.1.window.len();
                 owed.insert(r.client_id.clone(), q.1);
             }
         }
@@ -428,6 +429,9 @@ struct Recovering {
     puts: BTreeMap<u64, QueuedMessage>,
     done: HashSet<u64>,
     states: Vec<QueueState>,
+    /// Packet id and released flag by sequence number (released only
+    /// grows).
+    sent: BTreeMap<u64, (u16, bool)>,
     /// Past every sequence number seen.
     next: u64,
 }
@@ -449,17 +453,35 @@ impl Replayed {
             .into_iter()
             .filter(|(_, q)| !unreadable.contains(&q.client_id))
             .map(|(id, q)| {
-                let messages = q
-                    .puts
-                    .into_iter()
-                    .filter(|(seq, _)| {
-                        !q.done.contains(seq) && !q.states.iter().any(|s| s.is_dead(*seq))
+                let dead =
+                    |seq: &u64| q.done.contains(seq) || q.states.iter().any(|s| s.is_dead(*seq));
+                let mut puts: BTreeMap<u64, QueuedMessage> =
+                    q.puts.into_iter().filter(|(seq, _)| !dead(seq)).collect();
+                // In flight at the crash: resumed under its packet id, with
+                // its message until released (then only PUBREL is owed).
+                let window = q
+                    .sent
+                    .iter()
+                    .filter(|(seq, _)| !dead(seq))
+                    .filter_map(|(&seq, &(packet_id, released))| {
+                        let message = puts.remove(&seq);
+                        let sent = Sent {
+                            seq,
+                            packet_id,
+                            released,
+                        };
+                        match (released, message) {
+                            (true, _) => Some((sent, None)),
+                            (false, Some(m)) => Some((sent, Some(m))),
+                            (false, None) => None,
+                        }
                     })
                     .collect();
                 let restored = RestoredQueue {
                     queue_id: id,
                     next: q.next,
-                    messages,
+                    window,
+                    messages: puts.into_iter().collect(),
                 };
                 (id, (q.client_id, restored))
             })
@@ -469,19 +491,30 @@ impl Replayed {
 
 /// A restored queue as the records of a snapshot.
 fn queue_snapshot(client_id: &ByteString, q: &RestoredQueue) -> QueueSnapshot {
-    let seqs: Vec<u64> = q.messages.iter().map(|(s, _)| *s).collect();
+    let mut seqs: Vec<u64> = q.messages.iter().map(|(s, _)| *s).collect();
+    seqs.extend(q.window.iter().map(|(w, _)| w.seq));
+    seqs.sort_unstable();
+    let in_flight = q
+        .window
+        .iter()
+        .filter_map(|(w, m)| Some((w.seq, m.as_ref()?)));
+    let messages = q.messages.iter().map(|(seq, m)| (*seq, m));
     QueueSnapshot {
         state: Some(QueueState::of(client_id.clone(), q.queue_id, q.next, &seqs)),
-        puts: q
-            .messages
-            .iter()
+        puts: in_flight
+            .chain(messages)
             .map(|(seq, m)| QueuePut {
                 client_id: client_id.clone(),
                 queue_id: q.queue_id,
-                seq: *seq,
+                seq,
                 queued: m.clone(),
             })
             .collect(),
+        sent: (!q.window.is_empty()).then(|| QueueSent {
+            client_id: client_id.clone(),
+            queue_id: q.queue_id,
+            entries: q.window.iter().map(|(w, _)| *w).collect(),
+        }),
     }
 }
 
@@ -569,6 +602,13 @@ fn replay(
                 let q = state.queue(&s.client_id, s.queue_id);
                 q.next = q.next.max(s.next);
                 q.states.push(s);
+            }
+            LoggedOp::QueueSent(w) => {
+                let q = state.queue(&w.client_id, w.queue_id);
+                for e in w.entries {
+                    let entry = q.sent.entry(e.seq).or_insert((e.packet_id, false));
+                    *entry = (e.packet_id, entry.1 || e.released);
+                }
             }
             LoggedOp::QueueUnreadable(client_id, why) => {
                 report.unreadable_queues += 1;

@@ -46,11 +46,10 @@ impl Connection {
                     session.remove_inflight(i);
                 } else {
                     session.inflight[i].state = InflightState::Released;
-                    // The subscriber has the message: persistence counts
-                    // it delivered (PUBREL is not persisted, nor resent
-                    // after a restart).
-                    let seq = std::mem::take(&mut session.inflight[i].seq);
-                    session.log_done(seq);
+                    // The subscriber has the message: only PUBREL is owed,
+                    // under this packet id, after a restart too.
+                    let seq = session.inflight[i].seq;
+                    session.log_sent(seq, packet_id.get(), true);
                     let publish = session.inflight[i].publish.take();
                     session.retire(publish);
                     self.send(Packet::PubRel(PubResponse::new(
@@ -190,6 +189,7 @@ impl Connection {
         } else {
             InflightState::Qos2Sent
         };
+        session.log_sent(queued.seq, id.get(), false);
         session.inflight.push_back(Inflight {
             packet_id: id,
             serial,
