@@ -994,3 +994,55 @@ async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
     .await
     .unwrap();
 }
+
+/// `subscriberQueue` Custom persists the queues of the listed client ids
+/// (`*` wildcards) and, with dynamic Enabled, of sessions whose CONNECT or
+/// SUBSCRIBE carries `aio-persistence=true`; no other queue is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_subscriber_queue_policy_selects_by_client_id_and_opt_in() {
+    use rumqttc::v5::mqttbytes::v5::SubscribeProperties;
+    let s = setup(true, 2);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+    json["persistence"]["subscriberQueue"] = serde_json::json!({
+        "mode": "Custom",
+        "subscriberQueueSettings": {"subscriberClientIds": ["keep-*"], "dynamic": {"mode": "Enabled"}}
+    });
+    std::fs::write(&s.config, json.to_string()).unwrap();
+    let (broker, _) = run(&s);
+    for id in ["keep-1", "opted", "plain"] {
+        let (mut c, _) = Client::connect(s.port, id, keeps_session(3600)).await;
+        if id == "opted" {
+            let props = SubscribeProperties {
+                id: None,
+                user_properties: vec![("aio-persistence".into(), "true".into())],
+            };
+            c.client
+                .subscribe_with_properties("c/#", q5(1), props)
+                .await
+                .unwrap();
+            c.next_matching(|e| matches!(e, Ev::SubAck(_))).await;
+        } else {
+            c.subscribe("c/#", q5(1)).await;
+        }
+        c.kill();
+    }
+    publish_owed(s.port, "c/1", 1, "k", 2).await;
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", "sessions=3", "queued=4"]);
+    for (id, expected) in [("keep-1", 2), ("opted", 2), ("plain", 0)] {
+        let (mut c, present) = Client::connect(s.port, id, keeps_session(3600)).await;
+        assert!(present, "{id}: its session persists either way");
+        if expected > 0 {
+            assert_eq!(
+                payloads(c.publishes(expected).await),
+                numbered("k", 0..2),
+                "{id}"
+            );
+        } else {
+            c.expect_no_publish(Duration::from_millis(300)).await;
+        }
+    }
+}

@@ -475,6 +475,35 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// A SUBSCRIBE's user properties carry the dynamic opt-in: the
+    /// connection's session queue is selected (`subscriberQueue` Custom with
+    /// dynamic Enabled) if it was not. Whether it newly opted in.
+    pub(super) fn queue_opt_in(
+        &mut self,
+        conn: ConnId,
+        user_properties: &[(ByteString, ByteString)],
+    ) -> bool {
+        if user_properties.is_empty() {
+            return false;
+        }
+        let Some(d) = self.durable.as_ref() else {
+            return false;
+        };
+        let props = user_properties
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()));
+        if !d.policy.opts_in(props) {
+            return false;
+        }
+        match self.conns.get_mut(&conn) {
+            Some(c) if !c.queue_opt_in => {
+                c.queue_opt_in = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Some sessions' queues may be persisted (`subscriberQueue` is not
     /// None): deliveries then answer their publisher once durable.
     pub(super) fn persists_queues(&self) -> bool {

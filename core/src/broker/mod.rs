@@ -677,6 +677,7 @@ impl<S: Store> Shard<S> {
     fn process_events(&mut self, conn: ConnId, now: Instant) {
         let mut subscribed = Vec::new();
         let mut session_changed = false;
+        let mut opted_in = false;
         loop {
             let Some(event) = self
                 .conns
@@ -692,7 +693,9 @@ impl<S: Store> Shard<S> {
                     key,
                     subscription,
                     send_retained,
+                    user_properties,
                 } => {
+                    opted_in |= self.queue_opt_in(conn, &user_properties);
                     self.subscribed(conn, &key, &subscription);
                     subscribed.push((subscription, send_retained));
                     session_changed = true;
@@ -718,6 +721,14 @@ impl<S: Store> Shard<S> {
                     session,
                     will,
                 } => self.closed(conn, now, reason, session, will),
+            }
+        }
+        if opted_in {
+            // A queue newly selected by a SUBSCRIBE's opt-in: its id goes
+            // into the session's record below, its messages to the log.
+            if let Some(session) = self.conns.get(&conn).and_then(|c| c.session) {
+                self.assign_queue_log(Some(conn), session);
+                self.write_queue_here(Some(conn), session);
             }
         }
         if session_changed && self.session_persisted(conn) {

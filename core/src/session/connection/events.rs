@@ -48,6 +48,9 @@ pub enum Event {
         key: ByteString,
         subscription: Subscription,
         send_retained: bool,
+        /// The SUBSCRIBE's user properties (v5): persistence's dynamic
+        /// opt-in for the session's queue.
+        user_properties: Vec<(ByteString, ByteString)>,
     },
     /// Remove the subscription from the index.
     Unsubscribed { key: ByteString, filter: Filter },

@@ -81,6 +81,7 @@ impl Connection {
                 key: raw,
                 subscription,
                 send_retained,
+                user_properties: s.properties.user_properties.clone(),
             });
         }
         // SUBACK is queued before the broker handles the Subscribed events,
