@@ -384,13 +384,13 @@ impl LogWriter {
             if let Some(state) = &q.state {
                 queues.push((OP_QUEUE_STATE, state.to_message()));
             }
+            if let Some(sent) = &q.sent {
+                queues.push((OP_QUEUE_SENT, sent.to_message()));
+            }
             for p in &q.puts {
                 if let Some(m) = queue_put_message(p, epoch, &mut unencodable) {
                     queues.push((OP_QUEUE_PUT, m));
                 }
-            }
-            if let Some(sent) = &q.sent {
-                queues.push((OP_QUEUE_SENT, sent.to_message()));
             }
         }
         let records = clears

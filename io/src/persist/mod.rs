@@ -5,9 +5,10 @@
 //! (`writer`). The format is core's `buffer::log`; the keys are `keys`.
 
 pub mod keys;
+mod replay;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,16 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{
-    owner_index, QueuePut, QueueSent, QueueSnapshot, QueueState, RestoredQueue, SessionRecord,
-    Snapshot,
-};
-use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
+use shardmq_core::broker::{owner_index, RestoredQueue, SessionRecord, Snapshot};
+use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter};
 use shardmq_core::config::Persistence;
-use shardmq_core::session::{Message, QueuedMessage, Sent, SharedMessage};
+use shardmq_core::session::SharedMessage;
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
+use replay::{queue_snapshot, replay, Replayed};
 
 /// How the server persists: the validated policy, the directory, and the
 /// keys (`None` when `encryption.mode` is Disabled).
@@ -263,7 +262,7 @@ pub fn recover(
     for f in &files {
         replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
     }
-    let mut queues = state.owed_queues();
+    let mut queues = state.owed_queues(&mut report);
     let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
         (0..shards.max(1)).map(|_| Default::default()).collect();
     report.retained = state.retained.len();
@@ -289,7 +288,8 @@ pub fn recover(
         let mut owed = HashMap::new();
         for r in &sessions {
             if let Some(q) = queues.remove(&r.queue_id).filter(|q| q.0 == r.client_id) {
-                report.queued += q.1.messages.len() + q.1.window.len();
+                report.queued +=
+                    q.1.messages.len() + q.1.window.iter().filter(|w| w.1.is_some()).count();
                 owed.insert(r.client_id.clone(), q.1);
             }
         }
@@ -407,285 +407,6 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
         }
     }
     Ok(n)
-}
-
-/// What the files replayed so far hold.
-#[derive(Default)]
-struct Replayed {
-    retained: HashMap<String, Message>,
-    sessions: HashMap<ByteString, SessionRecord>,
-    /// By queue id. Files of different shards have no common order, so
-    /// nothing here depends on it: puts are collected, and a sequence
-    /// number any record calls dead stays dead.
-    queues: HashMap<u64, Recovering>,
-    /// Client ids with a queue record that did not decode.
-    unreadable_queues: HashSet<ByteString>,
-}
-
-/// One persisted queue while its records are read.
-#[derive(Default)]
-struct Recovering {
-    client_id: ByteString,
-    puts: BTreeMap<u64, QueuedMessage>,
-    done: HashSet<u64>,
-    states: Vec<QueueState>,
-    /// Packet id and released flag by sequence number (released only
-    /// grows).
-    sent: BTreeMap<u64, (u16, bool)>,
-    /// Past every sequence number seen.
-    next: u64,
-}
-
-impl Replayed {
-    fn queue(&mut self, client_id: &ByteString, queue_id: u64) -> &mut Recovering {
-        let q = self.queues.entry(queue_id).or_default();
-        if q.client_id.is_empty() {
-            q.client_id = client_id.clone();
-        }
-        q
-    }
-
-    /// Per queue id: its client id and what it still owes, in order
-    /// (expired messages were dropped as they were read).
-    fn owed_queues(&mut self) -> HashMap<u64, (ByteString, RestoredQueue)> {
-        let unreadable = std::mem::take(&mut self.unreadable_queues);
-        std::mem::take(&mut self.queues)
-            .into_iter()
-            .filter(|(_, q)| !unreadable.contains(&q.client_id))
-            .map(|(id, q)| {
-                let dead =
-                    |seq: &u64| q.done.contains(seq) || q.states.iter().any(|s| s.is_dead(*seq));
-                let mut puts: BTreeMap<u64, QueuedMessage> =
-                    q.puts.into_iter().filter(|(seq, _)| !dead(seq)).collect();
-                // In flight at the crash: resumed under its packet id, with
-                // its message until released (then only PUBREL is owed).
-                let window = q
-                    .sent
-                    .iter()
-                    .filter(|(seq, _)| !dead(seq))
-                    .filter_map(|(&seq, &(packet_id, released))| {
-                        let message = puts.remove(&seq);
-                        let sent = Sent {
-                            seq,
-                            packet_id,
-                            released,
-                        };
-                        match (released, message) {
-                            (true, _) => Some((sent, None)),
-                            (false, Some(m)) => Some((sent, Some(m))),
-                            (false, None) => None,
-                        }
-                    })
-                    .collect();
-                let restored = RestoredQueue {
-                    queue_id: id,
-                    next: q.next,
-                    window,
-                    messages: puts.into_iter().collect(),
-                };
-                (id, (q.client_id, restored))
-            })
-            .collect()
-    }
-}
-
-/// A restored queue as the records of a snapshot.
-fn queue_snapshot(client_id: &ByteString, q: &RestoredQueue) -> QueueSnapshot {
-    let mut seqs: Vec<u64> = q.messages.iter().map(|(s, _)| *s).collect();
-    seqs.extend(q.window.iter().map(|(w, _)| w.seq));
-    seqs.sort_unstable();
-    let in_flight = q
-        .window
-        .iter()
-        .filter_map(|(w, m)| Some((w.seq, m.as_ref()?)));
-    let messages = q.messages.iter().map(|(seq, m)| (*seq, m));
-    QueueSnapshot {
-        state: Some(QueueState::of(client_id.clone(), q.queue_id, q.next, &seqs)),
-        puts: in_flight
-            .chain(messages)
-            .map(|(seq, m)| QueuePut {
-                client_id: client_id.clone(),
-                queue_id: q.queue_id,
-                seq,
-                queued: m.clone(),
-            })
-            .collect(),
-        sent: (!q.window.is_empty()).then(|| QueueSent {
-            client_id: client_id.clone(),
-            queue_id: q.queue_id,
-            entries: q.window.iter().map(|(w, _)| *w).collect(),
-        }),
-    }
-}
-
-/// Applies one file's operations (the last write wins per topic and per
-/// client id); a tail that does not read back is cut and logged.
-fn replay(
-    spec: &PersistSpec,
-    keys: &[Kek],
-    path: &Path,
-    epoch: Epoch,
-    state: &mut Replayed,
-    report: &mut Recovered,
-) -> Result<(), PersistError> {
-    let file_err = |source| PersistError::File {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = fs::read(path).map_err(|source| PersistError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let header = LogHeader::decode(&bytes).map_err(file_err)?;
-    let sealer = header.open(spec.policy.encrypt, keys).map_err(file_err)?;
-    let read = log::read(&header, &sealer, &mut bytes, epoch.instant);
-    if let Some(why) = &read.cut {
-        report.cut += 1;
-        warn!(file = %path.display(), valid_bytes = read.valid_len, file_bytes = bytes.len(),
-            reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
-    }
-    drop(bytes);
-    report.ops += read.ops.len();
-    for op in read.ops {
-        match op {
-            LoggedOp::Retain(m) => {
-                let topic = m.topic.as_str().to_owned();
-                match rebase_expiry(m, header.epoch_unix_nanos, epoch) {
-                    Some(m) => {
-                        state.retained.insert(topic, m);
-                    }
-                    None => {
-                        report.expired += 1;
-                        state.retained.remove(&topic);
-                    }
-                }
-            }
-            LoggedOp::Clear(topic) => {
-                state.retained.remove(topic.as_str());
-            }
-            LoggedOp::SessionPut(mut record) => {
-                // A will whose message expired during the downtime is not
-                // published [MQTT-3.3.2-5].
-                record.will = record.will.take().and_then(|(will, delay)| {
-                    let will = Arc::unwrap_or_clone(will);
-                    let will = rebase_expiry(will, header.epoch_unix_nanos, epoch)?;
-                    Some((Arc::new(will), delay))
-                });
-                replay_session(record, header.epoch_unix_nanos, epoch, state, report);
-            }
-            LoggedOp::SessionDelete(client_id) => {
-                state.sessions.remove(&client_id);
-            }
-            LoggedOp::QueuePut(p) => {
-                let m = Arc::unwrap_or_clone(p.queued.message);
-                // Expired while down: counted, not owed [MQTT-3.3.2-5].
-                let Some(m) = rebase_expiry(m, header.epoch_unix_nanos, epoch) else {
-                    report.expired += 1;
-                    state.queue(&p.client_id, p.queue_id).done.insert(p.seq);
-                    continue;
-                };
-                let q = state.queue(&p.client_id, p.queue_id);
-                q.next = q.next.max(p.seq.saturating_add(1));
-                q.puts.insert(
-                    p.seq,
-                    QueuedMessage {
-                        message: Arc::new(m),
-                        ..p.queued
-                    },
-                );
-            }
-            LoggedOp::QueueDone(d) => {
-                let q = state.queue(&d.client_id, d.queue_id);
-                q.done.extend(d.seqs);
-            }
-            LoggedOp::QueueState(s) => {
-                let q = state.queue(&s.client_id, s.queue_id);
-                q.next = q.next.max(s.next);
-                q.states.push(s);
-            }
-            LoggedOp::QueueSent(w) => {
-                let q = state.queue(&w.client_id, w.queue_id);
-                for e in w.entries {
-                    let entry = q.sent.entry(e.seq).or_insert((e.packet_id, false));
-                    *entry = (e.packet_id, entry.1 || e.released);
-                }
-            }
-            LoggedOp::QueueUnreadable(client_id, why) => {
-                report.unreadable_queues += 1;
-                warn!(file = %path.display(), reason = %why,
-                    "persistence: a queue record does not decode (written by a newer version?); that client's queued messages are dropped");
-                state.unreadable_queues.insert(client_id);
-            }
-            LoggedOp::SessionUnreadable(client_id, why) => {
-                // Not its older state either: that was replaced.
-                report.unreadable_sessions += 1;
-                warn!(file = %path.display(), reason = %why,
-                    "persistence: a session record does not decode (written by a newer version?); that session is dropped");
-                state.sessions.remove(&client_id);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One session put: kept unless its deadline passed during the downtime.
-fn replay_session(
-    mut record: SessionRecord,
-    written_at: u64,
-    epoch: Epoch,
-    state: &mut Replayed,
-    report: &mut Recovered,
-) {
-    match record.offline_until {
-        // Its client had left: the deadline counts the downtime.
-        Some(at) => match rebase(at, written_at, epoch) {
-            Some(at) => {
-                record.offline_until = Some(at);
-                state.sessions.insert(record.client_id.clone(), record);
-            }
-            None if record.will.is_some() => {
-                // Its will was due by the session's end at the latest,
-                // which came while the broker was down: published late
-                // rather than never [MQTT-3.1.2-8]. The record stays, due
-                // at once (this run's epoch), until the will is out: the
-                // session itself is not restored.
-                report.expired_sessions += 1;
-                record.offline_until = Some(epoch.instant);
-                state.sessions.insert(record.client_id.clone(), record);
-            }
-            None => {
-                report.expired_sessions += 1;
-                state.sessions.remove(&record.client_id);
-            }
-        },
-        None => {
-            state.sessions.insert(record.client_id.clone(), record);
-        }
-    }
-}
-
-/// A record's expiry was read relative to this run's epoch; the file's
-/// epoch was `written_at` on the wall clock. Moves it by the difference
-/// (`Instant`s do not survive a reboot; the wall clock does). `None` when
-/// it is past.
-fn rebase_expiry(mut m: Message, written_at: u64, epoch: Epoch) -> Option<Message> {
-    let Some(at) = m.expires_at else {
-        return Some(m);
-    };
-    m.expires_at = Some(rebase(at, written_at, epoch)?);
-    Some(m)
-}
-
-/// An instant read relative to this run's epoch from a file whose epoch was
-/// `written_at` on the wall clock, moved by the difference; `None` when it
-/// is past (before this run's epoch, or before boot).
-fn rebase(at: Instant, written_at: u64, epoch: Epoch) -> Option<Instant> {
-    let rebased = if epoch.unix_nanos >= written_at {
-        at.checked_sub(Duration::from_nanos(epoch.unix_nanos - written_at))
-    } else {
-        at.checked_add(Duration::from_nanos(written_at - epoch.unix_nanos))
-    };
-    rebased.filter(|at| *at > epoch.instant)
 }
 
 /// The log files of `dir` and the unfinished snapshots (`*.log.tmp`),
