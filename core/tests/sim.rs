@@ -240,18 +240,10 @@ fn retained_state_matches_a_single_store() {
 /// state, clears included [MQTT-3.3.1-10/-11].
 #[test]
 fn acknowledged_retained_messages_are_on_disk_first() {
-    use shardmq_core::config::{Persistence, RetainPolicy};
+    use shardmq_core::config::{QueuePolicy, RetainPolicy};
     for seed in seeds(300) {
-        let persistence = Persistence {
-            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
-            encrypt: true,
-            retain: RetainPolicy::All,
-            queues: shardmq_core::config::QueuePolicy::None,
-            dynamic: None,
-            data_dir: None,
-            key_file: None,
-        };
-        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let mut sim =
+            Sim::new_persistent(seed, 3, persistence(RetainPolicy::All, QueuePolicy::None));
         let pubs: Vec<usize> = (0..3)
             .map(|i| sim.add_client(&format!("dp{i}"), "p"))
             .collect();
@@ -311,18 +303,10 @@ struct Epoch {
 /// SUBACK for is in the disk's record.
 #[test]
 fn persisted_session_acknowledgements_follow_the_disk() {
-    use shardmq_core::config::{Persistence, RetainPolicy};
+    use shardmq_core::config::{QueuePolicy, RetainPolicy};
     for seed in seeds(300) {
-        let persistence = Persistence {
-            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
-            encrypt: true,
-            retain: RetainPolicy::None,
-            queues: shardmq_core::config::QueuePolicy::All,
-            dynamic: None,
-            data_dir: None,
-            key_file: None,
-        };
-        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let mut sim =
+            Sim::new_persistent(seed, 3, persistence(RetainPolicy::None, QueuePolicy::All));
         let clients: Vec<usize> = (0..3)
             .map(|i| sim.add_client(&format!("ps{i}"), "p"))
             .collect();
@@ -757,18 +741,10 @@ fn a_restored_session_expires_at_its_deadline() {
 /// acknowledged message, in order per publisher.
 #[test]
 fn acknowledged_messages_for_persisted_sessions_are_on_disk_first() {
-    use shardmq_core::config::{Persistence, RetainPolicy};
+    use shardmq_core::config::{QueuePolicy, RetainPolicy};
     for seed in seeds(200) {
-        let persistence = Persistence {
-            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
-            encrypt: true,
-            retain: RetainPolicy::None,
-            queues: shardmq_core::config::QueuePolicy::All,
-            dynamic: None,
-            data_dir: None,
-            key_file: None,
-        };
-        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let mut sim =
+            Sim::new_persistent(seed, 3, persistence(RetainPolicy::None, QueuePolicy::All));
         let subs: Vec<usize> = (0..2)
             .map(|i| sim.add_client(&format!("qs{i}"), "p"))
             .collect();
@@ -897,18 +873,10 @@ fn check_owed_on_disk(sim: &Sim, pubs: &[usize], subs: &[usize]) {
 /// it would otherwise defer its log rewrites for good.
 #[test]
 fn a_resume_with_expiry_zero_settles_the_move() {
-    use shardmq_core::config::{Persistence, QueuePolicy, RetainPolicy};
+    use shardmq_core::config::{QueuePolicy, RetainPolicy};
     for seed in seeds(50) {
-        let persistence = Persistence {
-            size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
-            encrypt: true,
-            retain: RetainPolicy::None,
-            queues: QueuePolicy::All,
-            dynamic: None,
-            data_dir: None,
-            key_file: None,
-        };
-        let mut sim = Sim::new_persistent(seed, 3, persistence);
+        let mut sim =
+            Sim::new_persistent(seed, 3, persistence(RetainPolicy::None, QueuePolicy::All));
         let sub = sim.add_client("mover", "p");
         let publ = sim.add_client("feeder", "p");
         sim.connect(sub, 0, true, 3600);
@@ -962,5 +930,21 @@ fn check_queues_disk_is_memory(sim: &mut Sim) {
                 "{id}: memory owes {payloads:?}, the disk {on_disk:?}"
             ));
         }
+    }
+}
+
+/// A persistence policy for the simulator (nothing here reads its paths).
+fn persistence(
+    retain: shardmq_core::config::RetainPolicy,
+    queues: shardmq_core::config::QueuePolicy,
+) -> shardmq_core::config::Persistence {
+    shardmq_core::config::Persistence {
+        size_max_bytes: std::num::NonZeroU64::new(1 << 30).unwrap(),
+        encrypt: true,
+        retain,
+        queues,
+        dynamic: None,
+        data_dir: None,
+        key_file: None,
     }
 }

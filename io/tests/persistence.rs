@@ -768,11 +768,16 @@ async fn the_will_of_a_session_that_expired_while_down_is_published() {
 /// `setup` with `subscriberQueue` All: queued messages persist too.
 fn setup_queues(shards: u32) -> Setup {
     let s = setup(true, shards);
+    set_subscriber_queue(&s, serde_json::json!({"mode": "All"}));
+    s
+}
+
+/// Rewrites the config's `persistence.subscriberQueue` (for the next start).
+fn set_subscriber_queue(s: &Setup, policy: serde_json::Value) {
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
-    json["persistence"]["subscriberQueue"] = serde_json::json!({"mode": "All"});
+    json["persistence"]["subscriberQueue"] = policy;
     std::fs::write(&s.config, json.to_string()).unwrap();
-    s
 }
 
 /// Publishes `n` messages on `topic` at `qos` ("{prefix}{i}"), each
@@ -904,10 +909,7 @@ async fn a_queue_is_persisted_once_subscriber_queue_selects_it() {
     sub.subscribe("line/+/count", q5(1)).await;
     sub.disconnect().await;
     kill9(broker);
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
-    json["persistence"]["subscriberQueue"] = serde_json::json!({"mode": "All"});
-    std::fs::write(&s.config, json.to_string()).unwrap();
+    set_subscriber_queue(&s, serde_json::json!({"mode": "All"}));
 
     let (broker, log) = run(&s);
     log.wait_for(&["persistence: recovered", "sessions=1"]);
@@ -1003,13 +1005,13 @@ async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
 async fn a_custom_subscriber_queue_policy_selects_by_client_id_and_opt_in() {
     use rumqttc::v5::mqttbytes::v5::SubscribeProperties;
     let s = setup(true, 2);
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
-    json["persistence"]["subscriberQueue"] = serde_json::json!({
-        "mode": "Custom",
-        "subscriberQueueSettings": {"subscriberClientIds": ["keep-*"], "dynamic": {"mode": "Enabled"}}
-    });
-    std::fs::write(&s.config, json.to_string()).unwrap();
+    set_subscriber_queue(
+        &s,
+        serde_json::json!({
+            "mode": "Custom",
+            "subscriberQueueSettings": {"subscriberClientIds": ["keep-*"], "dynamic": {"mode": "Enabled"}}
+        }),
+    );
     let (broker, _) = run(&s);
     for id in ["keep-1", "opted", "plain"] {
         let (mut c, _) = Client::connect(s.port, id, keeps_session(3600)).await;
