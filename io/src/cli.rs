@@ -306,7 +306,56 @@ fn check_log_bound(server: &ServerConfig) -> Result<(), SetupError> {
             ),
         ));
     }
-    Ok(())
+    check_queue_log_bound(server, persists)
+}
+
+/// With persisted queues a shard's log also holds what its sessions' queues
+/// hold: at most its memory budget and its share of the disk buffer. With
+/// its persisted retained share, that live state stays under 1.75 GiB, so a
+/// log that holds up to twice it never outgrows the format's 4 GiB.
+fn check_queue_log_bound(server: &ServerConfig, retained: bool) -> Result<(), SetupError> {
+    const MAX_LIVE_PER_SHARD: u64 = 7 << 28;
+    let queues = server
+        .persistence
+        .as_ref()
+        .is_some_and(|p| p.policy.queues != shardmq_core::config::QueuePolicy::None);
+    if !queues {
+        return Ok(());
+    }
+    let shards = server.shards.max(1) as u64;
+    let disk_share = server
+        .disk_buffer
+        .as_ref()
+        .map_or(0, |b| b.size_max_bytes / shards);
+    let retained_share = if retained {
+        server.retained_bytes_max
+    } else {
+        0
+    };
+    let live = server.memory_budget_bytes + disk_share + retained_share;
+    if live <= MAX_LIVE_PER_SHARD {
+        return Ok(());
+    }
+    Err(invalid(
+        "persistence.subscriberQueue",
+        format!(
+            "with persisted queues a shard's log holds its queues (its memoryProfile budget, \
+             {} MiB, and its share of diskBackedMessageBuffer.maxSize, {} MiB){} and may \
+             hold at most 1792 MiB of them (twice that before compaction, and the log format \
+             addresses 4 GiB); lower diskBackedMessageBuffer.maxSize or memoryProfile, or \
+             add workers",
+            server.memory_budget_bytes >> 20,
+            disk_share >> 20,
+            if retained {
+                format!(
+                    " and its persisted retained share ({} MiB)",
+                    retained_share >> 20
+                )
+            } else {
+                String::new()
+            },
+        ),
+    ))
 }
 
 /// Everything but the listeners: shards, limits, the buffer, budgets.

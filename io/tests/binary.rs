@@ -75,6 +75,33 @@ fn persisted_retained_messages_over_the_log_bound_are_refused() {
     );
 }
 
+/// Persisted queues whose shard could hold more than its log format
+/// addresses (a 4G disk buffer on one worker) are refused at start with the
+/// fields to change, never left to stall acknowledgements at run time.
+#[test]
+fn persisted_queues_over_the_log_bound_are_refused() {
+    let path = temp_file(
+        "persistence-queues-big.json",
+        r#"{"persistence":{"maxSize":"10Gi","encryption":{"mode":"Disabled"},
+            "subscriberQueue":{"mode":"All"}},
+            "diskBackedMessageBuffer":{"maxSize":"4G"},
+            "cardinality":{"frontend":{"workers":1}},
+            "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("persistence.subscriberQueue")
+            && err.contains("diskBackedMessageBuffer.maxSize"),
+        "{err}"
+    );
+}
+
 /// AIO's `persistence` with encryption Enabled (its default) and no key:
 /// refused with how to make one, never started with a key generated beside
 /// the data (docs/PERSISTENCE.md, "The key").
