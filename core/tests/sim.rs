@@ -751,11 +751,17 @@ fn acknowledged_messages_for_persisted_sessions_are_on_disk_first() {
         let pubs: Vec<usize> = (0..2)
             .map(|i| sim.add_client(&format!("qp{i}"), "p"))
             .collect();
-        for &c in &subs {
+        for (i, &c) in subs.iter().enumerate() {
             let shard = sim.rng.below(3);
             sim.connect(c, shard, true, 3600);
             sim.quiesce();
-            sim.subscribe(c, "q/#", QoS::AtLeastOnce);
+            // One at QoS 2: its window (packet ids, PUBREC) is persisted too.
+            let qos = if i == 1 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            sim.subscribe(c, "q/#", qos);
         }
         for (i, &p) in pubs.iter().enumerate() {
             sim.connect(p, i, true, 0);
@@ -786,7 +792,12 @@ fn acknowledged_messages_for_persisted_sessions_are_on_disk_first() {
                 _ => {
                     let p = pubs[sim.rng.below(2)];
                     let payload = Bytes::from(format!("m{n}"));
-                    sim.publish(p, &format!("q/{n}"), QoS::AtLeastOnce, false, payload);
+                    let qos = if sim.rng.chance(50) {
+                        QoS::ExactlyOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
+                    sim.publish(p, &format!("q/{n}"), qos, false, payload);
                 }
             }
             for _ in 0..sim.rng.below(8) {

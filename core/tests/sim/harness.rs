@@ -430,10 +430,44 @@ impl Sim {
                     p.payload.clone(),
                     p.dup,
                 ));
-                if let Some(id) = p.packet_id {
-                    self.send(
+                // QoS 2 answers PUBREC (then PUBCOMP to the PUBREL); the
+                // client keeps no state: every arrival is recorded.
+                match (p.packet_id, p.qos) {
+                    (Some(id), QoS::ExactlyOnce) => self.send(
+                        c,
+                        &Packet::PubRec(PubResponse::new(id, ReasonCode::Success)),
+                    ),
+                    (Some(id), _) => self.send(
                         c,
                         &Packet::PubAck(PubResponse::new(id, ReasonCode::Success)),
+                    ),
+                    (None, _) => {}
+                }
+            }
+            Packet::PubRel(r) => {
+                self.send(
+                    c,
+                    &Packet::PubComp(PubResponse::new(r.packet_id, ReasonCode::Success)),
+                );
+            }
+            Packet::PubRec(a) => {
+                // The broker has the message (durably, with persistence):
+                // it counts as acknowledged; the exchange goes on.
+                let client = &mut self.clients[c];
+                if let Some(i) = client
+                    .unacked
+                    .iter()
+                    .position(|(id, _)| *id == a.packet_id.get())
+                {
+                    let (_, payload) = client.unacked.remove(i);
+                    if !a.reason.is_error() {
+                        client.seen.acked.push(payload);
+                    }
+                }
+                if !a.reason.is_error() {
+                    self.send(
+                        c,
+                        &Packet::PubRel(PubResponse::new(a.packet_id, ReasonCode::Success)),
                     );
                 }
             }
@@ -616,6 +650,13 @@ impl Sim {
             for q in &snapshot.queues {
                 file.extend(q.state.clone().map(QueueRec::State));
                 file.extend(q.puts.iter().map(QueueRec::put));
+                if let Some(w) = &q.sent {
+                    file.extend(w.entries.iter().map(|e| QueueRec::Sent {
+                        queue_id: w.queue_id,
+                        seq: e.seq,
+                        released: e.released,
+                    }));
+                }
             }
             self.disk_queue_files[shard] = file;
             let upto = snapshot.upto;
@@ -674,8 +715,15 @@ impl Sim {
                     PersistOp::QueueState(s) => {
                         self.disk_queue_files[shard].push(QueueRec::State(s))
                     }
-                    // Packet ids: not part of what the model checks.
-                    PersistOp::QueueSent(_) => {}
+                    PersistOp::QueueSent(w) => {
+                        self.disk_queue_files[shard].extend(w.entries.iter().map(|e| {
+                            QueueRec::Sent {
+                                queue_id: w.queue_id,
+                                seq: e.seq,
+                                released: e.released,
+                            }
+                        }))
+                    }
                 }
             }
             self.log(format!("shard {shard} durable up to {}", batch.upto));
@@ -754,6 +802,12 @@ pub enum QueueRec {
         seqs: Vec<u64>,
     },
     State(shardmq_core::broker::QueueState),
+    /// In flight; `released`: its PUBREC came (the message is delivered).
+    Sent {
+        queue_id: u64,
+        seq: u64,
+        released: bool,
+    },
 }
 
 impl QueueRec {
@@ -777,6 +831,7 @@ impl Sim {
         let mut puts = std::collections::BTreeMap::new();
         let mut done: BTreeSet<u64> = BTreeSet::new();
         let mut states = Vec::new();
+        let mut released: BTreeSet<u64> = BTreeSet::new();
         for rec in self.disk_queue_files.iter().flatten() {
             match rec {
                 QueueRec::Put {
@@ -790,11 +845,23 @@ impl Sim {
                     done.extend(seqs.iter().copied())
                 }
                 QueueRec::State(s) if s.queue_id == q => states.push(s),
+                QueueRec::Sent {
+                    queue_id,
+                    seq,
+                    released: true,
+                } if *queue_id == q => {
+                    released.insert(*seq);
+                }
                 _ => {}
             }
         }
+        // A released exchange owes its PUBREL, not its message.
         puts.into_iter()
-            .filter(|(seq, _)| !done.contains(seq) && !states.iter().any(|s| s.is_dead(*seq)))
+            .filter(|(seq, _)| {
+                !done.contains(seq)
+                    && !released.contains(seq)
+                    && !states.iter().any(|s| s.is_dead(*seq))
+            })
             .map(|(_, p)| p)
             .collect()
     }
