@@ -148,6 +148,42 @@ pub struct QueueSnapshot {
     pub sent: Option<QueueSent>,
 }
 
+impl QueueSnapshot {
+    /// A queue written whole (at a rewrite, a move, recovery): `owed` its
+    /// messages, `window` its exchanges in flight. Still owed are the
+    /// messages and the released exchanges (their PUBREL).
+    pub fn whole(
+        client_id: &ByteString,
+        queue_id: u64,
+        next: u64,
+        mut owed: Vec<(u64, QueuedMessage)>,
+        window: Vec<Sent>,
+    ) -> QueueSnapshot {
+        owed.sort_by_key(|(seq, _)| *seq);
+        let mut seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+        seqs.extend(window.iter().filter(|w| w.released).map(|w| w.seq));
+        seqs.sort_unstable();
+        seqs.dedup();
+        QueueSnapshot {
+            state: Some(QueueState::of(client_id.clone(), queue_id, next, &seqs)),
+            puts: owed
+                .into_iter()
+                .map(|(seq, queued)| QueuePut {
+                    client_id: client_id.clone(),
+                    queue_id,
+                    seq,
+                    queued,
+                })
+                .collect(),
+            sent: (!window.is_empty()).then(|| QueueSent {
+                client_id: client_id.clone(),
+                queue_id,
+                entries: window,
+            }),
+        }
+    }
+}
+
 fn header(p: &mut BytesMut, queue_id: u64) {
     p.put_u8(FORMAT);
     p.put_u64(queue_id);

@@ -453,17 +453,7 @@ impl Sim {
             Packet::PubRec(a) => {
                 // The broker has the message (durably, with persistence):
                 // it counts as acknowledged; the exchange goes on.
-                let client = &mut self.clients[c];
-                if let Some(i) = client
-                    .unacked
-                    .iter()
-                    .position(|(id, _)| *id == a.packet_id.get())
-                {
-                    let (_, payload) = client.unacked.remove(i);
-                    if !a.reason.is_error() {
-                        client.seen.acked.push(payload);
-                    }
-                }
+                self.publish_answered(c, &a);
                 if !a.reason.is_error() {
                     self.send(
                         c,
@@ -471,25 +461,28 @@ impl Sim {
                     );
                 }
             }
-            Packet::PubAck(a) => {
-                let client = &mut self.clients[c];
-                if let Some(i) = client
-                    .unacked
-                    .iter()
-                    .position(|(id, _)| *id == a.packet_id.get())
-                {
-                    let (_, payload) = client.unacked.remove(i);
-                    if !a.reason.is_error() {
-                        client.seen.acked.push(payload);
-                    }
-                }
-            }
+            Packet::PubAck(a) => self.publish_answered(c, &a),
             Packet::SubAck(_) => self.clients[c].seen.subacks += 1,
             Packet::Disconnect(d) => {
                 self.log(format!("client {c} DISCONNECT {:?}", d.reason));
                 self.clients[c].seen.disconnects.push(d.reason);
             }
             _ => {}
+        }
+    }
+
+    /// The broker answered client `c`'s QoS 1/2 publish (PUBACK or PUBREC).
+    fn publish_answered(&mut self, c: usize, a: &PubResponse) {
+        let client = &mut self.clients[c];
+        if let Some(i) = client
+            .unacked
+            .iter()
+            .position(|(id, _)| *id == a.packet_id.get())
+        {
+            let (_, payload) = client.unacked.remove(i);
+            if !a.reason.is_error() {
+                client.seen.acked.push(payload);
+            }
         }
     }
 

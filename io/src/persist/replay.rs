@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{
-    QueuePut, QueueSent, QueueSnapshot, QueueState, RestoredQueue, SessionRecord,
-};
+use shardmq_core::broker::{QueueSnapshot, QueueState, RestoredQueue, SessionRecord};
 use shardmq_core::buffer::log::{self, Kek, LogHeader, LoggedOp};
 use shardmq_core::session::{Message, QueuedMessage, Sent};
 use tracing::warn;
@@ -122,31 +120,13 @@ impl Replayed {
 
 /// A restored queue as the records of a snapshot.
 pub(super) fn queue_snapshot(client_id: &ByteString, q: &RestoredQueue) -> QueueSnapshot {
-    let mut seqs: Vec<u64> = q.messages.iter().map(|(s, _)| *s).collect();
-    seqs.extend(q.window.iter().map(|(w, _)| w.seq));
-    seqs.sort_unstable();
     let in_flight = q
         .window
         .iter()
-        .filter_map(|(w, m)| Some((w.seq, m.as_ref()?)));
-    let messages = q.messages.iter().map(|(seq, m)| (*seq, m));
-    QueueSnapshot {
-        state: Some(QueueState::of(client_id.clone(), q.queue_id, q.next, &seqs)),
-        puts: in_flight
-            .chain(messages)
-            .map(|(seq, m)| QueuePut {
-                client_id: client_id.clone(),
-                queue_id: q.queue_id,
-                seq,
-                queued: m.clone(),
-            })
-            .collect(),
-        sent: (!q.window.is_empty()).then(|| QueueSent {
-            client_id: client_id.clone(),
-            queue_id: q.queue_id,
-            entries: q.window.iter().map(|(w, _)| *w).collect(),
-        }),
-    }
+        .filter_map(|(w, m)| Some((w.seq, m.clone()?)));
+    let owed = in_flight.chain(q.messages.iter().cloned()).collect();
+    let window = q.window.iter().map(|(w, _)| *w).collect();
+    QueueSnapshot::whole(client_id, q.queue_id, q.next, owed, window)
 }
 
 /// Applies one file's operations (the last write wins per topic and per

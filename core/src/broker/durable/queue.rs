@@ -9,7 +9,7 @@ use bytestring::ByteString;
 use hashbrown::HashMap;
 
 use super::{Durable, Output, PersistOp, Waiter};
-use crate::broker::queue_record::{QueueDone, QueuePut, QueueSent, QueueSnapshot, QueueState};
+use crate::broker::queue_record::{QueueDone, QueuePut, QueueSent, QueueSnapshot};
 use crate::broker::session_write::SessionReply;
 use crate::broker::sessions::{BufferKeys, Slot};
 use crate::broker::{Conn, ConnId, MeshMsg, SessionId, Shard, ShardId};
@@ -78,35 +78,13 @@ impl Durable {
 /// are owed (messages, and exchanges past PUBREC whose PUBREL is), the
 /// messages, and the in-flight window with its packet ids.
 fn whole_queue(state: &SessionState, log: &QueueLog, lease: &mut Lease<'_>) -> QueueSnapshot {
-    let client_id = &state.client_id;
-    let owed = state.persisted_entries(lease);
-    let window = state.persisted_window();
-    let mut seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
-    seqs.extend(window.iter().filter(|w| w.released).map(|w| w.seq));
-    seqs.sort_unstable();
-    seqs.dedup();
-    QueueSnapshot {
-        state: Some(QueueState::of(
-            client_id.clone(),
-            log.queue_id,
-            log.next_seq(),
-            &seqs,
-        )),
-        puts: owed
-            .into_iter()
-            .map(|(seq, queued)| QueuePut {
-                client_id: client_id.clone(),
-                queue_id: log.queue_id,
-                seq,
-                queued,
-            })
-            .collect(),
-        sent: (!window.is_empty()).then(|| QueueSent {
-            client_id: client_id.clone(),
-            queue_id: log.queue_id,
-            entries: window,
-        }),
-    }
+    QueueSnapshot::whole(
+        &state.client_id,
+        log.queue_id,
+        log.next_seq(),
+        state.persisted_entries(lease),
+        state.persisted_window(),
+    )
 }
 
 /// The state of the session attached to `conn`, or parked offline as
@@ -154,7 +132,9 @@ impl<S: Store> Shard<S> {
     /// Hands the connection's persisted queue records to the log (after
     /// its client's acknowledgements, or messages expired in its queue).
     pub(in crate::broker) fn log_conn_queue(&mut self, conn: ConnId) {
-        if self.durable.is_none() {
+        // PERF: every read and write of a connection passes here; without
+        // persisted queues it stops at one test, not a lookup.
+        if !self.persists_queues() {
             return;
         }
         if let Some(state) = self
