@@ -145,6 +145,15 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// Up to a tenth of `renew_before`, at random.
+fn renewal_jitter(renew_before: Duration) -> Duration {
+    let mut bytes = [0u8; 2];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return Duration::ZERO;
+    }
+    renew_before / 10 * u32::from(u16::from_le_bytes(bytes)) / u32::from(u16::MAX)
+}
+
 fn to_offset(time: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(time)
 }
@@ -238,7 +247,9 @@ impl InternalCa {
         Ok((ca, CaOrigin::Created))
     }
 
-    fn load(cert_file: &Path, key_file: &Path) -> Result<InternalCa, CaError> {
+    /// The CA in `cert_file` and `key_file` (PEM), as an operator gives it
+    /// (a cluster's CA, docs/CLUSTER.md).
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<InternalCa, CaError> {
         let invalid = |path: &Path, e: String| FileError::new(path, FileProblem::Invalid(e));
         let cert_pem = String::from_utf8(files::read(cert_file)?)
             .map_err(|e| invalid(cert_file, e.to_string()))?;
@@ -417,6 +428,12 @@ pub struct CertManager {
     key_file: Option<PathBuf>,
     not_after: SystemTime,
     cert: Arc<ReloadableCert>,
+    /// A node link's certificate (serverAuth and clientAuth).
+    node: bool,
+    /// Renewal comes this much earlier than `renewBefore` says: random per
+    /// node certificate, so the nodes of a cluster started together do not
+    /// all renew at once.
+    jitter: Duration,
 }
 
 impl fmt::Debug for CertManager {
@@ -475,6 +492,38 @@ impl CertManager {
             key_file,
             not_after: issued.not_after,
             cert,
+            node: false,
+            jitter: Duration::ZERO,
+        })
+    }
+
+    /// Issues cluster node `name`'s link certificate under `policy`
+    /// (`advanced.internalCerts`); the key lives in memory only, a new one
+    /// each start.
+    pub fn new_node(
+        ca: Arc<InternalCa>,
+        name: &str,
+        policy: &CertPolicy,
+        now: SystemTime,
+    ) -> Result<CertManager, CaError> {
+        let sans = SubjectAltNames::new(vec![name.to_owned()], Vec::new())?;
+        check_supported(policy.private_key.algorithm)?;
+        let key = generate_key(policy.private_key.algorithm)?;
+        let issued = ca.issue_node(&sans, &key, policy.duration, now)?;
+        let cert = Arc::new(ReloadableCert::from_pem(
+            &issued.chain_pem,
+            &issued.key_pem,
+        )?);
+        Ok(CertManager {
+            ca,
+            sans,
+            policy: policy.clone(),
+            key,
+            key_file: None,
+            not_after: issued.not_after,
+            cert,
+            node: true,
+            jitter: renewal_jitter(policy.renew_before),
         })
     }
 
@@ -490,7 +539,7 @@ impl CertManager {
     /// When to call [`CertManager::renew`]: `renewBefore` ahead of notAfter.
     pub fn next_renewal(&self) -> SystemTime {
         self.not_after
-            .checked_sub(self.policy.renew_before)
+            .checked_sub(self.policy.renew_before + self.jitter)
             .unwrap_or(UNIX_EPOCH)
     }
 
@@ -503,7 +552,12 @@ impl CertManager {
             RotationPolicy::Never => None,
         };
         let key = new_key.as_ref().unwrap_or(&self.key);
-        let issued = self.ca.issue(&self.sans, key, self.policy.duration, now)?;
+        let issued = if self.node {
+            self.ca
+                .issue_node(&self.sans, key, self.policy.duration, now)?
+        } else {
+            self.ca.issue(&self.sans, key, self.policy.duration, now)?
+        };
         self.cert.replace(&issued.chain_pem, &issued.key_pem)?;
         if let (Some(path), Some(_)) = (&self.key_file, &new_key) {
             files::write_private(path, issued.key_pem.as_bytes())?;

@@ -14,6 +14,7 @@ use shardmq_auth::{Authenticator, AuthorizationPolicy, CertManager, InternalCa, 
 use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::{BufferSpec, SEGMENT_BYTES_DEFAULT};
+use crate::cluster::runtime::{ClusterSetup, NodeTls};
 use crate::persist::keys::{CREDENTIAL_NAME, KEY_ENV};
 use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
@@ -72,6 +73,9 @@ pub struct Built {
     pub managed: Vec<CertManager>,
     /// The internal CA's certificate file, for clients to trust.
     pub ca_cert_file: Option<PathBuf>,
+    /// The cluster node link's certificate (`cluster` with
+    /// `encryptInternalTraffic` Enabled): renewed before expiry.
+    pub node_cert: Option<CertManager>,
 }
 
 /// A port's name in logs, metrics and reloads: `listener:port`, or
@@ -141,6 +145,8 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     }
     let mut server = settings(config, &tls.state_dir, listeners);
     server.persistence = persistence(config, &tls.state_dir)?;
+    let (cluster, node_cert) = cluster(config, tls.now)?;
+    server.cluster = cluster;
     check_log_bound(&server)?;
     Ok(Built {
         server,
@@ -148,6 +154,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
         authenticators: authenticators.into_values().collect(),
         ca_cert_file: tls.ca.and_then(|c| c.cert_file().map(PathBuf::from)),
         managed: tls.managed,
+        node_cert,
     })
 }
 
@@ -245,6 +252,48 @@ impl ListenerCerts<'_> {
         self.ca = Some(loaded.clone());
         Ok(loaded)
     }
+}
+
+/// `cluster`: this node's place, and with `encryptInternalTraffic` Enabled
+/// its link certificate from the cluster CA (`advanced.internalCerts`).
+fn cluster(
+    config: &Config,
+    now: SystemTime,
+) -> Result<(Option<Arc<ClusterSetup>>, Option<CertManager>), SetupError> {
+    let Some(c) = &config.cluster else {
+        return Ok((None, None));
+    };
+    let (tls, manager) = match &c.ca {
+        None => (None, None),
+        Some(files) => {
+            let ca = InternalCa::load(&files.cert, &files.key)
+                .map_err(|e| invalid("cluster.caCertFile", e))?;
+            let policy = &config.advanced.internal_certs;
+            let manager = CertManager::new_node(Arc::new(ca), &c.node.name, policy, now)
+                .map_err(|e| invalid("advanced.internalCerts", e))?;
+            // Every certificate of the CA file is trusted: the current CA
+            // and, during a rotation, the next or the previous one.
+            let roots_pem = std::fs::read_to_string(&files.cert)
+                .map_err(|e| invalid("cluster.caCertFile", e))?;
+            let roots = shardmq_auth::node_tls::trusted_roots(&roots_pem)
+                .map_err(|e| invalid("cluster.caCertFile", e))?;
+            let server = shardmq_auth::node_tls::node_server_config(manager.cert(), roots.clone())
+                .map_err(|e| invalid("cluster", e))?;
+            let client = shardmq_auth::node_tls::node_client_config(manager.cert(), roots)
+                .map_err(|e| invalid("cluster", e))?;
+            (Some(NodeTls { server, client }), Some(manager))
+        }
+    };
+    let incarnation = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let setup = ClusterSetup {
+        me: c.node.clone(),
+        peers: c.peers.clone(),
+        incarnation: shardmq_core::cluster::Incarnation(incarnation),
+        tls,
+    };
+    Ok((Some(Arc::new(setup)), manager))
 }
 
 /// `persistence`: the directory and, with encryption Enabled, the keys
@@ -393,6 +442,7 @@ fn settings(config: &Config, state_dir: &Path, listeners: Vec<ListenerSpec>) -> 
             .map_or(memory_budget_bytes / SESSION_SHARES, |b| b / shards as u64),
         partial_bytes_max: memory_budget_bytes / SESSION_SHARES,
         persistence: None,
+        cluster: None,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Driver {
     counters: RefCell<HashMap<String, Rc<ListenerCounters>>>,
     /// The persisted retained log's writer (`persistence`).
     persist: RefCell<Option<Rc<ShardLog>>>,
+    /// The cluster link tasks of this shard (`Output::Cluster` wakes them
+    /// all; each polls its own work).
+    cluster_tasks: RefCell<Vec<LocalSender<()>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -85,6 +88,7 @@ impl Driver {
             shed: Cell::new(0),
             counters: RefCell::new(HashMap::new()),
             persist: RefCell::new(None),
+            cluster_tasks: RefCell::new(Vec::new()),
         });
         (driver, wakeups)
     }
@@ -144,6 +148,20 @@ impl Driver {
             .collect()
     }
 
+    /// A receiver that fires when the shard has cluster work
+    /// (`Output::Cluster`); it stops firing once dropped.
+    pub fn cluster_wakeup(&self) -> LocalReceiver<()> {
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.cluster_tasks.borrow_mut().push(tx);
+        rx
+    }
+
+    fn wake_cluster_tasks(&self) {
+        self.cluster_tasks
+            .borrow_mut()
+            .retain(|tx| !matches!(tx.try_send(()), Err(glommio::GlommioError::Closed(_))));
+    }
+
     fn handle(&self, conn: ConnId) -> Option<Rc<ConnHandle>> {
         self.conns.borrow().get(&conn).cloned()
     }
@@ -193,6 +211,7 @@ impl Driver {
                         let _ = tx.try_send(());
                     }
                 }
+                Output::Cluster => self.wake_cluster_tasks(),
                 Output::Persist => {
                     let log = self.persist.borrow().clone();
                     if let Some(log) = log {

@@ -25,6 +25,7 @@ const USAGE: &str = "\
 shardmq: MQTT 3.1.1/5.0 broker (thread-per-core, io_uring)
 
 usage: shardmq [--config FILE] [--check-config] [--print-default-config]
+       shardmq --make-cluster-ca DIR
 
   --config FILE            JSON config shaped like the AIO Broker resource plus
                            listeners (docs/CONFIG.md). Without it: one anonymous
@@ -33,6 +34,9 @@ usage: shardmq [--config FILE] [--check-config] [--print-default-config]
                            checked, as at start-up), print the problems, exit
                            0 if there are none, 2 otherwise
   --print-default-config   print the built-in default config as JSON and exit
+  --make-cluster-ca DIR    write a new cluster CA to DIR/ca.crt and DIR/ca.key
+                           (0600) for the `cluster` section's caCertFile and
+                           caKeyFile (docs/CLUSTER.md); an existing one is kept
 
 signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the whole config
 (listeners, policies, client limits) and applies it without a restart.
@@ -43,6 +47,7 @@ enum Command {
     Run(Option<PathBuf>),
     Check(Option<PathBuf>),
     PrintDefault,
+    MakeClusterCa(PathBuf),
     Help,
     Version,
 }
@@ -61,6 +66,12 @@ fn parse_args() -> Result<Command> {
             }
             Some("--check-config") => check = true,
             Some("--print-default-config") => return Ok(Command::PrintDefault),
+            Some("--make-cluster-ca") => {
+                let Some(dir) = args.next() else {
+                    bail!("--make-cluster-ca needs a directory")
+                };
+                return Ok(Command::MakeClusterCa(PathBuf::from(dir)));
+            }
             Some("--help" | "-h") => return Ok(Command::Help),
             Some("--version" | "-V") => return Ok(Command::Version),
             _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
@@ -98,6 +109,25 @@ fn run() -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Check(path) => return Ok(check(path.as_deref())),
+        Command::MakeClusterCa(dir) => {
+            let (ca, origin) = shardmq_auth::InternalCa::load_or_create(
+                &dir,
+                shardmq_core::config::KeyAlgorithm::Ec256,
+                std::time::Duration::ZERO,
+                std::time::SystemTime::now(),
+            )
+            .with_context(|| format!("cannot make a cluster CA in {}", dir.display()))?;
+            let what = match origin {
+                shardmq_auth::CaOrigin::Created => "created",
+                shardmq_auth::CaOrigin::Loaded => "kept the existing",
+            };
+            println!(
+                "shardmq: {what} cluster CA in {} (valid until {}); give every node ca.crt and ca.key",
+                dir.display(),
+                since_epoch(ca.not_after())
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Run(path) => path,
     };
     let Some(config) = load_and_log(path.as_deref()) else {
@@ -109,6 +139,17 @@ fn run() -> Result<ExitCode> {
     }
     if let Some(file) = &built.ca_cert_file {
         info!(file = %file.display(), "internal CA certificate (give it to clients of Automatic TLS ports)");
+    }
+    if let Some(c) = &config.cluster {
+        let peers: Vec<String> = c
+            .peers
+            .iter()
+            .map(|p| format!("{}@{}", p.name, p.address))
+            .collect();
+        info!(node = %c.node.name, internal = %c.node.address, peers = ?peers, "cluster node");
+        if c.ca.is_none() {
+            warn!("cluster: advanced.encryptInternalTraffic is Disabled: node links are PLAINTEXT                    and UNAUTHENTICATED (any host that reaches the internal port can join);                    for benchmarks and trusted networks only");
+        }
     }
     let handle = shardmq_io::start(built.server).context("cannot start the server")?;
     for (name, addr) in &handle.addrs {
@@ -132,6 +173,10 @@ fn run() -> Result<ExitCode> {
     };
     let managed = Arc::new(Mutex::new(built.managed));
     renew_in_background(managed.clone());
+    if let Some(node_cert) = built.node_cert {
+        // Its own list: a reload replaces the listeners' list, not this.
+        renew_in_background(Arc::new(Mutex::new(vec![node_cert])));
+    }
     let flag = handle.shutdown_flag();
     shardmq_io::telemetry::watchdog::notify("READY=1");
     shardmq_io::telemetry::watchdog::start(telemetry, flag.clone());
@@ -162,6 +207,14 @@ fn run() -> Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `t` as seconds since the epoch (no calendar dependency for one line).
+fn since_epoch(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{secs} s after the epoch")
 }
 
 /// The config (or the default) with its state directory, and logging set
@@ -314,7 +367,7 @@ fn renew_in_background(managed: Arc<Mutex<Vec<shardmq_auth::CertManager>>>) {
         if let Ok(mut managed) = managed.lock() {
             for m in managed.iter_mut().filter(|m| m.next_renewal() <= now) {
                 match m.renew(now) {
-                    Ok(()) => info!("listener certificate renewed"),
+                    Ok(()) => info!("broker-issued certificate renewed"),
                     Err(e) => {
                         error!(error = %e, "certificate renewal failed; retrying in a minute");
                         failed = true;

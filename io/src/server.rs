@@ -161,6 +161,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         telemetry: telemetry.clone(),
         reloads: Mutex::new(reload_rxs),
         persist,
+        cluster: config.cluster.clone(),
     });
     let joins = spawn_shards(n, config.pin_cpus, &setup, &shutdown)?;
     drop(reservations);

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub partial_bytes_max: u64,
     /// `persistence`; `None`: nothing survives a restart.
     pub persistence: Option<crate::persist::PersistSpec>,
+    /// `cluster`; `None`: a single node.
+    pub cluster: Option<std::sync::Arc<crate::cluster::runtime::ClusterSetup>>,
 }
 
 /// How each shard opens its disk buffer.

@@ -63,7 +63,14 @@ impl<S: Store> Shard<S> {
             .entry(session)
             .or_default()
             .insert(raw.clone(), filter.clone());
-        self.index.trie.insert(&tf, key.clone(), val.clone());
+        if self
+            .index
+            .trie
+            .insert(&tf, key.clone(), val.clone())
+            .is_none()
+        {
+            self.route_added(&tf);
+        }
         let op = Deferred::Add {
             filter: tf,
             key,
@@ -148,7 +155,9 @@ impl<S: Store> Shard<S> {
     pub(super) fn index_remove(&mut self, session: SessionId, filter: &Filter) {
         let key = self.sub_key(session, filter);
         let tf = filter.topic_filter().clone();
-        self.index.trie.remove(&tf, &key);
+        if self.index.trie.remove(&tf, &key).is_some() {
+            self.route_removed(&tf);
+        }
         let op = Deferred::Remove { filter: tf, key };
         if let Some(Deferred::Remove { filter, key }) = self.defer_index(session, op) {
             self.broadcast_remove(&filter, &key);
@@ -165,11 +174,15 @@ impl<S: Store> Shard<S> {
 
     /// A peer's index delta.
     pub(super) fn apply_sub_add(&mut self, filter: &TopicFilter, key: SubKey, val: SubVal) {
-        self.index.trie.insert(filter, key, val);
+        if self.index.trie.insert(filter, key, val).is_none() {
+            self.route_added(filter);
+        }
     }
 
     pub(super) fn apply_sub_remove(&mut self, filter: &TopicFilter, key: &SubKey) {
-        self.index.trie.remove(filter, key);
+        if self.index.trie.remove(filter, key).is_some() {
+            self.route_removed(filter);
+        }
     }
 
     /// Every shard's built-in self-test subscriber, in this replica. Each

@@ -8,6 +8,7 @@
 //! needs another shard or the runtime is a continuation keyed by a
 //! `RequestId`, never an `.await`.
 
+mod cluster;
 mod connect;
 mod durable;
 pub mod ids;
@@ -44,6 +45,7 @@ use crate::limits::ClientLimits;
 use crate::retained::RetainedStore;
 use crate::session::{Connection, Event, SharedMessage};
 
+pub use cluster::{ClusterStats, CLUSTER_BATCH_MAX};
 pub use durable::{PersistBatch, PersistOp, Snapshot};
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
@@ -256,6 +258,8 @@ pub struct Shard<S> {
     startup_synced: bool,
     /// `start_stop_barrier` completed.
     stop_synced: bool,
+    /// Part of a cluster (`enable_cluster`); `None` on a single node.
+    cluster: Option<Box<cluster::Cluster>>,
     stats: ShardStats,
 }
 
@@ -286,6 +290,7 @@ impl<S: Store> Shard<S> {
             durable: config.persistence.clone().map(durable::Durable::new),
             startup_synced: false,
             stop_synced: false,
+            cluster: None,
             config,
             conns: HashMap::new(),
             next_conn: 1,
@@ -338,7 +343,9 @@ impl<S: Store> Shard<S> {
             None => Flow::Stop,
             Some(c) if c.machine.is_closed() => Flow::Stop,
             Some(c) if c.machine.transmit_backlog() > TRANSMIT_BACKLOG_MAX => Flow::WaitForWriter,
-            Some(_) if self.outbox_data > MESH_BACKLOG_MAX => Flow::WaitForMesh,
+            Some(_) if self.outbox_data + self.cluster_unsent() > MESH_BACKLOG_MAX => {
+                Flow::WaitForMesh
+            }
             Some(_) => Flow::Read,
         }
     }
@@ -436,7 +443,7 @@ impl<S: Store> Shard<S> {
 
     /// Whether readers waiting for the mesh (`Flow::WaitForMesh`) may go on.
     pub fn mesh_has_room(&self) -> bool {
-        self.outbox_data <= MESH_BACKLOG_MAX / 2
+        self.outbox_data + self.cluster_unsent() <= MESH_BACKLOG_MAX / 2
     }
 
     /// The earliest deadline of a connection or the shard (keep-alive,

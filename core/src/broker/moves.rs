@@ -144,8 +144,14 @@ impl<S: Store> Shard<S> {
                 session: to.1,
                 group: group.clone(),
             };
-            self.index.trie.remove(filter, &old);
-            self.index.trie.insert(filter, new, val.clone());
+            // A re-key: the node's routes change only if an entry was
+            // missing on one side.
+            if self.index.trie.remove(filter, &old).is_some() {
+                self.route_removed(filter);
+            }
+            if self.index.trie.insert(filter, new, val.clone()).is_none() {
+                self.route_added(filter);
+            }
         }
     }
 

@@ -41,6 +41,9 @@ pub enum Output {
     /// The mesh queue to `ShardId` went from empty to not empty: drain it
     /// with `Shard::poll_mesh`.
     Mesh(ShardId),
+    /// Cluster links have work: messages for a peer node
+    /// (`Shard::poll_cluster`) or route changes (`Shard::poll_route_delta`).
+    Cluster,
     /// Changes to persist went from none to some: write them with
     /// `Shard::poll_persist`, then report `Shard::handle_persisted`.
     Persist,

@@ -42,6 +42,18 @@ impl<S: Store> Shard<S> {
         message: SharedMessage,
         waiter: Option<(ConnId, PublishAck)>,
     ) {
+        self.publish_from(now, message, waiter, true);
+    }
+
+    /// `publish_message`; `to_nodes` is false for a message another node
+    /// sent here, which goes no further.
+    pub(super) fn publish_from(
+        &mut self,
+        now: Instant,
+        message: SharedMessage,
+        waiter: Option<(ConnId, PublishAck)>,
+        to_nodes: bool,
+    ) {
         self.stats.messages_in += 1;
         let retained_owner = message
             .retain
@@ -51,8 +63,15 @@ impl<S: Store> Shard<S> {
         // owner's (once acknowledged, a new subscriber anywhere must see
         // it), and with persisted queues every target shard's.
         let persisting = self.persists_queues();
+        // Other nodes acknowledge what they routed (QoS 1/2).
+        let nodes = if to_nodes {
+            self.cluster_targets(&message)
+        } else {
+            smallvec::SmallVec::new()
+        };
+        let node_acks = !nodes.is_empty() && message.qos != crate::codec::QoS::AtMostOnce;
         let request = waiter
-            .filter(|_| remote_retain || persisting)
+            .filter(|_| remote_retain || persisting || node_acks)
             .map(|(conn, ack)| {
                 self.new_request(Pending::Publish {
                     conn,
@@ -84,6 +103,9 @@ impl<S: Store> Shard<S> {
         let routed = self.route(now, &message, deliver_request);
         local_durable = local_durable.max(routed.durable);
         waiting += routed.answers;
+        if !nodes.is_empty() {
+            waiting += self.forward_to_nodes(&nodes, &message, request);
+        }
         let Some((conn, ack)) = waiter else {
             return;
         };

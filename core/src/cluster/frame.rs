@@ -25,6 +25,7 @@ const KIND_SNAPSHOT: u8 = 3;
 const KIND_DIGEST: u8 = 4;
 const KIND_SNAPSHOT_REQUEST: u8 = 5;
 const KIND_PUBLISH: u8 = 6;
+const KIND_ACK: u8 = 7;
 
 const OP_ADD: u8 = 1;
 const OP_REMOVE: u8 = 2;
@@ -41,6 +42,9 @@ pub enum Frame {
     Route(RouteMsg),
     /// Messages for the receiver to match against its own subscriptions.
     Publish(Vec<Message>),
+    /// The receiver of `Publish` frames routed this many of the link's
+    /// messages so far (cumulative, from the link's start).
+    Ack(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,12 +79,35 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
         }
         Frame::Route(msg) => encode_route(msg, out)?,
         Frame::Publish(messages) => {
-            out.push(KIND_PUBLISH);
-            for m in messages {
-                record::encode(out, 0, m, now)?;
-            }
+            out.truncate(start);
+            return encode_publish(messages.iter(), out, now);
+        }
+        Frame::Ack(count) => {
+            out.push(KIND_ACK);
+            out.extend_from_slice(&count.to_le_bytes());
         }
     }
+    finish(out, start)
+}
+
+/// Appends a `Publish` frame of `messages` without building a `Frame`
+/// (a link sends the shared messages it is given, no copy).
+pub fn encode_publish<'a>(
+    messages: impl Iterator<Item = &'a Message>,
+    out: &mut Vec<u8>,
+    now: Instant,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.push(KIND_PUBLISH);
+    for m in messages {
+        record::encode(out, 0, m, now)?;
+    }
+    finish(out, start)
+}
+
+/// Writes the length of the frame that starts at `start`.
+fn finish(out: &mut [u8], start: usize) -> Result<(), FrameError> {
     let len = u32::try_from(out.len() - start - HEADER_LEN).map_err(|_| FrameError::TooLarge {
         len: out.len() - start,
         max: u32::MAX as usize,
@@ -232,6 +259,7 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
             from: NodeId(r.u32()?),
         }),
         KIND_PUBLISH => return decode_publish(&body, now),
+        KIND_ACK => Frame::Ack(r.u64()?),
         kind => return Err(FrameError::UnknownKind(kind)),
     };
     if !r.0.is_empty() {
@@ -357,6 +385,7 @@ mod tests {
             }),
             Frame::Route(RouteMsg::SnapshotRequest { from: NodeId(1) }),
             Frame::Publish(vec![message.clone(), message]),
+            Frame::Ack(1 << 40),
         ]
     }
 

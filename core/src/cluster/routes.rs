@@ -345,6 +345,22 @@ impl RemoteRoutes {
         }
     }
 
+    /// Forgets `node` altogether: its routes go, and the next message of any
+    /// life starts a fresh view. For a runtime that scopes a peer's route
+    /// stream to one link (each new link starts with a snapshot, and the old
+    /// link's messages can no longer arrive).
+    pub fn forget(&mut self, node: NodeId) {
+        let old: Vec<TopicFilter> = self
+            .peers
+            .get(&node)
+            .map(|v| v.filters.iter().cloned().collect())
+            .unwrap_or_default();
+        for f in &old {
+            self.remove(node, f);
+        }
+        self.peers.remove(&node);
+    }
+
     /// The nodes with a subscriber whose filter matches `topic`, once each.
     pub fn nodes_for(&self, topic: &TopicName) -> SmallVec<[NodeId; 4]> {
         let mut nodes: SmallVec<[NodeId; 4]> = SmallVec::new();

@@ -50,6 +50,7 @@ pub(crate) fn load_raw(text: &str, report: &mut Report) -> RawConfig {
             "authentications" => raw.authentications = entries(key, value, report),
             "authorizations" => raw.authorizations = entries(key, value, report),
             "persistence" => raw.persistence = section(key, value, report),
+            "cluster" => raw.cluster = section(key, value, report),
             unknown => report.error(unknown, unknown_field_message(unknown, TOP_LEVEL_KEYS)),
         }
     }

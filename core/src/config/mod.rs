@@ -5,6 +5,7 @@
 //! and later opens the certificate and key files named here.
 
 mod access;
+mod cluster;
 mod error;
 mod listeners;
 mod load;
@@ -16,6 +17,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use cluster::{node_id, CaFiles, Cluster, ClusterNode, CLUSTER_NODES_MAX};
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use listeners::{BIND_ADDRESS_DEFAULT, DEFAULT_LISTENER_ADDR};
 pub use persistence::{
@@ -110,6 +112,10 @@ impl Config {
                 join(file);
             }
         }
+        if let Some(ca) = self.cluster.as_mut().and_then(|c| c.ca.as_mut()) {
+            join(&mut ca.cert);
+            join(&mut ca.key);
+        }
         for port in self.listeners.iter_mut().flat_map(|l| l.ports.iter_mut()) {
             if let Some(ListenerTls::Manual(files)) = port.tls.as_mut() {
                 join_pair(files);
@@ -161,6 +167,7 @@ impl Default for Config {
             disk_buffer: None,
             retained_size_max_bytes: None,
             persistence: None,
+            cluster: None,
             diagnostics: Diagnostics::default(),
             secrets_dir: None,
             state_dir: None,

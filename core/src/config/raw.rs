@@ -38,6 +38,9 @@ pub(crate) struct RawConfig {
     pub state_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence: Option<super::persistence::RawPersistence>,
+    /// shardmq addition: the node's place in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::cluster::RawCluster>,
     /// `None` entries did not deserialize (their errors are already reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<Option<RawListener>>>,
@@ -59,6 +62,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "secretsDir",
     "stateDir",
     "persistence",
+    "cluster",
     "listeners",
     "authentications",
     "authorizations",

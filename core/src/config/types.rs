@@ -26,6 +26,8 @@ pub struct Config {
     pub retained_size_max_bytes: Option<u64>,
     /// `persistence`; `None`: nothing survives a restart.
     pub persistence: Option<super::persistence::Persistence>,
+    /// `cluster` (shardmq addition); `None`: a single node.
+    pub cluster: Option<super::cluster::Cluster>,
     pub diagnostics: Diagnostics,
     /// `secretsDir` (shardmq addition); `secretRef`s are already resolved
     /// against it, kept for the server's messages.

@@ -55,6 +55,10 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         .persistence
         .as_ref()
         .and_then(|raw| super::persistence::persistence(raw, report));
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|raw| super::cluster::cluster(raw, advanced.encrypt_internal_traffic, report));
     let diagnostics = diagnostics(raw.diagnostics.as_ref(), report);
     if let Some(limits) = &raw.generate_resource_limits {
         generate_resource_limits(limits, report);
@@ -89,6 +93,7 @@ pub(crate) fn validate(raw: &RawConfig, report: &mut Report) -> Config {
         disk_buffer,
         retained_size_max_bytes,
         persistence,
+        cluster,
         diagnostics,
         secrets_dir,
         state_dir,

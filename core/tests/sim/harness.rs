@@ -510,6 +510,7 @@ impl Sim {
                         self.inflight[shard * n + peer.index()].push_back(msg);
                     }
                 }
+                Output::Cluster => {}
                 Output::Persist => {
                     self.persist_jobs.insert(shard);
                 }

@@ -2,7 +2,7 @@
 //! a TCP stream in mutual TLS (`shardmq_auth::node_tls`) that starts with a
 //! `Hello` each way, then carries frames (`shardmq_core::cluster::frame`).
 //! Every step has a deadline, so a stalled or hostile peer costs one link.
-//! Not wired to the broker yet: the cluster runtime comes next.
+//! `runtime` keeps them up and feeds them to the shards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +109,32 @@ pub async fn dial(
     .await
 }
 
+/// Accepts a plaintext link (`encryptInternalTraffic: Disabled`): the peer
+/// is who its `Hello` says, unverified.
+pub async fn accept_plain(
+    stream: TcpStream,
+    me: NodeId,
+    incarnation: Incarnation,
+) -> Result<Link<TcpStream>, LinkError> {
+    deadline(Link::start(stream, String::new(), me, incarnation)).await
+}
+
+/// Dials node `name` at `addr` in plaintext.
+pub async fn dial_plain(
+    addr: SocketAddr,
+    name: &str,
+    me: NodeId,
+    incarnation: Incarnation,
+) -> Result<Link<TcpStream>, LinkError> {
+    deadline(async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(std::io::Error::from)?;
+        Link::start(tcp, name.to_owned(), me, incarnation).await
+    })
+    .await
+}
+
 async fn deadline<T>(
     work: impl std::future::Future<Output = Result<T, LinkError>>,
 ) -> Result<T, LinkError> {
@@ -171,24 +197,98 @@ impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Link<S> {
         for f in frames {
             frame::encode(f, &mut self.wbuf, now)?;
         }
-        self.stream.write_all(&self.wbuf).await?;
-        self.stream.flush().await?;
-        Ok(())
+        write_out(&mut self.stream, &self.wbuf).await
     }
 
     /// The next frame from the peer.
     pub async fn recv(&mut self) -> Result<Frame, LinkError> {
-        loop {
-            if let Some(f) = frame::decode(&mut self.rbuf, FRAME_MAX, Instant::now())? {
-                return Ok(f);
-            }
-            let start = self.rbuf.len();
-            self.rbuf.resize(start + READ_CHUNK, 0);
-            let n = self.stream.read(&mut self.rbuf[start..]).await?;
-            self.rbuf.truncate(start + n);
-            if n == 0 {
-                return Err(LinkError::Closed);
-            }
+        read_frame(&mut self.stream, &mut self.rbuf).await
+    }
+
+    /// The two directions apart, for a reader task and a writer task.
+    pub fn split(self) -> (LinkReader<S>, LinkWriter<S>) {
+        let (r, w) = futures_lite::io::split(self.stream);
+        (
+            LinkReader {
+                stream: r,
+                rbuf: self.rbuf,
+            },
+            LinkWriter {
+                stream: w,
+                wbuf: self.wbuf,
+            },
+        )
+    }
+}
+
+/// The receiving half of a link.
+pub struct LinkReader<S> {
+    stream: futures_lite::io::ReadHalf<S>,
+    rbuf: BytesMut,
+}
+
+/// The sending half of a link: frames are encoded into `buf`, then sent
+/// with one write.
+pub struct LinkWriter<S> {
+    stream: futures_lite::io::WriteHalf<S>,
+    wbuf: Vec<u8>,
+}
+
+impl<S> std::fmt::Debug for LinkReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkReader").finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for LinkWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkWriter").finish_non_exhaustive()
+    }
+}
+
+impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> LinkReader<S> {
+    pub async fn recv(&mut self) -> Result<Frame, LinkError> {
+        read_frame(&mut self.stream, &mut self.rbuf).await
+    }
+}
+
+impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> LinkWriter<S> {
+    /// The buffer the next write sends (cleared after each).
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.wbuf
+    }
+
+    /// Writes and flushes what `buf` holds.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        let r = write_out(&mut self.stream, &self.wbuf).await;
+        self.wbuf.clear();
+        r
+    }
+}
+
+async fn write_out(
+    stream: &mut (impl futures_lite::AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Result<(), LinkError> {
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+async fn read_frame(
+    stream: &mut (impl futures_lite::AsyncRead + Unpin),
+    rbuf: &mut BytesMut,
+) -> Result<Frame, LinkError> {
+    loop {
+        if let Some(f) = frame::decode(rbuf, FRAME_MAX, Instant::now())? {
+            return Ok(f);
+        }
+        let start = rbuf.len();
+        rbuf.resize(start + READ_CHUNK, 0);
+        let n = stream.read(&mut rbuf[start..]).await?;
+        rbuf.truncate(start + n);
+        if n == 0 {
+            return Err(LinkError::Closed);
         }
     }
 }

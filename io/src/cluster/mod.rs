@@ -1,4 +1,5 @@
-//! The cluster at run time (issue 17, docs/CLUSTER.md). Built so far: node
-//! links (`link`). The broker does not start a cluster yet.
+//! The cluster at run time (issue 17, docs/CLUSTER.md): node links
+//! (`link`) and the tasks that keep them up on every shard (`runtime`).
 
 pub mod link;
+pub mod runtime;

@@ -59,7 +59,7 @@ pub fn bind(shard: usize, listeners: &[ListenerSpec]) -> Result<Vec<Bound>, Serv
 /// TIME_WAIT refuse a restart for a minute (glommio's own `bind` sets only
 /// SO_REUSEPORT). Another live broker on the port is still refused, by the
 /// probe in `server::reserve_ports`.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -78,6 +78,8 @@ pub struct ShardSetup {
     pub reloads: Mutex<Vec<Option<mpsc::Receiver<Arc<Reconfig>>>>>,
     /// `persistence`: recovered state and the shared keys.
     pub persist: Option<PersistRun>,
+    /// `cluster`: this node and its peers.
+    pub cluster: Option<Arc<crate::cluster::runtime::ClusterSetup>>,
 }
 
 /// The shard's whole life on its executor.
@@ -99,6 +101,10 @@ pub async fn run(
     let store_bytes = store.as_ref().map_or(0, DiskBuffer::size_max_bytes);
     let buffer = ShardBuffer::new(store, setup.memory_budget_bytes, store_bytes);
     let mut shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
+    if let Some(c) = &setup.cluster {
+        let peers: Vec<_> = c.peers.iter().map(|p| p.id).collect();
+        shard.enable_cluster(c.me.id, c.incarnation, &peers);
+    }
     let log = setup
         .persist
         .as_ref()
@@ -116,6 +122,16 @@ pub async fn run(
             return;
         }
     };
+    if let Some(c) = &setup.cluster {
+        if let Err(source) = crate::cluster::runtime::start(&driver, c.clone()) {
+            let _ = ready.send(Err(ServerError::Bind {
+                name: "cluster (internal port)".to_owned(),
+                addr: c.me.address,
+                source,
+            }));
+            return;
+        }
+    }
     let mut listeners = ShardListeners::start(&driver, bound);
     let telemetry = &setup.telemetry;
     telemetry.set_bound(id, listeners.names());

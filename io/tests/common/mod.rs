@@ -55,6 +55,7 @@ impl Broker {
             retained_bytes_max: 64 << 20,
             partial_bytes_max: 64 << 20,
             persistence: None,
+            cluster: None,
         };
         let mut config = config;
         edit(&mut config);
@@ -119,7 +120,17 @@ impl Client {
         id: &str,
         configure: impl FnOnce(&mut MqttOptions),
     ) -> (Client, bool) {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        Client::connect_to("127.0.0.1", port, id, configure).await
+    }
+
+    /// `connect` to another loopback address (a cluster node's).
+    pub async fn connect_to(
+        host: &str,
+        port: u16,
+        id: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+    ) -> (Client, bool) {
+        let mut opts = MqttOptions::new(id, host, port);
         opts.set_keep_alive(Duration::from_secs(30));
         configure(&mut opts);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);

@@ -30,6 +30,7 @@ pub fn broker() -> ServerHandle {
         retained_bytes_max: 64 << 20,
         partial_bytes_max: 64 << 20,
         persistence: None,
+        cluster: None,
     })
     .expect("broker starts")
 }

@@ -1,0 +1,295 @@
+//! This shard's part of a cluster (issue 17, docs/CLUSTER.md): the node's
+//! routes as this shard's replica of the index sees them (streamed to the
+//! links peers dialled into this shard), each peer's routes as the link this
+//! shard dialled to it reports them, and the messages owed to each peer,
+//! kept until the peer says it routed them and sent again over the next
+//! link if one breaks first. Topics starting with `$` stay on their node.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+
+use super::{Output, RequestId, Shard};
+use crate::buffer::Store;
+use crate::cluster::{Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
+use crate::codec::{QoS, ReasonCode};
+use crate::session::{Message, SharedMessage};
+use crate::topic::TopicFilter;
+
+#[derive(Debug)]
+pub(super) struct Cluster {
+    me: NodeId,
+    local: LocalRoutes,
+    /// `Output::Cluster` was emitted for route changes not yet taken.
+    routes_signalled: bool,
+    remote: RemoteRoutes,
+    peers: HashMap<NodeId, PeerOut>,
+    /// Messages owed to peers whose link is up and not yet handed to it,
+    /// all peers together: publishers wait past `MESH_BACKLOG_MAX`, as for
+    /// the shard mesh.
+    unsent: usize,
+}
+
+/// What this shard owes one peer node.
+#[derive(Debug, Default)]
+struct PeerOut {
+    up: bool,
+    /// The front `sent` of `owed` went over the current link.
+    sent: usize,
+    /// In publish order; each with the publisher's request, when its
+    /// acknowledgement waits for the peer.
+    owed: VecDeque<(SharedMessage, Option<RequestId>)>,
+}
+
+/// Messages a link takes from `poll_cluster` at once.
+pub const CLUSTER_BATCH_MAX: usize = 256;
+
+/// A shard's figures of its cluster links.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    pub peers_up: u64,
+    /// Messages sent to peers and not yet acknowledged, or waiting for a
+    /// link.
+    pub owed: u64,
+}
+
+impl<S: Store> Shard<S> {
+    /// Makes this shard part of node `me` (life `incarnation`) with the
+    /// given peers. Call it right after `new`, before any session is
+    /// restored or client served, so every subscription counts in the
+    /// node's routes.
+    pub fn enable_cluster(&mut self, me: NodeId, incarnation: Incarnation, peers: &[NodeId]) {
+        self.cluster = Some(Box::new(Cluster {
+            me,
+            local: LocalRoutes::new(me, incarnation),
+            routes_signalled: false,
+            remote: RemoteRoutes::new(),
+            peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
+            unsent: 0,
+        }));
+    }
+
+    /// A subscription entered this shard's replica of the index.
+    pub(super) fn route_added(&mut self, filter: &TopicFilter) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            if !filter.as_str().starts_with('$') {
+                c.local.subscribed(filter);
+                Self::signal_routes(c, &mut self.outputs);
+            }
+        }
+    }
+
+    /// A subscription left this shard's replica of the index.
+    pub(super) fn route_removed(&mut self, filter: &TopicFilter) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            if !filter.as_str().starts_with('$') {
+                c.local.unsubscribed(filter);
+                Self::signal_routes(c, &mut self.outputs);
+            }
+        }
+    }
+
+    fn signal_routes(c: &mut Cluster, outputs: &mut VecDeque<Output>) {
+        if !c.routes_signalled {
+            c.routes_signalled = true;
+            outputs.push_back(Output::Cluster);
+        }
+    }
+
+    /// The node's route changes since the last call, for every link peers
+    /// dialled into this shard (each got `cluster_route_snapshot` first).
+    pub fn poll_route_delta(&mut self) -> Option<RouteMsg> {
+        let c = self.cluster.as_deref_mut()?;
+        c.routes_signalled = false;
+        c.local.take_delta()
+    }
+
+    /// The node's routes as of now, for a link a peer just dialled in.
+    /// Take `poll_route_delta` first, so the stream stays in order.
+    pub fn cluster_route_snapshot(&self) -> Option<RouteMsg> {
+        Some(self.cluster.as_deref()?.local.snapshot())
+    }
+
+    /// Routes from `node`, over the link this shard dialled to it.
+    pub fn handle_cluster_routes(&mut self, node: NodeId, msg: RouteMsg) {
+        let from = match &msg {
+            RouteMsg::Delta { from, .. }
+            | RouteMsg::Snapshot { from, .. }
+            | RouteMsg::Digest { from, .. }
+            | RouteMsg::SnapshotRequest { from } => *from,
+        };
+        // A peer speaks for itself only (its certificate named it).
+        if from != node {
+            return;
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            // A link is in order and lossless while up, and each new one
+            // starts from a snapshot: nothing to ask for.
+            let _ = c.remote.apply(c.me, msg);
+        }
+    }
+
+    /// A link to `node` dialled from this shard is up: what is owed goes
+    /// over it from the start (the peer may have lost what the last link
+    /// carried; a duplicate of a QoS 1 message is allowed, [MQTT-4.3.2]).
+    pub fn cluster_link_up(&mut self, node: NodeId) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.remote.forget(node);
+        let Some(p) = c.peers.get_mut(&node) else {
+            return;
+        };
+        p.up = true;
+        p.sent = 0;
+        c.unsent += p.owed.len();
+        if !p.owed.is_empty() {
+            self.outputs.push_back(Output::Cluster);
+        }
+    }
+
+    /// The link to `node` broke: its routes are withdrawn until the next
+    /// link brings them again; what it owes waits for that link.
+    pub fn cluster_link_down(&mut self, node: NodeId) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.remote.forget(node);
+        if let Some(p) = c.peers.get_mut(&node) {
+            if p.up {
+                c.unsent -= p.owed.len() - p.sent;
+            }
+            p.up = false;
+            p.sent = 0;
+        }
+    }
+
+    /// The next messages for `node`'s link, in order (empty: nothing now).
+    pub fn poll_cluster(&mut self, node: NodeId) -> Vec<SharedMessage> {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return Vec::new();
+        };
+        let Some(p) = c.peers.get_mut(&node).filter(|p| p.up) else {
+            return Vec::new();
+        };
+        let end = p.owed.len().min(p.sent + CLUSTER_BATCH_MAX);
+        let batch: Vec<SharedMessage> = p.owed.range(p.sent..end).map(|(m, _)| m.clone()).collect();
+        c.unsent -= end - p.sent;
+        p.sent = end;
+        batch
+    }
+
+    /// `node` routed the first `count` messages its current link carried.
+    pub fn cluster_acked(&mut self, node: NodeId, count: usize) {
+        let Some(p) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.peers.get_mut(&node))
+        else {
+            return;
+        };
+        let n = count.min(p.sent);
+        p.sent -= n;
+        let done: Vec<Option<RequestId>> = p.owed.drain(..n).map(|(_, r)| r).collect();
+        for request in done.into_iter().flatten() {
+            self.publish_answer(request, ReasonCode::Success);
+        }
+    }
+
+    /// Messages a peer sent this shard to route to this node's subscribers.
+    /// They are not sent on to other nodes: every node links to every other.
+    pub fn handle_cluster_publish(&mut self, now: Instant, messages: Vec<Message>) {
+        for m in messages {
+            self.publish_from(now, std::sync::Arc::new(m), None, false);
+        }
+    }
+
+    /// The peers a message from this node goes to: those with a matching
+    /// route (every linked peer for a retained message, which each node
+    /// stores). Empty outside a cluster and for `$` topics.
+    pub(super) fn cluster_targets(&self, message: &SharedMessage) -> SmallVec<[NodeId; 4]> {
+        let Some(c) = self.cluster.as_deref() else {
+            return SmallVec::new();
+        };
+        if message.topic.as_str().starts_with('$') {
+            return SmallVec::new();
+        }
+        if message.retain {
+            return c
+                .peers
+                .iter()
+                .filter(|(_, p)| p.up)
+                .map(|(n, _)| *n)
+                .collect();
+        }
+        c.remote.nodes_for(&message.topic)
+    }
+
+    /// Queues `message` for each of `nodes`; with `request` (QoS 1/2, a
+    /// publisher waiting), each node's acknowledgement answers it once.
+    /// Returns how many answers will come.
+    pub(super) fn forward_to_nodes(
+        &mut self,
+        nodes: &[NodeId],
+        message: &SharedMessage,
+        request: Option<RequestId>,
+    ) -> usize {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return 0;
+        };
+        let request = request.filter(|_| message.qos != QoS::AtMostOnce);
+        let mut answers = 0;
+        let mut wake = false;
+        for node in nodes {
+            let Some(p) = c.peers.get_mut(node) else {
+                continue;
+            };
+            if !p.up {
+                // Routes of a peer without a link were withdrawn; only a
+                // retained message could ask, and it goes to linked peers.
+                continue;
+            }
+            wake |= p.owed.len() == p.sent;
+            p.owed.push_back((message.clone(), request));
+            c.unsent += 1;
+            answers += usize::from(request.is_some());
+        }
+        if wake {
+            self.outputs.push_back(Output::Cluster);
+        }
+        answers
+    }
+
+    /// Messages owed to linked peers and not yet handed to their link.
+    pub(super) fn cluster_unsent(&self) -> usize {
+        self.cluster.as_deref().map_or(0, |c| c.unsent)
+    }
+
+    pub fn cluster_stats(&self) -> ClusterStats {
+        let Some(c) = self.cluster.as_deref() else {
+            return ClusterStats::default();
+        };
+        ClusterStats {
+            peers_up: c.peers.values().filter(|p| p.up).count() as u64,
+            owed: c.peers.values().map(|p| p.owed.len() as u64).sum(),
+        }
+    }
+
+    /// This node's routes as this shard counts them (tests, inspection).
+    pub fn cluster_local_routes(&self) -> Vec<TopicFilter> {
+        self.cluster
+            .as_deref()
+            .map(|c| c.local.filters())
+            .unwrap_or_default()
+    }
+
+    /// `node`'s routes as this shard knows them (tests, inspection).
+    pub fn cluster_remote_routes(&self, node: NodeId) -> Vec<TopicFilter> {
+        self.cluster
+            .as_deref()
+            .map(|c| c.remote.routes_of(node))
+            .unwrap_or_default()
+    }
+}

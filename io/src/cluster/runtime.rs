@@ -1,0 +1,344 @@
+//! The cluster on one shard at run time (docs/CLUSTER.md). Every shard
+//! binds the node's internal address (SO_REUSEPORT), serves the links peers
+//! dial in (this node's routes out; their messages in, acknowledged once
+//! routed here) and keeps one link dialled to each peer (its routes in;
+//! what this shard owes it out). Links come back with backoff. What goes
+//! where is the core shard's decision (`broker/cluster.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpListener;
+use rustls::{ClientConfig, ServerConfig};
+use shardmq_core::cluster::frame::{self, Frame};
+use shardmq_core::cluster::{Incarnation, NodeId};
+use shardmq_core::config::ClusterNode;
+use tracing::{info, warn};
+
+use super::link::{self, Link, LinkError, Peer};
+use crate::driver::Driver;
+
+/// The first wait before dialling a peer again; it doubles up to the max.
+const REDIAL_MIN: Duration = Duration::from_millis(100);
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
+/// What every shard of a node needs to run its links.
+#[derive(Debug)]
+pub struct ClusterSetup {
+    pub me: ClusterNode,
+    pub peers: Vec<ClusterNode>,
+    /// This life of the node (a restart takes a larger one).
+    pub incarnation: Incarnation,
+    /// `None`: `encryptInternalTraffic: Disabled`, plaintext links.
+    pub tls: Option<NodeTls>,
+}
+
+/// Mutual TLS under the cluster's CA, both ends (`shardmq_auth::node_tls`).
+#[derive(Debug, Clone)]
+pub struct NodeTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+/// Binds the internal address on this shard and starts its link tasks.
+pub fn start(driver: &Rc<Driver>, setup: Arc<ClusterSetup>) -> std::io::Result<SocketAddr> {
+    let listener = crate::shard::listen::listen(setup.me.address)?;
+    let bound = listener.local_addr()?;
+    let inbound: Rc<RefCell<Vec<Rc<Outbox>>>> = Rc::default();
+    glommio::spawn_local(route_pump(driver.clone(), inbound.clone())).detach();
+    glommio::spawn_local(accept_loop(
+        driver.clone(),
+        listener,
+        setup.clone(),
+        inbound,
+    ))
+    .detach();
+    for peer in &setup.peers {
+        glommio::spawn_local(dial_loop(driver.clone(), setup.clone(), peer.clone())).detach();
+    }
+    Ok(bound)
+}
+
+/// Frames for one link a peer dialled in: route changes in order, and the
+/// latest acknowledgement (only the last one matters).
+struct Outbox {
+    frames: RefCell<VecDeque<Frame>>,
+    ack: Cell<Option<u64>>,
+    notify: LocalSender<()>,
+    closed: Cell<bool>,
+}
+
+impl Outbox {
+    fn push(&self, frame: Frame) {
+        self.frames.borrow_mut().push_back(frame);
+        let _ = self.notify.try_send(());
+    }
+
+    fn ack(&self, routed: u64) {
+        self.ack.set(Some(routed));
+        let _ = self.notify.try_send(());
+    }
+}
+
+/// Sends the node's route changes to every link peers dialled into this
+/// shard, in order.
+async fn route_pump(driver: Rc<Driver>, inbound: Rc<RefCell<Vec<Rc<Outbox>>>>) {
+    let wake = driver.cluster_wakeup();
+    loop {
+        while let Some(delta) = driver.with(|s| s.poll_route_delta()) {
+            let mut links = inbound.borrow_mut();
+            links.retain(|o| !o.closed.get());
+            for o in links.iter() {
+                o.push(Frame::Route(delta.clone()));
+            }
+        }
+        if wake.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(
+    driver: Rc<Driver>,
+    listener: TcpListener,
+    setup: Arc<ClusterSetup>,
+    inbound: Rc<RefCell<Vec<Rc<Outbox>>>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (driver, setup, inbound) = (driver.clone(), setup.clone(), inbound.clone());
+                glommio::spawn_local(async move {
+                    let from = stream.peer_addr().ok();
+                    let served = match &setup.tls {
+                        Some(tls) => {
+                            let me = (setup.me.id, setup.incarnation);
+                            match link::accept(stream, tls.server.clone(), me.0, me.1).await {
+                                Ok(l) => serve_inbound(&driver, l, &setup, &inbound).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                        None => {
+                            match link::accept_plain(stream, setup.me.id, setup.incarnation).await {
+                                Ok(l) => serve_inbound(&driver, l, &setup, &inbound).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
+                        warn!(shard = driver.id.index(), from = ?from, error = %e,
+                            "cluster: an incoming node link ended");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                warn!(shard = driver.id.index(), error = %e, "cluster: accept on the internal port failed");
+                glommio::timer::sleep(REDIAL_MIN).await;
+            }
+        }
+    }
+}
+
+/// The peer a link reaches: one of ours, and (with TLS) the node its
+/// certificate names; `expect` is the node a dialled link must reach.
+fn check_peer<'a>(
+    peer: &Peer,
+    setup: &'a ClusterSetup,
+    expect: Option<NodeId>,
+) -> Result<&'a ClusterNode, LinkError> {
+    let node = setup
+        .peers
+        .iter()
+        .find(|n| n.id == peer.node)
+        .ok_or_else(|| LinkError::BadName(format!("unknown node id {}", peer.node.0)))?;
+    if setup.tls.is_some() && node.name != peer.name {
+        return Err(LinkError::BadName(format!(
+            "certificate of {:?} claims node id of {:?}",
+            peer.name, node.name
+        )));
+    }
+    if expect.is_some_and(|e| e != node.id) {
+        return Err(LinkError::BadName(format!(
+            "dialled another node, reached {:?}",
+            node.name
+        )));
+    }
+    Ok(node)
+}
+
+/// A link a peer dialled in: this node's routes go out (a snapshot, then
+/// every change), the peer's messages come in and are acknowledged once
+/// routed here.
+async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &Rc<Driver>,
+    link: Link<S>,
+    setup: &ClusterSetup,
+    inbound: &RefCell<Vec<Rc<Outbox>>>,
+) -> Result<(), LinkError> {
+    let node = check_peer(link.peer(), setup, None)?;
+    let (mut reader, mut writer) = link.split();
+    let (notify, wake) = local_channel::new_bounded(1);
+    let out = Rc::new(Outbox {
+        frames: RefCell::default(),
+        ack: Cell::new(None),
+        notify,
+        closed: Cell::new(false),
+    });
+    // Snapshot and registration in one step: every later change reaches
+    // this link after the snapshot.
+    if let Some(snapshot) = driver.peek(|s| s.cluster_route_snapshot()) {
+        out.push(Frame::Route(snapshot));
+    }
+    inbound.borrow_mut().push(out.clone());
+    info!(shard = driver.id.index(), peer = %node.name, "cluster: node link in");
+    let read = async {
+        let mut routed = 0u64;
+        loop {
+            if let Frame::Publish(messages) = reader.recv().await? {
+                // A slow shard mesh pushes back on the peer, as on clients.
+                while !driver.peek(|s| s.mesh_has_room()) {
+                    let _ = driver.wait_for_mesh().recv().await;
+                }
+                routed += messages.len() as u64;
+                driver.with(|s| s.handle_cluster_publish(Instant::now(), messages));
+                out.ack(routed);
+            }
+        }
+    };
+    let write = write_outbox(&mut writer, &out, &wake);
+    let result = read.or(write).await;
+    out.closed.set(true);
+    result
+}
+
+async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
+    writer: &mut link::LinkWriter<S>,
+    out: &Outbox,
+    wake: &LocalReceiver<()>,
+) -> Result<(), LinkError> {
+    loop {
+        let frames: Vec<Frame> = out.frames.borrow_mut().drain(..).collect();
+        let ack = out.ack.take();
+        if frames.is_empty() && ack.is_none() {
+            if wake.recv().await.is_none() {
+                return Err(LinkError::Closed);
+            }
+            continue;
+        }
+        let now = Instant::now();
+        for f in frames.iter().chain(ack.map(Frame::Ack).as_ref()) {
+            frame::encode(f, writer.buf(), now)?;
+        }
+        writer.flush().await?;
+    }
+}
+
+/// Keeps a link to `peer` dialled from this shard, again and again.
+async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNode) {
+    let mut wait = REDIAL_MIN;
+    let mut quiet = false;
+    loop {
+        let (me, inc) = (setup.me.id, setup.incarnation);
+        let result = match &setup.tls {
+            Some(tls) => {
+                match link::dial(peer.address, &peer.name, tls.client.clone(), me, inc).await {
+                    Ok(l) => serve_outbound(&driver, l, &setup, &peer).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            None => match link::dial_plain(peer.address, &peer.name, me, inc).await {
+                Ok(l) => serve_outbound(&driver, l, &setup, &peer).await,
+                Err(e) => Err(e.into()),
+            },
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.was_up() => {
+                warn!(shard = driver.id.index(), peer = %peer.name, error = %e.error,
+                    "cluster: node link lost; its routes are withdrawn until it is back");
+                wait = REDIAL_MIN;
+                quiet = false;
+            }
+            Err(e) if !quiet => {
+                warn!(shard = driver.id.index(), peer = %peer.name, address = %peer.address,
+                    error = %e.error, "cluster: cannot link to node; retrying quietly");
+                quiet = true;
+            }
+            Err(_) => {}
+        }
+        glommio::timer::sleep(wait).await;
+        wait = (wait * 2).min(REDIAL_MAX);
+    }
+}
+
+/// Why a dialled link ended, and whether it had come up.
+struct Ended {
+    error: LinkError,
+    up: bool,
+}
+
+impl Ended {
+    fn was_up(&self) -> bool {
+        self.up
+    }
+}
+
+impl From<LinkError> for Ended {
+    fn from(error: LinkError) -> Ended {
+        Ended { error, up: false }
+    }
+}
+
+/// A link this shard dialled: the peer's routes come in, what this shard
+/// owes the peer goes out, and the peer's acknowledgements release it.
+async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &Rc<Driver>,
+    link: Link<S>,
+    setup: &ClusterSetup,
+    peer: &ClusterNode,
+) -> Result<(), Ended> {
+    check_peer(link.peer(), setup, Some(peer.id))?;
+    let node = peer.id;
+    let (mut reader, mut writer) = link.split();
+    let wake = driver.cluster_wakeup();
+    driver.with(|s| s.cluster_link_up(node));
+    info!(shard = driver.id.index(), peer = %peer.name, "cluster: node link out");
+    let read = async {
+        let mut acked = 0u64;
+        loop {
+            match reader.recv().await? {
+                Frame::Route(msg) => driver.with(|s| s.handle_cluster_routes(node, msg)),
+                Frame::Ack(n) if n > acked => {
+                    let count = usize::try_from(n - acked).unwrap_or(usize::MAX);
+                    driver.with(|s| s.cluster_acked(node, count));
+                    acked = n;
+                }
+                _ => {}
+            }
+        }
+    };
+    let write = async {
+        loop {
+            let batch = driver.with(|s| s.poll_cluster(node));
+            driver.mesh_drained();
+            if batch.is_empty() {
+                if wake.recv().await.is_none() {
+                    return Err(LinkError::Closed);
+                }
+                continue;
+            }
+            frame::encode_publish(batch.iter().map(|m| &**m), writer.buf(), Instant::now())?;
+            writer.flush().await?;
+        }
+    };
+    let result: Result<(), LinkError> = read.or(write).await;
+    driver.with(|s| s.cluster_link_down(node));
+    result.map_err(|error| Ended { error, up: true })
+}

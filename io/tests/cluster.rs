@@ -1,0 +1,344 @@
+//! Several `shardmq` processes as one broker (docs/CLUSTER.md): nodes on
+//! 127.0.0.1, .2 and .3, node links in mutual TLS under a cluster CA the
+//! test makes with `--make-cluster-ca`, and rumqttc clients on different
+//! nodes: one topic space, retained messages everywhere, plaintext links
+//! when internal encryption is off, a node of another cluster refused, a
+//! killed node withdrawn and back after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{q5, spawn_logged, temp_file, Client, Ev, Log, Proc, BIN};
+
+/// A port free on `ip` now (internal ports are fixed: peers dial them).
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn make_ca(dir: &Path) {
+    let out = Command::new(BIN)
+        .arg("--make-cluster-ca")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.join("ca.crt").exists() && dir.join("ca.key").exists());
+}
+
+/// A cluster's configs: node i on 127.0.0.i.
+struct Cluster {
+    dir: PathBuf,
+    internal: Vec<u16>,
+    encrypt: bool,
+}
+
+impl Cluster {
+    fn new(nodes: usize, encrypt: bool) -> Cluster {
+        let dir = temp_file("cluster", "").parent().unwrap().to_owned();
+        if encrypt {
+            make_ca(&dir.join("ca"));
+        }
+        let internal = (1..=nodes)
+            .map(|i| free_port_on(&format!("127.0.0.{i}")))
+            .collect();
+        Cluster {
+            dir,
+            internal,
+            encrypt,
+        }
+    }
+
+    fn config(&self, i: usize, ca_dir: &Path) -> PathBuf {
+        let peers: Vec<serde_json::Value> = (1..=self.internal.len())
+            .filter(|j| *j != i)
+            .map(|j| {
+                serde_json::json!({
+                    "node": format!("node{j}"),
+                    "address": format!("127.0.0.{j}:{}", self.internal[j - 1]),
+                })
+            })
+            .collect();
+        let mut cluster = serde_json::json!({
+            "node": format!("node{i}"),
+            "address": format!("127.0.0.{i}:{}", self.internal[i - 1]),
+            "peers": peers,
+        });
+        if self.encrypt {
+            cluster["caCertFile"] = ca_dir.join("ca.crt").to_str().unwrap().into();
+            cluster["caKeyFile"] = ca_dir.join("ca.key").to_str().unwrap().into();
+        }
+        let mode = if self.encrypt { "Enabled" } else { "Disabled" };
+        let config = serde_json::json!({
+            "listeners": [{"name": "mqtt", "ports": [{"port": 0, "bindAddress": format!("127.0.0.{i}")}]}],
+            "cardinality": {"frontend": {"workers": 2}},
+            "stateDir": self.dir.join(format!("state{i}")),
+            "advanced": {"encryptInternalTraffic": mode, "internalCerts": {"duration": "1h", "renewBefore": "10m"}},
+            "cluster": cluster,
+        });
+        let path = self.dir.join(format!("node{i}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    }
+
+    /// Starts node `i`; returns it with its client port and log.
+    fn start(&self, i: usize) -> Node {
+        self.start_with_ca(i, &self.dir.join("ca"))
+    }
+
+    fn start_with_ca(&self, i: usize, ca_dir: &Path) -> Node {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.config(i, ca_dir))
+            .env("RUST_LOG", "info");
+        let (proc, ports, log) = spawn_logged(cmd, 1);
+        Node {
+            host: format!("127.0.0.{i}"),
+            port: ports[0],
+            log,
+            _proc: proc,
+        }
+    }
+}
+
+struct Node {
+    host: String,
+    port: u16,
+    log: Log,
+    _proc: Proc,
+}
+
+impl Node {
+    async fn client(&self, id: &str) -> Client {
+        Client::connect_to(&self.host, self.port, id, |_| {})
+            .await
+            .0
+    }
+
+    /// Waits until every shard (2) linked out to `peers` other nodes.
+    fn wait_linked(&self, peers: usize) {
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while self.links_out() < 2 * peers {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not link:\n{}",
+                self.host,
+                self.log.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn links_out(&self) -> usize {
+        self.log
+            .lines()
+            .iter()
+            .filter(|l| l.contains("node link out"))
+            .count()
+    }
+}
+
+/// Publishes QoS 0 probes on `publisher` until `subscriber` (subscribed to
+/// `probe/#`-covering filter) gets one: the routes reached the
+/// publisher's node. Later probes are skipped by the checks (their topic).
+async fn until_routed(publisher: &Client, subscriber: &mut Client, topic: &str) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        publisher.publish(topic, q5(0), false, b"probe").await;
+        let got = tokio::time::timeout(Duration::from_millis(50), async {
+            loop {
+                match subscriber.rx.recv().await {
+                    Some(Ev::Publish { topic: t, .. }) if t == topic => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        })
+        .await;
+        if got == Ok(true) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "routes never reached the publisher's node"
+        );
+    }
+}
+
+/// The payloads of the next `n` publishes on `topic_prefix`, skipping probes.
+async fn received(sub: &mut Client, topic_prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match sub.next().await {
+            Ev::Publish { topic, payload, .. } if topic.starts_with(topic_prefix) => {
+                out.push(payload)
+            }
+            Ev::Closed(e) => panic!("closed after {} publishes: {e}", out.len()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn numbered(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("m{i}").into_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_are_one_topic_space_over_mutual_tls() {
+    let cluster = Cluster::new(3, true);
+    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut sub2 = nodes[1].client("sub-2").await;
+    sub2.subscribe("plant/#", q5(1)).await;
+    let mut sub3 = nodes[2].client("sub-3").await;
+    sub3.subscribe("plant/+/temp", q5(1)).await;
+    let publisher = nodes[0].client("pub-1").await;
+    until_routed(&publisher, &mut sub2, "plant/probe/temp").await;
+    until_routed(&publisher, &mut sub3, "plant/probe/temp").await;
+
+    // QoS 1 from node 1 reaches both other nodes, in order, once each.
+    const N: usize = 300;
+    for m in numbered(N) {
+        publisher
+            .publish("plant/line1/temp", q5(1), false, &m)
+            .await;
+    }
+    assert_eq!(received(&mut sub2, "plant/line1", N).await, numbered(N));
+    assert_eq!(received(&mut sub3, "plant/line1", N).await, numbered(N));
+
+    // And the other way: node 2 to node 3, where node 1 has no subscriber.
+    let publisher2 = nodes[1].client("pub-2").await;
+    publisher2
+        .publish("plant/line2/temp", q5(1), false, b"from-2")
+        .await;
+    assert_eq!(
+        received(&mut sub3, "plant/line2", 1).await,
+        vec![b"from-2".to_vec()]
+    );
+
+    // A retained message published on node 3 is there for a new subscriber
+    // on node 1, with RETAIN set [MQTT-3.3.1-6].
+    let retainer = nodes[2].client("retainer-3").await;
+    retainer.publish("site/config", q5(1), true, b"v1").await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let mut late = nodes[0].client("late-1").await;
+        late.client.subscribe("site/config", q5(1)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                if let Some(Ev::Publish {
+                    payload, retain, ..
+                }) = late.rx.recv().await
+                {
+                    return (payload, retain);
+                }
+            }
+        })
+        .await;
+        late.disconnect().await;
+        if let Ok((payload, retain)) = got {
+            assert_eq!(payload, b"v1");
+            assert!(retain);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained message never reached node 1"
+        );
+    }
+    for n in &nodes {
+        assert!(
+            !n.log.lines().iter().any(|l| l.contains("PLAINTEXT")),
+            "links must be TLS"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_plaintext_and_say_so_when_internal_encryption_is_disabled() {
+    let cluster = Cluster::new(2, false);
+    let nodes: Vec<Node> = (1..=2).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(1);
+        n.log.wait_for(&["PLAINTEXT"]);
+    }
+    let mut sub = nodes[1].client("sub").await;
+    sub.subscribe("a/#", q5(1)).await;
+    let publisher = nodes[0].client("pub").await;
+    until_routed(&publisher, &mut sub, "a/probe").await;
+    for m in numbered(50) {
+        publisher.publish("a/b", q5(1), false, &m).await;
+    }
+    assert_eq!(received(&mut sub, "a/b", 50).await, numbered(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_another_cluster_ca_is_refused() {
+    let cluster = Cluster::new(2, true);
+    let node1 = cluster.start(1);
+    let stranger_ca = cluster.dir.join("other-ca");
+    make_ca(&stranger_ca);
+    let node2 = cluster.start_with_ca(2, &stranger_ca);
+    // Both ends refuse the handshake; no link comes up either way.
+    node1
+        .log
+        .wait_for(&["cluster: cannot link to node", "node2"]);
+    node2
+        .log
+        .wait_for(&["cluster: cannot link to node", "node1"]);
+    node1.log.wait_for(&["an incoming node link ended"]);
+    let mut sub = node2.client("sub").await;
+    sub.subscribe("x/#", q5(0)).await;
+    let publisher = node1.client("pub").await;
+    publisher.publish("x/y", q5(0), false, b"secret").await;
+    sub.expect_no_publish(Duration::from_millis(500)).await;
+    assert_eq!(node1.links_out() + node2.links_out(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_withdrawn_and_comes_back_after_a_restart() {
+    let cluster = Cluster::new(3, true);
+    let mut nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut sub2 = nodes[1].client("sub-2").await;
+    sub2.subscribe("t/#", q5(1)).await;
+    let mut sub3 = nodes[2].client("sub-3").await;
+    sub3.subscribe("t/#", q5(1)).await;
+    let publisher = nodes[0].client("pub-1").await;
+    until_routed(&publisher, &mut sub2, "t/probe").await;
+    until_routed(&publisher, &mut sub3, "t/probe").await;
+
+    // kill -9 node 3: node 1 sees its links go, and node 1 to node 2 goes on.
+    let dead = nodes.pop().unwrap();
+    drop(sub3);
+    drop(dead);
+    nodes[0].log.wait_for(&["node link lost", "node3"]);
+    for m in numbered(100) {
+        publisher.publish("t/after", q5(1), false, &m).await;
+    }
+    assert_eq!(received(&mut sub2, "t/after", 100).await, numbered(100));
+
+    // The restarted node links again and gets what is published for it.
+    let node3 = cluster.start(3);
+    node3.wait_linked(2);
+    let mut sub3 = node3.client("sub-3").await;
+    sub3.subscribe("t/#", q5(1)).await;
+    until_routed(&publisher, &mut sub3, "t/probe").await;
+    for m in numbered(100) {
+        publisher.publish("t/back", q5(1), false, &m).await;
+    }
+    assert_eq!(received(&mut sub3, "t/back", 100).await, numbered(100));
+    assert_eq!(received(&mut sub2, "t/back", 100).await, numbered(100));
+}
