@@ -342,3 +342,34 @@ async fn a_killed_node_is_withdrawn_and_comes_back_after_a_restart() {
     assert_eq!(received(&mut sub3, "t/back", 100).await, numbered(100));
     assert_eq!(received(&mut sub2, "t/back", 100).await, numbered(100));
 }
+
+/// examples/cluster as the README there runs it: a CA made beside the
+/// configs, then each node's file passes `--check-config` (its certificate
+/// issued, every field loaded), and a config without the CA is refused
+/// naming the field.
+#[test]
+fn the_cluster_examples_check_once_their_ca_is_made() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
+    let dir = temp_file("x", "").parent().unwrap().to_owned();
+    for i in 1..=3 {
+        let name = format!("node{i}.json");
+        std::fs::copy(examples.join(&name), dir.join(&name)).unwrap();
+    }
+    let check = |name: &str| {
+        Command::new(BIN)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(dir.join(name))
+            .output()
+            .unwrap()
+    };
+    let out = check("node1.json");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.caCertFile"), "{err}");
+    make_ca(&dir.join("ca"));
+    for i in 1..=3 {
+        let out = check(&format!("node{i}.json"));
+        assert!(out.status.success(), "node{i}: {out:?}");
+    }
+}

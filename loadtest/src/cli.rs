@@ -50,6 +50,10 @@ pub enum Command {
         /// Pin a broker started with `cmd:` to this CPU (taskset).
         #[arg(long)]
         broker_cpu: Option<usize>,
+        /// Subscribers connect to this `HOST:PORT` (another node of the
+        /// broker's cluster): every message crosses a node link.
+        #[arg(long)]
+        sub_broker: Option<String>,
         /// Write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,

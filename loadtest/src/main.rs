@@ -69,9 +69,11 @@ fn real_main(cli: Cli) -> Result<bool> {
             broker,
             broker_pid,
             broker_cpu,
+            sub_broker,
             json,
         } => {
             let mut spec = scenario.to_spec();
+            spec.subscriber_addr = sub_broker;
             let target = TargetSpec::parse(&broker)?;
             let mut launched = match &target.kind {
                 TargetKind::Addr(_) => None,

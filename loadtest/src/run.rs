@@ -286,6 +286,20 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         return crate::conns::run(spec, target).await;
     }
     let connector = connector(spec, target)?;
+    let sub_connector = match &spec.subscriber_addr {
+        None => connector.clone(),
+        // Offline subscribers reconnect through the run's one connector.
+        Some(_) if spec.scenario.impairs_subscriber() => {
+            return Err(RunError::Invalid(
+                "--sub-broker does not combine with scenarios that take subscribers offline"
+                    .to_owned(),
+            ))
+        }
+        Some(addr) => Connector {
+            addr: addr.clone(),
+            ..connector.clone()
+        },
+    };
     let tag = run_tag(&spec.topic_prefix);
     let mut plan = plan(spec, &tag);
     let mut report = report_for(spec, target);
@@ -297,7 +311,7 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
     let clean = spec.clean;
     let subs = connect_all(plan.subs.len(), spec.connect_concurrency, |i| {
         let (c, p, wait) = (
-            connector.clone(),
+            sub_connector.clone(),
             plan.subs[i].clone(),
             spec.connect_timeout,
         );

@@ -187,6 +187,9 @@ pub struct RunSpec {
     pub tls: Option<TlsSpec>,
     /// Broker process to sample (CPU, RSS); its child processes are included.
     pub broker_pid: Option<u32>,
+    /// Subscribers connect here instead of the target (`host:port`): another
+    /// node of a cluster, so every message crosses a node link.
+    pub subscriber_addr: Option<String>,
     /// Print a live progress line (only honoured on a terminal, not in CI).
     pub progress: bool,
 }
@@ -220,6 +223,7 @@ impl Default for RunSpec {
             reader_rate_per_s: None,
             tls: None,
             broker_pid: None,
+            subscriber_addr: None,
             progress: true,
         }
     }

@@ -76,6 +76,8 @@ pub async fn accept(
     me: NodeId,
     incarnation: Incarnation,
 ) -> Result<Link<ServerStream>, LinkError> {
+    // Batching is ours: a lone acknowledgement must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
     deadline(async {
         let stream = futures_rustls::TlsAcceptor::from(tls)
             .accept(stream)
@@ -101,6 +103,7 @@ pub async fn dial(
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(std::io::Error::from)?;
+        let _ = tcp.set_nodelay(true);
         let stream = futures_rustls::TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await?;
@@ -116,6 +119,7 @@ pub async fn accept_plain(
     me: NodeId,
     incarnation: Incarnation,
 ) -> Result<Link<TcpStream>, LinkError> {
+    let _ = stream.set_nodelay(true);
     deadline(Link::start(stream, String::new(), me, incarnation)).await
 }
 
@@ -130,6 +134,7 @@ pub async fn dial_plain(
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(std::io::Error::from)?;
+        let _ = tcp.set_nodelay(true);
         Link::start(tcp, name.to_owned(), me, incarnation).await
     })
     .await
