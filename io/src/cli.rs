@@ -30,6 +30,8 @@ pub const STATE_DIR_DEFAULT: &str = "/var/lib/shardmq";
 const CA_DIR: &str = "internal-ca";
 /// `diskBackedMessageBuffer.dataDir` when not set: in the state directory.
 const BUFFER_DIR: &str = "buffer";
+/// Under the state directory: the cluster control plane's Raft state.
+const CLUSTER_DIR: &str = "cluster";
 /// Under the state directory when `persistence.dataDir` is not set.
 const PERSISTENCE_DIR: &str = "persistence";
 
@@ -145,7 +147,7 @@ pub fn server_config(config: &Config) -> Result<Built, SetupError> {
     }
     let mut server = settings(config, &tls.state_dir, listeners);
     server.persistence = persistence(config, &tls.state_dir)?;
-    let (cluster, node_cert) = cluster(config, tls.now)?;
+    let (cluster, node_cert) = cluster(config, &tls.state_dir, tls.now)?;
     server.cluster = cluster;
     check_log_bound(&server)?;
     Ok(Built {
@@ -258,6 +260,7 @@ impl ListenerCerts<'_> {
 /// its link certificate from the cluster CA (`advanced.internalCerts`).
 fn cluster(
     config: &Config,
+    state_dir: &Path,
     now: SystemTime,
 ) -> Result<(Option<Arc<ClusterSetup>>, Option<CertManager>), SetupError> {
     let Some(c) = &config.cluster else {
@@ -292,6 +295,7 @@ fn cluster(
         peers: c.peers.clone(),
         incarnation: shardmq_core::cluster::Incarnation(incarnation),
         tls,
+        dir: state_dir.join(CLUSTER_DIR),
     };
     Ok((Some(Arc::new(setup)), manager))
 }

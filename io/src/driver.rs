@@ -51,6 +51,8 @@ pub struct Driver {
     /// The cluster link tasks of this shard (`Output::Cluster` wakes them
     /// all; each polls its own work).
     cluster_tasks: RefCell<Vec<LocalSender<()>>>,
+    /// The cluster's control plane: a CONNECT's client id is claimed there.
+    control: RefCell<Option<std::sync::Arc<crate::cluster::control::Control>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -89,6 +91,7 @@ impl Driver {
             counters: RefCell::new(HashMap::new()),
             persist: RefCell::new(None),
             cluster_tasks: RefCell::new(Vec::new()),
+            control: RefCell::new(None),
         });
         (driver, wakeups)
     }
@@ -103,6 +106,10 @@ impl Driver {
     /// Reads the shard without acting on outputs (there are none to act on).
     pub fn peek<R>(&self, f: impl FnOnce(&BrokerShard) -> R) -> R {
         f(&self.shard.borrow())
+    }
+
+    pub fn set_control(&self, control: Option<std::sync::Arc<crate::cluster::control::Control>>) {
+        *self.control.borrow_mut() = control;
     }
 
     pub fn set_persist(&self, log: Option<Rc<ShardLog>>) {
@@ -188,8 +195,18 @@ impl Driver {
                     if let Some(h) = self.handle(conn) {
                         self.auth_jobs.set(self.auth_jobs.get() + 1);
                         let driver = self.clone();
+                        let control = self.control.borrow().clone();
+                        let any = self.peek(|s| {
+                            s.config().limits.session_takeover
+                                == shardmq_core::limits::TakeoverPolicy::AnyPrincipal
+                        });
                         glommio::spawn_local(async move {
-                            let result = admit::admit(&h, &request).await;
+                            let mut result = admit::admit(&h, &request).await;
+                            if let Some(control) = control {
+                                if let Ok(a) = result {
+                                    result = admit::claim(&h, &request, a, &control, any).await;
+                                }
+                            }
                             driver.with(|s| s.handle_admitted(h.id, Instant::now(), result));
                         })
                         .detach();

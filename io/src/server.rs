@@ -119,6 +119,18 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         None => None,
     };
     let persist_keys = config.persistence.as_ref().and_then(|p| p.keys.clone());
+    let control = match &config.cluster {
+        Some(c) => Some(
+            crate::cluster::control::Control::start(c, &c.dir, n).map_err(|source| {
+                ServerError::Bind {
+                    name: "cluster control".to_owned(),
+                    addr: crate::cluster::control::control_addr(c.me.address),
+                    source,
+                }
+            })?,
+        ),
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let probes_ok = Arc::new(AtomicU64::new(0));
     let buffer_reports = Arc::new(Mutex::new(vec![BufferReport::default(); n]));
@@ -162,6 +174,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         reloads: Mutex::new(reload_rxs),
         persist,
         cluster: config.cluster.clone(),
+        control,
     });
     let joins = spawn_shards(n, config.pin_cpus, &setup, &shutdown)?;
     drop(reservations);

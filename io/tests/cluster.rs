@@ -282,6 +282,17 @@ async fn links_are_plaintext_and_say_so_when_internal_encryption_is_disabled() {
     assert_eq!(received(&mut sub, "a/b", 50).await, numbered(50));
 }
 
+/// A CONNECT the broker refuses: the CONNACK's reason as rumqttc prints it.
+async fn refused(node: &Node, id: &str) -> String {
+    let mut opts = rumqttc::v5::MqttOptions::new(id, node.host.as_str(), node.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    match tokio::time::timeout(common::WAIT, eventloop.poll()).await {
+        Ok(Err(e)) => e.to_string(),
+        other => panic!("expected a refused CONNECT, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_another_cluster_ca_is_refused() {
     let cluster = Cluster::new(2, true);
@@ -297,12 +308,93 @@ async fn a_node_under_another_cluster_ca_is_refused() {
         .log
         .wait_for(&["cluster: cannot link to node", "node1"]);
     node1.log.wait_for(&["an incoming node link ended"]);
-    let mut sub = node2.client("sub").await;
-    sub.subscribe("x/#", q5(0)).await;
-    let publisher = node1.client("pub").await;
-    publisher.publish("x/y", q5(0), false, b"secret").await;
-    sub.expect_no_publish(Duration::from_millis(500)).await;
+    // Nor does the control plane: each node alone is no majority of two,
+    // so neither accepts a CONNECT (no client id can live on both).
+    assert!(refused(&node1, "a").await.contains("ServerUnavailable"));
+    assert!(refused(&node2, "b").await.contains("ServerUnavailable"));
     assert_eq!(node1.links_out() + node2.links_out(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_lives_on_one_node_and_moves_with_its_client() {
+    let cluster = Cluster::new(3, true);
+    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut first = nodes[0].client("device-7").await;
+    first.subscribe("cmd/device-7", q5(1)).await;
+    // The same client id on node 2: node 1's connection is taken over
+    // [MQTT-3.1.4-3] (DISCONNECT 0x8E, Session taken over).
+    let mut second = nodes[1].client("device-7").await;
+    taken_over(&mut first).await;
+    nodes[0]
+        .log
+        .wait_for(&["connected to another node", "device-7"]);
+    // And on to node 3: node 2's connection goes the same way.
+    let _third = nodes[2].client("device-7").await;
+    taken_over(&mut second).await;
+}
+
+/// The client's connection ends with DISCONNECT 0x8E Session taken over
+/// (rumqttc reports it as the end of its event loop).
+async fn taken_over(c: &mut Client) {
+    match c
+        .next_matching(|e| matches!(e, Ev::Disconnect(_) | Ev::Closed(_)))
+        .await
+    {
+        Ev::Disconnect(why) | Ev::Closed(why) => {
+            assert!(why.contains("SessionTakenOver"), "{why}")
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_majority_refuses_new_connects_but_serves_its_clients() {
+    let cluster = Cluster::new(3, true);
+    let mut nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut sub = nodes[0].client("sub-1").await;
+    sub.subscribe("local/#", q5(1)).await;
+    let publisher = nodes[0].client("pub-1").await;
+    // Two of three nodes die: node 1 alone is a minority.
+    drop(nodes.pop());
+    drop(nodes.pop());
+    assert!(refused(&nodes[0], "newcomer")
+        .await
+        .contains("ServerUnavailable"));
+    nodes[0]
+        .log
+        .wait_for(&["client refused by the cluster registry", "newcomer"]);
+    // Its connected clients keep working.
+    for m in numbered(20) {
+        publisher.publish("local/x", q5(1), false, &m).await;
+    }
+    assert_eq!(received(&mut sub, "local/x", 20).await, numbered(20));
+    // A node back makes a majority again.
+    let node2 = cluster.start(2);
+    node2.wait_linked(1);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let mut opts =
+            rumqttc::v5::MqttOptions::new("newcomer", nodes[0].host.as_str(), nodes[0].port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (_c, mut ev) = rumqttc::v5::AsyncClient::new(opts, 10);
+        if let Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
+            _,
+        )))) = tokio::time::timeout(common::WAIT, ev.poll()).await
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CONNECT accepted after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

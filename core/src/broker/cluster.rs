@@ -11,11 +11,14 @@ use std::time::Instant;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use super::{Output, RequestId, Shard};
+use bytestring::ByteString;
+
+use super::pending::Pending;
+use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
 use crate::cluster::{Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
 use crate::codec::{QoS, ReasonCode};
-use crate::session::{Message, SharedMessage};
+use crate::session::{Message, SessionState, SharedMessage};
 use crate::topic::TopicFilter;
 
 #[derive(Debug)]
@@ -26,6 +29,8 @@ pub(super) struct Cluster {
     routes_signalled: bool,
     remote: RemoteRoutes,
     peers: HashMap<NodeId, PeerOut>,
+    /// Client ids whose sessions ended, for the cluster's registry.
+    released: Vec<ByteString>,
     /// Messages owed to peers whose link is up and not yet handed to it,
     /// all peers together: publishers wait past `MESH_BACKLOG_MAX`, as for
     /// the shard mesh.
@@ -67,6 +72,7 @@ impl<S: Store> Shard<S> {
             routes_signalled: false,
             remote: RemoteRoutes::new(),
             peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
+            released: Vec::new(),
             unsent: 0,
         }));
     }
@@ -260,6 +266,63 @@ impl<S: Store> Shard<S> {
             self.outputs.push_back(Output::Cluster);
         }
         answers
+    }
+
+    /// The cluster's registry gave `client_id` to another node (a
+    /// takeover across nodes): its session here ends, on this shard, the
+    /// registry owner of the id. An online client gets DISCONNECT 0x8E
+    /// Session taken over [MQTT-3.1.4-3], and its will is published as in a
+    /// takeover.
+    pub fn evict_client(&mut self, client_id: &ByteString, now: Instant) {
+        let Some(at) = self.registry.holder(client_id) else {
+            return;
+        };
+        if at.0 == self.id {
+            let state = self.take_local(at.1, true, None, now);
+            self.evicted(client_id, at, state);
+        } else {
+            let request = self.new_request(Pending::Evict {
+                client_id: client_id.clone(),
+                at,
+            });
+            self.post(
+                at.0,
+                MeshMsg::TakeOver {
+                    session: at.1,
+                    request,
+                    resume_as: None,
+                },
+            );
+        }
+    }
+
+    /// An evicted session's state arrived: it ends, and its id is free here.
+    pub(super) fn evicted(
+        &mut self,
+        client_id: &ByteString,
+        at: (ShardId, SessionId),
+        state: Option<SessionState>,
+    ) {
+        self.end_session_buffer(at.1, state);
+        self.session_ended_at_owner(client_id, at);
+        self.registry.release(client_id, at);
+    }
+
+    /// A session of this node ended: the cluster's registry frees its id
+    /// (`poll_cluster_released`).
+    pub(super) fn cluster_released(&mut self, client_id: &ByteString) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.released.push(client_id.clone());
+        }
+    }
+
+    /// Client ids whose sessions ended here since the last call, for the
+    /// cluster's registry.
+    pub fn poll_cluster_released(&mut self) -> Vec<ByteString> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.released))
+            .unwrap_or_default()
     }
 
     /// Messages owed to linked peers and not yet handed to their link.

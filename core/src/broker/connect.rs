@@ -224,13 +224,16 @@ impl<S: Store> Shard<S> {
         state: Option<Box<SessionState>>,
         now: Instant,
     ) {
-        if let Some(Pending::Handover {
-            conn,
-            session,
-            client_id,
-        }) = self.pending.remove(&request)
-        {
-            self.finish_connect(conn, session, client_id, state.map(|s| *s), now);
+        match self.pending.remove(&request) {
+            Some(Pending::Handover {
+                conn,
+                session,
+                client_id,
+            }) => self.finish_connect(conn, session, client_id, state.map(|s| *s), now),
+            Some(Pending::Evict { client_id, at }) => {
+                self.evicted(&client_id, at, state.map(|s| *s));
+            }
+            _ => {}
         }
     }
 

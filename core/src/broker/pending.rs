@@ -22,6 +22,12 @@ pub(super) enum Pending {
         client_id: ByteString,
         resume: bool,
     },
+    /// A session another node took over (`evict_client`), asked of the
+    /// shard that holds it; it ends when it arrives.
+    Evict {
+        client_id: ByteString,
+        at: (super::ShardId, SessionId),
+    },
     /// The previous session, asked of the shard that holds it.
     Handover {
         conn: ConnId,

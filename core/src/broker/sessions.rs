@@ -349,6 +349,7 @@ impl<S: Store> Shard<S> {
 
     /// Tells the registry owner that the session ended.
     pub(super) fn release_id(&mut self, client_id: &ByteString, session: SessionId) {
+        self.cluster_released(client_id);
         let owner = self.owner_of(client_id);
         if owner == self.id {
             self.session_ended_at_owner(client_id, (self.id, session));

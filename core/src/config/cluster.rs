@@ -108,10 +108,10 @@ fn node(
         );
         return None;
     };
-    if address.port() == 0 {
+    if address.port() == 0 || address.port() == u16::MAX {
         report.error(
             format!("{at}.address"),
-            "needs a fixed port: peers dial it, and every shard binds it",
+            "needs a fixed port below 65535: peers dial it, every shard binds it, and the control plane uses the next one",
         );
         return None;
     }

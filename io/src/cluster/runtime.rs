@@ -37,6 +37,8 @@ pub struct ClusterSetup {
     pub incarnation: Incarnation,
     /// `None`: `encryptInternalTraffic: Disabled`, plaintext links.
     pub tls: Option<NodeTls>,
+    /// Where the control plane keeps its Raft state.
+    pub dir: std::path::PathBuf,
 }
 
 /// Mutual TLS under the cluster's CA, both ends (`shardmq_auth::node_tls`).

@@ -62,6 +62,45 @@ pub async fn admit(handle: &ConnHandle, request: &ConnectRequest) -> Result<Admi
     }
 }
 
+/// In a cluster: commits the client id's claim for this node before the
+/// CONNACK (docs/CLUSTER.md). Another principal's id is refused with Not
+/// Authorized under `sessionTakeover: SamePrincipal`; a node that cannot
+/// reach a majority refuses with Server unavailable rather than let an id
+/// live on two nodes.
+pub async fn claim(
+    handle: &ConnHandle,
+    request: &ConnectRequest,
+    admission: Admission,
+    control: &crate::cluster::control::Control,
+    any_principal: bool,
+) -> Result<Admission, ReasonCode> {
+    use crate::cluster::control::ClaimError;
+    let principal = admission.principal.as_str();
+    match control
+        .claim(&request.client_id, principal, any_principal)
+        .await
+    {
+        Ok(()) => Ok(admission),
+        Err(e) => {
+            let reason = match e {
+                ClaimError::Refused => ReasonCode::NotAuthorized,
+                ClaimError::Unavailable => ReasonCode::ServerUnavailable,
+            };
+            ListenerCounters::bump(&handle.counters.refused, reason_label(reason));
+            client_log!(
+                Category::AuthFailures,
+                listener = %handle.listener,
+                peer = %handle.peer,
+                client = ?request.client_id,
+                principal = ?principal,
+                error = %e,
+                "client refused by the cluster registry"
+            );
+            Err(reason)
+        }
+    }
+}
+
 /// Runs an AUTH re-authentication (v5 §4.12.1); `Ok` carries the new
 /// credential's expiry.
 pub async fn reauthenticate(

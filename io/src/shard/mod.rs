@@ -80,6 +80,8 @@ pub struct ShardSetup {
     pub persist: Option<PersistRun>,
     /// `cluster`: this node and its peers.
     pub cluster: Option<Arc<crate::cluster::runtime::ClusterSetup>>,
+    /// `cluster`: the control plane (the client-id registry).
+    pub control: Option<Arc<crate::cluster::control::Control>>,
 }
 
 /// The shard's whole life on its executor.
@@ -111,6 +113,7 @@ pub async fn run(
         .and_then(|run| start_log(id, run, &mut shard));
     let (driver, wakeups) = Driver::new(shard);
     driver.set_persist(log.clone());
+    driver.set_control(setup.control.clone());
     mesh::start(&driver, senders, receivers, wakeups);
     if let Some(run) = &setup.persist {
         startup_barrier(id, &driver, run, shards).await;
@@ -153,6 +156,9 @@ pub async fn run(
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
         driver.with(|s| s.handle_tick(now));
+        if let Some(control) = &setup.control {
+            cluster_registry(&driver, control, now);
+        }
         upkeep_buffer(&driver);
         if let Some(log) = &log {
             log.tick(&driver);
@@ -302,6 +308,22 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
         });
     })
     .detach();
+}
+
+/// The cluster registry's side of a tick: sessions another node took
+/// over end here, and ids whose sessions ended here are released.
+fn cluster_registry(
+    driver: &Rc<Driver>,
+    control: &Arc<crate::cluster::control::Control>,
+    now: Instant,
+) {
+    for id in control.take_evictions(driver.id.index()) {
+        info!(shard = driver.id.index(), client_id = ?id, "cluster: the client connected to another node; its session here ends");
+        driver.with(|s| s.evict_client(&id.into(), now));
+    }
+    for id in driver.with(|s| s.poll_cluster_released()) {
+        control.release(id.to_string());
+    }
 }
 
 /// Gives freed heap back to the system once what the shard holds (queued,

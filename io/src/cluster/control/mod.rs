@@ -1,0 +1,350 @@
+//! The cluster's control plane (docs/CLUSTER.md): openraft on a thread of
+//! its own (a current-thread tokio runtime beside the shards: consensus is
+//! a few messages per CONNECT, not the data path), with every configured
+//! node a voter. It holds the client-id registry: a CONNECT's claim is
+//! committed before CONNACK, so a client id lives on one node, a node
+//! without a majority refuses new CONNECTs, and a node that loses an id
+//! ends its session there. Storage in `store`, RPCs in `net`.
+
+mod net;
+mod store;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use shardmq_core::broker::owner_index;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use net::{read_frame, write_frame, Dialer, Rpc, RpcReply, Stream};
+use types::{Command, Reply, TypeConfig};
+
+use super::runtime::ClusterSetup;
+
+/// How long a CONNECT waits for its claim to commit before it is refused
+/// with Server unavailable (a node cut off from the majority).
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY: Duration = Duration::from_millis(50);
+
+/// Why a claim did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("another principal holds this client id in the cluster")]
+    Refused,
+    #[error("the cluster registry did not commit the claim in time (no majority reachable)")]
+    Unavailable,
+}
+
+/// The control plane as the shards see it.
+pub struct Control {
+    rt: tokio::runtime::Handle,
+    raft: Raft<TypeConfig>,
+    me: u32,
+    dialer: Dialer,
+    /// Node id -> control address.
+    addrs: Arc<HashMap<u64, String>>,
+    /// Per shard: ids another node took from this one, for the registry
+    /// owner shard to end (`Shard::evict_client`).
+    evictions: Arc<Vec<Mutex<Vec<String>>>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("me", &self.me).finish()
+    }
+}
+
+/// A node's control port: its internal port + 1, on the same address.
+pub fn control_addr(internal: SocketAddr) -> SocketAddr {
+    SocketAddr::new(internal.ip(), internal.port().wrapping_add(1))
+}
+
+impl Control {
+    /// Starts the control thread: opens the Raft state in `dir`, binds the
+    /// control port, and on a first start proposes the configured nodes as
+    /// the membership (every node proposes the same one, which Raft allows).
+    pub fn start(setup: &ClusterSetup, dir: &Path, shards: usize) -> std::io::Result<Arc<Control>> {
+        let me = setup.me.id.0;
+        let mut names = HashMap::new();
+        let mut addrs = HashMap::new();
+        let mut members = BTreeMap::new();
+        for n in std::iter::once(&setup.me).chain(setup.peers.iter()) {
+            let addr = control_addr(n.address).to_string();
+            names.insert(u64::from(n.id.0), n.name.clone());
+            addrs.insert(u64::from(n.id.0), addr.clone());
+            members.insert(u64::from(n.id.0), BasicNode { addr });
+        }
+        let dialer = Dialer {
+            me: u64::from(me),
+            tls: setup.tls.as_ref().map(|t| t.client.clone()),
+            names: Arc::new(names),
+        };
+        let server_tls = setup.tls.as_ref().map(|t| t.server.clone());
+        let bind = control_addr(setup.me.address);
+        let log = store::LogStore::open(dir)?;
+        let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sm = store::StateMachine::open(dir, me, evict_tx);
+        let evictions: Arc<Vec<Mutex<Vec<String>>>> =
+            Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let dialer2 = dialer.clone();
+        let evictions2 = evictions.clone();
+        std::thread::Builder::new()
+            .name("shardmq-control".to_owned())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let started = async {
+                        let config = openraft::Config {
+                            cluster_name: "shardmq".to_owned(),
+                            heartbeat_interval: 150,
+                            election_timeout_min: 600,
+                            election_timeout_max: 1200,
+                            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+                            max_in_snapshot_log_to_keep: 1000,
+                            ..Default::default()
+                        }
+                        .validate()
+                        .map_err(std::io::Error::other)?;
+                        let raft = Raft::new(u64::from(me), Arc::new(config), dialer2, log, sm)
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let listener = TcpListener::bind(bind).await?;
+                        Ok::<_, std::io::Error>((raft, listener))
+                    };
+                    let (raft, listener) = match started.await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    tokio::spawn(serve(
+                        listener,
+                        raft.clone(),
+                        server_tls,
+                        dialer_names(&members),
+                    ));
+                    tokio::spawn(async move {
+                        while let Some(id) = evict_rx.recv().await {
+                            let shard = owner_index(&id, evictions2.len());
+                            if let Some(q) = evictions2.get(shard) {
+                                if let Ok(mut q) = q.lock() {
+                                    q.push(id);
+                                }
+                            }
+                        }
+                    });
+                    if !raft.is_initialized().await.unwrap_or(true) {
+                        // Every node proposes the same membership at index
+                        // 0; Raft keeps one.
+                        if let Err(e) = raft.initialize(members).await {
+                            info!(error = %e, "cluster control: membership already set");
+                        }
+                    }
+                    let _ = ready_tx.send(Ok((tokio::runtime::Handle::current(), raft)));
+                    std::future::pending::<()>().await;
+                });
+            })?;
+        let (rt, raft) = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the control thread stopped at start"))??;
+        info!(%bind, "cluster control plane up (openraft; every configured node votes)");
+        Ok(Arc::new(Control {
+            rt,
+            raft,
+            me,
+            dialer,
+            addrs: Arc::new(addrs),
+            evictions,
+        }))
+    }
+
+    /// Commits `client_id`'s claim by this node for `principal` before its
+    /// CONNACK. `Ok`: the id is this node's (the node that held it ends its
+    /// session there).
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        principal: &str,
+        any_principal: bool,
+    ) -> Result<(), ClaimError> {
+        let cmd = Command::Claim {
+            client_id: client_id.to_owned(),
+            node: self.me,
+            principal: principal.to_owned(),
+            any_principal,
+        };
+        match self.write(cmd).await {
+            Some(Reply::Granted { .. }) => Ok(()),
+            Some(Reply::Refused) => Err(ClaimError::Refused),
+            _ => Err(ClaimError::Unavailable),
+        }
+    }
+
+    /// Frees `client_id` if this node still holds it (its session ended);
+    /// best effort, in the background.
+    pub fn release(self: &Arc<Self>, client_id: String) {
+        let me = self.clone();
+        self.rt.spawn(async move {
+            let cmd = Command::Release {
+                client_id,
+                node: me.me,
+            };
+            let _ = me.commit(cmd).await;
+        });
+    }
+
+    /// The ids another node took from this one whose registry owner is
+    /// `shard`, since the last call.
+    pub fn take_evictions(&self, shard: usize) -> Vec<String> {
+        self.evictions
+            .get(shard)
+            .and_then(|q| q.lock().ok().map(|mut q| std::mem::take(&mut *q)))
+            .unwrap_or_default()
+    }
+
+    /// Runs `cmd` on the control thread and waits (from any runtime).
+    async fn write(&self, cmd: Command) -> Option<Reply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let raft = self.raft.clone();
+        let dialer = self.dialer.clone();
+        let addrs = self.addrs.clone();
+        self.rt.spawn(async move {
+            let r = commit(&raft, &dialer, &addrs, cmd).await;
+            let _ = tx.send(r);
+        });
+        rx.await.ok().flatten()
+    }
+
+    async fn commit(&self, cmd: Command) -> Option<Reply> {
+        commit(&self.raft, &self.dialer, &self.addrs, cmd).await
+    }
+}
+
+/// Commits `cmd` through the leader (this node, or forwarded to it), until
+/// `CLAIM_TIMEOUT`.
+async fn commit(
+    raft: &Raft<TypeConfig>,
+    dialer: &Dialer,
+    addrs: &HashMap<u64, String>,
+    cmd: Command,
+) -> Option<Reply> {
+    let deadline = tokio::time::Instant::now() + CLAIM_TIMEOUT;
+    let mut conn: Option<Box<dyn Stream>> = None;
+    while tokio::time::Instant::now() < deadline {
+        let left = deadline - tokio::time::Instant::now();
+        let leader = match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
+            Err(_) => return None,
+            Ok(Ok(resp)) => return Some(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
+            Ok(Err(_)) => None,
+        };
+        if let Some(leader) = leader.filter(|l| *l != dialer.me) {
+            if let Some(addr) = addrs.get(&leader) {
+                let rpc = Rpc::Write(cmd.clone());
+                if let Ok(RpcReply::Write(Ok(reply))) =
+                    dialer.call(&mut conn, leader, addr, &rpc).await
+                {
+                    return Some(reply);
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    None
+}
+
+fn dialer_names(members: &BTreeMap<u64, BasicNode>) -> Vec<u64> {
+    members.keys().copied().collect()
+}
+
+/// Accepts peers' control connections and answers their RPCs.
+async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    members: Vec<u64>,
+) {
+    let members = Arc::new(members);
+    loop {
+        let Ok((tcp, from)) = listener.accept().await else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        let (raft, tls, members) = (raft.clone(), tls.clone(), members.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(tcp, raft, tls, &members).await {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    warn!(%from, error = %e, "cluster control: a peer connection ended");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_one(
+    tcp: tokio::net::TcpStream,
+    raft: Raft<TypeConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    members: &[u64],
+) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let (mut stream, cert_name): (Box<dyn Stream>, Option<String>) = match tls {
+        None => (Box::new(tcp), None),
+        Some(tls) => {
+            let s = tokio::time::timeout(
+                super::link::HANDSHAKE_TIMEOUT,
+                tokio_rustls::TlsAcceptor::from(tls).accept(tcp),
+            )
+            .await
+            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+            let name = shardmq_auth::node_tls::peer_node_name(s.get_ref().1);
+            (Box::new(s), name)
+        }
+    };
+    let Rpc::Hello(id) = read_frame::<Rpc>(&mut *stream).await? else {
+        return Err(std::io::Error::other("no Hello"));
+    };
+    if !members.contains(&id) {
+        return Err(std::io::Error::other(format!("unknown node id {id}")));
+    }
+    // With TLS the certificate's name must derive the id it claims.
+    if let Some(name) = cert_name {
+        if u64::from(shardmq_core::config::node_id(&name).0) != id {
+            return Err(std::io::Error::other(format!(
+                "certificate of {name:?} claims node id {id}"
+            )));
+        }
+    }
+    loop {
+        let reply = match read_frame::<Rpc>(&mut *stream).await? {
+            Rpc::Hello(_) => return Err(std::io::Error::other("a second Hello")),
+            Rpc::Append(r) => RpcReply::Append(raft.append_entries(r).await),
+            Rpc::Vote(r) => RpcReply::Vote(raft.vote(r).await),
+            Rpc::Snapshot(r) => RpcReply::Snapshot(raft.install_snapshot(r).await),
+            Rpc::Write(cmd) => RpcReply::Write(
+                raft.client_write(cmd)
+                    .await
+                    .map(|r| r.data)
+                    .map_err(|e| e.to_string()),
+            ),
+        };
+        write_frame(&mut *stream, &reply).await?;
+    }
+}

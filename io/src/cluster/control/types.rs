@@ -1,0 +1,50 @@
+//! The control plane's Raft types: what the log holds (registry commands)
+//! and what applying one answers.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A change of the cluster-wide client-id registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `node` accepted a CONNECT for `client_id` from `principal`; with
+    /// `any_principal` (sessionTakeover AnyPrincipal) another principal's
+    /// hold does not stop it.
+    Claim {
+        client_id: String,
+        node: u32,
+        principal: String,
+        any_principal: bool,
+    },
+    /// `node`'s session for `client_id` ended.
+    Release { client_id: String, node: u32 },
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The id is the claimant's; `previous` held it before (that node
+    /// ends its session).
+    Granted {
+        previous: Option<u32>,
+    },
+    /// Another principal holds the id (sessionTakeover SamePrincipal).
+    Refused,
+    Released,
+}
+
+/// Who holds a client id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: u32,
+    pub principal: String,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
