@@ -38,6 +38,8 @@ struct Cluster {
     dir: PathBuf,
     internal: Vec<u16>,
     encrypt: bool,
+    /// `advanced.internalCerts` (duration, renewBefore).
+    certs: (&'static str, &'static str),
 }
 
 impl Cluster {
@@ -53,6 +55,7 @@ impl Cluster {
             dir,
             internal,
             encrypt,
+            certs: ("1h", "10m"),
         }
     }
 
@@ -80,7 +83,7 @@ impl Cluster {
             "listeners": [{"name": "mqtt", "ports": [{"port": 0, "bindAddress": format!("127.0.0.{i}")}]}],
             "cardinality": {"frontend": {"workers": 2}},
             "stateDir": self.dir.join(format!("state{i}")),
-            "advanced": {"encryptInternalTraffic": mode, "internalCerts": {"duration": "1h", "renewBefore": "10m"}},
+            "advanced": {"encryptInternalTraffic": mode, "internalCerts": {"duration": self.certs.0, "renewBefore": self.certs.1}},
             "cluster": cluster,
         });
         let path = self.dir.join(format!("node{i}.json"));
@@ -464,4 +467,78 @@ fn the_cluster_examples_check_once_their_ca_is_made() {
         let out = check(&format!("node{i}.json"));
         assert!(out.status.success(), "node{i}: {out:?}");
     }
+}
+
+/// kill -STOP the node holding a client id: the others commit the id's move
+/// without it, and once it runs again it cannot act on what it believed
+/// (leadership, the id): it applies the move and ends its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_loses_its_client_id_and_learns_it_when_it_resumes() {
+    let cluster = Cluster::new(3, true);
+    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut first = nodes[0].client("meter-3").await;
+    let pid = nodes[0]._proc.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    // Nodes 2 and 3 are a majority: the id moves to node 2.
+    let _second = nodes[1].client("meter-3").await;
+    signal("-CONT");
+    taken_over(&mut first).await;
+    // Node 1 serves again, under the current leader.
+    let _other = nodes[0].client("meter-4").await;
+}
+
+/// Node certificates that live 20 s and renew 15 s before expiry (every
+/// ~5 s): traffic crosses throughout, and after the first certificate
+/// expired a restarted node still links, to the renewed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_renew_under_traffic() {
+    let mut cluster = Cluster::new(2, true);
+    cluster.certs = ("20s", "15s");
+    let node1 = cluster.start(1);
+    let node2 = cluster.start(2);
+    node1.wait_linked(1);
+    node2.wait_linked(1);
+    let mut sub = node2.client("sub").await;
+    sub.subscribe("r/#", q5(1)).await;
+    let publisher = node1.client("pub").await;
+    until_routed(&publisher, &mut sub, "r/probe").await;
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(24) {
+        let batch = numbered(20);
+        for m in &batch {
+            publisher.publish("r/x", q5(1), false, m).await;
+        }
+        assert_eq!(received(&mut sub, "r/x", 20).await, batch);
+        sent += 20;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent > 0);
+    let renewed = |n: &Node| {
+        n.log
+            .lines()
+            .iter()
+            .filter(|l| l.contains("certificate renewed"))
+            .count()
+    };
+    assert!(renewed(&node1) >= 2, "{}", node1.log.lines().join("\n"));
+    // Node 1's first certificate has expired: a new link must use the
+    // renewed one.
+    drop(sub);
+    drop(node2);
+    let node2 = cluster.start(2);
+    node2.wait_linked(1);
+    let mut sub = node2.client("sub-again").await;
+    sub.subscribe("r/#", q5(1)).await;
+    until_routed(&publisher, &mut sub, "r/probe").await;
 }
