@@ -15,6 +15,7 @@ use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::{BufferSpec, SEGMENT_BYTES_DEFAULT};
 use crate::cluster::runtime::{ClusterSetup, NodeTls};
+use shardmq_core::config::ClusterNode;
 use crate::persist::keys::{CREDENTIAL_NAME, KEY_ENV};
 use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
@@ -266,13 +267,17 @@ fn cluster(
     let Some(c) = &config.cluster else {
         return Ok((None, None));
     };
+    let name = match &c.node {
+        Some(n) => n.clone(),
+        None => host_name()?,
+    };
     let (tls, manager) = match &c.ca {
         None => (None, None),
         Some(files) => {
             let ca = InternalCa::load(&files.cert, &files.key)
                 .map_err(|e| invalid("cluster.caCertFile", e))?;
             let policy = &config.advanced.internal_certs;
-            let manager = CertManager::new_node(Arc::new(ca), &c.node.name, policy, now)
+            let manager = CertManager::new_node(Arc::new(ca), &name, policy, now)
                 .map_err(|e| invalid("advanced.internalCerts", e))?;
             // Every certificate of the CA file is trusted: the current CA
             // and, during a rotation, the next or the previous one.
@@ -290,14 +295,47 @@ fn cluster(
     let incarnation = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
+    let me = ClusterNode {
+        id: shardmq_core::config::node_id(&name),
+        name,
+        host: c.bind.ip().to_string(),
+        port: c.bind.port(),
+    };
+    // One peer list serves every node: this node's own entry is skipped.
+    let peers: Vec<ClusterNode> = c.peers.iter().filter(|p| p.name != me.name).cloned().collect();
+    if peers.is_empty() {
+        return Err(invalid("cluster.peers", format!("no node but this one ({})", me.name)));
+    }
+    if let Some(p) = peers.iter().find(|p| p.id == me.id) {
+        return Err(invalid(
+            "cluster.peers",
+            format!("\"{}\" derives the same node id as this node \"{}\": rename one", p.name, me.name),
+        ));
+    }
     let setup = ClusterSetup {
-        me: c.node.clone(),
-        peers: c.peers.clone(),
+        me,
+        bind: c.bind,
+        peers,
         incarnation: shardmq_core::cluster::Incarnation(incarnation),
         tls,
         dir: state_dir.join(CLUSTER_DIR),
     };
     Ok((Some(Arc::new(setup)), manager))
+}
+
+/// `cluster.node` when absent: the host name (in a StatefulSet, the pod's
+/// name, which the peer list names too).
+fn host_name() -> Result<String, SetupError> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| invalid("cluster.node", format!("not set, and the host name is unreadable: {e}")))?;
+    let name = text.trim().to_ascii_lowercase();
+    if !shardmq_core::config::valid_node_name(&name) {
+        return Err(invalid(
+            "cluster.node",
+            format!("not set, and the host name {name:?} is no node name: set cluster.node"),
+        ));
+    }
+    Ok(name)
 }
 
 /// `persistence`: the directory and, with encryption Enabled, the keys

@@ -140,15 +140,17 @@ fn run() -> Result<ExitCode> {
     if let Some(file) = &built.ca_cert_file {
         info!(file = %file.display(), "internal CA certificate (give it to clients of Automatic TLS ports)");
     }
-    if let Some(c) = &config.cluster {
+    if let Some(c) = &built.server.cluster {
         let peers: Vec<String> = c
             .peers
             .iter()
-            .map(|p| format!("{}@{}", p.name, p.address))
+            .map(|p| format!("{}@{}", p.name, p.address()))
             .collect();
-        info!(node = %c.node.name, internal = %c.node.address, peers = ?peers, "cluster node");
-        if c.ca.is_none() {
-            warn!("cluster: advanced.encryptInternalTraffic is Disabled: node links are PLAINTEXT                    and UNAUTHENTICATED (any host that reaches the internal port can join);                    for benchmarks and trusted networks only");
+        info!(node = %c.me.name, internal = %c.bind, peers = ?peers, "cluster node");
+        if c.tls.is_none() {
+            warn!("cluster: advanced.encryptInternalTraffic is Disabled: node links are PLAINTEXT \
+                   and UNAUTHENTICATED (any host that reaches the internal port can join); \
+                   for benchmarks and trusted networks only");
         }
     }
     let handle = shardmq_io::start(built.server).context("cannot start the server")?;

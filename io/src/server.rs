@@ -124,7 +124,7 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
             crate::cluster::control::Control::start(c, &c.dir, n).map_err(|source| {
                 ServerError::Bind {
                     name: "cluster control".to_owned(),
-                    addr: crate::cluster::control::control_addr(c.me.address),
+                    addr: crate::cluster::control::control_addr(c.bind),
                     source,
                 }
             })?,

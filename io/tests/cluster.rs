@@ -60,12 +60,19 @@ impl Cluster {
     }
 
     fn config(&self, i: usize, ca_dir: &Path) -> PathBuf {
+        // One list for every node, as a StatefulSet's shared config has it:
+        // each node skips its own entry.
         let peers: Vec<serde_json::Value> = (1..=self.internal.len())
-            .filter(|j| *j != i)
             .map(|j| {
+                // Node 1 by name: peers resolve host names when they dial.
+                let host = if j == 1 {
+                    "localhost".to_owned()
+                } else {
+                    format!("127.0.0.{j}")
+                };
                 serde_json::json!({
                     "node": format!("node{j}"),
-                    "address": format!("127.0.0.{j}:{}", self.internal[j - 1]),
+                    "address": format!("{host}:{}", self.internal[j - 1]),
                 })
             })
             .collect();
@@ -541,4 +548,61 @@ async fn node_certificates_renew_under_traffic() {
     let mut sub = node2.client("sub-again").await;
     sub.subscribe("r/#", q5(1)).await;
     until_routed(&publisher, &mut sub, "r/probe").await;
+}
+
+/// deploy/kubernetes/shardmq-cluster.yaml's config, as a pod of the
+/// StatefulSet loads it: with the Secrets in place (the cluster CA, the
+/// listener certificate) and the pod's host name as its node name, it
+/// passes `--check-config`. (The manifests' shape is checked in CI by
+/// kubernetes-validate.)
+#[test]
+fn the_kubernetes_manifest_config_checks() {
+    let yaml = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/shardmq-cluster.yaml"),
+    )
+    .unwrap();
+    // The ConfigMap's `config.json: |` block, dedented.
+    let mut lines = yaml.lines().skip_while(|l| !l.contains("config.json: |"));
+    lines.next();
+    let json: String = lines
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let mut config: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // Where the pod has its mounts, this test has a folder.
+    let dir = temp_file("k8s", "").parent().unwrap().to_owned();
+    make_ca(&dir.join("cluster-ca"));
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let (cert, key) = server_cert("shardmq");
+    std::fs::write(secrets.join("broker-server-cert.crt"), cert).unwrap();
+    std::fs::write(secrets.join("broker-server-cert.key"), key).unwrap();
+    assert_eq!(config["secretsDir"], "/etc/shardmq/secrets");
+    config["secretsDir"] = secrets.to_str().unwrap().into();
+    config["stateDir"] = dir.join("state").to_str().unwrap().into();
+    let c = &mut config["cluster"];
+    c["caCertFile"] = dir.join("cluster-ca/ca.crt").to_str().unwrap().into();
+    c["caKeyFile"] = dir.join("cluster-ca/ca.key").to_str().unwrap().into();
+    // The pod's host name (the StatefulSet names it) is the node's name.
+    assert!(c.get("node").is_none());
+    c["node"] = "shardmq-1".into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A server certificate and key (PEM) for `name`, self-signed by rcgen.
+fn server_cert(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
 }

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Report;
 use super::validate::{path, required};
+
 use crate::cluster::NodeId;
 
-/// Nodes in one cluster at most (this node and its peers).
+/// Nodes in one cluster at most.
 pub const CLUSTER_NODES_MAX: usize = 32;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,8 +44,14 @@ pub(crate) struct RawPeer {
 /// `cluster`: this node and how it reaches the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    pub node: ClusterNode,
-    /// Every other node; names and ids unique, never this node.
+    /// This node's name; `None`: the machine's host name (a StatefulSet
+    /// pod's name), resolved by the server.
+    pub node: Option<String>,
+    /// Where this node accepts node links (`address`); the control plane
+    /// binds the next port.
+    pub bind: SocketAddr,
+    /// The cluster's nodes as listed; names and ids unique. The list may
+    /// hold this node too (one list for every node): the server skips it.
     pub peers: Vec<ClusterNode>,
     /// The cluster CA (`caCertFile`, `caKeyFile`) each node issues its own
     /// link certificate from; `None` only with `encryptInternalTraffic`
@@ -53,12 +60,32 @@ pub struct Cluster {
 }
 
 /// One node: its name (a DNS name, in its link certificate), the id every
-/// node derives from it, and its internal address.
+/// node derives from it, and where its internal port is (a host name or an
+/// IP address, resolved when dialled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterNode {
     pub name: String,
     pub id: NodeId,
-    pub address: SocketAddr,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ClusterNode {
+    /// `host:port` (brackets around an IPv6 address).
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The same node's control port (the internal port + 1).
+    pub fn control_address(&self) -> String {
+        let mut n = self.clone();
+        n.port = n.port.wrapping_add(1);
+        n.address()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +102,7 @@ pub fn node_id(name: &str) -> NodeId {
 
 /// A node name goes into certificates as a DNS name: lowercase letters,
 /// digits, `-` and `.`, 1 to 63 characters, starting with a letter or digit.
-fn valid_name(name: &str) -> bool {
+pub fn valid_node_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name
             .bytes()
@@ -86,70 +113,98 @@ fn valid_name(name: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
-fn node(
-    report: &mut Report,
-    at: &str,
-    name: Option<&str>,
-    address: Option<&str>,
-) -> Option<ClusterNode> {
-    let name = required(report, format!("{at}.node"), name)?;
-    if !valid_name(name) {
-        report.error(
-            format!("{at}.node"),
-            format!("\"{name}\" is not a node name: 1 to 63 lowercase letters, digits, '-' or '.', starting with a letter or digit"),
-        );
-        return None;
+const NAME_RULE: &str =
+    "1 to 63 lowercase letters, digits, '-' or '.', starting with a letter or digit";
+
+fn name(report: &mut Report, path: String, text: &str) -> Option<String> {
+    if valid_node_name(text) {
+        Some(text.to_owned())
+    } else {
+        report.error(path, format!("\"{text}\" is not a node name: {NAME_RULE}"));
+        None
     }
-    let text = required(report, format!("{at}.address"), address)?;
-    let Ok(address) = text.parse::<SocketAddr>() else {
+}
+
+/// The control plane takes the port after the internal one.
+fn port_ok(report: &mut Report, path: &str, port: u16) -> bool {
+    if port == 0 || port == u16::MAX {
         report.error(
-            format!("{at}.address"),
-            format!("\"{text}\" is not an IP address and port (e.g. 127.0.0.2:7883)"),
+            path,
+            "needs a fixed port below 65535: peers dial it, every shard binds it, and the control plane uses the next one",
+        );
+        return false;
+    }
+    true
+}
+
+fn peer(report: &mut Report, at: &str, raw: &RawPeer) -> Option<ClusterNode> {
+    let name = required(report, format!("{at}.node"), raw.node.as_deref())
+        .and_then(|n| name(report, format!("{at}.node"), n));
+    let path = format!("{at}.address");
+    let text = required(report, path.clone(), raw.address.as_deref())?;
+    let parsed = text
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| (a.ip().to_string(), a.port()))
+        .or_else(|| {
+            let (host, port) = text.rsplit_once(':')?;
+            let port = port.parse::<u16>().ok()?;
+            (!host.is_empty() && !host.contains(':')).then(|| (host.to_owned(), port))
+        });
+    let Some((host, port)) = parsed else {
+        report.error(
+            path,
+            format!("\"{text}\" is not HOST:PORT (a DNS name or an IP address, e.g. shardmq-1.shardmq-internal:7883)"),
         );
         return None;
     };
-    if address.port() == 0 || address.port() == u16::MAX {
-        report.error(
-            format!("{at}.address"),
-            "needs a fixed port below 65535: peers dial it, every shard binds it, and the control plane uses the next one",
-        );
+    if !port_ok(report, &path, port) {
         return None;
     }
+    let name = name?;
     Some(ClusterNode {
-        name: name.to_owned(),
-        id: node_id(name),
-        address,
+        id: node_id(&name),
+        name,
+        host,
+        port,
     })
 }
 
 pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> Option<Cluster> {
-    let me = node(
-        report,
-        "cluster",
-        raw.node.as_deref(),
-        raw.address.as_deref(),
-    );
-    let mut peers = Vec::new();
+    let node = raw
+        .node
+        .as_deref()
+        .and_then(|n| name(report, "cluster.node".to_owned(), n));
+    let bind = required(report, "cluster.address", raw.address.as_deref()).and_then(|text| {
+        match text.parse::<SocketAddr>() {
+            Ok(a) if port_ok(report, "cluster.address", a.port()) => Some(a),
+            Ok(_) => None,
+            Err(_) => {
+                report.error(
+                    "cluster.address",
+                    format!("\"{text}\" is not an IP address and port to bind (e.g. 0.0.0.0:7883)"),
+                );
+                None
+            }
+        }
+    });
+    let mut peers: Vec<ClusterNode> = Vec::new();
     let raw_peers = raw.peers.as_deref().unwrap_or_default();
     if raw_peers.is_empty() {
         report.error("cluster.peers", "a cluster needs at least one peer");
     }
-    if raw_peers.len() + 1 > CLUSTER_NODES_MAX {
+    if raw_peers.len() > CLUSTER_NODES_MAX {
         report.error(
             "cluster.peers",
-            format!("at most {} peers", CLUSTER_NODES_MAX - 1),
+            format!("at most {CLUSTER_NODES_MAX} nodes"),
         );
     }
     for (i, p) in raw_peers.iter().enumerate() {
         let at = format!("cluster.peers[{i}]");
-        let Some(peer) = node(report, &at, p.node.as_deref(), p.address.as_deref()) else {
+        let Some(peer) = peer(report, &at, p) else {
             continue;
         };
-        let clash = me
-            .iter()
-            .chain(peers.iter())
-            .find(|n: &&ClusterNode| n.name == peer.name || n.id == peer.id);
-        if let Some(other) = clash {
+        if let Some(other) = peers.iter().find(|n| n.name == peer.name || n.id == peer.id) {
             let why = if other.name == peer.name {
                 "names a node twice".to_owned()
             } else {
@@ -177,7 +232,7 @@ pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> O
         (None, None) => {
             report.error(
                 "cluster.caCertFile",
-                "required with advanced.encryptInternalTraffic Enabled: node links are mutual TLS under the cluster's CA (shardmq cluster-ca <dir> makes one)",
+                "required with advanced.encryptInternalTraffic Enabled: node links are mutual TLS under the cluster's CA (shardmq --make-cluster-ca DIR makes one)",
             );
             None
         }
@@ -197,7 +252,8 @@ pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> O
         );
     }
     Some(Cluster {
-        node: me?,
+        node,
+        bind: bind?,
         peers,
         ca: ca.filter(|_| encrypt),
     })
@@ -209,13 +265,13 @@ mod tests {
 
     #[test]
     fn node_names_are_dns_names() {
-        assert!(valid_name("node-1"));
-        assert!(valid_name("ipc7.plant.local"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("Node1"));
-        assert!(!valid_name("-a"));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name(&"a".repeat(64)));
+        assert!(valid_node_name("node-1"));
+        assert!(valid_node_name("ipc7.plant.local"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("Node1"));
+        assert!(!valid_node_name("-a"));
+        assert!(!valid_node_name("a b"));
+        assert!(!valid_node_name(&"a".repeat(64)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use cluster::{node_id, CaFiles, Cluster, ClusterNode, CLUSTER_NODES_MAX};
+pub use cluster::{node_id, valid_node_name, CaFiles, Cluster, ClusterNode, CLUSTER_NODES_MAX};
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use listeners::{BIND_ADDRESS_DEFAULT, DEFAULT_LISTENER_ADDR};
 pub use persistence::{

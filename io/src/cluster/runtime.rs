@@ -31,7 +31,11 @@ const REDIAL_MAX: Duration = Duration::from_secs(2);
 /// What every shard of a node needs to run its links.
 #[derive(Debug)]
 pub struct ClusterSetup {
+    /// This node (its host and port are those it binds).
     pub me: ClusterNode,
+    /// Where this node accepts node links; the control plane binds the
+    /// next port.
+    pub bind: SocketAddr,
     pub peers: Vec<ClusterNode>,
     /// This life of the node (a restart takes a larger one).
     pub incarnation: Incarnation,
@@ -50,7 +54,7 @@ pub struct NodeTls {
 
 /// Binds the internal address on this shard and starts its link tasks.
 pub fn start(driver: &Rc<Driver>, setup: Arc<ClusterSetup>) -> std::io::Result<SocketAddr> {
-    let listener = crate::shard::listen::listen(setup.me.address)?;
+    let listener = crate::shard::listen::listen(setup.bind)?;
     let bound = listener.local_addr()?;
     let inbound: Rc<RefCell<Vec<Rc<Outbox>>>> = Rc::default();
     glommio::spawn_local(route_pump(driver.clone(), inbound.clone())).detach();
@@ -248,18 +252,28 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
     let mut quiet = false;
     loop {
         let (me, inc) = (setup.me.id, setup.incarnation);
-        let result = match &setup.tls {
-            Some(tls) => {
-                match link::dial(peer.address, &peer.name, tls.client.clone(), me, inc).await {
+        let mut result = Err(Ended::from(LinkError::Closed));
+        // Each address the name resolves to, in order, until one links.
+        for addr in resolve(&peer).await.unwrap_or_else(|e| {
+            result = Err(LinkError::Io(e).into());
+            Vec::new()
+        }) {
+            result = match &setup.tls {
+                Some(tls) => {
+                    match link::dial(addr, &peer.name, tls.client.clone(), me, inc).await {
+                        Ok(l) => serve_outbound(&driver, l, &setup, &peer).await,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                None => match link::dial_plain(addr, &peer.name, me, inc).await {
                     Ok(l) => serve_outbound(&driver, l, &setup, &peer).await,
                     Err(e) => Err(e.into()),
-                }
+                },
+            };
+            if result.as_ref().is_err_and(Ended::was_up) {
+                break;
             }
-            None => match link::dial_plain(peer.address, &peer.name, me, inc).await {
-                Ok(l) => serve_outbound(&driver, l, &setup, &peer).await,
-                Err(e) => Err(e.into()),
-            },
-        };
+        }
         match result {
             Ok(()) => {}
             Err(e) if e.was_up() => {
@@ -269,7 +283,7 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
                 quiet = false;
             }
             Err(e) if !quiet => {
-                warn!(shard = driver.id.index(), peer = %peer.name, address = %peer.address,
+                warn!(shard = driver.id.index(), peer = %peer.name, address = %peer.address(),
                     error = %e.error, "cluster: cannot link to node; retrying quietly");
                 quiet = true;
             }
@@ -278,6 +292,21 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
         glommio::timer::sleep(wait).await;
         wait = (wait * 2).min(REDIAL_MAX);
     }
+}
+
+/// The peer's address now (a DNS name may move, e.g. a restarted pod), off
+/// the shard: the resolver blocks.
+async fn resolve(peer: &ClusterNode) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = peer.host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, peer.port)]);
+    }
+    let target = (peer.host.clone(), peer.port);
+    glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            Ok(target.to_socket_addrs()?.collect())
+        })
+        .await
 }
 
 /// Why a dialled link ended, and whether it had come up.

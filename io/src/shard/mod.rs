@@ -129,7 +129,7 @@ pub async fn run(
         if let Err(source) = crate::cluster::runtime::start(&driver, c.clone()) {
             let _ = ready.send(Err(ServerError::Bind {
                 name: "cluster (internal port)".to_owned(),
-                addr: c.me.address,
+                addr: c.bind,
                 source,
             }));
             return;

@@ -75,7 +75,7 @@ impl Control {
         let mut addrs = HashMap::new();
         let mut members = BTreeMap::new();
         for n in std::iter::once(&setup.me).chain(setup.peers.iter()) {
-            let addr = control_addr(n.address).to_string();
+            let addr = n.control_address();
             names.insert(u64::from(n.id.0), n.name.clone());
             addrs.insert(u64::from(n.id.0), addr.clone());
             members.insert(u64::from(n.id.0), BasicNode { addr });
@@ -86,7 +86,7 @@ impl Control {
             names: Arc::new(names),
         };
         let server_tls = setup.tls.as_ref().map(|t| t.server.clone());
-        let bind = control_addr(setup.me.address);
+        let bind = control_addr(setup.bind);
         let log = store::LogStore::open(dir)?;
         let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
         let sm = store::StateMachine::open(dir, me, evict_tx);
