@@ -15,11 +15,11 @@ use shardmq_core::config::{Config, ListenerTls};
 
 use crate::buffer::{BufferSpec, SEGMENT_BYTES_DEFAULT};
 use crate::cluster::runtime::{ClusterSetup, NodeTls};
-use shardmq_core::config::ClusterNode;
 use crate::persist::keys::{CREDENTIAL_NAME, KEY_ENV};
 use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
 use crate::setup::{ListenerSpec, ServerConfig};
+use shardmq_core::config::ClusterNode;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
 const RETAINED_MAX: usize = 1_000_000;
@@ -302,14 +302,25 @@ fn cluster(
         port: c.bind.port(),
     };
     // One peer list serves every node: this node's own entry is skipped.
-    let peers: Vec<ClusterNode> = c.peers.iter().filter(|p| p.name != me.name).cloned().collect();
+    let peers: Vec<ClusterNode> = c
+        .peers
+        .iter()
+        .filter(|p| p.name != me.name)
+        .cloned()
+        .collect();
     if peers.is_empty() {
-        return Err(invalid("cluster.peers", format!("no node but this one ({})", me.name)));
+        return Err(invalid(
+            "cluster.peers",
+            format!("no node but this one ({})", me.name),
+        ));
     }
     if let Some(p) = peers.iter().find(|p| p.id == me.id) {
         return Err(invalid(
             "cluster.peers",
-            format!("\"{}\" derives the same node id as this node \"{}\": rename one", p.name, me.name),
+            format!(
+                "\"{}\" derives the same node id as this node \"{}\": rename one",
+                p.name, me.name
+            ),
         ));
     }
     let setup = ClusterSetup {
@@ -326,8 +337,12 @@ fn cluster(
 /// `cluster.node` when absent: the host name (in a StatefulSet, the pod's
 /// name, which the peer list names too).
 fn host_name() -> Result<String, SetupError> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_err(|e| invalid("cluster.node", format!("not set, and the host name is unreadable: {e}")))?;
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| {
+        invalid(
+            "cluster.node",
+            format!("not set, and the host name is unreadable: {e}"),
+        )
+    })?;
     let name = text.trim().to_ascii_lowercase();
     if !shardmq_core::config::valid_node_name(&name) {
         return Err(invalid(

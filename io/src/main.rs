@@ -148,9 +148,11 @@ fn run() -> Result<ExitCode> {
             .collect();
         info!(node = %c.me.name, internal = %c.bind, peers = ?peers, "cluster node");
         if c.tls.is_none() {
-            warn!("cluster: advanced.encryptInternalTraffic is Disabled: node links are PLAINTEXT \
+            warn!(
+                "cluster: advanced.encryptInternalTraffic is Disabled: node links are PLAINTEXT \
                    and UNAUTHENTICATED (any host that reaches the internal port can join); \
-                   for benchmarks and trusted networks only");
+                   for benchmarks and trusted networks only"
+            );
         }
     }
     let handle = shardmq_io::start(built.server).context("cannot start the server")?;

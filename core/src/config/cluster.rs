@@ -175,8 +175,10 @@ pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> O
         .node
         .as_deref()
         .and_then(|n| name(report, "cluster.node".to_owned(), n));
-    let bind = required(report, "cluster.address", raw.address.as_deref()).and_then(|text| {
-        match text.parse::<SocketAddr>() {
+    let bind =
+        required(report, "cluster.address", raw.address.as_deref()).and_then(|text| match text
+            .parse::<SocketAddr>(
+        ) {
             Ok(a) if port_ok(report, "cluster.address", a.port()) => Some(a),
             Ok(_) => None,
             Err(_) => {
@@ -186,8 +188,7 @@ pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> O
                 );
                 None
             }
-        }
-    });
+        });
     let mut peers: Vec<ClusterNode> = Vec::new();
     let raw_peers = raw.peers.as_deref().unwrap_or_default();
     if raw_peers.is_empty() {
@@ -204,7 +205,10 @@ pub(crate) fn cluster(raw: &RawCluster, encrypt: bool, report: &mut Report) -> O
         let Some(peer) = peer(report, &at, p) else {
             continue;
         };
-        if let Some(other) = peers.iter().find(|n| n.name == peer.name || n.id == peer.id) {
+        if let Some(other) = peers
+            .iter()
+            .find(|n| n.name == peer.name || n.id == peer.id)
+        {
             let why = if other.name == peer.name {
                 "names a node twice".to_owned()
             } else {
