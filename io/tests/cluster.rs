@@ -606,3 +606,89 @@ fn server_cert(name: &str) -> (String, String) {
         .unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// A share group with members on three nodes gets each message once, on
+/// one node at a time in turn (v5 §4.8.2), never once per node; a group
+/// whose members are all on one node gets every message there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscriptions_are_balanced_across_nodes() {
+    let cluster = Cluster::new(3, true);
+    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut members = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut m = n.client(&format!("worker-{i}")).await;
+        m.subscribe("$share/workers/jobs/#", q5(1)).await;
+        members.push(m);
+    }
+    let mut lone = nodes[2].client("auditor").await;
+    lone.subscribe("$share/audit/jobs/#", q5(1)).await;
+    let publisher = nodes[0].client("dispatcher").await;
+    // Until every member (and the lone group) got a probe: the share
+    // routes reached node 1.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let mut seen = [false; 4];
+    while !seen.iter().all(|s| *s) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "share routes never reached node 1: {seen:?}"
+        );
+        publisher.publish("jobs/probe", q5(0), false, b"p").await;
+        for (i, c) in members
+            .iter_mut()
+            .chain(std::iter::once(&mut lone))
+            .enumerate()
+        {
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_millis(20), c.rx.recv()).await
+            {
+                if matches!(ev, Ev::Publish { .. }) {
+                    seen[i] = true;
+                }
+            }
+        }
+    }
+    const N: usize = 300;
+    for m in numbered(N) {
+        publisher.publish("jobs/run", q5(1), false, &m).await;
+    }
+    // The lone group: all of them, in order.
+    assert_eq!(received(&mut lone, "jobs/run", N).await, numbered(N));
+    // The spread group: each exactly once, split between the nodes.
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut per_member = [0usize; 3];
+    while got.len() < N {
+        let mut progressed = false;
+        for (i, c) in members.iter_mut().enumerate() {
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_millis(50), c.rx.recv()).await
+            {
+                if let Ev::Publish { topic, payload, .. } = ev {
+                    if topic == "jobs/run" {
+                        got.push(payload);
+                        per_member[i] += 1;
+                        progressed = true;
+                    }
+                }
+            }
+        }
+        assert!(
+            progressed || got.len() >= N,
+            "stalled at {} of {N}: {per_member:?}",
+            got.len()
+        );
+    }
+    for c in &mut members {
+        c.expect_no_publish(Duration::from_millis(300)).await;
+    }
+    got.sort();
+    let mut want = numbered(N);
+    want.sort();
+    assert_eq!(got, want, "each message once across the group");
+    assert!(
+        per_member.iter().all(|n| *n >= N / 6),
+        "balanced across nodes: {per_member:?}"
+    );
+}

@@ -9,13 +9,14 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use hashbrown::HashMap;
-use smallvec::SmallVec;
 
 use bytestring::ByteString;
 
 use super::pending::Pending;
+use super::route::Shares;
 use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
+use crate::cluster::routes::share_route;
 use crate::cluster::{Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
 use crate::codec::{QoS, ReasonCode};
 use crate::session::{Message, SessionState, SharedMessage};
@@ -31,6 +32,8 @@ pub(super) struct Cluster {
     peers: HashMap<NodeId, PeerOut>,
     /// Client ids whose sessions ended, for the cluster's registry.
     released: Vec<ByteString>,
+    /// Round-robin position per share group across nodes.
+    share_rr: HashMap<ByteString, usize>,
     /// Messages owed to peers whose link is up and not yet handed to it,
     /// all peers together: publishers wait past `MESH_BACKLOG_MAX`, as for
     /// the shard mesh.
@@ -43,10 +46,23 @@ struct PeerOut {
     up: bool,
     /// The front `sent` of `owed` went over the current link.
     sent: usize,
-    /// In publish order; each with the publisher's request, when its
-    /// acknowledgement waits for the peer.
-    owed: VecDeque<(SharedMessage, Option<RequestId>)>,
+    /// In publish order; each with the share groups the peer serves for it
+    /// and the publisher's request, when its acknowledgement waits for the
+    /// peer.
+    owed: VecDeque<Owed>,
 }
+
+#[derive(Debug)]
+struct Owed {
+    message: SharedMessage,
+    groups: Vec<ByteString>,
+    request: Option<RequestId>,
+}
+
+/// A message for a peer: what to route there, and which share groups
+/// (`$share/{group}/{filter}`) it serves there; their other members, here or
+/// elsewhere, do not get it.
+pub type ForNode = (SharedMessage, Vec<ByteString>);
 
 /// Messages a link takes from `poll_cluster` at once.
 pub const CLUSTER_BATCH_MAX: usize = 256;
@@ -73,27 +89,42 @@ impl<S: Store> Shard<S> {
             remote: RemoteRoutes::new(),
             peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
             released: Vec::new(),
+            share_rr: HashMap::new(),
             unsent: 0,
         }));
     }
 
-    /// A subscription entered this shard's replica of the index.
-    pub(super) fn route_added(&mut self, filter: &TopicFilter) {
-        if let Some(c) = self.cluster.as_deref_mut() {
-            if !filter.as_str().starts_with('$') {
-                c.local.subscribed(filter);
+    /// A subscription entered this shard's replica of the index (`group`:
+    /// a shared one's share group).
+    pub(super) fn route_added(&mut self, filter: &TopicFilter, group: Option<&ByteString>) {
+        if let Some(route) = self.route_of(filter, group) {
+            if let Some(c) = self.cluster.as_deref_mut() {
+                c.local.subscribed(&route);
                 Self::signal_routes(c, &mut self.outputs);
             }
         }
     }
 
     /// A subscription left this shard's replica of the index.
-    pub(super) fn route_removed(&mut self, filter: &TopicFilter) {
-        if let Some(c) = self.cluster.as_deref_mut() {
-            if !filter.as_str().starts_with('$') {
-                c.local.unsubscribed(filter);
+    pub(super) fn route_removed(&mut self, filter: &TopicFilter, group: Option<&ByteString>) {
+        if let Some(route) = self.route_of(filter, group) {
+            if let Some(c) = self.cluster.as_deref_mut() {
+                c.local.unsubscribed(&route);
                 Self::signal_routes(c, &mut self.outputs);
             }
+        }
+    }
+
+    /// The node route of a subscription: its filter, or for a shared one
+    /// `$share/{group}/{filter}`. `None` outside a cluster and for `$`
+    /// filters, which stay on their node.
+    fn route_of(&self, filter: &TopicFilter, group: Option<&ByteString>) -> Option<TopicFilter> {
+        if self.cluster.is_none() || filter.as_str().starts_with('$') {
+            return None;
+        }
+        match group {
+            None => Some(filter.clone()),
+            Some(g) => share_route(g, filter),
         }
     }
 
@@ -173,7 +204,7 @@ impl<S: Store> Shard<S> {
     }
 
     /// The next messages for `node`'s link, in order (empty: nothing now).
-    pub fn poll_cluster(&mut self, node: NodeId) -> Vec<SharedMessage> {
+    pub fn poll_cluster(&mut self, node: NodeId) -> Vec<ForNode> {
         let Some(c) = self.cluster.as_deref_mut() else {
             return Vec::new();
         };
@@ -181,7 +212,11 @@ impl<S: Store> Shard<S> {
             return Vec::new();
         };
         let end = p.owed.len().min(p.sent + CLUSTER_BATCH_MAX);
-        let batch: Vec<SharedMessage> = p.owed.range(p.sent..end).map(|(m, _)| m.clone()).collect();
+        let batch: Vec<ForNode> = p
+            .owed
+            .range(p.sent..end)
+            .map(|o| (o.message.clone(), o.groups.clone()))
+            .collect();
         c.unsent -= end - p.sent;
         p.sent = end;
         batch
@@ -198,58 +233,115 @@ impl<S: Store> Shard<S> {
         };
         let n = count.min(p.sent);
         p.sent -= n;
-        let done: Vec<Option<RequestId>> = p.owed.drain(..n).map(|(_, r)| r).collect();
+        let done: Vec<Option<RequestId>> = p.owed.drain(..n).map(|o| o.request).collect();
         for request in done.into_iter().flatten() {
             self.publish_answer(request, ReasonCode::Success);
         }
     }
 
-    /// Messages a peer sent this shard to route to this node's subscribers.
-    /// They are not sent on to other nodes: every node links to every other.
-    pub fn handle_cluster_publish(&mut self, now: Instant, messages: Vec<Message>) {
-        for m in messages {
-            self.publish_from(now, std::sync::Arc::new(m), None, false);
+    /// Messages a peer sent this shard to route to this node's subscribers
+    /// (and the share groups it serves for each). They are not sent on to
+    /// other nodes: every node links to every other.
+    pub fn handle_cluster_publish(
+        &mut self,
+        now: Instant,
+        messages: Vec<(Message, Vec<ByteString>)>,
+    ) {
+        for (m, groups) in messages {
+            self.publish_from(now, std::sync::Arc::new(m), None, Shares::Only(&groups));
         }
+    }
+
+    /// Whether `message` from a client of this node may concern other
+    /// nodes: in a cluster, and not a `$` topic (those stay on their node).
+    pub(super) fn clusters(&self, message: &SharedMessage) -> bool {
+        self.cluster.is_some() && !message.topic.as_str().starts_with('$')
+    }
+
+    /// The share groups matching `topic` that another node serves this
+    /// time: for each group (its route, `$share/{group}/{filter}`) with
+    /// members on other nodes, one node among those and this one (when
+    /// `shared` has members here), round-robin; the groups served
+    /// elsewhere leave `shared`.
+    pub(super) fn share_across_nodes(
+        &mut self,
+        topic: &crate::topic::TopicName,
+        shared: &mut Vec<(super::SubKey, super::SubVal)>,
+    ) -> Vec<(NodeId, ByteString)> {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return Vec::new();
+        };
+        let mut forwards = Vec::new();
+        for (route, mut nodes) in c.remote.shared_for(topic) {
+            nodes.sort();
+            let here = shared.iter().any(|(_, v)| v.filter == route);
+            let choices = nodes.len() + usize::from(here);
+            let turn = c.share_rr.entry(route.clone()).or_insert(0);
+            let pick = *turn % choices;
+            *turn = turn.wrapping_add(1);
+            // This node is choice 0 when it has members.
+            if here && pick == 0 {
+                continue;
+            }
+            let node = nodes[pick - usize::from(here)];
+            shared.retain(|(_, v)| v.filter != route);
+            forwards.push((node, route));
+        }
+        forwards
     }
 
     /// The peers a message from this node goes to: those with a matching
     /// route (every linked peer for a retained message, which each node
-    /// stores). Empty outside a cluster and for `$` topics.
-    pub(super) fn cluster_targets(&self, message: &SharedMessage) -> SmallVec<[NodeId; 4]> {
+    /// stores), and those chosen to serve a share group.
+    fn cluster_targets(
+        &self,
+        message: &SharedMessage,
+        share_forwards: Vec<(NodeId, ByteString)>,
+    ) -> Vec<(NodeId, Vec<ByteString>)> {
         let Some(c) = self.cluster.as_deref() else {
-            return SmallVec::new();
+            return Vec::new();
         };
-        if message.topic.as_str().starts_with('$') {
-            return SmallVec::new();
-        }
-        if message.retain {
-            return c
-                .peers
+        let mut targets: Vec<(NodeId, Vec<ByteString>)> = if message.retain {
+            c.peers
                 .iter()
                 .filter(|(_, p)| p.up)
-                .map(|(n, _)| *n)
-                .collect();
+                .map(|(n, _)| (*n, Vec::new()))
+                .collect()
+        } else {
+            c.remote
+                .nodes_for(&message.topic)
+                .into_iter()
+                .map(|n| (n, Vec::new()))
+                .collect()
+        };
+        for (node, route) in share_forwards {
+            match targets.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, groups)) => groups.push(route),
+                None => targets.push((node, vec![route])),
+            }
         }
-        c.remote.nodes_for(&message.topic)
+        targets
     }
 
-    /// Queues `message` for each of `nodes`; with `request` (QoS 1/2, a
-    /// publisher waiting), each node's acknowledgement answers it once.
-    /// Returns how many answers will come.
+    /// Queues `message` for the peers it goes to; with `request` (QoS 1/2,
+    /// a publisher waiting), each peer's acknowledgement answers it once.
+    /// Returns how many answers will come, and whether any peer gets it.
     pub(super) fn forward_to_nodes(
         &mut self,
-        nodes: &[NodeId],
         message: &SharedMessage,
         request: Option<RequestId>,
-    ) -> usize {
+        share_forwards: Vec<(NodeId, ByteString)>,
+    ) -> (usize, bool) {
+        let targets = self.cluster_targets(message, share_forwards);
         let Some(c) = self.cluster.as_deref_mut() else {
-            return 0;
+            return (0, false);
         };
         let request = request.filter(|_| message.qos != QoS::AtMostOnce);
         let mut answers = 0;
         let mut wake = false;
-        for node in nodes {
-            let Some(p) = c.peers.get_mut(node) else {
+        let mut any = false;
+        for (node, groups) in targets {
+            let Some(p) = c.peers.get_mut(&node) else {
                 continue;
             };
             if !p.up {
@@ -258,14 +350,19 @@ impl<S: Store> Shard<S> {
                 continue;
             }
             wake |= p.owed.len() == p.sent;
-            p.owed.push_back((message.clone(), request));
+            p.owed.push_back(Owed {
+                message: message.clone(),
+                groups,
+                request,
+            });
             c.unsent += 1;
+            any = true;
             answers += usize::from(request.is_some());
         }
         if wake {
             self.outputs.push_back(Output::Cluster);
         }
-        answers
+        (answers, any)
     }
 
     /// The cluster's registry gave `client_id` to another node (a

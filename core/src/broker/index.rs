@@ -69,7 +69,7 @@ impl<S: Store> Shard<S> {
             .insert(&tf, key.clone(), val.clone())
             .is_none()
         {
-            self.route_added(&tf);
+            self.route_added(&tf, key.group.as_ref());
         }
         let op = Deferred::Add {
             filter: tf,
@@ -156,7 +156,7 @@ impl<S: Store> Shard<S> {
         let key = self.sub_key(session, filter);
         let tf = filter.topic_filter().clone();
         if self.index.trie.remove(&tf, &key).is_some() {
-            self.route_removed(&tf);
+            self.route_removed(&tf, key.group.as_ref());
         }
         let op = Deferred::Remove { filter: tf, key };
         if let Some(Deferred::Remove { filter, key }) = self.defer_index(session, op) {
@@ -174,14 +174,15 @@ impl<S: Store> Shard<S> {
 
     /// A peer's index delta.
     pub(super) fn apply_sub_add(&mut self, filter: &TopicFilter, key: SubKey, val: SubVal) {
+        let group = key.group.clone();
         if self.index.trie.insert(filter, key, val).is_none() {
-            self.route_added(filter);
+            self.route_added(filter, group.as_ref());
         }
     }
 
     pub(super) fn apply_sub_remove(&mut self, filter: &TopicFilter, key: &SubKey) {
         if self.index.trie.remove(filter, key).is_some() {
-            self.route_removed(filter);
+            self.route_removed(filter, key.group.as_ref());
         }
     }
 

@@ -147,10 +147,10 @@ impl<S: Store> Shard<S> {
             // A re-key: the node's routes change only if an entry was
             // missing on one side.
             if self.index.trie.remove(filter, &old).is_some() {
-                self.route_removed(filter);
+                self.route_removed(filter, group.as_ref());
             }
             if self.index.trie.insert(filter, new, val.clone()).is_none() {
-                self.route_added(filter);
+                self.route_added(filter, group.as_ref());
             }
         }
     }

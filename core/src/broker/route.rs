@@ -42,17 +42,17 @@ impl<S: Store> Shard<S> {
         message: SharedMessage,
         waiter: Option<(ConnId, PublishAck)>,
     ) {
-        self.publish_from(now, message, waiter, true);
+        self.publish_from(now, message, waiter, Shares::Decide);
     }
 
-    /// `publish_message`; `to_nodes` is false for a message another node
-    /// sent here, which goes no further.
+    /// `publish_message`; with `Shares::Only` (a message another node sent
+    /// here) it goes no further.
     pub(super) fn publish_from(
         &mut self,
         now: Instant,
         message: SharedMessage,
         waiter: Option<(ConnId, PublishAck)>,
-        to_nodes: bool,
+        shares: Shares<'_>,
     ) {
         self.stats.messages_in += 1;
         let retained_owner = message
@@ -63,13 +63,10 @@ impl<S: Store> Shard<S> {
         // owner's (once acknowledged, a new subscriber anywhere must see
         // it), and with persisted queues every target shard's.
         let persisting = self.persists_queues();
-        // Other nodes acknowledge what they routed (QoS 1/2).
-        let nodes = if to_nodes {
-            self.cluster_targets(&message)
-        } else {
-            smallvec::SmallVec::new()
-        };
-        let node_acks = !nodes.is_empty() && message.qos != crate::codec::QoS::AtMostOnce;
+        // In a cluster, other nodes may acknowledge what they routed (QoS
+        // 1/2): which ones is known once routed.
+        let clustered = matches!(shares, Shares::Decide) && self.clusters(&message);
+        let node_acks = clustered && message.qos != crate::codec::QoS::AtMostOnce;
         let request = waiter
             .filter(|_| remote_retain || persisting || node_acks)
             .map(|(conn, ack)| {
@@ -100,11 +97,20 @@ impl<S: Store> Shard<S> {
             None => {}
         }
         let deliver_request = request.filter(|_| persisting);
-        let routed = self.route(now, &message, deliver_request);
+        let shares = match shares {
+            Shares::Decide if !clustered => Shares::Local,
+            other => other,
+        };
+        let mut routed = self.route(now, &message, deliver_request, shares);
         local_durable = local_durable.max(routed.durable);
         waiting += routed.answers;
-        if !nodes.is_empty() {
-            waiting += self.forward_to_nodes(&nodes, &message, request);
+        if clustered {
+            let share_forwards = std::mem::take(&mut routed.share_forwards);
+            let (answers, any) = self.forward_to_nodes(&message, request, share_forwards);
+            waiting += answers;
+            if any && routed.reason == ReasonCode::NoMatchingSubscribers {
+                routed.reason = ReasonCode::Success;
+            }
         }
         let Some((conn, ack)) = waiter else {
             return;
@@ -153,6 +159,7 @@ impl<S: Store> Shard<S> {
         now: Instant,
         message: &SharedMessage,
         request: Option<RequestId>,
+        shares: Shares<'_>,
     ) -> Routed {
         let mut per_shard: Vec<Vec<(SessionId, Delivery)>> = vec![Vec::new(); self.config.shards];
         let mut shared: Vec<(SubKey, SubVal)> = Vec::new();
@@ -175,6 +182,16 @@ impl<S: Store> Shard<S> {
                     matched = true;
                 }
             });
+        // A share group with members on several nodes gets the message on
+        // one of them (v5 §4.8.2).
+        let share_forwards = match shares {
+            Shares::Local => Vec::new(),
+            Shares::Only(groups) => {
+                shared.retain(|(_, v)| groups.contains(&v.filter));
+                Vec::new()
+            }
+            Shares::Decide => self.share_across_nodes(&message.topic, &mut shared),
+        };
         if !shared.is_empty() {
             self.pick_shared(&mut shared, &mut per_shard);
             matched = true;
@@ -184,6 +201,7 @@ impl<S: Store> Shard<S> {
             reason: ReasonCode::Success,
             durable: None,
             answers: 0,
+            share_forwards,
         };
         // QoS 0 is never persisted: no answer to wait for.
         let request = request.filter(|_| message.qos != crate::codec::QoS::AtMostOnce);
@@ -437,6 +455,21 @@ struct Routed {
     durable: Option<u64>,
     /// Other shards that will answer `PublishDone`.
     answers: usize,
+    /// Share groups another node serves for this message: (node, route).
+    share_forwards: Vec<(crate::cluster::NodeId, bytestring::ByteString)>,
+}
+
+/// How a routing treats shared subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Shares<'a> {
+    /// One node: pick among this node's members.
+    Local,
+    /// A message from this node in a cluster: each group's node is chosen
+    /// among the nodes with members, and the others are told.
+    Decide,
+    /// A message another node sent: only these groups (their routes) are
+    /// served here.
+    Only(&'a [bytestring::ByteString]),
 }
 
 fn dropped_of(state: Option<&SessionState>) -> u64 {

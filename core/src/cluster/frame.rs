@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
 
 use super::routes::{Incarnation, NodeId, RouteMsg, RouteOp};
 use crate::buffer::{record, RecordError};
@@ -16,7 +17,7 @@ use crate::session::Message;
 use crate::topic::TopicFilter;
 
 /// The link protocol's version, checked in `Hello`.
-pub const LINK_VERSION: u16 = 1;
+pub const LINK_VERSION: u16 = 2;
 const HEADER_LEN: usize = 4;
 
 const KIND_HELLO: u8 = 1;
@@ -40,8 +41,10 @@ pub enum Frame {
         incarnation: Incarnation,
     },
     Route(RouteMsg),
-    /// Messages for the receiver to match against its own subscriptions.
-    Publish(Vec<Message>),
+    /// Messages for the receiver to match against its own subscriptions,
+    /// each with the share groups (`$share/{group}/{filter}`) it serves
+    /// there; the receiver's other groups do not get it.
+    Publish(Vec<(Message, Vec<ByteString>)>),
     /// The receiver of `Publish` frames routed this many of the link's
     /// messages so far (cumulative, from the link's start).
     Ack(u64),
@@ -80,7 +83,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
         Frame::Route(msg) => encode_route(msg, out)?,
         Frame::Publish(messages) => {
             out.truncate(start);
-            return encode_publish(messages.iter(), out, now);
+            return encode_publish(messages.iter().map(|(m, g)| (m, g.as_slice())), out, now);
         }
         Frame::Ack(count) => {
             out.push(KIND_ACK);
@@ -93,14 +96,20 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
 /// Appends a `Publish` frame of `messages` without building a `Frame`
 /// (a link sends the shared messages it is given, no copy).
 pub fn encode_publish<'a>(
-    messages: impl Iterator<Item = &'a Message>,
+    messages: impl Iterator<Item = (&'a Message, &'a [ByteString])>,
     out: &mut Vec<u8>,
     now: Instant,
 ) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(KIND_PUBLISH);
-    for m in messages {
+    for (m, groups) in messages {
+        let n = u16::try_from(groups.len())
+            .map_err(|_| FrameError::Malformed("too many share groups"))?;
+        out.extend_from_slice(&n.to_le_bytes());
+        for g in groups {
+            put_str(out, g)?;
+        }
         record::encode(out, 0, m, now)?;
     }
     finish(out, start)
@@ -175,7 +184,11 @@ fn count(n: usize) -> Result<u32, FrameError> {
 }
 
 fn put_filter(out: &mut Vec<u8>, f: &TopicFilter) -> Result<(), FrameError> {
-    let s = f.as_str().as_bytes();
+    put_str(out, f.as_str())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), FrameError> {
+    let s = s.as_bytes();
     let len = u16::try_from(s.len()).map_err(|_| FrameError::Filter)?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(s);
@@ -272,8 +285,16 @@ fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
     let mut messages = Vec::new();
     let mut at = 1;
     while at < body.len() {
+        let mut r = Reader(&body[at..]);
+        let n = r.u16()?;
+        let mut groups = Vec::new();
+        for _ in 0..n {
+            // Each a share route: a valid filter, kept as its text.
+            groups.push(ByteString::from(r.filter()?.as_str()));
+        }
+        at = body.len() - r.0.len();
         let (len, owner) = record::header(&body[at..])?;
-        messages.push(record::decode_in(body, at..at + len, owner, now)?);
+        messages.push((record::decode_in(body, at..at + len, owner, now)?, groups));
         at += len;
     }
     Ok(Frame::Publish(messages))
@@ -384,7 +405,10 @@ mod tests {
                 hash: 0xdead_beef,
             }),
             Frame::Route(RouteMsg::SnapshotRequest { from: NodeId(1) }),
-            Frame::Publish(vec![message.clone(), message]),
+            Frame::Publish(vec![
+                (message.clone(), Vec::new()),
+                (message, vec![ByteString::from("$share/g/plant/+/temp")]),
+            ]),
             Frame::Ack(1 << 40),
         ]
     }

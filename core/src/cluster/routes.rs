@@ -6,6 +6,7 @@
 //! withdraws a dead node's routes, fenced by incarnation. None of it goes
 //! through consensus: only a route's owner knows it. Sans-io.
 
+use bytestring::ByteString;
 use hashbrown::{HashMap, HashSet};
 use smallvec::SmallVec;
 
@@ -182,6 +183,25 @@ struct PeerView {
 pub struct RemoteRoutes {
     peers: HashMap<NodeId, PeerView>,
     index: SubscriptionTrie<NodeId, ()>,
+    /// Shared subscriptions (`$share/{group}/{filter}` routes), by their
+    /// filter: which nodes have members of which group.
+    shared: SubscriptionTrie<(NodeId, ByteString), ByteString>,
+}
+
+/// A route for the members of a share group on a node: the group and the
+/// filter (`$share/{group}/{filter}`, MQTT 5.0 §4.8.2).
+pub fn share_route(group: &str, filter: &TopicFilter) -> Option<TopicFilter> {
+    TopicFilter::try_from(format!("{SHARE_PREFIX}{group}/{}", filter.as_str()).as_str()).ok()
+}
+
+const SHARE_PREFIX: &str = "$share/";
+
+/// The group and filter of a share route.
+fn split_share(route: &TopicFilter) -> Option<(ByteString, TopicFilter)> {
+    let rest = route.as_str().strip_prefix(SHARE_PREFIX)?;
+    let (group, filter) = rest.split_once('/')?;
+    let filter = TopicFilter::try_from(filter).ok()?;
+    Some((ByteString::from(group), filter))
 }
 
 impl RemoteRoutes {
@@ -319,7 +339,15 @@ impl RemoteRoutes {
         };
         if view.filters.insert(filter.clone()) {
             view.hash = view.hash.wrapping_add(filter_hash(&filter));
-            self.index.insert(&filter, from, ());
+            match split_share(&filter) {
+                Some((group, inner)) => {
+                    let route = ByteString::from(filter.as_str());
+                    self.shared.insert(&inner, (from, group), route);
+                }
+                None => {
+                    self.index.insert(&filter, from, ());
+                }
+            }
         }
     }
 
@@ -329,8 +357,33 @@ impl RemoteRoutes {
         };
         if view.filters.remove(filter) {
             view.hash = view.hash.wrapping_sub(filter_hash(filter));
-            self.index.remove(filter, &from);
+            match split_share(filter) {
+                Some((group, inner)) => {
+                    self.shared.remove(&inner, &(from, group));
+                }
+                None => {
+                    self.index.remove(filter, &from);
+                }
+            }
         }
+    }
+
+    /// For each share group with members on other nodes whose filter
+    /// matches `topic`: the group's route (`$share/{group}/{filter}`) and
+    /// those nodes.
+    pub fn shared_for(&self, topic: &TopicName) -> Vec<(ByteString, SmallVec<[NodeId; 4]>)> {
+        let mut out: Vec<(ByteString, SmallVec<[NodeId; 4]>)> = Vec::new();
+        self.shared.for_each_match(topic, |(node, _), route| {
+            match out.iter_mut().find(|(r, _)| r == route) {
+                Some((_, nodes)) => {
+                    if !nodes.contains(node) {
+                        nodes.push(*node);
+                    }
+                }
+                None => out.push((route.clone(), smallvec::smallvec![*node])),
+            }
+        });
+        out
     }
 
     /// `node` died in `incarnation` (the membership says so): its routes go

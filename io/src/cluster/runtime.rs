@@ -365,7 +365,8 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            frame::encode_publish(batch.iter().map(|m| &**m), writer.buf(), Instant::now())?;
+            let entries = batch.iter().map(|(m, g)| (&**m, g.as_slice()));
+            frame::encode_publish(entries, writer.buf(), Instant::now())?;
             writer.flush().await?;
         }
     };
