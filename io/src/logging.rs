@@ -30,7 +30,14 @@ pub fn filter_text(config_filter: &str, rust_log: Option<String>) -> Result<Stri
 /// Installs the global subscriber (also for `log` records, which is how
 /// rustls logs).
 pub fn init(filter: &str) -> Result<(), String> {
-    let env = tracing_subscriber::EnvFilter::try_new(filter)
+    // openraft narrates every election and RPC at info; an operator wants
+    // its warnings (docs/CLUSTER.md), unless the filter names it.
+    let filter = if filter.contains("openraft") {
+        filter.to_owned()
+    } else {
+        format!("{filter},openraft=warn")
+    };
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
         .map_err(|e| format!("diagnostics.logs.level: {e}"))?;
     // Colour only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -692,3 +692,207 @@ async fn shared_subscriptions_are_balanced_across_nodes() {
         "balanced across nodes: {per_member:?}"
     );
 }
+
+/// Three nodes in three network namespaces on a bridge; node 3's link to
+/// the bridge is cut and restored. The minority side refuses new CONNECTs
+/// (a client inside its namespace gets CONNACK code 3) while the majority
+/// goes on and takes node 3's client id; after the heal node 3 ends that
+/// session, accepts CONNECTs again and exchanges messages, with no restart.
+/// Needs root (CI runs as root); skipped, saying so, where namespaces
+/// cannot be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_splits_no_client_id_and_heals_without_restarts() {
+    if !common::has_mosquitto_clients() {
+        return;
+    }
+    let Some(net) = Netns::make(3) else {
+        eprintln!("skipped: cannot make network namespaces (needs root and `ip`)");
+        return;
+    };
+    let dir = temp_file("netns", "").parent().unwrap().to_owned();
+    make_ca(&dir.join("ca"));
+    let peers: Vec<serde_json::Value> = (1..=3)
+        .map(|j| serde_json::json!({"node": format!("node{j}"), "address": format!("{}:7883", net.ip(j))}))
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let config = serde_json::json!({
+            "listeners": [{"name": "mqtt", "ports": [{"port": 1883, "bindAddress": "0.0.0.0"}]}],
+            "cardinality": {"frontend": {"workers": 2}},
+            "stateDir": dir.join(format!("state{i}")),
+            "cluster": {
+                "node": format!("node{i}"), "address": format!("{}:7883", net.ip(i)), "peers": peers,
+                "caCertFile": dir.join("ca/ca.crt"), "caKeyFile": dir.join("ca/ca.key"),
+            },
+        });
+        let path = dir.join(format!("node{i}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.ns(i), BIN, "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info");
+        let (proc, ports, log) = spawn_logged(cmd, 1);
+        nodes.push(Node {
+            host: net.ip(i),
+            port: ports[0],
+            log,
+            _proc: proc,
+        });
+    }
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    // A client inside node 3's namespace holds "plc-9" there.
+    // (mosquitto_sub reconnects by itself: killed at the end, `Proc`.)
+    let _held = Proc(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns(3),
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-i",
+                "plc-9",
+                "-t",
+                "x",
+                "-q",
+                "1",
+                "-c",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    nodes[2].log.wait_for(&["plc-9"]);
+
+    net.cut(3);
+    nodes[0].log.wait_for(&["node link lost", "node3"]);
+    // The minority side: no new CONNECT (v3.1.1 code 3, Server unavailable).
+    let pub3 = |id: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns(3),
+                "mosquitto_pub",
+                "-h",
+                "127.0.0.1",
+                "-i",
+                id,
+                "-t",
+                "y",
+                "-m",
+                "z",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = pub3("newcomer");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("unavailable"),
+        "{out:?}"
+    );
+    // The majority side takes node 3's client id.
+    let _moved = nodes[0].client("plc-9").await;
+
+    net.heal(3);
+    nodes[2]
+        .log
+        .wait_for(&["connected to another node", "plc-9"]);
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !pub3("newcomer").status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 never accepted again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut sub = nodes[2].client("sub-3").await;
+    sub.subscribe("healed/#", q5(1)).await;
+    let publisher = nodes[0].client("pub-1").await;
+    until_routed(&publisher, &mut sub, "healed/probe").await;
+}
+
+/// Network namespaces on a bridge, removed on drop.
+struct Netns {
+    tag: String,
+    n: usize,
+}
+
+impl Netns {
+    fn sh(args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn make(n: usize) -> Option<Netns> {
+        let tag = format!("smq{}", std::process::id() % 100_000);
+        let net = Netns { tag, n };
+        let br = net.bridge();
+        if !Self::sh(&["link", "add", &br, "type", "bridge"]) {
+            return None;
+        }
+        let ok = Self::sh(&["link", "set", &br, "up"])
+            && (1..=n).all(|i| {
+                let (ns, a, b) = (net.ns(i), net.veth(i, 'a'), net.veth(i, 'b'));
+                let addr = format!("{}/24", net.ip(i));
+                Self::sh(&["netns", "add", &ns])
+                    && Self::sh(&["link", "add", &a, "type", "veth", "peer", "name", &b])
+                    && Self::sh(&["link", "set", &a, "master", &br, "up"])
+                    && Self::sh(&["link", "set", &b, "netns", &ns])
+                    && Self::sh(&["-n", &ns, "addr", "add", &addr, "dev", &b])
+                    && Self::sh(&["-n", &ns, "link", "set", &b, "up"])
+                    && Self::sh(&["-n", &ns, "link", "set", "lo", "up"])
+            })
+            && Self::sh(&["addr", "add", "10.213.77.254/24", "dev", &br]);
+        ok.then_some(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+
+    fn veth(&self, i: usize, side: char) -> String {
+        format!("{}v{i}{side}", self.tag)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("10.213.77.{i}")
+    }
+
+    /// Node `i` off the bridge: a partition.
+    fn cut(&self, i: usize) {
+        assert!(Self::sh(&["link", "set", &self.veth(i, 'a'), "down"]));
+    }
+
+    fn heal(&self, i: usize) {
+        assert!(Self::sh(&["link", "set", &self.veth(i, 'a'), "up"]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for i in 1..=self.n {
+            Self::sh(&["link", "del", &self.veth(i, 'a')]);
+            Self::sh(&["netns", "del", &self.ns(i)]);
+        }
+        Self::sh(&["link", "del", &self.bridge()]);
+    }
+}

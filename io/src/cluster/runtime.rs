@@ -27,6 +27,12 @@ use crate::driver::Driver;
 /// The first wait before dialling a peer again; it doubles up to the max.
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// An idle link sends something this often (an empty `Publish` one way,
+/// the last `Ack` the other)...
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// ...and one that hears nothing for this long is dead: a cut cable or a
+/// partition sends no FIN, and TCP alone would notice after minutes.
+const SILENCE_MAX: Duration = Duration::from_secs(4);
 
 /// What every shard of a node needs to run its links.
 #[derive(Debug)]
@@ -207,7 +213,10 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     let read = async {
         let mut routed = 0u64;
         loop {
-            if let Frame::Publish(messages) = reader.recv().await? {
+            let frame = within(SILENCE_MAX, reader.recv())
+                .await
+                .ok_or(LinkError::Timeout(SILENCE_MAX))??;
+            if let Frame::Publish(messages) = frame {
                 // A slow shard mesh pushes back on the peer, as on clients.
                 while !driver.peek(|s| s.mesh_has_room()) {
                     let _ = driver.wait_for_mesh().recv().await;
@@ -229,15 +238,19 @@ async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     out: &Outbox,
     wake: &LocalReceiver<()>,
 ) -> Result<(), LinkError> {
+    let mut last_ack = 0;
     loop {
         let frames: Vec<Frame> = out.frames.borrow_mut().drain(..).collect();
-        let ack = out.ack.take();
+        let mut ack = out.ack.take();
         if frames.is_empty() && ack.is_none() {
-            if wake.recv().await.is_none() {
-                return Err(LinkError::Closed);
+            match within(KEEPALIVE, wake.recv()).await {
+                Some(None) => return Err(LinkError::Closed),
+                Some(Some(())) => continue,
+                // Idle: the last acknowledgement again, as a keepalive.
+                None => ack = Some(last_ack),
             }
-            continue;
         }
+        last_ack = ack.unwrap_or(last_ack);
         let now = Instant::now();
         for f in frames.iter().chain(ack.map(Frame::Ack).as_ref()) {
             frame::encode(f, writer.buf(), now)?;
@@ -294,6 +307,16 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
     }
 }
 
+/// `work`'s output, or `None` once `limit` passed.
+async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) -> Option<T> {
+    async { Some(work.await) }
+        .or(async {
+            glommio::timer::sleep(limit).await;
+            None
+        })
+        .await
+}
+
 /// The peer's address now (a DNS name may move, e.g. a restarted pod), off
 /// the shard: the resolver blocks.
 async fn resolve(peer: &ClusterNode) -> std::io::Result<Vec<SocketAddr>> {
@@ -344,7 +367,10 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let read = async {
         let mut acked = 0u64;
         loop {
-            match reader.recv().await? {
+            let frame = within(SILENCE_MAX, reader.recv())
+                .await
+                .ok_or(LinkError::Timeout(SILENCE_MAX))??;
+            match frame {
                 Frame::Route(msg) => driver.with(|s| s.handle_cluster_routes(node, msg)),
                 Frame::Ack(n) if n > acked => {
                     let count = usize::try_from(n - acked).unwrap_or(usize::MAX);
@@ -360,8 +386,14 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
             let batch = driver.with(|s| s.poll_cluster(node));
             driver.mesh_drained();
             if batch.is_empty() {
-                if wake.recv().await.is_none() {
-                    return Err(LinkError::Closed);
+                match within(KEEPALIVE, wake.recv()).await {
+                    Some(None) => return Err(LinkError::Closed),
+                    Some(Some(())) => {}
+                    // Idle: an empty batch, as a keepalive.
+                    None => {
+                        frame::encode_publish(std::iter::empty(), writer.buf(), Instant::now())?;
+                        writer.flush().await?;
+                    }
                 }
                 continue;
             }

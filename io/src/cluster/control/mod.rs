@@ -29,8 +29,11 @@ use super::runtime::ClusterSetup;
 
 /// How long a CONNECT waits for its claim to commit before it is refused
 /// with Server unavailable (a node cut off from the majority).
-pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_millis(50);
+/// How long a write forwarded to the leader may take before it is tried
+/// again (through whichever leader there is by then).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// Why a claim did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,11 +261,16 @@ async fn commit(
         if let Some(leader) = leader.filter(|l| *l != dialer.me) {
             if let Some(addr) = addrs.get(&leader) {
                 let rpc = Rpc::Write(cmd.clone());
-                if let Ok(RpcReply::Write(Ok(reply))) =
-                    dialer.call(&mut conn, leader, addr, &rpc).await
+                // A leader that stopped answering (paused, cut off) must not
+                // take the whole wait: the others elect another meanwhile.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let call = dialer.call(&mut conn, leader, addr, &rpc);
+                if let Ok(Ok(RpcReply::Write(Ok(reply)))) =
+                    tokio::time::timeout(left.min(FORWARD_TIMEOUT), call).await
                 {
                     return Some(reply);
                 }
+                conn = None;
             }
         }
         tokio::time::sleep(RETRY).await;
