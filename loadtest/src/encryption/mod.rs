@@ -54,8 +54,9 @@ pub const WORKLOADS: [Workload; 7] = [
     },
     Workload::Pending {
         name: "cross-node",
-        waits_for: "the cluster issue (several broker nodes): encryptInternalTraffic also \
-                    puts mutual TLS on traffic between nodes",
+        waits_for: "two broker nodes, which this command (one broker per run) does not \
+                    start yet: loadtest/scripts/cross-node.sh measures encryptInternalTraffic \
+                    across nodes (docs/PERFORMANCE.md, \"Across nodes\")",
     },
 ];
 
