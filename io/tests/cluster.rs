@@ -282,7 +282,11 @@ async fn links_are_plaintext_and_say_so_when_internal_encryption_is_disabled() {
         n.wait_linked(1);
         n.log.wait_for(&["PLAINTEXT"]);
     }
-    let mut sub = nodes[1].client("sub").await;
+    let mut sub = Client::connect_to(&nodes[1].host, nodes[1].port, "sub", |o| {
+        o.set_max_packet_size(Some(8 << 20));
+    })
+    .await
+    .0;
     sub.subscribe("a/#", q5(1)).await;
     let publisher = nodes[0].client("pub").await;
     until_routed(&publisher, &mut sub, "a/probe").await;
@@ -290,6 +294,10 @@ async fn links_are_plaintext_and_say_so_when_internal_encryption_is_disabled() {
         publisher.publish("a/b", q5(1), false, &m).await;
     }
     assert_eq!(received(&mut sub, "a/b", 50).await, numbered(50));
+    // A message past a frame's usual payload (1 MiB) crosses whole.
+    let big = vec![7u8; 3 << 20];
+    publisher.publish("a/big", q5(1), false, &big).await;
+    assert_eq!(received(&mut sub, "a/big", 1).await, vec![big]);
 }
 
 /// A CONNECT the broker refuses: the CONNACK's reason as rumqttc prints it.
@@ -894,5 +902,57 @@ impl Drop for Netns {
             Self::sh(&["netns", "del", &self.ns(i)]);
         }
         Self::sh(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// A node that was down gets, when it links, what the others retained
+/// meanwhile; a topic it retains itself keeps its own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_comes_back_gets_the_retained_messages_it_missed() {
+    let cluster = Cluster::new(3, true);
+    let mut nodes: Vec<Node> = (1..=2).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(1);
+    }
+    let publisher = nodes[0].client("pub-1").await;
+    for i in 0..20 {
+        publisher
+            .publish(
+                &format!("site/cfg/{i}"),
+                q5(1),
+                true,
+                format!("v{i}").as_bytes(),
+            )
+            .await;
+    }
+    let _ = publisher
+        .client
+        .publish("site/flush", q5(1), false, vec![1])
+        .await;
+    let node3 = cluster.start(3);
+    node3.wait_linked(2);
+    nodes.push(node3);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let mut late = nodes[2].client("late-3").await;
+        late.client.subscribe("site/cfg/#", q5(1)).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(300), late.rx.recv()).await
+        {
+            if let Ev::Publish { topic, retain, .. } = ev {
+                assert!(retain, "{topic}");
+                got.push(topic);
+            }
+        }
+        late.disconnect().await;
+        if got.len() == 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 has {} of 20 retained",
+            got.len()
+        );
     }
 }

@@ -252,6 +252,40 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// The retained messages this shard owns, for a peer whose link from
+    /// this shard just came up: a node that was down or joined late gets
+    /// what was retained meanwhile (`$` topics stay on their node).
+    pub fn cluster_retained_sync(&self) -> Vec<SharedMessage> {
+        match TopicFilter::try_from("#") {
+            Ok(all) if self.cluster.is_some() => self.retained_matches(&all),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A peer's retained messages (its sync): each is stored, by its owner
+    /// shard, where the topic has none. Not delivered: they are not news.
+    /// A topic retained on both sides keeps this node's message.
+    pub fn handle_cluster_retained(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            let message = std::sync::Arc::new(m);
+            let owner = self.owner_of(message.topic.as_str());
+            if owner == self.id {
+                self.sync_retained(message);
+            } else {
+                self.post(owner, MeshMsg::RetainSync { message });
+            }
+        }
+    }
+
+    pub(super) fn sync_retained(&mut self, message: SharedMessage) {
+        if message.retain
+            && !message.payload.is_empty()
+            && self.retained.get(&message.topic).is_none()
+        {
+            let _ = self.apply_retained(message);
+        }
+    }
+
     /// Whether `message` from a client of this node may concern other
     /// nodes: in a cluster, and not a `$` topic (those stay on their node).
     pub(super) fn clusters(&self, message: &SharedMessage) -> bool {

@@ -73,6 +73,12 @@ pub enum MeshMsg {
         message: SharedMessage,
         request: Option<RequestId>,
     },
+    /// To the retained owner of the topic: another node's retained message,
+    /// from the sync when a link comes up; stored only if the topic has
+    /// none here.
+    RetainSync {
+        message: SharedMessage,
+    },
     /// To the client id's registry owner: a persisted session's state now
     /// (`None`: it ended). Written only while `session` holds the id. With
     /// a request, the owner answers `SessionWritten` once it is durable.

@@ -537,6 +537,7 @@ impl<S: Store> Shard<S> {
             MeshMsg::RetainSet { message, request } => {
                 self.retain_set_arrived(from, message, request)
             }
+            MeshMsg::RetainSync { message } => self.sync_retained(message),
             MeshMsg::PublishDone { request, reason } => self.publish_answer(request, reason),
             MeshMsg::RetainedQuery { filter, request } => {
                 let messages = self.retained_matches(&filter);

@@ -27,6 +27,7 @@ const KIND_DIGEST: u8 = 4;
 const KIND_SNAPSHOT_REQUEST: u8 = 5;
 const KIND_PUBLISH: u8 = 6;
 const KIND_ACK: u8 = 7;
+const KIND_RETAINED: u8 = 8;
 
 const OP_ADD: u8 = 1;
 const OP_REMOVE: u8 = 2;
@@ -45,6 +46,9 @@ pub enum Frame {
     /// each with the share groups (`$share/{group}/{filter}`) it serves
     /// there; the receiver's other groups do not get it.
     Publish(Vec<(Message, Vec<ByteString>)>),
+    /// Retained messages the sender stores, for the receiver to store where
+    /// it has none (the sync when a link comes up); not delivered.
+    Retained(Vec<Message>),
     /// The receiver of `Publish` frames routed this many of the link's
     /// messages so far (cumulative, from the link's start).
     Ack(u64),
@@ -84,6 +88,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
         Frame::Publish(messages) => {
             out.truncate(start);
             return encode_publish(messages.iter().map(|(m, g)| (m, g.as_slice())), out, now);
+        }
+        Frame::Retained(messages) => {
+            out.push(KIND_RETAINED);
+            for m in messages {
+                record::encode(out, 0, m, now)?;
+            }
         }
         Frame::Ack(count) => {
             out.push(KIND_ACK);
@@ -273,6 +283,16 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
         }),
         KIND_PUBLISH => return decode_publish(&body, now),
         KIND_ACK => Frame::Ack(r.u64()?),
+        KIND_RETAINED => {
+            let mut messages = Vec::new();
+            let mut at = 1;
+            while at < body.len() {
+                let (len, owner) = record::header(&body[at..])?;
+                messages.push(record::decode_in(&body, at..at + len, owner, now)?);
+                at += len;
+            }
+            return Ok(Frame::Retained(messages));
+        }
         kind => return Err(FrameError::UnknownKind(kind)),
     };
     if !r.0.is_empty() {
@@ -379,6 +399,11 @@ mod tests {
             expires_at: Some(now + std::time::Duration::from_secs(30)),
             origin: "sensor-1".into(),
         };
+        let retained = Message {
+            retain: true,
+            expires_at: None,
+            ..message.clone()
+        };
         let (node, incarnation) = (NodeId(2), Incarnation(7));
         vec![
             Frame::Hello {
@@ -410,6 +435,7 @@ mod tests {
                 (message, vec![ByteString::from("$share/g/plant/+/temp")]),
             ]),
             Frame::Ack(1 << 40),
+            Frame::Retained(vec![retained]),
         ]
     }
 

@@ -18,9 +18,10 @@ use shardmq_core::cluster::{Incarnation, NodeId};
 
 /// How long a peer may take to finish the handshake and its `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest frame a peer may send: a batch of messages up to the
-/// broker's packet size limit fits many times.
-pub const FRAME_MAX: usize = 16 << 20;
+/// The largest frame a peer may send: a frame carries about 1 MiB of
+/// payload, or one message of any size MQTT allows (256 MiB) with room for
+/// its topic and properties. Peers are authenticated nodes.
+pub const FRAME_MAX: usize = (256 << 20) + (1 << 20);
 const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]

@@ -216,6 +216,10 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
             let frame = within(SILENCE_MAX, reader.recv())
                 .await
                 .ok_or(LinkError::Timeout(SILENCE_MAX))??;
+            if let Frame::Retained(messages) = frame {
+                driver.with(|s| s.handle_cluster_retained(messages));
+                continue;
+            }
             if let Frame::Publish(messages) = frame {
                 // A slow shard mesh pushes back on the peer, as on clients.
                 while !driver.peek(|s| s.mesh_has_room()) {
@@ -307,6 +311,27 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
     }
 }
 
+/// Payload bytes a frame carries before the next one starts (one message
+/// at least, whatever its size: `link::FRAME_MAX` admits the largest).
+const FRAME_PAYLOAD: usize = 1 << 20;
+
+/// `items` cut into runs of about `FRAME_PAYLOAD` payload bytes.
+fn by_bytes<T>(items: &[T], bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        if i > start && sum + bytes(item) > FRAME_PAYLOAD {
+            out.push(&items[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += bytes(item);
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
 /// `work`'s output, or `None` once `limit` passed.
 async fn within<T>(limit: Duration, work: impl std::future::Future<Output = T>) -> Option<T> {
     async { Some(work.await) }
@@ -362,6 +387,13 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let node = peer.id;
     let (mut reader, mut writer) = link.split();
     let wake = driver.cluster_wakeup();
+    // What this shard retains, for a peer that was down or is new.
+    let retained = driver.peek(|s| s.cluster_retained_sync());
+    for chunk in by_bytes(&retained, |m| m.payload.len()) {
+        let frame = Frame::Retained(chunk.iter().map(|m| (**m).clone()).collect());
+        frame::encode(&frame, writer.buf(), Instant::now()).map_err(LinkError::from)?;
+        writer.flush().await?;
+    }
     driver.with(|s| s.cluster_link_up(node));
     info!(shard = driver.id.index(), peer = %peer.name, "cluster: node link out");
     let read = async {
@@ -397,8 +429,10 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            let entries = batch.iter().map(|(m, g)| (&**m, g.as_slice()));
-            frame::encode_publish(entries, writer.buf(), Instant::now())?;
+            for chunk in by_bytes(&batch, |(m, _)| m.payload.len()) {
+                let entries = chunk.iter().map(|(m, g)| (&**m, g.as_slice()));
+                frame::encode_publish(entries, writer.buf(), Instant::now())?;
+            }
             writer.flush().await?;
         }
     };
