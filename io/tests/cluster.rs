@@ -956,3 +956,40 @@ async fn a_node_that_comes_back_gets_the_retained_messages_it_missed() {
         );
     }
 }
+
+/// Node 2 stops answering for 6 s (SIGSTOP): its links from node 1 go
+/// silent and close, while node 1 keeps its routes (the link grace) and
+/// keeps what is published for it. Once node 2 runs again the links come
+/// back and its subscriber gets every message, in order: a link that
+/// breaks while both nodes live loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_a_link_is_down_arrive_when_it_returns() {
+    let cluster = Cluster::new(3, true);
+    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
+    for n in &nodes {
+        n.wait_linked(2);
+    }
+    let mut sub = nodes[1].client("sub-2").await;
+    sub.subscribe("f/#", q5(1)).await;
+    let publisher = nodes[0].client("pub-1").await;
+    until_routed(&publisher, &mut sub, "f/probe").await;
+    let pid = nodes[1]._proc.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    for m in numbered(50) {
+        publisher.publish("f/x", q5(1), false, &m).await;
+    }
+    // Node 1's links to node 2 time out meanwhile.
+    nodes[0].log.wait_for(&["node link lost", "node2"]);
+    for m in numbered(100).split_off(50) {
+        publisher.publish("f/x", q5(1), false, &m).await;
+    }
+    signal("-CONT");
+    assert_eq!(received(&mut sub, "f/x", 100).await, numbered(100));
+}

@@ -6,7 +6,7 @@
 //! link if one breaks first. Topics starting with `$` stay on their node.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
@@ -40,10 +40,27 @@ pub(super) struct Cluster {
     unsent: usize,
 }
 
+/// How long a peer whose link broke keeps its routes: messages for it are
+/// kept for the next link meanwhile, so a link that comes back (a flap, a
+/// restart of the peer) loses nothing.
+pub const LINK_GRACE: Duration = Duration::from_secs(10);
+/// Payload bytes kept for a peer whose link is down; past it, its routes go
+/// at once and nothing more is kept for it.
+pub const OWED_DOWN_BYTES_MAX: u64 = 64 << 20;
+
 /// What this shard owes one peer node.
 #[derive(Debug, Default)]
 struct PeerOut {
     up: bool,
+    /// When the link broke (`None` while up, or before the first link).
+    down_since: Option<Instant>,
+    /// Its routes were withdrawn (grace over, or too much kept for it).
+    withdrawn: bool,
+    /// A new link is up and its first route message (a snapshot) replaces
+    /// the routes kept meanwhile.
+    fresh: bool,
+    /// Payload bytes of `owed`.
+    owed_bytes: u64,
     /// The front `sent` of `owed` went over the current link.
     sent: usize,
     /// In publish order; each with the share groups the peer serves for it
@@ -162,6 +179,13 @@ impl<S: Store> Shard<S> {
             return;
         }
         if let Some(c) = self.cluster.as_deref_mut() {
+            // The first message of a new link is a snapshot of another
+            // shard's stream: it replaces what was known, at once (no
+            // moment without routes).
+            if let Some(p) = c.peers.get_mut(&node).filter(|p| p.fresh) {
+                p.fresh = false;
+                c.remote.forget(node);
+            }
             // A link is in order and lossless while up, and each new one
             // starts from a snapshot: nothing to ask for.
             let _ = c.remote.apply(c.me, msg);
@@ -175,11 +199,16 @@ impl<S: Store> Shard<S> {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        c.remote.forget(node);
         let Some(p) = c.peers.get_mut(&node) else {
             return;
         };
+        if p.up {
+            return;
+        }
         p.up = true;
+        p.fresh = true;
+        p.down_since = None;
+        p.withdrawn = false;
         p.sent = 0;
         c.unsent += p.owed.len();
         if !p.owed.is_empty() {
@@ -187,19 +216,36 @@ impl<S: Store> Shard<S> {
         }
     }
 
-    /// The link to `node` broke: its routes are withdrawn until the next
-    /// link brings them again; what it owes waits for that link.
-    pub fn cluster_link_down(&mut self, node: NodeId) {
+    /// The link to `node` broke at `now`. Its routes stay for
+    /// `LINK_GRACE`, and what it is owed, or owed meanwhile, waits for the
+    /// next link: a publisher's acknowledgement waits with it.
+    pub fn cluster_link_down(&mut self, node: NodeId, now: Instant) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        c.remote.forget(node);
-        if let Some(p) = c.peers.get_mut(&node) {
-            if p.up {
-                c.unsent -= p.owed.len() - p.sent;
-            }
+        if let Some(p) = c.peers.get_mut(&node).filter(|p| p.up) {
+            c.unsent -= p.owed.len() - p.sent;
             p.up = false;
+            p.fresh = false;
             p.sent = 0;
+            p.down_since = Some(now);
+        }
+    }
+
+    /// Withdraws the routes of peers whose link has been down for
+    /// `LINK_GRACE` (from `handle_tick`): nothing new is kept for them.
+    pub(super) fn cluster_tick(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        for (node, p) in &mut c.peers {
+            let over = p
+                .down_since
+                .is_some_and(|at| now.saturating_duration_since(at) >= LINK_GRACE);
+            if over && !p.withdrawn {
+                p.withdrawn = true;
+                c.remote.forget(*node);
+            }
         }
     }
 
@@ -233,7 +279,11 @@ impl<S: Store> Shard<S> {
         };
         let n = count.min(p.sent);
         p.sent -= n;
-        let done: Vec<Option<RequestId>> = p.owed.drain(..n).map(|o| o.request).collect();
+        let mut done = Vec::with_capacity(n);
+        for o in p.owed.drain(..n) {
+            p.owed_bytes -= o.message.payload.len() as u64;
+            done.push(o.request);
+        }
         for request in done.into_iter().flatten() {
             self.publish_answer(request, ReasonCode::Success);
         }
@@ -307,8 +357,14 @@ impl<S: Store> Shard<S> {
         };
         let mut forwards = Vec::new();
         for (route, mut nodes) in c.remote.shared_for(topic) {
-            nodes.sort();
+            // Nodes whose link is down (within its grace) serve a group only
+            // when no other node can.
             let here = shared.iter().any(|(_, v)| v.filter == route);
+            let linked = |n: &NodeId| c.peers.get(n).is_some_and(|p| p.up);
+            if here || nodes.iter().any(linked) {
+                nodes.retain(|n| linked(n));
+            }
+            nodes.sort();
             let choices = nodes.len() + usize::from(here);
             let turn = c.share_rr.entry(route.clone()).or_insert(0);
             let pick = *turn % choices;
@@ -378,18 +434,27 @@ impl<S: Store> Shard<S> {
             let Some(p) = c.peers.get_mut(&node) else {
                 continue;
             };
+            let bytes = message.payload.len() as u64;
             if !p.up {
-                // Routes of a peer without a link were withdrawn; only a
-                // retained message could ask, and it goes to linked peers.
-                continue;
+                // Kept for the next link, within bounds; past them the
+                // peer's routes go.
+                if p.withdrawn || p.owed_bytes + bytes > OWED_DOWN_BYTES_MAX {
+                    if !p.withdrawn {
+                        p.withdrawn = true;
+                        c.remote.forget(node);
+                    }
+                    continue;
+                }
+            } else {
+                wake |= p.owed.len() == p.sent;
+                c.unsent += 1;
             }
-            wake |= p.owed.len() == p.sent;
+            p.owed_bytes += bytes;
             p.owed.push_back(Owed {
                 message: message.clone(),
                 groups,
                 request,
             });
-            c.unsent += 1;
             any = true;
             answers += usize::from(request.is_some());
         }

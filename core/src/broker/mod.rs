@@ -489,6 +489,7 @@ impl<S: Store> Shard<S> {
         self.expire_sessions(now);
         self.fire_wills(now);
         self.tick_selftest(now);
+        self.cluster_tick(now);
     }
 
     /// One message from a peer, in the order that peer sent them.

@@ -437,6 +437,6 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let result: Result<(), LinkError> = read.or(write).await;
-    driver.with(|s| s.cluster_link_down(node));
+    driver.with(|s| s.cluster_link_down(node, Instant::now()));
     result.map_err(|error| Ended { error, up: true })
 }
