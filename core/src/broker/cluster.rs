@@ -552,3 +552,151 @@ impl<S: Store> Shard<S> {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::buffer::{MemoryOnly, ShardBuffer};
+    use crate::limits::ClientLimits;
+    use crate::session::Message;
+    use crate::topic::TopicName;
+
+    const ME: NodeId = NodeId(1);
+    const PEER: NodeId = NodeId(2);
+
+    fn shard() -> Shard<MemoryOnly> {
+        let config = Arc::new(super::super::ShardConfig {
+            shards: 1,
+            instance: 1,
+            limits: Arc::new(ClientLimits::default()),
+            retained_max: 100,
+            retained_bytes_max: 1 << 20,
+            partial_bytes_max: 1 << 20,
+            selftest: None,
+            persistence: None,
+        });
+        let mut s = Shard::new(ShardId::new(0), config, ShardBuffer::new(None, 1 << 20, 0));
+        s.enable_cluster(ME, Incarnation(1), &[PEER]);
+        s
+    }
+
+    fn routes(filters: &[&str]) -> RouteMsg {
+        RouteMsg::Snapshot {
+            from: PEER,
+            incarnation: Incarnation(7),
+            seq: 0,
+            filters: filters
+                .iter()
+                .map(|f| TopicFilter::try_from(*f).unwrap_or_else(|_| unreachable!()))
+                .collect(),
+        }
+    }
+
+    fn publish(s: &mut Shard<MemoryOnly>, now: Instant, n: u8) {
+        let m = Message {
+            topic: TopicName::try_from("a/b").unwrap_or_else(|_| unreachable!()),
+            payload: bytes::Bytes::from(vec![n; 10]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: "p".into(),
+        };
+        s.publish_message(now, Arc::new(m), None);
+    }
+
+    fn payloads(batch: &[ForNode]) -> Vec<u8> {
+        batch.iter().map(|(m, _)| m.payload[0]).collect()
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn what_a_peer_is_owed_survives_a_broken_link_and_goes_again_in_order() {
+        let now = t0();
+        let mut s = shard();
+        s.cluster_link_up(PEER);
+        s.handle_cluster_routes(PEER, routes(&["a/#"]));
+        for n in 0..3 {
+            publish(&mut s, now, n);
+        }
+        assert_eq!(s.cluster_unsent(), 3);
+        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![0, 1, 2]);
+        assert_eq!(s.cluster_unsent(), 0);
+        // The peer routed the first two, then the link broke.
+        s.cluster_acked(PEER, 2);
+        s.cluster_link_down(PEER, now);
+        assert_eq!(s.cluster_unsent(), 0);
+        assert!(s.poll_cluster(PEER).is_empty());
+        // Within the grace, the routes stay and what matches is kept.
+        publish(&mut s, now, 3);
+        s.handle_tick(now + LINK_GRACE / 2);
+        publish(&mut s, now, 4);
+        assert_eq!(s.cluster_stats().owed, 3);
+        // The next link carries everything unacknowledged, in order.
+        s.cluster_link_up(PEER);
+        assert_eq!(s.cluster_unsent(), 3);
+        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![2, 3, 4]);
+        s.cluster_acked(PEER, 3);
+        assert_eq!(s.cluster_stats().owed, 0);
+        // A stale acknowledgement count is clamped.
+        s.cluster_acked(PEER, 5);
+        assert_eq!(s.cluster_unsent(), 0);
+    }
+
+    #[test]
+    fn a_peer_down_past_the_grace_loses_its_routes_and_keeps_what_it_was_owed() {
+        let now = t0();
+        let mut s = shard();
+        s.cluster_link_up(PEER);
+        s.handle_cluster_routes(PEER, routes(&["a/#"]));
+        publish(&mut s, now, 0);
+        s.cluster_link_down(PEER, now);
+        s.handle_tick(now + LINK_GRACE);
+        assert!(s.cluster_remote_routes(PEER).is_empty());
+        publish(&mut s, now, 1);
+        assert_eq!(s.cluster_stats().owed, 1);
+        // Back: the kept message goes, and the new link's snapshot brings
+        // the routes again.
+        s.cluster_link_up(PEER);
+        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![0]);
+        s.handle_cluster_routes(PEER, routes(&["a/#"]));
+        publish(&mut s, now, 2);
+        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![2]);
+    }
+
+    #[test]
+    fn routes_of_another_node_and_dollar_topics_are_refused() {
+        let now = t0();
+        let mut s = shard();
+        s.cluster_link_up(PEER);
+        // A peer speaks for itself only.
+        s.handle_cluster_routes(
+            PEER,
+            RouteMsg::Snapshot {
+                from: NodeId(3),
+                incarnation: Incarnation(1),
+                seq: 0,
+                filters: vec![TopicFilter::try_from("#").unwrap_or_else(|_| unreachable!())],
+            },
+        );
+        assert!(s.cluster_remote_routes(NodeId(3)).is_empty());
+        s.handle_cluster_routes(PEER, routes(&["#"]));
+        let m = Message {
+            topic: TopicName::try_from("$SYS/x").unwrap_or_else(|_| unreachable!()),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: "p".into(),
+        };
+        s.publish_message(now, Arc::new(m), None);
+        assert!(s.poll_cluster(PEER).is_empty());
+    }
+}
