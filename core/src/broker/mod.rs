@@ -446,6 +446,14 @@ impl<S: Store> Shard<S> {
         self.outbox_data + self.cluster_unsent() <= MESH_BACKLOG_MAX / 2
     }
 
+    /// Whether the mesh queues to other shards have room, links to other
+    /// nodes aside: what a node link's reader waits for (what it routes
+    /// never goes to another node, so waiting on links could deadlock two
+    /// nodes that wait on each other).
+    pub fn shard_mesh_has_room(&self) -> bool {
+        self.outbox_data <= MESH_BACKLOG_MAX / 2
+    }
+
     /// The earliest deadline of a connection or the shard (keep-alive,
     /// CONNECT timeout, session expiry, will delay, self-test), for a
     /// runtime that sleeps until then; `handle_tick` handles them all.

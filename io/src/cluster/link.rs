@@ -23,6 +23,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// its topic and properties. Peers are authenticated nodes.
 pub const FRAME_MAX: usize = (256 << 20) + (1 << 20);
 const READ_CHUNK: usize = 16 * 1024;
+/// A `Hello` is 15 bytes of body.
+const HELLO_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -175,7 +177,7 @@ impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Link<S> {
             incarnation,
         }])
         .await?;
-        match link.recv().await? {
+        match link.recv_hello().await? {
             Frame::Hello {
                 version,
                 node,
@@ -208,7 +210,13 @@ impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Link<S> {
 
     /// The next frame from the peer.
     pub async fn recv(&mut self) -> Result<Frame, LinkError> {
-        read_frame(&mut self.stream, &mut self.rbuf).await
+        read_frame(&mut self.stream, &mut self.rbuf, FRAME_MAX, None).await
+    }
+
+    /// The peer's `Hello`: small, so an unauthenticated (plaintext) peer
+    /// cannot make the node buffer a large frame before it says who it is.
+    async fn recv_hello(&mut self) -> Result<Frame, LinkError> {
+        read_frame(&mut self.stream, &mut self.rbuf, HELLO_MAX, None).await
     }
 
     /// The two directions apart, for a reader task and a writer task.
@@ -253,8 +261,10 @@ impl<S> std::fmt::Debug for LinkWriter<S> {
 }
 
 impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> LinkReader<S> {
-    pub async fn recv(&mut self) -> Result<Frame, LinkError> {
-        read_frame(&mut self.stream, &mut self.rbuf).await
+    /// The next frame; the link is dead when no byte came for `silence`
+    /// (a large frame may take longer, as long as it keeps coming).
+    pub async fn recv(&mut self, silence: Duration) -> Result<Frame, LinkError> {
+        read_frame(&mut self.stream, &mut self.rbuf, FRAME_MAX, Some(silence)).await
     }
 }
 
@@ -284,14 +294,29 @@ async fn write_out(
 async fn read_frame(
     stream: &mut (impl futures_lite::AsyncRead + Unpin),
     rbuf: &mut BytesMut,
+    max: usize,
+    silence: Option<Duration>,
 ) -> Result<Frame, LinkError> {
     loop {
-        if let Some(f) = frame::decode(rbuf, FRAME_MAX, Instant::now())? {
+        if let Some(f) = frame::decode(rbuf, max, Instant::now())? {
             return Ok(f);
         }
         let start = rbuf.len();
         rbuf.resize(start + READ_CHUNK, 0);
-        let n = stream.read(&mut rbuf[start..]).await?;
+        let read = stream.read(&mut rbuf[start..]);
+        let n = match silence {
+            None => read.await?,
+            Some(limit) => read
+                .or(async {
+                    glommio::timer::sleep(limit).await;
+                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::TimedOut => LinkError::Timeout(limit),
+                    _ => LinkError::Io(e),
+                })?,
+        };
         rbuf.truncate(start + n);
         if n == 0 {
             return Err(LinkError::Closed);

@@ -213,17 +213,17 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     let read = async {
         let mut routed = 0u64;
         loop {
-            let frame = within(SILENCE_MAX, reader.recv())
-                .await
-                .ok_or(LinkError::Timeout(SILENCE_MAX))??;
+            let frame = reader.recv(SILENCE_MAX).await?;
             if let Frame::Retained(messages) = frame {
                 driver.with(|s| s.handle_cluster_retained(messages));
                 continue;
             }
             if let Frame::Publish(messages) = frame {
                 // A slow shard mesh pushes back on the peer, as on clients.
-                while !driver.peek(|s| s.mesh_has_room()) {
-                    let _ = driver.wait_for_mesh().recv().await;
+                // Only the shard mesh: waiting on this shard's own links
+                // too could deadlock two nodes flooding each other.
+                while !driver.peek(|s| s.shard_mesh_has_room()) {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
                 routed += messages.len() as u64;
                 driver.with(|s| s.handle_cluster_publish(Instant::now(), messages));
@@ -399,9 +399,7 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let read = async {
         let mut acked = 0u64;
         loop {
-            let frame = within(SILENCE_MAX, reader.recv())
-                .await
-                .ok_or(LinkError::Timeout(SILENCE_MAX))??;
+            let frame = reader.recv(SILENCE_MAX).await?;
             match frame {
                 Frame::Route(msg) => driver.with(|s| s.handle_cluster_routes(node, msg)),
                 Frame::Ack(n) if n > acked => {

@@ -4,6 +4,8 @@
 //! events arrive on a channel. Waits are bounded so a bug fails, not hangs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

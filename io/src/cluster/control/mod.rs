@@ -55,6 +55,8 @@ pub struct Control {
     /// Per shard: ids another node took from this one, for the registry
     /// owner shard to end (`Shard::evict_client`).
     evictions: Arc<Vec<Mutex<Vec<String>>>>,
+    /// The registry as applied here.
+    registry: Arc<Mutex<store::Registry>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -92,7 +94,8 @@ impl Control {
         let bind = control_addr(setup.bind);
         let log = store::LogStore::open(dir)?;
         let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
-        let sm = store::StateMachine::open(dir, me, evict_tx);
+        let sm = store::StateMachine::open(dir, me, evict_tx)?;
+        let registry = sm.registry.clone();
         let evictions: Arc<Vec<Mutex<Vec<String>>>> =
             Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -175,6 +178,7 @@ impl Control {
             dialer,
             addrs: Arc::new(addrs),
             evictions,
+            registry,
         }))
     }
 
@@ -216,10 +220,20 @@ impl Control {
     /// The ids another node took from this one whose registry owner is
     /// `shard`, since the last call.
     pub fn take_evictions(&self, shard: usize) -> Vec<String> {
-        self.evictions
+        let ids = self
+            .evictions
             .get(shard)
             .and_then(|q| q.lock().ok().map(|mut q| std::mem::take(&mut *q)))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // An id this node claimed again since (or that a replay at start
+        // names) stays: only an id the registry gives to another node now
+        // ends its session here.
+        let Ok(registry) = self.registry.lock() else {
+            return ids;
+        };
+        ids.into_iter()
+            .filter(|id| registry.holders.get(id).is_some_and(|h| h.node != self.me))
+            .collect()
     }
 
     /// Runs `cmd` on the control thread and waits (from any runtime).
@@ -313,6 +327,7 @@ async fn serve_one(
     members: &[u64],
 ) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
+    let tls_on = tls.is_some();
     let (mut stream, cert_name): (Box<dyn Stream>, Option<String>) = match tls {
         None => (Box::new(tcp), None),
         Some(tls) => {
@@ -326,14 +341,23 @@ async fn serve_one(
             (Box::new(s), name)
         }
     };
-    let Rpc::Hello(id) = read_frame::<Rpc>(&mut *stream).await? else {
+    // A small, prompt Hello: nothing large is read from a peer not yet known.
+    let hello = tokio::time::timeout(
+        super::link::HANDSHAKE_TIMEOUT,
+        net::read_frame_max::<Rpc>(&mut *stream, 64),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("no Hello in time"))??;
+    let Rpc::Hello(id) = hello else {
         return Err(std::io::Error::other("no Hello"));
     };
     if !members.contains(&id) {
         return Err(std::io::Error::other(format!("unknown node id {id}")));
     }
-    // With TLS the certificate's name must derive the id it claims.
-    if let Some(name) = cert_name {
+    // With TLS the certificate's name must derive the id it claims; a
+    // certificate naming no node is refused.
+    if tls_on {
+        let name = cert_name.ok_or_else(|| std::io::Error::other("certificate names no node"))?;
         if u64::from(shardmq_core::config::node_id(&name).0) != id {
             return Err(std::io::Error::other(format!(
                 "certificate of {name:?} claims node id {id}"
@@ -346,6 +370,10 @@ async fn serve_one(
             Rpc::Append(r) => RpcReply::Append(raft.append_entries(r).await),
             Rpc::Vote(r) => RpcReply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => RpcReply::Snapshot(raft.install_snapshot(r).await),
+            // A node writes for itself only.
+            Rpc::Write(cmd) if cmd.node() != id => {
+                RpcReply::Write(Err("a node claims and releases for itself only".to_owned()))
+            }
             Rpc::Write(cmd) => RpcReply::Write(
                 raft.client_write(cmd)
                     .await

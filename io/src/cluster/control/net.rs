@@ -68,12 +68,20 @@ pub async fn write_frame<T: Serialize>(
 pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     s: &mut (impl Stream + ?Sized),
 ) -> std::io::Result<T> {
+    read_frame_max(s, FRAME_MAX).await
+}
+
+/// `read_frame` with a smaller limit (a `Hello` before the peer is known).
+pub async fn read_frame_max<T: for<'de> Deserialize<'de>>(
+    s: &mut (impl Stream + ?Sized),
+    max: usize,
+) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > FRAME_MAX {
+    if len > max {
         return Err(std::io::Error::other(format!(
-            "control frame of {len} bytes over the limit of {FRAME_MAX}"
+            "control frame of {len} bytes over the limit of {max}"
         )));
     }
     let mut body = vec![0u8; len];

@@ -305,18 +305,22 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(dir: &Path, me: u32, evictions: Evictions) -> StateMachine {
+    /// The registry as of its snapshot file, if any. A snapshot that
+    /// cannot be read is an error: the log before it is gone.
+    pub fn open(dir: &Path, me: u32, evictions: Evictions) -> std::io::Result<StateMachine> {
         let snapshot_path = dir.join("registry.snapshot");
-        let registry = std::fs::read(&snapshot_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Registry>(&b).ok())
-            .unwrap_or_default();
-        StateMachine {
+        let registry = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => serde_json::from_slice::<Registry>(&bytes)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", snapshot_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(StateMachine {
             registry: Arc::new(Mutex::new(registry)),
             me,
             evictions,
             snapshot_path,
-        }
+        })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Registry>, SErr> {

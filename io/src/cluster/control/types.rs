@@ -21,6 +21,15 @@ pub enum Command {
     Release { client_id: String, node: u32 },
 }
 
+impl Command {
+    /// The node the command is for.
+    pub fn node(&self) -> u64 {
+        match self {
+            Command::Claim { node, .. } | Command::Release { node, .. } => u64::from(*node),
+        }
+    }
+}
+
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
