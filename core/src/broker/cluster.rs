@@ -61,6 +61,8 @@ struct PeerOut {
     fresh: bool,
     /// Payload bytes of `owed`.
     owed_bytes: u64,
+    /// The next message's `seq` (from 1).
+    next_seq: u64,
     /// The front `sent` of `owed` went over the current link.
     sent: usize,
     /// In publish order; each with the share groups the peer serves for it
@@ -71,6 +73,9 @@ struct PeerOut {
 
 #[derive(Debug)]
 struct Owed {
+    /// Its number in this shard's stream to the peer (consecutive), by
+    /// which the peer drops what an earlier link already carried.
+    seq: u64,
     message: SharedMessage,
     groups: Vec<ByteString>,
     request: Option<RequestId>,
@@ -250,14 +255,17 @@ impl<S: Store> Shard<S> {
     }
 
     /// The next messages for `node`'s link, in order (empty: nothing now).
-    pub fn poll_cluster(&mut self, node: NodeId) -> Vec<ForNode> {
+    /// The `seq` of the first is returned with them: the messages of a
+    /// batch are consecutive in this shard's stream to `node`.
+    pub fn poll_cluster(&mut self, node: NodeId) -> (u64, Vec<ForNode>) {
         let Some(c) = self.cluster.as_deref_mut() else {
-            return Vec::new();
+            return (0, Vec::new());
         };
         let Some(p) = c.peers.get_mut(&node).filter(|p| p.up) else {
-            return Vec::new();
+            return (0, Vec::new());
         };
         let end = p.owed.len().min(p.sent + CLUSTER_BATCH_MAX);
+        let first = p.owed.get(p.sent).map_or(0, |o| o.seq);
         let batch: Vec<ForNode> = p
             .owed
             .range(p.sent..end)
@@ -265,7 +273,7 @@ impl<S: Store> Shard<S> {
             .collect();
         c.unsent -= end - p.sent;
         p.sent = end;
-        batch
+        (first, batch)
     }
 
     /// `node` routed the first `count` messages its current link carried.
@@ -450,11 +458,14 @@ impl<S: Store> Shard<S> {
                 c.unsent += 1;
             }
             p.owed_bytes += bytes;
+            p.next_seq = p.next_seq.max(1);
             p.owed.push_back(Owed {
+                seq: p.next_seq,
                 message: message.clone(),
                 groups,
                 request,
             });
+            p.next_seq += 1;
             any = true;
             answers += usize::from(request.is_some());
         }
@@ -626,13 +637,13 @@ mod tests {
             publish(&mut s, now, n);
         }
         assert_eq!(s.cluster_unsent(), 3);
-        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![0, 1, 2]);
+        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![0, 1, 2]);
         assert_eq!(s.cluster_unsent(), 0);
         // The peer routed the first two, then the link broke.
         s.cluster_acked(PEER, 2);
         s.cluster_link_down(PEER, now);
         assert_eq!(s.cluster_unsent(), 0);
-        assert!(s.poll_cluster(PEER).is_empty());
+        assert!(s.poll_cluster(PEER).1.is_empty());
         // Within the grace, the routes stay and what matches is kept.
         publish(&mut s, now, 3);
         s.handle_tick(now + LINK_GRACE / 2);
@@ -641,7 +652,7 @@ mod tests {
         // The next link carries everything unacknowledged, in order.
         s.cluster_link_up(PEER);
         assert_eq!(s.cluster_unsent(), 3);
-        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![2, 3, 4]);
+        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![2, 3, 4]);
         s.cluster_acked(PEER, 3);
         assert_eq!(s.cluster_stats().owed, 0);
         // A stale acknowledgement count is clamped.
@@ -664,10 +675,10 @@ mod tests {
         // Back: the kept message goes, and the new link's snapshot brings
         // the routes again.
         s.cluster_link_up(PEER);
-        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![0]);
+        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![0]);
         s.handle_cluster_routes(PEER, routes(&["a/#"]));
         publish(&mut s, now, 2);
-        assert_eq!(payloads(&s.poll_cluster(PEER)), vec![2]);
+        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![2]);
     }
 
     #[test]
@@ -697,6 +708,6 @@ mod tests {
             origin: "p".into(),
         };
         s.publish_message(now, Arc::new(m), None);
-        assert!(s.poll_cluster(PEER).is_empty());
+        assert!(s.poll_cluster(PEER).1.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use crate::session::Message;
 use crate::topic::TopicFilter;
 
 /// The link protocol's version, checked in `Hello`.
-pub const LINK_VERSION: u16 = 2;
+pub const LINK_VERSION: u16 = 3;
 const HEADER_LEN: usize = 4;
 
 const KIND_HELLO: u8 = 1;
@@ -45,7 +45,14 @@ pub enum Frame {
     /// Messages for the receiver to match against its own subscriptions,
     /// each with the share groups (`$share/{group}/{filter}`) it serves
     /// there; the receiver's other groups do not get it.
-    Publish(Vec<(Message, Vec<ByteString>)>),
+    Publish {
+        /// The sending shard's stream to the receiver, and the number of
+        /// the first message in it (the others follow, consecutive): a
+        /// receiver drops what an earlier link already carried.
+        stream: u16,
+        first_seq: u64,
+        messages: Vec<(Message, Vec<ByteString>)>,
+    },
     /// Retained messages the sender stores, for the receiver to store where
     /// it has none (the sync when a link comes up); not delivered.
     Retained(Vec<Message>),
@@ -85,9 +92,14 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
             out.extend_from_slice(&incarnation.0.to_le_bytes());
         }
         Frame::Route(msg) => encode_route(msg, out)?,
-        Frame::Publish(messages) => {
+        Frame::Publish {
+            stream,
+            first_seq,
+            messages,
+        } => {
             out.truncate(start);
-            return encode_publish(messages.iter().map(|(m, g)| (m, g.as_slice())), out, now);
+            let entries = messages.iter().map(|(m, g)| (m, g.as_slice()));
+            return encode_publish(*stream, *first_seq, entries, out, now);
         }
         Frame::Retained(messages) => {
             out.push(KIND_RETAINED);
@@ -106,6 +118,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
 /// Appends a `Publish` frame of `messages` without building a `Frame`
 /// (a link sends the shared messages it is given, no copy).
 pub fn encode_publish<'a>(
+    stream: u16,
+    first_seq: u64,
     messages: impl Iterator<Item = (&'a Message, &'a [ByteString])>,
     out: &mut Vec<u8>,
     now: Instant,
@@ -113,6 +127,8 @@ pub fn encode_publish<'a>(
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(KIND_PUBLISH);
+    out.extend_from_slice(&stream.to_le_bytes());
+    out.extend_from_slice(&first_seq.to_le_bytes());
     for (m, groups) in messages {
         let n = u16::try_from(groups.len())
             .map_err(|_| FrameError::Malformed("too many share groups"))?;
@@ -302,8 +318,11 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
 }
 
 fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
+    let mut head = Reader(&body[1..]);
+    let stream = head.u16()?;
+    let first_seq = head.u64()?;
     let mut messages = Vec::new();
-    let mut at = 1;
+    let mut at = 1 + 2 + 8;
     while at < body.len() {
         let mut r = Reader(&body[at..]);
         let n = r.u16()?;
@@ -317,7 +336,11 @@ fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
         messages.push((record::decode_in(body, at..at + len, owner, now)?, groups));
         at += len;
     }
-    Ok(Frame::Publish(messages))
+    Ok(Frame::Publish {
+        stream,
+        first_seq,
+        messages,
+    })
 }
 
 /// Reads little-endian fields off a frame body; every read checks length.
@@ -430,10 +453,14 @@ mod tests {
                 hash: 0xdead_beef,
             }),
             Frame::Route(RouteMsg::SnapshotRequest { from: NodeId(1) }),
-            Frame::Publish(vec![
-                (message.clone(), Vec::new()),
-                (message, vec![ByteString::from("$share/g/plant/+/temp")]),
-            ]),
+            Frame::Publish {
+                stream: 3,
+                first_seq: 41,
+                messages: vec![
+                    (message.clone(), Vec::new()),
+                    (message, vec![ByteString::from("$share/g/plant/+/temp")]),
+                ],
+            },
             Frame::Ack(1 << 40),
             Frame::Retained(vec![retained]),
         ]

@@ -49,6 +49,55 @@ pub struct ClusterSetup {
     pub tls: Option<NodeTls>,
     /// Where the control plane keeps its Raft state.
     pub dir: std::path::PathBuf,
+    /// What each peer's streams have had routed here, across links.
+    pub streams: Streams,
+}
+
+/// Per stream (peer node, its life, its shard): the highest message number
+/// routed on this node. A link that breaks is followed by one that carries
+/// again what the peer had no acknowledgement for; what an earlier link
+/// already routed is dropped here, so a QoS 2 message is not delivered twice.
+/// Shared by the node's shards (a new link may land on another shard).
+#[derive(Debug, Default)]
+pub struct Streams(std::sync::Mutex<std::collections::HashMap<(NodeId, Incarnation, u16), u64>>);
+
+impl Streams {
+    /// Routes (with `route`) the messages of a frame numbered from
+    /// `first_seq` that this node has not routed yet, and records them.
+    pub fn route<T>(
+        &self,
+        key: (NodeId, Incarnation, u16),
+        first_seq: u64,
+        messages: &mut Vec<T>,
+        route: impl FnOnce(Vec<T>),
+    ) {
+        // Held while routing: another shard may be routing the same stream
+        // from the link before (rare, brief).
+        let Ok(mut seen) = self.0.lock() else {
+            return route(std::mem::take(messages));
+        };
+        // A frame of an earlier life of the peer is stale; a new life
+        // starts its streams again.
+        if seen.keys().any(|(n, inc, _)| *n == key.0 && *inc > key.1) {
+            messages.clear();
+            return;
+        }
+        seen.retain(|(n, inc, _), _| *n != key.0 || *inc >= key.1);
+        let done = seen.get(&key).copied().unwrap_or(0);
+        let skip = usize::try_from(done.saturating_add(1).saturating_sub(first_seq))
+            .unwrap_or(usize::MAX)
+            .min(messages.len());
+        let last = first_seq
+            .saturating_add(messages.len() as u64)
+            .saturating_sub(1);
+        if messages.len() > skip {
+            seen.insert(key, last.max(done));
+        }
+        let fresh = messages.split_off(skip);
+        if !fresh.is_empty() {
+            route(fresh);
+        }
+    }
 }
 
 /// Mutual TLS under the cluster's CA, both ends (`shardmq_auth::node_tls`).
@@ -195,6 +244,7 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     inbound: &RefCell<Vec<Rc<Outbox>>>,
 ) -> Result<(), LinkError> {
     let node = check_peer(link.peer(), setup, None)?;
+    let peer = link.peer().clone();
     let (mut reader, mut writer) = link.split();
     let (notify, wake) = local_channel::new_bounded(1);
     let out = Rc::new(Outbox {
@@ -218,7 +268,12 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
                 driver.with(|s| s.handle_cluster_retained(messages));
                 continue;
             }
-            if let Frame::Publish(messages) = frame {
+            if let Frame::Publish {
+                stream,
+                first_seq,
+                mut messages,
+            } = frame
+            {
                 // A slow shard mesh pushes back on the peer, as on clients.
                 // Only the shard mesh: waiting on this shard's own links
                 // too could deadlock two nodes flooding each other.
@@ -226,7 +281,10 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
                 routed += messages.len() as u64;
-                driver.with(|s| s.handle_cluster_publish(Instant::now(), messages));
+                let key = (peer.node, peer.incarnation, stream);
+                setup.streams.route(key, first_seq, &mut messages, |fresh| {
+                    driver.with(|s| s.handle_cluster_publish(Instant::now(), fresh));
+                });
                 out.ack(routed);
             }
         }
@@ -387,6 +445,7 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let node = peer.id;
     let (mut reader, mut writer) = link.split();
     let wake = driver.cluster_wakeup();
+    let stream = u16::try_from(driver.id.index()).unwrap_or(u16::MAX);
     // What this shard retains, for a peer that was down or is new.
     let retained = driver.peek(|s| s.cluster_retained_sync());
     for chunk in by_bytes(&retained, |m| m.payload.len()) {
@@ -413,7 +472,7 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let write = async {
         loop {
-            let batch = driver.with(|s| s.poll_cluster(node));
+            let (first, batch) = driver.with(|s| s.poll_cluster(node));
             driver.mesh_drained();
             if batch.is_empty() {
                 match within(KEEPALIVE, wake.recv()).await {
@@ -421,15 +480,18 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Some(())) => {}
                     // Idle: an empty batch, as a keepalive.
                     None => {
-                        frame::encode_publish(std::iter::empty(), writer.buf(), Instant::now())?;
+                        let none = std::iter::empty();
+                        frame::encode_publish(stream, 0, none, writer.buf(), Instant::now())?;
                         writer.flush().await?;
                     }
                 }
                 continue;
             }
+            let mut seq = first;
             for chunk in by_bytes(&batch, |(m, _)| m.payload.len()) {
                 let entries = chunk.iter().map(|(m, g)| (&**m, g.as_slice()));
-                frame::encode_publish(entries, writer.buf(), Instant::now())?;
+                frame::encode_publish(stream, seq, entries, writer.buf(), Instant::now())?;
+                seq += chunk.len() as u64;
             }
             writer.flush().await?;
         }
@@ -437,4 +499,37 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let result: Result<(), LinkError> = read.or(write).await;
     driver.with(|s| s.cluster_link_down(node, Instant::now()));
     result.map_err(|error| Ended { error, up: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(s: &Streams, key: (NodeId, Incarnation, u16), first: u64, n: u64) -> Vec<u64> {
+        let mut msgs: Vec<u64> = (0..n).map(|i| first.wrapping_add(i)).collect();
+        let mut out = Vec::new();
+        s.route(key, first, &mut msgs, |fresh| out = fresh);
+        out
+    }
+
+    #[test]
+    fn a_stream_routes_each_number_once_across_links_and_lives() {
+        let s = Streams::default();
+        let k = (NodeId(2), Incarnation(5), 0);
+        assert_eq!(routed(&s, k, 1, 3), vec![1, 2, 3]);
+        // The next link carries 2..=6 again: 2 and 3 were routed.
+        assert_eq!(routed(&s, k, 2, 5), vec![4, 5, 6]);
+        // The old link's late frame changes nothing.
+        assert_eq!(routed(&s, k, 3, 2), Vec::<u64>::new());
+        // Another shard's stream, and a new life of the peer, start afresh.
+        assert_eq!(routed(&s, (NodeId(2), Incarnation(5), 1), 1, 2), vec![1, 2]);
+        // A hostile number cannot overflow.
+        assert_eq!(routed(&s, k, u64::MAX, 1), vec![u64::MAX]);
+        assert_eq!(routed(&s, (NodeId(2), Incarnation(6), 0), 1, 1), vec![1]);
+        // The earlier life's frames are stale now.
+        assert_eq!(
+            routed(&s, (NodeId(2), Incarnation(5), 3), 1, 1),
+            Vec::<u64>::new()
+        );
+    }
 }
