@@ -480,6 +480,19 @@ impl CertManager {
             }
         };
         let issued = ca.issue(&sans, &key, spec.cert.duration, now)?;
+        let mut manager = CertManager::issued(ca, sans, spec.cert.clone(), key, &issued)?;
+        manager.key_file = key_file;
+        Ok(manager)
+    }
+
+    /// A manager of `issued` (just issued for `key`), listener kind.
+    fn issued(
+        ca: Arc<InternalCa>,
+        sans: SubjectAltNames,
+        policy: CertPolicy,
+        key: KeyPair,
+        issued: &Issued,
+    ) -> Result<CertManager, CaError> {
         let cert = Arc::new(ReloadableCert::from_pem(
             &issued.chain_pem,
             &issued.key_pem,
@@ -487,9 +500,9 @@ impl CertManager {
         Ok(CertManager {
             ca,
             sans,
-            policy: spec.cert.clone(),
+            policy,
             key,
-            key_file,
+            key_file: None,
             not_after: issued.not_after,
             cert,
             node: false,
@@ -510,21 +523,10 @@ impl CertManager {
         check_supported(policy.private_key.algorithm)?;
         let key = generate_key(policy.private_key.algorithm)?;
         let issued = ca.issue_node(&sans, &key, policy.duration, now)?;
-        let cert = Arc::new(ReloadableCert::from_pem(
-            &issued.chain_pem,
-            &issued.key_pem,
-        )?);
-        Ok(CertManager {
-            ca,
-            sans,
-            policy: policy.clone(),
-            key,
-            key_file: None,
-            not_after: issued.not_after,
-            cert,
-            node: true,
-            jitter: renewal_jitter(policy.renew_before),
-        })
+        let mut manager = CertManager::issued(ca, sans, policy.clone(), key, &issued)?;
+        manager.node = true;
+        manager.jitter = renewal_jitter(policy.renew_before);
+        Ok(manager)
     }
 
     /// The listener's certificate, for [`crate::tls::server_config`].

@@ -18,10 +18,7 @@ use common::{q5, temp_file, Client, Ev, BIN};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_are_one_topic_space_over_mutual_tls() {
     let cluster = Cluster::new(3, true);
-    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let nodes = cluster.start_all();
     let mut sub2 = nodes[1].client("sub-2").await;
     sub2.subscribe("plant/#", q5(1)).await;
     let mut sub3 = nodes[2].client("sub-3").await;
@@ -244,10 +241,7 @@ fn the_kubernetes_manifest_config_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_are_balanced_across_nodes() {
     let cluster = Cluster::new(3, true);
-    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let nodes = cluster.start_all();
     let mut members = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let mut m = n.client(&format!("worker-{i}")).await;

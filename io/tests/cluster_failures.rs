@@ -37,10 +37,7 @@ async fn a_node_under_another_cluster_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_lives_on_one_node_and_moves_with_its_client() {
     let cluster = Cluster::new(3, true);
-    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let nodes = cluster.start_all();
     let mut first = nodes[0].client("device-7").await;
     first.subscribe("cmd/device-7", q5(1)).await;
     // The same client id on node 2: node 1's connection is taken over
@@ -58,10 +55,7 @@ async fn a_client_id_lives_on_one_node_and_moves_with_its_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_majority_refuses_new_connects_but_serves_its_clients() {
     let cluster = Cluster::new(3, true);
-    let mut nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let mut nodes = cluster.start_all();
     let mut sub = nodes[0].client("sub-1").await;
     sub.subscribe("local/#", q5(1)).await;
     let publisher = nodes[0].client("pub-1").await;
@@ -105,10 +99,7 @@ async fn a_node_without_a_majority_refuses_new_connects_but_serves_its_clients()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_withdrawn_and_comes_back_after_a_restart() {
     let cluster = Cluster::new(3, true);
-    let mut nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let mut nodes = cluster.start_all();
     let mut sub2 = nodes[1].client("sub-2").await;
     sub2.subscribe("t/#", q5(1)).await;
     let mut sub3 = nodes[2].client("sub-3").await;
@@ -146,19 +137,9 @@ async fn a_killed_node_is_withdrawn_and_comes_back_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_loses_its_client_id_and_learns_it_when_it_resumes() {
     let cluster = Cluster::new(3, true);
-    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let nodes = cluster.start_all();
     let mut first = nodes[0].client("meter-3").await;
-    let pid = nodes[0]._proc.0.id().to_string();
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
+    let signal = |sig: &str| nodes[0].signal(sig);
     signal("-STOP");
     // Nodes 2 and 3 are a majority: the id moves to node 2.
     let _second = nodes[1].client("meter-3").await;
@@ -305,22 +286,12 @@ async fn a_partition_splits_no_client_id_and_heals_without_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_a_link_is_down_arrive_when_it_returns() {
     let cluster = Cluster::new(3, true);
-    let nodes: Vec<Node> = (1..=3).map(|i| cluster.start(i)).collect();
-    for n in &nodes {
-        n.wait_linked(2);
-    }
+    let nodes = cluster.start_all();
     let mut sub = nodes[1].client("sub-2").await;
     sub.subscribe("f/#", q5(1)).await;
     let publisher = nodes[0].client("pub-1").await;
     until_routed(&publisher, &mut sub, "f/probe").await;
-    let pid = nodes[1]._proc.0.id().to_string();
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
+    let signal = |sig: &str| nodes[1].signal(sig);
     signal("-STOP");
     for m in numbered(50) {
         publisher.publish("f/x", q5(1), false, &m).await;

@@ -93,6 +93,16 @@ impl Cluster {
         path
     }
 
+    /// Starts every node and waits until each linked to all others.
+    pub fn start_all(&self) -> Vec<Node> {
+        let n = self.internal.len();
+        let nodes: Vec<Node> = (1..=n).map(|i| self.start(i)).collect();
+        for node in &nodes {
+            node.wait_linked(n - 1);
+        }
+        nodes
+    }
+
     /// Starts node `i`; returns it with its client port and log.
     pub fn start(&self, i: usize) -> Node {
         self.start_with_ca(i, &self.dir.join("ca"))
@@ -139,6 +149,16 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends the node's process `sig` (`-STOP`, `-CONT`).
+    pub fn signal(&self, sig: &str) {
+        let pid = self._proc.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 
     pub fn links_out(&self) -> usize {
