@@ -86,6 +86,9 @@ struct Owed {
 /// elsewhere, do not get it.
 pub type ForNode = (SharedMessage, Vec<ByteString>);
 
+/// Share groups whose round-robin position a shard keeps.
+const SHARE_RR_MAX: usize = 10_000;
+
 /// Messages a link takes from `poll_cluster` at once.
 pub const CLUSTER_BATCH_MAX: usize = 256;
 
@@ -374,6 +377,11 @@ impl<S: Store> Shard<S> {
             }
             nodes.sort();
             let choices = nodes.len() + usize::from(here);
+            // Positions of groups long gone are not kept for ever: past
+            // the bound they all start again (balance resumes at once).
+            if c.share_rr.len() >= SHARE_RR_MAX && !c.share_rr.contains_key(&route) {
+                c.share_rr.clear();
+            }
             let turn = c.share_rr.entry(route.clone()).or_insert(0);
             let pick = *turn % choices;
             *turn = turn.wrapping_add(1);
