@@ -30,8 +30,11 @@ pub(super) struct Cluster {
     routes_signalled: bool,
     remote: RemoteRoutes,
     peers: HashMap<NodeId, PeerOut>,
-    /// Client ids whose sessions ended, for the cluster's registry.
-    released: Vec<ByteString>,
+    /// Client ids whose sessions ended, with their claims, for the
+    /// cluster's registry.
+    released: Vec<(ByteString, u64)>,
+    /// The registry's claim each session of this shard holds its id under.
+    claims: HashMap<SessionId, u64>,
     /// Round-robin position per share group across nodes.
     share_rr: HashMap<ByteString, usize>,
     /// Messages owed to peers whose link is up and not yet handed to it,
@@ -114,6 +117,7 @@ impl<S: Store> Shard<S> {
             remote: RemoteRoutes::new(),
             peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
             released: Vec::new(),
+            claims: HashMap::new(),
             share_rr: HashMap::new(),
             unsent: 0,
         }));
@@ -523,17 +527,32 @@ impl<S: Store> Shard<S> {
         self.registry.release(client_id, at);
     }
 
-    /// A session of this node ended: the cluster's registry frees its id
-    /// (`poll_cluster_released`).
-    pub(super) fn cluster_released(&mut self, client_id: &ByteString) {
+    /// `session` holds its client id under the registry's claim `claim`.
+    pub(super) fn cluster_claimed(&mut self, session: SessionId, claim: u64) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.released.push(client_id.clone());
+            c.claims.insert(session, claim);
         }
     }
 
-    /// Client ids whose sessions ended here since the last call, for the
-    /// cluster's registry.
-    pub fn poll_cluster_released(&mut self) -> Vec<ByteString> {
+    pub(super) fn cluster_forget_claim(&mut self, session: SessionId) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.claims.remove(&session);
+        }
+    }
+
+    /// A session of this node ended: the cluster's registry frees its id,
+    /// if that session's claim still holds it (`poll_cluster_released`).
+    pub(super) fn cluster_released(&mut self, client_id: &ByteString, session: SessionId) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            if let Some(claim) = c.claims.remove(&session) {
+                c.released.push((client_id.clone(), claim));
+            }
+        }
+    }
+
+    /// Client ids whose sessions ended here since the last call, with the
+    /// claims they held them under, for the cluster's registry.
+    pub fn poll_cluster_released(&mut self) -> Vec<(ByteString, u64)> {
         self.cluster
             .as_deref_mut()
             .map(|c| std::mem::take(&mut c.released))

@@ -278,6 +278,9 @@ impl<S: Store> Shard<S> {
             .accept(now, state, assigned, admission.permissions);
         c.machine.set_credential_expiry(admission.expires_at);
         c.session = Some(session);
+        if let Some(claim) = admission.cluster_claim {
+            self.cluster_claimed(session, claim);
+        }
         // Before the session's record is written: it names the queue's id.
         self.assign_queue_log(Some(conn), session);
         let Some(c) = self.conns.get_mut(&conn) else {

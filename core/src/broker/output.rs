@@ -117,4 +117,7 @@ pub struct Admission {
     pub principal: PrincipalId,
     /// When its credential expires: the connection is closed then.
     pub expires_at: Option<Instant>,
+    /// In a cluster: the registry's number for this CONNECT's claim of its
+    /// client id; the session's end releases that claim only.
+    pub cluster_claim: Option<u64>,
 }

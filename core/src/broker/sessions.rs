@@ -95,6 +95,8 @@ impl<S: Store> Shard<S> {
         now: Instant,
     ) -> Option<SessionState> {
         let slot = self.sessions.remove(&session)?;
+        // Taken over or evicted: a newer claim (or none) holds the id now.
+        self.cluster_forget_claim(session);
         let (state, closed_will) = match slot {
             Slot::Online(conn) => {
                 let taken = self.conns.get_mut(&conn).map(|c| {
@@ -349,7 +351,7 @@ impl<S: Store> Shard<S> {
 
     /// Tells the registry owner that the session ended.
     pub(super) fn release_id(&mut self, client_id: &ByteString, session: SessionId) {
-        self.cluster_released(client_id);
+        self.cluster_released(client_id, session);
         let owner = self.owner_of(client_id);
         if owner == self.id {
             self.session_ended_at_owner(client_id, (self.id, session));

@@ -595,6 +595,7 @@ impl Sim {
                 permissions: Box::new(AllowAll),
                 principal,
                 expires_at: None,
+                cluster_claim: None,
             };
             self.shards[shard].handle_admitted(conn, now, Ok(admission));
             self.drain(shard);

@@ -38,6 +38,7 @@ pub async fn admit(handle: &ConnHandle, request: &ConnectRequest) -> Result<Admi
                 permissions: Box::new(ReservedTopics(a.permissions)),
                 principal: a.owner,
                 expires_at: a.expires_at,
+                cluster_claim: None,
             })
         }
         Err(refused) => {
@@ -80,7 +81,10 @@ pub async fn claim(
         .claim(&request.client_id, principal, any_principal)
         .await
     {
-        Ok(()) => Ok(admission),
+        Ok(claim) => Ok(Admission {
+            cluster_claim: Some(claim),
+            ..admission
+        }),
         Err(e) => {
             let reason = match e {
                 ClaimError::Refused => ReasonCode::NotAuthorized,

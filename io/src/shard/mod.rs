@@ -321,8 +321,8 @@ fn cluster_registry(
         info!(shard = driver.id.index(), client_id = ?id, "cluster: the client connected to another node; its session here ends");
         driver.with(|s| s.evict_client(&id.into(), now));
     }
-    for id in driver.with(|s| s.poll_cluster_released()) {
-        control.release(id.to_string());
+    for (id, claim) in driver.with(|s| s.poll_cluster_released()) {
+        control.release(id.to_string(), claim);
     }
 }
 

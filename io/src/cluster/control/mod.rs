@@ -190,7 +190,7 @@ impl Control {
         client_id: &str,
         principal: &str,
         any_principal: bool,
-    ) -> Result<(), ClaimError> {
+    ) -> Result<u64, ClaimError> {
         let cmd = Command::Claim {
             client_id: client_id.to_owned(),
             node: self.me,
@@ -198,20 +198,22 @@ impl Control {
             any_principal,
         };
         match self.write(cmd).await {
-            Some(Reply::Granted { .. }) => Ok(()),
+            Some(Reply::Granted { claim, .. }) => Ok(claim),
             Some(Reply::Refused) => Err(ClaimError::Refused),
             _ => Err(ClaimError::Unavailable),
         }
     }
 
-    /// Frees `client_id` if this node still holds it (its session ended);
+    /// Frees `client_id` if this node still holds it under `claim` (the
+    /// session that ended);
     /// best effort, in the background.
-    pub fn release(self: &Arc<Self>, client_id: String) {
+    pub fn release(self: &Arc<Self>, client_id: String, claim: u64) {
         let me = self.clone();
         self.rt.spawn(async move {
             let cmd = Command::Release {
                 client_id,
                 node: me.me,
+                claim,
             };
             let _ = me.commit(cmd).await;
         });

@@ -253,7 +253,7 @@ pub struct Registry {
 
 impl Registry {
     /// Applies one command; what the claimant is told.
-    fn apply(&mut self, cmd: &Command) -> Reply {
+    fn apply(&mut self, cmd: &Command, index: u64) -> Reply {
         match cmd {
             Command::Claim {
                 client_id,
@@ -276,12 +276,23 @@ impl Registry {
                     Holder {
                         node: *node,
                         principal: principal.clone(),
+                        claim: index,
                     },
                 );
-                Reply::Granted { previous }
+                Reply::Granted {
+                    previous,
+                    claim: index,
+                }
             }
-            Command::Release { client_id, node } => {
-                if self.holders.get(client_id).is_some_and(|h| h.node == *node) {
+            Command::Release {
+                client_id,
+                node,
+                claim,
+            } => {
+                // Only the claim that ended: a newer one by the same node
+                // (a quick reconnect) keeps the id.
+                let held = |h: &Holder| h.node == *node && h.claim == *claim;
+                if self.holders.get(client_id).is_some_and(held) {
                     self.holders.remove(client_id);
                 }
                 Reply::Released
@@ -393,7 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         Command::Release { .. } => None,
                     };
-                    let reply = reg.apply(&cmd);
+                    let reply = reg.apply(&cmd, e.log_id.index);
                     // Another node took an id this node held: its session
                     // here ends (a takeover across nodes).
                     if let (
@@ -471,43 +482,43 @@ mod tests {
     #[test]
     fn a_held_id_moves_only_to_its_principal_unless_any_principal() {
         let mut r = Registry::default();
-        assert_eq!(
-            r.apply(&claim("d", 1, "alice", false)),
-            Reply::Granted { previous: None }
-        );
+        let granted = |previous, claim| Reply::Granted { previous, claim };
+        assert_eq!(r.apply(&claim("d", 1, "alice", false), 1), granted(None, 1));
         // The same principal on another node takes it over.
         assert_eq!(
-            r.apply(&claim("d", 2, "alice", false)),
-            Reply::Granted { previous: Some(1) }
+            r.apply(&claim("d", 2, "alice", false), 2),
+            granted(Some(1), 2)
         );
         // Another principal may not [MQTT-5.0 §5.4.2], unless AnyPrincipal.
-        assert_eq!(r.apply(&claim("d", 3, "mallory", false)), Reply::Refused);
+        assert_eq!(r.apply(&claim("d", 3, "mallory", false), 3), Reply::Refused);
         assert_eq!(r.holders["d"].node, 2);
-        assert_eq!(
-            r.apply(&claim("d", 3, "bob", true)),
-            Reply::Granted { previous: Some(2) }
-        );
+        assert_eq!(r.apply(&claim("d", 3, "bob", true), 4), granted(Some(2), 4));
     }
 
     #[test]
-    fn only_the_holder_releases() {
+    fn only_the_claim_that_ended_releases() {
         let mut r = Registry::default();
-        r.apply(&claim("d", 1, "alice", false));
-        r.apply(&Command::Release {
+        let release = |node, claim| Command::Release {
             client_id: "d".into(),
-            node: 2,
-        });
+            node,
+            claim,
+        };
+        r.apply(&claim("d", 1, "alice", false), 1);
+        r.apply(&release(2, 1), 2);
         assert!(r.holders.contains_key("d"));
-        r.apply(&Command::Release {
-            client_id: "d".into(),
-            node: 1,
-        });
+        // A quick reconnect to node 1 claims it again (index 3): the first
+        // session's late release leaves the new claim alone.
+        r.apply(&claim("d", 1, "alice", false), 3);
+        r.apply(&release(1, 1), 4);
+        assert!(r.holders.contains_key("d"));
+        r.apply(&release(1, 3), 5);
         assert!(r.holders.is_empty());
         // Free again: anyone may claim it.
-        assert_eq!(
-            r.apply(&claim("d", 2, "bob", false)),
-            Reply::Granted { previous: None }
-        );
+        let granted = Reply::Granted {
+            previous: None,
+            claim: 6,
+        };
+        assert_eq!(r.apply(&claim("d", 2, "bob", false), 6), granted);
     }
 
     #[test]

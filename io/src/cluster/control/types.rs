@@ -17,8 +17,13 @@ pub enum Command {
         principal: String,
         any_principal: bool,
     },
-    /// `node`'s session for `client_id` ended.
-    Release { client_id: String, node: u32 },
+    /// `node`'s session for `client_id`, held under claim `claim` (the log
+    /// index of that claim), ended.
+    Release {
+        client_id: String,
+        node: u32,
+        claim: u64,
+    },
 }
 
 impl Command {
@@ -37,6 +42,7 @@ pub enum Reply {
     /// ends its session).
     Granted {
         previous: Option<u32>,
+        claim: u64,
     },
     /// Another principal holds the id (sessionTakeover SamePrincipal).
     Refused,
@@ -48,6 +54,8 @@ pub enum Reply {
 pub struct Holder {
     pub node: u32,
     pub principal: String,
+    /// The log index of the claim that made this node the holder.
+    pub claim: u64,
 }
 
 openraft::declare_raft_types!(
