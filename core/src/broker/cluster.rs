@@ -544,9 +544,11 @@ impl<S: Store> Shard<S> {
     /// if that session's claim still holds it (`poll_cluster_released`).
     pub(super) fn cluster_released(&mut self, client_id: &ByteString, session: SessionId) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            if let Some(claim) = c.claims.remove(&session) {
-                c.released.push((client_id.clone(), claim));
-            }
+            // A session with no claim on record (restored from disk, or
+            // parked before its claim was recorded) releases with 0: any
+            // claim this node holds the id under.
+            let claim = c.claims.remove(&session).unwrap_or(0);
+            c.released.push((client_id.clone(), claim));
         }
     }
 

@@ -57,44 +57,52 @@ pub struct ClusterSetup {
 /// routed on this node. A link that breaks is followed by one that carries
 /// again what the peer had no acknowledgement for; what an earlier link
 /// already routed is dropped here, so a QoS 2 message is not delivered twice.
-/// Shared by the node's shards (a new link may land on another shard).
+/// Shared by the node's shards (a new link may land on another shard); each
+/// stream has its own lock, so only a stream's old and new link contend.
 #[derive(Debug, Default)]
-pub struct Streams(std::sync::Mutex<std::collections::HashMap<(NodeId, Incarnation, u16), u64>>);
+pub struct Streams(StreamMap);
+
+type StreamKey = (NodeId, Incarnation, u16);
+type StreamMap = std::sync::Mutex<std::collections::HashMap<StreamKey, Arc<std::sync::Mutex<u64>>>>;
 
 impl Streams {
     /// Routes (with `route`) the messages of a frame numbered from
     /// `first_seq` that this node has not routed yet, and records them.
     pub fn route<T>(
         &self,
-        key: (NodeId, Incarnation, u16),
+        key: StreamKey,
         first_seq: u64,
         messages: &mut Vec<T>,
         route: impl FnOnce(Vec<T>),
     ) {
-        // Held while routing: another shard may be routing the same stream
-        // from the link before (rare, brief).
-        let Ok(mut seen) = self.0.lock() else {
-            return route(std::mem::take(messages));
-        };
-        // A frame of an earlier life of the peer is stale; a new life
-        // starts its streams again.
-        if seen.keys().any(|(n, inc, _)| *n == key.0 && *inc > key.1) {
-            messages.clear();
+        if messages.is_empty() {
             return;
         }
-        seen.retain(|(n, inc, _), _| *n != key.0 || *inc >= key.1);
-        let done = seen.get(&key).copied().unwrap_or(0);
+        let stream = match self.0.lock() {
+            Ok(mut map) => {
+                // A peer's new life starts its streams again; the old life's
+                // go (its late frames were never routed: they start afresh).
+                if !map.contains_key(&key) {
+                    map.retain(|(n, inc, _), _| *n != key.0 || *inc >= key.1);
+                }
+                map.entry(key).or_default().clone()
+            }
+            Err(_) => return route(std::mem::take(messages)),
+        };
+        // Held while routing: the same stream's other link waits.
+        let mut done = match stream.lock() {
+            Ok(done) => done,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let skip = usize::try_from(done.saturating_add(1).saturating_sub(first_seq))
             .unwrap_or(usize::MAX)
             .min(messages.len());
         let last = first_seq
             .saturating_add(messages.len() as u64)
             .saturating_sub(1);
-        if messages.len() > skip {
-            seen.insert(key, last.max(done));
-        }
         let fresh = messages.split_off(skip);
         if !fresh.is_empty() {
+            *done = last.max(*done);
             route(fresh);
         }
     }
@@ -526,10 +534,7 @@ mod tests {
         // A hostile number cannot overflow.
         assert_eq!(routed(&s, k, u64::MAX, 1), vec![u64::MAX]);
         assert_eq!(routed(&s, (NodeId(2), Incarnation(6), 0), 1, 1), vec![1]);
-        // The earlier life's frames are stale now.
-        assert_eq!(
-            routed(&s, (NodeId(2), Incarnation(5), 3), 1, 1),
-            Vec::<u64>::new()
-        );
+        // A late frame of the earlier life was never routed: it is.
+        assert_eq!(routed(&s, (NodeId(2), Incarnation(5), 3), 1, 1), vec![1]);
     }
 }

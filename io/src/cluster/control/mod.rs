@@ -44,6 +44,10 @@ pub enum ClaimError {
     Unavailable,
 }
 
+/// Per shard: client ids another node took from this one, each with the
+/// log index of the claim that took it.
+type EvictionQueues = Vec<Mutex<Vec<(String, u64)>>>;
+
 /// The control plane as the shards see it.
 pub struct Control {
     rt: tokio::runtime::Handle,
@@ -54,7 +58,7 @@ pub struct Control {
     addrs: Arc<HashMap<u64, String>>,
     /// Per shard: ids another node took from this one, for the registry
     /// owner shard to end (`Shard::evict_client`).
-    evictions: Arc<Vec<Mutex<Vec<String>>>>,
+    evictions: Arc<EvictionQueues>,
     /// The registry as applied here.
     registry: Arc<Mutex<store::Registry>>,
 }
@@ -96,7 +100,7 @@ impl Control {
         let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
         let sm = store::StateMachine::open(dir, me, evict_tx)?;
         let registry = sm.registry.clone();
-        let evictions: Arc<Vec<Mutex<Vec<String>>>> =
+        let evictions: Arc<EvictionQueues> =
             Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dialer2 = dialer.clone();
@@ -147,11 +151,11 @@ impl Control {
                         dialer_names(&members),
                     ));
                     tokio::spawn(async move {
-                        while let Some(id) = evict_rx.recv().await {
+                        while let Some((id, claim)) = evict_rx.recv().await {
                             let shard = owner_index(&id, evictions2.len());
                             if let Some(q) = evictions2.get(shard) {
                                 if let Ok(mut q) = q.lock() {
-                                    q.push(id);
+                                    q.push((id, claim));
                                 }
                             }
                         }
@@ -227,14 +231,23 @@ impl Control {
             .get(shard)
             .and_then(|q| q.lock().ok().map(|mut q| std::mem::take(&mut *q)))
             .unwrap_or_default();
-        // An id this node claimed again since (or that a replay at start
-        // names) stays: only an id the registry gives to another node now
-        // ends its session here.
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        // An id this node claimed again after the claim that took it stays
+        // (its session is the newer one); any other ends here, even if the
+        // taker has released it since.
         let Ok(registry) = self.registry.lock() else {
-            return ids;
+            return ids.into_iter().map(|(id, _)| id).collect();
         };
         ids.into_iter()
-            .filter(|id| registry.holders.get(id).is_some_and(|h| h.node != self.me))
+            .filter(|(id, taken)| {
+                !registry
+                    .holders
+                    .get(id)
+                    .is_some_and(|h| h.node == self.me && h.claim > *taken)
+            })
+            .map(|(id, _)| id)
             .collect()
     }
 

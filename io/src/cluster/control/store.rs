@@ -124,9 +124,19 @@ impl LogStore {
             ..LogInner::default()
         };
         if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
+            let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+            let count = lines.len();
+            for (i, line) in lines.into_iter().enumerate() {
                 let Ok(parsed) = serde_json::from_str::<LogLine>(&line) else {
+                    // Only the last line can be torn by a crash; a bad line
+                    // before it is damage, not a tail to cut.
+                    if i + 1 < count {
+                        return Err(std::io::Error::other(format!(
+                            "{}: line {} is not a log record",
+                            path.display(),
+                            i + 1
+                        )));
+                    }
                     break;
                 };
                 inner.lines += 1;
@@ -291,7 +301,7 @@ impl Registry {
             } => {
                 // Only the claim that ended: a newer one by the same node
                 // (a quick reconnect) keeps the id.
-                let held = |h: &Holder| h.node == *node && h.claim == *claim;
+                let held = |h: &Holder| h.node == *node && (*claim == 0 || h.claim == *claim);
                 if self.holders.get(client_id).is_some_and(held) {
                     self.holders.remove(client_id);
                 }
@@ -303,7 +313,8 @@ impl Registry {
 
 /// What applying committed claims means for this node: ids another node
 /// took from it (their sessions here end).
-pub type Evictions = tokio::sync::mpsc::UnboundedSender<String>;
+/// Each with the log index of the claim that took it.
+pub type Evictions = tokio::sync::mpsc::UnboundedSender<(String, u64)>;
 
 /// The state machine (openraft's `RaftStateMachine`), with its snapshot
 /// file.
@@ -415,7 +426,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ) = (&cmd, &reply)
                     {
                         if before == Some(self.me) && *node != self.me {
-                            let _ = self.evictions.send(client_id.clone());
+                            let _ = self.evictions.send((client_id.clone(), e.log_id.index));
                         }
                     }
                     replies.push(reply);
@@ -449,8 +460,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut reg = self.lock()?;
         // Ids this node held that the snapshot gives to another node.
         for (id, h) in &reg.holders {
-            if h.node == self.me && new.holders.get(id).is_some_and(|n| n.node != self.me) {
-                let _ = self.evictions.send(id.clone());
+            if let Some(n) = new.holders.get(id).filter(|n| n.node != self.me) {
+                if h.node == self.me {
+                    let _ = self.evictions.send((id.clone(), n.claim));
+                }
             }
         }
         *reg = new;
@@ -548,6 +561,10 @@ mod tests {
                 Some(Vote::new(3, 7))
             );
         });
+        // Damage before the last line is not a torn tail: the start fails.
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, format!("garbage\n{text}")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(LogStore::open(&dir).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

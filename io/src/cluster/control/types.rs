@@ -19,9 +19,12 @@ pub enum Command {
     },
     /// `node`'s session for `client_id`, held under claim `claim` (the log
     /// index of that claim), ended.
+    /// `claim` 0: whatever claim this node holds it under (a session
+    /// restored from disk knows none).
     Release {
         client_id: String,
         node: u32,
+        #[serde(default)]
         claim: u64,
     },
 }
@@ -55,6 +58,7 @@ pub struct Holder {
     pub node: u32,
     pub principal: String,
     /// The log index of the claim that made this node the holder.
+    #[serde(default)]
     pub claim: u64,
 }
 
