@@ -205,6 +205,15 @@ impl Driver {
                             if let Some(control) = control {
                                 if let Ok(a) = result {
                                     result = admit::claim(&h, &request, a, &control, any).await;
+                                    // The client left while its claim
+                                    // committed: no session will hold it.
+                                    let gone = driver.peek(|s| s.flow(h.id))
+                                        == shardmq_core::broker::Flow::Stop;
+                                    if let (true, Ok(a)) = (gone, &result) {
+                                        if let Some(claim) = a.cluster_claim {
+                                            control.release(request.client_id.to_string(), claim);
+                                        }
+                                    }
                                 }
                             }
                             driver.with(|s| s.handle_admitted(h.id, Instant::now(), result));
