@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use super::{q5, spawn_logged, temp_file, Client, Ev, Log, Proc, BIN};
 
-/// A port free on `ip` now (internal ports are fixed: peers dial them).
+/// A port free on `ip` now, and the next one (internal ports are fixed:
+/// peers dial them).
 pub fn free_port_on(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The control plane takes the next port: both must be free now.
+    loop {
+        let first = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind((ip, port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn make_ca(dir: &Path) {
