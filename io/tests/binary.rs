@@ -49,6 +49,20 @@ fn bad_config_exits_non_zero_with_one_line_per_problem() {
     assert!(err.lines().count() >= 3, "{err}");
 }
 
+/// Starts the binary on `config` with no persistence key in reach, expects
+/// it to refuse, and returns what it printed on stderr.
+fn refused_at_start(config: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env_remove("SHARDMQ_PERSISTENCE_KEY")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
 /// A persisted retained set whose per-shard share could outgrow the log
 /// format (4 GiB, twice the set before compaction) is refused at load,
 /// naming the field, rather than stalling acknowledgements at run time.
@@ -62,13 +76,7 @@ fn persisted_retained_messages_over_the_log_bound_are_refused() {
             "cardinality":{"frontend":{"workers":2}},
             "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
     );
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = refused_at_start(&path);
     assert!(
         err.contains("retainedMessages.maxSize") && err.contains("at most 1 GiB"),
         "{err}"
@@ -88,13 +96,7 @@ fn persisted_queues_over_the_log_bound_are_refused() {
             "cardinality":{"frontend":{"workers":1}},
             "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
     );
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = refused_at_start(&path);
     assert!(
         err.contains("persistence.subscriberQueue")
             && err.contains("diskBackedMessageBuffer.maxSize"),
@@ -113,15 +115,7 @@ fn aio_persistence_without_a_key_is_refused_with_how_to_make_one() {
             "retain":{"mode":"All"}},
             "listeners":[{"name":"a","ports":[{"port":0,"bindAddress":"127.0.0.1"}]}]}"#,
     );
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env_remove("SHARDMQ_PERSISTENCE_KEY")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = refused_at_start(&path);
     assert!(err.contains("persistence.keyFile"), "{err}");
     assert!(err.contains("openssl rand -hex 32"), "{err}");
 }

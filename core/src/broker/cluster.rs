@@ -180,14 +180,8 @@ impl<S: Store> Shard<S> {
 
     /// Routes from `node`, over the link this shard dialled to it.
     pub fn handle_cluster_routes(&mut self, node: NodeId, msg: RouteMsg) {
-        let from = match &msg {
-            RouteMsg::Delta { from, .. }
-            | RouteMsg::Snapshot { from, .. }
-            | RouteMsg::Digest { from, .. }
-            | RouteMsg::SnapshotRequest { from } => *from,
-        };
         // A peer speaks for itself only (its certificate named it).
-        if from != node {
+        if msg.sender() != node {
             return;
         }
         if let Some(c) = self.cluster.as_deref_mut() {

@@ -303,9 +303,9 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
             let mut messages = Vec::new();
             let mut at = 1;
             while at < body.len() {
-                let (len, owner) = record::header(&body[at..])?;
-                messages.push(record::decode_in(&body, at..at + len, owner, now)?);
-                at += len;
+                let (m, next) = record_at(&body, at, now)?;
+                messages.push(m);
+                at = next;
             }
             return Ok(Frame::Retained(messages));
         }
@@ -315,6 +315,12 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
         return Err(FrameError::Malformed("bytes after the frame's fields"));
     }
     Ok(frame)
+}
+
+/// The message record at `at` in `body`, and where the next one starts.
+fn record_at(body: &Bytes, at: usize, now: Instant) -> Result<(Message, usize), FrameError> {
+    let (len, owner) = record::header(&body[at..])?;
+    Ok((record::decode_in(body, at..at + len, owner, now)?, at + len))
 }
 
 fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
@@ -331,10 +337,9 @@ fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
             // Each a share route: a valid filter, kept as its text.
             groups.push(ByteString::from(r.filter()?.as_str()));
         }
-        at = body.len() - r.0.len();
-        let (len, owner) = record::header(&body[at..])?;
-        messages.push((record::decode_in(body, at..at + len, owner, now)?, groups));
-        at += len;
+        let (m, next) = record_at(body, body.len() - r.0.len(), now)?;
+        messages.push((m, groups));
+        at = next;
     }
     Ok(Frame::Publish {
         stream,

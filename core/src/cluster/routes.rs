@@ -60,6 +60,18 @@ pub enum RouteMsg {
     SnapshotRequest { from: NodeId },
 }
 
+impl RouteMsg {
+    /// The node the message speaks for.
+    pub fn sender(&self) -> NodeId {
+        match self {
+            RouteMsg::Delta { from, .. }
+            | RouteMsg::Snapshot { from, .. }
+            | RouteMsg::Digest { from, .. }
+            | RouteMsg::SnapshotRequest { from } => *from,
+        }
+    }
+}
+
 /// A filter's contribution to a set hash: a mixed FNV-1a, summed over the
 /// set so the hash does not depend on order and updates in O(1).
 fn filter_hash(filter: &TopicFilter) -> u64 {
@@ -373,6 +385,10 @@ impl RemoteRoutes {
     /// those nodes.
     pub fn shared_for(&self, topic: &TopicName) -> Vec<(ByteString, SmallVec<[NodeId; 4]>)> {
         let mut out: Vec<(ByteString, SmallVec<[NodeId; 4]>)> = Vec::new();
+        // PERF: most clusters have no share groups; no walk per publish.
+        if self.shared.is_empty() {
+            return out;
+        }
         self.shared.for_each_match(topic, |(node, _), route| {
             match out.iter_mut().find(|(r, _)| r == route) {
                 Some((_, nodes)) => {

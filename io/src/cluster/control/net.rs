@@ -192,10 +192,23 @@ impl PeerClient {
     }
 }
 
-fn wrong<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(
-        "unexpected control answer",
-    )))
+/// A peer's answer as Raft takes it: its own error is the remote's, and
+/// an answer of another kind (`None`) is a network error. (openraft fixes
+/// the error type.)
+#[allow(clippy::result_large_err)]
+fn answer<T, E: std::error::Error>(
+    target: u64,
+    reply: Option<Result<T, E>>,
+) -> Result<T, RPCError<NodeId, BasicNode, E>> {
+    match reply {
+        Some(Ok(t)) => Ok(t),
+        Some(Err(e)) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(
+            target, e,
+        ))),
+        None => Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other("unexpected control answer"),
+        ))),
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -204,12 +217,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Rpc::Append(rpc)).await.map_err(unreachable)? {
-            RpcReply::Append(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
-            _ => Err(wrong()),
-        }
+        let reply = self.call(&Rpc::Append(rpc)).await.map_err(unreachable)?;
+        answer(
+            self.target,
+            match reply {
+                RpcReply::Append(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     async fn install_snapshot(
@@ -220,12 +235,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&Rpc::Snapshot(rpc)).await.map_err(unreachable)? {
-            RpcReply::Snapshot(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
-            _ => Err(wrong()),
-        }
+        let reply = self.call(&Rpc::Snapshot(rpc)).await.map_err(unreachable)?;
+        answer(
+            self.target,
+            match reply {
+                RpcReply::Snapshot(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     async fn vote(
@@ -233,11 +250,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Rpc::Vote(rpc)).await.map_err(unreachable)? {
-            RpcReply::Vote(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
-            _ => Err(wrong()),
-        }
+        let reply = self.call(&Rpc::Vote(rpc)).await.map_err(unreachable)?;
+        answer(
+            self.target,
+            match reply {
+                RpcReply::Vote(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 }
