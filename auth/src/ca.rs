@@ -262,6 +262,20 @@ impl InternalCa {
             use x509_parser::prelude::{FromDer, X509Certificate};
             let (_, cert) = X509Certificate::from_der(&certs[0])
                 .map_err(|e| invalid(cert_file, e.to_string()))?;
+            // The first certificate signs: during a CA rotation the file
+            // holds two, and the wrong one first would issue leaves no
+            // peer can verify.
+            if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+                return Err(invalid(
+                    cert_file,
+                    format!(
+                        "its first certificate is not the one {} is the key of \
+                         (put the signing CA first, any other trusted CA after it)",
+                        key_file.display()
+                    ),
+                )
+                .into());
+            }
             unix_seconds(cert.validity().not_after.timestamp())
         };
         let issuer = Issuer::from_ca_cert_der(&certs[0], key)
@@ -529,6 +543,11 @@ impl CertManager {
         Ok(manager)
     }
 
+    /// The CA this manager issues under.
+    pub fn ca(&self) -> Arc<InternalCa> {
+        Arc::clone(&self.ca)
+    }
+
     /// The listener's certificate, for [`crate::tls::server_config`].
     pub fn cert(&self) -> Arc<ReloadableCert> {
         Arc::clone(&self.cert)
@@ -543,6 +562,18 @@ impl CertManager {
         self.not_after
             .checked_sub(self.policy.renew_before + self.jitter)
             .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// Moves to the CA `ca` (a cluster CA rotation) and issues the
+    /// certificate under it at once; on error the current CA and
+    /// certificate stay.
+    pub fn rebase(&mut self, ca: Arc<InternalCa>, now: SystemTime) -> Result<(), CaError> {
+        let before = std::mem::replace(&mut self.ca, ca);
+        let renewed = self.renew(now);
+        if renewed.is_err() {
+            self.ca = before;
+        }
+        renewed
     }
 
     /// Issues a new certificate valid from `now` and swaps it in; with
@@ -733,6 +764,51 @@ mod tests {
             InternalCa::load_or_create(dir.path(), KeyAlgorithm::Ec256, leaf_lifetime, far)
                 .unwrap();
         assert_eq!(origin, CaOrigin::Created);
+    }
+
+    #[test]
+    fn a_rotation_bundle_loads_with_the_signing_ca_first_and_a_node_rebases_onto_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let now = SystemTime::now();
+        let life = Duration::from_secs(3600);
+        let (old, _) =
+            InternalCa::load_or_create(a.path(), KeyAlgorithm::Ec256, life, now).unwrap();
+        let a_pem = old.cert_pem().to_owned();
+        let (new, _) =
+            InternalCa::load_or_create(b.path(), KeyAlgorithm::Ec256, life, now).unwrap();
+        let bundle = a.path().join("bundle.crt");
+        let (old_key, new_key) = (a.path().join(CA_KEY_FILE), b.path().join(CA_KEY_FILE));
+        std::fs::write(&bundle, format!("{}{}", old.cert_pem(), new.cert_pem())).unwrap();
+        InternalCa::load(&bundle, &old_key).unwrap();
+        let err = InternalCa::load(&bundle, &new_key).unwrap_err().to_string();
+        assert!(err.contains("first certificate"), "{err}");
+        std::fs::write(&bundle, format!("{}{}", new.cert_pem(), old.cert_pem())).unwrap();
+        let next = Arc::new(InternalCa::load(&bundle, &new_key).unwrap());
+        let policy = spec(KeyAlgorithm::Ec256, RotationPolicy::Always).cert;
+        let mut node = CertManager::new_node(Arc::new(old), "node-1", &policy, now).unwrap();
+        node.rebase(next.clone(), now).unwrap();
+        assert_eq!(node.ca().cert_pem(), next.cert_pem());
+        // The new leaf chains to the new CA, not the old.
+        let current = node.cert().current();
+        let ee = webpki::EndEntityCert::try_from(current.end_entity_cert().unwrap()).unwrap();
+        let verifies = |ca: &str| {
+            let der = files::certs_from_pem(ca.as_bytes()).unwrap();
+            let anchor = webpki::anchor_from_trusted_cert(&der[0]).unwrap();
+            ee.verify_for_usage(
+                rustls::crypto::ring::default_provider()
+                    .signature_verification_algorithms
+                    .all,
+                &[anchor],
+                &[],
+                rustls_pki_types::UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .is_ok()
+        };
+        assert!(verifies(next.cert_pem()));
+        assert!(!verifies(a_pem.as_str()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::persist::keys::{CREDENTIAL_NAME, KEY_ENV};
 use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
 use crate::setup::{ListenerSpec, ServerConfig};
+use shardmq_auth::node_tls::{self, NodeTrust};
 use shardmq_core::config::ClusterNode;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
@@ -280,16 +281,22 @@ fn cluster(
             let manager = CertManager::new_node(Arc::new(ca), &name, policy, now)
                 .map_err(|e| invalid("advanced.internalCerts", e))?;
             // Every certificate of the CA file is trusted: the current CA
-            // and, during a rotation, the next or the previous one.
-            let roots_pem = std::fs::read_to_string(&files.cert)
+            // (first) and, during a rotation, the next or the previous one.
+            let roots = shardmq_auth::node_tls::trusted_roots(manager.ca().cert_pem())
                 .map_err(|e| invalid("cluster.caCertFile", e))?;
-            let roots = shardmq_auth::node_tls::trusted_roots(&roots_pem)
-                .map_err(|e| invalid("cluster.caCertFile", e))?;
-            let server = shardmq_auth::node_tls::node_server_config(manager.cert(), roots.clone())
+            let trust = NodeTrust::new(roots).map_err(|e| invalid("cluster.caCertFile", e))?;
+            let server = node_tls::node_server_config(manager.cert(), &trust)
                 .map_err(|e| invalid("cluster", e))?;
-            let client = shardmq_auth::node_tls::node_client_config(manager.cert(), roots)
+            let client = node_tls::node_client_config(manager.cert(), &trust)
                 .map_err(|e| invalid("cluster", e))?;
-            (Some(NodeTls { server, client }), Some(manager))
+            (
+                Some(NodeTls {
+                    server,
+                    client,
+                    trust,
+                }),
+                Some(manager),
+            )
         }
     };
     let incarnation = now

@@ -155,6 +155,18 @@ fn run() -> Result<ExitCode> {
             );
         }
     }
+    let cluster_ca = match (built.node_cert, &built.server.cluster) {
+        (Some(node_cert), Some(c)) => c.tls.as_ref().map(|tls| {
+            // Its own list: a reload replaces the listeners' list, not this.
+            let cert = Arc::new(Mutex::new(vec![node_cert]));
+            renew_in_background(cert.clone());
+            reload::ClusterCa {
+                trust: tls.trust.clone(),
+                cert,
+            }
+        }),
+        _ => None,
+    };
     let handle = shardmq_io::start(built.server).context("cannot start the server")?;
     for (name, addr) in &handle.addrs {
         info!(listener = %name, %addr, "listening");
@@ -177,10 +189,6 @@ fn run() -> Result<ExitCode> {
     };
     let managed = Arc::new(Mutex::new(built.managed));
     renew_in_background(managed.clone());
-    if let Some(node_cert) = built.node_cert {
-        // Its own list: a reload replaces the listeners' list, not this.
-        renew_in_background(Arc::new(Mutex::new(vec![node_cert])));
-    }
     let flag = handle.shutdown_flag();
     shardmq_io::telemetry::watchdog::notify("READY=1");
     shardmq_io::telemetry::watchdog::start(telemetry, flag.clone());
@@ -201,6 +209,7 @@ fn run() -> Result<ExitCode> {
                 reloader,
                 managed,
                 keys,
+                cluster_ca,
             },
             &flag,
         );
@@ -263,6 +272,9 @@ struct Reload {
     managed: Arc<Mutex<Vec<shardmq_auth::CertManager>>>,
     /// Persistence's keys: re-read on every SIGHUP (online rotation).
     keys: Option<Arc<shardmq_io::persist::KeyRing>>,
+    /// A cluster node's link trust and certificate: its CA files are
+    /// re-read on every SIGHUP (CA rotation).
+    cluster_ca: Option<reload::ClusterCa>,
 }
 
 /// SIGHUP re-reads the config file and the persistence keys; SIGINT and
@@ -292,6 +304,9 @@ fn on_signals(
             };
             match reload::reload(path, &running, reloader) {
                 Ok(reloaded) => {
+                    if let Some(ca) = &r.cluster_ca {
+                        ca.rotate(&reloaded.built, std::time::SystemTime::now());
+                    }
                     running = reloaded.config;
                     if let Ok(mut m) = managed.lock() {
                         *m = reloaded.built.managed;

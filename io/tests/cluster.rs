@@ -188,6 +188,82 @@ async fn node_certificates_renew_under_traffic() {
     until_routed(&publisher, &mut sub, "r/probe").await;
 }
 
+/// A cluster CA rotated in the three steps docs/CLUSTER.md gives, each a
+/// file edit and SIGHUP on every node: trust old and new, sign with new,
+/// drop old. QoS 1 traffic crosses from node 1 to node 2 between the steps,
+/// no link drops or is made again, and afterwards a restarted node links
+/// under the new CA alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_rotates_without_dropping_links() {
+    let cluster = Cluster::new(3, true);
+    let (ca, next) = (cluster.dir.join("ca"), cluster.dir.join("ca-next"));
+    make_ca(&next);
+    let pem = |dir: &PathBuf| std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let (old_pem, new_pem) = (pem(&ca), pem(&next));
+    let nodes = cluster.start_all();
+    let mut sub = nodes[1].client("sub").await;
+    sub.subscribe("rot/#", q5(1)).await;
+    let publisher = nodes[0].client("pub").await;
+    until_routed(&publisher, &mut sub, "rot/probe").await;
+    let links: Vec<usize> = nodes.iter().map(Node::links_out).collect();
+    let rotated = |n: &Node| {
+        n.log
+            .lines()
+            .iter()
+            .filter(|l| l.contains("cluster CA files changed"))
+            .count()
+    };
+    let steps: [(String, Option<&PathBuf>); 3] = [
+        (format!("{old_pem}{new_pem}"), None),
+        (format!("{new_pem}{old_pem}"), Some(&next)),
+        (new_pem.clone(), None),
+    ];
+    for (step, (roots, key_from)) in steps.iter().enumerate() {
+        std::fs::write(ca.join("ca.crt"), roots).unwrap();
+        if let Some(dir) = key_from {
+            std::fs::copy(dir.join("ca.key"), ca.join("ca.key")).unwrap();
+        }
+        for node in &nodes {
+            node.signal("-HUP");
+        }
+        for node in &nodes {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while rotated(node) < step + 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "step {step}: {}",
+                    node.log.lines().join("\n")
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let batch = numbered(50);
+        for m in &batch {
+            publisher.publish("rot/x", q5(1), false, m).await;
+        }
+        assert_eq!(received(&mut sub, "rot/x", 50).await, batch, "step {step}");
+    }
+    for (node, before) in nodes.iter().zip(&links) {
+        let lines = node.log.lines();
+        assert_eq!(node.links_out(), *before, "{}", lines.join("\n"));
+        assert!(
+            !lines.iter().any(|l| l.contains("node link lost")),
+            "{}",
+            lines.join("\n")
+        );
+    }
+    // Nodes 1 and 2 now hold leaves of the new CA and trust only it: a
+    // restarted node 3, reading the same files, links to both and traffic
+    // crosses.
+    let mut nodes = nodes;
+    drop(nodes.pop());
+    let node3 = cluster.start(3);
+    node3.wait_linked(2);
+    let mut sub = node3.client("sub-after").await;
+    sub.subscribe("rot/#", q5(1)).await;
+    until_routed(&publisher, &mut sub, "rot/probe").await;
+}
+
 /// deploy/kubernetes/shardmq-cluster.yaml's config, as a pod of the
 /// StatefulSet loads it: with the Secrets in place (the cluster CA, the
 /// listener certificate) and the pod's host name as its node name, it

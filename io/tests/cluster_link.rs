@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use glommio::net::TcpListener;
 use glommio::LocalExecutorBuilder;
 use shardmq_auth::ca::{generate_key, SubjectAltNames};
-use shardmq_auth::node_tls::{node_client_config, node_server_config, trusted_roots};
+use shardmq_auth::node_tls::{node_client_config, node_server_config, trusted_roots, NodeTrust};
 use shardmq_auth::{InternalCa, ReloadableCert};
 use shardmq_core::cluster::frame::Frame;
 use shardmq_core::cluster::{Incarnation, NodeId, RouteMsg, RouteOp};
@@ -56,7 +56,11 @@ fn serve_one(
                 .unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             let stream = listener.accept().await.unwrap();
-            let tls = node_server_config(cert, trusted_roots(&roots_pem).unwrap()).unwrap();
+            let tls = node_server_config(
+                cert,
+                &NodeTrust::new(trusted_roots(&roots_pem).unwrap()).unwrap(),
+            )
+            .unwrap();
             let result = async {
                 let mut link = link::accept(stream, tls, NodeId(2), Incarnation(9)).await?;
                 let got = link.recv().await?;
@@ -76,7 +80,11 @@ fn dial_one(cert: Arc<ReloadableCert>, roots_pem: String, addr: SocketAddr) -> O
     LocalExecutorBuilder::default()
         .name("node-1")
         .spawn(move || async move {
-            let tls = node_client_config(cert, trusted_roots(&roots_pem).unwrap()).unwrap();
+            let tls = node_client_config(
+                cert,
+                &NodeTrust::new(trusted_roots(&roots_pem).unwrap()).unwrap(),
+            )
+            .unwrap();
             let mut link = link::dial(addr, "node-2", tls, NodeId(1), Incarnation(4))
                 .await
                 .map_err(|e| e.to_string())?;

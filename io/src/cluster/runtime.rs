@@ -113,6 +113,9 @@ impl Streams {
 pub struct NodeTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    /// The roots both configs check peers against: a CA rotation (SIGHUP)
+    /// replaces them under the running configs.
+    pub trust: Arc<shardmq_auth::node_tls::NodeTrust>,
 }
 
 /// Binds the internal address on this shard and starts its link tasks.

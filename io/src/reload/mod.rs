@@ -10,10 +10,13 @@ pub mod apply;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::SystemTime;
 
+use shardmq_auth::node_tls::NodeTrust;
+use shardmq_auth::CertManager;
 use shardmq_core::config::{Authentication, Authorization, Config, ListenerTls};
 use shardmq_core::limits::ClientLimits;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cli::{port_name, server_config, Built};
 pub use crate::setup::Reconfig;
@@ -202,6 +205,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "advanced.clients.sessionTakeover",
         old.advanced.clients.session_takeover != new.advanced.clients.session_takeover,
     );
+    // The CA files are re-read on SIGHUP (ClusterCa); the rest is not.
+    let place = |c: &Option<shardmq_core::config::Cluster>| {
+        c.as_ref()
+            .map(|c| (c.node.clone(), c.bind, c.peers.clone(), c.ca.is_some()))
+    };
+    check(
+        "cluster (node, address, peers)",
+        place(&old.cluster) != place(&new.cluster),
+    );
     let (od, nd) = (&old.diagnostics, &new.diagnostics);
     check("diagnostics.logs", od.log_filter != nd.log_filter);
     check(
@@ -275,6 +287,53 @@ pub fn reload(path: &Path, running: &Config, reloader: &Reloader) -> Result<Relo
         );
     }
     Ok(Reloaded { config, built })
+}
+
+/// A cluster node's link trust and certificate as they run, for a CA
+/// rotation on SIGHUP (docs/CLUSTER.md, "Rotating the cluster CA").
+#[derive(Debug, Clone)]
+pub struct ClusterCa {
+    pub trust: Arc<NodeTrust>,
+    /// The node's certificate manager (one), shared with its renewal thread.
+    pub cert: Arc<Mutex<Vec<CertManager>>>,
+}
+
+impl ClusterCa {
+    /// Takes the CA files a reload read (`built`, already validated): when
+    /// they changed, every root they hold is trusted from the next handshake
+    /// on and this node's certificate is issued again under the first one.
+    /// Links already up carry on; nothing else changes.
+    pub fn rotate(&self, built: &Built, now: SystemTime) {
+        let new_tls = built.server.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        let (Some(new_cert), Some(new_tls)) = (&built.node_cert, new_tls) else {
+            return;
+        };
+        let Ok(mut managers) = self.cert.lock() else {
+            return;
+        };
+        let Some(running) = managers.first_mut() else {
+            return;
+        };
+        let ca = new_cert.ca();
+        if ca.cert_pem() == running.ca().cert_pem() {
+            return;
+        }
+        let roots = new_tls.trust.roots();
+        if let Err(e) = self.trust.replace(roots.clone()) {
+            error!(error = %e, "SIGHUP: the new cluster CA roots are unusable; the running ones stay");
+            return;
+        }
+        match running.rebase(ca, now) {
+            Ok(()) => info!(
+                trusted_roots = roots.len(),
+                "SIGHUP: cluster CA files changed: new node links trust their roots, and this \
+                 node's certificate was issued again under the first; links up stay up"
+            ),
+            Err(e) => error!(error = %e,
+                "SIGHUP: this node's certificate could not be issued under the new cluster CA; \
+                 the new roots are trusted, the running certificate stays"),
+        }
+    }
 }
 
 fn sorted(set: &HashSet<String>) -> Vec<&String> {
