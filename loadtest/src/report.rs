@@ -69,6 +69,9 @@ pub struct RunReport {
     /// Owed-if-confirmed messages that were never confirmed nor delivered.
     pub unconfirmed: u64,
     pub duplicated: u64,
+    /// QoS 1 redeliveries with DUP after a reconnect (allowed; not failures).
+    #[serde(default)]
+    pub redelivered: u64,
     pub out_of_order: u64,
     /// Deliveries to a receiver that did not subscribe to them, or without
     /// a stamp.
@@ -147,8 +150,8 @@ impl RunReport {
             );
             let _ = writeln!(
                 s,
-                "  correctness  expected {} lost {} dup {} out-of-order {} unconfirmed {} unexpected {}",
-                self.expected, self.lost, self.duplicated, self.out_of_order, self.unconfirmed, self.unexpected
+                "  correctness  expected {} lost {} dup {} redelivered {} out-of-order {} unconfirmed {} unexpected {}",
+                self.expected, self.lost, self.duplicated, self.redelivered, self.out_of_order, self.unconfirmed, self.unexpected
             );
         }
         let l = &self.latency_us;

@@ -528,6 +528,7 @@ fn account(
         }
         for (p, t) in &merged {
             report.duplicated += t.duplicates;
+            report.redelivered += t.redelivered;
             report.out_of_order += t.out_of_order;
             if !g.publishers.contains(p) {
                 report.unexpected += t.unique;

@@ -16,6 +16,10 @@ pub struct SeqTracker {
     high: u64,
     pub unique: u64,
     pub duplicates: u64,
+    /// QoS 1 messages delivered again with DUP set after a reconnect, their
+    /// first delivery not acknowledged in time: allowed [MQTT-4.3.2-1],
+    /// [MQTT-4.4.0-1], so counted apart from `duplicates`.
+    pub redelivered: u64,
     pub out_of_order: u64,
 }
 
@@ -33,6 +37,16 @@ impl SeqTracker {
         self.high = self.high.max(seq + 1);
         self.set(seq);
         self.unique += 1;
+    }
+
+    /// Records one QoS 1 arrival: with DUP set, one already seen is a
+    /// redelivery, not a duplicate.
+    pub fn record_at_least_once(&mut self, seq: u64, dup: bool) {
+        if dup && self.seen(seq) {
+            self.redelivered += 1;
+        } else {
+            self.record(seq);
+        }
     }
 
     pub fn seen(&self, seq: u64) -> bool {
@@ -62,6 +76,7 @@ impl SeqTracker {
     /// received is a duplicate for the group.
     pub fn merge(&mut self, other: &SeqTracker) {
         self.duplicates += other.duplicates;
+        self.redelivered += other.redelivered;
         self.out_of_order += other.out_of_order;
         for seq in other.iter_seen() {
             if self.seen(seq) {
@@ -122,6 +137,19 @@ mod tests {
             t.record(s);
         }
         assert_eq!((t.unique, t.duplicates), (3, 3));
+    }
+
+    #[test]
+    fn a_qos1_redelivery_marked_dup_is_allowed_and_an_unmarked_repeat_is_not() {
+        let mut t = SeqTracker::default();
+        t.record_at_least_once(0, false);
+        t.record_at_least_once(1, false);
+        // Sent again after a reconnect: DUP set [MQTT-4.4.0-1].
+        t.record_at_least_once(1, true);
+        t.record_at_least_once(0, false);
+        // DUP on a first arrival is just an arrival.
+        t.record_at_least_once(2, true);
+        assert_eq!((t.unique, t.duplicates, t.redelivered), (3, 1, 1));
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl Subscriber<'_> {
         };
         let tracker = self.out.trackers.entry(stamp.publisher).or_default();
         let unique = tracker.unique;
-        tracker.record(stamp.seq);
+        if p.qos == QoS::AtLeastOnce {
+            tracker.record_at_least_once(stamp.seq, p.dup);
+        } else {
+            tracker.record(stamp.seq);
+        }
         if tracker.unique > unique {
             Counters::add(&ctx.counters.unique, 1);
         }
