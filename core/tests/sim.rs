@@ -14,25 +14,9 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::Sim;
+use harness::{seeds, Sim};
 use shardmq_core::codec::{QoS, ReasonCode};
 use shardmq_core::limits::ClientLimits;
-
-fn seeds(default: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("SHARDMQ_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![seed];
-    }
-    let n = std::env::var("SHARDMQ_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (1..=n)
-        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .collect()
-}
 
 /// Several clients share one client id on three shards, connecting and
 /// leaving at random: never two sessions for the id, and Session Present

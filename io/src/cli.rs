@@ -337,7 +337,6 @@ fn cluster(
         incarnation: shardmq_core::cluster::Incarnation(incarnation),
         tls,
         dir: state_dir.join(CLUSTER_DIR),
-        streams: Default::default(),
     };
     Ok((Some(Arc::new(setup)), manager))
 }

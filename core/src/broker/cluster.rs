@@ -17,7 +17,7 @@ use super::route::Shares;
 use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
 use crate::cluster::routes::share_route;
-use crate::cluster::{Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
+use crate::cluster::{already_routed, Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
 use crate::codec::{QoS, ReasonCode};
 use crate::session::{Message, SessionState, SharedMessage};
 use crate::topic::TopicFilter;
@@ -41,7 +41,16 @@ pub(super) struct Cluster {
     /// all peers together: publishers wait past `MESH_BACKLOG_MAX`, as for
     /// the shard mesh.
     unsent: usize,
+    /// Per peer stream homed on this shard, the highest number routed.
+    streams: HashMap<StreamKey, u64>,
+    /// Messages homes routed for links this shard accepted, per link, not
+    /// yet taken by `poll_cluster_routed`.
+    routed: Vec<(u64, u64)>,
 }
+
+/// One numbered stream of messages from a peer: its node, that node's
+/// life, and its shard that sends them.
+pub type StreamKey = (NodeId, Incarnation, u16);
 
 /// How long a peer whose link broke keeps its routes: messages for it are
 /// kept for the next link meanwhile, so a link that comes back (a flap, a
@@ -120,6 +129,8 @@ impl<S: Store> Shard<S> {
             claims: HashMap::new(),
             share_rr: HashMap::new(),
             unsent: 0,
+            streams: HashMap::new(),
+            routed: Vec::new(),
         }));
     }
 
@@ -298,15 +309,85 @@ impl<S: Store> Shard<S> {
         }
     }
 
-    /// Messages a peer sent this shard to route to this node's subscribers
-    /// (and the share groups it serves for each). They are not sent on to
-    /// other nodes: every node links to every other.
+    /// Messages a peer sent over `link` (this shard accepted it; the id is
+    /// the caller's), numbered from `first_seq` in its `stream`, each with
+    /// the share groups this node serves for it. A stream is routed on one
+    /// shard of this node, its home (its shard number modulo this node's
+    /// shards), whichever shard its link landed on, and the link
+    /// acknowledges only what the home routed: so a link that broke and
+    /// came back on another shard cannot have its stream overtaken, gapped
+    /// or repeated by what the old link left in the mesh ([MQTT-4.6.0-6],
+    /// order per publisher). Returns how many are routed now (all, at the
+    /// home); the rest come from `poll_cluster_routed`. Messages are not
+    /// sent on to other nodes: every node links to every other.
     pub fn handle_cluster_publish(
         &mut self,
         now: Instant,
+        link: u64,
+        stream: StreamKey,
+        first_seq: u64,
+        messages: Vec<(Message, Vec<ByteString>)>,
+    ) -> u64 {
+        let home = ShardId::new(usize::from(stream.2) % self.config.shards.max(1));
+        if home == self.id {
+            let count = messages.len() as u64;
+            self.route_stream(now, stream, first_seq, messages);
+            return count;
+        }
+        self.post(
+            home,
+            MeshMsg::ClusterPublish {
+                link,
+                stream,
+                first_seq,
+                messages,
+            },
+        );
+        0
+    }
+
+    /// A home routed `count` messages of `link`.
+    pub(super) fn cluster_routed(&mut self, link: u64, count: u64) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            match c.routed.iter_mut().find(|(l, _)| *l == link) {
+                Some((_, n)) => *n += count,
+                None => c.routed.push((link, count)),
+            }
+            Self::signal_routes(c, &mut self.outputs);
+        }
+    }
+
+    /// Per link this shard accepted, how many more of its messages their
+    /// homes routed (to add to what the link acknowledges).
+    pub fn poll_cluster_routed(&mut self) -> Vec<(u64, u64)> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.routed))
+            .unwrap_or_default()
+    }
+
+    /// At a stream's home: routes what no earlier link already routed
+    /// (`already_routed`; a new link carries again what the peer had no
+    /// acknowledgement for, so a QoS 2 message would otherwise arrive twice).
+    pub(super) fn route_stream(
+        &mut self,
+        now: Instant,
+        stream: StreamKey,
+        first_seq: u64,
         messages: Vec<(Message, Vec<ByteString>)>,
     ) {
-        for (m, groups) in messages {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if !c.streams.contains_key(&stream) {
+            // A peer's new life starts its streams again and the old life's
+            // go; a late frame of an older life was never routed: it is.
+            c.streams
+                .retain(|(node, life, _), _| *node != stream.0 || *life >= stream.1);
+        }
+        let done = c.streams.entry(stream).or_default();
+        let skip = already_routed(done, first_seq, messages.len());
+        for (m, groups) in messages.into_iter().skip(skip) {
             self.publish_from(now, std::sync::Arc::new(m), None, Shares::Only(&groups));
         }
     }

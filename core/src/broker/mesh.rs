@@ -79,6 +79,22 @@ pub enum MeshMsg {
     RetainSync {
         message: SharedMessage,
     },
+    /// To a peer stream's home shard (`Shard::handle_cluster_publish`):
+    /// messages a peer node sent over a link another shard accepted.
+    /// The home answers `ClusterRouted` for `link` once they are routed.
+    ClusterPublish {
+        link: u64,
+        stream: super::cluster::StreamKey,
+        first_seq: u64,
+        messages: Vec<(crate::session::Message, Vec<ByteString>)>,
+    },
+    /// From a stream's home: `count` messages that came over `link` (a link
+    /// the receiving shard accepted) are routed, so the link may
+    /// acknowledge them.
+    ClusterRouted {
+        link: u64,
+        count: u64,
+    },
     /// To the client id's registry owner: a persisted session's state now
     /// (`None`: it ended). Written only while `session` holds the id. With
     /// a request, the owner answers `SessionWritten` once it is durable.

@@ -45,7 +45,7 @@ use crate::limits::ClientLimits;
 use crate::retained::RetainedStore;
 use crate::session::{Connection, Event, SharedMessage};
 
-pub use cluster::{ClusterStats, CLUSTER_BATCH_MAX};
+pub use cluster::{ClusterStats, StreamKey, CLUSTER_BATCH_MAX};
 pub use durable::{PersistBatch, PersistOp, Snapshot};
 pub use ids::{ConnId, RequestId, SessionId, ShardId};
 pub use input::PARTIAL_BYTES_FREE;
@@ -547,6 +547,17 @@ impl<S: Store> Shard<S> {
                 self.retain_set_arrived(from, message, request)
             }
             MeshMsg::RetainSync { message } => self.sync_retained(message),
+            MeshMsg::ClusterPublish {
+                link,
+                stream,
+                first_seq,
+                messages,
+            } => {
+                let count = messages.len() as u64;
+                self.route_stream(now, stream, first_seq, messages);
+                self.post(from, MeshMsg::ClusterRouted { link, count });
+            }
+            MeshMsg::ClusterRouted { link, count } => self.cluster_routed(link, count),
             MeshMsg::PublishDone { request, reason } => self.publish_answer(request, reason),
             MeshMsg::RetainedQuery { filter, request } => {
                 let messages = self.retained_matches(&filter);

@@ -24,6 +24,24 @@ use shardmq_core::codec::{
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Message};
 
+/// The seeds a randomized test runs: `SHARDMQ_SIM_SEED=N` replays one,
+/// `SHARDMQ_SIM_SEEDS=N` runs N, else `default` of them.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("SHARDMQ_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("SHARDMQ_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (1..=n)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect()
+}
+
 /// xorshift64*: small, fast, and the same sequence for the same seed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -490,7 +508,7 @@ impl Sim {
 
     /// Acts on a shard's outputs the way the real runtime would, except
     /// that everything racy becomes a step for later.
-    fn drain(&mut self, shard: usize) {
+    pub fn drain(&mut self, shard: usize) {
         while let Some(out) = self.shards[shard].poll_output() {
             match out {
                 Output::Wake(conn) => {

@@ -49,63 +49,6 @@ pub struct ClusterSetup {
     pub tls: Option<NodeTls>,
     /// Where the control plane keeps its Raft state.
     pub dir: std::path::PathBuf,
-    /// What each peer's streams have had routed here, across links.
-    pub streams: Streams,
-}
-
-/// Per stream (peer node, its life, its shard): the highest message number
-/// routed on this node. A link that breaks is followed by one that carries
-/// again what the peer had no acknowledgement for; what an earlier link
-/// already routed is dropped here, so a QoS 2 message is not delivered twice.
-/// Shared by the node's shards (a new link may land on another shard); each
-/// stream has its own lock, so only a stream's old and new link contend.
-#[derive(Debug, Default)]
-pub struct Streams(StreamMap);
-
-type StreamKey = (NodeId, Incarnation, u16);
-type StreamMap = std::sync::Mutex<std::collections::HashMap<StreamKey, Arc<std::sync::Mutex<u64>>>>;
-
-impl Streams {
-    /// Routes (with `route`) the messages of a frame numbered from
-    /// `first_seq` that this node has not routed yet, and records them.
-    pub fn route<T>(
-        &self,
-        key: StreamKey,
-        first_seq: u64,
-        messages: &mut Vec<T>,
-        route: impl FnOnce(Vec<T>),
-    ) {
-        if messages.is_empty() {
-            return;
-        }
-        let stream = match self.0.lock() {
-            Ok(mut map) => {
-                // A peer's new life starts its streams again; the old life's
-                // go (its late frames were never routed: they start afresh).
-                if !map.contains_key(&key) {
-                    map.retain(|(n, inc, _), _| *n != key.0 || *inc >= key.1);
-                }
-                map.entry(key).or_default().clone()
-            }
-            Err(_) => return route(std::mem::take(messages)),
-        };
-        // Held while routing: the same stream's other link waits.
-        let mut done = match stream.lock() {
-            Ok(done) => done,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let skip = usize::try_from(done.saturating_add(1).saturating_sub(first_seq))
-            .unwrap_or(usize::MAX)
-            .min(messages.len());
-        let last = first_seq
-            .saturating_add(messages.len() as u64)
-            .saturating_sub(1);
-        let fresh = messages.split_off(skip);
-        if !fresh.is_empty() {
-            *done = last.max(*done);
-            route(fresh);
-        }
-    }
 }
 
 /// Mutual TLS under the cluster's CA, both ends (`shardmq_auth::node_tls`).
@@ -140,11 +83,19 @@ pub fn start(driver: &Rc<Driver>, setup: Arc<ClusterSetup>) -> std::io::Result<S
 /// Frames for one link a peer dialled in: route changes in order, and the
 /// latest acknowledgement (only the last one matters).
 struct Outbox {
+    /// This link's id for `Shard::handle_cluster_publish`.
+    id: u64,
     frames: RefCell<VecDeque<Frame>>,
+    /// Messages of this link routed at their stream's home so far: what it
+    /// acknowledges.
+    routed: Cell<u64>,
     ack: Cell<Option<u64>>,
     notify: LocalSender<()>,
     closed: Cell<bool>,
 }
+
+/// Ids of accepted links, unique in the process.
+static LINK_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Outbox {
     fn push(&self, frame: Frame) {
@@ -152,14 +103,18 @@ impl Outbox {
         let _ = self.notify.try_send(());
     }
 
-    fn ack(&self, routed: u64) {
-        self.ack.set(Some(routed));
-        let _ = self.notify.try_send(());
+    /// `count` more of this link's messages are routed.
+    fn routed(&self, count: u64) {
+        if count > 0 {
+            self.routed.set(self.routed.get() + count);
+            self.ack.set(Some(self.routed.get()));
+            let _ = self.notify.try_send(());
+        }
     }
 }
 
 /// Sends the node's route changes to every link peers dialled into this
-/// shard, in order.
+/// shard, in order, and their acknowledgements of what other shards routed.
 async fn route_pump(driver: Rc<Driver>, inbound: Rc<RefCell<Vec<Rc<Outbox>>>>) {
     let wake = driver.cluster_wakeup();
     loop {
@@ -168,6 +123,12 @@ async fn route_pump(driver: Rc<Driver>, inbound: Rc<RefCell<Vec<Rc<Outbox>>>>) {
             links.retain(|o| !o.closed.get());
             for o in links.iter() {
                 o.push(Frame::Route(delta.clone()));
+            }
+        }
+        // What other shards, the streams' homes, routed for these links.
+        for (link, count) in driver.with(|s| s.poll_cluster_routed()) {
+            if let Some(o) = inbound.borrow().iter().find(|o| o.id == link) {
+                o.routed(count);
             }
         }
         if wake.recv().await.is_none() {
@@ -259,7 +220,9 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut reader, mut writer) = link.split();
     let (notify, wake) = local_channel::new_bounded(1);
     let out = Rc::new(Outbox {
+        id: LINK_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         frames: RefCell::default(),
+        routed: Cell::new(0),
         ack: Cell::new(None),
         notify,
         closed: Cell::new(false),
@@ -272,7 +235,6 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     inbound.borrow_mut().push(out.clone());
     info!(shard = driver.id.index(), peer = %node.name, "cluster: node link in");
     let read = async {
-        let mut routed = 0u64;
         loop {
             let frame = reader.recv(SILENCE_MAX).await?;
             if let Frame::Retained(messages) = frame {
@@ -282,7 +244,7 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
             if let Frame::Publish {
                 stream,
                 first_seq,
-                mut messages,
+                messages,
             } = frame
             {
                 // A slow shard mesh pushes back on the peer, as on clients.
@@ -291,12 +253,11 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
                 while !driver.peek(|s| s.shard_mesh_has_room()) {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
-                routed += messages.len() as u64;
                 let key = (peer.node, peer.incarnation, stream);
-                setup.streams.route(key, first_seq, &mut messages, |fresh| {
-                    driver.with(|s| s.handle_cluster_publish(Instant::now(), fresh));
+                let routed = driver.with(|s| {
+                    s.handle_cluster_publish(Instant::now(), out.id, key, first_seq, messages)
                 });
-                out.ack(routed);
+                out.routed(routed);
             }
         }
     };
@@ -510,34 +471,4 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let result: Result<(), LinkError> = read.or(write).await;
     driver.with(|s| s.cluster_link_down(node, Instant::now()));
     result.map_err(|error| Ended { error, up: true })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn routed(s: &Streams, key: (NodeId, Incarnation, u16), first: u64, n: u64) -> Vec<u64> {
-        let mut msgs: Vec<u64> = (0..n).map(|i| first.wrapping_add(i)).collect();
-        let mut out = Vec::new();
-        s.route(key, first, &mut msgs, |fresh| out = fresh);
-        out
-    }
-
-    #[test]
-    fn a_stream_routes_each_number_once_across_links_and_lives() {
-        let s = Streams::default();
-        let k = (NodeId(2), Incarnation(5), 0);
-        assert_eq!(routed(&s, k, 1, 3), vec![1, 2, 3]);
-        // The next link carries 2..=6 again: 2 and 3 were routed.
-        assert_eq!(routed(&s, k, 2, 5), vec![4, 5, 6]);
-        // The old link's late frame changes nothing.
-        assert_eq!(routed(&s, k, 3, 2), Vec::<u64>::new());
-        // Another shard's stream, and a new life of the peer, start afresh.
-        assert_eq!(routed(&s, (NodeId(2), Incarnation(5), 1), 1, 2), vec![1, 2]);
-        // A hostile number cannot overflow.
-        assert_eq!(routed(&s, k, u64::MAX, 1), vec![u64::MAX]);
-        assert_eq!(routed(&s, (NodeId(2), Incarnation(6), 0), 1, 1), vec![1]);
-        // A late frame of the earlier life was never routed: it is.
-        assert_eq!(routed(&s, (NodeId(2), Incarnation(5), 3), 1, 1), vec![1]);
-    }
 }
