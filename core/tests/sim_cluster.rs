@@ -98,12 +98,30 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
 }
 
+/// `persistence` with every subscriber queue persisted.
+fn queues_persisted() -> shardmq_core::config::Persistence {
+    use shardmq_core::config::{QueuePolicy, RetainPolicy};
+    shardmq_core::config::Persistence {
+        size_max_bytes: std::num::NonZeroU64::new(1 << 30).expect("not zero"),
+        encrypt: true,
+        retain: RetainPolicy::None,
+        queues: QueuePolicy::All,
+        dynamic: None,
+        data_dir: None,
+        key_file: None,
+    }
+}
+
 impl Cluster {
-    fn new(seed: u64) -> Cluster {
+    fn new(seed: u64, persistent: bool) -> Cluster {
         let mut rng = Rng::new(seed);
         let nodes = (0..NODES)
             .map(|i| {
-                let mut sim = Sim::new(rng.next(), SHARDS, ClientLimits::default(), 10_000);
+                let mut sim = if persistent {
+                    Sim::new_persistent(rng.next(), SHARDS, queues_persisted())
+                } else {
+                    Sim::new(rng.next(), SHARDS, ClientLimits::default(), 10_000)
+                };
                 let peers: Vec<NodeId> = (0..NODES).filter(|p| *p != i).map(node_id).collect();
                 for shard in &mut sim.shards {
                     shard.enable_cluster(node_id(i), Incarnation(1), &peers);
@@ -452,12 +470,24 @@ impl Cluster {
 #[test]
 fn messages_cross_nodes_once_in_order_through_broken_links_and_partitions() {
     for seed in seeds(150) {
-        run(seed);
+        run(seed, false);
     }
 }
 
-fn run(seed: u64) {
-    let mut c = Cluster::new(seed);
+/// The same with persisted subscriber queues on every node, and one more
+/// rule checked after every step: a message its publisher saw
+/// acknowledged is, for every subscriber on every node, already received
+/// or durable in that subscriber's queue on disk, so it would survive that
+/// node's crash (docs/PERSISTENCE.md's contract, across nodes).
+#[test]
+fn with_persistence_an_acknowledged_message_is_on_every_subscribers_disk() {
+    for seed in seeds(100) {
+        run(seed, true);
+    }
+}
+
+fn run(seed: u64, persistent: bool) {
+    let mut c = Cluster::new(seed, persistent);
     for key in c.links.keys().copied().collect::<Vec<_>>() {
         c.link_up(key);
     }
@@ -468,7 +498,7 @@ fn run(seed: u64) {
         let node = &mut c.nodes[i];
         let sub = node.add_client(&format!("sub-{i}"), "p");
         let shard = node.rng.below(SHARDS);
-        node.connect(sub, shard, true, 0);
+        node.connect(sub, shard, true, if persistent { 3600 } else { 0 });
         let publisher = node.add_client(&format!("pub-{i}"), "p");
         let shard = node.rng.below(SHARDS);
         node.connect(publisher, shard, true, 0);
@@ -514,6 +544,9 @@ fn run(seed: u64) {
         for node in &c.nodes {
             node.check();
         }
+        if persistent {
+            check_durable(&c, &pubs, &subs);
+        }
     }
     // The faults stop: cuts heal, links come back, everything settles.
     c.faults = false;
@@ -558,5 +591,26 @@ fn run(seed: u64) {
         .sum();
     if owed != 0 {
         c.fail(&format!("{owed} messages still owed to peers"));
+    }
+}
+
+/// Every acknowledged publish is received by, or on disk for, every
+/// subscriber.
+fn check_durable(c: &Cluster, pubs: &[usize], subs: &[usize]) {
+    for (n, &sub) in subs.iter().enumerate() {
+        let node = &c.nodes[n];
+        let client = &node.clients[sub];
+        let mut have: Vec<Bytes> = node.disk_owed(&client.client_id);
+        have.extend(client.seen.publishes.iter().map(|(_, p, _)| p.clone()));
+        for (i, &p) in pubs.iter().enumerate() {
+            for acked in &c.nodes[i].clients[p].seen.acked {
+                if !have.contains(acked) {
+                    c.fail(&format!(
+                        "{acked:?} acknowledged to the publisher on node {i} but neither \
+                         received by nor on disk for the subscriber on node {n}"
+                    ));
+                }
+            }
+        }
     }
 }

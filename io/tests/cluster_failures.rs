@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
-use common::{q5, spawn_logged, temp_file, Proc, BIN};
+use common::{q5, spawn_logged, temp_file, Client, Ev, Proc, BIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_another_cluster_ca_is_refused() {
@@ -303,4 +303,44 @@ async fn messages_published_while_a_link_is_down_arrive_when_it_returns() {
     }
     signal("-CONT");
     assert_eq!(received(&mut sub, "f/x", 100).await, numbered(100));
+}
+
+fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+    o.set_clean_start(false);
+    let mut p = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    p.session_expiry_interval = Some(3600);
+    o.set_connect_properties(p);
+}
+
+/// With persisted subscriber queues on every node: QoS 1 messages from
+/// node 1 for an offline persistent subscriber of node 2 are acknowledged
+/// only once node 2 has them on disk, so a kill -9 of node 2 right after
+/// the last PUBACK loses none; restarted, it delivers all of them in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_message_survives_a_kill_9_of_the_node_it_crossed_to() {
+    let cluster = Cluster::new(3, true).with_persistence();
+    let mut nodes = cluster.start_all();
+    let (mut sub, _) =
+        Client::connect_to(&nodes[1].host, nodes[1].port, "durable-sub", persistent).await;
+    sub.subscribe("d/#", q5(1)).await;
+    let mut publisher = nodes[0].client("durable-pub").await;
+    until_routed(&publisher, &mut sub, "d/probe").await;
+    sub.disconnect().await;
+    let batch = numbered(200);
+    for m in &batch {
+        publisher.publish("d/x", q5(1), false, m).await;
+    }
+    for _ in 0..batch.len() {
+        match publisher.next().await {
+            Ev::PubAck(reason) => assert_eq!(reason, "Success"),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    drop(nodes.remove(1));
+    let node2 = cluster.start(2);
+    node2.wait_linked(2);
+    let (mut sub, present) =
+        Client::connect_to(&node2.host, node2.port, "durable-sub", persistent).await;
+    assert!(present, "{}", node2.log.lines().join("\n"));
+    assert_eq!(received(&mut sub, "d/x", batch.len()).await, batch);
 }

@@ -4,6 +4,8 @@
 # 127.0.0.1, subscribers on node 2 at 127.0.0.2) with encryptInternalTraffic
 # Enabled and Disabled, interleaved, ROUNDS rounds; prints the medians.
 # Both brokers share CPU 1 (the single node has it alone), the harness CPU 0.
+# WORKERS=N gives each cluster node N shards (default 1); BIN and LOADTEST
+# pick other builds.
 # usage: loadtest/scripts/cross-node.sh ROUNDS [loadtest run args...]
 #   e.g. loadtest/scripts/cross-node.sh 5 p2p --publishers 4 --qos 1 --payload 64
 # Needs: cargo build --release -p shardmq-io -p shardmq-loadtest
@@ -18,7 +20,7 @@ trap 'pkill -f "shardmq --config $work" || true; rm -rf "$work"' EXIT
 for mode in Enabled Disabled; do for i in 1 2; do j=$((3 - i))
   cat > "$work/$mode-$i.json" <<JSON
 {"listeners":[{"name":"mqtt","ports":[{"port":$((18830 + i)),"bindAddress":"127.0.0.$i"}]}],
- "cardinality":{"frontend":{"workers":1}}, "stateDir":"$work/state-$mode-$i",
+ "cardinality":{"frontend":{"workers":${WORKERS:-1}}}, "stateDir":"$work/state-$mode-$i",
  "diagnostics":{"logs":{"level":"warn"}}, "advanced":{"encryptInternalTraffic":"$mode"},
  "cluster":{"node":"node$i","address":"127.0.0.$i:$((17880 + i))",
    "peers":[{"node":"node$j","address":"127.0.0.$j:$((17880 + j))"}],

@@ -13,7 +13,7 @@ use hashbrown::HashMap;
 use bytestring::ByteString;
 
 use super::pending::Pending;
-use super::route::Shares;
+use super::route::{Shares, Waiter};
 use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
 use crate::cluster::routes::share_route;
@@ -41,8 +41,8 @@ pub(super) struct Cluster {
     /// all peers together: publishers wait past `MESH_BACKLOG_MAX`, as for
     /// the shard mesh.
     unsent: usize,
-    /// Per peer stream homed on this shard, the highest number routed.
-    streams: HashMap<StreamKey, u64>,
+    /// The peer streams homed on this shard.
+    streams: HashMap<StreamKey, StreamIn>,
     /// Messages homes routed for links this shard accepted, per link, not
     /// yet taken by `poll_cluster_routed`.
     routed: Vec<(u64, u64)>,
@@ -51,6 +51,29 @@ pub(super) struct Cluster {
 /// One numbered stream of messages from a peer: its node, that node's
 /// life, and its shard that sends them.
 pub type StreamKey = (NodeId, Incarnation, u16);
+
+/// A peer stream at its home shard.
+#[derive(Debug, Default)]
+struct StreamIn {
+    /// The highest number routed.
+    routed: u64,
+    /// With persistence: numbers routed and not yet settled (durable in
+    /// every persisted queue they went to), in order, each marked once
+    /// settled; the front leaves once settled.
+    unsettled: VecDeque<(u64, bool)>,
+    /// Frames whose acknowledgement waits for their last number to settle:
+    /// (the shard whose link carried them, the link, how many, the last).
+    frames: VecDeque<(ShardId, u64, u64, u64)>,
+}
+
+impl StreamIn {
+    /// Every number up to this one is settled.
+    fn settled_through(&self) -> u64 {
+        self.unsettled
+            .front()
+            .map_or(self.routed, |(seq, _)| seq.saturating_sub(1))
+    }
+}
 
 /// How long a peer whose link broke keeps its routes: messages for it are
 /// kept for the next link meanwhile, so a link that comes back (a flap, a
@@ -328,11 +351,13 @@ impl<S: Store> Shard<S> {
         first_seq: u64,
         messages: Vec<(Message, Vec<ByteString>)>,
     ) -> u64 {
+        if messages.is_empty() {
+            // A keepalive.
+            return 0;
+        }
         let home = ShardId::new(usize::from(stream.2) % self.config.shards.max(1));
         if home == self.id {
-            let count = messages.len() as u64;
-            self.route_stream(now, stream, first_seq, messages);
-            return count;
+            return self.route_stream(now, link, home, stream, first_seq, messages);
         }
         self.post(
             home,
@@ -368,16 +393,25 @@ impl<S: Store> Shard<S> {
 
     /// At a stream's home: routes what no earlier link already routed
     /// (`already_routed`; a new link carries again what the peer had no
-    /// acknowledgement for, so a QoS 2 message would otherwise arrive twice).
+    /// acknowledgement for, so a QoS 2 message would otherwise arrive
+    /// twice). Returns how many of the frame `link` carried (from shard
+    /// `from`) are acknowledged now; with persistence none are: the frame
+    /// is acknowledged once every number up to its last is durable where
+    /// it went, as a client's publish is (docs/PERSISTENCE.md), so a
+    /// message the peer was told about survives this node's crash.
     pub(super) fn route_stream(
         &mut self,
         now: Instant,
+        link: u64,
+        from: ShardId,
         stream: StreamKey,
         first_seq: u64,
         messages: Vec<(Message, Vec<ByteString>)>,
-    ) {
+    ) -> u64 {
+        let count = messages.len() as u64;
+        let persisting = self.persists_queues();
         let Some(c) = self.cluster.as_deref_mut() else {
-            return;
+            return 0;
         };
         if !c.streams.contains_key(&stream) {
             // A peer's new life starts its streams again and the old life's
@@ -385,10 +419,73 @@ impl<S: Store> Shard<S> {
             c.streams
                 .retain(|(node, life, _), _| *node != stream.0 || *life >= stream.1);
         }
-        let done = c.streams.entry(stream).or_default();
-        let skip = already_routed(done, first_seq, messages.len());
-        for (m, groups) in messages.into_iter().skip(skip) {
-            self.publish_from(now, std::sync::Arc::new(m), None, Shares::Only(&groups));
+        let state = c.streams.entry(stream).or_default();
+        let skip = already_routed(&mut state.routed, first_seq, messages.len());
+        let fresh = messages.into_iter().enumerate().skip(skip);
+        if !persisting {
+            for (_, (m, groups)) in fresh {
+                self.publish_from(now, std::sync::Arc::new(m), None, Shares::Only(&groups));
+            }
+            return count;
+        }
+        let seq_of = |i: usize| first_seq.saturating_add(i as u64);
+        let last = first_seq.saturating_add(count.saturating_sub(1));
+        let fresh: Vec<_> = fresh.collect();
+        state
+            .unsettled
+            .extend(fresh.iter().map(|(i, _)| (seq_of(*i), false)));
+        state.frames.push_back((from, link, count, last));
+        for (i, (m, groups)) in fresh {
+            let waiter = Some(Waiter::Stream(stream, seq_of(i)));
+            self.publish_from(now, std::sync::Arc::new(m), waiter, Shares::Only(&groups));
+        }
+        self.settle_stream(stream);
+        0
+    }
+
+    /// Message `seq` of `stream` is durable wherever it went.
+    pub(super) fn stream_message_done(&mut self, stream: StreamKey, seq: u64) {
+        let Some(state) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.streams.get_mut(&stream))
+        else {
+            return;
+        };
+        if let Some(entry) = state.unsettled.iter_mut().find(|(s, _)| *s == seq) {
+            entry.1 = true;
+        }
+        self.settle_stream(stream);
+    }
+
+    /// Acknowledges, in order, the frames of `stream` whose last number
+    /// is settled.
+    fn settle_stream(&mut self, stream: StreamKey) {
+        let Some(state) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.streams.get_mut(&stream))
+        else {
+            return;
+        };
+        while state.unsettled.front().is_some_and(|(_, done)| *done) {
+            state.unsettled.pop_front();
+        }
+        let through = state.settled_through();
+        let mut answers = Vec::new();
+        while let Some(&(from, link, count, last)) = state.frames.front() {
+            if last > through {
+                break;
+            }
+            state.frames.pop_front();
+            answers.push((from, link, count));
+        }
+        for (from, link, count) in answers {
+            if from == self.id {
+                self.cluster_routed(link, count);
+            } else {
+                self.post(from, MeshMsg::ClusterRouted { link, count });
+            }
         }
     }
 

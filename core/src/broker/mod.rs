@@ -553,9 +553,10 @@ impl<S: Store> Shard<S> {
                 first_seq,
                 messages,
             } => {
-                let count = messages.len() as u64;
-                self.route_stream(now, stream, first_seq, messages);
-                self.post(from, MeshMsg::ClusterRouted { link, count });
+                let count = self.route_stream(now, link, from, stream, first_seq, messages);
+                if count > 0 {
+                    self.post(from, MeshMsg::ClusterRouted { link, count });
+                }
             }
             MeshMsg::ClusterRouted { link, count } => self.cluster_routed(link, count),
             MeshMsg::PublishDone { request, reason } => self.publish_answer(request, reason),

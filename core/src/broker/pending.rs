@@ -55,6 +55,15 @@ pub(super) enum Pending {
         request: RequestId,
         waiting: usize,
     },
+    /// A peer stream's message at the stream's home, with persistence:
+    /// answers still to come from the shards (this one included) whose
+    /// persisted queues or retained store it went to; the last settles it
+    /// (`stream_message_done`).
+    StreamMessage {
+        stream: super::cluster::StreamKey,
+        seq: u64,
+        waiting: usize,
+    },
     /// A persisted session's write at its client id's owner; the
     /// connection's writer is held until it is durable.
     SessionWrite { conn: ConnId },
@@ -231,6 +240,19 @@ impl<S: Store> Shard<S> {
             }
             return;
         }
+        if let Some(Pending::StreamMessage { waiting, .. }) = self.pending.get_mut(&request) {
+            // A failed write has no way back to the peer: the stream moves
+            // on (the write's own error is logged where it failed).
+            *waiting = waiting.saturating_sub(1);
+            if *waiting == 0 {
+                if let Some(Pending::StreamMessage { stream, seq, .. }) =
+                    self.pending.remove(&request)
+                {
+                    self.stream_message_done(stream, seq);
+                }
+            }
+            return;
+        }
         let Some(Pending::Publish {
             reason, waiting, ..
         }) = self.pending.get_mut(&request)
@@ -255,8 +277,11 @@ impl<S: Store> Shard<S> {
     /// One more answer for `request` (a publish, or a relay of one) will
     /// come: a delivery held or forwarded.
     pub(super) fn expect_answer(&mut self, request: RequestId) {
-        if let Some(Pending::Publish { waiting, .. } | Pending::Relay { waiting, .. }) =
-            self.pending.get_mut(&request)
+        if let Some(
+            Pending::Publish { waiting, .. }
+            | Pending::Relay { waiting, .. }
+            | Pending::StreamMessage { waiting, .. },
+        ) = self.pending.get_mut(&request)
         {
             *waiting += 1;
         }

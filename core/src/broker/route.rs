@@ -31,7 +31,7 @@ impl<S: Store> Shard<S> {
         let qos = message.qos as usize;
         self.stats.publish_in[qos] += 1;
         self.stats.publish_in_bytes[qos] += message.payload.len() as u64;
-        self.publish_message(now, message, ack.map(|a| (conn, a)));
+        self.publish_message(now, message, ack.map(|a| Waiter::Client(conn, a)));
     }
 
     /// Routes a message (from a client, a will or the self-test) and
@@ -40,7 +40,7 @@ impl<S: Store> Shard<S> {
         &mut self,
         now: Instant,
         message: SharedMessage,
-        waiter: Option<(ConnId, PublishAck)>,
+        waiter: Option<Waiter>,
     ) {
         self.publish_from(now, message, waiter, Shares::Decide);
     }
@@ -51,7 +51,7 @@ impl<S: Store> Shard<S> {
         &mut self,
         now: Instant,
         message: SharedMessage,
-        waiter: Option<(ConnId, PublishAck)>,
+        waiter: Option<Waiter>,
         shares: Shares<'_>,
     ) {
         self.stats.messages_in += 1;
@@ -69,12 +69,19 @@ impl<S: Store> Shard<S> {
         let node_acks = clustered && message.qos != crate::codec::QoS::AtMostOnce;
         let request = waiter
             .filter(|_| remote_retain || persisting || node_acks)
-            .map(|(conn, ack)| {
-                self.new_request(Pending::Publish {
-                    conn,
-                    ack,
-                    reason: ReasonCode::Success,
-                    waiting: 0,
+            .map(|w| {
+                self.new_request(match w {
+                    Waiter::Client(conn, ack) => Pending::Publish {
+                        conn,
+                        ack,
+                        reason: ReasonCode::Success,
+                        waiting: 0,
+                    },
+                    Waiter::Stream(stream, seq) => Pending::StreamMessage {
+                        stream,
+                        seq,
+                        waiting: 0,
+                    },
                 })
             });
         let mut retained_outcome = ReasonCode::Success;
@@ -112,7 +119,7 @@ impl<S: Store> Shard<S> {
                 routed.reason = ReasonCode::Success;
             }
         }
-        let Some((conn, ack)) = waiter else {
+        let Some(waiter) = waiter else {
             return;
         };
         let reason = if retained_outcome.is_error() {
@@ -121,10 +128,13 @@ impl<S: Store> Shard<S> {
             routed.reason
         };
         let Some(request) = request else {
-            // A persisted retained change: acknowledged once on disk.
-            return match local_durable {
-                Some(seq) => self.wait_durable_local(seq, conn, ack, reason),
-                None => self.publish_done(conn, ack, reason),
+            return match waiter {
+                // A persisted retained change: acknowledged once on disk.
+                Waiter::Client(conn, ack) => match local_durable {
+                    Some(seq) => self.wait_durable_local(seq, conn, ack, reason),
+                    None => self.publish_done(conn, ack, reason),
+                },
+                Waiter::Stream(stream, seq) => self.stream_message_done(stream, seq),
             };
         };
         waiting += usize::from(local_durable.is_some());
@@ -140,11 +150,18 @@ impl<S: Store> Shard<S> {
                 *w += waiting;
                 *w
             }
+            Some(Pending::StreamMessage { waiting: w, .. }) => {
+                *w += waiting;
+                *w
+            }
             _ => 0,
         };
         if total == 0 {
             self.pending.remove(&request);
-            return self.publish_done(conn, ack, reason);
+            return match waiter {
+                Waiter::Client(conn, ack) => self.publish_done(conn, ack, reason),
+                Waiter::Stream(stream, seq) => self.stream_message_done(stream, seq),
+            };
         }
         if let Some(seq) = local_durable {
             self.wait_durable_request(seq, request);
@@ -457,6 +474,16 @@ struct Routed {
     answers: usize,
     /// Share groups another node serves for this message: (node, route).
     share_forwards: Vec<(crate::cluster::NodeId, bytestring::ByteString)>,
+}
+
+/// Who waits for a routed message's outcome.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Waiter {
+    /// A client's PUBACK or PUBREC.
+    Client(ConnId, PublishAck),
+    /// A peer stream's message, at the stream's home with persistence: its
+    /// link acknowledges it once it is durable where it went.
+    Stream(super::cluster::StreamKey, u64),
 }
 
 /// How a routing treats shared subscriptions.

@@ -21,7 +21,7 @@ pub fn already_routed(done: &mut u64, first_seq: u64, len: usize) -> usize {
         .map_or(0, |behind| behind.saturating_add(1));
     let skip = usize::try_from(skip).unwrap_or(usize::MAX).min(len);
     if skip < len {
-        let last = first_seq.saturating_add(len as u64).saturating_sub(1);
+        let last = first_seq.saturating_add(len as u64 - 1);
         *done = last.max(*done);
     }
     skip

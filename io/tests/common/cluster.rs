@@ -39,6 +39,9 @@ pub struct Cluster {
     pub encrypt: bool,
     /// `advanced.internalCerts` (duration, renewBefore).
     pub certs: (&'static str, &'static str),
+    /// Each node persists its subscriber queues (`persistence`,
+    /// `subscriberQueue` All) under this key file.
+    pub persistence: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -55,6 +58,7 @@ impl Cluster {
             internal,
             encrypt,
             certs: ("1h", "10m"),
+            persistence: None,
         }
     }
 
@@ -85,13 +89,21 @@ impl Cluster {
             cluster["caKeyFile"] = ca_dir.join("ca.key").to_str().unwrap().into();
         }
         let mode = if self.encrypt { "Enabled" } else { "Disabled" };
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "listeners": [{"name": "mqtt", "ports": [{"port": 0, "bindAddress": format!("127.0.0.{i}")}]}],
             "cardinality": {"frontend": {"workers": 2}},
             "stateDir": self.dir.join(format!("state{i}")),
             "advanced": {"encryptInternalTraffic": mode, "internalCerts": {"duration": self.certs.0, "renewBefore": self.certs.1}},
             "cluster": cluster,
         });
+        if let Some(key) = &self.persistence {
+            config["persistence"] = serde_json::json!({
+                "maxSize": "100M",
+                "subscriberQueue": {"mode": "All"},
+                "dataDir": self.dir.join(format!("data{i}")),
+                "keyFile": key,
+            });
+        }
         let path = self.dir.join(format!("node{i}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
         path
@@ -112,11 +124,26 @@ impl Cluster {
         self.start_with_ca(i, &self.dir.join("ca"))
     }
 
+    /// Every node persists its subscriber queues from now on.
+    pub fn with_persistence(mut self) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
+        let mut bytes = [0u8; 32];
+        let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+        std::io::Read::read_exact(&mut urandom, &mut bytes).unwrap();
+        let key = self.dir.join("persistence.key");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&key, hex).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        self.persistence = Some(key);
+        self
+    }
+
     pub fn start_with_ca(&self, i: usize, ca_dir: &Path) -> Node {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(self.config(i, ca_dir))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env_remove("SHARDMQ_PERSISTENCE_KEY");
         let (proc, ports, log) = spawn_logged(cmd, 1);
         Node {
             host: format!("127.0.0.{i}"),
