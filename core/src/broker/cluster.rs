@@ -443,13 +443,13 @@ impl<S: Store> Shard<S> {
         0
     }
 
+    fn stream_in(&mut self, stream: StreamKey) -> Option<&mut StreamIn> {
+        self.cluster.as_deref_mut()?.streams.get_mut(&stream)
+    }
+
     /// Message `seq` of `stream` is durable wherever it went.
     pub(super) fn stream_message_done(&mut self, stream: StreamKey, seq: u64) {
-        let Some(state) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.streams.get_mut(&stream))
-        else {
+        let Some(state) = self.stream_in(stream) else {
             return;
         };
         if let Some(entry) = state.unsettled.iter_mut().find(|(s, _)| *s == seq) {
@@ -461,11 +461,7 @@ impl<S: Store> Shard<S> {
     /// Acknowledges, in order, the frames of `stream` whose last number
     /// is settled.
     fn settle_stream(&mut self, stream: StreamKey) {
-        let Some(state) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.streams.get_mut(&stream))
-        else {
+        let Some(state) = self.stream_in(stream) else {
             return;
         };
         while state.unsettled.front().is_some_and(|(_, done)| *done) {
