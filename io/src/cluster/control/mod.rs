@@ -61,6 +61,9 @@ pub struct Control {
     evictions: Arc<EvictionQueues>,
     /// The registry as applied here.
     registry: Arc<Mutex<store::Registry>>,
+    /// The next claim's nonce: from this life's start in microseconds, so
+    /// a restart never repeats one an `Abandon` on record names.
+    nonces: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Control {
@@ -183,6 +186,7 @@ impl Control {
             addrs: Arc::new(addrs),
             evictions,
             registry,
+            nonces: std::sync::atomic::AtomicU64::new(setup.incarnation.0.max(1)),
         }))
     }
 
@@ -195,17 +199,51 @@ impl Control {
         principal: &str,
         any_principal: bool,
     ) -> Result<u64, ClaimError> {
+        let nonce = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cmd = Command::Claim {
             client_id: client_id.to_owned(),
             node: self.me,
             principal: principal.to_owned(),
             any_principal,
+            nonce,
         };
         match self.write(cmd).await {
             Some(Reply::Granted { claim, .. }) => Ok(claim),
             Some(Reply::Refused) => Err(ClaimError::Refused),
-            _ => Err(ClaimError::Unavailable),
+            _ => {
+                self.abandon(client_id.to_owned(), nonce);
+                Err(ClaimError::Unavailable)
+            }
         }
+    }
+
+    /// The claim `nonce` timed out and its CONNECT is refused; it may still
+    /// commit (it was on its way to the leader): undo it or have it
+    /// refused, in the background, retrying until the cluster answers
+    /// (docs/CLUSTER.md).
+    fn abandon(&self, client_id: String, nonce: u64) {
+        let (raft, dialer, addrs, me) = (
+            self.raft.clone(),
+            self.dialer.clone(),
+            self.addrs.clone(),
+            self.me,
+        );
+        self.rt.spawn(async move {
+            let cmd = Command::Abandon {
+                client_id,
+                node: me,
+                nonce,
+            };
+            // A minority side keeps trying until it heals (bounded: an
+            // hour of tries, then the claim, if it ever came, stays).
+            for _ in 0..720 {
+                if commit(&raft, &dialer, &addrs, cmd.clone()).await.is_some() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Frees `client_id` if this node still holds it under `claim` (the

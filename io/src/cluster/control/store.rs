@@ -257,6 +257,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Registry {
     pub holders: BTreeMap<String, Holder>,
+    /// The latest abandoned claims (node, nonce), so that one applied after
+    /// its `Abandon` is refused; bounded by `ABANDONED_MAX`.
+    #[serde(default)]
+    abandoned: std::collections::VecDeque<(u32, u64)>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
@@ -270,7 +274,12 @@ impl Registry {
                 node,
                 principal,
                 any_principal,
+                nonce,
             } => {
+                if *nonce != 0 && self.abandoned.contains(&(*node, *nonce)) {
+                    // Its CONNECT was refused while it was on the way.
+                    return Reply::Refused;
+                }
                 let previous = self.holders.get(client_id);
                 // The identity binding of `sessionTakeover`, cluster-wide:
                 // another principal may not take a held id under
@@ -287,6 +296,7 @@ impl Registry {
                         node: *node,
                         principal: principal.clone(),
                         claim: index,
+                        nonce: *nonce,
                     },
                 );
                 Reply::Granted {
@@ -307,9 +317,29 @@ impl Registry {
                 }
                 Reply::Released
             }
+            Command::Abandon {
+                client_id,
+                node,
+                nonce,
+            } => {
+                let held = |h: &Holder| h.node == *node && h.nonce == *nonce;
+                if self.holders.get(client_id).is_some_and(held) {
+                    self.holders.remove(client_id);
+                }
+                if self.abandoned.len() == ABANDONED_MAX {
+                    self.abandoned.pop_front();
+                }
+                self.abandoned.push_back((*node, *nonce));
+                Reply::Released
+            }
         }
     }
 }
+
+/// Abandoned claims remembered. A claim is abandoned after `CLAIM_TIMEOUT`
+/// and commits within seconds if at all; this many cover a storm of
+/// refused CONNECTs during a long partition.
+const ABANDONED_MAX: usize = 65_536;
 
 /// What applying committed claims means for this node: ids another node
 /// took from it (their sessions here end).
@@ -413,7 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Command::Claim { client_id, .. } => {
                             reg.holders.get(client_id).map(|h| h.node)
                         }
-                        Command::Release { .. } => None,
+                        Command::Release { .. } | Command::Abandon { .. } => None,
                     };
                     let reply = reg.apply(&cmd, e.log_id.index);
                     // Another node took an id this node held: its session
@@ -484,12 +514,55 @@ mod tests {
     use super::*;
 
     fn claim(id: &str, node: u32, principal: &str, any: bool) -> Command {
+        claim_nonce(id, node, principal, any, 0)
+    }
+
+    fn claim_nonce(id: &str, node: u32, principal: &str, any: bool, nonce: u64) -> Command {
         Command::Claim {
             client_id: id.to_owned(),
             node,
             principal: principal.to_owned(),
             any_principal: any,
+            nonce,
         }
+    }
+
+    #[test]
+    fn an_abandoned_claim_is_undone_or_refused_when_it_comes_late() {
+        let mut r = Registry::default();
+        let abandon = |nonce| Command::Abandon {
+            client_id: "d".into(),
+            node: 1,
+            nonce,
+        };
+        // Applied, then abandoned: the id is free again.
+        r.apply(&claim_nonce("d", 1, "alice", false, 7), 1);
+        r.apply(&abandon(7), 2);
+        assert!(r.holders.is_empty());
+        // Abandoned before it was applied: refused when it comes.
+        r.apply(&abandon(8), 3);
+        assert_eq!(
+            r.apply(&claim_nonce("d", 1, "alice", false, 8), 4),
+            Reply::Refused
+        );
+        assert!(r.holders.is_empty());
+        // Another attempt of the same node, and another node's claim with
+        // the same number, are untouched.
+        r.apply(&claim_nonce("d", 1, "alice", false, 9), 5);
+        r.apply(&abandon(8), 6);
+        assert_eq!(r.holders["d"].claim, 5);
+        let other = Command::Abandon {
+            client_id: "d".into(),
+            node: 2,
+            nonce: 9,
+        };
+        r.apply(&other, 7);
+        assert_eq!(r.holders["d"].claim, 5);
+        // What is remembered stays bounded.
+        for n in 0..(ABANDONED_MAX as u64 + 10) {
+            r.apply(&abandon(1000 + n), 8 + n);
+        }
+        assert_eq!(r.abandoned.len(), ABANDONED_MAX);
     }
 
     #[test]

@@ -16,6 +16,17 @@ pub enum Command {
         node: u32,
         principal: String,
         any_principal: bool,
+        /// Unique per attempt on `node`: an `Abandon` names it.
+        #[serde(default)]
+        nonce: u64,
+    },
+    /// `node` gave up waiting for its claim `nonce` (it refused that
+    /// CONNECT with Server unavailable): the claim is undone if it was
+    /// applied and still holds, and refused if it is applied later.
+    Abandon {
+        client_id: String,
+        node: u32,
+        nonce: u64,
     },
     /// `node`'s session for `client_id`, held under claim `claim` (the log
     /// index of that claim), ended.
@@ -33,7 +44,9 @@ impl Command {
     /// The node the command is for.
     pub fn node(&self) -> u64 {
         match self {
-            Command::Claim { node, .. } | Command::Release { node, .. } => u64::from(*node),
+            Command::Claim { node, .. }
+            | Command::Release { node, .. }
+            | Command::Abandon { node, .. } => u64::from(*node),
         }
     }
 }
@@ -60,6 +73,9 @@ pub struct Holder {
     /// The log index of the claim that made this node the holder.
     #[serde(default)]
     pub claim: u64,
+    /// That claim's nonce (0: none, written before nonces existed).
+    #[serde(default)]
+    pub nonce: u64,
 }
 
 openraft::declare_raft_types!(
