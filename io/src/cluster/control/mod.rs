@@ -96,6 +96,7 @@ impl Control {
             me: u64::from(me),
             tls: setup.tls.as_ref().map(|t| t.client.clone()),
             names: Arc::new(names),
+            idle: Arc::default(),
         };
         let server_tls = setup.tls.as_ref().map(|t| t.server.clone());
         let bind = control_addr(setup.bind);
@@ -316,7 +317,6 @@ async fn commit(
     cmd: Command,
 ) -> Option<Reply> {
     let deadline = tokio::time::Instant::now() + CLAIM_TIMEOUT;
-    let mut conn: Option<Box<dyn Stream>> = None;
     while tokio::time::Instant::now() < deadline {
         let left = deadline - tokio::time::Instant::now();
         let leader = match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
@@ -331,13 +331,21 @@ async fn commit(
                 // A leader that stopped answering (paused, cut off) must not
                 // take the whole wait: the others elect another meanwhile.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let limit = left.min(FORWARD_TIMEOUT);
+                let mut conn = dialer.checkout(leader);
+                let pooled = conn.is_some();
                 let call = dialer.call(&mut conn, leader, addr, &rpc);
-                if let Ok(Ok(RpcReply::Write(Ok(reply)))) =
-                    tokio::time::timeout(left.min(FORWARD_TIMEOUT), call).await
-                {
+                let mut answer = tokio::time::timeout(limit, call).await;
+                if pooled && matches!(answer, Ok(Err(_))) {
+                    // The kept connection had gone (the leader restarted):
+                    // a fresh one at once, not after a retry pause.
+                    let call = dialer.call(&mut conn, leader, addr, &rpc);
+                    answer = tokio::time::timeout(limit, call).await;
+                }
+                if let Ok(Ok(RpcReply::Write(Ok(reply)))) = answer {
+                    dialer.checkin(leader, conn);
                     return Some(reply);
                 }
-                conn = None;
             }
         }
         tokio::time::sleep(RETRY).await;

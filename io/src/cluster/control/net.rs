@@ -97,7 +97,16 @@ pub struct Dialer {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Node id -> node name (the certificate's DNS name).
     pub names: Arc<std::collections::HashMap<u64, String>>,
+    /// Idle connections per node for forwarded writes (claims), so a
+    /// CONNECT on a follower costs one round trip, not a TLS handshake.
+    pub idle: Arc<std::sync::Mutex<IdleConns>>,
 }
+
+/// Per node id, connections that answered their last call.
+pub type IdleConns = std::collections::HashMap<u64, Vec<Box<dyn Stream>>>;
+
+/// Idle forwarding connections kept per node.
+const IDLE_PER_NODE: usize = 16;
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +135,23 @@ impl Dialer {
         };
         write_frame(&mut *stream, &Rpc::Hello(self.me)).await?;
         Ok(stream)
+    }
+
+    /// An idle connection to `target`, if one is kept.
+    pub fn checkout(&self, target: u64) -> Option<Box<dyn Stream>> {
+        self.idle.lock().ok()?.get_mut(&target)?.pop()
+    }
+
+    /// Keeps `conn` (it answered its last call) for the next write to
+    /// `target`.
+    pub fn checkin(&self, target: u64, conn: Option<Box<dyn Stream>>) {
+        let (Some(conn), Ok(mut idle)) = (conn, self.idle.lock()) else {
+            return;
+        };
+        let kept = idle.entry(target).or_default();
+        if kept.len() < IDLE_PER_NODE {
+            kept.push(conn);
+        }
     }
 
     /// One request and its answer on `conn` (dialled first if needed).
