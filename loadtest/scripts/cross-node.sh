@@ -15,7 +15,7 @@ B=${BIN:-$PWD/target/release/shardmq}
 L=${LOADTEST:-$PWD/target/release/shardmq-loadtest}
 rounds=$1; shift
 work=$(mktemp -d)
-trap 'pkill -f "shardmq --config $work" || true; rm -rf "$work"' EXIT
+trap 'pkill -f -- "--config $work" || true; rm -rf "$work"' EXIT
 "$B" --make-cluster-ca "$work/ca" >/dev/null
 for mode in Enabled Disabled; do for i in 1 2; do j=$((3 - i))
   cat > "$work/$mode-$i.json" <<JSON
@@ -39,7 +39,7 @@ for r in $(seq 1 "$rounds"); do
     fi
     sleep 1.5
     "$L" --cpu 0 run "$@" --broker 127.0.0.1:18831 "${sub[@]}" --json "$work/$set-$r.json" >/dev/null || true
-    pkill -f "shardmq --config $work" || true; sleep 0.5
+    pkill -f -- "--config $work" || true; sleep 0.5
   done
 done
 python3 - "$work" "$rounds" <<'PY'

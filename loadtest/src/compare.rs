@@ -313,6 +313,8 @@ pub struct Medians {
     /// Totals over rounds, not medians.
     pub lost: u64,
     pub duplicated: u64,
+    /// QoS 1 redeliveries with DUP on a later connection (allowed).
+    pub redelivered: u64,
     pub errors: u64,
     pub failed_runs: usize,
 }
@@ -355,6 +357,7 @@ impl Medians {
             connects_per_s: mo(&|r| r.connects_per_s),
             lost: runs.iter().map(|r| r.lost).sum(),
             duplicated: runs.iter().map(|r| r.duplicated).sum(),
+            redelivered: runs.iter().map(|r| r.redelivered).sum(),
             errors: runs.iter().map(|r| r.errors.values().sum::<u64>()).sum(),
             failed_runs: runs.iter().filter(|r| !r.ok()).count(),
         }

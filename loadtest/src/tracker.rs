@@ -39,10 +39,12 @@ impl SeqTracker {
         self.unique += 1;
     }
 
-    /// Records one QoS 1 arrival: with DUP set, one already seen is a
-    /// redelivery, not a duplicate.
-    pub fn record_at_least_once(&mut self, seq: u64, dup: bool) {
-        if dup && self.seen(seq) {
+    /// Records one QoS 1 arrival: `redelivery` (DUP set, and the first
+    /// arrival on this connection), one already seen is a redelivery, not
+    /// a duplicate; a repeat on the same connection is a duplicate
+    /// whatever its flag [MQTT-4.4.0-1].
+    pub fn record_at_least_once(&mut self, seq: u64, redelivery: bool) {
+        if redelivery && self.seen(seq) {
             self.redelivered += 1;
         } else {
             self.record(seq);

@@ -46,6 +46,10 @@ pub(super) struct Cluster {
     /// Messages homes routed for links this shard accepted, per link, not
     /// yet taken by `poll_cluster_routed`.
     routed: Vec<(u64, u64)>,
+    /// Answers to other shards' links (`ClusterRouted`) held while this
+    /// shard's mesh is full: the links wait for them, so a peer cannot
+    /// push through a home whose subscribers' shards fall behind.
+    held_answers: Vec<(ShardId, u64, u64)>,
 }
 
 /// One numbered stream of messages from a peer: its node, that node's
@@ -154,6 +158,7 @@ impl<S: Store> Shard<S> {
             unsent: 0,
             streams: HashMap::new(),
             routed: Vec::new(),
+            held_answers: Vec::new(),
         }));
     }
 
@@ -477,11 +482,41 @@ impl<S: Store> Shard<S> {
             answers.push((from, link, count));
         }
         for (from, link, count) in answers {
-            if from == self.id {
-                self.cluster_routed(link, count);
-            } else {
-                self.post(from, MeshMsg::ClusterRouted { link, count });
+            self.answer_routed(from, link, count);
+        }
+    }
+
+    /// Tells the shard whose link `link` carried `count` messages that
+    /// they are routed (so it acknowledges them); held while this shard's
+    /// mesh is full. This shard's own links wait for its mesh themselves.
+    pub(super) fn answer_routed(&mut self, from: ShardId, link: u64, count: u64) {
+        if from == self.id {
+            return self.cluster_routed(link, count);
+        }
+        let full = !self.shard_mesh_has_room();
+        match self.cluster.as_deref_mut() {
+            // Behind held ones, to keep their order.
+            Some(c) if full || !c.held_answers.is_empty() => {
+                c.held_answers.push((from, link, count))
             }
+            _ => self.post(from, MeshMsg::ClusterRouted { link, count }),
+        }
+    }
+
+    /// The held answers go once the mesh has room again (`poll_mesh`).
+    pub(super) fn release_routed_answers(&mut self) {
+        let held = match self.cluster.as_deref_mut() {
+            Some(c) if !c.held_answers.is_empty() => std::mem::take(&mut c.held_answers),
+            _ => return,
+        };
+        if !self.shard_mesh_has_room() {
+            if let Some(c) = self.cluster.as_deref_mut() {
+                c.held_answers = held;
+            }
+            return;
+        }
+        for (from, link, count) in held {
+            self.post(from, MeshMsg::ClusterRouted { link, count });
         }
     }
 
@@ -775,8 +810,12 @@ mod tests {
     const PEER: NodeId = NodeId(2);
 
     fn shard() -> Shard<MemoryOnly> {
+        shard_of(0, 1)
+    }
+
+    fn shard_of(id: usize, shards: usize) -> Shard<MemoryOnly> {
         let config = Arc::new(super::super::ShardConfig {
-            shards: 1,
+            shards,
             instance: 1,
             limits: Arc::new(ClientLimits::default()),
             retained_max: 100,
@@ -785,7 +824,7 @@ mod tests {
             selftest: None,
             persistence: None,
         });
-        let mut s = Shard::new(ShardId::new(0), config, ShardBuffer::new(None, 1 << 20, 0));
+        let mut s = Shard::new(ShardId::new(id), config, ShardBuffer::new(None, 1 << 20, 0));
         s.enable_cluster(ME, Incarnation(1), &[PEER]);
         s
     }
@@ -906,5 +945,53 @@ mod tests {
         };
         s.publish_message(now, Arc::new(m), None);
         assert!(s.poll_cluster(PEER).1.is_empty());
+    }
+
+    #[test]
+    fn a_home_with_a_full_mesh_holds_its_answers_to_other_shards_links() {
+        let now = t0();
+        let message = |n: u8| {
+            let m = Message {
+                topic: TopicName::try_from("a/b").unwrap_or_else(|_| unreachable!()),
+                payload: bytes::Bytes::from(vec![n; 10]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: "p".into(),
+            };
+            (m, Vec::new())
+        };
+        let mut s = shard_of(0, 3);
+        let (busy, landing) = (ShardId::new(1), ShardId::new(2));
+        // Frames of a stream homed on shard 1 fill the mesh there.
+        let away = (PEER, Incarnation(3), 1);
+        let mut posted = 0;
+        while s.shard_mesh_has_room() {
+            posted += 1;
+            assert_eq!(
+                s.handle_cluster_publish(now, 5, away, posted, vec![message(1)]),
+                0
+            );
+        }
+        // Shard 2's link brings a frame of a stream homed here: routed, but
+        // the answer to shard 2 waits for room.
+        let home = (PEER, Incarnation(3), 0);
+        let frame = MeshMsg::ClusterPublish {
+            link: 9,
+            stream: home,
+            first_seq: 1,
+            messages: vec![message(2), message(3)],
+        };
+        s.handle_mesh(landing, frame, now);
+        assert!(s.poll_mesh(landing).is_none());
+        assert!(matches!(
+            s.poll_mesh(busy),
+            Some(MeshMsg::ClusterPublish { .. })
+        ));
+        match s.poll_mesh(landing) {
+            Some(MeshMsg::ClusterRouted { link, count }) => assert_eq!((link, count), (9, 2)),
+            other => panic!("expected the answer, got {other:?}"),
+        }
     }
 }

@@ -215,6 +215,9 @@ impl MeshMsg {
     /// Whether this carries application messages (the backlog a slow peer
     /// makes publishers wait for), not control.
     pub fn is_data(&self) -> bool {
-        matches!(self, MeshMsg::Deliver { .. } | MeshMsg::Forward { .. })
+        matches!(
+            self,
+            MeshMsg::Deliver { .. } | MeshMsg::Forward { .. } | MeshMsg::ClusterPublish { .. }
+        )
     }
 }

@@ -437,6 +437,7 @@ impl<S: Store> Shard<S> {
         let msg = self.outbox.get_mut(peer.index())?.pop_front()?;
         if msg.is_data() {
             self.outbox_data -= 1;
+            self.release_routed_answers();
         }
         Some(msg)
     }
@@ -555,7 +556,7 @@ impl<S: Store> Shard<S> {
             } => {
                 let count = self.route_stream(now, link, from, stream, first_seq, messages);
                 if count > 0 {
-                    self.post(from, MeshMsg::ClusterRouted { link, count });
+                    self.answer_routed(from, link, count);
                 }
             }
             MeshMsg::ClusterRouted { link, count } => self.cluster_routed(link, count),

@@ -44,6 +44,8 @@ pub enum LinkError {
     BadName(String),
     #[error("node link: the peer closed the link")]
     Closed,
+    #[error("node link: the peer broke the protocol: {0}")]
+    Protocol(String),
 }
 
 /// Who is at the other end: its verified certificate's node name, and

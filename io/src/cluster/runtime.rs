@@ -235,6 +235,11 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     inbound.borrow_mut().push(out.clone());
     info!(shard = driver.id.index(), peer = %node.name, "cluster: node link in");
     let read = async {
+        // Messages handed to their stream's home and not yet routed there
+        // stay under `LINK_WINDOW`: a peer cannot fill this node's mesh
+        // through a home that is behind. One stream per link.
+        let mut posted = 0u64;
+        let mut link_stream = None;
         loop {
             let frame = reader.recv(SILENCE_MAX).await?;
             if let Frame::Retained(messages) = frame {
@@ -250,9 +255,21 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
                 // A slow shard mesh pushes back on the peer, as on clients.
                 // Only the shard mesh: waiting on this shard's own links
                 // too could deadlock two nodes flooding each other.
-                while !driver.peek(|s| s.shard_mesh_has_room()) {
+                if messages.is_empty() {
+                    continue;
+                }
+                if *link_stream.get_or_insert(stream) != stream {
+                    return Err(LinkError::Protocol(format!(
+                        "{} switched streams on one link",
+                        node.name
+                    )));
+                }
+                while !driver.peek(|s| s.shard_mesh_has_room())
+                    || posted.saturating_sub(out.routed.get()) > LINK_WINDOW
+                {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
+                posted += messages.len() as u64;
                 let key = (peer.node, peer.incarnation, stream);
                 let routed = driver.with(|s| {
                     s.handle_cluster_publish(Instant::now(), out.id, key, first_seq, messages)
@@ -264,8 +281,13 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
     let write = write_outbox(&mut writer, &out, &wake);
     let result = read.or(write).await;
     out.closed.set(true);
+    inbound.borrow_mut().retain(|o| !Rc::ptr_eq(o, &out));
     result
 }
+
+/// Messages of one link handed to their home and not yet routed, at most
+/// (then the link stops reading).
+const LINK_WINDOW: u64 = 4 * shardmq_core::broker::CLUSTER_BATCH_MAX as u64;
 
 async fn write_outbox<S: AsyncRead + AsyncWrite + Unpin>(
     writer: &mut link::LinkWriter<S>,

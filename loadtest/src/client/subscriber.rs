@@ -89,6 +89,9 @@ struct Subscriber<'a> {
     /// QoS 2 packet ids received and not yet released: a re-sent PUBLISH
     /// with one of these is the same message [MQTT-4.3.3-9].
     awaiting_rel: HashSet<u16>,
+    /// Per publisher, what this connection received: a QoS 1 repeat with
+    /// DUP is a redelivery only if it is new on this connection.
+    this_conn: HashMap<u32, SeqTracker>,
     latencies: Vec<u64>,
     reconnect_ns: Option<u64>,
     /// Messages read while throttled.
@@ -120,7 +123,10 @@ impl Subscriber<'_> {
         let tracker = self.out.trackers.entry(stamp.publisher).or_default();
         let unique = tracker.unique;
         if p.qos == QoS::AtLeastOnce {
-            tracker.record_at_least_once(stamp.seq, p.dup);
+            let here = self.this_conn.entry(stamp.publisher).or_default();
+            let again_here = here.seen(stamp.seq);
+            here.record(stamp.seq);
+            tracker.record_at_least_once(stamp.seq, p.dup && !again_here);
         } else {
             tracker.record(stamp.seq);
         }
@@ -249,6 +255,7 @@ impl Subscriber<'_> {
                 .connector
                 .connect(&self.plan.client_id, false)
                 .await?;
+            self.this_conn.clear();
             let session_present = conn.session_present;
             let early = if session_present {
                 Vec::new()
@@ -295,6 +302,7 @@ pub async fn run(
         },
         plan,
         awaiting_rel: HashSet::new(),
+        this_conn: HashMap::new(),
         latencies: Vec::with_capacity(LATENCY_BATCH),
         reconnect_ns: None,
         throttled: 0,
