@@ -841,8 +841,9 @@ mod tests {
         }
     }
 
-    fn publish(s: &mut Shard<MemoryOnly>, now: Instant, n: u8) {
-        let m = Message {
+    /// A QoS 1 message on `a/b` whose payload is `n` ten times.
+    fn message_of(n: u8) -> Message {
+        Message {
             topic: TopicName::try_from("a/b").unwrap_or_else(|_| unreachable!()),
             payload: bytes::Bytes::from(vec![n; 10]),
             qos: QoS::AtLeastOnce,
@@ -850,8 +851,11 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: "p".into(),
-        };
-        s.publish_message(now, Arc::new(m), None);
+        }
+    }
+
+    fn publish(s: &mut Shard<MemoryOnly>, now: Instant, n: u8) {
+        s.publish_message(now, Arc::new(message_of(n)), None);
     }
 
     fn payloads(batch: &[ForNode]) -> Vec<u8> {
@@ -950,18 +954,7 @@ mod tests {
     #[test]
     fn a_home_with_a_full_mesh_holds_its_answers_to_other_shards_links() {
         let now = t0();
-        let message = |n: u8| {
-            let m = Message {
-                topic: TopicName::try_from("a/b").unwrap_or_else(|_| unreachable!()),
-                payload: bytes::Bytes::from(vec![n; 10]),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: None,
-                expires_at: None,
-                origin: "p".into(),
-            };
-            (m, Vec::new())
-        };
+        let message = |n: u8| (message_of(n), Vec::new());
         let mut s = shard_of(0, 3);
         let (busy, landing) = (ShardId::new(1), ShardId::new(2));
         // Frames of a stream homed on shard 1 fill the mesh there.
