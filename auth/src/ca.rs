@@ -624,6 +624,28 @@ mod tests {
         }
     }
 
+    /// Whether `leaf` chains to the CA certificate `ca` for `usage`, now.
+    fn chains_to(
+        leaf: &rustls_pki_types::CertificateDer<'_>,
+        ca: &rustls_pki_types::CertificateDer<'_>,
+        usage: webpki::KeyUsage,
+    ) -> bool {
+        let anchor = webpki::anchor_from_trusted_cert(ca).unwrap();
+        let ee = webpki::EndEntityCert::try_from(leaf).unwrap();
+        ee.verify_for_usage(
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .all,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .is_ok()
+    }
+
     fn public_key_of(cert: &ReloadableCert) -> Vec<u8> {
         let current = cert.current();
         let (_, parsed) = X509Certificate::from_der(current.end_entity_cert().unwrap()).unwrap();
@@ -742,21 +764,11 @@ mod tests {
                 .as_slice(),
         )
         .unwrap();
-        let anchor = webpki::anchor_from_trusted_cert(&ca_der[0]).unwrap();
-        let ee = webpki::EndEntityCert::try_from(&leaf[0]).unwrap();
-        let unix_now = rustls_pki_types::UnixTime::now();
-        ee.verify_for_usage(
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .all,
-            &[anchor],
-            &[],
-            unix_now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .unwrap();
+        assert!(chains_to(
+            &leaf[0],
+            &ca_der[0],
+            webpki::KeyUsage::server_auth()
+        ));
 
         // A CA that would expire before one more leaf is replaced.
         let far = now + CA_LIFETIME;
@@ -790,22 +802,10 @@ mod tests {
         assert_eq!(node.ca().cert_pem(), next.cert_pem());
         // The new leaf chains to the new CA, not the old.
         let current = node.cert().current();
-        let ee = webpki::EndEntityCert::try_from(current.end_entity_cert().unwrap()).unwrap();
+        let leaf = current.end_entity_cert().unwrap();
         let verifies = |ca: &str| {
             let der = files::certs_from_pem(ca.as_bytes()).unwrap();
-            let anchor = webpki::anchor_from_trusted_cert(&der[0]).unwrap();
-            ee.verify_for_usage(
-                rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms
-                    .all,
-                &[anchor],
-                &[],
-                rustls_pki_types::UnixTime::now(),
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .is_ok()
+            chains_to(leaf, &der[0], webpki::KeyUsage::client_auth())
         };
         assert!(verifies(next.cert_pem()));
         assert!(!verifies(a_pem.as_str()));

@@ -6,7 +6,9 @@
 //! while links run ([`NodeTrust`]). TLS 1.3 only, with no resumption.
 //! This module builds the configs and names the peer; it opens no sockets.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -41,10 +43,11 @@ pub fn trusted_roots(pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
 #[derive(Debug)]
 pub struct NodeTrust {
     provider: Arc<CryptoProvider>,
-    current: RwLock<Verifiers>,
+    /// Swapped whole, as the listeners' client CA is (`x509::ClientCa`).
+    current: ArcSwap<Verifiers>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Verifiers {
     roots: Arc<RootCertStore>,
     /// Checks a dialling node's leaf (clientAuth).
@@ -56,7 +59,7 @@ struct Verifiers {
 impl NodeTrust {
     pub fn new(roots: Arc<RootCertStore>) -> Result<Arc<NodeTrust>, TlsError> {
         let provider = Arc::new(provider());
-        let current = RwLock::new(Self::verifiers(&provider, roots)?);
+        let current = ArcSwap::from_pointee(Self::verifiers(&provider, roots)?);
         Ok(Arc::new(NodeTrust { provider, current }))
     }
 
@@ -83,23 +86,17 @@ impl NodeTrust {
     /// Trusts `roots` from the next handshake on.
     pub fn replace(&self, roots: Arc<RootCertStore>) -> Result<(), TlsError> {
         let next = Self::verifiers(&self.provider, roots)?;
-        match self.current.write() {
-            Ok(mut current) => *current = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        self.current.store(Arc::new(next));
         Ok(())
     }
 
     /// The roots in force.
     pub fn roots(&self) -> Arc<RootCertStore> {
-        self.now().roots
+        self.now().roots.clone()
     }
 
-    fn now(&self) -> Verifiers {
-        match self.current.read() {
-            Ok(current) => current.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn now(&self) -> Guard<Arc<Verifiers>> {
+        self.current.load()
     }
 }
 

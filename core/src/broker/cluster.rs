@@ -425,24 +425,24 @@ impl<S: Store> Shard<S> {
                 .retain(|(node, life, _), _| *node != stream.0 || *life >= stream.1);
         }
         let state = c.streams.entry(stream).or_default();
-        let skip = already_routed(&mut state.routed, first_seq, messages.len());
-        let fresh = messages.into_iter().enumerate().skip(skip);
-        if !persisting {
-            for (_, (m, groups)) in fresh {
-                self.publish_from(now, std::sync::Arc::new(m), None, Shares::Only(&groups));
-            }
-            return count;
-        }
+        let len = messages.len();
+        let skip = already_routed(&mut state.routed, first_seq, len);
         let seq_of = |i: usize| first_seq.saturating_add(i as u64);
-        let last = first_seq.saturating_add(count.saturating_sub(1));
-        let fresh: Vec<_> = fresh.collect();
-        state
-            .unsettled
-            .extend(fresh.iter().map(|(i, _)| (seq_of(*i), false)));
-        state.frames.push_back((from, link, count, last));
-        for (i, (m, groups)) in fresh {
-            let waiter = Some(Waiter::Stream(stream, seq_of(i)));
+        if persisting {
+            // Registered before routing: a message can settle at once.
+            state
+                .unsettled
+                .extend((skip..len).map(|i| (seq_of(i), false)));
+            state
+                .frames
+                .push_back((from, link, count, seq_of(len.saturating_sub(1))));
+        }
+        for (i, (m, groups)) in messages.into_iter().enumerate().skip(skip) {
+            let waiter = persisting.then(|| Waiter::Stream(stream, seq_of(i)));
             self.publish_from(now, std::sync::Arc::new(m), waiter, Shares::Only(&groups));
+        }
+        if !persisting {
+            return count;
         }
         self.settle_stream(stream);
         0
