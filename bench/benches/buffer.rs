@@ -120,6 +120,7 @@ fn message(payload_len: usize) -> Message {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("sensor-0042"),
+        retain_stamp: 0,
     }
 }
 

@@ -40,6 +40,7 @@ fn message() -> Arc<Message> {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("sensor-0042"),
+        retain_stamp: 0,
     })
 }
 

@@ -28,6 +28,7 @@ fn hop(n: u64, targets: usize) -> Duration {
         properties: None,
         expires_at: None,
         origin: "bench".into(),
+        retain_stamp: 0,
     });
     let (start_tx, start_rx) = mpsc::channel::<Instant>();
     let receiver_mesh = mesh.clone();

@@ -57,6 +57,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 properties: (properties != Properties::default()).then(|| Box::new(properties)),
                 expires_at: expiry_ns.map(|ns| epoch() + Duration::from_nanos(ns)),
                 origin,
+                retain_stamp: 0,
             },
         )
 }
@@ -154,6 +155,7 @@ fn record_of_another_owner_is_refused() {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("c"),
+        retain_stamp: 0,
     };
     let mut out = Vec::new();
     record::encode(&mut out, 41, &m, epoch()).unwrap();
@@ -175,6 +177,7 @@ fn expiry_before_epoch_stays_expired() {
         properties: None,
         expires_at: Some(Instant::now()),
         origin: ByteString::new(),
+        retain_stamp: 0,
     };
     let mut out = Vec::new();
     record::encode(&mut out, 1, &m, epoch).unwrap();

@@ -28,6 +28,7 @@ fn message(payload: &'static [u8]) -> Message {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("sensor-1"),
+        retain_stamp: 0,
     }
 }
 

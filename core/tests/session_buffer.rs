@@ -117,6 +117,7 @@ fn message(i: usize, qos: QoS) -> SharedMessage {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("publisher"),
+        retain_stamp: 0,
     })
 }
 

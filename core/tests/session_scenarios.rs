@@ -70,6 +70,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> SharedMessage {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("publisher"),
+        retain_stamp: 0,
     })
 }
 

@@ -9,7 +9,8 @@
 //! nodes' own steps. What it checks, once the faults stop and everything
 //! settles: every QoS 1 and 2 publish is acknowledged to its publisher, and
 //! every subscriber on every node got each message exactly once, in each
-//! publisher's order; nothing is invented. This covers `broker/cluster.rs`
+//! publisher's order; nothing is invented; every node holds the same
+//! retained messages after retained changes from every node. This covers `broker/cluster.rs`
 //! (owed, sent again, acknowledged, and routed at each stream's home shard
 //! once) as the runtime wires it (io/src/cluster/runtime.rs). `SHARDMQ_SIM_SEED=N` replays one seed,
 //! `SHARDMQ_SIM_SEEDS=N` runs N.
@@ -20,11 +21,13 @@
 mod harness;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use harness::{seeds, Rng, Sim};
+use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::cluster::{Incarnation, NodeId, RouteMsg};
 use shardmq_core::codec::QoS;
 use shardmq_core::limits::ClientLimits;
@@ -123,8 +126,9 @@ impl Cluster {
                     Sim::new(rng.next(), SHARDS, ClientLimits::default(), 10_000)
                 };
                 let peers: Vec<NodeId> = (0..NODES).filter(|p| *p != i).map(node_id).collect();
+                let clock = Arc::new(NodeClock::logical());
                 for shard in &mut sim.shards {
-                    shard.enable_cluster(node_id(i), Incarnation(1), &peers);
+                    shard.enable_cluster(node_id(i), Incarnation(1), &peers, clock.clone());
                 }
                 sim
             })
@@ -291,12 +295,20 @@ impl Cluster {
                 ));
                 let now = self.nodes[b].now;
                 let stream = (node_id(a), Incarnation(1), s as u16);
+                for (m, _) in messages.iter().filter(|(m, _)| m.retain) {
+                    self.log(format!("  {}={:?}@{}", m.topic, m.payload, m.retain_stamp));
+                }
                 let routed = self.nodes[b].shards[on]
                     .handle_cluster_publish(now, id, stream, first, messages);
                 self.nodes[b].drain(on);
                 self.acknowledge(b, on, id, routed);
             }
             Wire::Retained(messages) => {
+                let held: Vec<String> = messages
+                    .iter()
+                    .map(|m| format!("{}={:?}@{}", m.topic, m.payload, m.retain_stamp))
+                    .collect();
+                self.log(format!("link {a}.{s}->{b}.{on}: retained {held:?}"));
                 self.nodes[b].shards[on].handle_cluster_retained(messages);
                 self.nodes[b].drain(on);
             }
@@ -511,8 +523,23 @@ fn run(seed: u64, persistent: bool) {
     }
     c.settle();
     let mut sent: Vec<Vec<Bytes>> = vec![Vec::new(); NODES];
+    let mut retained_sent = 0;
     for _ in 0..400 {
-        match c.rng.below(10) {
+        match c.rng.below(12) {
+            10 | 11 => {
+                // A retained change (QoS 0: no acknowledgement to count)
+                // on one of a few topics, from any node; one in five clears.
+                let i = c.rng.below(NODES);
+                let topic = format!("r/{}", c.rng.below(3));
+                let payload = if c.rng.chance(20) {
+                    Bytes::new()
+                } else {
+                    retained_sent += 1;
+                    Bytes::from(format!("r{i}:{retained_sent}"))
+                };
+                c.log(format!("node {i} retains {payload:?} on {topic}"));
+                c.nodes[i].publish(pubs[i], &topic, QoS::AtMostOnce, true, payload);
+            }
             0..=2 => {
                 let i = c.rng.below(NODES);
                 let qos = if c.rng.chance(50) {
@@ -591,6 +618,36 @@ fn run(seed: u64, persistent: bool) {
         .sum();
     if owed != 0 {
         c.fail(&format!("{owed} messages still owed to peers"));
+    }
+    check_retained_agree(&c);
+}
+
+/// Every node holds the same retained message for every topic (or none):
+/// concurrent changes on several nodes, and changes on both sides of a
+/// partition, converge on the last writer's (`cluster::clock`).
+fn check_retained_agree(c: &Cluster) {
+    let held = |n: usize| -> BTreeMap<String, (Bytes, u64)> {
+        c.nodes[n]
+            .shards
+            .iter()
+            .flat_map(|s| s.cluster_retained_sync())
+            .filter(|m| !m.payload.is_empty())
+            .map(|m| {
+                (
+                    m.topic.as_str().to_owned(),
+                    (m.payload.clone(), m.retain_stamp),
+                )
+            })
+            .collect()
+    };
+    let first = held(0);
+    for n in 1..NODES {
+        let other = held(n);
+        if other != first {
+            c.fail(&format!(
+                "retained messages differ: node 0 holds {first:?}, node {n} holds {other:?}"
+            ));
+        }
     }
 }
 

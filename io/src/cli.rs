@@ -20,6 +20,7 @@ use crate::persist::{KeyRing, KeySource, PersistSpec};
 use crate::security::ListenerSecurity;
 use crate::setup::{ListenerSpec, ServerConfig};
 use shardmq_auth::node_tls::{self, NodeTrust};
+use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::config::ClusterNode;
 
 /// Retained topics the broker keeps (a limit on everything: TIGER_STYLE).
@@ -335,6 +336,11 @@ fn cluster(
         bind: c.bind,
         peers,
         incarnation: shardmq_core::cluster::Incarnation(incarnation),
+        clock: Arc::new(NodeClock::new(
+            std::time::Instant::now(),
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )),
         tls,
         dir: state_dir.join(CLUSTER_DIR),
     };

@@ -57,6 +57,7 @@ fn message(i: usize, payload_len: usize) -> Message {
         })),
         expires_at: Some(Instant::now() + Duration::from_secs(60)),
         origin: ByteString::from_static("truck"),
+        retain_stamp: 0,
     }
 }
 

@@ -344,3 +344,89 @@ async fn an_acknowledged_message_survives_a_kill_9_of_the_node_it_crossed_to() {
     assert!(present, "{}", node2.log.lines().join("\n"));
     assert_eq!(received(&mut sub, "d/x", batch.len()).await, batch);
 }
+
+/// The retained messages a new subscriber to `site/#` on `node` gets.
+async fn retained_on(node: &Node, id: &str) -> Vec<(String, Vec<u8>)> {
+    let mut c = node.client(id).await;
+    c.client.subscribe("site/#", q5(1)).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), c.rx.recv()).await {
+        if let Ev::Publish {
+            topic,
+            payload,
+            retain,
+            ..
+        } = ev
+        {
+            // A live publish meanwhile is not what the node retains.
+            if retain {
+                got.push((topic, payload));
+            }
+        }
+    }
+    c.disconnect().await;
+    got.sort();
+    got
+}
+
+/// A node that was stopped with retained messages on its disk comes back
+/// after the others cleared one topic and replaced another: the clear
+/// holds (the stopped node's copy does not bring the topic back) and the
+/// newer message wins on every node, the returning one too (last writer
+/// wins, by stamp: docs/CLUSTER.md, "Retained messages").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_changes_made_while_a_node_was_down_win_when_it_returns() {
+    let cluster = Cluster::new(3, true).with_persistence();
+    let mut nodes = cluster.start_all();
+    let publisher = nodes[0].client("retainer").await;
+    publisher.publish("site/a", q5(1), true, b"v1").await;
+    publisher.publish("site/b", q5(1), true, b"v1").await;
+    let both = vec![
+        ("site/a".to_string(), b"v1".to_vec()),
+        ("site/b".to_string(), b"v1".to_vec()),
+    ];
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while retained_on(&nodes[2], "look-3").await != both {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 never had both"
+        );
+    }
+    // Stopped cleanly, so what it stored is on its disk.
+    nodes[2].signal("-TERM");
+    nodes[2].log.wait_for(&["stopped"]);
+    drop(nodes.pop());
+    nodes[0].log.wait_for(&["node link lost", "node3"]);
+    publisher.publish("site/a", q5(1), true, b"").await;
+    publisher.publish("site/b", q5(1), true, b"v2").await;
+    let after = vec![("site/b".to_string(), b"v2".to_vec())];
+    while retained_on(&nodes[1], "look-2").await != after {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 never had the change"
+        );
+    }
+
+    let node3 = cluster.start(3);
+    node3.wait_linked(2);
+    assert!(
+        node3.log.lines().iter().any(|l| l.contains("retained=2")),
+        "node 3 restored nothing:\n{}",
+        node3.log.lines().join("\n")
+    );
+    nodes.push(node3);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let held = retained_on(node, &format!("check-{i}")).await;
+            if held == after {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} holds {held:?}",
+                i + 1
+            );
+        }
+    }
+}

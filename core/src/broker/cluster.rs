@@ -6,6 +6,7 @@
 //! link if one breaks first. Topics starting with `$` stay on their node.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -13,9 +14,11 @@ use hashbrown::HashMap;
 use bytestring::ByteString;
 
 use super::pending::Pending;
+use super::retain::Tombstones;
 use super::route::{Shares, Waiter};
 use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
+use crate::cluster::clock::NodeClock;
 use crate::cluster::routes::share_route;
 use crate::cluster::{already_routed, Incarnation, LocalRoutes, NodeId, RemoteRoutes, RouteMsg};
 use crate::codec::{QoS, ReasonCode};
@@ -50,6 +53,10 @@ pub(super) struct Cluster {
     /// shard's mesh is full: the links wait for them, so a peer cannot
     /// push through a home whose subscribers' shards fall behind.
     held_answers: Vec<(ShardId, u64, u64)>,
+    /// The node's clock for retained changes, shared by its shards.
+    pub(super) clock: Arc<NodeClock>,
+    /// Retained topics this shard owns that a stamped clear emptied.
+    pub(super) tombstones: Tombstones,
 }
 
 /// One numbered stream of messages from a peer: its node, that node's
@@ -145,7 +152,14 @@ impl<S: Store> Shard<S> {
     /// given peers. Call it right after `new`, before any session is
     /// restored or client served, so every subscription counts in the
     /// node's routes.
-    pub fn enable_cluster(&mut self, me: NodeId, incarnation: Incarnation, peers: &[NodeId]) {
+    /// `clock` is the node's, one for all its shards.
+    pub fn enable_cluster(
+        &mut self,
+        me: NodeId,
+        incarnation: Incarnation,
+        peers: &[NodeId],
+        clock: Arc<NodeClock>,
+    ) {
         self.cluster = Some(Box::new(Cluster {
             me,
             local: LocalRoutes::new(me, incarnation),
@@ -159,6 +173,8 @@ impl<S: Store> Shard<S> {
             streams: HashMap::new(),
             routed: Vec::new(),
             held_answers: Vec::new(),
+            clock,
+            tombstones: Tombstones::default(),
         }));
     }
 
@@ -360,6 +376,11 @@ impl<S: Store> Shard<S> {
             // A keepalive.
             return 0;
         }
+        if let Some(c) = self.cluster.as_deref() {
+            for (m, _) in messages.iter().filter(|(m, _)| m.retain) {
+                c.clock.observe(m.retain_stamp);
+            }
+        }
         let home = ShardId::new(usize::from(stream.2) % self.config.shards.max(1));
         if home == self.id {
             return self.route_stream(now, link, home, stream, first_seq, messages);
@@ -523,19 +544,29 @@ impl<S: Store> Shard<S> {
     /// The retained messages this shard owns, for a peer whose link from
     /// this shard just came up: a node that was down or joined late gets
     /// what was retained meanwhile (`$` topics stay on their node).
+    /// With them, its tombstones (stamped clears, empty payloads), so a
+    /// peer that kept an older message drops it.
     pub fn cluster_retained_sync(&self) -> Vec<SharedMessage> {
-        match TopicFilter::try_from("#") {
-            Ok(all) if self.cluster.is_some() => self.retained_matches(&all),
-            _ => Vec::new(),
-        }
+        let Some(c) = self.cluster.as_deref() else {
+            return Vec::new();
+        };
+        let mut out = match TopicFilter::try_from("#") {
+            Ok(all) => self.retained_matches(&all),
+            Err(_) => Vec::new(),
+        };
+        out.extend(c.tombstones.iter().cloned());
+        out
     }
 
-    /// A peer's retained messages (its sync): each is stored, by its owner
-    /// shard, where the topic has none. Not delivered: they are not news.
-    /// A topic retained on both sides keeps this node's message.
+    /// A peer's retained messages and clears (its sync): each goes to its
+    /// owner shard, which keeps the greater stamp (`cluster::clock`). Not
+    /// delivered: they are not news.
     pub fn handle_cluster_retained(&mut self, messages: Vec<Message>) {
         for m in messages {
-            let message = std::sync::Arc::new(m);
+            if let Some(c) = self.cluster.as_deref() {
+                c.clock.observe(m.retain_stamp);
+            }
+            let message = Arc::new(m);
             let owner = self.owner_of(message.topic.as_str());
             if owner == self.id {
                 self.sync_retained(message);
@@ -545,11 +576,18 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// An unstamped one (a peer's retained message restored from a log
+    /// written before stamps) is stored only where the topic has nothing.
     pub(super) fn sync_retained(&mut self, message: SharedMessage) {
-        if message.retain
-            && !message.payload.is_empty()
-            && self.retained.get(&message.topic).is_none()
-        {
+        let absent = || {
+            !message.payload.is_empty()
+                && self.retained.get(&message.topic).is_none()
+                && self
+                    .cluster
+                    .as_deref()
+                    .is_none_or(|c| c.tombstones.get(&message.topic).is_none())
+        };
+        if message.retain && (message.retain_stamp != 0 || absent()) {
             let _ = self.apply_retained(message);
         }
     }
@@ -614,10 +652,13 @@ impl<S: Store> Shard<S> {
         let Some(c) = self.cluster.as_deref() else {
             return Vec::new();
         };
+        // A retained change goes to every peer, also one whose link from
+        // this shard broke within the grace: the link from the topic's
+        // owner shard may be up already, its sync done.
         let mut targets: Vec<(NodeId, Vec<ByteString>)> = if message.retain {
             c.peers
                 .iter()
-                .filter(|(_, p)| p.up)
+                .filter(|(_, p)| p.up || (p.down_since.is_some() && !p.withdrawn))
                 .map(|(n, _)| (*n, Vec::new()))
                 .collect()
         } else {
@@ -797,7 +838,7 @@ impl<S: Store> Shard<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -809,7 +850,8 @@ mod tests {
     const ME: NodeId = NodeId(1);
     const PEER: NodeId = NodeId(2);
 
-    fn shard() -> Shard<MemoryOnly> {
+    /// One shard of one (a node of `ME` with the peer `PEER`).
+    pub(in crate::broker) fn shard() -> Shard<MemoryOnly> {
         shard_of(0, 1)
     }
 
@@ -825,7 +867,7 @@ mod tests {
             persistence: None,
         });
         let mut s = Shard::new(ShardId::new(id), config, ShardBuffer::new(None, 1 << 20, 0));
-        s.enable_cluster(ME, Incarnation(1), &[PEER]);
+        s.enable_cluster(ME, Incarnation(1), &[PEER], Arc::new(NodeClock::logical()));
         s
     }
 
@@ -851,6 +893,7 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: "p".into(),
+            retain_stamp: 0,
         }
     }
 
@@ -863,7 +906,7 @@ mod tests {
     }
 
     #[allow(clippy::disallowed_methods)]
-    fn t0() -> Instant {
+    pub(in crate::broker) fn t0() -> Instant {
         Instant::now()
     }
 
@@ -946,6 +989,7 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: "p".into(),
+            retain_stamp: 0,
         };
         s.publish_message(now, Arc::new(m), None);
         assert!(s.poll_cluster(PEER).1.is_empty());

@@ -19,6 +19,8 @@ pub struct Gauges {
     /// Retained messages this shard owns, and their payload bytes.
     pub retained: u64,
     pub retained_bytes: u64,
+    /// In a cluster: stamped clears remembered (`retain::Tombstones`).
+    pub retained_tombstones: u64,
     /// Messages waiting in this shard's sessions' queues (in memory or
     /// spilled), and outgoing QoS 1/2 exchanges not yet completed.
     pub queued: u64,
@@ -39,6 +41,10 @@ impl<S: Store> Shard<S> {
             connections: self.conns.len() as u64,
             retained: self.retained.len() as u64,
             retained_bytes: self.retained.bytes(),
+            retained_tombstones: self
+                .cluster
+                .as_deref()
+                .map_or(0, |c| c.tombstones.len() as u64),
             memory_bytes: self.buffer.memory_bytes(),
             index_entries: self.index.len() as u64,
             wills: self.wills.len() as u64,

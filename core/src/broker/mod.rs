@@ -176,6 +176,9 @@ pub struct ShardStats {
     pub selftest_rounds_ok: u64,
     /// Retained messages the store refused (full).
     pub retained_refused: u64,
+    /// Retained changes from across the cluster older than what their topic
+    /// held (last writer wins): routed, not stored.
+    pub retained_stale: u64,
     /// Connections closed for holding the most of the shard's budget for
     /// partial packets.
     pub closed_partial: u64,

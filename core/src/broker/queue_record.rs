@@ -366,6 +366,7 @@ mod tests {
             properties: None,
             expires_at: Some(epoch + Duration::from_secs(60)),
             origin: "sensor-7".into(),
+            retain_stamp: 0,
         };
         QueuePut {
             client_id: "dashboard".into(),

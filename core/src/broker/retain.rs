@@ -1,37 +1,153 @@
 //! Retained messages across shards: each topic has an owner shard (hash of
 //! the topic) that alone stores it, so concurrent publishes on different
 //! shards cannot leave replicas disagreeing; a new subscription asks every
-//! shard for the ones it owns that match. MQTT 5.0 §3.3.1.3.
+//! shard for the ones it owns that match. MQTT 5.0 §3.3.1.3. In a cluster
+//! the owner keeps the change with the greatest stamp (`cluster::clock`),
+//! and remembers stamped clears as tombstones.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
+
+use hashbrown::HashMap;
 
 use super::pending::Pending;
 use super::{ConnId, MeshMsg, Notice, RequestId, Shard, ShardId};
 use crate::buffer::{memory_cost, Store};
-use crate::codec::ReasonCode;
-use crate::session::{Delivery, SharedMessage, Subscription};
-use crate::topic::{Filter, TopicFilter};
+use crate::cluster::clock;
+use crate::codec::{QoS, ReasonCode};
+use crate::session::{Delivery, Message, SharedMessage, Subscription};
+use crate::topic::{Filter, TopicFilter, TopicName};
+
+/// Tombstones one shard keeps at most, and their bytes (topic and client
+/// id): a client clearing topics that never existed must not grow the
+/// broker without bound. Past either, the oldest go first.
+pub(super) const TOMBSTONES_MAX: usize = 16_384;
+pub(super) const TOMBSTONE_BYTES_MAX: u64 = 4 << 20;
+
+/// Stamped clears of retained topics, kept so that an older message for
+/// the topic from a peer (a link that comes back, a healed partition, a
+/// node restored from disk) does not bring the topic back. In memory only:
+/// a restart forgets them (docs/CLUSTER.md says what that allows).
+#[derive(Debug, Default)]
+pub(super) struct Tombstones {
+    by_topic: HashMap<TopicName, SharedMessage>,
+    /// Oldest first; an entry whose stamp is no longer the topic's was
+    /// replaced or removed and is skipped.
+    order: VecDeque<(TopicName, u64)>,
+    bytes: u64,
+}
+
+impl Tombstones {
+    fn cost(m: &Message) -> u64 {
+        (m.topic.as_str().len() + m.origin.len() + 64) as u64
+    }
+
+    pub(super) fn get(&self, topic: &TopicName) -> Option<&SharedMessage> {
+        self.by_topic.get(topic)
+    }
+
+    pub(super) fn remove(&mut self, topic: &TopicName) {
+        if let Some(old) = self.by_topic.remove(topic) {
+            self.bytes -= Self::cost(&old);
+        }
+    }
+
+    /// Records `clear` (its topic, stamp and publisher; nothing else).
+    pub(super) fn insert(&mut self, clear: &Message) {
+        let tombstone = Arc::new(Message {
+            topic: clear.topic.clone(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: clear.origin.clone(),
+            retain_stamp: clear.retain_stamp,
+        });
+        self.remove(&clear.topic);
+        self.bytes += Self::cost(&tombstone);
+        self.order
+            .push_back((clear.topic.clone(), clear.retain_stamp));
+        self.by_topic.insert(clear.topic.clone(), tombstone);
+        while self.by_topic.len() > TOMBSTONES_MAX || self.bytes > TOMBSTONE_BYTES_MAX {
+            let Some((topic, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_topic.get(&topic).map(|t| t.retain_stamp) == Some(stamp) {
+                self.remove(&topic);
+            }
+        }
+        // Entries of replaced or removed tombstones: dropped once they
+        // outnumber the live ones, so `order` stays bounded too.
+        if self.order.len() > 2 * self.by_topic.len() + 64 {
+            let live = &self.by_topic;
+            self.order
+                .retain(|(t, stamp)| live.get(t).map(|m| m.retain_stamp) == Some(*stamp));
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &SharedMessage> {
+        self.by_topic.values()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_topic.len()
+    }
+}
 
 impl<S: Store> Shard<S> {
     /// Stores (or clears) a retained message this shard owns; the reason
     /// is Success or why it was refused, and the persistence sequence number
     /// the outcome must wait for when the change goes to disk.
+    /// A stamped change older than what the topic holds (a message or a
+    /// tombstone) changes nothing and is not written: Success, since the
+    /// publish itself was routed.
     pub(super) fn apply_retained(&mut self, message: SharedMessage) -> (ReasonCode, Option<u64>) {
+        if self.is_stale(&message) {
+            self.stats.retained_stale += 1;
+            return (ReasonCode::Success, None);
+        }
         let reason = self.store_retained(&message);
         let durable = self.persist_retained(&message, !reason.is_error());
         (reason, durable)
     }
 
+    /// Whether a stamped change lost to the topic's current state.
+    fn is_stale(&self, message: &Message) -> bool {
+        if message.retain_stamp == 0 {
+            return false;
+        }
+        let tombstones = self.cluster.as_deref().map(|c| &c.tombstones);
+        let current = self
+            .retained
+            .get(&message.topic)
+            .or_else(|| tombstones.and_then(|t| t.get(&message.topic)));
+        current.is_some_and(|current| !clock::replaces(message, current))
+    }
+
     fn store_retained(&mut self, message: &SharedMessage) -> ReasonCode {
+        let tombstones = match self.cluster.as_deref_mut() {
+            Some(c) if message.retain_stamp != 0 => Some(&mut c.tombstones),
+            _ => None,
+        };
         // [MQTT-3.3.1-10/-11] an empty retained payload clears the topic.
         if message.payload.is_empty() {
             self.retained.clear(&message.topic);
+            if let Some(t) = tombstones {
+                t.insert(message);
+            }
             return ReasonCode::Success;
         }
         let topic = message.topic.clone();
         let bytes = memory_cost(message);
         match self.retained.set(topic.clone(), message.clone(), bytes) {
-            Ok(_) => ReasonCode::Success,
+            Ok(_) => {
+                if let Some(t) = tombstones {
+                    t.remove(&topic);
+                }
+                ReasonCode::Success
+            }
             Err(e) => {
                 self.stats.retained_refused += 1;
                 // A publisher filling the store could fill the log too: the
@@ -109,5 +225,99 @@ impl<S: Store> Shard<S> {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::cluster::tests::{shard, t0};
+
+    fn change(topic: &str, payload: &'static [u8], stamp: u64) -> Message {
+        Message {
+            topic: TopicName::try_from(topic).unwrap_or_else(|_| unreachable!()),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: "p".into(),
+            retain_stamp: stamp,
+        }
+    }
+
+    /// What the shard would sync to a peer: (topic, payload, stamp), a
+    /// tombstone with an empty payload.
+    fn held(s: &crate::broker::Shard<crate::buffer::MemoryOnly>) -> Vec<(String, Vec<u8>, u64)> {
+        let mut out: Vec<_> = s
+            .cluster_retained_sync()
+            .iter()
+            .map(|m| (m.topic.to_string(), m.payload.to_vec(), m.retain_stamp))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_greatest_stamp_wins_and_a_clear_stays_as_a_tombstone() {
+        let mut s = shard();
+        s.handle_cluster_retained(vec![change("r", b"new", 10)]);
+        s.handle_cluster_retained(vec![change("r", b"old", 9)]);
+        assert_eq!(held(&s), [("r".into(), b"new".to_vec(), 10)]);
+        assert_eq!(s.stats.retained_stale, 1);
+        s.handle_cluster_retained(vec![change("r", b"", 11)]);
+        assert_eq!(held(&s), [("r".into(), Vec::new(), 11)]);
+        // An older message does not bring the topic back...
+        s.handle_cluster_retained(vec![change("r", b"older", 10)]);
+        assert_eq!(held(&s), [("r".into(), Vec::new(), 11)]);
+        // ...a newer one does, and the tombstone goes.
+        s.handle_cluster_retained(vec![change("r", b"newer", 12)]);
+        assert_eq!(held(&s), [("r".into(), b"newer".to_vec(), 12)]);
+        // A clear of a topic never retained here is remembered too: a
+        // peer may hold an older message for it.
+        s.handle_cluster_retained(vec![change("q", b"", 3), change("q", b"x", 2)]);
+        assert_eq!(
+            held(&s),
+            [
+                ("q".into(), Vec::new(), 3),
+                ("r".into(), b"newer".to_vec(), 12)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_retained_publish_is_stamped_after_what_the_node_saw() {
+        let mut s = shard();
+        s.handle_cluster_retained(vec![change("r", b"remote", 40)]);
+        let now = t0();
+        s.publish_message(now, Arc::new(change("r", b"local", 0)), None);
+        assert_eq!(held(&s), [("r".into(), b"local".to_vec(), 41)]);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_in_count_and_bytes() {
+        let mut t = Tombstones::default();
+        for i in 0..TOMBSTONES_MAX + 100 {
+            t.insert(&change(&format!("t/{i}"), b"", i as u64 + 1));
+        }
+        assert_eq!(t.by_topic.len(), TOMBSTONES_MAX);
+        // The oldest went first.
+        assert!(t
+            .get(&TopicName::try_from("t/99").unwrap_or_else(|_| unreachable!()))
+            .is_none());
+        // The same topics cleared again and again: the order stays bounded.
+        for round in 0..5u64 {
+            for i in 0..100 {
+                t.insert(&change(&format!("t/{i}"), b"", 1_000_000 + round * 100 + i));
+            }
+        }
+        assert!(t.order.len() <= 2 * t.by_topic.len() + 64);
+        let long = "x".repeat(60_000);
+        let mut t = Tombstones::default();
+        for i in 0..200 {
+            t.insert(&change(&format!("{long}/{i}"), b"", i + 1));
+        }
+        assert!(t.bytes <= TOMBSTONE_BYTES_MAX);
+        assert!(t.by_topic.len() < 200);
     }
 }

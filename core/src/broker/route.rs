@@ -7,6 +7,7 @@
 //! persistence, also durable in every persisted session's queue it went to,
 //! on every shard (each target shard answers `PublishDone`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::durable::log_queue;
@@ -50,11 +51,18 @@ impl<S: Store> Shard<S> {
     pub(super) fn publish_from(
         &mut self,
         now: Instant,
-        message: SharedMessage,
+        mut message: SharedMessage,
         waiter: Option<Waiter>,
         shares: Shares<'_>,
     ) {
         self.stats.messages_in += 1;
+        // In a cluster a retained change from this node is stamped once,
+        // before it reaches its owner shard or another node.
+        if message.retain && matches!(shares, Shares::Decide) && self.clusters(&message) {
+            if let Some(c) = self.cluster.as_deref() {
+                Arc::make_mut(&mut message).retain_stamp = c.clock.stamp(now);
+            }
+        }
         let retained_owner = message
             .retain
             .then(|| self.owner_of(message.topic.as_str()));

@@ -95,6 +95,7 @@ impl<S: Store> Shard<S> {
                 properties: None,
                 expires_at: None,
                 origin: ByteString::new(),
+                retain_stamp: 0,
             });
             self.publish_message(now, message, None);
         }

@@ -65,6 +65,7 @@ pub fn delete_message(client_id: &ByteString) -> Message {
         properties: None,
         expires_at: None,
         origin: client_id.clone(),
+        retain_stamp: 0,
     }
 }
 
@@ -271,6 +272,7 @@ mod tests {
             properties: Some(Box::new(properties)),
             expires_at: Some(epoch + Duration::from_secs(600)),
             origin: "sensor-7".into(),
+            retain_stamp: 0,
         };
         (Arc::new(message), Duration::from_secs(5))
     }

@@ -18,6 +18,7 @@ use super::{record, RecordError, SealError, BLOCK_BODY_TARGET};
 use crate::broker::{
     session_record, PersistOp, QueueDone, QueuePut, QueueSent, QueueState, SessionRecord, Snapshot,
 };
+use crate::cluster::clock::STAMP_MAX;
 use crate::codec::QoS;
 use crate::session::Message;
 use crate::topic::TopicName;
@@ -33,6 +34,10 @@ const WRAPPED_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 pub const LOG_HEADER_LEN: usize = FIXED_LEN + WRAPPED_LEN + 4;
 
 /// Record owner fields: which operation the record is.
+/// An operation's code is the record owner's low byte; a retained
+/// message's stamp is above it (`retain_op`).
+const OP_BITS: u32 = 8;
+const OP_MASK: u64 = (1 << OP_BITS) - 1;
 const OP_RETAIN: u64 = 1;
 const OP_CLEAR: u64 = 2;
 const OP_SESSION_PUT: u64 = 3;
@@ -341,7 +346,7 @@ impl LogWriter {
         let records: Vec<(u64, Cow<'_, Message>)> = ops
             .iter()
             .filter_map(|op| match op {
-                PersistOp::Retain(m) => Some((OP_RETAIN, Cow::Borrowed(&**m))),
+                PersistOp::Retain(m) => Some((retain_op(m), Cow::Borrowed(&**m))),
                 PersistOp::Clear(topic) => Some((OP_CLEAR, Cow::Owned(clear_record(topic)))),
                 PersistOp::SessionPut(r) => {
                     let m = session_message(r, epoch, &mut unencodable)?;
@@ -397,7 +402,7 @@ impl LogWriter {
             .iter()
             .map(|m| (OP_CLEAR, m))
             .chain(deletes.iter().map(|m| (OP_SESSION_DELETE, m)))
-            .chain(snapshot.messages.iter().map(|m| (OP_RETAIN, &**m)))
+            .chain(snapshot.messages.iter().map(|m| (retain_op(m), &**m)))
             .chain(sessions.iter().map(|m| (OP_SESSION_PUT, m)))
             .chain(queues.iter().map(|(op, m)| (*op, m)));
         let (bytes, skipped) = self.seal_records(records)?;
@@ -456,6 +461,13 @@ fn queue_put_message(p: &QueuePut, epoch: Instant, unencodable: &mut usize) -> O
     m
 }
 
+/// A retained message's operation: `OP_RETAIN` in the low byte, its
+/// cluster stamp (56 bits, `cluster::clock`) above it, so logs written
+/// before stamps read as unstamped.
+fn retain_op(m: &Message) -> u64 {
+    OP_RETAIN | (m.retain_stamp.min(STAMP_MAX) << OP_BITS)
+}
+
 /// A retained topic's clear: the topic and nothing else.
 fn clear_record(topic: &TopicName) -> Message {
     Message {
@@ -466,6 +478,7 @@ fn clear_record(topic: &TopicName) -> Message {
         properties: None,
         expires_at: None,
         origin: Default::default(),
+        retain_stamp: 0,
     }
 }
 
@@ -524,9 +537,16 @@ fn read_block(
     let mut read = Vec::new();
     while !body.is_empty() {
         let (rlen, owner) = record::header(body)?;
-        let message = record::decode(&body[..rlen], owner, epoch)?;
-        read.push(match owner {
-            OP_RETAIN => LoggedOp::Retain(message),
+        let mut message = record::decode(&body[..rlen], owner, epoch)?;
+        let stamp = owner >> OP_BITS;
+        read.push(match owner & OP_MASK {
+            OP_RETAIN => {
+                message.retain_stamp = stamp;
+                LoggedOp::Retain(message)
+            }
+            _ if stamp != 0 => {
+                return Err(RecordError::Malformed("stamp on an unstamped operation"))
+            }
             OP_CLEAR => LoggedOp::Clear(message.topic),
             // The block is authenticated (or checksummed): the bytes are
             // what was written, so one record's payload that does not
@@ -575,6 +595,15 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: "publisher".into(),
+            retain_stamp: 0,
+        })
+    }
+
+    /// `m` with a cluster stamp, which the log keeps beside the operation.
+    fn stamped(m: SharedMessage, stamp: u64) -> SharedMessage {
+        Arc::new(Message {
+            retain_stamp: stamp,
+            ..(*m).clone()
         })
     }
 
@@ -619,7 +648,7 @@ mod tests {
         let mut bytes = header.encode().to_vec();
         let (b1, skipped) = w
             .seal_snapshot(&Snapshot {
-                messages: vec![message("a", b"secret-one")],
+                messages: vec![stamped(message("a", b"secret-one"), 7)],
                 ..Snapshot::default()
             })
             .unwrap_or_else(|_| unreachable!());
@@ -628,7 +657,7 @@ mod tests {
         bytes.extend_from_slice(&b1);
         let (b2, _) = w
             .seal_ops(&[
-                PersistOp::Retain(message("b", b"secret-two")),
+                PersistOp::Retain(stamped(message("b", b"secret-two"), STAMP_MAX)),
                 PersistOp::Clear(TopicName::try_from("a").unwrap_or_else(|_| unreachable!())),
                 PersistOp::SessionPut(Arc::new(session("secret-client"))),
                 PersistOp::SessionDelete("gone".into()),
@@ -710,7 +739,12 @@ mod tests {
             .ops
             .iter()
             .map(|op| match op {
-                LoggedOp::Retain(m) => format!("retain {} {:?}", m.topic.as_str(), m.payload),
+                LoggedOp::Retain(m) => format!(
+                    "retain {} {:?} @{}",
+                    m.topic.as_str(),
+                    m.payload,
+                    m.retain_stamp
+                ),
                 LoggedOp::Clear(t) => format!("clear {}", t.as_str()),
                 LoggedOp::SessionPut(r) => format!("session {}", r.client_id),
                 LoggedOp::SessionDelete(id) => format!("end {id}"),
@@ -722,11 +756,12 @@ mod tests {
                 LoggedOp::QueueUnreadable(id, _) => format!("unreadable queue {id}"),
             })
             .collect();
+        // The stamps (the greatest one too) come back beside their messages.
         assert_eq!(
             ops,
             [
-                r#"retain a b"secret-one""#,
-                r#"retain b b"secret-two""#,
+                r#"retain a b"secret-one" @7"#,
+                r#"retain b b"secret-two" @72057594037927935"#,
                 "clear a",
                 "session secret-client",
                 "end gone",

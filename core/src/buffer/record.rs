@@ -263,6 +263,7 @@ fn decode_body(
         properties,
         expires_at,
         origin,
+        retain_stamp: 0,
     })
 }
 

@@ -2,7 +2,8 @@
 //! `[len u32][kind u8][body]`, little-endian, where `len` counts kind and
 //! body and never passes the decoder's limit. A publish batch is the disk
 //! buffer's records (`buffer::record`): one encoding for a message at rest
-//! and between nodes. Decoding checks every length against what is there
+//! and between nodes, whose `owner` field carries the retained stamp
+//! (`cluster::clock`). Decoding checks every length against what is there
 //! before allocating, so a broken or hostile peer gets a precise error,
 //! never a panic or a buffer it chose the size of.
 
@@ -11,13 +12,14 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 
+use super::clock::STAMP_MAX;
 use super::routes::{Incarnation, NodeId, RouteMsg, RouteOp};
 use crate::buffer::{record, RecordError};
 use crate::session::Message;
 use crate::topic::TopicFilter;
 
 /// The link protocol's version, checked in `Hello`.
-pub const LINK_VERSION: u16 = 3;
+pub const LINK_VERSION: u16 = 4;
 const HEADER_LEN: usize = 4;
 
 const KIND_HELLO: u8 = 1;
@@ -104,7 +106,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>, now: Instant) -> Result<(), Fram
         Frame::Retained(messages) => {
             out.push(KIND_RETAINED);
             for m in messages {
-                record::encode(out, 0, m, now)?;
+                record::encode(out, m.retain_stamp, m, now)?;
             }
         }
         Frame::Ack(count) => {
@@ -136,7 +138,7 @@ pub fn encode_publish<'a>(
         for g in groups {
             put_str(out, g)?;
         }
-        record::encode(out, 0, m, now)?;
+        record::encode(out, m.retain_stamp, m, now)?;
     }
     finish(out, start)
 }
@@ -318,9 +320,16 @@ fn decode_body(body: Bytes, now: Instant) -> Result<Frame, FrameError> {
 }
 
 /// The message record at `at` in `body`, and where the next one starts.
+/// A stamp past the clock's 56 bits is refused: it would win every
+/// comparison forever.
 fn record_at(body: &Bytes, at: usize, now: Instant) -> Result<(Message, usize), FrameError> {
-    let (len, owner) = record::header(&body[at..])?;
-    Ok((record::decode_in(body, at..at + len, owner, now)?, at + len))
+    let (len, stamp) = record::header(&body[at..])?;
+    if stamp > STAMP_MAX {
+        return Err(FrameError::Malformed("retained stamp past 56 bits"));
+    }
+    let mut message = record::decode_in(body, at..at + len, stamp, now)?;
+    message.retain_stamp = stamp;
+    Ok((message, at + len))
 }
 
 fn decode_publish(body: &Bytes, now: Instant) -> Result<Frame, FrameError> {
@@ -426,11 +435,18 @@ mod tests {
             properties: None,
             expires_at: Some(now + std::time::Duration::from_secs(30)),
             origin: "sensor-1".into(),
+            retain_stamp: 0,
         };
         let retained = Message {
             retain: true,
             expires_at: None,
+            retain_stamp: STAMP_MAX,
             ..message.clone()
+        };
+        let clear = Message {
+            payload: Bytes::new(),
+            retain_stamp: 5,
+            ..retained.clone()
         };
         let (node, incarnation) = (NodeId(2), Incarnation(7));
         vec![
@@ -467,7 +483,12 @@ mod tests {
                 ],
             },
             Frame::Ack(1 << 40),
-            Frame::Retained(vec![retained]),
+            Frame::Publish {
+                stream: 3,
+                first_seq: 43,
+                messages: vec![(retained.clone(), Vec::new())],
+            },
+            Frame::Retained(vec![retained, clear]),
         ]
     }
 
@@ -491,6 +512,25 @@ mod tests {
         }
         assert_eq!(got, all);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_stamp_past_56_bits_is_refused() {
+        let now = t0();
+        let Some(Frame::Retained(mut messages)) = frames(now).pop() else {
+            unreachable!()
+        };
+        messages.truncate(1);
+        let mut wire = Vec::new();
+        encode(&Frame::Retained(messages), &mut wire, now).unwrap_or_else(|e| panic!("{e}"));
+        // The record's owner field (after the frame header, the kind and
+        // the record's length) holds the stamp.
+        let at = HEADER_LEN + 1 + 4;
+        wire[at..at + 8].copy_from_slice(&(STAMP_MAX + 1).to_le_bytes());
+        assert_eq!(
+            decode(&mut BytesMut::from(&wire[..]), 1 << 20, now),
+            Err(FrameError::Malformed("retained stamp past 56 bits"))
+        );
     }
 
     #[test]

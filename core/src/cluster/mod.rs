@@ -3,6 +3,7 @@
 //! (`frame`), and the receiving end's rule for messages a new link carries
 //! again (`already_routed`). A shard's own part is `broker::cluster`.
 
+pub mod clock;
 pub mod frame;
 pub mod routes;
 

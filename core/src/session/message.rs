@@ -32,6 +32,10 @@ pub struct Message {
     /// Client id of the publisher, for No Local [MQTT-3.8.3-3]. Empty for
     /// messages the broker makes itself (self-test probes).
     pub origin: ByteString,
+    /// A retained change's place in the cluster's last-writer-wins order
+    /// (`cluster::clock`): stamped by the node that took the PUBLISH. 0 on
+    /// a single node, for `$` topics, and for messages not retained.
+    pub retain_stamp: u64,
 }
 
 /// Shared by every subscriber; cloning is one atomic increment.
@@ -63,6 +67,7 @@ impl Message {
             properties: forwardable(properties),
             expires_at,
             origin,
+            retain_stamp: 0,
         }
     }
 

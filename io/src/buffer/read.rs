@@ -228,6 +228,7 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: ByteString::from_static("c"),
+            retain_stamp: 0,
         }
     }
 

@@ -16,6 +16,7 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpListener;
 use rustls::{ClientConfig, ServerConfig};
+use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::cluster::frame::{self, Frame};
 use shardmq_core::cluster::{Incarnation, NodeId};
 use shardmq_core::config::ClusterNode;
@@ -45,6 +46,8 @@ pub struct ClusterSetup {
     pub peers: Vec<ClusterNode>,
     /// This life of the node (a restart takes a larger one).
     pub incarnation: Incarnation,
+    /// The node's clock for retained changes, one for all its shards.
+    pub clock: Arc<NodeClock>,
     /// `None`: `encryptInternalTraffic: Disabled`, plaintext links.
     pub tls: Option<NodeTls>,
     /// Where the control plane keeps its Raft state.

@@ -322,6 +322,7 @@ mod tests {
                 properties: None,
                 expires_at: None,
                 origin: Default::default(),
+                retain_stamp: 0,
             }),
             qos: QoS::ExactlyOnce,
             retain: false,

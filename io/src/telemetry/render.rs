@@ -193,6 +193,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Payload bytes of the retained messages the shard stores.",
     ),
     (
+        "shardmq_retained_tombstones",
+        "gauge",
+        "Retained topics cleared in a cluster, remembered so an older copy does not bring them back.",
+    ),
+    (
+        "shardmq_retained_stale_total",
+        "counter",
+        "Retained changes from the cluster older than what their topic held: routed, not stored.",
+    ),
+    (
         "shardmq_queued_messages",
         "gauge",
         "Messages waiting in the shard's session queues (in memory or spilled).",
@@ -559,6 +569,12 @@ fn shards(out: &mut Out, s: &[ShardSnapshot]) {
     out.per_shard("shardmq_subscriptions", s, |x| x.gauges.subscriptions);
     out.per_shard("shardmq_retained_messages", s, |x| x.gauges.retained);
     out.per_shard("shardmq_retained_bytes", s, |x| x.gauges.retained_bytes);
+    out.per_shard("shardmq_retained_tombstones", s, |x| {
+        x.gauges.retained_tombstones
+    });
+    out.per_shard("shardmq_retained_stale_total", s, |x| {
+        x.stats.retained_stale
+    });
     out.per_shard("shardmq_queued_messages", s, |x| x.gauges.queued);
     out.per_shard("shardmq_inflight_messages", s, |x| x.gauges.inflight);
     out.per_shard("shardmq_queue_memory_bytes", s, |x| x.gauges.memory_bytes);

@@ -100,6 +100,7 @@ impl Cluster {
             config["persistence"] = serde_json::json!({
                 "maxSize": "100M",
                 "subscriberQueue": {"mode": "All"},
+                "retain": {"mode": "All"},
                 "dataDir": self.dir.join(format!("data{i}")),
                 "keyFile": key,
             });
@@ -124,7 +125,8 @@ impl Cluster {
         self.start_with_ca(i, &self.dir.join("ca"))
     }
 
-    /// Every node persists its subscriber queues from now on.
+    /// Every node persists its subscriber queues and retained messages
+    /// from now on.
     pub fn with_persistence(mut self) -> Cluster {
         use std::os::unix::fs::PermissionsExt;
         let mut bytes = [0u8; 32];

@@ -67,6 +67,7 @@ fn sample_message(payload_bytes: usize) -> Option<Message> {
         properties: None,
         expires_at: None,
         origin: ByteString::from_static("shardmq-lt-123456-1a2b3c4d-0-p0"),
+        retain_stamp: 0,
     })
 }
 

@@ -353,6 +353,11 @@ impl<S: Store> Shard<S> {
     pub fn restore_retained(&mut self, messages: Vec<SharedMessage>) -> usize {
         let mut restored = 0;
         for message in messages {
+            // Stamps made after a restart come after those on disk, even
+            // if the wall clock went back meanwhile.
+            if let Some(c) = self.cluster.as_deref() {
+                c.clock.observe(message.retain_stamp);
+            }
             let bytes = crate::buffer::memory_cost(&message);
             let topic = message.topic.clone();
             if self.retained.set(topic.clone(), message, bytes).is_ok() {
@@ -458,6 +463,7 @@ mod tests {
             properties: None,
             expires_at: None,
             origin: "c".into(),
+            retain_stamp: 0,
         })
     }
 

@@ -62,6 +62,7 @@ impl Connection {
                     self.limits.message_expiry_max,
                 ),
                 origin: connect.client_id.clone(),
+                retain_stamp: 0,
             };
             let delay = Duration::from_secs(u64::from(props.will_delay_interval.unwrap_or(0)));
             self.will = Some((Arc::new(message), delay));
