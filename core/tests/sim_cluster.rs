@@ -1,5 +1,5 @@
 //! Several nodes under the deterministic simulator: each node is a
-//! `sim/harness.rs` broker (two shards, scripted MQTT 5 clients), and each
+//! `sim/harness.rs` broker (2, 3 and 1 shards, scripted MQTT 5 clients), and each
 //! shard dials each peer over a simulated node link (in order while up; a
 //! break loses everything in flight, both ways) that lands on a random
 //! shard of the peer. Links break, come back on another shard, and node
@@ -34,7 +34,11 @@ use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::Message;
 
 const NODES: usize = 3;
-const SHARDS: usize = 2;
+/// Shards per node: different counts, so a stream's home (its sending
+/// shard modulo the receiver's shards) is not the same number everywhere.
+fn shards(node: usize) -> usize {
+    [2, 3, 1][node]
+}
 /// The longest a link or a partition stays broken: under `LINK_GRACE`, so
 /// no route is withdrawn and nothing published may be lost.
 const FAULT_MAX: Duration = Duration::from_secs(4);
@@ -121,9 +125,9 @@ impl Cluster {
         let nodes = (0..NODES)
             .map(|i| {
                 let mut sim = if persistent {
-                    Sim::new_persistent(rng.next(), SHARDS, queues_persisted())
+                    Sim::new_persistent(rng.next(), shards(i), queues_persisted())
                 } else {
-                    Sim::new(rng.next(), SHARDS, ClientLimits::default(), 10_000)
+                    Sim::new(rng.next(), shards(i), ClientLimits::default(), 10_000)
                 };
                 let peers: Vec<NodeId> = (0..NODES).filter(|p| *p != i).map(node_id).collect();
                 let clock = Arc::new(NodeClock::logical());
@@ -135,7 +139,7 @@ impl Cluster {
             .collect();
         let mut links = BTreeMap::new();
         for a in 0..NODES {
-            for s in 0..SHARDS {
+            for s in 0..shards(a) {
                 for b in (0..NODES).filter(|b| *b != a) {
                     links.insert((a, s, b), Link::default());
                 }
@@ -177,7 +181,7 @@ impl Cluster {
     /// sends its retained messages, then what it owes the peer.
     fn link_up(&mut self, key: LinkKey) {
         let (a, s, b) = key;
-        let on = self.rng.below(SHARDS);
+        let on = self.rng.below(shards(b));
         self.pump_routes(b, on);
         let snapshot = self.nodes[b].shards[on].cluster_route_snapshot();
         let retained: Vec<Message> = self.nodes[a].shards[s]
@@ -309,7 +313,8 @@ impl Cluster {
                     .map(|m| format!("{}={:?}@{}", m.topic, m.payload, m.retain_stamp))
                     .collect();
                 self.log(format!("link {a}.{s}->{b}.{on}: retained {held:?}"));
-                self.nodes[b].shards[on].handle_cluster_retained(messages);
+                let now = self.nodes[b].now;
+                self.nodes[b].shards[on].handle_cluster_retained(messages, now);
                 self.nodes[b].drain(on);
             }
             Wire::Routes(msg) => {
@@ -345,7 +350,7 @@ impl Cluster {
             }
         }
         for a in 0..NODES {
-            for s in 0..SHARDS {
+            for s in 0..shards(a) {
                 choices.push((2, (a, s, 0), false));
             }
         }
@@ -509,10 +514,10 @@ fn run(seed: u64, persistent: bool) {
     for i in 0..NODES {
         let node = &mut c.nodes[i];
         let sub = node.add_client(&format!("sub-{i}"), "p");
-        let shard = node.rng.below(SHARDS);
+        let shard = node.rng.below(shards(i));
         node.connect(sub, shard, true, if persistent { 3600 } else { 0 });
         let publisher = node.add_client(&format!("pub-{i}"), "p");
-        let shard = node.rng.below(SHARDS);
+        let shard = node.rng.below(shards(i));
         node.connect(publisher, shard, true, 0);
         subs.push(sub);
         pubs.push(publisher);

@@ -397,6 +397,7 @@ fn persistence(config: &Config, state_dir: &Path) -> Result<Option<PersistSpec>,
             .clone()
             .unwrap_or_else(|| state_dir.join(PERSISTENCE_DIR)),
         keys,
+        stamped: config.cluster.is_some(),
     }))
 }
 

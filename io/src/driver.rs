@@ -365,6 +365,10 @@ impl Driver {
                 warn!(shard, %topic, bytes, retained_bytes = stored_bytes, refused, ?reason,
                     "retained message refused (retainedMessages.maxSize, docs/CONFIG.md)");
             }
+            Notice::RetainedStampAhead { stamp, count } => {
+                warn!(shard, stamp, count,
+                    "a retained message's cluster stamp is over a minute ahead of this node's clock: check the nodes' clocks (NTP); it keeps its place in the order but does not move this node's clock (docs/CLUSTER.md, \"Retained messages\")");
+            }
             Notice::PartialPacketClosed {
                 conn,
                 client_id,

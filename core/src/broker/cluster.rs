@@ -16,7 +16,7 @@ use bytestring::ByteString;
 use super::pending::Pending;
 use super::retain::Tombstones;
 use super::route::{Shares, Waiter};
-use super::{MeshMsg, Output, RequestId, SessionId, Shard, ShardId};
+use super::{MeshMsg, Notice, Output, RequestId, SessionId, Shard, ShardId};
 use crate::buffer::Store;
 use crate::cluster::clock::NodeClock;
 use crate::cluster::routes::share_route;
@@ -376,10 +376,8 @@ impl<S: Store> Shard<S> {
             // A keepalive.
             return 0;
         }
-        if let Some(c) = self.cluster.as_deref() {
-            for (m, _) in messages.iter().filter(|(m, _)| m.retain) {
-                c.clock.observe(m.retain_stamp);
-            }
+        for (m, _) in messages.iter().filter(|(m, _)| m.retain) {
+            self.observe_stamp(m.retain_stamp, now);
         }
         let home = ShardId::new(usize::from(stream.2) % self.config.shards.max(1));
         if home == self.id {
@@ -558,14 +556,34 @@ impl<S: Store> Shard<S> {
         out
     }
 
+    /// A retained stamp from a peer or this node's disk: the node's clock
+    /// moves past it, unless it is too far ahead (a wrong clock somewhere),
+    /// which is counted and said once per 1,024.
+    pub(super) fn observe_stamp(&mut self, stamp: u64, now: Instant) {
+        let Some(c) = self.cluster.as_deref() else {
+            return;
+        };
+        if stamp == 0 || c.clock.observe(stamp, now) {
+            return;
+        }
+        self.stats.retained_stamps_ahead += 1;
+        if self.stats.retained_stamps_ahead % 1024 == 1 {
+            self.notice(Notice::RetainedStampAhead {
+                stamp,
+                count: self.stats.retained_stamps_ahead,
+            });
+        }
+    }
+
     /// A peer's retained messages and clears (its sync): each goes to its
     /// owner shard, which keeps the greater stamp (`cluster::clock`). Not
     /// delivered: they are not news.
-    pub fn handle_cluster_retained(&mut self, messages: Vec<Message>) {
+    pub fn handle_cluster_retained(&mut self, messages: Vec<Message>, now: Instant) {
         for m in messages {
-            if let Some(c) = self.cluster.as_deref() {
-                c.clock.observe(m.retain_stamp);
+            if m.topic.as_str().starts_with('$') {
+                continue;
             }
+            self.observe_stamp(m.retain_stamp, now);
             let message = Arc::new(m);
             let owner = self.owner_of(message.topic.as_str());
             if owner == self.id {

@@ -179,6 +179,9 @@ pub struct ShardStats {
     /// Retained changes from across the cluster older than what their topic
     /// held (last writer wins): routed, not stored.
     pub retained_stale: u64,
+    /// Retained stamps from peers or the disk too far ahead of this node's
+    /// clock to move it (`cluster::clock::DRIFT_MAX`).
+    pub retained_stamps_ahead: u64,
     /// Connections closed for holding the most of the shard's budget for
     /// partial packets.
     pub closed_partial: u64,

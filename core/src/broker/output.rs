@@ -96,6 +96,10 @@ pub enum Notice {
         refused: u64,
         reason: ReasonCode,
     },
+    /// A peer's (or the disk's) retained stamp is more than
+    /// `cluster::clock::DRIFT_MAX` ahead of this node's clock: some node's
+    /// wall clock is wrong. The first, then one per 1,024 (`count`).
+    RetainedStampAhead { stamp: u64, count: u64 },
     /// A connection was closed for holding the most of the shard's budget
     /// for partial packets (`bytes` of one not yet received).
     PartialPacketClosed {

@@ -5,6 +5,7 @@
 //! the owner keeps the change with the greatest stamp (`cluster::clock`),
 //! and remembers stamped clears as tombstones.
 
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,29 +102,33 @@ impl<S: Store> Shard<S> {
     /// is Success or why it was refused, and the persistence sequence number
     /// the outcome must wait for when the change goes to disk.
     /// A stamped change older than what the topic holds (a message or a
-    /// tombstone) changes nothing and is not written: Success, since the
-    /// publish itself was routed.
+    /// tombstone), or the same change again, changes nothing and is not
+    /// written: Success, since the publish itself was routed.
     pub(super) fn apply_retained(&mut self, message: SharedMessage) -> (ReasonCode, Option<u64>) {
-        if self.is_stale(&message) {
-            self.stats.retained_stale += 1;
-            return (ReasonCode::Success, None);
+        match self.against_current(&message) {
+            Ordering::Greater => {}
+            Ordering::Equal => return (ReasonCode::Success, None),
+            Ordering::Less => {
+                self.stats.retained_stale += 1;
+                return (ReasonCode::Success, None);
+            }
         }
         let reason = self.store_retained(&message);
         let durable = self.persist_retained(&message, !reason.is_error());
         (reason, durable)
     }
 
-    /// Whether a stamped change lost to the topic's current state.
-    fn is_stale(&self, message: &Message) -> bool {
+    /// A change against the topic's current state (`clock::order`);
+    /// `Greater` when the topic has none.
+    fn against_current(&self, message: &Message) -> Ordering {
         if message.retain_stamp == 0 {
-            return false;
+            return Ordering::Greater;
         }
         let tombstones = self.cluster.as_deref().map(|c| &c.tombstones);
-        let current = self
-            .retained
+        self.retained
             .get(&message.topic)
-            .or_else(|| tombstones.and_then(|t| t.get(&message.topic)));
-        current.is_some_and(|current| !clock::replaces(message, current))
+            .or_else(|| tombstones.and_then(|t| t.get(&message.topic)))
+            .map_or(Ordering::Greater, |current| clock::order(message, current))
     }
 
     fn store_retained(&mut self, message: &SharedMessage) -> ReasonCode {
@@ -261,21 +266,31 @@ mod tests {
     #[test]
     fn the_greatest_stamp_wins_and_a_clear_stays_as_a_tombstone() {
         let mut s = shard();
-        s.handle_cluster_retained(vec![change("r", b"new", 10)]);
-        s.handle_cluster_retained(vec![change("r", b"old", 9)]);
+        let now = t0();
+        s.handle_cluster_retained(vec![change("r", b"new", 10)], now);
+        s.handle_cluster_retained(vec![change("r", b"old", 9)], now);
         assert_eq!(held(&s), [("r".into(), b"new".to_vec(), 10)]);
         assert_eq!(s.stats.retained_stale, 1);
-        s.handle_cluster_retained(vec![change("r", b"", 11)]);
+        s.handle_cluster_retained(vec![change("r", b"", 11)], now);
         assert_eq!(held(&s), [("r".into(), Vec::new(), 11)]);
+        // The same clear again (every sync carries it) changes nothing.
+        s.handle_cluster_retained(vec![change("r", b"", 11)], now);
+        let tombstones = &s
+            .cluster
+            .as_deref()
+            .unwrap_or_else(|| unreachable!())
+            .tombstones;
+        assert_eq!((tombstones.len(), tombstones.order.len()), (1, 1));
+        assert_eq!(s.stats.retained_stale, 1);
         // An older message does not bring the topic back...
-        s.handle_cluster_retained(vec![change("r", b"older", 10)]);
+        s.handle_cluster_retained(vec![change("r", b"older", 10)], now);
         assert_eq!(held(&s), [("r".into(), Vec::new(), 11)]);
         // ...a newer one does, and the tombstone goes.
-        s.handle_cluster_retained(vec![change("r", b"newer", 12)]);
+        s.handle_cluster_retained(vec![change("r", b"newer", 12)], now);
         assert_eq!(held(&s), [("r".into(), b"newer".to_vec(), 12)]);
         // A clear of a topic never retained here is remembered too: a
         // peer may hold an older message for it.
-        s.handle_cluster_retained(vec![change("q", b"", 3), change("q", b"x", 2)]);
+        s.handle_cluster_retained(vec![change("q", b"", 3), change("q", b"x", 2)], now);
         assert_eq!(
             held(&s),
             [
@@ -288,8 +303,11 @@ mod tests {
     #[test]
     fn a_local_retained_publish_is_stamped_after_what_the_node_saw() {
         let mut s = shard();
-        s.handle_cluster_retained(vec![change("r", b"remote", 40)]);
         let now = t0();
+        // A peer's `$` topic is not taken: those stay on their node.
+        s.handle_cluster_retained(vec![change("$x", b"no", 50)], now);
+        assert_eq!(held(&s), []);
+        s.handle_cluster_retained(vec![change("r", b"remote", 40)], now);
         s.publish_message(now, Arc::new(change("r", b"local", 0)), None);
         assert_eq!(held(&s), [("r".into(), b"local".to_vec(), 41)]);
     }

@@ -25,6 +25,10 @@ use crate::topic::TopicName;
 
 const LOG_MAGIC: &[u8; 8] = b"SMQLOG01";
 const FLAG_ENCRYPTED: u32 = 1;
+/// The file may hold retained messages with cluster stamps above their
+/// operation code (`retain_op`): a build before stamps refuses the file at
+/// start instead of cutting it at the first one.
+const FLAG_STAMPED: u32 = 2;
 /// magic, flags, shard, generation, compaction, epoch, key fingerprint:
 /// everything before the wrapped key, which is its associated data.
 const FIXED_LEN: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8;
@@ -128,6 +132,8 @@ pub struct LogHeader {
     /// Wall-clock time (Unix nanoseconds) of the instant the records'
     /// expiries count from.
     pub epoch_unix_nanos: u64,
+    /// Written by a cluster node: records may carry stamps (`FLAG_STAMPED`).
+    pub stamped: bool,
     /// The key-encryption key that wrapped the data key.
     pub kek: [u8; 8],
     wrapped: [u8; WRAPPED_LEN],
@@ -147,12 +153,14 @@ impl fmt::Debug for LogHeader {
 
 /// A new file's header and the sealer for its blocks, under a fresh random
 /// data key wrapped by `kek` (`None`: plaintext with checksums).
+/// `stamped`: a cluster node's file (`FLAG_STAMPED`).
 pub fn create(
     kek: Option<&Kek>,
     shard: u32,
     generation: u32,
     compaction: u32,
     epoch_unix_nanos: u64,
+    stamped: bool,
 ) -> Result<(LogHeader, Sealer), LogError> {
     let mut header = LogHeader {
         encrypted: kek.is_some(),
@@ -160,6 +168,7 @@ pub fn create(
         generation,
         compaction,
         epoch_unix_nanos,
+        stamped,
         kek: kek.map_or([0; 8], Kek::fingerprint),
         wrapped: [0; WRAPPED_LEN],
     };
@@ -192,7 +201,10 @@ impl LogHeader {
     fn fixed(&self) -> [u8; FIXED_LEN] {
         let mut h = [0u8; FIXED_LEN];
         h[..8].copy_from_slice(LOG_MAGIC);
-        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 };
+        let mut flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 };
+        if self.stamped {
+            flags |= FLAG_STAMPED;
+        }
         h[8..12].copy_from_slice(&flags.to_le_bytes());
         h[12..16].copy_from_slice(&self.shard.to_le_bytes());
         h[16..20].copy_from_slice(&self.generation.to_le_bytes());
@@ -221,7 +233,7 @@ impl LogHeader {
         }
         let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
         let flags = u32_at(8);
-        if flags & !FLAG_ENCRYPTED != 0 {
+        if flags & !(FLAG_ENCRYPTED | FLAG_STAMPED) != 0 {
             return Err(LogError::Flags(flags));
         }
         let mut epoch = [0u8; 8];
@@ -236,6 +248,7 @@ impl LogHeader {
             generation: u32_at(16),
             compaction: u32_at(20),
             epoch_unix_nanos: u64::from_le_bytes(epoch),
+            stamped: flags & FLAG_STAMPED != 0,
             kek,
             wrapped,
         })
@@ -642,8 +655,8 @@ mod tests {
     /// session put and a session delete.
     fn file(kek: Option<&Kek>) -> (LogHeader, Vec<u8>, usize) {
         let epoch = t0();
-        let (header, sealer) =
-            create(kek, 3, 7, 2, 1_700_000_000_000_000_000).unwrap_or_else(|_| unreachable!());
+        let (header, sealer) = create(kek, 3, 7, 2, 1_700_000_000_000_000_000, true)
+            .unwrap_or_else(|_| unreachable!());
         let mut w = LogWriter::new(&header, sealer, epoch);
         let mut bytes = header.encode().to_vec();
         let (b1, skipped) = w
@@ -689,8 +702,8 @@ mod tests {
     fn an_undecodable_session_costs_that_session_not_the_rest_of_the_file() {
         let epoch = t0();
         let k = kek(1);
-        let (header, sealer) =
-            create(Some(&k), 0, 1, 0, 1_700_000_000_000_000_000).unwrap_or_else(|_| unreachable!());
+        let (header, sealer) = create(Some(&k), 0, 1, 0, 1_700_000_000_000_000_000, false)
+            .unwrap_or_else(|_| unreachable!());
         let mut w = LogWriter::new(&header, sealer, epoch);
         let mut bytes = header.encode().to_vec();
         // A session put whose payload is from an unknown format version,

@@ -6,8 +6,9 @@
 //! the greatest, so all of them end with the same one whatever order the
 //! changes arrive in.
 
+use std::cmp::Ordering as Order;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::session::Message;
 
@@ -20,6 +21,11 @@ const LOGICAL_BITS: u32 = 16;
 pub const STAMP_MAX: u64 = (1 << 56) - 1;
 /// 2024-01-01T00:00:00Z: stamps count milliseconds from here.
 const STAMP_EPOCH_UNIX_MS: u64 = 1_704_067_200_000;
+/// How far ahead of this node's wall clock a peer's stamp may be and still
+/// move this node's clock: a peer whose clock is wrong by more (or a
+/// hostile stamp near `STAMP_MAX`) must not drag every node's stamps with
+/// it. Its change is still ordered by its stamp, so nodes agree.
+pub const DRIFT_MAX: Duration = Duration::from_secs(60);
 
 /// One per node, shared by its shards (a retained change on one shard must
 /// be stamped after every change any shard of the node has seen). Its
@@ -57,11 +63,7 @@ impl NodeClock {
     /// A stamp greater than every stamp this node made or saw, and not
     /// below the wall clock at `now`; never 0.
     pub fn stamp(&self, now: Instant) -> u64 {
-        let physical = self.base.map_or(0, |(at, ms)| {
-            let elapsed = now.saturating_duration_since(at).as_millis();
-            let ms = ms.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
-            ms.min(STAMP_MAX >> LOGICAL_BITS) << LOGICAL_BITS
-        });
+        let physical = self.physical(now, Duration::ZERO).unwrap_or(0);
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = physical.max(last.saturating_add(1)).min(STAMP_MAX);
@@ -75,35 +77,54 @@ impl NodeClock {
         }
     }
 
-    /// A stamp from another node: this node's next ones come after it.
-    /// A stamp past `STAMP_MAX` (a hostile or broken peer) is not taken:
-    /// it would stop this node's clock.
-    pub fn observe(&self, stamp: u64) {
-        if stamp <= STAMP_MAX {
-            self.last.fetch_max(stamp, Ordering::Relaxed);
+    /// The wall clock at `now` plus `ahead`, as a stamp with no logical
+    /// count; `None` for a logical clock.
+    fn physical(&self, now: Instant, ahead: Duration) -> Option<u64> {
+        self.base.map(|(at, ms)| {
+            let elapsed = (now.saturating_duration_since(at) + ahead).as_millis();
+            let ms = ms.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
+            ms.min(STAMP_MAX >> LOGICAL_BITS) << LOGICAL_BITS
+        })
+    }
+
+    /// A stamp from another node (or this node's disk): this node's next
+    /// ones come after it. False, and the clock left alone, for a stamp
+    /// more than `DRIFT_MAX` ahead of this node's wall clock.
+    pub fn observe(&self, stamp: u64, now: Instant) -> bool {
+        let limit = self
+            .physical(now, DRIFT_MAX)
+            .map_or(STAMP_MAX, |p| p | ((1 << LOGICAL_BITS) - 1));
+        if stamp > limit {
+            return false;
         }
+        self.last.fetch_max(stamp, Ordering::Relaxed);
+        true
     }
 }
 
-/// Whether the retained change `incoming` replaces `stored` (a message, or a
-/// clear when its payload is empty). Unstamped changes (a single node, `$`
-/// topics, logs written before stamps) keep the arrival order. Between
-/// stamped ones the greater stamp wins; a tie, which needs two nodes in the
-/// same millisecond and count, is broken by content (a clear first, then the
-/// payload, then the publisher's id), so every node breaks it alike.
-pub fn replaces(incoming: &Message, stored: &Message) -> bool {
+/// Where the retained change `incoming` stands against `stored` (a
+/// message, or a clear when its payload is empty): `Greater` replaces it,
+/// `Equal` is the same change again (a sync, a link that carries it
+/// again), `Less` lost. Unstamped changes (a single node, `$` topics, logs
+/// written before stamps) keep the arrival order: always `Greater`.
+/// Between stamped ones the greater stamp wins; a tie, which needs two
+/// nodes in the same millisecond and count, is broken by content (a clear
+/// first, then the payload, the publisher's id and the QoS), so every node
+/// breaks it alike.
+pub fn order(incoming: &Message, stored: &Message) -> Order {
     if incoming.retain_stamp == 0 || stored.retain_stamp == 0 {
-        return true;
+        return Order::Greater;
     }
-    let key = |m: &Message| {
+    fn key(m: &Message) -> (u64, bool, &[u8], &[u8], u8) {
         (
             m.retain_stamp,
             m.payload.is_empty(),
-            m.payload.as_ref().to_vec(),
-            m.origin.as_bytes().to_vec(),
+            m.payload.as_ref(),
+            m.origin.as_bytes(),
+            m.qos as u8,
         )
-    };
-    key(incoming) >= key(stored)
+    }
+    key(incoming).cmp(&key(stored))
 }
 
 #[cfg(test)]
@@ -139,13 +160,16 @@ mod tests {
         // Same millisecond: the logical part counts.
         assert_eq!(clock.stamp(t0), first + 1);
         // A peer ahead of this node's wall clock: the next stamp follows it.
-        clock.observe(900 << LOGICAL_BITS);
+        assert!(clock.observe(900 << LOGICAL_BITS, t0));
         assert_eq!(clock.stamp(t0), (900 << LOGICAL_BITS) + 1);
         // The wall clock passes it again.
         let later = clock.stamp(t0 + Duration::from_millis(1000));
         assert_eq!(later, 1005 << LOGICAL_BITS);
-        // A stamp past the format is ignored, not adopted.
-        clock.observe(u64::MAX);
+        // A stamp further ahead than DRIFT_MAX (a wrong clock, a hostile
+        // peer, the format's greatest) is not adopted.
+        for wrong in [(70_000 << LOGICAL_BITS), STAMP_MAX, u64::MAX] {
+            assert!(!clock.observe(wrong, t0));
+        }
         assert_eq!(clock.stamp(t0), later + 1);
     }
 
@@ -154,6 +178,8 @@ mod tests {
         let clock = NodeClock::logical();
         let now = t0();
         assert_eq!((clock.stamp(now), clock.stamp(now)), (1, 2));
+        assert!(clock.observe(10, now) && !clock.observe(STAMP_MAX + 1, now));
+        assert_eq!(clock.stamp(now), 11);
         let before_2024 = NodeClock::new(now, 1000);
         assert_eq!(before_2024.stamp(now), 1);
     }
@@ -162,20 +188,29 @@ mod tests {
     fn the_greater_stamp_wins_whichever_arrives_first() {
         let old = message(10, b"old");
         let new = message(11, b"new");
-        assert!(replaces(&new, &old));
-        assert!(!replaces(&old, &new));
+        assert_eq!(order(&new, &old), Order::Greater);
+        assert_eq!(order(&old, &new), Order::Less);
+        assert_eq!(order(&new, &new.clone()), Order::Equal);
         let clear = message(12, b"");
-        assert!(replaces(&clear, &new));
-        assert!(!replaces(&new, &clear));
+        assert_eq!(order(&clear, &new), Order::Greater);
+        assert_eq!(order(&new, &clear), Order::Less);
         // Unstamped: arrival order, as on a single node.
-        assert!(replaces(&message(0, b"x"), &new));
-        assert!(replaces(&new, &message(0, b"x")));
+        assert_eq!(order(&message(0, b"x"), &new), Order::Greater);
+        assert_eq!(order(&new, &message(0, b"x")), Order::Greater);
     }
 
     #[test]
     fn a_tie_is_broken_alike_on_every_node() {
         let (a, b, clear) = (message(7, b"a"), message(7, b"b"), message(7, b""));
-        assert!(replaces(&b, &a) && !replaces(&a, &b));
-        assert!(replaces(&clear, &b) && !replaces(&b, &clear));
+        assert_eq!(
+            (order(&b, &a), order(&a, &b)),
+            (Order::Greater, Order::Less)
+        );
+        assert_eq!(order(&clear, &b), Order::Greater);
+        let qos1 = Message {
+            qos: crate::codec::QoS::AtLeastOnce,
+            ..a.clone()
+        };
+        assert_eq!(order(&qos1, &a), Order::Greater);
     }
 }

@@ -246,7 +246,7 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             let frame = reader.recv(SILENCE_MAX).await?;
             if let Frame::Retained(messages) = frame {
-                driver.with(|s| s.handle_cluster_retained(messages));
+                driver.with(|s| s.handle_cluster_retained(messages, Instant::now()));
                 continue;
             }
             if let Frame::Publish {

@@ -33,6 +33,9 @@ pub struct PersistSpec {
     pub policy: Arc<Persistence>,
     pub dir: PathBuf,
     pub keys: Option<Arc<KeyRing>>,
+    /// A cluster node: its logs may hold stamped retained messages and say
+    /// so in their header (`log::create`).
+    pub stamped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,8 @@ pub struct LogFile {
     pub compaction: u32,
     /// The key ring's version the file was written under.
     pub key_version: u64,
+    /// Its header's `stamped`, which rewrites keep.
+    pub stamped: bool,
 }
 
 /// What one shard starts from.
@@ -306,6 +311,7 @@ pub fn recover(
             next_generation,
             0,
             epoch,
+            spec.stamped,
             &snapshot,
         )?;
         if let (Some(ring), Some(kek)) = (&spec.keys, current) {
@@ -444,6 +450,7 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
 
 /// A new log file holding `snapshot`, durable (file and directory entry
 /// synced) before it returns. Blocking.
+#[allow(clippy::too_many_arguments)]
 pub fn create_log(
     dir: &Path,
     kek: Option<&Kek>,
@@ -451,9 +458,17 @@ pub fn create_log(
     generation: u32,
     compaction: u32,
     epoch: Epoch,
+    stamped: bool,
     snapshot: &Snapshot,
 ) -> Result<LogFile, PersistError> {
-    let (header, sealer) = log::create(kek, shard, generation, compaction, epoch.unix_nanos)?;
+    let (header, sealer) = log::create(
+        kek,
+        shard,
+        generation,
+        compaction,
+        epoch.unix_nanos,
+        stamped,
+    )?;
     let mut writer = LogWriter::new(&header, sealer, epoch.instant);
     let (blocks, skipped) = writer.seal_snapshot(snapshot)?;
     if skipped > 0 {
@@ -500,6 +515,7 @@ pub fn create_log(
         generation,
         compaction,
         key_version: 0,
+        stamped,
     })
 }
 

@@ -52,6 +52,8 @@ pub struct ShardLog {
     dir: PathBuf,
     shard: u32,
     generation: u32,
+    /// A cluster node's files (`log::create`'s `stamped`).
+    stamped: bool,
     epoch: Epoch,
     keys: Option<Arc<KeyRing>>,
     /// `persistence.maxSize` divided between the shards.
@@ -98,6 +100,7 @@ impl ShardLog {
             dir,
             shard,
             generation: log.generation,
+            stamped: log.stamped,
             epoch,
             keys,
             budget,
@@ -275,14 +278,28 @@ impl ShardLog {
         // file behind (if even removing it failed).
         let compaction = self.next_compaction.get();
         self.next_compaction.set(compaction + 1);
-        let (dir, shard, generation, epoch) =
-            (self.dir.clone(), self.shard, self.generation, self.epoch);
+        let (dir, shard, generation, epoch, stamped) = (
+            self.dir.clone(),
+            self.shard,
+            self.generation,
+            self.epoch,
+            self.stamped,
+        );
         let rotated = self.key_changed();
         let mut replaced = self.replaced.take();
         let (log, kept) = glommio::executor()
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
-                let log = match create_log(&dir, kek, shard, generation, compaction, epoch, &snapshot) {
+                let log = match create_log(
+                    &dir,
+                    kek,
+                    shard,
+                    generation,
+                    compaction,
+                    epoch,
+                    stamped,
+                    &snapshot,
+                ) {
                     Ok(log) => log,
                     // Not replaced: the old file stays the log.
                     Err(e) => return (Err(e), replaced),

@@ -485,7 +485,7 @@ fn start_log(
 ) -> Option<Rc<ShardLog>> {
     let start = run.take(id)?;
     let found = start.retained.len();
-    let restored = shard.restore_retained(start.retained);
+    let restored = shard.restore_retained(start.retained, Instant::now());
     let sessions = start.sessions.len();
     let now = std::time::Instant::now();
     let mut refused = 0;

@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytestring::ByteString;
 use hashbrown::{HashMap, HashSet};
@@ -350,14 +351,12 @@ impl<S: Store> Shard<S> {
 
     /// The persisted retained messages this shard owns, read back at start
     /// (before any client connects); they are on disk already.
-    pub fn restore_retained(&mut self, messages: Vec<SharedMessage>) -> usize {
+    pub fn restore_retained(&mut self, messages: Vec<SharedMessage>, now: Instant) -> usize {
         let mut restored = 0;
         for message in messages {
             // Stamps made after a restart come after those on disk, even
             // if the wall clock went back meanwhile.
-            if let Some(c) = self.cluster.as_deref() {
-                c.clock.observe(message.retain_stamp);
-            }
+            self.observe_stamp(message.retain_stamp, now);
             let bytes = crate::buffer::memory_cost(&message);
             let topic = message.topic.clone();
             if self.retained.set(topic.clone(), message, bytes).is_ok() {
