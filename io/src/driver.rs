@@ -201,6 +201,9 @@ impl Driver {
                                 == shardmq_core::limits::TakeoverPolicy::AnyPrincipal
                         });
                         glommio::spawn_local(async move {
+                            if control.is_some() {
+                                admit::routes_known(&driver).await;
+                            }
                             let mut result = admit::admit(&h, &request).await;
                             if let Some(control) = control {
                                 if let Ok(a) = result {

@@ -38,7 +38,7 @@ for r in $(seq 1 "$rounds"); do
       sub=(--sub-broker 127.0.0.2:18832)
     fi
     sleep 1.5
-    "$L" --cpu 0 run "$@" --broker 127.0.0.1:18831 "${sub[@]}" --json "$work/$set-$r.json" >/dev/null || true
+    "$L" --cpu 0 run "$@" --broker 127.0.0.1:18831 "${sub[@]}" --json "$work/result-$set-$r.json" >/dev/null || true
     pkill -f -- "--config $work" || true; sleep 0.5
   done
 done
@@ -47,7 +47,10 @@ import json, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
 med = {}
 for s in ("single", "Enabled", "Disabled"):
-    runs = [json.load(open(f"{work}/{s}-{r}.json")) for r in range(1, rounds + 1)]
+    runs = [json.load(open(f"{work}/result-{s}-{r}.json")) for r in range(1, rounds + 1)]
+    failed = sum(1 for r in runs if not r["received_per_s"])
+    if failed:
+        print(f"{s}: {failed} of {rounds} rounds received nothing (a broker did not start or link)")
     med[s] = statistics.median(r["received_per_s"] for r in runs)
     print(f"{s:9} {med[s]:>12,.0f} msg/s received (median of {rounds})")
 print(f"Enabled / Disabled = {med['Enabled'] / med['Disabled']:.2f}; across nodes / one node = {med['Enabled'] / med['single']:.2f}")

@@ -57,6 +57,8 @@ pub(super) struct Cluster {
     pub(super) clock: Arc<NodeClock>,
     /// Retained topics this shard owns that a stamped clear emptied.
     pub(super) tombstones: Tombstones,
+    /// When the shard joined the cluster (`cluster_routes_ready`).
+    started: Instant,
 }
 
 /// One numbered stream of messages from a peer: its node, that node's
@@ -111,6 +113,11 @@ struct PeerOut {
     next_seq: u64,
     /// The front `sent` of `owed` went over the current link.
     sent: usize,
+    /// A route message came over a link of this shard: its routes are
+    /// known (kept through a break for the grace).
+    routes_known: bool,
+    /// The last attempt to link failed (reset when a link comes up).
+    unreachable: bool,
     /// In publish order; each with the share groups the peer serves for it
     /// and the publisher's request, when its acknowledgement waits for the
     /// peer.
@@ -152,13 +159,14 @@ impl<S: Store> Shard<S> {
     /// given peers. Call it right after `new`, before any session is
     /// restored or client served, so every subscription counts in the
     /// node's routes.
-    /// `clock` is the node's, one for all its shards.
+    /// `clock` is the node's, one for all its shards; `now` is the start.
     pub fn enable_cluster(
         &mut self,
         me: NodeId,
         incarnation: Incarnation,
         peers: &[NodeId],
         clock: Arc<NodeClock>,
+        now: Instant,
     ) {
         self.cluster = Some(Box::new(Cluster {
             me,
@@ -175,6 +183,7 @@ impl<S: Store> Shard<S> {
             held_answers: Vec::new(),
             clock,
             tombstones: Tombstones::default(),
+            started: now,
         }));
     }
 
@@ -243,14 +252,38 @@ impl<S: Store> Shard<S> {
             // The first message of a new link is a snapshot of another
             // shard's stream: it replaces what was known, at once (no
             // moment without routes).
-            if let Some(p) = c.peers.get_mut(&node).filter(|p| p.fresh) {
-                p.fresh = false;
-                c.remote.forget(node);
+            if let Some(p) = c.peers.get_mut(&node) {
+                p.routes_known = true;
+                if p.fresh {
+                    p.fresh = false;
+                    c.remote.forget(node);
+                }
             }
             // A link is in order and lossless while up, and each new one
             // starts from a snapshot: nothing to ask for.
             let _ = c.remote.apply(c.me, msg);
         }
+    }
+
+    /// Whether this shard may take clients' publishes: for every peer, it
+    /// knows the peer's routes (a route message came over its link), or
+    /// the peer is unreachable: the last attempt to link failed, or it has
+    /// not linked for `LINK_GRACE` (since the shard started, or its link
+    /// last broke), as a peer whose routes are withdrawn. A node that just
+    /// (re)started and routed a QoS 1 publish before would acknowledge it
+    /// without the peers' subscribers (the runtime holds CONNECTs until
+    /// then; docs/CLUSTER.md). Always true on a single node.
+    pub fn cluster_routes_ready(&self, now: Instant) -> bool {
+        let Some(c) = self.cluster.as_deref() else {
+            return true;
+        };
+        c.peers.values().all(|p| {
+            let unreachable = || {
+                let since = p.down_since.unwrap_or(c.started);
+                !p.up && now.saturating_duration_since(since) >= LINK_GRACE
+            };
+            p.routes_known || p.withdrawn || (!p.up && p.unreachable) || unreachable()
+        })
     }
 
     /// A link to `node` dialled from this shard is up: what is owed goes
@@ -268,12 +301,26 @@ impl<S: Store> Shard<S> {
         }
         p.up = true;
         p.fresh = true;
+        p.unreachable = false;
         p.down_since = None;
         p.withdrawn = false;
         p.sent = 0;
         c.unsent += p.owed.len();
         if !p.owed.is_empty() {
             self.outputs.push_back(Output::Cluster);
+        }
+    }
+
+    /// An attempt to link to `node` failed (refused, timed out, not
+    /// trusted): clients here need not wait for its routes.
+    pub fn cluster_link_failed(&mut self, node: NodeId) {
+        if let Some(p) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.peers.get_mut(&node))
+            .filter(|p| !p.up)
+        {
+            p.unreachable = true;
         }
     }
 
@@ -856,197 +903,5 @@ impl<S: Store> Shard<S> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::buffer::{MemoryOnly, ShardBuffer};
-    use crate::limits::ClientLimits;
-    use crate::session::Message;
-    use crate::topic::TopicName;
-
-    const ME: NodeId = NodeId(1);
-    const PEER: NodeId = NodeId(2);
-
-    /// One shard of one (a node of `ME` with the peer `PEER`).
-    pub(in crate::broker) fn shard() -> Shard<MemoryOnly> {
-        shard_of(0, 1)
-    }
-
-    fn shard_of(id: usize, shards: usize) -> Shard<MemoryOnly> {
-        let config = Arc::new(super::super::ShardConfig {
-            shards,
-            instance: 1,
-            limits: Arc::new(ClientLimits::default()),
-            retained_max: 100,
-            retained_bytes_max: 1 << 20,
-            partial_bytes_max: 1 << 20,
-            selftest: None,
-            persistence: None,
-        });
-        let mut s = Shard::new(ShardId::new(id), config, ShardBuffer::new(None, 1 << 20, 0));
-        s.enable_cluster(ME, Incarnation(1), &[PEER], Arc::new(NodeClock::logical()));
-        s
-    }
-
-    fn routes(filters: &[&str]) -> RouteMsg {
-        RouteMsg::Snapshot {
-            from: PEER,
-            incarnation: Incarnation(7),
-            seq: 0,
-            filters: filters
-                .iter()
-                .map(|f| TopicFilter::try_from(*f).unwrap_or_else(|_| unreachable!()))
-                .collect(),
-        }
-    }
-
-    /// A QoS 1 message on `a/b` whose payload is `n` ten times.
-    fn message_of(n: u8) -> Message {
-        Message {
-            topic: TopicName::try_from("a/b").unwrap_or_else(|_| unreachable!()),
-            payload: bytes::Bytes::from(vec![n; 10]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: "p".into(),
-            retain_stamp: 0,
-        }
-    }
-
-    fn publish(s: &mut Shard<MemoryOnly>, now: Instant, n: u8) {
-        s.publish_message(now, Arc::new(message_of(n)), None);
-    }
-
-    fn payloads(batch: &[ForNode]) -> Vec<u8> {
-        batch.iter().map(|(m, _)| m.payload[0]).collect()
-    }
-
-    #[allow(clippy::disallowed_methods)]
-    pub(in crate::broker) fn t0() -> Instant {
-        Instant::now()
-    }
-
-    #[test]
-    fn what_a_peer_is_owed_survives_a_broken_link_and_goes_again_in_order() {
-        let now = t0();
-        let mut s = shard();
-        s.cluster_link_up(PEER);
-        s.handle_cluster_routes(PEER, routes(&["a/#"]));
-        for n in 0..3 {
-            publish(&mut s, now, n);
-        }
-        assert_eq!(s.cluster_unsent(), 3);
-        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![0, 1, 2]);
-        assert_eq!(s.cluster_unsent(), 0);
-        // The peer routed the first two, then the link broke.
-        s.cluster_acked(PEER, 2);
-        s.cluster_link_down(PEER, now);
-        assert_eq!(s.cluster_unsent(), 0);
-        assert!(s.poll_cluster(PEER).1.is_empty());
-        // Within the grace, the routes stay and what matches is kept.
-        publish(&mut s, now, 3);
-        s.handle_tick(now + LINK_GRACE / 2);
-        publish(&mut s, now, 4);
-        assert_eq!(s.cluster_stats().owed, 3);
-        // The next link carries everything unacknowledged, in order.
-        s.cluster_link_up(PEER);
-        assert_eq!(s.cluster_unsent(), 3);
-        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![2, 3, 4]);
-        s.cluster_acked(PEER, 3);
-        assert_eq!(s.cluster_stats().owed, 0);
-        // A stale acknowledgement count is clamped.
-        s.cluster_acked(PEER, 5);
-        assert_eq!(s.cluster_unsent(), 0);
-    }
-
-    #[test]
-    fn a_peer_down_past_the_grace_loses_its_routes_and_keeps_what_it_was_owed() {
-        let now = t0();
-        let mut s = shard();
-        s.cluster_link_up(PEER);
-        s.handle_cluster_routes(PEER, routes(&["a/#"]));
-        publish(&mut s, now, 0);
-        s.cluster_link_down(PEER, now);
-        s.handle_tick(now + LINK_GRACE);
-        assert!(s.cluster_remote_routes(PEER).is_empty());
-        publish(&mut s, now, 1);
-        assert_eq!(s.cluster_stats().owed, 1);
-        // Back: the kept message goes, and the new link's snapshot brings
-        // the routes again.
-        s.cluster_link_up(PEER);
-        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![0]);
-        s.handle_cluster_routes(PEER, routes(&["a/#"]));
-        publish(&mut s, now, 2);
-        assert_eq!(payloads(&s.poll_cluster(PEER).1), vec![2]);
-    }
-
-    #[test]
-    fn routes_of_another_node_and_dollar_topics_are_refused() {
-        let now = t0();
-        let mut s = shard();
-        s.cluster_link_up(PEER);
-        // A peer speaks for itself only.
-        s.handle_cluster_routes(
-            PEER,
-            RouteMsg::Snapshot {
-                from: NodeId(3),
-                incarnation: Incarnation(1),
-                seq: 0,
-                filters: vec![TopicFilter::try_from("#").unwrap_or_else(|_| unreachable!())],
-            },
-        );
-        assert!(s.cluster_remote_routes(NodeId(3)).is_empty());
-        s.handle_cluster_routes(PEER, routes(&["#"]));
-        let m = Message {
-            topic: TopicName::try_from("$SYS/x").unwrap_or_else(|_| unreachable!()),
-            payload: bytes::Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: "p".into(),
-            retain_stamp: 0,
-        };
-        s.publish_message(now, Arc::new(m), None);
-        assert!(s.poll_cluster(PEER).1.is_empty());
-    }
-
-    #[test]
-    fn a_home_with_a_full_mesh_holds_its_answers_to_other_shards_links() {
-        let now = t0();
-        let message = |n: u8| (message_of(n), Vec::new());
-        let mut s = shard_of(0, 3);
-        let (busy, landing) = (ShardId::new(1), ShardId::new(2));
-        // Frames of a stream homed on shard 1 fill the mesh there.
-        let away = (PEER, Incarnation(3), 1);
-        let mut posted = 0;
-        while s.shard_mesh_has_room() {
-            posted += 1;
-            assert_eq!(
-                s.handle_cluster_publish(now, 5, away, posted, vec![message(1)]),
-                0
-            );
-        }
-        // Shard 2's link brings a frame of a stream homed here: routed, but
-        // the answer to shard 2 waits for room.
-        let home = (PEER, Incarnation(3), 0);
-        let frame = MeshMsg::ClusterPublish {
-            link: 9,
-            stream: home,
-            first_seq: 1,
-            messages: vec![message(2), message(3)],
-        };
-        s.handle_mesh(landing, frame, now);
-        assert!(s.poll_mesh(landing).is_none());
-        assert!(matches!(
-            s.poll_mesh(busy),
-            Some(MeshMsg::ClusterPublish { .. })
-        ));
-        match s.poll_mesh(landing) {
-            Some(MeshMsg::ClusterRouted { link, count }) => assert_eq!((link, count), (9, 2)),
-            other => panic!("expected the answer, got {other:?}"),
-        }
-    }
-}
+#[path = "cluster_tests.rs"]
+pub(super) mod tests;

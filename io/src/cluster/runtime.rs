@@ -346,6 +346,11 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
                 break;
             }
         }
+        if result.as_ref().is_err_and(|e| !e.was_up()) {
+            // Unreachable for now: this shard's clients need not wait for
+            // its routes (`cluster_routes_ready`).
+            driver.with(|s| s.cluster_link_failed(peer.id));
+        }
         match result {
             Ok(()) => {}
             Err(e) if e.was_up() => {

@@ -4,7 +4,7 @@
 //! `handle_admitted`. A refusal is an operator line (rate-limited: a hostile
 //! client must not flood the log).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -14,6 +14,7 @@ use shardmq_core::session::ConnectRequest;
 
 use super::handle::{Admitted, ConnHandle};
 use crate::client_log;
+use crate::driver::Driver;
 use crate::oplog::Category;
 use crate::security::Stage;
 use crate::telemetry::counters::{reason_label, ListenerCounters};
@@ -102,6 +103,26 @@ pub async fn claim(
             );
             Err(reason)
         }
+    }
+}
+
+/// How often a CONNECT on a node that just started looks again for its
+/// peers' routes.
+const ROUTES_POLL: Duration = Duration::from_millis(20);
+/// The longest a CONNECT waits for them: past `LINK_GRACE` a peer that has
+/// not linked counts as down anyway; this bounds a peer that linked and
+/// never sent its routes.
+const ROUTES_WAIT_MAX: Duration = Duration::from_secs(15);
+
+/// In a cluster: waits until this shard knows every reachable peer's
+/// routes (`Shard::cluster_routes_ready`), so a node that just started does
+/// not acknowledge a QoS 1/2 publish that the peers' subscribers never
+/// get. At once, except in a node's first moments or while a peer is
+/// being re-linked with no routes known yet.
+pub async fn routes_known(driver: &Driver) {
+    let deadline = Instant::now() + ROUTES_WAIT_MAX;
+    while !driver.peek(|s| s.cluster_routes_ready(Instant::now())) && Instant::now() < deadline {
+        glommio::timer::sleep(ROUTES_POLL).await;
     }
 }
 

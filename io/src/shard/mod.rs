@@ -105,7 +105,13 @@ pub async fn run(
     let mut shard = broker::Shard::new(ShardId::new(id), setup.broker.clone(), buffer);
     if let Some(c) = &setup.cluster {
         let peers: Vec<_> = c.peers.iter().map(|p| p.id).collect();
-        shard.enable_cluster(c.me.id, c.incarnation, &peers, c.clock.clone());
+        shard.enable_cluster(
+            c.me.id,
+            c.incarnation,
+            &peers,
+            c.clock.clone(),
+            Instant::now(),
+        );
     }
     let log = setup
         .persist
