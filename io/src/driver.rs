@@ -37,6 +37,8 @@ pub struct Driver {
     peers: Vec<Option<LocalSender<()>>>,
     /// Readers waiting for room in the mesh queues (`Flow::WaitForMesh`).
     mesh_waiters: RefCell<Vec<LocalSender<()>>>,
+    /// CONNECTs waiting for the peers' routes (`wait_for_routes`).
+    routes_waiters: RefCell<Vec<LocalSender<()>>>,
     /// Authentication jobs started, for logs and shutdown.
     pub auth_jobs: Cell<u64>,
     /// Accepts that failed (EMFILE and friends), all listeners of the shard.
@@ -85,6 +87,7 @@ impl Driver {
             conns: RefCell::new(HashMap::new()),
             peers,
             mesh_waiters: RefCell::new(Vec::new()),
+            routes_waiters: RefCell::new(Vec::new()),
             auth_jobs: Cell::new(0),
             accept_failures: Cell::new(0),
             shed: Cell::new(0),
@@ -201,12 +204,21 @@ impl Driver {
                                 == shardmq_core::limits::TakeoverPolicy::AnyPrincipal
                         });
                         glommio::spawn_local(async move {
-                            if control.is_some() {
-                                admit::routes_known(&driver).await;
-                            }
                             let mut result = admit::admit(&h, &request).await;
                             if let Some(control) = control {
                                 if let Ok(a) = result {
+                                    admit::routes_known(&driver).await;
+                                    // Gone while it waited: nothing to claim.
+                                    if driver.peek(|s| s.flow(h.id))
+                                        == shardmq_core::broker::Flow::Stop
+                                    {
+                                        let reason =
+                                            shardmq_core::codec::ReasonCode::ServerUnavailable;
+                                        driver.with(|s| {
+                                            s.handle_admitted(h.id, Instant::now(), Err(reason))
+                                        });
+                                        return;
+                                    }
                                     result = admit::claim(&h, &request, a, &control, any).await;
                                     // The client left while its claim
                                     // committed: no session will hold it.
@@ -270,6 +282,31 @@ impl Driver {
             self.mesh_waiters.borrow_mut().push(tx);
         }
         rx
+    }
+
+    /// A receiver that fires once the shard knows its peers' routes
+    /// (`Shard::cluster_routes_ready`; at once on a single node).
+    pub fn wait_for_routes(&self) -> LocalReceiver<()> {
+        let (tx, rx) = local_channel::new_bounded(1);
+        if self.peek(|s| s.cluster_routes_ready(Instant::now())) {
+            let _ = tx.try_send(());
+        } else {
+            self.routes_waiters.borrow_mut().push(tx);
+        }
+        rx
+    }
+
+    /// Wakes the CONNECTs waiting for routes if the shard now knows them
+    /// (after route frames, link ends and failures, and every tick).
+    pub fn wake_routes_waiters(&self) {
+        if self.routes_waiters.borrow().is_empty()
+            || !self.peek(|s| s.cluster_routes_ready(Instant::now()))
+        {
+            return;
+        }
+        for tx in self.routes_waiters.borrow_mut().drain(..) {
+            let _ = tx.try_send(());
+        }
     }
 
     /// The shard's clock reading for a call that has none of its own.

@@ -57,7 +57,7 @@ pub(super) struct Cluster {
     pub(super) clock: Arc<NodeClock>,
     /// Retained topics this shard owns that a stamped clear emptied.
     pub(super) tombstones: Tombstones,
-    /// When the shard joined the cluster (`cluster_routes_ready`).
+    /// When the shard began linking to its peers (`cluster_routes_ready`).
     started: Instant,
 }
 
@@ -299,6 +299,8 @@ impl<S: Store> Shard<S> {
         if p.up {
             return;
         }
+        // Withdrawn routes are gone: known again with the new snapshot.
+        p.routes_known &= !p.withdrawn;
         p.up = true;
         p.fresh = true;
         p.unreachable = false;
@@ -308,6 +310,15 @@ impl<S: Store> Shard<S> {
         c.unsent += p.owed.len();
         if !p.owed.is_empty() {
             self.outputs.push_back(Output::Cluster);
+        }
+    }
+
+    /// The runtime starts dialling the peers at `now`: a peer counts as
+    /// unreachable `LINK_GRACE` from here, not from `enable_cluster` (a
+    /// restore from disk may take longer than that).
+    pub fn cluster_links_started(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.started = now;
         }
     }
 

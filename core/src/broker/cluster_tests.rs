@@ -218,19 +218,30 @@ fn a_shard_takes_clients_once_it_knows_every_peers_routes_or_the_peer_is_unreach
     s.cluster_link_down(PEER, start);
     assert!(s.cluster_routes_ready(start));
 
-    // A link that broke before the routes came: unreachable from then.
-    let mut s = shard();
-    let later = start + Duration::from_secs(8);
-    s.cluster_link_up(PEER);
-    s.cluster_link_down(PEER, later);
-    assert!(!s.cluster_routes_ready(start + LINK_GRACE));
-    assert!(s.cluster_routes_ready(later + LINK_GRACE));
     // A failed attempt to link: unreachable at once.
     let mut s = shard();
     s.cluster_link_failed(PEER);
     assert!(s.cluster_routes_ready(start));
     s.cluster_link_up(PEER);
     assert!(!s.cluster_routes_ready(start));
+    // A link that ends before its routes came is not a reason to stop
+    // waiting (a flap right after a restart would lose acknowledged
+    // messages: the simulator's restarts found it); the runtime's cap is.
+    let mut s = shard();
+    s.cluster_link_up(PEER);
+    s.cluster_link_down(PEER, start);
+    assert!(!s.cluster_routes_ready(start));
+    // Routes withdrawn after the grace are not known again until the next
+    // link's snapshot.
+    let mut s = shard();
+    s.cluster_link_up(PEER);
+    s.handle_cluster_routes(PEER, routes(&["a/#"]));
+    s.cluster_link_down(PEER, start);
+    s.handle_tick(start + LINK_GRACE);
+    s.cluster_link_up(PEER);
+    assert!(!s.cluster_routes_ready(start + LINK_GRACE));
+    s.handle_cluster_routes(PEER, routes(&["a/#"]));
+    assert!(s.cluster_routes_ready(start + LINK_GRACE));
     // Single node: always.
     let single: Shard<MemoryOnly> = Shard::new(
         ShardId::new(0),

@@ -391,7 +391,10 @@ impl<S: Store> Shard<S> {
 
     /// Publishes the delayed wills whose time came.
     pub(super) fn fire_wills(&mut self, now: Instant) {
-        if !self.wills.iter().any(|w| w.at <= now) {
+        // A node that just started publishes no will before it knows its
+        // peers' routes (a restored will due at once would miss their
+        // subscribers), as it takes no CONNECT.
+        if !self.wills.iter().any(|w| w.at <= now) || !self.cluster_routes_ready(now) {
             return;
         }
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wills)

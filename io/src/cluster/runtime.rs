@@ -80,6 +80,7 @@ pub fn start(driver: &Rc<Driver>, setup: Arc<ClusterSetup>) -> std::io::Result<S
     for peer in &setup.peers {
         glommio::spawn_local(dial_loop(driver.clone(), setup.clone(), peer.clone())).detach();
     }
+    driver.with(|s| s.cluster_links_started(Instant::now()));
     Ok(bound)
 }
 
@@ -350,6 +351,7 @@ async fn dial_loop(driver: Rc<Driver>, setup: Arc<ClusterSetup>, peer: ClusterNo
             // Unreachable for now: this shard's clients need not wait for
             // its routes (`cluster_routes_ready`).
             driver.with(|s| s.cluster_link_failed(peer.id));
+            driver.wake_routes_waiters();
         }
         match result {
             Ok(()) => {}
@@ -462,7 +464,10 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             let frame = reader.recv(SILENCE_MAX).await?;
             match frame {
-                Frame::Route(msg) => driver.with(|s| s.handle_cluster_routes(node, msg)),
+                Frame::Route(msg) => {
+                    driver.with(|s| s.handle_cluster_routes(node, msg));
+                    driver.wake_routes_waiters();
+                }
                 Frame::Ack(n) if n > acked => {
                     let count = usize::try_from(n - acked).unwrap_or(usize::MAX);
                     driver.with(|s| s.cluster_acked(node, count));
@@ -500,5 +505,6 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let result: Result<(), LinkError> = read.or(write).await;
     driver.with(|s| s.cluster_link_down(node, Instant::now()));
+    driver.wake_routes_waiters();
     result.map_err(|error| Ended { error, up: true })
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use futures_lite::FutureExt;
 use shardmq_core::broker::{Admission, ReservedTopics};
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::session::ConnectRequest;
@@ -106,24 +107,27 @@ pub async fn claim(
     }
 }
 
-/// How often a CONNECT on a node that just started looks again for its
-/// peers' routes.
-const ROUTES_POLL: Duration = Duration::from_millis(20);
 /// The longest a CONNECT waits for them: past `LINK_GRACE` a peer that has
 /// not linked counts as down anyway; this bounds a peer that linked and
 /// never sent its routes.
 const ROUTES_WAIT_MAX: Duration = Duration::from_secs(15);
 
-/// In a cluster: waits until this shard knows every reachable peer's
-/// routes (`Shard::cluster_routes_ready`), so a node that just started does
-/// not acknowledge a QoS 1/2 publish that the peers' subscribers never
-/// get. At once, except in a node's first moments or while a peer is
-/// being re-linked with no routes known yet.
+/// In a cluster, after authentication: waits until this shard knows every
+/// reachable peer's routes (`Shard::cluster_routes_ready`), so a node that
+/// just started does not acknowledge a QoS 1/2 publish that the peers'
+/// subscribers never get. At once, except in a node's first moments or
+/// while a peer is being re-linked with no routes known yet. One waiter per
+/// CONNECT, woken by the driver (no polling).
 pub async fn routes_known(driver: &Driver) {
-    let deadline = Instant::now() + ROUTES_WAIT_MAX;
-    while !driver.peek(|s| s.cluster_routes_ready(Instant::now())) && Instant::now() < deadline {
-        glommio::timer::sleep(ROUTES_POLL).await;
+    if driver.peek(|s| s.cluster_routes_ready(Instant::now())) {
+        return;
     }
+    let ready = driver.wait_for_routes();
+    async {
+        let _ = ready.recv().await;
+    }
+    .or(async { glommio::timer::sleep(ROUTES_WAIT_MAX).await })
+    .await;
 }
 
 /// Runs an AUTH re-authentication (v5 §4.12.1); `Ok` carries the new

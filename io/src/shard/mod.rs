@@ -162,6 +162,7 @@ pub async fn run(
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
         driver.with(|s| s.handle_tick(now));
+        driver.wake_routes_waiters();
         if let Some(control) = &setup.control {
             cluster_registry(&driver, control, now);
         }

@@ -203,6 +203,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Retained changes from the cluster older than what their topic held: routed, not stored.",
     ),
     (
+        "shardmq_retained_stamps_ahead_total",
+        "counter",
+        "Retained stamps from the cluster over a minute ahead of this node's clock (a wrong clock somewhere).",
+    ),
+    (
         "shardmq_queued_messages",
         "gauge",
         "Messages waiting in the shard's session queues (in memory or spilled).",
@@ -574,6 +579,9 @@ fn shards(out: &mut Out, s: &[ShardSnapshot]) {
     });
     out.per_shard("shardmq_retained_stale_total", s, |x| {
         x.stats.retained_stale
+    });
+    out.per_shard("shardmq_retained_stamps_ahead_total", s, |x| {
+        x.stats.retained_stamps_ahead
     });
     out.per_shard("shardmq_queued_messages", s, |x| x.gauges.queued);
     out.per_shard("shardmq_inflight_messages", s, |x| x.gauges.inflight);
