@@ -268,8 +268,8 @@ impl<S: Store> Shard<S> {
     /// Whether this shard may take clients' publishes: for every peer, it
     /// knows the peer's routes (a route message came over its link), or
     /// the peer is unreachable: the last attempt to link failed, or it has
-    /// not linked for `LINK_GRACE` (since the shard started, or its link
-    /// last broke), as a peer whose routes are withdrawn. A node that just
+    /// not linked for `LINK_GRACE` (since the shard began dialling, or its
+    /// link last broke), as a peer whose routes are withdrawn. A node that just
     /// (re)started and routed a QoS 1 publish before would acknowledge it
     /// without the peers' subscribers (the runtime holds CONNECTs until
     /// then; docs/CLUSTER.md). Always true on a single node.
@@ -332,6 +332,18 @@ impl<S: Store> Shard<S> {
             .filter(|p| !p.up)
         {
             p.unreachable = true;
+        }
+    }
+
+    /// `node` linked in to this shard: it is reachable, whatever this
+    /// shard's last attempt to link to it said.
+    pub fn cluster_peer_dialled_in(&mut self, node: NodeId) {
+        if let Some(p) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.peers.get_mut(&node))
+        {
+            p.unreachable = false;
         }
     }
 
