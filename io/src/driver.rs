@@ -207,19 +207,15 @@ impl Driver {
                             let mut result = admit::admit(&h, &request).await;
                             if let Some(control) = control {
                                 if let Ok(a) = result {
-                                    admit::routes_known(&driver).await;
-                                    // Gone while it waited: nothing to claim.
-                                    if driver.peek(|s| s.flow(h.id))
-                                        == shardmq_core::broker::Flow::Stop
-                                    {
-                                        let reason =
-                                            shardmq_core::codec::ReasonCode::ServerUnavailable;
-                                        driver.with(|s| {
-                                            s.handle_admitted(h.id, Instant::now(), Err(reason))
-                                        });
-                                        return;
-                                    }
-                                    result = admit::claim(&h, &request, a, &control, any).await;
+                                    // The claim commits while the shard
+                                    // learns its peers' routes: a node that
+                                    // just started waits for the slower.
+                                    let (claimed, ()) = futures_lite::future::zip(
+                                        admit::claim(&h, &request, a, &control, any),
+                                        admit::routes_known(&driver),
+                                    )
+                                    .await;
+                                    result = claimed;
                                     // The client left while its claim
                                     // committed: no session will hold it.
                                     let gone = driver.peek(|s| s.flow(h.id))

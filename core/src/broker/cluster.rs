@@ -324,24 +324,16 @@ impl<S: Store> Shard<S> {
 
     /// An attempt to link to `node` failed (refused, timed out, not
     /// trusted): clients here need not wait for its routes.
+    /// Until this shard's next link to it comes up: a peer that links in
+    /// meanwhile is not taken as reachable, since this shard's own dial
+    /// may be backing off for seconds and its CONNECTs would wait for it.
     pub fn cluster_link_failed(&mut self, node: NodeId) {
-        self.set_unreachable(node, true);
-    }
-
-    /// `node` linked in to this shard: it is reachable, whatever this
-    /// shard's last attempt to link to it said.
-    pub fn cluster_peer_dialled_in(&mut self, node: NodeId) {
-        self.set_unreachable(node, false);
-    }
-
-    /// A peer whose link from this shard is up is never unreachable.
-    fn set_unreachable(&mut self, node: NodeId, unreachable: bool) {
         let peer = self
             .cluster
             .as_deref_mut()
             .and_then(|c| c.peers.get_mut(&node));
-        if let Some(p) = peer.filter(|p| !(unreachable && p.up)) {
-            p.unreachable = unreachable;
+        if let Some(p) = peer.filter(|p| !p.up) {
+            p.unreachable = true;
         }
     }
 

@@ -237,9 +237,6 @@ async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin>(
         out.push(Frame::Route(snapshot));
     }
     inbound.borrow_mut().push(out.clone());
-    // It reached this node, so it is no longer taken for unreachable: the
-    // CONNECTs here wait for its routes over this shard's own link.
-    driver.with(|s| s.cluster_peer_dialled_in(node.id));
     info!(shard = driver.id.index(), peer = %node.name, "cluster: node link in");
     let read = async {
         // Messages handed to their stream's home and not yet routed there
