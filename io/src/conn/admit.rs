@@ -107,10 +107,11 @@ pub async fn claim(
     }
 }
 
-/// The longest a CONNECT waits for them: past `LINK_GRACE` a peer that has
-/// not linked counts as down anyway; this bounds a peer that linked and
-/// never sent its routes.
-const ROUTES_WAIT_MAX: Duration = Duration::from_secs(15);
+/// The longest a CONNECT waits for them (beside its registry claim):
+/// links come up within a second of a start, and clients commonly give up
+/// on a CONNACK after 5 s (rumqttc, paho), so a link that is slow or
+/// flapping costs at most this, after which the node serves as before.
+const ROUTES_WAIT_MAX: Duration = Duration::from_secs(4);
 
 /// In a cluster, after authentication: waits until this shard knows every
 /// reachable peer's routes (`Shard::cluster_routes_ready`), so a node that
