@@ -1,10 +1,12 @@
 //! The cluster's sans-io protocols (issue 17, docs/CLUSTER.md): route
-//! replication between nodes (`routes`), the frames a node link carries
+//! replication between nodes (`routes`), the client-id registry's state
+//! machine (`registry`), the frames a node link carries
 //! (`frame`), and the receiving end's rule for messages a new link carries
 //! again (`already_routed`). A shard's own part is `broker::cluster`.
 
 pub mod clock;
 pub mod frame;
+pub mod registry;
 pub mod routes;
 
 pub use frame::{Frame, FrameError, LINK_VERSION};

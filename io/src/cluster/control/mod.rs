@@ -60,7 +60,7 @@ pub struct Control {
     /// owner shard to end (`Shard::evict_client`).
     evictions: Arc<EvictionQueues>,
     /// The registry as applied here.
-    registry: Arc<Mutex<store::Registry>>,
+    registry: Arc<Mutex<store::Applied>>,
     /// The next claim's nonce: from this life's start in microseconds, so
     /// a restart never repeats one an `Abandon` on record names.
     nonces: std::sync::atomic::AtomicU64,
@@ -280,12 +280,7 @@ impl Control {
             return ids.into_iter().map(|(id, _)| id).collect();
         };
         ids.into_iter()
-            .filter(|(id, taken)| {
-                !registry
-                    .holders
-                    .get(id)
-                    .is_some_and(|h| h.node == self.me && h.claim > *taken)
-            })
+            .filter(|(id, taken)| registry.registry.still_evicts(self.me, id, *taken))
             .map(|(id, _)| id)
             .collect()
     }

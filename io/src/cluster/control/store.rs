@@ -22,7 +22,9 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::types::{Command, Holder, Reply, TypeConfig};
+use shardmq_core::cluster::registry::Registry;
+
+use super::types::{Reply, TypeConfig};
 
 type NodeId = u64;
 type SErr = StorageError<NodeId>;
@@ -253,93 +255,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The registry: who holds each client id, and the Raft state applied.
+/// The registry and the Raft state applied to it (the snapshot file's
+/// content: the registry's fields flattened beside the two of Raft).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct Registry {
-    pub holders: BTreeMap<String, Holder>,
-    /// The latest abandoned claims (node, nonce), so that one applied after
-    /// its `Abandon` is refused; bounded by `ABANDONED_MAX`.
-    #[serde(default)]
-    abandoned: std::collections::VecDeque<(u32, u64)>,
+pub struct Applied {
+    #[serde(flatten)]
+    pub registry: Registry,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
-
-impl Registry {
-    /// Applies one command; what the claimant is told.
-    fn apply(&mut self, cmd: &Command, index: u64) -> Reply {
-        match cmd {
-            Command::Claim {
-                client_id,
-                node,
-                principal,
-                any_principal,
-                nonce,
-            } => {
-                if *nonce != 0 && self.abandoned.contains(&(*node, *nonce)) {
-                    // Its CONNECT was refused while it was on the way.
-                    return Reply::Refused;
-                }
-                let previous = self.holders.get(client_id);
-                // The identity binding of `sessionTakeover`, cluster-wide:
-                // another principal may not take a held id under
-                // SamePrincipal (MQTT 5.0 §5.4.2).
-                if let Some(p) = previous {
-                    if !any_principal && p.principal != *principal {
-                        return Reply::Refused;
-                    }
-                }
-                let previous = previous.map(|p| p.node);
-                self.holders.insert(
-                    client_id.clone(),
-                    Holder {
-                        node: *node,
-                        principal: principal.clone(),
-                        claim: index,
-                        nonce: *nonce,
-                    },
-                );
-                Reply::Granted {
-                    previous,
-                    claim: index,
-                }
-            }
-            Command::Release {
-                client_id,
-                node,
-                claim,
-            } => {
-                // Only the claim that ended: a newer one by the same node
-                // (a quick reconnect) keeps the id.
-                let held = |h: &Holder| h.node == *node && (*claim == 0 || h.claim == *claim);
-                if self.holders.get(client_id).is_some_and(held) {
-                    self.holders.remove(client_id);
-                }
-                Reply::Released
-            }
-            Command::Abandon {
-                client_id,
-                node,
-                nonce,
-            } => {
-                let held = |h: &Holder| h.node == *node && h.nonce == *nonce;
-                if self.holders.get(client_id).is_some_and(held) {
-                    self.holders.remove(client_id);
-                }
-                if self.abandoned.len() == ABANDONED_MAX {
-                    self.abandoned.pop_front();
-                }
-                self.abandoned.push_back((*node, *nonce));
-                Reply::Released
-            }
-        }
-    }
-}
-
-/// Abandoned claims remembered. A claim is abandoned after `CLAIM_TIMEOUT`
-/// and commits within seconds if at all; this many cover a storm of
-/// refused CONNECTs during a long partition.
-const ABANDONED_MAX: usize = 65_536;
 
 /// What applying committed claims means for this node: ids another node
 /// took from it (their sessions here end).
@@ -350,7 +274,7 @@ pub type Evictions = tokio::sync::mpsc::UnboundedSender<(String, u64)>;
 /// file.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    pub registry: Arc<Mutex<Registry>>,
+    pub registry: Arc<Mutex<Applied>>,
     me: u32,
     evictions: Evictions,
     snapshot_path: PathBuf,
@@ -362,9 +286,9 @@ impl StateMachine {
     pub fn open(dir: &Path, me: u32, evictions: Evictions) -> std::io::Result<StateMachine> {
         let snapshot_path = dir.join("registry.snapshot");
         let registry = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => serde_json::from_slice::<Registry>(&bytes)
+            Ok(bytes) => serde_json::from_slice::<Applied>(&bytes)
                 .map_err(|e| std::io::Error::other(format!("{}: {e}", snapshot_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
             Err(e) => return Err(e),
         };
         Ok(StateMachine {
@@ -375,13 +299,13 @@ impl StateMachine {
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Registry>, SErr> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Applied>, SErr> {
         self.registry
             .lock()
             .map_err(|_| io_err("state machine poisoned"))
     }
 
-    fn snapshot_of(reg: &Registry) -> Result<Snapshot<TypeConfig>, SErr> {
+    fn snapshot_of(reg: &Applied) -> Result<Snapshot<TypeConfig>, SErr> {
         let data = serde_json::to_vec(reg).map_err(io_err)?;
         let meta = SnapshotMeta {
             last_log_id: reg.last_applied,
@@ -396,7 +320,7 @@ impl StateMachine {
         })
     }
 
-    fn save(&self, reg: &Registry) -> Result<(), SErr> {
+    fn save(&self, reg: &Applied) -> Result<(), SErr> {
         let tmp = self.snapshot_path.with_extension("tmp");
         let data = serde_json::to_vec(reg).map_err(io_err)?;
         let mut f = File::create(&tmp).map_err(io_err)?;
@@ -439,25 +363,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => replies.push(Reply::Released),
                 EntryPayload::Normal(cmd) => {
-                    let before = match &cmd {
-                        Command::Claim { client_id, .. } => {
-                            reg.holders.get(client_id).map(|h| h.node)
-                        }
-                        Command::Release { .. } | Command::Abandon { .. } => None,
-                    };
-                    let reply = reg.apply(&cmd, e.log_id.index);
+                    let (reply, evict) = reg.registry.apply_on(self.me, &cmd, e.log_id.index);
                     // Another node took an id this node held: its session
                     // here ends (a takeover across nodes).
-                    if let (
-                        Command::Claim {
-                            client_id, node, ..
-                        },
-                        Reply::Granted { .. },
-                    ) = (&cmd, &reply)
-                    {
-                        if before == Some(self.me) && *node != self.me {
-                            let _ = self.evictions.send((client_id.clone(), e.log_id.index));
-                        }
+                    if let Some(evict) = evict {
+                        let _ = self.evictions.send(evict);
                     }
                     replies.push(reply);
                 }
@@ -483,18 +393,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
-        let mut new: Registry = serde_json::from_slice(snapshot.get_ref()).map_err(io_err)?;
+        let mut new: Applied = serde_json::from_slice(snapshot.get_ref()).map_err(io_err)?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.save(&new)?;
         let mut reg = self.lock()?;
         // Ids this node held that the snapshot gives to another node.
-        for (id, h) in &reg.holders {
-            if let Some(n) = new.holders.get(id).filter(|n| n.node != self.me) {
-                if h.node == self.me {
-                    let _ = self.evictions.send((id.clone(), n.claim));
-                }
-            }
+        for evict in reg.registry.taken_by(&new.registry, self.me) {
+            let _ = self.evictions.send(evict);
         }
         *reg = new;
         Ok(())
@@ -512,100 +418,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn claim(id: &str, node: u32, principal: &str, any: bool) -> Command {
-        claim_nonce(id, node, principal, any, 0)
-    }
-
-    fn claim_nonce(id: &str, node: u32, principal: &str, any: bool, nonce: u64) -> Command {
-        Command::Claim {
-            client_id: id.to_owned(),
-            node,
-            principal: principal.to_owned(),
-            any_principal: any,
-            nonce,
-        }
-    }
-
-    #[test]
-    fn an_abandoned_claim_is_undone_or_refused_when_it_comes_late() {
-        let mut r = Registry::default();
-        let abandon = |nonce| Command::Abandon {
-            client_id: "d".into(),
-            node: 1,
-            nonce,
-        };
-        // Applied, then abandoned: the id is free again.
-        r.apply(&claim_nonce("d", 1, "alice", false, 7), 1);
-        r.apply(&abandon(7), 2);
-        assert!(r.holders.is_empty());
-        // Abandoned before it was applied: refused when it comes.
-        r.apply(&abandon(8), 3);
-        assert_eq!(
-            r.apply(&claim_nonce("d", 1, "alice", false, 8), 4),
-            Reply::Refused
-        );
-        assert!(r.holders.is_empty());
-        // Another attempt of the same node, and another node's claim with
-        // the same number, are untouched.
-        r.apply(&claim_nonce("d", 1, "alice", false, 9), 5);
-        r.apply(&abandon(8), 6);
-        assert_eq!(r.holders["d"].claim, 5);
-        let other = Command::Abandon {
-            client_id: "d".into(),
-            node: 2,
-            nonce: 9,
-        };
-        r.apply(&other, 7);
-        assert_eq!(r.holders["d"].claim, 5);
-        // What is remembered stays bounded.
-        for n in 0..(ABANDONED_MAX as u64 + 10) {
-            r.apply(&abandon(1000 + n), 8 + n);
-        }
-        assert_eq!(r.abandoned.len(), ABANDONED_MAX);
-    }
-
-    #[test]
-    fn a_held_id_moves_only_to_its_principal_unless_any_principal() {
-        let mut r = Registry::default();
-        let granted = |previous, claim| Reply::Granted { previous, claim };
-        assert_eq!(r.apply(&claim("d", 1, "alice", false), 1), granted(None, 1));
-        // The same principal on another node takes it over.
-        assert_eq!(
-            r.apply(&claim("d", 2, "alice", false), 2),
-            granted(Some(1), 2)
-        );
-        // Another principal may not [MQTT-5.0 §5.4.2], unless AnyPrincipal.
-        assert_eq!(r.apply(&claim("d", 3, "mallory", false), 3), Reply::Refused);
-        assert_eq!(r.holders["d"].node, 2);
-        assert_eq!(r.apply(&claim("d", 3, "bob", true), 4), granted(Some(2), 4));
-    }
-
-    #[test]
-    fn only_the_claim_that_ended_releases() {
-        let mut r = Registry::default();
-        let release = |node, claim| Command::Release {
-            client_id: "d".into(),
-            node,
-            claim,
-        };
-        r.apply(&claim("d", 1, "alice", false), 1);
-        r.apply(&release(2, 1), 2);
-        assert!(r.holders.contains_key("d"));
-        // A quick reconnect to node 1 claims it again (index 3): the first
-        // session's late release leaves the new claim alone.
-        r.apply(&claim("d", 1, "alice", false), 3);
-        r.apply(&release(1, 1), 4);
-        assert!(r.holders.contains_key("d"));
-        r.apply(&release(1, 3), 5);
-        assert!(r.holders.is_empty());
-        // Free again: anyone may claim it.
-        let granted = Reply::Granted {
-            previous: None,
-            claim: 6,
-        };
-        assert_eq!(r.apply(&claim("d", 2, "bob", false), 6), granted);
-    }
 
     #[test]
     fn the_log_survives_a_reopen_and_a_torn_tail_is_cut() {
