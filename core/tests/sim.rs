@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "sim/harness.rs"]
+#[allow(dead_code)]
 mod harness;
 
 use std::time::Duration;

@@ -25,6 +25,10 @@ use crate::codec::{QoS, ReasonCode};
 use crate::session::{Message, SessionState, SharedMessage};
 use crate::topic::TopicFilter;
 
+/// Fences kept per shard: one lives from an eviction to the next claim of
+/// its id here, and matters only while a CONNECT's claim is in flight.
+const FENCES_MAX: usize = 4096;
+
 #[derive(Debug)]
 pub(super) struct Cluster {
     me: NodeId,
@@ -38,6 +42,12 @@ pub(super) struct Cluster {
     released: Vec<(ByteString, u64)>,
     /// The registry's claim each session of this shard holds its id under.
     claims: HashMap<SessionId, u64>,
+    /// Per client id this shard owns: the claim that last took it to
+    /// another node. A CONNECT here under an older claim (its answer and
+    /// that takeover crossed) is refused, not started after its eviction
+    /// found nothing yet to end. Bounded by `FENCES_MAX`, oldest out.
+    fences: HashMap<ByteString, u64>,
+    fence_order: VecDeque<ByteString>,
     /// Round-robin position per share group across nodes.
     share_rr: HashMap<ByteString, usize>,
     /// Messages owed to peers whose link is up and not yet handed to it,
@@ -175,6 +185,8 @@ impl<S: Store> Shard<S> {
             remote: RemoteRoutes::new(),
             peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
             released: Vec::new(),
+            fences: HashMap::new(),
+            fence_order: VecDeque::new(),
             claims: HashMap::new(),
             share_rr: HashMap::new(),
             unsent: 0,
@@ -814,7 +826,20 @@ impl<S: Store> Shard<S> {
     /// registry owner of the id. An online client gets DISCONNECT 0x8E
     /// Session taken over [MQTT-3.1.4-3], and its will is published as in a
     /// takeover.
-    pub fn evict_client(&mut self, client_id: &ByteString, now: Instant) {
+    /// `taken` is the cluster registry's claim that took the id: a CONNECT
+    /// of this node under an older one, still on its way to this shard, is
+    /// refused when it arrives (`cluster_fenced`).
+    pub fn evict_client(&mut self, client_id: &ByteString, taken: u64, now: Instant) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            if c.fences.insert(client_id.clone(), taken).is_none() {
+                c.fence_order.push_back(client_id.clone());
+                if c.fence_order.len() > FENCES_MAX {
+                    if let Some(old) = c.fence_order.pop_front() {
+                        c.fences.remove(&old);
+                    }
+                }
+            }
+        }
         let Some(at) = self.registry.holder(client_id) else {
             return;
         };
@@ -837,6 +862,24 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// Whether a CONNECT under the cluster's claim `claim` for `client_id`
+    /// comes too late: another node took the id with a later claim, and
+    /// this node already acted on it. A claim past the fence lifts it.
+    pub(super) fn cluster_fenced(&mut self, client_id: &ByteString, claim: u64) -> bool {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return false;
+        };
+        match c.fences.get(client_id) {
+            Some(fence) if claim != 0 && claim < *fence => true,
+            Some(_) if claim != 0 => {
+                c.fences.remove(client_id);
+                c.fence_order.retain(|id| id != client_id);
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// An evicted session's state arrived: it ends, and its id is free here.
     pub(super) fn evicted(
         &mut self,
@@ -856,9 +899,31 @@ impl<S: Store> Shard<S> {
         }
     }
 
-    pub(super) fn cluster_forget_claim(&mut self, session: SessionId) {
+    /// `session` never started (the shard's own registry refused it): the
+    /// cluster's claim for it, if any, is released.
+    pub(super) fn cluster_claim_unused(&mut self, client_id: &ByteString, session: SessionId) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.claims.remove(&session);
+            if let Some(claim) = c.claims.remove(&session) {
+                c.released.push((client_id.clone(), claim));
+            }
+        }
+    }
+
+    /// `session` was taken over or evicted: the claim it held is released
+    /// in the cluster's registry. A newer claim of this node holds the id
+    /// over it (or another node's does, and the release changes nothing);
+    /// left in place, it would hold the id again should that newer claim
+    /// be undone.
+    pub(super) fn cluster_superseded(
+        &mut self,
+        session: SessionId,
+        client_id: Option<&ByteString>,
+    ) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            let claim = c.claims.remove(&session).unwrap_or(0);
+            if let Some(id) = client_id {
+                c.released.push((id.clone(), claim));
+            }
         }
     }
 
@@ -870,6 +935,19 @@ impl<S: Store> Shard<S> {
             // parked before its claim was recorded) releases with 0: any
             // claim this node holds the id under.
             let claim = c.claims.remove(&session).unwrap_or(0);
+            c.released.push((client_id.clone(), claim));
+        }
+    }
+
+    /// The cluster's registry gives `client_id` to this node under `claim`,
+    /// a claim of one of its earlier lives: with no session for the id
+    /// here (the node died with it), the claim is released
+    /// (`poll_cluster_released`). Called on the id's registry owner shard.
+    pub fn cluster_check_hold(&mut self, client_id: &ByteString, claim: u64) {
+        if self.registry.holder(client_id).is_some() {
+            return;
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
             c.released.push((client_id.clone(), claim));
         }
     }

@@ -74,8 +74,14 @@ impl<S: Store> Shard<S> {
         let principal = admission.principal.clone();
         let client_id = c.client_id.clone();
         let resume = !c.clean_start;
+        let cluster_claim = admission.cluster_claim;
         c.admission = Some(admission);
         let session = self.new_session_id();
+        // On record from here: a client that leaves before its session is
+        // settled still releases this claim, not any.
+        if let Some(claim) = cluster_claim {
+            self.cluster_claimed(session, claim);
+        }
         let request = self.new_request(Pending::Claim {
             conn,
             session,
@@ -83,15 +89,14 @@ impl<S: Store> Shard<S> {
             resume,
         });
         let owner = self.owner_of(&client_id);
+        let cluster_claim = cluster_claim.unwrap_or(0);
         if owner == self.id {
             let claim = Claim {
                 at: (self.id, session),
                 principal,
                 reply: (self.id, request),
             };
-            if let Some(answer) = self.registry.claim(&client_id, claim) {
-                self.answer_claim(answer, now);
-            }
+            self.claim_arrived(client_id, claim, cluster_claim, now);
         } else {
             self.post(
                 owner,
@@ -100,6 +105,7 @@ impl<S: Store> Shard<S> {
                     session,
                     principal,
                     request,
+                    cluster_claim,
                 },
             );
         }
@@ -108,18 +114,19 @@ impl<S: Store> Shard<S> {
     /// A claim reached this shard, the registry owner of its client id.
     pub(super) fn claim_arrived(
         &mut self,
-        from: ShardId,
         client_id: ByteString,
-        session: SessionId,
-        principal: super::PrincipalId,
-        request: RequestId,
+        claim: Claim<(ShardId, SessionId), (ShardId, RequestId)>,
+        cluster_claim: u64,
         now: Instant,
     ) {
-        let claim = Claim {
-            at: (from, session),
-            principal,
-            reply: (from, request),
-        };
+        if self.cluster_fenced(&client_id, cluster_claim) {
+            let answer = Answer {
+                reply: claim.reply,
+                decision: Decision::Superseded,
+            };
+            self.answer_claim(answer, now);
+            return;
+        }
         if let Some(answer) = self.registry.claim(&client_id, claim) {
             self.answer_claim(answer, now);
         }
@@ -163,6 +170,16 @@ impl<S: Store> Shard<S> {
         };
         let previous = match decision {
             Decision::Granted { previous } => previous,
+            Decision::Superseded => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.admission = None;
+                    c.machine.reject(ReasonCode::ServerUnavailable);
+                    self.process_events(conn, now);
+                    self.wake(conn);
+                }
+                self.cluster_claim_unused(&client_id, session);
+                return;
+            }
             Decision::Refused => {
                 // MQTT 5.0 §5.4.2: the id's session is another principal's;
                 // it is neither resumed, replaced nor disconnected.
@@ -182,6 +199,8 @@ impl<S: Store> Shard<S> {
                     self.process_events(conn, now);
                     self.wake(conn);
                 }
+                // The cluster's registry granted it: no session holds it.
+                self.cluster_claim_unused(&client_id, session);
                 return;
             }
         };
@@ -278,9 +297,6 @@ impl<S: Store> Shard<S> {
             .accept(now, state, assigned, admission.permissions);
         c.machine.set_credential_expiry(admission.expires_at);
         c.session = Some(session);
-        if let Some(claim) = admission.cluster_claim {
-            self.cluster_claimed(session, claim);
-        }
         // Before the session's record is written: it names the queue's id.
         self.assign_queue_log(Some(conn), session);
         let Some(c) = self.conns.get_mut(&conn) else {

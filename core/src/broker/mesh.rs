@@ -150,6 +150,8 @@ pub enum MeshMsg {
         session: SessionId,
         principal: PrincipalId,
         request: RequestId,
+        /// The cluster registry's claim the CONNECT holds (0: none).
+        cluster_claim: u64,
     },
     ClaimReply {
         request: RequestId,

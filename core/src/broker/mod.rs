@@ -581,7 +581,15 @@ impl<S: Store> Shard<S> {
                 session,
                 principal,
                 request,
-            } => self.claim_arrived(from, client_id, session, principal, request, now),
+                cluster_claim,
+            } => {
+                let claim = Claim {
+                    at: (from, session),
+                    principal,
+                    reply: (from, request),
+                };
+                self.claim_arrived(client_id, claim, cluster_claim, now)
+            }
             MeshMsg::ClaimReply { request, decision } => {
                 self.claim_answered(request, decision, now)
             }

@@ -73,6 +73,11 @@ pub enum Decision<L> {
     /// [`TakeoverPolicy::SamePrincipal`]: the CONNECT is refused and that
     /// session is untouched.
     Refused,
+    /// The cluster's registry gave the id to another node after the claim
+    /// this CONNECT came with (`Shard::evict_client`'s fence): refused
+    /// with Server unavailable; the client connects again and is claimed
+    /// anew.
+    Superseded,
 }
 
 /// An answer to send to `reply`.

@@ -95,8 +95,16 @@ impl<S: Store> Shard<S> {
         now: Instant,
     ) -> Option<SessionState> {
         let slot = self.sessions.remove(&session)?;
-        // Taken over or evicted: a newer claim (or none) holds the id now.
-        self.cluster_forget_claim(session);
+        let client_id = match &slot {
+            Slot::Online(conn) => self
+                .conns
+                .get(conn)
+                .and_then(|c| c.machine.client_id().cloned()),
+            Slot::Offline { state, .. } => Some(state.client_id.clone()),
+        };
+        // Taken over or evicted: its claim in the cluster's registry is
+        // over (a newer one, of this node or another, holds the id).
+        self.cluster_superseded(session, client_id.as_ref());
         let (state, closed_will) = match slot {
             Slot::Online(conn) => {
                 let taken = self.conns.get_mut(&conn).map(|c| {

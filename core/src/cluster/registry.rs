@@ -4,7 +4,7 @@
 //! node's sessions end because another node took their id. Pure, so the
 //! deterministic simulator runs the same code as the broker.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,13 +33,17 @@ pub enum Command {
     },
     /// `node`'s session for `client_id`, held under claim `claim` (the log
     /// index of that claim), ended.
-    /// `claim` 0: whatever claim this node holds it under (a session
-    /// restored from disk knows none).
+    /// `claim` 0: a claim of one of the node's earlier lives, one whose
+    /// nonce is below `floor` (a session restored from disk knows no claim
+    /// number); a claim of this life stays. `floor` 0 (a command written
+    /// before floors): any claim.
     Release {
         client_id: String,
         node: u32,
         #[serde(default)]
         claim: u64,
+        #[serde(default)]
+        floor: u64,
     },
 }
 
@@ -79,7 +83,19 @@ pub struct Holder {
     /// That claim's nonce (0: none, written before nonces existed).
     #[serde(default)]
     pub nonce: u64,
+    /// Earlier claims of the same node still in force, oldest first (their
+    /// `under` empty): a node claims an id it holds for each CONNECT, and
+    /// if the newest is abandoned or its client leaves before its session
+    /// starts, the session of the claim before it holds the id again.
+    /// Each is released when its session ends or a newer one takes it
+    /// over. Bounded by `UNDER_MAX`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub under: Vec<Holder>,
 }
+
+/// Same-node claims a holder keeps under its own: past it the oldest is
+/// forgotten (only a burst of CONNECTs for one id on one node reaches it).
+pub const UNDER_MAX: usize = 16;
 
 /// Abandoned claims remembered. A claim is abandoned after the claim
 /// timeout and commits within seconds if at all; this many cover a storm
@@ -158,6 +174,17 @@ impl Registry {
                     }
                 }
                 let previous = previous.map(|p| p.node);
+                let mut under = Vec::new();
+                if let Some(p) = self.holders.get_mut(client_id).filter(|p| p.node == *node) {
+                    under = std::mem::take(&mut p.under);
+                    under.push(p.clone());
+                    // The same attempt committed again (a write tried
+                    // again after its answer was lost) is one claim.
+                    under.retain(|u| *nonce == 0 || u.nonce != *nonce);
+                    if under.len() > UNDER_MAX {
+                        under.remove(0);
+                    }
+                }
                 self.holders.insert(
                     client_id.clone(),
                     Holder {
@@ -165,6 +192,7 @@ impl Registry {
                         principal: principal.clone(),
                         claim: index,
                         nonce: *nonce,
+                        under,
                     },
                 );
                 Reply::Granted {
@@ -176,13 +204,16 @@ impl Registry {
                 client_id,
                 node,
                 claim,
+                floor,
             } => {
                 // Only the claim that ended: a newer one by the same node
                 // (a quick reconnect) keeps the id.
-                let held = |h: &Holder| h.node == *node && (*claim == 0 || h.claim == *claim);
-                if self.holders.get(client_id).is_some_and(held) {
-                    self.holders.remove(client_id);
-                }
+                let ended = |h: &Holder| match (*claim, *floor) {
+                    (0, 0) => true,
+                    (0, floor) => h.nonce < floor,
+                    (claim, _) => h.claim == claim,
+                };
+                self.end(client_id, *node, ended);
                 Reply::Released
             }
             Command::Abandon {
@@ -190,15 +221,33 @@ impl Registry {
                 node,
                 nonce,
             } => {
-                let held = |h: &Holder| h.node == *node && h.nonce == *nonce;
-                if self.holders.get(client_id).is_some_and(held) {
-                    self.holders.remove(client_id);
-                }
+                self.end(client_id, *node, |h: &Holder| h.nonce == *nonce);
                 if self.abandoned.len() == ABANDONED_MAX {
                     self.abandoned.pop_front();
                 }
                 self.abandoned.push_back((*node, *nonce));
                 Reply::Released
+            }
+        }
+    }
+
+    /// The claims of `node` on `client_id` that `ended` picks are over: the
+    /// latest claim before them holds the id, or none does.
+    fn end(&mut self, client_id: &str, node: u32, ended: impl Fn(&Holder) -> bool) {
+        let Some(h) = self.holders.get_mut(client_id).filter(|h| h.node == node) else {
+            return;
+        };
+        h.under.retain(|u| !ended(u));
+        if !ended(h) {
+            return;
+        }
+        match h.under.pop() {
+            Some(mut before) => {
+                before.under = std::mem::take(&mut h.under);
+                *h = before;
+            }
+            None => {
+                self.holders.remove(client_id);
             }
         }
     }
@@ -214,6 +263,22 @@ impl Registry {
             .is_some_and(|h| h.node == me && h.claim > taken)
     }
 
+    /// The ids node `me` holds under claims of its earlier lives (nonce
+    /// below `floor`), with those claims: a session restored from disk
+    /// holds one; any other is released, or nothing would ever free it (the
+    /// node died with the session). An id may come with several.
+    pub fn earlier_holds(&self, me: u32, floor: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (id, h) in self.holders.iter().filter(|(_, h)| h.node == me) {
+            for c in h.under.iter().chain(std::iter::once(h)) {
+                if c.nonce < floor {
+                    out.push((id.clone(), c.claim));
+                }
+            }
+        }
+        out
+    }
+
     /// The ids node `me` holds here that `new` (a snapshot it installs)
     /// gives to another node, with the claims that took them.
     pub fn taken_by(&self, new: &Registry, me: u32) -> Vec<(String, u64)> {
@@ -225,6 +290,69 @@ impl Registry {
                 Some((id.clone(), n.claim))
             })
             .collect()
+    }
+}
+
+/// The claims a node was granted in its current life, per client id the
+/// latest: its own view, ahead of its applied registry. A node applies the
+/// log at its own pace (a restarted one applies it again from its last
+/// snapshot), so an old takeover can reach it after it was granted the id
+/// again and admitted a session under the newer claim; that session must
+/// not end for the older takeover.
+#[derive(Debug, Default)]
+pub struct Granted {
+    latest: HashMap<String, u64>,
+}
+
+impl Granted {
+    /// The answer to node `me`'s claim `claim` on `client_id` arrived:
+    /// whether its CONNECT goes on (then the claim is on record). Not if
+    /// `registry`, which applied the log up to index `applied`, already
+    /// gave the id to another node after it: the answer came late, the
+    /// takeover that ends this claim's session was already acted on here.
+    pub fn admit(
+        &mut self,
+        registry: &Registry,
+        applied: u64,
+        me: u32,
+        client_id: &str,
+        claim: u64,
+    ) -> bool {
+        let holds = |h: &Holder| h.node == me && h.claim >= claim;
+        if applied >= claim && !registry.holder(client_id).is_some_and(holds) {
+            return false;
+        }
+        let latest = self.latest.entry(client_id.to_owned()).or_default();
+        *latest = claim.max(*latest);
+        true
+    }
+
+    /// The session under `claim` ended here and its id is released.
+    pub fn released(&mut self, client_id: &str, claim: u64) {
+        if self.latest.get(client_id) == Some(&claim) {
+            self.latest.remove(client_id);
+        }
+    }
+
+    /// Whether node `me`'s session for `client_id` ends because the claim
+    /// `taken` gave it to another node: not if this node was granted it
+    /// again after that claim, in this life (`registry` may not have
+    /// applied that yet) or, as far as `registry` has applied, before.
+    pub fn evicts(&mut self, registry: &Registry, me: u32, client_id: &str, taken: u64) -> bool {
+        if self.latest.get(client_id).is_some_and(|g| *g > taken) {
+            return false;
+        }
+        self.latest.remove(client_id);
+        registry.still_evicts(me, client_id, taken)
+    }
+
+    /// Ids with a claim on record (bounded by the node's sessions).
+    pub fn len(&self) -> usize {
+        self.latest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
     }
 }
 
@@ -307,6 +435,7 @@ mod tests {
             client_id: "d".into(),
             node,
             claim,
+            floor: 0,
         };
         r.apply(&claim("d", 1, "alice", false), 1);
         r.apply(&release(2, 1), 2);
@@ -324,5 +453,94 @@ mod tests {
             claim: 6,
         };
         assert_eq!(r.apply(&claim("d", 2, "bob", false), 6), granted);
+    }
+
+    #[test]
+    fn a_release_without_a_claim_number_frees_only_an_earlier_lifes_claim() {
+        let mut r = Registry::default();
+        // Life 1 of node 1 claimed it (nonce 100); life 2 starts at 1000.
+        r.apply(&claim_nonce("d", 1, "alice", false, 100), 1);
+        assert_eq!(r.earlier_holds(1, 1000), vec![("d".to_owned(), 1)]);
+        assert!(r.earlier_holds(2, 1000).is_empty());
+        // Life 2 claims it again before the restored session's release:
+        // the earlier claim stays under it until that session ends.
+        r.apply(&claim_nonce("d", 1, "alice", false, 1000), 2);
+        assert_eq!(r.earlier_holds(1, 1000), vec![("d".to_owned(), 1)]);
+        let restored_ended = Command::Release {
+            client_id: "d".into(),
+            node: 1,
+            claim: 0,
+            floor: 1000,
+        };
+        r.apply(&restored_ended, 3);
+        assert_eq!(r.holder("d").map(|h| h.claim), Some(2));
+        assert!(r.earlier_holds(1, 1000).is_empty());
+        // Had it come first, it frees the earlier life's hold.
+        let mut r = Registry::default();
+        r.apply(&claim_nonce("d", 1, "alice", false, 100), 1);
+        r.apply(&restored_ended, 2);
+        assert!(r.holder("d").is_none());
+    }
+
+    #[test]
+    fn a_session_granted_again_outlives_an_older_takeover_applied_late() {
+        let mut r = Registry::default();
+        let mut g = Granted::default();
+        // Node 2 took the id at 5; node 1 claims it again at 9 and admits
+        // the session before it has applied either.
+        assert!(g.admit(&r, 0, 1, "d", 9));
+        assert!(!g.evicts(&r, 1, "d", 5));
+        // A takeover after the session's claim ends it.
+        assert!(g.evicts(&r, 1, "d", 12));
+        // Without a claim of this life, the applied registry decides.
+        r.apply(&claim("d", 1, "alice", false), 14);
+        assert!(!g.evicts(&r, 1, "d", 12));
+        assert!(g.evicts(&r, 1, "d", 15));
+        // A released claim protects nothing.
+        assert!(g.admit(&r, 0, 1, "e", 3));
+        g.released("e", 3);
+        assert!(g.is_empty());
+        // An answer that comes after this node applied a later takeover
+        // admits nothing: that takeover's eviction found no session.
+        let mut r = Registry::default();
+        r.apply(&claim("f", 1, "alice", false), 20);
+        r.apply(&claim("f", 2, "alice", false), 21);
+        assert!(!g.admit(&r, 21, 1, "f", 20));
+        assert!(g.admit(&r, 19, 1, "f", 20));
+    }
+
+    #[test]
+    fn an_abandoned_or_unused_claim_gives_the_id_back_to_the_session_before_it() {
+        let mut r = Registry::default();
+        let end = |cmd: Command, r: &mut Registry, index| {
+            r.apply(&cmd, index);
+            r.holder("d").map(|h| h.claim)
+        };
+        r.apply(&claim_nonce("d", 1, "alice", false, 10), 1);
+        // The same attempt committed twice is one claim.
+        r.apply(&claim_nonce("d", 1, "alice", false, 11), 2);
+        r.apply(&claim_nonce("d", 1, "alice", false, 11), 3);
+        assert_eq!(r.holder("d").map(|h| h.under.len()), Some(1));
+        // Node 1 gave up on attempt 11 (its CONNECT was refused): the
+        // session of claim 1 holds the id again.
+        let abandon = Command::Abandon {
+            client_id: "d".into(),
+            node: 1,
+            nonce: 11,
+        };
+        assert_eq!(end(abandon, &mut r, 4), Some(1));
+        // A newer claim whose client left before its session started.
+        r.apply(&claim_nonce("d", 1, "alice", false, 12), 5);
+        let unused = Command::Release {
+            client_id: "d".into(),
+            node: 1,
+            claim: 5,
+            floor: 0,
+        };
+        assert_eq!(end(unused, &mut r, 6), Some(1));
+        // Another node's claim replaces them all.
+        r.apply(&claim_nonce("d", 1, "alice", false, 13), 7);
+        r.apply(&claim_nonce("d", 2, "alice", false, 1), 8);
+        assert_eq!(r.holder("d").map(|h| (h.node, h.under.len())), Some((2, 0)));
     }
 }

@@ -154,6 +154,9 @@ pub struct Sim {
     /// In-flight mesh messages per (from, to) pair: `from * n + to`.
     inflight: Vec<VecDeque<MeshMsg>>,
     auth_jobs: Vec<(usize, ConnId)>,
+    /// Authenticated CONNECTs wait in `auth_jobs` for `admit` (a cluster's
+    /// registry claim) instead of being answered by a step.
+    pub hold_auth: bool,
     woken: BTreeSet<(usize, ConnId)>,
     closing: BTreeSet<(usize, ConnId)>,
     /// Shards with retained changes to persist (`Output::Persist`).
@@ -175,6 +178,14 @@ pub struct Sim {
 }
 
 const TRACE_LEN: usize = 60;
+
+/// The steps a failure prints: `SHARDMQ_SIM_TRACE=N`, else `TRACE_LEN`.
+fn trace_len() -> usize {
+    std::env::var("SHARDMQ_SIM_TRACE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(TRACE_LEN)
+}
 
 impl Sim {
     pub fn new(seed: u64, shards: usize, limits: ClientLimits, store_capacity: usize) -> Sim {
@@ -239,6 +250,7 @@ impl Sim {
             shards,
             inflight: (0..n * n).map(|_| VecDeque::new()).collect(),
             auth_jobs: Vec::new(),
+            hold_auth: false,
             woken: BTreeSet::new(),
             closing: BTreeSet::new(),
             persist_jobs: BTreeSet::new(),
@@ -266,11 +278,16 @@ impl Sim {
         self.clients.len() - 1
     }
 
-    fn log(&mut self, line: String) {
-        if self.trace.len() == TRACE_LEN {
+    pub fn log(&mut self, line: String) {
+        if self.trace.len() >= trace_len() {
             self.trace.pop_front();
         }
         self.trace.push_back(line);
+    }
+
+    /// The last steps, oldest first.
+    pub fn trace(&self) -> impl Iterator<Item = &String> {
+        self.trace.iter()
     }
 
     /// Panics with the seed and the last steps: the replay recipe.
@@ -537,7 +554,33 @@ impl Sim {
         }
     }
 
-    fn client_of(&self, shard: usize, conn: ConnId) -> Option<usize> {
+    /// With `hold_auth`: the CONNECTs authenticated since the last call.
+    pub fn take_auth_jobs(&mut self) -> Vec<(usize, ConnId)> {
+        std::mem::take(&mut self.auth_jobs)
+    }
+
+    /// The runtime's answer to a held CONNECT: admitted under the
+    /// registry's claim `Ok(claim)`, or refused.
+    pub fn admit(&mut self, shard: usize, conn: ConnId, result: Result<u64, ReasonCode>) {
+        let principal = match self.client_of(shard, conn) {
+            Some(c) => self.clients[c].principal.clone(),
+            None => PrincipalId::anonymous(),
+        };
+        self.log(format!(
+            "registry answers conn {conn} on shard {shard}: {result:?}"
+        ));
+        let result = result.map(|claim| Admission {
+            permissions: Box::new(AllowAll),
+            principal,
+            expires_at: None,
+            cluster_claim: Some(claim),
+        });
+        let now = self.now;
+        self.shards[shard].handle_admitted(conn, now, result);
+        self.drain(shard);
+    }
+
+    pub fn client_of(&self, shard: usize, conn: ConnId) -> Option<usize> {
         self.clients
             .iter()
             .position(|c| c.conn == Some((shard, conn)))
@@ -580,11 +623,12 @@ impl Sim {
             .filter(|i| !self.inflight[*i].is_empty())
             .collect();
         let persists: Vec<usize> = self.persist_jobs.iter().copied().collect();
-        let choices = mesh.len()
-            + self.auth_jobs.len()
-            + self.woken.len()
-            + self.closing.len()
-            + persists.len();
+        let auths = if self.hold_auth {
+            0
+        } else {
+            self.auth_jobs.len()
+        };
+        let choices = mesh.len() + auths + self.woken.len() + self.closing.len() + persists.len();
         if choices == 0 {
             return false;
         }
@@ -602,7 +646,7 @@ impl Sim {
             return true;
         }
         pick -= mesh.len();
-        if pick < self.auth_jobs.len() {
+        if pick < auths {
             let (shard, conn) = self.auth_jobs.remove(pick);
             let principal = match self.client_of(shard, conn) {
                 Some(c) => self.clients[c].principal.clone(),
@@ -619,7 +663,7 @@ impl Sim {
             self.drain(shard);
             return true;
         }
-        pick -= self.auth_jobs.len();
+        pick -= auths;
         if pick < self.woken.len() {
             let Some(&(shard, conn)) = self.woken.iter().nth(pick) else {
                 return true;

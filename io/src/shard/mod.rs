@@ -318,15 +318,19 @@ fn upkeep_buffer(driver: &Rc<Driver>) {
 }
 
 /// The cluster registry's side of a tick: sessions another node took
-/// over end here, and ids whose sessions ended here are released.
+/// over end here, and ids whose sessions ended here, or died with an
+/// earlier life of the node, are released.
 fn cluster_registry(
     driver: &Rc<Driver>,
     control: &Arc<crate::cluster::control::Control>,
     now: Instant,
 ) {
-    for id in control.take_evictions(driver.id.index()) {
+    for (id, taken) in control.take_evictions(driver.id.index()) {
         info!(shard = driver.id.index(), client_id = ?id, "cluster: the client connected to another node; its session here ends");
-        driver.with(|s| s.evict_client(&id.into(), now));
+        driver.with(|s| s.evict_client(&id.into(), taken, now));
+    }
+    for (id, claim) in control.take_earlier_holds(driver.id.index()) {
+        driver.with(|s| s.cluster_check_hold(&id.into(), claim));
     }
     for (id, claim) in driver.with(|s| s.poll_cluster_released()) {
         control.release(id.to_string(), claim);

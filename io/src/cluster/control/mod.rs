@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use net::{read_frame, write_frame, Dialer, Rpc, RpcReply, Stream};
+use shardmq_core::cluster::registry::Granted;
 use types::{Command, Reply, TypeConfig};
 
 use super::runtime::ClusterSetup;
@@ -64,7 +65,20 @@ pub struct Control {
     /// The next claim's nonce: from this life's start in microseconds, so
     /// a restart never repeats one an `Abandon` on record names.
     nonces: std::sync::atomic::AtomicU64,
+    /// The first nonce of this life: claims below it are an earlier life's.
+    floor: u64,
+    /// The claims granted to this node in this life (evictions spare a
+    /// session granted after the takeover that reaches it late).
+    granted: Mutex<Granted>,
+    /// Per shard: ids this node holds under an earlier life's claim, for
+    /// the registry owner shard to release unless a restored session
+    /// holds them (`Shard::cluster_check_hold`).
+    earlier: Arc<EvictionQueues>,
 }
+
+/// How often the node looks for ids it holds under an earlier life's
+/// claim (the node died with their sessions).
+const EARLIER_SWEEP: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +123,10 @@ impl Control {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dialer2 = dialer.clone();
         let evictions2 = evictions.clone();
+        let earlier: Arc<EvictionQueues> =
+            Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
+        let floor = setup.incarnation.0.max(1);
+        let (earlier2, registry2) = (earlier.clone(), registry.clone());
         std::thread::Builder::new()
             .name("shardmq-control".to_owned())
             .spawn(move || {
@@ -164,6 +182,7 @@ impl Control {
                             }
                         }
                     });
+                    tokio::spawn(sweep_earlier(registry2, earlier2, me, floor));
                     if !raft.is_initialized().await.unwrap_or(true) {
                         // Every node proposes the same membership at index
                         // 0; Raft keeps one.
@@ -187,7 +206,10 @@ impl Control {
             addrs: Arc::new(addrs),
             evictions,
             registry,
-            nonces: std::sync::atomic::AtomicU64::new(setup.incarnation.0.max(1)),
+            nonces: std::sync::atomic::AtomicU64::new(floor),
+            floor,
+            granted: Mutex::default(),
+            earlier,
         }))
     }
 
@@ -211,7 +233,20 @@ impl Control {
             nonce,
         };
         match self.write(cmd).await {
-            Some(Reply::Granted { claim, .. }) => Ok(claim),
+            Some(Reply::Granted { claim, .. }) => {
+                let (Ok(registry), Ok(mut granted)) = (self.registry.lock(), self.granted.lock())
+                else {
+                    return Err(ClaimError::Unavailable);
+                };
+                let applied = registry.applied_index();
+                if granted.admit(&registry.registry, applied, self.me, client_id, claim) {
+                    Ok(claim)
+                } else {
+                    // Another node took the id after this claim, and that
+                    // takeover was applied here before this answer came.
+                    Err(ClaimError::Unavailable)
+                }
+            }
             Some(Reply::Refused) => Err(ClaimError::Refused),
             _ => {
                 self.abandon(client_id.to_owned(), nonce);
@@ -225,46 +260,51 @@ impl Control {
     /// refused, in the background, retrying until the cluster answers
     /// (docs/CLUSTER.md).
     fn abandon(&self, client_id: String, nonce: u64) {
-        let (raft, dialer, addrs, me) = (
-            self.raft.clone(),
-            self.dialer.clone(),
-            self.addrs.clone(),
-            self.me,
-        );
+        self.commit_until_done(Command::Abandon {
+            client_id,
+            node: self.me,
+            nonce,
+        });
+    }
+
+    /// Commits `cmd` in the background, trying again until the cluster
+    /// answers: a minority side keeps trying until it heals (bounded: an
+    /// hour of tries, then the command is dropped). For commands that are
+    /// harmless late: an `Abandon`, a `Release` naming its claim.
+    fn commit_until_done(&self, cmd: Command) {
+        let (raft, dialer, addrs) = (self.raft.clone(), self.dialer.clone(), self.addrs.clone());
         self.rt.spawn(async move {
-            let cmd = Command::Abandon {
-                client_id,
-                node: me,
-                nonce,
-            };
-            // A minority side keeps trying until it heals (bounded: an
-            // hour of tries, then the claim, if it ever came, stays).
             for _ in 0..720 {
                 if commit(&raft, &dialer, &addrs, cmd.clone()).await.is_some() {
                     return;
                 }
             }
+            warn!(
+                ?cmd,
+                "cluster control: gave up committing after an hour of tries"
+            );
         });
     }
 
     /// Frees `client_id` if this node still holds it under `claim` (the
-    /// session that ended);
-    /// best effort, in the background.
-    pub fn release(self: &Arc<Self>, client_id: String, claim: u64) {
-        let me = self.clone();
-        self.rt.spawn(async move {
-            let cmd = Command::Release {
-                client_id,
-                node: me.me,
-                claim,
-            };
-            let _ = me.commit(cmd).await;
+    /// session that ended), in the background until the cluster answers:
+    /// a release lost to a partition would leave the id held with no
+    /// session (the registry simulator found it).
+    pub fn release(&self, client_id: String, claim: u64) {
+        if let Ok(mut g) = self.granted.lock() {
+            g.released(&client_id, claim);
+        }
+        self.commit_until_done(Command::Release {
+            client_id,
+            node: self.me,
+            claim,
+            floor: self.floor,
         });
     }
 
     /// The ids another node took from this one whose registry owner is
-    /// `shard`, since the last call.
-    pub fn take_evictions(&self, shard: usize) -> Vec<String> {
+    /// `shard`, since the last call, with the claims that took them.
+    pub fn take_evictions(&self, shard: usize) -> Vec<(String, u64)> {
         let ids = self
             .evictions
             .get(shard)
@@ -276,13 +316,21 @@ impl Control {
         // An id this node claimed again after the claim that took it stays
         // (its session is the newer one); any other ends here, even if the
         // taker has released it since.
-        let Ok(registry) = self.registry.lock() else {
-            return ids.into_iter().map(|(id, _)| id).collect();
+        let (Ok(registry), Ok(mut granted)) = (self.registry.lock(), self.granted.lock()) else {
+            return ids;
         };
         ids.into_iter()
-            .filter(|(id, taken)| registry.registry.still_evicts(self.me, id, *taken))
-            .map(|(id, _)| id)
+            .filter(|(id, taken)| granted.evicts(&registry.registry, self.me, id, *taken))
             .collect()
+    }
+
+    /// Ids this node holds under an earlier life's claim whose registry
+    /// owner is `shard`, with those claims, since the last call.
+    pub fn take_earlier_holds(&self, shard: usize) -> Vec<(String, u64)> {
+        self.earlier
+            .get(shard)
+            .and_then(|q| q.lock().ok().map(|mut q| std::mem::take(&mut *q)))
+            .unwrap_or_default()
     }
 
     /// Runs `cmd` on the control thread and waits (from any runtime).
@@ -296,10 +344,6 @@ impl Control {
             let _ = tx.send(r);
         });
         rx.await.ok().flatten()
-    }
-
-    async fn commit(&self, cmd: Command) -> Option<Reply> {
-        commit(&self.raft, &self.dialer, &self.addrs, cmd).await
     }
 }
 
@@ -346,6 +390,34 @@ async fn commit(
         tokio::time::sleep(RETRY).await;
     }
     None
+}
+
+/// Every `EARLIER_SWEEP`: the ids this node holds under an earlier life's
+/// claim go to their registry owner shards, which release those no
+/// restored session holds. Without it an id whose session died with the
+/// node stays held (another principal is refused it) until its client
+/// connects again. The first sweep waits a period, past the shards'
+/// restore; a release names the claim, so one that crosses a new claim
+/// leaves the new claim alone.
+async fn sweep_earlier(
+    registry: Arc<Mutex<store::Applied>>,
+    queues: Arc<EvictionQueues>,
+    me: u32,
+    floor: u64,
+) {
+    loop {
+        tokio::time::sleep(EARLIER_SWEEP).await;
+        let held = match registry.lock() {
+            Ok(r) => r.registry.earlier_holds(me, floor),
+            Err(_) => return,
+        };
+        for (id, claim) in held {
+            let shard = owner_index(&id, queues.len());
+            if let Some(Ok(mut q)) = queues.get(shard).map(|q| q.lock()) {
+                q.push((id, claim));
+            }
+        }
+    }
 }
 
 fn dialer_names(members: &BTreeMap<u64, BasicNode>) -> Vec<u64> {

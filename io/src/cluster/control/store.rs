@@ -265,6 +265,13 @@ pub struct Applied {
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
+impl Applied {
+    /// The log index applied last (0: none).
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
+    }
+}
+
 /// What applying committed claims means for this node: ids another node
 /// took from it (their sessions here end).
 /// Each with the log index of the claim that took it.
