@@ -461,3 +461,40 @@ async fn a_restarted_node_routes_its_first_publish_to_the_other_nodes() {
     publish_acked(&mut publisher, "first/x", &numbered(20)).await;
     assert_eq!(received(&mut sub, "first/x", 20).await, numbered(20));
 }
+
+/// Under `sessionTakeover: SamePrincipal` an id held on one node is
+/// refused to another principal on every node. When the node holding it
+/// is killed (no persistence: the session dies with it) and comes back,
+/// it releases what it held in its earlier life, and the id is free for
+/// anyone again; before, it stayed held until its first principal
+/// connected once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_whose_session_died_with_its_node_is_freed_when_the_node_returns() {
+    let cluster = Cluster::new(3, true).with_passwords();
+    let mut nodes = cluster.start_all();
+    let alice = Client::connect_to(&nodes[0].host, nodes[0].port, "meter-9", |o| {
+        o.set_credentials("alice", "alice-pw");
+    })
+    .await
+    .0;
+    let refused = connack_as(&nodes[1], "meter-9", "bob").await;
+    assert!(refused.unwrap_err().contains("NotAuthorized"));
+
+    drop(alice);
+    let dead = nodes.remove(0);
+    drop(dead);
+    nodes[0].log.wait_for(&["node link lost", "node1"]);
+    let node1 = cluster.start(1);
+    node1.wait_linked(2);
+    // The sweep runs 10 s into the node's life; bob is refused until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        match connack_as(&nodes[1], "meter-9", "bob").await {
+            Ok(()) => break,
+            Err(e) if e.contains("NotAuthorized") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("bob never got meter-9: {e}"),
+        }
+    }
+}

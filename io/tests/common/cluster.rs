@@ -42,6 +42,9 @@ pub struct Cluster {
     /// Each node persists its subscriber queues (`persistence`,
     /// `subscriberQueue` All) under this key file.
     pub persistence: Option<PathBuf>,
+    /// The client listener authenticates user names from this password
+    /// file (`with_passwords`).
+    pub passwords: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -59,6 +62,7 @@ impl Cluster {
             encrypt,
             certs: ("1h", "10m"),
             persistence: None,
+            passwords: None,
         }
     }
 
@@ -96,6 +100,12 @@ impl Cluster {
             "advanced": {"encryptInternalTraffic": mode, "internalCerts": {"duration": self.certs.0, "renewBefore": self.certs.1}},
             "cluster": cluster,
         });
+        if let Some(passwd) = &self.passwords {
+            config["listeners"][0]["ports"][0]["authenticationRef"] = "passwords".into();
+            config["authentications"] = serde_json::json!([{"name": "passwords",
+                "authenticationMethods": [{"method": "UsernamePassword",
+                    "usernamePasswordSettings": {"passwordFile": passwd}}]}]);
+        }
         if let Some(key) = &self.persistence {
             config["persistence"] = serde_json::json!({
                 "maxSize": "100M",
@@ -137,6 +147,20 @@ impl Cluster {
         std::fs::write(&key, hex).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         self.persistence = Some(key);
+        self
+    }
+
+    /// Clients authenticate as alice (password alice-pw) or bob (bob-pw).
+    pub fn with_passwords(mut self) -> Cluster {
+        use shardmq_auth::test_pki::password_line;
+        let passwd = self.dir.join("passwd");
+        let lines = format!(
+            "{}\n{}\n",
+            password_line("alice", "alice-pw"),
+            password_line("bob", "bob-pw")
+        );
+        std::fs::write(&passwd, lines).unwrap();
+        self.passwords = Some(passwd);
         self
     }
 
@@ -259,6 +283,23 @@ pub async fn refused(node: &Node, id: &str) -> String {
     match tokio::time::timeout(super::WAIT, eventloop.poll()).await {
         Ok(Err(e)) => e.to_string(),
         other => panic!("expected a refused CONNECT, got {other:?}"),
+    }
+}
+
+/// A CONNECT as `user` (password `<user>-pw`): `Ok` on CONNACK Success (the
+/// connection is dropped then), else the error as rumqttc prints it.
+pub async fn connack_as(node: &Node, id: &str, user: &str) -> Result<(), String> {
+    let mut opts = rumqttc::v5::MqttOptions::new(id, node.host.as_str(), node.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_credentials(user, format!("{user}-pw"));
+    opts.set_connection_timeout(9);
+    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    match tokio::time::timeout(super::WAIT, eventloop.poll()).await {
+        Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)))) => {
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        other => panic!("expected a CONNACK, got {other:?}"),
     }
 }
 
