@@ -39,8 +39,8 @@ const SHARDS: usize = 2;
 /// io's `CLAIM_TIMEOUT`: a claim not answered by then refuses its CONNECT
 /// with Server unavailable, and the node abandons it.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the node retries an `Abandon` or a `Release` (io: an hour of
-/// tries).
+/// How long the node retries an `Abandon` or a `Release` (io: until it
+/// commits; here past any run's end).
 const RETRY_FOR: Duration = Duration::from_secs(3600);
 
 /// The programs that connect: (client id, principal). Two share an id and

@@ -14,6 +14,7 @@ use hashbrown::HashMap;
 use bytestring::ByteString;
 
 use super::pending::Pending;
+use super::registry::Fenced;
 use super::retain::Tombstones;
 use super::route::{Shares, Waiter};
 use super::{MeshMsg, Notice, Output, RequestId, SessionId, Shard, ShardId};
@@ -24,10 +25,6 @@ use crate::cluster::{already_routed, Incarnation, LocalRoutes, NodeId, RemoteRou
 use crate::codec::{QoS, ReasonCode};
 use crate::session::{Message, SessionState, SharedMessage};
 use crate::topic::TopicFilter;
-
-/// Fences kept per shard: one lives from an eviction to the next claim of
-/// its id here, and matters only while a CONNECT's claim is in flight.
-const FENCES_MAX: usize = 4096;
 
 #[derive(Debug)]
 pub(super) struct Cluster {
@@ -42,12 +39,6 @@ pub(super) struct Cluster {
     released: Vec<(ByteString, u64)>,
     /// The registry's claim each session of this shard holds its id under.
     claims: HashMap<SessionId, u64>,
-    /// Per client id this shard owns: the claim that last took it to
-    /// another node. A CONNECT here under an older claim (its answer and
-    /// that takeover crossed) is refused, not started after its eviction
-    /// found nothing yet to end. Bounded by `FENCES_MAX`, oldest out.
-    fences: HashMap<ByteString, u64>,
-    fence_order: VecDeque<ByteString>,
     /// Round-robin position per share group across nodes.
     share_rr: HashMap<ByteString, usize>,
     /// Messages owed to peers whose link is up and not yet handed to it,
@@ -185,8 +176,6 @@ impl<S: Store> Shard<S> {
             remote: RemoteRoutes::new(),
             peers: peers.iter().map(|p| (*p, PeerOut::default())).collect(),
             released: Vec::new(),
-            fences: HashMap::new(),
-            fence_order: VecDeque::new(),
             claims: HashMap::new(),
             share_rr: HashMap::new(),
             unsent: 0,
@@ -827,21 +816,13 @@ impl<S: Store> Shard<S> {
     /// Session taken over [MQTT-3.1.4-3], and its will is published as in a
     /// takeover.
     /// `taken` is the cluster registry's claim that took the id: a CONNECT
-    /// of this node under an older one, still on its way to this shard, is
-    /// refused when it arrives (`cluster_fenced`).
+    /// of this node under an older claim, still on its way to this shard,
+    /// is refused when it arrives, and one settling ends once settled
+    /// (`registry::Registry::fence`).
     pub fn evict_client(&mut self, client_id: &ByteString, taken: u64, now: Instant) {
-        if let Some(c) = self.cluster.as_deref_mut() {
-            if c.fences.insert(client_id.clone(), taken).is_none() {
-                c.fence_order.push_back(client_id.clone());
-                if c.fence_order.len() > FENCES_MAX {
-                    if let Some(old) = c.fence_order.pop_front() {
-                        c.fences.remove(&old);
-                    }
-                }
-            }
-        }
-        let Some(at) = self.registry.holder(client_id) else {
-            return;
+        let at = match self.registry.fence(client_id, taken) {
+            Fenced::Held(at) => at,
+            Fenced::NoEntry | Fenced::Settling | Fenced::Kept => return,
         };
         if at.0 == self.id {
             let state = self.take_local(at.1, true, None, now);
@@ -859,24 +840,6 @@ impl<S: Store> Shard<S> {
                     resume_as: None,
                 },
             );
-        }
-    }
-
-    /// Whether a CONNECT under the cluster's claim `claim` for `client_id`
-    /// comes too late: another node took the id with a later claim, and
-    /// this node already acted on it. A claim past the fence lifts it.
-    pub(super) fn cluster_fenced(&mut self, client_id: &ByteString, claim: u64) -> bool {
-        let Some(c) = self.cluster.as_deref_mut() else {
-            return false;
-        };
-        match c.fences.get(client_id) {
-            Some(fence) if claim != 0 && claim < *fence => true,
-            Some(_) if claim != 0 => {
-                c.fences.remove(client_id);
-                c.fence_order.retain(|id| id != client_id);
-                false
-            }
-            _ => false,
         }
     }
 

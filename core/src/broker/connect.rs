@@ -95,8 +95,9 @@ impl<S: Store> Shard<S> {
                 at: (self.id, session),
                 principal,
                 reply: (self.id, request),
+                cluster: cluster_claim,
             };
-            self.claim_arrived(client_id, claim, cluster_claim, now);
+            self.claim_arrived(client_id, claim, now);
         } else {
             self.post(
                 owner,
@@ -116,17 +117,8 @@ impl<S: Store> Shard<S> {
         &mut self,
         client_id: ByteString,
         claim: Claim<(ShardId, SessionId), (ShardId, RequestId)>,
-        cluster_claim: u64,
         now: Instant,
     ) {
-        if self.cluster_fenced(&client_id, cluster_claim) {
-            let answer = Answer {
-                reply: claim.reply,
-                decision: Decision::Superseded,
-            };
-            self.answer_claim(answer, now);
-            return;
-        }
         if let Some(answer) = self.registry.claim(&client_id, claim) {
             self.answer_claim(answer, now);
         }
@@ -395,6 +387,11 @@ impl<S: Store> Shard<S> {
     ) {
         for answer in self.registry.settle(client_id, (from, session)) {
             self.answer_claim(answer, now);
+        }
+        // Another node took the id while this claim settled, with a newer
+        // claim: the session just settled ends.
+        if let Some(taken) = self.registry.evict_due(client_id) {
+            self.evict_client(&client_id.into(), taken, now);
         }
     }
 }

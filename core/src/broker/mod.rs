@@ -587,8 +587,9 @@ impl<S: Store> Shard<S> {
                     at: (from, session),
                     principal,
                     reply: (from, request),
+                    cluster: cluster_claim,
                 };
-                self.claim_arrived(client_id, claim, cluster_claim, now)
+                self.claim_arrived(client_id, claim, now)
             }
             MeshMsg::ClaimReply { request, decision } => {
                 self.claim_answered(request, decision, now)

@@ -61,6 +61,9 @@ pub struct Claim<L, T> {
     pub at: L,
     pub principal: PrincipalId,
     pub reply: T,
+    /// In a cluster, the cluster registry's claim the CONNECT holds (its
+    /// log index; 0: none). An older one than the id's fence is refused.
+    pub cluster: u64,
 }
 
 /// The registry's answer to a claim.
@@ -91,6 +94,8 @@ pub struct Answer<L, T> {
 struct Holder<L> {
     at: L,
     principal: PrincipalId,
+    /// The cluster registry's claim it holds the id under (0: none).
+    cluster: u64,
 }
 
 #[derive(Debug)]
@@ -101,6 +106,14 @@ struct Slot<L, T> {
     settling: Option<L>,
     /// Claims that arrived while one was settling, in arrival order.
     waiting: VecDeque<Claim<L, T>>,
+    /// In a cluster: the greatest cluster claim granted here, or that
+    /// took the id to another node (`fence`). A CONNECT under an older
+    /// one comes late (its answer crossed a newer claim) and is refused
+    /// rather than take over a newer session.
+    fence: u64,
+    /// A takeover by another node (its claim) that came while a claim
+    /// here was settling: done once it settles (`evict_due`).
+    evict_after: u64,
 }
 
 impl<L, T> Slot<L, T> {
@@ -116,13 +129,24 @@ impl<L, T> Slot<L, T> {
 pub struct Registry<L, T> {
     policy: TakeoverPolicy,
     slots: HashMap<ByteString, Slot<L, T>>,
+    /// Fences of ids with no entry (the entry went idle, or a takeover by
+    /// another node found none): a CONNECT's claim may still be on its way
+    /// here. Bounded by `FENCES_MAX`, oldest out: a fence matters only
+    /// while a claim is in flight.
+    fences: HashMap<ByteString, u64>,
+    fence_order: VecDeque<ByteString>,
 }
+
+/// Fences kept for ids with no entry.
+pub const FENCES_MAX: usize = 4096;
 
 impl<L: Copy + Eq, T> Registry<L, T> {
     pub fn new(policy: TakeoverPolicy) -> Registry<L, T> {
         Registry {
             policy,
             slots: HashMap::new(),
+            fences: HashMap::new(),
+            fence_order: VecDeque::new(),
         }
     }
 
@@ -152,11 +176,20 @@ impl<L: Copy + Eq, T> Registry<L, T> {
     /// A CONNECT claims `client_id`. Returns the answer now, or `None` if
     /// the claim waits for the one settling (answered by `settle`).
     pub fn claim(&mut self, client_id: &ByteString, claim: Claim<L, T>) -> Option<Answer<L, T>> {
-        let slot = self.slots.entry(client_id.clone()).or_insert(Slot {
+        let fences = &mut self.fences;
+        let slot = self.slots.entry(client_id.clone()).or_insert_with(|| Slot {
             holder: None,
             settling: None,
             waiting: VecDeque::new(),
+            fence: fences.remove(client_id).unwrap_or(0),
+            evict_after: 0,
         });
+        if superseded(slot, &claim) {
+            return Some(Answer {
+                reply: claim.reply,
+                decision: Decision::Superseded,
+            });
+        }
         // A refusal changes nothing, so it need not wait its turn.
         if self.policy.refuses(slot.holder.as_ref(), &claim.principal) {
             return Some(Answer {
@@ -185,6 +218,13 @@ impl<L: Copy + Eq, T> Registry<L, T> {
         }
         slot.settling = None;
         while let Some(claim) = slot.waiting.pop_front() {
+            if superseded(slot, &claim) {
+                answers.push(Answer {
+                    reply: claim.reply,
+                    decision: Decision::Superseded,
+                });
+                continue;
+            }
             if self.policy.refuses(slot.holder.as_ref(), &claim.principal) {
                 answers.push(Answer {
                     reply: claim.reply,
@@ -196,9 +236,44 @@ impl<L: Copy + Eq, T> Registry<L, T> {
             break;
         }
         if slot.is_idle() {
-            entry.remove();
+            let fence = entry.remove().fence;
+            self.remember_fence(client_id, fence);
         }
         answers
+    }
+
+    /// Another node took `client_id` with the cluster claim `taken`: what
+    /// holds it here now. A claim older than `taken` is refused from now
+    /// on; a claim settling is evicted once it settles (`evict_due`), if
+    /// it is older.
+    pub fn fence(&mut self, client_id: &str, taken: u64) -> Fenced<L> {
+        let Some(slot) = self.slots.get_mut(client_id) else {
+            self.remember_fence(client_id, taken);
+            return Fenced::NoEntry;
+        };
+        slot.fence = slot.fence.max(taken);
+        if slot.settling.is_some() {
+            slot.evict_after = slot.evict_after.max(taken);
+            return Fenced::Settling;
+        }
+        match &slot.holder {
+            Some(h) if h.cluster < taken => Fenced::Held(h.at),
+            _ => Fenced::Kept,
+        }
+    }
+
+    /// After a settle: the takeover that came meanwhile, if the settled
+    /// session's claim is older than it.
+    pub fn evict_due(&mut self, client_id: &str) -> Option<u64> {
+        let slot = self.slots.get_mut(client_id)?;
+        if slot.settling.is_some() || slot.evict_after == 0 {
+            return None;
+        }
+        let taken = std::mem::take(&mut slot.evict_after);
+        slot.holder
+            .as_ref()
+            .is_some_and(|h| h.cluster < taken)
+            .then_some(taken)
     }
 
     /// The session at `at` ended: forget it if it still holds the id.
@@ -211,16 +286,57 @@ impl<L: Copy + Eq, T> Registry<L, T> {
             slot.holder = None;
         }
         if slot.is_idle() {
-            entry.remove();
+            let fence = entry.remove().fence;
+            self.remember_fence(client_id, fence);
+        }
+    }
+
+    fn remember_fence(&mut self, client_id: &str, fence: u64) {
+        if fence == 0 {
+            return;
+        }
+        let id = ByteString::from(client_id);
+        let known = self.fences.get(client_id).copied();
+        self.fences
+            .insert(id.clone(), known.unwrap_or(0).max(fence));
+        if known.is_none() {
+            self.fence_order.push_back(id);
+        }
+        // Stale entries (an id whose fence went back into an entry) leave
+        // with the oldest; a fence may go a little early, never late.
+        while self.fence_order.len() > FENCES_MAX {
+            if let Some(old) = self.fence_order.pop_front() {
+                self.fences.remove(&old);
+            }
         }
     }
 }
 
+/// What `Registry::fence` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced<L> {
+    /// Nothing here for the id (the fence is kept for a claim on its way).
+    NoEntry,
+    /// A claim is settling: evicted once settled, if older.
+    Settling,
+    /// The session at `L` holds it under an older claim: it ends.
+    Held(L),
+    /// Nothing to end (no session, or one under a newer claim).
+    Kept,
+}
+
+/// A claim older than the id's fence (0: not in a cluster).
+fn superseded<L, T>(slot: &Slot<L, T>, claim: &Claim<L, T>) -> bool {
+    claim.cluster != 0 && claim.cluster < slot.fence
+}
+
 fn grant<L: Copy, T>(slot: &mut Slot<L, T>, claim: Claim<L, T>) -> Answer<L, T> {
     let previous = slot.holder.take().map(|h| h.at);
+    slot.fence = slot.fence.max(claim.cluster);
     slot.holder = Some(Holder {
         at: claim.at,
         principal: claim.principal,
+        cluster: claim.cluster,
     });
     slot.settling = Some(claim.at);
     Answer {
@@ -246,6 +362,7 @@ mod tests {
             at,
             principal: PrincipalId::authenticated("realm", "Test", who),
             reply: at,
+            cluster: 0,
         }
     }
 
@@ -386,5 +503,74 @@ mod tests {
                 unsettled.push(a.reply);
             }
         }
+    }
+
+    fn cluster_claim(at: u32, who: &str, cluster: u64) -> Claim<u32, u32> {
+        Claim {
+            cluster,
+            ..claim(at, who)
+        }
+    }
+
+    #[test]
+    fn a_cluster_claim_older_than_the_fence_is_superseded_arriving_or_waiting() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        // Claim 7 is granted; claim 5 of the same node, whose answer came
+        // later, may not take its session over.
+        let decision = |a: Option<Answer<u32, u32>>| a.map(|a| a.decision);
+        assert_eq!(
+            decision(r.claim(&id, cluster_claim(1, "p", 7))),
+            Some(granted(None))
+        );
+        assert_eq!(
+            decision(r.claim(&id, cluster_claim(2, "p", 5))),
+            Some(Decision::Superseded)
+        );
+        // 9 and then 8 wait for 7 to settle; 9 goes first, and 8 is
+        // refused when its turn comes.
+        assert!(r.claim(&id, cluster_claim(3, "p", 9)).is_none());
+        assert!(r.claim(&id, cluster_claim(4, "p", 8)).is_none());
+        let answers = r.settle("c", 1);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].decision, granted(Some(1)));
+        let answers = r.settle("c", 3);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].decision, Decision::Superseded);
+        // Single node (no cluster claims): never superseded.
+        assert_eq!(
+            r.claim(&id, claim(5, "p")).unwrap().decision,
+            granted(Some(3))
+        );
+    }
+
+    #[test]
+    fn a_takeover_by_another_node_ends_what_it_finds_and_fences_what_comes_later() {
+        let mut r = Reg::new(TakeoverPolicy::SamePrincipal);
+        let id: ByteString = "c".into();
+        // No entry: the fence waits for a claim still on its way.
+        assert_eq!(r.fence("c", 10), Fenced::NoEntry);
+        assert_eq!(
+            r.claim(&id, cluster_claim(1, "p", 9)).unwrap().decision,
+            Decision::Superseded
+        );
+        assert_eq!(
+            r.claim(&id, cluster_claim(1, "p", 11)).unwrap().decision,
+            granted(None)
+        );
+        // Settling: ended once it settles, if older.
+        assert_eq!(r.fence("c", 12), Fenced::Settling);
+        assert!(r.settle("c", 1).is_empty());
+        assert_eq!(r.evict_due("c"), Some(12));
+        assert_eq!(r.evict_due("c"), None);
+        assert_eq!(r.fence("c", 12), Fenced::Held(1));
+        // A session under a newer claim stays.
+        r.release("c", 1);
+        assert_eq!(
+            r.claim(&id, cluster_claim(2, "p", 13)).unwrap().decision,
+            granted(None)
+        );
+        r.settle("c", 2);
+        assert_eq!(r.fence("c", 12), Fenced::Kept);
     }
 }

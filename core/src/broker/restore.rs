@@ -181,6 +181,8 @@ impl<S: Store> Shard<S> {
             at,
             principal,
             reply: (self.id, RequestId(u64::MAX)),
+            // Its claim number is not on disk: any takeover ends it.
+            cluster: 0,
         };
         match self.registry.claim(&client_id, claim) {
             Some(answer) if answer.decision == (Decision::Granted { previous: None }) => {}

@@ -182,7 +182,9 @@ impl Registry {
                     // again after its answer was lost) is one claim.
                     under.retain(|u| *nonce == 0 || u.nonce != *nonce);
                     if under.len() > UNDER_MAX {
-                        under.remove(0);
+                        // The oldest most likely backs the live session:
+                        // the one after it goes.
+                        under.remove(1);
                     }
                 }
                 self.holders.insert(
@@ -279,15 +281,18 @@ impl Registry {
         out
     }
 
-    /// The ids node `me` holds here that `new` (a snapshot it installs)
-    /// gives to another node, with the claims that took them.
-    pub fn taken_by(&self, new: &Registry, me: u32) -> Vec<(String, u64)> {
+    /// The ids node `me` holds here that `new` (a snapshot it installs,
+    /// applied up to index `at`) no longer gives it: to another node
+    /// (with the claim that took them), or to none (taken and released in
+    /// the log the snapshot skips; `at` stands for the claim that took it).
+    pub fn taken_by(&self, new: &Registry, me: u32, at: u64) -> Vec<(String, u64)> {
         self.holders
             .iter()
             .filter(|(_, h)| h.node == me)
-            .filter_map(|(id, _)| {
-                let n = new.holders.get(id).filter(|n| n.node != me)?;
-                Some((id.clone(), n.claim))
+            .filter_map(|(id, _)| match new.holders.get(id) {
+                Some(n) if n.node == me => None,
+                Some(n) => Some((id.clone(), n.claim)),
+                None => Some((id.clone(), at)),
             })
             .collect()
     }
@@ -307,9 +312,10 @@ pub struct Granted {
 impl Granted {
     /// The answer to node `me`'s claim `claim` on `client_id` arrived:
     /// whether its CONNECT goes on (then the claim is on record). Not if
-    /// `registry`, which applied the log up to index `applied`, already
-    /// gave the id to another node after it: the answer came late, the
-    /// takeover that ends this claim's session was already acted on here.
+    /// `registry`, which applied the log up to index `applied`, no longer
+    /// has the claim in force: another node took the id after it (the
+    /// answer came late; the takeover that ends this claim's session was
+    /// already acted on here), or it was taken and given back.
     pub fn admit(
         &mut self,
         registry: &Registry,
@@ -318,7 +324,11 @@ impl Granted {
         client_id: &str,
         claim: u64,
     ) -> bool {
-        let holds = |h: &Holder| h.node == me && h.claim >= claim;
+        // Still in force: the holder's claim, or one of the same node's
+        // under it (a newer claim of this node stacked on it).
+        let holds = |h: &Holder| {
+            h.node == me && (h.claim == claim || h.under.iter().any(|u| u.claim == claim))
+        };
         if applied >= claim && !registry.holder(client_id).is_some_and(holds) {
             return false;
         }
@@ -542,5 +552,28 @@ mod tests {
         r.apply(&claim_nonce("d", 1, "alice", false, 13), 7);
         r.apply(&claim_nonce("d", 2, "alice", false, 1), 8);
         assert_eq!(r.holder("d").map(|h| (h.node, h.under.len())), Some((2, 0)));
+    }
+
+    #[test]
+    fn a_snapshot_that_skips_a_takeover_and_its_release_still_ends_the_session() {
+        let mut before = Registry::default();
+        before.apply(&claim_nonce("d", 1, "alice", false, 5), 1);
+        before.apply(&claim_nonce("e", 1, "alice", false, 6), 2);
+        before.apply(&claim_nonce("f", 1, "alice", false, 7), 3);
+        let mut after = before.clone();
+        after.apply(&claim_nonce("d", 2, "alice", false, 1), 4);
+        after.apply(&claim_nonce("e", 2, "alice", false, 2), 5);
+        after.apply(
+            &Command::Release {
+                client_id: "e".into(),
+                node: 2,
+                claim: 5,
+                floor: 0,
+            },
+            6,
+        );
+        let mut taken = before.taken_by(&after, 1, 6);
+        taken.sort();
+        assert_eq!(taken, vec![("d".to_owned(), 4), ("e".to_owned(), 6)]);
     }
 }

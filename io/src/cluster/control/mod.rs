@@ -74,6 +74,54 @@ pub struct Control {
     /// the registry owner shard to release unless a restored session
     /// holds them (`Shard::cluster_check_hold`).
     earlier: Arc<EvictionQueues>,
+    /// Commands to commit again (`commit_until_done`).
+    retries: Arc<Retries>,
+}
+
+/// Abandons and releases that did not commit (no majority), in order,
+/// bounded: past `RETRIES_MAX` the oldest is dropped, with a warning (an
+/// id it would have freed stays held until its client connects again or
+/// another node takes it).
+#[derive(Debug, Default)]
+struct Retries(Mutex<std::collections::VecDeque<Command>>);
+
+const RETRIES_MAX: usize = 100_000;
+
+impl Retries {
+    fn push(&self, cmd: Command) {
+        let Ok(mut q) = self.0.lock() else {
+            return;
+        };
+        q.push_back(cmd);
+        if q.len() > RETRIES_MAX {
+            if let Some(dropped) = q.pop_front() {
+                warn!(?dropped, "cluster control: too many commands waiting for a majority; the oldest is dropped");
+            }
+        }
+    }
+
+    /// Commits what waits, oldest first, until one fails again (the
+    /// cluster is still unreachable: wait, then go on).
+    async fn run(
+        self: Arc<Self>,
+        raft: Raft<TypeConfig>,
+        dialer: Dialer,
+        addrs: Arc<HashMap<u64, String>>,
+    ) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            loop {
+                let next = self.0.lock().ok().and_then(|mut q| q.pop_front());
+                let Some(cmd) = next else { break };
+                if commit(&raft, &dialer, &addrs, cmd.clone()).await.is_none() {
+                    if let Ok(mut q) = self.0.lock() {
+                        q.push_front(cmd);
+                    }
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// How often the node looks for ids it holds under an earlier life's
@@ -127,6 +175,10 @@ impl Control {
             Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
         let floor = setup.incarnation.0.max(1);
         let (earlier2, registry2) = (earlier.clone(), registry.clone());
+        let retries: Arc<Retries> = Arc::default();
+        let (retries2, dialer3) = (retries.clone(), dialer.clone());
+        let addrs = Arc::new(addrs);
+        let addrs2 = addrs.clone();
         std::thread::Builder::new()
             .name("shardmq-control".to_owned())
             .spawn(move || {
@@ -183,6 +235,7 @@ impl Control {
                         }
                     });
                     tokio::spawn(sweep_earlier(registry2, earlier2, me, floor));
+                    tokio::spawn(retries2.run(raft.clone(), dialer3, addrs2));
                     if !raft.is_initialized().await.unwrap_or(true) {
                         // Every node proposes the same membership at index
                         // 0; Raft keeps one.
@@ -203,13 +256,14 @@ impl Control {
             raft,
             me,
             dialer,
-            addrs: Arc::new(addrs),
+            addrs,
             evictions,
             registry,
             nonces: std::sync::atomic::AtomicU64::new(floor),
             floor,
             granted: Mutex::default(),
             earlier,
+            retries,
         }))
     }
 
@@ -268,21 +322,18 @@ impl Control {
     }
 
     /// Commits `cmd` in the background, trying again until the cluster
-    /// answers: a minority side keeps trying until it heals (bounded: an
-    /// hour of tries, then the command is dropped). For commands that are
+    /// answers: a minority side keeps it until it heals. One try now; a
+    /// command that fails joins `retries`, which one task works through in
+    /// order, so a storm of refused CONNECTs on a minority side costs a
+    /// queue entry each, not a task retrying each. For commands that are
     /// harmless late: an `Abandon`, a `Release` naming its claim.
     fn commit_until_done(&self, cmd: Command) {
         let (raft, dialer, addrs) = (self.raft.clone(), self.dialer.clone(), self.addrs.clone());
+        let retries = self.retries.clone();
         self.rt.spawn(async move {
-            for _ in 0..720 {
-                if commit(&raft, &dialer, &addrs, cmd.clone()).await.is_some() {
-                    return;
-                }
+            if commit(&raft, &dialer, &addrs, cmd.clone()).await.is_none() {
+                retries.push(cmd);
             }
-            warn!(
-                ?cmd,
-                "cluster control: gave up committing after an hour of tries"
-            );
         });
     }
 

@@ -406,7 +406,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save(&new)?;
         let mut reg = self.lock()?;
         // Ids this node held that the snapshot gives to another node.
-        for evict in reg.registry.taken_by(&new.registry, self.me) {
+        let at = new.applied_index();
+        for evict in reg.registry.taken_by(&new.registry, self.me, at) {
             let _ = self.evictions.send(evict);
         }
         *reg = new;
