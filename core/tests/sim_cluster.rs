@@ -21,13 +21,11 @@
 mod harness;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use harness::{seeds, Rng, Sim};
-use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::cluster::{Incarnation, NodeId, RouteMsg};
 use shardmq_core::codec::QoS;
 use shardmq_core::limits::ClientLimits;
@@ -120,16 +118,7 @@ fn new_node(seed: u64, i: usize, persistent: bool, life: u64, now: Option<Instan
         sim.now = now;
     }
     let peers: Vec<NodeId> = (0..NODES).filter(|p| *p != i).map(node_id).collect();
-    let clock = Arc::new(NodeClock::logical());
-    for shard in &mut sim.shards {
-        shard.enable_cluster(
-            node_id(i),
-            Incarnation(life),
-            &peers,
-            clock.clone(),
-            sim.now,
-        );
-    }
+    sim.enable_cluster(node_id(i), life, &peers);
     sim
 }
 

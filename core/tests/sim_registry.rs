@@ -23,14 +23,12 @@
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{seeds, Rng, Sim};
 use shardmq_core::broker::{owner_index, ConnId, Flow};
-use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::cluster::registry::{Command, Granted, Registry, Reply};
-use shardmq_core::cluster::{Incarnation, NodeId};
+use shardmq_core::cluster::NodeId;
 use shardmq_core::codec::ReasonCode;
 use shardmq_core::limits::{ClientLimits, TakeoverPolicy};
 
@@ -159,15 +157,8 @@ fn new_node(seed: u64, i: usize, life: u64, now: Option<Instant>, any_principal:
     }
     sim.hold_auth = true;
     let peers: Vec<NodeId> = (0..NODES).filter(|p| *p != i).map(node_id).collect();
-    let clock = Arc::new(NodeClock::logical());
+    sim.enable_cluster(node_id(i), life, &peers);
     for shard in &mut sim.shards {
-        shard.enable_cluster(
-            node_id(i),
-            Incarnation(life),
-            &peers,
-            clock.clone(),
-            sim.now,
-        );
         // No node links here: every peer counts as unreachable, so the
         // route gate is open.
         for p in &peers {

@@ -285,6 +285,21 @@ impl Sim {
         self.trace.push_back(line);
     }
 
+    /// Every shard becomes part of a cluster as node `me` of life `life`
+    /// among `peers`, with one clock for the node (the runtime's wiring).
+    pub fn enable_cluster(
+        &mut self,
+        me: shardmq_core::cluster::NodeId,
+        life: u64,
+        peers: &[shardmq_core::cluster::NodeId],
+    ) {
+        let clock = Arc::new(shardmq_core::cluster::clock::NodeClock::logical());
+        for shard in &mut self.shards {
+            let incarnation = shardmq_core::cluster::Incarnation(life);
+            shard.enable_cluster(me, incarnation, peers, clock.clone(), self.now);
+        }
+    }
+
     /// The last steps, oldest first.
     pub fn trace(&self) -> impl Iterator<Item = &String> {
         self.trace.iter()
