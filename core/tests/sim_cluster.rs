@@ -347,6 +347,19 @@ impl Cluster {
             if !self.links[&(a, s, b)].up {
                 continue;
             }
+            // Another peer's link broke: the retained messages again, as
+            // the runtime's writer does.
+            let now = self.nodes[a].now;
+            if self.nodes[a].shards[s].cluster_take_resync(node_id(b), now) {
+                any = true;
+                let retained = self.nodes[a].shards[s]
+                    .cluster_retained_sync()
+                    .iter()
+                    .map(|m| (**m).clone())
+                    .collect();
+                let link = self.links.get_mut(&(a, s, b)).expect("listed");
+                link.out.push_back(Wire::Retained(retained));
+            }
             let (first, batch) = self.nodes[a].shards[s].poll_cluster(node_id(b));
             self.nodes[a].drain(s);
             if batch.is_empty() {

@@ -119,6 +119,11 @@ struct PeerOut {
     routes_known: bool,
     /// The last attempt to link failed (reset when a link comes up).
     unreachable: bool,
+    /// Another peer's link broke: this shard's retained messages go to
+    /// this peer again from then (`cluster_take_resync`), at most once per
+    /// `LINK_GRACE`.
+    resync_due: Option<Instant>,
+    last_resync: Option<Instant>,
     /// In publish order; each with the share groups the peer serves for it
     /// and the publisher's request, when its acknowledgement waits for the
     /// peer.
@@ -305,6 +310,8 @@ impl<S: Store> Shard<S> {
         p.up = true;
         p.fresh = true;
         p.unreachable = false;
+        // The link's first frames are this shard's retained messages.
+        p.resync_due = None;
         p.down_since = None;
         p.withdrawn = false;
         p.sent = 0;
@@ -345,12 +352,43 @@ impl<S: Store> Shard<S> {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        if let Some(p) = c.peers.get_mut(&node).filter(|p| p.up) {
-            c.unsent -= p.owed.len() - p.sent;
-            p.up = false;
-            p.fresh = false;
-            p.sent = 0;
-            p.down_since = Some(now);
+        let Some(p) = c.peers.get_mut(&node).filter(|p| p.up) else {
+            return;
+        };
+        c.unsent -= p.owed.len() - p.sent;
+        p.up = false;
+        p.fresh = false;
+        p.sent = 0;
+        p.down_since = Some(now);
+        // The peer may have died half-way through sending a retained
+        // change: some nodes have it, others not, and nothing else would
+        // bring them together until a link between them comes up again.
+        // This shard's retained messages go to every other linked peer
+        // again (last writer wins makes a copy they have a no-op).
+        for (_, q) in c.peers.iter_mut().filter(|(q, p)| **q != node && p.up) {
+            let earliest = q.last_resync.map_or(now, |l| (l + LINK_GRACE).max(now));
+            q.resync_due = Some(q.resync_due.map_or(earliest, |d| d.min(earliest)));
+        }
+        self.outputs.push_back(Output::Cluster);
+    }
+
+    /// Whether this shard's retained messages go to `node` over its link
+    /// again now (`cluster_link_down`: another peer's link broke).
+    pub fn cluster_take_resync(&mut self, node: NodeId, now: Instant) -> bool {
+        let Some(p) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.peers.get_mut(&node))
+        else {
+            return false;
+        };
+        match p.resync_due {
+            Some(due) if due <= now && p.up => {
+                p.resync_due = None;
+                p.last_resync = Some(now);
+                true
+            }
+            _ => false,
         }
     }
 

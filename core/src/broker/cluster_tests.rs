@@ -18,6 +18,10 @@ pub(in crate::broker) fn shard() -> Shard<MemoryOnly> {
 }
 
 fn shard_of(id: usize, shards: usize) -> Shard<MemoryOnly> {
+    shard_with(id, shards, &[PEER])
+}
+
+fn shard_with(id: usize, shards: usize, peers: &[NodeId]) -> Shard<MemoryOnly> {
     let config = Arc::new(super::super::ShardConfig {
         shards,
         instance: 1,
@@ -32,7 +36,7 @@ fn shard_of(id: usize, shards: usize) -> Shard<MemoryOnly> {
     s.enable_cluster(
         ME,
         Incarnation(1),
-        &[PEER],
+        peers,
         Arc::new(NodeClock::logical()),
         t0(),
     );
@@ -250,4 +254,28 @@ fn a_shard_takes_clients_once_it_knows_every_peers_routes_or_the_peer_is_unreach
         crate::buffer::ShardBuffer::new(None, 1 << 20, 0),
     );
     assert!(single.cluster_routes_ready(start));
+}
+
+/// A peer's link breaks (it may have died half-way through a retained
+/// change): the shard's retained messages go again to every other linked
+/// peer, at most once per `LINK_GRACE` per peer.
+#[test]
+fn a_broken_link_sends_the_retained_messages_again_to_the_other_peers() {
+    const THIRD: NodeId = NodeId(3);
+    let mut s = shard_with(0, 1, &[PEER, THIRD]);
+    let t = t0();
+    s.cluster_link_up(PEER);
+    s.cluster_link_up(THIRD);
+    assert!(!s.cluster_take_resync(THIRD, t));
+    s.cluster_link_down(PEER, t);
+    assert!(s.cluster_take_resync(THIRD, t));
+    assert!(!s.cluster_take_resync(THIRD, t));
+    // Not to the peer whose link broke, nor to one not linked.
+    assert!(!s.cluster_take_resync(PEER, t));
+    // The link flaps: the next time waits for the grace.
+    s.cluster_link_up(PEER);
+    let later = t + Duration::from_secs(1);
+    s.cluster_link_down(PEER, later);
+    assert!(!s.cluster_take_resync(THIRD, later));
+    assert!(s.cluster_take_resync(THIRD, t + LINK_GRACE));
 }

@@ -20,9 +20,9 @@ use shardmq_core::cluster::clock::NodeClock;
 use shardmq_core::cluster::frame::{self, Frame};
 use shardmq_core::cluster::{Incarnation, NodeId};
 use shardmq_core::config::ClusterNode;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::link::{self, Link, LinkError, Peer};
+use super::link::{self, Link, LinkError, LinkWriter, Peer};
 use crate::driver::Driver;
 
 /// The first wait before dialling a peer again; it doubles up to the max.
@@ -437,6 +437,21 @@ impl From<LinkError> for Ended {
     }
 }
 
+/// This shard's retained messages (and tombstones) over a link it
+/// dialled, in frames of bounded size.
+async fn send_retained<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &Rc<Driver>,
+    writer: &mut LinkWriter<S>,
+) -> Result<(), LinkError> {
+    let retained = driver.peek(|s| s.cluster_retained_sync());
+    for chunk in by_bytes(&retained, |m| m.payload.len()) {
+        let frame = Frame::Retained(chunk.iter().map(|m| (**m).clone()).collect());
+        frame::encode(&frame, writer.buf(), Instant::now())?;
+        writer.flush().await?;
+    }
+    Ok(())
+}
+
 /// A link this shard dialled: the peer's routes come in, what this shard
 /// owes the peer goes out, and the peer's acknowledgements release it.
 async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
@@ -451,12 +466,7 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     let wake = driver.cluster_wakeup();
     let stream = u16::try_from(driver.id.index()).unwrap_or(u16::MAX);
     // What this shard retains, for a peer that was down or is new.
-    let retained = driver.peek(|s| s.cluster_retained_sync());
-    for chunk in by_bytes(&retained, |m| m.payload.len()) {
-        let frame = Frame::Retained(chunk.iter().map(|m| (**m).clone()).collect());
-        frame::encode(&frame, writer.buf(), Instant::now()).map_err(LinkError::from)?;
-        writer.flush().await?;
-    }
+    send_retained(driver, &mut writer).await?;
     driver.with(|s| s.cluster_link_up(node));
     info!(shard = driver.id.index(), peer = %peer.name, "cluster: node link out");
     let read = async {
@@ -479,6 +489,10 @@ async fn serve_outbound<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let write = async {
         loop {
+            if driver.with(|s| s.cluster_take_resync(node, Instant::now())) {
+                debug!(shard = driver.id.index(), peer = %peer.name, "cluster: retained messages sent again (another peer's link broke)");
+                send_retained(driver, &mut writer).await?;
+            }
             let (first, batch) = driver.with(|s| s.poll_cluster(node));
             driver.mesh_drained();
             if batch.is_empty() {
