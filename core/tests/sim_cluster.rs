@@ -595,7 +595,7 @@ fn messages_cross_nodes_once_in_order_through_broken_links_and_partitions() {
 /// acknowledged may be lost, never duplicated or reordered; its new
 /// subscriber gets no message twice and each publisher's in order; the
 /// peers owe it nothing once it is back, and agree with it on every
-/// retained topic (set from the other nodes).
+/// retained topic (set from every node, the restarting one too).
 #[test]
 fn a_node_that_restarts_empty_loses_only_what_was_not_acknowledged() {
     for seed in seeds(150) {
