@@ -97,8 +97,9 @@ pub struct PublishAck {
 pub(super) enum AckSlot {
     /// The broker has not answered yet.
     Waiting(PublishAck),
-    /// Answered; sent once those before it are.
-    Ready(Packet),
+    /// Answered; sent once those before it are (boxed: rare, and a
+    /// packet is large).
+    Ready(Box<Packet>),
 }
 
 /// Why a connection ended, for logs and metrics.
