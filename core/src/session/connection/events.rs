@@ -97,9 +97,8 @@ pub struct PublishAck {
 pub(super) enum AckSlot {
     /// The broker has not answered yet.
     Waiting(PublishAck),
-    /// Answered; sent once those before it are (boxed: rare, and a
-    /// packet is large).
-    Ready(Box<Packet>),
+    /// Answered; sent once those before it are.
+    Ready(Packet),
 }
 
 /// Why a connection ended, for logs and metrics.

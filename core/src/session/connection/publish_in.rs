@@ -104,7 +104,7 @@ impl Connection {
         if self.acks.is_empty() {
             self.send(packet);
         } else {
-            self.acks.push_back(AckSlot::Ready(Box::new(packet)));
+            self.acks.push_back(AckSlot::Ready(packet));
         }
     }
 
@@ -187,19 +187,14 @@ impl Connection {
             .iter()
             .position(|a| matches!(a, AckSlot::Waiting(w) if *w == ack));
         match waiting {
-            // The usual case: the oldest waiting one, sent at once.
-            Some(0) => {
-                self.acks.pop_front();
-                self.send(packet);
-            }
-            Some(i) => self.acks[i] = AckSlot::Ready(Box::new(packet)),
+            Some(i) => self.acks[i] = AckSlot::Ready(packet),
             // Not on record (the connection was handed a session since):
             // answered as it comes.
             None => self.send(packet),
         }
         while let Some(AckSlot::Ready(_)) = self.acks.front() {
             if let Some(AckSlot::Ready(packet)) = self.acks.pop_front() {
-                self.send(*packet);
+                self.send(packet);
             }
         }
     }
