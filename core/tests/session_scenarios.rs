@@ -394,55 +394,6 @@ fn qos1_publish_is_acknowledged_after_the_broker_routes_it() {
     );
 }
 
-/// One acknowledgement waits (for a disk, another node) while a later one
-/// is ready: they go out in the order of their PUBLISHes, as clients must
-/// send theirs [MQTT-4.6.0-2, MQTT-4.6.0-3], and refusals too.
-#[test]
-fn acknowledgements_go_out_in_the_order_of_their_publishes() {
-    let mut h = Harness::new(ClientLimits::default());
-    h.connect_v5("c1");
-    h.recv(Packet::Publish(publish(
-        "a",
-        QoS::AtLeastOnce,
-        Some(1),
-        b"x",
-    )));
-    h.recv(Packet::Publish(publish(
-        "a",
-        QoS::ExactlyOnce,
-        Some(2),
-        b"y",
-    )));
-    h.recv(Packet::Publish(publish(
-        "a",
-        QoS::AtLeastOnce,
-        Some(3),
-        b"z",
-    )));
-    let acks: Vec<_> = h
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Publish { ack, .. } => ack,
-            _ => None,
-        })
-        .collect();
-    assert_eq!(acks.len(), 3);
-    h.conn.publish_done(acks[2], ReasonCode::Success);
-    h.conn.publish_done(acks[1], ReasonCode::Success);
-    assert!(h.sent().is_empty(), "the first still waits");
-    h.conn
-        .publish_done(acks[0], ReasonCode::NoMatchingSubscribers);
-    assert_eq!(
-        h.sent(),
-        vec![
-            Packet::PubAck(PubResponse::new(id(1), ReasonCode::NoMatchingSubscribers)),
-            Packet::PubRec(PubResponse::new(id(2), ReasonCode::Success)),
-            Packet::PubAck(PubResponse::new(id(3), ReasonCode::Success)),
-        ]
-    );
-}
-
 #[test]
 fn qos2_duplicate_publish_is_not_routed_twice() {
     // [MQTT-4.3.3-10]: until PUBREL, a PUBLISH with the same id is the same message.

@@ -92,15 +92,6 @@ pub struct PublishAck {
     pub qos: QoS,
 }
 
-/// An acknowledgement of an incoming PUBLISH in its place in the order.
-#[derive(Debug)]
-pub(super) enum AckSlot {
-    /// The broker has not answered yet.
-    Waiting(PublishAck),
-    /// Answered; sent once those before it are.
-    Ready(Packet),
-}
-
 /// Why a connection ended, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {

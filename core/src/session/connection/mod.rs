@@ -34,7 +34,6 @@ mod publish_out;
 mod subscribe;
 mod violation;
 
-use events::AckSlot;
 pub use events::{CloseReason, ConnectRequest, Denied, Event, PendingWill, PublishAck};
 pub use violation::Violation;
 
@@ -130,11 +129,6 @@ pub struct Connection {
     /// Incoming QoS 1 publishes handed to the broker and not yet acknowledged;
     /// with the QoS 2 ids this is what Receive Maximum bounds [MQTT-3.3.4-7].
     incoming_qos1_pending: u32,
-    /// Acknowledgements of incoming QoS 1/2 PUBLISHes, in the order the
-    /// PUBLISHes came: one answered while an earlier one waits (for a
-    /// disk, or another node) waits behind it (`publish_in.rs`). Bounded
-    /// by Receive Maximum.
-    acks: VecDeque<AckSlot>,
     transmit: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     close_reason: Option<CloseReason>,
@@ -167,7 +161,6 @@ impl Connection {
             aliases_out: HashMap::new(),
             session_present: false,
             incoming_qos1_pending: 0,
-            acks: VecDeque::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             close_reason: None,

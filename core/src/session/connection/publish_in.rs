@@ -40,15 +40,7 @@ impl Connection {
                 if session.incoming_qos2.contains(&id) {
                     // [MQTT-4.3.3-10] a duplicate of a PUBLISH not yet
                     // released: acknowledge again, do not route again.
-                    // Its first PUBREC may still wait: this one goes after.
-                    let waiting = self.acks.iter().any(|a| {
-                        matches!(a, AckSlot::Waiting(w) if w.packet_id == id && w.qos == QoS::ExactlyOnce)
-                    });
-                    if waiting {
-                        return;
-                    }
-                    return self
-                        .send_ack(Packet::PubRec(PubResponse::new(id, ReasonCode::Success)));
+                    return self.send(Packet::PubRec(PubResponse::new(id, ReasonCode::Success)));
                 }
                 if !self.incoming_room() {
                     return self.violate(Violation::ReceiveMaximumExceeded);
@@ -90,31 +82,14 @@ impl Connection {
             }
             _ => None,
         };
-        if let Some(ack) = ack {
-            self.acks.push_back(AckSlot::Waiting(ack));
-        }
         self.events.push_back(Event::Publish { message, ack });
-    }
-
-    /// Sends an acknowledgement of an incoming PUBLISH, after those of
-    /// earlier PUBLISHes still waiting. The order binds clients
-    /// [MQTT-4.6.0-2, MQTT-4.6.0-3]; brokers keep it too, and clients
-    /// written against them may count on it.
-    fn send_ack(&mut self, packet: Packet) {
-        if self.acks.is_empty() {
-            self.send(packet);
-        } else {
-            self.acks.push_back(AckSlot::Ready(packet));
-        }
     }
 
     /// Acknowledges a publish that is not routed, with `reason` in v5.
     pub(super) fn refuse_publish(&mut self, publish: &Publish, reason: ReasonCode) {
         let reason = self.v311_success_or(reason);
         match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
-                self.send_ack(Packet::PubAck(PubResponse::new(id, reason)))
-            }
+            (QoS::AtLeastOnce, Some(id)) => self.send(Packet::PubAck(PubResponse::new(id, reason))),
             (QoS::ExactlyOnce, Some(id)) => {
                 // v3.1.1 success PUBREC must be followed by PUBREL/PUBCOMP.
                 if !reason.is_error() {
@@ -122,7 +97,7 @@ impl Connection {
                         s.incoming_qos2.insert(id);
                     }
                 }
-                self.send_ack(Packet::PubRec(PubResponse::new(id, reason)))
+                self.send(Packet::PubRec(PubResponse::new(id, reason)))
             }
             _ => {}
         }
@@ -166,11 +141,11 @@ impl Connection {
             return;
         }
         let reason = self.v311_success_or(reason);
-        let packet = match ack.qos {
-            QoS::AtMostOnce => return,
+        match ack.qos {
+            QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 self.incoming_qos1_pending = self.incoming_qos1_pending.saturating_sub(1);
-                Packet::PubAck(PubResponse::new(ack.packet_id, reason))
+                self.send(Packet::PubAck(PubResponse::new(ack.packet_id, reason)));
             }
             QoS::ExactlyOnce => {
                 // A failed PUBREC ends the exchange (v5 §4.3.3): the id is free.
@@ -179,22 +154,7 @@ impl Connection {
                         s.incoming_qos2.remove(&ack.packet_id);
                     }
                 }
-                Packet::PubRec(PubResponse::new(ack.packet_id, reason))
-            }
-        };
-        let waiting = self
-            .acks
-            .iter()
-            .position(|a| matches!(a, AckSlot::Waiting(w) if *w == ack));
-        match waiting {
-            Some(i) => self.acks[i] = AckSlot::Ready(packet),
-            // Not on record (the connection was handed a session since):
-            // answered as it comes.
-            None => self.send(packet),
-        }
-        while let Some(AckSlot::Ready(_)) = self.acks.front() {
-            if let Some(AckSlot::Ready(packet)) = self.acks.pop_front() {
-                self.send(packet);
+                self.send(Packet::PubRec(PubResponse::new(ack.packet_id, reason)));
             }
         }
     }
