@@ -26,6 +26,10 @@ use crate::codec::{QoS, ReasonCode};
 use crate::session::{Message, SessionState, SharedMessage};
 use crate::topic::TopicFilter;
 
+/// How long after a peer's link breaks the retained messages go to the
+/// other peers again: what the peer sent just before lands first.
+pub const RESYNC_SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(super) struct Cluster {
     me: NodeId,
@@ -364,9 +368,14 @@ impl<S: Store> Shard<S> {
         // change: some nodes have it, others not, and nothing else would
         // bring them together until a link between them comes up again.
         // This shard's retained messages go to every other linked peer
-        // again (last writer wins makes a copy they have a no-op).
+        // again (last writer wins makes a copy they have a no-op), once
+        // what the peer sent before it broke has landed here (its own link
+        // in, then the mesh to the topic's owner shard).
+        let settled = now + RESYNC_SETTLE;
         for (_, q) in c.peers.iter_mut().filter(|(q, p)| **q != node && p.up) {
-            let earliest = q.last_resync.map_or(now, |l| (l + LINK_GRACE).max(now));
+            let earliest = q
+                .last_resync
+                .map_or(settled, |l| (l + LINK_GRACE).max(settled));
             q.resync_due = Some(q.resync_due.map_or(earliest, |d| d.min(earliest)));
         }
         self.outputs.push_back(Output::Cluster);
