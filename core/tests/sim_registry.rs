@@ -459,6 +459,10 @@ impl World {
         for (i, n) in self.nodes.iter().enumerate() {
             if n.reachable() && n.applied < self.raft.log.len() {
                 choices.push((3, i));
+                // Now and then a node far behind gets a snapshot instead.
+                if self.raft.log.len() - n.applied > 3 {
+                    choices.push((4, i));
+                }
             }
         }
         if choices.is_empty() {
@@ -475,7 +479,8 @@ impl World {
                     self.answered(a);
                 }
             }
-            _ => self.apply_next(k),
+            3 => self.apply_next(k),
+            _ => self.install_snapshot(k),
         }
         true
     }
@@ -538,6 +543,36 @@ impl World {
                 reply,
                 deadline: p.deadline,
             });
+        }
+    }
+
+    /// Node `i` installs a snapshot of the registry at a later log index
+    /// (the leader compacted what it lacks), as io's state machine does:
+    /// the ids it no longer holds there are evicted (`taken_by`).
+    fn install_snapshot(&mut self, i: usize) {
+        let from = self.nodes[i].applied + 1;
+        let at = from + self.rng.below(self.raft.log.len() - from + 1);
+        let mut new = Registry::default();
+        for (n, cmd) in self.raft.log.iter().enumerate().take(at) {
+            new.apply(cmd, n as u64 + 1);
+        }
+        self.log(format!("node {i} installs a snapshot at {at}"));
+        let n = &mut self.nodes[i];
+        let me = node_id(i).0;
+        let evictions = n.registry.taken_by(&new, me, at as u64);
+        n.evictions.extend(evictions);
+        // Sessions granted here whose claim the snapshot skipped past end
+        // at their owner shard, which keeps newer ones (io: `lapsed`).
+        let lapsed = n.granted.lapsed(&new, at as u64, me);
+        n.registry = new;
+        n.applied = at;
+        for (id, taken) in lapsed {
+            self.log(format!("node {i}: {id} lapsed (claim {})", taken - 1));
+            let node = &mut self.nodes[i].sim;
+            let shard = owner_index(&id, SHARDS);
+            let now = node.now;
+            node.shards[shard].evict_client(&id.as_str().into(), taken, now);
+            node.drain(shard);
         }
     }
 

@@ -281,32 +281,48 @@ impl Registry {
         out
     }
 
-    /// The ids node `me` holds here that `new` (a snapshot it installs,
-    /// applied up to index `at`) no longer gives it: to another node
-    /// (with the claim that took them), or to none (taken and released in
-    /// the log the snapshot skips; `at` stands for the claim that took it).
+    /// The ids node `me` holds here under a claim that `new` (a snapshot
+    /// it installs, applied up to index `at`) no longer has in force: the
+    /// id went to another node (with the claim that took it), to none, or
+    /// back to `me` under a newer claim after another node had it (taken
+    /// and released, or taken back, in the log the snapshot skips; `at`
+    /// stands for the claim that took it).
     pub fn taken_by(&self, new: &Registry, me: u32, at: u64) -> Vec<(String, u64)> {
         self.holders
             .iter()
             .filter(|(_, h)| h.node == me)
-            .filter_map(|(id, _)| match new.holders.get(id) {
-                Some(n) if n.node == me => None,
-                Some(n) => Some((id.clone(), n.claim)),
-                None => Some((id.clone(), at)),
+            .filter_map(|(id, old)| {
+                let in_force = |n: &Holder| {
+                    n.claim == old.claim || n.under.iter().any(|u| u.claim == old.claim)
+                };
+                match new.holders.get(id) {
+                    Some(n) if n.node == me && in_force(n) => None,
+                    Some(n) if n.node != me => Some((id.clone(), n.claim)),
+                    _ => Some((id.clone(), at)),
+                }
             })
             .collect()
     }
 }
 
-/// The claims a node was granted in its current life, per client id the
-/// latest: its own view, ahead of its applied registry. A node applies the
-/// log at its own pace (a restarted one applies it again from its last
-/// snapshot), so an old takeover can reach it after it was granted the id
-/// again and admitted a session under the newer claim; that session must
-/// not end for the older takeover.
+/// The claims a node was granted in its current life, per client id, while
+/// their sessions may live: its own view, ahead of its applied registry. A
+/// node applies the log at its own pace (a restarted one from its last
+/// snapshot, a lagging one by installing the leader's), so a takeover can
+/// reach it late, after it was granted the id again, and an answer can
+/// reach it after the takeover. The owner shard ends only the sessions
+/// older than a takeover (`Shard::evict_client`); this decides what goes
+/// there.
 #[derive(Debug, Default)]
 pub struct Granted {
-    latest: HashMap<String, u64>,
+    claims: HashMap<String, Vec<u64>>,
+}
+
+/// Whether `claim` of node `me` is still in force for `client_id`.
+fn in_force(registry: &Registry, me: u32, client_id: &str, claim: u64) -> bool {
+    registry.holder(client_id).is_some_and(|h| {
+        h.node == me && (h.claim == claim || h.under.iter().any(|u| u.claim == claim))
+    })
 }
 
 impl Granted {
@@ -324,45 +340,74 @@ impl Granted {
         client_id: &str,
         claim: u64,
     ) -> bool {
-        // Still in force: the holder's claim, or one of the same node's
-        // under it (a newer claim of this node stacked on it).
-        let holds = |h: &Holder| {
-            h.node == me && (h.claim == claim || h.under.iter().any(|u| u.claim == claim))
-        };
-        if applied >= claim && !registry.holder(client_id).is_some_and(holds) {
+        if applied >= claim && !in_force(registry, me, client_id, claim) {
             return false;
         }
-        let latest = self.latest.entry(client_id.to_owned()).or_default();
-        *latest = claim.max(*latest);
+        self.claims
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(claim);
         true
     }
 
     /// The session under `claim` ended here and its id is released.
     pub fn released(&mut self, client_id: &str, claim: u64) {
-        if self.latest.get(client_id) == Some(&claim) {
-            self.latest.remove(client_id);
+        if let Some(c) = self.claims.get_mut(client_id) {
+            c.retain(|g| *g != claim);
+            if c.is_empty() {
+                self.claims.remove(client_id);
+            }
         }
     }
 
-    /// Whether node `me`'s session for `client_id` ends because the claim
-    /// `taken` gave it to another node: not if this node was granted it
-    /// again after that claim, in this life (`registry` may not have
-    /// applied that yet) or, as far as `registry` has applied, before.
+    /// Whether the claim `taken`, which gave `client_id` to another node,
+    /// goes to the id's owner shard to end node `me`'s sessions older than
+    /// it. A session of this life knows its claim there, so it goes; with
+    /// none on record (a session restored from disk knows none) only if
+    /// `registry` does not show this node claiming the id again after it.
     pub fn evicts(&mut self, registry: &Registry, me: u32, client_id: &str, taken: u64) -> bool {
-        if self.latest.get(client_id).is_some_and(|g| *g > taken) {
-            return false;
+        if let Some(c) = self.claims.get_mut(client_id) {
+            c.retain(|g| *g >= taken);
+            if c.is_empty() {
+                self.claims.remove(client_id);
+            }
+            return true;
         }
-        self.latest.remove(client_id);
         registry.still_evicts(me, client_id, taken)
+    }
+
+    /// After installing a snapshot `registry` at index `applied`: the ids
+    /// with a claim granted here that the snapshot no longer has in force
+    /// (the log it skips gave them to another node, and maybe back), each
+    /// with the claim past the newest such, for `Shard::evict_client`,
+    /// which ends sessions under it or older ones, not newer ones. Those
+    /// claims are forgotten here.
+    pub fn lapsed(&mut self, registry: &Registry, applied: u64, me: u32) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        self.claims.retain(|id, claims| {
+            let mut newest = None;
+            claims.retain(|g| {
+                let gone = *g <= applied && !in_force(registry, me, id, *g);
+                if gone {
+                    newest = newest.max(Some(*g));
+                }
+                !gone
+            });
+            if let Some(g) = newest {
+                out.push((id.clone(), g + 1));
+            }
+            !claims.is_empty()
+        });
+        out
     }
 
     /// Ids with a claim on record (bounded by the node's sessions).
     pub fn len(&self) -> usize {
-        self.latest.len()
+        self.claims.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.latest.is_empty()
+        self.claims.is_empty()
     }
 }
 
@@ -497,16 +542,20 @@ mod tests {
         let mut r = Registry::default();
         let mut g = Granted::default();
         // Node 2 took the id at 5; node 1 claims it again at 9 and admits
-        // the session before it has applied either.
+        // the session before it has applied either. The takeover goes to
+        // the owner shard, which keeps the session of claim 9 (newer).
         assert!(g.admit(&r, 0, 1, "d", 9));
-        assert!(!g.evicts(&r, 1, "d", 5));
-        // A takeover after the session's claim ends it.
+        assert!(g.evicts(&r, 1, "d", 5));
+        assert_eq!(g.len(), 1);
+        // A takeover after the session's claim: the claim is forgotten.
         assert!(g.evicts(&r, 1, "d", 12));
-        // Without a claim of this life, the applied registry decides.
+        assert!(g.is_empty());
+        // Without a claim of this life (a restored session), the applied
+        // registry decides: spared if this node claimed it again after.
         r.apply(&claim("d", 1, "alice", false), 14);
         assert!(!g.evicts(&r, 1, "d", 12));
         assert!(g.evicts(&r, 1, "d", 15));
-        // A released claim protects nothing.
+        // A released claim is forgotten.
         assert!(g.admit(&r, 0, 1, "e", 3));
         g.released("e", 3);
         assert!(g.is_empty());
@@ -517,6 +566,9 @@ mod tests {
         r.apply(&claim("f", 2, "alice", false), 21);
         assert!(!g.admit(&r, 21, 1, "f", 20));
         assert!(g.admit(&r, 19, 1, "f", 20));
+        // A snapshot past 21 shows claim 20 lapsed: sessions under it end.
+        assert_eq!(g.lapsed(&r, 21, 1), vec![("f".to_owned(), 21)]);
+        assert!(g.is_empty());
     }
 
     #[test]

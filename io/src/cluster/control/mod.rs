@@ -49,6 +49,10 @@ pub enum ClaimError {
 /// log index of the claim that took it.
 type EvictionQueues = Vec<Mutex<Vec<(String, u64)>>>;
 
+/// Per shard: ids another node took, with the claim that took them, and
+/// whether the owner shard takes it as is (a lapsed claim of this life).
+type TakenQueues = Vec<Mutex<Vec<(String, u64, bool)>>>;
+
 /// The control plane as the shards see it.
 pub struct Control {
     rt: tokio::runtime::Handle,
@@ -59,7 +63,7 @@ pub struct Control {
     addrs: Arc<HashMap<u64, String>>,
     /// Per shard: ids another node took from this one, for the registry
     /// owner shard to end (`Shard::evict_client`).
-    evictions: Arc<EvictionQueues>,
+    evictions: Arc<TakenQueues>,
     /// The registry as applied here.
     registry: Arc<Mutex<store::Applied>>,
     /// The next claim's nonce: from this life's start in microseconds, so
@@ -69,7 +73,7 @@ pub struct Control {
     floor: u64,
     /// The claims granted to this node in this life (evictions spare a
     /// session granted after the takeover that reaches it late).
-    granted: Mutex<Granted>,
+    granted: Arc<Mutex<Granted>>,
     /// Per shard: ids this node holds under an earlier life's claim, for
     /// the registry owner shard to release unless a restored session
     /// holds them (`Shard::cluster_check_hold`).
@@ -164,9 +168,10 @@ impl Control {
         let bind = control_addr(setup.bind);
         let log = store::LogStore::open(dir)?;
         let (evict_tx, mut evict_rx) = tokio::sync::mpsc::unbounded_channel();
-        let sm = store::StateMachine::open(dir, me, evict_tx)?;
+        let granted: Arc<Mutex<Granted>> = Arc::default();
+        let sm = store::StateMachine::open(dir, me, evict_tx, granted.clone())?;
         let registry = sm.registry.clone();
-        let evictions: Arc<EvictionQueues> =
+        let evictions: Arc<TakenQueues> =
             Arc::new((0..shards).map(|_| Mutex::new(Vec::new())).collect());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dialer2 = dialer.clone();
@@ -225,11 +230,11 @@ impl Control {
                         dialer_names(&members),
                     ));
                     tokio::spawn(async move {
-                        while let Some((id, claim)) = evict_rx.recv().await {
+                        while let Some((id, claim, lapsed)) = evict_rx.recv().await {
                             let shard = owner_index(&id, evictions2.len());
                             if let Some(q) = evictions2.get(shard) {
                                 if let Ok(mut q) = q.lock() {
-                                    q.push((id, claim));
+                                    q.push((id, claim, lapsed));
                                 }
                             }
                         }
@@ -261,7 +266,7 @@ impl Control {
             registry,
             nonces: std::sync::atomic::AtomicU64::new(floor),
             floor,
-            granted: Mutex::default(),
+            granted,
             earlier,
             retries,
         }))
@@ -364,14 +369,18 @@ impl Control {
         if ids.is_empty() {
             return Vec::new();
         }
-        // An id this node claimed again after the claim that took it stays
-        // (its session is the newer one); any other ends here, even if the
-        // taker has released it since.
+        // The owner shard ends the sessions older than the takeover, and
+        // keeps one of a newer claim of this life; a session restored from
+        // disk (no claim known) is spared if this node claimed the id again
+        // after the takeover, as far as the registry here shows.
         let (Ok(registry), Ok(mut granted)) = (self.registry.lock(), self.granted.lock()) else {
-            return ids;
+            return ids.into_iter().map(|(id, taken, _)| (id, taken)).collect();
         };
         ids.into_iter()
-            .filter(|(id, taken)| granted.evicts(&registry.registry, self.me, id, *taken))
+            .filter(|(id, taken, lapsed)| {
+                *lapsed || granted.evicts(&registry.registry, self.me, id, *taken)
+            })
+            .map(|(id, taken, _)| (id, taken))
             .collect()
     }
 

@@ -22,7 +22,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use shardmq_core::cluster::registry::Registry;
+use shardmq_core::cluster::registry::{Granted, Registry};
 
 use super::types::{Reply, TypeConfig};
 
@@ -275,7 +275,9 @@ impl Applied {
 /// What applying committed claims means for this node: ids another node
 /// took from it (their sessions here end).
 /// Each with the log index of the claim that took it.
-pub type Evictions = tokio::sync::mpsc::UnboundedSender<(String, u64)>;
+/// `true`: a session of this life whose claim a snapshot skipped past
+/// (`Granted::lapsed`), sent to the owner shard as is.
+pub type Evictions = tokio::sync::mpsc::UnboundedSender<(String, u64, bool)>;
 
 /// The state machine (openraft's `RaftStateMachine`), with its snapshot
 /// file.
@@ -284,13 +286,20 @@ pub struct StateMachine {
     pub registry: Arc<Mutex<Applied>>,
     me: u32,
     evictions: Evictions,
+    /// The claims granted to this node in this life (shared with `Control`).
+    granted: Arc<Mutex<Granted>>,
     snapshot_path: PathBuf,
 }
 
 impl StateMachine {
     /// The registry as of its snapshot file, if any. A snapshot that
     /// cannot be read is an error: the log before it is gone.
-    pub fn open(dir: &Path, me: u32, evictions: Evictions) -> std::io::Result<StateMachine> {
+    pub fn open(
+        dir: &Path,
+        me: u32,
+        evictions: Evictions,
+        granted: Arc<Mutex<Granted>>,
+    ) -> std::io::Result<StateMachine> {
         let snapshot_path = dir.join("registry.snapshot");
         let registry = match std::fs::read(&snapshot_path) {
             Ok(bytes) => serde_json::from_slice::<Applied>(&bytes)
@@ -302,6 +311,7 @@ impl StateMachine {
             registry: Arc::new(Mutex::new(registry)),
             me,
             evictions,
+            granted,
             snapshot_path,
         })
     }
@@ -373,8 +383,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let (reply, evict) = reg.registry.apply_on(self.me, &cmd, e.log_id.index);
                     // Another node took an id this node held: its session
                     // here ends (a takeover across nodes).
-                    if let Some(evict) = evict {
-                        let _ = self.evictions.send(evict);
+                    if let Some((id, taken)) = evict {
+                        let _ = self.evictions.send((id, taken, false));
                     }
                     replies.push(reply);
                 }
@@ -405,10 +415,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         new.membership = meta.last_membership.clone();
         self.save(&new)?;
         let mut reg = self.lock()?;
-        // Ids this node held that the snapshot gives to another node.
+        // Ids this node held under a claim the snapshot no longer has in
+        // force, and sessions granted here whose claim it skipped past.
         let at = new.applied_index();
-        for evict in reg.registry.taken_by(&new.registry, self.me, at) {
-            let _ = self.evictions.send(evict);
+        for (id, taken) in reg.registry.taken_by(&new.registry, self.me, at) {
+            let _ = self.evictions.send((id, taken, false));
+        }
+        if let Ok(mut granted) = self.granted.lock() {
+            for (id, taken) in granted.lapsed(&new.registry, at, self.me) {
+                let _ = self.evictions.send((id, taken, true));
+            }
         }
         *reg = new;
         Ok(())
