@@ -205,11 +205,7 @@ impl World {
     }
 
     fn log(&mut self, line: String) {
-        let keep = std::env::var("SHARDMQ_SIM_TRACE")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
-        if self.trace.len() >= keep {
+        if self.trace.len() >= harness::trace_len(200) {
             self.trace.pop_front();
         }
         self.trace.push_back(line);

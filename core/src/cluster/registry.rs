@@ -291,15 +291,10 @@ impl Registry {
         self.holders
             .iter()
             .filter(|(_, h)| h.node == me)
-            .filter_map(|(id, old)| {
-                let in_force = |n: &Holder| {
-                    n.claim == old.claim || n.under.iter().any(|u| u.claim == old.claim)
-                };
-                match new.holders.get(id) {
-                    Some(n) if n.node == me && in_force(n) => None,
-                    Some(n) if n.node != me => Some((id.clone(), n.claim)),
-                    _ => Some((id.clone(), at)),
-                }
+            .filter_map(|(id, old)| match new.holders.get(id) {
+                _ if in_force(new, me, id, old.claim) => None,
+                Some(n) if n.node != me => Some((id.clone(), n.claim)),
+                _ => Some((id.clone(), at)),
             })
             .collect()
     }

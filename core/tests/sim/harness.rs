@@ -179,12 +179,16 @@ pub struct Sim {
 
 const TRACE_LEN: usize = 60;
 
-/// The steps a failure prints: `SHARDMQ_SIM_TRACE=N`, else `TRACE_LEN`.
-fn trace_len() -> usize {
-    std::env::var("SHARDMQ_SIM_TRACE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(TRACE_LEN)
+/// The steps a failure prints: `SHARDMQ_SIM_TRACE=N`, else `default`
+/// (read once: it is asked on every step).
+pub fn trace_len(default: usize) -> usize {
+    static LEN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    LEN.get_or_init(|| {
+        std::env::var("SHARDMQ_SIM_TRACE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    })
+    .unwrap_or(default)
 }
 
 impl Sim {
@@ -279,7 +283,7 @@ impl Sim {
     }
 
     pub fn log(&mut self, line: String) {
-        if self.trace.len() >= trace_len() {
+        if self.trace.len() >= trace_len(TRACE_LEN) {
             self.trace.pop_front();
         }
         self.trace.push_back(line);
