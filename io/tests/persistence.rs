@@ -862,6 +862,66 @@ async fn queued_and_in_flight_messages_survive_kill_9() {
     lossy.expect_no_publish(Duration::from_millis(300)).await;
 }
 
+/// A backlog larger than a session may keep in memory: recovery copies it
+/// to the new snapshot a block at a time, and the shard reads it back from
+/// there a block at a time, spilling past its memory share to the disk
+/// buffer, not holding the backlog (docs/PERSISTENCE.md, "Recovery"). Two
+/// crashes, so the second recovery reads what the first one streamed; then
+/// every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_memory_streams_back_in_order_across_two_crashes() {
+    const N: usize = 6000;
+    let s = setup_queues(1);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+    // Tiny: 16 MiB per shard, a quarter per session in memory; 6,000
+    // messages of 1 KiB pass that.
+    json["memoryProfile"] = serde_json::json!("Tiny");
+    json["diskBackedMessageBuffer"] =
+        serde_json::json!({"maxSize": "64M", "dataDir": s.data.parent().unwrap().join("buffer")});
+    std::fs::write(&s.config, json.to_string()).unwrap();
+    let (broker, _) = run(&s);
+    let (mut sub, _) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
+    sub.subscribe("line/+/count", q5(1)).await;
+    sub.kill();
+    let (mut publisher, _) = Client::connect(s.port, "pub-backlog", |_| {}).await;
+    let padding = "x".repeat(1000);
+    let payload = |i: usize| format!("c{i:05}{padding}");
+    for window in (0..N).collect::<Vec<_>>().chunks(100) {
+        for &i in window {
+            publisher
+                .publish("line/1/count", q5(1), false, payload(i).as_bytes())
+                .await;
+        }
+        for _ in window {
+            match publisher
+                .next_matching(|e| matches!(e, Ev::PubAck(_)))
+                .await
+            {
+                Ev::PubAck(reason) => assert_eq!(reason, "Success"),
+                _ => unreachable!(),
+            }
+        }
+    }
+    publisher.disconnect().await;
+    kill9(broker);
+
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", &format!("queued={N}")]);
+    log.wait_for(&["sessions restored", &format!("queued={N}")]);
+    // Restored past the session's memory share: spilled, not held.
+    metric_reaches(&s, "shardmq_disk_buffer_spilled_total", 1);
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", &format!("queued={N}")]);
+    let (mut sub, present) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
+    assert!(present);
+    let got: Vec<String> = payloads(sub.publishes(N).await);
+    let expected: Vec<String> = (0..N).map(payload).collect();
+    assert!(got == expected, "all {N} once, in order");
+}
+
 /// What a subscriber acknowledged is not sent again after a crash; what it
 /// did not is, however many crashes come between. One shard: one log
 /// orders every write, so a DISCONNECT's close (durable) proves the

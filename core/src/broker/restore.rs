@@ -225,6 +225,27 @@ impl<S: Store> Shard<S> {
 }
 
 impl<S: Store> Shard<S> {
+    /// One more message owed by a session `restore_persisted` put offline
+    /// here, read back from the disk after it: a large backlog is streamed
+    /// from the file rather than held whole. Queued behind what the queue
+    /// has, in memory if it fits, else in the store. `false` when the
+    /// client id has no offline session on this shard.
+    pub fn restore_queued_message(&mut self, client_id: &str, seq: u64, m: QueuedMessage) -> bool {
+        let Some((shard, session)) = self.registry.holder(client_id) else {
+            return false;
+        };
+        if shard != self.id {
+            return false;
+        }
+        let Some(Slot::Offline { state, .. }) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let limit = self.config.limits.queue;
+        let mut lease = self.buffer.lease(self.buffer_keys.owner_of(session));
+        state.restore_queued(seq, m, &limit, &mut lease);
+        true
+    }
+
     /// The queue id of an offline session's persisted queue (0: none).
     fn offline_queue_id(&self, session: SessionId) -> u64 {
         match self.sessions.get(&session) {

@@ -542,6 +542,21 @@ fn read_block(
     let block = rest
         .get_mut(..len)
         .ok_or(RecordError::Malformed("block past the end of the file"))?;
+    ops.append(&mut block_ops(header, sealer, block, at, epoch)?);
+    Ok(len)
+}
+
+/// The operations of one whole block (`Sealer::block_len` bytes read at
+/// file offset `at`), opened in place; all of them or an error. For readers
+/// that go through a file a block at a time instead of holding it
+/// (recovery of a large backlog).
+pub fn block_ops(
+    header: &LogHeader,
+    sealer: &Sealer,
+    block: &mut [u8],
+    at: usize,
+    epoch: Instant,
+) -> Result<Vec<LoggedOp>, RecordError> {
     let pos = BlockPos {
         segment: header.compaction,
         offset: u32::try_from(at).map_err(|_| RecordError::TooLarge)?,
@@ -589,8 +604,7 @@ fn read_block(
         });
         body = &body[rlen..];
     }
-    ops.append(&mut read);
-    Ok(len)
+    Ok(read)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! current key before any client connects), and the per-shard writer
 //! (`writer`). The format is core's `buffer::log`; the keys are `keys`.
 
+mod blocks;
+mod copy;
 pub mod keys;
 mod replay;
 pub mod writer;
@@ -17,14 +19,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{owner_index, RestoredQueue, SessionRecord, Snapshot};
-use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter};
+use shardmq_core::broker::{
+    owner_index, PersistOp, QueuePut, RestoredQueue, SessionRecord, Snapshot,
+};
+use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
 use shardmq_core::config::Persistence;
 use shardmq_core::session::SharedMessage;
 use tracing::{info, warn};
 
 pub use keys::{KeyRing, KeySource};
-use replay::{queue_snapshot, replay, Replayed};
+use replay::{replay, Replayed};
 
 /// How the server persists: the validated policy, the directory, and the
 /// keys (`None` when `encryption.mode` is Disabled).
@@ -204,7 +208,9 @@ pub struct ShardStart {
     pub retained: Vec<SharedMessage>,
     /// The persisted sessions whose client ids the shard owns.
     pub sessions: Vec<SessionRecord>,
-    /// What their persisted queues still owe, by client id.
+    /// Their persisted queues, by client id: the in-flight windows with
+    /// their messages; the messages queued behind them are in `log`, read
+    /// back a block at a time by `read_queue_puts` (none are held here).
     pub queues: HashMap<ByteString, RestoredQueue>,
     /// This run's generation (queue ids made from it are new).
     pub generation: u32,
@@ -264,8 +270,16 @@ pub fn recover(
             ),
         })?;
     let mut state = Replayed::default();
-    for f in &files {
-        replay(spec, keys, &f.path, epoch, &mut state, &mut report)?;
+    for (i, f) in files.iter().enumerate() {
+        replay(
+            spec,
+            keys,
+            &f.path,
+            i as u32,
+            epoch,
+            &mut state,
+            &mut report,
+        )?;
     }
     let mut queues = state.owed_queues(&mut report);
     let mut per_shard: Vec<(Vec<SharedMessage>, Vec<SessionRecord>)> =
@@ -282,29 +296,41 @@ pub fn recover(
         per_shard[owner_index(&topic, shards)].0.push(Arc::new(m));
     }
     // The owner of a client id may differ from the last run's (another
-    // worker count): the registry owner restores it.
+    // worker count): the registry owner restores it, with its queue.
     for (client_id, record) in state.sessions {
         per_shard[owner_index(&client_id, shards)].1.push(record);
     }
-    let current = keys.first();
-    let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
-    let mut starts = Vec::with_capacity(per_shard.len());
-    for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
-        let mut owed = HashMap::new();
-        for r in &sessions {
-            if let Some(q) = queues.remove(&r.queue_id).filter(|q| q.0 == r.client_id) {
-                report.queued +=
-                    q.1.messages.len() + q.1.window.iter().filter(|w| w.1.is_some()).count();
-                owed.insert(r.client_id.clone(), q.1);
+    let mut owed = HashMap::new();
+    for (shard, (_, sessions)) in per_shard.iter().enumerate() {
+        for r in sessions {
+            if let Some(mut q) = queues
+                .remove(&r.queue_id)
+                .filter(|q| q.client_id == r.client_id)
+            {
+                report.queued += q.puts.len();
+                q.shard = shard;
+                owed.insert(r.queue_id, q);
             }
         }
+    }
+    // A queue no session names is not restored.
+    drop(queues);
+    let current = keys.first();
+    let key_version = spec.keys.as_ref().map_or(0, |k| k.version());
+    let mut outs = Vec::with_capacity(per_shard.len());
+    let mut kept = Vec::with_capacity(per_shard.len());
+    for (shard, (messages, sessions)) in per_shard.into_iter().enumerate() {
         let snapshot = Snapshot {
             messages,
-            queues: owed.iter().map(|(id, q)| queue_snapshot(id, q)).collect(),
+            queues: owed
+                .values()
+                .filter(|q| q.shard == shard)
+                .map(|q| q.snapshot())
+                .collect(),
             sessions: sessions.into_iter().map(Arc::new).collect(),
             ..Snapshot::default()
         };
-        let log = create_log(
+        outs.push(NewLog::begin(
             dir,
             current,
             shard as u32,
@@ -313,20 +339,49 @@ pub fn recover(
             epoch,
             spec.stamped,
             &snapshot,
-        )?;
+        )?);
+        kept.push((snapshot.messages, snapshot.sessions));
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    let mut windows = copy::copy_owed(spec.policy.encrypt, keys, &paths, epoch, &owed, &mut outs)?;
+    let mut starts = Vec::with_capacity(outs.len());
+    for (shard, (out, (messages, sessions))) in outs.into_iter().zip(kept).enumerate() {
+        let log = out.finish()?;
         if let (Some(ring), Some(kek)) = (&spec.keys, current) {
             ring.sealed(shard as u32, kek.fingerprint());
         }
-        let sessions = snapshot
-            .sessions
+        let sessions: Vec<SessionRecord> = sessions
             .into_iter()
             .map(|r| Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone()))
             .collect();
+        let queues = sessions
+            .iter()
+            .filter_map(|r| {
+                let q = owed.remove(&r.queue_id)?;
+                let mut messages = windows.remove(&q.queue_id).unwrap_or_default();
+                let window = q
+                    .window
+                    .iter()
+                    .filter_map(|w| match (w.released, messages.remove(&w.seq)) {
+                        (true, _) => Some((*w, None)),
+                        (false, Some(m)) => Some((*w, Some(m))),
+                        (false, None) => None,
+                    })
+                    .collect();
+                let restored = RestoredQueue {
+                    queue_id: q.queue_id,
+                    next: q.next,
+                    window,
+                    messages: Vec::new(),
+                };
+                Some((r.client_id.clone(), restored))
+            })
+            .collect();
         starts.push(ShardStart {
             log: LogFile { key_version, ..log },
-            retained: snapshot.messages,
+            retained: messages,
             sessions,
-            queues: owed,
+            queues,
             generation: next_generation,
         });
     }
@@ -356,6 +411,32 @@ pub fn recover(
         elapsed_ms = report.elapsed.as_millis() as u64,
         encrypted = spec.policy.encrypt, "persistence: recovered");
     Ok((starts, report))
+}
+
+/// The queued messages recovery wrote into a shard's new log after its
+/// snapshot, in file order, each handed to `f`: the shard restores a backlog
+/// of any size a block at a time. Blocking; runs before clients connect.
+/// How many were read, and why the file stopped early if it did (it was
+/// written and synced moments ago: the disk is failing).
+pub fn read_queue_puts(
+    spec: &PersistSpec,
+    path: &Path,
+    epoch: Epoch,
+    mut f: impl FnMut(QueuePut),
+) -> Result<(usize, Option<String>), PersistError> {
+    let keys = spec.keys.as_ref().map(|k| k.keys());
+    let keys: &[Kek] = keys.as_deref().map_or(&[], |k| &k[..]);
+    let mut blocks = blocks::Blocks::open(spec.policy.encrypt, keys, path, epoch.instant)?;
+    let mut read = 0;
+    while let Some((_, ops)) = blocks.next_block()? {
+        for op in ops {
+            if let LoggedOp::QueuePut(p) = op {
+                read += 1;
+                f(p);
+            }
+        }
+    }
+    Ok((read, blocks.cut.map(|why| why.to_string())))
 }
 
 /// A log file found at start, by its header.
@@ -448,75 +529,169 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
         })
 }
 
-/// A new log file holding `snapshot`, durable (file and directory entry
-/// synced) before it returns. Blocking.
-#[allow(clippy::too_many_arguments)]
-pub fn create_log(
-    dir: &Path,
-    kek: Option<&Kek>,
+/// A log file being written: a snapshot, then queued messages streamed in
+/// batches (`push`), then made durable (file and directory entry synced)
+/// and given its name (`finish`). Blocking. It is
+/// written under a temporary name and renamed once synced: a file with a
+/// log's name is always complete, so recovery can treat any damage to one
+/// as damage, never as a crash while it was written. Dropped unfinished,
+/// the temporary file is deleted.
+pub(crate) struct NewLog {
+    dir: PathBuf,
+    path: PathBuf,
+    tmp: Unfinished,
+    file: File,
+    writer: LogWriter,
     shard: u32,
     generation: u32,
     compaction: u32,
-    epoch: Epoch,
     stamped: bool,
-    snapshot: &Snapshot,
-) -> Result<LogFile, PersistError> {
-    let (header, sealer) = log::create(
-        kek,
-        shard,
-        generation,
-        compaction,
-        epoch.unix_nanos,
-        stamped,
-    )?;
-    let mut writer = LogWriter::new(&header, sealer, epoch.instant);
-    let (blocks, skipped) = writer.seal_snapshot(snapshot)?;
-    if skipped > 0 {
-        warn!(
+    pending: Vec<PersistOp>,
+    pending_bytes: usize,
+    skipped: usize,
+}
+
+/// Puts sealed per write while streaming: a few blocks' worth.
+const PUSH_BATCH_BYTES: usize = 4 * shardmq_core::buffer::BLOCK_BODY_TARGET;
+
+impl NewLog {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn begin(
+        dir: &Path,
+        kek: Option<&Kek>,
+        shard: u32,
+        generation: u32,
+        compaction: u32,
+        epoch: Epoch,
+        stamped: bool,
+        snapshot: &Snapshot,
+    ) -> Result<NewLog, PersistError> {
+        let (header, sealer) = log::create(
+            kek,
             shard,
-            skipped, "persistence: records too large for the log format (never from a valid packet) were not written"
-        );
+            generation,
+            compaction,
+            epoch.unix_nanos,
+            stamped,
+        )?;
+        let mut writer = LogWriter::new(&header, sealer, epoch.instant);
+        let (blocks, skipped) = writer.seal_snapshot(snapshot)?;
+        let path = dir.join(file_name(generation, shard, compaction));
+        let tmp = dir.join(format!("{}.tmp", file_name(generation, shard, compaction)));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|source| PersistError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+        let mut new = NewLog {
+            dir: dir.to_owned(),
+            path,
+            tmp: Unfinished(Some(tmp)),
+            file,
+            writer,
+            shard,
+            generation,
+            compaction,
+            stamped,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            skipped,
+        };
+        new.write(&header.encode())?;
+        new.write(&blocks)?;
+        Ok(new)
     }
-    // Written under a temporary name and renamed once synced: a file with
-    // a log's name is always complete, so recovery can treat any damage to
-    // one as damage, never as a crash while it was written.
-    let path = dir.join(file_name(generation, shard, compaction));
-    let tmp = dir.join(format!("{}.tmp", file_name(generation, shard, compaction)));
-    let io = |source| PersistError::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    let written = file
-        .write_all(&header.encode())
-        .and_then(|()| file.write_all(&blocks))
-        .and_then(|()| file.sync_all())
-        .map_err(io)
-        .and_then(|()| rename_new(&tmp, &path))
-        .and_then(|()| sync_dir(dir));
-    if let Err(e) = written {
-        // Only the temporary file: a complete snapshot left under its name
-        // (the directory sync failed) replays harmlessly before the next,
-        // and a name that existed is never this attempt's to delete.
-        remove(&tmp);
-        return Err(e);
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PersistError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|source| self.tmp.error(source))
     }
-    Ok(LogFile {
-        file,
-        path,
-        writer,
-        generation,
-        compaction,
-        key_version: 0,
-        stamped,
-    })
+
+    /// One more queued message, after the snapshot.
+    fn push(&mut self, p: QueuePut) -> Result<(), PersistError> {
+        self.pending_bytes +=
+            p.queued.message.payload.len() + p.queued.message.topic.as_str().len();
+        self.pending.push(PersistOp::QueuePut(p));
+        if self.pending_bytes >= PUSH_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PersistError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (blocks, skipped) = self.writer.seal_ops(&self.pending)?;
+        self.skipped += skipped;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.write(&blocks)
+    }
+
+    /// Synced, named, and the directory synced.
+    pub(crate) fn finish(mut self) -> Result<LogFile, PersistError> {
+        self.flush()?;
+        if self.skipped > 0 {
+            warn!(
+                shard = self.shard,
+                skipped = self.skipped,
+                "persistence: records too large for the log format (never from a valid packet) were not written"
+            );
+        }
+        let done = self
+            .file
+            .sync_all()
+            .map_err(|source| self.tmp.error(source))
+            .and_then(|()| rename_new(self.tmp.path(), &self.path))
+            .and_then(|()| sync_dir(&self.dir));
+        // On failure only the temporary file goes (dropped armed): a
+        // complete snapshot left under its name (the directory sync failed)
+        // replays harmlessly before the next, and a name that existed is
+        // never this attempt's to delete.
+        done?;
+        self.tmp.0 = None;
+        Ok(LogFile {
+            file: self.file,
+            path: self.path,
+            writer: self.writer,
+            generation: self.generation,
+            compaction: self.compaction,
+            key_version: 0,
+            stamped: self.stamped,
+        })
+    }
+}
+
+/// A temporary file deleted when dropped, unless disarmed.
+struct Unfinished(Option<PathBuf>);
+
+impl Unfinished {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn error(&self, source: std::io::Error) -> PersistError {
+        PersistError::Io {
+            path: self.path().to_owned(),
+            source,
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            remove(path);
+        }
+    }
 }
 
 /// Renames `from` to `to` unless `to` exists: a log is never replaced by

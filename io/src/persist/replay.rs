@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{QueueSnapshot, QueueState, RestoredQueue, SessionRecord};
-use shardmq_core::buffer::log::{self, Kek, LogHeader, LoggedOp};
-use shardmq_core::session::{Message, QueuedMessage, Sent};
+use shardmq_core::broker::{QueuePut, QueueSent, QueueSnapshot, QueueState, SessionRecord};
+use shardmq_core::buffer::log::{Kek, LoggedOp};
+use shardmq_core::session::{Message, Sent};
 use tracing::warn;
 
+use super::blocks::{Blocks, Loc};
 use super::{Epoch, PersistError, PersistSpec, Recovered};
 
-/// What the files replayed so far hold.
+/// What the files replayed so far hold. Queued messages are not held, only
+/// where each one is (`Loc`): a backlog of millions is read back a second
+/// time, a block at a time, when the new snapshots are written (`copy`).
 #[derive(Default)]
 pub(super) struct Replayed {
     pub(super) retained: HashMap<String, Message>,
@@ -34,16 +37,73 @@ pub(super) struct Replayed {
 #[derive(Default)]
 struct Recovering {
     client_id: ByteString,
-    puts: BTreeMap<u64, QueuedMessage>,
+    /// Where each message is; the last put of a number wins (a queue
+    /// written whole again after a move repeats its puts).
+    puts: BTreeMap<u64, Put>,
     done: HashSet<u64>,
     states: Vec<QueueState>,
-    /// Puts whose message expired while the broker was down.
-    expired: HashSet<u64>,
     /// Packet id and released flag by sequence number (released only
     /// grows).
     sent: BTreeMap<u64, (u16, bool)>,
     /// Past every sequence number seen.
     next: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Put {
+    at: Loc,
+    /// Its message expired while the broker was down.
+    expired: bool,
+}
+
+/// A queue recovery restores: what it still owes and where each message
+/// is on disk.
+#[derive(Debug)]
+pub(super) struct Owed {
+    pub client_id: ByteString,
+    pub queue_id: u64,
+    pub next: u64,
+    /// The in-flight window, in sequence order; an unreleased exchange's
+    /// message is among `puts`.
+    pub window: Vec<Sent>,
+    /// Every message to read back (those in flight and those queued), by
+    /// sequence number.
+    pub puts: BTreeMap<u64, Loc>,
+    /// The messages' places on disk rise with their numbers (the usual
+    /// case), so copying the files in order copies them in order; else the
+    /// copy gathers them and writes them sorted at the end.
+    pub ordered: bool,
+    /// The shard that restores it (its session's client id owner).
+    pub shard: usize,
+}
+
+impl Owed {
+    pub fn in_window(&self, seq: u64) -> bool {
+        self.window.binary_search_by_key(&seq, |w| w.seq).is_ok()
+    }
+
+    /// Its state record for a snapshot: still owed are the messages and
+    /// the released exchanges (their PUBREL), as `QueueSnapshot::whole`.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let mut seqs: Vec<u64> = self.puts.keys().copied().collect();
+        seqs.extend(self.window.iter().filter(|w| w.released).map(|w| w.seq));
+        seqs.sort_unstable();
+        seqs.dedup();
+        QueueSnapshot {
+            state: Some(QueueState::of(
+                self.client_id.clone(),
+                self.queue_id,
+                self.next,
+                &seqs,
+            )),
+            puts: Vec::new(),
+            sent: (!self.window.is_empty()).then(|| QueueSent {
+                client_id: self.client_id.clone(),
+                queue_id: self.queue_id,
+                entries: self.window.clone(),
+            }),
+        }
+    }
 }
 
 impl Replayed {
@@ -55,12 +115,9 @@ impl Replayed {
         q
     }
 
-    /// Per queue id: its client id and what it still owes, in order
-    /// (expired messages were dropped as they were read).
-    pub(super) fn owed_queues(
-        &mut self,
-        report: &mut Recovered,
-    ) -> HashMap<u64, (ByteString, RestoredQueue)> {
+    /// Per queue id: what it still owes (queued messages that expired
+    /// while the broker was down are dropped here, and counted).
+    pub(super) fn owed_queues(&mut self, report: &mut Recovered) -> HashMap<u64, Owed> {
         let unreadable = std::mem::take(&mut self.unreadable_queues);
         std::mem::take(&mut self.queues)
             .into_iter()
@@ -68,7 +125,7 @@ impl Replayed {
             .map(|(id, q)| {
                 let dead =
                     |seq: &u64| q.done.contains(seq) || q.states.iter().any(|s| s.is_dead(*seq));
-                let mut puts: BTreeMap<u64, QueuedMessage> =
+                let mut puts: BTreeMap<u64, Put> =
                     q.puts.into_iter().filter(|(seq, _)| !dead(seq)).collect();
                 // In flight at the crash: resumed under its packet id, with
                 // its message until released (then only PUBREL is owed).
@@ -79,171 +136,177 @@ impl Replayed {
                 for (&seq, &(packet_id, released)) in q.sent.iter().filter(|(seq, _)| !dead(seq)) {
                     by_id.insert(packet_id, (seq, released));
                 }
-                let sent: BTreeMap<u64, (u16, bool)> = by_id
+                let mut sent: Vec<Sent> = by_id
                     .into_iter()
-                    .map(|(id, (seq, released))| (seq, (id, released)))
-                    .collect();
-                let window = sent
-                    .iter()
-                    .filter_map(|(&seq, &(packet_id, released))| {
-                        let message = puts.remove(&seq);
-                        let sent = Sent {
-                            seq,
-                            packet_id,
-                            released,
-                        };
-                        match (released, message) {
-                            (true, _) => Some((sent, None)),
-                            (false, Some(m)) => Some((sent, Some(m))),
-                            (false, None) => None,
-                        }
+                    .map(|(packet_id, (seq, released))| Sent {
+                        seq,
+                        packet_id,
+                        released,
                     })
                     .collect();
-                let restored = RestoredQueue {
+                sent.sort_by_key(|w| w.seq);
+                let mut owed: BTreeMap<u64, Loc> = BTreeMap::new();
+                // Resent if in flight, whatever its expiry (§3.3.2.3.3).
+                let window = sent
+                    .into_iter()
+                    .filter(|w| match (w.released, puts.remove(&w.seq)) {
+                        (true, _) => true,
+                        (false, Some(p)) => {
+                            owed.insert(w.seq, p.at);
+                            true
+                        }
+                        (false, None) => false,
+                    })
+                    .collect();
+                // Expired while down: not owed if still queued [MQTT-3.3.2-5].
+                for (seq, p) in puts {
+                    if p.expired {
+                        report.expired += 1;
+                    } else {
+                        owed.insert(seq, p.at);
+                    }
+                }
+                let ordered = owed.values().zip(owed.values().skip(1)).all(|(a, b)| a < b);
+                let restored = Owed {
+                    client_id: q.client_id,
                     queue_id: id,
                     next: q.next,
                     window,
-                    messages: puts
-                        .into_iter()
-                        .filter(|(seq, _)| {
-                            let expired = q.expired.contains(seq);
-                            report.expired += usize::from(expired);
-                            !expired
-                        })
-                        .collect(),
+                    puts: owed,
+                    ordered,
+                    shard: 0,
                 };
-                (id, (q.client_id, restored))
+                (id, restored)
             })
             .collect()
     }
 }
 
-/// A restored queue as the records of a snapshot.
-pub(super) fn queue_snapshot(client_id: &ByteString, q: &RestoredQueue) -> QueueSnapshot {
-    let in_flight = q
-        .window
-        .iter()
-        .filter_map(|(w, m)| Some((w.seq, m.clone()?)));
-    let owed = in_flight.chain(q.messages.iter().cloned()).collect();
-    let window = q.window.iter().map(|(w, _)| *w).collect();
-    QueueSnapshot::whole(client_id, q.queue_id, q.next, owed, window)
-}
-
 /// Applies one file's operations (the last write wins per topic and per
-/// client id); a tail that does not read back is cut and logged.
+/// client id); a tail that does not read back is cut and logged. The file
+/// is `file` in recovery's order (`Loc`).
 pub(super) fn replay(
     spec: &PersistSpec,
     keys: &[Kek],
     path: &Path,
+    file: u32,
     epoch: Epoch,
     state: &mut Replayed,
     report: &mut Recovered,
 ) -> Result<(), PersistError> {
-    let file_err = |source| PersistError::File {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = fs::read(path).map_err(|source| PersistError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let header = LogHeader::decode(&bytes).map_err(file_err)?;
-    let sealer = header.open(spec.policy.encrypt, keys).map_err(file_err)?;
-    let read = log::read(&header, &sealer, &mut bytes, epoch.instant);
-    if let Some(why) = &read.cut {
-        report.cut += 1;
-        warn!(file = %path.display(), valid_bytes = read.valid_len, file_bytes = bytes.len(),
-            reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
-    }
-    drop(bytes);
-    report.ops += read.ops.len();
-    for op in read.ops {
-        match op {
-            LoggedOp::Retain(m) => {
-                let topic = m.topic.as_str().to_owned();
-                match rebase_expiry(m, header.epoch_unix_nanos, epoch) {
-                    Some(m) => {
-                        state.retained.insert(topic, m);
-                    }
-                    None => {
-                        report.expired += 1;
-                        state.retained.remove(&topic);
-                    }
-                }
-            }
-            LoggedOp::Clear(topic) => {
-                state.retained.remove(topic.as_str());
-            }
-            LoggedOp::SessionPut(mut record) => {
-                // A will whose message expired during the downtime is not
-                // published [MQTT-3.3.2-5].
-                record.will = record.will.take().and_then(|(will, delay)| {
-                    let will = Arc::unwrap_or_clone(will);
-                    let will = rebase_expiry(will, header.epoch_unix_nanos, epoch)?;
-                    Some((Arc::new(will), delay))
-                });
-                replay_session(record, header.epoch_unix_nanos, epoch, state, report);
-            }
-            LoggedOp::SessionDelete(client_id) => {
-                state.sessions.remove(&client_id);
-            }
-            LoggedOp::QueuePut(p) => {
-                let m = Arc::unwrap_or_clone(p.queued.message);
-                let q = state.queue(&p.client_id, p.queue_id);
-                // Expired while down: not owed if still queued
-                // [MQTT-3.3.2-5], but one whose delivery had started (in
-                // flight) is resent (§3.3.2.3.3), with no time left.
-                let m = match rebase_expiry(m.clone(), header.epoch_unix_nanos, epoch) {
-                    Some(m) => m,
-                    None => {
-                        q.expired.insert(p.seq);
-                        Message {
-                            expires_at: Some(epoch.instant),
-                            ..m
-                        }
-                    }
-                };
-                q.next = q.next.max(p.seq.saturating_add(1));
-                q.puts.insert(
-                    p.seq,
-                    QueuedMessage {
-                        message: Arc::new(m),
-                        ..p.queued
-                    },
-                );
-            }
-            LoggedOp::QueueDone(d) => {
-                let q = state.queue(&d.client_id, d.queue_id);
-                q.done.extend(d.seqs);
-            }
-            LoggedOp::QueueState(s) => {
-                let q = state.queue(&s.client_id, s.queue_id);
-                q.next = q.next.max(s.next);
-                q.states.push(s);
-            }
-            LoggedOp::QueueSent(w) => {
-                let q = state.queue(&w.client_id, w.queue_id);
-                for e in w.entries {
-                    let entry = q.sent.entry(e.seq).or_insert((e.packet_id, false));
-                    *entry = (e.packet_id, entry.1 || e.released);
-                }
-            }
-            LoggedOp::QueueUnreadable(client_id, why) => {
-                report.unreadable_queues += 1;
-                warn!(file = %path.display(), reason = %why,
-                    "persistence: a queue record does not decode (written by a newer version?); that client's queued messages are dropped");
-                state.unreadable_queues.insert(client_id);
-            }
-            LoggedOp::SessionUnreadable(client_id, why) => {
-                // Not its older state either: that was replaced.
-                report.unreadable_sessions += 1;
-                warn!(file = %path.display(), reason = %why,
-                    "persistence: a session record does not decode (written by a newer version?); that session is dropped");
-                state.sessions.remove(&client_id);
-            }
+    let mut blocks = Blocks::open(spec.policy.encrypt, keys, path, epoch.instant)?;
+    let written_at = blocks.header.epoch_unix_nanos;
+    while let Some((block, ops)) = blocks.next_block()? {
+        report.ops += ops.len();
+        for (nth, op) in ops.into_iter().enumerate() {
+            let at = Loc {
+                file,
+                block,
+                nth: nth as u32,
+            };
+            replay_op(op, at, written_at, epoch, path, state, report);
         }
     }
+    if let Some(why) = &blocks.cut {
+        report.cut += 1;
+        let file_bytes = fs::metadata(path).map_or(0, |m| m.len());
+        warn!(file = %path.display(), valid_bytes = blocks.valid_len(), file_bytes,
+            reason = %why, "persistence: the file's tail does not read back (torn write or changed bytes); it was cut, not replayed");
+    }
     Ok(())
+}
+
+fn replay_op(
+    op: LoggedOp,
+    at: Loc,
+    written_at: u64,
+    epoch: Epoch,
+    path: &Path,
+    state: &mut Replayed,
+    report: &mut Recovered,
+) {
+    match op {
+        LoggedOp::Retain(m) => {
+            let topic = m.topic.as_str().to_owned();
+            match rebase_expiry(m, written_at, epoch) {
+                Some(m) => {
+                    state.retained.insert(topic, m);
+                }
+                None => {
+                    report.expired += 1;
+                    state.retained.remove(&topic);
+                }
+            }
+        }
+        LoggedOp::Clear(topic) => {
+            state.retained.remove(topic.as_str());
+        }
+        LoggedOp::SessionPut(mut record) => {
+            // A will whose message expired during the downtime is not
+            // published [MQTT-3.3.2-5].
+            record.will = record.will.take().and_then(|(will, delay)| {
+                let will = Arc::unwrap_or_clone(will);
+                let will = rebase_expiry(will, written_at, epoch)?;
+                Some((Arc::new(will), delay))
+            });
+            replay_session(record, written_at, epoch, state, report);
+        }
+        LoggedOp::SessionDelete(client_id) => {
+            state.sessions.remove(&client_id);
+        }
+        LoggedOp::QueuePut(p) => {
+            let expired = p
+                .queued
+                .message
+                .expires_at
+                .is_some_and(|at| rebase(at, written_at, epoch).is_none());
+            let q = state.queue(&p.client_id, p.queue_id);
+            q.next = q.next.max(p.seq.saturating_add(1));
+            q.puts.insert(p.seq, Put { at, expired });
+        }
+        LoggedOp::QueueDone(d) => {
+            let q = state.queue(&d.client_id, d.queue_id);
+            q.done.extend(d.seqs);
+        }
+        LoggedOp::QueueState(s) => {
+            let q = state.queue(&s.client_id, s.queue_id);
+            q.next = q.next.max(s.next);
+            q.states.push(s);
+        }
+        LoggedOp::QueueSent(w) => {
+            let q = state.queue(&w.client_id, w.queue_id);
+            for e in w.entries {
+                let entry = q.sent.entry(e.seq).or_insert((e.packet_id, false));
+                *entry = (e.packet_id, entry.1 || e.released);
+            }
+        }
+        LoggedOp::QueueUnreadable(client_id, why) => {
+            report.unreadable_queues += 1;
+            warn!(file = %path.display(), reason = %why,
+                "persistence: a queue record does not decode (written by a newer version?); that client's queued messages are dropped");
+            state.unreadable_queues.insert(client_id);
+        }
+        LoggedOp::SessionUnreadable(client_id, why) => {
+            // Not its older state either: that was replaced.
+            report.unreadable_sessions += 1;
+            warn!(file = %path.display(), reason = %why,
+                "persistence: a session record does not decode (written by a newer version?); that session is dropped");
+            state.sessions.remove(&client_id);
+        }
+    }
+}
+
+/// A queued message as read back in recovery's second pass: its expiry
+/// rebased on this run's epoch. One that expired while the broker was down
+/// is only read if it was in flight, and is resent with no time left
+/// (§3.3.2.3.3).
+pub(super) fn rebase_put(mut p: QueuePut, written_at: u64, epoch: Epoch) -> QueuePut {
+    let m = Arc::unwrap_or_clone(p.queued.message);
+    let expires_at = m
+        .expires_at
+        .map(|at| rebase(at, written_at, epoch).unwrap_or(epoch.instant));
+    p.queued.message = Arc::new(Message { expires_at, ..m });
+    p
 }
 
 /// One session put: kept unless its deadline passed during the downtime.
@@ -309,24 +372,15 @@ pub(super) fn rebase(at: Instant, written_at: u64, epoch: Epoch) -> Option<Insta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardmq_core::codec::QoS;
 
-    fn message() -> QueuedMessage {
-        QueuedMessage {
-            message: Arc::new(Message {
-                topic: shardmq_core::topic::TopicName::try_from("t")
-                    .unwrap_or_else(|_| unreachable!()),
-                payload: bytes::Bytes::from_static(b"x"),
-                qos: QoS::ExactlyOnce,
-                retain: false,
-                properties: None,
-                expires_at: None,
-                origin: Default::default(),
-                retain_stamp: 0,
-            }),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            subscription_ids: vec![],
+    fn put(n: u32, expired: bool) -> Put {
+        Put {
+            at: Loc {
+                file: 0,
+                block: 0,
+                nth: n,
+            },
+            expired,
         }
     }
 
@@ -338,23 +392,30 @@ mod tests {
         let mut r = Replayed::default();
         let q = r.queue(&"c".into(), 1);
         for seq in [5, 6, 7] {
-            q.puts.insert(seq, message());
-            q.expired.insert(seq);
+            q.puts.insert(seq, put(seq as u32, true));
         }
         q.sent.insert(5, (40, true));
         q.sent.insert(6, (41, false));
         q.next = 8;
         let mut report = Recovered::default();
         let owed = r.owed_queues(&mut report);
-        let (_, restored) = &owed[&1];
+        let restored = &owed[&1];
         let window: Vec<(u16, bool, bool)> = restored
             .window
             .iter()
-            .map(|(w, m)| (w.packet_id, w.released, m.is_some()))
+            .map(|w| (w.packet_id, w.released, restored.puts.contains_key(&w.seq)))
             .collect();
         assert_eq!(window, [(40, true, false), (41, false, true)]);
-        assert!(restored.messages.is_empty(), "the queued one expired");
+        assert_eq!(
+            restored.puts.keys().copied().collect::<Vec<_>>(),
+            [6],
+            "the queued one expired"
+        );
         assert_eq!(report.expired, 1);
+        // The snapshot still owes the in-flight message and the PUBREL.
+        let state = restored.snapshot().state.unwrap_or_else(|| unreachable!());
+        let live: Vec<u64> = (0..8).filter(|s| !state.is_dead(*s)).collect();
+        assert_eq!(live, [5, 6]);
     }
 
     /// Should two window entries name one packet id (a done lost with a
@@ -363,27 +424,34 @@ mod tests {
     fn one_exchange_per_packet_id() {
         let mut r = Replayed::default();
         let q = r.queue(&"c".into(), 1);
-        q.puts.insert(10, message());
-        q.puts.insert(70_000, message());
+        q.puts.insert(10, put(0, false));
+        q.puts.insert(70_000, put(1, false));
         q.sent.insert(10, (5, false));
         q.sent.insert(70_000, (5, false));
         q.next = 70_001;
         let owed = r.owed_queues(&mut Recovered::default());
-        let (_, restored) = &owed[&1];
+        let restored = &owed[&1];
         let window: Vec<(u64, u16)> = restored
             .window
             .iter()
-            .map(|(w, _)| (w.seq, w.packet_id))
+            .map(|w| (w.seq, w.packet_id))
             .collect();
         assert_eq!(window, [(70_000, 5)]);
         // The other is still owed, queued behind the window.
-        assert_eq!(
-            restored
-                .messages
-                .iter()
-                .map(|(s, _)| *s)
-                .collect::<Vec<_>>(),
-            [10]
-        );
+        assert!(restored.puts.contains_key(&10) && !restored.in_window(10));
+        assert!(restored.ordered);
+    }
+
+    /// Messages whose places on disk do not rise with their numbers (a
+    /// queue that moved between shards' files) are copied sorted.
+    #[test]
+    fn a_queue_out_of_file_order_is_marked() {
+        let mut r = Replayed::default();
+        let q = r.queue(&"c".into(), 1);
+        q.puts.insert(1, put(5, false));
+        q.puts.insert(2, put(3, false));
+        q.next = 3;
+        let owed = r.owed_queues(&mut Recovered::default());
+        assert!(!owed[&1].ordered);
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use shardmq_core::buffer::log::LogWriter;
 use tracing::{error, info, warn};
 
-use super::{create_log, Epoch, KeyRing, LogFile, PersistError};
+use super::{Epoch, KeyRing, LogFile, NewLog, PersistError};
 use crate::driver::Driver;
 
 /// A log smaller than this is never rewritten for its size.
@@ -290,16 +290,10 @@ impl ShardLog {
         let (log, kept) = glommio::executor()
             .spawn_blocking(move || {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
-                let log = match create_log(
-                    &dir,
-                    kek,
-                    shard,
-                    generation,
-                    compaction,
-                    epoch,
-                    stamped,
-                    &snapshot,
-                ) {
+                let log = NewLog::begin(
+                    &dir, kek, shard, generation, compaction, epoch, stamped, &snapshot,
+                );
+                let log = match log.and_then(NewLog::finish) {
                     Ok(log) => log,
                     // Not replaced: the old file stays the log.
                     Err(e) => return (Err(e), replaced),

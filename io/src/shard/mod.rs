@@ -7,11 +7,13 @@
 pub(crate) mod listen;
 mod mesh;
 
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use shardmq_core::broker::{self, MeshMsg, ShardId};
 use shardmq_core::buffer::ShardBuffer;
@@ -20,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::buffer::{Deleter, DiskBuffer, SegmentFile};
 use crate::driver::Driver;
 use crate::persist::writer::ShardLog;
-use crate::persist::PersistRun;
+use crate::persist::{self, PersistRun};
 use crate::reload::apply::ShardListeners;
 use crate::setup::Reconfig;
 use crate::setup::{BufferSetup, ListenerSpec, ServerError};
@@ -502,11 +504,24 @@ fn start_log(
     let mut refused = 0;
     shard.set_persist_generation(start.generation);
     let mut queues = start.queues;
+    // What streams from the file below: the queues of sessions restored
+    // here, less their windows (restored with them, from memory).
+    let mut streamed: HashMap<u64, ByteString> = HashMap::new();
+    let mut in_window: HashSet<(u64, u64)> = HashSet::new();
     for record in start.sessions {
         let client_id = record.client_id.clone();
         let queue = queues.remove(&client_id);
+        let window: Option<(u64, Vec<u64>)> = queue.as_ref().map(|q| {
+            let seqs = q.window.iter().filter(|(_, m)| m.is_some());
+            (q.queue_id, seqs.map(|(w, _)| w.seq).collect())
+        });
         match shard.restore_persisted(record, queue, now) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some((queue_id, seqs)) = window {
+                    in_window.extend(seqs.into_iter().map(|seq| (queue_id, seq)));
+                    streamed.insert(queue_id, client_id);
+                }
+            }
             // Kept by recovery for its due will (or its deadline passed
             // since recovery read it).
             Err(broker::RestoreError::Expired) => {
@@ -521,11 +536,35 @@ fn start_log(
             }
         }
     }
+    let mut queued = 0;
+    if !streamed.is_empty() {
+        let read = persist::read_queue_puts(&run.spec, &start.log.path, run.epoch, |p| {
+            let ours = streamed.get(&p.queue_id) == Some(&p.client_id);
+            if ours
+                && !in_window.contains(&(p.queue_id, p.seq))
+                && shard.restore_queued_message(&p.client_id, p.seq, p.queued)
+            {
+                queued += 1;
+            }
+        });
+        match read {
+            Ok((_, None)) => {}
+            Ok((_, Some(why))) => {
+                error!(shard = id, file = %start.log.path.display(), reason = %why,
+                    "persistence: the log recovery just wrote does not read back whole (a failing disk?); the queued messages past that point are lost");
+            }
+            Err(e) => {
+                error!(shard = id, error = %e,
+                    "persistence: the log recovery just wrote does not read back (a failing disk?); its queued messages are lost");
+            }
+        }
+    }
     if sessions > 0 {
         info!(
             shard = id,
             sessions,
             restored = sessions - refused,
+            queued,
             "persistence: sessions restored (offline until their clients return)"
         );
     }
