@@ -865,12 +865,14 @@ async fn queued_and_in_flight_messages_survive_kill_9() {
 /// A backlog larger than a session may keep in memory: recovery copies it
 /// to the new snapshot a block at a time, and the shard reads it back from
 /// there a block at a time, spilling past its memory share to the disk
-/// buffer, not holding the backlog (docs/PERSISTENCE.md, "Recovery"). Two
-/// crashes, so the second recovery reads what the first one streamed; then
-/// every message arrives once, in order.
+/// buffer, not holding the backlog; a compaction copies the spilled
+/// messages from the log it replaces rather than reading them back
+/// (docs/PERSISTENCE.md, "Recovery" and "Rewrites"). Two crashes, the
+/// second after that compaction; then every message arrives once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_past_memory_streams_back_in_order_across_two_crashes() {
+async fn a_backlog_past_memory_survives_compaction_and_crashes_in_order() {
     const N: usize = 6000;
+    const M: usize = 9000;
     let s = setup_queues(1);
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
@@ -884,10 +886,39 @@ async fn a_backlog_past_memory_streams_back_in_order_across_two_crashes() {
     let (mut sub, _) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
     sub.subscribe("line/+/count", q5(1)).await;
     sub.kill();
-    let (mut publisher, _) = Client::connect(s.port, "pub-backlog", |_| {}).await;
     let padding = "x".repeat(1000);
-    let payload = |i: usize| format!("c{i:05}{padding}");
-    for window in (0..N).collect::<Vec<_>>().chunks(100) {
+    let payload = |prefix: &str, i: usize| format!("{prefix}{i:05}{padding}");
+    publish_pipelined(s.port, "c", N, |i| payload("c", i)).await;
+    kill9(broker);
+
+    let (broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", &format!("queued={N}")]);
+    log.wait_for(&["sessions restored", &format!("queued={N}")]);
+    // Restored past the session's memory share: spilled, not held.
+    metric_reaches(&s, "shardmq_disk_buffer_spilled_total", 1);
+    // The log grows past twice its snapshot: compacted, the spilled
+    // messages copied from the old file.
+    publish_pipelined(s.port, "d", M, |i| payload("d", i)).await;
+    metric_reaches(&s, "shardmq_persistence_rewrites_total", 1);
+    let rewritten = log.wait_for(&["persistence: log rewritten", "copied="]);
+    assert!(!rewritten.contains("copied=0"), "{rewritten}");
+    kill9(broker);
+
+    let (_broker, log) = run(&s);
+    log.wait_for(&["persistence: recovered", &format!("queued={}", N + M)]);
+    let (mut sub, present) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
+    assert!(present);
+    let got: Vec<String> = payloads(sub.publishes(N + M).await);
+    let mut expected: Vec<String> = (0..N).map(|i| payload("c", i)).collect();
+    expected.extend((0..M).map(|i| payload("d", i)));
+    assert!(got == expected, "all {} once, in order", N + M);
+}
+
+/// Publishes `n` QoS 1 messages on `line/1/count`, 100 in flight at a
+/// time, each acknowledged Success.
+async fn publish_pipelined(port: u16, id: &str, n: usize, payload: impl Fn(usize) -> String) {
+    let (mut publisher, _) = Client::connect(port, &format!("pub-{id}"), |_| {}).await;
+    for window in (0..n).collect::<Vec<_>>().chunks(100) {
         for &i in window {
             publisher
                 .publish("line/1/count", q5(1), false, payload(i).as_bytes())
@@ -904,22 +935,6 @@ async fn a_backlog_past_memory_streams_back_in_order_across_two_crashes() {
         }
     }
     publisher.disconnect().await;
-    kill9(broker);
-
-    let (broker, log) = run(&s);
-    log.wait_for(&["persistence: recovered", &format!("queued={N}")]);
-    log.wait_for(&["sessions restored", &format!("queued={N}")]);
-    // Restored past the session's memory share: spilled, not held.
-    metric_reaches(&s, "shardmq_disk_buffer_spilled_total", 1);
-    kill9(broker);
-
-    let (_broker, log) = run(&s);
-    log.wait_for(&["persistence: recovered", &format!("queued={N}")]);
-    let (mut sub, present) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
-    assert!(present);
-    let got: Vec<String> = payloads(sub.publishes(N).await);
-    let expected: Vec<String> = (0..N).map(payload).collect();
-    assert!(got == expected, "all {N} once, in order");
 }
 
 /// What a subscriber acknowledged is not sent again after a crash; what it

@@ -145,22 +145,30 @@ impl QueueState {
 pub struct QueueSnapshot {
     pub state: Option<QueueState>,
     pub puts: Vec<QueuePut>,
+    /// Owed messages whose puts the writer copies from the log it
+    /// replaces, by sequence number, sorted: they are spilled to the disk
+    /// buffer, and reading them back would put the backlog in memory.
+    pub copies: Vec<u64>,
     pub sent: Option<QueueSent>,
 }
 
 impl QueueSnapshot {
     /// A queue written whole (at a rewrite, a move, recovery): `owed` its
-    /// messages, `window` its exchanges in flight. Still owed are the
-    /// messages and the released exchanges (their PUBREL).
+    /// messages at hand, `copies` those to copy from the old log, `window`
+    /// its exchanges in flight. Still owed are the messages and the
+    /// released exchanges (their PUBREL).
     pub fn whole(
         client_id: &ByteString,
         queue_id: u64,
         next: u64,
         mut owed: Vec<(u64, QueuedMessage)>,
+        mut copies: Vec<u64>,
         window: Vec<Sent>,
     ) -> QueueSnapshot {
         owed.sort_by_key(|(seq, _)| *seq);
+        copies.sort_unstable();
         let mut seqs: Vec<u64> = owed.iter().map(|(s, _)| *s).collect();
+        seqs.extend(&copies);
         seqs.extend(window.iter().filter(|w| w.released).map(|w| w.seq));
         seqs.sort_unstable();
         seqs.dedup();
@@ -175,6 +183,7 @@ impl QueueSnapshot {
                     queued,
                 })
                 .collect(),
+            copies,
             sent: (!window.is_empty()).then(|| QueueSent {
                 client_id: client_id.clone(),
                 queue_id,

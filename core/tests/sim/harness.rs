@@ -721,11 +721,29 @@ impl Sim {
             // Like recovery: the old file's records stay on the disk (its
             // deletion may fail), the snapshot's clears and messages apply
             // on top of them. Queue records are per file: replaced.
-            let snapshot = self.shards[shard].persist_snapshot();
+            // Every batch so far reached this file (the simulated disk does
+            // not fail): spilled messages are copied from it, as the
+            // runtime's writer does. A copy it does not hold is a message
+            // the rewrite would lose.
+            let snapshot = self.shards[shard].persist_snapshot(true);
+            let old = std::mem::take(&mut self.disk_queue_files[shard]);
             let mut file = Vec::new();
             for q in &snapshot.queues {
                 file.extend(q.state.clone().map(QueueRec::State));
                 file.extend(q.puts.iter().map(QueueRec::put));
+                let queue = q.state.as_ref().map_or(0, |s| s.queue_id);
+                for &want in &q.copies {
+                    let put = old.iter().find(|r| {
+                        matches!(r, QueueRec::Put { queue_id, seq, .. } if *queue_id == queue && *seq == want)
+                    });
+                    match put {
+                        Some(put) => file.push(put.clone()),
+                        None => panic!(
+                            "shard {shard}: spilled message {want} of queue {queue} is not in the log being replaced\n{}",
+                            self.trace().cloned().collect::<Vec<_>>().join("\n")
+                        ),
+                    }
+                }
                 if let Some(w) = &q.sent {
                     file.extend(w.entries.iter().map(|e| QueueRec::Sent {
                         queue_id: w.queue_id,

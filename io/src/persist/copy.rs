@@ -1,11 +1,12 @@
-//! Recovery's second pass: the queued messages still owed are copied from
-//! the old files into the new snapshots a block at a time, so a backlog of
-//! any size costs recovery its index (`Owed`), not its messages.
+//! Queued messages copied from old log files into new ones a block at a
+//! time: recovery's second pass (what is still owed, into the new
+//! snapshots) and a rewrite's spilled messages (from the log it replaces).
+//! A backlog of any size costs its index in memory, not its messages.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use shardmq_core::broker::QueuePut;
+use shardmq_core::broker::QueueSnapshot;
 use shardmq_core::buffer::log::{Kek, LoggedOp};
 use shardmq_core::session::QueuedMessage;
 
@@ -30,7 +31,6 @@ pub(super) fn copy_owed(
     outs: &mut [NewLog],
 ) -> Result<Windows, PersistError> {
     let mut windows = Windows::new();
-    let mut unordered: HashMap<u64, BTreeMap<u64, QueuePut>> = HashMap::new();
     for (file, path) in files.iter().enumerate() {
         let mut blocks = Blocks::open(encrypt, keys, path, epoch.instant)?;
         let written_at = blocks.header.epoch_unix_nanos;
@@ -57,19 +57,74 @@ pub(super) fn copy_owed(
                         .or_default()
                         .insert(p.seq, p.queued.clone());
                 }
-                if o.ordered {
-                    outs[o.shard].push(p)?;
-                } else {
-                    unordered.entry(p.queue_id).or_default().insert(p.seq, p);
+                outs[o.shard].push(p)?;
+            }
+        }
+    }
+    Ok(windows)
+}
+
+/// A rewrite's spilled messages (`QueueSnapshot::copies`): their puts
+/// copied from the log being replaced (`old`, every batch of which was
+/// written) into `out`, a block at a time, instead of the shard reading
+/// them back from the disk buffer. One the old log does not hold fails
+/// the rewrite, which is then retried reading them back (the writer marks
+/// the log broken): nothing is dropped.
+pub(super) fn copy_from_log(
+    encrypt: bool,
+    keys: &[Kek],
+    old: &Path,
+    epoch: Epoch,
+    queues: &[QueueSnapshot],
+    out: &mut NewLog,
+) -> Result<usize, PersistError> {
+    // Per queue: the numbers wanted, sorted, and which were copied.
+    let mut wanted: HashMap<u64, (&[u64], Vec<bool>)> = queues
+        .iter()
+        .filter(|q| !q.copies.is_empty())
+        .filter_map(|q| {
+            let id = q.state.as_ref()?.queue_id;
+            Some((id, (&q.copies[..], vec![false; q.copies.len()])))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let mut blocks = Blocks::open(encrypt, keys, old, epoch.instant)?;
+    let written_at = blocks.header.epoch_unix_nanos;
+    let mut copied = 0;
+    while let Some((_, ops)) = blocks.next_block()? {
+        for op in ops {
+            let LoggedOp::QueuePut(p) = op else {
+                continue;
+            };
+            let Some((seqs, done)) = wanted.get_mut(&p.queue_id) else {
+                continue;
+            };
+            // A queue written whole twice holds a number twice: one copy.
+            if let Ok(i) = seqs.binary_search(&p.seq) {
+                if !std::mem::replace(&mut done[i], true) {
+                    out.push(rebase_put(p, written_at, epoch))?;
+                    copied += 1;
                 }
             }
         }
     }
-    for (queue_id, puts) in unordered {
-        let shard = owed.get(&queue_id).map_or(0, |o| o.shard);
-        for p in puts.into_values() {
-            outs[shard].push(p)?;
-        }
+    let missing: usize = wanted
+        .values()
+        .map(|(_, done)| done.iter().filter(|d| !**d).count())
+        .sum();
+    if missing > 0 {
+        let why = blocks
+            .cut
+            .map_or_else(|| "not in the file".to_owned(), |e| e.to_string());
+        return Err(PersistError::Io {
+            path: old.to_owned(),
+            source: std::io::Error::other(format!(
+                "{missing} spilled queued messages could not be copied from the log being \
+                 replaced ({why}); the rewrite is retried reading them back"
+            )),
+        });
     }
-    Ok(windows)
+    Ok(copied)
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use shardmq_core::broker::{QueuePut, QueueSent, QueueSnapshot, QueueState, SessionRecord};
+use shardmq_core::broker::{QueuePut, QueueSnapshot, QueueState, SessionRecord};
 use shardmq_core::buffer::log::{Kek, LoggedOp};
 use shardmq_core::session::{Message, Sent};
 use tracing::warn;
@@ -67,12 +67,10 @@ pub(super) struct Owed {
     /// message is among `puts`.
     pub window: Vec<Sent>,
     /// Every message to read back (those in flight and those queued), by
-    /// sequence number.
+    /// sequence number. Copied in the files' order, which is not always
+    /// the numbers' (a queue written whole again after a move): the shard
+    /// puts each at its number's place as it reads them back.
     pub puts: BTreeMap<u64, Loc>,
-    /// The messages' places on disk rise with their numbers (the usual
-    /// case), so copying the files in order copies them in order; else the
-    /// copy gathers them and writes them sorted at the end.
-    pub ordered: bool,
     /// The shard that restores it (its session's client id owner).
     pub shard: usize,
 }
@@ -82,26 +80,21 @@ impl Owed {
         self.window.binary_search_by_key(&seq, |w| w.seq).is_ok()
     }
 
-    /// Its state record for a snapshot: still owed are the messages and
-    /// the released exchanges (their PUBREL), as `QueueSnapshot::whole`.
+    /// Its records for the new snapshot: its state and window; the
+    /// messages follow, copied (`copy::copy_owed`).
     pub fn snapshot(&self) -> QueueSnapshot {
-        let mut seqs: Vec<u64> = self.puts.keys().copied().collect();
-        seqs.extend(self.window.iter().filter(|w| w.released).map(|w| w.seq));
-        seqs.sort_unstable();
-        seqs.dedup();
+        let seqs = self.puts.keys().copied().collect();
+        let whole = QueueSnapshot::whole(
+            &self.client_id,
+            self.queue_id,
+            self.next,
+            Vec::new(),
+            seqs,
+            self.window.clone(),
+        );
         QueueSnapshot {
-            state: Some(QueueState::of(
-                self.client_id.clone(),
-                self.queue_id,
-                self.next,
-                &seqs,
-            )),
-            puts: Vec::new(),
-            sent: (!self.window.is_empty()).then(|| QueueSent {
-                client_id: self.client_id.clone(),
-                queue_id: self.queue_id,
-                entries: self.window.clone(),
-            }),
+            copies: Vec::new(),
+            ..whole
         }
     }
 }
@@ -166,14 +159,12 @@ impl Replayed {
                         owed.insert(seq, p.at);
                     }
                 }
-                let ordered = owed.values().zip(owed.values().skip(1)).all(|(a, b)| a < b);
                 let restored = Owed {
                     client_id: q.client_id,
                     queue_id: id,
                     next: q.next,
                     window,
                     puts: owed,
-                    ordered,
                     shard: 0,
                 };
                 (id, restored)
@@ -439,19 +430,5 @@ mod tests {
         assert_eq!(window, [(70_000, 5)]);
         // The other is still owed, queued behind the window.
         assert!(restored.puts.contains_key(&10) && !restored.in_window(10));
-        assert!(restored.ordered);
-    }
-
-    /// Messages whose places on disk do not rise with their numbers (a
-    /// queue that moved between shards' files) are copied sorted.
-    #[test]
-    fn a_queue_out_of_file_order_is_marked() {
-        let mut r = Replayed::default();
-        let q = r.queue(&"c".into(), 1);
-        q.puts.insert(1, put(5, false));
-        q.puts.insert(2, put(3, false));
-        q.next = 3;
-        let owed = r.owed_queues(&mut Recovered::default());
-        assert!(!owed[&1].ordered);
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use shardmq_core::buffer::log::LogWriter;
 use tracing::{error, info, warn};
 
+use super::copy::copy_from_log;
 use super::{Epoch, KeyRing, LogFile, NewLog, PersistError};
 use crate::driver::Driver;
 
@@ -261,7 +262,10 @@ impl ShardLog {
     /// Writes what the shard holds as a new file under the current key (a
     /// fresh data key each time), then deletes the old file.
     async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
-        let snapshot = driver.with(|s| s.persist_snapshot());
+        // After a failed write the old file may lack batches: spilled
+        // messages are then read back on the shard instead of copied.
+        let log_whole = !self.broken.get();
+        let snapshot = driver.with(|s| s.persist_snapshot(log_whole));
         let upto = snapshot.upto;
         // The version first: read after the keys, a rotation in between
         // would record the new version for a file sealed under the old key.
@@ -292,8 +296,15 @@ impl ShardLog {
                 let kek = keys.as_ref().and_then(|k| k.0.first());
                 let log = NewLog::begin(
                     &dir, kek, shard, generation, compaction, epoch, stamped, &snapshot,
-                );
-                let log = match log.and_then(NewLog::finish) {
+                )
+                .and_then(|mut new| {
+                    let keys = keys.as_ref().map_or(&[][..], |k| &k.0[..]);
+                    let encrypt = !keys.is_empty();
+                    let copied =
+                        copy_from_log(encrypt, keys, &old, epoch, &snapshot.queues, &mut new)?;
+                    Ok((new.finish()?, copied))
+                });
+                let (log, copied) = match log {
                     Ok(log) => log,
                     // Not replaced: the old file stays the log.
                     Err(e) => return (Err(e), replaced),
@@ -307,11 +318,11 @@ impl ShardLog {
                 if let Err(e) = super::sync_dir(&dir) {
                     warn!(shard, error = %e, "persistence: the old log's removal may not be durable");
                 }
-                (Ok((log, snapshot.messages.len())), kept)
+                (Ok((log, snapshot.messages.len(), copied)), kept)
             })
             .await;
         *self.replaced.borrow_mut() = kept;
-        let (log, retained) = log?;
+        let (log, retained, copied) = log?;
         if let (Some(ring), Some(fp)) = (&self.keys, sealed_under) {
             ring.sealed(shard, fp);
         }
@@ -327,8 +338,18 @@ impl ShardLog {
         self.bump(|s| s.compactions += 1);
         driver.with(|s| s.handle_persisted(upto));
         if rotated {
-            info!(shard, retained, bytes = len,
+            info!(shard, retained, bytes = len, copied,
                 "persistence: log rewritten under the new key; files under the old key are gone from this shard");
+        } else {
+            // `copied`: spilled queued messages copied from the old file
+            // rather than read back from the disk buffer.
+            info!(
+                shard,
+                retained,
+                bytes = len,
+                copied,
+                "persistence: log rewritten"
+            );
         }
         if len > self.budget && !self.over_budget_logged.replace(true) {
             warn!(shard, bytes = len, budget = self.budget,

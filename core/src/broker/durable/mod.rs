@@ -377,7 +377,13 @@ impl<S: Store> Shard<S> {
     /// it (dropped here): once the snapshot is durable,
     /// `handle_persisted(upto)` releases their waiters. The clears and
     /// session deletes among them are written explicitly (see `Snapshot`).
-    pub fn persist_snapshot(&mut self) -> Snapshot {
+    ///
+    /// `log_whole`: every batch taken so far is in the log being replaced
+    /// (no write failed). Queued messages spilled to the disk buffer are
+    /// then copied from it by the writer (`QueueSnapshot::copies`) rather
+    /// than read back into memory here, except those whose put is among
+    /// the ops dropped now.
+    pub fn persist_snapshot(&mut self, log_whole: bool) -> Snapshot {
         let Some(d) = self.durable.as_mut() else {
             return Snapshot::default();
         };
@@ -385,13 +391,16 @@ impl<S: Store> Shard<S> {
             upto: d.queued,
             ..Snapshot::default()
         };
+        let mut unwritten = HashSet::new();
         for op in d.ops.drain(..) {
             match op {
                 PersistOp::Clear(topic) => snapshot.clears.push(topic),
                 PersistOp::SessionDelete(id) => snapshot.deleted_sessions.push(id),
+                PersistOp::QueuePut(p) => {
+                    unwritten.insert((p.queue_id, p.seq));
+                }
                 PersistOp::Retain(_)
                 | PersistOp::SessionPut(_)
-                | PersistOp::QueuePut(_)
                 | PersistOp::QueueDone(_)
                 | PersistOp::QueueState(_)
                 | PersistOp::QueueSent(_) => {}
@@ -403,7 +412,8 @@ impl<S: Store> Shard<S> {
             .filter_map(|topic| self.retained.get(topic).cloned())
             .collect();
         snapshot.sessions = d.sessions.values().cloned().collect();
-        snapshot.queues = self.queue_snapshots();
+        snapshot.queues =
+            self.queue_snapshots(|queue, seq| log_whole && !unwritten.contains(&(queue, seq)));
         snapshot
     }
 

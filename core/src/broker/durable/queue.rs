@@ -77,12 +77,21 @@ impl Durable {
 /// A persisted queue's records when written whole: which sequence numbers
 /// are owed (messages, and exchanges past PUBREC whose PUBREL is), the
 /// messages, and the in-flight window with its packet ids.
-fn whole_queue(state: &SessionState, log: &QueueLog, lease: &mut Lease<'_>) -> QueueSnapshot {
+/// `copy`: which spilled messages the log being replaced holds, so the
+/// writer copies them from there instead of this shard reading them back.
+fn whole_queue(
+    state: &SessionState,
+    log: &QueueLog,
+    lease: &mut Lease<'_>,
+    copy: impl Fn(u64) -> bool,
+) -> QueueSnapshot {
+    let (owed, copies) = state.persisted_entries(lease, copy);
     QueueSnapshot::whole(
         &state.client_id,
         log.queue_id,
         log.next_seq(),
-        state.persisted_entries(lease),
+        owed,
+        copies,
         state.persisted_window(),
     )
 }
@@ -222,7 +231,9 @@ impl<S: Store> Shard<S> {
         let Some(log) = state.queue_log() else {
             return;
         };
-        let whole = whole_queue(state, log, &mut self.buffer.lease(owner));
+        // Not from this shard's log: the queue's puts are in another's, or
+        // nowhere yet.
+        let whole = whole_queue(state, log, &mut self.buffer.lease(owner), |_| false);
         let Some(log) = state.queue_log_mut() else {
             return;
         };
@@ -319,7 +330,7 @@ impl<S: Store> Shard<S> {
     /// What every persisted queue on this shard owes, by client id, in
     /// order (the simulator compares it with its disk).
     pub fn persisted_queues(&mut self) -> Vec<(ByteString, Vec<bytes::Bytes>)> {
-        self.queue_snapshots()
+        self.queue_snapshots(|_, _| false)
             .into_iter()
             .filter_map(|q| {
                 let id = q.state?.client_id;
@@ -330,14 +341,20 @@ impl<S: Store> Shard<S> {
     }
 
     /// The persisted queue of every session on this shard, for a rewrite.
-    pub(super) fn queue_snapshots(&mut self) -> Vec<QueueSnapshot> {
+    /// `in_log(queue id, seq)`: whether the log being replaced holds that
+    /// message's put (spilled messages are then copied from it).
+    pub(super) fn queue_snapshots(
+        &mut self,
+        in_log: impl Fn(u64, u64) -> bool,
+    ) -> Vec<QueueSnapshot> {
         let here = self.id.index();
         let mut out = Vec::new();
         let mut add = |state: &SessionState, lease: &mut Lease<'_>| {
             let Some(log) = state.queue_log().filter(|l| l.written_at == here) else {
                 return;
             };
-            out.push(whole_queue(state, log, lease));
+            let queue_id = log.queue_id;
+            out.push(whole_queue(state, log, lease, |seq| in_log(queue_id, seq)));
         };
         for c in self.conns.values() {
             if let Some(state) = c.machine.session() {
