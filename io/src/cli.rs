@@ -454,6 +454,23 @@ fn check_queue_log_bound(server: &ServerConfig, retained: bool) -> Result<(), Se
     };
     let live = server.memory_budget_bytes + disk_share + retained_share;
     if live <= MAX_LIVE_PER_SHARD {
+        let share = server
+            .persistence
+            .as_ref()
+            .map_or(u64::MAX, |p| p.policy.size_max_bytes.get() / shards);
+        if live.saturating_mul(2) > share {
+            // maxSize is AIO's volume size: the broker does not refuse
+            // persisted messages for it (they are bounded by the queue
+            // limits above), so say where the files may go past it.
+            tracing::warn!(
+                share_mib = share >> 20,
+                live_mib = live >> 20,
+                "persistence.maxSize: a shard's share is less than its log may hold (its queues \
+                 and persisted retained messages, twice over before compaction); the files may \
+                 grow past maxSize: raise it, or lower memoryProfile or \
+                 diskBackedMessageBuffer.maxSize (docs/PERSISTENCE.md)"
+            );
+        }
         return Ok(());
     }
     Err(invalid(

@@ -795,6 +795,10 @@ async fn publish_owed(port: u16, topic: &str, qos: u8, prefix: &str, n: usize) {
     c.disconnect().await;
 }
 
+fn payloads_raw(got: Vec<(String, Vec<u8>, u8, bool)>) -> Vec<Vec<u8>> {
+    got.into_iter().map(|(_, p, _, _)| p).collect()
+}
+
 fn payloads(got: Vec<(String, Vec<u8>, u8, bool)>) -> Vec<String> {
     got.into_iter()
         .map(|(_, p, _, _)| String::from_utf8(p).unwrap())
@@ -814,7 +818,11 @@ fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_and_in_flight_messages_survive_kill_9() {
     let s = setup_queues(2);
-    let (broker, _) = run(&s);
+    let (broker, log) = run(&s);
+    // 200M (SI) over 2 shards, each of which may queue its 256 MiB Medium
+    // budget beside its 64 MiB retained share: the operator is told the
+    // files may pass maxSize.
+    log.wait_for(&["persistence.maxSize", "share_mib=95", "live_mib=320"]);
     let (mut away, _) = Client::connect(s.port, "away", keeps_session(3600)).await;
     away.subscribe("line/+/count", q5(1)).await;
     away.subscribe("line/+/batch", q5(2)).await;
@@ -912,6 +920,103 @@ async fn a_backlog_past_memory_survives_compaction_and_crashes_in_order() {
     let mut expected: Vec<String> = (0..N).map(|i| payload("c", i)).collect();
     expected.extend((0..M).map(|i| payload("d", i)));
     assert!(got == expected, "all {} once, in order", N + M);
+}
+
+/// `persistence.maxSize` bounds what a shard's log holds: once the log
+/// reaches its share, a persisted queue refuses new QoS 1 messages as a
+/// full queue does (the v5 publisher gets 0x97 Quota exceeded), never
+/// acknowledging one it did not write; once the subscriber has taken its
+/// messages and the log is rewritten below the share, messages are taken
+/// again (docs/PERSISTENCE.md, "maxSize").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_at_its_share_of_max_size_refuses_queued_messages_until_it_shrinks() {
+    let s = setup_queues(1);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+    // 100M is AIO's smallest maxSize; the queue may hold more (a disk
+    // buffer of 1G, a session's share 256M), so the log is the bound.
+    json["persistence"]["maxSize"] = serde_json::json!("100M");
+    json["memoryProfile"] = serde_json::json!("Tiny");
+    json["diskBackedMessageBuffer"] =
+        serde_json::json!({"maxSize": "1G", "dataDir": s.data.parent().unwrap().join("buffer")});
+    std::fs::write(&s.config, json.to_string()).unwrap();
+    let (_broker, log) = run(&s);
+    let (mut sub, _) = Client::connect(s.port, "bounded", keeps_session(3600)).await;
+    sub.subscribe("line/+/count", q5(1)).await;
+    sub.kill();
+    let (mut publisher, _) = Client::connect(s.port, "pub-bounded", |_| {}).await;
+    // Under rumqttc's 10 KiB packet limit.
+    let payload = |i: usize| {
+        let mut p = format!("m{i:05}").into_bytes();
+        p.resize(8000, b'x');
+        p
+    };
+    // 100 MiB of messages fills the share: publish 100 at a time until
+    // refused. rumqttc ends its connection at the first refusal, which may
+    // overtake the answers of messages before it (those wait for the
+    // disk): what was accepted is a prefix of what was sent, at least
+    // `accepted` long.
+    let (mut sent, mut accepted) = (0, 0);
+    let refused = 'publishing: loop {
+        assert!(sent < 20_000, "never refused");
+        for i in sent..sent + 100 {
+            publisher
+                .publish("line/1/count", q5(1), false, &payload(i))
+                .await;
+        }
+        sent += 100;
+        for _ in 0..100 {
+            match publisher
+                .next_matching(|e| matches!(e, Ev::PubAck(_) | Ev::Closed(_)))
+                .await
+            {
+                Ev::PubAck(reason) if reason == "Success" => accepted += 1,
+                Ev::PubAck(reason) | Ev::Closed(reason) => break 'publishing reason,
+                _ => unreachable!(),
+            }
+        }
+    };
+    assert!(refused.contains("QuotaExceeded"), "{refused}");
+    assert!(
+        accepted > 10_000,
+        "{accepted} accepted before the share was reached"
+    );
+    log.wait_for(&["reached this shard's share of persistence.maxSize"]);
+    // The subscriber takes every acknowledged message, in order, with no
+    // gap: what the queue took is a prefix of what was sent, no more.
+    let (mut sub, present) = Client::connect(s.port, "bounded", keeps_session(3600)).await;
+    assert!(present);
+    let mut got = payloads_raw(sub.publishes(accepted).await);
+    while let Ok(ev) = tokio::time::timeout(
+        Duration::from_millis(500),
+        sub.next_matching(|e| matches!(e, Ev::Publish { .. })),
+    )
+    .await
+    {
+        if let Ev::Publish { payload, .. } = ev {
+            got.push(payload);
+        }
+    }
+    assert!(got.len() < sent, "some were refused");
+    assert!(
+        got.iter().cloned().eq((0..got.len()).map(payload)),
+        "{} received: the acknowledged ones and those before the refusal, in order",
+        got.len()
+    );
+    sub.kill();
+    // Their acknowledgements bring the log below its share again.
+    log.wait_for(&["below this shard's share of persistence.maxSize again"]);
+    let (mut publisher, _) = Client::connect(s.port, "pub-bounded", |_| {}).await;
+    publisher
+        .publish("line/1/count", q5(1), false, b"again")
+        .await;
+    match publisher
+        .next_matching(|e| matches!(e, Ev::PubAck(_)))
+        .await
+    {
+        Ev::PubAck(reason) => assert_eq!(reason, "Success"),
+        _ => unreachable!(),
+    }
 }
 
 /// Publishes `n` QoS 1 messages on `line/1/count`, 100 in flight at a

@@ -211,6 +211,7 @@ impl<S: Store> Shard<S> {
             for (seq, m) in q.messages {
                 state.restore_queued(seq, m, &limit, &mut lease);
             }
+            state.sort_restored();
         }
         self.index_session(session, &client_id, subscriptions);
         self.sessions.insert(
@@ -228,8 +229,9 @@ impl<S: Store> Shard<S> {
     /// One more message owed by a session `restore_persisted` put offline
     /// here, read back from the disk after it: a large backlog is streamed
     /// from the file rather than held whole. Queued behind what the queue
-    /// has, in memory if it fits, else in the store. `false` when the
-    /// client id has no offline session on this shard.
+    /// has, in memory if it fits, else in the store; `sort_restored_queues`
+    /// orders the queues once all are in. `false` when the client id has no
+    /// offline session on this shard.
     pub fn restore_queued_message(&mut self, client_id: &str, seq: u64, m: QueuedMessage) -> bool {
         let Some((shard, session)) = self.registry.holder(client_id) else {
             return false;
@@ -244,6 +246,16 @@ impl<S: Store> Shard<S> {
         let mut lease = self.buffer.lease(self.buffer_keys.owner_of(session));
         state.restore_queued(seq, m, &limit, &mut lease);
         true
+    }
+
+    /// After the last `restore_queued_message`: each restored queue in its
+    /// numbers' order (the files' order is not always the queue's).
+    pub fn sort_restored_queues(&mut self) {
+        for slot in self.sessions.values_mut() {
+            if let Slot::Offline { state, .. } = slot {
+                state.sort_restored();
+            }
+        }
     }
 
     /// The queue id of an offline session's persisted queue (0: none).

@@ -78,6 +78,9 @@ pub struct ShardBuffer<S> {
     /// Record bytes one session may hold in the store: its fair share
     /// (`SESSION_SHARES`). 0 without a store.
     disk_share_bytes: u64,
+    /// The shard's persistence log reached its share of
+    /// `persistence.maxSize`: persisted queues take no new messages.
+    persist_full: bool,
 }
 
 impl ShardBuffer<MemoryOnly> {
@@ -102,7 +105,18 @@ impl<S: Store> ShardBuffer<S> {
             memory_only: MemoryOnly,
             memory_bytes: 0,
             memory_budget_bytes,
+            persist_full: false,
         }
+    }
+
+    /// The runtime says whether the shard's persistence log is at its
+    /// share of `persistence.maxSize` (docs/PERSISTENCE.md, "maxSize").
+    pub fn set_persist_full(&mut self, full: bool) {
+        self.persist_full = full;
+    }
+
+    pub fn persist_full(&self) -> bool {
+        self.persist_full
     }
 
     /// What a session with buffer key `owner` needs for one enqueue or drain.
@@ -118,6 +132,7 @@ impl<S: Store> ShardBuffer<S> {
             memory_bytes: &mut self.memory_bytes,
             memory_budget_bytes: self.memory_budget_bytes,
             disk_share_bytes: self.disk_share_bytes,
+            persist_full: self.persist_full,
         }
     }
 
@@ -181,6 +196,7 @@ pub struct Lease<'a> {
     memory_bytes: &'a mut u64,
     memory_budget_bytes: u64,
     disk_share_bytes: u64,
+    persist_full: bool,
 }
 
 impl std::fmt::Debug for Lease<'_> {
@@ -195,6 +211,11 @@ impl std::fmt::Debug for Lease<'_> {
 }
 
 impl Lease<'_> {
+    /// The shard's persistence log is at its share of `maxSize`.
+    pub(crate) fn persist_full(&self) -> bool {
+        self.persist_full
+    }
+
     /// Whether a message of `cost` may stay in memory: within the session's
     /// count (`memory_len` messages in memory now) and byte bounds and the
     /// shard's budget.

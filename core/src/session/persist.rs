@@ -289,7 +289,11 @@ impl SessionState {
 
     /// A message read back from the disk at start: queued in memory if it
     /// fits, else in the store, else in memory anyway (it was acknowledged
-    /// to its publisher: it is not dropped for a bound set after).
+    /// to its publisher: it is not dropped for a bound set after). Queued
+    /// at the back: recovery streams messages in the order of the files,
+    /// which is not always the queue's (a rewrite writes the messages in
+    /// memory before the spilled ones), so `sort_restored` puts them in
+    /// order once all are in.
     pub fn restore_queued(
         &mut self,
         seq: u64,
@@ -297,15 +301,9 @@ impl SessionState {
         limit: &QueueLimit,
         lease: &mut Lease<'_>,
     ) {
-        // Not persisted any more (`subscriberQueue` became None): queued in
-        // memory only.
-        let seq = match self.persist.as_deref_mut() {
-            Some(log) => {
-                log.next_seq = log.next_seq.max(seq.saturating_add(1));
-                seq
-            }
-            None => 0,
-        };
+        if let Some(log) = self.persist.as_deref_mut() {
+            log.next_seq = log.next_seq.max(seq.saturating_add(1));
+        }
         let queued = Queued {
             message: m.message,
             qos: m.qos,
@@ -319,26 +317,23 @@ impl SessionState {
         if !fits && lease.may_append(&self.held) {
             if let Ok(at) = lease.append(&mut self.held, &queued.message) {
                 self.spilled_len += 1;
-                self.insert_in_order(Entry::Stored(Stored::new(at, &queued)));
+                self.queue
+                    .push_back(Entry::Stored(Stored::new(at, &queued)));
                 return;
             }
         }
         lease.hold_memory(&mut self.held, cost);
-        self.insert_in_order(Entry::Memory(queued));
+        self.queue.push_back(Entry::Memory(queued));
     }
 
-    /// Queues a restored message at its number's place: recovery streams
-    /// messages in the order of the files, which is the queue's except
-    /// where a queue was written whole again after moving between shards.
-    /// Usually the back, found in constant time.
-    fn insert_in_order(&mut self, entry: Entry) {
-        let seq = entry.seq();
-        match self.queue.back() {
-            Some(last) if seq != 0 && last.seq() > seq => {
-                let at = self.queue.partition_point(|e| e.seq() < seq);
-                self.queue.insert(at, entry);
-            }
-            _ => self.queue.push_back(entry),
+    /// After the last `restore_queued`: the queue in its numbers' order
+    /// (one stable sort, linear when the files were in order), so delivery
+    /// keeps the publish order [MQTT-4.6.0-6]. A queue no longer persisted
+    /// (`subscriberQueue` became None) then forgets the numbers.
+    pub fn sort_restored(&mut self) {
+        self.queue.make_contiguous().sort_by_key(Entry::seq);
+        if self.persist.is_none() {
+            self.queue.iter_mut().for_each(|e| e.set_seq(0));
         }
     }
 }
@@ -383,8 +378,35 @@ mod tests {
         for seq in [4, 5, 9, 1, 2, 7, 3, 10] {
             s.restore_queued(seq, queued(seq), &limit, &mut lease);
         }
+        s.sort_restored();
         let order: Vec<u64> = s.queue.iter().map(Entry::seq).collect();
         assert_eq!(order, [1, 2, 3, 4, 5, 7, 9, 10]);
         assert_eq!(s.persist.as_ref().map(|l| l.next_seq), Some(11));
+    }
+
+    /// A queue no longer persisted keeps the order of its numbers, then
+    /// drops them (0: not on disk).
+    #[test]
+    fn a_queue_no_longer_persisted_is_sorted_then_unnumbered() {
+        let mut s = SessionState::new("c".into(), Duration::from_secs(60));
+        let mut buffer = ShardBuffer::memory_only();
+        let mut lease = buffer.lease(1);
+        let limit = QueueLimit::default();
+        for seq in [3, 1, 2] {
+            s.restore_queued(seq, queued(seq), &limit, &mut lease);
+        }
+        s.sort_restored();
+        let payloads: Vec<_> = s
+            .queue
+            .iter()
+            .map(|e| match e {
+                Entry::Memory(q) => (q.seq, q.message.payload.clone()),
+                Entry::Stored(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            payloads,
+            [(0, "1".into()), (0, "2".into()), (0, "3".into())]
+        );
     }
 }

@@ -185,6 +185,13 @@ impl SessionState {
         if qos == QoS::AtMostOnce && !online {
             return Enqueued::Discarded;
         }
+        // A persisted queue whose shard's log is at its share of
+        // `persistence.maxSize`: a full queue, not a message acknowledged
+        // and then not on disk (docs/PERSISTENCE.md, "maxSize").
+        if qos != QoS::AtMostOnce && self.persist.is_some() && lease.persist_full() {
+            self.stats.dropped_queue_full += 1;
+            return Enqueued::RejectedQueueFull;
+        }
         // Retain flag on delivery: set for messages sent because of a new
         // subscription [MQTT-3.3.1-8]; otherwise kept only with Retain As
         // Published (v5), cleared for normal forwarding [MQTT-3.3.1-9].

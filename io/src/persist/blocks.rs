@@ -29,6 +29,10 @@ pub(super) struct Blocks {
     sealer: Sealer,
     epoch: Instant,
     at: usize,
+    /// The file's length at open: a block's length comes from its
+    /// unauthenticated header, so one past the end is a cut, not a
+    /// buffer to allocate.
+    file_len: u64,
     buf: Vec<u8>,
     /// Why reading stopped before the end, once it did.
     pub cut: Option<RecordError>,
@@ -46,7 +50,9 @@ impl Blocks {
             path: path.to_owned(),
             source,
         };
-        let mut file = BufReader::with_capacity(256 * 1024, File::open(path).map_err(io)?);
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut file = BufReader::with_capacity(256 * 1024, file);
         let mut head = [0u8; log::LOG_HEADER_LEN];
         let n = fill(&mut file, &mut head).map_err(io)?;
         let file_err = |source| PersistError::File {
@@ -62,6 +68,7 @@ impl Blocks {
             sealer,
             epoch,
             at: log::LOG_HEADER_LEN,
+            file_len,
             buf: Vec::new(),
             cut: None,
         })
@@ -93,6 +100,9 @@ impl Blocks {
             Ok(len) => len,
             Err(e) => return Ok(self.stop(e)),
         };
+        if len as u64 > self.file_len.saturating_sub(self.at as u64) {
+            return Ok(self.stop(RecordError::Malformed("block past the end of the file")));
+        }
         self.buf.clear();
         self.buf.extend_from_slice(&head);
         self.buf.resize(len, 0);
@@ -131,4 +141,88 @@ fn fill(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmq_core::broker::PersistOp;
+    use shardmq_core::buffer::log::LogWriter;
+    use shardmq_core::codec::QoS;
+    use shardmq_core::session::Message;
+    use std::sync::Arc;
+
+    /// A log of a few blocks, written under `kek`: its bytes.
+    fn log_bytes(kek: &Kek, epoch: Instant) -> Vec<u8> {
+        let (header, sealer) =
+            log::create(Some(kek), 0, 1, 0, 0, false).unwrap_or_else(|_| unreachable!());
+        let mut writer = LogWriter::new(&header, sealer, epoch);
+        let mut bytes = header.encode().to_vec();
+        for batch in 0..3 {
+            let ops: Vec<PersistOp> = (0..200)
+                .map(|i| {
+                    PersistOp::Retain(Arc::new(Message {
+                        topic: format!("t/{batch}/{i}")
+                            .as_str()
+                            .try_into()
+                            .unwrap_or_else(|_| unreachable!()),
+                        payload: bytes::Bytes::from(vec![b'x'; 100]),
+                        qos: QoS::AtLeastOnce,
+                        retain: true,
+                        properties: None,
+                        expires_at: None,
+                        origin: Default::default(),
+                        retain_stamp: 0,
+                    }))
+                })
+                .collect();
+            let (blocks, _) = writer.seal_ops(&ops).unwrap_or_else(|_| unreachable!());
+            bytes.extend_from_slice(&blocks);
+        }
+        bytes
+    }
+
+    /// Reads `bytes` as a file: the operations read, and whether it was cut.
+    fn read_all(kek: &Kek, bytes: &[u8], epoch: Instant, name: &str) -> (usize, bool) {
+        let path = std::env::temp_dir().join(format!("smq-blocks-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap_or_else(|_| unreachable!());
+        let mut blocks = Blocks::open(true, std::slice::from_ref(kek), &path, epoch)
+            .unwrap_or_else(|_| unreachable!());
+        let mut ops = 0;
+        while let Some((_, read)) = blocks.next_block().unwrap_or_else(|_| unreachable!()) {
+            ops += read.len();
+        }
+        let _ = std::fs::remove_file(&path);
+        (ops, blocks.cut.is_some())
+    }
+
+    /// A block whose length field was changed (a torn or tampered tail)
+    /// is a cut where it starts, not a buffer of that length; a byte changed
+    /// anywhere else in a block cuts the file there too; the blocks before
+    /// it are read.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant
+    fn a_changed_block_is_a_cut_never_an_allocation_or_a_panic() {
+        let kek = Kek::new(&[7; 32]).unwrap_or_else(|_| unreachable!());
+        let epoch = Instant::now();
+        let bytes = log_bytes(&kek, epoch);
+        assert_eq!(read_all(&kek, &bytes, epoch, "whole"), (600, false));
+        let first = log::LOG_HEADER_LEN;
+        let mut huge = bytes.clone();
+        huge[first + 4..first + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(read_all(&kek, &huge, epoch, "huge"), (0, true));
+        let step = (bytes.len() - first) / 23;
+        for at in (first..bytes.len()).step_by(step.max(1)) {
+            let mut changed = bytes.clone();
+            changed[at] ^= 0x40;
+            let (ops, cut) = read_all(&kek, &changed, epoch, "flip");
+            assert!(
+                cut && ops < 600,
+                "a change at {at} read {ops} ops, cut {cut}"
+            );
+        }
+        // Torn: every prefix reads what its whole blocks hold.
+        let (ops, cut) = read_all(&kek, &bytes[..bytes.len() - 1], epoch, "torn");
+        assert!(cut && ops < 600);
+    }
 }

@@ -23,6 +23,7 @@ use shardmq_core::broker::{
     owner_index, PersistOp, QueuePut, RestoredQueue, SessionRecord, Snapshot,
 };
 use shardmq_core::buffer::log::{self, Kek, LogError, LogHeader, LogWriter, LoggedOp};
+use shardmq_core::buffer::record;
 use shardmq_core::config::Persistence;
 use shardmq_core::session::SharedMessage;
 use tracing::{info, warn};
@@ -416,14 +417,16 @@ pub fn recover(
 /// The queued messages recovery wrote into a shard's new log after its
 /// snapshot, in file order, each handed to `f`: the shard restores a backlog
 /// of any size a block at a time. Blocking; runs before clients connect.
-/// How many were read, and why the file stopped early if it did (it was
-/// written and synced moments ago: the disk is failing).
+/// How many were read. A file that does not read back whole (it was written
+/// and synced moments ago: the disk is failing) is an error: the start
+/// stops rather than run without messages the file says are owed, and the
+/// next start reads the file again.
 pub fn read_queue_puts(
     spec: &PersistSpec,
     path: &Path,
     epoch: Epoch,
     mut f: impl FnMut(QueuePut),
-) -> Result<(usize, Option<String>), PersistError> {
+) -> Result<usize, PersistError> {
     let keys = spec.keys.as_ref().map(|k| k.keys());
     let keys: &[Kek] = keys.as_deref().map_or(&[], |k| &k[..]);
     let mut blocks = blocks::Blocks::open(spec.policy.encrypt, keys, path, epoch.instant)?;
@@ -436,7 +439,18 @@ pub fn read_queue_puts(
             }
         }
     }
-    Ok((read, blocks.cut.map(|why| why.to_string())))
+    let valid = blocks.valid_len();
+    match blocks.cut {
+        None => Ok(read),
+        Some(why) => Err(PersistError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!(
+                "the log recovery just wrote does not read back whole ({why}, after {} bytes); \
+                 the broker does not start without the queued messages it holds",
+                valid
+            )),
+        }),
+    }
 }
 
 /// A log file found at start, by its header.
@@ -616,8 +630,8 @@ impl NewLog {
 
     /// One more queued message, after the snapshot.
     fn push(&mut self, p: QueuePut) -> Result<(), PersistError> {
-        self.pending_bytes +=
-            p.queued.message.payload.len() + p.queued.message.topic.as_str().len();
+        let m = &p.queued.message;
+        self.pending_bytes += record::encoded_len(m).unwrap_or(m.payload.len());
         self.pending.push(PersistOp::QueuePut(p));
         if self.pending_bytes >= PUSH_BATCH_BYTES {
             self.flush()?;

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shardmq_core::broker::PersistOp;
 use shardmq_core::buffer::log::LogWriter;
 use tracing::{error, info, warn};
 
@@ -64,9 +65,21 @@ pub struct ShardLog {
     busy: Cell<bool>,
     /// The file cannot be appended to any more (a write failed).
     broken: Cell<bool>,
+    /// The file holds every batch taken from the shard (no write, seal or
+    /// rewrite failed since it was made): a rewrite may copy spilled
+    /// messages from it.
+    whole: Cell<bool>,
     /// The log's size after its last rewrite.
     snapshot_bytes: Cell<u64>,
+    /// Queued messages written (count, payload and topic bytes) over the
+    /// log's life, and those ended since the last rewrite: an estimate of
+    /// what a rewrite would free, while the log is at its share of maxSize.
+    puts: Cell<(u64, u64)>,
+    ended_since_rewrite: Cell<u64>,
     over_budget_logged: Cell<bool>,
+    /// The log is at its share of `maxSize`: the shard's persisted queues
+    /// take no new messages (`Shard::set_persist_full`).
+    full: Cell<bool>,
     stats: Cell<LogStats>,
     /// The compaction number of the next rewrite.
     next_compaction: Cell<u32>,
@@ -113,8 +126,12 @@ impl ShardLog {
             }),
             busy: Cell::new(false),
             broken: Cell::new(false),
+            whole: Cell::new(true),
             snapshot_bytes: Cell::new(len),
+            puts: Cell::new((0, 0)),
+            ended_since_rewrite: Cell::new(0),
             over_budget_logged: Cell::new(false),
+            full: Cell::new(false),
             stats: Cell::new(LogStats {
                 file_bytes: len,
                 ..LogStats::default()
@@ -178,10 +195,71 @@ impl ShardLog {
     /// new shard: this file holds its only durable copy until then.
     fn needs_rewrite(&self, driver: &Rc<Driver>) -> bool {
         let len = self.current.borrow().writer.len();
+        let snapshot = self.snapshot_bytes.get();
+        // At its share of maxSize, sooner: once what grew or ended since
+        // the last rewrite (at the mean size of a queued message) is an
+        // eighth of the share, a rewrite may make room again.
+        let (count, bytes) = self.puts.get();
+        let freed = self.ended_since_rewrite.get() * bytes.checked_div(count).unwrap_or(0);
+        let reclaim = len >= self.budget
+            && (len - snapshot.min(len)).saturating_add(freed)
+                > (self.budget / 8).max(COMPACT_MIN_BYTES);
         (self.broken.get()
             || self.key_changed()
-            || (len > COMPACT_MIN_BYTES && len > 2 * self.snapshot_bytes.get()))
+            || (len > COMPACT_MIN_BYTES && len > 2 * snapshot)
+            || reclaim)
             && !driver.with(|s| s.persist_rewrite_deferred())
+    }
+
+    /// Counts a written batch's queued messages and their ends (for the
+    /// reclaim estimate of `needs_rewrite`).
+    fn count_queued(&self, ops: &[PersistOp]) {
+        let (mut count, mut bytes) = self.puts.get();
+        let mut ended = self.ended_since_rewrite.get();
+        for op in ops {
+            match op {
+                PersistOp::QueuePut(p) => {
+                    let m = &p.queued.message;
+                    count += 1;
+                    bytes += (m.payload.len() + m.topic.as_str().len()) as u64;
+                }
+                PersistOp::QueueDone(d) => ended += d.seqs.len() as u64,
+                _ => {}
+            }
+        }
+        self.puts.set((count, bytes));
+        self.ended_since_rewrite.set(ended);
+    }
+
+    /// Whether the log a shard starts with is at its share of `maxSize`
+    /// already (recovery wrote more live state than that).
+    pub fn full_at_start(&self) -> bool {
+        let len = self.current.borrow().writer.len();
+        let full = len >= self.budget;
+        self.full.set(full);
+        if full {
+            warn!(shard = self.shard, bytes = len, share = self.budget,
+                "persistence: the recovered log is over this shard's share of persistence.maxSize; persisted queues refuse new QoS 1/2 messages (as a full queue) until it shrinks");
+        }
+        full
+    }
+
+    /// Tells the shard whether the log is at its share of
+    /// `persistence.maxSize`, and the operator when that changes.
+    pub fn update_full(&self, driver: &Rc<Driver>) {
+        let len = self.current.borrow().writer.len();
+        let full = len >= self.budget;
+        if full == self.full.replace(full) {
+            return;
+        }
+        driver.with(|s| s.set_persist_full(full));
+        if full {
+            warn!(shard = self.shard, bytes = len, share = self.budget,
+                "persistence: the log reached this shard's share of persistence.maxSize; persisted queues refuse new QoS 1/2 messages (as a full queue) until it shrinks");
+        } else {
+            info!(shard = self.shard, bytes = len, share = self.budget,
+                "persistence: the log is below this shard's share of persistence.maxSize again; persisted queues take messages");
+        }
     }
 
     /// Until the shard has nothing more to write. No await between the last
@@ -194,6 +272,7 @@ impl ShardLog {
                     // The snapshot took the shard's pending ops: appending
                     // to the old file now would skip them. Retry instead.
                     self.broken.set(true);
+                    self.whole.set(false);
                     self.bump(|s| s.failures += 1);
                     error!(shard = self.shard, error = %e,
                         "persistence: cannot rewrite the log; acknowledgements of persisted changes wait until it works");
@@ -227,6 +306,7 @@ impl ShardLog {
                         // writes it and releases its waiters.
                         error!(shard = self.shard, error = %e, "persistence: cannot seal a batch");
                         self.broken.set(true);
+                        self.whole.set(false);
                         continue;
                     }
                 }
@@ -247,12 +327,15 @@ impl ShardLog {
                         s.bytes += n;
                     });
                     driver.with(|s| s.handle_persisted(batch.upto));
+                    self.count_queued(&batch.ops);
+                    self.update_full(driver);
                 }
                 Err(e) => {
                     self.bump(|s| s.failures += 1);
                     error!(shard = self.shard, error = %e,
                         "persistence: a write or fdatasync failed; the log is rewritten to a new file");
                     self.broken.set(true);
+                    self.whole.set(false);
                     glommio::timer::sleep(RETRY).await;
                 }
             }
@@ -264,7 +347,7 @@ impl ShardLog {
     async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
         // After a failed write the old file may lack batches: spilled
         // messages are then read back on the shard instead of copied.
-        let log_whole = !self.broken.get();
+        let log_whole = self.whole.get();
         let snapshot = driver.with(|s| s.persist_snapshot(log_whole));
         let upto = snapshot.upto;
         // The version first: read after the keys, a rotation in between
@@ -299,6 +382,8 @@ impl ShardLog {
                 )
                 .and_then(|mut new| {
                     let keys = keys.as_ref().map_or(&[][..], |k| &k.0[..]);
+                    // The ring exists exactly when encryption is Enabled
+                    // (`cli::persistence`), and is never empty.
                     let encrypt = !keys.is_empty();
                     let copied =
                         copy_from_log(encrypt, keys, &old, epoch, &snapshot.queues, &mut new)?;
@@ -334,9 +419,12 @@ impl ShardLog {
             key_version,
         };
         self.broken.set(false);
+        self.whole.set(true);
         self.snapshot_bytes.set(len);
+        self.ended_since_rewrite.set(0);
         self.bump(|s| s.compactions += 1);
         driver.with(|s| s.handle_persisted(upto));
+        self.update_full(driver);
         if rotated {
             info!(shard, retained, bytes = len, copied,
                 "persistence: log rewritten under the new key; files under the old key are gone from this shard");

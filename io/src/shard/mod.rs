@@ -115,10 +115,18 @@ pub async fn run(
             Instant::now(),
         );
     }
-    let log = setup
+    let log = match setup
         .persist
         .as_ref()
-        .and_then(|run| start_log(id, run, &mut shard));
+        .map(|run| start_log(id, run, &mut shard))
+    {
+        Some(Ok(log)) => log,
+        Some(Err(e)) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+        None => None,
+    };
     let (driver, wakeups) = Driver::new(shard);
     driver.set_persist(log.clone());
     driver.set_control(setup.control.clone());
@@ -495,8 +503,10 @@ fn start_log(
     id: usize,
     run: &PersistRun,
     shard: &mut broker::Shard<DiskBuffer>,
-) -> Option<Rc<ShardLog>> {
-    let start = run.take(id)?;
+) -> Result<Option<Rc<ShardLog>>, persist::PersistError> {
+    let Some(start) = run.take(id) else {
+        return Ok(None);
+    };
     let found = start.retained.len();
     let restored = shard.restore_retained(start.retained, Instant::now());
     let sessions = start.sessions.len();
@@ -547,17 +557,8 @@ fn start_log(
                 queued += 1;
             }
         });
-        match read {
-            Ok((_, None)) => {}
-            Ok((_, Some(why))) => {
-                error!(shard = id, file = %start.log.path.display(), reason = %why,
-                    "persistence: the log recovery just wrote does not read back whole (a failing disk?); the queued messages past that point are lost");
-            }
-            Err(e) => {
-                error!(shard = id, error = %e,
-                    "persistence: the log recovery just wrote does not read back (a failing disk?); its queued messages are lost");
-            }
-        }
+        read?;
+        shard.sort_restored_queues();
     }
     if sessions > 0 {
         info!(
@@ -576,6 +577,7 @@ fn start_log(
         run.budget,
         start.log,
     ));
+    shard.set_persist_full(log.full_at_start());
     if restored < found {
         warn!(shard = id, found, restored,
             "persistence: some persisted retained messages did not fit retainedMessages.maxSize and were not restored; they are dropped from disk too");
@@ -584,5 +586,5 @@ fn start_log(
         // the shard never wrote (it does not know the topic is on disk).
         log.rewrite_soon();
     }
-    Some(log)
+    Ok(Some(log))
 }

@@ -319,6 +319,13 @@ impl<S: Store> Shard<S> {
         self.durable.as_ref().is_some_and(|d| d.moves_unsettled > 0)
     }
 
+    /// Whether the shard's log is at its share of `persistence.maxSize`:
+    /// while it is, persisted queues refuse new QoS 1/2 messages as a full
+    /// queue does (the runtime's writer decides, docs/PERSISTENCE.md).
+    pub fn set_persist_full(&mut self, full: bool) {
+        self.buffer.set_persist_full(full);
+    }
+
     /// The generation of this run's files: queue ids made from it are
     /// unique across restarts (recovery keeps only live queues).
     pub fn set_persist_generation(&mut self, generation: u32) {
