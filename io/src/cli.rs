@@ -458,17 +458,24 @@ fn check_queue_log_bound(server: &ServerConfig, retained: bool) -> Result<(), Se
             .persistence
             .as_ref()
             .map_or(u64::MAX, |p| p.policy.size_max_bytes.get() / shards);
-        if live.saturating_mul(2) > share {
-            // maxSize is AIO's volume size: the broker does not refuse
-            // persisted messages for it (they are bounded by the queue
-            // limits above), so say where the files may go past it.
+        // A shard's log is kept to half its share, so a rewrite's new file
+        // fits beside it (docs/PERSISTENCE.md, "`maxSize`").
+        let limit = share / 2;
+        if retained_share >= limit {
             tracing::warn!(
-                share_mib = share >> 20,
+                limit_mib = limit >> 20,
+                retained_mib = retained_share >> 20,
+                "persistence.maxSize: persisted retained messages alone may fill a shard's log \
+                 (kept to half its share of maxSize); its persisted queues would then refuse \
+                 every QoS 1/2 message: raise maxSize or lower retainedMessages.maxSize"
+            );
+        } else if live > limit {
+            tracing::warn!(
+                limit_mib = limit >> 20,
                 live_mib = live >> 20,
-                "persistence.maxSize: a shard's share is less than its log may hold (its queues \
-                 and persisted retained messages, twice over before compaction); the files may \
-                 grow past maxSize: raise it, or lower memoryProfile or \
-                 diskBackedMessageBuffer.maxSize (docs/PERSISTENCE.md)"
+                "persistence.maxSize: a shard's queues and persisted retained messages may hold \
+                 more than its log may (half its share of maxSize): past that, persisted queues \
+                 refuse new QoS 1/2 messages before their queue limits (docs/PERSISTENCE.md)"
             );
         }
         return Ok(());

@@ -424,6 +424,7 @@ impl<S: Store> Shard<S> {
         let owner = self.buffer_keys.owner_of(session);
         self.buffer_keys.owners.remove(&session);
         if let Some(mut state) = state {
+            self.queue_ending(&state);
             state.discard_queue(&mut self.buffer.lease(owner));
         }
     }

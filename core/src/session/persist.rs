@@ -327,11 +327,14 @@ impl SessionState {
     }
 
     /// After the last `restore_queued`: the queue in its numbers' order
-    /// (one stable sort, linear when the files were in order), so delivery
+    /// (one sort, n log n), so delivery
     /// keeps the publish order [MQTT-4.6.0-6]. A queue no longer persisted
     /// (`subscriberQueue` became None) then forgets the numbers.
     pub fn sort_restored(&mut self) {
-        self.queue.make_contiguous().sort_by_key(Entry::seq);
+        // Restored numbers are distinct: no stable sort's scratch buffer.
+        self.queue
+            .make_contiguous()
+            .sort_unstable_by_key(Entry::seq);
         if self.persist.is_none() {
             self.queue.iter_mut().for_each(|e| e.set_seq(0));
         }
@@ -409,4 +412,35 @@ mod tests {
             [(0, "1".into()), (0, "2".into()), (0, "3".into())]
         );
     }
+
+    /// A shard whose persistence log is at its limit: a persisted queue
+    /// refuses QoS 1/2 messages as a full queue (never acknowledged and
+    /// left off the disk); QoS 0 and queues not persisted are unaffected.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant
+    fn a_full_log_refuses_persisted_qos1_only() {
+        use crate::session::Enqueued;
+        use crate::topic::Delivery;
+        let now = std::time::Instant::now();
+        let mut buffer = ShardBuffer::memory_only();
+        buffer.set_persist_full(true);
+        let limit = QueueLimit::default();
+        let at = |qos| Delivery {
+            granted_qos: qos,
+            ..Delivery::default()
+        };
+        let m = queued(1).message;
+        let mut persisted = SessionState::new("p".into(), Duration::from_secs(60));
+        persisted.set_queue_log(Some(QueueLog::new(1, 0)));
+        let mut lease = buffer.lease(1);
+        let outcome = persisted.enqueue(now, &m, &at(QoS::AtLeastOnce), true, &limit, &mut lease);
+        assert_eq!(outcome, Enqueued::RejectedQueueFull);
+        let outcome = persisted.enqueue(now, &m, &at(QoS::AtMostOnce), true, &limit, &mut lease);
+        assert_eq!(outcome, Enqueued::Queued, "QoS 0 is never persisted");
+        let mut memory = SessionState::new("m".into(), Duration::from_secs(60));
+        let mut lease = buffer.lease(2);
+        let outcome = memory.enqueue(now, &m, &at(QoS::AtLeastOnce), true, &limit, &mut lease);
+        assert_eq!(outcome, Enqueued::Queued, "a queue not persisted");
+    }
+
 }

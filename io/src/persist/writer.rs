@@ -11,9 +11,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shardmq_core::broker::PersistOp;
 use shardmq_core::buffer::log::LogWriter;
 use tracing::{error, info, warn};
 
@@ -26,6 +25,9 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// After a failed write or rewrite, wait this long before trying again
 /// (the acknowledgements stay held meanwhile).
 const RETRY: Duration = Duration::from_secs(1);
+/// Rewrites that look for room while the log is at its limit come at most
+/// this often (and at most a tenth of the time).
+const RECLAIM_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a broken log waiting for a moved queue to settle looks again.
 const DEFERRED_RETRY: Duration = Duration::from_millis(5);
 
@@ -71,12 +73,15 @@ pub struct ShardLog {
     whole: Cell<bool>,
     /// The log's size after its last rewrite.
     snapshot_bytes: Cell<u64>,
-    /// Queued messages written (count, payload and topic bytes) over the
-    /// log's life, and those ended since the last rewrite: an estimate of
-    /// what a rewrite would free, while the log is at its share of maxSize.
-    puts: Cell<(u64, u64)>,
-    ended_since_rewrite: Cell<u64>,
-    over_budget_logged: Cell<bool>,
+    /// When the last rewrite ended and how long it took: while the log is
+    /// at its limit, rewrites to reclaim room are spaced by ten times that.
+    last_rewrite: Cell<(Instant, Duration)>,
+    /// `Shard::persisted_queues_dropped` when the last rewrite took its
+    /// snapshot.
+    dropped_at_rewrite: Cell<u64>,
+    /// The shard persists queues (`subscriberQueue` not None): only then
+    /// does reaching the limit refuse anything.
+    queues: bool,
     /// The log is at its share of `maxSize`: the shard's persisted queues
     /// take no new messages (`Shard::set_persist_full`).
     full: Cell<bool>,
@@ -106,6 +111,7 @@ impl ShardLog {
         epoch: Epoch,
         keys: Option<Arc<KeyRing>>,
         budget: u64,
+        queues: bool,
         log: LogFile,
     ) -> ShardLog {
         let len = log.writer.len();
@@ -128,9 +134,9 @@ impl ShardLog {
             broken: Cell::new(false),
             whole: Cell::new(true),
             snapshot_bytes: Cell::new(len),
-            puts: Cell::new((0, 0)),
-            ended_since_rewrite: Cell::new(0),
-            over_budget_logged: Cell::new(false),
+            last_rewrite: Cell::new((Instant::now(), Duration::ZERO)),
+            dropped_at_rewrite: Cell::new(0),
+            queues,
             full: Cell::new(false),
             stats: Cell::new(LogStats {
                 file_bytes: len,
@@ -196,14 +202,15 @@ impl ShardLog {
     fn needs_rewrite(&self, driver: &Rc<Driver>) -> bool {
         let len = self.current.borrow().writer.len();
         let snapshot = self.snapshot_bytes.get();
-        // At its share of maxSize, sooner: once what grew or ended since
-        // the last rewrite (at the mean size of a queued message) is an
-        // eighth of the share, a rewrite may make room again.
-        let (count, bytes) = self.puts.get();
-        let freed = self.ended_since_rewrite.get() * bytes.checked_div(count).unwrap_or(0);
-        let reclaim = len >= self.budget
-            && (len - snapshot.min(len)).saturating_add(freed)
-                > (self.budget / 8).max(COMPACT_MIN_BYTES);
+        // At its limit, persisted queues refuse messages: whatever was
+        // written since the last rewrite (an acknowledgement, a session's
+        // end) may have freed room, and only a rewrite finds out. Spaced so
+        // that rewrites take a tenth of the time at most.
+        let (at, took) = self.last_rewrite.get();
+        let reclaim = self.full.get()
+            && (len > snapshot
+                || driver.with(|s| s.persisted_queues_dropped()) != self.dropped_at_rewrite.get())
+            && at.elapsed() >= (took * 10).max(RECLAIM_MIN_INTERVAL);
         (self.broken.get()
             || self.key_changed()
             || (len > COMPACT_MIN_BYTES && len > 2 * snapshot)
@@ -211,54 +218,58 @@ impl ShardLog {
             && !driver.with(|s| s.persist_rewrite_deferred())
     }
 
-    /// Counts a written batch's queued messages and their ends (for the
-    /// reclaim estimate of `needs_rewrite`).
-    fn count_queued(&self, ops: &[PersistOp]) {
-        let (mut count, mut bytes) = self.puts.get();
-        let mut ended = self.ended_since_rewrite.get();
-        for op in ops {
-            match op {
-                PersistOp::QueuePut(p) => {
-                    let m = &p.queued.message;
-                    count += 1;
-                    bytes += (m.payload.len() + m.topic.as_str().len()) as u64;
-                }
-                PersistOp::QueueDone(d) => ended += d.seqs.len() as u64,
-                _ => {}
-            }
-        }
-        self.puts.set((count, bytes));
-        self.ended_since_rewrite.set(ended);
+    /// What the log may hold: half the shard's share of `maxSize`, so a
+    /// rewrite's new file fits beside the old one within the share.
+    fn limit(&self) -> u64 {
+        self.budget / 2
     }
 
-    /// Whether the log a shard starts with is at its share of `maxSize`
-    /// already (recovery wrote more live state than that).
-    pub fn full_at_start(&self) -> bool {
+    /// Whether the log is at its limit now: reached at the limit, left
+    /// below seven eighths of it (so one rewrite does not flap it).
+    fn at_limit(&self, was: bool) -> bool {
         let len = self.current.borrow().writer.len();
-        let full = len >= self.budget;
+        let limit = self.limit();
+        self.queues
+            && if was {
+                len >= limit / 8 * 7
+            } else {
+                len >= limit
+            }
+    }
+
+    /// Whether the log a shard starts with is at its limit already
+    /// (recovery wrote more live state than that).
+    pub fn full_at_start(&self) -> bool {
+        let full = self.at_limit(false);
         self.full.set(full);
         if full {
-            warn!(shard = self.shard, bytes = len, share = self.budget,
-                "persistence: the recovered log is over this shard's share of persistence.maxSize; persisted queues refuse new QoS 1/2 messages (as a full queue) until it shrinks");
+            warn!(shard = self.shard, bytes = self.current.borrow().writer.len(), limit = self.limit(),
+                "persistence: the recovered log is at its limit (half this shard's share of persistence.maxSize); persisted queues refuse new QoS 1/2 messages until a rewrite finds room");
         }
         full
     }
 
-    /// Tells the shard whether the log is at its share of
-    /// `persistence.maxSize`, and the operator when that changes.
+    /// Tells the shard whether the log is at its limit, and the operator
+    /// when that changes.
     pub fn update_full(&self, driver: &Rc<Driver>) {
-        let len = self.current.borrow().writer.len();
-        let full = len >= self.budget;
-        if full == self.full.replace(full) {
+        let was = self.full.get();
+        let full = self.at_limit(was);
+        if full == was {
             return;
         }
+        self.full.set(full);
         driver.with(|s| s.set_persist_full(full));
+        let (bytes, limit) = (self.current.borrow().writer.len(), self.limit());
         if full {
-            warn!(shard = self.shard, bytes = len, share = self.budget,
-                "persistence: the log reached this shard's share of persistence.maxSize; persisted queues refuse new QoS 1/2 messages (as a full queue) until it shrinks");
+            warn!(shard = self.shard, bytes, limit,
+                "persistence: the log reached its limit (half this shard's share of persistence.maxSize); persisted queues refuse new QoS 1/2 messages until a rewrite finds room");
         } else {
-            info!(shard = self.shard, bytes = len, share = self.budget,
-                "persistence: the log is below this shard's share of persistence.maxSize again; persisted queues take messages");
+            info!(
+                shard = self.shard,
+                bytes,
+                limit,
+                "persistence: the log is below its limit again; persisted queues take messages"
+            );
         }
     }
 
@@ -327,7 +338,6 @@ impl ShardLog {
                         s.bytes += n;
                     });
                     driver.with(|s| s.handle_persisted(batch.upto));
-                    self.count_queued(&batch.ops);
                     self.update_full(driver);
                 }
                 Err(e) => {
@@ -345,10 +355,12 @@ impl ShardLog {
     /// Writes what the shard holds as a new file under the current key (a
     /// fresh data key each time), then deletes the old file.
     async fn rewrite(&self, driver: &Rc<Driver>) -> Result<(), PersistError> {
+        let started = Instant::now();
         // After a failed write the old file may lack batches: spilled
         // messages are then read back on the shard instead of copied.
         let log_whole = self.whole.get();
-        let snapshot = driver.with(|s| s.persist_snapshot(log_whole));
+        let (snapshot, dropped) =
+            driver.with(|s| (s.persist_snapshot(log_whole), s.persisted_queues_dropped()));
         let upto = snapshot.upto;
         // The version first: read after the keys, a rotation in between
         // would record the new version for a file sealed under the old key.
@@ -421,7 +433,8 @@ impl ShardLog {
         self.broken.set(false);
         self.whole.set(true);
         self.snapshot_bytes.set(len);
-        self.ended_since_rewrite.set(0);
+        self.last_rewrite.set((Instant::now(), started.elapsed()));
+        self.dropped_at_rewrite.set(dropped);
         self.bump(|s| s.compactions += 1);
         driver.with(|s| s.handle_persisted(upto));
         self.update_full(driver);
@@ -439,9 +452,10 @@ impl ShardLog {
                 "persistence: log rewritten"
             );
         }
-        if len > self.budget && !self.over_budget_logged.replace(true) {
-            warn!(shard, bytes = len, budget = self.budget,
-                "persistence: the persisted retained messages exceed this shard's share of persistence.maxSize; lower retainedMessages.maxSize or raise persistence.maxSize");
+        if !self.queues && len > self.limit() {
+            // Nothing is refused for it: say what fills it.
+            warn!(shard, bytes = len, limit = self.limit(),
+                "persistence: the log of persisted retained messages and sessions is over half this shard's share of persistence.maxSize; lower retainedMessages.maxSize or raise persistence.maxSize");
         }
         Ok(())
     }

@@ -575,6 +575,7 @@ fn start_log(
         run.epoch,
         run.spec.keys.clone(),
         run.budget,
+        run.spec.policy.queues != shardmq_core::config::QueuePolicy::None,
         start.log,
     ));
     shard.set_persist_full(log.full_at_start());

@@ -126,6 +126,9 @@ pub(super) struct Durable {
     /// Persisted queues that moved away and are not yet written whole at
     /// their new shard: a rewrite now would drop their only durable copy.
     moves_unsettled: usize,
+    /// Persisted queues this shard wrote that ended or moved away without
+    /// a record here: room a rewrite may free (`persisted_queues_dropped`).
+    queues_dropped: u64,
     /// Queue ids: this run's generation in the high half (unique across
     /// restarts), then a counter strided by the shard count.
     generation: u64,
@@ -144,6 +147,7 @@ impl Durable {
             durable: 0,
             waiters: VecDeque::new(),
             moves_unsettled: 0,
+            queues_dropped: 0,
             generation: 0,
             next_queue_id: 0,
         }

@@ -265,8 +265,26 @@ impl<S: Store> Shard<S> {
         if let (Some(d), Some(log)) = (self.durable.as_mut(), state.queue_log()) {
             if log.written_at == self.id.index() {
                 d.moves_unsettled += 1;
+                d.queues_dropped += 1;
             }
         }
+    }
+
+    /// A session ends here with its queue: what this shard's log holds of
+    /// it is dead (its owner writes the session's end), with no record here.
+    pub(in crate::broker) fn queue_ending(&mut self, state: &SessionState) {
+        if let (Some(d), Some(log)) = (self.durable.as_mut(), state.queue_log()) {
+            if log.written_at == self.id.index() {
+                d.queues_dropped += 1;
+            }
+        }
+    }
+
+    /// How many persisted queues written here ended or moved away (a
+    /// counter): while the log is at its limit, the writer rewrites it
+    /// when this changed or anything was written since its last rewrite.
+    pub fn persisted_queues_dropped(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.queues_dropped)
     }
 
     /// The new shard wrote a queue that moved from here.
