@@ -442,5 +442,4 @@ mod tests {
         let outcome = memory.enqueue(now, &m, &at(QoS::AtLeastOnce), true, &limit, &mut lease);
         assert_eq!(outcome, Enqueued::Queued, "a queue not persisted");
     }
-
 }

@@ -86,6 +86,9 @@ pub struct PersistRun {
     pub drained: std::sync::atomic::AtomicUsize,
     /// Shards through their stop barrier with nothing left to write.
     pub settled: std::sync::atomic::AtomicUsize,
+    /// A shard could not start from its log: the others stop waiting for
+    /// it at their start-up barrier.
+    pub failed: std::sync::atomic::AtomicBool,
     _lock: File,
 }
 
@@ -112,6 +115,7 @@ impl PersistRun {
             synced: std::sync::atomic::AtomicUsize::new(0),
             drained: std::sync::atomic::AtomicUsize::new(0),
             settled: std::sync::atomic::AtomicUsize::new(0),
+            failed: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }

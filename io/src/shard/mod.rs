@@ -122,7 +122,11 @@ pub async fn run(
     {
         Some(Ok(log)) => log,
         Some(Err(e)) => {
+            // Its own error first: the server reports the first one.
             let _ = ready.send(Err(e.into()));
+            if let Some(run) = &setup.persist {
+                run.failed.store(true, Ordering::Release);
+            }
             return;
         }
         None => None,
@@ -133,6 +137,11 @@ pub async fn run(
     mesh::start(&driver, senders, receivers, wakeups);
     if let Some(run) = &setup.persist {
         startup_barrier(id, &driver, run, shards).await;
+        if run.failed.load(Ordering::Acquire) {
+            // Another shard could not start from its log: the server stops.
+            let _ = ready.send(Err(ServerError::StartUp { shard: id }));
+            return;
+        }
     }
     let bound = match listen::bind(id, &setup.listeners) {
         Ok(bound) => bound,
@@ -437,11 +446,12 @@ async fn startup_barrier(id: usize, driver: &Rc<Driver>, run: &PersistRun, shard
     const MAX_WAIT: Duration = Duration::from_secs(10);
     let started = Instant::now();
     driver.with(|s| s.start_startup_barrier(Driver::now()));
-    while !driver.peek(|s| s.startup_synced()) && started.elapsed() < MAX_WAIT {
+    let failed = || run.failed.load(Ordering::Acquire);
+    while !driver.peek(|s| s.startup_synced()) && started.elapsed() < MAX_WAIT && !failed() {
         glommio::timer::sleep(STEP).await;
     }
     run.synced.fetch_add(1, Ordering::AcqRel);
-    while run.synced.load(Ordering::Acquire) < shards && started.elapsed() < MAX_WAIT {
+    while run.synced.load(Ordering::Acquire) < shards && started.elapsed() < MAX_WAIT && !failed() {
         glommio::timer::sleep(STEP).await;
     }
     if started.elapsed() >= MAX_WAIT {
