@@ -82,9 +82,12 @@ pub struct ShardLog {
     /// The shard persists queues (`subscriberQueue` not None): only then
     /// does reaching the limit refuse anything.
     queues: bool,
-    /// The log is at its share of `maxSize`: the shard's persisted queues
-    /// take no new messages (`Shard::set_persist_full`).
+    /// The log is at its limit (half the shard's share of `maxSize`): the
+    /// shard's persisted queues take no new messages
+    /// (`Shard::set_persist_full`).
     full: Cell<bool>,
+    /// A log with no queues was said to be over its limit (once).
+    over_limit_logged: Cell<bool>,
     stats: Cell<LogStats>,
     /// The compaction number of the next rewrite.
     next_compaction: Cell<u32>,
@@ -138,6 +141,7 @@ impl ShardLog {
             dropped_at_rewrite: Cell::new(0),
             queues,
             full: Cell::new(false),
+            over_limit_logged: Cell::new(false),
             stats: Cell::new(LogStats {
                 file_bytes: len,
                 ..LogStats::default()
@@ -452,7 +456,7 @@ impl ShardLog {
                 "persistence: log rewritten"
             );
         }
-        if !self.queues && len > self.limit() {
+        if !self.queues && len > self.limit() && !self.over_limit_logged.replace(true) {
             // Nothing is refused for it: say what fills it.
             warn!(shard, bytes = len, limit = self.limit(),
                 "persistence: the log of persisted retained messages and sessions is over half this shard's share of persistence.maxSize; lower retainedMessages.maxSize or raise persistence.maxSize");
