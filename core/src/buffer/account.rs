@@ -78,8 +78,8 @@ pub struct ShardBuffer<S> {
     /// Record bytes one session may hold in the store: its fair share
     /// (`SESSION_SHARES`). 0 without a store.
     disk_share_bytes: u64,
-    /// The shard's persistence log reached its share of
-    /// `persistence.maxSize`: persisted queues take no new messages.
+    /// The shard's persistence log reached its limit (half its share of
+    /// `persistence.maxSize`): persisted queues take no new messages.
     persist_full: bool,
 }
 
@@ -110,7 +110,7 @@ impl<S: Store> ShardBuffer<S> {
     }
 
     /// The runtime says whether the shard's persistence log is at its
-    /// share of `persistence.maxSize` (docs/PERSISTENCE.md, "maxSize").
+    /// limit (docs/PERSISTENCE.md, "`maxSize`").
     pub fn set_persist_full(&mut self, full: bool) {
         self.persist_full = full;
     }
@@ -211,7 +211,7 @@ impl std::fmt::Debug for Lease<'_> {
 }
 
 impl Lease<'_> {
-    /// The shard's persistence log is at its share of `maxSize`.
+    /// The shard's persistence log is at its limit.
     pub(crate) fn persist_full(&self) -> bool {
         self.persist_full
     }

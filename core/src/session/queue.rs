@@ -185,9 +185,9 @@ impl SessionState {
         if qos == QoS::AtMostOnce && !online {
             return Enqueued::Discarded;
         }
-        // A persisted queue whose shard's log is at its share of
-        // `persistence.maxSize`: a full queue, not a message acknowledged
-        // and then not on disk (docs/PERSISTENCE.md, "maxSize").
+        // A persisted queue whose shard's log is at its limit (half its
+        // share of `persistence.maxSize`): a full queue, not a message
+        // acknowledged and then not on disk (docs/PERSISTENCE.md).
         if qos != QoS::AtMostOnce && self.persist.is_some() && lease.persist_full() {
             self.stats.dropped_queue_full += 1;
             return Enqueued::RejectedQueueFull;

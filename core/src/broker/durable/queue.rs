@@ -337,7 +337,8 @@ impl<S: Store> Shard<S> {
         self.durable.as_ref().is_some_and(|d| d.moves_unsettled > 0)
     }
 
-    /// Whether the shard's log is at its share of `persistence.maxSize`:
+    /// Whether the shard's log is at its limit (half its share of
+    /// `persistence.maxSize`):
     /// while it is, persisted queues refuse new QoS 1/2 messages as a full
     /// queue does (the runtime's writer decides, docs/PERSISTENCE.md).
     pub fn set_persist_full(&mut self, full: bool) {
