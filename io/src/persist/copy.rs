@@ -128,3 +128,70 @@ pub(super) fn copy_from_log(
     }
     Ok(copied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardmq_core::broker::{QueuePut, QueueState, Snapshot};
+    use shardmq_core::codec::QoS;
+    use shardmq_core::session::{Message, QueuedMessage};
+    use std::sync::Arc;
+
+    fn put(seq: u64) -> QueuePut {
+        QueuePut {
+            client_id: "c".into(),
+            queue_id: 7,
+            seq,
+            queued: QueuedMessage {
+                message: Arc::new(Message {
+                    topic: "t".try_into().unwrap_or_else(|_| unreachable!()),
+                    payload: bytes::Bytes::from(seq.to_string()),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: None,
+                    expires_at: None,
+                    origin: Default::default(),
+                    retain_stamp: 0,
+                }),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![],
+            },
+        }
+    }
+
+    fn wanting(copies: Vec<u64>) -> QueueSnapshot {
+        QueueSnapshot {
+            state: Some(QueueState::of("c".into(), 7, 10, &copies)),
+            copies,
+            ..QueueSnapshot::default()
+        }
+    }
+
+    /// A rewrite copies each spilled message once (a queue written whole
+    /// twice holds a number twice), and fails, rather than drop it, when
+    /// the old log lacks one: the writer then retries reading it back.
+    #[test]
+    fn copies_once_and_fails_on_a_missing_message() {
+        let dir = std::env::temp_dir().join(format!("smq-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|_| unreachable!());
+        let epoch = Epoch::now();
+        let snapshot = Snapshot::default();
+        let mut old = NewLog::begin(&dir, None, 0, 1, 0, epoch, false, &snapshot)
+            .unwrap_or_else(|_| unreachable!());
+        for seq in [1, 2, 3, 2] {
+            old.push(put(seq)).unwrap_or_else(|_| unreachable!());
+        }
+        let old = old.finish().unwrap_or_else(|_| unreachable!()).path;
+        let mut new = NewLog::begin(&dir, None, 0, 1, 1, epoch, false, &snapshot)
+            .unwrap_or_else(|_| unreachable!());
+        let copied = copy_from_log(false, &[], &old, epoch, &[wanting(vec![1, 2, 3])], &mut new);
+        assert_eq!(copied.ok(), Some(3));
+        let missing = copy_from_log(false, &[], &old, epoch, &[wanting(vec![2, 4])], &mut new);
+        let e = missing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("1 spilled queued messages"), "{e}");
+        drop(new);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
