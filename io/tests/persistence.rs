@@ -774,10 +774,25 @@ fn setup_queues(shards: u32) -> Setup {
 
 /// Rewrites the config's `persistence.subscriberQueue` (for the next start).
 fn set_subscriber_queue(s: &Setup, policy: serde_json::Value) {
+    edit_config(s, |json| json["persistence"]["subscriberQueue"] = policy);
+}
+
+/// Changes the config file (for the next start).
+fn edit_config(s: &Setup, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
-    json["persistence"]["subscriberQueue"] = policy;
+    edit(&mut json);
     std::fs::write(&s.config, json.to_string()).unwrap();
+}
+
+/// A Tiny memory profile (16 MiB per shard, a quarter per session) and a
+/// disk buffer of `buffer`: a backlog of a few MiB spills.
+fn spilling(s: &Setup, buffer: &str) {
+    let dir = s.data.parent().unwrap().join("buffer");
+    edit_config(s, |json| {
+        json["memoryProfile"] = serde_json::json!("Tiny");
+        json["diskBackedMessageBuffer"] = serde_json::json!({"maxSize": buffer, "dataDir": dir});
+    });
 }
 
 /// Publishes `n` messages on `topic` at `qos` ("{prefix}{i}"), each
@@ -881,14 +896,8 @@ async fn a_backlog_past_memory_survives_compaction_and_crashes_in_order() {
     const N: usize = 6000;
     const M: usize = 9000;
     let s = setup_queues(1);
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
-    // Tiny: 16 MiB per shard, a quarter per session in memory; 6,000
-    // messages of 1 KiB pass that.
-    json["memoryProfile"] = serde_json::json!("Tiny");
-    json["diskBackedMessageBuffer"] =
-        serde_json::json!({"maxSize": "64M", "dataDir": s.data.parent().unwrap().join("buffer")});
-    std::fs::write(&s.config, json.to_string()).unwrap();
+    // 6,000 messages of 1 KiB pass a session's 4 MiB in memory.
+    spilling(&s, "64M");
     let (broker, _) = run(&s);
     let (mut sub, _) = Client::connect(s.port, "backlog", keeps_session(3600)).await;
     sub.subscribe("line/+/count", q5(1)).await;
@@ -931,15 +940,12 @@ async fn a_backlog_past_memory_survives_compaction_and_crashes_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_at_its_limit_refuses_queued_messages_until_it_shrinks() {
     let s = setup_queues(1);
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
     // 100M is AIO's smallest maxSize: the log is kept to 47.7 MiB. The
     // queue may hold more (a disk buffer of 1G, a session's share 256M).
-    json["persistence"]["maxSize"] = serde_json::json!("100M");
-    json["memoryProfile"] = serde_json::json!("Tiny");
-    json["diskBackedMessageBuffer"] =
-        serde_json::json!({"maxSize": "1G", "dataDir": s.data.parent().unwrap().join("buffer")});
-    std::fs::write(&s.config, json.to_string()).unwrap();
+    edit_config(&s, |json| {
+        json["persistence"]["maxSize"] = serde_json::json!("100M")
+    });
+    spilling(&s, "1G");
     let (broker, log) = run(&s);
     log.wait_for(&["persistence.maxSize", "limit_mib=47"]);
     let (mut sub, _) = Client::connect(s.port, "bounded", keeps_session(3600)).await;
