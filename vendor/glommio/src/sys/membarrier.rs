@@ -220,9 +220,26 @@ pub(crate) fn light() {
 #[allow(dead_code)]
 pub(crate) fn heavy() {
     use self::Strategy::*;
+    // shardmq patch 6 (PATCHED.md): a fence here, paired with one in
+    // `SleepNotifier::notify`, instead of a syscall per sleep.
+    if fence_sleep() {
+        atomic::fence(atomic::Ordering::SeqCst);
+        return;
+    }
     match *STRATEGY {
         Membarrier => syscall::barrier(),
         Mprotect => mprotect::barrier(),
         Fallback => atomic::fence(atomic::Ordering::SeqCst),
     }
+}
+
+/// shardmq patch 6: the sleeping executor and its notifiers order their
+/// store-then-load with a SeqCst fence on each side (Dekker), rather than
+/// the sleeper's `membarrier` syscall against the notifiers' compiler
+/// fences. The syscall ran on every sleep, and with more than one shard it
+/// interrupts every other CPU running a shard. On by default;
+/// `GLOMMIO_FENCE_SLEEP=0` restores the syscall.
+pub(crate) fn fence_sleep() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GLOMMIO_FENCE_SLEEP").is_none_or(|v| v != "0"))
 }

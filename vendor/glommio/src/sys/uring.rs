@@ -551,6 +551,15 @@ fn keep_throughput_timer() -> bool {
     *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_THROUGHPUT_TIMER").is_some_and(|v| v == "1"))
 }
 
+/// shardmq patch 5 (PATCHED.md): keep the latency ring's preemption
+/// timer armed across `wait`s that do not sleep, instead of cancelling and
+/// re-arming it (two SQEs and two `io_uring_enter`s) in every one. On by
+/// default; `GLOMMIO_KEEP_LATENCY_TIMER=0` restores the old behaviour.
+fn keep_latency_timer() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_LATENCY_TIMER").is_none_or(|v| v != "0"))
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -1863,7 +1872,18 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // shardmq patch 5: with `keep_latency_timer`, an armed timer that has
+        // not fired is kept while we do not sleep; its earlier deadline only
+        // shortens the next slice.
+        // A `wait` that may sleep (no preempt timer: `park`) cancels it here
+        // as before, so the sleep never sees its cancellation complete.
+        let kept_latency = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|src| {
+                keep_latency_timer() && preempt_timer().is_some() && src.result().is_none()
+            });
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1931,9 +1951,14 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            match kept_latency {
+                Some(src) => self.latency_preemption_timeout_src.set(Some(src)),
+                None => {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                    flush_rings!(lat_ring, main_ring)?;
+                }
+            }
         }
 
         // A Note about `need_preempt`:
