@@ -241,5 +241,7 @@ pub(crate) fn heavy() {
 /// `GLOMMIO_FENCE_SLEEP=0` restores the syscall.
 pub(crate) fn fence_sleep() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("GLOMMIO_FENCE_SLEEP").is_none_or(|v| v != "0"))
+    *ON.get_or_init(|| {
+        std::env::var_os("GLOMMIO_FENCE_SLEEP").as_deref() != Some(std::ffi::OsStr::new("0"))
+    })
 }
