@@ -220,7 +220,7 @@ pub(crate) fn light() {
 #[allow(dead_code)]
 pub(crate) fn heavy() {
     use self::Strategy::*;
-    // shardmq patch 6 (PATCHED.md): a fence here, paired with one in
+    // shardmq patch 5 (PATCHED.md): a fence here, paired with one in
     // `SleepNotifier::notify`, instead of a syscall per sleep.
     if fence_sleep() {
         atomic::fence(atomic::Ordering::SeqCst);
@@ -233,7 +233,7 @@ pub(crate) fn heavy() {
     }
 }
 
-/// shardmq patch 6: the sleeping executor and its notifiers order their
+/// shardmq patch 5: the sleeping executor and its notifiers order their
 /// store-then-load with a SeqCst fence on each side (Dekker), rather than
 /// the sleeper's `membarrier` syscall against the notifiers' compiler
 /// fences. The syscall ran on every sleep, and with more than one shard it

@@ -306,7 +306,7 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
-        // shardmq patch 6: pairs with the sleeper's fence in
+        // shardmq patch 5: pairs with the sleeper's fence in
         // `membarrier::heavy` (what was queued before this is seen by a
         // sleeper that then finds `should_notify` still false).
         if membarrier::fence_sleep() {

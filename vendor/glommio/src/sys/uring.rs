@@ -551,17 +551,6 @@ fn keep_throughput_timer() -> bool {
     *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_THROUGHPUT_TIMER").is_some_and(|v| v == "1"))
 }
 
-/// shardmq patch 5 (PATCHED.md): keep the latency ring's preemption
-/// timer armed across `wait`s that do not sleep, instead of cancelling and
-/// re-arming it (two SQEs and two `io_uring_enter`s) in every one. On by
-/// default; `GLOMMIO_KEEP_LATENCY_TIMER=0` restores the old behaviour.
-fn keep_latency_timer() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("GLOMMIO_KEEP_LATENCY_TIMER").as_deref() != Some(std::ffi::OsStr::new("0"))
-    })
-}
-
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -1276,10 +1265,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// shardmq patch 5: the duration a preemption timer in
-    /// `latency_preemption_timeout_src` was armed with; `None` when the slot
-    /// holds a user timer armed for a sleep (never kept as a preemption timer).
-    latency_preempt_armed: Cell<Option<Duration>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1411,7 +1396,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_preempt_armed: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1879,24 +1863,7 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        //
-        // shardmq patch 5: with `keep_latency_timer`, an armed preemption
-        // timer that has not fired is kept while we do not sleep; its
-        // earlier deadline only shortens the next slice. A `wait` that may
-        // sleep (no preempt timer: `park`) cancels it here as before, so the
-        // sleep never sees its cancellation complete.
-        let kept_latency = self
-            .latency_preemption_timeout_src
-            .take()
-            .filter(|src| {
-                // Only a preemption timer armed with no longer a duration
-                // than now asked for: its deadline is then no later than a
-                // new one's.
-                let armed = self.latency_preempt_armed.get();
-                keep_latency_timer()
-                    && preempt_timer().is_some_and(|p| armed.is_some_and(|d| d <= p))
-                    && src.result().is_none()
-            });
+        drop(self.latency_preemption_timeout_src.take());
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1937,7 +1904,6 @@ impl Reactor {
             if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_preempt_armed.set(None);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1965,17 +1931,9 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            // It may have fired since it was kept (the flushes above enter
-            // the kernel): then a new one, or this slice would have none.
-            match kept_latency.filter(|src| src.result().is_none()) {
-                Some(src) => self.latency_preemption_timeout_src.set(Some(src)),
-                None => {
-                    self.latency_preemption_timeout_src
-                        .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                    self.latency_preempt_armed.set(Some(preempt));
-                    flush_rings!(lat_ring, main_ring)?;
-                }
-            }
+            self.latency_preemption_timeout_src
+                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
