@@ -307,8 +307,9 @@ impl SleepNotifier {
 
     pub(crate) fn notify(&self, force: bool) {
         // shardmq patch 5: pairs with the sleeper's fence in
-        // `membarrier::heavy` (what was queued before this is seen by a
-        // sleeper that then finds `should_notify` still false).
+        // `membarrier::heavy`. Either the sleeper, after its fence, sees
+        // what was queued before this one, or this one sees its
+        // `should_notify` and writes the eventfd.
         if membarrier::fence_sleep() {
             std::sync::atomic::fence(Ordering::SeqCst);
         }
