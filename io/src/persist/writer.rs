@@ -213,7 +213,7 @@ impl ShardLog {
         let (at, took) = self.last_rewrite.get();
         let reclaim = self.full.get()
             && (len > snapshot
-                || driver.with(|s| s.persisted_queues_dropped()) != self.dropped_at_rewrite.get())
+                || driver.peek(|s| s.persisted_queues_dropped()) != self.dropped_at_rewrite.get())
             && at.elapsed() >= (took * 10).max(RECLAIM_MIN_INTERVAL);
         (self.broken.get()
             || self.key_changed()

@@ -262,20 +262,22 @@ impl<S: Store> Shard<S> {
     /// shard): this shard's log holds its queue's only durable copy until
     /// the new shard wrote it, so rewrites wait.
     pub(in crate::broker) fn queue_moving_out(&mut self, state: &SessionState) {
-        if let (Some(d), Some(log)) = (self.durable.as_mut(), state.queue_log()) {
-            if log.written_at == self.id.index() {
-                d.moves_unsettled += 1;
-                d.queues_dropped += 1;
-            }
-        }
+        self.queue_leaves_log(state, true);
     }
 
     /// A session ends here with its queue: what this shard's log holds of
     /// it is dead (its owner writes the session's end), with no record here.
     pub(in crate::broker) fn queue_ending(&mut self, state: &SessionState) {
+        self.queue_leaves_log(state, false);
+    }
+
+    /// A persisted queue this shard's log holds leaves it, by a move (whose
+    /// new shard has yet to write it) or an end.
+    fn queue_leaves_log(&mut self, state: &SessionState, moving: bool) {
         if let (Some(d), Some(log)) = (self.durable.as_mut(), state.queue_log()) {
             if log.written_at == self.id.index() {
                 d.queues_dropped += 1;
+                d.moves_unsettled += usize::from(moving);
             }
         }
     }
