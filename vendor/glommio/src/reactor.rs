@@ -206,7 +206,11 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // shardmq patch 6 (PATCHED.md): the slice's end is a clock deadline;
+        // the latency ring still preempts on its completions.
+        let latency_event =
+            unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        latency_event || self.sys.slice_over()
     }
 
     pub(crate) fn id(&self) -> usize {

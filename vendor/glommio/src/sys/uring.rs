@@ -551,6 +551,27 @@ fn keep_throughput_timer() -> bool {
     *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_THROUGHPUT_TIMER").is_some_and(|v| v == "1"))
 }
 
+/// shardmq patch (PATCHED.md, change 6), on unless `GLOMMIO_CLOCK_PREEMPT=0`:
+/// a task queue's slice ends at a clock deadline that `need_preempt` reads,
+/// not at a TIMEOUT armed (and cancelled) in the latency ring in every turn,
+/// and a sleep's user timer stays armed across turns while it is not late.
+pub(crate) fn clock_preempt() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("GLOMMIO_CLOCK_PREEMPT").as_deref() != Some(std::ffi::OsStr::new("0"))
+    })
+}
+
+/// shardmq patch (PATCHED.md, change 6), on unless
+/// `GLOMMIO_SUBMIT_AND_SLEEP=0`: a sleep submits the SQE that links the rings
+/// and waits in one `io_uring_enter` instead of two.
+fn submit_and_sleep() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("GLOMMIO_SUBMIT_AND_SLEEP").as_deref() != Some(std::ffi::OsStr::new("0"))
+    })
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -1114,8 +1135,22 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            if self
-                .submit_sqes()
+            // shardmq patch 6 (PATCHED.md): submit the link and wait in one
+            // `io_uring_enter`. The kernel waits only once everything asked
+            // for was submitted and otherwise returns at once; once the link
+            // is submitted the call returns 1, even if the wait is then
+            // interrupted, so the check below reads the same either way.
+            let submit_and_sleep = submit_and_sleep();
+            let submitted = if submit_and_sleep {
+                let x = self.ring.submit_sqes_and_wait(1).map(|x| x as usize);
+                if let Ok(x) = x {
+                    self.in_kernel += x;
+                }
+                x
+            } else {
+                self.submit_sqes()
+            };
+            if submitted
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?
@@ -1127,6 +1162,9 @@ impl SleepableRing {
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
+            } else if submit_and_sleep {
+                // Linked, slept and woken up.
+                Ok(1)
             } else {
                 // The rings are linked. Goodnight!
                 self.ring
@@ -1266,6 +1304,16 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// shardmq patch 6: when the latency ring's timer is a sleep's user
+    /// timer, when it is due (it may stay armed across turns).
+    latency_timer_deadline: Cell<Option<Instant>>,
+    /// shardmq patch 6: when the running task queue's slice ends
+    /// (`need_preempt` reads it instead of waiting for a TIMEOUT CQE).
+    preempt_deadline: Cell<Option<Instant>>,
+    /// shardmq patch 6: the main ring's completion queue head and tail, so
+    /// `need_preempt` sees a ring's depth of completions waiting (what the
+    /// throughput TIMEOUT used to signal) without a borrow or a timer.
+    main_cq: (*const u32, *const std::sync::atomic::AtomicU32),
 
     link_fd: RawFd,
 
@@ -1378,6 +1426,10 @@ impl Reactor {
         }
 
         let link_fd = latency_ring.ring_fd();
+        let main_cq = {
+            let cq = &main_ring.ring.raw().cq;
+            (cq.khead as *const u32, cq.ktail as *const std::sync::atomic::AtomicU32)
+        };
 
         let eventfd_src = Source::new(
             IoRequirements::default(),
@@ -1397,6 +1449,9 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
+            preempt_deadline: Cell::new(None),
+            main_cq,
             blocking_thread,
             link_fd,
             notifier,
@@ -1863,7 +1918,31 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // shardmq patch 6: with `clock_preempt` the latency ring holds no
+        // preemption timer, only a sleep's user timer, and that one is kept
+        // while it is still due no later than the next sleep needs (a timer
+        // that fires early wakes the shard once, a late one is replaced).
+        // A turn that will not sleep keeps it too: if it fires while tasks
+        // run they are preempted, which is what a due timer wants anyway.
+        self.preempt_deadline.set(None);
+        let clock = clock_preempt();
+        let user_deadline = user_timer.filter(|_| clock).map(|d| Instant::now() + d);
+        let timer = self.latency_preemption_timeout_src.take();
+        let keep = clock
+            && timer.as_ref().is_some_and(|src| src.result().is_none())
+            && (preempt_timer().is_some()
+                || match (self.latency_timer_deadline.get(), user_deadline) {
+                    (Some(armed), Some(wanted)) => armed <= wanted,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                });
+        if keep {
+            self.latency_preemption_timeout_src.set(timer);
+        } else {
+            drop(timer);
+            self.latency_timer_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1873,14 +1952,19 @@ impl Reactor {
         // That halves the SQEs per wake-up (no TIMEOUT, linked WRITE and
         // ASYNC_CANCEL each time) but gives up this `wait`'s guaranteed
         // kernel entry before the sleep decision (patch 1's invariant).
-        let armed = self.throughput_preemption_timeout_src.take();
-        let keep = armed.filter(|src| keep_throughput_timer() && src.result().is_none());
-        self.throughput_preemption_timeout_src.set(Some(keep.unwrap_or_else(|| {
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            )
-        })));
+        // shardmq patch 6: with `clock_preempt`, `need_preempt` reads the
+        // main ring's completion queue itself, so no timer is armed for it.
+        if !clock {
+            let armed = self.throughput_preemption_timeout_src.take();
+            let keep = armed.filter(|src| keep_throughput_timer() && src.result().is_none());
+            self.throughput_preemption_timeout_src
+                .set(Some(keep.unwrap_or_else(|| {
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    )
+                })));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1902,9 +1986,16 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let armed = self.latency_preemption_timeout_src.take();
+                if armed.is_some() {
+                    // Kept above: due no later than `dur` from now.
+                    self.latency_preemption_timeout_src.set(armed);
+                } else {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.latency_timer_deadline.set(user_deadline);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1931,9 +2022,13 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if clock {
+                self.preempt_deadline.set(Some(Instant::now() + preempt));
+            } else {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -1944,6 +2039,26 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// shardmq patch 6: whether the running task queue's slice is over:
+    /// its time is up, or the main ring holds a ring's depth of completions
+    /// (the two conditions the preemption TIMEOUTs stood for). Always false
+    /// without `clock_preempt`, which never sets the deadline.
+    #[inline(always)]
+    pub(crate) fn slice_over(&self) -> bool {
+        let Some(deadline) = self.preempt_deadline.get() else {
+            return false;
+        };
+        // SAFETY: the pointers are into the main ring's mapped completion
+        // queue, which lives as long as `self`; the kernel advances the tail
+        // concurrently (hence atomic), only this thread moves the head.
+        let waiting = unsafe {
+            (*self.main_cq.1)
+                .load(std::sync::atomic::Ordering::Acquire)
+                .wrapping_sub(*self.main_cq.0)
+        };
+        waiting as usize >= self.rings_depth || Instant::now() >= deadline
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
