@@ -562,6 +562,9 @@ pub(crate) fn clock_preempt() -> bool {
     })
 }
 
+/// shardmq patch 6: how much later than wanted a kept user timer may be due.
+const KEPT_TIMER_SLACK: Duration = Duration::from_micros(100);
+
 /// shardmq patch (PATCHED.md, change 6), on unless
 /// `GLOMMIO_SUBMIT_AND_SLEEP=0`: a sleep submits the SQE that links the rings
 /// and waits in one `io_uring_enter` instead of two.
@@ -1920,11 +1923,12 @@ impl Reactor {
         // to be removed otherwise we'll wake up when it expires.
         //
         // shardmq patch 6: with `clock_preempt` the latency ring holds no
-        // preemption timer, only a sleep's user timer, and that one is kept
-        // while it is still due no later than the next sleep needs (a timer
-        // that fires early wakes the shard once, a late one is replaced).
-        // A turn that will not sleep keeps it too: if it fires while tasks
-        // run they are preempted, which is what a due timer wants anyway.
+        // preemption timer, only a sleep's user timer. A turn that will not
+        // sleep keeps it (if it fires while tasks run they are preempted,
+        // and `run_task_queues` reports the work left). A turn that may
+        // sleep keeps it only while it is due no later than the next user
+        // timer: one that fires early wakes the shard once; a later one, or
+        // one nobody wants any more, is cancelled.
         self.preempt_deadline.set(None);
         let clock = clock_preempt();
         let user_deadline = user_timer.filter(|_| clock).map(|d| Instant::now() + d);
@@ -1933,9 +1937,13 @@ impl Reactor {
             && timer.as_ref().is_some_and(|src| src.result().is_none())
             && (preempt_timer().is_some()
                 || match (self.latency_timer_deadline.get(), user_deadline) {
-                    (Some(armed), Some(wanted)) => armed <= wanted,
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                    // Both deadlines are `now` plus a duration the timer
+                    // wheel measured a few µs earlier, so the same timer's
+                    // two readings differ by that much either way; the
+                    // slack keeps it instead of re-arming it for nothing
+                    // (the old code's timers were late by the same gap).
+                    (Some(armed), Some(wanted)) => armed <= wanted + KEPT_TIMER_SLACK,
+                    (_, None) | (None, _) => false,
                 });
         if keep {
             self.latency_preemption_timeout_src.set(timer);
@@ -1986,9 +1994,14 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                let armed = self.latency_preemption_timeout_src.take();
+                // Kept above, due no later than `dur` from now: reused only
+                // if it has not fired since (its completion may have been
+                // consumed by the flush above, and then nothing is armed).
+                let armed = self
+                    .latency_preemption_timeout_src
+                    .take()
+                    .filter(|src| src.result().is_none());
                 if armed.is_some() {
-                    // Kept above: due no later than `dur` from now.
                     self.latency_preemption_timeout_src.set(armed);
                 } else {
                     self.latency_preemption_timeout_src
