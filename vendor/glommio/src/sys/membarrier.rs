@@ -241,7 +241,5 @@ pub(crate) fn heavy() {
 /// `GLOMMIO_FENCE_SLEEP=0` restores the syscall.
 pub(crate) fn fence_sleep() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("GLOMMIO_FENCE_SLEEP").as_deref() != Some(std::ffi::OsStr::new("0"))
-    })
+    super::env_switch(&ON, "GLOMMIO_FENCE_SLEEP", true)
 }

@@ -171,6 +171,21 @@ pub(crate) fn sendmsg_syscall(
     syscall!(sendmsg(fd, &hdr, flags)).map(|x| x as usize)
 }
 
+/// shardmq patches (PATCHED.md): an on/off switch read once from the
+/// environment. `on_unless_zero`: on unless the variable is "0"; otherwise
+/// off unless it is "1".
+pub(crate) fn env_switch(
+    cell: &'static std::sync::OnceLock<bool>,
+    var: &str,
+    on_unless_zero: bool,
+) -> bool {
+    *cell.get_or_init(|| match std::env::var_os(var) {
+        Some(v) if on_unless_zero => v != "0",
+        Some(v) => v == "1",
+        None => on_unless_zero,
+    })
+}
+
 mod dma_buffer;
 mod membarrier;
 pub(crate) mod source;

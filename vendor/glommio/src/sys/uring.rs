@@ -548,7 +548,7 @@ fn extract_one_chain(
 /// armed across `wait`s instead of replacing it in each.
 fn keep_throughput_timer() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("GLOMMIO_KEEP_THROUGHPUT_TIMER").is_some_and(|v| v == "1"))
+    sys::env_switch(&ON, "GLOMMIO_KEEP_THROUGHPUT_TIMER", false)
 }
 
 /// shardmq patch (PATCHED.md, change 6), on unless `GLOMMIO_CLOCK_PREEMPT=0`:
@@ -557,9 +557,7 @@ fn keep_throughput_timer() -> bool {
 /// and a sleep's user timer stays armed across turns while it is not late.
 pub(crate) fn clock_preempt() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("GLOMMIO_CLOCK_PREEMPT").as_deref() != Some(std::ffi::OsStr::new("0"))
-    })
+    sys::env_switch(&ON, "GLOMMIO_CLOCK_PREEMPT", true)
 }
 
 /// shardmq patch 6: how much later than wanted a kept user timer may be due.
@@ -570,9 +568,7 @@ const KEPT_TIMER_SLACK: Duration = Duration::from_micros(100);
 /// and waits in one `io_uring_enter` instead of two.
 fn submit_and_sleep() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("GLOMMIO_SUBMIT_AND_SLEEP").as_deref() != Some(std::ffi::OsStr::new("0"))
-    })
+    sys::env_switch(&ON, "GLOMMIO_SUBMIT_AND_SLEEP", true)
 }
 
 fn process_one_event<F, R>(
@@ -1931,11 +1927,15 @@ impl Reactor {
         // one nobody wants any more, is cancelled.
         self.preempt_deadline.set(None);
         let clock = clock_preempt();
-        let user_deadline = user_timer.filter(|_| clock).map(|d| Instant::now() + d);
+        let may_sleep = preempt_timer().is_none();
+        // Only a turn that may sleep compares (or records) the deadline.
+        let user_deadline = user_timer
+            .filter(|_| clock && may_sleep)
+            .map(|d| Instant::now() + d);
         let timer = self.latency_preemption_timeout_src.take();
         let keep = clock
             && timer.as_ref().is_some_and(|src| src.result().is_none())
-            && (preempt_timer().is_some()
+            && (!may_sleep
                 || match (self.latency_timer_deadline.get(), user_deadline) {
                     // Both deadlines are `now` plus a duration the timer
                     // wheel measured a few µs earlier, so the same timer's
@@ -1984,7 +1984,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = may_sleep
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -2016,8 +2016,9 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
+            // details. shardmq patch 5: a SeqCst fence paired with the one in
+            // `SleepNotifier::notify` (`sys_membarrier()` /
+            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED` with `GLOMMIO_FENCE_SLEEP=0`).
             membarrier::heavy();
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
