@@ -130,6 +130,16 @@ fn run() -> Result<ExitCode> {
         }
         Command::Run(path) => path,
     };
+    // Installed before anything starts: a SIGHUP's default action ends the
+    // process, and shards log "listening" (which supervisors and tests
+    // wait for) before start-up is over. Until `on_signals` runs, signals
+    // wait in the iterator's queue.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
     let Some(config) = load_and_log(path.as_deref()) else {
         return Ok(ExitCode::from(2));
     };
@@ -192,12 +202,6 @@ fn run() -> Result<ExitCode> {
     let flag = handle.shutdown_flag();
     shardmq_io::telemetry::watchdog::notify("READY=1");
     shardmq_io::telemetry::watchdog::start(telemetry, flag.clone());
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("cannot install signal handlers")?;
     let reloader = handle.reloader();
     let keys = handle.persist_keys.clone();
     std::thread::spawn(move || {
