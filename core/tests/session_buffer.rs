@@ -602,6 +602,7 @@ fn lose(conn: &mut Connection) -> SessionState {
             Event::Closed { session, .. } => session,
             _ => None,
         })
+        .map(|s| *s)
         .expect("a persistent session")
 }
 

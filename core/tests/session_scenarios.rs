@@ -183,7 +183,7 @@ impl Harness {
                 will,
             } = e
             {
-                return (reason, session, will);
+                return (reason, session.map(|s| *s), will);
             }
         }
         panic!("no Closed event")

@@ -732,7 +732,7 @@ impl<S: Store> Shard<S> {
                 break;
             };
             match event {
-                Event::Connect(request) => self.start_connect(conn, request),
+                Event::Connect(request) => self.start_connect(conn, *request),
                 Event::Publish { message, ack } => self.publish(conn, now, message, ack),
                 Event::Subscribed {
                     key,
@@ -765,7 +765,7 @@ impl<S: Store> Shard<S> {
                     reason,
                     session,
                     will,
-                } => self.closed(conn, now, reason, session, will),
+                } => self.closed(conn, now, reason, session.map(|s| *s), will),
             }
         }
         if opted_in {

@@ -113,7 +113,7 @@ impl<S: Store> Shard<S> {
                     let mut taken = (None, None);
                     while let Some(ev) = c.machine.poll_event() {
                         if let Event::Closed { session, will, .. } = ev {
-                            taken = (session, will);
+                            taken = (session.map(|s| *s), will);
                         }
                     }
                     taken

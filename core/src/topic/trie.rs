@@ -231,6 +231,9 @@ impl<K, V> Default for SubscriptionTrie<K, V> {
     }
 }
 
+/// One subscriber's matching subscriptions, while grouping a topic's matches.
+type Group<'a, K, V> = (&'a K, SmallVec<[&'a V; 1]>);
+
 impl<K: Clone + Eq + Hash, V> SubscriptionTrie<K, V> {
     pub fn new() -> Self {
         Self::default()
@@ -389,13 +392,35 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTrie<K, V> {
     /// that match, so overlapping subscriptions deliver one message
     /// (MQTT 5.0 §3.3.4; merge them with [`super::merge_overlapping`]).
     pub fn for_each_match_grouped(&self, topic: &TopicName, mut f: impl FnMut(&K, &[&V])) {
-        let mut groups: Vec<(&K, SmallVec<[&V; 1]>)> = Vec::new();
-        let mut by_key: HashMap<&K, usize> = HashMap::default();
-        self.for_each_match(topic, |k, v| match by_key.get(k) {
-            Some(&i) => groups[i].1.push(v),
-            None => {
-                by_key.insert(k, groups.len());
-                groups.push((k, smallvec::smallvec![v]));
+        // PERF: most topics match a few subscribers; a linear search of
+        // those is cheaper than building a map per message (it was half of
+        // this function at moderate load). The map is built once a topic
+        // has more than `LINEAR_GROUPS_MAX` subscribers.
+        const LINEAR_GROUPS_MAX: usize = 8;
+        let mut groups: SmallVec<[Group<'_, K, V>; 2]> = SmallVec::new();
+        let mut by_key: Option<HashMap<&K, usize>> = None;
+        self.for_each_match(topic, |k, v| {
+            let found = match &by_key {
+                Some(map) => map.get(k).copied(),
+                None => groups.iter().position(|(g, _)| *g == k),
+            };
+            match found {
+                Some(i) => groups[i].1.push(v),
+                None => {
+                    if let Some(map) = by_key.as_mut() {
+                        map.insert(k, groups.len());
+                    }
+                    groups.push((k, smallvec::smallvec![v]));
+                    if by_key.is_none() && groups.len() > LINEAR_GROUPS_MAX {
+                        by_key = Some(
+                            groups
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (g, _))| (*g, i))
+                                .collect(),
+                        );
+                    }
+                }
             }
         });
         for (k, values) in &groups {
@@ -533,6 +558,35 @@ mod tests {
         });
         grouped.sort();
         assert_eq!(grouped, [("c1", vec![1, 2]), ("c2", vec![3])]);
+    }
+
+    #[test]
+    fn grouping_holds_past_the_linear_search_for_many_subscribers() {
+        // MQTT 5.0 §3.3.4: one message per subscriber, however many of its
+        // subscriptions overlap; 40 subscribers is past the small-case
+        // linear search, and each key's filters are inserted apart.
+        let keys: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let mut trie: SubscriptionTrie<&str, u32> = SubscriptionTrie::new();
+        for (i, k) in keys.iter().enumerate() {
+            trie.insert(&filter("a/b"), k.as_str(), i as u32);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            trie.insert(&filter("a/#"), k.as_str(), 100 + i as u32);
+        }
+        let mut grouped = Vec::new();
+        trie.for_each_match_grouped(&name("a/b"), |k, vs| {
+            let mut vs: Vec<u32> = vs.iter().map(|v| **v).collect();
+            vs.sort_unstable();
+            grouped.push((k.to_string(), vs));
+        });
+        grouped.sort();
+        let mut expected: Vec<(String, Vec<u32>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), vec![i as u32, 100 + i as u32]))
+            .collect();
+        expected.sort();
+        assert_eq!(grouped, expected);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Connection {
         };
         Event::Closed {
             reason,
-            session,
+            session: session.map(Box::new),
             will,
         }
     }

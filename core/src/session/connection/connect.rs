@@ -82,7 +82,7 @@ impl Connection {
         self.pending_connect = Some(connect);
         self.phase = Phase::AwaitAccept;
         self.deadline = None;
-        self.events.push_back(Event::Connect(request));
+        self.events.push_back(Event::Connect(Box::new(request)));
     }
 
     /// Session Expiry Interval in force: v5 asks for one (capped by

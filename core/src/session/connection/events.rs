@@ -35,7 +35,10 @@ pub struct PendingWill {
 #[derive(Debug)]
 pub enum Event {
     /// Answer with [`Connection::accept`] or [`Connection::reject`].
-    Connect(ConnectRequest),
+    /// Boxed, as are the closed session's state and the will: events are
+    /// moved per message, and the rare large ones would make every
+    /// PUBLISH's event a few hundred bytes to copy.
+    Connect(Box<ConnectRequest>),
     /// Route the message (and store it if retained). For QoS 1/2 answer with
     /// [`Connection::publish_done`] once it is in every target queue.
     Publish {
@@ -72,7 +75,7 @@ pub enum Event {
     /// [MQTT-3.1.3-9].
     Closed {
         reason: CloseReason,
-        session: Option<SessionState>,
+        session: Option<Box<SessionState>>,
         will: Option<PendingWill>,
     },
 }
