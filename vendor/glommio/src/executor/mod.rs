@@ -1496,6 +1496,16 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if spin_before_park.is_zero() && crate::sys::defer_submit() {
+                        // shardmq patch 8: no poll before parking. The
+                        // park's `wait` consumes the rings first and does not
+                        // sleep if anything woke; a poll here would submit
+                        // the turn's new requests in an `io_uring_enter` of
+                        // their own instead of the sleep's.
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
+                        pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {

@@ -571,6 +571,15 @@ fn submit_and_sleep() -> bool {
     sys::env_switch(&ON, "GLOMMIO_SUBMIT_AND_SLEEP", true)
 }
 
+/// shardmq patch (PATCHED.md, change 8), on unless `GLOMMIO_DEFER_SUBMIT=0`:
+/// a turn that may sleep stages the main ring's new SQEs and submits them
+/// with the sleep's own `io_uring_enter`, and the executor parks without
+/// the extra poll before it. Needs changes 6's clock and one-entry sleep.
+pub(crate) fn defer_submit() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    sys::env_switch(&ON, "GLOMMIO_DEFER_SUBMIT", true) && clock_preempt() && submit_and_sleep()
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -731,6 +740,15 @@ pub(crate) trait UringCommon {
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.submissions, true)
+    }
+
+    /// shardmq patch 8: moves queued requests into the submission queue
+    /// without entering the kernel (unless the queue is full); the sleep's
+    /// `io_uring_enter` submits them.
+    fn stage_submission_queue(&mut self) -> io::Result<usize> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
     }
 
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
@@ -958,6 +976,12 @@ fn new_sleepable_ring(size: u32) -> io::Result<iou::IoUring> {
 }
 
 impl SleepableRing {
+    /// shardmq patch 8: `can_sleep` with requests staged in the submission
+    /// queue (the sleep submits them).
+    fn can_sleep_staged(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
+    }
+
     fn new(
         size: usize,
         name: &'static str,
@@ -1107,9 +1131,10 @@ impl SleepableRing {
     }
 
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
+        // shardmq patch 8: requests staged by `wait` go in with the link.
+        let staged = self.waiting_kernel_submission();
+        assert!(
+            staged == 0 || defer_submit(),
             "sleeping with pending SQEs"
         );
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
@@ -1153,7 +1178,7 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?
-                != 1
+                != staged + 1
             {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
@@ -1979,7 +2004,23 @@ impl Reactor {
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        //
+        // shardmq patch 8: in a turn that may sleep with nothing woken yet,
+        // the main ring's requests (a read's POLL_ADD, mostly) are only
+        // staged: the sleep submits them with its link in one entry, and a
+        // request that completes at once (data already there) ends that
+        // sleep at once. Any path that does not sleep submits them below.
+        let defer = may_sleep && woke == 0 && defer_submit();
+        flush_rings!(lat_ring, poll_ring)?;
+        if defer {
+            main_ring
+                .stage_submission_queue()
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?;
+        } else {
+            flush_rings!(main_ring)?;
+        }
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
@@ -1987,7 +2028,11 @@ impl Reactor {
         let should_sleep = may_sleep
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && (if defer {
+                main_ring.can_sleep_staged()
+            } else {
+                main_ring.can_sleep()
+            })
             && lat_ring.can_sleep();
 
         if should_sleep {
@@ -2033,6 +2078,11 @@ impl Reactor {
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
+        }
+        if defer {
+            // Not slept (or the sleep could not take them): submit what was
+            // staged. After a sleep that took them, this enters nothing.
+            flush_rings!(main_ring)?;
         }
 
         if let Some(preempt) = preempt_timer() {
