@@ -976,6 +976,22 @@ fn new_sleepable_ring(size: u32) -> io::Result<iou::IoUring> {
 }
 
 impl SleepableRing {
+    /// shardmq patch 8: sleep with the rings already linked: submit what
+    /// `wait` staged and wait for one completion in one `io_uring_enter`
+    /// (with nothing staged, a plain wait). The kernel does not wait after
+    /// a short submission; the caller submits the rest.
+    fn wait_linked(&mut self) -> io::Result<usize> {
+        let x = self
+            .ring
+            .submit_sqes_and_wait(1)
+            .map(|x| x as usize)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)?;
+        self.in_kernel += x;
+        Ok(x)
+    }
+
     /// shardmq patch 8: `can_sleep` with requests staged in the submission
     /// queue (the sleep submits them).
     fn can_sleep_staged(&self) -> bool {
@@ -1162,7 +1178,8 @@ impl SleepableRing {
             // shardmq patch 6 (PATCHED.md): submit the link and wait in one
             // `io_uring_enter`. The kernel waits only once everything asked
             // for was submitted and otherwise returns at once; once the link
-            // is submitted the call returns 1, even if the wait is then
+            // is submitted the call returns the count submitted (the staged
+            // requests of patch 8 and the link), even if the wait is then
             // interrupted, so the check below reads the same either way.
             let submit_and_sleep = submit_and_sleep();
             let submitted = if submit_and_sleep {
@@ -1331,6 +1348,10 @@ pub(crate) struct Reactor {
     /// shardmq patch 6: when the latency ring's timer is a sleep's user
     /// timer, when it is due (it may stay armed across turns).
     latency_timer_deadline: Cell<Option<Instant>>,
+    /// shardmq patch 8: the ring link's `POLL_ADD` on the latency ring,
+    /// kept while it is armed (it completes only when the latency ring
+    /// posts a completion), so a sleep does not arm another beside it.
+    link_rings_src: Cell<Option<Source>>,
     /// shardmq patch 6: when the running task queue's slice ends
     /// (`need_preempt` reads it instead of waiting for a TIMEOUT CQE).
     preempt_deadline: Cell<Option<Instant>>,
@@ -1474,6 +1495,7 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             latency_timer_deadline: Cell::new(None),
+            link_rings_src: Cell::new(None),
             preempt_deadline: Cell::new(None),
             main_cq,
             blocking_thread,
@@ -1848,6 +1870,23 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        // shardmq patch 8: a link armed by an earlier sleep that has not
+        // completed (its completion consumed) still links the rings: wait on
+        // it instead of arming another. Dropping an armed link sends no
+        // cancel, so a new one per sleep piled up until the latency ring's
+        // next completion (with patch 6, often the 100 ms tick) completed
+        // them all at once.
+        let keep = defer_submit();
+        if keep {
+            let armed = self
+                .link_rings_src
+                .take()
+                .filter(|src| src.inner.borrow().enqueued.is_some());
+            if let Some(src) = armed {
+                self.link_rings_src.set(Some(src));
+                return ring.wait_linked().or_else(Self::busy_ok).map(|_| {});
+            }
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1855,7 +1894,13 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        let slept = ring.sleep(&link_rings);
+        // Kept only if it was submitted: a link that could not be is a NOP
+        // now, and links nothing.
+        if keep && slept.is_ok() {
+            self.link_rings_src.set(Some(link_rings));
+        }
+        slept.or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
