@@ -1202,6 +1202,12 @@ impl SleepableRing {
                 // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                // shardmq patch 8: the NOP carries no user data (its
+                // completion is skipped), so the link's slot is freed here;
+                // the kernel never saw the poll. Upstream leaked the slot.
+                self.source_map
+                    .borrow_mut()
+                    .consume_source(from_user_data(op.user_data));
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else if submit_and_sleep {
                 // Linked, slept and woken up.
@@ -1876,7 +1882,7 @@ impl Reactor {
         // cancel, so a new one per sleep piled up until the latency ring's
         // next completion (with patch 6, often the 100 ms tick) completed
         // them all at once.
-        let keep = defer_submit();
+        let keep = clock_preempt();
         if keep {
             let armed = self
                 .link_rings_src
