@@ -57,24 +57,22 @@ pub async fn run<R: AsyncRead + Unpin>(
                 continue;
             }
         }
-        let read = read_noting_wait(&mut reader, &mut chunk)
+        let read = async { Some(read_noting_wait(&mut reader, &mut chunk).await) }
             .or(async {
                 let _ = handle.closed_rx.recv().await;
                 None
             })
             .await;
-        let (read, waited) = match read {
-            Some((read, waited)) => (Some(read), waited),
-            None => (None, true),
+        let Some((read, waited)) = read else {
+            break;
         };
         let n = match read {
-            Some(Ok(n)) if n > 0 => n,
-            Some(_) => {
+            Ok(n) if n > 0 => n,
+            _ => {
                 // EOF or a socket error: the connection is lost.
                 driver.with(|s| s.handle_closed(id, Instant::now()));
                 break;
             }
-            None => break,
         };
         ListenerCounters::add(&handle.counters.bytes_in, n as u64);
         // Fairness: a glommio read completes without yielding while the
@@ -96,11 +94,11 @@ pub async fn run<R: AsyncRead + Unpin>(
 async fn read_noting_wait<R: AsyncRead + Unpin>(
     reader: &mut R,
     chunk: &mut [u8],
-) -> Option<(std::io::Result<usize>, bool)> {
+) -> (std::io::Result<usize>, bool) {
     let mut read = reader.read(chunk);
     match futures_lite::future::poll_once(&mut read).await {
-        Some(done) => Some((done, false)),
-        None => Some((read.await, true)),
+        Some(done) => (done, false),
+        None => (read.await, true),
     }
 }
 

@@ -981,13 +981,16 @@ impl SleepableRing {
     /// (with nothing staged, a plain wait). The kernel does not wait after
     /// a short submission; the caller submits the rest.
     fn wait_linked(&mut self) -> io::Result<usize> {
-        let x = self
-            .ring
-            .submit_sqes_and_wait(1)
-            .map(|x| x as usize)
+        self.submit_and_wait_one()
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
-            .or_else(Reactor::intr_ok)?;
+            .or_else(Reactor::intr_ok)
+    }
+
+    /// Submits every prepared SQE and waits for one completion in one
+    /// `io_uring_enter`; the count submitted is in the kernel now.
+    fn submit_and_wait_one(&mut self) -> io::Result<usize> {
+        let x = self.ring.submit_sqes_and_wait(1).map(|x| x as usize)?;
         self.in_kernel += x;
         Ok(x)
     }
@@ -1183,11 +1186,7 @@ impl SleepableRing {
             // interrupted, so the check below reads the same either way.
             let submit_and_sleep = submit_and_sleep();
             let submitted = if submit_and_sleep {
-                let x = self.ring.submit_sqes_and_wait(1).map(|x| x as usize);
-                if let Ok(x) = x {
-                    self.in_kernel += x;
-                }
-                x
+                self.submit_and_wait_one()
             } else {
                 self.submit_sqes()
             };
