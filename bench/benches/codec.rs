@@ -31,8 +31,9 @@ fn publish(qos: QoS, payload_len: usize, v5: bool) -> Packet {
                 message_expiry_interval: Some(60),
                 ..Properties::default()
             }
+            .into()
         } else {
-            Properties::default()
+            Props::default()
         },
         payload: Bytes::from(vec![0x5Au8; payload_len]),
     })
@@ -51,7 +52,8 @@ fn connect_v5_with_properties() -> Packet {
             request_problem_information: Some(1),
             user_properties: vec![(s("site"), s("plant-a")), (s("fw"), s("1.2.3"))],
             ..Properties::default()
-        },
+        }
+        .into(),
         client_id: s("device-000123"),
         will: Some(Will {
             topic: s("status/device-000123"),
@@ -61,7 +63,8 @@ fn connect_v5_with_properties() -> Packet {
             properties: Properties {
                 will_delay_interval: Some(10),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
         username: Some(s("device-000123")),
         password: Some(Bytes::from_static(b"0123456789abcdef")),
@@ -74,7 +77,8 @@ fn subscribe_10_filters() -> Packet {
         properties: Properties {
             subscription_identifiers: vec![12],
             ..Properties::default()
-        },
+        }
+        .into(),
         filters: (0..10)
             .map(|i| {
                 (

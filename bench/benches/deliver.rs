@@ -58,7 +58,7 @@ fn connected() -> Connection {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 60,
-            properties,
+            properties: properties.into(),
             client_id: "sub".into(),
             will: None,
             username: None,

@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardmq_core::broker::{Admission, ConnId, Output, PrincipalId, Shard, ShardConfig, ShardId};
 use shardmq_core::buffer::{MemoryOnly, ShardBuffer};
 use shardmq_core::codec::{
-    self, Connect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS,
+    self, Connect, Packet, PacketId, Properties, Props, ProtocolVersion, PubResponse, Publish, QoS,
     ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
 };
 use shardmq_core::limits::ClientLimits;
@@ -80,7 +80,8 @@ fn connect(shard: &mut BenchShard, now: Instant, client_id: &str) -> ConnId {
         properties: Properties {
             receive_maximum: Some(65_535),
             ..Properties::default()
-        },
+        }
+        .into(),
         client_id: client_id.into(),
         will: None,
         username: None,
@@ -95,7 +96,7 @@ fn connect(shard: &mut BenchShard, now: Instant, client_id: &str) -> ConnId {
 fn subscribe(shard: &mut BenchShard, now: Instant, conn: ConnId, filter: &str, qos: QoS) {
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).unwrap(),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![(
             filter.into(),
             SubscriptionOptions {
@@ -118,7 +119,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: usize) -> Bytes {
         retain: false,
         topic: topic.into(),
         packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(packet_id).unwrap()),
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from(vec![0x5Au8; payload]),
     }))
 }
@@ -180,7 +181,7 @@ fn p2p(c: &mut Criterion) {
             let ack = encode(&Packet::PubAck(PubResponse {
                 packet_id: PacketId::new(id).unwrap(),
                 reason: ReasonCode::Success,
-                properties: Properties::default(),
+                properties: Props::default(),
             }));
             shard.handle_input(sub, now, &ack);
             drain(&mut shard, now);

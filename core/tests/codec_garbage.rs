@@ -109,7 +109,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     session_expiry_interval: Some(30),
                     receive_maximum: Some(10),
                     ..user_props()
-                }),
+                })
+                .into(),
                 client_id: s("c1"),
                 will: Some(Will {
                     topic: s("w/t"),
@@ -119,7 +120,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     properties: props(Properties {
                         will_delay_interval: Some(5),
                         ..Properties::default()
-                    }),
+                    })
+                    .into(),
                 }),
                 username: Some(s("u")),
                 password: Some(Bytes::from_static(b"p")),
@@ -134,7 +136,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     topic_alias_maximum: Some(5),
                     maximum_qos: Some(1),
                     ..Properties::default()
-                }),
+                })
+                .into(),
             }),
         ),
         (
@@ -149,7 +152,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     topic_alias: Some(1),
                     subscription_identifiers: vec![1, 200],
                     ..Properties::default()
-                }),
+                })
+                .into(),
                 payload: Bytes::from_static(b"payload"),
             }),
         ),
@@ -158,7 +162,7 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
             Packet::PubAck(PubResponse {
                 packet_id: pid(1),
                 reason: ReasonCode::Success,
-                properties: props(user_props()),
+                properties: props(user_props()).into(),
             }),
         ),
         (
@@ -180,7 +184,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                 properties: props(Properties {
                     subscription_identifiers: vec![7],
                     ..Properties::default()
-                }),
+                })
+                .into(),
                 filters: vec![
                     (s("a/+"), SubscriptionOptions::default()),
                     (
@@ -197,7 +202,7 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
             "suback",
             Packet::SubAck(SubAck {
                 packet_id: pid(3),
-                properties: props(user_props()),
+                properties: props(user_props()).into(),
                 reasons: vec![ReasonCode::Success, ReasonCode::GrantedQoS2],
             }),
         ),
@@ -205,7 +210,7 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
             "unsubscribe",
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: pid(4),
-                properties: props(user_props()),
+                properties: props(user_props()).into(),
                 filters: vec![s("a/+")],
             }),
         ),
@@ -213,7 +218,7 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
             "unsuback",
             Packet::UnsubAck(UnsubAck {
                 packet_id: pid(4),
-                properties: Properties::default(),
+                properties: Props::default(),
                 reasons: if v5 {
                     vec![ReasonCode::Success]
                 } else {
@@ -230,7 +235,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                 properties: props(Properties {
                     reason_string: Some(s("bye")),
                     ..Properties::default()
-                }),
+                })
+                .into(),
             }),
         ),
     ];
@@ -243,7 +249,8 @@ fn seeds(v: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     authentication_method: Some(s("SCRAM")),
                     authentication_data: Some(Bytes::from_static(b"x")),
                     ..Properties::default()
-                },
+                }
+                .into(),
             }),
         ));
     }

@@ -68,14 +68,14 @@ fn v4_fixtures() -> Vec<Packet> {
             protocol_version: v,
             clean_start: false,
             keep_alive: 120,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: s("dev-1"),
             will: Some(Will {
                 topic: s("status/dev-1"),
                 payload: Bytes::from_static(b"offline"),
                 qos: QoS::ExactlyOnce,
                 retain: true,
-                properties: Properties::default(),
+                properties: Props::default(),
             }),
             username: Some(s("alice")),
             password: Some(Bytes::from_static(b"secret")),
@@ -84,7 +84,7 @@ fn v4_fixtures() -> Vec<Packet> {
             protocol_version: v,
             clean_start: true,
             keep_alive: 0,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: s(""),
             will: None,
             username: None,
@@ -95,7 +95,7 @@ fn v4_fixtures() -> Vec<Packet> {
         out.push(Packet::ConnAck(ConnAck {
             session_present: code == 0,
             reason: ReasonCode::from_v311_connack(code).unwrap(),
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
     }
     for (qos, id) in [
@@ -109,7 +109,7 @@ fn v4_fixtures() -> Vec<Packet> {
             retain: qos == QoS::AtLeastOnce,
             topic: s("sensors/temp/ü"),
             packet_id: id,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from(vec![7u8; 300]),
         }));
     }
@@ -120,7 +120,7 @@ fn v4_fixtures() -> Vec<Packet> {
         Packet::PubComp(PubResponse::new(pid(13), ReasonCode::Success)),
         Packet::Subscribe(Subscribe {
             packet_id: pid(14),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![
                 (
                     s("a/+/c"),
@@ -134,7 +134,7 @@ fn v4_fixtures() -> Vec<Packet> {
         }),
         Packet::SubAck(SubAck {
             packet_id: pid(14),
-            properties: Properties::default(),
+            properties: Props::default(),
             reasons: vec![
                 ReasonCode::Success,
                 ReasonCode::GrantedQoS1,
@@ -144,12 +144,12 @@ fn v4_fixtures() -> Vec<Packet> {
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(15),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![s("a/+/c"), s("#")],
         }),
         Packet::UnsubAck(UnsubAck {
             packet_id: pid(15),
-            properties: Properties::default(),
+            properties: Props::default(),
             reasons: vec![],
         }),
         Packet::PingReq,
@@ -362,14 +362,14 @@ fn v5_fixtures() -> Vec<Packet> {
             protocol_version: v,
             clean_start: true,
             keep_alive: 60,
-            properties: connect_props,
+            properties: connect_props.into(),
             client_id: s("dev-5"),
             will: Some(Will {
                 topic: s("status/dev-5"),
                 payload: Bytes::from_static(b"\x00gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: will_props,
+                properties: will_props.into(),
             }),
             username: Some(s("bob")),
             password: Some(Bytes::from_static(b"pw")),
@@ -378,7 +378,7 @@ fn v5_fixtures() -> Vec<Packet> {
             protocol_version: v,
             clean_start: false,
             keep_alive: 0,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: s(""),
             will: None,
             username: None,
@@ -387,7 +387,7 @@ fn v5_fixtures() -> Vec<Packet> {
         Packet::ConnAck(ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
-            properties: connack_props,
+            properties: connack_props.into(),
         }),
     ];
     // rumqttc has a ConnectReturnCode for every v5 CONNACK reason.
@@ -398,7 +398,7 @@ fn v5_fixtures() -> Vec<Packet> {
         out.push(Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
     }
     for (qos, id, props) in [
@@ -412,7 +412,7 @@ fn v5_fixtures() -> Vec<Packet> {
             retain: true,
             topic: s("a/b/ü"),
             packet_id: id,
-            properties: props,
+            properties: props.into(),
             payload: Bytes::from(vec![0xA5u8; 200]),
         }));
     }
@@ -428,7 +428,7 @@ fn v5_fixtures() -> Vec<Packet> {
                 let r = PubResponse {
                     packet_id: pid(9),
                     reason,
-                    properties: props,
+                    properties: props.into(),
                 };
                 out.push(match t {
                     PacketType::PubAck => Packet::PubAck(r),
@@ -445,7 +445,8 @@ fn v5_fixtures() -> Vec<Packet> {
             subscription_identifiers: vec![77],
             user_properties: user(),
             ..Properties::default()
-        },
+        }
+        .into(),
         filters: vec![
             (
                 s("a/+"),
@@ -474,7 +475,7 @@ fn v5_fixtures() -> Vec<Packet> {
         .collect();
     out.push(Packet::SubAck(SubAck {
         packet_id: pid(20),
-        properties: reason_with_props(ReasonCode::Success),
+        properties: reason_with_props(ReasonCode::Success).into(),
         reasons: suback_reasons,
     }));
     out.push(Packet::Unsubscribe(Unsubscribe {
@@ -482,17 +483,18 @@ fn v5_fixtures() -> Vec<Packet> {
         properties: Properties {
             user_properties: user(),
             ..Properties::default()
-        },
+        }
+        .into(),
         filters: vec![s("a/+"), s("$share/g/b/#")],
     }));
     out.push(Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(22),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![s("x")],
     }));
     out.push(Packet::UnsubAck(UnsubAck {
         packet_id: pid(21),
-        properties: reason_with_props(ReasonCode::Success),
+        properties: reason_with_props(ReasonCode::Success).into(),
         reasons: ReasonCode::ALL
             .into_iter()
             .filter(|r| r.valid_in(PacketType::UnsubAck))

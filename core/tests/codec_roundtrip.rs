@@ -189,7 +189,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
             payload,
             qos,
             retain,
-            properties,
+            properties: properties.into(),
         });
     (
         any::<bool>(),
@@ -208,7 +208,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     // [MQTT-3.1.3-8]: an empty id needs Clean Session in 3.1.1.
                     clean_start: clean_start || (v311 && client_id.is_empty()),
                     keep_alive,
-                    properties,
+                    properties: properties.into(),
                     client_id,
                     will,
                     // [MQTT-3.1.2-22]: 3.1.1 has no password without a user name.
@@ -241,7 +241,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 retain,
                 topic,
                 packet_id: if qos0 { None } else { Some(id) },
-                properties,
+                properties: properties.into(),
                 payload,
             })
         })
@@ -259,7 +259,7 @@ fn pub_response(v: ProtocolVersion, t: PacketType) -> BoxedStrategy<PubResponse>
             .prop_map(|(packet_id, reason, properties)| PubResponse {
                 packet_id,
                 reason,
-                properties,
+                properties: properties.into(),
             })
             .boxed(),
         ProtocolVersion::V311 => pid()
@@ -318,7 +318,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 Packet::ConnAck(ConnAck {
                     session_present: sp && reason == ReasonCode::Success,
                     reason,
-                    properties,
+                    properties: properties.into(),
                 })
             })
             .boxed(),
@@ -343,7 +343,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             .prop_map(|(packet_id, properties, filters)| {
                 Packet::Subscribe(Subscribe {
                     packet_id,
-                    properties,
+                    properties: properties.into(),
                     filters,
                 })
             })
@@ -356,7 +356,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             .prop_map(|(packet_id, properties, reasons)| {
                 Packet::SubAck(SubAck {
                     packet_id,
-                    properties,
+                    properties: properties.into(),
                     reasons,
                 })
             })
@@ -369,7 +369,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             .prop_map(|(packet_id, properties, filters)| {
                 Packet::Unsubscribe(Unsubscribe {
                     packet_id,
-                    properties,
+                    properties: properties.into(),
                     filters,
                 })
             })
@@ -382,7 +382,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             .prop_map(move |(packet_id, properties, reasons)| {
                 Packet::UnsubAck(UnsubAck {
                     packet_id,
-                    properties,
+                    properties: properties.into(),
                     // 3.1.1 UNSUBACK has no payload.
                     reasons: if v5 { reasons } else { Vec::new() },
                 })
@@ -398,13 +398,21 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 properties(PropertyContext::Disconnect),
             )
                 .prop_map(|(reason, properties)| {
-                    Packet::Disconnect(Disconnect { reason, properties })
+                    Packet::Disconnect(Disconnect {
+                        reason,
+                        properties: properties.into(),
+                    })
                 })
                 .boxed(),
         );
         options.push(
             (reason(PacketType::Auth), properties(PropertyContext::Auth))
-                .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties }))
+                .prop_map(|(reason, properties)| {
+                    Packet::Auth(Auth {
+                        reason,
+                        properties: properties.into(),
+                    })
+                })
                 .boxed(),
         );
     } else {

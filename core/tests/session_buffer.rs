@@ -185,7 +185,8 @@ fn resume_with(state: SessionState, limits: ClientLimits, expiry_secs: u32) -> C
             properties: Properties {
                 session_expiry_interval: Some(expiry_secs),
                 ..Properties::default()
-            },
+            }
+            .into(),
             client_id: "sub".into(),
             will: None,
             username: None,

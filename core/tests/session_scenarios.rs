@@ -21,9 +21,9 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use shardmq_core::buffer::{memory_cost, MemoryOnly, ShardBuffer};
 use shardmq_core::codec::{
-    decode_packet, AckKind, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe, SubscriptionId,
-    SubscriptionOptions, Unsubscribe, Will,
+    decode_packet, AckKind, Connect, Disconnect, Packet, PacketId, Properties, Props,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe,
+    SubscriptionId, SubscriptionOptions, Unsubscribe, Will,
 };
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
@@ -41,7 +41,7 @@ fn connect(version: ProtocolVersion, client_id: &str, clean_start: bool) -> Conn
         protocol_version: version,
         clean_start,
         keep_alive: 60,
-        properties: Properties::default(),
+        properties: Props::default(),
         client_id: client_id.into(),
         will: None,
         username: None,
@@ -56,7 +56,7 @@ fn publish(topic: &str, qos: QoS, pid: Option<u16>, payload: &'static [u8]) -> P
         retain: false,
         topic: topic.into(),
         packet_id: pid.map(id),
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from_static(payload),
     }
 }
@@ -819,7 +819,7 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
     };
     h.recv(Packet::Subscribe(Subscribe {
         packet_id: id(1),
-        properties: props,
+        properties: props.into(),
         filters: vec![
             ("a/+".into(), opts(QoS::AtLeastOnce)),
             ("$share/g/x".into(), opts(QoS::ExactlyOnce)),
@@ -884,13 +884,13 @@ fn a_malformed_topic_filter_closes_the_connection_and_applies_nothing() {
             h.recv(if unsubscribe {
                 Packet::Unsubscribe(Unsubscribe {
                     packet_id: id(1),
-                    properties: Properties::default(),
+                    properties: Props::default(),
                     filters,
                 })
             } else {
                 Packet::Subscribe(Subscribe {
                     packet_id: id(1),
-                    properties: Properties::default(),
+                    properties: Props::default(),
                     filters: filters
                         .into_iter()
                         .map(|f| (f, SubscriptionOptions::default()))
@@ -928,7 +928,7 @@ fn a_subscription_identifier_in_a_client_publish_is_a_protocol_error() {
         retain: false,
         topic: "t".into(),
         packet_id: Some(id(1)),
-        properties,
+        properties: properties.into(),
         payload: Bytes::from_static(b"x"),
     }));
     match h.sent().as_slice() {
@@ -958,7 +958,7 @@ fn retain_handling_one_sends_retained_only_for_new_subscriptions() {
     for expect in [true, false] {
         h.recv(Packet::Subscribe(Subscribe {
             packet_id: id(1),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![("a".into(), opts)],
         }));
         h.sent();
@@ -976,7 +976,7 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     h.connect_v5("c1");
     h.recv(Packet::Subscribe(Subscribe {
         packet_id: id(1),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![(
             "$share/g/a".into(),
             SubscriptionOptions {
@@ -997,14 +997,14 @@ fn unsubscribe_reports_missing_subscriptions() {
     h.connect_v5("c1");
     h.recv(Packet::Subscribe(Subscribe {
         packet_id: id(1),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![("a".into(), SubscriptionOptions::default())],
     }));
     h.sent();
     h.events();
     h.recv(Packet::Unsubscribe(Unsubscribe {
         packet_id: id(2),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec!["a".into(), "b".into()],
     }));
     match h.sent().as_slice() {
@@ -1137,7 +1137,7 @@ fn will_is_published_after_abnormal_close_with_its_delay() {
         payload: Bytes::from_static(b"offline"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: wp,
+        properties: wp.into(),
     });
     h.connect_with(c, None);
     h.conn.handle_connection_lost();
@@ -1163,7 +1163,7 @@ fn normal_disconnect_discards_the_will_and_0x04_keeps_it() {
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Props::default(),
         });
         h.connect_with(c, None);
         h.recv(Packet::Disconnect(Disconnect::new(reason)));
@@ -1330,7 +1330,7 @@ fn unauthorized_publish_is_refused_with_0x87_in_v5() {
     );
     h.recv(Packet::Subscribe(Subscribe {
         packet_id: id(2),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![("x".into(), SubscriptionOptions::default())],
     }));
     match h.sent().as_slice() {

@@ -149,7 +149,7 @@ async fn persistent_session_resumes_on_another_shard_with_queued_messages() {
 async fn second_connect_with_same_id_takes_the_session_over_across_shards() {
     // [MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E and is closed.
     use shardmq_core::codec::{
-        Packet, PacketId, Properties, ReasonCode, Subscribe, SubscriptionOptions,
+        Packet, PacketId, Props, ReasonCode, Subscribe, SubscriptionOptions,
     };
     let broker = Broker::start();
     let port0 = broker.port("s0");
@@ -162,7 +162,7 @@ async fn second_connect_with_same_id_takes_the_session_over_across_shards() {
     let first = tokio::task::spawn_blocking(move || {
         first.send(&Packet::Subscribe(Subscribe {
             packet_id: PacketId::new(1).unwrap(),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![("t/#".into(), SubscriptionOptions::default())],
         }));
         assert!(matches!(first.recv(), Some(Packet::SubAck(_))));
@@ -339,7 +339,7 @@ async fn self_test_rounds_end_when_every_shard_answered_within_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_that_never_reads_is_pushed_back_and_others_are_unaffected() {
-    use shardmq_core::codec::{Packet, PacketId, Properties, Publish, QoS};
+    use shardmq_core::codec::{Packet, PacketId, Props, Publish, QoS};
     let broker = Broker::start();
     let port = broker.port("s0");
     // Floods QoS 1 publishes and never reads its PUBACKs: the broker must
@@ -355,7 +355,7 @@ async fn publisher_that_never_reads_is_pushed_back_and_others_are_unaffected() {
                 retain: false,
                 topic: "flood/x".into(),
                 packet_id: PacketId::new((i % 65535 + 1) as u16),
-                properties: Properties::default(),
+                properties: Props::default(),
                 payload: bytes::Bytes::from_static(&[0u8; 256]),
             });
             if !c.try_send(&p) {

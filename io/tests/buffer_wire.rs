@@ -147,7 +147,7 @@ async fn publish(port: u16, n: u32) -> Vec<String> {
 /// Publishes `n` 1 KiB QoS 1 messages with the core codec (rumqttc treats
 /// a PUBACK error reason as a broken connection) and returns the reasons.
 async fn publish_raw(port: u16, n: u32) -> Vec<shardmq_core::codec::ReasonCode> {
-    use shardmq_core::codec::{Packet, PacketId, Properties, Publish, QoS};
+    use shardmq_core::codec::{Packet, PacketId, Props, Publish, QoS};
     tokio::task::spawn_blocking(move || {
         let (mut c, _) = common::RawClient::connect_v5(port, "raw-publisher", None);
         (0..n)
@@ -158,7 +158,7 @@ async fn publish_raw(port: u16, n: u32) -> Vec<shardmq_core::codec::ReasonCode> 
                     retain: false,
                     topic: "fleet/truck".into(),
                     packet_id: PacketId::new(1),
-                    properties: Properties::default(),
+                    properties: Props::default(),
                     payload: payload(i).into(),
                 }));
                 match c.recv() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, http_get, start, temp_file, wait_ready, RawClient, WAIT};
 use shardmq_core::codec::{
-    Disconnect, Packet, PacketId, Properties, QoS, ReasonCode, RetainHandling, Subscribe,
+    Disconnect, Packet, PacketId, Props, QoS, ReasonCode, RetainHandling, Subscribe,
     SubscriptionOptions,
 };
 
@@ -52,7 +52,7 @@ fn one_client(port: u16, id: &str, n: usize) {
     assert!(!ack.reason.is_error(), "{id}: CONNACK {:?}", ack.reason);
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).unwrap(),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![(
             format!("churn/{id}/+").into(),
             SubscriptionOptions {

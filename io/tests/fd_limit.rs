@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{temp_file, BIN, WAIT};
-use shardmq_core::codec::{decode_packet, encode, Connect, Packet, Properties, ProtocolVersion};
+use shardmq_core::codec::{decode_packet, encode, Connect, Packet, Props, ProtocolVersion};
 
 /// File descriptors the broker may hold: enough to start, few enough that
 /// a test fills them quickly.
@@ -41,7 +41,7 @@ fn try_connect(port: u16, id: &str, wait: Duration) -> Outcome {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 60,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: id.into(),
             will: None,
             username: None,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::{q5, Client, Proc, RawClient};
 use shardmq_auth::test_pki::{days, password_line, Pki, SatKeys};
 use shardmq_core::codec::{
-    ConnAck, Packet, PacketId, Properties, PubResponse, Publish, QoS, ReasonCode, Subscribe,
+    ConnAck, Packet, PacketId, Props, PubResponse, Publish, QoS, ReasonCode, Subscribe,
     SubscriptionOptions,
 };
 
@@ -150,7 +150,7 @@ fn with_token(port: u16, id: &str, subject: &str) -> (RawClient, ConnAck) {
 fn subscribe(c: &mut RawClient, filters: &[&str]) {
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).unwrap(),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: filters
             .iter()
             .map(|f| {
@@ -178,7 +178,7 @@ fn publish(port: u16, topics: &[&str]) {
             retain: false,
             topic: (*topic).into(),
             packet_id: PacketId::new(i as u16 + 1),
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from_static(b"x"),
         }));
         assert!(matches!(c.recv(), Some(Packet::PubAck(_))));

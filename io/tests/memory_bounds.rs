@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardmq_core::codec::{
-    decode_packet, encode, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
+    decode_packet, encode, Connect, Packet, PacketId, Props, ProtocolVersion, Publish, QoS,
     ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
 };
 use shardmq_io::buffer::BufferSpec;
@@ -46,7 +46,7 @@ impl Raw {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 60,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: id.into(),
             will: None,
             username: None,
@@ -64,7 +64,7 @@ impl Raw {
         let mut raw = Raw::connect(port, id);
         raw.send(&Packet::Subscribe(Subscribe {
             packet_id: PacketId::new(1).unwrap(),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![(
                 filter.into(),
                 SubscriptionOptions {
@@ -123,7 +123,7 @@ fn publish(topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Packet {
         retain,
         topic: topic.into(),
         packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(1).unwrap()),
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from(payload),
     })
 }
@@ -264,7 +264,7 @@ fn an_oversize_connect_is_refused_from_its_fixed_header() {
             payload: Bytes::from(vec![1; 16 << 10]),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Props::default(),
         });
     });
     assert_eq!(reason, ReasonCode::Success);

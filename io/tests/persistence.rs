@@ -1134,7 +1134,7 @@ async fn a_queue_is_persisted_once_subscriber_queue_selects_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
     use shardmq_core::codec::{
-        Packet, PacketId, Properties, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+        Packet, PacketId, Props, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
     };
     let s = setup_queues(1);
     let (broker, _) = run(&s);
@@ -1143,7 +1143,7 @@ async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
         let (mut c, _) = common::RawClient::connect_v5(port, "exactly", Some(3600));
         c.send(&Packet::Subscribe(Subscribe {
             packet_id: PacketId::new(1).unwrap(),
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![(
                 "x/#".into(),
                 SubscriptionOptions {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use common::{q5, Client, Proc};
 use shardmq_auth::test_pki::{days, Ca, Pki};
 use shardmq_core::codec::{
-    Packet, PacketId, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    Packet, PacketId, Props, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 
 /// Files of one test PKI, written once per test binary.
@@ -288,7 +288,7 @@ fn publish_and_subscribe_outside_the_authorized_topics_are_refused() {
             retain: false,
             topic: topic.into(),
             packet_id: PacketId::new(id),
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: bytes::Bytes::from_static(b"x"),
         })
     };
@@ -305,7 +305,7 @@ fn publish_and_subscribe_outside_the_authorized_topics_are_refused() {
     }
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(3).unwrap(),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![
             ("commands/dev1/#".into(), SubscriptionOptions::default()),
             ("commands/#".into(), SubscriptionOptions::default()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Broker, RawClient, WAIT};
-use shardmq_core::codec::{Packet, PacketId, Properties, QoS, Subscribe, SubscriptionOptions};
+use shardmq_core::codec::{Packet, PacketId, Props, QoS, Subscribe, SubscriptionOptions};
 use shardmq_io::shard::ShardReport;
 
 const CLIENT_ID: &str = "shared-id";
@@ -33,7 +33,7 @@ impl Rng {
 fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) -> bool {
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).unwrap(),
-        properties: Properties::default(),
+        properties: Props::default(),
         filters: vec![(
             filter.into(),
             SubscriptionOptions {
@@ -151,7 +151,7 @@ fn concurrent_connects_with_one_client_id_leave_exactly_one_session() {
             retain: false,
             topic: TOPIC.into(),
             packet_id: PacketId::new(id),
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: bytes::Bytes::from_static(body.as_bytes()),
         }));
         assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));

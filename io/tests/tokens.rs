@@ -121,7 +121,8 @@ fn reauth(c: &mut RawClient, token: Bytes) {
             authentication_method: Some(METHOD.into()),
             authentication_data: Some(token),
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
 }
 

@@ -17,8 +17,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::DecodeError;
 use super::packet::*;
-use super::properties::{Properties, PropertyContext};
+use super::properties::PropertyContext;
 use super::property_codec::read_properties;
+use super::props::Props;
 use super::reason::ReasonCode;
 use super::wire::{parse_varint, to_string, Reader};
 
@@ -354,15 +355,11 @@ fn expect_end(r: &Reader<'_>, packet: PacketType) -> Result<(), DecodeError> {
     }
 }
 
-fn properties(
-    r: &mut Reader<'_>,
-    v5: bool,
-    ctx: PropertyContext,
-) -> Result<Properties, DecodeError> {
+fn properties(r: &mut Reader<'_>, v5: bool, ctx: PropertyContext) -> Result<Props, DecodeError> {
     if v5 {
         read_properties(r, ctx)
     } else {
-        Ok(Properties::default())
+        Ok(Props::default())
     }
 }
 
@@ -564,13 +561,13 @@ fn parse_reason_tail(
     r: &mut Reader<'_>,
     packet: PacketType,
     v5: bool,
-) -> Result<(ReasonCode, Properties), DecodeError> {
+) -> Result<(ReasonCode, Props), DecodeError> {
     if !v5 || r.is_empty() {
-        return Ok((ReasonCode::Success, Properties::default()));
+        return Ok((ReasonCode::Success, Props::default()));
     }
     let reason = reason(r.u8("reason code")?, packet)?;
     if r.is_empty() {
-        return Ok((reason, Properties::default()));
+        return Ok((reason, Props::default()));
     }
     let ctx = match packet {
         PacketType::PubAck => PropertyContext::PubAck,
@@ -672,7 +669,7 @@ fn parse_unsuback(r: &mut Reader<'_>, v5: bool) -> Result<UnsubAck, DecodeError>
     if !v5 {
         return Ok(UnsubAck {
             packet_id,
-            properties: Properties::default(),
+            properties: Props::default(),
             reasons: Vec::new(),
         });
     }

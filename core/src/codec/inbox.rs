@@ -110,7 +110,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{encode, Connect, Properties, ProtocolVersion, Publish, QoS};
+    use crate::codec::{encode, Connect, Props, ProtocolVersion, Publish, QoS};
     use bytes::Bytes;
 
     fn connect() -> Packet {
@@ -118,7 +118,7 @@ mod tests {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 30,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: "c".into(),
             will: None,
             username: None,
@@ -133,7 +133,7 @@ mod tests {
             retain: false,
             topic: "t".into(),
             packet_id: None,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from(vec![7u8; len]),
         })
     }

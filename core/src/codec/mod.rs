@@ -10,6 +10,7 @@ mod inbox;
 mod packet;
 mod properties;
 mod property_codec;
+mod props;
 mod reason;
 mod wire;
 
@@ -22,5 +23,6 @@ pub use error::{DecodeError, EncodeError};
 pub use inbox::{Inbox, LARGE_FRAME_BYTES};
 pub use packet::*;
 pub use properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
+pub use props::Props;
 pub use reason::ReasonCode;
 pub use wire::VARINT_MAX;

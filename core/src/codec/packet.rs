@@ -8,7 +8,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::properties::{Properties, SUBSCRIPTION_IDENTIFIER_MAX};
+use super::properties::SUBSCRIPTION_IDENTIFIER_MAX;
+use super::props::Props;
 use super::reason::ReasonCode;
 
 /// Protocol level byte of CONNECT (MQTT 3.1.1 §3.1.2.2, MQTT 5.0 §3.1.2.2).
@@ -189,7 +190,7 @@ pub struct Connect {
     pub clean_start: bool,
     /// Seconds; 0 disables keep-alive.
     pub keep_alive: u16,
-    pub properties: Properties,
+    pub properties: Props,
     pub client_id: ByteString,
     pub will: Option<Will>,
     pub username: Option<ByteString>,
@@ -205,7 +206,7 @@ pub struct Will {
     pub retain: bool,
     /// Will properties (§3.1.3.2): delay, payload format, expiry, content
     /// type, response topic, correlation data, user properties.
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// CONNACK (§3.1). In v3.1.1 `reason` maps to the connect return code
@@ -214,7 +215,7 @@ pub struct Will {
 pub struct ConnAck {
     pub session_present: bool,
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// PUBLISH (§3.3). `topic` may be empty in v5 when a topic alias is used; it
@@ -227,7 +228,7 @@ pub struct Publish {
     pub topic: ByteString,
     /// Present if and only if qos > 0 [MQTT-2.2.1-2].
     pub packet_id: Option<PacketId>,
-    pub properties: Properties,
+    pub properties: Props,
     pub payload: Bytes,
 }
 
@@ -237,7 +238,7 @@ pub struct Publish {
 pub struct PubResponse {
     pub packet_id: PacketId,
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl PubResponse {
@@ -245,7 +246,7 @@ impl PubResponse {
         PubResponse {
             packet_id,
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -275,7 +276,7 @@ pub struct SubscriptionOptions {
 pub struct Subscribe {
     pub packet_id: PacketId,
     /// Subscription Identifier (at most one) and user properties.
-    pub properties: Properties,
+    pub properties: Props,
     /// Raw filters as sent (validated by `topic::Filter::parse`); never empty
     /// [MQTT-3.8.3-3].
     pub filters: Vec<(ByteString, SubscriptionOptions)>,
@@ -286,14 +287,14 @@ pub struct Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: Props,
     pub reasons: Vec<ReasonCode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: Props,
     /// Never empty [MQTT-3.10.3-2].
     pub filters: Vec<ByteString>,
 }
@@ -303,7 +304,7 @@ pub struct Unsubscribe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubAck {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: Props,
     pub reasons: Vec<ReasonCode>,
 }
 
@@ -311,14 +312,14 @@ pub struct UnsubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl Disconnect {
     pub fn new(reason: ReasonCode) -> Disconnect {
         Disconnect {
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -327,5 +328,5 @@ impl Disconnect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::codec::{Properties, Publish, QoS};
+use crate::codec::{Properties, Props, Publish, QoS};
 use crate::topic::TopicName;
 
 /// A routed application message. Immutable once built.
@@ -103,7 +103,8 @@ pub(crate) fn expiry(
 }
 
 /// Keeps only what v5 §3.3.2.3 says the server forwards unaltered.
-pub(crate) fn forwardable(p: Properties) -> Option<Box<Properties>> {
+pub(crate) fn forwardable(p: Props) -> Option<Box<Properties>> {
+    let mut p = p.into_box()?;
     let any = p.payload_format_indicator.is_some()
         || p.content_type.is_some()
         || p.response_topic.is_some()
@@ -112,12 +113,14 @@ pub(crate) fn forwardable(p: Properties) -> Option<Box<Properties>> {
     if !any {
         return None;
     }
-    Some(Box::new(Properties {
+    // The publisher's box is reused: one allocation per message at most.
+    *p = Properties {
         payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type,
-        response_topic: p.response_topic,
-        correlation_data: p.correlation_data,
-        user_properties: p.user_properties,
+        content_type: p.content_type.take(),
+        response_topic: p.response_topic.take(),
+        correlation_data: p.correlation_data.take(),
+        user_properties: std::mem::take(&mut p.user_properties),
         ..Properties::default()
-    }))
+    };
+    Some(p)
 }

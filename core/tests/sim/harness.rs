@@ -18,8 +18,8 @@ use shardmq_core::broker::{
 };
 use shardmq_core::buffer::{RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
-    self, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish,
-    QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    self, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion, PubResponse,
+    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Message};
@@ -364,7 +364,7 @@ impl Sim {
                 protocol_version: ProtocolVersion::V5,
                 clean_start,
                 keep_alive: 60,
-                properties,
+                properties: properties.into(),
                 client_id: id.as_str().into(),
                 will: None,
                 username: None,
@@ -405,7 +405,7 @@ impl Sim {
             c,
             &Packet::Subscribe(Subscribe {
                 packet_id,
-                properties: Properties::default(),
+                properties: Props::default(),
                 filters: vec![(filter.into(), options)],
             }),
         );
@@ -428,7 +428,7 @@ impl Sim {
                 retain,
                 topic: topic.into(),
                 packet_id,
-                properties: Properties::default(),
+                properties: Props::default(),
                 payload,
             }),
         );

@@ -308,7 +308,7 @@ impl RawClient {
             protocol_version: ProtocolVersion::V5,
             clean_start: session_expiry.is_none(),
             keep_alive: 30,
-            properties,
+            properties: properties.into(),
             client_id: client_id.into(),
             will: None,
             username: None,
@@ -337,7 +337,7 @@ impl RawClient {
         client_id: &str,
         configure: impl FnOnce(&mut shardmq_core::codec::Connect),
     ) -> (RawClient, shardmq_core::codec::ConnAck) {
-        use shardmq_core::codec::{Connect, Packet, Properties, ProtocolVersion};
+        use shardmq_core::codec::{Connect, Packet, Props, ProtocolVersion};
         let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut c = RawClient {
@@ -349,7 +349,7 @@ impl RawClient {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 30,
-            properties: Properties::default(),
+            properties: Props::default(),
             client_id: client_id.into(),
             will: None,
             username: None,

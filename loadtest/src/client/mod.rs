@@ -14,7 +14,8 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use shardmq_core::codec::{
     decode_packet, encode, Connect, DecodeError, Disconnect, EncodeError, Packet, PacketId,
-    PacketType, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    PacketType, Properties, Props, ProtocolVersion, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -200,7 +201,7 @@ impl Connector {
             protocol_version: self.version,
             clean_start,
             keep_alive: self.keep_alive_s,
-            properties,
+            properties: properties.into(),
             client_id: ByteString::from(client_id),
             will: None,
             username: None,
@@ -280,7 +281,7 @@ impl Conn {
         let pid = PacketId::new(1).ok_or(ClientError::Unexpected(PacketType::Subscribe))?;
         let sub = Subscribe {
             packet_id: pid,
-            properties: Properties::default(),
+            properties: Props::default(),
             filters: vec![(
                 ByteString::from(filter),
                 SubscriptionOptions {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use shardmq_core::codec::{
-    encode_publish, Packet, PacketId, Properties, PubResponse, Publish, QoS, ReasonCode,
+    encode_publish, Packet, PacketId, Props, PubResponse, Publish, QoS, ReasonCode,
 };
 
 use super::{ClientError, Conn, Timer, Wake};
@@ -116,7 +116,7 @@ impl Publisher<'_> {
                 retain: ctx.retain,
                 topic: self.topic.clone(),
                 packet_id,
-                properties: Properties::default(),
+                properties: Props::default(),
                 // PERF: the arena's allocation is reused once every frozen
                 // payload has been copied into the write buffer and dropped.
                 payload: self.arena.split().freeze(),

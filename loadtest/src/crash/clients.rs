@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use shardmq_core::codec::{
-    encode_publish, Packet, PacketId, Properties, PubResponse, Publish, QoS, ReasonCode,
+    encode_publish, Packet, PacketId, Props, PubResponse, Publish, QoS, ReasonCode,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -146,7 +146,7 @@ impl Publisher<'_> {
                     retain: false,
                     topic: ByteString::from(self.plan.topic.as_str()),
                     packet_id: pid,
-                    properties: Properties::default(),
+                    properties: Props::default(),
                     payload: self.arena.split().freeze(),
                 };
                 encode_publish(&publish, conn.version, &mut conn.wbuf)?;

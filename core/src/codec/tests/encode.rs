@@ -49,14 +49,14 @@ fn encoder_refuses_invalid_property_values_and_reasons() {
     let mut c = ConnAck {
         session_present: false,
         reason: ReasonCode::Success,
-        properties: Properties::default(),
+        properties: Props::default(),
     };
     c.properties.receive_maximum = Some(0);
     assert!(matches!(
         encode(&Packet::ConnAck(c.clone()), V5, &mut BytesMut::new()),
         Err(EncodeError::InvalidPropertyValue { .. })
     ));
-    c.properties = Properties::default();
+    c.properties = Props::default();
     c.reason = ReasonCode::NoMatchingSubscribers;
     assert!(matches!(
         encode(&Packet::ConnAck(c), V5, &mut BytesMut::new()),
@@ -198,7 +198,7 @@ fn encode_forward_matches_encode_of_the_equivalent_publish() {
                         retain: dup,
                         topic: s(topic),
                         packet_id: id,
-                        properties,
+                        properties: properties.into(),
                         payload: payload.clone(),
                     });
                     let mut buf = BytesMut::new();

@@ -83,14 +83,14 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
             protocol_version: version,
             clean_start: true,
             keep_alive: 30,
-            properties: props.clone(),
+            properties: props.clone().into(),
             client_id: s("client"),
             will: Some(Will {
                 topic: s("will/t"),
                 payload: Bytes::from_static(b"bye"),
                 qos: QoS::AtLeastOnce,
                 retain: true,
-                properties: props.clone(),
+                properties: props.clone().into(),
             }),
             username: Some(s("u")),
             password: Some(Bytes::from_static(b"p")),
@@ -98,7 +98,7 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
         Packet::ConnAck(ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
-            properties: props.clone(),
+            properties: props.clone().into(),
         }),
         Packet::Publish(Publish {
             dup: true,
@@ -106,7 +106,7 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
             retain: true,
             topic: s("a/b"),
             packet_id: Some(pid(7)),
-            properties: pub_props,
+            properties: pub_props.into(),
             payload: Bytes::from_static(b"hello"),
         }),
         Packet::PubAck(PubResponse::new(pid(1), ReasonCode::Success)),
@@ -115,22 +115,22 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
         Packet::PubComp(PubResponse::new(pid(4), ReasonCode::Success)),
         Packet::Subscribe(Subscribe {
             packet_id: pid(5),
-            properties: props.clone(),
+            properties: props.clone().into(),
             filters: vec![(s("a/+"), SubscriptionOptions::default())],
         }),
         Packet::SubAck(SubAck {
             packet_id: pid(5),
-            properties: props.clone(),
+            properties: props.clone().into(),
             reasons: vec![ReasonCode::GrantedQoS1],
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(6),
-            properties: props.clone(),
+            properties: props.clone().into(),
             filters: vec![s("a/+")],
         }),
         Packet::UnsubAck(UnsubAck {
             packet_id: pid(6),
-            properties: props.clone(),
+            properties: props.clone().into(),
             reasons: if v == V5 {
                 vec![ReasonCode::Success]
             } else {
@@ -147,7 +147,8 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
             properties: Properties {
                 authentication_method: Some(s("SCRAM")),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }));
     }
     out

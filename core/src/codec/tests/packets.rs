@@ -354,7 +354,7 @@ fn v311_suback_return_codes_mqtt_3_9_3_2() {
     // Any v5 failure maps to 0x80 on a v3.1.1 wire.
     let p = Packet::SubAck(SubAck {
         packet_id: pid(1),
-        properties: Properties::default(),
+        properties: Props::default(),
         reasons: vec![ReasonCode::TopicFilterInvalid],
     });
     assert_eq!(&enc(&p, V311)[..], &[0x90, 3, 0, 1, 0x80]);
@@ -432,7 +432,7 @@ fn disconnect_and_auth_short_forms_v5_3_14_2_1() {
     // AUTH with a reason always carries a Property Length (§3.15.2).
     let auth = Packet::Auth(Auth {
         reason: ReasonCode::ReAuthenticate,
-        properties: Properties::default(),
+        properties: Props::default(),
     });
     assert_eq!(&enc(&auth, V5)[..], &[0xF0, 2, 0x19, 0]);
 }

@@ -216,7 +216,7 @@ impl Connection {
             .push_back(Outgoing::Packet(Packet::ConnAck(ConnAck {
                 session_present,
                 reason,
-                properties,
+                properties: properties.into(),
             })));
     }
 
@@ -234,9 +234,10 @@ impl Connection {
         if auth.reason != ReasonCode::ReAuthenticate {
             return self.violate(Violation::UnexpectedAuth(auth.reason));
         }
+        let properties = auth.properties.into_inner();
         self.events.push_back(Event::ReAuthenticate {
-            method: auth.properties.authentication_method.unwrap_or_default(),
-            data: auth.properties.authentication_data,
+            method: properties.authentication_method.unwrap_or_default(),
+            data: properties.authentication_data,
         });
     }
 
@@ -256,7 +257,7 @@ impl Connection {
                 };
                 self.send(Packet::Auth(codec::Auth {
                     reason: ReasonCode::Success,
-                    properties,
+                    properties: properties.into(),
                 }));
             }
             Err(reason) => self.close_with(reason),

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 
 use crate::codec::{
-    self, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties,
+    self, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties, Props,
     ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ShortAck, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };

@@ -88,7 +88,7 @@ impl Connection {
         // so it goes out before any retained message they bring.
         self.send(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
-            properties: Properties::default(),
+            properties: Props::default(),
             reasons,
         }));
     }
@@ -122,7 +122,7 @@ impl Connection {
         // [MQTT-3.10.4-4] always answer with UNSUBACK.
         self.send(Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
-            properties: Properties::default(),
+            properties: Props::default(),
             reasons,
         }));
     }
