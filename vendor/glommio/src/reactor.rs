@@ -119,9 +119,9 @@ impl Timers {
         self.timers.insert((when, id), waker);
     }
 
-    /// Return the duration until next event and the number of
-    /// ready and woke timers.
-    fn process_timers(&mut self) -> (Option<Duration>, usize) {
+    /// Return the duration until next event (and its instant) and the
+    /// number of ready and woke timers.
+    fn process_timers(&mut self) -> (Option<(Duration, Instant)>, usize) {
         let now = Instant::now();
 
         // shardmq patch 7: nothing is due in nearly every call (a shard's
@@ -147,7 +147,9 @@ impl Timers {
             .timers
             .keys()
             .next()
-            .map(|(when, _)| when.saturating_duration_since(now));
+            // shardmq patch 9: the instant too, so the sleep need not read
+            // the clock again to compare it with the armed timer's.
+            .map(|(when, _)| (when.saturating_duration_since(now), (*when).max(now)));
         (next, woke)
     }
 }
@@ -831,7 +833,7 @@ impl Reactor {
     /// Processes ready timers and extends the list of wakers to wake.
     ///
     /// Returns the duration until the next timer
-    fn process_timers(&self) -> (Option<Duration>, usize) {
+    fn process_timers(&self) -> (Option<(Duration, Instant)>, usize) {
         let mut timers = self.timers.borrow_mut();
         timers.process_timers()
     }
@@ -872,7 +874,7 @@ impl Reactor {
         Ok(woke > 0)
     }
 
-    fn process_external_events(&self) -> (Option<Duration>, usize) {
+    fn process_external_events(&self) -> (Option<(Duration, Instant)>, usize) {
         let (next_timer, mut woke) = self.process_timers();
         woke += self.process_shared_channels();
         (next_timer, woke)

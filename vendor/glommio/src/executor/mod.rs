@@ -47,7 +47,7 @@ use latch::{Latch, LatchState};
 use log::warn;
 pub use placement::{CpuSet, Placement, PoolPlacement};
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{hash_map::Entry, BinaryHeap},
     fmt,
     future::Future,
@@ -1116,6 +1116,9 @@ pub struct LocalExecutor {
     id: usize,
     reactor: Rc<reactor::Reactor>,
     stall_detector: RefCell<Option<StallDetector>>,
+    /// shardmq patch 9: when the last task queue's run ended, read once for
+    /// its runtime and reused as the turn's end.
+    last_run_end: Cell<Option<Instant>>,
 }
 
 impl LocalExecutor {
@@ -1177,6 +1180,7 @@ impl LocalExecutor {
                     .map(|x| StallDetector::new(id, x))
                     .transpose()?,
             ),
+            last_run_end: Cell::new(None),
         })
     }
 
@@ -1388,7 +1392,9 @@ impl LocalExecutor {
                     break;
                 }
             }
-            let elapsed = time.elapsed();
+            let end = Instant::now();
+            self.last_run_end.set(Some(end));
+            let elapsed = end - time;
             drop(guard);
             (elapsed, tasks_executed_this_loop)
         };
@@ -1486,7 +1492,13 @@ impl LocalExecutor {
                 let run = this.run_task_queues();
 
                 // account for runtime and poll/sleep if possible
-                let cur_time = Instant::now();
+                // shardmq patch 9: the last queue's end is this turn's (what
+                // ran after it was the scheduler's check for more).
+                let cur_time = this
+                    .last_run_end
+                    .take()
+                    .filter(|_| run)
+                    .unwrap_or_else(Instant::now);
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
                 if !run {

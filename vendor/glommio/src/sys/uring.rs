@@ -560,6 +560,74 @@ pub(crate) fn clock_preempt() -> bool {
     sys::env_switch(&ON, "GLOMMIO_CLOCK_PREEMPT", true)
 }
 
+/// shardmq patch (PATCHED.md, change 9), on unless `GLOMMIO_COARSE_SLICE=0`:
+/// a slice long enough ends on the coarse monotonic clock. `need_preempt`
+/// runs before every task; a precise clock read is ~40 ns in a VM, the
+/// coarse one ~9.
+fn coarse_slice() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    sys::env_switch(&ON, "GLOMMIO_COARSE_SLICE", true)
+}
+
+/// The end of a task queue's slice (shardmq patches 6 and 9).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SliceDeadline {
+    Precise(Instant),
+    /// Nanoseconds of `CLOCK_MONOTONIC_COARSE`.
+    Coarse(u64),
+}
+
+impl SliceDeadline {
+    fn after(slice: Duration) -> SliceDeadline {
+        // The coarse clock ticks once a jiffy (1-10 ms): only a slice ten
+        // ticks long may end up to a tick early or late. glommio's default
+        // slice is 100 ms; a queue that asks for less gets the precise clock.
+        if let Some(tick) = coarse_tick().filter(|_| coarse_slice()) {
+            if slice >= tick * 10 {
+                if let Some(now) = coarse_now() {
+                    return SliceDeadline::Coarse(now.saturating_add(slice.as_nanos() as u64));
+                }
+            }
+        }
+        SliceDeadline::Precise(Instant::now() + slice)
+    }
+
+    #[inline(always)]
+    fn passed(self) -> bool {
+        match self {
+            SliceDeadline::Precise(at) => Instant::now() >= at,
+            // A failed read cannot happen once `after` made one; read it as
+            // "not yet" rather than preempting every task.
+            SliceDeadline::Coarse(at) => coarse_now().is_some_and(|now| now >= at),
+        }
+    }
+}
+
+fn coarse_now() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The coarse clock's resolution, `None` where it has none.
+fn coarse_tick() -> Option<Duration> {
+    static TICK: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        (rc == 0 && (ts.tv_sec, ts.tv_nsec) != (0, 0))
+            .then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    })
+}
+
 /// shardmq patch 6: how much later than wanted a kept user timer may be due.
 const KEPT_TIMER_SLACK: Duration = Duration::from_micros(100);
 
@@ -1359,7 +1427,7 @@ pub(crate) struct Reactor {
     link_rings_src: Cell<Option<Source>>,
     /// shardmq patch 6: when the running task queue's slice ends
     /// (`need_preempt` reads it instead of waiting for a TIMEOUT CQE).
-    preempt_deadline: Cell<Option<Instant>>,
+    preempt_deadline: Cell<Option<SliceDeadline>>,
     /// shardmq patch 6: the main ring's completion queue head and tail, so
     /// `need_preempt` sees a ring's depth of completions waiting (what the
     /// throughput TIMEOUT used to signal) without a borrow or a timer.
@@ -1969,7 +2037,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Duration>,
+        user_timer: Option<(Duration, Instant)>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -2004,9 +2072,12 @@ impl Reactor {
         let clock = clock_preempt();
         let may_sleep = preempt_timer().is_none();
         // Only a turn that may sleep compares (or records) the deadline.
+        // shardmq patch 9: the instant comes with the duration, read once
+        // when the timers were processed.
         let user_deadline = user_timer
             .filter(|_| clock && may_sleep)
-            .map(|d| Instant::now() + d);
+            .map(|(_, at)| at);
+        let user_timer = user_timer.map(|(d, _)| d);
         let timer = self.latency_preemption_timeout_src.take();
         let keep = clock
             && timer.as_ref().is_some_and(|src| src.result().is_none())
@@ -2137,7 +2208,7 @@ impl Reactor {
 
         if let Some(preempt) = preempt_timer() {
             if clock {
-                self.preempt_deadline.set(Some(Instant::now() + preempt));
+                self.preempt_deadline.set(Some(SliceDeadline::after(preempt)));
             } else {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
@@ -2172,7 +2243,7 @@ impl Reactor {
                 .load(std::sync::atomic::Ordering::Acquire)
                 .wrapping_sub(*self.main_cq.0)
         };
-        waiting as usize >= self.rings_depth || Instant::now() >= deadline
+        waiting as usize >= self.rings_depth || deadline.passed()
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
