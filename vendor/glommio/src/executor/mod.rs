@@ -1493,12 +1493,9 @@ impl LocalExecutor {
 
                 // account for runtime and poll/sleep if possible
                 // shardmq patch 9: the last queue's end is this turn's (what
-                // ran after it was the scheduler's check for more).
-                let cur_time = this
-                    .last_run_end
-                    .take()
-                    .filter(|_| run)
-                    .unwrap_or_else(Instant::now);
+                // ran after it was the scheduler's check for more); it is
+                // taken every turn, so it is never an earlier turn's.
+                let cur_time = this.last_run_end.take().unwrap_or_else(Instant::now);
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
                 if !run {

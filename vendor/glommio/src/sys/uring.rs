@@ -581,15 +581,22 @@ impl SliceDeadline {
     fn after(slice: Duration) -> SliceDeadline {
         // The coarse clock ticks once a jiffy (1-10 ms): only a slice ten
         // ticks long may end up to a tick early or late. glommio's default
-        // slice is 100 ms; a queue that asks for less gets the precise clock.
+        // slice is 100 ms; a slice shorter than ten ticks gets the precise
+        // clock.
         if let Some(tick) = coarse_tick().filter(|_| coarse_slice()) {
             if slice >= tick * 10 {
                 if let Some(now) = coarse_now() {
-                    return SliceDeadline::Coarse(now.saturating_add(slice.as_nanos() as u64));
+                    let slice = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+                    return SliceDeadline::Coarse(now.saturating_add(slice));
                 }
             }
         }
-        SliceDeadline::Precise(Instant::now() + slice)
+        let now = Instant::now();
+        // A slice too long to add never ends: a year will do.
+        SliceDeadline::Precise(
+            now.checked_add(slice)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600)),
+        )
     }
 
     #[inline(always)]
@@ -2083,11 +2090,10 @@ impl Reactor {
             && timer.as_ref().is_some_and(|src| src.result().is_none())
             && (!may_sleep
                 || match (self.latency_timer_deadline.get(), user_deadline) {
-                    // Both deadlines are `now` plus a duration the timer
-                    // wheel measured a few µs earlier, so the same timer's
-                    // two readings differ by that much either way; the
-                    // slack keeps it instead of re-arming it for nothing
-                    // (the old code's timers were late by the same gap).
+                    // Both are a timer's own `when` (patch 9), so the same
+                    // timer compares equal and is kept; the slack also
+                    // keeps an armed timer due up to 100 µs after a newly
+                    // wanted one instead of re-arming it for so little.
                     (Some(armed), Some(wanted)) => armed <= wanted + KEPT_TIMER_SLACK,
                     (_, None) | (None, _) => false,
                 });
