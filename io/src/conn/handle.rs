@@ -2,13 +2,13 @@
 //! and what the listener demands of it. The protocol state is the shard's
 //! (`broker::Shard`); this holds only wake-ups and the listener's security.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rustls_pki_types::CertificateDer;
 use shardmq_core::broker::ConnId;
 
+use super::signal::Signal;
 use crate::security::ListenerSecurity;
 use crate::telemetry::counters::ListenerCounters;
 
@@ -32,16 +32,14 @@ pub struct ConnHandle {
     /// token subject, "anonymous") and how it came in, once admitted.
     pub principal: RefCell<String>,
     pub admitted: RefCell<Option<Admitted>>,
-    wake_tx: LocalSender<()>,
-    pub wake_rx: LocalReceiver<()>,
-    /// Raised by `close`: the reader stops, the writer flushes and closes.
-    closed: Cell<bool>,
-    closed_tx: LocalSender<()>,
-    pub closed_rx: LocalReceiver<()>,
-    /// Signalled by the writer after each write, for a reader waiting on
-    /// the transmit backlog (`Flow::WaitForWriter`).
-    pub drained_tx: LocalSender<()>,
-    pub drained_rx: LocalReceiver<()>,
+    /// Raised when the shard has output for the writer.
+    pub wake: Signal,
+    /// Raised (and kept raised) by `close`: the reader stops, the writer
+    /// flushes and closes.
+    pub closed: Signal,
+    /// Raised by the writer after each write, for a reader waiting on the
+    /// transmit backlog (`Flow::WaitForWriter`).
+    pub drained: Signal,
 }
 
 impl ConnHandle {
@@ -53,9 +51,6 @@ impl ConnHandle {
         counters: Rc<ListenerCounters>,
         peer_certs: Vec<CertificateDer<'static>>,
     ) -> ConnHandle {
-        let (wake_tx, wake_rx) = local_channel::new_bounded(1);
-        let (closed_tx, closed_rx) = local_channel::new_bounded(1);
-        let (drained_tx, drained_rx) = local_channel::new_bounded(1);
         ConnHandle {
             id,
             listener,
@@ -66,31 +61,26 @@ impl ConnHandle {
             peer_certs,
             principal: RefCell::new(String::new()),
             admitted: RefCell::new(None),
-            wake_tx,
-            wake_rx,
-            closed: Cell::new(false),
-            closed_tx,
-            closed_rx,
-            drained_tx,
-            drained_rx,
+            wake: Signal::default(),
+            closed: Signal::default(),
+            drained: Signal::default(),
         }
     }
 
     /// Runs the writer; a pending wake-up already covers this one.
     pub fn wake(&self) {
-        let _ = self.wake_tx.try_send(());
+        self.wake.raise();
     }
 
     /// The connection is over: the reader stops, the writer flushes what is
     /// left and closes the socket.
     pub fn close(&self) {
-        self.closed.set(true);
-        let _ = self.closed_tx.try_send(());
+        self.closed.raise();
         self.wake();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.get()
+        self.closed.is_raised()
     }
 }
 

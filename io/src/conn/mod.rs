@@ -7,6 +7,7 @@
 pub mod admit;
 pub mod handle;
 mod reader;
+mod signal;
 mod writer;
 
 use std::rc::Rc;

@@ -35,7 +35,7 @@ pub async fn run<R: AsyncRead + Unpin>(
             Flow::WaitForWriter => {
                 handle.wake();
                 if !until_closed(handle, async {
-                    let _ = handle.drained_rx.recv().await;
+                    handle.drained.take().await;
                 })
                 .await
                 {
@@ -59,7 +59,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         }
         let read = async { Some(read_noting_wait(&mut reader, &mut chunk).await) }
             .or(async {
-                let _ = handle.closed_rx.recv().await;
+                handle.closed.raised().await;
                 None
             })
             .await;
@@ -112,7 +112,7 @@ async fn until_closed(handle: &ConnHandle, wait: impl std::future::Future<Output
         true
     }
     .or(async {
-        let _ = handle.closed_rx.recv().await;
+        handle.closed.raised().await;
         false
     })
     .await

@@ -59,7 +59,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                 return;
             }
             ListenerCounters::add(&handle.counters.bytes_out, buf.len() as u64);
-            let _ = handle.drained_tx.try_send(());
+            handle.drained.raise();
             // Output before input: a writer keeps the shard for up to
             // WRITE_BATCHES_PER_TURN batches while readers get one chunk
             // per turn, so delivery keeps up with intake.
@@ -78,12 +78,15 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                 *close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_FLUSH_TIMEOUT);
             if driver.peek(|s| s.is_held(id)) && Instant::now() < deadline {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                let woken = async { handle.wake_rx.recv().await.is_some() }
-                    .or(async {
-                        glommio::timer::sleep(wait).await;
-                        true
-                    })
-                    .await;
+                let woken = async {
+                    handle.wake.take().await;
+                    true
+                }
+                .or(async {
+                    glommio::timer::sleep(wait).await;
+                    true
+                })
+                .await;
                 if woken {
                     continue;
                 }
@@ -94,9 +97,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
         if buf.capacity() > WRITE_BUF_IDLE_BYTES {
             buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
         }
-        if handle.wake_rx.recv().await.is_none() {
-            return;
-        }
+        handle.wake.take().await;
     }
 }
 
