@@ -145,6 +145,9 @@ impl Launched {
             cmd: template.to_owned(),
             source,
         };
+        // Fresh: a dead process's directory (pids and ports are reused)
+        // would hand this broker its files.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(spawn_err)?;
         let command = template_command(template, port, &dir, cpu);
         Launched::spawn(name, template, command, port, dir)

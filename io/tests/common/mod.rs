@@ -453,6 +453,10 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("shardmq-test-{}-{n}", std::process::id()));
+    // Each call's name is new in this process, so a directory that exists
+    // is a dead process's (pids are reused): its files (a cluster's state,
+    // a CA) must not leak into this test.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

@@ -120,6 +120,9 @@ impl Broker {
     fn start(o: &Options) -> Result<Broker, TargetError> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("shardmq-crash-{}-{port}", std::process::id()));
+        // A dead process's directory (pids and ports are reused) would hand
+        // this broker someone else's persisted state.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|source| TargetError::Spawn {
             name: o.name.clone(),
             cmd: o.template.clone(),
