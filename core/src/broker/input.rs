@@ -66,7 +66,7 @@ impl<S: Store> Shard<S> {
                 break;
             }
             // PERF: the 4-byte acknowledgements a draining subscriber sends
-            // for every message skip `Packet` (a ~470-byte value).
+            // for every message skip building a `Packet` and its match.
             if let Some(ack) = c.inbox.decode_ack() {
                 c.machine.handle_short_ack(now, ack);
             } else {
