@@ -27,6 +27,12 @@ impl Props {
         self.0
     }
 
+    /// The set to change, if there is one. `DerefMut` allocates an empty
+    /// set to write into; this does not, for code that only removes.
+    pub fn get_mut(&mut self) -> Option<&mut Properties> {
+        self.0.as_deref_mut()
+    }
+
     /// Takes the set out, leaving an empty one.
     pub fn take(&mut self) -> Props {
         Props(self.0.take())
@@ -98,6 +104,9 @@ mod tests {
         assert!(touched.0.is_some());
         assert_eq!(none, touched);
         assert!(Props::from(Properties::default()).0.is_none());
+        let mut none = Props::default();
+        assert!(none.get_mut().is_none());
+        assert!(none.0.is_none());
     }
 
     #[test]

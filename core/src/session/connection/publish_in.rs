@@ -114,7 +114,12 @@ impl Connection {
 
     /// Applies and records topic aliases (v5 §3.3.2.3.4).
     pub(super) fn resolve_topic(&mut self, publish: &mut Publish) -> Result<TopicName, Violation> {
-        let alias = publish.properties.topic_alias.take();
+        // PERF: `get_mut`, not a field write: that would box an empty set
+        // for every PUBLISH without properties.
+        let alias = publish
+            .properties
+            .get_mut()
+            .and_then(|p| p.topic_alias.take());
         if let Some(alias) = alias {
             // 0 never reaches here: the codec rejects it [MQTT-3.3.2-8].
             let max = self.limits.topic_alias_max;
