@@ -117,7 +117,7 @@ fn message(payload_len: usize) -> Message {
         payload: Bytes::from(vec![0x5Au8; payload_len]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("sensor-0042"),
         retain_stamp: 0,

@@ -37,7 +37,7 @@ fn message() -> Arc<Message> {
         payload: Bytes::from(vec![0x5Au8; 1024]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("sensor-0042"),
         retain_stamp: 0,

@@ -25,7 +25,7 @@ fn hop(n: u64, targets: usize) -> Duration {
         payload: Bytes::from(vec![0u8; 64]),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: "bench".into(),
         retain_stamp: 0,

@@ -25,7 +25,7 @@ fn message(payload: &'static [u8]) -> Message {
         payload: Bytes::from_static(payload),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("sensor-1"),
         retain_stamp: 0,

@@ -114,7 +114,7 @@ fn message(i: usize, qos: QoS) -> SharedMessage {
         payload: Bytes::from(format!("{i:06}")),
         qos,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("publisher"),
         retain_stamp: 0,

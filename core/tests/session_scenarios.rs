@@ -67,7 +67,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> SharedMessage {
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("publisher"),
         retain_stamp: 0,

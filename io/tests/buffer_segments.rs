@@ -51,10 +51,11 @@ fn message(i: usize, payload_len: usize) -> Message {
         payload: Bytes::from(payload),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Some(Box::new(Properties {
+        properties: Properties {
             user_properties: vec![("k".into(), "v".into())],
             ..Properties::default()
-        })),
+        }
+        .into(),
         expires_at: Some(Instant::now() + Duration::from_secs(60)),
         origin: ByteString::from_static("truck"),
         retain_stamp: 0,

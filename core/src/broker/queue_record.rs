@@ -372,7 +372,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"21.5"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: None,
+            properties: Default::default(),
             expires_at: Some(epoch + Duration::from_secs(60)),
             origin: "sensor-7".into(),
             retain_stamp: 0,

@@ -92,7 +92,7 @@ impl<S: Store> Shard<S> {
                 payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
                 qos: QoS::AtMostOnce,
                 retain: false,
-                properties: None,
+                properties: Default::default(),
                 expires_at: None,
                 origin: ByteString::new(),
                 retain_stamp: 0,

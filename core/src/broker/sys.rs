@@ -60,7 +60,7 @@ impl<S: Store> Shard<S> {
             payload: Bytes::from(payload),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: None,
+            properties: Default::default(),
             expires_at: None,
             origin: ByteString::new(),
             retain_stamp: 0,

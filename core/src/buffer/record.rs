@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::codec::{Properties, QoS};
+use crate::codec::{Props, QoS};
 use crate::session::Message;
 use crate::topic::TopicName;
 
@@ -32,8 +32,7 @@ const HAS_CORRELATION_DATA: u8 = 1 << 7;
 /// `None` if a field is longer than its length prefix allows (a topic, client
 /// id or property past 65,535 bytes cannot come from a valid packet).
 pub fn encoded_len(message: &Message) -> Option<usize> {
-    let none = Properties::default();
-    let p = message.properties.as_deref().unwrap_or(&none);
+    let p = &*message.properties;
     let mut len = RECORD_HEADER_LEN + 1; // flags
     if message.expires_at.is_some() {
         len += 8;
@@ -81,8 +80,7 @@ pub fn encode(
     let len = encoded_len(message).ok_or(RecordError::TooLarge)?;
     out.reserve(len);
     let start = out.len();
-    let none = Properties::default();
-    let p = message.properties.as_deref().unwrap_or(&none);
+    let p = &*message.properties;
     // Cannot fail: `encoded_len` checked that the total fits a u32.
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&owner.to_le_bytes());
@@ -216,13 +214,13 @@ fn decode_body(
     };
     let topic = TopicName::new(r.string()?).map_err(|_| RecordError::Malformed("topic"))?;
     let origin = r.string()?;
-    // PERF: a record without properties (the telemetry case) skips
-    // building and comparing a ~480-byte `Properties`.
-    let mut properties = None;
+    // PERF: a record without properties (the telemetry case) allocates
+    // none: `Props` boxes a set on the first write.
+    let mut properties = Props::default();
     if flags & (HAS_PAYLOAD_FORMAT | HAS_CONTENT_TYPE | HAS_RESPONSE_TOPIC | HAS_CORRELATION_DATA)
         != 0
     {
-        let p = properties.get_or_insert_with(Box::<Properties>::default);
+        let p = &mut *properties;
         if flags & HAS_PAYLOAD_FORMAT != 0 {
             p.payload_format_indicator = Some(r.u8()?);
         }
@@ -242,7 +240,7 @@ fn decode_body(
         return Err(RecordError::Malformed("user property count"));
     }
     if user_count > 0 {
-        let p = properties.get_or_insert_with(Box::<Properties>::default);
+        let p = &mut *properties;
         p.user_properties.reserve_exact(user_count);
         for _ in 0..user_count {
             let k = r.string()?;

@@ -144,7 +144,7 @@ mod tests {
             payload: bytes::Bytes::from_static(payload),
             qos: crate::codec::QoS::AtMostOnce,
             retain: true,
-            properties: None,
+            properties: Default::default(),
             expires_at: None,
             origin: "c".into(),
             retain_stamp: stamp,

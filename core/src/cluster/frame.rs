@@ -432,7 +432,7 @@ mod tests {
             payload: Bytes::from_static(b"21.5"),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: None,
+            properties: Default::default(),
             expires_at: Some(now + std::time::Duration::from_secs(30)),
             origin: "sensor-1".into(),
             retain_stamp: 0,

@@ -1,4 +1,5 @@
-//! `Props`: the property set a packet carries, boxed only when it has any.
+//! `Props`: the property set a packet (or a routed message) carries, boxed
+//! only when it has any.
 //! Reads go through `Deref` to an empty set, writes through `DerefMut`
 //! (which allocates), so code reads `packet.properties.topic_alias` as if
 //! the set were inline.
@@ -20,6 +21,16 @@ impl Props {
     /// The set by value (empty when there is none).
     pub fn into_inner(self) -> Properties {
         self.0.map(|b| *b).unwrap_or_default()
+    }
+
+    /// The set, if one was ever given (it may be empty).
+    pub fn as_deref(&self) -> Option<&Properties> {
+        self.0.as_deref()
+    }
+
+    /// A set already boxed.
+    pub fn from_box(p: Box<Properties>) -> Props {
+        Props(Some(p))
     }
 
     /// The box, if the set was ever given one.

@@ -22,11 +22,9 @@ pub struct Message {
     pub retain: bool,
     /// Only the properties forwarded to subscribers (v5 §3.3.2.3): payload
     /// format indicator, content type, response topic, correlation data and
-    /// user properties. Expiry is carried as `expires_at` instead. `None`
-    /// when there are none (the common telemetry case).
-    // PERF: boxed so the message is small: a routed message is moved and
-    // shared on the hot path, and `Properties` is ~480 bytes inline.
-    pub properties: Option<Box<Properties>>,
+    /// user properties. Expiry is carried as `expires_at` instead. Empty
+    /// (no allocation) when there are none, the common telemetry case.
+    pub properties: Props,
     /// When the message expires [MQTT-3.3.2-5]; `None` never expires.
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local [MQTT-3.8.3-3]. Empty for
@@ -103,15 +101,17 @@ pub(crate) fn expiry(
 }
 
 /// Keeps only what v5 §3.3.2.3 says the server forwards unaltered.
-pub(crate) fn forwardable(p: Props) -> Option<Box<Properties>> {
-    let mut p = p.into_box()?;
+pub(crate) fn forwardable(p: Props) -> Props {
+    let Some(mut p) = p.into_box() else {
+        return Props::default();
+    };
     let any = p.payload_format_indicator.is_some()
         || p.content_type.is_some()
         || p.response_topic.is_some()
         || p.correlation_data.is_some()
         || !p.user_properties.is_empty();
     if !any {
-        return None;
+        return Props::default();
     }
     // The publisher's box is reused: one allocation per message at most.
     *p = Properties {
@@ -122,5 +122,5 @@ pub(crate) fn forwardable(p: Props) -> Option<Box<Properties>> {
         user_properties: std::mem::take(&mut p.user_properties),
         ..Properties::default()
     };
-    Some(p)
+    Props::from_box(p)
 }

@@ -356,7 +356,7 @@ mod tests {
                 payload: bytes::Bytes::from(n.to_string()),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: None,
+                properties: Default::default(),
                 expires_at: None,
                 origin: Default::default(),
                 retain_stamp: 0,

@@ -225,7 +225,7 @@ mod tests {
             payload: Bytes::from(vec![7u8; payload_len]),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: None,
+            properties: Default::default(),
             expires_at: None,
             origin: ByteString::from_static("c"),
             retain_stamp: 0,

@@ -169,7 +169,7 @@ mod tests {
                         payload: bytes::Bytes::from(vec![b'x'; 100]),
                         qos: QoS::AtLeastOnce,
                         retain: true,
-                        properties: None,
+                        properties: Default::default(),
                         expires_at: None,
                         origin: Default::default(),
                         retain_stamp: 0,

@@ -148,7 +148,7 @@ mod tests {
                     payload: bytes::Bytes::from(seq.to_string()),
                     qos: QoS::AtLeastOnce,
                     retain: false,
-                    properties: None,
+                    properties: Default::default(),
                     expires_at: None,
                     origin: Default::default(),
                     retain_stamp: 0,

@@ -64,7 +64,7 @@ fn sample_message(payload_bytes: usize) -> Option<Message> {
         payload: Bytes::from(vec![0xA5; payload_bytes]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: None,
+        properties: Default::default(),
         expires_at: None,
         origin: ByteString::from_static("shardmq-lt-123456-1a2b3c4d-0-p0"),
         retain_stamp: 0,

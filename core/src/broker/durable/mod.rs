@@ -211,8 +211,8 @@ impl Durable {
 fn user_properties(message: &SharedMessage) -> impl Iterator<Item = (&str, &str)> {
     message
         .properties
+        .user_properties
         .iter()
-        .flat_map(|p| p.user_properties.iter())
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
 }
 
@@ -473,7 +473,7 @@ mod tests {
             payload: bytes::Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: None,
+            properties: Default::default(),
             expires_at: None,
             origin: "c".into(),
             retain_stamp: 0,
