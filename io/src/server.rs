@@ -141,6 +141,9 @@ pub fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
     let telemetry = Arc::new(Telemetry::new(n, listener_infos(&config.listeners)));
+    if let Some(run) = &persist {
+        telemetry.set_recovery(run.recovered.clone());
+    }
     let (reload_txs, reload_rxs): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| {
             let (tx, rx) = mpsc::channel();

@@ -65,12 +65,12 @@ fn setup_with(encrypt: bool, shards: u32, retain: serde_json::Value) -> Setup {
     }
 }
 
-/// The sum over shards of metric `name` (refreshed about once a second).
+/// The sum of metric `name` over its samples (refreshed about once a second).
 fn metric(s: &Setup, name: &str) -> u64 {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.metrics));
     let (_, body) = common::http_get(addr, "/metrics");
     body.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -229,6 +229,9 @@ async fn a_changed_byte_is_detected_and_cut_not_replayed() {
     log.wait_for(&["persistence: recovered", "cut=1", "retained=1"]);
     let got = retained(s.port, "#", 1).await;
     assert_eq!(got.get("keep").map(String::as_str), Some("first"));
+    // Counted where an operator's alert sees it, not only in the log.
+    assert_eq!(metric(&s, "shardmq_persistence_recovery_cut_files"), 1);
+    assert_eq!(metric(&s, "shardmq_persistence_recovered_records"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

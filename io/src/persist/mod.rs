@@ -89,6 +89,8 @@ pub struct PersistRun {
     /// A shard could not start from its log: the others stop waiting for
     /// it at their start-up barrier.
     pub failed: std::sync::atomic::AtomicBool,
+    /// What this start's recovery found (shown in the metrics).
+    pub recovered: Recovered,
     _lock: File,
 }
 
@@ -99,7 +101,7 @@ impl PersistRun {
         create_dir(&spec.dir)?;
         let lock = lock_dir(&spec.dir)?;
         let epoch = Epoch::now();
-        let (starts, _) = recover(spec, shards, epoch)?;
+        let (starts, recovered) = recover(spec, shards, epoch)?;
         if spec.policy.queues == shardmq_core::config::QueuePolicy::None {
             warn!(
                 "persistence: sessions and their subscriptions persist, but with subscriberQueue \
@@ -116,6 +118,7 @@ impl PersistRun {
             drained: std::sync::atomic::AtomicUsize::new(0),
             settled: std::sync::atomic::AtomicUsize::new(0),
             failed: std::sync::atomic::AtomicBool::new(false),
+            recovered,
             _lock: lock,
         })
     }
@@ -221,8 +224,9 @@ pub struct ShardStart {
     pub generation: u32,
 }
 
-/// What recovery found, for the start-up log line.
-#[derive(Debug, Default)]
+/// What recovery found, for the start-up log line and the metrics
+/// (`shardmq_persistence_recovery_*`).
+#[derive(Debug, Default, Clone)]
 pub struct Recovered {
     pub files: usize,
     pub ops: usize,

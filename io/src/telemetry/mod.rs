@@ -72,6 +72,9 @@ pub struct Telemetry {
     listeners: Mutex<Vec<ListenerInfo>>,
     /// `diagnostics.sys.intervalSeconds` in ms; 0: no `$SYS` topics.
     sys_interval_ms: AtomicU64,
+    /// What the persistence recovery at this start found; unset without
+    /// `persistence`.
+    recovery: std::sync::OnceLock<crate::persist::Recovered>,
 }
 
 impl Telemetry {
@@ -85,7 +88,17 @@ impl Telemetry {
             bound: Mutex::new(vec![Vec::new(); shards]),
             listeners: Mutex::new(listeners),
             sys_interval_ms: AtomicU64::new(0),
+            recovery: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Once, at the start, when `persistence` is configured.
+    pub fn set_recovery(&self, recovered: crate::persist::Recovered) {
+        let _ = self.recovery.set(recovered);
+    }
+
+    pub fn recovery(&self) -> Option<crate::persist::Recovered> {
+        self.recovery.get().cloned()
     }
 
     pub fn shards(&self) -> usize {

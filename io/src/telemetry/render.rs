@@ -21,6 +21,8 @@ pub struct Scrape {
     pub uptime_seconds: f64,
     pub started_unix: f64,
     pub process: ProcessFigures,
+    /// The persistence recovery at this start (`None` without persistence).
+    pub recovery: Option<crate::persist::Recovered>,
 }
 
 impl Scrape {
@@ -39,6 +41,7 @@ impl Scrape {
                 .as_secs_f64(),
             started_unix: unix_seconds(telemetry.started_wall),
             process: super::process::read(),
+            recovery: telemetry.recovery(),
         }
     }
 }
@@ -293,6 +296,26 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Persisted sessions on disk whose client ids the shard owns.",
     ),
     (
+        "shardmq_persistence_recovery_seconds",
+        "gauge",
+        "How long this start's persistence recovery took.",
+    ),
+    (
+        "shardmq_persistence_recovered_records",
+        "gauge",
+        "What this start's recovery restored, by kind (retained, session, queued).",
+    ),
+    (
+        "shardmq_persistence_recovery_cut_files",
+        "gauge",
+        "Files this start's recovery cut at a torn or changed block (the tail was not replayed).",
+    ),
+    (
+        "shardmq_persistence_recovery_unreadable_records",
+        "gauge",
+        "Intact records this start's recovery could not decode (dropped), by kind (session, queue).",
+    ),
+    (
         "shardmq_mesh_messages_sent_total",
         "counter",
         "Messages sent to other shards (deliveries and control).",
@@ -424,6 +447,7 @@ pub fn render(scrape: &Scrape) -> String {
     broker_and_process(&mut out, scrape);
     listeners(&mut out, scrape);
     shards(&mut out, &scrape.shards);
+    recovery(&mut out, scrape.recovery.as_ref());
     out.text
 }
 
@@ -463,6 +487,43 @@ fn broker_and_process(out: &mut Out, scrape: &Scrape) {
         if let Some(v) = value {
             out.family(name);
             out.sample(name, &[], v);
+        }
+    }
+}
+
+/// What the start's recovery found: an operator alerts on cut files or
+/// unreadable records without reading the start-up log. The families are
+/// announced always, their samples only with `persistence`.
+fn recovery(out: &mut Out, r: Option<&crate::persist::Recovered>) {
+    const SECONDS: &str = "shardmq_persistence_recovery_seconds";
+    const RECOVERED: &str = "shardmq_persistence_recovered_records";
+    const CUT: &str = "shardmq_persistence_recovery_cut_files";
+    const UNREADABLE: &str = "shardmq_persistence_recovery_unreadable_records";
+    out.family(SECONDS);
+    if let Some(r) = r {
+        out.sample(SECONDS, &[], r.elapsed.as_secs_f64());
+    }
+    out.family(RECOVERED);
+    if let Some(r) = r {
+        for (kind, n) in [
+            ("retained", r.retained),
+            ("session", r.sessions),
+            ("queued", r.queued),
+        ] {
+            out.sample(RECOVERED, &[("kind", kind)], n as f64);
+        }
+    }
+    out.family(CUT);
+    if let Some(r) = r {
+        out.sample(CUT, &[], r.cut as f64);
+    }
+    out.family(UNREADABLE);
+    if let Some(r) = r {
+        for (kind, n) in [
+            ("session", r.unreadable_sessions),
+            ("queue", r.unreadable_queues),
+        ] {
+            out.sample(UNREADABLE, &[("kind", kind)], n as f64);
         }
     }
 }
@@ -670,8 +731,15 @@ mod tests {
             uptime_seconds: 1.5,
             started_unix: 0.0,
             process: ProcessFigures::default(),
+            recovery: Some(crate::persist::Recovered {
+                cut: 1,
+                queued: 7,
+                ..Default::default()
+            }),
         };
         let text = render(&scrape);
+        assert!(text.contains("shardmq_persistence_recovery_cut_files 1\n"));
+        assert!(text.contains("shardmq_persistence_recovered_records{kind=\"queued\"} 7\n"));
         assert!(
             text.contains("shardmq_connections_accepted_total{listener=\"we\\\"ird\\nname\"} 2")
         );
