@@ -95,8 +95,18 @@ impl<'ring> SubmissionQueue<'ring> {
         }
     }
 
+    /// shardmq patch 10: liburing's `io_uring_sq_ready`, inlined (the
+    /// reactor asks several times per turn; the C shim is a call each).
+    #[inline]
     pub fn ready(&self) -> u32 {
-        unsafe { uring_sys::io_uring_sq_ready(self.ring.as_ptr()) }
+        // SAFETY: `khead` points into the ring's mapped submission queue,
+        // which lives as long as the ring; the kernel advances it.
+        unsafe {
+            let raw = self.ring.as_ref();
+            let head = (*(raw.sq.khead as *const std::sync::atomic::AtomicU32))
+                .load(std::sync::atomic::Ordering::Acquire);
+            raw.sq.sqe_tail.wrapping_sub(head)
+        }
     }
 
     pub fn space_left(&self) -> u32 {
