@@ -55,6 +55,8 @@ pub struct Driver {
     cluster_tasks: RefCell<Vec<LocalSender<()>>>,
     /// The cluster's control plane: a CONNECT's client id is claimed there.
     control: RefCell<Option<std::sync::Arc<crate::cluster::control::Control>>>,
+    /// The read scratch and spare write buffers the connections share.
+    pub buffers: crate::conn::buffers::IoBuffers,
 }
 
 impl std::fmt::Debug for Driver {
@@ -95,6 +97,7 @@ impl Driver {
             persist: RefCell::new(None),
             cluster_tasks: RefCell::new(Vec::new()),
             control: RefCell::new(None),
+            buffers: Default::default(),
         });
         (driver, wakeups)
     }

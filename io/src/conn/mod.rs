@@ -5,6 +5,7 @@
 //! connection only.
 
 pub mod admit;
+pub mod buffers;
 pub mod handle;
 mod reader;
 mod signal;

@@ -3,22 +3,18 @@
 //! to other shards is backed up (that is how a publisher is pushed back,
 //! never by dropping its messages).
 
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
-use futures_lite::io::{AsyncRead, AsyncReadExt};
+use futures_lite::io::AsyncRead;
 use futures_lite::FutureExt;
-use shardmq_core::broker::Flow;
+use shardmq_core::broker::{ConnId, Flow};
 
 use super::handle::ConnHandle;
 use crate::driver::Driver;
 use crate::telemetry::counters::ListenerCounters;
-
-/// Bytes read per socket read; frames larger than this are assembled over
-/// several reads (in the shard's inbox for the connection), bounded by the
-/// maximum packet size (a small one until CONNECT is accepted) and the
-/// shard's budget for partial packets.
-const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn run<R: AsyncRead + Unpin>(
     driver: &Rc<Driver>,
@@ -26,7 +22,6 @@ pub async fn run<R: AsyncRead + Unpin>(
     mut reader: R,
 ) {
     let id = handle.id;
-    let mut chunk = vec![0u8; READ_CHUNK];
     let mut flow = Flow::Read;
     loop {
         match flow {
@@ -57,7 +52,7 @@ pub async fn run<R: AsyncRead + Unpin>(
                 continue;
             }
         }
-        let read = async { Some(read_noting_wait(&mut reader, &mut chunk).await) }
+        let read = async { Some(read_into_shard(driver, id, &mut reader).await) }
             .or(async {
                 handle.closed.raised().await;
                 None
@@ -67,7 +62,10 @@ pub async fn run<R: AsyncRead + Unpin>(
             break;
         };
         let n = match read {
-            Ok(n) if n > 0 => n,
+            Ok((n, next)) if n > 0 => {
+                flow = next;
+                n
+            }
             _ => {
                 // EOF or a socket error: the connection is lost.
                 driver.with(|s| s.handle_closed(id, Instant::now()));
@@ -85,21 +83,39 @@ pub async fn run<R: AsyncRead + Unpin>(
         if !waited {
             futures_lite::future::yield_now().await;
         }
-        flow = driver.with(|s| s.handle_input(id, Instant::now(), &chunk[..n]));
     }
 }
 
-/// One read, and whether it had to wait for the socket (returned pending
-/// before it completed).
-async fn read_noting_wait<R: AsyncRead + Unpin>(
+/// One read into the shard's shared read scratch, handed to the shard
+/// (`handle_input`) in the same poll, before any other task can use the
+/// scratch: the bytes read (0: end of stream) with the shard's answer, and
+/// whether the read had to wait for the socket. `AsyncRead::poll_read`
+/// borrows its buffer for the call only, so no connection holds one while
+/// it waits.
+async fn read_into_shard<R: AsyncRead + Unpin>(
+    driver: &Rc<Driver>,
+    id: ConnId,
     reader: &mut R,
-    chunk: &mut [u8],
-) -> (std::io::Result<usize>, bool) {
-    let mut read = reader.read(chunk);
-    match futures_lite::future::poll_once(&mut read).await {
-        Some(done) => (done, false),
-        None => (read.await, true),
-    }
+) -> (std::io::Result<(usize, Flow)>, bool) {
+    let mut waited = false;
+    let read = std::future::poll_fn(|cx| {
+        driver
+            .buffers
+            .with_read(|chunk| match Pin::new(&mut *reader).poll_read(cx, chunk) {
+                Poll::Pending => {
+                    waited = true;
+                    Poll::Pending
+                }
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok((0, Flow::Stop))),
+                Poll::Ready(Ok(n)) => {
+                    let flow = driver.with(|s| s.handle_input(id, Instant::now(), &chunk[..n]));
+                    Poll::Ready(Ok((n, flow)))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            })
+    })
+    .await;
+    (read, waited)
 }
 
 /// Runs `wait` unless the connection closes first; false if it closed.

@@ -2,7 +2,8 @@
 //! buffer, one write per wake-up (TCP_NODELAY is set, so batching is ours),
 //! and closes the socket once the shard has closed the connection and
 //! everything queued is out (bounded: a peer that stops reading cannot hold
-//! a closed connection open).
+//! a closed connection open). The buffer is the shard's spare
+//! (`buffers::IoBuffers`), held only while there is something to send.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,9 +21,6 @@ use crate::telemetry::counters::ListenerCounters;
 /// time; 256 KiB writes take a quarter of the syscalls and wake-ups of 64 KiB
 /// ones (docs/PERFORMANCE.md).
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// A writer whose buffer grew past this gives it back once it has nothing
-/// to send: only connections that are draining hold a full batch.
-const WRITE_BUF_IDLE_BYTES: usize = 16 * 1024;
 /// Coalesced writes a writer may do before yielding to other tasks
 /// (4 x 256 KiB: 1 MiB per turn).
 const WRITE_BATCHES_PER_TURN: u32 = 4;
@@ -31,12 +29,16 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandle>, mut writer: W) {
     let id = handle.id;
-    let mut buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
+    // Empty (no allocation) while idle; the shard's spare while sending.
+    let mut buf = BytesMut::new();
     let mut batches = 0u32;
     // Set once the connection is closed while a session write holds it.
     let mut close_deadline: Option<Instant> = None;
     loop {
         loop {
+            if buf.capacity() == 0 {
+                buf = driver.buffers.take_write();
+            }
             buf.clear();
             let n =
                 driver.with(|s| s.poll_transmit(id, Instant::now(), &mut buf, WRITE_BATCH_BYTES));
@@ -94,9 +96,9 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
             let _ = writer.close().await;
             return;
         }
-        if buf.capacity() > WRITE_BUF_IDLE_BYTES {
-            buf = BytesMut::with_capacity(WRITE_BUF_IDLE_BYTES);
-        }
+        // Idle: the buffer goes back to the shard (a drain's grown one is
+        // dropped there).
+        driver.buffers.give_write(std::mem::take(&mut buf));
         handle.wake.take().await;
     }
 }
