@@ -41,8 +41,12 @@ impl IoBuffers {
     pub fn with_read<T>(&self, f: impl FnOnce(&mut [u8]) -> T) -> T {
         match self.read.try_borrow_mut() {
             Ok(mut chunk) => f(&mut chunk),
-            // Only a read inside a read would get here; none does.
-            Err(_) => f(&mut vec![0; READ_CHUNK]),
+            // Only a read inside a read would get here; none does (a
+            // debug build says so, a release one reads into its own).
+            Err(_) => {
+                debug_assert!(false, "the read scratch is in use");
+                f(&mut vec![0; READ_CHUNK])
+            }
         }
     }
 
@@ -89,7 +93,18 @@ mod tests {
         assert_eq!(bufs.spare_writes.borrow().len(), SPARE_WRITE_BUFS);
     }
 
+    /// A nested read is a bug a debug build names; a release build reads
+    /// into a buffer of its own rather than into bytes still in use.
     #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the read scratch is in use")]
+    fn a_nested_read_is_caught_in_debug_builds() {
+        let bufs = IoBuffers::default();
+        bufs.with_read(|_| bufs.with_read(|_| ()));
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
     fn a_nested_read_gets_its_own_scratch() {
         let bufs = IoBuffers::default();
         bufs.with_read(|a| {

@@ -57,6 +57,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                 .await;
             if !matches!(write, Some(Ok(()))) {
                 // The peer is gone or stopped reading after the close.
+                driver.buffers.give_write(buf);
                 lost(&driver, &handle);
                 return;
             }
@@ -93,6 +94,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                     continue;
                 }
             }
+            driver.buffers.give_write(buf);
             let _ = writer.close().await;
             return;
         }

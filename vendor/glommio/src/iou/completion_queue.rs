@@ -35,8 +35,6 @@ impl<'ring> CompletionQueue<'ring> {
     /// times per turn.
     #[inline]
     pub fn peek_for_cqe(&mut self) -> Option<CQE> {
-        // IORING_SQ_CQ_OVERFLOW: completions wait in the kernel for room.
-        const CQ_OVERFLOW: u32 = 1 << 0;
         if self.ready() == 0 {
             // SAFETY: `kflags` points into the ring's mapped submission
             // queue, which lives as long as the ring.
@@ -44,7 +42,9 @@ impl<'ring> CompletionQueue<'ring> {
                 (*(self.ring.as_ref().sq.kflags as *const std::sync::atomic::AtomicU32))
                     .load(std::sync::atomic::Ordering::Relaxed)
             };
-            if flags & CQ_OVERFLOW == 0 {
+            // Completions waiting in the kernel for room: liburing's peek
+            // flushes them.
+            if flags & uring_sys::IORING_SQ_CQ_OVERFLOW == 0 {
                 return None;
             }
         }

@@ -889,6 +889,11 @@ struct PollRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// shardmq patch 11: set once a request is queued here
+    /// (`Reactor::ring_for_source`). Until then every pass over the rings
+    /// skips this one without touching its queue or its mapped memory: only
+    /// polled storage I/O uses it, and a server of sockets may never.
+    used: bool,
 }
 
 impl PollRing {
@@ -911,6 +916,7 @@ impl PollRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            used: false,
         })
     }
 
@@ -922,6 +928,47 @@ impl PollRing {
 impl UringCommon for PollRing {
     fn name(&self) -> &'static str {
         "poll"
+    }
+
+    // shardmq patch 11: the four passes every turn makes, skipped while
+    // nothing was ever queued here (bodies as the trait's defaults).
+    fn consume_cancellation_queue(&mut self) -> io::Result<usize> {
+        if !self.used {
+            return Ok(0);
+        }
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.cancellations, false)
+    }
+
+    fn consume_submission_queue(&mut self) -> io::Result<usize> {
+        if !self.used {
+            return Ok(0);
+        }
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, true)
+    }
+
+    fn stage_submission_queue(&mut self) -> io::Result<usize> {
+        if !self.used {
+            return Ok(0);
+        }
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
+    }
+
+    fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        if !self.used {
+            return 0;
+        }
+        let mut completed = 0;
+        while let Some(w) = self.consume_one_event() {
+            completed += 1;
+            *woke += usize::from(w);
+        }
+        completed
     }
 
     fn io_stats_mut(&mut self) -> &mut RingIoStats {
@@ -944,7 +991,7 @@ impl UringCommon for PollRing {
     }
 
     fn can_sleep(&self) -> bool {
-        self.submission_queue.borrow().is_empty() && !self.needs_kernel_enter()
+        !self.used || (self.submission_queue.borrow().is_empty() && !self.needs_kernel_enter())
     }
 
     fn waiting_kernel_submission(&self) -> usize {
@@ -2294,7 +2341,11 @@ impl Reactor {
 
         match &*source.source_type() {
             SourceType::Read(p, _) | SourceType::Write(p, _) => match p {
-                PollableStatus::Pollable => self.poll_ring.borrow_mut(),
+                PollableStatus::Pollable => {
+                    let mut ring = self.poll_ring.borrow_mut();
+                    ring.used = true;
+                    ring
+                }
                 PollableStatus::NonPollable(_) => self.main_ring.borrow_mut(),
             },
             SourceType::SockRecv(_)
