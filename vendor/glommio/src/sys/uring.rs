@@ -780,6 +780,12 @@ pub(crate) trait UringCommon {
         true
     }
 
+    /// shardmq patch 11: a ring nothing was ever queued on; every pass
+    /// over the rings skips it without touching its queue or its memory.
+    fn unused(&self) -> bool {
+        false
+    }
+
     fn consume_sqe_queue(
         &mut self,
         queue: &mut VecDeque<UringDescriptor>,
@@ -806,12 +812,18 @@ pub(crate) trait UringCommon {
     /// We will not dispatch the cancellation queue unless we need to.
     /// Dispatches will come from the submission queue.
     fn consume_cancellation_queue(&mut self) -> io::Result<usize> {
+        if self.unused() {
+            return Ok(0);
+        }
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.cancellations, false)
     }
 
     fn consume_submission_queue(&mut self) -> io::Result<usize> {
+        if self.unused() {
+            return Ok(0);
+        }
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.submissions, true)
@@ -821,12 +833,18 @@ pub(crate) trait UringCommon {
     /// without entering the kernel (unless the queue is full); the sleep's
     /// `io_uring_enter` submits them.
     fn stage_submission_queue(&mut self) -> io::Result<usize> {
+        if self.unused() {
+            return Ok(0);
+        }
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.submissions, false)
     }
 
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        if self.unused() {
+            return 0;
+        }
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -930,45 +948,8 @@ impl UringCommon for PollRing {
         "poll"
     }
 
-    // shardmq patch 11: the four passes every turn makes, skipped while
-    // nothing was ever queued here (bodies as the trait's defaults).
-    fn consume_cancellation_queue(&mut self) -> io::Result<usize> {
-        if !self.used {
-            return Ok(0);
-        }
-        let q = self.submission_queue();
-        let mut queue = q.borrow_mut();
-        self.consume_sqe_queue(&mut queue.cancellations, false)
-    }
-
-    fn consume_submission_queue(&mut self) -> io::Result<usize> {
-        if !self.used {
-            return Ok(0);
-        }
-        let q = self.submission_queue();
-        let mut queue = q.borrow_mut();
-        self.consume_sqe_queue(&mut queue.submissions, true)
-    }
-
-    fn stage_submission_queue(&mut self) -> io::Result<usize> {
-        if !self.used {
-            return Ok(0);
-        }
-        let q = self.submission_queue();
-        let mut queue = q.borrow_mut();
-        self.consume_sqe_queue(&mut queue.submissions, false)
-    }
-
-    fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
-        if !self.used {
-            return 0;
-        }
-        let mut completed = 0;
-        while let Some(w) = self.consume_one_event() {
-            completed += 1;
-            *woke += usize::from(w);
-        }
-        completed
+    fn unused(&self) -> bool {
+        !self.used
     }
 
     fn io_stats_mut(&mut self) -> &mut RingIoStats {
@@ -991,7 +972,7 @@ impl UringCommon for PollRing {
     }
 
     fn can_sleep(&self) -> bool {
-        !self.used || (self.submission_queue.borrow().is_empty() && !self.needs_kernel_enter())
+        self.unused() || (self.submission_queue.borrow().is_empty() && !self.needs_kernel_enter())
     }
 
     fn waiting_kernel_submission(&self) -> usize {
