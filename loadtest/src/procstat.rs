@@ -1,9 +1,8 @@
 //! CPU and memory of a process tree, sampled from /proc (Linux only): each
 //! process's CPU-time clock in nanoseconds (falling back to `/proc/PID/stat`
-//! utime+stime in 10 ms ticks) and
-//! `/proc/PID/status` VmRSS, summed over the process and its descendants
-//! (a broker started through `sh -c` is the shell's child). Owns sampling
-//! and summarising; no decisions.
+//! utime+stime in 10 ms ticks) and `/proc/PID/status` VmRSS, summed over the
+//! process and its descendants (a broker started through `sh -c` is the
+//! shell's child). Owns sampling and summarising; no decisions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// Kernel clock ticks per second in /proc/PID/stat (USER_HZ, 100 on Linux
-/// for every architecture the harness targets).
+/// Nanoseconds per clock tick of /proc/PID/stat (USER_HZ, 100 on Linux for
+/// every architecture the harness targets).
 const NS_PER_TICK: u64 = 10_000_000;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 

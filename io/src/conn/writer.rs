@@ -2,8 +2,9 @@
 //! buffer, one write per wake-up (TCP_NODELAY is set, so batching is ours),
 //! and closes the socket once the shard has closed the connection and
 //! everything queued is out (bounded: a peer that stops reading cannot hold
-//! a closed connection open). The buffer is the shard's spare
-//! (`buffers::IoBuffers`), held only while there is something to send.
+//! a closed connection open). The buffer is one of the shard's spares
+//! (`buffers::IoBuffers`), taken when there is something to send and given
+//! back once the writer is idle.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
