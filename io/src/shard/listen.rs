@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -201,6 +202,21 @@ async fn accept_one(
     let Some(tls) = security.tls.clone() else {
         return conn::serve(driver, stream, listener, peer, security, Vec::new()).await;
     };
+    // Boxed: the handshake's and the TLS stream's state is about 4 KB, and
+    // inline it would be in every connection's task, plain TCP too.
+    Box::pin(accept_tls(driver, stream, listener, peer, security, tls)).await;
+}
+
+/// The handshake (bounded by `HANDSHAKE_TIMEOUT`), then the connection over
+/// TLS; a failed handshake is counted and logged.
+async fn accept_tls(
+    driver: Rc<Driver>,
+    stream: glommio::net::TcpStream,
+    listener: String,
+    peer: String,
+    security: Rc<ListenerSecurity>,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let counters = driver.listener_counters(&listener);
     let acceptor = futures_rustls::TlsAcceptor::from(tls);
     let handshake = async { Some(acceptor.accept(stream).await) }
