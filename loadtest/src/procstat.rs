@@ -102,10 +102,10 @@ fn sample(root: u32, with_children: bool) -> Option<Sample> {
     } else {
         vec![root]
     };
-    let cpu_of = |pid: u32| {
-        let (_, ticks) = stat_of(pid)?;
-        Some(cpu_ns_of(pid).unwrap_or(ticks * NS_PER_TICK))
-    };
+    // `stat` only where the CPU-time clock is refused (a gone process
+    // refuses both).
+    let cpu_of =
+        |pid: u32| cpu_ns_of(pid).or_else(|| stat_of(pid).map(|(_, ticks)| ticks * NS_PER_TICK));
     let mut cpu_ns = cpu_of(root)?;
     let mut rss_kib = rss_kib_of(root);
     for &p in pids.iter().skip(1) {
