@@ -223,13 +223,70 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    /// shardmq patch (PATCHED.md, change 12): `source_rx` is a multishot
+    /// poll, and the last read filled its buffer (the socket may hold more).
+    rx_multishot: bool,
+    rx_maybe_more: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.rx_multishot = sys::multishot_poll();
+        self.source_rx = Some(if self.rx_multishot {
+            reactor.poll_read_ready_multi(stream_fd)
+        } else {
+            reactor.poll_read_ready(stream_fd)
+        });
+    }
+
+    /// shardmq patch (PATCHED.md, change 12). One multishot poll per stream
+    /// posts a completion each time the socket is woken with data, so a
+    /// read that finds nothing waits on it without a new request. The
+    /// socket is read when that poll has fired since the last read, when
+    /// the last read filled the buffer, or when the poll is no longer armed
+    /// (ended by the kernel: then it is armed again before waiting). A wake
+    /// that comes after the `recv` found nothing posts a new completion, so
+    /// none is lost.
+    fn poll_read_multishot(
+        &mut self,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+        reactor: &Reactor,
+    ) -> Poll<io::Result<usize>> {
+        let (fired, armed) = match &self.source_rx {
+            Some(src) => (src.take_result(), src.is_armed()),
+            None => (None, false),
+        };
+        if let (Some(Err(err)), false) = (&fired, armed) {
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                // A kernel before 5.13: no multishot polls, here or later.
+                sys::MULTISHOT_POLL_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.rx_multishot = false;
+                self.source_rx.take();
+                return self.poll_read(cx, buf);
+            }
+        }
+        if fired.is_some() || self.rx_maybe_more || !armed {
+            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                self.read_timeout.cancel_timer(reactor);
+                let result = poll_err!(result);
+                self.rx_maybe_more = result == buf.len() && result > 0;
+                return Poll::Ready(Ok(result));
+            }
+            self.rx_maybe_more = false;
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+
+        if !armed {
+            self.source_rx = Some(reactor.poll_read_ready_multi(self.stream.as_raw_fd()));
+        }
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -260,6 +317,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
+        if self.rx_multishot {
+            return self.poll_read_multishot(cx, buf, reactor);
+        }
 
         let no_pending_poll = self
             .source_rx
@@ -368,6 +428,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            rx_multishot: false,
+            rx_maybe_more: false,
         };
         stream.init();
         GlommioStream {

@@ -287,6 +287,19 @@ impl Source {
         self.inner.borrow_mut().wakers.waiters.push(waker)
     }
 
+    /// shardmq patch (PATCHED.md, change 12): whether the request is still
+    /// in the reactor (queued or in the kernel); a multishot poll stays
+    /// there across its completions.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
+    /// shardmq patch (PATCHED.md, change 12): takes the last completion's
+    /// result, so a multishot poll's next completion is seen as new.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
     pub(super) fn is_installed(&self) -> Option<bool> {
         match &self.inner.borrow().source_type {
             SourceType::ForeignNotifier(_, installed) => Some(*installed),

@@ -52,11 +52,15 @@ use nix::sys::{
 use smallvec::SmallVec;
 
 const MSG_ZEROCOPY: i32 = 0x4000000;
+/// `POLL_ADD`'s `len` flag for a multishot poll (Linux 5.13).
+const IORING_POLL_ADD_MULTI: u32 = 1;
 
 #[allow(dead_code)]
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// shardmq patch (PATCHED.md, change 12): a multishot `POLL_ADD`.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +278,10 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                sqe.raw_mut().len = IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -646,6 +654,20 @@ fn submit_and_sleep() -> bool {
     sys::env_switch(&ON, "GLOMMIO_SUBMIT_AND_SLEEP", true)
 }
 
+/// shardmq patch (PATCHED.md, change 12), on unless `GLOMMIO_MULTISHOT_POLL=0`
+/// and while the kernel takes it: a stream waits for its data with one
+/// multishot `POLL_ADD` for its life, not a one-shot poll per read.
+pub(crate) fn multishot_poll() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    sys::env_switch(&ON, "GLOMMIO_MULTISHOT_POLL", true)
+        && !MULTISHOT_POLL_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Set when a kernel before 5.13 refuses a multishot poll (`EINVAL`); the
+/// streams then go back to one-shot polls.
+pub(crate) static MULTISHOT_POLL_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// shardmq patch (PATCHED.md, change 8), on unless `GLOMMIO_DEFER_SUBMIT=0`:
 /// a turn that may sleep stages the main ring's new SQEs and submits them
 /// with the sleep's own `io_uring_enter`, and the executor parks without
@@ -655,12 +677,16 @@ pub(crate) fn defer_submit() -> bool {
     sys::env_switch(&ON, "GLOMMIO_DEFER_SUBMIT", true) && clock_preempt() && submit_and_sleep()
 }
 
+/// Returns whether a waiter was woken and whether the request is done (its
+/// source left the map). shardmq patch (PATCHED.md, change 12): a multishot
+/// poll's completions before its last (`IORING_CQE_F_MORE`) store their
+/// result and wake the waiter but leave the source armed in the map.
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<(bool, bool)>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -668,12 +694,16 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some((false, true));
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        let id = from_user_data(value.user_data());
+        let last = !value.flags().contains(iou::cqe::CompletionFlags::MORE);
+        let src = if last {
+            source_map.borrow_mut().consume_source(id)
+        } else {
+            source_map.borrow()[id].clone()
+        };
 
         let result = value.result();
 
@@ -684,7 +714,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some((woke, last));
     }
     None
 }
@@ -1008,9 +1038,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1408,9 +1440,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1698,6 +1732,18 @@ impl Reactor {
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
         let op = UringOpDescriptor::PollAdd(flags);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// shardmq patch (PATCHED.md, change 12): a readiness poll that stays
+    /// armed, one completion per wake-up of the file, until cancelled.
+    pub(crate) fn poll_ready_multi(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
