@@ -2,7 +2,8 @@
 //! change 12): a stream waits for data on one poll that stays armed across
 //! its completions, and is armed again where the kernel ends it (here, by
 //! overflowing the completion queue, which ends a multishot request that
-//! cannot post). No wake-up may be lost either way.
+//! cannot post). No wake-up may be lost either way, and the end of a stream
+//! that came with its last data is still read.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::Cell;
@@ -95,4 +96,56 @@ fn readers_whose_polls_the_kernel_ended_are_woken_in_later_rounds() {
         .join()
         .unwrap();
     assert_eq!(per_round, vec![STREAMS; ROUNDS], "readers woken per round");
+}
+
+/// A peer that writes and closes before the reader runs: its data and its
+/// FIN have both woken the socket before one read, which returns the data
+/// alone (`recv` stops at a FIN). The next read must still see the end of
+/// the stream, and the one after it too, over TCP and over a Unix socket.
+#[test]
+fn the_end_of_a_stream_that_came_with_its_last_data_is_read() {
+    let reads = glommio::LocalExecutorBuilder::default()
+        .spawn(|| async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = glommio::net::TcpStream::connect(addr).await.unwrap();
+            let server = listener.accept().await.unwrap();
+            let tcp = read_after_write_and_close(server, client).await;
+            let (ours, theirs) = glommio::net::UnixStream::pair().unwrap();
+            let unix = read_after_write_and_close(ours, theirs).await;
+            vec![tcp, unix]
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let want = vec![5usize, 0, 0];
+    assert_eq!(reads, vec![want.clone(), want], "bytes per read: TCP, Unix");
+}
+
+/// Writes 5 bytes to `theirs` and closes it while a read on `ours` waits,
+/// then reads `ours` three times; a read that waits 5 s counts as 99.
+async fn read_after_write_and_close<A, B>(mut ours: A, mut theirs: B) -> Vec<usize>
+where
+    A: futures_lite::AsyncRead + Unpin + 'static,
+    B: futures_lite::AsyncWrite + Unpin,
+{
+    let reader = glommio::spawn_local(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            let read = async { ours.read(&mut buf).await.unwrap() };
+            let stuck = async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                99
+            };
+            got.push(futures_lite::future::or(read, stuck).await);
+        }
+        got
+    });
+    // The reader has found nothing and waits on its (submitted) poll.
+    glommio::timer::sleep(Duration::from_millis(100)).await;
+    theirs.write_all(b"hello").await.unwrap();
+    theirs.close().await.unwrap();
+    drop(theirs);
+    reader.await
 }

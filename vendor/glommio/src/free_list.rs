@@ -70,6 +70,15 @@ impl<T> FreeList<T> {
             }
         }
     }
+    /// shardmq patch (PATCHED.md, change 12): the item at `idx`, if the
+    /// slot is full, for a completion that may name a slot already freed.
+    pub(crate) fn get(&self, idx: Idx<T>) -> Option<&T> {
+        match self.slots.get(idx.to_raw())? {
+            Slot::Free { .. } => None,
+            Slot::Full { item } => Some(item),
+        }
+    }
+
     pub(crate) fn dealloc(&mut self, idx: Idx<T>) -> T {
         let slot = Slot::Free {
             next_free: mem::replace(&mut self.first_free, Some(idx)),

@@ -452,8 +452,12 @@ impl Reactor {
     /// shardmq patch (PATCHED.md, change 12): see `Reactor::poll_ready_multi`.
     pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
-        self.sys
-            .poll_ready_multi(&source, common_flags() | read_flags());
+        // `POLLRDHUP` so a completion shows a FIN (the reader then reads to
+        // end of stream: `NonBufferedStream::poll_read_multishot`).
+        self.sys.poll_ready_multi(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
         source
     }
 

@@ -224,9 +224,11 @@ pub(crate) struct NonBufferedStream<S> {
     write_timeout: Timeout,
     read_timeout: Timeout,
     /// shardmq patch (PATCHED.md, change 12): `source_rx` is a multishot
-    /// poll, and the last read filled its buffer (the socket may hold more).
+    /// poll; the last read filled its buffer; the socket must be read until
+    /// it says `EAGAIN` (see `poll_read_multishot`).
     rx_multishot: bool,
-    rx_maybe_more: bool,
+    rx_full: bool,
+    rx_drain: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
@@ -245,10 +247,15 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// posts a completion each time the socket is woken with data, so a
     /// read that finds nothing waits on it without a new request. The
     /// socket is read when that poll has fired since the last read, when
-    /// the last read filled the buffer, or when the poll is no longer armed
-    /// (ended by the kernel: then it is armed again before waiting). A wake
-    /// that comes after the `recv` found nothing posts a new completion, so
-    /// none is lost.
+    /// the last read filled the buffer, when the poll is no longer armed
+    /// (ended by the kernel: it is armed again before the reader waits), and
+    /// until it says `EAGAIN` once a completion has shown anything but
+    /// `POLLIN` or a read has returned end of stream or an error. That last
+    /// rule is why a short read may otherwise end the reading: `recv`
+    /// returns the data before a FIN (or an urgent byte's mark) and the
+    /// FIN in separate calls, while both may have woken the socket before
+    /// one completion. A wake after the `recv` that found nothing posts a
+    /// new completion, so none is lost.
     fn poll_read_multishot(
         &mut self,
         cx: &Context<'_>,
@@ -259,23 +266,33 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             Some(src) => (src.take_result(), src.is_armed()),
             None => (None, false),
         };
-        if let (Some(Err(err)), false) = (&fired, armed) {
-            if err.raw_os_error() == Some(libc::EINVAL) {
-                // A kernel before 5.13: no multishot polls, here or later.
+        match &fired {
+            Some(Err(err)) if !armed && err.raw_os_error() == Some(libc::EINVAL) => {
+                // The kernel refuses multishot polls: none here or later.
                 sys::MULTISHOT_POLL_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.rx_multishot = false;
                 self.source_rx.take();
                 return self.poll_read(cx, buf);
             }
+            Some(Ok(mask)) if *mask & !(libc::POLLIN as usize) != 0 => self.rx_drain = true,
+            _ => {}
         }
-        if fired.is_some() || self.rx_maybe_more || !armed {
-            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.read_timeout.cancel_timer(reactor);
-                let result = poll_err!(result);
-                self.rx_maybe_more = result == buf.len() && result > 0;
-                return Poll::Ready(Ok(result));
+        if fired.is_some() || self.rx_full || self.rx_drain || !armed {
+            match super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                Some(result) => {
+                    self.read_timeout.cancel_timer(reactor);
+                    match &result {
+                        Ok(n) if *n > 0 => self.rx_full = *n == buf.len(),
+                        // End of stream or an error: the next read reads too.
+                        _ => self.rx_drain = true,
+                    }
+                    return Poll::Ready(result);
+                }
+                None => {
+                    self.rx_full = false;
+                    self.rx_drain = false;
+                }
             }
-            self.rx_maybe_more = false;
         }
 
         poll_err!(self.read_timeout.check(reactor));
@@ -429,7 +446,8 @@ where
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
             rx_multishot: false,
-            rx_maybe_more: false,
+            rx_full: false,
+            rx_drain: false,
         };
         stream.init();
         GlommioStream {

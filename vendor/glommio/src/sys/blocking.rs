@@ -249,6 +249,12 @@ impl BlockingThreadPool {
     pub(super) fn flush(&self) -> usize {
         let mut woke = 0;
         let mut waiters = self.sources.borrow_mut();
+        // shardmq patch (PATCHED.md, change 13): every result answers a
+        // request entered in `sources` before it was sent, so with none
+        // pending the channel is not read (every executor turn calls this).
+        if waiters.is_empty() {
+            return 0;
+        }
         for x in self.rx.try_iter() {
             let id = x.id;
             let res = x.res;

@@ -657,10 +657,31 @@ fn submit_and_sleep() -> bool {
 /// shardmq patch (PATCHED.md, change 12), on unless `GLOMMIO_MULTISHOT_POLL=0`
 /// and while the kernel takes it: a stream waits for its data with one
 /// multishot `POLL_ADD` for its life, not a one-shot poll per read.
+/// Linux 6.1 and later only: before "io_uring: fix CQE reordering" a
+/// multishot request's completions could come after its last once the
+/// completion queue overflowed, and 5.13-5.15 could end one without a
+/// completion (the reader would wait on a poll no longer armed).
 pub(crate) fn multishot_poll() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static KERNEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     sys::env_switch(&ON, "GLOMMIO_MULTISHOT_POLL", true)
+        && *KERNEL.get_or_init(|| kernel_at_least(6, 1))
         && !MULTISHOT_POLL_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether the running kernel's release (`uname -r`) is at least
+/// `major.minor`; false where it cannot be read.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let num = |p: Option<&str>| p.and_then(|x| x.parse::<u32>().ok());
+    match (num(parts.next()), num(parts.next())) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// Set when a kernel before 5.13 refuses a multishot poll (`EINVAL`); the
@@ -702,7 +723,14 @@ where
         let src = if last {
             source_map.borrow_mut().consume_source(id)
         } else {
-            source_map.borrow()[id].clone()
+            // Only the multishot poll that owns the slot takes it: a kernel
+            // that reorders completions past an overflow could deliver one
+            // after the request's last, into a slot freed or reused since.
+            let map = source_map.borrow();
+            match map.get(id) {
+                Some(src) if is_multishot_of(&src.borrow(), id) => src.clone(),
+                _ => return Some((false, false)),
+            }
         };
 
         let result = value.result();
@@ -717,6 +745,16 @@ where
         return Some((woke, last));
     }
     None
+}
+
+/// shardmq patch (PATCHED.md, change 12): whether `src`, found at `id`, is
+/// the multishot poll a completion flagged `IORING_CQE_F_MORE` belongs to.
+fn is_multishot_of(src: &InnerSource, id: SourceId) -> bool {
+    matches!(src.source_type, SourceType::PollAdd)
+        && src
+            .enqueued
+            .as_ref()
+            .is_some_and(|e| e.id.to_raw() == id.to_raw())
 }
 
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
