@@ -451,9 +451,11 @@ impl Reactor {
 
     /// shardmq patch (PATCHED.md, change 12): see `Reactor::poll_ready_multi`.
     pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
-        let source = self.new_source(fd, SourceType::PollAdd, None);
-        // `POLLRDHUP` so a completion shows a FIN (the reader then reads to
-        // end of stream: `NonBufferedStream::poll_read_multishot`).
+        let source = self.new_source(fd, SourceType::PollAddMulti, None);
+        // A completion shows a FIN as `POLLRDHUP` (the reader then reads to
+        // end of stream: `NonBufferedStream::poll_read_multishot`). The
+        // kernel reports it unasked (`IO_POLL_UNMASK`); asked here so the
+        // reader's rule does not rest on that.
         self.sys.poll_ready_multi(
             &source,
             common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),

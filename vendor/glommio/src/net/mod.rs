@@ -117,3 +117,10 @@ pub use self::{
     udp_socket::UdpSocket,
     unix::{AcceptedUnixStream, UnixDatagram, UnixListener, UnixStream},
 };
+
+/// shardmq patch (PATCHED.md, change 12): whether streams wait for their
+/// data on one multishot poll (Linux 6.1+, not `GLOMMIO_MULTISHOT_POLL=0`,
+/// not refused by the kernel), so tests can say which path they ran.
+pub fn multishot_read_polls() -> bool {
+    crate::sys::multishot_poll()
+}

@@ -215,6 +215,13 @@ impl Timeout {
     }
 }
 
+/// shardmq patch (PATCHED.md, change 12): the poll bits after which a stream
+/// is read until `EAGAIN`: a FIN, a hang-up, an error. Not `POLLPRI`: a
+/// socket's data wake-up carries it in its key (`sock_def_readable`), and
+/// io_uring reports the key, so every data completion shows it.
+const DRAIN_MASK: usize =
+    (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) as usize;
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
@@ -249,13 +256,16 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// socket is read when that poll has fired since the last read, when
     /// the last read filled the buffer, when the poll is no longer armed
     /// (ended by the kernel: it is armed again before the reader waits), and
-    /// until it says `EAGAIN` once a completion has shown anything but
-    /// `POLLIN` or a read has returned end of stream or an error. That last
-    /// rule is why a short read may otherwise end the reading: `recv`
-    /// returns the data before a FIN (or an urgent byte's mark) and the
-    /// FIN in separate calls, while both may have woken the socket before
-    /// one completion. A wake after the `recv` that found nothing posts a
-    /// new completion, so none is lost.
+    /// until it says `EAGAIN` once a completion has shown a FIN, a hang-up
+    /// or an error (`DRAIN_MASK`) or a read has returned end of stream or
+    /// an error. That last rule is why a short read may otherwise end the
+    /// reading: `recv` returns the data before a FIN and the FIN in
+    /// separate calls, while both may have woken the socket before one
+    /// completion. A wake after the `recv` that found nothing posts a new
+    /// completion, so none is lost. (A TCP read also stops short at an
+    /// urgent byte's mark, which no completion tells apart from data: the
+    /// rest is read at the peer's next segment. MQTT sends no urgent data,
+    /// and only the sender's own connection waits.)
     fn poll_read_multishot(
         &mut self,
         cx: &Context<'_>,
@@ -274,7 +284,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 self.source_rx.take();
                 return self.poll_read(cx, buf);
             }
-            Some(Ok(mask)) if *mask & !(libc::POLLIN as usize) != 0 => self.rx_drain = true,
+            Some(Ok(mask)) if *mask & DRAIN_MASK != 0 => self.rx_drain = true,
             _ => {}
         }
         if fired.is_some() || self.rx_full || self.rx_drain || !armed {

@@ -33,6 +33,8 @@ pub(crate) enum SourceType {
     Write(PollableStatus, IoBuffer),
     Read(PollableStatus, Option<IoBuffer>),
     PollAdd,
+    /// shardmq patch (PATCHED.md, change 12): a multishot read poll.
+    PollAddMulti,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
     SockRecvMsg(

@@ -750,7 +750,7 @@ where
 /// shardmq patch (PATCHED.md, change 12): whether `src`, found at `id`, is
 /// the multishot poll a completion flagged `IORING_CQE_F_MORE` belongs to.
 fn is_multishot_of(src: &InnerSource, id: SourceId) -> bool {
-    matches!(src.source_type, SourceType::PollAdd)
+    matches!(src.source_type, SourceType::PollAddMulti)
         && src
             .enqueued
             .as_ref()
