@@ -1,14 +1,11 @@
 //! The vendored glommio's multishot read polls (vendor/glommio/PATCHED.md
 //! change 12): a stream waits for data on one poll that stays armed across
-//! its completions, and is armed again where the kernel ends it (here, by
-//! overflowing the completion queue, which ends a multishot request that
-//! cannot post). No wake-up may be lost either way, and the end of a stream
+//! its completions (polls the kernel ends are armed again:
+//! `ring_overflow.rs`). No wake-up may be lost, and the end of a stream
 //! that came with its last data is still read.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,11 +16,6 @@ fn note_path() {
         eprintln!("note: one-shot read polls here (kernel before 6.1 or GLOMMIO_MULTISHOT_POLL=0)");
     }
 }
-
-/// A ring depth of 16: completion queues of 32.
-const RING_DEPTH: usize = 16;
-const STREAMS: usize = 200;
-const ROUNDS: usize = 3;
 
 /// Many reads on one stream, each of which first finds nothing and waits:
 /// the reader is woken by the same poll every time.
@@ -58,54 +50,6 @@ fn one_stream_read_a_thousand_times_sees_every_byte_in_order() {
         .unwrap();
     let want: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(got, want);
-}
-
-/// Rounds of 200 streams written at once into completion queues of 32: the
-/// first round overflows the queue (which ends the polls that could not
-/// post), and every later round must find each reader's poll armed again.
-#[test]
-fn readers_whose_polls_the_kernel_ended_are_woken_in_later_rounds() {
-    note_path();
-    let per_round = glommio::LocalExecutorBuilder::default()
-        .ring_depth(RING_DEPTH)
-        .spawn(|| async move {
-            let done: Rc<Vec<Cell<usize>>> = Rc::new((0..ROUNDS).map(|_| Cell::new(0)).collect());
-            let mut peers = Vec::with_capacity(STREAMS);
-            for _ in 0..STREAMS {
-                let (mut ours, theirs) = glommio::net::UnixStream::pair().unwrap();
-                peers.push(theirs);
-                let done = done.clone();
-                glommio::spawn_local(async move {
-                    let mut byte = [0u8; 1];
-                    for round in 0..ROUNDS {
-                        ours.read_exact(&mut byte).await.unwrap();
-                        assert_eq!(usize::from(byte[0]), round);
-                        done[round].set(done[round].get() + 1);
-                    }
-                })
-                .detach();
-            }
-            let mut per_round = Vec::with_capacity(ROUNDS);
-            for round in 0..ROUNDS {
-                // Let every reader wait (and every poll be submitted).
-                glommio::timer::sleep(Duration::from_millis(200)).await;
-                for peer in &mut peers {
-                    peer.write_all(&[round as u8]).await.unwrap();
-                }
-                // Busy until the round is read; bounded, so a lost wake-up
-                // fails the count below instead of hanging.
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while done[round].get() < STREAMS && Instant::now() < deadline {
-                    futures_lite::future::yield_now().await;
-                }
-                per_round.push(done[round].get());
-            }
-            per_round
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    assert_eq!(per_round, vec![STREAMS; ROUNDS], "readers woken per round");
 }
 
 /// A peer that writes and closes before the reader runs: its data and its
