@@ -684,8 +684,8 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     }
 }
 
-/// Set when a kernel before 5.13 refuses a multishot poll (`EINVAL`); the
-/// streams then go back to one-shot polls.
+/// Set when the kernel refuses a multishot poll (`EINVAL`, as before 5.13);
+/// the streams then go back to one-shot polls.
 pub(crate) static MULTISHOT_POLL_REFUSED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -728,7 +728,7 @@ where
             // after the request's last, into a slot freed or reused since.
             let map = source_map.borrow();
             match map.get(id) {
-                Some(src) if is_multishot_of(&src.borrow(), id) => src.clone(),
+                Some(src) if is_multishot(&src.borrow()) => src.clone(),
                 _ => return Some((false, false)),
             }
         };
@@ -747,14 +747,12 @@ where
     None
 }
 
-/// shardmq patch (PATCHED.md, change 12): whether `src`, found at `id`, is
-/// the multishot poll a completion flagged `IORING_CQE_F_MORE` belongs to.
-fn is_multishot_of(src: &InnerSource, id: SourceId) -> bool {
+/// shardmq patch (PATCHED.md, change 12): whether `src`, the source in a
+/// completion's slot, may take a completion flagged `IORING_CQE_F_MORE`
+/// (a source in the map is always enqueued under its own slot, so only its
+/// kind tells).
+fn is_multishot(src: &InnerSource) -> bool {
     matches!(src.source_type, SourceType::PollAddMulti)
-        && src
-            .enqueued
-            .as_ref()
-            .is_some_and(|e| e.id.to_raw() == id.to_raw())
 }
 
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
