@@ -1,6 +1,6 @@
 //! The runtime side of one shard: it owns the sans-io `broker::Shard` and
 //! the io handles of its connections, and turns the shard's outputs into
-//! actions (wake a writer, close a socket, start an authentication, wake a
+//! actions (write to a socket or wake its writer, close a socket, start an authentication, wake a
 //! mesh sender, write a log line). Tasks borrow the shard only inside
 //! `with`, never across an `.await`, and every call ends by draining the
 //! outputs it caused.
@@ -109,6 +109,13 @@ impl Driver {
         r
     }
 
+    /// `poll_transmit` from inside `flush`, which acts on what it causes.
+    pub fn transmit_in_flush(&self, conn: ConnId, buf: &mut bytes::BytesMut, max: usize) -> usize {
+        self.shard
+            .borrow_mut()
+            .poll_transmit(conn, Instant::now(), buf, max)
+    }
+
     /// Reads the shard without acting on outputs (there are none to act on).
     pub fn peek<R>(&self, f: impl FnOnce(&BrokerShard) -> R) -> R {
         f(&self.shard.borrow())
@@ -189,7 +196,12 @@ impl Driver {
             match out {
                 Output::Wake(conn) => {
                     if let Some(h) = self.handle(conn) {
-                        h.wake();
+                        // With other tasks ready (readers, under load), the
+                        // writer task runs after them and sends what they
+                        // add in the same write; alone, at once.
+                        if glommio::executor().tasks_ready() || !crate::conn::write_now(self, &h) {
+                            h.wake();
+                        }
                     }
                 }
                 Output::Close(conn) => {

@@ -9,6 +9,7 @@ use rustls_pki_types::CertificateDer;
 use shardmq_core::broker::ConnId;
 
 use super::signal::Signal;
+use super::writer::WriteSlot;
 use crate::security::ListenerSecurity;
 use crate::telemetry::counters::ListenerCounters;
 
@@ -40,6 +41,9 @@ pub struct ConnHandle {
     /// Raised by the writer after each write, for a reader waiting on the
     /// transmit backlog (`Flow::WaitForWriter`).
     pub drained: Signal,
+    /// The write half, written through at once while the writer task is
+    /// idle (`writer::write_now`).
+    pub write: WriteSlot,
 }
 
 impl ConnHandle {
@@ -64,6 +68,7 @@ impl ConnHandle {
             wake: Signal::default(),
             closed: Signal::default(),
             drained: Signal::default(),
+            write: WriteSlot::default(),
         }
     }
 

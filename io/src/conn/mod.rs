@@ -1,6 +1,7 @@
 //! One client connection on its shard: a reader task (bytes in, the shard
 //! decodes and acts) and a writer task (what the shard has to send, one
-//! coalesced write per wake-up). Keep-alive and CONNECT deadlines are the
+//! coalesced write per wake-up, for what a direct write from the turn that
+//! produced it, `write_now`, could not send). Keep-alive and CONNECT deadlines are the
 //! shard's (`handle_tick`), not a task per connection. An error closes this
 //! connection only.
 
@@ -10,6 +11,8 @@ pub mod handle;
 mod reader;
 mod signal;
 mod writer;
+
+pub use writer::write_now;
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -43,7 +46,8 @@ pub async fn serve<S>(
     ));
     driver.register(id, handle.clone());
     let (read_half, write_half) = futures_lite::io::split(stream);
-    let writer = glommio::spawn_local(writer::run(driver.clone(), handle.clone(), write_half));
+    handle.write.set(write_half);
+    let writer = glommio::spawn_local(writer::run(driver.clone(), handle.clone()));
     reader::run(&driver, &handle, read_half).await;
     writer.await;
     driver.with(|s| s.release(id));

@@ -1,15 +1,18 @@
-//! A connection's writer: drains what the shard has to send into one
-//! buffer, one write per wake-up (TCP_NODELAY is set, so batching is ours),
-//! and closes the socket once the shard has closed the connection and
-//! everything queued is out (bounded: a peer that stops reading cannot hold
-//! a closed connection open). The buffer is one of the shard's spares
-//! (`buffers::IoBuffers`), taken when there is something to send and given
-//! back once the writer is idle.
+//! A connection's writer: what the shard has to send, one coalesced write
+//! per wake-up (TCP_NODELAY is set, so batching is ours), and the socket's
+//! close once the shard has closed the connection and everything queued is
+//! out (bounded: a peer that stops reading cannot hold a closed connection
+//! open). While the writer task is idle its stream waits in the handle
+//! (`WriteSlot`), and the driver writes through it at once (`write_now`);
+//! the task runs only for what that could not finish.
 
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 
@@ -28,23 +31,120 @@ const WRITE_BATCHES_PER_TURN: u32 = 4;
 /// How long the writer keeps flushing after the connection closed.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandle>, mut writer: W) {
-    let id = handle.id;
-    // Empty (no allocation) while idle; the shard's spare while sending.
-    let mut buf = BytesMut::new();
+type Stream = Box<dyn AsyncWrite + Unpin>;
+
+/// A connection's write half, and what a direct write left unsent.
+#[derive(Default)]
+pub struct WriteSlot {
+    /// The stream while the writer task is idle; `None` while it writes.
+    stream: RefCell<Option<Stream>>,
+    /// Bytes `write_now` took from the shard and the socket did not take:
+    /// the writer task sends them before anything else.
+    unsent: RefCell<BytesMut>,
+}
+
+impl WriteSlot {
+    /// The connection's write half, before its writer task starts.
+    pub fn set(&self, stream: impl AsyncWrite + Unpin + 'static) {
+        *self.stream.borrow_mut() = Some(Box::new(stream));
+    }
+}
+
+impl std::fmt::Debug for WriteSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteSlot")
+            .field(
+                "idle",
+                &matches!(self.stream.try_borrow(), Ok(s) if s.is_some()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends what the shard has for `handle` now, from the caller's turn,
+/// when the writer task is idle: one write, no task woken. PERF: at
+/// moderate load a PUBLISH made two writer tasks run (the PUBACK's and the
+/// subscriber's), each a wake-up, a trip through the task queue and a poll
+/// of cold state (docs/PERFORMANCE.md, "Writes from the caller's turn").
+/// False when the writer task must run: it is busy (its batches keep their
+/// order), the connection is closing, a batch was full, or the socket took
+/// less than all of it (the rest waits in the slot, sent first).
+pub fn write_now(driver: &Driver, handle: &ConnHandle) -> bool {
+    let slot = &handle.write;
+    if handle.is_closed() || !slot.unsent.borrow().is_empty() {
+        return false;
+    }
+    let Ok(mut stream) = slot.stream.try_borrow_mut() else {
+        return false;
+    };
+    let Some(stream) = stream.as_mut() else {
+        return false;
+    };
+    let mut buf = driver.buffers.take_write();
+    // Not `Driver::with`: this runs inside the driver's `flush`, which acts
+    // on what the transmit causes (a nested flush could recurse once per
+    // connection woken).
+    driver.transmit_in_flush(handle.id, &mut buf, WRITE_BATCH_BYTES);
+    if buf.is_empty() {
+        driver.buffers.give_write(buf);
+        return true;
+    }
+    let full = buf.len() >= WRITE_BATCH_BYTES;
+    // A waker that does nothing: a write that would block leaves the rest
+    // to the writer task, which polls again with its own.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sent = 0;
+    while sent < buf.len() {
+        match Pin::new(&mut **stream).poll_write(&mut cx, &buf[sent..]) {
+            Poll::Ready(Ok(n)) if n > 0 => sent += n,
+            // An error or a zero write is the writer task's to find again
+            // and report (`lost`): one place decides a connection is lost.
+            _ => break,
+        }
+    }
+    if sent > 0 {
+        ListenerCounters::add(&handle.counters.bytes_out, sent as u64);
+        handle.drained.raise();
+    }
+    if sent < buf.len() {
+        buf.advance(sent);
+        *slot.unsent.borrow_mut() = buf;
+        return false;
+    }
+    driver.buffers.give_write(buf);
+    // A TLS stream may hold records the socket did not take yet.
+    let flushed = matches!(
+        Pin::new(&mut **stream).poll_flush(&mut cx),
+        Poll::Ready(Ok(()))
+    );
+    flushed && !full
+}
+
+pub async fn run(driver: Rc<Driver>, handle: Rc<ConnHandle>) {
     let mut batches = 0u32;
     // Set once the connection is closed while a session write holds it.
     let mut close_deadline: Option<Instant> = None;
     loop {
+        let Some(mut writer) = handle.write.stream.borrow_mut().take() else {
+            // Only this task takes the stream, and it puts it back before
+            // every wait.
+            debug_assert!(false, "a connection's writer has no stream");
+            return;
+        };
+        // What a direct write left, else one of the shard's spares when
+        // there is something to send; empty (no allocation) while idle.
+        let mut buf = std::mem::take(&mut *handle.write.unsent.borrow_mut());
         loop {
-            if buf.capacity() == 0 {
-                buf = driver.buffers.take_write();
-            }
-            buf.clear();
-            let n =
-                driver.with(|s| s.poll_transmit(id, Instant::now(), &mut buf, WRITE_BATCH_BYTES));
-            if n == 0 && buf.is_empty() {
-                break;
+            if buf.is_empty() {
+                if buf.capacity() == 0 {
+                    buf = driver.buffers.take_write();
+                }
+                let n = driver.with(|s| {
+                    s.poll_transmit(handle.id, Instant::now(), &mut buf, WRITE_BATCH_BYTES)
+                });
+                if n == 0 && buf.is_empty() {
+                    break;
+                }
             }
             let write = async { Some(writer.write_all(&buf).await) }
                 .or(async {
@@ -63,6 +163,7 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
                 return;
             }
             ListenerCounters::add(&handle.counters.bytes_out, buf.len() as u64);
+            buf.clear();
             handle.drained.raise();
             // Output before input: a writer keeps the shard for up to
             // WRITE_BATCHES_PER_TURN batches while readers get one chunk
@@ -73,6 +174,11 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
             }
         }
         let _ = writer.flush().await;
+        // The buffer goes back to the shard (a drain's grown one is dropped
+        // there), the stream to the slot: on to `write_now` while idle (a
+        // closed connection's is not written there).
+        driver.buffers.give_write(buf);
+        *handle.write.stream.borrow_mut() = Some(writer);
         if handle.is_closed() {
             // A persisted session's end (or its CONNACK) waits for the disk:
             // the socket closes after it, so a client that waits for the
@@ -80,28 +186,19 @@ pub async fn run<W: AsyncWrite + Unpin>(driver: Rc<Driver>, handle: Rc<ConnHandl
             // disk does not hold sockets open).
             let deadline =
                 *close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_FLUSH_TIMEOUT);
-            if driver.peek(|s| s.is_held(id)) && Instant::now() < deadline {
+            if driver.peek(|s| s.is_held(handle.id)) && Instant::now() < deadline {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                let woken = async {
-                    handle.wake.take().await;
-                    true
-                }
-                .or(async {
-                    glommio::timer::sleep(wait).await;
-                    true
-                })
-                .await;
-                if woken {
-                    continue;
-                }
+                async { handle.wake.take().await }
+                    .or(glommio::timer::sleep(wait))
+                    .await;
+                continue;
             }
-            driver.buffers.give_write(buf);
-            let _ = writer.close().await;
+            let writer = handle.write.stream.borrow_mut().take();
+            if let Some(mut writer) = writer {
+                let _ = writer.close().await;
+            }
             return;
         }
-        // Idle: the buffer goes back to the shard (a drain's grown one is
-        // dropped there).
-        driver.buffers.give_write(std::mem::take(&mut buf));
         handle.wake.take().await;
     }
 }

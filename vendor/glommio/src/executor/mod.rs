@@ -1324,6 +1324,21 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// shardmq patch 14 (PATCHED.md): whether a task other than the one
+    /// running is ready to run, in its task queue or another.
+    fn tasks_ready(&self) -> bool {
+        let Ok(queues) = self.queues.try_borrow() else {
+            return true;
+        };
+        if !queues.active_executors.is_empty() {
+            return true;
+        }
+        queues
+            .active_executing
+            .as_ref()
+            .is_some_and(|q| q.try_borrow().map_or(true, |q| q.ex.is_active()))
+    }
+
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
@@ -2102,6 +2117,23 @@ pub unsafe fn spawn_scoped_local_into<'a, T>(
 pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
+    /// shardmq patch 14 (PATCHED.md): whether a task other than the one
+    /// running is ready to run on this executor now, so that work which
+    /// could wait for them (a write they may add to) can be left to a task
+    /// that runs after them. False outside an executor.
+    pub fn tasks_ready(&self) -> bool {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX.is_set() && LOCAL_EX.with(|local_ex| local_ex.tasks_ready());
+
+        #[cfg(feature = "native-tls")]
+        return unsafe {
+            LOCAL_EX
+                .as_ref()
+                .map(|ex| ex.tasks_ready())
+                .unwrap_or_default()
+        };
+    }
+
     /// Checks if this task has run for too long and need to be preempted. This
     /// is useful for situations where we can't call .await, for instance,
     /// if a [`RefMut`] is held. If this tests true, then the user is

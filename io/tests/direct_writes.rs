@@ -1,0 +1,168 @@
+//! Writes made from the caller's turn (`conn::write_now`): while a
+//! connection's writer task is idle the shard's output goes to its socket
+//! at once, and what the socket does not take is finished by the writer
+//! task, in order. Also the gate that leaves writes to the writer task
+//! while other tasks are ready (vendor/glommio/PATCHED.md change 14).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+
+use bytes::{Bytes, BytesMut};
+use shardmq_core::codec::{
+    decode_packet, encode, Connect, Packet, PacketId, Props, ProtocolVersion, Publish, QoS,
+    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
+};
+
+use common::{Broker, RawClient, WAIT};
+
+const MESSAGES: usize = 40;
+const PAYLOAD: usize = 200 * 1024;
+
+/// A payload no other message has: its index in every byte's pattern.
+fn payload(i: usize) -> Vec<u8> {
+    (0..PAYLOAD)
+        .map(|b| ((b * 31 + i * 7) % 251) as u8)
+        .collect()
+}
+
+fn wire(p: &Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode(p, ProtocolVersion::V5, &mut out).unwrap();
+    out.to_vec()
+}
+
+fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Packet {
+    loop {
+        if let Some(p) = decode_packet(buf, ProtocolVersion::V5, 1 << 24).unwrap() {
+            return p;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("the broker closed the connection"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A subscriber whose socket takes 4 KiB at a time and which reads
+/// nothing until the publishing is over: each message arrives alone (the
+/// publisher waits for its PUBACK) and, while the writer task is idle, is
+/// written at once; once the broker's send buffer is full one is taken in
+/// part. The rest must follow from the writer task, before the next
+/// message's bytes.
+#[test]
+fn a_message_the_socket_takes_in_part_arrives_whole_and_in_order() {
+    let broker = Broker::start();
+    let port = broker.port("s0");
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&addr.into()).unwrap();
+    let mut sub: TcpStream = socket.into();
+    sub.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = BytesMut::new();
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol_version: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 60,
+        properties: Props::default(),
+        client_id: "slow-reader".into(),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    std::io::Write::write_all(&mut sub, &wire(&connect)).unwrap();
+    match recv(&mut sub, &mut buf) {
+        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Props::default(),
+        filters: vec![(
+            "big/#".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendAtSubscribe,
+            },
+        )],
+    });
+    std::io::Write::write_all(&mut sub, &wire(&subscribe)).unwrap();
+    assert!(matches!(recv(&mut sub, &mut buf), Packet::SubAck(_)));
+
+    // Until the subscriber's share of the broker's memory is used up: the
+    // messages it refuses (v5 PUBACK 0x97) are not delivered.
+    let (mut publisher, _) = RawClient::connect_v5(port, "big-publisher", None);
+    let mut accepted = Vec::new();
+    for i in 0..MESSAGES {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: format!("big/{i}").as_str().into(),
+            packet_id: PacketId::new(i as u16 + 1),
+            properties: Props::default(),
+            payload: Bytes::from(payload(i)),
+        }));
+        match publisher.recv() {
+            Some(Packet::PubAck(a)) if a.reason == ReasonCode::Success => accepted.push(i),
+            Some(Packet::PubAck(a)) if a.reason == ReasonCode::QuotaExceeded => break,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    eprintln!("{} of {MESSAGES} messages accepted", accepted.len());
+    // More than the socket's send buffer can hold (4 MiB at most by
+    // default, net.ipv4.tcp_wmem), so some write was taken in part.
+    assert!(
+        accepted.len() * PAYLOAD > 4 << 20,
+        "only {} accepted",
+        accepted.len()
+    );
+
+    for i in accepted {
+        match recv(&mut sub, &mut buf) {
+            Packet::Publish(p) => {
+                assert_eq!(
+                    &*p.topic,
+                    format!("big/{i}").as_str(),
+                    "message {i} out of order"
+                );
+                assert!(
+                    p.payload[..] == payload(i)[..],
+                    "message {i}'s bytes differ"
+                );
+            }
+            other => panic!("expected PUBLISH {i}, got {other:?}"),
+        }
+    }
+}
+
+/// The gate: a task alone on its executor sees no other task ready; one
+/// that has just woken another does, until that one ran.
+#[test]
+fn tasks_ready_tells_whether_another_task_waits_to_run() {
+    assert!(!glommio::executor().tasks_ready(), "outside an executor");
+    let seen = glommio::LocalExecutorBuilder::default()
+        .spawn(|| async move {
+            let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+            // Runs at once, up to its wait.
+            let other = glommio::spawn_local(async move { rx.recv().await });
+            let alone = glommio::executor().tasks_ready();
+            tx.try_send(()).unwrap();
+            let with_one_queued = glommio::executor().tasks_ready();
+            other.await;
+            let after = glommio::executor().tasks_ready();
+            (alone, with_one_queued, after)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(seen, (false, true, false));
+}
