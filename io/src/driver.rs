@@ -41,6 +41,9 @@ pub struct Driver {
     routes_waiters: RefCell<Vec<LocalSender<()>>>,
     /// Authentication jobs started, for logs and shutdown.
     pub auth_jobs: Cell<u64>,
+    /// Set while a read that found its socket empty first is handled
+    /// (`with_direct_writes`): its output may be written at once.
+    direct_writes: Cell<bool>,
     /// Accepts that failed (EMFILE and friends), all listeners of the shard.
     pub accept_failures: Cell<u64>,
     /// Connections closed at once because the process was out of file
@@ -91,6 +94,7 @@ impl Driver {
             mesh_waiters: RefCell::new(Vec::new()),
             routes_waiters: RefCell::new(Vec::new()),
             auth_jobs: Cell::new(0),
+            direct_writes: Cell::new(false),
             accept_failures: Cell::new(0),
             shed: Cell::new(0),
             counters: RefCell::new(HashMap::new()),
@@ -109,11 +113,30 @@ impl Driver {
         r
     }
 
-    /// `poll_transmit` from inside `flush`, which acts on what it causes.
-    pub fn transmit_in_flush(&self, conn: ConnId, buf: &mut bytes::BytesMut, max: usize) -> usize {
+    /// `poll_transmit` from inside `flush`, which acts on what it causes
+    /// (elsewhere what it causes would wait for the next `flush`).
+    pub(crate) fn transmit_in_flush(
+        &self,
+        conn: ConnId,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+    ) -> usize {
         self.shard
             .borrow_mut()
             .poll_transmit(conn, Instant::now(), buf, max)
+    }
+
+    /// [`Driver::with`], writing the output it causes at once where a
+    /// connection's writer task is idle and no other task is ready
+    /// (`conn::write_now`). For input that had to wait for its socket: at
+    /// moderate load. Under load, when reads find data waiting, writer
+    /// tasks run after the readers and send what several added in one
+    /// write.
+    pub fn with_direct_writes<R>(self: &Rc<Self>, f: impl FnOnce(&mut BrokerShard) -> R) -> R {
+        self.direct_writes.set(true);
+        let r = self.with(f);
+        self.direct_writes.set(false);
+        r
     }
 
     /// Reads the shard without acting on outputs (there are none to act on).
@@ -198,8 +221,12 @@ impl Driver {
                     if let Some(h) = self.handle(conn) {
                         // With other tasks ready (readers, under load), the
                         // writer task runs after them and sends what they
-                        // add in the same write; alone, at once.
-                        if glommio::executor().tasks_ready() || !crate::conn::write_now(self, &h) {
+                        // add in the same write; alone, at once, unless
+                        // this turn's time is up (a fan-out to many).
+                        let ex = glommio::executor();
+                        let direct =
+                            self.direct_writes.get() && !ex.tasks_ready() && !ex.need_preempt();
+                        if !(direct && crate::conn::write_now(self, &h)) {
                             h.wake();
                         }
                     }

@@ -13,7 +13,7 @@ use futures_lite::FutureExt;
 use shardmq_core::broker::{ConnId, Flow};
 
 use super::handle::ConnHandle;
-use crate::driver::Driver;
+use crate::driver::{BrokerShard, Driver};
 use crate::telemetry::counters::ListenerCounters;
 
 pub async fn run<R: AsyncRead + Unpin>(
@@ -108,7 +108,15 @@ async fn read_into_shard<R: AsyncRead + Unpin>(
                 }
                 Poll::Ready(Ok(0)) => Poll::Ready(Ok((0, Flow::Stop))),
                 Poll::Ready(Ok(n)) => {
-                    let flow = driver.with(|s| s.handle_input(id, Instant::now(), &chunk[..n]));
+                    let input =
+                        |s: &mut BrokerShard| s.handle_input(id, Instant::now(), &chunk[..n]);
+                    // A read that waited: this connection is not saturated,
+                    // and its output need not wait for a batch.
+                    let flow = if waited {
+                        driver.with_direct_writes(input)
+                    } else {
+                        driver.with(input)
+                    };
                     Poll::Ready(Ok((n, flow)))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

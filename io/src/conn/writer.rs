@@ -6,7 +6,7 @@
 //! (`WriteSlot`), and the driver writes through it at once (`write_now`);
 //! the task runs only for what that could not finish.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -41,6 +41,9 @@ pub struct WriteSlot {
     /// Bytes `write_now` took from the shard and the socket did not take:
     /// the writer task sends them before anything else.
     unsent: RefCell<BytesMut>,
+    /// A direct write failed: the connection is lost. Its bytes are not
+    /// written again (a TLS stream may have taken them before the error).
+    failed: Cell<bool>,
 }
 
 impl WriteSlot {
@@ -65,13 +68,15 @@ impl std::fmt::Debug for WriteSlot {
 /// when the writer task is idle: one write, no task woken. PERF: at
 /// moderate load a PUBLISH made two writer tasks run (the PUBACK's and the
 /// subscriber's), each a wake-up, a trip through the task queue and a poll
-/// of cold state (docs/PERFORMANCE.md, "Writes from the caller's turn").
+/// of cold state (docs/PERFORMANCE.md, "Writes from the turn that produced
+/// them"). Only `Driver::flush` calls it, and only when the input behind
+/// it had to wait for its socket and no other task is ready.
 /// False when the writer task must run: it is busy (its batches keep their
 /// order), the connection is closing, a batch was full, or the socket took
 /// less than all of it (the rest waits in the slot, sent first).
 pub fn write_now(driver: &Driver, handle: &ConnHandle) -> bool {
     let slot = &handle.write;
-    if handle.is_closed() || !slot.unsent.borrow().is_empty() {
+    if handle.is_closed() || slot.failed.get() || !slot.unsent.borrow().is_empty() {
         return false;
     }
     let Ok(mut stream) = slot.stream.try_borrow_mut() else {
@@ -97,14 +102,22 @@ pub fn write_now(driver: &Driver, handle: &ConnHandle) -> bool {
     while sent < buf.len() {
         match Pin::new(&mut **stream).poll_write(&mut cx, &buf[sent..]) {
             Poll::Ready(Ok(n)) if n > 0 => sent += n,
-            // An error or a zero write is the writer task's to find again
-            // and report (`lost`): one place decides a connection is lost.
-            _ => break,
+            Poll::Pending => break,
+            // The writer task reports it (`lost`): one place decides that
+            // a connection is lost, and it may not be done from here.
+            Poll::Ready(_) => {
+                slot.failed.set(true);
+                break;
+            }
         }
     }
     if sent > 0 {
         ListenerCounters::add(&handle.counters.bytes_out, sent as u64);
         handle.drained.raise();
+    }
+    if slot.failed.get() {
+        driver.buffers.give_write(buf);
+        return false;
     }
     if sent < buf.len() {
         buf.advance(sent);
@@ -131,6 +144,10 @@ pub async fn run(driver: Rc<Driver>, handle: Rc<ConnHandle>) {
             debug_assert!(false, "a connection's writer has no stream");
             return;
         };
+        if handle.write.failed.get() {
+            lost(&driver, &handle);
+            return;
+        }
         // What a direct write left, else one of the shard's spares when
         // there is something to send; empty (no allocation) while idle.
         let mut buf = std::mem::take(&mut *handle.write.unsent.borrow_mut());
