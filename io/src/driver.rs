@@ -1,9 +1,9 @@
 //! The runtime side of one shard: it owns the sans-io `broker::Shard` and
 //! the io handles of its connections, and turns the shard's outputs into
-//! actions (write to a socket or wake its writer, close a socket, start an authentication, wake a
-//! mesh sender, write a log line). Tasks borrow the shard only inside
-//! `with`, never across an `.await`, and every call ends by draining the
-//! outputs it caused.
+//! actions (write to a socket or wake its writer, close a socket, start an
+//! authentication, wake a mesh sender, write a log line). Tasks borrow the
+//! shard only inside `with`, never across an `.await`, and every call ends
+//! by draining the outputs it caused.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -1,8 +1,9 @@
-//! Writes made from the caller's turn (`conn::write_now`): while a
-//! connection's writer task is idle the shard's output goes to its socket
-//! at once, and what the socket does not take is finished by the writer
-//! task, in order. Also the gate that leaves writes to the writer task
-//! while other tasks are ready (vendor/glommio/PATCHED.md change 14).
+//! Writes from the turn that produced them (`conn::write_now`): for input
+//! that had to wait for its socket, while a connection's writer task is
+//! idle, the shard's output goes to the socket at once, and what the socket
+//! does not take is finished by the writer task, in order. Also the gate
+//! that leaves writes to the writer task while other tasks are ready
+//! (vendor/glommio/PATCHED.md change 14).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,8 +19,10 @@ use shardmq_core::codec::{
 
 use common::{Broker, RawClient, WAIT};
 
-const MESSAGES: usize = 40;
-const PAYLOAD: usize = 200 * 1024;
+// Each message fits one read (16 KiB), so the read that completes it is
+// the one that waited for it; together more than a socket's send buffer.
+const MESSAGES: usize = 600;
+const PAYLOAD: usize = 15 * 1024;
 
 /// A payload no other message has: its index in every byte's pattern.
 fn payload(i: usize) -> Vec<u8> {
@@ -50,10 +53,10 @@ fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Packet {
 
 /// A subscriber whose socket takes 4 KiB at a time and which reads
 /// nothing until the publishing is over: each message arrives alone (the
-/// publisher waits for its PUBACK) and, while the writer task is idle, is
-/// written at once; once the broker's send buffer is full one is taken in
-/// part. The rest must follow from the writer task, before the next
-/// message's bytes.
+/// publisher waits for its PUBACK), in a read that waited, and while the
+/// writer task is idle is written at once; once the broker's send buffer is
+/// full one is taken in part. The rest must follow from the writer task,
+/// before the next message's bytes.
 #[test]
 fn a_message_the_socket_takes_in_part_arrives_whole_and_in_order() {
     let broker = Broker::start();

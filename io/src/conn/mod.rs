@@ -1,9 +1,9 @@
 //! One client connection on its shard: a reader task (bytes in, the shard
 //! decodes and acts) and a writer task (what the shard has to send, one
 //! coalesced write per wake-up, for what a direct write from the turn that
-//! produced it, `write_now`, could not send). Keep-alive and CONNECT deadlines are the
-//! shard's (`handle_tick`), not a task per connection. An error closes this
-//! connection only.
+//! produced it, `write_now`, could not send). Keep-alive and CONNECT
+//! deadlines are the shard's (`handle_tick`), not a task per connection. An
+//! error closes this connection only.
 
 pub mod admit;
 pub mod buffers;

@@ -72,8 +72,9 @@ impl std::fmt::Debug for WriteSlot {
 /// them"). Only `Driver::flush` calls it, and only when the input behind
 /// it had to wait for its socket and no other task is ready.
 /// False when the writer task must run: it is busy (its batches keep their
-/// order), the connection is closing, a batch was full, or the socket took
-/// less than all of it (the rest waits in the slot, sent first).
+/// order), the connection is closing, a batch was full, the socket took
+/// less than all of it (the rest waits in the slot, sent first) or the
+/// write failed (the writer task reports the connection lost).
 pub fn write_now(driver: &Driver, handle: &ConnHandle) -> bool {
     let slot = &handle.write;
     if handle.is_closed() || slot.failed.get() || !slot.unsent.borrow().is_empty() {
