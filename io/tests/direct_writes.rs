@@ -8,16 +8,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpStream;
+use bytes::Bytes;
+use shardmq_core::codec::{Packet, PacketId, Props, Publish, QoS, ReasonCode};
 
-use bytes::{Bytes, BytesMut};
-use shardmq_core::codec::{
-    decode_packet, encode, Connect, Packet, PacketId, Props, ProtocolVersion, Publish, QoS,
-    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
-};
-
-use common::{Broker, RawClient, WAIT};
+use common::raw::Raw;
+use common::{Broker, RawClient};
 
 // Each message fits one read (16 KiB), so the read that completes it is
 // the one that waited for it; together more than a socket's send buffer.
@@ -31,26 +26,6 @@ fn payload(i: usize) -> Vec<u8> {
         .collect()
 }
 
-fn wire(p: &Packet) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    encode(p, ProtocolVersion::V5, &mut out).unwrap();
-    out.to_vec()
-}
-
-fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Packet {
-    loop {
-        if let Some(p) = decode_packet(buf, ProtocolVersion::V5, 1 << 24).unwrap() {
-            return p;
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!("the broker closed the connection"),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
 /// A subscriber whose socket takes 4 KiB at a time and which reads
 /// nothing until the publishing is over: each message arrives alone (the
 /// publisher waits for its PUBACK), in a read that waited, and while the
@@ -61,44 +36,7 @@ fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Packet {
 fn a_message_the_socket_takes_in_part_arrives_whole_and_in_order() {
     let broker = Broker::start();
     let port = broker.port("s0");
-
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    socket.connect(&addr.into()).unwrap();
-    let mut sub: TcpStream = socket.into();
-    sub.set_read_timeout(Some(WAIT)).unwrap();
-    let mut buf = BytesMut::new();
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol_version: ProtocolVersion::V5,
-        clean_start: true,
-        keep_alive: 60,
-        properties: Props::default(),
-        client_id: "slow-reader".into(),
-        will: None,
-        username: None,
-        password: None,
-    }));
-    std::io::Write::write_all(&mut sub, &wire(&connect)).unwrap();
-    match recv(&mut sub, &mut buf) {
-        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    let subscribe = Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        properties: Props::default(),
-        filters: vec![(
-            "big/#".into(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                no_local: false,
-                retain_as_published: false,
-                retain_handling: RetainHandling::SendAtSubscribe,
-            },
-        )],
-    });
-    std::io::Write::write_all(&mut sub, &wire(&subscribe)).unwrap();
-    assert!(matches!(recv(&mut sub, &mut buf), Packet::SubAck(_)));
+    let mut sub = Raw::stuck_subscriber(port, "slow-reader", "big/#", QoS::AtLeastOnce);
 
     // Until the subscriber's share of the broker's memory is used up: the
     // messages it refuses (v5 PUBACK 0x97) are not delivered.
@@ -130,8 +68,8 @@ fn a_message_the_socket_takes_in_part_arrives_whole_and_in_order() {
     );
 
     for i in accepted {
-        match recv(&mut sub, &mut buf) {
-            Packet::Publish(p) => {
+        match sub.recv() {
+            Some(Packet::Publish(p)) => {
                 assert_eq!(
                     &*p.topic,
                     format!("big/{i}").as_str(),

@@ -6,115 +6,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use shardmq_core::codec::{
-    decode_packet, encode, Connect, Packet, PacketId, Props, ProtocolVersion, Publish, QoS,
-    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
-};
+use shardmq_core::codec::{Packet, PacketId, Props, Publish, QoS, ReasonCode};
 use shardmq_io::buffer::BufferSpec;
 use shardmq_io::shard::BufferReport;
 
+use common::raw::{recv, wire, Raw};
 use common::{q5, Broker, Client, RawClient, WAIT};
-
-/// A v5 client on raw TCP, for clients that stop reading or stop mid-packet.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    /// Connects (clean start) with a small receive buffer, so a client that
-    /// stops reading pushes back at once instead of into megabytes of
-    /// kernel buffers.
-    fn connect(port: u16, id: &str) -> Raw {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        socket.connect(&addr.into()).unwrap();
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
-        raw.send(&Packet::Connect(Box::new(Connect {
-            protocol_version: ProtocolVersion::V5,
-            clean_start: true,
-            keep_alive: 60,
-            properties: Props::default(),
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-        })));
-        match raw.recv() {
-            Some(Packet::ConnAck(a)) => assert_eq!(a.reason, ReasonCode::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        raw
-    }
-
-    /// A subscriber that subscribes, then never reads again.
-    fn stuck_subscriber(port: u16, id: &str, filter: &str, qos: QoS) -> Raw {
-        let mut raw = Raw::connect(port, id);
-        raw.send(&Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Props::default(),
-            filters: vec![(
-                filter.into(),
-                SubscriptionOptions {
-                    qos,
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: RetainHandling::SendAtSubscribe,
-                },
-            )],
-        }));
-        match raw.recv() {
-            Some(Packet::SubAck(_)) => raw,
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, p: &Packet) {
-        self.write(&wire(p));
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// The next packet; `None` once the broker closed the connection.
-    fn recv(&mut self) -> Option<Packet> {
-        recv(&mut self.stream, &mut self.buf)
-    }
-}
-
-fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
-    loop {
-        if let Some(p) = decode_packet(buf, ProtocolVersion::V5, 1 << 20).unwrap() {
-            return Some(p);
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
-fn wire(p: &Packet) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    encode(p, ProtocolVersion::V5, &mut out).unwrap();
-    out.to_vec()
-}
 
 fn publish(topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Packet {
     Packet::Publish(Publish {

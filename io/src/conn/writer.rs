@@ -193,10 +193,8 @@ pub async fn run(driver: Rc<Driver>, handle: Rc<ConnHandle>) {
         }
         let _ = writer.flush().await;
         // The buffer goes back to the shard (a drain's grown one is dropped
-        // there), the stream to the slot: on to `write_now` while idle (a
-        // closed connection's is not written there).
+        // there).
         driver.buffers.give_write(buf);
-        *handle.write.stream.borrow_mut() = Some(writer);
         if handle.is_closed() {
             // A persisted session's end (or its CONNACK) waits for the disk:
             // the socket closes after it, so a client that waits for the
@@ -205,18 +203,20 @@ pub async fn run(driver: Rc<Driver>, handle: Rc<ConnHandle>) {
             let deadline =
                 *close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_FLUSH_TIMEOUT);
             if driver.peek(|s| s.is_held(handle.id)) && Instant::now() < deadline {
+                // Closed: `write_now` does not write, so the stream may wait
+                // in the slot for the next round.
+                *handle.write.stream.borrow_mut() = Some(writer);
                 let wait = deadline.saturating_duration_since(Instant::now());
                 async { handle.wake.take().await }
                     .or(glommio::timer::sleep(wait))
                     .await;
                 continue;
             }
-            let writer = handle.write.stream.borrow_mut().take();
-            if let Some(mut writer) = writer {
-                let _ = writer.close().await;
-            }
+            let _ = writer.close().await;
             return;
         }
+        // Idle: the stream goes back to the slot for `write_now`.
+        *handle.write.stream.borrow_mut() = Some(writer);
         handle.wake.take().await;
     }
 }

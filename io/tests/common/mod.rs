@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::time::Duration;
