@@ -14,24 +14,41 @@ use shardmq_core::codec::{
 
 use super::WAIT;
 
-/// A v5 client on raw TCP, for clients that stop reading or stop mid-packet.
-pub struct Raw {
-    pub stream: TcpStream,
+/// A v5 client on raw TCP (or TLS over it), for clients that stop reading
+/// or stop mid-packet.
+pub struct Raw<S: Read + Write = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
 }
 
+/// A TCP connection to the broker with a small receive buffer, so a client
+/// that stops reading pushes back at once instead of into megabytes of
+/// kernel buffers.
+pub fn small_buffer_socket(port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
 impl Raw {
-    /// Connects (clean start) with a small receive buffer, so a client that
-    /// stops reading pushes back at once instead of into megabytes of
-    /// kernel buffers.
+    /// Connects (clean start) over a small-buffer socket.
     pub fn connect(port: u16, id: &str) -> Raw {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        socket.connect(&addr.into()).unwrap();
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Raw::over(small_buffer_socket(port), id)
+    }
+
+    /// A subscriber that subscribes, then never reads again.
+    pub fn stuck_subscriber(port: u16, id: &str, filter: &str, qos: QoS) -> Raw {
+        Raw::connect(port, id).subscribed(filter, qos)
+    }
+}
+
+impl<S: Read + Write> Raw<S> {
+    /// Connects (clean start) over `stream`.
+    pub fn over(stream: S, id: &str) -> Raw<S> {
         let mut raw = Raw {
             stream,
             buf: BytesMut::new(),
@@ -53,10 +70,9 @@ impl Raw {
         raw
     }
 
-    /// A subscriber that subscribes, then never reads again.
-    pub fn stuck_subscriber(port: u16, id: &str, filter: &str, qos: QoS) -> Raw {
-        let mut raw = Raw::connect(port, id);
-        raw.send(&Packet::Subscribe(Subscribe {
+    /// Subscribes to `filter` and waits for the SUBACK.
+    pub fn subscribed(mut self, filter: &str, qos: QoS) -> Raw<S> {
+        self.send(&Packet::Subscribe(Subscribe {
             packet_id: PacketId::new(1).unwrap(),
             properties: Props::default(),
             filters: vec![(
@@ -69,8 +85,8 @@ impl Raw {
                 },
             )],
         }));
-        match raw.recv() {
-            Some(Packet::SubAck(_)) => raw,
+        match self.recv() {
+            Some(Packet::SubAck(_)) => self,
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
@@ -81,6 +97,7 @@ impl Raw {
 
     pub fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
     }
 
     /// The next packet; `None` once the broker closed the connection.
@@ -89,7 +106,9 @@ impl Raw {
     }
 }
 
-pub fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
+/// The next packet from any byte stream (raw TCP, or TLS over it); `None`
+/// once the peer closed it.
+pub fn recv(stream: &mut impl Read, buf: &mut BytesMut) -> Option<Packet> {
     loop {
         if let Some(p) = decode_packet(buf, ProtocolVersion::V5, 1 << 20).unwrap() {
             return Some(p);
