@@ -74,6 +74,15 @@ pub enum Command {
         #[arg(long)]
         server_cpu: Option<usize>,
     },
+    /// A reference for fan-in and fan-out: a forwarder on 127.0.0.1:PORT
+    /// that speaks just enough MQTT for the harness (QoS 0 and 1) and sends
+    /// every PUBLISH to every subscriber, with none of a broker's work. Use
+    /// it as a `compare` target (`null=cmd:shardmq-loadtest null-broker
+    /// --port {port}`) beside the brokers; not a broker.
+    NullBroker {
+        #[arg(long)]
+        port: u16,
+    },
     /// Run one scenario against several targets, interleaved (A B A B ...).
     Compare {
         #[command(flatten)]

@@ -4,7 +4,9 @@
 //! end and loss, duplicates and reordering are counted, not assumed.
 //! `compare` runs one scenario against several brokers, interleaved;
 //! `encryption` runs a broker config with encryptInternalTraffic on and off;
-//! `crash` kills the broker with SIGKILL and checks what it acknowledged.
+//! `crash` kills the broker with SIGKILL and checks what it acknowledged;
+//! `echo-floor` and `null-broker` measure what the harness and the kernel
+//! cost without a broker's work.
 
 pub mod cli;
 pub mod client;
@@ -14,6 +16,7 @@ pub mod crash;
 pub mod ctx;
 pub mod echo;
 pub mod encryption;
+pub mod null_broker;
 pub mod pacer;
 pub mod payload;
 pub mod procstat;

@@ -116,6 +116,12 @@ fn real_main(cli: Cli) -> Result<bool> {
             }
             Ok(true)
         }
+        Command::NullBroker { port } => {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("null broker: binding 127.0.0.1:{port}"))?;
+            shardmq_loadtest::null_broker::serve(listener).context("null broker")?;
+            Ok(true)
+        }
         Command::Compare {
             scenario,
             targets,
