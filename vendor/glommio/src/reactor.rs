@@ -216,6 +216,11 @@ impl Reactor {
         self.sys.task_queue_io_stats(handle)
     }
 
+    /// shardmq patch 15: see `sys::Reactor::start_slice_after_park`.
+    pub(crate) fn start_slice_after_park(&self, preempt: Duration) -> bool {
+        self.sys.start_slice_after_park(preempt)
+    }
+
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
         // shardmq patch 6 (PATCHED.md): the slice's end is a clock deadline;

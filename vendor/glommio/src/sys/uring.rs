@@ -689,6 +689,15 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub(crate) static MULTISHOT_POLL_REFUSED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// shardmq patch (PATCHED.md, change 15), on unless
+/// `GLOMMIO_LIGHT_TURN_AFTER_PARK=0`: the turn after a park starts its slice
+/// without another pass over the rings. Needs change 6's clock (without it
+/// the slice's end is a TIMEOUT the pass must queue).
+pub(crate) fn light_turn_after_park() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    sys::env_switch(&ON, "GLOMMIO_LIGHT_TURN_AFTER_PARK", true) && clock_preempt()
+}
+
 /// shardmq patch (PATCHED.md, change 8), on unless `GLOMMIO_DEFER_SUBMIT=0`:
 /// a turn that may sleep stages the main ring's new SQEs and submits them
 /// with the sleep's own `io_uring_enter`, and the executor parks without
@@ -2340,6 +2349,20 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// shardmq patch 15: starts the slice of the turn that follows a park,
+    /// which needs no pass over the rings: the park's `wait` consumed them
+    /// after its last submission (and after its sleep), and no task has run
+    /// since to queue anything. What completes in between is consumed by
+    /// the next pass; a latency-ring completion ends the slice at once
+    /// (`need_preempt`). False (do the full poll) without the clock slice.
+    pub(crate) fn start_slice_after_park(&self, preempt: Duration) -> bool {
+        if !light_turn_after_park() {
+            return false;
+        }
+        self.preempt_deadline.set(Some(SliceDeadline::after(preempt)));
+        true
     }
 
     /// shardmq patch 6: whether the running task queue's slice is over:
