@@ -78,7 +78,8 @@ pub enum Command {
     /// that speaks just enough MQTT for the harness (QoS 0 and 1) and sends
     /// every PUBLISH to every subscriber, with none of a broker's work. Use
     /// it as a `compare` target (`null=cmd:shardmq-loadtest null-broker
-    /// --port {port}`) beside the brokers; not a broker.
+    /// --port {port}`) beside the brokers, for fan-in, fan-out and p2p with
+    /// one pair; not a broker.
     NullBroker {
         #[arg(long)]
         port: u16,

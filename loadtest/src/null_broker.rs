@@ -4,7 +4,11 @@
 //! limits, no authentication; one thread (tokio, epoll), one task per
 //! connection. A reference beside the brokers in `compare`, not a floor: it
 //! shows what the harness and the kernel cost on a conventional event loop,
-//! so a latency tail it has too is not a broker's. Binds loopback only.
+//! so a latency tail it has too is not a broker's. It serves fan-in,
+//! fan-out and p2p with one pair; with more pairs, shared groups or
+//! persistent sessions it delivers what a broker would not, and the
+//! harness reports that as unexpected, duplicated or lost messages. It
+//! ignores Receive Maximum. Binds loopback only.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -60,7 +64,16 @@ pub fn serve(listener: std::net::TcpListener) -> std::io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
         let subscribers: Subscribers = Rc::default();
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, or a connection reset before it was
+                // taken: the others carry on, as in a broker.
+                Err(e) => {
+                    eprintln!("null broker: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
             let subscribers = subscribers.clone();
             tokio::task::spawn_local(async move {
                 // A client that breaks the protocol is dropped, as a broker
@@ -148,7 +161,13 @@ async fn handle(
             // Cloned out of the borrow: a write may wait for its socket.
             let targets: Vec<Rc<Peer>> = subscribers.borrow().clone();
             for sub in targets {
-                forward(&sub, &p).await?;
+                // A subscriber that is gone is dropped; the publisher and
+                // the other subscribers carry on (an independent review's
+                // finding: the error used to end the publisher's connection).
+                if let Err(e) = forward(&sub, &p).await {
+                    eprintln!("null broker: dropping a subscriber: {e}");
+                    subscribers.borrow_mut().retain(|s| !Rc::ptr_eq(s, &sub));
+                }
             }
         }
         Packet::Subscribe(s) => {

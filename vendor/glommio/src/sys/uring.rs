@@ -1542,6 +1542,9 @@ pub(crate) struct Reactor {
     /// shardmq patch 6: when the running task queue's slice ends
     /// (`need_preempt` reads it instead of waiting for a TIMEOUT CQE).
     preempt_deadline: Cell<Option<SliceDeadline>>,
+    /// shardmq patch 15: the last `wait` slept, consumed the rings after
+    /// its sleep and submitted nothing after that.
+    rings_fresh: Cell<bool>,
     /// shardmq patch 6: the main ring's completion queue head and tail, so
     /// `need_preempt` sees a ring's depth of completions waiting (what the
     /// throughput TIMEOUT used to signal) without a borrow or a timer.
@@ -1684,6 +1687,7 @@ impl Reactor {
             latency_timer_deadline: Cell::new(None),
             link_rings_src: Cell::new(None),
             preempt_deadline: Cell::new(None),
+            rings_fresh: Cell::new(false),
             main_cq,
             blocking_thread,
             link_fd,
@@ -2171,6 +2175,7 @@ impl Reactor {
         Preempt: Fn() -> Option<Duration>,
         F: Fn() -> usize,
     {
+        self.rings_fresh.set(false);
         woke += self.flush_syscall_thread();
 
         let mut poll_ring = self.poll_ring.borrow_mut();
@@ -2281,6 +2286,7 @@ impl Reactor {
             })
             && lat_ring.can_sleep();
 
+        let mut slept = false;
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
@@ -2320,6 +2326,7 @@ impl Reactor {
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
                     consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+                    slept = true;
                 }
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
@@ -2328,8 +2335,12 @@ impl Reactor {
         if defer {
             // Not slept (or the sleep could not take them): submit what was
             // staged. After a sleep that took them, this enters nothing.
-            flush_rings!(main_ring)?;
+            if flush_rings!(main_ring)? > 0 {
+                // Their completions may be there already, unconsumed.
+                slept = false;
+            }
         }
+        self.rings_fresh.set(slept);
 
         if let Some(preempt) = preempt_timer() {
             if clock {
@@ -2351,16 +2362,22 @@ impl Reactor {
         Ok(should_sleep)
     }
 
-    /// shardmq patch 15: starts the slice of the turn that follows a park,
-    /// which needs no pass over the rings: the park's `wait` consumed them
-    /// after its last submission (and after its sleep), and no task has run
-    /// since to queue anything. What completes in between is consumed by
-    /// the next pass; a latency-ring completion ends the slice at once
-    /// (`need_preempt`). False (do the full poll) without the clock slice.
+    /// shardmq patch 15: starts the slice of the turn that follows a park
+    /// that slept, which needs no pass over the rings: the park's `wait`
+    /// consumed them after its sleep and submitted nothing after that, and
+    /// no task has run since to queue anything. What completes in between
+    /// is consumed by the next pass; a latency-ring completion ends the
+    /// slice at once (`need_preempt`). False (do the full poll) without the
+    /// clock slice, or when the park did not sleep or submitted after its
+    /// last pass (an independent review's finding).
     pub(crate) fn start_slice_after_park(&self, preempt: Duration) -> bool {
-        if !light_turn_after_park() {
+        if !light_turn_after_park() || !self.rings_fresh.take() {
             return false;
         }
+        // The blocking pool is read before a sleep, not after it: a result
+        // that woke the sleep is delivered here (at once if none is
+        // pending, patch 13).
+        self.flush_syscall_thread();
         self.preempt_deadline.set(Some(SliceDeadline::after(preempt)));
         true
     }
