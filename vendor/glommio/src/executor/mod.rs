@@ -1501,10 +1501,11 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
-                // shardmq patch 15: after a park the poll would repeat the
-                // park's own last pass over the rings (about 800
+                // shardmq patch 15: after a park that slept the poll would
+                // repeat the park's own last pass over the rings (about 800
                 // instructions and their cache misses, once per wake-up at
-                // moderate load); only the slice's deadline is new.
+                // moderate load); only the slice's deadline and the
+                // blocking pool's results are new.
                 let light = std::mem::take(&mut parked)
                     && this
                         .reactor
