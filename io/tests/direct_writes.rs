@@ -86,10 +86,11 @@ fn over_tls_a_message_the_socket_takes_in_part_arrives_whole_and_in_order() {
     expect_in_order(&mut sub, &accepted);
 }
 
-/// Publishes `MESSAGES` big QoS 1 messages one at a time, each after the
-/// last one's PUBACK, until the broker refuses one because the stuck
-/// subscriber's share of its memory is used up (v5 PUBACK 0x97: those are
-/// not delivered). Returns the accepted ones' indexes.
+/// Publishes up to `MESSAGES` big QoS 1 messages one at a time, each after
+/// the last one's PUBACK, stopping at the first the broker refuses because
+/// the stuck subscriber's share of its memory is used up (v5 PUBACK 0x97:
+/// not delivered; the in-process broker's 16 MiB budget refuses some, the
+/// binary's default takes all). Returns the accepted ones' indexes.
 fn publish_until_refused(port: u16) -> Vec<usize> {
     let (mut publisher, _) = RawClient::connect_v5(port, "big-publisher", None);
     let mut accepted = Vec::new();
