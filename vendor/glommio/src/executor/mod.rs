@@ -1485,8 +1485,6 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
-            // Whether the last turn ended in a park (shardmq patch 15).
-            let mut parked = false;
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1505,12 +1503,12 @@ impl LocalExecutor {
                 // repeat the park's own last pass over the rings (about 800
                 // instructions and their cache misses, once per wake-up at
                 // moderate load); only the slice's deadline and the
-                // blocking pool's results are new.
-                let light = std::mem::take(&mut parked)
-                    && this
-                        .reactor
-                        .start_slice_after_park(this.preempt_timer_duration());
-                if !light {
+                // blocking pool's results are new. The reactor knows whether
+                // its last `wait` slept (`rings_fresh`).
+                if !this
+                    .reactor
+                    .start_slice_after_park(this.preempt_timer_duration())
+                {
                     this.parker
                         .poll_io(|| Some(this.preempt_timer_duration()))
                         .expect("Failed to poll io! This is actually pretty bad!");
@@ -1542,7 +1540,6 @@ impl LocalExecutor {
                         this.parker
                             .park()
                             .expect("Failed to park! This is actually pretty bad!");
-                        parked = true;
                         pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
