@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use common::{q5, Broker, Client, Ev};
@@ -225,7 +225,7 @@ async fn garbage_bytes_close_only_that_connection() {
         // Reserved packet type 0 as the first byte: malformed.
         s.write_all(&[0x00, 0x02, 0xff, 0xff]).unwrap();
         let mut buf = [0u8; 16];
-        s.read(&mut buf).unwrap_or(0)
+        common::read_some(&mut s, &mut buf).unwrap_or(0)
     })
     .await
     .unwrap();
@@ -252,7 +252,7 @@ async fn oversize_packet_is_refused_from_its_header() {
         let mut buf = [0u8; 64];
         let mut total = 0;
         loop {
-            match s.read(&mut buf[total..]) {
+            match common::read_some(&mut s, &mut buf[total..]) {
                 Ok(0) | Err(_) => return total,
                 Ok(k) => total += k,
             }

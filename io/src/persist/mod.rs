@@ -510,9 +510,11 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, PersistError> {
     let mut file = File::open(path).map_err(io)?;
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..]).map_err(io)? {
-            0 => break,
-            k => n += k,
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
         }
     }
     Ok(n)

@@ -144,7 +144,12 @@ fn read_head(stream: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).ok()?;
+        // A signal (SIGHUP reloads) interrupts a read with a timeout even
+        // under SA_RESTART (signal(7)); that is not the client's fault.
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.ok()?,
+        };
         if n == 0 {
             return None;
         }

@@ -17,6 +17,19 @@ use shardmq_core::limits::ClientLimits;
 use shardmq_io::{ListenerSpec, ServerConfig, ServerHandle};
 use tokio::sync::mpsc;
 
+/// `Read::read` that retries a read a signal interrupted. A socket with a
+/// read timeout is never restarted by `SA_RESTART` (signal(7)), so any
+/// handler in the test process, or the process being stopped and
+/// continued, can surface `EINTR` here; `read_exact` already retries.
+pub fn read_some(stream: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Upper bound on any single wait; only reached when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -401,7 +414,6 @@ impl RawClient {
     }
 
     fn try_recv(&mut self) -> std::io::Result<Option<shardmq_core::codec::Packet>> {
-        use std::io::Read;
         loop {
             if let Some(p) =
                 shardmq_core::codec::decode_packet(&mut self.buf, self.version, 1 << 20).unwrap()
@@ -409,7 +421,7 @@ impl RawClient {
                 return Ok(Some(p));
             }
             let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
+            match read_some(&mut self.stream, &mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),

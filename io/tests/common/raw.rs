@@ -114,7 +114,7 @@ pub fn recv(stream: &mut impl Read, buf: &mut BytesMut) -> Option<Packet> {
             return Some(p);
         }
         let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
+        match super::read_some(stream, &mut chunk) {
             Ok(0) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
