@@ -1,6 +1,7 @@
 //! The `shardmq` binary as a user runs it: config files (good, bad, AIO
 //! fragments), the default config, the seed scenario with Debian's
-//! mosquitto_pub/mosquitto_sub on two listener ports, and graceful shutdown.
+//! mosquitto_pub/mosquitto_sub on two listener ports, graceful shutdown, and
+//! a process that is stopped and continued.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -264,4 +265,60 @@ fn a_port_already_held_is_refused_instead_of_shared() {
         err.contains("cannot bind") && err.contains("in use"),
         "{err}"
     );
+}
+
+/// Whether the broker `pid` has a thread named `name` asleep in a call.
+fn thread_asleep(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised name: "S" is an interruptible sleep.
+        comm.trim() == name
+            && stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('S'))
+    })
+}
+
+#[test]
+fn a_metrics_request_across_a_stop_and_continue_is_answered() {
+    // A socket read with a timeout returns EINTR when the process is
+    // stopped and continued (signal(7)): a paused container, a debugger.
+    // The endpoint retries it instead of dropping the request, and the
+    // shards' waits are restarted.
+    use std::io::{Read, Write};
+    let metrics = common::free_port();
+    let path = temp_file(
+        "stopped.json",
+        &format!(
+            r#"{{"listeners":[{{"name":"l","ports":[{{"port":0,"bindAddress":"127.0.0.1"}}]}}],
+                "diagnostics":{{"metrics":{{"prometheusPort":{metrics}}}}}}}"#
+        ),
+    );
+    let (broker, ports) = start(&path, 1);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], metrics).into();
+    common::wait_ready(addr);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let pid = broker.0.id();
+    let deadline = Instant::now() + common::WAIT;
+    while !thread_asleep(pid, "metrics-conn") {
+        assert!(Instant::now() < deadline, "no thread reads the request");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for sig in ["-STOP", "-CONT"] {
+        let status = Command::new("kill").args([sig, &pid.to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+    s.write_all(b"Host: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // The shards' waits came through it too.
+    let (_client, ack) = common::RawClient::connect_v5(ports[0], "after-stop", None);
+    assert_eq!(ack.reason, ReasonCode::Success);
 }
