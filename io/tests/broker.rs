@@ -391,3 +391,60 @@ fn silent_client_is_disconnected_after_one_and_a_half_keep_alives() {
         other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
     }
 }
+
+#[test]
+fn a_subscriber_with_receive_maximum_one_gets_each_message_after_acking_the_last() {
+    // [MQTT-3.3.4-9]: no more unacknowledged QoS 1 PUBLISHes than the
+    // client's Receive Maximum. Each PUBACK frees the one slot with
+    // messages queued behind it, and that must wake the writer: a
+    // subscriber that waited for a wake-up that never came would stall
+    // here instead of receiving all 20.
+    use shardmq_core::codec::{
+        Packet, PacketId, Properties, Props, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
+        Subscribe, SubscriptionOptions,
+    };
+    let broker = Broker::start();
+    let port = broker.port("s0");
+    let (mut sub, ack) = common::RawClient::connect_v5_ack(port, "rm1", |c| {
+        c.properties = Properties {
+            receive_maximum: Some(1),
+            ..Properties::default()
+        }
+        .into();
+    });
+    assert_eq!(ack.reason, ReasonCode::Success);
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Props::default(),
+        filters: vec![(
+            "rm/#".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendAtSubscribe,
+            },
+        )],
+    }));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = common::RawClient::connect_v5(port, "rm-pub", None);
+    for i in 1..=20u16 {
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "rm/x".into(),
+            packet_id: PacketId::new(i),
+            properties: Props::default(),
+            payload: bytes::Bytes::from(i.to_string()),
+        }));
+    }
+    for i in 1..=20u16 {
+        let Some(Packet::Publish(p)) = sub.recv() else {
+            panic!("message {i} never came");
+        };
+        assert_eq!(p.payload, i.to_string().as_bytes(), "in order");
+        let id = p.packet_id.unwrap();
+        sub.send(&Packet::PubAck(PubResponse::new(id, ReasonCode::Success)));
+    }
+}
