@@ -518,6 +518,45 @@ fn outgoing_qos1_respects_the_clients_receive_maximum() {
 }
 
 #[test]
+fn an_expired_qos0_front_does_not_let_a_qos1_message_past_the_window() {
+    // [MQTT-3.3.4-9] with [MQTT-3.3.2-5]: the window is full and the
+    // queue's front is a QoS 0 message that expires; dropping it must not
+    // send the QoS 1 message behind it before an acknowledgement.
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.receive_maximum = Some(1);
+    h.connect_with(c, None);
+    h.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"1"),
+        &granted(QoS::AtLeastOnce),
+    );
+    let first_id = match h.sent().as_slice() {
+        [Packet::Publish(p)] => p.packet_id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let mut short = (*message("t", QoS::AtMostOnce, b"0")).clone();
+    short.expires_at = Some(h.now + Duration::from_secs(5));
+    h.deliver(h.now, &Arc::new(short), &granted(QoS::AtLeastOnce));
+    h.deliver(
+        h.now,
+        &message("t", QoS::AtLeastOnce, b"2"),
+        &granted(QoS::AtLeastOnce),
+    );
+    h.now += Duration::from_secs(10);
+    assert_eq!(h.sent(), vec![], "one in flight already");
+    assert_eq!(h.conn.session().unwrap().stats.dropped_expired, 1);
+    h.recv(Packet::PubAck(PubResponse::new(
+        first_id,
+        ReasonCode::Success,
+    )));
+    match h.sent().as_slice() {
+        [Packet::Publish(p)] => assert_eq!(&p.payload[..], b"2"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn short_acknowledgements_act_as_their_packets_do() {
     // The reader's fast path (`Decoder::decode_ack`) must not change what
     // an acknowledgement does: QoS 1 ends at PUBACK [MQTT-4.3.2-3], QoS 2

@@ -100,8 +100,12 @@ impl Connection {
     /// on disk also waits for `spilled_inflight_max` (bounded memory while a
     /// backlog drains).
     pub(super) fn window_for(&self, front: &Entry) -> usize {
+        self.window_of(front.is_stored())
+    }
+
+    fn window_of(&self, stored: bool) -> usize {
         let window = self.window();
-        if front.is_stored() {
+        if stored {
             window.min(usize::from(self.limits.spilled_inflight_max.get()))
         } else {
             window
@@ -168,6 +172,7 @@ impl Connection {
         if front.qos() != QoS::AtMostOnce && session.inflight.len() >= self.window_for(front) {
             return None;
         }
+        let windows = (self.window_of(false), self.window_of(true));
         let session = self.session.as_mut()?;
         let (queued, stored) = session.pop_live(now, lease)?;
         if queued.qos == QoS::AtMostOnce {
@@ -176,6 +181,21 @@ impl Connection {
                 packet_id: None,
                 dup: false,
             });
+        }
+        // `pop_live` drops expired and lost entries: the one it returns may
+        // not be the front checked above (a QoS 0 front lets anything
+        // through), so the window is checked again [MQTT-3.3.4-9].
+        let window = if stored.is_some() {
+            windows.1
+        } else {
+            windows.0
+        };
+        if session.inflight.len() >= window {
+            match stored {
+                Some(s) => session.push_front_stored(s),
+                None => session.push_front_memory(queued, lease),
+            }
+            return None;
         }
         let Some((id, serial)) = session.allocate_packet_id() else {
             match stored {
