@@ -83,15 +83,7 @@ impl<S: Store> Shard<S> {
             if c.machine.has_events() || c.machine.is_closed() {
                 self.process_events(conn, now);
             }
-            // PERF: the writer only when it has work; whatever makes work
-            // for it later (a delivery, a hold released) wakes it then.
-            if self
-                .conns
-                .get(&conn)
-                .is_some_and(|c| c.machine.needs_writer())
-            {
-                self.wake(conn);
-            }
+            self.wake(conn);
         }
         // The client's acknowledgements end persisted messages.
         self.log_conn_queue(conn);

@@ -386,17 +386,6 @@ impl Connection {
             })
     }
 
-    /// Whether a `poll_transmit` now would do anything: send (as
-    /// `wants_transmit`), release the records of exchanges that ended, or
-    /// see the connection closed. The shard wakes the writer after a
-    /// client's packet only then: most acknowledgements free a window slot
-    /// with nothing queued behind it and end a message held in memory.
-    pub fn needs_writer(&self) -> bool {
-        self.is_closed()
-            || self.wants_transmit()
-            || self.session.as_ref().is_some_and(|s| !s.retired.is_empty())
-    }
-
     /// Encodes pending packets into `buf` until it holds `bytes_max` (one
     /// write per wake-up, bounded). A publish larger than the client's
     /// Maximum Packet Size is discarded as if sent [MQTT-3.1.2-25]. Returns
