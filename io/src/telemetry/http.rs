@@ -144,8 +144,9 @@ fn read_head(stream: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        // A signal (SIGHUP reloads) interrupts a read with a timeout even
-        // under SA_RESTART (signal(7)); that is not the client's fault.
+        // A read with a timeout is never restarted after a signal, even
+        // under SA_RESTART, nor after a stop and continue (signal(7));
+        // neither is the client's fault.
         let n = match stream.read(&mut chunk) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             other => other.ok()?,
