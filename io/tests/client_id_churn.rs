@@ -11,10 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{free_port, http_get, start, temp_file, wait_ready, RawClient, WAIT};
-use shardmq_core::codec::{
-    Disconnect, Packet, PacketId, Props, QoS, ReasonCode, RetainHandling, Subscribe,
-    SubscriptionOptions,
-};
+use shardmq_core::codec::{Disconnect, Packet, QoS, ReasonCode};
 
 const ROUNDS: usize = 4;
 const IDS_PER_ROUND: usize = 5_000;
@@ -50,20 +47,7 @@ fn one_client(port: u16, id: &str, n: usize) {
     let expiry = n.is_multiple_of(4).then_some(1);
     let (mut c, ack) = RawClient::connect_v5(port, id, expiry);
     assert!(!ack.reason.is_error(), "{id}: CONNACK {:?}", ack.reason);
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        properties: Props::default(),
-        filters: vec![(
-            format!("churn/{id}/+").into(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                no_local: false,
-                retain_as_published: false,
-                retain_handling: RetainHandling::SendAtSubscribe,
-            },
-        )],
-    }));
-    assert!(matches!(c.recv(), Some(Packet::SubAck(_))), "{id}: SUBACK");
+    c.subscribe(&format!("churn/{id}/+"), QoS::AtLeastOnce);
     c.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     // The broker closes after a DISCONNECT: wait for it, so the round
     // ends with every connection gone.

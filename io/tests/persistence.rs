@@ -1136,26 +1136,13 @@ async fn a_queue_is_persisted_once_subscriber_queue_selects_it() {
 /// One shard: a later CONNACK (durable) proves the PUBREC's record durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
-    use shardmq_core::codec::{
-        Packet, PacketId, Props, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-    };
+    use shardmq_core::codec::{Packet, PubResponse, QoS, ReasonCode};
     let s = setup_queues(1);
     let (broker, _) = run(&s);
     let port = s.port;
     let mut sub = tokio::task::spawn_blocking(move || {
         let (mut c, _) = common::RawClient::connect_v5(port, "exactly", Some(3600));
-        c.send(&Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Props::default(),
-            filters: vec![(
-                "x/#".into(),
-                SubscriptionOptions {
-                    qos: QoS::ExactlyOnce,
-                    ..SubscriptionOptions::default()
-                },
-            )],
-        }));
-        assert!(matches!(c.recv(), Some(Packet::SubAck(_))));
+        c.subscribe("x/#", QoS::ExactlyOnce);
         c
     })
     .await

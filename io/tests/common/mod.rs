@@ -377,6 +377,31 @@ impl RawClient {
         }
     }
 
+    /// SUBSCRIBE to one `filter` at `qos` (other options at their
+    /// defaults, packet id 1); returns the SUBACK.
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: shardmq_core::codec::QoS,
+    ) -> shardmq_core::codec::SubAck {
+        use shardmq_core::codec::{Packet, PacketId, Props, Subscribe, SubscriptionOptions};
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Props::default(),
+            filters: vec![(
+                filter.into(),
+                SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+            )],
+        }));
+        match self.recv() {
+            Some(Packet::SubAck(s)) => s,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
     pub fn send(&mut self, p: &shardmq_core::codec::Packet) {
         use std::io::Write;
         let mut out = bytes::BytesMut::new();
