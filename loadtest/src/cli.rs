@@ -406,6 +406,12 @@ pub struct ScenarioArgs {
     /// sending at the same instants (bursts of N messages).
     #[arg(long)]
     pub stagger: bool,
+    /// Run the subscribers on a thread of their own, at real-time priority
+    /// (SCHED_FIFO 1) where the process may set it, so their reads do not
+    /// wait behind a burst of publisher sends on the harness's core: the
+    /// latency is then the broker's and the kernel's, not the harness's.
+    #[arg(long)]
+    pub sub_thread: bool,
     /// slow-sub: offline window as fractions of the duration, `FROM-UNTIL`
     /// (slow-reader: the span it reads slowly).
     #[arg(long, value_parser = parse_window)]
@@ -525,6 +531,7 @@ impl ScenarioArgs {
         s.allow_loss = self.allow_loss;
         s.retain = self.retain;
         s.stagger = self.stagger;
+        s.sub_thread = self.sub_thread;
         if let Some((a, b)) = self.offline {
             s.offline_from = a;
             s.offline_until = b;

@@ -16,6 +16,7 @@ pub mod crash;
 pub mod ctx;
 pub mod echo;
 pub mod encryption;
+pub mod lane;
 pub mod null_broker;
 pub mod pacer;
 pub mod payload;

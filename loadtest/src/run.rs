@@ -35,6 +35,8 @@ pub enum RunError {
     Tls(#[from] TlsSetupError),
     #[error("invalid run: {0}")]
     Invalid(String),
+    #[error("--sub-thread: starting the subscribers' thread: {0}")]
+    SubThread(std::io::Error),
 }
 
 /// Receivers that together should get each message of `publishers` once.
@@ -210,6 +212,7 @@ pub fn reader_rate(spec: &RunSpec) -> u32 {
 
 /// Connects `n` clients, at most `concurrency` at a time.
 pub async fn connect_all<F, Fut, T>(
+    on: &tokio::runtime::Handle,
     n: usize,
     concurrency: usize,
     f: F,
@@ -224,7 +227,7 @@ where
     for i in 0..n {
         let fut = f(i);
         let permits = permits.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(on.spawn(async move {
             let _permit = permits.acquire_owned().await;
             fut.await
         }));
@@ -309,7 +312,19 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
 
     // Subscribers first, so nothing published is missed.
     let clean = spec.clean;
-    let subs = connect_all(plan.subs.len(), spec.connect_concurrency, |i| {
+    // The subscribers' sockets belong to the runtime they connect on.
+    let lane = if spec.sub_thread {
+        let lane = crate::lane::Lane::start().map_err(RunError::SubThread)?;
+        if let Some(why) = &lane.priority_refused {
+            eprintln!("--sub-thread: the subscribers' thread runs at normal priority ({why})");
+        }
+        Some(lane)
+    } else {
+        None
+    };
+    let here = tokio::runtime::Handle::current();
+    let sub_rt = lane.as_ref().map_or(&here, |l| l.handle());
+    let subs = connect_all(sub_rt, plan.subs.len(), spec.connect_concurrency, |i| {
         let (c, p, wait) = (
             sub_connector.clone(),
             plan.subs[i].clone(),
@@ -328,7 +343,7 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
         }
     })
     .await;
-    let pubs = connect_all(plan.pubs.len(), spec.connect_concurrency, |i| {
+    let pubs = connect_all(&here, plan.pubs.len(), spec.connect_concurrency, |i| {
         let (c, id) = (connector.clone(), plan.pubs[i].client_id.clone());
         async move { c.connect(&id, true).await }
     })
@@ -390,7 +405,7 @@ pub async fn run(spec: &RunSpec, target: &Target) -> Result<RunReport, RunError>
     for (p, r) in plan.subs.iter().zip(subs) {
         if let Ok((conn, early)) = r {
             live_members.insert(p.idx);
-            sub_tasks.push(tokio::spawn(subscriber::run(
+            sub_tasks.push(sub_rt.spawn(subscriber::run(
                 conn,
                 early,
                 ctx.clone(),

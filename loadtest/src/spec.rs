@@ -192,6 +192,9 @@ pub struct RunSpec {
     pub subscriber_addr: Option<String>,
     /// Print a live progress line (only honoured on a terminal, not in CI).
     pub progress: bool,
+    /// Subscribers on a thread of their own (`lane`), so a burst of sends
+    /// does not delay their reads.
+    pub sub_thread: bool,
 }
 
 impl Default for RunSpec {
@@ -225,6 +228,7 @@ impl Default for RunSpec {
             broker_pid: None,
             subscriber_addr: None,
             progress: true,
+            sub_thread: false,
         }
     }
 }

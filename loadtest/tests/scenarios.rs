@@ -33,6 +33,26 @@ async fn fan_in_qos1_every_sent_message_is_acked_and_received_once() {
     b.shutdown();
 }
 
+/// `--sub-thread`: the subscriber connects and reads on a runtime of its own
+/// (another thread); its sockets and counts must still add up.
+#[tokio::test]
+async fn fan_in_with_the_subscriber_on_its_own_thread_receives_every_message() {
+    let b = broker();
+    let spec = shardmq_loadtest::RunSpec {
+        publishers: 3,
+        rate_per_s: NonZeroU32::new(500),
+        sub_thread: true,
+        ..quick(Scenario::FanIn)
+    };
+    let r = run(&spec, &target(b.addrs[0].1)).await.unwrap();
+    assert!(r.ok(), "{}", r.to_table());
+    assert!(r.sent > 0);
+    assert_eq!(r.received, r.sent);
+    assert_eq!((r.lost, r.duplicated, r.out_of_order), (0, 0, 0));
+    assert!(r.latency_us.count > 0);
+    b.shutdown();
+}
+
 #[tokio::test]
 async fn fan_out_qos2_each_subscriber_gets_every_message_exactly_once() {
     let b = broker();
