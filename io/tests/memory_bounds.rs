@@ -15,7 +15,7 @@ use shardmq_core::codec::{Packet, PacketId, Props, Publish, QoS, ReasonCode};
 use shardmq_io::buffer::BufferSpec;
 use shardmq_io::shard::BufferReport;
 
-use common::raw::{recv, wire, Raw};
+use common::raw::{recv, small_buffer_socket, wire, Raw};
 use common::{q5, Broker, Client, RawClient, WAIT};
 
 fn publish(topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> Packet {
@@ -297,6 +297,55 @@ fn memory_a_stuck_subscriber_held_is_given_back_when_it_goes() {
         assert!(
             Instant::now() < deadline,
             "RSS {before} -> {holding} -> {now} MiB after the subscriber left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The state of the TCP socket bound to `local` and connected to `remote`
+/// in this network namespace (`/proc/net/tcp`; 0x01 is ESTABLISHED), or
+/// `None` once the kernel has let it go.
+fn tcp_state(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (port(f[1])? == local && port(f[2])? == remote)
+            .then(|| u8::from_str_radix(f[3], 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn a_peer_that_stops_reading_cannot_hold_its_closed_connection() {
+    // A subscriber with keep-alive 1 s stops reading and sending; the
+    // broker's writes to it block (its kernel keeps answering zero-window
+    // probes). The keep-alive closes the connection after 1.5 s
+    // [MQTT-3.1.2-22], and the writer, blocked in its write, must give up
+    // within its 2 s flush bound. It looked at the close only when the
+    // write began, so the socket, its buffers and the connection stayed
+    // for as long as the peer's kernel answered.
+    let broker = Broker::start();
+    let port = broker.port("s0");
+    let socket = small_buffer_socket(port);
+    let client_port = socket.local_addr().unwrap().port();
+    let _stuck =
+        Raw::over_with_keep_alive(socket, "silent", 1).subscribed("jam/t", QoS::AtMostOnce);
+    let (mut publ, _) = RawClient::connect_v5(port, "jammer", None);
+    for _ in 0..64 {
+        publ.send(&publish("jam/t", QoS::AtMostOnce, false, vec![5; 64 << 10]));
+    }
+    sync(&mut publ);
+    assert_eq!(
+        tcp_state(port, client_port),
+        Some(0x01),
+        "the broker's side is open"
+    );
+    let deadline = Instant::now() + WAIT;
+    while tcp_state(port, client_port) == Some(0x01) {
+        assert!(
+            Instant::now() < deadline,
+            "the broker still holds the connection of a peer that stopped reading"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -166,12 +166,18 @@ pub async fn run(driver: Rc<Driver>, handle: Rc<ConnHandle>) {
             }
             let write = async { Some(writer.write_all(&buf).await) }
                 .or(async {
-                    if handle.is_closed() {
-                        glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
-                        None
-                    } else {
-                        std::future::pending().await
+                    // `close` raises `wake` too: a write blocked on a peer
+                    // that stopped reading must see the close and give up
+                    // CLOSE_FLUSH_TIMEOUT after it (a peer that acknowledges
+                    // zero-window probes forever held its connection, fd and
+                    // buffers when this looked at the close only once).
+                    // Taking `wake` here loses nothing: after each write
+                    // the loop asks the shard for more before it idles.
+                    while !handle.is_closed() {
+                        handle.wake.take().await;
                     }
+                    glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
+                    None
                 })
                 .await;
             if !matches!(write, Some(Ok(()))) {

@@ -49,6 +49,11 @@ impl Raw {
 impl<S: Read + Write> Raw<S> {
     /// Connects (clean start) over `stream`.
     pub fn over(stream: S, id: &str) -> Raw<S> {
+        Raw::over_with_keep_alive(stream, id, 60)
+    }
+
+    /// Connects (clean start) over `stream`, asking for `keep_alive` seconds.
+    pub fn over_with_keep_alive(stream: S, id: &str, keep_alive: u16) -> Raw<S> {
         let mut raw = Raw {
             stream,
             buf: BytesMut::new(),
@@ -56,7 +61,7 @@ impl<S: Read + Write> Raw<S> {
         raw.send(&Packet::Connect(Box::new(Connect {
             protocol_version: ProtocolVersion::V5,
             clean_start: true,
-            keep_alive: 60,
+            keep_alive,
             properties: Props::default(),
             client_id: id.into(),
             will: None,
