@@ -207,6 +207,70 @@ fn health_ready_and_garbage() {
     server.stop();
 }
 
+/// A connection from `from` (a loopback address) to the endpoint.
+fn connect_from(from: [u8; 4], addr: SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = (from, 0).into();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+#[test]
+fn a_request_trickled_a_byte_at_a_time_is_cut_off() {
+    // Each byte came within the 5 s read timeout, so one client sending a
+    // byte every few seconds held a slot for as long as it liked (eight
+    // held them all, and /healthz answered 503). The whole exchange now
+    // has 5 s.
+    use std::io::Write;
+    let broker = Broker::start();
+    let server = endpoint(&broker);
+    let mut s = connect_from([127, 0, 0, 1], server.addr);
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let give_up = Instant::now() + 3 * WAIT;
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if s.write_all(b"X").is_err() || Instant::now() > give_up {
+            break Instant::now() <= give_up;
+        }
+        // The server's 400 and close: reads see them, writes may not yet.
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let answered = matches!(std::io::Read::read(&mut s, &mut buf), Ok(_));
+        s.set_nonblocking(false).unwrap();
+        if answered {
+            break true;
+        }
+    };
+    assert!(cut, "a request that never ends held its connection");
+    server.stop();
+}
+
+#[test]
+fn one_peer_cannot_take_every_slot() {
+    let broker = Broker::start();
+    let server = endpoint(&broker);
+    let addr = server.addr;
+    wait_ready(addr);
+    // Half the slots, held by connections that send nothing...
+    let held: Vec<_> = (0..4).map(|_| connect_from([127, 0, 0, 3], addr)).collect();
+    // ...then this peer is told the endpoint is busy...
+    let mut more = connect_from([127, 0, 0, 3], addr);
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut more, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    // ...while another peer still gets its answer.
+    let mut probe = connect_from([127, 0, 0, 4], addr);
+    std::io::Write::write_all(&mut probe, b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut probe, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    drop(held);
+    server.stop();
+}
+
 fn repo_file(path: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")

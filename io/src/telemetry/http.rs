@@ -5,10 +5,11 @@
 //! request size, concurrent connections, time per connection; garbage gets
 //! a 400 and a closed socket, never a panic.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -20,8 +21,13 @@ use super::Telemetry;
 const REQUEST_MAX: usize = 8 * 1024;
 /// Connections served at once; more are answered 503 and closed.
 const CONNECTIONS_MAX: usize = 8;
-/// Time a client gets to send its request and to read the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once from one address: one peer cannot take
+/// every slot and turn the health probes' answers into 503s.
+const CONNECTIONS_PER_PEER_MAX: usize = CONNECTIONS_MAX / 2;
+/// Time a client gets, in all, to send its request and to read the
+/// answer: a client that trickles a byte per read timeout cannot hold a
+/// slot for longer.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("diagnostics.metrics: cannot listen on {addr}: {source}")]
@@ -53,6 +59,7 @@ pub fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<MetricsServe
         .map_err(|source| HttpError { addr, source })?;
     let stop = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicUsize::new(0));
+    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let stopping = stop.clone();
     std::thread::Builder::new()
         .name("metrics-http".into())
@@ -66,24 +73,22 @@ pub fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<MetricsServe
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
                 };
-                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                if busy.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    let _ = respond(&stream, 503, "text/plain", "busy\n", false);
+                let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+                let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
+                let Some(slot) = Slot::take(&busy, &peers, &stream) else {
+                    let _ = respond(&stream, 503, "text/plain", "busy\n", false, deadline);
                     continue;
-                }
+                };
                 let telemetry = telemetry.clone();
-                let done = busy.clone();
-                let spawned = std::thread::Builder::new()
+                // A thread that cannot start drops the closure, and with it
+                // the slot.
+                let _ = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
-                        handle(stream, &telemetry);
-                        done.fetch_sub(1, Ordering::SeqCst);
+                        handle(stream, &telemetry, deadline);
+                        drop(slot);
                     });
-                if spawned.is_err() {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                }
             }
         })
         .map_err(|source| HttpError { addr, source })?;
@@ -91,17 +96,76 @@ pub fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<MetricsServe
     Ok(MetricsServer { addr: bound, stop })
 }
 
-/// One request, one answer, then close (no keep-alive: nothing to bound).
-fn handle(mut stream: TcpStream, telemetry: &Telemetry) {
-    let Some(head) = read_head(&mut stream) else {
-        let _ = respond(&stream, 400, "text/plain", "bad request\n", false);
+/// One of the served connections, counted overall and per peer address
+/// until dropped.
+struct Slot {
+    busy: Arc<AtomicUsize>,
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: Option<IpAddr>,
+}
+
+impl Slot {
+    /// `None` when every slot, or this peer's share of them, is taken.
+    fn take(
+        busy: &Arc<AtomicUsize>,
+        peers: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        stream: &TcpStream,
+    ) -> Option<Slot> {
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        if let Some(ip) = peer {
+            let mut peers = peers.lock().unwrap_or_else(|e| e.into_inner());
+            let n = peers.entry(ip).or_default();
+            if *n >= CONNECTIONS_PER_PEER_MAX {
+                return None;
+            }
+            *n += 1;
+        }
+        let slot = Slot {
+            busy: busy.clone(),
+            peers: peers.clone(),
+            peer,
+        };
+        if busy.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+            return None; // dropping `slot` gives both counts back
+        }
+        Some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.peer {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = peers.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// One request, one answer, then close (no keep-alive: nothing to bound),
+/// all of it before `deadline`.
+fn handle(mut stream: TcpStream, telemetry: &Telemetry, deadline: Instant) {
+    let Some(head) = read_head(&mut stream, deadline) else {
+        let _ = respond(&stream, 400, "text/plain", "bad request\n", false, deadline);
         return;
     };
     let mut parts = head.lines().next().unwrap_or_default().split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        let _ = respond(&stream, 405, "text/plain", "GET or HEAD\n", head_only);
+        let _ = respond(
+            &stream,
+            405,
+            "text/plain",
+            "GET or HEAD\n",
+            head_only,
+            deadline,
+        );
         return;
     }
     let path = target.split('?').next().unwrap_or("");
@@ -115,14 +179,15 @@ fn handle(mut stream: TcpStream, telemetry: &Telemetry) {
                 "text/plain; version=0.0.4; charset=utf-8",
                 &text,
                 head_only,
+                deadline,
             )
         }
-        "/healthz" => respond(&stream, 200, "text/plain", "ok\n", head_only),
+        "/healthz" => respond(&stream, 200, "text/plain", "ok\n", head_only, deadline),
         "/readyz" => match telemetry.readiness(now) {
-            Ok(()) => respond(&stream, 200, "text/plain", "ready\n", head_only),
+            Ok(()) => respond(&stream, 200, "text/plain", "ready\n", head_only, deadline),
             Err(problems) => {
                 let body = format!("not ready:\n{}\n", problems.join("\n"));
-                respond(&stream, 503, "text/plain", &body, head_only)
+                respond(&stream, 503, "text/plain", &body, head_only, deadline)
             }
         },
         _ => respond(
@@ -131,6 +196,7 @@ fn handle(mut stream: TcpStream, telemetry: &Telemetry) {
             "text/plain",
             "not found: /metrics /healthz /readyz\n",
             head_only,
+            deadline,
         ),
     };
     if let Err(e) = result {
@@ -139,11 +205,12 @@ fn handle(mut stream: TcpStream, telemetry: &Telemetry) {
 }
 
 /// Reads up to the blank line that ends the head; `None` for a head that
-/// is too long, not text, or cut off.
-fn read_head(stream: &mut TcpStream) -> Option<String> {
+/// is too long, not text, cut off, or not complete by `deadline`.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
+        stream.set_read_timeout(Some(left(deadline)?)).ok()?;
         // A read with a timeout is never restarted after a signal, even
         // under SA_RESTART, nor after a stop and continue (signal(7));
         // neither is the client's fault.
@@ -165,16 +232,40 @@ fn read_head(stream: &mut TcpStream) -> Option<String> {
     }
 }
 
+/// The time left before `deadline`; `None` once it has passed (a socket
+/// timeout of zero would mean none at all).
+fn left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+/// `write_all`, but done by `deadline`: a client that reads a byte at a
+/// time cannot hold the connection past it.
+fn write_by(stream: &TcpStream, mut data: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let late = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut stream = stream;
+    while !data.is_empty() {
+        stream.set_write_timeout(Some(left(deadline).ok_or_else(late)?))?;
+        match stream.write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn respond(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     status: u16,
     content_type: &str,
     body: &str,
     head_only: bool,
+    deadline: Instant,
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -188,9 +279,9 @@ fn respond(
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
+    write_by(stream, head.as_bytes(), deadline)?;
     if !head_only {
-        stream.write_all(body.as_bytes())?;
+        write_by(stream, body.as_bytes(), deadline)?;
     }
-    stream.flush()
+    Ok(())
 }
