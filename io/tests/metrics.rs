@@ -238,7 +238,7 @@ fn a_request_trickled_a_byte_at_a_time_is_cut_off() {
         // The server's 400 and close: reads see them, writes may not yet.
         s.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
-        let answered = matches!(std::io::Read::read(&mut s, &mut buf), Ok(_));
+        let answered = std::io::Read::read(&mut s, &mut buf).is_ok();
         s.set_nonblocking(false).unwrap();
         if answered {
             break true;
