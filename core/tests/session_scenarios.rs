@@ -697,6 +697,134 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
 }
 
 #[test]
+fn resends_after_reconnect_respect_a_smaller_receive_maximum() {
+    // [MQTT-3.3.4-9], v5 §4.9: the send quota starts again at the new
+    // connection's Receive Maximum. Four QoS 1 messages and a released
+    // QoS 2 one were in flight under a window of 10; the client comes back
+    // with 2. The PUBREL goes (its exchange counts until PUBCOMP), then one
+    // PUBLISH; each acknowledgement lets the next one out, in order
+    // [MQTT-4.4.0-1], and only then anything new.
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", false);
+    c.properties.session_expiry_interval = Some(300);
+    c.properties.receive_maximum = Some(10);
+    h.connect_with(c.clone(), None);
+    h.deliver(
+        h.now,
+        &message("t", QoS::ExactlyOnce, b"q2"),
+        &granted(QoS::ExactlyOnce),
+    );
+    for body in [b"1", b"2", b"3", b"4"] {
+        h.deliver(
+            h.now,
+            &message("t", QoS::AtLeastOnce, body),
+            &granted(QoS::AtLeastOnce),
+        );
+    }
+    let ids: Vec<PacketId> = h
+        .sent()
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 5);
+    h.recv(Packet::PubRec(PubResponse::new(
+        ids[0],
+        ReasonCode::Success,
+    )));
+    h.sent();
+    h.conn.handle_connection_lost();
+    let session = h.closed_event().1.expect("session expiry 300 keeps it");
+
+    let mut h2 = Harness::new(ClientLimits::default());
+    c.properties.receive_maximum = Some(2);
+    h2.connect_with(c, Some(session));
+    h2.deliver(
+        h2.now,
+        &message("t", QoS::AtLeastOnce, b"new"),
+        &granted(QoS::AtLeastOnce),
+    );
+    let payload = |p: &Packet| match p {
+        Packet::Publish(p) => {
+            assert!(p.dup || &p.payload[..] == b"new", "{p:?}");
+            String::from_utf8(p.payload.to_vec()).unwrap()
+        }
+        Packet::PubRel(r) => format!("rel {}", r.packet_id.get()),
+        other => panic!("{other:?}"),
+    };
+    let got: Vec<String> = h2.sent().iter().map(payload).collect();
+    assert_eq!(got, [format!("rel {}", ids[0].get()), "1".to_owned()]);
+    assert!(!h2.conn.wants_transmit(), "two exchanges open, window of 2");
+    // PUBCOMP frees one place, PUBACK the next.
+    h2.recv(Packet::PubComp(PubResponse::new(
+        ids[0],
+        ReasonCode::Success,
+    )));
+    let got: Vec<String> = h2.sent().iter().map(payload).collect();
+    assert_eq!(got, ["2"]);
+    for (acked, next) in [(1, "3"), (2, "4"), (3, "new")] {
+        h2.recv(Packet::PubAck(PubResponse::new(
+            ids[acked],
+            ReasonCode::Success,
+        )));
+        let got: Vec<String> = h2.sent().iter().map(payload).collect();
+        assert_eq!(got, [next], "after the ack of {acked}");
+    }
+}
+
+#[test]
+fn a_held_resend_acknowledged_early_is_not_sent() {
+    // The client had received message 2 before the connection dropped and
+    // acknowledges it on the new one before its resend was due: it must
+    // not be sent again, and it must not count against the window.
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "sub", false);
+    c.properties.session_expiry_interval = Some(300);
+    h.connect_with(c.clone(), None);
+    for body in [b"1", b"2", b"3"] {
+        h.deliver(
+            h.now,
+            &message("t", QoS::AtLeastOnce, body),
+            &granted(QoS::AtLeastOnce),
+        );
+    }
+    let ids: Vec<PacketId> = h
+        .sent()
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    h.conn.handle_connection_lost();
+    let session = h.closed_event().1.expect("session expiry 300 keeps it");
+
+    let mut h2 = Harness::new(ClientLimits::default());
+    c.properties.receive_maximum = Some(1);
+    h2.connect_with(c, Some(session));
+    let first: Vec<Packet> = h2.sent();
+    assert!(matches!(first.as_slice(), [Packet::Publish(p)] if p.packet_id == Some(ids[0])));
+    h2.recv(Packet::PubAck(PubResponse::new(
+        ids[1],
+        ReasonCode::Success,
+    )));
+    assert_eq!(h2.sent(), vec![], "1 is still open");
+    h2.recv(Packet::PubAck(PubResponse::new(
+        ids[0],
+        ReasonCode::Success,
+    )));
+    match h2.sent().as_slice() {
+        [Packet::Publish(p)] => {
+            assert_eq!(p.packet_id, Some(ids[2]));
+            assert_eq!(&p.payload[..], b"3");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn clean_start_discards_the_existing_session() {
     let mut h = Harness::new(ClientLimits::default());
     let mut old = SessionState::new("c1".into(), Duration::from_secs(60));

@@ -130,6 +130,11 @@ pub struct Connection {
     /// with the QoS 2 ids this is what Receive Maximum bounds [MQTT-3.3.4-7].
     incoming_qos1_pending: u32,
     transmit: VecDeque<Outgoing>,
+    /// In-flight PUBLISHes of a resumed session not resent yet: more were
+    /// in flight than this connection's Receive Maximum allows, and each
+    /// waits for an acknowledgement to make room [MQTT-3.3.4-9]. In order,
+    /// ahead of anything new.
+    resend_held: VecDeque<PacketId>,
     events: VecDeque<Event>,
     close_reason: Option<CloseReason>,
     closed_event_pending: bool,
@@ -162,6 +167,7 @@ impl Connection {
             session_present: false,
             incoming_qos1_pending: 0,
             transmit: VecDeque::new(),
+            resend_held: VecDeque::new(),
             events: VecDeque::new(),
             close_reason: None,
             closed_event_pending: false,
@@ -377,6 +383,9 @@ impl Connection {
         }
         if self.phase != Phase::Connected {
             return false;
+        }
+        if !self.resend_held.is_empty() {
+            return self.held_resend_fits();
         }
         self.session
             .as_ref()

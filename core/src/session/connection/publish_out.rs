@@ -29,6 +29,7 @@ impl Connection {
         match session.inflight_position(packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos1Sent => {
                 session.remove_inflight(i);
+                self.forget_held(packet_id);
             }
             // v5 §4.3.2 does not ask the server to act on an unknown PUBACK.
             _ => {}
@@ -41,6 +42,10 @@ impl Connection {
         };
         match session.inflight_position(packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
+                // Acknowledged before its resend: nothing to resend.
+                if !self.resend_held.is_empty() {
+                    self.resend_held.retain(|h| *h != packet_id);
+                }
                 if reason.is_error() {
                     // v5 §4.3.3: a PUBREC with an error ends the exchange.
                     session.remove_inflight(i);
@@ -84,6 +89,40 @@ impl Connection {
         if let Some(i) = session.inflight_position(id) {
             session.remove_inflight(i);
         }
+        self.forget_held(id);
+    }
+
+    /// `id`'s exchange ended before its held resend went out.
+    fn forget_held(&mut self, id: PacketId) {
+        if !self.resend_held.is_empty() {
+            self.resend_held.retain(|h| *h != id);
+        }
+    }
+
+    /// Whether the first held resend fits in the window: the exchanges
+    /// open on this connection (in flight and not held) are fewer than
+    /// Receive Maximum.
+    pub(super) fn held_resend_fits(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.inflight.len().saturating_sub(self.resend_held.len()) < self.window()
+        })
+    }
+
+    /// The next held resend, when the window has room for it (`None` when
+    /// there is none, or no room: `resend_held` says which).
+    fn next_held_resend(&mut self) -> Option<Outgoing> {
+        while !self.resend_held.is_empty() && self.held_resend_fits() {
+            let id = self.resend_held.pop_front()?;
+            let session = self.session.as_ref()?;
+            let resend = session
+                .inflight_position(id)
+                .and_then(|i| resend_of(&session.inflight[i]));
+            // PUBREC turned it into a PUBREL (sent then), or it ended.
+            if let Some(out @ (Outgoing::Publish { .. } | Outgoing::Reread { .. })) = resend {
+                return Some(out);
+            }
+        }
+        None
     }
 
     /// Outgoing QoS 1/2 window: the client's Receive Maximum [MQTT-3.3.4-9],
@@ -132,7 +171,12 @@ impl Connection {
         loop {
             let out = match self.transmit.pop_front() {
                 Some(out) => out,
-                None => return self.next_publish(now, lease),
+                // Held resends go before anything new, as they would have.
+                None => match self.next_held_resend() {
+                    Some(out) => out,
+                    None if self.resend_held.is_empty() => return self.next_publish(now, lease),
+                    None => return None,
+                },
             };
             let Outgoing::Reread { stored, packet_id } = out else {
                 return Some(out);
@@ -229,31 +273,27 @@ impl Connection {
     }
 
     /// On session resumption, resend unacknowledged PUBLISH (DUP set) and
-    /// PUBREL in their original order [MQTT-4.4.0-1].
+    /// PUBREL in their original order [MQTT-4.4.0-1]. No more PUBLISHes
+    /// than this connection's Receive Maximum allows go out unacknowledged
+    /// [MQTT-3.3.4-9]: a client may come back with a smaller one, and the
+    /// rest wait in `resend_held`. A PUBREL's exchange counts as open until
+    /// its PUBCOMP.
     pub(super) fn resend_inflight(&mut self) {
+        let window = self.window();
         let Some(session) = self.session.as_ref() else {
             return;
         };
+        let mut open = 0;
         for f in &session.inflight {
-            match (&f.state, &f.publish) {
-                (InflightState::Released, _) => {
-                    self.transmit
-                        .push_back(Outgoing::Packet(Packet::PubRel(PubResponse::new(
-                            f.packet_id,
-                            ReasonCode::Success,
-                        ))))
-                }
-                (_, Some(Entry::Memory(q))) => self.transmit.push_back(Outgoing::Publish {
-                    queued: q.clone(),
-                    packet_id: Some(f.packet_id),
-                    dup: true,
-                }),
-                (_, Some(Entry::Stored(s))) => self.transmit.push_back(Outgoing::Reread {
-                    stored: s.clone(),
-                    packet_id: f.packet_id,
-                }),
-                (_, None) => {}
+            let Some(out) = resend_of(f) else {
+                continue;
+            };
+            if open >= window && !matches!(out, Outgoing::Packet(_)) {
+                self.resend_held.push_back(f.packet_id);
+                continue;
             }
+            open += 1;
+            self.transmit.push_back(out);
         }
     }
 
@@ -354,5 +394,26 @@ impl Connection {
             return OutAlias::New(self.aliases_out.len() as u16 + 1);
         }
         OutAlias::None
+    }
+}
+
+/// What resending in-flight exchange `f` takes: its PUBREL once PUBREC
+/// came, else its PUBLISH again (DUP set; read back first when stored).
+fn resend_of(f: &Inflight) -> Option<Outgoing> {
+    match (&f.state, &f.publish) {
+        (InflightState::Released, _) => Some(Outgoing::Packet(Packet::PubRel(PubResponse::new(
+            f.packet_id,
+            ReasonCode::Success,
+        )))),
+        (_, Some(Entry::Memory(q))) => Some(Outgoing::Publish {
+            queued: q.clone(),
+            packet_id: Some(f.packet_id),
+            dup: true,
+        }),
+        (_, Some(Entry::Stored(s))) => Some(Outgoing::Reread {
+            stored: s.clone(),
+            packet_id: f.packet_id,
+        }),
+        (_, None) => None,
     }
 }
