@@ -160,6 +160,82 @@ fn acknowledged_qos1_messages_survive_takeovers_in_order() {
     }
 }
 
+/// A SUBSCRIBE and an UNSUBSCRIBE of the same filter in one write, with
+/// retained messages on every shard: nothing may follow the UNSUBACK
+/// [MQTT-3.10.4-2]. The retained query ran after the SUBSCRIBE's barrier
+/// with the subscription as it was, and delivered after the UNSUBACK.
+#[test]
+fn nothing_retained_follows_an_unsubscribe_pipelined_behind_its_subscribe() {
+    for seed in seeds(300) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 10_000);
+        let publ = sim.add_client("retainer", "p");
+        let shard = sim.rng.below(3);
+        sim.connect(publ, shard, true, 0);
+        sim.quiesce();
+        for i in 0..6 {
+            let payload = Bytes::from(format!("v{i}"));
+            sim.publish(publ, &format!("keep/{i}"), QoS::AtLeastOnce, true, payload);
+        }
+        sim.quiesce();
+        let sub = sim.add_client("fickle", "q");
+        let shard = sim.rng.below(3);
+        sim.connect(sub, shard, true, 0);
+        sim.quiesce();
+        sim.subscribe(sub, "keep/#", QoS::AtLeastOnce);
+        sim.unsubscribe(sub, "keep/#");
+        sim.quiesce();
+        let seen = &sim.clients[sub].seen;
+        if seen.unsubacks.len() != 1 || seen.publishes.len() != seen.unsubacks[0] {
+            sim.fail(&format!(
+                "{} publishes, UNSUBACK after {:?}",
+                seen.publishes.len(),
+                seen.unsubacks
+            ));
+        }
+    }
+}
+
+/// Once a client has its UNSUBACK, a message published on another shard
+/// does not reach it [MQTT-3.10.4-2]: UNSUBACK waits until every shard's
+/// index has dropped the subscription, as SUBACK waits for it to arrive.
+#[test]
+fn a_publish_after_the_unsuback_does_not_reach_the_unsubscribed_client() {
+    for seed in seeds(300) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 10_000);
+        let sub = sim.add_client("leaver", "q");
+        let publ = sim.add_client("talker", "p");
+        sim.connect(sub, 0, true, 0);
+        let shard = 1 + sim.rng.below(2);
+        sim.connect(publ, shard, true, 0);
+        sim.quiesce();
+        sim.subscribe(sub, "news/#", QoS::AtLeastOnce);
+        sim.quiesce();
+        sim.unsubscribe(sub, "news/#");
+        let mut steps = 0;
+        while sim.clients[sub].seen.unsubacks.is_empty() {
+            if !sim.step() {
+                sim.fail("no UNSUBACK");
+            }
+            steps += 1;
+            if steps > 10_000 {
+                sim.fail("no UNSUBACK after 10,000 steps");
+            }
+        }
+        sim.publish(
+            publ,
+            "news/late",
+            QoS::AtLeastOnce,
+            false,
+            Bytes::from("late"),
+        );
+        sim.quiesce();
+        let seen = &sim.clients[sub].seen;
+        if !seen.publishes.is_empty() {
+            sim.fail(&format!("got {:?} after its UNSUBACK", seen.publishes));
+        }
+    }
+}
+
 /// Retained messages published on every shard end up stored once, on the
 /// topic's owner, with the last value each publisher sent; a new
 /// subscriber on any shard gets them all.

@@ -329,7 +329,7 @@ impl<S: Store> Shard<S> {
             // The CONNACK waits until every shard's index dropped the
             // revoked subscriptions, as a SUBACK waits for new ones: once
             // connected, the client gets nothing its permissions refuse.
-            self.subscribe_barrier(conn, Vec::new(), now);
+            self.index_barrier(super::pending::AfterBarrier::Unsubscribed { conn }, now);
         }
         self.settle_or_await(&client_id, session, moved, now);
         // Packets the client pipelined behind CONNECT were handled by

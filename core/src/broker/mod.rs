@@ -721,6 +721,7 @@ impl<S: Store> Shard<S> {
     /// Acts on everything the connection's state machine asked of the broker.
     fn process_events(&mut self, conn: ConnId, now: Instant) {
         let mut subscribed = Vec::new();
+        let mut unsubscribed = false;
         let mut session_changed = false;
         let mut opted_in = false;
         loop {
@@ -742,11 +743,16 @@ impl<S: Store> Shard<S> {
                 } => {
                     opted_in |= self.queue_opt_in(conn, &user_properties);
                     self.subscribed(conn, &key, &subscription);
-                    subscribed.push((subscription, send_retained));
+                    subscribed.push(pending::NewSubscription {
+                        key,
+                        subscription,
+                        send_retained,
+                    });
                     session_changed = true;
                 }
                 Event::Unsubscribed { key, filter } => {
                     self.unsubscribed(conn, &key, &filter);
+                    unsubscribed = true;
                     session_changed = true;
                 }
                 Event::Denied(denied) => {
@@ -781,7 +787,14 @@ impl<S: Store> Shard<S> {
             self.write_session(conn, true);
         }
         if !subscribed.is_empty() {
-            self.subscribe_barrier(conn, subscribed, now);
+            let then = pending::AfterBarrier::Subscribed {
+                conn,
+                subscriptions: subscribed,
+            };
+            self.index_barrier(then, now);
+        }
+        if unsubscribed {
+            self.index_barrier(pending::AfterBarrier::Unsubscribed { conn }, now);
         }
         if self.conns.get(&conn).is_some_and(|c| c.machine.is_closed()) {
             self.close(conn);

@@ -22,9 +22,9 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::pending::AfterBarrier;
-use super::{ConnId, MeshMsg, RequestId, SessionId, Shard, ShardId, SubKey, SubVal};
+use super::{MeshMsg, RequestId, SessionId, Shard, ShardId, SubKey, SubVal};
 use crate::buffer::Store;
-use crate::session::{Delivery, SharedMessage, Subscription};
+use crate::session::{Delivery, SharedMessage};
 use crate::topic::TopicFilter;
 
 /// At the old shard: a session that resumes elsewhere.
@@ -63,10 +63,9 @@ pub(super) enum Deferred {
         filter: TopicFilter,
         key: SubKey,
     },
-    Barrier {
-        conn: ConnId,
-        subscriptions: Vec<(Subscription, bool)>,
-    },
+    /// A connection's index barrier (`index_barrier`), started once the
+    /// session's own index changes have gone out.
+    Barrier(AfterBarrier),
 }
 
 /// One index entry a `Moved` re-keys: the filter, the old entry's share
@@ -296,16 +295,7 @@ impl<S: Store> Shard<S> {
             match op {
                 Deferred::Add { filter, key, val } => self.broadcast_add(&filter, &key, &val),
                 Deferred::Remove { filter, key } => self.broadcast_remove(&filter, &key),
-                Deferred::Barrier {
-                    conn,
-                    subscriptions,
-                } => self.start_barrier(
-                    AfterBarrier::Subscribed {
-                        conn,
-                        subscriptions,
-                    },
-                    now,
-                ),
+                Deferred::Barrier(then) => self.start_barrier(then, now),
             }
         }
         // Moves of one client id never overlap: the next claim may go.

@@ -71,6 +71,9 @@ pub(super) enum Pending {
     /// to come, and what came so far.
     RetainedQuery {
         conn: ConnId,
+        /// The subscription's filter as the session keys it: the answer is
+        /// delivered only while the session still holds it.
+        key: ByteString,
         waiting: usize,
         matches: Vec<SharedMessage>,
         delivery: Delivery,
@@ -84,8 +87,11 @@ pub(super) enum AfterBarrier {
     /// then their retained messages follow (`send_retained`).
     Subscribed {
         conn: ConnId,
-        subscriptions: Vec<(Subscription, bool)>,
+        subscriptions: Vec<NewSubscription>,
     },
+    /// Every shard's index has lost these subscriptions: the UNSUBACK may
+    /// leave, and no shard routes a later publish to them [MQTT-3.10.4-2].
+    Unsubscribed { conn: ConnId },
     /// Start-up after restoring persisted sessions: every peer has the
     /// index entries this shard broadcast for them.
     Startup,
@@ -98,26 +104,41 @@ impl AfterBarrier {
     /// The connection whose writer the barrier holds, if any.
     fn held(&self) -> Option<ConnId> {
         match self {
-            AfterBarrier::Subscribed { conn, .. } => Some(*conn),
+            AfterBarrier::Subscribed { conn, .. } | AfterBarrier::Unsubscribed { conn } => {
+                Some(*conn)
+            }
             AfterBarrier::Startup | AfterBarrier::Stop => None,
         }
     }
 }
 
+/// A subscription a SUBSCRIBE made or replaced, for its barrier.
+#[derive(Debug)]
+pub(super) struct NewSubscription {
+    /// The filter as the session keys it.
+    pub key: ByteString,
+    pub subscription: Subscription,
+    /// Its Retain Handling asks for the retained messages now.
+    pub send_retained: bool,
+}
+
 impl<S: Store> Shard<S> {
-    /// SUBACK waits until every shard's index has the new subscriptions:
-    /// once a client has its SUBACK, a publish on any shard reaches it.
-    pub(super) fn subscribe_barrier(
-        &mut self,
-        conn: ConnId,
-        subscriptions: Vec<(Subscription, bool)>,
-        now: Instant,
-    ) {
+    /// Whether `conn`'s session still has the subscription keyed `key`.
+    fn holds_subscription(&self, conn: ConnId, key: &ByteString) -> bool {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.machine.session())
+            .is_some_and(|s| s.subscriptions.contains_key(key))
+    }
+
+    /// SUBACK waits until every shard's index has the new subscriptions
+    /// (once a client has its SUBACK, a publish on any shard reaches it),
+    /// and UNSUBACK until none has the old ones: `then` says which.
+    pub(super) fn index_barrier(&mut self, then: AfterBarrier, now: Instant) {
+        let Some(conn) = then.held() else {
+            return self.start_barrier(then, now);
+        };
         if self.peers().next().is_none() {
-            let then = AfterBarrier::Subscribed {
-                conn,
-                subscriptions,
-            };
             return self.after_barrier(then, now);
         }
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -125,25 +146,13 @@ impl<S: Store> Shard<S> {
         };
         c.hold += 1;
         let session = c.session;
-        let deferred = Deferred::Barrier {
-            conn,
-            subscriptions,
-        };
         // A session still arriving broadcasts its index changes later; the
         // barrier must follow them.
         let deferred = match session {
-            Some(session) => self.defer_index(session, deferred),
-            None => Some(deferred),
+            Some(session) => self.defer_index(session, Deferred::Barrier(then)),
+            None => Some(Deferred::Barrier(then)),
         };
-        if let Some(Deferred::Barrier {
-            conn,
-            subscriptions,
-        }) = deferred
-        {
-            let then = AfterBarrier::Subscribed {
-                conn,
-                subscriptions,
-            };
+        if let Some(Deferred::Barrier(then)) = deferred {
             self.start_barrier(then, now);
         }
     }
@@ -190,12 +199,16 @@ impl<S: Store> Shard<S> {
                 subscriptions,
             } => {
                 self.wake(conn);
-                for (subscription, send_retained) in subscriptions {
-                    if send_retained {
-                        self.query_retained(conn, &subscription, now);
+                for new in subscriptions {
+                    // Not for a subscription the client has dropped since
+                    // (an UNSUBSCRIBE right behind the SUBSCRIBE): nothing
+                    // may follow its UNSUBACK [MQTT-3.10.4-2].
+                    if new.send_retained && self.holds_subscription(conn, &new.key) {
+                        self.query_retained(conn, new.key, &new.subscription, now);
                     }
                 }
             }
+            AfterBarrier::Unsubscribed { conn } => self.wake(conn),
             AfterBarrier::Startup => self.startup_synced = true,
             AfterBarrier::Stop => self.stop_synced = true,
         }
@@ -316,12 +329,15 @@ impl<S: Store> Shard<S> {
         }
         if let Some(Pending::RetainedQuery {
             conn,
+            key,
             matches,
             delivery,
             ..
         }) = self.pending.remove(&request)
         {
-            self.deliver_retained(conn, now, matches, &delivery);
+            if self.holds_subscription(conn, &key) {
+                self.deliver_retained(conn, now, matches, &delivery);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytestring::ByteString;
 use hashbrown::HashMap;
 
 use super::pending::Pending;
@@ -195,7 +196,13 @@ impl<S: Store> Shard<S> {
 
     /// Sends a new subscription the retained messages that match it,
     /// asking every shard for the topics it owns.
-    pub(super) fn query_retained(&mut self, conn: ConnId, sub: &Subscription, now: Instant) {
+    pub(super) fn query_retained(
+        &mut self,
+        conn: ConnId,
+        key: ByteString,
+        sub: &Subscription,
+        now: Instant,
+    ) {
         let filter = match &sub.filter {
             Filter::Plain(f) => f.clone(),
             // Shared subscriptions get no retained messages (v5 §4.8.2).
@@ -217,6 +224,7 @@ impl<S: Store> Shard<S> {
         }
         let request = self.new_request(Pending::RetainedQuery {
             conn,
+            key,
             waiting: peers.len(),
             matches,
             delivery,

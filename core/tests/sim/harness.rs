@@ -19,7 +19,7 @@ use shardmq_core::broker::{
 use shardmq_core::buffer::{RecordRef, ShardBuffer, Store, StoreError};
 use shardmq_core::codec::{
     self, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use shardmq_core::limits::ClientLimits;
 use shardmq_core::session::{AllowAll, Message};
@@ -123,6 +123,8 @@ pub struct Seen {
     pub acked: Vec<Bytes>,
     /// SUBACKs received.
     pub subacks: usize,
+    /// UNSUBACKs received, with how many PUBLISHes had arrived before each.
+    pub unsubacks: Vec<usize>,
     pub disconnects: Vec<ReasonCode>,
 }
 
@@ -411,6 +413,19 @@ impl Sim {
         );
     }
 
+    pub fn unsubscribe(&mut self, c: usize, filter: &str) {
+        let packet_id = self.packet_id(c);
+        self.log(format!("client {c} unsubscribes {filter}"));
+        self.send(
+            c,
+            &Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties: Props::default(),
+                filters: vec![filter.into()],
+            }),
+        );
+    }
+
     pub fn publish(&mut self, c: usize, topic: &str, qos: QoS, retain: bool, payload: Bytes) {
         if !self.clients[c].connected() {
             return;
@@ -517,6 +532,10 @@ impl Sim {
             }
             Packet::PubAck(a) => self.publish_answered(c, &a),
             Packet::SubAck(_) => self.clients[c].seen.subacks += 1,
+            Packet::UnsubAck(_) => {
+                let seen = &mut self.clients[c].seen;
+                seen.unsubacks.push(seen.publishes.len());
+            }
             Packet::Disconnect(d) => {
                 self.log(format!("client {c} DISCONNECT {:?}", d.reason));
                 self.clients[c].seen.disconnects.push(d.reason);
