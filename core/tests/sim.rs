@@ -236,6 +236,44 @@ fn a_publish_after_the_unsuback_does_not_reach_the_unsubscribed_client() {
     }
 }
 
+/// A subscriber arrives while a publisher keeps replacing a retained
+/// topic: whatever it gets, the last message on the topic is the newest
+/// value. The retained answer from the topic's owner could arrive after a
+/// newer live message and put the old value last [MQTT-4.6.0-6].
+#[test]
+fn a_retained_message_never_arrives_after_a_newer_live_one() {
+    for seed in seeds(500) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 10_000);
+        let publ = sim.add_client("gauge", "p");
+        let sub = sim.add_client("dashboard", "q");
+        let shard = sim.rng.below(3);
+        sim.connect(publ, shard, true, 0);
+        let shard = sim.rng.below(3);
+        sim.connect(sub, shard, true, 0);
+        sim.quiesce();
+        sim.publish(publ, "level", QoS::AtLeastOnce, true, Bytes::from("v0"));
+        sim.quiesce();
+        sim.subscribe(sub, "level", QoS::AtLeastOnce);
+        for n in 1..=3 {
+            for _ in 0..sim.rng.below(8) {
+                sim.step();
+            }
+            let payload = Bytes::from(format!("v{n}"));
+            sim.publish(publ, "level", QoS::AtLeastOnce, true, payload);
+        }
+        sim.quiesce();
+        let got: Vec<&Bytes> = sim.clients[sub]
+            .seen
+            .publishes
+            .iter()
+            .map(|p| &p.1)
+            .collect();
+        if got.is_empty() || got.windows(2).any(|w| w[0] >= w[1]) {
+            sim.fail(&format!("the dashboard got {got:?}"));
+        }
+    }
+}
+
 /// Retained messages published on every shard end up stored once, on the
 /// topic's owner, with the last value each publisher sent; a new
 /// subscriber on any shard gets them all.

@@ -47,6 +47,7 @@ impl<S: Store> Shard<S> {
                 buffer_owner: 0,
                 woken: false,
                 closing: false,
+                retained_wait: None,
             },
         );
         id

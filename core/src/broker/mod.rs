@@ -160,6 +160,19 @@ pub(super) struct Conn {
     woken: bool,
     /// `Output::Close` was emitted.
     closing: bool,
+    /// While retained queries for its new subscriptions wait for other
+    /// shards: the topics live messages brought it meanwhile.
+    retained_wait: Option<Box<RetainedWait>>,
+}
+
+/// A connection's retained queries in progress (`Conn::retained_wait`).
+/// A topic that brought a live message while they waited gets no retained
+/// one from them: it would be older, and arrive after the newer one
+/// [MQTT-4.6.0-6] (a "last value" reader would keep the stale value).
+#[derive(Debug, Default)]
+struct RetainedWait {
+    queries: u32,
+    live_topics: hashbrown::HashSet<crate::topic::TopicName>,
 }
 
 /// Counters for logs and metrics; only this shard writes them, in plain
@@ -743,6 +756,13 @@ impl<S: Store> Shard<S> {
                 } => {
                     opted_in |= self.queue_opt_in(conn, &user_properties);
                     self.subscribed(conn, &key, &subscription);
+                    if send_retained {
+                        // From now on live messages may reach it: their
+                        // topics are kept until its retained ones come.
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.retained_wait.get_or_insert_with(Default::default).queries += 1;
+                        }
+                    }
                     subscribed.push(pending::NewSubscription {
                         key,
                         subscription,

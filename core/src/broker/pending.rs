@@ -203,8 +203,13 @@ impl<S: Store> Shard<S> {
                     // Not for a subscription the client has dropped since
                     // (an UNSUBSCRIBE right behind the SUBSCRIBE): nothing
                     // may follow its UNSUBACK [MQTT-3.10.4-2].
-                    if new.send_retained && self.holds_subscription(conn, &new.key) {
+                    if !new.send_retained {
+                        continue;
+                    }
+                    if self.holds_subscription(conn, &new.key) {
                         self.query_retained(conn, new.key, &new.subscription, now);
+                    } else {
+                        self.retained_done(conn, &mut Vec::new());
                     }
                 }
             }
@@ -330,12 +335,13 @@ impl<S: Store> Shard<S> {
         if let Some(Pending::RetainedQuery {
             conn,
             key,
-            matches,
+            mut matches,
             delivery,
             ..
         }) = self.pending.remove(&request)
         {
-            if self.holds_subscription(conn, &key) {
+            self.retained_done(conn, &mut matches);
+            if self.holds_subscription(conn, &key) && !matches.is_empty() {
                 self.deliver_retained(conn, now, matches, &delivery);
             }
         }

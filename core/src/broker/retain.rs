@@ -187,6 +187,23 @@ impl<S: Store> Shard<S> {
         }
     }
 
+    /// One of `conn`'s retained queries ended with `matches`: those whose
+    /// topic brought a live message since the SUBSCRIBE are dropped
+    /// (`RetainedWait`).
+    pub(super) fn retained_done(&mut self, conn: ConnId, matches: &mut Vec<SharedMessage>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(wait) = c.retained_wait.as_mut() else {
+            return;
+        };
+        matches.retain(|m| !wait.live_topics.contains(&m.topic));
+        wait.queries = wait.queries.saturating_sub(1);
+        if wait.queries == 0 {
+            c.retained_wait = None;
+        }
+    }
+
     pub(super) fn retained_matches(&self, filter: &TopicFilter) -> Vec<SharedMessage> {
         let mut out = Vec::new();
         self.retained
@@ -206,7 +223,7 @@ impl<S: Store> Shard<S> {
         let filter = match &sub.filter {
             Filter::Plain(f) => f.clone(),
             // Shared subscriptions get no retained messages (v5 §4.8.2).
-            Filter::Shared { .. } => return,
+            Filter::Shared { .. } => return self.retained_done(conn, &mut Vec::new()),
         };
         let delivery = Delivery {
             granted_qos: sub.options.qos,
@@ -214,9 +231,10 @@ impl<S: Store> Shard<S> {
             from_retained: true,
             subscription_ids: sub.id.into_iter().collect(),
         };
-        let matches = self.retained_matches(&filter);
+        let mut matches = self.retained_matches(&filter);
         let peers: Vec<_> = self.peers().collect();
         if peers.is_empty() {
+            self.retained_done(conn, &mut matches);
             if !matches.is_empty() {
                 self.deliver_retained(conn, now, matches, &delivery);
             }

@@ -340,6 +340,10 @@ impl<S: Store> Shard<S> {
                 Some(Slot::Online(conn)) => match self.conns.get_mut(conn) {
                     Some(c) => {
                         woke = Some(*conn);
+                        // PERF: one test unless a retained query waits.
+                        if let Some(wait) = c.retained_wait.as_mut() {
+                            wait.live_topics.insert(message.topic.clone());
+                        }
                         let before = dropped_of(c.machine.session());
                         let mut lease = self.buffer.lease(c.buffer_owner);
                         let outcome = c.machine.deliver(now, message, delivery, &mut lease);
