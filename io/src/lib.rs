@@ -22,6 +22,7 @@ pub mod setup;
 pub mod shard;
 pub mod telemetry;
 mod trim;
+mod webhook_pool;
 
 pub use security::ListenerSecurity;
 pub use server::{start, ListenerSpec, ServerConfig, ServerError, ServerHandle};

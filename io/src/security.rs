@@ -214,11 +214,9 @@ fn owner_of(policy: &str, identity: &Identity) -> PrincipalId {
 async fn decide(outcome: Result<Outcome, AuthError>) -> Result<Identity, AuthError> {
     match outcome? {
         Outcome::Authenticated(identity) => Ok(identity),
-        Outcome::Webhook(request) => {
-            glommio::executor()
-                .spawn_blocking(move || request.send())
-                .await
-        }
+        // Not glommio's blocking pool: the shard's persistence runs there,
+        // and would wait behind a slow webhook.
+        Outcome::Webhook(request) => crate::webhook_pool::call(request).await,
     }
 }
 

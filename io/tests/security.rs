@@ -469,3 +469,78 @@ fn webhook_that_times_out_denies() {
     let (_b, port) = webhook_broker(&pki, &url);
     assert!(hook_connect(port).is_error());
 }
+
+#[test]
+fn a_webhook_that_stalls_does_not_hold_up_persisted_acknowledgements() {
+    // Webhook calls ran on glommio's blocking pool, one thread per shard,
+    // where the persistence log's writes and fsyncs run too: a PUBACK that
+    // waits for the disk waited for the webhook's whole timeout. The
+    // webhook has threads of its own now. Ordering, not timing: the PUBACK
+    // must come while the hooked client still has no answer.
+    use shardmq_auth::test_pki::{serve_once, Answer};
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let (url, seen) = serve_once(&pki, Answer::Stall);
+    let ca = pki.write("webhook-ca.pem", &pki.server_root.cert_pem);
+    let key: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+    let key = pki.write("persist.key", &key);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = key.parent().unwrap().join("stall-data");
+    let config = serde_json::json!({
+        "cardinality": {"frontend": {"workers": 1}},
+        "listeners": [
+            {"name": "hook", "ports": [{"port": 0, "bindAddress": "127.0.0.1", "authenticationRef": "hook"}]},
+            {"name": "plain", "ports": [{"port": 0, "bindAddress": "127.0.0.1"}]}],
+        "authentications": [{"name": "hook", "authenticationMethods": [{"method": "Custom",
+            "customSettings": {"endpoint": url, "caCertConfigMap": ca.display().to_string()}}]}],
+        "persistence": {"maxSize": "100M", "retain": {"mode": "All"},
+            "dataDir": data, "keyFile": key}
+    });
+    let path = pki.write("stall.json", &config.to_string());
+    let (_broker, ports) = common::start(&path, 2);
+
+    let mut hooked = std::net::TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    let mut connect = bytes::BytesMut::new();
+    let packet = Packet::Connect(Box::new(shardmq_core::codec::Connect {
+        protocol_version: shardmq_core::codec::ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 30,
+        properties: shardmq_core::codec::Props::default(),
+        client_id: "hooked".into(),
+        will: None,
+        username: Some("alice".into()),
+        password: Some(bytes::Bytes::from_static(b"pw")),
+    }));
+    shardmq_core::codec::encode(
+        &packet,
+        shardmq_core::codec::ProtocolVersion::V5,
+        &mut connect,
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut hooked, &connect).unwrap();
+    seen.recv_timeout(common::WAIT)
+        .expect("the webhook was called");
+
+    let (mut writer, _) = common::RawClient::connect_v5(ports[1], "writer", None);
+    writer.send(&Packet::Publish(shardmq_core::codec::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: "durable/t".into(),
+        packet_id: shardmq_core::codec::PacketId::new(1),
+        properties: shardmq_core::codec::Props::default(),
+        payload: bytes::Bytes::from_static(b"kept"),
+    }));
+    assert!(
+        matches!(writer.recv(), Some(Packet::PubAck(_))),
+        "the retained message was acknowledged once durable"
+    );
+    hooked.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let early = hooked.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the hooked client was answered before the PUBACK: {early:?}"
+    );
+}
