@@ -274,6 +274,38 @@ fn a_retained_message_never_arrives_after_a_newer_live_one() {
     }
 }
 
+/// Live messages published without RETAIN during a SUBSCRIBE leave the
+/// topic's retained message as it was: the subscriber still gets it
+/// [MQTT-3.3.1-9] (only a newer retained value may take its place).
+#[test]
+fn events_without_retain_do_not_hide_the_retained_state() {
+    for seed in seeds(300) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 10_000);
+        let publ = sim.add_client("device", "p");
+        let sub = sim.add_client("viewer", "q");
+        let shard = sim.rng.below(3);
+        sim.connect(publ, shard, true, 0);
+        let shard = sim.rng.below(3);
+        sim.connect(sub, shard, true, 0);
+        sim.quiesce();
+        sim.publish(publ, "dev/1", QoS::AtLeastOnce, true, Bytes::from("state"));
+        sim.quiesce();
+        sim.subscribe(sub, "dev/1", QoS::AtLeastOnce);
+        for n in 0..3 {
+            for _ in 0..sim.rng.below(8) {
+                sim.step();
+            }
+            let payload = Bytes::from(format!("event{n}"));
+            sim.publish(publ, "dev/1", QoS::AtLeastOnce, false, payload);
+        }
+        sim.quiesce();
+        let seen = &sim.clients[sub].seen.publishes;
+        if !seen.iter().any(|p| &p.1[..] == b"state") {
+            sim.fail(&format!("no retained state, got {seen:?}"));
+        }
+    }
+}
+
 /// Retained messages published on every shard end up stored once, on the
 /// topic's owner, with the last value each publisher sent; a new
 /// subscriber on any shard gets them all.

@@ -71,9 +71,11 @@ pub(super) enum Pending {
     /// to come, and what came so far.
     RetainedQuery {
         conn: ConnId,
-        /// The subscription's filter as the session keys it: the answer is
-        /// delivered only while the session still holds it.
+        /// The subscription's filter as the session keys it, and the
+        /// subscription: the answer is delivered only while the session
+        /// still holds it.
         key: ByteString,
+        subscription: Subscription,
         waiting: usize,
         matches: Vec<SharedMessage>,
         delivery: Delivery,
@@ -123,12 +125,18 @@ pub(super) struct NewSubscription {
 }
 
 impl<S: Store> Shard<S> {
-    /// Whether `conn`'s session still has the subscription keyed `key`.
-    fn holds_subscription(&self, conn: ConnId, key: &ByteString) -> bool {
+    /// Whether `conn`'s session still has `subscription` under `key` (one
+    /// replaced since, with other options, has its own answer coming).
+    fn holds_subscription(
+        &self,
+        conn: ConnId,
+        key: &ByteString,
+        subscription: &Subscription,
+    ) -> bool {
         self.conns
             .get(&conn)
             .and_then(|c| c.machine.session())
-            .is_some_and(|s| s.subscriptions.contains_key(key))
+            .is_some_and(|s| s.subscriptions.get(key) == Some(subscription))
     }
 
     /// SUBACK waits until every shard's index has the new subscriptions
@@ -206,7 +214,7 @@ impl<S: Store> Shard<S> {
                     if !new.send_retained {
                         continue;
                     }
-                    if self.holds_subscription(conn, &new.key) {
+                    if self.holds_subscription(conn, &new.key, &new.subscription) {
                         self.query_retained(conn, new.key, &new.subscription, now);
                     } else {
                         self.retained_done(conn, &mut Vec::new());
@@ -335,13 +343,14 @@ impl<S: Store> Shard<S> {
         if let Some(Pending::RetainedQuery {
             conn,
             key,
+            subscription,
             mut matches,
             delivery,
             ..
         }) = self.pending.remove(&request)
         {
             self.retained_done(conn, &mut matches);
-            if self.holds_subscription(conn, &key) && !matches.is_empty() {
+            if self.holds_subscription(conn, &key, &subscription) && !matches.is_empty() {
                 self.deliver_retained(conn, now, matches, &delivery);
             }
         }

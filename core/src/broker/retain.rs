@@ -188,8 +188,8 @@ impl<S: Store> Shard<S> {
     }
 
     /// One of `conn`'s retained queries ended with `matches`: those whose
-    /// topic brought a live message since the SUBSCRIBE are dropped
-    /// (`RetainedWait`).
+    /// retained message a live one replaced since the SUBSCRIBE are
+    /// dropped (`RetainedWait`).
     pub(super) fn retained_done(&mut self, conn: ConnId, matches: &mut Vec<SharedMessage>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -243,6 +243,7 @@ impl<S: Store> Shard<S> {
         let request = self.new_request(Pending::RetainedQuery {
             conn,
             key,
+            subscription: sub.clone(),
             waiting: peers.len(),
             matches,
             delivery,

@@ -342,7 +342,7 @@ impl<S: Store> Shard<S> {
                         woke = Some(*conn);
                         // PERF: one test unless a retained query waits.
                         if let Some(wait) = c.retained_wait.as_mut() {
-                            wait.live_topics.insert(message.topic.clone());
+                            wait.saw_live(message);
                         }
                         let before = dropped_of(c.machine.session());
                         let mut lease = self.buffer.lease(c.buffer_owner);
