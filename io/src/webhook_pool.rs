@@ -23,9 +23,11 @@ fn pool() -> Result<&'static Mutex<mpsc::Sender<Job>>, AuthError> {
     let started = POOL.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = std::sync::Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        let mut failure = None;
         for n in 0..THREADS {
             let rx = rx.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("webhook-{n}"))
                 .spawn(move || loop {
                     // One waiter takes the next job; the lock is not held
@@ -34,14 +36,23 @@ fn pool() -> Result<&'static Mutex<mpsc::Sender<Job>>, AuthError> {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                })
-                .map_err(|e| format!("cannot start the webhook threads: {e}"))?;
+                    let Ok(job) = job else {
+                        return;
+                    };
+                    // A panic in one call (its sender is dropped: that
+                    // client is refused) must not take the thread with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => failure = Some(e),
+            }
         }
-        Ok(Mutex::new(tx))
+        // Fewer threads than asked still serve (more slowly).
+        match (started, failure) {
+            (0, Some(e)) => Err(format!("cannot start the webhook threads: {e}")),
+            _ => Ok(Mutex::new(tx)),
+        }
     });
     started
         .as_ref()
