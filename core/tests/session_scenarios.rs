@@ -486,6 +486,28 @@ fn exceeding_the_announced_receive_maximum_disconnects() {
 }
 
 #[test]
+fn a_v311_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
+    // 3.1.1 has no Receive Maximum: `maxReceiveMaximum` cannot be
+    // announced to its clients, so it does not cut them off (v5 ones get
+    // 0x93 above).
+    let mut limits = ClientLimits::default();
+    limits.receive_maximum_max = NonZeroU16::new(2).unwrap();
+    let mut h = Harness::new(limits);
+    h.connect_with(connect(ProtocolVersion::V311, "c1", true), None);
+    h.sent();
+    for pid in 1..=3 {
+        h.recv(Packet::Publish(publish(
+            "a",
+            QoS::AtLeastOnce,
+            Some(pid),
+            b"x",
+        )));
+    }
+    assert!(h.conn.is_connected());
+    assert_eq!(disconnect_reason(&h.sent()), None);
+}
+
+#[test]
 fn outgoing_qos1_respects_the_clients_receive_maximum() {
     // [MQTT-3.3.4-9]
     let mut h = Harness::new(ClientLimits::default());

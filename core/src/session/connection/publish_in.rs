@@ -105,11 +105,19 @@ impl Connection {
 
     /// Incoming QoS 1/2 publishes in progress stay within the Receive
     /// Maximum the broker announced [MQTT-3.3.4-7] (the client's rule; a
-    /// client that breaks it gets 0x93).
+    /// client that breaks it gets 0x93). MQTT 3.1.1 has no Receive Maximum
+    /// and nothing tells its clients one: they are held only to what their
+    /// packet ids allow, as the protocol holds them (paho and Mosquitto's
+    /// clients keep 20 in flight by default; a persisted PUBACK waits for
+    /// the disk).
     pub(super) fn incoming_room(&self) -> bool {
         let qos2 = self.session.as_ref().map_or(0, |s| s.incoming_qos2.len());
         let in_progress = self.incoming_qos1_pending as usize + qos2;
-        in_progress < usize::from(self.limits.receive_maximum_max.get())
+        let max = match self.version {
+            ProtocolVersion::V5 => self.limits.receive_maximum_max.get(),
+            _ => u16::MAX,
+        };
+        in_progress < usize::from(max)
     }
 
     /// Applies and records topic aliases (v5 §3.3.2.3.4).
