@@ -319,7 +319,8 @@ fn second_connect_is_a_protocol_error() {
 
 #[test]
 fn keep_alive_closes_after_one_and_a_half_intervals_of_silence() {
-    // [MQTT-3.1.2-24]: keep-alive 60 s allows 90 s of silence.
+    // [MQTT-3.1.2-22] (v3.1.1: [MQTT-3.1.2-24]): keep-alive 60 s allows
+    // 90 s of silence.
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
     h.advance(Duration::from_secs(80));
@@ -1364,7 +1365,7 @@ fn normal_disconnect_discards_the_will_and_0x04_keeps_it() {
 
 #[test]
 fn disconnect_cannot_raise_session_expiry_from_zero() {
-    // [MQTT-3.14.2-2]
+    // v5 §3.14.2.2.2: a Protocol Error (the rule has no number).
     let mut h = Harness::new(ClientLimits::default());
     h.connect_v5("c1");
     let mut d = Disconnect::new(ReasonCode::Success);

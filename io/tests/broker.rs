@@ -372,7 +372,7 @@ async fn publisher_that_never_reads_is_pushed_back_and_others_are_unaffected() {
 
 #[test]
 fn silent_client_is_disconnected_after_one_and_a_half_keep_alives() {
-    // [MQTT-3.1.2-24]: keep-alive 1 s, nothing sent: DISCONNECT 0x8D.
+    // [MQTT-3.1.2-22]: keep-alive 1 s, nothing sent: DISCONNECT 0x8D.
     let broker = Broker::start();
     let (mut c, reason) =
         common::RawClient::connect_v5_with(broker.port("any"), "quiet", |c| c.keep_alive = 1);

@@ -117,7 +117,8 @@ pub struct Connection {
     /// Keep-alive in force (after Server Keep Alive); zero disables it.
     keep_alive: Duration,
     /// Deadline for the next packet from the client: CONNECT timeout first,
-    /// then 1.5 x keep-alive after every packet [MQTT-3.1.2-24].
+    /// then 1.5 x keep-alive after every packet [MQTT-3.1.2-22] (v3.1.1:
+    /// [MQTT-3.1.2-24]).
     deadline: Option<Instant>,
     /// Client-to-broker topic aliases (v5 §3.3.2.3.4), per connection.
     aliases_in: HashMap<u16, TopicName>,
@@ -311,7 +312,8 @@ impl Connection {
             Phase::AwaitConnect => {
                 self.close_silently(CloseReason::Server(ReasonCode::MaximumConnectTime))
             }
-            // [MQTT-3.1.2-24] no packet within 1.5 x keep-alive.
+            // [MQTT-3.1.2-22] (v3.1.1: [MQTT-3.1.2-24]) no packet within
+            // 1.5 x keep-alive.
             Phase::Connected => self.close_with(ReasonCode::KeepAliveTimeout),
             Phase::AwaitAccept | Phase::Closed => {}
         }
@@ -438,7 +440,8 @@ impl Connection {
         self.deadline = if self.keep_alive.is_zero() {
             None
         } else {
-            // [MQTT-3.1.2-24] one and a half times the keep-alive.
+            // [MQTT-3.1.2-22] (v3.1.1: [MQTT-3.1.2-24]) one and a half
+            // times the keep-alive.
             now.checked_add(self.keep_alive + self.keep_alive / 2)
         };
     }

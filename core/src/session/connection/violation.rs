@@ -40,7 +40,11 @@ pub enum Violation {
     TopicFilterMalformed(TopicError),
     #[error("[MQTT-3.8.3-4] No Local on a shared subscription")]
     NoLocalOnSharedSubscription,
-    #[error("[MQTT-3.14.2-2] DISCONNECT sets a Session Expiry Interval the CONNECT set to 0")]
+    /// v5 §3.14.2.2.2 (a Protocol Error the spec gives no rule number):
+    /// "If the Session Expiry Interval in the CONNECT packet was zero, then
+    /// it is a Protocol Error to set a non-zero Session Expiry Interval in
+    /// the DISCONNECT packet sent by the Client."
+    #[error("§3.14.2.2.2 DISCONNECT sets a Session Expiry Interval the CONNECT set to 0")]
     SessionExpiryFromZero,
 }
 
