@@ -1377,6 +1377,45 @@ fn disconnect_cannot_raise_session_expiry_from_zero() {
     );
 }
 
+/// A re-authentication the authenticator refuses closes the connection
+/// with a DISCONNECT reason code [MQTT-3.14.2-1]: a refusal only CONNACK
+/// can carry (§3.2.2.2, not in §3.14.2.1) becomes 0x87 Not authorized.
+#[test]
+fn a_refused_reauthentication_disconnects_with_a_disconnect_reason_mqtt_3_14_2_1() {
+    use ReasonCode::*;
+    for (refusal, sent) in [
+        (BadUserNameOrPassword, NotAuthorized),
+        (ServerUnavailable, NotAuthorized),
+        (Banned, NotAuthorized),
+        (UnsupportedProtocolVersion, NotAuthorized),
+        (ClientIdentifierNotValid, NotAuthorized),
+        (NotAuthorized, NotAuthorized),
+        (BadAuthenticationMethod, BadAuthenticationMethod),
+    ] {
+        let mut h = Harness::new(ClientLimits::default());
+        let mut c = connect(ProtocolVersion::V5, "c1", true);
+        c.properties.authentication_method = Some("TOKEN".into());
+        h.connect_with(c, None);
+        h.recv(Packet::Auth(shardmq_core::codec::Auth {
+            reason: ReAuthenticate,
+            properties: Properties {
+                authentication_method: Some("TOKEN".into()),
+                authentication_data: Some(Bytes::from_static(b"renewed")),
+                ..Properties::default()
+            }
+            .into(),
+        }));
+        let events = h.events();
+        assert!(
+            matches!(events.as_slice(), [Event::ReAuthenticate { .. }]),
+            "{events:?}"
+        );
+        h.conn.reauthenticate_done(Err(refusal));
+        assert_eq!(disconnect_reason(&h.sent()), Some(sent), "{refusal:?}");
+        assert!(h.conn.is_closed());
+    }
+}
+
 #[test]
 fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
     // [MQTT-3.1.4-3]

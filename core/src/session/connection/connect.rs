@@ -243,7 +243,8 @@ impl Connection {
 
     /// The broker's answer to [`Event::ReAuthenticate`]: `Ok` sends AUTH
     /// Success (v5 §4.12.1) and sets the new credential expiry; `Err` closes
-    /// with that reason.
+    /// with that reason, or with 0x87 Not authorized where the reason is one
+    /// DISCONNECT cannot carry.
     pub fn reauthenticate_done(&mut self, result: Result<Option<Instant>, ReasonCode>) {
         if self.phase != Phase::Connected {
             return;
@@ -260,7 +261,19 @@ impl Connection {
                     properties: properties.into(),
                 }));
             }
-            Err(reason) => self.close_with(reason),
+            Err(reason) => {
+                // The authenticator's refusals are CONNACK codes; several
+                // (0x84, 0x85, 0x86 Bad User Name or Password, 0x88, 0x8A
+                // Banned) are not DISCONNECT codes [MQTT-3.14.2-1]
+                // (§3.14.2.1). Whatever the cause, the client is no longer
+                // authorized.
+                let reason = if reason.is_error() && reason.valid_in(PacketType::Disconnect) {
+                    reason
+                } else {
+                    ReasonCode::NotAuthorized
+                };
+                self.close_with(reason)
+            }
         }
     }
 }

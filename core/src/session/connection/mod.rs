@@ -12,9 +12,9 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 
 use crate::codec::{
-    self, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties, Props,
-    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ShortAck, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    self, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, PacketType,
+    Properties, Props, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ShortAck, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::limits::{ClientLimits, MAXIMUM_PACKET_SIZE_ANNOUNCED};
 use crate::topic::{Filter, TopicName};
