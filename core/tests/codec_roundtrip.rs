@@ -203,6 +203,11 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         .prop_map(
             move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
                 let v311 = v == ProtocolVersion::V311;
+                let mut properties = properties;
+                // v5 §3.1.2.11.10: no Authentication Data without a method.
+                if properties.authentication_method.is_none() {
+                    properties.authentication_data = None;
+                }
                 Packet::Connect(Box::new(Connect {
                     protocol_version: v,
                     // [MQTT-3.1.3-8]: an empty id needs Clean Session in 3.1.1.

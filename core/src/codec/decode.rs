@@ -464,6 +464,9 @@ fn parse_connect(
     if !v5 && client_id.is_empty() && !clean_start {
         return Err(DecodeError::EmptyClientIdWithoutCleanSession);
     }
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(DecodeError::AuthenticationDataWithoutMethod);
+    }
     Ok(Connect {
         protocol_version,
         clean_start,

@@ -432,6 +432,12 @@ fn plan_connect(c: &Connect) -> Result<Plan, EncodeError> {
     if !v5 && c.client_id.is_empty() && !c.clean_start {
         return Err(EncodeError::EmptyClientIdWithoutCleanSession);
     }
+    if v5
+        && c.properties.authentication_data.is_some()
+        && c.properties.authentication_method.is_none()
+    {
+        return Err(EncodeError::AuthenticationDataWithoutMethod);
+    }
     // Protocol name (2 + 4), level, flags, keep alive.
     let mut body = 6 + 1 + 1 + 2;
     let props = if v5 {

@@ -68,6 +68,10 @@ pub enum DecodeError {
     PasswordWithoutUsername,
     #[error("[MQTT-3.1.3-8] v3.1.1 empty client identifier without Clean Session")]
     EmptyClientIdWithoutCleanSession,
+    /// v5 §3.1.2.11.10: "It is a Protocol Error to include Authentication
+    /// Data if there is no Authentication Method" (no rule number).
+    #[error("§3.1.2.11.10 CONNECT has Authentication Data but no Authentication Method")]
+    AuthenticationDataWithoutMethod,
 
     // ---- CONNACK (§3.2) ----
     #[error("[MQTT-3.2.2-1] reserved bits of the CONNACK acknowledge flags are set")]
@@ -155,7 +159,8 @@ impl DecodeError {
             | EmptyUnsubAck
             | ReasonNotAllowed { .. }
             | DuplicateProperty { .. }
-            | InvalidPropertyValue { .. } => ReasonCode::ProtocolError,
+            | InvalidPropertyValue { .. }
+            | AuthenticationDataWithoutMethod => ReasonCode::ProtocolError,
             ReservedPacketType(_)
             | InvalidFixedHeaderFlags { .. }
             | VarintTooLong
@@ -246,6 +251,8 @@ pub enum EncodeError {
     PasswordWithoutUsername,
     #[error("[MQTT-3.1.3-8] v3.1.1 empty client identifier without Clean Session")]
     EmptyClientIdWithoutCleanSession,
+    #[error("§3.1.2.11.10 CONNECT has Authentication Data but no Authentication Method")]
+    AuthenticationDataWithoutMethod,
     #[error("[MQTT-3.2.2-6] Session Present set with a non-zero reason code")]
     SessionPresentOnRefusal,
     #[error(

@@ -119,6 +119,8 @@ pub struct Seen {
     pub connacks: Vec<(bool, ReasonCode)>,
     /// (topic, payload, dup) of every PUBLISH received.
     pub publishes: Vec<(String, Bytes, bool)>,
+    /// The Message Expiry Interval of each of `publishes`, in order.
+    pub expiries: Vec<Option<u32>>,
     /// Payloads of this client's QoS 1 publishes the broker acknowledged.
     pub acked: Vec<Bytes>,
     /// SUBACKs received.
@@ -134,6 +136,9 @@ pub struct Client {
     pub principal: PrincipalId,
     /// The connection, while it is open: (shard, conn).
     pub conn: Option<(usize, ConnId)>,
+    /// The protocol its connections speak: MQTT 5 unless `connect_with`
+    /// sends another CONNECT.
+    pub version: ProtocolVersion,
     inbuf: BytesMut,
     next_packet_id: u16,
     /// QoS 1 publishes sent and not yet acknowledged, by packet id.
@@ -276,6 +281,7 @@ impl Sim {
             client_id: client_id.to_owned(),
             principal: PrincipalId::authenticated("sim", "Test", principal),
             conn: None,
+            version: ProtocolVersion::V5,
             inbuf: BytesMut::new(),
             next_packet_id: 0,
             unacked: Vec::new(),
@@ -334,7 +340,7 @@ impl Sim {
             return;
         };
         let mut buf = BytesMut::new();
-        if codec::encode(packet, ProtocolVersion::V5, &mut buf).is_err() {
+        if codec::encode(packet, self.clients[c].version, &mut buf).is_err() {
             self.fail("the client encoded an invalid packet");
         }
         let now = self.now;
@@ -342,36 +348,64 @@ impl Sim {
         self.drain(shard);
     }
 
-    /// Opens a connection to `shard` and sends CONNECT (clean start and
-    /// session expiry as given).
-    pub fn connect(&mut self, c: usize, shard: usize, clean_start: bool, expiry: u32) {
-        if self.clients[c].conn.is_some() {
+    /// Bytes from client `c` as they are, for what the codec would refuse
+    /// to encode.
+    pub fn send_raw(&mut self, c: usize, bytes: &[u8]) {
+        let Some((shard, conn)) = self.clients[c].conn else {
             return;
+        };
+        let now = self.now;
+        self.shards[shard].handle_input(conn, now, bytes);
+        self.drain(shard);
+    }
+
+    /// Opens a connection from client `c` to `shard`, nothing sent yet.
+    pub fn open(&mut self, c: usize, shard: usize, version: ProtocolVersion) -> bool {
+        if self.clients[c].conn.is_some() {
+            return false;
         }
         let conn = self.shards[shard].accept(self.now);
         self.clients[c].conn = Some((shard, conn));
+        self.clients[c].version = version;
         self.clients[c].inbuf.clear();
         self.clients[c].unacked.clear();
         let id = self.clients[c].client_id.clone();
         self.log(format!(
             "client {c} ({id}) connects to shard {shard} as conn {conn}"
         ));
+        true
+    }
+
+    /// Opens a connection to `shard` and sends `connect` (in its protocol
+    /// version; its client id is the client's).
+    pub fn connect_with(&mut self, c: usize, shard: usize, mut connect: Connect) {
+        if !self.open(c, shard, connect.protocol_version) {
+            return;
+        }
+        connect.client_id = self.clients[c].client_id.as_str().into();
+        self.send(c, &Packet::Connect(Box::new(connect)));
+    }
+
+    /// Opens a connection to `shard` and sends CONNECT (clean start and
+    /// session expiry as given).
+    pub fn connect(&mut self, c: usize, shard: usize, clean_start: bool, expiry: u32) {
         let properties = Properties {
             session_expiry_interval: Some(expiry),
             ..Properties::default()
         };
-        self.send(
+        self.connect_with(
             c,
-            &Packet::Connect(Box::new(Connect {
+            shard,
+            Connect {
                 protocol_version: ProtocolVersion::V5,
                 clean_start,
                 keep_alive: 60,
                 properties: properties.into(),
-                client_id: id.as_str().into(),
+                client_id: "".into(),
                 will: None,
                 username: None,
                 password: None,
-            })),
+            },
         );
     }
 
@@ -499,6 +533,8 @@ impl Sim {
                     p.payload.clone(),
                     p.dup,
                 ));
+                let expiry = p.properties.message_expiry_interval;
+                self.clients[c].seen.expiries.push(expiry);
                 // QoS 2 answers PUBREC (then PUBCOMP to the PUBREL); the
                 // client keeps no state: every arrival is recorded.
                 match (p.packet_id, p.qos) {
@@ -634,8 +670,8 @@ impl Sim {
         };
         self.clients[c].inbuf.extend_from_slice(&buf);
         loop {
-            let decoded =
-                codec::decode_packet(&mut self.clients[c].inbuf, ProtocolVersion::V5, 1 << 20);
+            let version = self.clients[c].version;
+            let decoded = codec::decode_packet(&mut self.clients[c].inbuf, version, 1 << 20);
             match decoded {
                 Ok(Some(p)) => self.receive(c, p),
                 Ok(None) => break,

@@ -167,6 +167,32 @@ fn empty_client_id_without_clean_session_is_identifier_rejected_mqtt_3_1_3_8() {
     assert!(r.unwrap().is_some());
 }
 
+/// v5 §3.1.2.11.10: "It is a Protocol Error to include Authentication Data
+/// if there is no Authentication Method".
+#[test]
+fn authentication_data_without_a_method_is_a_protocol_error_v5_3_1_2_11_10() {
+    let data = [4, 0x16, 0, 1, b'x'];
+    let (d, r) = first_packet(frame(0x10, &connect_body(5, 2, &data, "c", &[])));
+    let e = r.unwrap_err();
+    assert_eq!(e, DecodeError::AuthenticationDataWithoutMethod);
+    assert_eq!(e.reason_code(), ReasonCode::ProtocolError);
+    assert_eq!(d.version(), Some(V5), "answered with a v5 CONNACK");
+    let both = [8, 0x15, 0, 1, b'M', 0x16, 0, 1, b'x'];
+    let (_, r) = first_packet(frame(0x10, &connect_body(5, 2, &both, "c", &[])));
+    let Some(Packet::Connect(c)) = r.unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.properties.authentication_method.as_deref(), Some("M"));
+    assert_eq!(c.properties.authentication_data.as_deref(), Some(&b"x"[..]));
+    // Nor does the encoder write one.
+    let mut c = *c;
+    c.properties.authentication_method = None;
+    assert_eq!(
+        encode(&Packet::Connect(Box::new(c)), V5, &mut BytesMut::new()),
+        Err(EncodeError::AuthenticationDataWithoutMethod)
+    );
+}
+
 #[test]
 fn version_is_known_even_when_the_rest_of_connect_is_malformed() {
     // Client id cut short: v5 answers with a v5 CONNACK 0x81.
