@@ -1339,6 +1339,44 @@ fn will_is_published_after_abnormal_close_with_its_delay() {
     assert!(will.message.retain);
 }
 
+/// A will topic must be a topic name: not empty [MQTT-4.7.3-1], no
+/// wildcards ([MQTT-4.7.0-1], 3.1.1: [MQTT-4.7.1-1]). v5 refuses it with
+/// CONNACK 0x90 Topic Name invalid; v3.1.1 has no return code for it, so
+/// the connection closes without CONNACK [MQTT-4.8.0-1] (0x03 Server
+/// unavailable would make clients retry).
+#[test]
+fn an_invalid_will_topic_is_refused_in_v5_and_closes_a_v311_connection_mqtt_4_8_0_1() {
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for topic in ["", "a/#", "+", "a/+/b"] {
+            let mut h = Harness::new(ClientLimits::default());
+            let mut c = connect(version, "c1", true);
+            c.will = Some(Will {
+                topic: topic.into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Props::default(),
+            });
+            h.recv(Packet::Connect(Box::new(c)));
+            let sent = h.sent();
+            match version {
+                ProtocolVersion::V311 => assert!(sent.is_empty(), "{topic:?}: {sent:?}"),
+                ProtocolVersion::V5 => match sent.as_slice() {
+                    [Packet::ConnAck(a)] => {
+                        assert_eq!(a.reason, ReasonCode::TopicNameInvalid, "{topic:?}")
+                    }
+                    other => panic!("{topic:?}: {other:?}"),
+                },
+            }
+            assert!(h.conn.is_closed(), "{version:?} {topic:?}");
+            assert!(
+                !h.events().iter().any(|e| matches!(e, Event::Connect(_))),
+                "the broker is not asked to admit it"
+            );
+        }
+    }
+}
+
 #[test]
 fn normal_disconnect_discards_the_will_and_0x04_keeps_it() {
     // [MQTT-3.14.4-3]

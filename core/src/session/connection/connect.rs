@@ -43,9 +43,17 @@ impl Connection {
             let topic = match TopicName::new(will.topic.clone()) {
                 Ok(t) => t,
                 Err(e) => {
-                    let reason = e.reason_code();
-                    self.send_connack(false, reason, Properties::default());
-                    self.close_silently(CloseReason::Server(reason));
+                    // A will topic must be a topic name: no wildcards
+                    // [MQTT-4.7.0-1] (v3.1.1: [MQTT-4.7.1-1]), not empty
+                    // [MQTT-4.7.3-1]. v5 answers CONNACK 0x90 Topic Name
+                    // invalid (§3.2.2.2). v3.1.1 has no return code for it:
+                    // the connection closes without CONNACK
+                    // [MQTT-4.8.0-1], where 0x03 Server unavailable would
+                    // have the client retry the same CONNECT.
+                    if v5 {
+                        self.send_connack(false, e.reason_code(), Properties::default());
+                    }
+                    self.close_silently(CloseReason::Violation(Violation::TopicNameInvalid(e)));
                     return;
                 }
             };
