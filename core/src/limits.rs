@@ -124,8 +124,10 @@ pub struct ClientLimits {
     /// this bounds both. Messages queued in memory are already paid for and
     /// use the full window. Not a config key. See [`SPILLED_INFLIGHT_MAX`].
     pub spilled_inflight_max: NonZeroU16,
-    /// `maxKeepAliveSeconds`: a larger client keep-alive (or 0) is replaced by
-    /// this via Server Keep Alive (v5); v3.1.1 clients are held to their own.
+    /// `maxKeepAliveSeconds`: a v5 client's keep-alive above it, or 0, is
+    /// replaced by this via Server Keep Alive [MQTT-3.2.2-21]. v3.1.1 clients
+    /// keep their own value, a larger one included, and 0 means no
+    /// keep-alive (v3.1.1 cannot tell a client another value).
     pub keep_alive_max: NonZeroU16,
     /// Topic aliases the broker accepts from a client (Topic Alias Maximum in
     /// CONNACK). 0 disables client-to-broker aliases.

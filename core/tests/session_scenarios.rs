@@ -351,6 +351,50 @@ fn v5_keep_alive_above_maximum_is_lowered_with_server_keep_alive() {
     assert!(h.conn.is_closed(), "1.5 x the server keep-alive applies");
 }
 
+/// A v5 keep-alive of 0 (none) is replaced by the broker's maximum through
+/// Server Keep Alive, which the client must use [MQTT-3.2.2-21], and
+/// enforced [MQTT-3.1.2-22]. With the default maximum too.
+#[test]
+fn v5_keep_alive_zero_gets_the_maximum_as_server_keep_alive_mqtt_3_2_2_21() {
+    let mut limits = ClientLimits::default();
+    limits.keep_alive_max = NonZeroU16::new(30).unwrap();
+    let mut h = Harness::new(limits);
+    let mut c = connect(ProtocolVersion::V5, "c1", true);
+    c.keep_alive = 0;
+    let ack = h.connect_with(c, None);
+    assert_eq!(connack(&ack).properties.server_keep_alive, Some(30));
+    h.advance(Duration::from_secs(44));
+    assert!(h.conn.is_connected());
+    h.advance(Duration::from_secs(2));
+    assert!(h.conn.is_closed(), "1.5 x the server keep-alive applies");
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::KeepAliveTimeout)
+    );
+
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "c1", true);
+    c.keep_alive = 0;
+    let ack = h.connect_with(c, None);
+    assert_eq!(connack(&ack).properties.server_keep_alive, Some(65_535));
+}
+
+/// v3.1.1 cannot tell a client another keep-alive: one that asked for none
+/// (0) rightly sends nothing while idle, and is not cut off for it
+/// ([MQTT-3.1.2-24] applies to a non-zero keep-alive only).
+#[test]
+fn v311_keep_alive_zero_is_not_enforced_whatever_the_maximum() {
+    let mut limits = ClientLimits::default();
+    limits.keep_alive_max = NonZeroU16::new(30).unwrap();
+    let mut h = Harness::new(limits);
+    let mut c = connect(ProtocolVersion::V311, "c1", true);
+    c.keep_alive = 0;
+    h.connect_with(c, None);
+    h.advance(Duration::from_secs(100_000));
+    assert!(h.conn.is_connected());
+    assert_eq!(h.conn.poll_timeout(), None);
+}
+
 #[test]
 fn session_expiry_is_capped_and_the_cap_is_returned_in_connack() {
     let mut limits = ClientLimits::default();

@@ -31,12 +31,19 @@ impl Connection {
         // Request Problem Information 0 forbids Reason String / User
         // Property outside PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29];
         // the broker never sends those, so both settings are honoured.
-        // Keep-alive above the broker's maximum is lowered via Server Keep
-        // Alive (v5 §3.2.2.3.14); v3.1.1 has no way to tell the client, so
-        // its own value is enforced.
+        // v5: Server Keep Alive (§3.2.2.3.14) replaces a keep-alive above
+        // the broker's maximum, and 0 (none) by the maximum, so a dead
+        // connection is found; the client must use it [MQTT-3.2.2-21].
+        // v3.1.1 has no way to tell the client another value, so its own is
+        // enforced, and 0 stays none: such a client rightly sends nothing
+        // while idle, and would be cut off for it.
         let asked = connect.keep_alive;
         let max = self.limits.keep_alive_max.get();
-        let keep_alive = if v5 && asked > max { max } else { asked };
+        let keep_alive = if v5 && (asked == 0 || asked > max) {
+            max
+        } else {
+            asked
+        };
         self.keep_alive = Duration::from_secs(u64::from(keep_alive));
 
         if let Some(will) = &connect.will {
