@@ -53,3 +53,45 @@ fn authentication_data_without_a_method_is_a_protocol_error_v5_3_1_2_11_10() {
         assert_eq!(sim.clients[d].seen.connacks, [(false, ReasonCode::Success)]);
     }
 }
+
+/// An authentication that never answers does not hold the connection: the
+/// CONNECT deadline (`CONNECT_TIMEOUT` from the connection's start) closes
+/// it with CONNACK 0x88 (v5), and the answer arriving later leaves no
+/// session behind; the client connects again normally.
+#[test]
+fn a_connect_whose_authentication_never_answers_is_closed_at_the_deadline() {
+    use shardmq_core::session::CONNECT_TIMEOUT;
+    use std::time::Duration;
+    for seed in seeds(10) {
+        let mut sim = Sim::new(seed, 2, ClientLimits::default(), 100);
+        let c = sim.add_client("stalled", "p");
+        sim.hold_auth = true;
+        sim.connect(c, 0, true, 0);
+        sim.quiesce();
+        let held = sim.take_auth_jobs();
+        assert_eq!(held.len(), 1);
+        sim.advance(CONNECT_TIMEOUT + Duration::from_millis(100));
+        sim.quiesce();
+        assert_eq!(
+            sim.clients[c].seen.connacks,
+            [(false, ReasonCode::ServerUnavailable)]
+        );
+        assert!(!sim.clients[c].connected(), "the broker closed it");
+        // The authentication answers at last.
+        for (shard, conn) in held {
+            sim.admit(shard, conn, Ok(1));
+        }
+        sim.quiesce();
+        for shard in &sim.shards {
+            let inv = shard.inventory();
+            assert!(inv.online.is_empty() && inv.offline.is_empty(), "{inv:?}");
+        }
+        sim.hold_auth = false;
+        sim.connect(c, 1, true, 0);
+        sim.quiesce();
+        assert_eq!(
+            sim.clients[c].seen.connacks.last(),
+            Some(&(false, ReasonCode::Success))
+        );
+    }
+}

@@ -28,7 +28,7 @@ use shardmq_core::codec::{
 use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
 use shardmq_core::session::{
     AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
-    SessionState, SharedMessage, Violation,
+    SessionState, SharedMessage, Violation, CONNECT_TIMEOUT,
 };
 use shardmq_core::topic::{Filter, TopicName};
 
@@ -298,6 +298,45 @@ fn connection_without_connect_times_out() {
     let mut h = Harness::new(ClientLimits::default());
     h.advance(Duration::from_secs(11));
     assert!(h.conn.is_closed());
+}
+
+/// A CONNECT the broker never decides (an authentication webhook that does
+/// not answer) is closed at the CONNECT deadline, counted from the
+/// connection's start (§3.1.4, "a reasonable amount of time"): v5 hears
+/// CONNACK 0x88 Server unavailable, v3.1.1 nothing. A late answer changes
+/// nothing.
+#[test]
+fn a_connect_never_admitted_is_closed_at_the_connect_deadline() {
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let mut h = Harness::new(ClientLimits::default());
+        h.advance(Duration::from_secs(2));
+        h.recv(Packet::Connect(Box::new(connect(version, "c1", true))));
+        assert!(matches!(h.events().as_slice(), [Event::Connect(_)]));
+        // Pipelined behind CONNECT, held until it is accepted.
+        h.recv(Packet::PingReq);
+        h.advance(CONNECT_TIMEOUT - Duration::from_secs(3));
+        assert!(!h.conn.is_closed(), "{version:?}: not yet");
+        assert!(h.sent().is_empty());
+        h.advance(Duration::from_secs(1));
+        assert!(h.conn.is_closed(), "{version:?}");
+        let sent = h.sent();
+        match version {
+            ProtocolVersion::V5 => match sent.as_slice() {
+                [Packet::ConnAck(a)] => {
+                    assert_eq!(a.reason, ReasonCode::ServerUnavailable);
+                    assert!(!a.session_present);
+                }
+                other => panic!("{other:?}"),
+            },
+            ProtocolVersion::V311 => assert!(sent.is_empty(), "{sent:?}"),
+        }
+        assert_eq!(h.conn.poll_timeout(), None);
+        let now = h.now;
+        h.conn.accept(now, None, None, Box::new(AllowAll));
+        assert!(h.sent().is_empty(), "a late accept sends nothing");
+        assert!(h.conn.is_closed());
+        assert!(h.events().is_empty(), "no session began, none ends");
+    }
 }
 
 #[test]

@@ -96,7 +96,9 @@ impl Connection {
         };
         self.pending_connect = Some(connect);
         self.phase = Phase::AwaitAccept;
-        self.deadline = None;
+        // The CONNECT deadline keeps running until the broker decides: an
+        // authentication (a webhook) or a claim that never answers must not
+        // hold the connection and its deferred packets for good.
         self.events.push_back(Event::Connect(Box::new(request)));
     }
 

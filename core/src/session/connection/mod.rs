@@ -37,8 +37,10 @@ mod violation;
 pub use events::{CloseReason, ConnectRequest, Denied, Event, PendingWill, PublishAck};
 pub use violation::Violation;
 
-/// How long a new connection may take to send CONNECT before it is closed
-/// (MQTT 5.0 §3.1.4: "a reasonable amount of time").
+/// How long a new connection may take to send CONNECT and have it decided
+/// (authenticated, its client id claimed) before it is closed (MQTT 5.0
+/// §3.1.4: "a reasonable amount of time"). Counted from the connection's
+/// start.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Packets a client may pipeline behind CONNECT before the broker has
@@ -116,9 +118,9 @@ pub struct Connection {
     will: Option<(SharedMessage, Duration)>,
     /// Keep-alive in force (after Server Keep Alive); zero disables it.
     keep_alive: Duration,
-    /// Deadline for the next packet from the client: CONNECT timeout first,
-    /// then 1.5 x keep-alive after every packet [MQTT-3.1.2-22] (v3.1.1:
-    /// [MQTT-3.1.2-24]).
+    /// The CONNECT timeout until the CONNECT is accepted (sent and
+    /// decided), then the deadline for the next packet: 1.5 x keep-alive
+    /// after every packet [MQTT-3.1.2-22] (v3.1.1: [MQTT-3.1.2-24]).
     deadline: Option<Instant>,
     /// Client-to-broker topic aliases (v5 §3.3.2.3.4), per connection.
     aliases_in: HashMap<u16, TopicName>,
@@ -312,10 +314,24 @@ impl Connection {
             Phase::AwaitConnect => {
                 self.close_silently(CloseReason::Server(ReasonCode::MaximumConnectTime))
             }
+            Phase::AwaitAccept => {
+                // The broker did not decide the CONNECT in time. v5 says
+                // why in CONNACK (0x88 Server unavailable, §3.2.2.2);
+                // v3.1.1 just closes (its code 3 makes clients retry at
+                // once what just stalled). A late `accept` or `reject`
+                // finds the connection closed and does nothing.
+                self.pending_connect = None;
+                self.deferred.clear();
+                if self.version == ProtocolVersion::V5 {
+                    let reason = ReasonCode::ServerUnavailable;
+                    self.send_connack(false, reason, Properties::default());
+                }
+                self.close_silently(CloseReason::Server(ReasonCode::ServerUnavailable))
+            }
             // [MQTT-3.1.2-22] (v3.1.1: [MQTT-3.1.2-24]) no packet within
             // 1.5 x keep-alive.
             Phase::Connected => self.close_with(ReasonCode::KeepAliveTimeout),
-            Phase::AwaitAccept | Phase::Closed => {}
+            Phase::Closed => {}
         }
     }
 
@@ -356,12 +372,12 @@ impl Connection {
     /// The next deadline to call `handle_timeout` at.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::AwaitConnect => self.deadline,
+            Phase::AwaitConnect | Phase::AwaitAccept => self.deadline,
             Phase::Connected => match (self.deadline, self.credential_expiry) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
-            Phase::AwaitAccept | Phase::Closed => None,
+            Phase::Closed => None,
         }
     }
 
