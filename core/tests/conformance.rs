@@ -9,8 +9,11 @@
 #[allow(dead_code)]
 mod harness;
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use harness::{seeds, Sim};
-use shardmq_core::codec::{ProtocolVersion, ReasonCode};
+use shardmq_core::codec::{Connect, Properties, ProtocolVersion, QoS, ReasonCode, Will};
 use shardmq_core::limits::ClientLimits;
 
 /// A v5 CONNECT (clean start, keep-alive 60) with the raw property block
@@ -61,7 +64,6 @@ fn authentication_data_without_a_method_is_a_protocol_error_v5_3_1_2_11_10() {
 #[test]
 fn a_connect_whose_authentication_never_answers_is_closed_at_the_deadline() {
     use shardmq_core::session::CONNECT_TIMEOUT;
-    use std::time::Duration;
     for seed in seeds(10) {
         let mut sim = Sim::new(seed, 2, ClientLimits::default(), 100);
         let c = sim.add_client("stalled", "p");
@@ -93,5 +95,75 @@ fn a_connect_whose_authentication_never_answers_is_closed_at_the_deadline() {
             sim.clients[c].seen.connacks.last(),
             Some(&(false, ReasonCode::Success))
         );
+    }
+}
+
+/// A v5 CONNECT for client `c` (its id filled in by `connect_with`) with a
+/// will on `topic`: Message Expiry Interval `expiry_s`, Will Delay
+/// Interval `delay_s`, and the session kept `session_s` seconds.
+fn connect_with_will(topic: &str, expiry_s: u32, delay_s: u32, session_s: u32) -> Connect {
+    let will_props = Properties {
+        message_expiry_interval: Some(expiry_s),
+        will_delay_interval: Some(delay_s),
+        ..Properties::default()
+    };
+    let props = Properties {
+        session_expiry_interval: Some(session_s),
+        ..Properties::default()
+    };
+    Connect {
+        protocol_version: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 60,
+        properties: props.into(),
+        client_id: "".into(),
+        will: Some(Will {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: will_props.into(),
+        }),
+        username: None,
+        password: None,
+    }
+}
+
+/// The will's Message Expiry Interval "is sent as the Publication Expiry
+/// Interval when the Server publishes the Will Message" (v5 §3.1.3.2.4):
+/// it starts at publication, not at CONNECT. A client connected for 20 s
+/// with a 10 s will expiry still has its will delivered, carrying 10 s;
+/// so does a will published after its delay.
+#[test]
+fn a_wills_message_expiry_starts_when_it_is_published_v5_3_1_3_2_4() {
+    for seed in seeds(10) {
+        let mut sim = Sim::new(seed, 2, ClientLimits::default(), 100);
+        let watcher = sim.add_client("watcher", "p");
+        let at_once = sim.add_client("at-once", "p");
+        let delayed = sim.add_client("delayed", "p");
+        sim.connect(watcher, 0, true, 0);
+        sim.quiesce();
+        sim.subscribe(watcher, "status/#", QoS::AtLeastOnce);
+        sim.connect_with(at_once, 1, connect_with_will("status/at-once", 10, 0, 0));
+        sim.connect_with(delayed, 0, connect_with_will("status/delayed", 10, 5, 60));
+        sim.quiesce();
+
+        sim.advance(Duration::from_secs(20));
+        sim.drop_conn(at_once);
+        sim.quiesce();
+        let seen = &sim.clients[watcher].seen;
+        assert_eq!(seen.publishes.len(), 1, "{:?}", seen.publishes);
+        assert_eq!(seen.publishes[0].0, "status/at-once");
+        assert_eq!(seen.expiries[0], Some(10));
+
+        sim.drop_conn(delayed);
+        sim.quiesce();
+        sim.advance(Duration::from_secs(5));
+        sim.quiesce();
+        let seen = &sim.clients[watcher].seen;
+        assert_eq!(seen.publishes.len(), 2, "{:?}", seen.publishes);
+        assert_eq!(seen.publishes[1].0, "status/delayed");
+        assert_eq!(seen.expiries[1], Some(10));
+        assert!(sim.clients[watcher].connected());
     }
 }

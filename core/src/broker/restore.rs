@@ -85,7 +85,7 @@ impl<S: Store> Shard<S> {
         let will_at = record
             .will
             .as_ref()
-            .and_then(|(_, delay)| will_deadline(record.expiry_interval, expires_at, *delay, now));
+            .and_then(|w| will_deadline(record.expiry_interval, expires_at, w.delay, now));
         let result = self.restore_session(restored, now);
         // A queue `subscriberQueue` selects now that had none on disk (the
         // mode was None, or its records were unreadable) is persisted from
@@ -114,12 +114,12 @@ impl<S: Store> Shard<S> {
             // (recovery kept the record for it): the session is not
             // restored, the will goes out now, and the record ends once
             // it has (not before: a crash first publishes it again).
-            (Err(RestoreError::Expired), Some((message, _)), _) => {
+            (Err(RestoreError::Expired), Some(will), _) => {
                 let session = self.new_session_id();
                 self.wills.push(super::sessions::DelayedWill {
                     client_id,
                     session,
-                    message,
+                    will,
                     at: now,
                     ends_record: true,
                 });
@@ -136,11 +136,11 @@ impl<S: Store> Shard<S> {
             // session ends if sooner, unless the client resumes first (the
             // takeover drops it) [MQTT-3.1.3-9]. The record keeps it until
             // it is published.
-            (Ok(session), Some((message, _)), Some(at)) => {
+            (Ok(session), Some(will), Some(at)) => {
                 self.wills.push(super::sessions::DelayedWill {
                     client_id,
                     session,
-                    message,
+                    will,
                     at,
                     ends_record: false,
                 });

@@ -13,15 +13,17 @@ use bytestring::ByteString;
 use super::PrincipalId;
 use crate::buffer::{record, RecordError};
 use crate::codec::{QoS, RetainHandling, SubscriptionId, SubscriptionOptions};
-use crate::session::{Message, SharedMessage, Subscription};
+use crate::session::{Message, PendingWill, Subscription};
 use crate::topic::{Filter, TopicName};
 
 /// The topic every session record carries: records are messages in the
 /// buffer's format, and this one is never routed anywhere.
 const RECORD_TOPIC: &str = "$session";
 /// Payload format version: a later layout gets a new number. Version 2
-/// adds the queue id; version 1 records (no queued messages) still read.
-const FORMAT: u8 = 2;
+/// adds the queue id; version 3 the will's Message Expiry Interval (its
+/// message no longer carries a deadline). Versions 1 and 2 still read.
+const FORMAT: u8 = 3;
+const FORMAT_V2: u8 = 2;
 const FORMAT_V1: u8 = 1;
 
 /// One session's persisted state. The log keeps the last record per client
@@ -40,12 +42,14 @@ pub struct SessionRecord {
     pub offline_until: Option<Instant>,
     /// By the filter as subscribed (`$share/g/f` and `f` differ).
     pub subscriptions: Vec<(ByteString, Subscription)>,
-    /// The will and its delay while the client is connected: a crash ends
-    /// the connection without DISCONNECT, so the restored session publishes
-    /// it [MQTT-3.1.2-8] after its delay unless the client resumes first
+    /// The will while the client is connected: a crash ends the
+    /// connection without DISCONNECT, so the restored session publishes it
+    /// [MQTT-3.1.2-8] after its delay unless the client resumes first
     /// [MQTT-3.1.3-9]. Written without it once the connection closed (the
-    /// running broker published, scheduled or discarded it then).
-    pub will: Option<(SharedMessage, Duration)>,
+    /// running broker published, scheduled or discarded it then). Its
+    /// Message Expiry Interval is stored as an interval: it starts when the
+    /// will is published (§3.1.3.2.4), so the downtime does not count.
+    pub will: Option<PendingWill>,
     /// The id of its persisted queue (`session::QueueLog`): recovery keeps
     /// the queued messages written under this id only. 0: none.
     pub queue_id: u64,
@@ -86,11 +90,18 @@ impl SessionRecord {
         }
         match &self.will {
             None => p.put_u8(0),
-            Some((will, delay)) => {
+            Some(will) => {
                 p.put_u8(1);
-                p.put_u32(u32::try_from(delay.as_secs()).unwrap_or(u32::MAX));
+                p.put_u32(u32::try_from(will.delay.as_secs()).unwrap_or(u32::MAX));
+                match will.expiry {
+                    None => p.put_u8(0),
+                    Some(interval) => {
+                        p.put_u8(1);
+                        p.put_u32(u32::try_from(interval.as_secs()).unwrap_or(u32::MAX));
+                    }
+                }
                 let mut nested = Vec::new();
-                record::encode(&mut nested, 0, will, epoch)?;
+                record::encode(&mut nested, 0, &will.message, epoch)?;
                 p.put_u32(u32::try_from(nested.len()).map_err(|_| RecordError::TooLarge)?);
                 p.put_slice(&nested);
             }
@@ -108,7 +119,7 @@ impl SessionRecord {
     pub fn from_message(message: &Message, epoch: Instant) -> Result<SessionRecord, RecordError> {
         let mut r = Reader(&message.payload);
         let format = r.u8()?;
-        if format != FORMAT && format != FORMAT_V1 {
+        if ![FORMAT, FORMAT_V2, FORMAT_V1].contains(&format) {
             return Err(RecordError::Malformed("unknown session record format"));
         }
         let principal = PrincipalId::restored(r.str()?);
@@ -145,17 +156,33 @@ impl SessionRecord {
             0 => None,
             1 => {
                 let delay = Duration::from_secs(u64::from(r.u32()?));
+                let expiry = if format == FORMAT {
+                    match r.u8()? {
+                        0 => None,
+                        1 => Some(Duration::from_secs(u64::from(r.u32()?))),
+                        _ => return Err(RecordError::Malformed("session record will expiry flag")),
+                    }
+                } else {
+                    // Formats 1 and 2 wrote the will's deadline into its
+                    // message instead: read back as such.
+                    None
+                };
                 let len = r.u32()? as usize;
                 let nested = r.take(len)?;
                 let (rlen, owner) = record::header(nested)?;
                 if rlen != nested.len() {
                     return Err(RecordError::Malformed("session record will length"));
                 }
-                Some((Arc::new(record::decode(nested, owner, epoch)?), delay))
+                let message = Arc::new(record::decode(nested, owner, epoch)?);
+                Some(PendingWill {
+                    message,
+                    delay,
+                    expiry,
+                })
             }
             _ => return Err(RecordError::Malformed("session record will flag")),
         };
-        let queue_id = if format == FORMAT { r.u64()? } else { 0 };
+        let queue_id = if format == FORMAT_V1 { 0 } else { r.u64()? };
         if !r.0.is_empty() {
             return Err(RecordError::Malformed("session record trailing bytes"));
         }
@@ -259,7 +286,7 @@ mod tests {
         Instant::now()
     }
 
-    fn will(epoch: Instant) -> (SharedMessage, Duration) {
+    fn will() -> PendingWill {
         let properties = crate::codec::Properties {
             content_type: Some("text/plain".into()),
             ..crate::codec::Properties::default()
@@ -270,14 +297,18 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: true,
             properties: properties.into(),
-            expires_at: Some(epoch + Duration::from_secs(600)),
+            expires_at: None,
             origin: "sensor-7".into(),
             retain_stamp: 0,
         };
-        (Arc::new(message), Duration::from_secs(5))
+        PendingWill {
+            message: Arc::new(message),
+            delay: Duration::from_secs(5),
+            expiry: Some(Duration::from_secs(600)),
+        }
     }
 
-    fn record(epoch: Instant) -> SessionRecord {
+    fn record() -> SessionRecord {
         let sub = |raw: &str, qos, id| {
             (
                 ByteString::from(raw),
@@ -302,7 +333,7 @@ mod tests {
                 sub("plant/+/cmd", QoS::ExactlyOnce, 7),
                 sub("$share/g/plant/#", QoS::AtLeastOnce, 0),
             ],
-            will: Some(will(epoch)),
+            will: Some(will()),
             queue_id: 0x0102_0304_0506_0708,
         }
     }
@@ -310,15 +341,73 @@ mod tests {
     #[test]
     fn a_record_reads_back_as_written() {
         let epoch = t0();
-        let r = record(epoch);
+        let r = record();
         let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
         assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(r));
         let without = SessionRecord {
             will: None,
-            ..record(epoch)
+            ..record()
         };
         let m = without.to_message(epoch).unwrap_or_else(|_| unreachable!());
         assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(without));
+    }
+
+    /// A will's expiry is an interval (§3.1.3.2.4: it starts when the will
+    /// is published); absent, the will does not expire.
+    #[test]
+    fn a_wills_expiry_interval_reads_back_as_written() {
+        let epoch = t0();
+        for expiry in [None, Some(Duration::ZERO), Some(Duration::from_secs(10))] {
+            let r = SessionRecord {
+                will: Some(PendingWill { expiry, ..will() }),
+                ..record()
+            };
+            let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+            assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(r));
+        }
+    }
+
+    /// A record of format 2 (before the will's interval was stored) still
+    /// reads: its will's message keeps the deadline that format wrote.
+    #[test]
+    fn a_format_2_record_reads_its_will_with_the_deadline_it_wrote() {
+        let epoch = t0();
+        let at = epoch + Duration::from_secs(600);
+        let old_will = PendingWill {
+            message: Arc::new(Message {
+                expires_at: Some(at),
+                ..Message::clone(&will().message)
+            }),
+            expiry: None,
+            ..will()
+        };
+        let r = SessionRecord {
+            will: Some(old_will),
+            ..record()
+        };
+        let v3 = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        let no_will = SessionRecord {
+            will: None,
+            ..record()
+        };
+        let no_will = no_will.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        // Format 2 is format 3 without the will's expiry flag, which
+        // follows the will flag and the delay; the queue id (8 bytes) ends
+        // both.
+        let will_flag = no_will.payload.len() - 8 - 1;
+        let mut v2 = v3.payload.to_vec();
+        assert_eq!(v2[will_flag], 1);
+        assert_eq!(v2.remove(will_flag + 1 + 4), 0, "no expiry flag");
+        v2[0] = FORMAT_V2;
+        let v2 = Message {
+            payload: v2.into(),
+            ..v3
+        };
+        let read = SessionRecord::from_message(&v2, epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(read, r);
+        let will = read.will.unwrap_or_else(|| unreachable!());
+        assert_eq!(will.message.expires_at, Some(at));
+        assert_eq!(will.publication(epoch).expires_at, Some(at));
     }
 
     #[test]
@@ -326,7 +415,7 @@ mod tests {
         let epoch = t0();
         let r = SessionRecord {
             principal: PrincipalId::authenticated("realm", "password", &"é".repeat(40_000)),
-            ..record(epoch)
+            ..record()
         };
         assert!(r.principal.as_str().len() > usize::from(u16::MAX));
         let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
@@ -336,7 +425,7 @@ mod tests {
     #[test]
     fn every_cut_and_every_changed_options_byte_is_an_error_not_a_panic() {
         let epoch = t0();
-        let m = record(epoch)
+        let m = record()
             .to_message(epoch)
             .unwrap_or_else(|_| unreachable!());
         for len in 0..m.payload.len() {
@@ -358,7 +447,7 @@ mod tests {
         assert!(SessionRecord::from_message(&longer, epoch).is_err());
         // A count of 4 billion subscriptions in a short payload.
         let mut huge = m.payload.to_vec();
-        let at = 1 + 4 + record(epoch).principal.as_str().len() + 4;
+        let at = 1 + 4 + record().principal.as_str().len() + 4;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         let huge = Message {
             payload: huge.into(),

@@ -9,7 +9,7 @@
 //! durable: a client never hears of a session state a crash could lose.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytestring::ByteString;
 
@@ -17,7 +17,7 @@ use super::pending::Pending;
 use super::PrincipalId;
 use super::{ConnId, MeshMsg, RequestId, SessionId, SessionRecord, Shard, ShardId};
 use crate::buffer::Store;
-use crate::session::{SessionState, SharedMessage};
+use crate::session::{PendingWill, SessionState};
 
 /// Who waits for a session write, at the owner shard.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl<S: Store> Shard<S> {
         session: SessionId,
         state: &SessionState,
         expires_at: Option<Instant>,
-        will: Option<(SharedMessage, Duration)>,
+        will: Option<PendingWill>,
     ) {
         if self.durable.is_none() {
             return;
@@ -279,7 +279,7 @@ impl<S: Store> Shard<S> {
 fn record_of(
     state: &SessionState,
     principal: Option<PrincipalId>,
-    will: Option<(SharedMessage, Duration)>,
+    will: Option<PendingWill>,
     offline_until: Option<Instant>,
 ) -> Option<Arc<SessionRecord>> {
     if state.expiry_interval.is_zero() {

@@ -10,7 +10,7 @@ use hashbrown::HashMap;
 
 use super::{ConnId, MeshMsg, Notice, SessionId, Shard, PREFETCH_BYTES};
 use crate::buffer::{RecordRef, Store};
-use crate::session::{CloseReason, Event, PendingWill, SessionState, SharedMessage};
+use crate::session::{CloseReason, Event, PendingWill, SessionState};
 
 /// Where a session of this shard is.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub(super) struct DelayedWill {
     /// The offline session on this shard it belongs to: once published,
     /// its persisted record drops it.
     pub session: SessionId,
-    pub message: SharedMessage,
+    pub will: PendingWill,
     pub at: Instant,
     /// The will of a session that expired while the broker was down: its
     /// record (kept for the will) ends once it is published.
@@ -152,7 +152,7 @@ impl<S: Store> Shard<S> {
         // unless it has a delay and the session goes on (it does here).
         if let Some(will) = closed_will {
             if will.delay.is_zero() {
-                self.publish_message(now, will.message, None);
+                self.publish_message(now, will.publication(now), None);
             }
         }
         state
@@ -326,7 +326,7 @@ impl<S: Store> Shard<S> {
                 let pending_will = will
                     .as_ref()
                     .filter(|_| will_delay.is_some_and(|d| !d.is_zero()))
-                    .map(|w| (w.message.clone(), w.delay));
+                    .cloned();
                 self.write_closed_session(conn, session, &state, expires_at, pending_will);
                 self.sessions.insert(
                     session,
@@ -344,12 +344,12 @@ impl<S: Store> Shard<S> {
         }
         if let (Some(will), Some(delay)) = (will, will_delay) {
             if delay.is_zero() {
-                self.publish_message(now, will.message, None);
+                self.publish_message(now, will.publication(now), None);
             } else if let Some(at) = now.checked_add(delay) {
                 self.wills.push(DelayedWill {
                     client_id,
                     session,
-                    message: will.message,
+                    will,
                     at,
                     ends_record: false,
                 });
@@ -410,7 +410,7 @@ impl<S: Store> Shard<S> {
             .partition(|w| w.at <= now);
         self.wills = keep;
         for will in due {
-            self.publish_message(now, will.message, None);
+            self.publish_message(now, will.will.publication(now), None);
             if will.ends_record {
                 self.due_will_published(&will.client_id);
             } else {

@@ -92,12 +92,20 @@ pub(crate) fn expiry(
     interval_secs: Option<u32>,
     max: Option<Duration>,
 ) -> Option<Instant> {
+    now.checked_add(expiry_interval(interval_secs, max)?)
+}
+
+/// A Message Expiry Interval capped by `maxMessageExpirySeconds`, for a
+/// message whose expiry starts later (a will, §3.1.3.2.4).
+pub(crate) fn expiry_interval(
+    interval_secs: Option<u32>,
+    max: Option<Duration>,
+) -> Option<Duration> {
     let asked = Duration::from_secs(u64::from(interval_secs?));
-    let capped = match max {
+    Some(match max {
         Some(max) => asked.min(max),
         None => asked,
-    };
-    now.checked_add(capped)
+    })
 }
 
 /// Keeps only what v5 §3.3.2.3 says the server forwards unaltered.

@@ -233,12 +233,15 @@ fn replay_op(
             state.retained.remove(topic.as_str());
         }
         LoggedOp::SessionPut(mut record) => {
-            // A will whose message expired during the downtime is not
+            // A will's Message Expiry Interval starts when it is published
+            // (§3.1.3.2.4), so the downtime does not shorten it. Only a
+            // record of an older format holds a deadline in the will's
+            // message: one that passed during the downtime is not
             // published [MQTT-3.3.2-5].
-            record.will = record.will.take().and_then(|(will, delay)| {
-                let will = Arc::unwrap_or_clone(will);
-                let will = rebase_expiry(will, written_at, epoch)?;
-                Some((Arc::new(will), delay))
+            record.will = record.will.take().and_then(|mut will| {
+                let message = Arc::unwrap_or_clone(will.message);
+                will.message = Arc::new(rebase_expiry(message, written_at, epoch)?);
+                Some(will)
             });
             replay_session(record, written_at, epoch, state, report);
         }

@@ -133,10 +133,7 @@ impl Connection {
             .close_reason
             .clone()
             .unwrap_or(CloseReason::ConnectionLost);
-        let will = self
-            .will
-            .take()
-            .map(|(message, delay)| PendingWill { message, delay });
+        let will = self.will.take();
         // A taken-over session goes to the new connection whatever its
         // expiry; otherwise it outlives the connection only if its expiry
         // is not zero (§4.1).

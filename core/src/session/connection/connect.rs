@@ -5,7 +5,7 @@
 use super::*;
 
 impl Connection {
-    pub(super) fn handle_connect(&mut self, now: Instant, connect: Box<Connect>) {
+    pub(super) fn handle_connect(&mut self, connect: Box<Connect>) {
         self.version = connect.protocol_version;
         let v5 = self.version == ProtocolVersion::V5;
         // [MQTT-3.1.3-8] v3.1.1: an empty client id requires clean session.
@@ -71,16 +71,21 @@ impl Connection {
                 qos: will.qos,
                 retain: will.retain,
                 properties: forwardable(props.clone()),
-                expires_at: expiry(
-                    now,
-                    props.message_expiry_interval,
-                    self.limits.message_expiry_max,
-                ),
+                // Set when it is published: the interval starts then
+                // (§3.1.3.2.4), however long the client stayed connected.
+                expires_at: None,
                 origin: connect.client_id.clone(),
                 retain_stamp: 0,
             };
             let delay = Duration::from_secs(u64::from(props.will_delay_interval.unwrap_or(0)));
-            self.will = Some((Arc::new(message), delay));
+            self.will = Some(PendingWill {
+                message: Arc::new(message),
+                delay,
+                expiry: expiry_interval(
+                    props.message_expiry_interval,
+                    self.limits.message_expiry_max,
+                ),
+            });
         }
         let request = ConnectRequest {
             client_id: connect.client_id.clone(),
@@ -91,7 +96,7 @@ impl Connection {
             authentication_method: p.authentication_method.clone(),
             authentication_data: p.authentication_data.clone(),
             session_expiry: self.session_expiry_of(&connect),
-            will_topic: self.will.as_ref().map(|(m, _)| m.topic.clone()),
+            will_topic: self.will.as_ref().map(|w| w.message.topic.clone()),
             user_properties: p.user_properties.clone(),
         };
         self.pending_connect = Some(connect);

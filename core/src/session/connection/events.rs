@@ -24,11 +24,34 @@ pub struct ConnectRequest {
     pub user_properties: Vec<(ByteString, ByteString)>,
 }
 
-/// A will (§3.1.2.5) ready to publish, with the delay to wait first.
-#[derive(Debug, Clone)]
+/// A will (§3.1.2.5) with what publishing it takes: the delay to wait
+/// first, and its Message Expiry Interval, which starts only when the will
+/// is published: it "is sent as the Publication Expiry Interval when the
+/// Server publishes the Will Message" (v5 §3.1.3.2.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingWill {
+    /// The message without an expiry (`publication` sets it). A will read
+    /// from a session record of format 1 or 2 carries the deadline those
+    /// wrote instead, and no `expiry`.
     pub message: SharedMessage,
     pub delay: Duration,
+    /// The will's Message Expiry Interval, capped by
+    /// `maxMessageExpirySeconds`; `None`: it does not expire.
+    pub expiry: Option<Duration>,
+}
+
+impl PendingWill {
+    /// The message to route when the will is published at `now`: its
+    /// expiry counts from now [MQTT-3.3.2-5].
+    pub fn publication(&self, now: Instant) -> SharedMessage {
+        match self.expiry {
+            Some(interval) => Arc::new(Message {
+                expires_at: now.checked_add(interval),
+                ..Message::clone(&self.message)
+            }),
+            None => self.message.clone(),
+        }
+    }
 }
 
 /// What the broker must act on. Each event names what the broker answers with.

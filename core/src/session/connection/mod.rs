@@ -19,7 +19,7 @@ use crate::codec::{
 use crate::limits::{ClientLimits, MAXIMUM_PACKET_SIZE_ANNOUNCED};
 use crate::topic::{Filter, TopicName};
 
-use super::message::{expiry, forwardable, Message, SharedMessage};
+use super::message::{expiry_interval, forwardable, Message, SharedMessage};
 use super::queue::{Enqueued, Entry, Queued, Stored};
 use super::state::{Inflight, InflightState, SessionState, Subscription};
 use super::{AllowAll, Permissions};
@@ -115,7 +115,7 @@ pub struct Connection {
     /// The CONNECT being decided by the broker.
     pending_connect: Option<Box<Connect>>,
     deferred: VecDeque<Packet>,
-    will: Option<(SharedMessage, Duration)>,
+    will: Option<PendingWill>,
     /// Keep-alive in force (after Server Keep Alive); zero disables it.
     keep_alive: Duration,
     /// The CONNECT timeout until the CONNECT is accepted (sent and
@@ -201,7 +201,7 @@ impl Connection {
 
     /// For the broker's buffer bookkeeping (`SessionState::spill_excess`).
     /// The will in force and its delay, while connected (for persistence).
-    pub fn will(&self) -> Option<(SharedMessage, Duration)> {
+    pub fn will(&self) -> Option<PendingWill> {
         self.will.clone()
     }
 
@@ -227,7 +227,7 @@ impl Connection {
         match self.phase {
             Phase::Closed => {}
             Phase::AwaitConnect => match packet {
-                Packet::Connect(connect) => self.handle_connect(now, connect),
+                Packet::Connect(connect) => self.handle_connect(connect),
                 _ => self.violate(Violation::FirstPacketNotConnect),
             },
             Phase::AwaitAccept => {
