@@ -167,3 +167,113 @@ fn a_wills_message_expiry_starts_when_it_is_published_v5_3_1_3_2_4() {
         assert!(sim.clients[watcher].connected());
     }
 }
+
+/// A CONNECT whose session ends with its connection (expiry 0) and whose
+/// will, on "status/twin", has a 30 s delay (v5 only).
+fn ephemeral_with_will(version: ProtocolVersion) -> Connect {
+    let v5 = version == ProtocolVersion::V5;
+    let will_props = Properties {
+        will_delay_interval: v5.then_some(30),
+        ..Properties::default()
+    };
+    Connect {
+        protocol_version: version,
+        clean_start: true,
+        keep_alive: 60,
+        properties: Properties::default().into(),
+        client_id: "".into(),
+        will: Some(Will {
+            topic: "status/twin".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: will_props.into(),
+        }),
+        username: None,
+        password: None,
+    }
+}
+
+/// A CONNECT that asks to resume its session (Clean Session / Clean Start
+/// 0; v5 keeping the session 100 s).
+fn resuming(version: ProtocolVersion) -> Connect {
+    let props = Properties {
+        session_expiry_interval: (version == ProtocolVersion::V5).then_some(100),
+        ..Properties::default()
+    };
+    Connect {
+        protocol_version: version,
+        clean_start: false,
+        keep_alive: 60,
+        properties: props.into(),
+        client_id: "".into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// A session whose expiry is 0 ends when its network connection closes, a
+/// takeover's too: a v3.1.1 Clean Session one "MUST NOT be reused in any
+/// subsequent Session" [MQTT-3.1.2-6], a v5 one ends with the connection
+/// (§3.1.2.11.2). A CONNECT taking it over while it is connected, asking
+/// to resume, gets Session Present 0 and none of its subscriptions; the
+/// old connection's will is published at once (the session's end cuts its
+/// delay short, §3.1.3.2.2). On the same shard and across shards.
+#[test]
+fn a_session_with_expiry_zero_is_not_handed_over_on_takeover_mqtt_3_1_2_6() {
+    for seed in seeds(10) {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for (old_shard, new_shard) in [(0, 0), (0, 1)] {
+                let case = format!("seed {seed} {version:?} shard {old_shard} -> {new_shard}");
+                let mut sim = Sim::new(seed, 2, ClientLimits::default(), 100);
+                let watcher = sim.add_client("watcher", "p");
+                let publisher = sim.add_client("publisher", "p");
+                let old = sim.add_client("twin", "p");
+                let new = sim.add_client("twin", "p");
+                sim.connect(watcher, 1, true, 0);
+                sim.connect(publisher, 1, true, 0);
+                sim.quiesce();
+                sim.subscribe(watcher, "status/#", QoS::AtLeastOnce);
+                sim.connect_with(old, old_shard, ephemeral_with_will(version));
+                sim.quiesce();
+                sim.subscribe(old, "a/#", QoS::AtLeastOnce);
+                sim.quiesce();
+                assert_eq!(sim.clients[old].seen.subacks, 1, "{case}");
+
+                sim.connect_with(new, new_shard, resuming(version));
+                sim.quiesce();
+                assert_eq!(
+                    sim.clients[new].seen.connacks,
+                    [(false, ReasonCode::Success)],
+                    "{case}: Session Present 0"
+                );
+                assert!(!sim.clients[old].connected(), "{case}");
+                let taken_over = match version {
+                    ProtocolVersion::V5 => vec![ReasonCode::SessionTakenOver],
+                    ProtocolVersion::V311 => Vec::new(),
+                };
+                assert_eq!(sim.clients[old].seen.disconnects, taken_over, "{case}");
+                let wills: Vec<&str> = sim.clients[watcher]
+                    .seen
+                    .publishes
+                    .iter()
+                    .map(|p| p.0.as_str())
+                    .collect();
+                assert_eq!(wills, ["status/twin"], "{case}: the will, at once");
+
+                // The new session has none of the old one's subscriptions.
+                sim.publish(
+                    publisher,
+                    "a/1",
+                    QoS::AtLeastOnce,
+                    false,
+                    Bytes::from_static(b"x"),
+                );
+                sim.quiesce();
+                assert!(sim.clients[new].seen.publishes.is_empty(), "{case}");
+                assert!(sim.clients[new].connected(), "{case}");
+            }
+        }
+    }
+}

@@ -1537,21 +1537,33 @@ fn a_refused_reauthentication_disconnects_with_a_disconnect_reason_mqtt_3_14_2_1
     }
 }
 
+/// [MQTT-3.1.4-3]: DISCONNECT 0x8E, and the session goes to the new
+/// connection (which decides on clean start), unless it ends with this
+/// one: expiry 0 (v5 §3.1.2.11.2, 3.1.1 Clean Session [MQTT-3.1.2-6]).
 #[test]
-fn takeover_closes_with_session_taken_over_and_hands_the_session_out() {
-    // [MQTT-3.1.4-3]
-    let mut h = Harness::new(ClientLimits::default());
-    h.connect_v5("c1");
-    h.conn.take_over();
-    assert_eq!(
-        disconnect_reason(&h.sent()),
-        Some(ReasonCode::SessionTakenOver)
-    );
-    let (_, session, _) = h.closed_event();
-    assert!(
-        session.is_some(),
-        "the new connection decides on clean start"
-    );
+fn takeover_closes_with_session_taken_over_and_hands_out_a_session_that_outlives_it() {
+    for (version, clean, expiry, handed) in [
+        (ProtocolVersion::V5, true, Some(60), true),
+        (ProtocolVersion::V5, false, None, false),
+        (ProtocolVersion::V5, true, Some(0), false),
+        (ProtocolVersion::V311, false, None, true),
+        (ProtocolVersion::V311, true, None, false),
+    ] {
+        let mut h = Harness::new(ClientLimits::default());
+        let mut c = connect(version, "c1", clean);
+        c.properties.session_expiry_interval = expiry;
+        h.connect_with(c, None);
+        h.conn.take_over();
+        let sent = disconnect_reason(&h.sent());
+        match version {
+            ProtocolVersion::V5 => assert_eq!(sent, Some(ReasonCode::SessionTakenOver)),
+            ProtocolVersion::V311 => assert_eq!(sent, None, "v3.1.1 has no server DISCONNECT"),
+        }
+        let (_, session, _) = h.closed_event();
+        let case = format!("{version:?} clean {clean} expiry {expiry:?}");
+        assert_eq!(session.is_some(), handed, "{case}");
+        assert_eq!(h.conn.take_ended_session().is_some(), !handed, "{case}");
+    }
 }
 
 /// A session's subscriptions are bounded in count and in bytes of filters:

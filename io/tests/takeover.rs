@@ -176,3 +176,38 @@ fn concurrent_connects_with_one_client_id_leave_exactly_one_session() {
     }
     assert_eq!(got, vec![b"m1".to_vec(), b"m2".to_vec()], "seed {seed}");
 }
+
+/// A connected v5 session with expiry 0 (no Session Expiry Interval) ends
+/// when a takeover closes its connection (§3.1.2.11.2; 3.1.1 Clean
+/// Session: [MQTT-3.1.2-6]): the CONNECT taking it over from another
+/// shard, asking to resume, gets Session Present 0 and none of its
+/// subscriptions, and the old client DISCONNECT 0x8E [MQTT-3.1.4-3].
+#[test]
+fn a_session_with_expiry_zero_ends_at_a_takeover_from_another_shard() {
+    use shardmq_core::codec::{Publish, ReasonCode};
+    let broker = Broker::start();
+    let (mut old, ack) = RawClient::connect_v5(broker.port("s0"), "ephemeral", None);
+    assert!(!ack.session_present);
+    old.subscribe("e/#", QoS::AtLeastOnce);
+    let (_new, ack) = RawClient::connect_v5(broker.port("s1"), "ephemeral", Some(300));
+    assert!(!ack.session_present, "nothing to resume");
+    match old.recv() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // The old session's subscription went with it: nobody matches e/1.
+    let (mut publisher, _) = RawClient::connect_v5(broker.port("s1"), "publisher", None);
+    publisher.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "e/1".into(),
+        packet_id: PacketId::new(1),
+        properties: Props::default(),
+        payload: bytes::Bytes::from_static(b"x"),
+    }));
+    match publisher.recv() {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, ReasonCode::NoMatchingSubscribers),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}

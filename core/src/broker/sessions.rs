@@ -86,7 +86,8 @@ impl<S: Store> Shard<S> {
     /// it) its index entries move to the new session (`moves`); otherwise
     /// they are removed. For another shard (`stays` false) its spilled
     /// messages are read back into memory first: buffer keys and records
-    /// are per shard.
+    /// are per shard. A connected session with expiry 0 is not taken: it
+    /// ends with its connection (`None`).
     pub(super) fn take_local(
         &mut self,
         session: SessionId,
@@ -105,7 +106,7 @@ impl<S: Store> Shard<S> {
         // Taken over or evicted: its claim in the cluster's registry is
         // over (a newer one, of this node or another, holds the id).
         self.cluster_superseded(session, client_id.as_ref());
-        let (state, closed_will) = match slot {
+        let (state, closed_will, ended) = match slot {
             Slot::Online(conn) => {
                 let taken = self.conns.get_mut(&conn).map(|c| {
                     c.machine.take_over();
@@ -116,15 +117,21 @@ impl<S: Store> Shard<S> {
                             taken = (session.map(|s| *s), will);
                         }
                     }
-                    taken
+                    (taken.0, taken.1, c.machine.take_ended_session())
                 });
                 // The old connection flushes its DISCONNECT 0x8E and closes.
                 self.close(conn);
                 self.wake(conn);
-                taken.unwrap_or((None, None))
+                taken.unwrap_or((None, None, None))
             }
-            Slot::Offline { state, .. } => (Some(*state), None),
+            Slot::Offline { state, .. } => (Some(*state), None, None),
         };
+        // Expiry 0: the session ended with the connection the takeover
+        // closed [MQTT-3.1.2-6] (v5 §3.1.2.11.2); the claimant starts anew.
+        let session_ended = ended.is_some();
+        if session_ended {
+            self.end_session_buffer(session, ended);
+        }
         let mut state = state;
         if let Some(st) = &state {
             // A will with a delay is not sent if the session resumes in
@@ -148,10 +155,12 @@ impl<S: Store> Shard<S> {
             (Some(to), true) => self.start_move(session, to, now),
             _ => self.unindex_session(session),
         }
-        // [MQTT-3.1.4-3] the taken-over connection's will is published,
-        // unless it has a delay and the session goes on (it does here).
+        // [MQTT-3.1.4-3] the taken-over connection's will is published
+        // (§3.1.2.5): at once if it has no delay or its session ended with
+        // the connection; a delayed one of a session that goes on is not,
+        // its client being back [MQTT-3.1.3-9].
         if let Some(will) = closed_will {
-            if will.delay.is_zero() {
+            if will.delay.is_zero() || session_ended {
                 self.publish_message(now, will.publication(now), None);
             }
         }

@@ -12,7 +12,8 @@ impl Connection {
     }
 
     /// Another connection took this session over [MQTT-3.1.4-3]: close with
-    /// Session Taken Over and hand the session state out in `Event::Closed`.
+    /// Session Taken Over and hand the session state out in `Event::Closed`,
+    /// unless it ends with this connection (expiry 0: `take_ended_session`).
     pub fn take_over(&mut self) {
         if self.phase == Phase::Connected {
             self.close_with(ReasonCode::SessionTakenOver);
@@ -134,12 +135,13 @@ impl Connection {
             .clone()
             .unwrap_or(CloseReason::ConnectionLost);
         let will = self.will.take();
-        // A taken-over session goes to the new connection whatever its
-        // expiry; otherwise it outlives the connection only if its expiry
-        // is not zero (§4.1).
-        let taken_over = reason == CloseReason::Server(ReasonCode::SessionTakenOver);
+        // A session outlives its connection only if its expiry is not
+        // zero (§4.1), a takeover's included: with expiry 0 it ends when
+        // the network connection closes (v5 §3.1.2.11.2), and a v3.1.1
+        // Clean Session one "MUST NOT be reused in any subsequent Session"
+        // [MQTT-3.1.2-6]; the connection taking over starts a new one.
         let session = match self.session.take() {
-            Some(s) if s.expiry_interval.is_zero() && !taken_over => {
+            Some(s) if s.expiry_interval.is_zero() => {
                 self.ended_session = Some(s);
                 None
             }
