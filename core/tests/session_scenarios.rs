@@ -339,6 +339,52 @@ fn a_connect_never_admitted_is_closed_at_the_connect_deadline() {
     }
 }
 
+/// What a client pipelines behind its CONNECT waits, unauthenticated, for
+/// the CONNECT to be decided: at most a CONNECT's worth of bytes of it
+/// (each packet alone may be that large), however slow the decision.
+#[test]
+fn packets_pipelined_behind_connect_are_bounded_in_bytes() {
+    let big = |n: usize| {
+        let mut p = publish("t", QoS::AtMostOnce, None, b"");
+        p.payload = Bytes::from(vec![7u8; n]);
+        Packet::Publish(p)
+    };
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V5,
+        "c1",
+        true,
+    ))));
+    assert!(matches!(h.events().as_slice(), [Event::Connect(_)]));
+    for _ in 0..3 {
+        h.recv(big(20 * 1024));
+        assert!(!h.conn.is_closed(), "60 KiB behind the CONNECT fit");
+    }
+    h.recv(big(8 * 1024));
+    assert!(h.conn.is_closed(), "68 KiB do not");
+    assert!(h.sent().is_empty(), "no CONNACK was decided");
+    // Accepted in time, the same packets go through.
+    let mut h = Harness::new(ClientLimits::default());
+    h.recv(Packet::Connect(Box::new(connect(
+        ProtocolVersion::V5,
+        "c2",
+        true,
+    ))));
+    h.events();
+    for _ in 0..3 {
+        h.recv(big(20 * 1024));
+    }
+    let now = h.now;
+    h.conn.accept(now, None, None, Box::new(AllowAll));
+    assert!(h.conn.is_connected());
+    let published = h
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Publish { .. }))
+        .count();
+    assert_eq!(published, 3);
+}
+
 #[test]
 fn second_connect_is_a_protocol_error() {
     // [MQTT-3.1.0-2]

@@ -196,6 +196,7 @@ impl Connection {
         if session_present {
             self.resend_inflight();
         }
+        self.deferred_bytes = 0;
         while let Some(packet) = self.deferred.pop_front() {
             if self.phase != Phase::Connected {
                 break;

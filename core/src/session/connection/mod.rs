@@ -46,6 +46,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets a client may pipeline behind CONNECT before the broker has
 /// accepted it; more is a client that does not wait and is cut off.
 const DEFERRED_PACKETS_MAX: usize = 64;
+/// Bytes of those packets (as encoded): an unauthenticated peer holds no
+/// more than a CONNECT's worth beside its CONNECT, however long the
+/// authentication takes (each packet alone may be up to `CONNECT_SIZE_MAX`).
+const DEFERRED_BYTES_MAX: usize = crate::limits::CONNECT_SIZE_MAX as usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -115,6 +119,8 @@ pub struct Connection {
     /// The CONNECT being decided by the broker.
     pending_connect: Option<Box<Connect>>,
     deferred: VecDeque<Packet>,
+    /// `deferred`'s packets' encoded bytes.
+    deferred_bytes: usize,
     will: Option<PendingWill>,
     /// Keep-alive in force (after Server Keep Alive); zero disables it.
     keep_alive: Duration,
@@ -162,6 +168,7 @@ impl Connection {
             session: None,
             pending_connect: None,
             deferred: VecDeque::new(),
+            deferred_bytes: 0,
             will: None,
             keep_alive: Duration::ZERO,
             deadline: now.checked_add(CONNECT_TIMEOUT),
@@ -231,8 +238,12 @@ impl Connection {
                 _ => self.violate(Violation::FirstPacketNotConnect),
             },
             Phase::AwaitAccept => {
+                let bytes = codec::encoded_len(&packet, self.version).unwrap_or(usize::MAX);
+                self.deferred_bytes = self.deferred_bytes.saturating_add(bytes);
                 if self.deferred.len() >= DEFERRED_PACKETS_MAX {
                     self.close_silently(CloseReason::Server(ReasonCode::ReceiveMaximumExceeded));
+                } else if self.deferred_bytes > DEFERRED_BYTES_MAX {
+                    self.close_silently(CloseReason::Server(ReasonCode::QuotaExceeded));
                 } else {
                     self.deferred.push_back(packet);
                 }
