@@ -1180,6 +1180,37 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
     }
 }
 
+/// A SUBSCRIBE's user properties reach the broker once, whatever its
+/// filter count: a copy per filter let one packet of many filters and
+/// many user properties multiply them into gigabytes.
+#[test]
+fn a_subscribes_user_properties_are_handed_over_once_not_per_filter() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut props = Properties::default();
+    props.user_properties = vec![("k".into(), "v".into()), ("k2".into(), "v2".into())];
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: props.into(),
+        filters: ["a", "b", "c"]
+            .into_iter()
+            .map(|f| (f.into(), SubscriptionOptions::default()))
+            .collect(),
+    }));
+    h.sent();
+    let carried: Vec<usize> = h
+        .events()
+        .iter()
+        .map(|e| match e {
+            Event::Subscribed {
+                user_properties, ..
+            } => user_properties.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(carried, [2, 0, 0]);
+}
+
 /// [MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.7.3-1], [MQTT-4.8.2-1],
 /// [MQTT-4.8.2-2]: a filter that breaks the syntax makes the SUBSCRIBE (or
 /// UNSUBSCRIBE) a Malformed Packet: DISCONNECT 0x81 and close (§4.13), with

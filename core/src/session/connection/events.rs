@@ -75,7 +75,8 @@ pub enum Event {
         subscription: Subscription,
         send_retained: bool,
         /// The SUBSCRIBE's user properties (v5): persistence's dynamic
-        /// opt-in for the session's queue.
+        /// opt-in for the session's queue. Only on the packet's first
+        /// `Subscribed` event; empty on the others.
         user_properties: Vec<(ByteString, ByteString)>,
     },
     /// Remove the subscription from the index.

@@ -5,7 +5,7 @@
 use super::*;
 
 impl Connection {
-    pub(super) fn handle_subscribe(&mut self, s: Subscribe) {
+    pub(super) fn handle_subscribe(&mut self, mut s: Subscribe) {
         // [MQTT-3.8.2-?] at most one Subscription Identifier (the codec
         // checks, and refuses 0 and values past the maximum), applying to
         // every filter of this SUBSCRIBE.
@@ -14,6 +14,14 @@ impl Connection {
             .subscription_identifiers
             .first()
             .and_then(|v| codec::SubscriptionId::new(*v));
+        // The user properties go with the first filter subscribed only: the
+        // broker reads them once per packet (the queue opt-in), and a copy
+        // per filter let one SUBSCRIBE multiply them by its filter count.
+        let mut user_properties = s
+            .properties
+            .get_mut()
+            .map(|p| std::mem::take(&mut p.user_properties))
+            .unwrap_or_default();
         // The whole packet is checked before any filter takes effect: a
         // malformed one closes the connection, and nothing of it applies.
         let mut parsed = Vec::with_capacity(s.filters.len());
@@ -81,7 +89,7 @@ impl Connection {
                 key: raw,
                 subscription,
                 send_retained,
-                user_properties: s.properties.user_properties.clone(),
+                user_properties: std::mem::take(&mut user_properties),
             });
         }
         // SUBACK is queued before the broker handles the Subscribed events,
