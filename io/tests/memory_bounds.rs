@@ -173,6 +173,55 @@ fn an_oversize_connect_is_refused_from_its_fixed_header() {
 }
 
 #[test]
+fn user_properties_past_the_servers_limit_are_refused_with_quota_exceeded() {
+    // One SUBSCRIBE of many filters and ~60 MiB of empty user properties
+    // made about 800 MB per filter (each got its own copy). Now a property
+    // set holds at most USER_PROPERTIES_MAX pairs: one more is refused with
+    // 0x97, in CONNACK for a CONNECT, in DISCONNECT after.
+    use shardmq_core::codec::{Properties, Subscribe, SubscriptionOptions, USER_PROPERTIES_MAX};
+    let broker = Broker::start();
+    let port = broker.port("s0");
+    let too_many = || {
+        let props = Properties {
+            user_properties: vec![("".into(), "".into()); USER_PROPERTIES_MAX + 1],
+            ..Properties::default()
+        };
+        props.into()
+    };
+    let (mut c, reason) = RawClient::connect_v5_with(port, "too-many", |c| {
+        c.properties = too_many();
+    });
+    assert_eq!(reason, ReasonCode::QuotaExceeded);
+    assert!(c.recv().is_none(), "closed after the CONNACK");
+
+    let (mut c, _) = RawClient::connect_v5(port, "subscriber", None);
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: too_many(),
+        filters: (0..100)
+            .map(|i| (format!("f/{i}").into(), SubscriptionOptions::default()))
+            .collect(),
+    }));
+    match c.recv() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::QuotaExceeded),
+        other => panic!("expected DISCONNECT 0x97, got {other:?}"),
+    }
+    assert!(c.recv().is_none(), "closed after the DISCONNECT");
+    // A set at the limit is an ordinary packet.
+    let (mut c, _) = RawClient::connect_v5(port, "at-the-limit", None);
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Properties {
+            user_properties: vec![("k".into(), "v".into()); USER_PROPERTIES_MAX],
+            ..Properties::default()
+        }
+        .into(),
+        filters: vec![("f/0".into(), SubscriptionOptions::default())],
+    }));
+    assert!(matches!(c.recv(), Some(Packet::SubAck(_))));
+}
+
+#[test]
 fn the_largest_partial_packet_is_closed_first_when_the_shard_budget_is_used_up() {
     // Connected clients may each hold a packet up to maxPacketSizeBytes
     // while it arrives: without a shard-wide bound, N of them hold N x 256

@@ -135,6 +135,14 @@ pub enum DecodeError {
     },
     #[error("§2.2.2.2 invalid value {value} for property {property}")]
     InvalidPropertyValue { property: PropertyId, value: u32 },
+
+    // ---- The server's own limits ----
+    /// Well-formed, but past what the broker decodes (`USER_PROPERTIES_MAX`).
+    #[error("more than {max} User Properties in {context}, the server's limit")]
+    TooManyUserProperties {
+        context: PropertyContext,
+        max: usize,
+    },
 }
 
 impl DecodeError {
@@ -148,6 +156,11 @@ impl DecodeError {
             EmptyClientIdWithoutCleanSession => ReasonCode::ClientIdentifierNotValid,
             TopicWildcard | EmptyTopic => ReasonCode::TopicNameInvalid,
             TopicAliasZero => ReasonCode::TopicAliasInvalid,
+            // "An implementation or administrative imposed limit has been
+            // exceeded": valid in CONNACK and DISCONNECT (§3.2.2.2,
+            // §3.14.2.1). Not 0x95, which the client would read as its
+            // packet passing our Maximum Packet Size when it did not.
+            TooManyUserProperties { .. } => ReasonCode::QuotaExceeded,
             FirstPacketNotConnect(_)
             | ZeroPacketId(_)
             | SessionPresentOnRefusal

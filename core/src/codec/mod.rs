@@ -22,7 +22,9 @@ pub use encode::{encode, encode_forward, encode_publish, encode_within, encoded_
 pub use error::{DecodeError, EncodeError};
 pub use inbox::{Inbox, LARGE_FRAME_BYTES};
 pub use packet::*;
-pub use properties::{Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX};
+pub use properties::{
+    Properties, PropertyContext, PropertyId, SUBSCRIPTION_IDENTIFIER_MAX, USER_PROPERTIES_MAX,
+};
 pub use props::Props;
 pub use reason::ReasonCode;
 pub use wire::VARINT_MAX;

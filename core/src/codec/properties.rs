@@ -317,6 +317,15 @@ impl std::fmt::Display for PropertyId {
 /// Largest Subscription Identifier, the largest Variable Byte Integer (§2.2.2.2).
 pub const SUBSCRIPTION_IDENTIFIER_MAX: u32 = 268_435_455;
 
+/// User Properties the decoder accepts in one property set (a CONNECT's
+/// Will Properties are a set of their own). The spec sets no number
+/// (§3.3.2.3.7), but a pair is 5 bytes on the wire and 64 decoded: 60 MiB
+/// of empty pairs decoded to 12.5 million entries, about 800 MB. Real
+/// clients send a handful; this leaves them hundreds of times that, and
+/// bounds a decoded set to 256 KiB of entries (their strings stay slices
+/// of the frame).
+pub const USER_PROPERTIES_MAX: usize = 4096;
+
 impl Properties {
     /// The identifiers of the properties present, in wire order (a repeated
     /// property is listed once).

@@ -7,7 +7,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
-use super::properties::{Properties, PropertyContext, PropertyId};
+use super::properties::{Properties, PropertyContext, PropertyId, USER_PROPERTIES_MAX};
 use super::props::Props;
 use super::wire::{put_binary, put_string, put_varint, varint_len, Reader};
 
@@ -42,6 +42,14 @@ pub(crate) fn read_properties(
             return Err(DecodeError::DuplicateProperty {
                 property: id,
                 context: ctx,
+            });
+        }
+        // Refused before the entry is decoded, so a hostile set never
+        // costs more than the bound (see USER_PROPERTIES_MAX).
+        if id == PropertyId::UserProperty && props.user_properties.len() >= USER_PROPERTIES_MAX {
+            return Err(DecodeError::TooManyUserProperties {
+                context: ctx,
+                max: USER_PROPERTIES_MAX,
             });
         }
         read_value(&mut p, id, &mut props)?;

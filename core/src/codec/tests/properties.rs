@@ -107,6 +107,39 @@ fn user_property_may_repeat_everywhere() {
     assert_eq!(r.properties.user_properties.len(), 3);
 }
 
+/// One SUBSCRIBE of 60 MiB of empty user properties decoded to 12.5
+/// million entries (~800 MB). The decoder stops at the bound, before the
+/// entry past it is built; the broker answers 0x97 Quota exceeded.
+#[test]
+fn user_properties_past_the_servers_limit_are_refused() {
+    let empty_pair = [0x26, 0, 0, 0, 0];
+    let subscribe = |pairs: usize| {
+        let props = empty_pair.repeat(pairs);
+        let mut body = vec![0, 1];
+        put_varint_vec(&mut body, props.len() as u32);
+        body.extend_from_slice(&props);
+        body.extend_from_slice(&[0, 1, b'a', 0]);
+        frame(0x82, &body)
+    };
+    let Some(Packet::Subscribe(s)) =
+        decode_packet(&mut subscribe(USER_PROPERTIES_MAX), V5, MAX).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.properties.user_properties.len(), USER_PROPERTIES_MAX);
+    let e = decode_packet(&mut subscribe(USER_PROPERTIES_MAX + 1), V5, MAX).unwrap_err();
+    assert_eq!(
+        e,
+        DecodeError::TooManyUserProperties {
+            context: PropertyContext::Subscribe,
+            max: USER_PROPERTIES_MAX
+        }
+    );
+    assert_eq!(e.reason_code(), ReasonCode::QuotaExceeded);
+    assert!(e.reason_code().valid_in(PacketType::Disconnect));
+    assert!(e.reason_code().valid_in(PacketType::ConnAck));
+}
+
 #[test]
 fn subscription_identifier_repeats_only_in_publish() {
     // PUBLISH with two subscription identifiers.
