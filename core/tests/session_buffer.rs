@@ -279,6 +279,32 @@ fn a_session_keeps_at_most_its_share_of_the_memory_budget_then_spills() {
 }
 
 #[test]
+fn a_queued_message_counts_the_properties_it_keeps() {
+    // A 6-byte payload with 1 MiB of user properties (slices of the
+    // PUBLISH's frame, which stays alive with them) counted like any
+    // 6-byte message: a queue of them held 1 MiB per ~270 bytes counted.
+    let mut m = (*message(0, QoS::AtLeastOnce)).clone();
+    m.properties.user_properties = vec![("k".into(), ByteString::from("v".repeat(1024))); 1024];
+    let m = Arc::new(m);
+    assert!(memory_cost(&m) > 1 << 20, "{}", memory_cost(&m));
+    let mut shard = Shard::new(u64::MAX);
+    let mut state = session();
+    let l = limit(1000, QueueFullStrategy::None);
+    let queued = state.enqueue(
+        Instant::now(),
+        &m,
+        &granted(QoS::AtLeastOnce),
+        false,
+        &l,
+        &mut shard.lease(OWNER),
+    );
+    assert_eq!(queued, Enqueued::Queued);
+    assert_eq!(shard.memory_bytes(), memory_cost(&m));
+    discard(&mut state, &mut shard);
+    assert_eq!(shard.memory_bytes(), 0);
+}
+
+#[test]
 fn a_session_past_its_disk_share_is_full_while_the_buffer_has_room() {
     // With the disk buffer, one non-reading subscriber took the shard's
     // whole share of maxSize; now it takes its own share and then its

@@ -156,8 +156,8 @@ async fn metrics_count_the_traffic_that_was_sent() {
     assert_eq!(m("shardmq_subscriptions", &[]), 1.0);
     assert_eq!(m("shardmq_retained_messages", &[]), 1.0);
     // What it counts against retainedMessages.maxSize: payload (7) + topic
-    // (3) + 256 per message (`memory_cost`).
-    assert_eq!(m("shardmq_retained_bytes", &[]), 7.0 + 3.0 + 256.0);
+    // (3) + publisher's client id (5) + 256 per message (`memory_cost`).
+    assert_eq!(m("shardmq_retained_bytes", &[]), 7.0 + 3.0 + 5.0 + 256.0);
     // Deliveries crossed the mesh: the subscriber is on the other shard.
     assert!(m("shardmq_mesh_messages_sent_total", &[("shard", "0")]) >= 18.0);
     assert_eq!(m("shardmq_ready", &[]), 1.0);

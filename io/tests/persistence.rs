@@ -408,7 +408,8 @@ async fn what_does_not_fit_at_restore_is_dropped_from_disk_too() {
     publish_acked(s.port, "p", &[("a", "1"), ("b", "2"), ("c", "3")]).await;
     kill9(broker);
 
-    // Each message counts payload + topic + 256 bytes: two fit in 600.
+    // Each message counts payload + topic + client id + 256 bytes: two
+    // fit in 600.
     let original = std::fs::read_to_string(&s.config).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
     config["retainedMessages"] = serde_json::json!({"maxSize": 600});

@@ -57,21 +57,24 @@ impl Tombstones {
 
     /// Records `clear` (its topic, stamp and publisher; nothing else).
     pub(super) fn insert(&mut self, clear: &Message) {
+        // Copies: the clear's topic and origin are slices of the frame it
+        // came in (a PUBLISH with any properties, a batch from a peer),
+        // which `cost` does not count and a tombstone would keep alive.
+        let topic = clear.topic.detached();
         let tombstone = Arc::new(Message {
-            topic: clear.topic.clone(),
+            topic: topic.clone(),
             payload: bytes::Bytes::new(),
             qos: QoS::AtMostOnce,
             retain: true,
             properties: Default::default(),
             expires_at: None,
-            origin: clear.origin.clone(),
+            origin: bytestring::ByteString::from(&*clear.origin),
             retain_stamp: clear.retain_stamp,
         });
-        self.remove(&clear.topic);
+        self.remove(&topic);
         self.bytes += Self::cost(&tombstone);
-        self.order
-            .push_back((clear.topic.clone(), clear.retain_stamp));
-        self.by_topic.insert(clear.topic.clone(), tombstone);
+        self.order.push_back((topic.clone(), clear.retain_stamp));
+        self.by_topic.insert(topic, tombstone);
         while self.by_topic.len() > TOMBSTONES_MAX || self.bytes > TOMBSTONE_BYTES_MAX {
             let Some((topic, stamp)) = self.order.pop_front() else {
                 break;
@@ -337,6 +340,50 @@ mod tests {
         s.handle_cluster_retained(vec![change("r", b"remote", 40)], now);
         s.publish_message(now, Arc::new(change("r", b"local", 0)), None);
         assert_eq!(held(&s), [("r".into(), b"local".to_vec(), 41)]);
+    }
+
+    #[test]
+    fn a_retained_message_counts_the_properties_it_keeps() {
+        // A 1-byte payload with 512 KiB of user properties counted ~260
+        // bytes against `retainedMessages.maxSize` (1 MiB here) while it
+        // held them (its properties are slices of the PUBLISH's frame).
+        let mut s = shard();
+        let big = || {
+            let mut m = change("r", b"x", 0);
+            m.properties.user_properties =
+                vec![("k".into(), bytestring::ByteString::from("v".repeat(1024))); 512];
+            Arc::new(m)
+        };
+        s.publish_message(t0(), big(), None);
+        assert_eq!(s.retained.len(), 1);
+        assert!(s.retained.bytes() > 512 << 10, "{}", s.retained.bytes());
+        // A second such message does not fit beside it.
+        let mut other = (*big()).clone();
+        other.topic = TopicName::try_from("q").unwrap_or_else(|_| unreachable!());
+        s.publish_message(t0(), Arc::new(other), None);
+        assert_eq!(s.retained.len(), 1);
+    }
+
+    #[test]
+    fn a_tombstone_does_not_keep_the_frame_of_its_clear() {
+        // The clear's topic and origin are slices of its frame; the
+        // tombstone (counted as topic + origin + 64) keeps copies.
+        let frame = bytes::Bytes::from(vec![b'a'; 1 << 20]);
+        let within = |s: &str| frame.as_ptr_range().contains(&s.as_ptr());
+        let mut clear = change("x", b"", 5);
+        clear.topic = TopicName::new(
+            bytestring::ByteString::try_from(frame.slice(0..8)).unwrap_or_else(|_| unreachable!()),
+        )
+        .unwrap_or_else(|_| unreachable!());
+        clear.origin =
+            bytestring::ByteString::try_from(frame.slice(8..16)).unwrap_or_else(|_| unreachable!());
+        let mut t = Tombstones::default();
+        t.insert(&clear);
+        let kept = t.get(&clear.topic).unwrap_or_else(|| unreachable!());
+        assert_eq!(kept.topic, clear.topic);
+        assert!(!within(kept.topic.as_str()) && !within(&kept.origin));
+        assert!(t.order.iter().all(|(topic, _)| !within(topic.as_str())));
+        assert!(t.by_topic.keys().all(|topic| !within(topic.as_str())));
     }
 
     #[test]

@@ -15,12 +15,20 @@ use crate::session::Message;
 /// would count as 100 KB while holding ~25 MB.
 pub const MESSAGE_OVERHEAD_BYTES: u64 = 256;
 
-/// Bytes one queued message counts against the memory budget: payload,
-/// topic and [`MESSAGE_OVERHEAD_BYTES`]. Shared messages (fan-out) count
-/// once per session holding them, so the budget errs on the side of
+/// Bytes one queued or retained message counts against its budget:
+/// payload, topic, publisher's client id, properties
+/// (`Properties::held_bytes`) and [`MESSAGE_OVERHEAD_BYTES`]. The payload
+/// and properties are slices of the PUBLISH's frame, which they keep
+/// alive: counted without its properties, a retained 1-byte message with
+/// 64 MiB of user properties counted ~260 bytes. Shared messages (fan-out)
+/// count once per session holding them, so the budget errs on the side of
 /// spilling early.
 pub fn memory_cost(message: &Message) -> u64 {
-    (message.payload.len() + message.topic.as_str().len()) as u64 + MESSAGE_OVERHEAD_BYTES
+    // PERF: telemetry carries no properties: one branch, nothing to walk.
+    let properties = message.properties.as_deref().map_or(0, |p| p.held_bytes());
+    (message.payload.len() + message.topic.as_str().len() + message.origin.len() + properties)
+        as u64
+        + MESSAGE_OVERHEAD_BYTES
 }
 
 /// Bytes of queued messages one shard keeps in memory for slow or offline

@@ -103,6 +103,34 @@ impl Properties {
     pub fn is_empty(&self) -> bool {
         self.present_bits() == 0
     }
+
+    /// Bytes this set keeps alive once boxed and kept (a queued or
+    /// retained message's properties): the box, its vectors' entries, and
+    /// its strings and binaries, which are slices of the frame they came
+    /// in. A walk of the user properties: call it where a message is
+    /// counted, not per byte sent.
+    pub fn held_bytes(&self) -> usize {
+        let string = |v: &Option<ByteString>| v.as_ref().map_or(0, |v| v.len());
+        let binary = |v: &Option<Bytes>| v.as_ref().map_or(0, Bytes::len);
+        let user: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        std::mem::size_of::<Properties>()
+            + self.user_properties.len() * std::mem::size_of::<(ByteString, ByteString)>()
+            + self.subscription_identifiers.len() * std::mem::size_of::<u32>()
+            + user
+            + string(&self.content_type)
+            + string(&self.response_topic)
+            + binary(&self.correlation_data)
+            + string(&self.assigned_client_identifier)
+            + string(&self.authentication_method)
+            + binary(&self.authentication_data)
+            + string(&self.response_information)
+            + string(&self.server_reference)
+            + string(&self.reason_string)
+    }
 }
 
 /// Where a property set appears: a packet type, or the Will Properties of a

@@ -1,6 +1,7 @@
 //! `TopicName`: the validated topic of a PUBLISH or a will (MQTT 5.0 §4.7,
 //! §3.3.2.1). Owns no copy: it wraps the codec's `ByteString`, so clones share
-//! the packet buffer. Does not resolve topic aliases (the session does).
+//! the packet buffer (`detached` copies, for what outlives the packet). Does
+//! not resolve topic aliases (the session does).
 //! INVARIANT: 1..=65535 bytes, no '+', '#' or U+0000.
 
 use std::borrow::Borrow;
@@ -46,6 +47,13 @@ impl TopicName {
 
     pub fn levels(&self) -> Levels<'_> {
         self.0.split('/')
+    }
+
+    /// The same name in an allocation of its own, for what is kept long
+    /// after its packet: a clone shares, and keeps alive, the whole frame
+    /// the name came in (which may be megabytes of properties or payload).
+    pub fn detached(&self) -> TopicName {
+        TopicName(ByteString::from(self.as_str()))
     }
 }
 
