@@ -132,6 +132,10 @@ pub struct ClientLimits {
     /// Topic aliases the broker accepts from a client (Topic Alias Maximum in
     /// CONNACK). 0 disables client-to-broker aliases.
     pub topic_alias_max: u16,
+    /// Bytes of topic names a connection's aliases may hold together (the
+    /// count alone lets 65,535 aliases of 64 KiB topics hold 4 GiB). Not a
+    /// config key.
+    pub topic_alias_bytes_max: NonZeroU32,
     /// `subscriberQueueLimit`.
     pub queue: QueueLimit,
     /// Subscriptions one session may hold; bounds the trie per client.
@@ -155,6 +159,7 @@ impl Default for ClientLimits {
             spilled_inflight_max: nz16(SPILLED_INFLIGHT_MAX),
             keep_alive_max: nz16(65_535),
             topic_alias_max: 65_535,
+            topic_alias_bytes_max: nz32(TOPIC_ALIAS_BYTES_MAX),
             queue: QueueLimit::default(),
             subscriptions_per_session_max: nz32(10_000),
             subscription_bytes_per_session_max: nz32(SUBSCRIPTION_BYTES_PER_SESSION_MAX),
@@ -165,6 +170,10 @@ impl Default for ClientLimits {
 
 /// 1 MiB of filters per session: 10,000 filters of 100 bytes.
 pub const SUBSCRIPTION_BYTES_PER_SESSION_MAX: u32 = 1 << 20;
+
+/// 1 MiB of aliased topic names per connection: 10,000 aliases of 100
+/// bytes, or every one of the 65,535 of 16.
+pub const TOPIC_ALIAS_BYTES_MAX: u32 = 1 << 20;
 
 const fn nz32(v: u32) -> NonZeroU32 {
     match NonZeroU32::new(v) {

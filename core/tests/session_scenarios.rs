@@ -1454,6 +1454,113 @@ fn outbound_topic_aliases_stay_within_the_clients_maximum() {
     );
 }
 
+/// A frame of `len` bytes starting with `topic`, and a topic that is a
+/// slice of it, as the codec makes them.
+fn frame_with_topic(topic: &str, len: usize) -> (Bytes, ByteString) {
+    let mut bytes = topic.as_bytes().to_vec();
+    bytes.resize(len, b'x');
+    let frame = Bytes::from(bytes);
+    let topic = ByteString::try_from(frame.slice(..topic.len())).unwrap();
+    (frame, topic)
+}
+
+/// A client-to-broker alias kept a slice of the PUBLISH that set it, so
+/// the connection held the whole frame (1 MiB here, up to the packet size
+/// limit) for a topic of a few bytes, per alias.
+#[test]
+fn an_inbound_topic_alias_keeps_a_copy_not_the_publishs_frame() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let (frame, topic) = frame_with_topic("t/alias", 1 << 20);
+    let mut first = publish("", QoS::AtMostOnce, None, b"");
+    first.topic = topic;
+    first.payload = frame.slice(7..);
+    first.properties.topic_alias = Some(1);
+    h.recv(Packet::Publish(first));
+    let mut second = publish("", QoS::AtMostOnce, None, b"2");
+    second.properties.topic_alias = Some(1);
+    h.recv(Packet::Publish(second));
+    let topics: Vec<String> = h
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Publish { message, .. } => message.topic.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, ["t/alias", "t/alias"]);
+    assert!(frame.is_unique(), "the connection still holds the frame");
+}
+
+/// 65,535 aliases of 64 KiB topics held 4 GiB per connection: the topic
+/// names of a connection's aliases are bounded in bytes; past the bound
+/// the client is told 0x97 Quota exceeded (the mapping cannot be refused
+/// alone: its next alias-only PUBLISH would mean another topic).
+#[test]
+fn inbound_topic_aliases_are_bounded_in_bytes() {
+    let mut limits = ClientLimits::default();
+    limits.topic_alias_bytes_max = NonZeroU32::new(10).unwrap();
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    let send = |h: &mut Harness, topic: &str, alias: u16| {
+        let mut p = publish(topic, QoS::AtMostOnce, None, b"1");
+        p.properties.topic_alias = Some(alias);
+        h.recv(Packet::Publish(p));
+    };
+    send(&mut h, "abcdef", 1);
+    send(&mut h, "abc", 1); // replaces alias 1's 6 bytes
+    send(&mut h, "abc", 1); // the same mapping again
+    send(&mut h, "ghijklm", 2); // 3 + 7 = 10
+    assert!(h.sent().is_empty());
+    assert!(!h.conn.is_closed());
+    send(&mut h, "x", 3);
+    assert_eq!(
+        disconnect_reason(&h.sent()),
+        Some(ReasonCode::QuotaExceeded)
+    );
+    assert!(h.conn.is_closed());
+}
+
+/// A broker-to-client alias kept the delivered message's topic, a slice
+/// of its publisher's frame: up to the client's Topic Alias Maximum
+/// frames stayed alive as long as the subscriber's connection. The
+/// aliases keep copies, and new ones stop at the byte bound (a topic may
+/// always be sent without one).
+#[test]
+fn outbound_topic_aliases_keep_copies_and_stop_at_the_byte_bound() {
+    let mut limits = ClientLimits::default();
+    limits.topic_alias_bytes_max = NonZeroU32::new(8).unwrap();
+    let mut h = Harness::new(limits);
+    let mut c = connect(ProtocolVersion::V5, "sub", true);
+    c.properties.topic_alias_maximum = Some(10);
+    h.connect_with(c, None);
+    let (frame, topic) = frame_with_topic("t/alias", 64 << 10);
+    let m = Arc::new(Message {
+        topic: TopicName::new(topic).unwrap(),
+        payload: frame.slice(7..),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+        origin: ByteString::from_static("publisher"),
+        retain_stamp: 0,
+    });
+    for m in [m, message("t/2", QoS::AtMostOnce, b"m")] {
+        h.deliver(h.now, &m, &granted(QoS::AtMostOnce));
+    }
+    let sent: Vec<(String, Option<u16>)> = h
+        .sent()
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // 7 bytes of aliased topics; 3 more would pass 8.
+    assert_eq!(sent, [("t/alias".into(), Some(1)), ("t/2".into(), None)]);
+    assert!(frame.is_unique(), "the connection still holds the frame");
+}
+
 #[test]
 fn expired_messages_are_not_delivered_and_remaining_expiry_is_sent() {
     // [MQTT-3.3.2-5], [MQTT-3.3.2-6]

@@ -130,9 +130,15 @@ pub struct Connection {
     deadline: Option<Instant>,
     /// Client-to-broker topic aliases (v5 §3.3.2.3.4), per connection.
     aliases_in: HashMap<u16, TopicName>,
+    /// Bytes of the topic names in `aliases_in`; at most
+    /// `topic_alias_bytes_max`.
+    aliases_in_bytes: usize,
     /// Broker-to-client aliases assigned so far; never more than the client's
     /// Topic Alias Maximum [MQTT-3.3.2-9].
     aliases_out: HashMap<TopicName, u16>,
+    /// Bytes of the topic names in `aliases_out`; at most
+    /// `topic_alias_bytes_max`.
+    aliases_out_bytes: usize,
     /// `accept` resumed the session it was given (CONNACK Session Present).
     session_present: bool,
     /// Incoming QoS 1 publishes handed to the broker and not yet acknowledged;
@@ -173,7 +179,9 @@ impl Connection {
             keep_alive: Duration::ZERO,
             deadline: now.checked_add(CONNECT_TIMEOUT),
             aliases_in: HashMap::new(),
+            aliases_in_bytes: 0,
             aliases_out: HashMap::new(),
+            aliases_out_bytes: 0,
             session_present: false,
             incoming_qos1_pending: 0,
             transmit: VecDeque::new(),

@@ -142,9 +142,33 @@ impl Connection {
         }
         let topic = TopicName::new(publish.topic.clone()).map_err(Violation::TopicNameInvalid)?;
         if let Some(alias) = alias {
-            self.aliases_in.insert(alias, topic.clone());
+            self.record_alias(alias, &topic)?;
         }
         Ok(topic)
+    }
+
+    /// Maps `alias` to `topic` for this connection (v5 §3.3.2.3.4), whether
+    /// or not the PUBLISH is then allowed: the client's next alias-only
+    /// PUBLISH relies on it. The alias keeps a copy: the topic is a slice
+    /// of the PUBLISH's frame, which the alias would keep alive for the
+    /// connection's life (megabytes of payload behind a short topic). The
+    /// copies are bounded in bytes (`topic_alias_bytes_max`).
+    fn record_alias(&mut self, alias: u16, topic: &TopicName) -> Result<(), Violation> {
+        let replaced = match self.aliases_in.get(&alias) {
+            // PERF: clients that send the topic with its alias every time
+            // pay a compare, not a copy.
+            Some(known) if known == topic => return Ok(()),
+            Some(known) => known.as_str().len(),
+            None => 0,
+        };
+        let max = self.limits.topic_alias_bytes_max.get();
+        let bytes = self.aliases_in_bytes - replaced + topic.as_str().len();
+        if bytes > max as usize {
+            return Err(Violation::TopicAliasBytesExceeded { max });
+        }
+        self.aliases_in_bytes = bytes;
+        self.aliases_in.insert(alias, topic.detached());
+        Ok(())
     }
 
     /// The broker routed an incoming QoS 1/2 publish (`reason` Success,

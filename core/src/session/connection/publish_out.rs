@@ -357,7 +357,11 @@ impl Connection {
         match codec::encode_forward(&forward, self.version, self.client.packet_size_max, buf) {
             Ok(_) => {
                 if let OutAlias::New(a) = alias {
-                    self.aliases_out.insert(m.topic.clone(), a);
+                    // A copy, once per alias: the message's topic is a
+                    // slice of its publisher's frame, which the alias
+                    // would keep alive for this connection's life.
+                    self.aliases_out_bytes += m.topic.as_str().len();
+                    self.aliases_out.insert(m.topic.detached(), a);
                 }
                 true
             }
@@ -380,8 +384,10 @@ impl Connection {
     }
 
     /// The topic alias for a PUBLISH on `topic` (v5, within the client's
-    /// Topic Alias Maximum [MQTT-3.3.2-9]). A `New` one is recorded by the
-    /// caller once the packet is sent.
+    /// Topic Alias Maximum [MQTT-3.3.2-9], and while the aliases hold less
+    /// than `topic_alias_bytes_max` of topic names: past it, topics go
+    /// without one, which the sender may always do). A `New` one is
+    /// recorded by the caller once the packet is sent.
     pub(super) fn outgoing_alias(&self, topic: &TopicName) -> OutAlias {
         if self.version != ProtocolVersion::V5 || self.client.topic_alias_max == 0 {
             return OutAlias::None;
@@ -390,7 +396,10 @@ impl Connection {
             // The client already knows this alias: send an empty topic.
             return OutAlias::Known(a);
         }
-        if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max) {
+        let bytes_max = self.limits.topic_alias_bytes_max.get() as usize;
+        if (self.aliases_out.len() as u64) < u64::from(self.client.topic_alias_max)
+            && self.aliases_out_bytes + topic.as_str().len() <= bytes_max
+        {
             return OutAlias::New(self.aliases_out.len() as u16 + 1);
         }
         OutAlias::None

@@ -28,6 +28,8 @@ pub enum Violation {
     TopicAliasAboveMaximum { alias: u16, max: u16 },
     #[error("§3.3.2.3.4 an empty topic name with no Topic Alias the server knows")]
     UnknownTopicAlias,
+    #[error("topic aliases would hold more than {max} bytes of topic names, the server's limit")]
+    TopicAliasBytesExceeded { max: u32 },
     #[error("the topic name is not valid: {0}")]
     TopicNameInvalid(TopicError),
     #[error("[MQTT-3.3.4-6] a PUBLISH from a client carries a Subscription Identifier")]
@@ -65,6 +67,10 @@ impl Violation {
             | Violation::SessionExpiryFromZero => ReasonCode::ProtocolError,
             // v5 §3.3.2.3.4: "... DISCONNECT with Reason Code 0x94".
             Violation::TopicAliasAboveMaximum { .. } => ReasonCode::TopicAliasInvalid,
+            // A limit of the server's, not a rule the client broke: the
+            // mapping cannot be refused without the client's next
+            // alias-only PUBLISH meaning something else.
+            Violation::TopicAliasBytesExceeded { .. } => ReasonCode::QuotaExceeded,
             Violation::TopicNameInvalid(e) => e.reason_code(),
             // v5 §3.3.4: "... DISCONNECT with Reason Code 0x93".
             Violation::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
