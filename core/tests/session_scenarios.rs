@@ -1180,6 +1180,39 @@ fn subscribe_returns_granted_qos_and_raises_index_events() {
     }
 }
 
+/// A subscription kept its filter as a slice of the SUBSCRIBE, so one
+/// short filter in a large packet kept the whole frame alive for as long
+/// as it was subscribed, uncounted by the 1 MiB filter quota.
+#[test]
+fn a_subscription_keeps_a_copy_of_its_filter_not_the_subscribes_frame() {
+    let mut h = Harness::new(ClientLimits::default());
+    h.connect_v5("c1");
+    let mut bytes = b"a/+$share/g/x".to_vec();
+    bytes.resize(1 << 20, b'x');
+    let frame = Bytes::from(bytes);
+    let slice = |r: std::ops::Range<usize>| ByteString::try_from(frame.slice(r)).unwrap();
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: Props::default(),
+        filters: vec![
+            (slice(0..3), SubscriptionOptions::default()),
+            (slice(3..13), SubscriptionOptions::default()),
+        ],
+    }));
+    assert!(matches!(h.sent().as_slice(), [Packet::SubAck(_)]));
+    assert_eq!(h.events().len(), 2);
+    let mut kept: Vec<&str> = h
+        .conn
+        .session()
+        .unwrap()
+        .subscriptions()
+        .map(|(k, _)| &**k)
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["$share/g/x", "a/+"]);
+    assert!(frame.is_unique(), "the session still holds the frame");
+}
+
 /// A SUBSCRIBE's user properties reach the broker once, whatever its
 /// filter count: a copy per filter let one packet of many filters and
 /// many user properties multiply them into gigabytes.

@@ -63,6 +63,19 @@ impl Connection {
             if !existed {
                 bytes += raw.len();
             }
+            // Copies: a filter is kept (the session, the index, the
+            // session's record) as long as it is subscribed, and as slices
+            // it kept the whole SUBSCRIBE alive, which the quota above
+            // does not count.
+            let raw = ByteString::from(&*raw);
+            let filter = match Filter::parse(raw.clone()) {
+                Ok(f) => f,
+                // The same bytes parsed above: never taken.
+                Err(e) => return self.violate(Violation::TopicFilterMalformed(e)),
+            };
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
             let subscription = Subscription {
                 filter,
                 options,
