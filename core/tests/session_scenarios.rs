@@ -1616,6 +1616,48 @@ fn expired_messages_are_not_delivered_and_remaining_expiry_is_sent() {
     assert_eq!(h.conn.session().unwrap().stats.dropped_expired, 1);
 }
 
+/// What outlives the CONNECT (the client id, in the session, the registry
+/// and every message's origin; the authentication method; the will) was
+/// slices of its frame, which stayed alive with them: 64 KiB of password
+/// or token per session, and per retained will after the session ended.
+#[test]
+fn what_outlives_the_connect_does_not_keep_its_frame() {
+    let mut bytes = b"c1AUTHw/tpayloadctkvpass".to_vec();
+    bytes.resize(60 << 10, b'x');
+    let frame = Bytes::from(bytes);
+    let slice = |r: std::ops::Range<usize>| ByteString::try_from(frame.slice(r)).unwrap();
+    let mut h = Harness::new(ClientLimits::default());
+    let mut c = connect(ProtocolVersion::V5, "", true);
+    c.client_id = slice(0..2);
+    c.properties.authentication_method = Some(slice(2..6));
+    c.username = Some(slice(20..21));
+    c.password = Some(frame.slice(20..));
+    let mut wp = Properties::default();
+    wp.content_type = Some(slice(16..17));
+    wp.user_properties = vec![(slice(17..18), slice(18..19))];
+    wp.correlation_data = Some(frame.slice(19..20));
+    c.will = Some(Will {
+        topic: slice(6..9),
+        payload: frame.slice(9..16),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: wp.into(),
+    });
+    h.connect_with(c, None);
+    assert_eq!(h.conn.client_id().map(|c| &**c), Some("c1"));
+    h.conn.handle_connection_lost();
+    let (_, _, will) = h.closed_event();
+    let will = will.expect("abnormal close publishes the will");
+    assert_eq!(will.message.topic.as_str(), "w/t");
+    assert_eq!(&will.message.payload[..], b"payload");
+    assert_eq!(&will.message.origin, "c1");
+    assert_eq!(will.message.properties.user_properties.len(), 1);
+    assert!(
+        frame.is_unique(),
+        "the connection or its will holds the frame"
+    );
+}
+
 #[test]
 fn will_is_published_after_abnormal_close_with_its_delay() {
     let mut h = Harness::new(ClientLimits::default());

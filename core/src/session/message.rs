@@ -108,6 +108,30 @@ pub(crate) fn expiry_interval(
     })
 }
 
+/// The same properties with every string and binary copied, for a message
+/// kept long after its packet (a will): as slices they keep the packet's
+/// whole frame alive. Only the fields `forwardable` keeps.
+pub(crate) fn detached(mut p: Props) -> Props {
+    let Some(p_mut) = p.get_mut() else {
+        return p;
+    };
+    let copy = |s: &mut ByteString| *s = ByteString::from(&**s);
+    if let Some(s) = &mut p_mut.content_type {
+        copy(s);
+    }
+    if let Some(s) = &mut p_mut.response_topic {
+        copy(s);
+    }
+    if let Some(b) = &mut p_mut.correlation_data {
+        *b = Bytes::copy_from_slice(b);
+    }
+    for (k, v) in &mut p_mut.user_properties {
+        copy(k);
+        copy(v);
+    }
+    p
+}
+
 /// Keeps only what v5 §3.3.2.3 says the server forwards unaltered.
 pub(crate) fn forwardable(p: Props) -> Props {
     let Some(mut p) = p.into_box() else {

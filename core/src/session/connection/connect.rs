@@ -5,7 +5,13 @@
 use super::*;
 
 impl Connection {
-    pub(super) fn handle_connect(&mut self, connect: Box<Connect>) {
+    pub(super) fn handle_connect(&mut self, mut connect: Box<Connect>) {
+        // Copies of what outlives the CONNECT: the client id (the session,
+        // the registry, every message's origin), the authentication method
+        // (the connection) and the will (below). As slices they kept the
+        // whole CONNECT frame (up to 64 KiB of password, token, properties)
+        // alive as long as the session, and a retained will longer.
+        connect.client_id = ByteString::from(&*connect.client_id);
         self.version = connect.protocol_version;
         let v5 = self.version == ProtocolVersion::V5;
         // [MQTT-3.1.3-8] v3.1.1: an empty client id requires clean session.
@@ -21,7 +27,11 @@ impl Connection {
         // Enhanced authentication (§4.12): the broker decides on the method
         // and data in `Event::Connect`; the method is kept for CONNACK and
         // re-authentication.
-        self.auth_method = connect.properties.authentication_method.clone();
+        self.auth_method = connect
+            .properties
+            .authentication_method
+            .as_deref()
+            .map(ByteString::from);
         let p = &connect.properties;
         self.client = ClientSide {
             receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
@@ -48,7 +58,7 @@ impl Connection {
 
         if let Some(will) = &connect.will {
             let topic = match TopicName::new(will.topic.clone()) {
-                Ok(t) => t,
+                Ok(t) => t.detached(),
                 Err(e) => {
                     // A will topic must be a topic name: no wildcards
                     // [MQTT-4.7.0-1] (v3.1.1: [MQTT-4.7.1-1]), not empty
@@ -67,10 +77,10 @@ impl Connection {
             let props = &will.properties;
             let message = Message {
                 topic,
-                payload: will.payload.clone(),
+                payload: bytes::Bytes::copy_from_slice(&will.payload),
                 qos: will.qos,
                 retain: will.retain,
-                properties: forwardable(props.clone()),
+                properties: detached(forwardable(props.clone())),
                 // Set when it is published: the interval starts then
                 // (§3.1.3.2.4), however long the client stayed connected.
                 expires_at: None,

@@ -19,7 +19,7 @@ use crate::codec::{
 use crate::limits::{ClientLimits, MAXIMUM_PACKET_SIZE_ANNOUNCED};
 use crate::topic::{Filter, TopicName};
 
-use super::message::{expiry_interval, forwardable, Message, SharedMessage};
+use super::message::{detached, expiry_interval, forwardable, Message, SharedMessage};
 use super::queue::{Enqueued, Entry, Queued, Stored};
 use super::state::{Inflight, InflightState, SessionState, Subscription};
 use super::{AllowAll, Permissions};
