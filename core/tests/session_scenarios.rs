@@ -1864,6 +1864,80 @@ fn subscriptions_are_bounded_in_count_and_in_bytes() {
     assert_eq!(subscribe(&mut h, 3, &["e"]), [quota]);
 }
 
+/// A filter repeated in one SUBSCRIBE was applied once per copy: an index
+/// change broadcast to every shard and a retained query each, outside the
+/// subscription quotas (a repeat finds the subscription existing). Now it
+/// is applied once, as its copies in turn would leave it (the last
+/// options win, [MQTT-3.8.4-3]; retained messages if any copy asked for
+/// them), and every entry is answered in order [MQTT-3.8.4-6].
+#[test]
+fn a_filter_repeated_in_one_subscribe_is_applied_once_and_every_entry_answered() {
+    let limits = ClientLimits {
+        subscriptions_per_session_max: NonZeroU32::new(2).unwrap(),
+        ..ClientLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    let opts = |qos, retain_handling| SubscriptionOptions {
+        qos,
+        retain_handling,
+        ..SubscriptionOptions::default()
+    };
+    use RetainHandling::{DoNotSend, SendAtSubscribeIfNew};
+    let qos0 = opts(QoS::AtMostOnce, DoNotSend);
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: Props::default(),
+        filters: vec![
+            ("a".into(), opts(QoS::AtLeastOnce, SendAtSubscribeIfNew)),
+            ("b".into(), qos0),
+            ("a".into(), opts(QoS::ExactlyOnce, DoNotSend)),
+            ("c".into(), qos0),
+            ("a".into(), qos0),
+            ("c".into(), qos0),
+        ],
+    }));
+    let quota = ReasonCode::QuotaExceeded;
+    match h.sent().as_slice() {
+        [Packet::SubAck(s)] => assert_eq!(
+            s.reasons,
+            [
+                ReasonCode::GrantedQoS1,
+                ReasonCode::Success,
+                ReasonCode::GrantedQoS2,
+                quota,
+                ReasonCode::Success,
+                quota
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let applied: Vec<(String, QoS, bool)> = h
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Subscribed {
+                key,
+                subscription,
+                send_retained,
+                ..
+            } => (key.to_string(), subscription.options.qos, send_retained),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // "a" once, with its last options, and its retained messages (its
+    // first copy asked for them and the subscription was new).
+    assert_eq!(
+        applied,
+        [
+            ("a".into(), QoS::AtMostOnce, true),
+            ("b".into(), QoS::AtMostOnce, false)
+        ]
+    );
+    let session = h.conn.session().unwrap();
+    assert_eq!(session.subscriptions().count(), 2);
+}
+
 /// A connection taken over while its acknowledgements were held for a
 /// session write that came back stale: the held packets never leave, the
 /// DISCONNECT 0x8E does [MQTT-3.1.4-3]; unless its CONNACK was among the

@@ -364,6 +364,51 @@ fn retained_state_matches_a_single_store() {
     }
 }
 
+/// A filter repeated in one SUBSCRIBE is applied once: its retained
+/// messages come once (each copy asked every shard and got them all
+/// again), the SUBACK answers every copy, and the index replicas agree.
+#[test]
+fn a_filter_repeated_in_one_subscribe_brings_its_retained_messages_once() {
+    for seed in seeds(200) {
+        let mut sim = Sim::new(seed, 3, ClientLimits::default(), 10_000);
+        let publisher = sim.add_client("rp", "p");
+        sim.connect(publisher, 0, true, 0);
+        sim.quiesce();
+        for i in 0..4 {
+            let payload = Bytes::from(format!("v{i}"));
+            sim.publish(
+                publisher,
+                &format!("r/{i}"),
+                QoS::AtLeastOnce,
+                true,
+                payload,
+            );
+        }
+        sim.quiesce();
+        let sub = sim.add_client("sub", "q");
+        let shard = sim.rng.below(3);
+        sim.connect(sub, shard, true, 0);
+        sim.quiesce();
+        sim.subscribe_all(sub, &["r/#", "r/+", "r/#", "r/#", "r/+"], QoS::AtMostOnce);
+        sim.quiesce();
+        let mut got: Vec<&str> = sim.clients[sub]
+            .seen
+            .publishes
+            .iter()
+            .map(|(topic, _, _)| topic.as_str())
+            .collect();
+        got.sort();
+        // Once per distinct filter that matches: "r/#" and "r/+".
+        let want = ["r/0", "r/0", "r/1", "r/1", "r/2", "r/2", "r/3", "r/3"];
+        if got != want {
+            sim.fail(&format!("retained seen {got:?}, expected {want:?}"));
+        }
+        if sim.clients[sub].seen.subacks != 1 {
+            sim.fail("one SUBACK expected");
+        }
+    }
+}
+
 /// Retained messages persisted (`persistence.retain: All`) with the disk
 /// write racing everything else: a publisher's PUBACK never arrives before
 /// its retained value is on disk (or already replaced there by a later one

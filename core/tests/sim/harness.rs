@@ -431,8 +431,13 @@ impl Sim {
     }
 
     pub fn subscribe(&mut self, c: usize, filter: &str, qos: QoS) {
+        self.subscribe_all(c, &[filter], qos);
+    }
+
+    /// One SUBSCRIBE of `filters`, in order (repeats as given).
+    pub fn subscribe_all(&mut self, c: usize, filters: &[&str], qos: QoS) {
         let packet_id = self.packet_id(c);
-        self.log(format!("client {c} subscribes {filter}"));
+        self.log(format!("client {c} subscribes {filters:?}"));
         let options = SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()
@@ -442,7 +447,7 @@ impl Sim {
             &Packet::Subscribe(Subscribe {
                 packet_id,
                 properties: Props::default(),
-                filters: vec![(filter.into(), options)],
+                filters: filters.iter().map(|f| ((*f).into(), options)).collect(),
             }),
         );
     }

@@ -4,6 +4,21 @@
 
 use super::*;
 
+/// One filter of a SUBSCRIBE, however many times the packet repeats it.
+struct Requested {
+    raw: ByteString,
+    filter: Filter,
+    /// The last occurrence's: each replaces the one before, as a
+    /// resubscribe would [MQTT-3.8.4-3].
+    options: codec::SubscriptionOptions,
+    /// An occurrence asks for the retained messages whether or not the
+    /// subscription exists (Retain Handling 0).
+    retained_always: bool,
+    /// The first occurrence asks for them if the subscription is new
+    /// (Retain Handling 1); the ones after it find it existing.
+    retained_if_new: bool,
+}
+
 impl Connection {
     pub(super) fn handle_subscribe(&mut self, mut s: Subscribe) {
         // [MQTT-3.8.2-?] at most one Subscription Identifier (the codec
@@ -24,50 +39,81 @@ impl Connection {
             .unwrap_or_default();
         // The whole packet is checked before any filter takes effect: a
         // malformed one closes the connection, and nothing of it applies.
-        let mut parsed = Vec::with_capacity(s.filters.len());
+        // A filter the packet repeats is applied once, with its last
+        // options: each copy cost an index change broadcast to every shard
+        // and a retained query. Every entry is still answered, in order
+        // [MQTT-3.8.4-6]: `entries` holds each one's filter and QoS.
+        let n = s.filters.len();
+        let mut requested: Vec<Requested> = Vec::with_capacity(n);
+        let mut entries: Vec<(usize, QoS)> = Vec::with_capacity(n);
+        // PERF: only a packet of several filters pays for the map.
+        let mut seen: HashMap<ByteString, usize> = HashMap::new();
         for (raw, options) in s.filters {
-            let filter = match Filter::parse(raw.clone()) {
-                Ok(f) => f,
-                Err(e) => return self.violate(Violation::TopicFilterMalformed(e)),
+            let repeat = if n > 1 { seen.get(&raw).copied() } else { None };
+            let i = match repeat {
+                Some(i) => i,
+                None => {
+                    let filter = match Filter::parse(raw.clone()) {
+                        Ok(f) => f,
+                        Err(e) => return self.violate(Violation::TopicFilterMalformed(e)),
+                    };
+                    if n > 1 {
+                        seen.insert(raw.clone(), requested.len());
+                    }
+                    requested.push(Requested {
+                        raw,
+                        filter,
+                        options,
+                        retained_always: false,
+                        retained_if_new: options.retain_handling
+                            == codec::RetainHandling::SendAtSubscribeIfNew,
+                    });
+                    requested.len() - 1
+                }
             };
-            if options.no_local && matches!(filter, Filter::Shared { .. }) {
+            let r = &mut requested[i];
+            if options.no_local && r.filter.is_shared() {
                 return self.violate(Violation::NoLocalOnSharedSubscription);
             }
-            parsed.push((raw, options, filter));
+            r.options = options;
+            r.retained_always |= options.retain_handling == codec::RetainHandling::SendAtSubscribe;
+            entries.push((i, options.qos));
         }
-        let mut reasons = Vec::with_capacity(parsed.len());
+        drop(seen);
+        // Each filter's refusal, or `None` once subscribed.
+        let mut refused: Vec<Option<ReasonCode>> = Vec::with_capacity(requested.len());
         // Once per packet (SUBSCRIBE is rare): the filters' bytes so far.
         let mut bytes: usize = self
             .session
             .as_ref()
             .map_or(0, |s| s.subscriptions.keys().map(|k| k.len()).sum());
         let bytes_max = self.limits.subscription_bytes_per_session_max.get() as usize;
-        for (raw, options, filter) in parsed {
-            if !self.permissions.can_subscribe(&filter) {
+        let count_max = self.limits.subscriptions_per_session_max.get() as usize;
+        for r in requested {
+            if !self.permissions.can_subscribe(&r.filter) {
                 self.events
-                    .push_back(Event::Denied(Denied::Subscribe(raw.clone())));
-                reasons.push(ReasonCode::NotAuthorized);
+                    .push_back(Event::Denied(Denied::Subscribe(r.raw.clone())));
+                refused.push(Some(ReasonCode::NotAuthorized));
                 continue;
             }
-            let Some(session) = self.session.as_mut() else {
+            let Some(session) = self.session.as_ref() else {
                 return;
             };
-            let existed = session.subscriptions.contains_key(&raw);
-            let count_max = self.limits.subscriptions_per_session_max.get() as usize;
+            let existed = session.subscriptions.contains_key(&r.raw);
             if !existed
-                && (session.subscriptions.len() >= count_max || bytes + raw.len() > bytes_max)
+                && (session.subscriptions.len() >= count_max || bytes + r.raw.len() > bytes_max)
             {
-                reasons.push(ReasonCode::QuotaExceeded);
+                refused.push(Some(ReasonCode::QuotaExceeded));
                 continue;
             }
             if !existed {
-                bytes += raw.len();
+                bytes += r.raw.len();
             }
             // Copies: a filter is kept (the session, the index, the
             // session's record) as long as it is subscribed, and as slices
             // it kept the whole SUBSCRIBE alive, which the quota above
             // does not count.
-            let raw = ByteString::from(&*raw);
+            let raw = ByteString::from(&*r.raw);
             let filter = match Filter::parse(raw.clone()) {
                 Ok(f) => f,
                 // The same bytes parsed above: never taken.
@@ -76,35 +122,37 @@ impl Connection {
             let Some(session) = self.session.as_mut() else {
                 return;
             };
+            // Retain Handling (v5 §3.8.3.1); shared subscriptions never get
+            // retained messages [MQTT-3.8.4-?, v5 §4.8.2].
+            let send_retained =
+                !filter.is_shared() && (r.retained_always || (r.retained_if_new && !existed));
             let subscription = Subscription {
                 filter,
-                options,
+                options: r.options,
                 id: sub_id,
             };
             // [MQTT-3.8.4-3] a resubscribe replaces the old subscription.
             session
                 .subscriptions
                 .insert(raw.clone(), subscription.clone());
-            // Retain Handling (v5 §3.8.3.1); shared subscriptions never get
-            // retained messages [MQTT-3.8.4-?, v5 §4.8.2].
-            let send_retained = !matches!(subscription.filter, Filter::Shared { .. })
-                && match options.retain_handling {
-                    codec::RetainHandling::SendAtSubscribe => true,
-                    codec::RetainHandling::SendAtSubscribeIfNew => !existed,
-                    codec::RetainHandling::DoNotSend => false,
-                };
-            reasons.push(match options.qos {
-                QoS::AtMostOnce => ReasonCode::Success,
-                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
-            });
             self.events.push_back(Event::Subscribed {
                 key: raw,
                 subscription,
                 send_retained,
                 user_properties: std::mem::take(&mut user_properties),
             });
+            refused.push(None);
         }
+        let reasons = entries
+            .into_iter()
+            .map(|(i, qos)| {
+                refused.get(i).copied().flatten().unwrap_or(match qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                })
+            })
+            .collect();
         // SUBACK is queued before the broker handles the Subscribed events,
         // so it goes out before any retained message they bring.
         self.send(Packet::SubAck(SubAck {
