@@ -144,6 +144,9 @@ pub struct ClientLimits {
     /// 10,000 filters of 64 KiB each make 640 MB, in memory, in the index
     /// and, with `persistence`, in every session record). Not a config key.
     pub subscription_bytes_per_session_max: NonZeroU32,
+    /// Topic levels of one session's filters together (each a node of the
+    /// index on every shard). Not a config key.
+    pub subscription_levels_per_session_max: NonZeroU32,
     /// `sessionTakeover`: who may take an existing session over.
     pub session_takeover: TakeoverPolicy,
 }
@@ -163,6 +166,7 @@ impl Default for ClientLimits {
             queue: QueueLimit::default(),
             subscriptions_per_session_max: nz32(10_000),
             subscription_bytes_per_session_max: nz32(SUBSCRIPTION_BYTES_PER_SESSION_MAX),
+            subscription_levels_per_session_max: nz32(SUBSCRIPTION_LEVELS_PER_SESSION_MAX),
             session_takeover: TakeoverPolicy::SamePrincipal,
         }
     }
@@ -170,6 +174,21 @@ impl Default for ClientLimits {
 
 /// 1 MiB of filters per session: 10,000 filters of 100 bytes.
 pub const SUBSCRIPTION_BYTES_PER_SESSION_MAX: u32 = 1 << 20;
+
+/// Levels a topic filter may have, and the topic name of a retained
+/// message: each level is a node of the subscription index on every shard
+/// (~200 bytes) or of the retained store on the topic's owner, and a
+/// 65,535-byte filter of '/' made 32,768 of them. EMQX's default
+/// `max_topic_levels` is 128 too; real hierarchies (AIO's, Sparkplug B's)
+/// have fewer than 10. A filter past it gets SUBACK 0x8F Topic Filter
+/// invalid (0x80 in 3.1.1); a retained message is routed but not stored.
+pub const TOPIC_LEVELS_MAX: usize = 128;
+
+/// Levels of all a session's filters together: 10 per filter on average
+/// at the 10,000-filter maximum. The per-filter bound alone let 8,000
+/// filters of 128 empty levels fit the 1 MiB byte quota: a million index
+/// nodes, ~200 MB, on every shard, for one session.
+pub const SUBSCRIPTION_LEVELS_PER_SESSION_MAX: u32 = 100_000;
 
 /// 1 MiB of aliased topic names per connection: 10,000 aliases of 100
 /// bytes, or every one of the 65,535 of 16.

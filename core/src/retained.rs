@@ -4,12 +4,14 @@
 //! broker uses (`M`); it does not decide what a retained PUBLISH means: the
 //! caller `set`s or `clear`s by payload [MQTT-3.3.1-10/-11]. INVARIANT:
 //! `len() <= len_max()` and `bytes() <= bytes_max()`; when full, new topics
-//! and replacements that would grow past `bytes_max` are refused; clears and
-//! replacements that fit always work.
+//! and replacements that would grow past `bytes_max` are refused, as are
+//! topics past `TOPIC_LEVELS_MAX` levels (a node each, which the caller's
+//! bytes do not count); clears and replacements that fit always work.
 
 use smallvec::SmallVec;
 
 use crate::codec::ReasonCode;
+use crate::limits::TOPIC_LEVELS_MAX;
 use crate::topic::children::Children;
 use crate::topic::{TopicFilter, TopicName};
 
@@ -25,15 +27,19 @@ pub enum RetainedError {
     /// stays as it was.
     #[error("retained store is full ({bytes_max} bytes)")]
     FullBytes { bytes_max: u64 },
+    /// The topic has more levels than `TOPIC_LEVELS_MAX`: each would be a
+    /// node of the store, which the message's bytes do not count.
+    #[error("topic has more than {levels_max} levels")]
+    TooManyLevels { levels_max: usize },
 }
 
 impl RetainedError {
     /// For PUBACK/PUBREC of a v5 publisher (MQTT 5.0 §3.4.2.1: 0x97 Quota exceeded).
     pub fn reason_code(self) -> ReasonCode {
         match self {
-            RetainedError::Full { .. } | RetainedError::FullBytes { .. } => {
-                ReasonCode::QuotaExceeded
-            }
+            RetainedError::Full { .. }
+            | RetainedError::FullBytes { .. }
+            | RetainedError::TooManyLevels { .. } => ReasonCode::QuotaExceeded,
         }
     }
 }
@@ -136,13 +142,19 @@ impl<M> RetainedStore<M> {
     /// Stores `message`, which counts `bytes` (payload, topic and overhead:
     /// the caller's measure), as the retained message of `topic`, replacing
     /// (and returning) the previous one [MQTT-3.3.1-5]. Refused when a new
-    /// topic finds the store full, or when the bytes would pass `bytes_max`.
+    /// topic finds the store full, when the bytes would pass `bytes_max`, or
+    /// when the topic has more than `TOPIC_LEVELS_MAX` levels.
     pub fn set(
         &mut self,
         topic: TopicName,
         message: M,
         bytes: u64,
     ) -> Result<Option<M>, RetainedError> {
+        if topic.level_count() > TOPIC_LEVELS_MAX {
+            return Err(RetainedError::TooManyLevels {
+                levels_max: TOPIC_LEVELS_MAX,
+            });
+        }
         let previous_bytes = self
             .node(&topic)
             .and_then(|n| n.message.as_ref())
@@ -442,21 +454,41 @@ mod tests {
     }
 
     #[test]
-    fn deep_topics_do_not_overflow_the_stack() {
-        let deep = "/".repeat(32767);
+    fn a_topic_past_the_level_limit_is_refused() {
+        // A 1-byte message on a 65,535-byte topic of '/' made 32,768 nodes
+        // (~140 bytes each) counted as 65 KB; now the levels are bounded.
+        let at_limit = "/".repeat(TOPIC_LEVELS_MAX - 1);
+        let past = "/".repeat(TOPIC_LEVELS_MAX);
+        let mut store = RetainedStore::new(4, u64::MAX);
+        assert_eq!(store.set(name(&at_limit), 1, 1), Ok(None));
+        let refused = store.set(name(&past), 2, 1);
+        assert_eq!(
+            refused,
+            Err(RetainedError::TooManyLevels {
+                levels_max: TOPIC_LEVELS_MAX
+            })
+        );
+        assert_eq!(
+            refused.map_err(RetainedError::reason_code),
+            Err(ReasonCode::QuotaExceeded)
+        );
+        assert_eq!(store.len(), 1);
+        assert_eq!(matching(&store, "#").len(), 1);
+    }
+
+    #[test]
+    fn deep_topics_and_filters_do_not_overflow_the_stack() {
+        let deep = "/".repeat(TOPIC_LEVELS_MAX - 1);
         let mut store = RetainedStore::new(4, u64::MAX);
         store.set(name(&deep), 1, 1).unwrap();
         assert_eq!(matching(&store, "#").len(), 1);
         assert_eq!(matching(&store, &deep).len(), 1);
+        // A filter deeper than anything stored walks without recursion.
+        assert!(matching(&store, &"+/".repeat(32767)).is_empty());
+        assert_eq!(store.clear(&name(&"/".repeat(32767))), None);
         assert_eq!(store.clear(&name(&deep)), Some(1));
         assert!(store.root.is_empty());
-    }
-
-    #[test]
-    fn dropping_a_deep_store_does_not_overflow_the_stack() {
-        let mut store = RetainedStore::new(1, u64::MAX);
-        store.set(name(&"/".repeat(32767)), 1, 1).unwrap();
-        assert_eq!(store.len(), 1);
+        store.set(name(&deep), 1, 1).unwrap();
         drop(store);
     }
 }

@@ -25,7 +25,7 @@ use shardmq_core::codec::{
     ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, RetainHandling, ShortAck, Subscribe,
     SubscriptionId, SubscriptionOptions, Unsubscribe, Will,
 };
-use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit};
+use shardmq_core::limits::{ClientLimits, QueueFullStrategy, QueueLimit, TOPIC_LEVELS_MAX};
 use shardmq_core::session::{
     AllowAll, CloseReason, Connection, Delivery, Denied, Enqueued, Event, Message, Permissions,
     SessionState, SharedMessage, Violation, CONNECT_TIMEOUT,
@@ -1936,6 +1936,82 @@ fn a_filter_repeated_in_one_subscribe_is_applied_once_and_every_entry_answered()
     );
     let session = h.conn.session().unwrap();
     assert_eq!(session.subscriptions().count(), 2);
+}
+
+/// A filter's levels are nodes of the index on every shard: a 65,535-byte
+/// filter of "+/" made 32,768 of them. Past TOPIC_LEVELS_MAX levels (of
+/// the topic filter, a share name aside) a filter is refused with 0x8F
+/// Topic Filter invalid, 0x80 in 3.1.1.
+#[test]
+fn a_filter_past_the_level_limit_is_refused_with_topic_filter_invalid() {
+    let at_limit = vec!["+"; TOPIC_LEVELS_MAX].join("/");
+    let past = format!("{at_limit}/#");
+    let shared = format!("$share/g/{at_limit}");
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let mut h = Harness::new(ClientLimits::default());
+        h.connect_with(connect(version, "c1", true), None);
+        h.recv(Packet::Subscribe(Subscribe {
+            packet_id: id(1),
+            properties: Props::default(),
+            filters: [&at_limit, &past, &shared]
+                .into_iter()
+                .map(|f| (f.as_str().into(), SubscriptionOptions::default()))
+                .collect(),
+        }));
+        let refused = match version {
+            ProtocolVersion::V5 => ReasonCode::TopicFilterInvalid,
+            ProtocolVersion::V311 => ReasonCode::UnspecifiedError,
+        };
+        match h.sent().as_slice() {
+            [Packet::SubAck(s)] => assert_eq!(
+                s.reasons,
+                [ReasonCode::Success, refused, ReasonCode::Success],
+                "{version:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.events().len(), 2);
+    }
+}
+
+/// The per-filter bound alone let 8,000 filters of 128 levels fit the
+/// byte quota: a million index nodes on every shard for one session. The
+/// levels of a session's filters together are a quota too (0x97).
+#[test]
+fn a_sessions_filters_are_bounded_in_levels_together() {
+    let limits = ClientLimits {
+        subscription_levels_per_session_max: NonZeroU32::new(10).unwrap(),
+        ..ClientLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.connect_v5("c1");
+    let subscribe = |h: &mut Harness, pid: u16, filters: &[&str]| {
+        h.recv(Packet::Subscribe(Subscribe {
+            packet_id: id(pid),
+            properties: Default::default(),
+            filters: filters
+                .iter()
+                .map(|f| ((*f).into(), SubscriptionOptions::default()))
+                .collect(),
+        }));
+        match h.sent().as_slice() {
+            [Packet::SubAck(s)] => s.reasons.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let ok = ReasonCode::Success;
+    let quota = ReasonCode::QuotaExceeded;
+    // 4 + 3 levels, then 4 more would pass 10.
+    assert_eq!(
+        subscribe(&mut h, 1, &["a/b/c/d", "e/f/+", "h/i/j/#"]),
+        [ok, ok, quota]
+    );
+    // A resubscription adds nothing; 3 more levels fit (10).
+    assert_eq!(
+        subscribe(&mut h, 2, &["a/b/c/d", "$share/g/h/i/j"]),
+        [ok, ok]
+    );
+    assert_eq!(subscribe(&mut h, 3, &["k"]), [quota]);
 }
 
 /// A connection taken over while its acknowledgements were held for a

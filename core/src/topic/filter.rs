@@ -46,6 +46,11 @@ impl TopicFilter {
         self.0.split('/')
     }
 
+    /// `levels().count()`, without splitting.
+    pub fn level_count(&self) -> usize {
+        super::name::level_count(&self.0)
+    }
+
     /// Reference matcher for §4.7: straightforward, not fast (the
     /// [`super::SubscriptionTrie`] is the fast path and is tested against it).
     pub fn matches(&self, topic: &TopicName) -> bool {

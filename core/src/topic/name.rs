@@ -49,12 +49,22 @@ impl TopicName {
         self.0.split('/')
     }
 
+    /// `levels().count()`, without splitting.
+    pub fn level_count(&self) -> usize {
+        level_count(&self.0)
+    }
+
     /// The same name in an allocation of its own, for what is kept long
     /// after its packet: a clone shares, and keeps alive, the whole frame
     /// the name came in (which may be megabytes of properties or payload).
     pub fn detached(&self) -> TopicName {
         TopicName(ByteString::from(self.as_str()))
     }
+}
+
+/// Levels of a topic name or filter: one more than its separators.
+pub(super) fn level_count(s: &str) -> usize {
+    s.bytes().filter(|b| *b == b'/').count() + 1
 }
 
 fn validate(raw: &str) -> Result<(), TopicError> {

@@ -3,6 +3,7 @@
 //! (`Event::Subscribed` / `Unsubscribed`), SUBACK / UNSUBACK queued.
 
 use super::*;
+use crate::limits::TOPIC_LEVELS_MAX;
 
 /// One filter of a SUBSCRIBE, however many times the packet repeats it.
 struct Requested {
@@ -89,7 +90,22 @@ impl Connection {
             .map_or(0, |s| s.subscriptions.keys().map(|k| k.len()).sum());
         let bytes_max = self.limits.subscription_bytes_per_session_max.get() as usize;
         let count_max = self.limits.subscriptions_per_session_max.get() as usize;
+        // The levels of the session's filters, each a node of the index on
+        // every shard. Each level takes a byte or a separator, so bytes +
+        // count bounds them: only a session near the limit has its filters
+        // counted, once per packet.
+        let mut levels = bytes + self.session.as_ref().map_or(0, |s| s.subscriptions.len());
+        let mut levels_exact = false;
+        let levels_max = self.limits.subscription_levels_per_session_max.get() as usize;
         for r in requested {
+            let filter_levels = r.filter.topic_filter().level_count();
+            if filter_levels > TOPIC_LEVELS_MAX {
+                // "The Topic Filter is correctly formed but is not allowed
+                // for this Client" (v5 §3.9.3): a bound of the server's on
+                // the filter itself, not a quota that frees up.
+                refused.push(Some(ReasonCode::TopicFilterInvalid));
+                continue;
+            }
             if !self.permissions.can_subscribe(&r.filter) {
                 self.events
                     .push_back(Event::Denied(Denied::Subscribe(r.raw.clone())));
@@ -100,14 +116,25 @@ impl Connection {
                 return;
             };
             let existed = session.subscriptions.contains_key(&r.raw);
+            if !existed && levels + filter_levels > levels_max && !levels_exact {
+                levels = session
+                    .subscriptions
+                    .values()
+                    .map(|s| s.filter.topic_filter().level_count())
+                    .sum();
+                levels_exact = true;
+            }
             if !existed
-                && (session.subscriptions.len() >= count_max || bytes + r.raw.len() > bytes_max)
+                && (session.subscriptions.len() >= count_max
+                    || bytes + r.raw.len() > bytes_max
+                    || levels + filter_levels > levels_max)
             {
                 refused.push(Some(ReasonCode::QuotaExceeded));
                 continue;
             }
             if !existed {
                 bytes += r.raw.len();
+                levels += filter_levels;
             }
             // Copies: a filter is kept (the session, the index, the
             // session's record) as long as it is subscribed, and as slices
