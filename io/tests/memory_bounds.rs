@@ -222,6 +222,32 @@ fn user_properties_past_the_servers_limit_are_refused_with_quota_exceeded() {
 }
 
 #[test]
+fn a_subscribe_of_more_filters_than_the_servers_limit_is_refused_with_quota_exceeded() {
+    // 13 million 3-byte filters in one 64 MiB SUBSCRIBE decoded to
+    // gigabytes before a single one was applied. Past
+    // TOPIC_FILTERS_PER_PACKET_MAX the packet is refused with 0x97.
+    use shardmq_core::codec::{Subscribe, SubscriptionOptions, TOPIC_FILTERS_PER_PACKET_MAX};
+    let broker = Broker::start();
+    let (mut c, _) = RawClient::connect_v5(broker.port("s0"), "many-filters", None);
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Props::default(),
+        filters: (0..=TOPIC_FILTERS_PER_PACKET_MAX)
+            .map(|i| (format!("{i}").into(), SubscriptionOptions::default()))
+            .collect(),
+    }));
+    match c.recv() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::QuotaExceeded),
+        // Not the packet: a SUBACK of 10,001 reasons.
+        other => panic!(
+            "expected DISCONNECT 0x97, got {:?}",
+            other.map(|p| p.packet_type())
+        ),
+    }
+    assert!(c.recv().is_none(), "closed after the DISCONNECT");
+}
+
+#[test]
 fn the_largest_partial_packet_is_closed_first_when_the_shard_budget_is_used_up() {
     // Connected clients may each hold a packet up to maxPacketSizeBytes
     // while it arrives: without a shard-wide bound, N of them hold N x 256

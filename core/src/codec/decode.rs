@@ -583,6 +583,26 @@ fn parse_reason_tail(
     Ok((reason, read_properties(r, ctx)?))
 }
 
+/// Topic filters the decoder accepts in one SUBSCRIBE or UNSUBSCRIBE. The
+/// spec sets no number, but an entry is 4 bytes on the wire and 40
+/// decoded, more once the session parses it: a 64 MiB SUBSCRIBE of short
+/// filters decoded to 13 million entries, gigabytes with what the session
+/// builds to answer them. A session holds at most 10,000 subscriptions
+/// (`ClientLimits`), so a packet of more distinct filters cannot succeed.
+pub const TOPIC_FILTERS_PER_PACKET_MAX: usize = 10_000;
+
+/// The next filter's place is checked against the bound before the filter
+/// is decoded (see `TOPIC_FILTERS_PER_PACKET_MAX`).
+fn room_for_filter(len: usize, packet: PacketType) -> Result<(), DecodeError> {
+    if len >= TOPIC_FILTERS_PER_PACKET_MAX {
+        return Err(DecodeError::TooManyTopicFilters {
+            packet,
+            max: TOPIC_FILTERS_PER_PACKET_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// SUBSCRIBE (§3.8). Filters are checked only as UTF-8 strings here; their
 /// syntax is `topic::Filter`'s job (the session answers 0x8F in SUBACK).
 fn parse_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeError> {
@@ -590,6 +610,7 @@ fn parse_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeErro
     let properties = properties(r, v5, PropertyContext::Subscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
+        room_for_filter(filters.len(), PacketType::Subscribe)?;
         let filter = r.string("topic filter")?;
         let options = subscription_options(r.u8("subscription options")?, v5)?;
         filters.push((filter, options));
@@ -654,6 +675,7 @@ fn parse_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe, Decode
     let properties = properties(r, v5, PropertyContext::Unsubscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
+        room_for_filter(filters.len(), PacketType::Unsubscribe)?;
         filters.push(r.string("topic filter")?);
     }
     if filters.is_empty() {

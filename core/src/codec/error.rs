@@ -143,6 +143,10 @@ pub enum DecodeError {
         context: PropertyContext,
         max: usize,
     },
+    /// Well-formed, but past what the broker decodes
+    /// (`TOPIC_FILTERS_PER_PACKET_MAX`).
+    #[error("more than {max} topic filters in {packet:?}, the server's limit")]
+    TooManyTopicFilters { packet: PacketType, max: usize },
 }
 
 impl DecodeError {
@@ -160,7 +164,7 @@ impl DecodeError {
             // exceeded": valid in CONNACK and DISCONNECT (§3.2.2.2,
             // §3.14.2.1). Not 0x95, which the client would read as its
             // packet passing our Maximum Packet Size when it did not.
-            TooManyUserProperties { .. } => ReasonCode::QuotaExceeded,
+            TooManyUserProperties { .. } | TooManyTopicFilters { .. } => ReasonCode::QuotaExceeded,
             FirstPacketNotConnect(_)
             | ZeroPacketId(_)
             | SessionPresentOnRefusal

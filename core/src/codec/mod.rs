@@ -17,7 +17,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{decode_packet, AckKind, Decoder, ShortAck};
+pub use decode::{decode_packet, AckKind, Decoder, ShortAck, TOPIC_FILTERS_PER_PACKET_MAX};
 pub use encode::{encode, encode_forward, encode_publish, encode_within, encoded_len, Forward};
 pub use error::{DecodeError, EncodeError};
 pub use inbox::{Inbox, LARGE_FRAME_BYTES};

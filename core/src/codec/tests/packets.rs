@@ -352,6 +352,43 @@ fn subscribe_filters_are_not_validated_as_filters_here() {
     assert_eq!(s.filters[0].0, "a/#/b");
 }
 
+/// A 64 MiB SUBSCRIBE of short filters decoded to 13 million entries,
+/// gigabytes once the session built its answer: the decoder stops at the
+/// bound, before the entry past it is built (the broker answers 0x97).
+#[test]
+fn topic_filters_past_the_servers_limit_are_refused() {
+    for (first, entry, packet) in [
+        (0x82, &[0, 1, b'a', 0][..], PacketType::Subscribe),
+        (0xA2, &[0, 1, b'a'][..], PacketType::Unsubscribe),
+    ] {
+        for v in [V311, V5] {
+            let body = |n: usize| {
+                let mut body = vec![0, 1];
+                if v == V5 {
+                    body.push(0);
+                }
+                body.extend(entry.repeat(n));
+                body
+            };
+            let at_limit = decode_packet(
+                &mut frame(first, &body(TOPIC_FILTERS_PER_PACKET_MAX)),
+                v,
+                MAX,
+            );
+            assert!(matches!(at_limit, Ok(Some(_))), "{packet:?} {v:?}");
+            let e = dec_err(v, first, &body(TOPIC_FILTERS_PER_PACKET_MAX + 1));
+            assert_eq!(
+                e,
+                DecodeError::TooManyTopicFilters {
+                    packet,
+                    max: TOPIC_FILTERS_PER_PACKET_MAX
+                }
+            );
+            assert_eq!(e.reason_code(), ReasonCode::QuotaExceeded);
+        }
+    }
+}
+
 #[test]
 fn unsubscribe_without_filters_is_a_protocol_error_mqtt_3_10_3_2() {
     assert_eq!(dec_err(V311, 0xA2, &[0, 1]), DecodeError::EmptyUnsubscribe);
