@@ -78,8 +78,15 @@ impl SessionRecord {
     /// field, the rest in the payload (the will as a nested record, its
     /// expiry counted from `epoch` like the log's own records).
     pub fn to_message(&self, epoch: Instant) -> Result<Message, RecordError> {
+        // Format 2 where it says the same (no will expiry to keep): a
+        // binary before format 3 still reads the record after a downgrade,
+        // where it would drop the session and its queue.
+        let format = match &self.will {
+            Some(w) if w.expiry.is_some() => FORMAT,
+            _ => FORMAT_V2,
+        };
         let mut p = BytesMut::new();
-        p.put_u8(FORMAT);
+        p.put_u8(format);
         put_str(&mut p, self.principal.as_str());
         p.put_u32(u32::try_from(self.expiry_interval.as_secs()).unwrap_or(u32::MAX));
         p.put_u32(self.subscriptions.len() as u32);
@@ -93,12 +100,9 @@ impl SessionRecord {
             Some(will) => {
                 p.put_u8(1);
                 p.put_u32(u32::try_from(will.delay.as_secs()).unwrap_or(u32::MAX));
-                match will.expiry {
-                    None => p.put_u8(0),
-                    Some(interval) => {
-                        p.put_u8(1);
-                        p.put_u32(u32::try_from(interval.as_secs()).unwrap_or(u32::MAX));
-                    }
+                if let Some(interval) = will.expiry {
+                    p.put_u8(1);
+                    p.put_u32(u32::try_from(interval.as_secs()).unwrap_or(u32::MAX));
                 }
                 let mut nested = Vec::new();
                 record::encode(&mut nested, 0, &will.message, epoch)?;
@@ -363,8 +367,19 @@ mod tests {
                 ..record()
             };
             let m = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+            // Only a will expiry needs format 3; without one the record is
+            // format 2, which a binary from before format 3 reads (a
+            // downgrade keeps its sessions).
+            let format = if expiry.is_some() { FORMAT } else { FORMAT_V2 };
+            assert_eq!(m.payload[0], format, "{expiry:?}");
             assert_eq!(SessionRecord::from_message(&m, epoch).ok(), Some(r));
         }
+        let no_will = SessionRecord {
+            will: None,
+            ..record()
+        };
+        let m = no_will.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(m.payload[0], FORMAT_V2, "no will at all");
     }
 
     /// A record of format 2 (before the will's interval was stored) still
@@ -385,24 +400,10 @@ mod tests {
             will: Some(old_will),
             ..record()
         };
-        let v3 = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
-        let no_will = SessionRecord {
-            will: None,
-            ..record()
-        };
-        let no_will = no_will.to_message(epoch).unwrap_or_else(|_| unreachable!());
-        // Format 2 is format 3 without the will's expiry flag, which
-        // follows the will flag and the delay; the queue id (8 bytes) ends
-        // both.
-        let will_flag = no_will.payload.len() - 8 - 1;
-        let mut v2 = v3.payload.to_vec();
-        assert_eq!(v2[will_flag], 1);
-        assert_eq!(v2.remove(will_flag + 1 + 4), 0, "no expiry flag");
-        v2[0] = FORMAT_V2;
-        let v2 = Message {
-            payload: v2.into(),
-            ..v3
-        };
+        // A will without an expiry interval is still written as format 2,
+        // its deadline in its message.
+        let v2 = r.to_message(epoch).unwrap_or_else(|_| unreachable!());
+        assert_eq!(v2.payload[0], FORMAT_V2);
         let read = SessionRecord::from_message(&v2, epoch).unwrap_or_else(|_| unreachable!());
         assert_eq!(read, r);
         let will = read.will.unwrap_or_else(|| unreachable!());
