@@ -247,7 +247,14 @@ impl Driver {
                         });
                         glommio::spawn_local(async move {
                             let mut result = admit::admit(&h, &request).await;
-                            if let Some(control) = control {
+                            // Closed while it was authenticated (its
+                            // CONNECT deadline, or the client left): no
+                            // claim, which would take the client id from
+                            // the session that holds it on another node.
+                            let gone = |driver: &Driver| {
+                                driver.peek(|s| s.flow(h.id)) == shardmq_core::broker::Flow::Stop
+                            };
+                            if let Some(control) = control.filter(|_| !gone(&driver)) {
                                 if let Ok(a) = result {
                                     // The claim commits while the shard
                                     // learns its peers' routes: a node that
@@ -260,9 +267,7 @@ impl Driver {
                                     result = claimed;
                                     // The client left while its claim
                                     // committed: no session will hold it.
-                                    let gone = driver.peek(|s| s.flow(h.id))
-                                        == shardmq_core::broker::Flow::Stop;
-                                    if let (true, Ok(a)) = (gone, &result) {
+                                    if let (true, Ok(a)) = (gone(&driver), &result) {
                                         if let Some(claim) = a.cluster_claim {
                                             control.release(request.client_id.to_string(), claim);
                                         }
