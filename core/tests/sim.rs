@@ -306,6 +306,44 @@ fn events_without_retain_do_not_hide_the_retained_state() {
     }
 }
 
+/// A burst delivered to one subscriber while its writer waits for the
+/// readers: every `WAKE_BATCH` (16) deliveries after the first ask the
+/// runtime to write at once (`Output::Flush`), so the burst's first
+/// messages need not wait for its last read; nothing is lost or reordered.
+#[test]
+fn a_burst_to_one_subscriber_asks_for_a_write_every_sixteen_deliveries() {
+    let mut sim = Sim::new(1, 1, ClientLimits::default(), 10_000);
+    let sub = sim.add_client("sink", "q");
+    let publ = sim.add_client("burst", "p");
+    sim.connect(sub, 0, true, 0);
+    sim.connect(publ, 0, true, 0);
+    sim.quiesce();
+    sim.subscribe(sub, "b/#", QoS::AtMostOnce);
+    sim.quiesce();
+    for n in 0..40 {
+        sim.publish(
+            publ,
+            "b/t",
+            QoS::AtMostOnce,
+            false,
+            Bytes::from(format!("{n:02}")),
+        );
+    }
+    let (shard, conn) = sim.clients[sub].conn.expect("connected");
+    sim.drain(shard);
+    // 40 deliveries: one Wake, then a Flush after 16 more, and another.
+    assert_eq!(sim.flushes.get(&(shard, conn)), Some(&2));
+    sim.quiesce();
+    let got: Vec<String> = sim.clients[sub]
+        .seen
+        .publishes
+        .iter()
+        .map(|p| String::from_utf8(p.1.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..40).map(|n| format!("{n:02}")).collect();
+    assert_eq!(got, want);
+}
+
 /// Retained messages published on every shard end up stored once, on the
 /// topic's owner, with the last value each publisher sent; a new
 /// subscriber on any shard gets them all.

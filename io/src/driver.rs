@@ -231,6 +231,16 @@ impl Driver {
                         }
                     }
                 }
+                // A batch gathered while the readers run: out now, when
+                // the input behind it had to wait (a burst at moderate
+                // load), not after every other ready reader.
+                Output::Flush(conn) => {
+                    if self.direct_writes.get() && !glommio::executor().need_preempt() {
+                        if let Some(h) = self.handle(conn) {
+                            crate::conn::write_now(self, &h);
+                        }
+                    }
+                }
                 Output::Close(conn) => {
                     if let Some(h) = self.handle(conn) {
                         h.close();

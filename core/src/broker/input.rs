@@ -46,6 +46,7 @@ impl<S: Store> Shard<S> {
                 clean_start: true,
                 buffer_owner: 0,
                 woken: false,
+                gathered: 0,
                 closing: false,
                 retained_wait: None,
             },

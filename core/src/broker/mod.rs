@@ -158,12 +158,21 @@ pub(super) struct Conn {
     buffer_owner: u64,
     /// A `Wake` output is pending.
     woken: bool,
+    /// Wake-ups since the pending `Wake` (each a delivery, usually).
+    gathered: u32,
     /// `Output::Close` was emitted.
     closing: bool,
     /// While retained queries for its new subscriptions wait for other
     /// shards: the topics live messages brought it meanwhile.
     retained_wait: Option<Box<RetainedWait>>,
 }
+
+/// Deliveries a connection's writer may gather while other tasks run
+/// before the runtime is asked to write them at once (`Output::Flush`).
+/// PERF: in a burst the writer runs after every ready reader, and the
+/// burst's first delivery waited for its last read (docs/PERFORMANCE.md,
+/// "The tail with the subscriber on its own thread").
+const WAKE_BATCH: u32 = 16;
 
 /// A connection's retained queries in progress (`Conn::retained_wait`).
 /// A topic whose retained message a live one replaced while they waited
@@ -836,12 +845,21 @@ impl<S: Store> Shard<S> {
         }
     }
 
-    /// Asks the runtime to run the connection's writer (once per turn).
+    /// Asks the runtime to run the connection's writer (once per turn),
+    /// and to write now once `WAKE_BATCH` more wake-ups have gathered
+    /// output behind the first (`Output::Flush`).
     fn wake(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
             if !c.woken {
                 c.woken = true;
+                c.gathered = 0;
                 self.outputs.push_back(Output::Wake(conn));
+            } else {
+                c.gathered += 1;
+                if c.gathered >= WAKE_BATCH {
+                    c.gathered = 0;
+                    self.outputs.push_back(Output::Flush(conn));
+                }
             }
         }
     }

@@ -20,6 +20,10 @@ pub enum Output {
     /// The connection has something to send: run its writer
     /// (`Shard::poll_transmit`). At most one is pending per connection.
     Wake(ConnId),
+    /// The connection's writer, woken and not yet run, has gathered a
+    /// batch: write it now if the runtime can, rather than after every
+    /// other ready task. Follows a `Wake`; ignoring it is correct.
+    Flush(ConnId),
     /// The connection is over: stop reading it, let its writer flush what
     /// `poll_transmit` still has (bounded), close the socket, then
     /// `Shard::release`.

@@ -182,6 +182,8 @@ pub struct Sim {
     pub clients: Vec<Client>,
     trace: VecDeque<String>,
     pub steps: u64,
+    /// `Output::Flush`es seen, per (shard, conn).
+    pub flushes: std::collections::BTreeMap<(usize, ConnId), u64>,
 }
 
 const TRACE_LEN: usize = 60;
@@ -273,6 +275,7 @@ impl Sim {
             clients: Vec::new(),
             trace: VecDeque::new(),
             steps: 0,
+            flushes: Default::default(),
         }
     }
 
@@ -608,6 +611,12 @@ impl Sim {
         while let Some(out) = self.shards[shard].poll_output() {
             match out {
                 Output::Wake(conn) => {
+                    self.woken.insert((shard, conn));
+                }
+                // The real runtime may write at once; here the writer's
+                // step comes later, as for a Wake.
+                Output::Flush(conn) => {
+                    *self.flushes.entry((shard, conn)).or_default() += 1;
                     self.woken.insert((shard, conn));
                 }
                 Output::Close(conn) => {
