@@ -1825,6 +1825,23 @@ fn takeover_closes_with_session_taken_over_and_hands_out_a_session_that_outlives
     }
 }
 
+/// SUBSCRIBE `filters` (default options) under packet id `pid`; the
+/// SUBACK's reasons.
+fn subscribe_reasons(h: &mut Harness, pid: u16, filters: &[&str]) -> Vec<ReasonCode> {
+    h.recv(Packet::Subscribe(Subscribe {
+        packet_id: id(pid),
+        properties: Default::default(),
+        filters: filters
+            .iter()
+            .map(|f| ((*f).into(), SubscriptionOptions::default()))
+            .collect(),
+    }));
+    match h.sent().as_slice() {
+        [Packet::SubAck(s)] => s.reasons.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A session's subscriptions are bounded in count and in bytes of filters:
 /// a filter past either gets Quota exceeded (0x97), a resubscription of one
 /// it has replaces it as always [MQTT-3.8.4-3].
@@ -1837,31 +1854,17 @@ fn subscriptions_are_bounded_in_count_and_in_bytes() {
     };
     let mut h = Harness::new(limits);
     h.connect_v5("c1");
-    let subscribe = |h: &mut Harness, pid: u16, filters: &[&str]| {
-        h.recv(Packet::Subscribe(Subscribe {
-            packet_id: id(pid),
-            properties: Default::default(),
-            filters: filters
-                .iter()
-                .map(|f| ((*f).into(), SubscriptionOptions::default()))
-                .collect(),
-        }));
-        match h.sent().as_slice() {
-            [Packet::SubAck(s)] => s.reasons.clone(),
-            other => panic!("{other:?}"),
-        }
-    };
     let ok = ReasonCode::Success;
     let quota = ReasonCode::QuotaExceeded;
     // 9 + 9 bytes, then 4 more would pass 20.
     assert_eq!(
-        subscribe(&mut h, 1, &["a/aaaaaaa", "b/bbbbbbb", "c/cc"]),
+        subscribe_reasons(&mut h, 1, &["a/aaaaaaa", "b/bbbbbbb", "c/cc"]),
         [ok, ok, quota]
     );
     // A resubscription adds nothing; one more byte fits (19).
-    assert_eq!(subscribe(&mut h, 2, &["a/aaaaaaa", "d"]), [ok, ok]);
+    assert_eq!(subscribe_reasons(&mut h, 2, &["a/aaaaaaa", "d"]), [ok, ok]);
     // Three subscriptions: the count is the bound now.
-    assert_eq!(subscribe(&mut h, 3, &["e"]), [quota]);
+    assert_eq!(subscribe_reasons(&mut h, 3, &["e"]), [quota]);
 }
 
 /// A filter repeated in one SUBSCRIBE was applied once per copy: an index
@@ -1985,33 +1988,19 @@ fn a_sessions_filters_are_bounded_in_levels_together() {
     };
     let mut h = Harness::new(limits);
     h.connect_v5("c1");
-    let subscribe = |h: &mut Harness, pid: u16, filters: &[&str]| {
-        h.recv(Packet::Subscribe(Subscribe {
-            packet_id: id(pid),
-            properties: Default::default(),
-            filters: filters
-                .iter()
-                .map(|f| ((*f).into(), SubscriptionOptions::default()))
-                .collect(),
-        }));
-        match h.sent().as_slice() {
-            [Packet::SubAck(s)] => s.reasons.clone(),
-            other => panic!("{other:?}"),
-        }
-    };
     let ok = ReasonCode::Success;
     let quota = ReasonCode::QuotaExceeded;
     // 4 + 3 levels, then 4 more would pass 10.
     assert_eq!(
-        subscribe(&mut h, 1, &["a/b/c/d", "e/f/+", "h/i/j/#"]),
+        subscribe_reasons(&mut h, 1, &["a/b/c/d", "e/f/+", "h/i/j/#"]),
         [ok, ok, quota]
     );
     // A resubscription adds nothing; 3 more levels fit (10).
     assert_eq!(
-        subscribe(&mut h, 2, &["a/b/c/d", "$share/g/h/i/j"]),
+        subscribe_reasons(&mut h, 2, &["a/b/c/d", "$share/g/h/i/j"]),
         [ok, ok]
     );
-    assert_eq!(subscribe(&mut h, 3, &["k"]), [quota]);
+    assert_eq!(subscribe_reasons(&mut h, 3, &["k"]), [quota]);
 }
 
 /// A connection taken over while its acknowledgements were held for a
