@@ -848,6 +848,17 @@ fn qos1_publish_is_redelivered_with_dup_after_reconnect() {
     }
 }
 
+/// What was sent, all of it QoS 1/2 PUBLISHes: their packet ids.
+fn sent_publish_ids(h: &mut Harness) -> Vec<PacketId> {
+    h.sent()
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn resends_after_reconnect_respect_a_smaller_receive_maximum() {
     // [MQTT-3.3.4-9], v5 §4.9: the send quota starts again at the new
@@ -873,14 +884,7 @@ fn resends_after_reconnect_respect_a_smaller_receive_maximum() {
             &granted(QoS::AtLeastOnce),
         );
     }
-    let ids: Vec<PacketId> = h
-        .sent()
-        .iter()
-        .map(|p| match p {
-            Packet::Publish(p) => p.packet_id.unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let ids = sent_publish_ids(&mut h);
     assert_eq!(ids.len(), 5);
     h.recv(Packet::PubRec(PubResponse::new(
         ids[0],
@@ -942,14 +946,7 @@ fn a_held_resend_acknowledged_early_is_not_sent() {
             &granted(QoS::AtLeastOnce),
         );
     }
-    let ids: Vec<PacketId> = h
-        .sent()
-        .iter()
-        .map(|p| match p {
-            Packet::Publish(p) => p.packet_id.unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let ids = sent_publish_ids(&mut h);
     h.conn.handle_connection_lost();
     let session = h.closed_event().1.expect("session expiry 300 keeps it");
 
