@@ -164,7 +164,7 @@ pub(super) struct Conn {
     closing: bool,
     /// While retained queries for its new subscriptions wait for other
     /// shards: the topics live messages brought it meanwhile.
-    retained_wait: Option<Box<RetainedWait>>,
+    retained_wait: Option<Box<retain::RetainedWait>>,
 }
 
 /// Deliveries a connection's writer may gather while other tasks run
@@ -173,31 +173,6 @@ pub(super) struct Conn {
 /// burst's first delivery waited for its last read (docs/PERFORMANCE.md,
 /// "The tail with the subscriber on its own thread").
 const WAKE_BATCH: u32 = 16;
-
-/// A connection's retained queries in progress (`Conn::retained_wait`).
-/// A topic whose retained message a live one replaced while they waited
-/// gets no retained message from them: it would be older, and arrive after
-/// the newer one [MQTT-4.6.0-6] (a "last value" reader would keep the
-/// stale value). A live message published without RETAIN changes nothing
-/// retained, and does not count.
-#[derive(Debug, Default)]
-struct RetainedWait {
-    queries: u32,
-    live_topics: hashbrown::HashSet<crate::topic::TopicName>,
-}
-
-/// Topics a `RetainedWait` records at most: a client that keeps
-/// subscribing while retained topics change cannot grow it further (past
-/// it, a retained answer may come after a newer live message again).
-const RETAINED_WAIT_TOPICS_MAX: usize = 1024;
-
-impl RetainedWait {
-    fn saw_live(&mut self, message: &crate::session::Message) {
-        if message.retain && self.live_topics.len() < RETAINED_WAIT_TOPICS_MAX {
-            self.live_topics.insert(message.topic.clone());
-        }
-    }
-}
 
 /// Counters for logs and metrics; only this shard writes them, in plain
 /// fields (no atomics: the runtime copies them out once a second).

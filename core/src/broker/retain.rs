@@ -101,6 +101,31 @@ impl Tombstones {
     }
 }
 
+/// A connection's retained queries in progress (`Conn::retained_wait`).
+/// A topic whose retained message a live one replaced while they waited
+/// gets no retained message from them: it would be older, and arrive after
+/// the newer one [MQTT-4.6.0-6] (a "last value" reader would keep the
+/// stale value). A live message published without RETAIN changes nothing
+/// retained, and does not count.
+#[derive(Debug, Default)]
+pub(super) struct RetainedWait {
+    pub(super) queries: u32,
+    pub(super) live_topics: hashbrown::HashSet<crate::topic::TopicName>,
+}
+
+/// Topics a `RetainedWait` records at most: a client that keeps
+/// subscribing while retained topics change cannot grow it further (past
+/// it, a retained answer may come after a newer live message again).
+const RETAINED_WAIT_TOPICS_MAX: usize = 1024;
+
+impl RetainedWait {
+    pub(super) fn saw_live(&mut self, message: &crate::session::Message) {
+        if message.retain && self.live_topics.len() < RETAINED_WAIT_TOPICS_MAX {
+            self.live_topics.insert(message.topic.clone());
+        }
+    }
+}
+
 impl<S: Store> Shard<S> {
     /// Stores (or clears) a retained message this shard owns; the reason
     /// is Success or why it was refused, and the persistence sequence number
