@@ -591,7 +591,7 @@ fn start_log(
     shard.set_persist_full(log.full_at_start());
     if restored < found {
         warn!(shard = id, found, restored,
-            "persistence: some persisted retained messages were not restored (past retainedMessages.maxSize, counted with their properties and publisher id, or a topic deeper than 128 levels); they are dropped from disk too");
+            "persistence: some persisted retained messages did not fit and were not restored (retainedMessages.maxSize, each counted with its properties and publisher id; or a topic deeper than 128 levels); they are dropped from disk too");
         // The file must hold what the shard holds: a topic left on disk but
         // not in memory would come back at the next start after a change
         // the shard never wrote (it does not know the topic is on disk).
