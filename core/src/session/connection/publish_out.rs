@@ -42,13 +42,10 @@ impl Connection {
         };
         match session.inflight_position(packet_id) {
             Some(i) if session.inflight[i].state == InflightState::Qos2Sent => {
-                // Acknowledged before its resend: nothing to resend.
-                if !self.resend_held.is_empty() {
-                    self.resend_held.retain(|h| *h != packet_id);
-                }
                 if reason.is_error() {
                     // v5 §4.3.3: a PUBREC with an error ends the exchange.
                     session.remove_inflight(i);
+                    self.forget_held(packet_id);
                 } else {
                     session.inflight[i].state = InflightState::Released;
                     // The subscriber has the message: only PUBREL is owed,
@@ -57,6 +54,8 @@ impl Connection {
                     session.log_sent(seq, packet_id.get(), true);
                     let publish = session.inflight[i].publish.take();
                     session.retire(publish);
+                    // Acknowledged before its held resend: only PUBREL now.
+                    self.forget_held(packet_id);
                     self.send(Packet::PubRel(PubResponse::new(
                         packet_id,
                         ReasonCode::Success,
